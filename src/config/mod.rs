@@ -1,0 +1,333 @@
+//! Configuration: the TOML schema (`raw`), the pure validation pass that
+//! turns it into the domain types below (`validate`), name and target
+//! templates (`template`), cron schedules (`schedule`) and secret references
+//! (`secret_ref`).
+//!
+//! Loading is two phases, as in ripgrep and Vector: `raw` mirrors the file
+//! with `deny_unknown_fields`; `validate` is pure (no I/O) and collects
+//! *every* problem with its location. [`load`] adds the one I/O step,
+//! checking that each secret reference resolves, and returns the config with
+//! its warnings, or every error at once.
+
+pub mod diag;
+pub mod raw;
+pub mod schedule;
+pub mod secret_ref;
+pub mod template;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diag::{Diagnostic, Severity};
+pub use schedule::Schedule;
+pub use secret_ref::SecretRef;
+pub use template::{NameTemplate, TargetTemplate};
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages and reloads.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub notify: BTreeMap<String, NotifyConfig>,
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Config {
+    pub fn policy(&self, name: &str) -> Option<&PolicyConfig> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// SQLite state; default `$STATE_DIRECTORY/state.db`, else `./rekey.db`.
+    pub state: PathBuf,
+    pub listen: ListenAddr,
+    /// Required for POST endpoints (and for any non-loopback listener).
+    pub admin_token: Option<SecretRef>,
+    pub max_concurrent_rotations: usize,
+    pub shutdown_timeout: Duration,
+    /// Where the sealing key comes from; `None` = a 0600 file beside the DB.
+    pub seal_key: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Requests per second a provider accepts; paced by a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub endpoint: String,
+    pub rate_limit: Option<RateLimit>,
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    OceanBase {
+        org_id: String,
+        project_id: String,
+        access_key_id: SecretRef,
+        access_key_secret: SecretRef,
+    },
+    Tencent {
+        region: String,
+        secret_id: SecretRef,
+        secret_key: SecretRef,
+    },
+    Huawei {
+        project_id: String,
+        auth: HuaweiAuth,
+    },
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::OceanBase { .. } => "oceanbase",
+            ProviderKind::Tencent { .. } => "tencent-apigateway",
+            ProviderKind::Huawei { .. } => "huawei-nes",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum HuaweiAuth {
+    Token(SecretRef),
+    Iam {
+        endpoint: String,
+        domain: String,
+        user: String,
+        password: SecretRef,
+    },
+    Aksk {
+        access_key: SecretRef,
+        secret_key: SecretRef,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub name: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub kind: SinkKind,
+}
+
+impl SinkConfig {
+    /// The target template, for sinks that write to a named place; a sink
+    /// used by a policy with several lineages must put `{lineage}` in it.
+    pub fn target(&self) -> Option<&TargetTemplate> {
+        match &self.kind {
+            SinkKind::File(f) => Some(&f.path),
+            SinkKind::Vault(v) => Some(&v.path),
+            SinkKind::Webhook(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    File(FileSinkConfig),
+    Webhook(WebhookSinkConfig),
+    Vault(VaultSinkConfig),
+}
+
+impl SinkKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::File(_) => "file",
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Vault(_) => "vault",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// The secret only (first field when the provider returns several).
+    Raw,
+    /// `NAME=value` lines.
+    Env,
+    /// A JSON object with the key's fields and metadata.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSinkConfig {
+    pub path: TargetTemplate,
+    pub format: FileFormat,
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    /// argv run after the write (no shell); non-zero exit fails the publish.
+    pub on_publish: Option<Vec<String>>,
+    pub on_publish_timeout: Duration,
+    /// env format: secret field → variable name overrides.
+    pub env_names: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    /// Signing secrets (`whsec_…`); several sign at once during a rotation
+    /// of the receiver's secret.
+    pub secrets: Vec<SecretRef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultSinkConfig {
+    pub address: String,
+    pub mount: String,
+    pub path: TargetTemplate,
+    pub namespace: Option<String>,
+    pub auth: VaultAuth,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    Token(SecretRef),
+    AppRole {
+        role_id: SecretRef,
+        secret_id: SecretRef,
+        /// Auth mount, default `approle`.
+        mount: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub name: String,
+    pub url: String,
+    pub secrets: Vec<SecretRef>,
+    /// `None` = every event type.
+    pub events: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl NotifyConfig {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|e| e.iter().any(|t| t == event_type))
+    }
+}
+
+/// Event types of DESIGN §5.
+pub const EVENT_TYPES: &[&str] = &[
+    "rotation.started",
+    "key.created",
+    "key.published",
+    "rotation.completed",
+    "rotation.failed",
+    "key.expiring",
+    "key.deleted",
+    "key.retired",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plan and report; never create or delete.
+    Observe,
+    Rotate,
+}
+
+/// How long before expiry a key is replaced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lead {
+    Absolute(Duration),
+    /// A share of the key's lifetime, in percent (0 < p ≤ 100).
+    Share(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub name: String,
+    pub provider: String,
+    pub mode: Mode,
+    /// The glob as written, for messages.
+    pub match_glob: String,
+    pub matcher: globset::GlobMatcher,
+    pub schedule: Schedule,
+    pub rotate_before_expiry: Option<Lead>,
+    pub max_age: Option<Duration>,
+    pub grace_period: Duration,
+    pub sinks: Vec<String>,
+    pub name_template: NameTemplate,
+    /// With no matching key, create the first one of this lineage.
+    pub bootstrap: Option<String>,
+    /// Provider-specific create parameters, as JSON.
+    pub create: serde_json::Map<String, serde_json::Value>,
+    /// Create/publish attempts before a rotation is `failed`.
+    pub max_attempts: u32,
+}
+
+impl PolicyConfig {
+    pub fn matches(&self, key_name: &str) -> bool {
+        self.matcher.is_match(key_name)
+    }
+}
+
+/// Read, parse, validate and resolve a config file. `Ok` carries the config
+/// and its warnings; `Err` carries every diagnostic (errors and warnings).
+pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let src = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read config file: {e}"),
+                hint: None,
+            }]);
+        }
+    };
+    load_str(path, &src, &secret_ref::Env::from_process())
+}
+
+/// As [`load`], from text already read, resolving secrets against `env`.
+pub fn load_str(
+    path: &Path,
+    src: &str,
+    env: &secret_ref::Env,
+) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (config, mut diags) = validate::validate(path, src, env);
+    diags.sort_by_key(|d| (d.line, d.col, d.severity));
+    match config {
+        Some(c) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok((c, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// The embedded-default and example configs shipped with rekey.
+pub const EXAMPLE: &str = include_str!("../../config/rekey.example.toml");

@@ -1,0 +1,226 @@
+//! The TOML file as written: serde structs that mirror it one to one, with
+//! `deny_unknown_fields` everywhere and `Spanned` on every value validation
+//! may need to point at. Nothing here is checked beyond its TOML type;
+//! `validate.rs` turns these into domain types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+/// `[daemon]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub state: Option<S<String>>,
+    pub listen: Option<S<String>>,
+    pub admin_token: Option<S<RawSecretRef>>,
+    pub max_concurrent_rotations: Option<S<i64>>,
+    pub shutdown_timeout: Option<S<String>>,
+    /// Where the AEAD key that seals created secrets comes from; default a
+    /// generated 0600 file beside the state DB.
+    pub seal_key: Option<S<RawSecretRef>>,
+}
+
+/// `[providers.NAME]`: common keys plus each kind's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: S<String>,
+    pub endpoint: Option<S<String>>,
+    pub rate_limit: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    // oceanbase
+    pub org_id: Option<S<String>>,
+    pub project_id: Option<S<String>>,
+    pub access_key_id: Option<S<RawSecretRef>>,
+    pub access_key_secret: Option<S<RawSecretRef>>,
+    // tencent-apigateway
+    pub region: Option<S<String>>,
+    pub secret_id: Option<S<RawSecretRef>>,
+    pub secret_key: Option<S<RawSecretRef>>,
+    // huawei-nes
+    pub auth: Option<S<RawHuaweiAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum RawHuaweiAuth {
+    Token(S<RawSecretRef>),
+    Iam(RawHuaweiIam),
+    Aksk(RawHuaweiAksk),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHuaweiIam {
+    pub endpoint: S<String>,
+    pub domain: S<String>,
+    pub user: S<String>,
+    pub password: S<RawSecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHuaweiAksk {
+    pub access_key: S<RawSecretRef>,
+    pub secret_key: S<RawSecretRef>,
+}
+
+/// `[sinks.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub kind: S<String>,
+    pub ca_file: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    // file
+    pub path: Option<S<String>>,
+    pub format: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub owner: Option<S<String>>,
+    pub group: Option<S<String>>,
+    pub on_publish: Option<S<Vec<String>>>,
+    pub on_publish_timeout: Option<S<String>>,
+    /// env format: secret field name → variable name.
+    pub env_names: Option<S<BTreeMap<String, String>>>,
+    // webhook
+    pub url: Option<S<String>>,
+    pub secret: Option<S<OneOrMany<RawSecretRef>>>,
+    // vault
+    pub address: Option<S<String>>,
+    pub mount: Option<S<String>>,
+    pub namespace: Option<S<String>>,
+    pub auth: Option<S<RawVaultAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum RawVaultAuth {
+    Token(S<RawSecretRef>),
+    Approle(RawAppRole),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppRole {
+    pub role_id: S<RawSecretRef>,
+    pub secret_id: S<RawSecretRef>,
+    pub mount: Option<S<String>>,
+}
+
+/// `[notify.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: S<String>,
+    pub secret: S<OneOrMany<RawSecretRef>>,
+    pub events: Option<S<Vec<S<String>>>>,
+    pub ca_file: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+}
+
+/// `[[policy]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: S<String>,
+    pub provider: S<String>,
+    pub mode: Option<S<String>>,
+    #[serde(rename = "match")]
+    pub match_: S<String>,
+    pub schedule: S<String>,
+    pub rotate_before_expiry: Option<S<String>>,
+    pub max_age: Option<S<String>>,
+    pub grace_period: Option<S<String>>,
+    #[serde(default)]
+    pub sinks: Vec<S<String>>,
+    pub name_template: Option<S<String>>,
+    pub bootstrap: Option<S<RawBootstrap>>,
+    pub create: Option<S<toml::Table>>,
+    pub max_attempts: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBootstrap {
+    Flag(bool),
+    Lineage(String),
+}
+
+/// One value or a list of them (webhook secrets may be several, so a
+/// receiver can rotate its secret without downtime).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A secret-valued key: a literal string (accepted with a warning) or a
+/// table with exactly one of `env`, `file`, `credential`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSecretRef {
+    Literal(String),
+    Env(String),
+    File(String),
+    Credential(String),
+    /// A table that names none or several sources; validation reports it.
+    Invalid(String),
+}
+
+impl<'de> Deserialize<'de> for RawSecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#"a secret reference: { env = "NAME" }, { file = "/path" }, { credential = "name" } or a string"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawSecretRef::Literal(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found: Vec<RawSecretRef> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    found.push(match key.as_str() {
+                        "env" => RawSecretRef::Env(value),
+                        "file" => RawSecretRef::File(value),
+                        "credential" => RawSecretRef::Credential(value),
+                        other => {
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["env", "file", "credential"],
+                            ));
+                        }
+                    });
+                }
+                match found.len() {
+                    1 => Ok(found.pop().expect("one element")),
+                    0 => Ok(RawSecretRef::Invalid(
+                        "an empty table names no secret source".into(),
+                    )),
+                    _ => Ok(RawSecretRef::Invalid(
+                        "a secret reference takes exactly one of env, file, credential".into(),
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

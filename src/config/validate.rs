@@ -1,0 +1,1432 @@
+//! The pure validation pass: raw TOML → domain [`Config`], collecting every
+//! problem with its location and a hint.
+//!
+//! Each section item (`[providers.x]`, `[[policy]]`, …) is deserialized on
+//! its own, so a typo in one item does not hide the errors of another, and
+//! a reference to an item that failed to parse is not reported twice as
+//! "undefined". The only input besides the text is [`Env`] (for defaults
+//! such as `$STATE_DIRECTORY`); checking that secrets resolve and files exist
+//! is left to [`resolve_refs`], the one step that does I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::diag::{Diagnostic, Diags, did_you_mean};
+use super::raw::*;
+use super::secret_ref::{Env, SecretRef};
+use super::template::{DEFAULT_NAME_TEMPLATE, NameTemplate, TargetTemplate};
+use super::*;
+use crate::secret::Secret;
+
+const TOP_KEYS: &[&str] = &["daemon", "providers", "sinks", "notify", "policy"];
+const PROVIDER_KINDS: &[&str] = &["oceanbase", "tencent-apigateway", "huawei-nes"];
+const SINK_KINDS: &[&str] = &["file", "webhook", "vault"];
+
+/// A reference or path validation could not check without I/O.
+struct Pending {
+    span: Range<usize>,
+    what: String,
+    check: PendingCheck,
+}
+
+enum PendingCheck {
+    Secret(SecretRef),
+    File(PathBuf),
+}
+
+struct Ctx<'a> {
+    d: Diags<'a>,
+    env: &'a Env,
+    pending: Vec<Pending>,
+}
+
+/// Validate `src` (the text of `path`). Returns the config when it is
+/// usable, and every diagnostic found.
+pub fn validate(path: &Path, src: &str, env: &Env) -> (Option<Config>, Vec<Diagnostic>) {
+    let mut cx = Ctx {
+        d: Diags::new(path, src),
+        env,
+        pending: Vec::new(),
+    };
+    let config = validate_inner(&mut cx, path, src);
+    resolve_refs(&mut cx);
+    (config, cx.d.items)
+}
+
+fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
+    let root = match DeTable::parse(src) {
+        Ok(t) => t,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            cx.d.error(span, format!("TOML syntax: {}", e.message().trim()));
+            return None;
+        }
+    };
+    let root_span = root.span();
+    let root = root.into_inner();
+
+    let mut daemon_raw: Option<RawDaemon> = None;
+    let mut providers_raw: Vec<(Spanned<String>, RawProvider)> = Vec::new();
+    let mut sinks_raw: Vec<(Spanned<String>, RawSink)> = Vec::new();
+    let mut notify_raw: Vec<(Spanned<String>, RawNotify)> = Vec::new();
+    let mut policies_raw: Vec<(Range<usize>, RawPolicy)> = Vec::new();
+    // Items that exist but failed to parse: references to them are not
+    // "undefined", their own error already says what is wrong.
+    let mut broken: BTreeSet<String> = BTreeSet::new();
+    let mut saw_broken_policy = false;
+
+    for (key, value) in root {
+        let k = key.get_ref().to_string();
+        match k.as_str() {
+            "daemon" => daemon_raw = item(cx, value, "[daemon]"),
+            "providers" => {
+                for (name, v) in named_items(cx, value, "providers") {
+                    match item::<RawProvider>(cx, v, &format!("[providers.{}]", name.get_ref())) {
+                        Some(p) => providers_raw.push((name, p)),
+                        None => {
+                            broken.insert(format!("provider:{}", name.get_ref()));
+                        }
+                    }
+                }
+            }
+            "sinks" => {
+                for (name, v) in named_items(cx, value, "sinks") {
+                    match item::<RawSink>(cx, v, &format!("[sinks.{}]", name.get_ref())) {
+                        Some(s) => sinks_raw.push((name, s)),
+                        None => {
+                            broken.insert(format!("sink:{}", name.get_ref()));
+                        }
+                    }
+                }
+            }
+            "notify" => {
+                for (name, v) in named_items(cx, value, "notify") {
+                    if let Some(n) =
+                        item::<RawNotify>(cx, v, &format!("[notify.{}]", name.get_ref()))
+                    {
+                        notify_raw.push((name, n));
+                    }
+                }
+            }
+            "policy" => {
+                let span = value.span();
+                match value.into_inner() {
+                    DeValue::Array(items) => {
+                        for v in items {
+                            let span = v.span();
+                            match item::<RawPolicy>(cx, v, "[[policy]]") {
+                                Some(p) => policies_raw.push((span, p)),
+                                None => saw_broken_policy = true,
+                            }
+                        }
+                    }
+                    _ => cx.d.error_hint(
+                        span,
+                        "`policy` must be an array of tables",
+                        "write each policy as a [[policy]] section",
+                    ),
+                }
+            }
+            other => {
+                let hint = match did_you_mean(other, TOP_KEYS.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("top-level sections are: {}", TOP_KEYS.join(", ")),
+                };
+                cx.d.error_hint(key.span(), format!("unknown top-level key `{other}`"), hint);
+            }
+        }
+    }
+
+    let daemon = validate_daemon(cx, daemon_raw.unwrap_or_default());
+
+    let mut providers = BTreeMap::new();
+    for (name, raw) in providers_raw {
+        match validate_provider(cx, &name, raw) {
+            Some(p) => {
+                providers.insert(name.into_inner(), p);
+            }
+            None => {
+                broken.insert(format!("provider:{}", name.get_ref()));
+            }
+        }
+    }
+    let mut sinks = BTreeMap::new();
+    for (name, raw) in sinks_raw {
+        match validate_sink(cx, &name, raw) {
+            Some(s) => {
+                sinks.insert(name.into_inner(), s);
+            }
+            None => {
+                broken.insert(format!("sink:{}", name.get_ref()));
+            }
+        }
+    }
+    let mut notify = BTreeMap::new();
+    for (name, raw) in notify_raw {
+        if let Some(n) = validate_notify(cx, &name, raw) {
+            notify.insert(name.into_inner(), n);
+        }
+    }
+
+    let mut policies = Vec::new();
+    let mut seen_names: HashMap<String, Range<usize>> = HashMap::new();
+    // Suggestions draw on every declared name, including broken ones.
+    let declared = |prefix: &str, defined: Vec<String>| -> Vec<String> {
+        let mut all: BTreeSet<String> = defined.into_iter().collect();
+        all.extend(
+            broken
+                .iter()
+                .filter_map(|b| b.strip_prefix(prefix))
+                .map(str::to_string),
+        );
+        all.into_iter().collect()
+    };
+    let provider_names = declared("provider:", providers.keys().cloned().collect());
+    let sink_names = declared("sink:", sinks.keys().cloned().collect());
+    for (span, raw) in policies_raw {
+        let name = raw.name.get_ref().clone();
+        let duplicate = if let Some(first) = seen_names.get(&name) {
+            let (line, _) = cx.d.line_col(first.start);
+            cx.d.error_hint(
+                raw.name.span(),
+                format!("duplicate policy name `{name}`"),
+                format!(
+                    "the first policy with this name is at line {line}; policy names must be unique"
+                ),
+            );
+            true
+        } else {
+            seen_names.insert(name.clone(), raw.name.span());
+            false
+        };
+        let refs = Refs {
+            providers: &providers,
+            provider_names: &provider_names,
+            sinks: &sinks,
+            sink_names: &sink_names,
+            broken: &broken,
+        };
+        if let Some(p) = validate_policy(cx, span, raw, &refs)
+            && !duplicate
+        {
+            policies.push(p);
+        }
+    }
+    if policies.is_empty() && !saw_broken_policy && !cx.d.has_errors() {
+        cx.d.warn_hint(
+            root_span.start..root_span.start,
+            "no [[policy]] sections: rekey has nothing to do",
+            "add a [[policy]] naming a provider, a key glob and a schedule",
+        );
+    }
+
+    Some(Config {
+        path: path.to_path_buf(),
+        daemon: daemon?,
+        providers,
+        sinks,
+        notify,
+        policies,
+    })
+}
+
+/// Deserialize one item, turning serde's error into a located diagnostic.
+fn item<'i, T: Deserialize<'i>>(
+    cx: &mut Ctx,
+    value: Spanned<DeValue<'i>>,
+    what: &str,
+) -> Option<T> {
+    let span = value.span();
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let espan = e.span().unwrap_or(span);
+            serde_error(cx, espan, e.message(), what);
+            None
+        }
+    }
+}
+
+fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
+    let msg = msg.trim();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        let expected: Vec<&str> = rest
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| rest.split("expected ").nth(1))
+            .map(|e| e.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let hint = match did_you_mean(field, expected.iter().copied()) {
+            Some(m) => format!("did you mean `{m}`?"),
+            None if !expected.is_empty() => format!("known keys here: {}", expected.join(", ")),
+            None => "remove it".to_string(),
+        };
+        cx.d.error_hint(span, format!("unknown key `{field}` in {what}"), hint);
+    } else if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        cx.d.error_hint(
+            span,
+            format!("{what} is missing required key `{field}`"),
+            format!("add `{field} = …` to this section"),
+        );
+    } else {
+        cx.d.error(span, format!("{what}: {msg}"));
+    }
+}
+
+/// The entries of a `[section.NAME]` table.
+fn named_items<'i>(
+    cx: &mut Ctx,
+    value: Spanned<DeValue<'i>>,
+    section: &str,
+) -> Vec<(Spanned<String>, Spanned<DeValue<'i>>)> {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Table(t) => t
+            .into_iter()
+            .map(|(k, v)| {
+                let ks = k.span();
+                (Spanned::new(ks, k.into_inner().to_string()), v)
+            })
+            .collect(),
+        _ => {
+            cx.d.error_hint(
+                span,
+                format!("`{section}` must be a table of named sections"),
+                format!("write [{section}.NAME] sections"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn duration(cx: &mut Ctx, s: &Spanned<String>, key: &str) -> Option<Duration> {
+    match humantime::parse_duration(s.get_ref()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.d.error_hint(
+                s.span(),
+                format!("invalid duration {:?} for `{key}`: {e}", s.get_ref()),
+                "durations look like 90s, 15m, 24h or 7d",
+            );
+            None
+        }
+    }
+}
+
+fn duration_or(
+    cx: &mut Ctx,
+    s: &Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    s.as_ref()
+        .and_then(|s| duration(cx, s, key))
+        .unwrap_or(default)
+}
+
+fn secret(cx: &mut Ctx, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRef> {
+    let span = r.span();
+    let out = match r.get_ref() {
+        RawSecretRef::Literal(v) => {
+            cx.d.warn_hint(
+                span.clone(),
+                format!("`{key}` is a literal secret in the config file"),
+                r#"use { env = "NAME" }, { file = "/path" } or { credential = "name" } (systemd LoadCredential=)"#,
+            );
+            if v.is_empty() {
+                cx.d.error(span, format!("`{key}` is empty"));
+                return None;
+            }
+            SecretRef::Literal(Secret::new(v.clone()))
+        }
+        RawSecretRef::Env(n) => SecretRef::Env(n.clone()),
+        RawSecretRef::File(p) => SecretRef::File(PathBuf::from(p)),
+        RawSecretRef::Credential(n) => {
+            if n.contains('/') || n.is_empty() {
+                cx.d.error_hint(
+                    span,
+                    format!("credential name {n:?} for `{key}` is not a plain name"),
+                    "credential names are file names under $CREDENTIALS_DIRECTORY, without '/'",
+                );
+                return None;
+            }
+            SecretRef::Credential(n.clone())
+        }
+        RawSecretRef::Invalid(why) => {
+            cx.d.error_hint(
+                span,
+                format!("`{key}`: {why}"),
+                r#"write { env = "NAME" }, { file = "/path" } or { credential = "name" }"#,
+            );
+            return None;
+        }
+    };
+    cx.pending.push(Pending {
+        span: r.span(),
+        what: format!("`{key}`"),
+        check: PendingCheck::Secret(out.clone()),
+    });
+    Some(out)
+}
+
+fn ca_file(cx: &mut Ctx, s: &Option<Spanned<String>>) -> Option<PathBuf> {
+    let s = s.as_ref()?;
+    let p = PathBuf::from(s.get_ref());
+    cx.pending.push(Pending {
+        span: s.span(),
+        what: "`ca_file`".into(),
+        check: PendingCheck::File(p.clone()),
+    });
+    Some(p)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Carries {
+    /// Credentials or new keys travel over it: HTTPS unless loopback.
+    Secrets,
+    /// Notifications only: plain HTTP allowed with a warning.
+    Notifications,
+}
+
+fn url(cx: &mut Ctx, s: &Spanned<String>, key: &str, carries: Carries) -> Option<String> {
+    let text = s.get_ref().trim_end_matches('/').to_string();
+    let parsed = match reqwest::Url::parse(&text) {
+        Ok(u) => u,
+        Err(e) => {
+            cx.d.error_hint(
+                s.span(),
+                format!("invalid URL {:?} for `{key}`: {e}", s.get_ref()),
+                "write a full URL such as https://host:port",
+            );
+            return None;
+        }
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" => {
+            let host = parsed.host_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                match carries {
+                    Carries::Secrets => {
+                        cx.d.error_hint(
+                            s.span(),
+                            format!("`{key}` uses plain http:// to {host}, and it carries secrets"),
+                            "use https:// (plain http is accepted only for loopback addresses)",
+                        );
+                        return None;
+                    }
+                    Carries::Notifications => cx.d.warn_hint(
+                        s.span(),
+                        format!("`{key}` uses plain http:// to {host}"),
+                        "notifications carry no secrets, but their signatures and contents are visible on the wire; prefer https://",
+                    ),
+                }
+            }
+        }
+        other => {
+            cx.d.error_hint(
+                s.span(),
+                format!("`{key}` has scheme {other:?}"),
+                "use https:// (or http:// on loopback)",
+            );
+            return None;
+        }
+    }
+    Some(text)
+}
+
+fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
+    let state = match &raw.state {
+        Some(s) => PathBuf::from(s.get_ref()),
+        None => match cx.env.vars.get("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; the first is ours.
+            Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or(dirs)).join("state.db"),
+            None => PathBuf::from("rekey.db"),
+        },
+    };
+    let admin_token = raw
+        .admin_token
+        .as_ref()
+        .and_then(|t| secret(cx, t, "admin_token"));
+    let listen = match &raw.listen {
+        None => ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9477))),
+        Some(s) => {
+            let text = s.get_ref();
+            if let Some(path) = text.strip_prefix("unix:") {
+                if !path.starts_with('/') {
+                    cx.d.error_hint(
+                        s.span(),
+                        format!("unix socket path {path:?} is not absolute"),
+                        "write listen = \"unix:/run/rekey/status.sock\"",
+                    );
+                }
+                ListenAddr::Unix(PathBuf::from(path))
+            } else {
+                match text.parse::<SocketAddr>() {
+                    Ok(a) => {
+                        if !a.ip().is_loopback()
+                            && admin_token.is_none()
+                            && raw.admin_token.is_none()
+                        {
+                            cx.d.error_hint(
+                                s.span(),
+                                format!("`listen` is {a}, which is not loopback, and no `admin_token` is set"),
+                                "set admin_token = { credential = \"admin-token\" }, or listen on 127.0.0.1",
+                            );
+                        }
+                        ListenAddr::Tcp(a)
+                    }
+                    Err(_) => {
+                        cx.d.error_hint(
+                            s.span(),
+                            format!("invalid listen address {text:?}"),
+                            "write \"127.0.0.1:9477\", \"[::1]:9477\" or \"unix:/run/rekey/status.sock\"",
+                        );
+                        ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9477)))
+                    }
+                }
+            }
+        }
+    };
+    let max_concurrent_rotations = match &raw.max_concurrent_rotations {
+        None => 4,
+        Some(n) if *n.get_ref() >= 1 && *n.get_ref() <= 1024 => *n.get_ref() as usize,
+        Some(n) => {
+            cx.d.error_hint(
+                n.span(),
+                format!("max_concurrent_rotations = {} is out of range", n.get_ref()),
+                "use a number from 1 to 1024",
+            );
+            4
+        }
+    };
+    let shutdown_timeout = duration_or(
+        cx,
+        &raw.shutdown_timeout,
+        "shutdown_timeout",
+        Duration::from_secs(30),
+    );
+    let seal_key = raw
+        .seal_key
+        .as_ref()
+        .and_then(|s| secret(cx, s, "seal_key"));
+    Some(DaemonConfig {
+        state,
+        listen,
+        admin_token,
+        max_concurrent_rotations,
+        shutdown_timeout,
+        seal_key,
+    })
+}
+
+fn rate_limit(cx: &mut Ctx, s: &Spanned<String>) -> Option<RateLimit> {
+    let text = s.get_ref().trim();
+    let parsed = text.split_once('/').and_then(|(n, unit)| {
+        let n: f64 = n.trim().parse().ok()?;
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return None,
+        };
+        (n > 0.0 && n.is_finite()).then_some(n / secs)
+    });
+    match parsed {
+        Some(per_second) => Some(RateLimit { per_second }),
+        None => {
+            cx.d.error_hint(
+                s.span(),
+                format!("invalid rate limit {text:?}"),
+                "write requests per unit, like \"20/s\", \"600/min\" or \"1000/h\"",
+            );
+            None
+        }
+    }
+}
+
+/// Keys set on an item that do not apply to its kind.
+fn not_for_kind(cx: &mut Ctx, kind: &str, what: &str, present: &[(&str, Option<Range<usize>>)]) {
+    for (key, span) in present {
+        if let Some(span) = span {
+            cx.d.error_hint(
+                span.clone(),
+                format!("key `{key}` does not apply to {kind} {what}"),
+                "remove it, or check the `kind`",
+            );
+        }
+    }
+}
+
+fn sp<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    o.as_ref().map(|s| s.span())
+}
+
+fn required<'r, T>(
+    cx: &mut Ctx,
+    o: &'r Option<Spanned<T>>,
+    key: &str,
+    what: &str,
+    at: Range<usize>,
+) -> Option<&'r Spanned<T>> {
+    if o.is_none() {
+        cx.d.error_hint(
+            at,
+            format!("{what} is missing required key `{key}`"),
+            format!("add `{key} = …`"),
+        );
+    }
+    o.as_ref()
+}
+
+fn validate_provider(
+    cx: &mut Ctx,
+    name: &Spanned<String>,
+    raw: RawProvider,
+) -> Option<ProviderConfig> {
+    let what = format!("[providers.{}]", name.get_ref());
+    let at = name.span();
+    let kind_s = raw.kind.get_ref().as_str();
+    let (default_endpoint, default_rate) = match kind_s {
+        "oceanbase" => ("https://api-cloud.oceanbase.com", None),
+        "tencent-apigateway" => ("https://apigateway.tencentcloudapi.com", Some(20.0)),
+        "huawei-nes" => ("https://bcs.ap-southeast-3.myhuaweicloud.com", None),
+        other => {
+            let hint = match did_you_mean(other, PROVIDER_KINDS.iter().copied()) {
+                Some(m) => format!("did you mean \"{m}\"?"),
+                None => format!("provider kinds are: {}", PROVIDER_KINDS.join(", ")),
+            };
+            cx.d.error_hint(
+                raw.kind.span(),
+                format!("unknown provider kind {other:?}"),
+                hint,
+            );
+            return None;
+        }
+    };
+    let endpoint = match &raw.endpoint {
+        Some(e) => url(cx, e, "endpoint", Carries::Secrets),
+        None => Some(default_endpoint.to_string()),
+    };
+    let rate_limit = match &raw.rate_limit {
+        Some(r) => rate_limit(cx, r),
+        None => default_rate.map(|per_second| RateLimit { per_second }),
+    };
+    let ca_file = ca_file(cx, &raw.ca_file);
+    let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(30));
+    let kind = match kind_s {
+        "oceanbase" => {
+            not_for_kind(
+                cx,
+                kind_s,
+                "providers",
+                &[
+                    ("region", sp(&raw.region)),
+                    ("secret_id", sp(&raw.secret_id)),
+                    ("secret_key", sp(&raw.secret_key)),
+                    ("auth", sp(&raw.auth)),
+                ],
+            );
+            let org =
+                required(cx, &raw.org_id, "org_id", &what, at.clone()).map(|s| s.get_ref().clone());
+            let proj = required(cx, &raw.project_id, "project_id", &what, at.clone())
+                .map(|s| s.get_ref().clone());
+            let ak = required(cx, &raw.access_key_id, "access_key_id", &what, at.clone())
+                .and_then(|s| secret(cx, s, "access_key_id"));
+            let sk = required(
+                cx,
+                &raw.access_key_secret,
+                "access_key_secret",
+                &what,
+                at.clone(),
+            )
+            .and_then(|s| secret(cx, s, "access_key_secret"));
+            ProviderKind::OceanBase {
+                org_id: org?,
+                project_id: proj?,
+                access_key_id: ak?,
+                access_key_secret: sk?,
+            }
+        }
+        "tencent-apigateway" => {
+            not_for_kind(
+                cx,
+                kind_s,
+                "providers",
+                &[
+                    ("org_id", sp(&raw.org_id)),
+                    ("project_id", sp(&raw.project_id)),
+                    ("access_key_id", sp(&raw.access_key_id)),
+                    ("access_key_secret", sp(&raw.access_key_secret)),
+                    ("auth", sp(&raw.auth)),
+                ],
+            );
+            let region =
+                required(cx, &raw.region, "region", &what, at.clone()).map(|s| s.get_ref().clone());
+            let id = required(cx, &raw.secret_id, "secret_id", &what, at.clone())
+                .and_then(|s| secret(cx, s, "secret_id"));
+            let key = required(cx, &raw.secret_key, "secret_key", &what, at.clone())
+                .and_then(|s| secret(cx, s, "secret_key"));
+            ProviderKind::Tencent {
+                region: region?,
+                secret_id: id?,
+                secret_key: key?,
+            }
+        }
+        _ => {
+            not_for_kind(
+                cx,
+                kind_s,
+                "providers",
+                &[
+                    ("org_id", sp(&raw.org_id)),
+                    ("access_key_id", sp(&raw.access_key_id)),
+                    ("access_key_secret", sp(&raw.access_key_secret)),
+                    ("region", sp(&raw.region)),
+                    ("secret_id", sp(&raw.secret_id)),
+                    ("secret_key", sp(&raw.secret_key)),
+                ],
+            );
+            let project =
+                required(cx, &raw.project_id, "project_id", &what, at.clone()).and_then(|p| {
+                    let n = p.get_ref().chars().count();
+                    if n != 32 {
+                        cx.d.error_hint(
+                            p.span(),
+                            format!(
+                                "Huawei project_id must be exactly 32 characters; this one has {n}"
+                            ),
+                            "copy the project ID from the console's My Credentials → Projects page",
+                        );
+                        None
+                    } else {
+                        Some(p.get_ref().clone())
+                    }
+                });
+            let auth = required(cx, &raw.auth, "auth", &what, at.clone()).and_then(|a| {
+                match a.get_ref() {
+                    RawHuaweiAuth::Token(t) => secret(cx, t, "auth.token").map(HuaweiAuth::Token),
+                    RawHuaweiAuth::Iam(i) => {
+                        let endpoint = url(cx, &i.endpoint, "auth.iam.endpoint", Carries::Secrets);
+                        let password = secret(cx, &i.password, "auth.iam.password");
+                        Some(HuaweiAuth::Iam {
+                            endpoint: endpoint?,
+                            domain: i.domain.get_ref().clone(),
+                            user: i.user.get_ref().clone(),
+                            password: password?,
+                        })
+                    }
+                    RawHuaweiAuth::Aksk(k) => {
+                        let ak = secret(cx, &k.access_key, "auth.aksk.access_key");
+                        let sk = secret(cx, &k.secret_key, "auth.aksk.secret_key");
+                        Some(HuaweiAuth::Aksk {
+                            access_key: ak?,
+                            secret_key: sk?,
+                        })
+                    }
+                }
+            });
+            ProviderKind::Huawei {
+                project_id: project?,
+                auth: auth?,
+            }
+        }
+    };
+    Some(ProviderConfig {
+        name: name.get_ref().clone(),
+        endpoint: endpoint?,
+        rate_limit,
+        ca_file,
+        timeout,
+        kind,
+    })
+}
+
+fn target(cx: &mut Ctx, s: &Spanned<String>, key: &str) -> Option<TargetTemplate> {
+    match TargetTemplate::parse(s.get_ref()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.d.error_hint(
+                s.span(),
+                format!("`{key}`: {e}"),
+                "sink targets may hold {lineage} and {policy}",
+            );
+            None
+        }
+    }
+}
+
+fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<SinkConfig> {
+    let what = format!("[sinks.{}]", name.get_ref());
+    let at = name.span();
+    let kind_s = raw.kind.get_ref().as_str();
+    let ca = ca_file(cx, &raw.ca_file);
+    let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(15));
+    let file_keys = [
+        ("path", sp(&raw.path)),
+        ("format", sp(&raw.format)),
+        ("mode", sp(&raw.mode)),
+        ("owner", sp(&raw.owner)),
+        ("group", sp(&raw.group)),
+        ("on_publish", sp(&raw.on_publish)),
+        ("on_publish_timeout", sp(&raw.on_publish_timeout)),
+        ("env_names", sp(&raw.env_names)),
+    ];
+    let kind = match kind_s {
+        "file" => {
+            not_for_kind(
+                cx,
+                kind_s,
+                "sinks",
+                &[
+                    ("url", sp(&raw.url)),
+                    ("secret", sp(&raw.secret)),
+                    ("address", sp(&raw.address)),
+                    ("mount", sp(&raw.mount)),
+                    ("namespace", sp(&raw.namespace)),
+                    ("auth", sp(&raw.auth)),
+                    ("ca_file", sp(&raw.ca_file)),
+                ],
+            );
+            let path = required(cx, &raw.path, "path", &what, at.clone())
+                .and_then(|p| target(cx, p, "path"));
+            if let (Some(p), Some(raw_p)) = (&path, &raw.path)
+                && !p.as_str().starts_with('/')
+            {
+                cx.d.warn_hint(raw_p.span(), format!("file sink path {:?} is relative", p.as_str()), "it is resolved against the daemon's working directory; prefer an absolute path");
+            }
+            let format = match raw
+                .format
+                .as_ref()
+                .map(|f| (f.get_ref().as_str(), f.span()))
+            {
+                None | Some(("env", _)) => FileFormat::Env,
+                Some(("raw", _)) => FileFormat::Raw,
+                Some(("json", _)) => FileFormat::Json,
+                Some((other, span)) => {
+                    cx.d.error_hint(
+                        span,
+                        format!("unknown file format {other:?}"),
+                        "formats are raw, env and json",
+                    );
+                    FileFormat::Env
+                }
+            };
+            let mode = match &raw.mode {
+                None => 0o600,
+                Some(m) => match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
+                    Ok(v) if v <= 0o777 => {
+                        if v & 0o007 != 0 {
+                            cx.d.warn_hint(
+                                m.span(),
+                                format!("mode {} lets every local user read the key", m.get_ref()),
+                                "use 0600 or 0640",
+                            );
+                        }
+                        v
+                    }
+                    _ => {
+                        cx.d.error_hint(
+                            m.span(),
+                            format!("invalid file mode {:?}", m.get_ref()),
+                            "write an octal string such as \"0600\"",
+                        );
+                        0o600
+                    }
+                },
+            };
+            let on_publish = raw.on_publish.as_ref().and_then(|c| {
+                if c.get_ref().is_empty() || c.get_ref()[0].is_empty() {
+                    cx.d.error_hint(
+                        c.span(),
+                        "`on_publish` is empty",
+                        "give the command as a list: [\"systemctl\", \"reload\", \"myapp\"]",
+                    );
+                    None
+                } else {
+                    Some(c.get_ref().clone())
+                }
+            });
+            let on_publish_timeout = duration_or(
+                cx,
+                &raw.on_publish_timeout,
+                "on_publish_timeout",
+                Duration::from_secs(60),
+            );
+            SinkKind::File(FileSinkConfig {
+                path: path?,
+                format,
+                mode,
+                owner: raw.owner.as_ref().map(|o| o.get_ref().clone()),
+                group: raw.group.as_ref().map(|g| g.get_ref().clone()),
+                on_publish,
+                on_publish_timeout,
+                env_names: raw
+                    .env_names
+                    .as_ref()
+                    .map(|e| e.get_ref().clone())
+                    .unwrap_or_default(),
+            })
+        }
+        "webhook" => {
+            not_for_kind(cx, kind_s, "sinks", &file_keys);
+            not_for_kind(
+                cx,
+                kind_s,
+                "sinks",
+                &[
+                    ("address", sp(&raw.address)),
+                    ("mount", sp(&raw.mount)),
+                    ("namespace", sp(&raw.namespace)),
+                    ("auth", sp(&raw.auth)),
+                ],
+            );
+            let u = required(cx, &raw.url, "url", &what, at.clone())
+                .and_then(|u| url(cx, u, "url", Carries::Secrets));
+            let secrets = required(cx, &raw.secret, "secret", &what, at.clone())
+                .map(|s| webhook_secrets(cx, s));
+            SinkKind::Webhook(WebhookSinkConfig {
+                url: u?,
+                secrets: secrets??,
+            })
+        }
+        "vault" => {
+            not_for_kind(cx, kind_s, "sinks", &file_keys[1..]);
+            not_for_kind(
+                cx,
+                kind_s,
+                "sinks",
+                &[("url", sp(&raw.url)), ("secret", sp(&raw.secret))],
+            );
+            let address = required(cx, &raw.address, "address", &what, at.clone())
+                .and_then(|a| url(cx, a, "address", Carries::Secrets));
+            let path = required(cx, &raw.path, "path", &what, at.clone())
+                .and_then(|p| target(cx, p, "path"));
+            let auth = required(cx, &raw.auth, "auth", &what, at.clone()).and_then(|a| {
+                match a.get_ref() {
+                    RawVaultAuth::Token(t) => secret(cx, t, "auth.token").map(VaultAuth::Token),
+                    RawVaultAuth::Approle(r) => {
+                        let role_id = secret_quiet_literal(cx, &r.role_id, "auth.approle.role_id");
+                        let secret_id = secret(cx, &r.secret_id, "auth.approle.secret_id");
+                        Some(VaultAuth::AppRole {
+                            role_id: role_id?,
+                            secret_id: secret_id?,
+                            mount: r
+                                .mount
+                                .as_ref()
+                                .map(|m| m.get_ref().clone())
+                                .unwrap_or_else(|| "approle".into()),
+                        })
+                    }
+                }
+            });
+            let mount = raw
+                .mount
+                .as_ref()
+                .map(|m| m.get_ref().trim_matches('/').to_string())
+                .unwrap_or_else(|| "secret".into());
+            SinkKind::Vault(VaultSinkConfig {
+                address: address?,
+                mount,
+                path: path?,
+                namespace: raw.namespace.as_ref().map(|n| n.get_ref().clone()),
+                auth: auth?,
+            })
+        }
+        other => {
+            let hint = match did_you_mean(other, SINK_KINDS.iter().copied()) {
+                Some(m) => format!("did you mean \"{m}\"?"),
+                None => format!("sink kinds are: {}", SINK_KINDS.join(", ")),
+            };
+            cx.d.error_hint(
+                raw.kind.span(),
+                format!("unknown sink kind {other:?}"),
+                hint,
+            );
+            return None;
+        }
+    };
+    Some(SinkConfig {
+        name: name.get_ref().clone(),
+        ca_file: ca,
+        timeout,
+        kind,
+    })
+}
+
+/// An AppRole role_id is an identifier, not a secret: a literal is fine.
+fn secret_quiet_literal(cx: &mut Ctx, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRef> {
+    match r.get_ref() {
+        RawSecretRef::Literal(v) if !v.is_empty() => {
+            Some(SecretRef::Literal(Secret::new(v.clone())))
+        }
+        _ => secret(cx, r, key),
+    }
+}
+
+fn webhook_secrets(cx: &mut Ctx, s: &Spanned<OneOrMany<RawSecretRef>>) -> Option<Vec<SecretRef>> {
+    let span = s.span();
+    let refs: Vec<RawSecretRef> = match s.get_ref() {
+        OneOrMany::One(r) => vec![r.clone()],
+        OneOrMany::Many(v) => v.clone(),
+    };
+    if refs.is_empty() {
+        cx.d.error_hint(
+            span,
+            "`secret` is an empty list",
+            "give at least one whsec_… secret reference",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in refs {
+        if let RawSecretRef::Literal(v) = &r
+            && !v.starts_with("whsec_")
+        {
+            cx.d.error_hint(
+                span.clone(),
+                "webhook `secret` does not start with whsec_",
+                "Standard Webhooks secrets are written whsec_<base64>",
+            );
+        }
+        out.push(secret(cx, &Spanned::new(span.clone(), r), "secret")?);
+    }
+    Some(out)
+}
+
+fn validate_notify(cx: &mut Ctx, name: &Spanned<String>, raw: RawNotify) -> Option<NotifyConfig> {
+    let u = url(cx, &raw.url, "url", Carries::Notifications);
+    let secrets = webhook_secrets(cx, &raw.secret);
+    let events = raw.events.as_ref().map(|evs| {
+        let mut out = Vec::new();
+        for e in evs.get_ref() {
+            if EVENT_TYPES.contains(&e.get_ref().as_str()) {
+                out.push(e.get_ref().clone());
+            } else {
+                let hint = match did_you_mean(e.get_ref(), EVENT_TYPES.iter().copied()) {
+                    Some(m) => format!("did you mean \"{m}\"?"),
+                    None => format!("event types are: {}", EVENT_TYPES.join(", ")),
+                };
+                cx.d.error_hint(
+                    e.span(),
+                    format!("unknown event type {:?}", e.get_ref()),
+                    hint,
+                );
+            }
+        }
+        out
+    });
+    let ca = ca_file(cx, &raw.ca_file);
+    let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(15));
+    Some(NotifyConfig {
+        name: name.get_ref().clone(),
+        url: u?,
+        secrets: secrets?,
+        events,
+        ca_file: ca,
+        timeout,
+    })
+}
+
+struct Refs<'a> {
+    providers: &'a BTreeMap<String, ProviderConfig>,
+    provider_names: &'a [String],
+    sinks: &'a BTreeMap<String, SinkConfig>,
+    sink_names: &'a [String],
+    broken: &'a BTreeSet<String>,
+}
+
+/// A string the glob matches, to try the name template against: each `*`
+/// and `?` becomes `x`, a class its first member.
+fn sample_for_glob(glob: &str) -> String {
+    let mut out = String::new();
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' => out.push('x'),
+            '[' => {
+                let mut first = None;
+                for n in chars.by_ref() {
+                    if n == ']' {
+                        break;
+                    }
+                    if first.is_none() && n != '!' && n != '^' {
+                        first = Some(n);
+                    }
+                }
+                out.push(first.unwrap_or('x'));
+            }
+            '{' => {
+                let mut alt = String::new();
+                for n in chars.by_ref() {
+                    if n == '}' {
+                        break;
+                    }
+                    alt.push(n);
+                }
+                out.push_str(alt.split(',').next().unwrap_or(""));
+            }
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn validate_policy(
+    cx: &mut Ctx,
+    span: Range<usize>,
+    raw: RawPolicy,
+    refs: &Refs,
+) -> Option<PolicyConfig> {
+    let name = raw.name.get_ref().clone();
+    let what = format!("policy `{name}`");
+    if name.is_empty() || name.contains(['/', ' ', '{', '}']) {
+        cx.d.error_hint(
+            raw.name.span(),
+            format!("policy name {name:?} is not usable"),
+            "use letters, digits, '-', '_' and '.'",
+        );
+    }
+    let provider_name = raw.provider.get_ref();
+    let provider = refs.providers.get(provider_name);
+    if provider.is_none() && !refs.broken.contains(&format!("provider:{provider_name}")) {
+        let hint = match did_you_mean(
+            provider_name,
+            refs.provider_names.iter().map(|s| s.as_str()),
+        ) {
+            Some(m) => format!("did you mean \"{m}\"?"),
+            None if refs.provider_names.is_empty() => {
+                "define it as a [providers.NAME] section".to_string()
+            }
+            None => format!("defined providers: {}", refs.provider_names.join(", ")),
+        };
+        cx.d.error_hint(
+            raw.provider.span(),
+            format!("{what} names undefined provider {provider_name:?}"),
+            hint,
+        );
+    }
+    let mode = match raw.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("rotate", _)) => Mode::Rotate,
+        Some(("observe", _)) => Mode::Observe,
+        Some((other, span)) => {
+            cx.d.error_hint(
+                span,
+                format!("unknown mode {other:?}"),
+                "modes are observe (report only) and rotate",
+            );
+            Mode::Rotate
+        }
+    };
+    let glob_text = raw.match_.get_ref().clone();
+    let matcher = match globset::GlobBuilder::new(&glob_text)
+        .literal_separator(false)
+        .build()
+    {
+        Ok(g) => Some(g.compile_matcher()),
+        Err(e) => {
+            cx.d.error_hint(
+                raw.match_.span(),
+                format!("invalid glob {glob_text:?}: {}", e.kind()),
+                "globs use * ? [abc] and {a,b}",
+            );
+            None
+        }
+    };
+    let schedule = match raw.schedule.get_ref().parse::<Schedule>() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            cx.d.error_hint(raw.schedule.span(), format!("invalid schedule {:?}: {e}", raw.schedule.get_ref()), "six fields with seconds, e.g. \"0 */15 * * * *\" (every 15 minutes); a classic five-field line means second 0");
+            None
+        }
+    };
+    let lead = raw.rotate_before_expiry.as_ref().and_then(|s| {
+        let text = s.get_ref().trim();
+        if let Some(p) = text.strip_suffix('%') {
+            match p.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => Some(Lead::Share(v)),
+                _ => {
+                    cx.d.error_hint(
+                        s.span(),
+                        format!("invalid share {text:?} for `rotate_before_expiry`"),
+                        "write a percentage of the key's lifetime between 0 and 100, e.g. \"33%\"",
+                    );
+                    None
+                }
+            }
+        } else {
+            duration(cx, s, "rotate_before_expiry").map(Lead::Absolute)
+        }
+    });
+    let max_age = raw
+        .max_age
+        .as_ref()
+        .and_then(|s| duration(cx, s, "max_age"));
+    if raw.rotate_before_expiry.is_none() && raw.max_age.is_none() {
+        cx.d.error_hint(
+            raw.name.span(),
+            format!("{what} has neither `rotate_before_expiry` nor `max_age`"),
+            "set rotate_before_expiry = \"7d\" (or \"33%\"), max_age = \"30d\", or both",
+        );
+    }
+    if let (Some(p), Some(rbe), None) = (provider, &raw.rotate_before_expiry, &raw.max_age)
+        && !matches!(p.kind, ProviderKind::OceanBase { .. })
+    {
+        cx.d.error_hint(
+            rbe.span(),
+            format!(
+                "{what}: {} keys carry no expiry, so `rotate_before_expiry` never fires",
+                p.kind.as_str()
+            ),
+            "set max_age (measured from the provider's creation time)",
+        );
+    }
+    let grace_period = duration_or(
+        cx,
+        &raw.grace_period,
+        "grace_period",
+        Duration::from_secs(24 * 3600),
+    );
+    if let (Some(age), Some(g)) = (max_age, &raw.grace_period)
+        && grace_period > age
+    {
+        cx.d.error_hint(
+            g.span(),
+            format!(
+                "grace_period ({}) is longer than max_age ({})",
+                g.get_ref(),
+                raw.max_age
+                    .as_ref()
+                    .map(|m| m.get_ref().as_str())
+                    .unwrap_or("")
+            ),
+            "the old key would outlive its own age limit; shorten grace_period or raise max_age",
+        );
+    }
+    let mut sinks = Vec::new();
+    for s in &raw.sinks {
+        let sname = s.get_ref();
+        if refs.sinks.contains_key(sname) {
+            if sinks.contains(sname) {
+                cx.d.warn_hint(
+                    s.span(),
+                    format!("sink {sname:?} is listed twice"),
+                    "remove the duplicate",
+                );
+            } else {
+                sinks.push(sname.clone());
+            }
+        } else if !refs.broken.contains(&format!("sink:{sname}")) {
+            let hint = match did_you_mean(sname, refs.sink_names.iter().map(|s| s.as_str())) {
+                Some(m) => format!("did you mean \"{m}\"?"),
+                None if refs.sink_names.is_empty() => {
+                    "define it as a [sinks.NAME] section".to_string()
+                }
+                None => format!("defined sinks: {}", refs.sink_names.join(", ")),
+            };
+            cx.d.error_hint(
+                s.span(),
+                format!("{what} names undefined sink {sname:?}"),
+                hint,
+            );
+        }
+    }
+    if mode == Mode::Rotate && raw.sinks.is_empty() {
+        cx.d.error_hint(
+            raw.name.span(),
+            format!("{what} rotates keys but publishes them nowhere (no `sinks`)"),
+            "list at least one sink, or set mode = \"observe\"",
+        );
+    }
+    let tmpl_text = raw
+        .name_template
+        .as_ref()
+        .map(|t| t.get_ref().as_str())
+        .unwrap_or(DEFAULT_NAME_TEMPLATE);
+    let tmpl_span = raw
+        .name_template
+        .as_ref()
+        .map(|t| t.span())
+        .unwrap_or(raw.name.span());
+    let name_template = match NameTemplate::parse(tmpl_text, &name) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.d.error_hint(
+                tmpl_span.clone(),
+                e,
+                "name templates use {lineage} and {rotation} (both required), {date} and {policy}",
+            );
+            None
+        }
+    };
+    let bootstrap = raw.bootstrap.as_ref().and_then(|b| match b.get_ref() {
+        RawBootstrap::Flag(true) => Some(name.clone()),
+        RawBootstrap::Flag(false) => None,
+        RawBootstrap::Lineage(l) if l.is_empty() => {
+            cx.d.error_hint(
+                b.span(),
+                "`bootstrap` lineage is empty",
+                "write bootstrap = true or bootstrap = \"lineage-name\"",
+            );
+            None
+        }
+        RawBootstrap::Lineage(l) => Some(l.clone()),
+    });
+    if let (Some(t), Some(m)) = (&name_template, &matcher) {
+        let sample_lineage = sample_for_glob(&glob_text);
+        let when = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .map(|d| d.to_utc())
+            .unwrap_or_default();
+        let rendered = t.render(&sample_lineage, &name, "00000000", 1, when);
+        if !m.is_match(&rendered) {
+            cx.d.error_hint(tmpl_span.clone(), format!("new key names from template {tmpl_text:?} (e.g. {rendered:?}) would not match `match = {glob_text:?}`"), "rekey would lose track of the keys it creates; make the template's output match the glob, e.g. \"{lineage}-{date}-{rotation}\" with match = \"app-*\"");
+        }
+        if let (Some(l), Some(b)) = (&bootstrap, &raw.bootstrap) {
+            let first = t.render(l, &name, "00000000", 1, when);
+            if !m.is_match(&first) {
+                cx.d.error_hint(b.span(), format!("bootstrap lineage {l:?} gives key names like {first:?}, which do not match `match = {glob_text:?}`"), "choose a lineage name the glob matches");
+            }
+        }
+    }
+    let create: serde_json::Map<String, serde_json::Value> = match &raw.create {
+        None => serde_json::Map::new(),
+        Some(t) => match serde_json::to_value(t.get_ref()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                cx.d.error(t.span(), "`create` must be a table of provider parameters");
+                serde_json::Map::new()
+            }
+        },
+    };
+    if let Some(p) = provider {
+        let create_span = raw
+            .create
+            .as_ref()
+            .map(|c| c.span())
+            .unwrap_or(raw.name.span());
+        let allowed: &[&str] = match p.kind {
+            ProviderKind::OceanBase { .. } => &["action"],
+            ProviderKind::Tencent { .. } => &["usage_plans"],
+            ProviderKind::Huawei { .. } => &[
+                "description",
+                "node_ids",
+                "control_type",
+                "allowlists",
+                "eps_id",
+            ],
+        };
+        for k in create.keys() {
+            if !allowed.contains(&k.as_str()) {
+                let hint = match did_you_mean(k, allowed.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!(
+                        "{} create parameters: {}",
+                        p.kind.as_str(),
+                        allowed.join(", ")
+                    ),
+                };
+                cx.d.error_hint(
+                    create_span.clone(),
+                    format!(
+                        "unknown create parameter `{k}` for a {} provider",
+                        p.kind.as_str()
+                    ),
+                    hint,
+                );
+            }
+        }
+        if matches!(p.kind, ProviderKind::OceanBase { .. })
+            && mode == Mode::Rotate
+            && !create.get("action").is_some_and(|a| a.is_string())
+        {
+            cx.d.error_hint(
+                create_span,
+                format!("{what}: OceanBase keys are created with a permission, and none is set"),
+                "add create = { action = \"read\" } (the permission the new keys get)",
+            );
+        }
+    }
+    let max_attempts = match &raw.max_attempts {
+        None => 5,
+        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            cx.d.error_hint(
+                n.span(),
+                format!("max_attempts = {} is out of range", n.get_ref()),
+                "use 1 to 100",
+            );
+            5
+        }
+    };
+    let _ = span;
+    Some(PolicyConfig {
+        name,
+        provider: provider_name.clone(),
+        mode,
+        match_glob: glob_text,
+        matcher: matcher?,
+        schedule: schedule?,
+        rotate_before_expiry: lead,
+        max_age,
+        grace_period,
+        sinks,
+        name_template: name_template?,
+        bootstrap,
+        create,
+        max_attempts,
+    })
+}
+
+/// The I/O step: every secret reference resolves, every named file exists.
+fn resolve_refs(cx: &mut Ctx) {
+    for p in std::mem::take(&mut cx.pending) {
+        match p.check {
+            PendingCheck::Secret(r) => {
+                if let Err(e) = r.resolve(cx.env) {
+                    let hint = match &r {
+                        SecretRef::Env(_) => {
+                            "export the variable (systemd: Environment= or, better, LoadCredential=)"
+                        }
+                        SecretRef::File(_) => "create the file (mode 0600) or fix the path",
+                        SecretRef::Credential(_) => {
+                            "add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand"
+                        }
+                        SecretRef::Literal(_) => "",
+                    };
+                    cx.d.error_hint(p.span, format!("{} cannot be resolved: {e}", p.what), hint);
+                }
+            }
+            PendingCheck::File(path) => {
+                if !path.is_file() {
+                    cx.d.error_hint(
+                        p.span,
+                        format!("{} {} does not exist", p.what, path.display()),
+                        "give the path of a PEM file",
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Providers: where keys live. One small async trait, one file per backend,
+//! and capabilities as data, so the engine has no per-provider branches.
+//!
+//! - `oceanbase`: OceanBase Cloud MaaS API keys (HTTP Digest auth).
+//! - `http`: the shared HTTP layer every backend calls through: rate limit
+//!   (token bucket), timeout, body-size cap, request ids, metrics.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::{ProviderConfig, ProviderKind};
+use crate::metrics::Metrics;
+use crate::secret::SecretFields;
+
+/// What a backend can do; the engine reads these instead of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub can_list: bool,
+    pub can_delete: bool,
+    /// Old keys must be disabled (and unbound) before delete (Tencent).
+    pub disable_before_delete: bool,
+    /// Keys carry an `expires_at`.
+    pub has_expiry: bool,
+    /// Create returns the new key's id; otherwise find it by listing.
+    pub returns_id_on_create: bool,
+}
+
+/// A key as a provider lists it. Never holds secret material.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderKey {
+    pub id: String,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Provider-specific facts the engine passes back to hooks (e.g. usage
+    /// plans a Tencent key is bound to, enabled/disabled status).
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+/// A freshly created key, with its secret.
+#[derive(Debug)]
+pub struct NewKey {
+    /// `None` when the provider does not return one (OceanBase).
+    pub id: Option<String>,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub secret: SecretFields,
+}
+
+pub struct CreateRequest<'a> {
+    /// The attempt's unique name.
+    pub name: &'a str,
+    /// The policy's `create` table.
+    pub params: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// The key was already gone; counts as done.
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderErrorKind {
+    Timeout(Duration),
+    Connect(String),
+    /// 429 or a throttling code.
+    RateLimited {
+        retry_after: Option<Duration>,
+    },
+    /// 401/403 or an auth-failure code.
+    Auth(String),
+    /// Quota or limit reached: retrying will not help.
+    Quota(String),
+    /// Any other API error.
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The response did not have the documented shape.
+    Protocol(String),
+    /// The response body exceeded the cap.
+    TooLarge(usize),
+    /// The request itself is invalid for this provider (bad create params).
+    Invalid(String),
+}
+
+/// A provider call that did not succeed. Carries the request id so
+/// support can trace it; never carries a secret.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{provider}: {operation}: {}{}", describe(.kind), .request_id.as_ref().map(|r| format!(" (request id {r})")).unwrap_or_default())]
+pub struct ProviderError {
+    pub provider: String,
+    pub operation: &'static str,
+    pub kind: ProviderErrorKind,
+    pub request_id: Option<String>,
+}
+
+fn describe(k: &ProviderErrorKind) -> String {
+    match k {
+        ProviderErrorKind::Timeout(d) => {
+            format!("timed out after {}", humantime::format_duration(*d))
+        }
+        ProviderErrorKind::Connect(r) => format!("connection failed: {r}"),
+        ProviderErrorKind::RateLimited { retry_after } => match retry_after {
+            Some(d) => format!(
+                "rate limited (retry after {})",
+                humantime::format_duration(*d)
+            ),
+            None => "rate limited".into(),
+        },
+        ProviderErrorKind::Auth(m) => format!("authentication failed: {m}"),
+        ProviderErrorKind::Quota(m) => format!("quota exceeded: {m}"),
+        ProviderErrorKind::Api {
+            status,
+            code,
+            message,
+        } => format!("HTTP {status} {code}: {message}"),
+        ProviderErrorKind::Protocol(m) => format!("unexpected response: {m}"),
+        ProviderErrorKind::TooLarge(n) => format!("response body larger than {n} bytes"),
+        ProviderErrorKind::Invalid(m) => format!("invalid request: {m}"),
+    }
+}
+
+impl ProviderError {
+    pub fn new(provider: &str, operation: &'static str, kind: ProviderErrorKind) -> Self {
+        ProviderError {
+            provider: provider.to_string(),
+            operation,
+            kind,
+            request_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, id: Option<String>) -> Self {
+        self.request_id = id;
+        self
+    }
+
+    /// Whether trying again later can succeed (timeouts, connection errors,
+    /// 429, 5xx) or a human must act (auth, 4xx, quota).
+    pub fn is_retryable(&self) -> bool {
+        match &self.kind {
+            ProviderErrorKind::Timeout(_)
+            | ProviderErrorKind::Connect(_)
+            | ProviderErrorKind::RateLimited { .. } => true,
+            ProviderErrorKind::Api { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            _ => false,
+        }
+    }
+
+    pub fn class(&self) -> &'static str {
+        if self.is_retryable() {
+            "retryable"
+        } else {
+            "permanent"
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.kind {
+            ProviderErrorKind::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name in the config.
+    fn name(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+
+    /// Every key whose name `keep` accepts, walking all pages; pages are
+    /// filtered as they arrive so memory holds only the kept keys.
+    async fn list(
+        &self,
+        keep: &(dyn Fn(&str) -> bool + Send + Sync),
+    ) -> Result<Vec<ProviderKey>, ProviderError>;
+
+    async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError>;
+
+    /// After create, before publishing: make the new key usable like the
+    /// old one (Tencent: bind it to the old key's usage plans).
+    async fn after_create(
+        &self,
+        _new_key_id: &str,
+        _old: Option<&ProviderKey>,
+        _params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Before delete (when `disable_before_delete`): unbind and disable.
+    async fn before_delete(&self, _key: &ProviderKey) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError>;
+}
+
+pub type SharedProvider = Arc<dyn Provider>;
+
+/// Build the backend a provider config names.
+pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {
+    let http = http::ProviderHttp::new(cfg, metrics.clone())?;
+    match &cfg.kind {
+        ProviderKind::OceanBase { .. } => Err(BuildError(format!(
+            "provider {}: the oceanbase backend is not compiled in yet",
+            cfg.name
+        ))),
+        ProviderKind::Tencent { .. } | ProviderKind::Huawei { .. } => {
+            let _ = http;
+            Err(BuildError(format!(
+                "provider {}: kind {} has no backend in this build",
+                cfg.name,
+                cfg.kind.as_str()
+            )))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);

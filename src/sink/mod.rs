@@ -1,0 +1,103 @@
+//! Sinks: where new keys are published. One small async trait, one file per
+//! backend (`file`, later `webhook` and `vault`).
+//!
+//! A sink acknowledges a publication by returning `Ok`; the engine records
+//! that per sink, so a failing sink is retried alone. Sinks that can be read
+//! back (file, Vault) implement [`Sink::read_back`], which the engine calls
+//! before deleting an old key to prove the sink still holds the new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::TargetTemplate;
+use crate::secret::SecretFields;
+
+/// Everything a sink needs to publish one new key.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    pub policy: &'a str,
+    pub lineage: &'a str,
+    /// Provider name (config) and kind.
+    pub provider: &'a str,
+    pub provider_kind: &'a str,
+    pub rotation_id: &'a str,
+    pub key_id: Option<&'a str>,
+    pub key_name: &'a str,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub secret: &'a SecretFields,
+    /// `secret.fingerprint()`, precomputed.
+    pub fingerprint: &'a str,
+}
+
+/// What a read-back found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadBack {
+    /// The fingerprint of what the sink holds now.
+    Fingerprint(String),
+    /// Nothing there.
+    Missing,
+    /// This sink cannot be read back (webhook).
+    Unsupported,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("sink {sink}: {message}")]
+pub struct SinkError {
+    pub sink: String,
+    /// What went wrong; never contains the secret.
+    pub message: String,
+    pub retryable: bool,
+    /// Server-requested delay before the next try (429 Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl SinkError {
+    pub fn retryable(sink: &str, message: impl Into<String>) -> Self {
+        SinkError {
+            sink: sink.to_string(),
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(sink: &str, message: impl Into<String>) -> Self {
+        SinkError {
+            sink: sink.to_string(),
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    pub fn class(&self) -> &'static str {
+        if self.retryable {
+            "retryable"
+        } else {
+            "permanent"
+        }
+    }
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    /// The target template, for sinks that write to a named place.
+    fn target(&self) -> Option<&TargetTemplate>;
+
+    /// Publish; `Ok` is the acknowledgement, with an optional detail for
+    /// history (path written, Vault version).
+    async fn publish(&self, p: &Publication<'_>) -> Result<Option<String>, SinkError>;
+
+    /// What the sink holds now for this policy and lineage.
+    async fn read_back(&self, _policy: &str, _lineage: &str) -> Result<ReadBack, SinkError> {
+        Ok(ReadBack::Unsupported)
+    }
+}
+
+pub type SharedSink = Arc<dyn Sink>;

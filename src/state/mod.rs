@@ -1,0 +1,1457 @@
+//! The SQLite state store.
+//!
+//! Everything rekey must not forget lives here: which keys each policy has
+//! seen and their lineages, every rotation and its create attempts, per-sink
+//! acknowledgements, the notification outbox, and each policy's check times.
+//!
+//! The engine never writes SQL and no `Connection` leaves this module: each
+//! public method is one *whole transition* — exactly one transaction that
+//! also writes the outbox events it causes — so a crash lands either before
+//! or after it, never inside. Transitions check the state they expect
+//! (`UPDATE … WHERE state = 'created'`) and fail with
+//! [`StoreError::Conflict`] rather than apply twice.
+//!
+//! Durability: WAL journal, `synchronous = FULL` (a committed transition
+//! survives power loss), a busy timeout, file mode 0600. One daemon per DB:
+//! [`Store::open`] takes an exclusive `flock` on `state.db.lock` holding the
+//! owner's pid. A DB with a newer schema or a file that is not a SQLite DB
+//! is refused with a clear error and never modified or deleted.
+
+pub mod schema;
+pub mod seal;
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "state database {path} has schema version {found}, newer than this rekey understands ({supported}); upgrade rekey or restore a backup — the file was not modified"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "state database {path} is not a rekey state database ({reason}); it was left untouched — move it aside or point daemon.state elsewhere"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "another rekey is already running on {path} (pid {pid}); one daemon per state database"
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error("state transition refused: {0}")]
+    Conflict(String),
+    #[error("state database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Timestamp format used in every column.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+fn opt_ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.as_deref().and_then(parse_ts)
+}
+
+/// The exclusive lock that makes one daemon per state DB.
+struct LockFile {
+    _file: File,
+}
+
+impl LockFile {
+    fn acquire(db: &Path) -> Result<Self, StoreError> {
+        let path = lock_path(db);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("cannot open lock file: {e}"),
+            })?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(StoreError::Locked {
+                path: db.to_path_buf(),
+                pid: if pid.trim().is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.trim().to_string()
+                },
+            });
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.sync_all();
+        Ok(LockFile { _file: file })
+    }
+}
+
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// The seal key file that sits beside the DB when no `seal_key` is set.
+pub fn key_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".key");
+    PathBuf::from(s)
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: Option<PathBuf>,
+    _lock: Option<LockFile>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({:?})", self.path)
+    }
+}
+
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+
+impl Store {
+    /// Open (creating if needed) the daemon's state: take the single-instance
+    /// lock, check the file, migrate.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let lock = LockFile::acquire(path)?;
+        check_header(path)?;
+        let fresh = !path.exists();
+        if fresh {
+            // Create it 0600 before SQLite does (SQLite would use 0644).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path: Some(path.to_path_buf()),
+            _lock: Some(lock),
+        };
+        store.configure()?;
+        store.migrate()?;
+        for suffix in ["-wal", "-shm"] {
+            let mut s = path.as_os_str().to_owned();
+            s.push(suffix);
+            let _ =
+                std::fs::set_permissions(PathBuf::from(s), std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(store)
+    }
+
+    /// Open for reading while a daemon may be running (history, plan): no
+    /// lock, no migration, no writes.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: "does not exist (has the daemon run yet?)".into(),
+            });
+        }
+        check_header(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            path: Some(path.to_path_buf()),
+            _lock: None,
+        };
+        let v = store.version().map_err(|e| store.corrupt(e))?;
+        if v > schema::VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: v,
+                supported: schema::VERSION,
+            });
+        }
+        if v < schema::VERSION {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "schema version {v} is older than {}; start the daemon once to upgrade it",
+                    schema::VERSION
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let store = Store {
+            conn: Mutex::new(Connection::open_in_memory()?),
+            path: None,
+            _lock: None,
+        };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn corrupt(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half transaction behind
+        // (SQLite rolls it back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        let c = self.conn();
+        c.busy_timeout(Duration::from_secs(5))?;
+        let r: Result<(), rusqlite::Error> = (|| {
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            c.pragma_update(None, "synchronous", "FULL")?;
+            c.pragma_update(None, "foreign_keys", "ON")?;
+            Ok(())
+        })();
+        r.map_err(|e| self.corrupt(e))
+    }
+
+    fn version(&self) -> Result<i64, rusqlite::Error> {
+        self.conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.corrupt(e))?;
+        let v: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.corrupt(e))?;
+        if v > schema::VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone().unwrap_or_default(),
+                found: v,
+                supported: schema::VERSION,
+            });
+        }
+        for (i, m) in schema::MIGRATIONS.iter().enumerate().skip(v as usize) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Append a standalone event (e.g. `key.expiring`) to the outbox.
+    pub fn emit(&self, ev: &Event) -> Result<(), StoreError> {
+        self.tx(|tx| insert_event(tx, ev))
+    }
+
+    /// Events after `seq`, oldest first.
+    pub fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT seq, id, type, at, policy, rotation_id, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![seq, limit as i64], |r| {
+            Ok(EventRow {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                kind: r.get(2)?,
+                at: opt_ts(r.get(3)?).unwrap_or_default(),
+                policy: r.get(4)?,
+                rotation_id: r.get(5)?,
+                data: serde_json::from_str(&r.get::<_, String>(6)?)
+                    .unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn last_event_seq(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    /// The delivery cursor of a notification target, registering it (at the
+    /// current end of the outbox) the first time it is seen.
+    pub fn delivery(&self, target: &str) -> Result<DeliveryRow, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO deliveries (target, cursor) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM events))",
+                params![target],
+            )?;
+            Ok(tx.query_row(
+                "SELECT target, cursor, attempts, next_attempt_at, last_error FROM deliveries WHERE target = ?1",
+                params![target],
+                |r| {
+                    Ok(DeliveryRow {
+                        target: r.get(0)?,
+                        cursor: r.get(1)?,
+                        attempts: r.get(2)?,
+                        next_attempt_at: opt_ts(r.get(3)?),
+                        last_error: r.get(4)?,
+                    })
+                },
+            )?)
+        })
+    }
+
+    /// The event at `seq` was delivered to `target` (or filtered out).
+    pub fn delivery_done(&self, target: &str, seq: i64) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE deliveries SET cursor = MAX(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
+                params![target, seq],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Delivery of the event after the cursor failed; try again at `next`.
+    pub fn delivery_failed(
+        &self,
+        target: &str,
+        error: &str,
+        next: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE target = ?1",
+                params![target, ts(next), error],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Give up on one event for one target: record it and move on.
+    pub fn dead_letter(
+        &self,
+        target: &str,
+        ev: &EventRow,
+        error: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO dead_letters (target, event_seq, event_id, type, at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![target, ev.seq, ev.id, ev.kind, ts(at), error],
+            )?;
+            tx.execute(
+                "UPDATE deliveries SET cursor = MAX(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
+                params![target, ev.seq],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT target, event_seq, event_id, type, at, error FROM dead_letters ORDER BY at",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(DeadLetter {
+                target: r.get(0)?,
+                event_seq: r.get(1)?,
+                event_id: r.get(2)?,
+                kind: r.get(3)?,
+                at: opt_ts(r.get(4)?).unwrap_or_default(),
+                error: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record that `key.expiring` for this threshold went out (same
+    /// transaction as the event). Returns false if it already had.
+    pub fn note_expiring(
+        &self,
+        policy: &str,
+        key_id: &str,
+        threshold: &str,
+        ev: &Event,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO expiring_notices (policy, key_id, threshold, at) VALUES (?1, ?2, ?3, ?4)",
+                params![policy, key_id, threshold, ts(ev.at)],
+            )?;
+            if n == 1 {
+                insert_event(tx, ev)?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    // ---------------------------------------------------------- policy state
+
+    pub fn policy_state(&self, policy: &str) -> Result<Option<PolicyStateRow>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT policy, last_check_at, next_check_at, health, last_error, decisions FROM policy_state WHERE policy = ?1",
+                params![policy],
+                policy_state_row,
+            )
+            .optional()?)
+    }
+
+    pub fn policy_states(&self) -> Result<Vec<PolicyStateRow>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT policy, last_check_at, next_check_at, health, last_error, decisions FROM policy_state")?;
+        let rows = st.query_map([], policy_state_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// When a policy's next scheduled check is due (survives restarts).
+    pub fn set_next_check(&self, policy: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO policy_state (policy, next_check_at) VALUES (?1, ?2)
+                 ON CONFLICT (policy) DO UPDATE SET next_check_at = excluded.next_check_at",
+                params![policy, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Record one completed check: the keys it saw, lineages, health and
+    /// decisions. Keys of the policy not listed any more become `gone`.
+    pub fn record_check(&self, check: &CheckRecord) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let at = ts(check.at);
+            {
+                let mut up = tx.prepare_cached(
+                    "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, 'live')
+                     ON CONFLICT (policy, key_id) DO UPDATE SET
+                        name = excluded.name, created_at = excluded.created_at, expires_at = excluded.expires_at,
+                        last_seen_at = excluded.last_seen_at,
+                        state = CASE WHEN keys.state = 'gone' THEN 'live' ELSE keys.state END",
+                )?;
+                for k in &check.keys {
+                    up.execute(params![
+                        check.policy,
+                        k.key_id,
+                        k.name,
+                        k.lineage,
+                        check.provider,
+                        k.created_at.map(ts),
+                        k.expires_at.map(ts),
+                        at,
+                        k.origin,
+                        k.rotation_id,
+                    ])?;
+                }
+            }
+            if check.complete_listing {
+                tx.execute(
+                    "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND state IN ('live', 'retiring') AND last_seen_at < ?2",
+                    params![check.policy, at],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO policy_state (policy, last_check_at, next_check_at, health, last_error, decisions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
+                    next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
+                    health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
+                params![check.policy, at, check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Keys a policy knows (any state), for lineage membership.
+    pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at FROM keys WHERE policy = ?1",
+        )?;
+        let rows = st.query_map(params![policy], |r| {
+            Ok(KnownKey {
+                key_id: r.get(0)?,
+                name: r.get(1)?,
+                lineage: r.get(2)?,
+                origin: r.get(3)?,
+                rotation_id: r.get(4)?,
+                state: r.get(5)?,
+                created_at: opt_ts(r.get(6)?),
+                expires_at: opt_ts(r.get(7)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ------------------------------------------------------------- rotations
+
+    /// Start a rotation of one lineage. `Ok(None)` when that lineage already
+    /// has an active rotation (at most one at a time, enforced by an index).
+    pub fn begin_rotation(&self, r: &NewRotation) -> Result<Option<String>, StoreError> {
+        self.tx(|tx| {
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+                    params![r.policy, r.lineage],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if active.is_some() {
+                return Ok(None);
+            }
+            let id = loop {
+                let candidate = format!("{:08x}", rand::random::<u32>());
+                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
+                if !taken {
+                    break candidate;
+                }
+            };
+            tx.execute(
+                "INSERT INTO rotations (id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
+                    old_key_id, old_key_name, sinks, grace_seconds, started_at)
+                 VALUES (?1, ?2, ?3, ?4, 'planned', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    id,
+                    r.policy,
+                    r.lineage,
+                    r.provider,
+                    r.reason,
+                    r.message,
+                    r.trigger,
+                    r.revoke_old_immediately,
+                    r.old_key_id,
+                    r.old_key_name,
+                    serde_json::to_string(&r.sinks).unwrap_or_else(|_| "[]".into()),
+                    r.grace.as_secs() as i64,
+                    ts(r.at),
+                ],
+            )?;
+            {
+                let mut st = tx.prepare_cached("INSERT INTO sink_acks (rotation_id, sink, state) VALUES (?1, ?2, 'pending')")?;
+                for s in &r.sinks {
+                    st.execute(params![id, s])?;
+                }
+            }
+            insert_event(
+                tx,
+                &Event::new(
+                    "rotation.started",
+                    r.at,
+                    Some(&r.policy),
+                    Some(&id),
+                    serde_json::json!({
+                        "policy": r.policy, "lineage": r.lineage, "provider": r.provider, "rotation_id": id,
+                        "reason": r.reason, "message": r.message, "trigger": r.trigger,
+                        "old_key_id": r.old_key_id, "old_key_name": r.old_key_name,
+                    }),
+                ),
+            )?;
+            Ok(Some(id))
+        })
+    }
+
+    /// Commit the next attempt's unique name *before* calling create.
+    /// Returns the attempt number.
+    pub fn start_attempt(
+        &self,
+        id: &str,
+        name_for: impl FnOnce(u32) -> String,
+        at: DateTime<Utc>,
+    ) -> Result<(u32, String), StoreError> {
+        self.tx(|tx| {
+            let (state, attempt): (String, u32) =
+                tx.query_row("SELECT state, attempt FROM rotations WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if state != "planned" {
+                return Err(StoreError::Conflict(format!("rotation {id} is {state}, not planned")));
+            }
+            let open: Option<u32> = tx
+                .query_row(
+                    "SELECT attempt FROM attempts WHERE rotation_id = ?1 AND state IN ('requested', 'abandoned')",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(a) = open {
+                return Err(StoreError::Conflict(format!("rotation {id} attempt {a} is unresolved")));
+            }
+            let next = attempt + 1;
+            let name = name_for(next);
+            tx.execute(
+                "INSERT INTO attempts (rotation_id, attempt, name, state, started_at) VALUES (?1, ?2, ?3, 'requested', ?4)",
+                params![id, next, name, ts(at)],
+            )?;
+            tx.execute("UPDATE rotations SET attempt = ?2, new_key_name = ?3 WHERE id = ?1", params![id, next, name])?;
+            Ok((next, name))
+        })
+    }
+
+    /// The provider returned the new key: seal its secret, move to `created`.
+    pub fn record_created(
+        &self,
+        id: &str,
+        attempt: u32,
+        key: &CreatedRecord,
+        sealed: &[u8],
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE rotations SET state = 'created', new_key_id = ?3, new_key_name = ?4, new_key_created_at = ?5,
+                    new_key_expires_at = ?6, sealed_secret = ?7, fingerprint = ?8, created_at = ?9,
+                    failures = 0, error = NULL, error_class = NULL, next_attempt_at = NULL
+                 WHERE id = ?1 AND state = 'planned' AND attempt = ?2",
+                params![id, attempt, key.key_id, key.name, key.created_at.map(ts), key.expires_at.map(ts), sealed, fingerprint, ts(at)],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!("rotation {id} attempt {attempt} is not the open create")));
+            }
+            tx.execute(
+                "UPDATE attempts SET state = 'created', finished_at = ?3 WHERE rotation_id = ?1 AND attempt = ?2",
+                params![id, attempt, ts(at)],
+            )?;
+            let (policy, lineage, provider): (String, String, String) = tx.query_row(
+                "SELECT policy, lineage, provider FROM rotations WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            if let Some(key_id) = &key.key_id {
+                upsert_created_key(tx, &policy, &provider, &lineage, id, key_id, key, at)?;
+            }
+            insert_event(
+                tx,
+                &Event::new(
+                    "key.created",
+                    at,
+                    Some(&policy),
+                    Some(id),
+                    serde_json::json!({
+                        "policy": policy, "lineage": lineage, "provider": provider, "rotation_id": id,
+                        "key_id": key.key_id, "key_name": key.name, "created_at": key.created_at,
+                        "expires_at": key.expires_at, "fingerprint": fingerprint,
+                    }),
+                ),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The new key's id, found after create (by listing and name).
+    pub fn record_new_key_id(
+        &self,
+        id: &str,
+        key: &CreatedRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let key_id = key.key_id.as_deref().ok_or_else(|| StoreError::Conflict("no key id".into()))?;
+            tx.execute(
+                "UPDATE rotations SET new_key_id = ?2, new_key_created_at = COALESCE(?3, new_key_created_at),
+                    new_key_expires_at = COALESCE(?4, new_key_expires_at) WHERE id = ?1",
+                params![id, key_id, key.created_at.map(ts), key.expires_at.map(ts)],
+            )?;
+            let (policy, lineage, provider): (String, String, String) = tx.query_row(
+                "SELECT policy, lineage, provider FROM rotations WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            upsert_created_key(tx, &policy, &provider, &lineage, id, key_id, key, at)?;
+            Ok(())
+        })
+    }
+
+    /// A create attempt whose outcome is unknown (crash, timeout) or failed.
+    /// `cleaned` = we know no key of that name exists (any found was deleted).
+    pub fn resolve_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        cleaned: bool,
+        error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE attempts SET state = ?3, finished_at = ?4, error = COALESCE(?5, error)
+                 WHERE rotation_id = ?1 AND attempt = ?2 AND state IN ('requested', 'abandoned')",
+                params![
+                    id,
+                    attempt,
+                    if cleaned { "cleaned" } else { "abandoned" },
+                    ts(at),
+                    error
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A step failed; it will be retried at `next_attempt_at` (or the rotation
+    /// fails when `give_up`). Returns the failure count.
+    pub fn record_step_failure(
+        &self,
+        id: &str,
+        error: &str,
+        class: &str,
+        next_attempt_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET failures = failures + 1, error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
+                params![id, error, class, next_attempt_at.map(ts)],
+            )?;
+            let _ = at;
+            Ok(tx.query_row("SELECT failures FROM rotations WHERE id = ?1", params![id], |r| r.get(0))?)
+        })
+    }
+
+    /// Give up: the old key stays, `rotation.failed` goes out.
+    pub fn fail_rotation(
+        &self,
+        id: &str,
+        error: &str,
+        class: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if row.state.is_terminal() {
+                return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
+            }
+            tx.execute(
+                "UPDATE rotations SET state = 'failed', error = ?2, error_class = ?3, finished_at = ?4, sealed_secret = NULL, next_attempt_at = NULL WHERE id = ?1",
+                params![id, error, class, ts(at)],
+            )?;
+            insert_event(
+                tx,
+                &Event::new(
+                    "rotation.failed",
+                    at,
+                    Some(&row.policy),
+                    Some(id),
+                    serde_json::json!({
+                        "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                        "state_at_failure": row.state.as_str(), "error": error, "error_class": class,
+                        "old_key_id": row.old_key_id, "new_key_id": row.new_key_id, "failures": row.failures + 1,
+                    }),
+                ),
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn record_sink_ack(
+        &self,
+        id: &str,
+        sink: &str,
+        detail: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, last_error = NULL, next_attempt_at = NULL
+                 WHERE rotation_id = ?1 AND sink = ?2",
+                params![id, sink, ts(at), detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn record_sink_failure(
+        &self,
+        id: &str,
+        sink: &str,
+        error: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE sink_acks SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
+                 WHERE rotation_id = ?1 AND sink = ?2",
+                params![id, sink, error, next.map(ts)],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn sink_acks(&self, id: &str) -> Result<Vec<SinkAckRow>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT sink, state, attempts, next_attempt_at, last_error, acked_at, detail FROM sink_acks WHERE rotation_id = ?1 ORDER BY sink",
+        )?;
+        let rows = st.query_map(params![id], |r| {
+            Ok(SinkAckRow {
+                sink: r.get(0)?,
+                state: r.get(1)?,
+                attempts: r.get(2)?,
+                next_attempt_at: opt_ts(r.get(3)?),
+                last_error: r.get(4)?,
+                acked_at: opt_ts(r.get(5)?),
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached("SELECT attempt, name, state, started_at, finished_at, error FROM attempts WHERE rotation_id = ?1 ORDER BY attempt")?;
+        let rows = st.query_map(params![id], |r| {
+            Ok(AttemptRow {
+                attempt: r.get(0)?,
+                name: r.get(1)?,
+                state: r.get(2)?,
+                started_at: opt_ts(r.get(3)?).unwrap_or_default(),
+                finished_at: opt_ts(r.get(4)?),
+                error: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every sink acknowledged: wipe the sealed secret, move to `published`,
+    /// and schedule the old key's retirement at `retire_at` (→ `retiring`),
+    /// or complete at once when there is no old key.
+    pub fn record_published(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        retire_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if row.state != RotationState::Created {
+                return Err(StoreError::Conflict(format!("rotation {id} is {}, not created", row.state.as_str())));
+            }
+            let pending: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM sink_acks WHERE rotation_id = ?1 AND state != 'acked'",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if pending > 0 {
+                return Err(StoreError::Conflict(format!("rotation {id} has {pending} sink(s) without acknowledgement")));
+            }
+            tx.execute(
+                "UPDATE rotations SET state = 'published', published_at = ?2, sealed_secret = NULL, failures = 0, error = NULL, error_class = NULL WHERE id = ?1",
+                params![id, ts(at)],
+            )?;
+            insert_event(
+                tx,
+                &Event::new(
+                    "key.published",
+                    at,
+                    Some(&row.policy),
+                    Some(id),
+                    serde_json::json!({
+                        "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                        "key_id": row.new_key_id, "key_name": row.new_key_name, "fingerprint": row.fingerprint,
+                        "sinks": row.sinks, "expires_at": row.new_key_expires_at,
+                    }),
+                ),
+            )?;
+            match (&row.old_key_id, retire_at) {
+                (Some(old), Some(when)) => {
+                    tx.execute(
+                        "UPDATE rotations SET state = 'retiring', retire_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
+                        params![id, ts(when)],
+                    )?;
+                    tx.execute(
+                        "UPDATE keys SET state = 'retiring' WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
+                        params![row.policy, old],
+                    )?;
+                }
+                _ => complete_tx(tx, &row, "no_old_key", at)?,
+            }
+            Ok(())
+        })
+    }
+
+    /// The old key is gone (deleted, or 404 on delete): complete.
+    pub fn record_old_key_deleted(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.finish_retire(id, "deleted", at)
+    }
+
+    /// The provider cannot delete: the old key is left `retired` for a human.
+    pub fn record_old_key_retired(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.finish_retire(id, "retired", at)
+    }
+
+    fn finish_retire(&self, id: &str, outcome: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if row.state != RotationState::Retiring {
+                return Err(StoreError::Conflict(format!("rotation {id} is {}, not retiring", row.state.as_str())));
+            }
+            if let Some(old) = &row.old_key_id {
+                let key_state = if outcome == "deleted" { "deleted" } else { "retired" };
+                tx.execute(
+                    "UPDATE keys SET state = ?3 WHERE policy = ?1 AND key_id = ?2",
+                    params![row.policy, old, key_state],
+                )?;
+                let kind = if outcome == "deleted" { "key.deleted" } else { "key.retired" };
+                insert_event(
+                    tx,
+                    &Event::new(
+                        kind,
+                        at,
+                        Some(&row.policy),
+                        Some(id),
+                        serde_json::json!({
+                            "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                            "key_id": old, "key_name": row.old_key_name, "replaced_by": row.new_key_id,
+                        }),
+                    ),
+                )?;
+            }
+            complete_tx(tx, &row, outcome, at)
+        })
+    }
+
+    /// Bring a retiring rotation's deadline forward (leaked key: revoke now).
+    pub fn set_retire_at(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET retire_at = ?2, next_attempt_at = ?2, revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('retiring', 'published')",
+                params![id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Push the next action of a rotation to `at` without counting a failure.
+    pub fn set_next_attempt(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
+                params![id, at.map(ts)],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn rotation(&self, id: &str) -> Result<Option<RotationRow>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        rotation_row_tx(&tx, id)
+    }
+
+    /// Unfinished rotations, oldest first: what recovery resumes.
+    pub fn active_rotations(&self) -> Result<Vec<RotationRow>, StoreError> {
+        self.rotations_where(
+            "state NOT IN ('completed', 'failed') ORDER BY started_at",
+            [],
+        )
+    }
+
+    /// Rotation history, newest first.
+    pub fn history(
+        &self,
+        policy: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RotationRow>, StoreError> {
+        match policy {
+            Some(p) => self.rotations_where(
+                "policy = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2",
+                params![p, limit as i64],
+            ),
+            None => self.rotations_where(
+                "1 = 1 ORDER BY started_at DESC, rowid DESC LIMIT ?1",
+                params![limit as i64],
+            ),
+        }
+    }
+
+    /// The latest rotation of each policy (for status).
+    pub fn last_rotation(&self, policy: &str) -> Result<Option<RotationRow>, StoreError> {
+        Ok(self.history(Some(policy), 1)?.into_iter().next())
+    }
+
+    fn rotations_where<P: rusqlite::Params>(
+        &self,
+        clause: &str,
+        p: P,
+    ) -> Result<Vec<RotationRow>, StoreError> {
+        let c = self.conn();
+        let sql = format!("SELECT {ROTATION_COLS} FROM rotations WHERE {clause}");
+        let mut st = c.prepare_cached(&sql)?;
+        let rows = st.query_map(p, rotation_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The sealed secret of a rotation still publishing.
+    pub fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT sealed_secret FROM rotations WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Counts of completed/failed rotations per policy (metrics at start-up).
+    pub fn rotation_counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT policy, state, COUNT(*) FROM rotations WHERE state IN ('completed', 'failed') GROUP BY policy, state")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Time of the last completed rotation per policy.
+    pub fn last_success(&self, policy: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let v: Option<String> = self.conn().query_row(
+            "SELECT MAX(finished_at) FROM rotations WHERE policy = ?1 AND state = 'completed'",
+            params![policy],
+            |r| r.get(0),
+        )?;
+        Ok(opt_ts(v))
+    }
+}
+
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let Ok(mut f) = File::open(path) else {
+        return Ok(());
+    };
+    let mut head = [0u8; 16];
+    match f.read(&mut head) {
+        Ok(0) => Ok(()),
+        Ok(n) if n == 16 && head == SQLITE_MAGIC => Ok(()),
+        Ok(_) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "the file does not start with the SQLite header".into(),
+        }),
+        Err(e) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upsert_created_key(
+    tx: &Transaction,
+    policy: &str,
+    provider: &str,
+    lineage: &str,
+    rotation_id: &str,
+    key_id: &str,
+    key: &CreatedRecord,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 'created', ?9, 'live')
+         ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = 'created', rotation_id = excluded.rotation_id",
+        params![policy, key_id, key.name, lineage, provider, key.created_at.map(ts), key.expires_at.map(ts), ts(at), rotation_id],
+    )?;
+    Ok(())
+}
+
+fn complete_tx(
+    tx: &Transaction,
+    row: &RotationRow,
+    outcome: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE rotations SET state = 'completed', outcome = ?2, finished_at = ?3, next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
+        params![row.id, outcome, ts(at)],
+    )?;
+    insert_event(
+        tx,
+        &Event::new(
+            "rotation.completed",
+            at,
+            Some(&row.policy),
+            Some(&row.id),
+            serde_json::json!({
+                "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": row.id,
+                "old_key_id": row.old_key_id, "new_key_id": row.new_key_id, "new_key_name": row.new_key_name,
+                "outcome": outcome, "reason": row.reason, "fingerprint": row.fingerprint,
+            }),
+        ),
+    )
+}
+
+fn insert_event(tx: &Transaction, ev: &Event) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO events (id, type, at, policy, rotation_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![ev.id, ev.kind, ts(ev.at), ev.policy, ev.rotation_id, ev.data.to_string()],
+    )?;
+    Ok(())
+}
+
+const ROTATION_COLS: &str = "id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
+    old_key_id, old_key_name, attempt, new_key_name, new_key_id, new_key_created_at, new_key_expires_at, fingerprint,
+    sinks, failures, next_attempt_at, grace_seconds, started_at, created_at, published_at, retire_at, finished_at,
+    error, error_class, outcome";
+
+fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
+    let state: String = r.get(4)?;
+    Ok(RotationRow {
+        id: r.get(0)?,
+        policy: r.get(1)?,
+        lineage: r.get(2)?,
+        provider: r.get(3)?,
+        state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
+        reason: r.get(5)?,
+        message: r.get(6)?,
+        trigger: r.get(7)?,
+        revoke_old_immediately: r.get(8)?,
+        old_key_id: r.get(9)?,
+        old_key_name: r.get(10)?,
+        attempt: r.get(11)?,
+        new_key_name: r.get(12)?,
+        new_key_id: r.get(13)?,
+        new_key_created_at: opt_ts(r.get(14)?),
+        new_key_expires_at: opt_ts(r.get(15)?),
+        fingerprint: r.get(16)?,
+        sinks: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
+        failures: r.get(18)?,
+        next_attempt_at: opt_ts(r.get(19)?),
+        grace: Duration::from_secs(r.get::<_, i64>(20)?.max(0) as u64),
+        started_at: opt_ts(r.get(21)?).unwrap_or_default(),
+        created_at: opt_ts(r.get(22)?),
+        published_at: opt_ts(r.get(23)?),
+        retire_at: opt_ts(r.get(24)?),
+        finished_at: opt_ts(r.get(25)?),
+        error: r.get(26)?,
+        error_class: r.get(27)?,
+        outcome: r.get(28)?,
+    })
+}
+
+fn rotation_row_tx(tx: &Transaction, id: &str) -> Result<Option<RotationRow>, StoreError> {
+    let sql = format!("SELECT {ROTATION_COLS} FROM rotations WHERE id = ?1");
+    Ok(tx.query_row(&sql, params![id], rotation_row).optional()?)
+}
+
+fn policy_state_row(r: &rusqlite::Row) -> rusqlite::Result<PolicyStateRow> {
+    Ok(PolicyStateRow {
+        policy: r.get(0)?,
+        last_check_at: opt_ts(r.get(1)?),
+        next_check_at: opt_ts(r.get(2)?),
+        health: r.get(3)?,
+        last_error: r.get(4)?,
+        decisions: r
+            .get::<_, Option<String>>(5)?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
+// ------------------------------------------------------------------ types
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationState {
+    Planned,
+    Created,
+    Published,
+    Retiring,
+    Completed,
+    Failed,
+}
+
+impl RotationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationState::Planned => "planned",
+            RotationState::Created => "created",
+            RotationState::Published => "published",
+            RotationState::Retiring => "retiring",
+            RotationState::Completed => "completed",
+            RotationState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "planned" => RotationState::Planned,
+            "created" => RotationState::Created,
+            "published" => RotationState::Published,
+            "retiring" => RotationState::Retiring,
+            "completed" => RotationState::Completed,
+            "failed" => RotationState::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RotationState::Completed | RotationState::Failed)
+    }
+}
+
+/// One outbox event. `data` must never hold a secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The stable `webhook-id`.
+    pub id: String,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub policy: Option<String>,
+    pub rotation_id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(
+        kind: &str,
+        at: DateTime<Utc>,
+        policy: Option<&str>,
+        rotation_id: Option<&str>,
+        data: serde_json::Value,
+    ) -> Self {
+        Event {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            kind: kind.to_string(),
+            at,
+            policy: policy.map(str::to_string),
+            rotation_id: rotation_id.map(str::to_string),
+            data,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub policy: Option<String>,
+    pub rotation_id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub target: String,
+    pub cursor: i64,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub target: String,
+    pub event_seq: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyStateRow {
+    pub policy: String,
+    pub last_check_at: Option<DateTime<Utc>>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub health: Option<String>,
+    pub last_error: Option<String>,
+    pub decisions: serde_json::Value,
+}
+
+/// A key seen by a check.
+#[derive(Debug, Clone)]
+pub struct SeenKey {
+    pub key_id: String,
+    pub name: String,
+    pub lineage: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// `created` or `adopted`.
+    pub origin: &'static str,
+    pub rotation_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub policy: String,
+    pub provider: String,
+    pub at: DateTime<Utc>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub health: String,
+    pub error: Option<String>,
+    pub decisions: serde_json::Value,
+    pub keys: Vec<SeenKey>,
+    /// The listing was complete, so keys not in it are gone.
+    pub complete_listing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct KnownKey {
+    pub key_id: String,
+    pub name: String,
+    pub lineage: String,
+    pub origin: String,
+    pub rotation_id: Option<String>,
+    pub state: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRotation {
+    pub policy: String,
+    pub lineage: String,
+    pub provider: String,
+    pub reason: String,
+    pub message: String,
+    pub trigger: String,
+    pub revoke_old_immediately: bool,
+    pub old_key_id: Option<String>,
+    pub old_key_name: Option<String>,
+    pub sinks: Vec<String>,
+    pub grace: Duration,
+    pub at: DateTime<Utc>,
+}
+
+/// What a create returned, minus the secret.
+#[derive(Debug, Clone)]
+pub struct CreatedRecord {
+    pub key_id: Option<String>,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationRow {
+    pub id: String,
+    pub policy: String,
+    pub lineage: String,
+    pub provider: String,
+    pub state: RotationState,
+    pub reason: String,
+    pub message: String,
+    pub trigger: String,
+    pub revoke_old_immediately: bool,
+    pub old_key_id: Option<String>,
+    pub old_key_name: Option<String>,
+    pub attempt: u32,
+    pub new_key_name: Option<String>,
+    pub new_key_id: Option<String>,
+    pub new_key_created_at: Option<DateTime<Utc>>,
+    pub new_key_expires_at: Option<DateTime<Utc>>,
+    pub fingerprint: Option<String>,
+    pub sinks: Vec<String>,
+    pub failures: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub grace: Duration,
+    pub started_at: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub retire_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub error_class: Option<String>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkAckRow {
+    pub sink: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub acked_at: Option<DateTime<Utc>>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub attempt: u32,
+    pub name: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The versioned SQLite schema.
+//!
+//! Versions (PRAGMA user_version), one line each:
+//! - 1: keys, rotations, attempts, sink_acks, events, deliveries,
+//!   dead_letters, policy_state, expiring_notices.
+//!
+//! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
+//! which sorts as text. No column outside `rotations.sealed_secret` ever holds
+//! key material.
+//!
+//! ## keys: every matching key a policy has seen
+//! - `policy`, `key_id`: primary key; the provider's id.
+//! - `name`: the key's name at the provider.
+//! - `lineage`: the logical credential it belongs to (recorded at create
+//!   time for keys rekey made; the key's own name for adopted keys).
+//! - `provider`: provider name from the config.
+//! - `created_at`, `expires_at`: as the provider reports them (nullable).
+//! - `first_seen_at`, `last_seen_at`: when a scan first/last listed it.
+//! - `origin`: `created` (by rekey) or `adopted`.
+//! - `rotation_id`: the rotation that created it, for `created` keys.
+//! - `state`: `live`, `retiring` (old key in grace), `deleted`, `retired`
+//!   (provider cannot delete; left for a human), `gone` (vanished from lists).
+//!
+//! ## rotations: one replacement of one lineage's current key
+//! - `id`: 8 hex chars, also in the new key's name via `{rotation}`.
+//! - `policy`, `lineage`, `provider`: whose key is replaced.
+//! - `state`: `planned → created → published → retiring → completed`, or `failed`.
+//! - `reason`, `message`: the planner decision that started it.
+//! - `trigger`: `schedule`, `manual` (POST /rotate) or `bootstrap`.
+//! - `revoke_old_immediately`: skip the grace period once published (leaked key).
+//! - `old_key_id`, `old_key_name`: the current key being replaced (null on bootstrap).
+//! - `attempt`: the latest create attempt number (see `attempts`).
+//! - `new_key_name`, `new_key_id`, `new_key_created_at`, `new_key_expires_at`:
+//!   the next key; the id may be resolved after create (OceanBase returns none).
+//! - `sealed_secret`: AEAD-sealed secret fields (nonce ‖ ciphertext, AAD = id),
+//!   held only from create until every sink acknowledged, then set to NULL.
+//! - `fingerprint`: `sha256:…` of the secret fields, compared on read-back.
+//! - `sinks`: JSON array of the sink names fixed at start.
+//! - `failures`: failed steps so far; `max_attempts` of the policy bounds it.
+//! - `next_attempt_at`: when the driver may act next (backoff, grace deadline).
+//! - `grace_seconds`: the policy's grace period when the rotation started.
+//! - `started_at`, `created_at`, `published_at`, `retire_at`, `finished_at`.
+//! - `error`, `error_class` (`retryable`/`permanent`): the last failure.
+//! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`.
+//!
+//! Index `rotations_one_active` makes "at most one rotation per lineage at a
+//! time" a constraint, not a convention.
+//!
+//! ## attempts: each create call of a rotation
+//! - `rotation_id`, `attempt`: primary key.
+//! - `name`: the unique key name this attempt asks for.
+//! - `state`: `requested` (committed before the create call), `created`,
+//!   `abandoned` (outcome unknown after a crash or error), `cleaned` (an
+//!   abandoned attempt's key was found and deleted, or was never made).
+//! - `started_at`, `finished_at`, `error`.
+//!
+//! ## sink_acks: per-sink publication of one rotation's new key
+//! - `rotation_id`, `sink`: primary key.
+//! - `state`: `pending`, `acked`, `failed` (last try failed; retried).
+//! - `attempts`, `next_attempt_at`, `last_error`, `acked_at`.
+//! - `detail`: what the sink reported (file path, Vault version).
+//!
+//! ## events: the notification outbox
+//! - `seq`: delivery order.
+//! - `id`: the stable `webhook-id` (`msg_…`), the same on every retry.
+//! - `type`, `at`, `policy`, `rotation_id`, `data` (JSON; never a secret).
+//!
+//! ## deliveries: one row per notification target
+//! - `target`: notify name. `cursor`: last event `seq` handled.
+//! - `attempts`, `next_attempt_at`, `last_error`: retry state of the event
+//!   after the cursor.
+//!
+//! ## dead_letters: events a target never accepted after every retry
+//! - `target`, `event_seq`, `event_id`, `type`, `at`, `error`.
+//!
+//! ## policy_state: what the scheduler must not forget
+//! - `policy`: primary key. `last_check_at`, `next_check_at`.
+//! - `health`: the last computed health. `last_error`.
+//! - `decisions`: JSON of the last plan per lineage (reason, message).
+//!
+//! ## expiring_notices: `key.expiring` sent, at most once per threshold
+//! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
+
+/// The schema version this build writes and understands.
+pub const VERSION: i64 = 1;
+
+/// Migration `n` takes the DB from version `n` to `n + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE keys (
+    policy TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    created_at TEXT,
+    expires_at TEXT,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('created', 'adopted')),
+    rotation_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('live', 'retiring', 'deleted', 'retired', 'gone')),
+    PRIMARY KEY (policy, key_id)
+);
+CREATE INDEX keys_by_lineage ON keys (policy, lineage);
+
+CREATE TABLE rotations (
+    id TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('planned', 'created', 'published', 'retiring', 'completed', 'failed')),
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    revoke_old_immediately INTEGER NOT NULL DEFAULT 0,
+    old_key_id TEXT,
+    old_key_name TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    new_key_name TEXT,
+    new_key_id TEXT,
+    new_key_created_at TEXT,
+    new_key_expires_at TEXT,
+    sealed_secret BLOB,
+    fingerprint TEXT,
+    sinks TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    grace_seconds INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    created_at TEXT,
+    published_at TEXT,
+    retire_at TEXT,
+    finished_at TEXT,
+    error TEXT,
+    error_class TEXT,
+    outcome TEXT
+);
+CREATE UNIQUE INDEX rotations_one_active ON rotations (policy, lineage)
+    WHERE state NOT IN ('completed', 'failed');
+CREATE INDEX rotations_by_policy ON rotations (policy, started_at);
+
+CREATE TABLE attempts (
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('requested', 'created', 'abandoned', 'cleaned')),
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    error TEXT,
+    PRIMARY KEY (rotation_id, attempt)
+);
+
+CREATE TABLE sink_acks (
+    rotation_id TEXT NOT NULL REFERENCES rotations (id),
+    sink TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'acked', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error TEXT,
+    acked_at TEXT,
+    detail TEXT,
+    PRIMARY KEY (rotation_id, sink)
+);
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    policy TEXT,
+    rotation_id TEXT,
+    data TEXT NOT NULL
+);
+
+CREATE TABLE deliveries (
+    target TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error TEXT
+);
+
+CREATE TABLE dead_letters (
+    target TEXT NOT NULL,
+    event_seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (target, event_seq)
+);
+
+CREATE TABLE policy_state (
+    policy TEXT PRIMARY KEY,
+    last_check_at TEXT,
+    next_check_at TEXT,
+    health TEXT,
+    last_error TEXT,
+    decisions TEXT
+);
+
+CREATE TABLE expiring_notices (
+    policy TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    threshold TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (policy, key_id, threshold)
+);
+"#];

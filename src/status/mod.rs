@@ -1,0 +1,184 @@
+//! The status surface: the in-memory snapshot the engine publishes and the
+//! endpoint serves (so a slow provider never slows `/status`), and the
+//! rotate requests the endpoint sends back to the daemon.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Health of a policy: the worst of its lineages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Rotating,
+    Due,
+    NoKeys,
+    Failing,
+    Expired,
+    Misconfigured,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Rotating => "rotating",
+            Health::Due => "due",
+            Health::NoKeys => "no_keys",
+            Health::Failing => "failing",
+            Health::Expired => "expired",
+            Health::Misconfigured => "misconfigured",
+        }
+    }
+
+    /// `ok` and `rotating` are healthy (exit 0 in `rekey status`).
+    pub fn is_healthy(self) -> bool {
+        matches!(self, Health::Ok | Health::Rotating)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// The lineage's newest live key that is not retiring.
+    Current,
+    /// Created by an unfinished rotation, not yet published everywhere.
+    Pending,
+    /// Old key in its grace period.
+    Retiring,
+    /// Left for a human (provider cannot delete).
+    Retired,
+    /// An older live key rekey is not retiring; left alone.
+    Stale,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    pub id: String,
+    pub name: String,
+    pub lineage: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub state: KeyState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRotation {
+    pub id: String,
+    pub lineage: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineageStatus {
+    pub name: String,
+    pub health: Health,
+    pub current_key: Option<String>,
+    pub reason: String,
+    pub message: String,
+    pub rotate_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub provider: String,
+    pub mode: String,
+    pub health: Health,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub last_check_at: Option<DateTime<Utc>>,
+    pub keys: Vec<KeyStatus>,
+    pub lineages: Vec<LineageStatus>,
+    pub last_rotation: Option<LastRotation>,
+    /// Why the policy is misconfigured/failing, when it is.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub policies: Vec<PolicyStatus>,
+}
+
+/// The engine writes, the endpoint reads; readers never wait.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<ArcSwap<Snapshot>>);
+
+impl StatusHandle {
+    pub fn new(started_at: DateTime<Utc>) -> Self {
+        StatusHandle(Arc::new(ArcSwap::from_pointee(Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at,
+            policies: Vec::new(),
+        })))
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, s: Snapshot) {
+        self.0.store(Arc::new(s))
+    }
+
+    /// Replace (or add) one policy's entry.
+    pub fn update_policy(&self, p: PolicyStatus) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            match next.policies.iter_mut().find(|x| x.name == p.name) {
+                Some(slot) => *slot = p.clone(),
+                None => next.policies.push(p.clone()),
+            }
+            next
+        });
+    }
+
+    /// Keep only the named policies (after a reload removed some).
+    pub fn retain_policies(&self, names: &[String]) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            next.policies.retain(|p| names.contains(&p.name));
+            next.policies
+                .sort_by_key(|p| names.iter().position(|n| *n == p.name));
+            next
+        });
+    }
+}
+
+/// `POST /rotate/{policy}` as a message to the daemon.
+#[derive(Debug)]
+pub struct RotateRequest {
+    pub policy: String,
+    pub lineage: Option<String>,
+    pub revoke_old_immediately: bool,
+    pub reply: oneshot::Sender<RotateReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RotateReply {
+    /// 202: rotations started (ids) or, for a rotation already past
+    /// publishing, its old key's grace cut short.
+    Accepted {
+        rotations: Vec<String>,
+        message: String,
+    },
+    /// 404
+    UnknownPolicy,
+    /// 404
+    UnknownLineage { lineage: String },
+    /// 409
+    AlreadyRunning { rotations: Vec<String> },
+    /// 409: observe-mode or misconfigured policies change nothing.
+    Refused { message: String },
+}
+
+pub type RotateSender = mpsc::Sender<RotateRequest>;
