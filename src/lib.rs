@@ -21,6 +21,7 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod provider;
+pub mod rotation;
 pub mod secret;
 pub mod sink;
 pub mod state;

@@ -1,5 +1,5 @@
 //! Sinks: where new keys are published. One small async trait, one file per
-//! backend (`file`, later `webhook` and `vault`).
+//! backend (`file`, `webhook`, `vault`).
 //!
 //! A sink acknowledges a publication by returning `Ok`; the engine records
 //! that per sink, so a failing sink is retried alone. Sinks that can be read
@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::TargetTemplate;
+use crate::config::{SinkConfig, SinkKind, TargetTemplate};
 use crate::secret::SecretFields;
 
 /// Everything a sink needs to publish one new key.
@@ -98,6 +98,23 @@ pub trait Sink: Send + Sync {
     async fn read_back(&self, _policy: &str, _lineage: &str) -> Result<ReadBack, SinkError> {
         Ok(ReadBack::Unsupported)
     }
+
+    /// The fingerprint `read_back` returns once `secret` is published; by
+    /// default that of the secret fields themselves. Sinks that store a
+    /// transformed form (the file sink's `raw` and `env` formats) override.
+    fn expected_fingerprint(&self, secret: &SecretFields) -> String {
+        secret.fingerprint()
+    }
 }
 
 pub type SharedSink = Arc<dyn Sink>;
+
+pub mod file;
+
+/// Build the sink a config names.
+pub fn build(cfg: &SinkConfig) -> Result<SharedSink, SinkError> {
+    match &cfg.kind {
+        SinkKind::File(f) => Ok(Arc::new(file::FileSink::new(&cfg.name, f))),
+        SinkKind::Webhook(_) | SinkKind::Vault(_) => Err(SinkError::permanent(&cfg.name, format!("{} sinks are not in this build", cfg.kind.as_str()))),
+    }
+}

@@ -1,0 +1,4 @@
+//! Rotation: the planner (`policy`), the engine that drives each rotation
+//! through its states (`engine`), and crash recovery (`recovery`).
+
+pub mod policy;
