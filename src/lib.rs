@@ -18,6 +18,8 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod failpoint;
 pub mod logging;
 pub mod metrics;
 pub mod provider;

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
+    /// Key label sets currently exported per policy, so vanished keys'
+    /// series can be removed.
+    key_series:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +128,38 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            key_series: Default::default(),
+        }
+    }
+
+    /// Set the expiry/created gauges of a policy's live keys, dropping
+    /// series of keys that are gone.
+    pub fn sync_keys(&self, policy: &str, keys: &[crate::status::KeyStatus]) {
+        let mut series = self.key_series.lock().unwrap_or_else(|p| p.into_inner());
+        let now: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.lineage.clone(), k.name.clone()))
+            .collect();
+        if let Some(old) = series.get(policy) {
+            for (lineage, key) in old.iter().filter(|o| !now.contains(o)) {
+                let _ = self.key_expiry.remove_label_values(&[policy, lineage, key]);
+                let _ = self
+                    .key_created
+                    .remove_label_values(&[policy, lineage, key]);
+            }
+        }
+        series.insert(policy.to_string(), now);
+        for k in keys {
+            if let Some(e) = k.expires_at {
+                self.key_expiry
+                    .with_label_values(&[policy, &k.lineage, &k.name])
+                    .set(e.timestamp() as f64);
+            }
+            if let Some(c) = k.created_at {
+                self.key_created
+                    .with_label_values(&[policy, &k.lineage, &k.name])
+                    .set(c.timestamp() as f64);
+            }
         }
     }
 

@@ -194,17 +194,19 @@ pub trait Provider: Send + Sync {
 
     /// After create, before publishing: make the new key usable like the
     /// old one (Tencent: bind it to the old key's usage plans).
+    /// Must be idempotent: it runs again if rekey restarts before publishing.
     async fn after_create(
         &self,
         _new_key_id: &str,
-        _old: Option<&ProviderKey>,
+        _old_key_id: Option<&str>,
         _params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), ProviderError> {
         Ok(())
     }
 
     /// Before delete (when `disable_before_delete`): unbind and disable.
-    async fn before_delete(&self, _key: &ProviderKey) -> Result<(), ProviderError> {
+    /// Must be idempotent, like `after_create`.
+    async fn before_delete(&self, _key_id: &str) -> Result<(), ProviderError> {
         Ok(())
     }
 

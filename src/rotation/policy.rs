@@ -73,7 +73,9 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// Made by rekey, by this rotation.
-    Created { rotation_id: Option<String> },
+    Created {
+        rotation_id: Option<String>,
+    },
     Adopted,
 }
 
@@ -211,7 +213,12 @@ fn human(d: ChronoDuration) -> String {
 }
 
 /// The decision chain for one lineage's current key.
-pub fn decide(policy: &PolicyConfig, current: Option<&ProviderKey>, active: Option<&RotationRow>, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    policy: &PolicyConfig,
+    current: Option<&ProviderKey>,
+    active: Option<&RotationRow>,
+    now: DateTime<Utc>,
+) -> Decision {
     if let Some(r) = active {
         return Decision {
             reason: Reason::InProgress,
@@ -233,7 +240,12 @@ pub fn decide(policy: &PolicyConfig, current: Option<&ProviderKey>, active: Opti
         if exp <= now {
             return Decision {
                 reason: Reason::Expired,
-                message: format!("key {} expired at {} ({} ago)", key.name, exp.to_rfc3339(), human(now - exp)),
+                message: format!(
+                    "key {} expired at {} ({} ago)",
+                    key.name,
+                    exp.to_rfc3339(),
+                    human(now - exp)
+                ),
                 rotate: true,
                 rotate_at: Some(exp),
             };
@@ -243,7 +255,12 @@ pub fn decide(policy: &PolicyConfig, current: Option<&ProviderKey>, active: Opti
         {
             return Decision {
                 reason: Reason::Expiring,
-                message: format!("key {} expires in {} (lead {})", key.name, human(exp - now), human(lead)),
+                message: format!(
+                    "key {} expires in {} (lead {})",
+                    key.name,
+                    human(exp - now),
+                    human(lead)
+                ),
                 rotate: true,
                 rotate_at: Some(exp - lead),
             };
@@ -262,7 +279,10 @@ pub fn decide(policy: &PolicyConfig, current: Option<&ProviderKey>, active: Opti
                 "key {} is {} old (max_age {})",
                 key.name,
                 human(now - key.created_at.unwrap_or(now)),
-                human(ChronoDuration::from_std(policy.max_age.unwrap_or_default()).unwrap_or_default())
+                human(
+                    ChronoDuration::from_std(policy.max_age.unwrap_or_default())
+                        .unwrap_or_default()
+                )
             ),
             rotate: true,
             rotate_at: Some(due),
@@ -321,14 +341,31 @@ pub fn plan(
     let mut lineages = Vec::new();
     for (name, mut ks) in by_lineage {
         let mine: Vec<&RotationRow> = rotations.iter().filter(|r| r.lineage == name).collect();
-        let active = mine.iter().find(|r| !r.state.is_terminal()).map(|r| (*r).clone());
-        let last = mine.iter().max_by_key(|r| r.started_at).map(|r| (*r).clone());
+        let active = mine
+            .iter()
+            .find(|r| !r.state.is_terminal())
+            .map(|r| (*r).clone());
+        let last = mine
+            .iter()
+            .max_by_key(|r| r.started_at)
+            .map(|r| (*r).clone());
         let resumable = match (&active, &last) {
-            (None, Some(l)) if l.state == RotationState::Failed && l.created_at.is_some() && l.published_at.is_none() => Some(l.clone()),
+            (None, Some(l))
+                if l.state == RotationState::Failed
+                    && l.created_at.is_some()
+                    && l.published_at.is_none() =>
+            {
+                Some(l.clone())
+            }
             _ => None,
         };
         // Newest first.
-        ks.sort_by(|a, b| b.key.created_at.cmp(&a.key.created_at).then(b.key.name.cmp(&a.key.name)));
+        ks.sort_by(|a, b| {
+            b.key
+                .created_at
+                .cmp(&a.key.created_at)
+                .then(b.key.name.cmp(&a.key.name))
+        });
         let retiring_ids: HashSet<&str> = mine
             .iter()
             .filter(|r| matches!(r.state, RotationState::Retiring | RotationState::Published))
@@ -344,7 +381,10 @@ pub fn plan(
             .collect();
         let pending_names: HashSet<&str> = mine
             .iter()
-            .filter(|r| matches!(r.state, RotationState::Planned | RotationState::Created) || (r.state == RotationState::Failed && r.published_at.is_none()))
+            .filter(|r| {
+                matches!(r.state, RotationState::Planned | RotationState::Created)
+                    || (r.state == RotationState::Failed && r.published_at.is_none())
+            })
             .filter_map(|r| r.new_key_name.as_deref())
             .collect();
         let mut current: Option<KeyView> = None;
@@ -352,7 +392,9 @@ pub fn plan(
         for k in ks {
             let st = if k.store_state.as_deref() == Some("retired") {
                 KeyState::Retired
-            } else if k.store_state.as_deref() == Some("retiring") || retiring_ids.contains(k.key.id.as_str()) {
+            } else if k.store_state.as_deref() == Some("retiring")
+                || retiring_ids.contains(k.key.id.as_str())
+            {
                 KeyState::Retiring
             } else if pending_ids.contains(k.key.id.as_str())
                 || pending_names.contains(k.key.name.as_str())
@@ -367,8 +409,16 @@ pub fn plan(
             };
             states.push((k, st));
         }
-        let mut decision = decide(policy, current.as_ref().map(|c| &c.key), active.as_ref(), now);
-        if decision.reason == Reason::NoKeys && Some(&name) == policy.bootstrap.as_ref() && active.is_none() {
+        let mut decision = decide(
+            policy,
+            current.as_ref().map(|c| &c.key),
+            active.as_ref(),
+            now,
+        );
+        if decision.reason == Reason::NoKeys
+            && Some(&name) == policy.bootstrap.as_ref()
+            && active.is_none()
+        {
             decision = Decision {
                 reason: Reason::Bootstrap,
                 message: format!("lineage {name} has no live key; creating its first"),
@@ -376,12 +426,18 @@ pub fn plan(
                 rotate_at: None,
             };
         }
-        let failed_last = last.as_ref().is_some_and(|l| l.state == RotationState::Failed);
+        let failed_last = last
+            .as_ref()
+            .is_some_and(|l| l.state == RotationState::Failed);
         let health = match decision.reason {
             Reason::InProgress => Health::Rotating,
             Reason::NoKeys => Health::NoKeys,
             Reason::Expired if policy.mode == Mode::Observe || failed_last => Health::Expired,
-            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap if failed_last => Health::Failing,
+            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap
+                if failed_last =>
+            {
+                Health::Failing
+            }
             Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap => Health::Due,
             _ => Health::Ok,
         };
@@ -403,7 +459,10 @@ pub fn plan(
             keys: Vec::new(),
             decision: Decision {
                 reason: Reason::Bootstrap,
-                message: format!("no key matches {:?}; creating the first key of lineage {b}", policy.match_glob),
+                message: format!(
+                    "no key matches {:?}; creating the first key of lineage {b}",
+                    policy.match_glob
+                ),
                 rotate: true,
                 rotate_at: None,
             },
@@ -440,7 +499,11 @@ pub fn plan(
     } else if lineages.is_empty() {
         Health::NoKeys
     } else {
-        lineages.iter().map(|l| l.health).max().unwrap_or(Health::Ok)
+        lineages
+            .iter()
+            .map(|l| l.health)
+            .max()
+            .unwrap_or(Health::Ok)
     };
     PolicyPlan {
         policy: policy.name.clone(),

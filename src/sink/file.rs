@@ -62,7 +62,9 @@ impl FileSink {
                 out.push('\n');
             }
             FileFormat::Env => {
-                out.push_str("# Written by rekey. Do not edit: the next rotation replaces this file.\n");
+                out.push_str(
+                    "# Written by rekey. Do not edit: the next rotation replaces this file.\n",
+                );
                 for (field, value) in p.secret.iter() {
                     out.push_str(&self.env_name(field));
                     out.push('=');
@@ -84,7 +86,12 @@ impl FileSink {
                 let secret: serde_json::Map<String, serde_json::Value> = p
                     .secret
                     .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.expose().to_string())))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            serde_json::Value::String(v.expose().to_string()),
+                        )
+                    })
                     .collect();
                 let doc = serde_json::json!({
                     "secret": secret,
@@ -139,7 +146,8 @@ impl FileSink {
                 }
             }
             FileFormat::Json => {
-                if let Ok(serde_json::Value::Object(doc)) = serde_json::from_str::<serde_json::Value>(text)
+                if let Ok(serde_json::Value::Object(doc)) =
+                    serde_json::from_str::<serde_json::Value>(text)
                     && let Some(serde_json::Value::Object(secret)) = doc.get("secret")
                 {
                     for (k, v) in secret {
@@ -245,7 +253,11 @@ fn lookup_uid(name: &str) -> Option<u32> {
     // SAFETY: getpwnam returns a pointer into static storage or NULL; we
     // copy the uid out immediately and hold no reference.
     let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() { None } else { Some(unsafe { (*pw).pw_uid }) }
+    if pw.is_null() {
+        None
+    } else {
+        Some(unsafe { (*pw).pw_uid })
+    }
 }
 
 fn lookup_gid(name: &str) -> Option<u32> {
@@ -255,21 +267,36 @@ fn lookup_gid(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: as for getpwnam.
     let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() { None } else { Some(unsafe { (*gr).gr_gid }) }
+    if gr.is_null() {
+        None
+    } else {
+        Some(unsafe { (*gr).gr_gid })
+    }
 }
 
 impl FileSink {
     fn write_atomically(&self, path: &Path, content: &[u8]) -> Result<(), SinkError> {
-        let io = |what: &str, e: std::io::Error| SinkError::retryable(&self.name, format!("{what} {}: {e}", path.display()));
+        let io = |what: &str, e: std::io::Error| {
+            SinkError::retryable(&self.name, format!("{what} {}: {e}", path.display()))
+        };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
-            return Err(SinkError::retryable(&self.name, format!("directory {} does not exist", dir.display())));
+            return Err(SinkError::retryable(
+                &self.name,
+                format!("directory {} does not exist", dir.display()),
+            ));
         }
-        let file_name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.rekey-{:08x}.tmp", rand::random::<u32>()));
+        let file_name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(
+            ".{file_name}.rekey-{:08x}.tmp",
+            rand::random::<u32>()
+        ));
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -280,18 +307,25 @@ impl FileSink {
             // The umask may have narrowed the mode; set it exactly.
             f.set_permissions(std::fs::Permissions::from_mode(self.cfg.mode))
                 .map_err(|e| io("cannot set mode on temp file for", e))?;
-            f.write_all(content).map_err(|e| io("cannot write temp file for", e))?;
-            f.sync_all().map_err(|e| io("cannot fsync temp file for", e))?;
+            f.write_all(content)
+                .map_err(|e| io("cannot write temp file for", e))?;
+            f.sync_all()
+                .map_err(|e| io("cannot fsync temp file for", e))?;
             if self.cfg.owner.is_some() || self.cfg.group.is_some() {
                 let uid = match &self.cfg.owner {
-                    Some(o) => Some(lookup_uid(o).ok_or_else(|| SinkError::permanent(&self.name, format!("unknown owner {o:?}")))?),
+                    Some(o) => Some(lookup_uid(o).ok_or_else(|| {
+                        SinkError::permanent(&self.name, format!("unknown owner {o:?}"))
+                    })?),
                     None => None,
                 };
                 let gid = match &self.cfg.group {
-                    Some(g) => Some(lookup_gid(g).ok_or_else(|| SinkError::permanent(&self.name, format!("unknown group {g:?}")))?),
+                    Some(g) => Some(lookup_gid(g).ok_or_else(|| {
+                        SinkError::permanent(&self.name, format!("unknown group {g:?}"))
+                    })?),
                     None => None,
                 };
-                std::os::unix::fs::fchown(&f, uid, gid).map_err(|e| io("cannot chown temp file for", e))?;
+                std::os::unix::fs::fchown(&f, uid, gid)
+                    .map_err(|e| io("cannot chown temp file for", e))?;
             }
             std::fs::rename(&tmp, path).map_err(|e| io("cannot rename temp file onto", e))?;
             std::fs::File::open(&dir)
@@ -305,29 +339,53 @@ impl FileSink {
         result
     }
 
-    async fn run_on_publish(&self, argv: &[String], path: &Path, p: &Publication<'_>) -> Result<(), SinkError> {
+    async fn run_on_publish(
+        &self,
+        argv: &[String],
+        path: &Path,
+        p: &Publication<'_>,
+    ) -> Result<(), SinkError> {
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env("REKEY_POLICY", p.policy)
             .env("REKEY_LINEAGE", p.lineage)
             .env("REKEY_KEY_ID", p.key_id.unwrap_or(""))
             .env("REKEY_KEY_NAME", p.key_name)
-            .env("REKEY_EXPIRES_AT", p.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default())
+            .env(
+                "REKEY_EXPIRES_AT",
+                p.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default(),
+            )
             .env("REKEY_FILE", path)
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| SinkError::retryable(&self.name, format!("on_publish: cannot run {:?}: {e}", argv[0])))?;
-        let out = match tokio::time::timeout(self.cfg.on_publish_timeout, child.wait_with_output()).await {
+        let child = cmd.spawn().map_err(|e| {
+            SinkError::retryable(
+                &self.name,
+                format!("on_publish: cannot run {:?}: {e}", argv[0]),
+            )
+        })?;
+        let out = match tokio::time::timeout(self.cfg.on_publish_timeout, child.wait_with_output())
+            .await
+        {
             Err(_) => {
                 return Err(SinkError::retryable(
                     &self.name,
-                    format!("on_publish {:?} did not finish within {}", argv[0], humantime::format_duration(self.cfg.on_publish_timeout)),
+                    format!(
+                        "on_publish {:?} did not finish within {}",
+                        argv[0],
+                        humantime::format_duration(self.cfg.on_publish_timeout)
+                    ),
                 ));
             }
-            Ok(Err(e)) => return Err(SinkError::retryable(&self.name, format!("on_publish {:?}: {e}", argv[0]))),
+            Ok(Err(e)) => {
+                return Err(SinkError::retryable(
+                    &self.name,
+                    format!("on_publish {:?}: {e}", argv[0]),
+                ));
+            }
             Ok(Ok(o)) => o,
         };
         if out.status.success() {
@@ -341,10 +399,27 @@ impl FileSink {
                 stderr = stderr.replace(v.expose(), "[redacted]");
             }
         }
-        let stderr: String = stderr.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+        let stderr: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         Err(SinkError::retryable(
             &self.name,
-            format!("on_publish {:?} failed ({}){}", argv[0], out.status, if stderr.is_empty() { String::new() } else { format!(": {stderr}") }),
+            format!(
+                "on_publish {:?} failed ({}){}",
+                argv[0],
+                out.status,
+                if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {stderr}")
+                }
+            ),
         ))
     }
 }
@@ -388,7 +463,10 @@ impl Sink for FileSink {
                 Ok(ReadBack::Fingerprint(self.parse(&text).fingerprint()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReadBack::Missing),
-            Err(e) => Err(SinkError::retryable(&self.name, format!("cannot read back {}: {e}", path.display()))),
+            Err(e) => Err(SinkError::retryable(
+                &self.name,
+                format!("cannot read back {}: {e}", path.display()),
+            )),
         }
     }
 
@@ -440,9 +518,14 @@ mod tests {
         for format in [FileFormat::Raw, FileFormat::Env, FileFormat::Json] {
             let dir = tempfile::tempdir().unwrap();
             let s = sink(dir.path(), format, None);
-            let secret = SecretFields::single("api_key", Secret::new("sk with \"quotes\" $and\nnewline"));
+            let secret =
+                SecretFields::single("api_key", Secret::new("sk with \"quotes\" $and\nnewline"));
             let fp = secret.fingerprint();
-            let detail = s.publish(&publication(&secret, &fp)).await.unwrap().unwrap();
+            let detail = s
+                .publish(&publication(&secret, &fp))
+                .await
+                .unwrap()
+                .unwrap();
             let mode = std::fs::metadata(&detail).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{format:?}");
             assert_eq!(
@@ -451,7 +534,10 @@ mod tests {
                 "{format:?}"
             );
             let other = SecretFields::single("api_key", Secret::new("different"));
-            assert_ne!(s.expected_fingerprint(&other), s.expected_fingerprint(&secret));
+            assert_ne!(
+                s.expected_fingerprint(&other),
+                s.expected_fingerprint(&secret)
+            );
             assert_eq!(s.read_back("p", "app-b").await.unwrap(), ReadBack::Missing);
             // No temp files left behind.
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -461,7 +547,11 @@ mod tests {
     #[tokio::test]
     async fn failing_on_publish_fails_the_publication_without_leaking_the_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let argv = vec!["sh".to_string(), "-c".to_string(), "cat \"$REKEY_FILE\" >&2; exit 3".to_string()];
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "cat \"$REKEY_FILE\" >&2; exit 3".to_string(),
+        ];
         let s = sink(dir.path(), FileFormat::Raw, Some(argv));
         let secret = SecretFields::single("api_key", Secret::new("sk_live_leaky"));
         let fp = secret.fingerprint();

@@ -115,6 +115,9 @@ pub mod file;
 pub fn build(cfg: &SinkConfig) -> Result<SharedSink, SinkError> {
     match &cfg.kind {
         SinkKind::File(f) => Ok(Arc::new(file::FileSink::new(&cfg.name, f))),
-        SinkKind::Webhook(_) | SinkKind::Vault(_) => Err(SinkError::permanent(&cfg.name, format!("{} sinks are not in this build", cfg.kind.as_str()))),
+        SinkKind::Webhook(_) | SinkKind::Vault(_) => Err(SinkError::permanent(
+            &cfg.name,
+            format!("{} sinks are not in this build", cfg.kind.as_str()),
+        )),
     }
 }

@@ -795,8 +795,12 @@ impl Store {
             if row.state.is_terminal() {
                 return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
             }
+            // A key already created stays sealed: the next check resumes
+            // publishing it (revive_rotation) instead of losing it.
             tx.execute(
-                "UPDATE rotations SET state = 'failed', error = ?2, error_class = ?3, finished_at = ?4, sealed_secret = NULL, next_attempt_at = NULL WHERE id = ?1",
+                "UPDATE rotations SET state = 'failed', error = ?2, error_class = ?3, finished_at = ?4, next_attempt_at = NULL,
+                    sealed_secret = CASE WHEN state = 'created' THEN sealed_secret ELSE NULL END
+                 WHERE id = ?1",
                 params![id, error, class, ts(at)],
             )?;
             insert_event(
@@ -817,20 +821,78 @@ impl Store {
         })
     }
 
+    /// A sink acknowledged the new key. `fingerprint` is what its read-back
+    /// must return before the old key may be deleted.
     pub fn record_sink_ack(
         &self,
         id: &str,
         sink: &str,
         detail: Option<&str>,
+        fingerprint: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
-            tx.execute(
-                "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, last_error = NULL, next_attempt_at = NULL
-                 WHERE rotation_id = ?1 AND sink = ?2",
-                params![id, sink, ts(at), detail],
+            let n = tx.execute(
+                "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, fingerprint = ?5,
+                    last_error = NULL, next_attempt_at = NULL
+                 WHERE rotation_id = ?1 AND sink = ?2 AND state != 'acked'",
+                params![id, sink, ts(at), detail, fingerprint],
             )?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "rotation {id} has no unacknowledged sink {sink}"
+                )));
+            }
             Ok(())
+        })
+    }
+
+    /// Resume a rotation that failed after its key was created: back to
+    /// `created` with a fresh failure budget. `Ok(false)` when it cannot be
+    /// (another rotation of the lineage is active, or the key is not sealed).
+    pub fn revive_rotation(
+        &self,
+        id: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            let active: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed'))",
+                params![row.policy, row.lineage],
+                |r| r.get(0),
+            )?;
+            let n = if active {
+                0
+            } else {
+                tx.execute(
+                    "UPDATE rotations SET state = 'created', failures = 0, next_attempt_at = NULL, finished_at = NULL
+                     WHERE id = ?1 AND state = 'failed' AND sealed_secret IS NOT NULL AND created_at IS NOT NULL",
+                    params![id],
+                )?
+            };
+            if n == 1 {
+                tx.execute(
+                    "UPDATE sink_acks SET next_attempt_at = NULL WHERE rotation_id = ?1 AND state != 'acked'",
+                    params![id],
+                )?;
+                insert_event(
+                    tx,
+                    &Event::new(
+                        "rotation.started",
+                        at,
+                        Some(&row.policy),
+                        Some(id),
+                        serde_json::json!({
+                            "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                            "reason": reason, "message": "resuming a rotation that failed after its new key was created",
+                            "trigger": "resume", "old_key_id": row.old_key_id, "old_key_name": row.old_key_name,
+                        }),
+                    ),
+                )?;
+            }
+            Ok(n == 1)
         })
     }
 
@@ -854,7 +916,7 @@ impl Store {
     pub fn sink_acks(&self, id: &str) -> Result<Vec<SinkAckRow>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT sink, state, attempts, next_attempt_at, last_error, acked_at, detail FROM sink_acks WHERE rotation_id = ?1 ORDER BY sink",
+            "SELECT sink, state, attempts, next_attempt_at, last_error, acked_at, detail, fingerprint FROM sink_acks WHERE rotation_id = ?1 ORDER BY sink",
         )?;
         let rows = st.query_map(params![id], |r| {
             Ok(SinkAckRow {
@@ -865,6 +927,7 @@ impl Store {
                 last_error: r.get(4)?,
                 acked_at: opt_ts(r.get(5)?),
                 detail: r.get(6)?,
+                fingerprint: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1018,6 +1081,47 @@ impl Store {
             "state NOT IN ('completed', 'failed') ORDER BY started_at",
             [],
         )
+    }
+
+    /// A policy's active rotations plus the latest rotation of each lineage
+    /// and every failed rotation that still holds a key: what the planner needs.
+    pub fn policy_rotations(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
+        self.rotations_where(
+            "policy = ?1 AND (state NOT IN ('completed', 'failed')
+                OR (state = 'failed' AND sealed_secret IS NOT NULL)
+                OR rowid IN (SELECT rowid FROM rotations r2 WHERE r2.policy = ?1 AND r2.started_at =
+                    (SELECT MAX(r3.started_at) FROM rotations r3 WHERE r3.policy = ?1 AND r3.lineage = r2.lineage)))
+             ORDER BY started_at",
+            params![policy],
+        )
+    }
+
+    /// Create attempts that never delivered a key (requested/abandoned) in a
+    /// policy's rotations: their keys, if any exist, are orphans to clean.
+    pub fn unresolved_attempts(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<(String, AttemptRow)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT a.rotation_id, a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
+             FROM attempts a JOIN rotations r ON r.id = a.rotation_id
+             WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
+        )?;
+        let rows = st.query_map(params![policy], |r| {
+            Ok((
+                r.get(0)?,
+                AttemptRow {
+                    attempt: r.get(1)?,
+                    name: r.get(2)?,
+                    state: r.get(3)?,
+                    started_at: opt_ts(r.get(4)?).unwrap_or_default(),
+                    finished_at: opt_ts(r.get(5)?),
+                    error: r.get(6)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Rotation history, newest first.
@@ -1441,6 +1545,7 @@ pub struct SinkAckRow {
     pub last_error: Option<String>,
     pub acked_at: Option<DateTime<Utc>>,
     pub detail: Option<String>,
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

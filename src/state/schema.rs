@@ -33,7 +33,9 @@
 //! - `new_key_name`, `new_key_id`, `new_key_created_at`, `new_key_expires_at`:
 //!   the next key; the id may be resolved after create (OceanBase returns none).
 //! - `sealed_secret`: AEAD-sealed secret fields (nonce ‖ ciphertext, AAD = id),
-//!   held only from create until every sink acknowledged, then set to NULL.
+//!   held only from create until every sink acknowledged, then set to NULL
+//!   (kept when a rotation fails after create, so the next check can resume
+//!   publishing the key it already made instead of losing it).
 //! - `fingerprint`: `sha256:…` of the secret fields, compared on read-back.
 //! - `sinks`: JSON array of the sink names fixed at start.
 //! - `failures`: failed steps so far; `max_attempts` of the policy bounds it.
@@ -59,6 +61,9 @@
 //! - `state`: `pending`, `acked`, `failed` (last try failed; retried).
 //! - `attempts`, `next_attempt_at`, `last_error`, `acked_at`.
 //! - `detail`: what the sink reported (file path, Vault version).
+//! - `fingerprint`: what the sink's read-back must return for the new key
+//!   (sinks that transform the secret, like the file sink's env format,
+//!   fingerprint what they store); compared before the old key is deleted.
 //!
 //! ## events: the notification outbox
 //! - `seq`: delivery order.
@@ -159,6 +164,7 @@ CREATE TABLE sink_acks (
     last_error TEXT,
     acked_at TEXT,
     detail TEXT,
+    fingerprint TEXT,
     PRIMARY KEY (rotation_id, sink)
 );
 

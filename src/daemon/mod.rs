@@ -1,0 +1,486 @@
+//! The daemon: start-up, the scheduler loop, signals, reload, shutdown.
+//!
+//! Start-up: load and validate the config (a bad one refuses to start),
+//! turn off core dumps, open the state DB (single-instance lock), load the
+//! sealing key, build providers and sinks, bind the status endpoint, rebuild
+//! the status snapshot from the store (no provider calls), then `READY=1`.
+//!
+//! The loop sleeps until the earliest deadline the store knows — a policy's
+//! next scheduled check, a rotation's next step (backoff, grace) — or until
+//! woken (a transition, a rotate request, a signal). It never polls: idle,
+//! it wakes only for the heartbeat that feeds `/healthz` and the systemd
+//! watchdog. Due checks and rotation steps run as tasks; rotations of
+//! different lineages run concurrently up to `max_concurrent_rotations`.
+//!
+//! Signals become [`Control`]: SIGTERM/SIGINT → shutdown (stop taking work,
+//! let in-flight steps reach their next commit within `shutdown_timeout`,
+//! exit 0; a second signal exits at once); SIGHUP → reload (a bad config is
+//! logged and the old one keeps running; a good one swaps providers, sinks
+//! and schedules without interrupting in-flight rotations).
+
+pub mod harden;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{self, Config, Diagnostic};
+use crate::metrics::Metrics;
+use crate::provider;
+use crate::rotation::engine::{Backoff, Engine, Runtime};
+use crate::rotation::recovery;
+use crate::sink;
+use crate::state::seal::Sealer;
+use crate::state::{self, Store, StoreError};
+use crate::status::{RotateRequest, StatusHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration ({} error(s))", .0.iter().filter(|d| d.severity == config::Severity::Error).count())]
+    Config(Vec<Diagnostic>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sealing key: {0}")]
+    Seal(#[from] state::seal::SealError),
+    #[error("{0}")]
+    Build(String),
+    #[error("status endpoint {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What signals mean to the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Shutdown,
+    Reload,
+}
+
+/// Build providers and sinks for one configuration generation.
+pub fn build_runtime(cfg: Arc<Config>, metrics: &Metrics) -> Result<Runtime, String> {
+    let mut providers = HashMap::new();
+    for (name, p) in &cfg.providers {
+        providers.insert(
+            name.clone(),
+            provider::build(p, metrics).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut sinks = HashMap::new();
+    for (name, s) in &cfg.sinks {
+        sinks.insert(name.clone(), sink::build(s).map_err(|e| e.to_string())?);
+    }
+    Ok(Runtime {
+        config: cfg,
+        providers,
+        sinks,
+    })
+}
+
+/// Options that tests and `rekey dev` set; the daemon defaults the rest.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: SharedClock,
+    /// Heartbeat: how often the idle loop wakes to feed /healthz and the
+    /// watchdog.
+    pub heartbeat: Duration,
+    /// Called once the daemon is ready, with the status endpoint's address.
+    pub on_ready: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    /// Stop the daemon from outside (tests, `rekey dev`).
+    pub stop: CancellationToken,
+    /// Install SIGTERM/SIGINT/SIGHUP handlers.
+    pub handle_signals: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            heartbeat: Duration::from_secs(10),
+            on_ready: None,
+            stop: CancellationToken::new(),
+            handle_signals: true,
+        }
+    }
+}
+
+struct Daemon {
+    engine: Arc<Engine>,
+    config_path: PathBuf,
+    runtime: RwLock<Arc<Runtime>>,
+    /// Rotations whose policy a reload removed keep the runtime they had.
+    retained: Mutex<HashMap<String, Arc<Runtime>>>,
+    next_checks: Mutex<HashMap<String, DateTime<Utc>>>,
+    checking: Mutex<HashSet<String>>,
+    driving: Mutex<HashSet<String>>,
+    /// Work stops between steps when this fires.
+    work_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Run the daemon until shutdown. `Ok(())` means a clean, graceful stop.
+pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
+    let (cfg, warnings) = config::load(config_path).map_err(DaemonError::Config)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    harden::disable_core_dumps();
+    let cfg = Arc::new(cfg);
+    let store = Arc::new(Store::open(&cfg.daemon.state)?);
+    let sealer = match &cfg.daemon.seal_key {
+        Some(r) => Sealer::from_hex(
+            &r.resolve_now()
+                .map_err(|e| DaemonError::Build(format!("seal_key: {e}")))?,
+        )?,
+        None => Sealer::from_key_file(&state::key_path(&cfg.daemon.state))?,
+    };
+    let metrics = Metrics::new();
+    let started = opts.clock.now();
+    let status = StatusHandle::new(started);
+    let runtime = Arc::new(build_runtime(cfg.clone(), &metrics).map_err(DaemonError::Build)?);
+    let engine = Arc::new(Engine {
+        store: store.clone(),
+        clock: opts.clock.clone(),
+        sealer: Arc::new(sealer),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        wake_scheduler: Arc::new(Notify::new()),
+        wake_notify: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
+        backoff: Backoff::default(),
+    });
+    let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(64);
+    let _ = &rotate_tx;
+
+    let unfinished = recovery::unfinished(&store)?;
+    let d = Arc::new(Daemon {
+        engine: engine.clone(),
+        config_path: config_path.to_path_buf(),
+        runtime: RwLock::new(runtime.clone()),
+        retained: Mutex::new(HashMap::new()),
+        next_checks: Mutex::new(HashMap::new()),
+        checking: Mutex::new(HashSet::new()),
+        driving: Mutex::new(HashSet::new()),
+        work_stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    d.schedule_policies(&cfg, None);
+    for p in &cfg.policies {
+        metrics
+            .policy_healthy
+            .with_label_values(&[&p.name])
+            .set(0.0);
+        if let Err(e) = engine.refresh_status(&runtime, &p.name) {
+            tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
+        }
+    }
+    let listen = cfg.daemon.listen.to_string();
+    tracing::info!(
+        config = %config_path.display(),
+        state = %cfg.daemon.state.display(),
+        policies = cfg.policies.len(),
+        resuming = unfinished.len(),
+        listen = %listen,
+        "rekey ready"
+    );
+    if let Some(f) = &opts.on_ready {
+        f(&listen);
+    }
+
+    let mut signals = if opts.handle_signals {
+        Some(
+            signal_hook_tokio::Signals::new([
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGHUP,
+            ])
+            .map_err(DaemonError::Signals)?,
+        )
+    } else {
+        None
+    };
+
+    loop {
+        let now = engine.clock.now();
+        d.start_due_work(now)?;
+        let deadline = d.next_deadline(now, opts.heartbeat)?;
+        let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
+        let control = tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => None,
+            _ = engine.wake_scheduler.notified() => None,
+            _ = opts.stop.cancelled() => Some(Control::Shutdown),
+            Some(req) = rotate_rx.recv() => {
+                d.handle_rotate(req);
+                None
+            }
+            Some(sig) = async {
+                match signals.as_mut() {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => Some(if sig == signal_hook::consts::SIGHUP { Control::Reload } else { Control::Shutdown }),
+        };
+        match control {
+            None => {}
+            Some(Control::Reload) => d.reload(),
+            Some(Control::Shutdown) => break,
+        }
+    }
+
+    // Shutdown: stop taking work, let in-flight steps reach their commit.
+    let timeout = d
+        .runtime
+        .read()
+        .expect("runtime lock")
+        .config
+        .daemon
+        .shutdown_timeout;
+    tracing::info!(
+        in_flight = d.tracker.len(),
+        timeout_ms = timeout.as_millis() as u64,
+        "shutting down: letting in-flight steps reach their next commit"
+    );
+    d.work_stop.cancel();
+    d.tracker.close();
+    let waited = tokio::select! {
+        r = tokio::time::timeout(timeout, d.tracker.wait()) => r.is_ok(),
+        Some(_) = async {
+            match signals.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        } => {
+            tracing::warn!("second signal: exiting at once; unfinished steps resume on the next start");
+            std::process::exit(1);
+        }
+    };
+    if !waited {
+        tracing::warn!(
+            "shutdown_timeout reached with steps still in flight; they resume on the next start"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Daemon {
+    fn current(&self) -> Arc<Runtime> {
+        self.runtime.read().expect("runtime lock").clone()
+    }
+
+    /// Set each policy's next check: kept from the store across restarts;
+    /// checked at once when never checked or overdue; recomputed when the
+    /// schedule changed in a reload.
+    fn schedule_policies(&self, cfg: &Config, old: Option<&Config>) {
+        let now = self.engine.clock.now();
+        let mut next = self.next_checks.lock().expect("lock");
+        next.retain(|p, _| cfg.policy(p).is_some());
+        for p in &cfg.policies {
+            let changed = old
+                .and_then(|o| o.policy(&p.name))
+                .map(|o| o.schedule != p.schedule);
+            let when = match changed {
+                Some(false) => match next.get(&p.name) {
+                    Some(t) => *t,
+                    None => now,
+                },
+                Some(true) => p.schedule.next_after(now).unwrap_or(now),
+                None => match self
+                    .engine
+                    .store
+                    .policy_state(&p.name)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.next_check_at)
+                {
+                    Some(t) if t > now => t,
+                    _ => now,
+                },
+            };
+            next.insert(p.name.clone(), when);
+        }
+    }
+
+    fn runtime_for(&self, policy: &str, rotation: &str) -> Option<Arc<Runtime>> {
+        let rt = self.current();
+        if rt.policy(policy).is_some() {
+            return Some(rt);
+        }
+        self.retained.lock().expect("lock").get(rotation).cloned()
+    }
+
+    fn start_due_work(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DaemonError> {
+        if self.work_stop.is_cancelled() {
+            return Ok(());
+        }
+        let rt = self.current();
+        let due: Vec<String> = self
+            .next_checks
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            if !self.checking.lock().expect("lock").insert(p.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            let rt = rt.clone();
+            self.tracker.spawn(async move {
+                let started = me.engine.clock.now();
+                match me.engine.check_policy(&rt, &p).await {
+                    Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
+                    Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
+                }
+                if let Some(policy) = rt.policy(&p) {
+                    let next = policy.schedule.next_after(started.max(me.engine.clock.now())).unwrap_or_else(|| me.engine.clock.now() + chrono::Duration::hours(1));
+                    let mut nc = me.next_checks.lock().expect("lock");
+                    if nc.contains_key(&p) {
+                        nc.insert(p.clone(), next);
+                    }
+                }
+                me.checking.lock().expect("lock").remove(&p);
+                me.engine.wake_scheduler.notify_one();
+            });
+        }
+        for row in self.engine.store.active_rotations()? {
+            if !crate::rotation::engine::rotation_due(&row, now) {
+                continue;
+            }
+            if !self.driving.lock().expect("lock").insert(row.id.clone()) {
+                continue;
+            }
+            let Some(rt) = self.runtime_for(&row.policy, &row.id) else {
+                tracing::error!(policy = %row.policy, rotation = %row.id, "rotation's policy is gone and no earlier configuration is retained; it resumes when the policy returns");
+                continue;
+            };
+            let me = self.clone();
+            self.tracker.spawn(async move {
+                let id = row.id.clone();
+                match me.engine.advance(&rt, &id, &me.work_stop).await {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(policy = %row.policy, rotation = %id, error = %e, "rotation step failed unexpectedly"),
+                }
+                me.driving.lock().expect("lock").remove(&id);
+                if !me.work_stop.is_cancelled() {
+                    me.engine.wake_scheduler.notify_one();
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn next_deadline(
+        &self,
+        now: DateTime<Utc>,
+        heartbeat: Duration,
+    ) -> Result<DateTime<Utc>, DaemonError> {
+        let mut deadline = now + chrono::Duration::from_std(heartbeat).unwrap_or_default();
+        let checking = self.checking.lock().expect("lock").clone();
+        for (p, t) in self.next_checks.lock().expect("lock").iter() {
+            if !checking.contains(p) {
+                deadline = deadline.min(*t);
+            }
+        }
+        let driving = self.driving.lock().expect("lock").clone();
+        for r in self.engine.store.active_rotations()? {
+            if driving.contains(&r.id) {
+                continue;
+            }
+            deadline = deadline.min(r.next_attempt_at.unwrap_or(now));
+        }
+        Ok(deadline.max(now))
+    }
+
+    fn handle_rotate(&self, req: RotateRequest) {
+        let rt = self.current();
+        let reply = match self.engine.rotate_now(
+            &rt,
+            &req.policy,
+            req.lineage.as_deref(),
+            req.revoke_old_immediately,
+        ) {
+            Ok(r) => r,
+            Err(e) => crate::status::RotateReply::Refused {
+                message: e.to_string(),
+            },
+        };
+        tracing::info!(policy = %req.policy, lineage = req.lineage.as_deref().unwrap_or("*"), revoke_old_immediately = req.revoke_old_immediately, reply = ?reply, "rotate request");
+        let _ = req.reply.send(reply);
+    }
+
+    fn reload(&self) {
+        tracing::info!(config = %self.config_path.display(), "reloading configuration");
+        let cfg = match config::load(&self.config_path) {
+            Ok((cfg, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!("{w}");
+                }
+                cfg
+            }
+            Err(diags) => {
+                for d in &diags {
+                    tracing::error!("{d}");
+                }
+                tracing::error!(
+                    "reload refused: the new configuration is invalid; still running the previous one"
+                );
+                return;
+            }
+        };
+        let old = self.current();
+        if cfg.daemon.state != old.config.daemon.state
+            || cfg.daemon.listen != old.config.daemon.listen
+        {
+            tracing::warn!("daemon.state and daemon.listen take effect only on restart");
+        }
+        let cfg = Arc::new(cfg);
+        let rt = match build_runtime(cfg.clone(), &self.engine.metrics) {
+            Ok(rt) => Arc::new(rt),
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: cannot build providers/sinks; still running the previous configuration");
+                return;
+            }
+        };
+        // Rotations of policies that disappear finish with the old runtime.
+        if let Ok(active) = self.engine.store.active_rotations() {
+            let mut retained = self.retained.lock().expect("lock");
+            for r in active {
+                if cfg.policy(&r.policy).is_none() {
+                    retained.entry(r.id.clone()).or_insert_with(|| old.clone());
+                }
+            }
+        }
+        self.schedule_policies(&cfg, Some(&old.config));
+        *self.runtime.write().expect("runtime lock") = rt.clone();
+        let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
+        self.engine.status.retain_policies(&names);
+        for p in &names {
+            let _ = self.engine.refresh_status(&rt, p);
+        }
+        let added: Vec<&str> = names
+            .iter()
+            .filter(|n| old.config.policy(n).is_none())
+            .map(|s| s.as_str())
+            .collect();
+        let removed: Vec<&str> = old
+            .config
+            .policies
+            .iter()
+            .filter(|p| cfg.policy(&p.name).is_none())
+            .map(|p| p.name.as_str())
+            .collect();
+        tracing::info!(policies = names.len(), added = ?added, removed = ?removed, "configuration reloaded");
+        self.engine.wake_scheduler.notify_one();
+    }
+}

@@ -1,0 +1,49 @@
+//! Failpoints for crash tests: `REKEY_FAILPOINT=NAME` (or `NAME:N` for the
+//! N-th time that point is reached) makes the process abort at that point,
+//! exactly between two side effects, as a `kill -9` would. Unset, a
+//! failpoint is one relaxed atomic load.
+//!
+//! Points: `before_create`, `after_create` (the provider returned the new
+//! key, nothing committed), `after_record_created`, `after_publish` (a sink
+//! wrote the key, its ack not committed), `after_publish_all`,
+//! `before_delete`, `after_delete` (deleted at the provider, not committed).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    name: String,
+    nth: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let v = std::env::var("REKEY_FAILPOINT").ok()?;
+            let (name, nth) = match v.split_once(':') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (v, 1),
+            };
+            Some(Armed {
+                name,
+                nth,
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Abort here if this failpoint is armed (and this is its N-th hit).
+pub fn hit(name: &str) {
+    if let Some(a) = armed()
+        && a.name == name
+    {
+        let n = a.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == a.nth {
+            eprintln!("rekey: failpoint {name} reached (hit {n}): aborting");
+            std::process::abort();
+        }
+    }
+}

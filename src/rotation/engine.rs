@@ -1,0 +1,1267 @@
+//! The engine: drives each rotation through its states, committing every
+//! transition to the store before the next side effect.
+//!
+//! ```text
+//!                 begin_rotation (planner: expired / expiring / max_age /
+//!                       │          bootstrap / manual)
+//!                       ▼
+//!   ┌──────────────► planned ── start_attempt: commit the attempt's unique
+//!   │ next attempt      │       name, then call create
+//!   │ (list by name,    │ create returned the secret: seal it, commit
+//!   │  delete orphan)   ▼
+//!   └── create failed  created ── after_create hook (bind), then publish to
+//!                       │        each sink; per-sink acks, failed sinks
+//!                       │        retried alone with backoff
+//!                       │ every sink acknowledged: wipe the sealed secret
+//!                       ▼
+//!                   published ── schedule retirement at published_at + grace
+//!                       │        (no old key: straight to completed)
+//!                       ▼
+//!                   retiring ─── grace over → new key still listed? every
+//!                       │        readable sink still holds it (fingerprint)?
+//!                       │        → disable/unbind if needed → delete old key
+//!                       ▼        (404 = done; cannot delete → `retired`)
+//!                   completed
+//!
+//!   planned/created ── failed max_attempts times, or a permanent error ──► failed
+//!   failed (key created, still sealed) ── next check ──► created (resumed)
+//! ```
+//!
+//! Words: the *current key* is the lineage's live key being replaced; the
+//! *next key* is the one this rotation creates; *grace* is how long the
+//! current key lives after the next key is published everywhere.
+//!
+//! Invariants kept here: the old key is deleted only in `retiring`, which is
+//! reachable only when every sink acknowledged; before deleting, the next
+//! key must still be listed and every readable sink must still hold it. A
+//! create whose outcome is unknown (crash, timeout) is resolved by listing
+//! its unique name and deleting what is found (its secret was never
+//! captured) before another attempt. Failures back off exponentially with
+//! jitter, the cap shrinking as the current key's expiry nears. Retirement
+//! never gives up (the new key is already in use); it keeps retrying and the
+//! policy reports `failing`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
+use crate::clock::SharedClock;
+use crate::config::{Config, Mode, PolicyConfig};
+use crate::failpoint;
+use crate::metrics::Metrics;
+use crate::provider::{
+    CreateRequest, DeleteOutcome, ProviderError, ProviderErrorKind, ProviderKey, SharedProvider,
+};
+use crate::secret::SecretFields;
+use crate::sink::{Publication, ReadBack, SharedSink};
+use crate::state::seal::Sealer;
+use crate::state::{
+    CheckRecord, CreatedRecord, Event, NewRotation, RotationRow, RotationState, SeenKey, Store,
+    StoreError,
+};
+use crate::status::{
+    Health, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply, StatusHandle,
+};
+
+/// One generation of configuration with its built providers and sinks.
+/// A reload makes a new one; rotations of removed policies keep theirs.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub providers: HashMap<String, SharedProvider>,
+    pub sinks: HashMap<String, SharedSink>,
+}
+
+impl Runtime {
+    pub fn policy(&self, name: &str) -> Option<&PolicyConfig> {
+        self.config.policy(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("policy {0} is not in the running configuration")]
+    UnknownPolicy(String),
+    #[error("provider {0} is not in the running configuration")]
+    UnknownProvider(String),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+}
+
+/// Exponential backoff with jitter; the cap shrinks as expiry nears.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        // REKEY_BACKOFF_BASE_MS shortens the schedule for tests and demos.
+        let base = std::env::var("REKEY_BACKOFF_BASE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(2));
+        Backoff {
+            base,
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before try number `failures + 1`.
+    pub fn delay(
+        &self,
+        failures: u32,
+        time_left: Option<ChronoDuration>,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let cap = match time_left {
+            // Near expiry, try again often: at most an eighth of what is left.
+            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(self.base, self.max),
+            None => self.max,
+        };
+        let d = exp.min(cap);
+        let jitter = rand::random::<f64>() * 0.5 + 0.5;
+        let d = d.mul_f64(jitter).max(self.base.min(d));
+        match retry_after {
+            Some(r) => d.max(r),
+            None => d,
+        }
+    }
+}
+
+/// What a step left the rotation waiting for.
+enum Step {
+    /// Go on to the next state now.
+    Continue,
+    /// Nothing to do before this time.
+    Wait(DateTime<Utc>),
+    /// Terminal (completed or failed).
+    Done,
+}
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub clock: SharedClock,
+    pub sealer: Arc<Sealer>,
+    pub metrics: Metrics,
+    pub status: StatusHandle,
+    /// Poked after every transition: the scheduler and the notification
+    /// deliverer sleep on these instead of polling.
+    pub wake_scheduler: Arc<Notify>,
+    pub wake_notify: Arc<Notify>,
+    /// `daemon.max_concurrent_rotations`: held only while a rotation is
+    /// actively working, not while it waits out grace or backoff.
+    pub slots: Arc<Semaphore>,
+    pub backoff: Backoff,
+}
+
+fn key_view_to_seen(k: &KeyView) -> SeenKey {
+    SeenKey {
+        key_id: k.key.id.clone(),
+        name: k.key.name.clone(),
+        lineage: k.lineage.clone(),
+        created_at: k.key.created_at,
+        expires_at: k.key.expires_at,
+        origin: match k.origin {
+            Origin::Created { .. } => "created",
+            Origin::Adopted => "adopted",
+        },
+        rotation_id: match &k.origin {
+            Origin::Created { rotation_id } => rotation_id.clone(),
+            Origin::Adopted => None,
+        },
+    }
+}
+
+impl Engine {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn poke(&self) {
+        self.wake_scheduler.notify_one();
+        self.wake_notify.notify_one();
+    }
+
+    fn provider<'a>(&self, rt: &'a Runtime, name: &str) -> Result<&'a SharedProvider, EngineError> {
+        rt.providers
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownProvider(name.to_string()))
+    }
+
+    // ------------------------------------------------------------ checking
+
+    /// One scheduled check of a policy: list, plan, record, start the
+    /// rotations that are due. Returns the plan.
+    pub async fn check_policy(&self, rt: &Runtime, name: &str) -> Result<PolicyPlan, EngineError> {
+        let policy = rt
+            .policy(name)
+            .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
+        let provider = self.provider(rt, &policy.provider)?.clone();
+        let started = self.now();
+        let next_check_at = policy.schedule.next_after(started);
+        let listed = match provider.list(&|n: &str| policy.matches(n)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
+                let prev = self
+                    .store
+                    .policy_state(name)?
+                    .map(|p| p.decisions)
+                    .unwrap_or(serde_json::Value::Null);
+                self.store.record_check(&CheckRecord {
+                    policy: policy.name.clone(),
+                    provider: policy.provider.clone(),
+                    at: started,
+                    next_check_at,
+                    health: Health::Failing.as_str().into(),
+                    error: Some(e.to_string()),
+                    decisions: prev,
+                    keys: Vec::new(),
+                    complete_listing: false,
+                })?;
+                self.refresh_status(rt, name)?;
+                return Err(e.into());
+            }
+        };
+        self.clean_orphans(rt, policy, &provider, &listed).await;
+        let known = self.store.known_keys(name)?;
+        let rotations = self.store.policy_rotations(name)?;
+        let views = policy::assign_lineages(policy, listed, &known, &rotations);
+        let plan = self.plan_from(rt, policy, views.clone(), &rotations)?;
+        let decisions: serde_json::Map<String, serde_json::Value> = plan
+            .lineages
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    serde_json::to_value(&l.decision).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.store.record_check(&CheckRecord {
+            policy: policy.name.clone(),
+            provider: policy.provider.clone(),
+            at: started,
+            next_check_at,
+            health: plan.health.as_str().into(),
+            error: plan.misconfigured.clone(),
+            decisions: serde_json::Value::Object(decisions),
+            keys: views.iter().map(key_view_to_seen).collect(),
+            complete_listing: true,
+        })?;
+        for l in &plan.lineages {
+            tracing::debug!(policy = %policy.name, lineage = %l.name, reason = l.decision.reason.as_str(), health = l.health.as_str(), "{}", l.decision.message);
+        }
+        if let Some(m) = &plan.misconfigured {
+            tracing::error!(policy = %policy.name, "policy misconfigured, changing nothing: {m}");
+        }
+        self.raise_expiring(policy, &plan)?;
+        let mut started_any = false;
+        if policy.mode == Mode::Rotate && plan.misconfigured.is_none() {
+            for l in plan.due() {
+                if let Some(r) = &l.resumable {
+                    if self
+                        .store
+                        .revive_rotation(&r.id, l.decision.reason.as_str(), self.now())?
+                    {
+                        tracing::info!(policy = %policy.name, lineage = %l.name, rotation = %r.id, new_key = r.new_key_id.as_deref().unwrap_or(""), "resuming failed rotation: its new key was created and is still sealed");
+                        started_any = true;
+                    }
+                    continue;
+                }
+                let trigger = if l.decision.reason == Reason::Bootstrap {
+                    "bootstrap"
+                } else {
+                    "schedule"
+                };
+                if let Some(id) = self.begin(
+                    policy,
+                    &l.name,
+                    l.current.as_ref().map(|c| &c.key),
+                    l.decision.reason,
+                    &l.decision.message,
+                    trigger,
+                    false,
+                )? {
+                    let _ = id;
+                    started_any = true;
+                }
+            }
+        }
+        self.refresh_status(rt, name)?;
+        if started_any {
+            self.poke();
+        }
+        Ok(plan)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        policy: &PolicyConfig,
+        lineage: &str,
+        current: Option<&ProviderKey>,
+        reason: Reason,
+        message: &str,
+        trigger: &str,
+        revoke: bool,
+    ) -> Result<Option<String>, EngineError> {
+        let id = self.store.begin_rotation(&NewRotation {
+            policy: policy.name.clone(),
+            lineage: lineage.to_string(),
+            provider: policy.provider.clone(),
+            reason: reason.as_str().into(),
+            message: message.to_string(),
+            trigger: trigger.into(),
+            revoke_old_immediately: revoke,
+            old_key_id: current.map(|k| k.id.clone()),
+            old_key_name: current.map(|k| k.name.clone()),
+            sinks: policy.sinks.clone(),
+            grace: policy.grace_period,
+            at: self.now(),
+        })?;
+        if let Some(id) = &id {
+            tracing::info!(policy = %policy.name, lineage, rotation = %id, reason = reason.as_str(), old_key = current.map(|k| k.id.as_str()).unwrap_or(""), trigger, "rotation started: {message}");
+        }
+        Ok(id)
+    }
+
+    /// Delete keys of create attempts whose outcome was never resolved in a
+    /// failed rotation (their secrets were never captured). Active
+    /// rotations resolve their own attempts.
+    async fn clean_orphans(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        provider: &SharedProvider,
+        listed: &[ProviderKey],
+    ) {
+        let Ok(unresolved) = self.store.unresolved_attempts(&policy.name) else {
+            return;
+        };
+        for (rid, a) in unresolved {
+            let Ok(Some(row)) = self.store.rotation(&rid) else {
+                continue;
+            };
+            if !row.state.is_terminal() {
+                continue;
+            }
+            let mut ok = true;
+            for k in listed.iter().filter(|k| k.name == a.name) {
+                match self.delete_key(rt, provider, &k.id).await {
+                    Ok(_) => {
+                        tracing::warn!(policy = %policy.name, rotation = %rid, attempt = a.attempt, key = %k.id, "deleted the key of an abandoned create attempt (its secret was never captured)")
+                    }
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!(policy = %policy.name, rotation = %rid, key = %k.id, error = %e, "cannot delete an abandoned attempt's key yet")
+                    }
+                }
+            }
+            if ok {
+                let _ = self
+                    .store
+                    .resolve_attempt(&rid, a.attempt, true, None, self.now());
+            }
+        }
+    }
+
+    fn plan_from(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        views: Vec<KeyView>,
+        rotations: &[RotationRow],
+    ) -> Result<PolicyPlan, EngineError> {
+        let mut attempts = HashMap::new();
+        for (rid, a) in self.store.unresolved_attempts(&policy.name)? {
+            attempts.entry(rid).or_insert_with(Vec::new).push(a);
+        }
+        let targets: Vec<_> = policy
+            .sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    rt.config.sinks.get(s).and_then(|c| c.target().cloned()),
+                )
+            })
+            .collect();
+        Ok(policy::plan(
+            policy,
+            views,
+            rotations,
+            &attempts,
+            &targets,
+            self.now(),
+        ))
+    }
+
+    /// `key.expiring` for a current key inside its lead while its policy
+    /// cannot act (observe mode) or is failing: once per threshold.
+    fn raise_expiring(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
+        const THRESHOLDS: &[(&str, i64)] = &[("7d", 7 * 86400), ("1d", 86400), ("1h", 3600)];
+        let now = self.now();
+        for l in &plan.lineages {
+            let stuck = policy.mode == Mode::Observe
+                || matches!(l.health, Health::Failing | Health::Expired)
+                || plan.misconfigured.is_some();
+            let Some(cur) = &l.current else { continue };
+            let Some(exp) = cur.key.expires_at else {
+                continue;
+            };
+            if !stuck || !matches!(l.decision.reason, Reason::Expiring | Reason::Expired) {
+                continue;
+            }
+            let left = exp - now;
+            // The tightest threshold already crossed.
+            let Some((label, _)) = THRESHOLDS
+                .iter()
+                .rev()
+                .find(|(_, s)| left <= ChronoDuration::seconds(*s))
+            else {
+                continue;
+            };
+            let ev = Event::new(
+                "key.expiring",
+                now,
+                Some(&policy.name),
+                None,
+                serde_json::json!({
+                    "policy": policy.name, "lineage": l.name, "provider": policy.provider,
+                    "key_id": cur.key.id, "key_name": cur.key.name, "expires_at": exp,
+                    "threshold": label, "health": l.health.as_str(), "mode": if policy.mode == Mode::Observe { "observe" } else { "rotate" },
+                }),
+            );
+            if self
+                .store
+                .note_expiring(&policy.name, &cur.key.id, label, &ev)?
+            {
+                tracing::warn!(policy = %policy.name, lineage = %l.name, key = %cur.key.id, threshold = label, "key expiring and not being replaced");
+                self.wake_notify.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild a policy's status entry and key metrics from the store (no
+    /// provider call).
+    pub fn refresh_status(&self, rt: &Runtime, name: &str) -> Result<(), EngineError> {
+        let Some(policy) = rt.policy(name) else {
+            return Ok(());
+        };
+        let rotations = self.store.policy_rotations(name)?;
+        let views: Vec<KeyView> = self
+            .store
+            .known_keys(name)?
+            .into_iter()
+            .filter(|k| matches!(k.state.as_str(), "live" | "retiring" | "retired"))
+            .map(|k| KeyView {
+                key: ProviderKey {
+                    id: k.key_id,
+                    name: k.name,
+                    created_at: k.created_at,
+                    expires_at: k.expires_at,
+                    meta: Default::default(),
+                },
+                lineage: k.lineage,
+                origin: if k.origin == "created" {
+                    Origin::Created {
+                        rotation_id: k.rotation_id,
+                    }
+                } else {
+                    Origin::Adopted
+                },
+                store_state: Some(k.state),
+            })
+            .collect();
+        let plan = self.plan_from(rt, policy, views, &rotations)?;
+        let ps = self.store.policy_state(name)?;
+        let mut health = plan.health;
+        let mut error = plan.misconfigured.clone();
+        // A retirement that keeps failing needs a human even though the
+        // rotation is still "in progress".
+        for l in &plan.lineages {
+            if let Some(a) = &l.active
+                && a.failures >= policy.max_attempts
+            {
+                health = health.max(Health::Failing);
+                error = error.or_else(|| a.error.clone());
+            }
+        }
+        if let Some(ps) = &ps
+            && ps.health.as_deref() == Some("failing")
+            && ps.last_error.is_some()
+            && error.is_none()
+        {
+            // The last check could not list keys.
+            health = health.max(Health::Failing);
+            error = ps.last_error.clone();
+        }
+        let last = self.store.last_rotation(name)?;
+        if error.is_none()
+            && let Some(l) = &last
+            && l.state == RotationState::Failed
+        {
+            error = l.error.clone();
+        }
+        let mut keys = Vec::new();
+        let mut lineages = Vec::new();
+        for l in &plan.lineages {
+            for (k, st) in &l.keys {
+                keys.push(KeyStatus {
+                    id: k.key.id.clone(),
+                    name: k.key.name.clone(),
+                    lineage: k.lineage.clone(),
+                    created_at: k.key.created_at,
+                    expires_at: k.key.expires_at,
+                    state: *st,
+                });
+            }
+            lineages.push(LineageStatus {
+                name: l.name.clone(),
+                health: l.health,
+                current_key: l.current.as_ref().map(|c| c.key.id.clone()),
+                reason: l.decision.reason.as_str().into(),
+                message: l.decision.message.clone(),
+                rotate_at: l.decision.rotate_at,
+            });
+        }
+        self.metrics.sync_keys(name, &keys);
+        self.metrics
+            .policy_healthy
+            .with_label_values(&[name])
+            .set(if health.is_healthy() { 1.0 } else { 0.0 });
+        self.status.update_policy(PolicyStatus {
+            name: name.to_string(),
+            provider: policy.provider.clone(),
+            mode: if policy.mode == Mode::Observe {
+                "observe".into()
+            } else {
+                "rotate".into()
+            },
+            health,
+            next_check_at: ps.as_ref().and_then(|p| p.next_check_at),
+            last_check_at: ps.as_ref().and_then(|p| p.last_check_at),
+            keys,
+            lineages,
+            last_rotation: last.map(|r| LastRotation {
+                id: r.id,
+                lineage: r.lineage,
+                state: r.state.as_str().into(),
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                error: r.error,
+            }),
+            error,
+        });
+        Ok(())
+    }
+
+    /// `POST /rotate/{policy}`: rotate every lineage (or one) now.
+    pub fn rotate_now(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        lineage: Option<&str>,
+        revoke: bool,
+    ) -> Result<RotateReply, EngineError> {
+        let Some(policy) = rt.policy(name) else {
+            return Ok(RotateReply::UnknownPolicy);
+        };
+        if policy.mode == Mode::Observe {
+            return Ok(RotateReply::Refused {
+                message: format!("policy {name} is in observe mode; it never rotates"),
+            });
+        }
+        let views: Vec<KeyView> = self
+            .store
+            .known_keys(name)?
+            .into_iter()
+            .filter(|k| matches!(k.state.as_str(), "live" | "retiring"))
+            .map(|k| KeyView {
+                key: ProviderKey {
+                    id: k.key_id,
+                    name: k.name,
+                    created_at: k.created_at,
+                    expires_at: k.expires_at,
+                    meta: Default::default(),
+                },
+                lineage: k.lineage,
+                origin: if k.origin == "created" {
+                    Origin::Created {
+                        rotation_id: k.rotation_id,
+                    }
+                } else {
+                    Origin::Adopted
+                },
+                store_state: Some(k.state),
+            })
+            .collect();
+        let rotations = self.store.policy_rotations(name)?;
+        let plan = self.plan_from(rt, policy, views, &rotations)?;
+        if let Some(m) = plan.misconfigured {
+            return Ok(RotateReply::Refused { message: m });
+        }
+        let targets: Vec<_> = match lineage {
+            Some(l) => match plan.lineages.iter().find(|x| x.name == l) {
+                Some(x) => vec![x],
+                None => {
+                    return Ok(RotateReply::UnknownLineage {
+                        lineage: l.to_string(),
+                    });
+                }
+            },
+            None => plan.lineages.iter().collect(),
+        };
+        if targets.is_empty() {
+            return Ok(RotateReply::Refused {
+                message: format!("policy {name} has no keys yet (no check has listed any)"),
+            });
+        }
+        let mut started = Vec::new();
+        let mut running = Vec::new();
+        let mut cut_short = Vec::new();
+        for l in targets {
+            if let Some(a) = &l.active {
+                if revoke && a.state == RotationState::Retiring {
+                    self.store.set_retire_at(&a.id, self.now())?;
+                    cut_short.push(a.id.clone());
+                } else {
+                    running.push(a.id.clone());
+                }
+                continue;
+            }
+            let msg = if revoke {
+                "manual rotation (revoke old key once published)"
+            } else {
+                "manual rotation"
+            };
+            if let Some(id) = self.begin(
+                policy,
+                &l.name,
+                l.current.as_ref().map(|c| &c.key),
+                Reason::Manual,
+                msg,
+                "manual",
+                revoke,
+            )? {
+                started.push(id);
+            }
+        }
+        self.refresh_status(rt, name)?;
+        if started.is_empty() && cut_short.is_empty() {
+            return Ok(RotateReply::AlreadyRunning { rotations: running });
+        }
+        self.poke();
+        let mut message = format!("started {} rotation(s)", started.len());
+        if !cut_short.is_empty() {
+            message.push_str(&format!(
+                "; cut the grace period short for {}",
+                cut_short.len()
+            ));
+        }
+        if !running.is_empty() {
+            message.push_str(&format!("; {} already running", running.len()));
+        }
+        started.extend(cut_short);
+        Ok(RotateReply::Accepted {
+            rotations: started,
+            message,
+        })
+    }
+
+    // ------------------------------------------------------------- driving
+
+    /// Drive one rotation as far as it can go now. Returns when it must wait
+    /// (`Some(when)`) or has finished (`None`). Stops between steps when
+    /// `shutdown` fires; every step it finished is committed.
+    pub async fn advance(
+        &self,
+        rt: &Runtime,
+        id: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let _slot = self.slots.acquire().await.expect("semaphore never closed");
+        let mut policy_name = None;
+        let out = loop {
+            if shutdown.is_cancelled() {
+                break Ok(Some(self.now()));
+            }
+            let Some(row) = self.store.rotation(id)? else {
+                break Ok(None);
+            };
+            policy_name = Some(row.policy.clone());
+            let Some(policy) = rt.policy(&row.policy) else {
+                break Err(EngineError::UnknownPolicy(row.policy.clone()));
+            };
+            let step = match row.state {
+                RotationState::Completed | RotationState::Failed => Ok(Step::Done),
+                RotationState::Planned => self.step_create(rt, policy, &row).await,
+                RotationState::Created => self.step_publish(rt, policy, &row).await,
+                RotationState::Published | RotationState::Retiring => {
+                    self.step_retire(rt, policy, &row).await
+                }
+            };
+            match step {
+                Ok(Step::Continue) => {
+                    self.wake_notify.notify_one();
+                    let _ = self.refresh_status(rt, &row.policy);
+                    continue;
+                }
+                Ok(Step::Wait(t)) => break Ok(Some(t)),
+                Ok(Step::Done) => break Ok(None),
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(p) = policy_name {
+            let _ = self.refresh_status(rt, &p);
+        }
+        self.wake_notify.notify_one();
+        out
+    }
+
+    fn time_left(&self, row: &RotationRow) -> Option<ChronoDuration> {
+        // The current key's expiry, as the store knows it.
+        let old = row.old_key_id.as_ref()?;
+        let known = self.store.known_keys(&row.policy).ok()?;
+        let exp = known.iter().find(|k| &k.key_id == old)?.expires_at?;
+        Some(exp - self.now())
+    }
+
+    /// Count a failed step; fail the rotation when the budget is spent or
+    /// the error is permanent (unless `never_give_up`).
+    #[allow(clippy::too_many_arguments)]
+    fn on_failure(
+        &self,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+        what: &str,
+        error: &str,
+        retryable: bool,
+        retry_after: Option<Duration>,
+        never_give_up: bool,
+    ) -> Result<Step, EngineError> {
+        let failures = row.failures + 1;
+        let class = if retryable { "retryable" } else { "permanent" };
+        if !never_give_up && (!retryable || failures >= policy.max_attempts) {
+            self.store
+                .fail_rotation(&row.id, &format!("{what}: {error}"), class, self.now())?;
+            self.metrics
+                .rotations
+                .with_label_values(&[&row.policy, "failed"])
+                .inc();
+            tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, state = row.state.as_str(), failures, class, old_key = row.old_key_id.as_deref().unwrap_or(""), "rotation failed ({what}): {error}; the current key stays, the next check tries again");
+            return Ok(Step::Done);
+        }
+        let delay = self
+            .backoff
+            .delay(failures, self.time_left(row), retry_after);
+        let next = self.now() + ChronoDuration::from_std(delay).unwrap_or_default();
+        self.store.record_step_failure(
+            &row.id,
+            &format!("{what}: {error}"),
+            class,
+            Some(next),
+            self.now(),
+        )?;
+        if never_give_up && failures >= policy.max_attempts {
+            tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, failures, retry_in_ms = delay.as_millis() as u64, "{what} keeps failing: {error}; a human should look (the old key is kept)");
+        } else {
+            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, failures, class, retry_in_ms = delay.as_millis() as u64, "{what} failed: {error}; will retry");
+        }
+        Ok(Step::Wait(next))
+    }
+
+    async fn delete_key(
+        &self,
+        _rt: &Runtime,
+        provider: &SharedProvider,
+        key_id: &str,
+    ) -> Result<DeleteOutcome, ProviderError> {
+        let caps = provider.capabilities();
+        if caps.disable_before_delete {
+            provider.before_delete(key_id).await?;
+        }
+        provider.delete(key_id).await
+    }
+
+    async fn step_create(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+    ) -> Result<Step, EngineError> {
+        let provider = self.provider(rt, &row.provider)?.clone();
+        let now = self.now();
+        // 1. A previous attempt whose outcome is unknown: find its key by its
+        //    unique name and delete it (we never got its secret).
+        let attempts = self.store.attempts(&row.id)?;
+        if let Some(open) = attempts
+            .iter()
+            .find(|a| a.state == "requested" || a.state == "abandoned")
+        {
+            let name = open.name.clone();
+            match provider.list(&|n: &str| n == name).await {
+                Ok(found) => {
+                    for k in &found {
+                        match self.delete_key(rt, &provider, &k.id).await {
+                            Ok(_) => {
+                                tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = open.attempt, key = %k.id, "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
+                            }
+                            Err(e) => {
+                                return self.on_failure(
+                                    policy,
+                                    row,
+                                    "cleaning up an abandoned create attempt",
+                                    &e.to_string(),
+                                    e.is_retryable(),
+                                    e.retry_after(),
+                                    false,
+                                );
+                            }
+                        }
+                    }
+                    self.store
+                        .resolve_attempt(&row.id, open.attempt, true, None, now)?;
+                }
+                Err(e) => {
+                    return self.on_failure(
+                        policy,
+                        row,
+                        "listing keys to resolve an abandoned create attempt",
+                        &e.to_string(),
+                        e.is_retryable(),
+                        e.retry_after(),
+                        false,
+                    );
+                }
+            }
+        }
+        if row.failures >= policy.max_attempts {
+            return self.on_failure(
+                policy,
+                row,
+                "create",
+                row.error.as_deref().unwrap_or("too many failures"),
+                false,
+                None,
+                false,
+            );
+        }
+        if let Some(t) = row.next_attempt_at
+            && t > now
+        {
+            return Ok(Step::Wait(t));
+        }
+        // 2. Commit the attempt's unique name, then create.
+        let (attempt, name) = self.store.start_attempt(
+            &row.id,
+            |a| {
+                policy
+                    .name_template
+                    .render(&row.lineage, &policy.name, &row.id, a, now)
+            },
+            now,
+        )?;
+        failpoint::hit("before_create");
+        let started = std::time::Instant::now();
+        let result = provider
+            .create(&CreateRequest {
+                name: &name,
+                params: &policy.create,
+            })
+            .await;
+        match result {
+            Ok(new) => {
+                failpoint::hit("after_create");
+                let sealed = self.sealer.seal(&row.id, &new.secret);
+                let fingerprint = new.secret.fingerprint();
+                self.store.record_created(
+                    &row.id,
+                    attempt,
+                    &CreatedRecord {
+                        key_id: new.id.clone(),
+                        name: new.name.clone(),
+                        created_at: new.created_at,
+                        expires_at: new.expires_at,
+                    },
+                    &sealed,
+                    &fingerprint,
+                    self.now(),
+                )?;
+                tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt, new_key = new.id.as_deref().unwrap_or("(resolving)"), new_key_name = %new.name, fingerprint = %fingerprint, duration_ms = started.elapsed().as_millis() as u64, "next key created");
+                failpoint::hit("after_record_created");
+                Ok(Step::Continue)
+            }
+            Err(e) => {
+                // Only a request we know never left leaves no key behind;
+                // anything else is resolved by listing before the next try.
+                let nothing_created = matches!(e.kind, ProviderErrorKind::Invalid(_));
+                self.store.resolve_attempt(
+                    &row.id,
+                    attempt,
+                    nothing_created,
+                    Some(&e.to_string()),
+                    self.now(),
+                )?;
+                let row = self.store.rotation(&row.id)?.unwrap_or_else(|| row.clone());
+                self.on_failure(
+                    policy,
+                    &row,
+                    "create",
+                    &e.to_string(),
+                    e.is_retryable(),
+                    e.retry_after(),
+                    false,
+                )
+            }
+        }
+    }
+
+    async fn step_publish(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+    ) -> Result<Step, EngineError> {
+        let provider = self.provider(rt, &row.provider)?.clone();
+        let now = self.now();
+        let new_name = row.new_key_name.clone().unwrap_or_default();
+        // The new key's id (OceanBase returns none on create).
+        let mut row = row.clone();
+        if row.new_key_id.is_none() {
+            match provider.list(&|n: &str| n == new_name).await {
+                Ok(found) => match found.into_iter().next() {
+                    Some(k) => {
+                        self.store.record_new_key_id(
+                            &row.id,
+                            &CreatedRecord {
+                                key_id: Some(k.id.clone()),
+                                name: k.name.clone(),
+                                created_at: k.created_at,
+                                expires_at: k.expires_at,
+                            },
+                            now,
+                        )?;
+                        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = %k.id, "next key's id resolved by listing");
+                        row = self.store.rotation(&row.id)?.unwrap_or(row);
+                    }
+                    None => {
+                        return self.on_failure(
+                            policy,
+                            &row,
+                            "finding the new key's id",
+                            &format!("no key named {new_name} is listed yet"),
+                            true,
+                            None,
+                            false,
+                        );
+                    }
+                },
+                Err(e) => {
+                    return self.on_failure(
+                        policy,
+                        &row,
+                        "finding the new key's id",
+                        &e.to_string(),
+                        e.is_retryable(),
+                        e.retry_after(),
+                        false,
+                    );
+                }
+            }
+        }
+        let new_id = row.new_key_id.clone().unwrap_or_default();
+        if let Err(e) = provider
+            .after_create(&new_id, row.old_key_id.as_deref(), &policy.create)
+            .await
+        {
+            return self.on_failure(
+                policy,
+                &row,
+                "preparing the new key (after_create)",
+                &e.to_string(),
+                e.is_retryable(),
+                e.retry_after(),
+                false,
+            );
+        }
+        let Some(sealed) = self.store.sealed_secret(&row.id)? else {
+            return self.on_failure(
+                policy,
+                &row,
+                "publishing",
+                "the sealed secret is missing from the state DB",
+                false,
+                None,
+                false,
+            );
+        };
+        let secret: SecretFields = match self.sealer.open(&row.id, &sealed) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "publishing",
+                    &e.to_string(),
+                    false,
+                    None,
+                    false,
+                );
+            }
+        };
+        let fingerprint = row.fingerprint.clone().unwrap_or_default();
+        let mut earliest: Option<DateTime<Utc>> = None;
+        for ack in self.store.sink_acks(&row.id)? {
+            if ack.state == "acked" {
+                continue;
+            }
+            if let Some(t) = ack.next_attempt_at
+                && t > now
+            {
+                earliest = Some(earliest.map_or(t, |e: DateTime<Utc>| e.min(t)));
+                continue;
+            }
+            let Some(sink) = rt.sinks.get(&ack.sink) else {
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "publishing",
+                    &format!("sink {} is no longer configured", ack.sink),
+                    false,
+                    None,
+                    false,
+                );
+            };
+            let p = Publication {
+                policy: &row.policy,
+                lineage: &row.lineage,
+                provider: &row.provider,
+                provider_kind: provider.kind(),
+                rotation_id: &row.id,
+                key_id: Some(&new_id),
+                key_name: &new_name,
+                created_at: row.new_key_created_at,
+                expires_at: row.new_key_expires_at,
+                secret: &secret,
+                fingerprint: &fingerprint,
+            };
+            let started = std::time::Instant::now();
+            match sink.publish(&p).await {
+                Ok(detail) => {
+                    failpoint::hit("after_publish");
+                    let expected = sink.expected_fingerprint(&secret);
+                    self.store.record_sink_ack(
+                        &row.id,
+                        &ack.sink,
+                        detail.as_deref(),
+                        &expected,
+                        self.now(),
+                    )?;
+                    self.metrics
+                        .sink_publish
+                        .with_label_values(&[&ack.sink, "ok"])
+                        .inc();
+                    tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, sink = %ack.sink, new_key = %new_id, detail = detail.as_deref().unwrap_or(""), duration_ms = started.elapsed().as_millis() as u64, "sink acknowledged the next key");
+                }
+                Err(e) => {
+                    self.metrics
+                        .sink_publish
+                        .with_label_values(&[&ack.sink, "error"])
+                        .inc();
+                    let delay =
+                        self.backoff
+                            .delay(ack.attempts + 1, self.time_left(&row), e.retry_after);
+                    let next = self.now() + ChronoDuration::from_std(delay).unwrap_or_default();
+                    self.store
+                        .record_sink_failure(&row.id, &ack.sink, &e.message, Some(next))?;
+                    let step = self.on_failure(
+                        policy,
+                        &row,
+                        &format!("publishing to sink {}", ack.sink),
+                        &e.message,
+                        e.retryable,
+                        e.retry_after,
+                        false,
+                    )?;
+                    match step {
+                        Step::Done => return Ok(Step::Done),
+                        Step::Wait(t) => {
+                            earliest = Some(earliest.map_or(t, |x| x.min(t)));
+                            row = self.store.rotation(&row.id)?.unwrap_or(row);
+                        }
+                        Step::Continue => {}
+                    }
+                }
+            }
+        }
+        let acks = self.store.sink_acks(&row.id)?;
+        if acks.iter().all(|a| a.state == "acked") {
+            failpoint::hit("after_publish_all");
+            let now = self.now();
+            let grace = if row.revoke_old_immediately {
+                ChronoDuration::zero()
+            } else {
+                ChronoDuration::from_std(row.grace).unwrap_or_default()
+            };
+            let retire_at = row.old_key_id.as_ref().map(|_| now + grace);
+            self.store.record_published(&row.id, now, retire_at)?;
+            tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = %new_id, old_key = row.old_key_id.as_deref().unwrap_or(""), retire_at = retire_at.map(|t| t.to_rfc3339()).unwrap_or_default(), "next key published to every sink; sealed copy wiped");
+            if row.old_key_id.is_none() {
+                self.completed(&row);
+                return Ok(Step::Done);
+            }
+            return Ok(Step::Continue);
+        }
+        Ok(Step::Wait(earliest.unwrap_or_else(|| {
+            self.now() + ChronoDuration::seconds(1)
+        })))
+    }
+
+    fn completed(&self, row: &RotationRow) {
+        self.metrics
+            .rotations
+            .with_label_values(&[&row.policy, "completed"])
+            .inc();
+        self.metrics
+            .last_success
+            .with_label_values(&[&row.policy])
+            .set(self.now().timestamp() as f64);
+        let took = (self.now() - row.started_at).num_milliseconds();
+        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), old_key = row.old_key_id.as_deref().unwrap_or(""), reason = %row.reason, duration_ms = took, "rotation completed");
+    }
+
+    async fn step_retire(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+    ) -> Result<Step, EngineError> {
+        let provider = self.provider(rt, &row.provider)?.clone();
+        let now = self.now();
+        let Some(old_id) = row.old_key_id.clone() else {
+            return Ok(Step::Done);
+        };
+        let retire_at = row.retire_at.unwrap_or(now);
+        if retire_at > now {
+            return Ok(Step::Wait(retire_at));
+        }
+        if let Some(t) = row.next_attempt_at
+            && t > now
+        {
+            return Ok(Step::Wait(t));
+        }
+        let new_id = row.new_key_id.clone().unwrap_or_default();
+        let new_name = row.new_key_name.clone().unwrap_or_default();
+        let old_name = row.old_key_name.clone().unwrap_or_default();
+        let caps = provider.capabilities();
+        // Never delete a lineage's last live key: the next key must still exist.
+        let mut old_listed = true;
+        if caps.can_list {
+            match provider
+                .list(&|n: &str| n == new_name || n == old_name)
+                .await
+            {
+                Ok(found) => {
+                    if !found.iter().any(|k| k.id == new_id) {
+                        return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
+                    }
+                    old_listed = found.iter().any(|k| k.id == old_id);
+                }
+                Err(e) => {
+                    return self.on_failure(
+                        policy,
+                        row,
+                        "retiring the old key (listing)",
+                        &e.to_string(),
+                        true,
+                        e.retry_after(),
+                        true,
+                    );
+                }
+            }
+        }
+        // Every sink that can be read back must still hold the new key.
+        let acks = self.store.sink_acks(&row.id)?;
+        for ack in &acks {
+            let Some(sink) = rt.sinks.get(&ack.sink) else {
+                continue;
+            };
+            match sink.read_back(&row.policy, &row.lineage).await {
+                Ok(ReadBack::Unsupported) => {}
+                Ok(ReadBack::Fingerprint(f)) if Some(&f) == ack.fingerprint.as_ref() => {}
+                Ok(ReadBack::Fingerprint(f)) => {
+                    return self.on_failure(policy, row, "retiring the old key", &format!("sink {} no longer holds the new key (read back {f}, published {}); the old key is kept", ack.sink, ack.fingerprint.as_deref().unwrap_or("?")), true, None, true);
+                }
+                Ok(ReadBack::Missing) => {
+                    return self.on_failure(policy, row, "retiring the old key", &format!("sink {} no longer holds the new key (nothing there); the old key is kept", ack.sink), true, None, true);
+                }
+                Err(e) => {
+                    return self.on_failure(
+                        policy,
+                        row,
+                        "retiring the old key (read-back)",
+                        &e.message,
+                        true,
+                        e.retry_after,
+                        true,
+                    );
+                }
+            }
+        }
+        failpoint::hit("before_delete");
+        if !caps.can_delete {
+            self.store.record_old_key_retired(&row.id, self.now())?;
+            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, old_key = %old_id, "provider cannot delete keys: the old key is left retired; delete it by hand");
+            self.completed(row);
+            return Ok(Step::Done);
+        }
+        let outcome = if old_listed {
+            match self.delete_key(rt, &provider, &old_id).await {
+                Ok(o) => o,
+                Err(e) => {
+                    return self.on_failure(
+                        policy,
+                        row,
+                        "deleting the old key",
+                        &e.to_string(),
+                        true,
+                        e.retry_after(),
+                        true,
+                    );
+                }
+            }
+        } else {
+            DeleteOutcome::NotFound
+        };
+        failpoint::hit("after_delete");
+        self.store.record_old_key_deleted(&row.id, self.now())?;
+        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, old_key = %old_id, already_gone = outcome == DeleteOutcome::NotFound, "old key deleted");
+        self.completed(row);
+        Ok(Step::Done)
+    }
+}
+
+/// What the scheduler needs to know to wake for a rotation.
+pub fn rotation_due(row: &RotationRow, now: DateTime<Utc>) -> bool {
+    match row.next_attempt_at {
+        Some(t) => t <= now,
+        None => true,
+    }
+}
