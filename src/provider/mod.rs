@@ -187,7 +187,7 @@ pub trait Provider: Send + Sync {
     /// filtered as they arrive so memory holds only the kept keys.
     async fn list(
         &self,
-        keep: &(dyn Fn(&str) -> bool + Send + Sync),
+        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError>;
 
     async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError>;

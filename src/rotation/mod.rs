@@ -4,3 +4,6 @@
 pub mod engine;
 pub mod policy;
 pub mod recovery;
+
+#[cfg(test)]
+mod engine_tests;
