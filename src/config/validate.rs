@@ -1257,10 +1257,21 @@ fn validate_policy(
             duration(cx, s, "rotate_before_expiry").map(Lead::Absolute)
         }
     });
-    let max_age = raw
-        .max_age
-        .as_ref()
-        .and_then(|s| duration(cx, s, "max_age"));
+    let max_age = raw.max_age.as_ref().and_then(|m| {
+        let age = duration(cx, m, "max_age")?;
+        if age.is_zero() {
+            cx.d.error_hint(
+                m.span(),
+                format!(
+                    "max_age = {:?} would replace every key on every check",
+                    m.get_ref()
+                ),
+                "give the age after which a key is replaced, e.g. max_age = \"30d\"",
+            );
+            return None;
+        }
+        Some(age)
+    });
     if raw.rotate_before_expiry.is_none() && raw.max_age.is_none() {
         cx.d.error_hint(
             raw.name.span(),
