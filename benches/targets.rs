@@ -23,7 +23,11 @@ fn bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("rekey");
-    assert!(p.exists(), "build the binary first: cargo build --release (looked for {})", p.display());
+    assert!(
+        p.exists(),
+        "build the binary first: cargo build --release (looked for {})",
+        p.display()
+    );
     p
 }
 
@@ -44,7 +48,13 @@ impl Bench {
         self.dir.path().join(p)
     }
 
-    fn config(&self, endpoint: &str, provider_extra: &str, daemon_extra: &str, policies: &str) -> PathBuf {
+    fn config(
+        &self,
+        endpoint: &str,
+        provider_extra: &str,
+        daemon_extra: &str,
+        policies: &str,
+    ) -> PathBuf {
         let cfg = format!(
             r#"
 [daemon]
@@ -81,7 +91,11 @@ path = "{keys}/{{lineage}}.env"
 
     fn spawn(&self, cfg: &Path, envs: &[(&str, String)]) -> Child {
         let mut cmd = Command::new(bin());
-        cmd.args(["--log-level", "warn", "run", "-c"]).arg(cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["--log-level", "warn", "run", "-c"])
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -92,7 +106,11 @@ path = "{keys}/{{lineage}}.env"
         Store::open_read_only(&self.path("state.db"))
             .ok()
             .and_then(|s| s.history(None, 100_000).ok())
-            .map(|h| h.iter().filter(|r| r.state == RotationState::Completed).count())
+            .map(|h| {
+                h.iter()
+                    .filter(|r| r.state == RotationState::Completed)
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
@@ -117,7 +135,11 @@ max_attempts = 20
 fn seed_due(emu: &oceanbase::EmulatorHandle, prefix: &str, n: usize) {
     let now = Utc::now();
     for i in 0..n {
-        emu.insert_key(&format!("{prefix}{i:05}"), now - chrono::Duration::days(29), Some(now + chrono::Duration::hours(1)));
+        emu.insert_key(
+            &format!("{prefix}{i:05}"),
+            now - chrono::Duration::days(29),
+            Some(now + chrono::Duration::hours(1)),
+        );
     }
 }
 
@@ -158,7 +180,12 @@ async fn rate_limited() {
     .unwrap();
     seed_due(&emu, "app-", n);
     let b = Bench::new();
-    let cfg = b.config(&emu.endpoint(), &format!("rate_limit = \"{r}/s\""), "max_concurrent_rotations = 8", &policy("p", "app-*", "0 0 0 1 1 *", "0s"));
+    let cfg = b.config(
+        &emu.endpoint(),
+        &format!("rate_limit = \"{r}/s\""),
+        "max_concurrent_rotations = 8",
+        &policy("p", "app-*", "0 0 0 1 1 *", "0s"),
+    );
     emu.reset_stats();
     let t0 = Instant::now();
     let mut d = b.spawn(&cfg, &[]);
@@ -194,7 +221,12 @@ async fn latency_bound() {
     .unwrap();
     seed_due(&emu, "app-", n);
     let b = Bench::new();
-    let cfg = b.config(&emu.endpoint(), "", &format!("max_concurrent_rotations = {conc}"), &policy("p", "app-*", "0 0 0 1 1 *", "0s"));
+    let cfg = b.config(
+        &emu.endpoint(),
+        "",
+        &format!("max_concurrent_rotations = {conc}"),
+        &policy("p", "app-*", "0 0 0 1 1 *", "0s"),
+    );
     emu.reset_stats();
     let t0 = Instant::now();
     let mut d = b.spawn(&cfg, &[]);
@@ -231,7 +263,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// 100 policies over 10,000 keys, nothing due: peak RSS ≤ 15 MiB, CPU ≤
@@ -242,7 +275,12 @@ async fn idle() {
     let mut policies = String::new();
     // Seeded names are app-00000 … app-09999: 100 policies of 100 keys each.
     for i in 0..100 {
-        policies.push_str(&policy(&format!("p{i:03}"), &format!("app-{:03}??", i), "0 0 * * * *", "1h"));
+        policies.push_str(&policy(
+            &format!("p{i:03}"),
+            &format!("app-{:03}??", i),
+            "0 0 * * * *",
+            "1h",
+        ));
     }
     let cfg = b.config(&emu_proc.endpoint, "", "", &policies);
     let mut d = b.spawn(&cfg, &[]);
@@ -279,7 +317,14 @@ impl EmulatorProcess {
         };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(bin())
-            .args(["--log-level", "warn", "emulate", "oceanbase", "--listen", &addr.to_string()])
+            .args([
+                "--log-level",
+                "warn",
+                "emulate",
+                "oceanbase",
+                "--listen",
+                &addr.to_string(),
+            ])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -288,7 +333,10 @@ impl EmulatorProcess {
             .unwrap();
         let t0 = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "emulator did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "emulator did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         EmulatorProcess {
@@ -309,7 +357,12 @@ impl Drop for EmulatorProcess {
 /// time ≤ 1.1 × pages × latency.
 async fn scan() {
     let (keys, lat) = (100_000usize, 20u64);
-    let emu = EmulatorProcess::start(&["--keys", &keys.to_string(), "--latency", &format!("{lat}ms")]);
+    let emu = EmulatorProcess::start(&[
+        "--keys",
+        &keys.to_string(),
+        "--latency",
+        &format!("{lat}ms"),
+    ]);
     let metrics = rekey::metrics::Metrics::new();
     let src = format!(
         r#"
@@ -327,7 +380,8 @@ access_key_secret = "{}"
         oceanbase::DEFAULT_ACCESS_KEY_ID,
         oceanbase::DEFAULT_ACCESS_KEY_SECRET
     );
-    let (cfg, _) = rekey::config::load_str(Path::new("bench.toml"), &src, &Default::default()).unwrap();
+    let (cfg, _) =
+        rekey::config::load_str(Path::new("bench.toml"), &src, &Default::default()).unwrap();
     let provider = rekey::provider::build(&cfg.providers["ob"], &metrics).unwrap();
     let before = proc_status(std::process::id(), "VmRSS:");
     let t0 = Instant::now();
@@ -350,7 +404,12 @@ access_key_secret = "{}"
 /// READY=1 within 100 ms with 100,000 history rows.
 async fn startup() {
     let b = Bench::new();
-    let cfg = b.config("http://127.0.0.1:9", "", "", &policy("p", "app-*", "0 0 0 1 1 *", "1h"));
+    let cfg = b.config(
+        "http://127.0.0.1:9",
+        "",
+        "",
+        &policy("p", "app-*", "0 0 0 1 1 *", "1h"),
+    );
     {
         let store = Store::open(&b.path("state.db")).unwrap();
         drop(store);
@@ -365,7 +424,12 @@ async fn startup() {
         let base = Utc::now() - chrono::Duration::days(400);
         for i in 0..100_000u32 {
             let t = rekey::state::ts(base + chrono::Duration::minutes(i as i64));
-            st.execute(rusqlite::params![format!("{i:08x}"), format!("app-{}", i % 500), t]).unwrap();
+            st.execute(rusqlite::params![
+                format!("{i:08x}"),
+                format!("app-{}", i % 500),
+                t
+            ])
+            .unwrap();
         }
         drop(st);
         conn.execute_batch("COMMIT").unwrap();
@@ -373,7 +437,8 @@ async fn startup() {
     let sock_dir = tempfile::tempdir().unwrap();
     let sock_path = sock_dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let t0 = Instant::now();
     let mut d = b.spawn(&cfg, &[("NOTIFY_SOCKET", sock_path.display().to_string())]);
     let mut buf = [0u8; 4096];
@@ -384,7 +449,10 @@ async fn startup() {
         }
     };
     stop(&mut d);
-    println!("startup: READY=1 after {:.1} ms with 100,000 history rows, including process exec (target ≤ 100 ms)", took.as_secs_f64() * 1000.0);
+    println!(
+        "startup: READY=1 after {:.1} ms with 100,000 history rows, including process exec (target ≤ 100 ms)",
+        took.as_secs_f64() * 1000.0
+    );
 }
 
 /// `/status` and `/metrics` p99 at 1,000 requests/s while rotations run:
@@ -405,15 +473,26 @@ async fn status() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let cfg = b.config(&emu.endpoint(), "", "max_concurrent_rotations = 8", &policy("p", "app-*", "*/5 * * * * *", "10s"));
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let cfg = b.config(
+        &emu.endpoint(),
+        "",
+        "max_concurrent_rotations = 8",
+        &policy("p", "app-*", "*/5 * * * * *", "10s"),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
     std::fs::write(&cfg, text).unwrap();
     let mut d = b.spawn(&cfg, &[]);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let t0 = Instant::now();
     while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "status endpoint did not come up");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "status endpoint did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -447,7 +526,9 @@ async fn status() {
             lat.push(l);
         }
         lat.sort();
-        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+        let p = |q: f64| {
+            lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0
+        };
         println!(
             "status: GET {path} at {rate}/s for {secs}s while rotating ({} completed so far): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {errors} (target p99 ≤ 2 ms; client in the same process)",
             b.completed(),
@@ -461,9 +542,18 @@ async fn status() {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    println!("rekey benchmarks — {} — {} cores", Utc::now().to_rfc3339(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "rekey benchmarks — {} — {} cores",
+        Utc::now().to_rfc3339(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     if want("rate") {
         rate_limited().await;
     }

@@ -1,1 +1,6 @@
-//! The integration-test binary: one module per area, shared helpers in `support`.
+//! The one integration-test binary: each area is a module, and `support`
+//! holds the helpers they share.
+
+mod support;
+
+mod config;

@@ -68,6 +68,22 @@ impl<'a> Diags<'a> {
         (line, col)
     }
 
+    /// The key written just before `offset` (`bootstrap` in `bootstrap = 5`
+    /// when `offset` is the value's), to name it in serde's messages, which
+    /// do not.
+    pub fn key_before(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = &before[before.rfind('\n').map(|i| i + 1).unwrap_or(0)..];
+        let lhs = line.trim_end().strip_suffix('=')?.trim_end();
+        let start = lhs
+            .rfind(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '"')))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let key = lhs[start..].trim_matches('"');
+        (!key.is_empty()).then(|| key.to_string())
+    }
+
     fn push(
         &mut self,
         severity: Severity,

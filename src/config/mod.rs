@@ -308,7 +308,7 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
                 line: 1,
                 col: 1,
                 message: format!("cannot read config file: {e}"),
-                hint: None,
+                hint: Some("check the path given with -c/--config and its permissions".into()),
             }]);
         }
     };

@@ -146,20 +146,69 @@ pub struct RawPolicy {
     pub max_attempts: Option<S<i64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `bootstrap = true` (a lineage named after the policy), `false`, or a
+/// lineage name.
+#[derive(Debug)]
 pub enum RawBootstrap {
     Flag(bool),
     Lineage(String),
 }
 
+// Written by hand rather than `#[serde(untagged)]`, whose only error is
+// "data did not match any variant of untagged enum", which tells an
+// operator nothing.
+impl<'de> Deserialize<'de> for RawBootstrap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBootstrap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a lineage name")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawBootstrap::Flag(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawBootstrap::Lineage(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// One value or a list of them (webhook secrets may be several, so a
 /// receiver can rotate its secret without downtime).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+// By hand rather than `#[serde(untagged)]`, so that a mistake inside the
+// reference (`{ envv = "X" }`) is reported as itself, not as "data did not
+// match any variant".
+impl<'de> Deserialize<'de> for OneOrMany<RawSecretRef> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany<RawSecretRef>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a secret reference or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany::One(RawSecretRef::Literal(v.to_string())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawSecretRef::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(OneOrMany::One)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<RawSecretRef>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<T> OneOrMany<T> {
@@ -172,8 +221,9 @@ impl<T> OneOrMany<T> {
 }
 
 /// A secret-valued key: a literal string (accepted with a warning) or a
-/// table with exactly one of `env`, `file`, `credential`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// table with exactly one of `env`, `file`, `credential`. `Debug` redacts
+/// the literal: it is plaintext.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RawSecretRef {
     Literal(String),
     Env(String),
@@ -181,6 +231,18 @@ pub enum RawSecretRef {
     Credential(String),
     /// A table that names none or several sources; validation reports it.
     Invalid(String),
+}
+
+impl fmt::Debug for RawSecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawSecretRef::Literal(_) => f.write_str("Literal([redacted])"),
+            RawSecretRef::Env(n) => f.debug_tuple("Env").field(n).finish(),
+            RawSecretRef::File(p) => f.debug_tuple("File").field(p).finish(),
+            RawSecretRef::Credential(n) => f.debug_tuple("Credential").field(n).finish(),
+            RawSecretRef::Invalid(why) => f.debug_tuple("Invalid").field(why).finish(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawSecretRef {

@@ -55,7 +55,8 @@ impl FromStr for Schedule {
             let n = trimmed.split_whitespace().count();
             if !(5..=7).contains(&n) {
                 return Err(format!(
-                    "cron line has {n} fields; expected 6 (sec min hour dom mon dow), 7 (with year) or a classic 5"
+                    "cron line has {n} field{}; expected 6 (sec min hour dom mon dow), 7 (with year) or a classic 5",
+                    if n == 1 { "" } else { "s" }
                 ));
             }
         }
@@ -63,7 +64,9 @@ impl FromStr for Schedule {
             .seconds(Seconds::Optional)
             .dom_and_dow(true)
             .build();
-        let cron = parser.parse(trimmed).map_err(|e| e.to_string())?;
+        let cron = parser
+            .parse(trimmed)
+            .map_err(|e| out_of_range(trimmed).unwrap_or_else(|| e.to_string()))?;
         // A pattern that can never fire (31 February) is an error too.
         cron.find_next_occurrence(&Utc::now(), false)
             .map_err(|e| format!("schedule never fires: {e}"))?;
@@ -72,6 +75,37 @@ impl FromStr for Schedule {
             cron,
         })
     }
+}
+
+/// Which field holds a number outside its range, for a better message than
+/// croner's "Number out of bounds" (which does not say where).
+fn out_of_range(line: &str) -> Option<String> {
+    const SEC: (&str, u32, u32) = ("second", 0, 59);
+    const MIN: (&str, u32, u32) = ("minute", 0, 59);
+    const HOUR: (&str, u32, u32) = ("hour", 0, 23);
+    const DOM: (&str, u32, u32) = ("day of month", 1, 31);
+    const MON: (&str, u32, u32) = ("month", 1, 12);
+    const DOW: (&str, u32, u32) = ("day of week", 0, 7);
+    const YEAR: (&str, u32, u32) = ("year", 1, 5000);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let layout: &[(&str, u32, u32)] = match fields.len() {
+        5 => &[MIN, HOUR, DOM, MON, DOW],
+        6 => &[SEC, MIN, HOUR, DOM, MON, DOW],
+        7 => &[SEC, MIN, HOUR, DOM, MON, DOW, YEAR],
+        _ => return None,
+    };
+    for (field, (name, lo, hi)) in fields.iter().zip(layout) {
+        for part in field.split(',') {
+            // `a-b/step`: the step is a count, not a value of the field.
+            let range = part.split('/').next().unwrap_or(part);
+            for n in range.split('-').filter_map(|v| v.parse::<u32>().ok()) {
+                if n < *lo || n > *hi {
+                    return Some(format!("{name} {n} is out of range ({lo}-{hi})"));
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -116,7 +150,11 @@ mod tests {
         let e = "0 */15 * * * * * *".parse::<Schedule>().unwrap_err();
         assert!(e.contains("8 fields"), "{e}");
         let e = "0 99 * * * *".parse::<Schedule>().unwrap_err();
-        assert!(!e.is_empty());
+        assert_eq!(e, "minute 99 is out of range (0-59)");
+        let e = "0 0 12 * 13 *".parse::<Schedule>().unwrap_err();
+        assert_eq!(e, "month 13 is out of range (1-12)");
+        let e = "* *".parse::<Schedule>().unwrap_err();
+        assert!(e.starts_with("cron line has 2 fields;"), "{e}");
         assert!("@hourly".parse::<Schedule>().is_ok());
     }
 }

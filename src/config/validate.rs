@@ -28,6 +28,8 @@ use crate::secret::Secret;
 const TOP_KEYS: &[&str] = &["daemon", "providers", "sinks", "notify", "policy"];
 const PROVIDER_KINDS: &[&str] = &["oceanbase", "tencent-apigateway", "huawei-nes"];
 const SINK_KINDS: &[&str] = &["file", "webhook", "vault"];
+/// How long an old key outlives its replacement when a policy says nothing.
+const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// A reference or path validation could not check without I/O.
 struct Pending {
@@ -65,7 +67,20 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
         Ok(t) => t,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            cx.d.error(span, format!("TOML syntax: {}", e.message().trim()));
+            let mut message = e.message().trim().to_string();
+            if message == "duplicate key"
+                && let Some(key) = src.get(span.clone()).filter(|k| !k.contains('\n'))
+            {
+                message = format!("duplicate key `{}`", key.trim_matches('"'));
+            }
+            let hint = if message.contains("duplicate key") {
+                "each key may appear only once in a table; remove or rename one of them"
+            } else if message.contains("must be quoted") {
+                "put string values in double quotes: key = \"value\""
+            } else {
+                "fix the TOML syntax at this point (https://toml.io)"
+            };
+            cx.d.error_hint(span, format!("TOML syntax: {message}"), hint);
             return None;
         }
     };
@@ -277,9 +292,67 @@ fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
             format!("{what} is missing required key `{field}`"),
             format!("add `{field} = …` to this section"),
         );
+    } else if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        // The "variant" is whatever was written: a mistyped table key, or a
+        // string where a table belongs, which may well be a secret
+        // (`auth = "hvs.…"`). Never repeat it.
+        let (written, expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
+        let written = written.strip_suffix('`').unwrap_or(written);
+        let variants: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        match cx.d.key_before(span.start) {
+            // `auth = "…"`: a string where a table belongs.
+            Some(key) => cx.d.error_hint(
+                span,
+                format!(
+                    "`{key}` in {what} must be a table with one of {}",
+                    variants_list(&variants)
+                ),
+                format!(
+                    "write {key} = {{ {} = … }} (the value is not repeated here in case it is a secret)",
+                    variants.first().copied().unwrap_or("…")
+                ),
+            ),
+            // `auth = { tokn = … }`: a mistyped key, safe to repeat.
+            None => {
+                let hint = match did_you_mean(written, variants.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("known keys here: {}", variants.join(", ")),
+                };
+                cx.d.error_hint(span, format!("unknown key `{written}` in {what}"), hint);
+            }
+        }
     } else {
-        cx.d.error(span, format!("{what}: {msg}"));
+        let message = match cx.d.key_before(span.start) {
+            Some(key) => format!("`{key}` in {what}: {}", without_values(msg)),
+            None => format!("{what}: {}", without_values(msg)),
+        };
+        cx.d.error_hint(
+            span,
+            message,
+            "see rekey.example.toml for the form each key takes",
+        );
     }
+}
+
+fn variants_list(v: &[&str]) -> String {
+    v.iter()
+        .map(|v| format!("`{v}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// serde's "invalid type: string \"hunter2\", expected …" repeats the value,
+/// which may be a secret written in the wrong place: keep only its type.
+fn without_values(msg: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            let kind = found.split(['`', '"']).next().unwrap_or(found).trim();
+            return format!("found {kind}, expected {expected}");
+        }
+    }
+    msg.to_string()
 }
 
 /// The entries of a `[section.NAME]` table.
@@ -343,7 +416,11 @@ fn secret(cx: &mut Ctx, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRe
                 r#"use { env = "NAME" }, { file = "/path" } or { credential = "name" } (systemd LoadCredential=)"#,
             );
             if v.is_empty() {
-                cx.d.error(span, format!("`{key}` is empty"));
+                cx.d.error_hint(
+                    span,
+                    format!("`{key}` is empty"),
+                    r#"give the secret as { env = "NAME" }, { file = "/path" } or { credential = "name" }"#,
+                );
                 return None;
             }
             SecretRef::Literal(Secret::new(v.clone()))
@@ -1180,10 +1257,21 @@ fn validate_policy(
             duration(cx, s, "rotate_before_expiry").map(Lead::Absolute)
         }
     });
-    let max_age = raw
-        .max_age
-        .as_ref()
-        .and_then(|s| duration(cx, s, "max_age"));
+    let max_age = raw.max_age.as_ref().and_then(|m| {
+        let age = duration(cx, m, "max_age")?;
+        if age.is_zero() {
+            cx.d.error_hint(
+                m.span(),
+                format!(
+                    "max_age = {:?} would replace every key on every check",
+                    m.get_ref()
+                ),
+                "give the age after which a key is replaced, e.g. max_age = \"30d\"",
+            );
+            return None;
+        }
+        Some(age)
+    });
     if raw.rotate_before_expiry.is_none() && raw.max_age.is_none() {
         cx.d.error_hint(
             raw.name.span(),
@@ -1203,27 +1291,32 @@ fn validate_policy(
             "set max_age (measured from the provider's creation time)",
         );
     }
-    let grace_period = duration_or(
-        cx,
-        &raw.grace_period,
-        "grace_period",
-        Duration::from_secs(24 * 3600),
-    );
-    if let (Some(age), Some(g)) = (max_age, &raw.grace_period)
-        && grace_period > age
-    {
-        cx.d.error_hint(
-            g.span(),
-            format!(
-                "grace_period ({}) is longer than max_age ({})",
-                g.get_ref(),
-                raw.max_age
-                    .as_ref()
-                    .map(|m| m.get_ref().as_str())
-                    .unwrap_or("")
+    let grace_written = raw
+        .grace_period
+        .as_ref()
+        .and_then(|g| duration(cx, g, "grace_period"));
+    let grace_period = grace_written.unwrap_or(DEFAULT_GRACE);
+    if let (Some(age), Some(age_raw)) = (max_age, &raw.max_age) {
+        match (&raw.grace_period, grace_written) {
+            (Some(g), Some(grace)) if grace > age => cx.d.error_hint(
+                g.span(),
+                format!(
+                    "grace_period ({}) is longer than max_age ({})",
+                    g.get_ref(),
+                    age_raw.get_ref()
+                ),
+                "the old key would outlive its own age limit; shorten grace_period or raise max_age",
             ),
-            "the old key would outlive its own age limit; shorten grace_period or raise max_age",
-        );
+            (None, _) if grace_period > age => cx.d.error_hint(
+                age_raw.span(),
+                format!(
+                    "max_age ({}) is shorter than the default grace_period (24h)",
+                    age_raw.get_ref()
+                ),
+                "the old key would outlive its own age limit; set a shorter grace_period or raise max_age",
+            ),
+            _ => {}
+        }
     }
     let mut sinks = Vec::new();
     for s in &raw.sinks {
@@ -1315,7 +1408,11 @@ fn validate_policy(
         Some(t) => match serde_json::to_value(t.get_ref()) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => {
-                cx.d.error(t.span(), "`create` must be a table of provider parameters");
+                cx.d.error_hint(
+                    t.span(),
+                    "`create` must be a table of provider parameters",
+                    "write create = { action = \"read\" } (OceanBase) or create = { usage_plans = [\"…\"] } (Tencent)",
+                );
                 serde_json::Map::new()
             }
         },
@@ -1337,8 +1434,10 @@ fn validate_policy(
                 "eps_id",
             ],
         };
+        let mut unknown_parameter = false;
         for k in create.keys() {
             if !allowed.contains(&k.as_str()) {
+                unknown_parameter = true;
                 let hint = match did_you_mean(k, allowed.iter().copied()) {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => format!(
@@ -1350,15 +1449,17 @@ fn validate_policy(
                 cx.d.error_hint(
                     create_span.clone(),
                     format!(
-                        "unknown create parameter `{k}` for a {} provider",
+                        "unknown create parameter `{k}` for provider kind {}",
                         p.kind.as_str()
                     ),
                     hint,
                 );
             }
         }
+        // A mistyped `action` was reported above, with its correction.
         if matches!(p.kind, ProviderKind::OceanBase { .. })
             && mode == Mode::Rotate
+            && !unknown_parameter
             && !create.get("action").is_some_and(|a| a.is_string())
         {
             cx.d.error_hint(

@@ -175,6 +175,9 @@ impl Store {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        // Look before touching: `configure` switches the journal to WAL,
+        // which rewrites the header of a DB we are about to refuse.
+        preflight(&conn, path)?;
         let store = Store {
             conn: Mutex::new(conn),
             path: Some(path.to_path_buf()),
@@ -676,7 +679,8 @@ impl Store {
                 "UPDATE rotations SET state = 'created', new_key_id = ?3, new_key_name = ?4, new_key_created_at = ?5,
                     new_key_expires_at = ?6, sealed_secret = ?7, fingerprint = ?8, created_at = ?9,
                     failures = 0, error = NULL, error_class = NULL, next_attempt_at = NULL
-                 WHERE id = ?1 AND state = 'planned' AND attempt = ?2",
+                 WHERE id = ?1 AND state = 'planned' AND attempt = ?2
+                   AND EXISTS (SELECT 1 FROM attempts WHERE rotation_id = ?1 AND attempt = ?2 AND state = 'requested')",
                 params![id, attempt, key.key_id, key.name, key.created_at.map(ts), key.expires_at.map(ts), sealed, fingerprint, ts(at)],
             )?;
             if n != 1 {
@@ -795,6 +799,14 @@ impl Store {
             if row.state.is_terminal() {
                 return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
             }
+            // Once published, the new key is in use and the old one is being
+            // retired: that never "fails" (it is retried until it succeeds).
+            if matches!(row.state, RotationState::Published | RotationState::Retiring) {
+                return Err(StoreError::Conflict(format!(
+                    "rotation {id} is {}: its new key is published, so it cannot fail; retirement is retried",
+                    row.state.as_str()
+                )));
+            }
             // A key already created stays sealed: the next check resumes
             // publishing it (revive_rotation) instead of losing it.
             tx.execute(
@@ -832,6 +844,7 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
+            expect_state(tx, id, RotationState::Created)?;
             let n = tx.execute(
                 "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, fingerprint = ?5,
                     last_error = NULL, next_attempt_at = NULL
@@ -839,9 +852,7 @@ impl Store {
                 params![id, sink, ts(at), detail, fingerprint],
             )?;
             if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "rotation {id} has no unacknowledged sink {sink}"
-                )));
+                return Err(unacked_sink_conflict(id, sink));
             }
             Ok(())
         })
@@ -904,11 +915,17 @@ impl Store {
         next: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
-            tx.execute(
+            expect_state(tx, id, RotationState::Created)?;
+            // An acknowledged sink stays acknowledged: a late failure report
+            // must not hold back (or undo) the publish.
+            let n = tx.execute(
                 "UPDATE sink_acks SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
-                 WHERE rotation_id = ?1 AND sink = ?2",
+                 WHERE rotation_id = ?1 AND sink = ?2 AND state != 'acked'",
                 params![id, sink, error, next.map(ts)],
             )?;
+            if n != 1 {
+                return Err(unacked_sink_conflict(id, sink));
+            }
             Ok(())
         })
     }
@@ -950,8 +967,9 @@ impl Store {
     }
 
     /// Every sink acknowledged: wipe the sealed secret, move to `published`,
-    /// and schedule the old key's retirement at `retire_at` (→ `retiring`),
-    /// or complete at once when there is no old key.
+    /// and schedule the old key's retirement at `retire_at` (→ `retiring`,
+    /// required when there is an old key), or complete at once when there
+    /// is none.
     pub fn record_published(
         &self,
         id: &str,
@@ -970,6 +988,10 @@ impl Store {
             )?;
             if pending > 0 {
                 return Err(StoreError::Conflict(format!("rotation {id} has {pending} sink(s) without acknowledgement")));
+            }
+            if row.old_key_id.is_some() && retire_at.is_none() {
+                // Completing now would leave the old key live for ever.
+                return Err(StoreError::Conflict(format!("rotation {id} replaces a key and needs a time to retire it")));
             }
             tx.execute(
                 "UPDATE rotations SET state = 'published', published_at = ?2, sealed_secret = NULL, failures = 0, error = NULL, error_class = NULL WHERE id = ?1",
@@ -1193,6 +1215,45 @@ impl Store {
     }
 }
 
+/// Refuse, with reads only, a DB this rekey must not write: a newer schema,
+/// or another program's SQLite DB (tables but no schema version: migrating
+/// would add our tables to it).
+fn preflight(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    if v > schema::VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found: v,
+            supported: schema::VERSION,
+        });
+    }
+    if v == 0 {
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(corrupt)?;
+        if !tables.is_empty() {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it is a SQLite DB with tables ({}) but no rekey schema version",
+                    tables.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_header(path: &Path) -> Result<(), StoreError> {
     let Ok(mut f) = File::open(path) else {
         return Ok(());
@@ -1210,6 +1271,31 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
             reason: e.to_string(),
         }),
     }
+}
+
+/// Refuse a transition unless the rotation is in `want`.
+fn expect_state(tx: &Transaction, id: &str, want: RotationState) -> Result<(), StoreError> {
+    let state: Option<String> = tx
+        .query_row(
+            "SELECT state FROM rotations WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match state {
+        None => Err(StoreError::Conflict(format!("no rotation {id}"))),
+        Some(s) if s == want.as_str() => Ok(()),
+        Some(s) => Err(StoreError::Conflict(format!(
+            "rotation {id} is {s}, not {}",
+            want.as_str()
+        ))),
+    }
+}
+
+fn unacked_sink_conflict(id: &str, sink: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "rotation {id} has no unacknowledged sink {sink:?} (acknowledged already, or not one of its sinks)"
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

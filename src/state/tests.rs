@@ -1,1 +1,946 @@
+//! Store tests: opening (schema, idempotence, refusing newer, corrupt and
+//! foreign files without touching them, the single-instance lock, file
+//! mode, read-only access beside a running daemon) and every transition of
+//! a rotation, with the outbox events it writes and no secret in the DB
+//! outside the sealed column.
 
+use std::os::unix::fs::PermissionsExt;
+
+use chrono::TimeZone;
+use rusqlite::types::ValueRef;
+
+use super::seal::Sealer;
+use super::*;
+use crate::secret::{Secret, SecretFields};
+
+/// The plaintext of the new key in transition tests: it must never be found
+/// in the DB (the sealed column holds only ciphertext).
+const SECRET: &str = "sk-live-NEWKEY-5f3a9c";
+
+fn at(minutes: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap() + chrono::Duration::minutes(minutes)
+}
+
+fn new_rotation(lineage: &str, sinks: &[&str]) -> NewRotation {
+    NewRotation {
+        policy: "maas".into(),
+        lineage: lineage.into(),
+        provider: "ob".into(),
+        reason: "expiring".into(),
+        message: "current key expires in 6d".into(),
+        trigger: "schedule".into(),
+        revoke_old_immediately: false,
+        old_key_id: Some("old-1".into()),
+        old_key_name: Some(format!("{lineage}-20261001-r00000001-1")),
+        sinks: sinks.iter().map(|s| s.to_string()).collect(),
+        grace: Duration::from_secs(3600),
+        at: at(0),
+    }
+}
+
+fn created(name: &str) -> CreatedRecord {
+    CreatedRecord {
+        key_id: Some("new-1".into()),
+        name: name.into(),
+        created_at: Some(at(1)),
+        expires_at: Some(at(60 * 24 * 30)),
+    }
+}
+
+fn event_kinds(store: &Store) -> Vec<String> {
+    store
+        .events_after(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+/// Begin, attempt and create: a rotation in `created` with its secret sealed.
+fn created_rotation(store: &Store, sealer: &Sealer, sinks: &[&str]) -> String {
+    let id = store
+        .begin_rotation(&new_rotation("app-main", sinks))
+        .unwrap()
+        .unwrap();
+    let (attempt, name) = store
+        .start_attempt(&id, |n| format!("app-main-20261122-r{id}-{n}"), at(1))
+        .unwrap();
+    let fields = SecretFields::single("api_key", Secret::new(SECRET));
+    let sealed = sealer.seal(&id, &fields);
+    store
+        .record_created(
+            &id,
+            attempt,
+            &created(&name),
+            &sealed,
+            &fields.fingerprint(),
+            at(1),
+        )
+        .unwrap();
+    id
+}
+
+// ------------------------------------------------------------------ opening
+
+fn table_names(store: &Store) -> Vec<String> {
+    let c = store.conn();
+    let mut st = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_fresh_db_gets_the_whole_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    assert_eq!(store.version().unwrap(), schema::VERSION);
+    assert_eq!(
+        table_names(&store),
+        [
+            "attempts",
+            "dead_letters",
+            "deliveries",
+            "events",
+            "expiring_notices",
+            "keys",
+            "policy_state",
+            "rotations",
+            "sink_acks",
+        ]
+    );
+    let pragma = |name: &str| -> String {
+        store
+            .conn()
+            .query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    };
+    assert_eq!(pragma("journal_mode"), "Text(\"wal\")");
+    // FULL = 2.
+    assert_eq!(pragma("synchronous"), "Integer(2)");
+}
+
+#[test]
+fn the_in_memory_store_has_the_same_schema() {
+    let store = Store::open_in_memory().unwrap();
+    assert_eq!(store.version().unwrap(), schema::VERSION);
+    assert_eq!(table_names(&store).len(), 9);
+}
+
+#[test]
+fn reopening_is_idempotent_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let id = {
+        let store = Store::open(&path).unwrap();
+        store
+            .begin_rotation(&new_rotation("app-main", &["file"]))
+            .unwrap()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.version().unwrap(), schema::VERSION);
+        assert_eq!(table_names(&store).len(), 9);
+        assert_eq!(
+            store.rotation(&id).unwrap().unwrap().state,
+            RotationState::Planned
+        );
+        assert_eq!(event_kinds(&store), ["rotation.started"]);
+    }
+}
+
+#[test]
+fn the_state_directory_is_created_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/state.db");
+    Store::open(&path).unwrap();
+    assert!(path.is_file());
+}
+
+#[test]
+fn the_db_file_is_created_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    for suffix in ["-wal", "-shm", ".lock"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        if side.exists() {
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+    }
+}
+
+/// A SQLite DB made by someone else, with `setup` run on it.
+fn foreign_db(path: &Path, setup: &str) -> Vec<u8> {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(setup).unwrap();
+    drop(c);
+    std::fs::read(path).unwrap()
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[test]
+fn a_db_with_a_newer_schema_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let before = foreign_db(
+        &path,
+        "CREATE TABLE future (x); INSERT INTO future VALUES (1); PRAGMA user_version = 99;",
+    );
+    match Store::open(&path) {
+        Err(StoreError::NewerSchema {
+            found, supported, ..
+        }) => assert_eq!((found, supported), (99, schema::VERSION)),
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+    assert!(matches!(
+        Store::open_read_only(&path),
+        Err(StoreError::NewerSchema { found: 99, .. })
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the DB was modified");
+    assert!(
+        !sidecar(&path, "-wal").exists(),
+        "the DB was switched to WAL"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        (
+            "text.db",
+            b"these are someone's notes, not a database\n".repeat(100),
+        ),
+        ("short.db", b"hi".to_vec()),
+        (
+            "garbage.db",
+            [b"SQLite format 3\0".as_slice(), &[0xA5; 4080]].concat(),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt { .. } | StoreError::NewerSchema { .. }
+            ),
+            "{name}: {err:?}"
+        );
+        assert!(Store::open_read_only(&path).is_err(), "{name}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name} was modified");
+        assert!(!sidecar(&path, "-wal").exists(), "{name}");
+    }
+}
+
+#[test]
+fn another_programs_sqlite_db_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let before = foreign_db(
+        &path,
+        "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada');",
+    );
+    match Store::open(&path) {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("tables (users)"), "{e}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_second_open_is_locked_out_naming_the_owner_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let first = Store::open(&path).unwrap();
+    match Store::open(&path) {
+        Err(e @ StoreError::Locked { .. }) => {
+            let StoreError::Locked { pid, path: p } = &e else {
+                unreachable!()
+            };
+            assert_eq!(pid, &std::process::id().to_string());
+            assert_eq!(p, &path);
+            assert!(e.to_string().contains("another rekey is already running"));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(first);
+    Store::open(&path).expect("the lock is released with the store");
+}
+
+#[test]
+fn read_only_access_works_beside_the_daemon_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let daemon = Store::open(&path).unwrap();
+    let id = daemon
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.history(None, 10).unwrap()[0].id, id);
+    // The reader sees what the daemon commits later.
+    daemon
+        .emit(&Event::new(
+            "key.expiring",
+            at(2),
+            Some("maas"),
+            None,
+            serde_json::json!({}),
+        ))
+        .unwrap();
+    assert_eq!(event_kinds(&reader), ["rotation.started", "key.expiring"]);
+    // And cannot write.
+    let write = reader.emit(&Event::new(
+        "key.expiring",
+        at(3),
+        None,
+        None,
+        serde_json::json!({}),
+    ));
+    assert!(
+        matches!(write, Err(StoreError::Sql(_))),
+        "a read-only store wrote: {write:?}"
+    );
+    assert!(
+        reader
+            .begin_rotation(&new_rotation("app-other", &["file"]))
+            .is_err()
+    );
+    assert_eq!(event_kinds(&daemon).len(), 2);
+
+    // Still readable once the daemon is gone (WAL files cleaned up).
+    drop(daemon);
+    drop(reader);
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(event_kinds(&reader).len(), 2);
+}
+
+#[test]
+fn read_only_open_of_a_missing_db_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let err = Store::open_read_only(&path).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!path.exists());
+}
+
+// -------------------------------------------------------------- transitions
+
+#[test]
+fn one_rotation_per_lineage_at_a_time() {
+    let store = Store::open_in_memory().unwrap();
+    let first = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        store
+            .begin_rotation(&new_rotation("app-main", &["file"]))
+            .unwrap(),
+        None
+    );
+    // Another lineage of the same policy is independent.
+    assert!(
+        store
+            .begin_rotation(&new_rotation("app-other", &["file"]))
+            .unwrap()
+            .is_some()
+    );
+    // Once the first is over, the lineage may rotate again.
+    store
+        .fail_rotation(first.as_deref().unwrap(), "boom", "permanent", at(5))
+        .unwrap();
+    assert!(
+        store
+            .begin_rotation(&new_rotation("app-main", &["file"]))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order() {
+    let store = Store::open_in_memory().unwrap();
+    let sealer = Sealer::random();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file", "vault"]))
+        .unwrap()
+        .unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Planned);
+    assert_eq!(row.sinks, ["file", "vault"]);
+
+    let (attempt, name) = store
+        .start_attempt(&id, |n| format!("app-main-20261122-r{id}-{n}"), at(1))
+        .unwrap();
+    assert_eq!(attempt, 1);
+    assert_eq!(name, format!("app-main-20261122-r{id}-1"));
+    assert_eq!(store.attempts(&id).unwrap()[0].state, "requested");
+
+    let fields = SecretFields::single("api_key", Secret::new(SECRET));
+    let sealed = sealer.seal(&id, &fields);
+    store
+        .record_created(
+            &id,
+            attempt,
+            &created(&name),
+            &sealed,
+            &fields.fingerprint(),
+            at(1),
+        )
+        .unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Created);
+    assert_eq!(row.new_key_id.as_deref(), Some("new-1"));
+    assert_eq!(store.attempts(&id).unwrap()[0].state, "created");
+    // The sealed secret opens to the key, and only for this rotation.
+    let stored = store.sealed_secret(&id).unwrap().unwrap();
+    assert_eq!(sealer.open(&id, &stored).unwrap(), fields);
+
+    // Publishing is refused while any sink has not acknowledged.
+    store
+        .record_sink_ack(
+            &id,
+            "file",
+            Some("/etc/keys/app-main.env"),
+            "sha256:test",
+            at(2),
+        )
+        .unwrap();
+    assert!(is_conflict(store.record_published(
+        &id,
+        at(2),
+        Some(at(62))
+    )));
+    store
+        .record_sink_failure(&id, "vault", "503", Some(at(3)))
+        .unwrap();
+    assert!(is_conflict(store.record_published(
+        &id,
+        at(3),
+        Some(at(63))
+    )));
+    store
+        .record_sink_ack(&id, "vault", Some("version 4"), "sha256:test", at(4))
+        .unwrap();
+    let acks = store.sink_acks(&id).unwrap();
+    assert!(acks.iter().all(|a| a.state == "acked"), "{acks:?}");
+    assert_eq!(acks[1].attempts, 2, "vault failed once, then acked");
+
+    store.record_published(&id, at(4), Some(at(64))).unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Retiring);
+    assert_eq!(row.retire_at, Some(at(64)));
+    assert_eq!(
+        store.sealed_secret(&id).unwrap(),
+        None,
+        "sealed secret wiped"
+    );
+    let key_state = |key_id: &str| {
+        store
+            .known_keys("maas")
+            .unwrap()
+            .into_iter()
+            .find(|k| k.key_id == key_id)
+            .map(|k| k.state)
+    };
+    assert_eq!(key_state("new-1").as_deref(), Some("live"));
+
+    store.record_old_key_deleted(&id, at(64)).unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Completed);
+    assert_eq!(row.outcome.as_deref(), Some("deleted"));
+    assert_eq!(row.finished_at, Some(at(64)));
+    assert_eq!(store.last_success("maas").unwrap(), Some(at(64)));
+
+    assert_eq!(
+        event_kinds(&store),
+        [
+            "rotation.started",
+            "key.created",
+            "key.published",
+            "key.deleted",
+            "rotation.completed",
+        ]
+    );
+    let events = store.events_after(0, 100).unwrap();
+    assert!(events.iter().all(|e| e.rotation_id.as_deref() == Some(&id)));
+    assert_eq!(events[3].data["key_id"], "old-1");
+    assert_eq!(events[4].data["outcome"], "deleted");
+    assert_no_plaintext_in_db(&store, SECRET);
+}
+
+#[test]
+fn a_rotation_without_an_old_key_completes_on_publish() {
+    let store = Store::open_in_memory().unwrap();
+    let mut r = new_rotation("app-main", &["file"]);
+    r.old_key_id = None;
+    r.old_key_name = None;
+    r.trigger = "bootstrap".into();
+    let id = store.begin_rotation(&r).unwrap().unwrap();
+    let (attempt, name) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(1))
+        .unwrap();
+    store
+        .record_created(&id, attempt, &created(&name), b"sealed", "sha256:x", at(1))
+        .unwrap();
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    store.record_published(&id, at(2), None).unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Completed);
+    assert_eq!(row.outcome.as_deref(), Some("no_old_key"));
+    assert_eq!(
+        event_kinds(&store),
+        [
+            "rotation.started",
+            "key.created",
+            "key.published",
+            "rotation.completed"
+        ]
+    );
+}
+
+#[test]
+fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key() {
+    // Completing as "no_old_key" would leave the old key live for ever.
+    let store = Store::open_in_memory().unwrap();
+    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    assert!(is_conflict(store.record_published(&id, at(2), None)));
+    assert_eq!(
+        store.rotation(&id).unwrap().unwrap().state,
+        RotationState::Created
+    );
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+}
+
+#[test]
+fn a_provider_that_cannot_delete_leaves_the_old_key_retired() {
+    let store = Store::open_in_memory().unwrap();
+    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+    store.record_old_key_retired(&id, at(62)).unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.outcome.as_deref(), Some("retired"));
+    assert_eq!(
+        event_kinds(&store)[3..],
+        ["key.retired", "rotation.completed"]
+    );
+}
+
+#[test]
+fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check() {
+    let store = Store::open_in_memory().unwrap();
+    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    assert_eq!(
+        store
+            .record_step_failure(&id, "sink down", "retryable", Some(at(5)), at(4))
+            .unwrap(),
+        1
+    );
+    store
+        .fail_rotation(&id, "sink down", "retryable", at(10))
+        .unwrap();
+    let row = store.rotation(&id).unwrap().unwrap();
+    assert_eq!(row.state, RotationState::Failed);
+    assert_eq!(row.error.as_deref(), Some("sink down"));
+    // The created key must not be lost: the next check resumes it.
+    assert!(store.sealed_secret(&id).unwrap().is_some());
+    let events = store.events_after(0, 100).unwrap();
+    let failed = events.last().unwrap();
+    assert_eq!(failed.kind, "rotation.failed");
+    assert_eq!(failed.data["state_at_failure"], "created");
+    assert_eq!(failed.data["failures"], 2);
+    // Failing twice does not emit twice.
+    assert!(is_conflict(store.fail_rotation(
+        &id,
+        "again",
+        "permanent",
+        at(11)
+    )));
+    assert_eq!(event_kinds(&store).len(), events.len());
+    assert!(store.active_rotations().unwrap().is_empty());
+    // Resuming puts it back to created, once.
+    assert!(store.revive_rotation(&id, "expiring", at(12)).unwrap());
+    assert_eq!(
+        store.rotation(&id).unwrap().unwrap().state,
+        RotationState::Created
+    );
+    assert!(!store.revive_rotation(&id, "expiring", at(13)).unwrap());
+}
+
+#[test]
+fn failing_before_create_leaves_nothing_sealed() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    store.fail_rotation(&id, "403", "permanent", at(3)).unwrap();
+    assert_eq!(store.sealed_secret(&id).unwrap(), None);
+    assert!(!store.revive_rotation(&id, "expiring", at(4)).unwrap());
+}
+
+#[test]
+fn transitions_applied_twice_are_refused_not_repeated() {
+    let store = Store::open_in_memory().unwrap();
+    let sealer = Sealer::random();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    let (attempt, name) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(1))
+        .unwrap();
+    // A second attempt while the first is unresolved.
+    assert!(is_conflict(store.start_attempt(
+        &id,
+        |n| format!("k-{n}"),
+        at(1)
+    )));
+    let fields = SecretFields::single("api_key", Secret::new(SECRET));
+    let sealed = sealer.seal(&id, &fields);
+    let fp = fields.fingerprint();
+    store
+        .record_created(&id, attempt, &created(&name), &sealed, &fp, at(1))
+        .unwrap();
+    assert!(is_conflict(store.record_created(
+        &id,
+        attempt,
+        &created(&name),
+        &sealed,
+        &fp,
+        at(1)
+    )));
+    assert!(is_conflict(store.start_attempt(
+        &id,
+        |n| format!("k-{n}"),
+        at(2)
+    )));
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    assert!(is_conflict(store.record_sink_ack(
+        &id,
+        "file",
+        None,
+        "sha256:test",
+        at(3)
+    )));
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+    assert!(is_conflict(store.record_published(
+        &id,
+        at(3),
+        Some(at(63))
+    )));
+    // A late sink failure cannot un-acknowledge a published key.
+    assert!(is_conflict(
+        store.record_sink_failure(&id, "file", "late", None)
+    ));
+    store.record_old_key_deleted(&id, at(62)).unwrap();
+    assert!(is_conflict(store.record_old_key_deleted(&id, at(63))));
+    assert!(is_conflict(store.record_old_key_retired(&id, at(63))));
+    assert!(is_conflict(store.fail_rotation(
+        &id,
+        "x",
+        "permanent",
+        at(63)
+    )));
+
+    assert_eq!(
+        event_kinds(&store),
+        [
+            "rotation.started",
+            "key.created",
+            "key.published",
+            "key.deleted",
+            "rotation.completed",
+        ]
+    );
+    let acks = store.sink_acks(&id).unwrap();
+    assert_eq!((acks[0].attempts, acks[0].acked_at), (1, Some(at(2))));
+}
+
+#[test]
+fn sink_acknowledgements_are_refused_outside_publishing() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    // Nothing to publish yet.
+    assert!(is_conflict(store.record_sink_ack(
+        &id,
+        "file",
+        None,
+        "sha256:test",
+        at(1)
+    )));
+    assert!(is_conflict(
+        store.record_sink_failure(&id, "file", "x", None)
+    ));
+    let (attempt, name) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(1))
+        .unwrap();
+    store
+        .record_created(&id, attempt, &created(&name), b"sealed", "sha256:x", at(1))
+        .unwrap();
+    // A sink the rotation was not started with.
+    assert!(is_conflict(store.record_sink_ack(
+        &id,
+        "vault",
+        None,
+        "sha256:test",
+        at(2)
+    )));
+    assert!(is_conflict(store.record_sink_ack(
+        "ffffffff",
+        "file",
+        None,
+        "sha256:test",
+        at(2)
+    )));
+    assert!(
+        store
+            .sink_acks(&id)
+            .unwrap()
+            .iter()
+            .all(|a| a.state == "pending")
+    );
+}
+
+#[test]
+fn an_abandoned_attempt_is_resolved_before_the_next_one() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    let (a1, _) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(1))
+        .unwrap();
+    store
+        .resolve_attempt(&id, a1, false, Some("timeout"), at(2))
+        .unwrap();
+    assert!(is_conflict(store.start_attempt(
+        &id,
+        |n| format!("k-{n}"),
+        at(2)
+    )));
+    // A create reported late for the abandoned attempt is not recorded.
+    assert!(is_conflict(store.record_created(
+        &id,
+        a1,
+        &created("k-1"),
+        b"sealed",
+        "sha256:x",
+        at(2)
+    )));
+    store.resolve_attempt(&id, a1, true, None, at(3)).unwrap();
+    let (a2, name) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(3))
+        .unwrap();
+    assert_eq!((a2, name.as_str()), (2, "k-2"));
+    let attempts = store.attempts(&id).unwrap();
+    assert_eq!(attempts[0].state, "cleaned");
+    assert_eq!(attempts[0].error.as_deref(), Some("timeout"));
+    // The old attempt's number is no longer the open create.
+    assert!(is_conflict(store.record_created(
+        &id,
+        a1,
+        &created("k-1"),
+        b"sealed",
+        "sha256:x",
+        at(3)
+    )));
+    store
+        .record_created(&id, a2, &created(&name), b"sealed", "sha256:x", at(4))
+        .unwrap();
+}
+
+#[test]
+fn key_expiring_is_noted_at_most_once_per_threshold() {
+    let store = Store::open_in_memory().unwrap();
+    let ev = |t| {
+        Event::new(
+            "key.expiring",
+            at(t),
+            Some("maas"),
+            None,
+            serde_json::json!({"key_id": "k1"}),
+        )
+    };
+    assert!(store.note_expiring("maas", "k1", "7d", &ev(0)).unwrap());
+    assert!(!store.note_expiring("maas", "k1", "7d", &ev(1)).unwrap());
+    assert!(store.note_expiring("maas", "k1", "1d", &ev(2)).unwrap());
+    assert!(store.note_expiring("maas", "k2", "7d", &ev(3)).unwrap());
+    assert_eq!(event_kinds(&store).len(), 3);
+}
+
+#[test]
+fn delivery_cursors_start_at_the_end_and_only_move_forward() {
+    let store = Store::open_in_memory().unwrap();
+    let emit = |kind: &str| {
+        store
+            .emit(&Event::new(
+                kind,
+                at(0),
+                Some("maas"),
+                None,
+                serde_json::json!({}),
+            ))
+            .unwrap()
+    };
+    emit("key.expiring");
+    assert_eq!(store.last_event_seq().unwrap(), 1);
+
+    // A new target starts at the end of the outbox: no replay of history.
+    let d = store.delivery("ops").unwrap();
+    assert_eq!((d.cursor, d.attempts), (1, 0));
+    assert!(store.events_after(d.cursor, 10).unwrap().is_empty());
+
+    emit("rotation.started");
+    emit("rotation.completed");
+    let pending = store.events_after(1, 10).unwrap();
+    assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(store.events_after(1, 1).unwrap().len(), 1, "limit");
+
+    store.delivery_failed("ops", "HTTP 503", at(5)).unwrap();
+    store.delivery_failed("ops", "HTTP 503", at(10)).unwrap();
+    let d = store.delivery("ops").unwrap();
+    assert_eq!(d.cursor, 1);
+    assert_eq!(d.attempts, 2);
+    assert_eq!(d.next_attempt_at, Some(at(10)));
+    assert_eq!(d.last_error.as_deref(), Some("HTTP 503"));
+
+    store.delivery_done("ops", 2).unwrap();
+    let d = store.delivery("ops").unwrap();
+    assert_eq!((d.cursor, d.attempts, d.last_error), (2, 0, None));
+    // A stale acknowledgement does not move the cursor back.
+    store.delivery_done("ops", 1).unwrap();
+    assert_eq!(store.delivery("ops").unwrap().cursor, 2);
+
+    // Giving up on an event records it and moves past it.
+    let third = &pending[1];
+    store.dead_letter("ops", third, "HTTP 410", at(20)).unwrap();
+    assert_eq!(store.delivery("ops").unwrap().cursor, 3);
+    let dead = store.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].event_seq,
+            dead[0].event_id.as_str(),
+            dead[0].kind.as_str()
+        ),
+        (3, third.id.as_str(), "rotation.completed")
+    );
+
+    // Targets are independent.
+    assert_eq!(store.delivery("audit").unwrap().cursor, 3);
+    assert_eq!(store.delivery("ops").unwrap().cursor, 3);
+}
+
+#[test]
+fn no_secret_reaches_the_db_file_outside_the_sealed_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    let sealer = Sealer::random();
+    let id = created_rotation(&store, &sealer, &["file"]);
+    assert_no_plaintext_in_db(&store, SECRET);
+    store
+        .record_sink_ack(
+            &id,
+            "file",
+            Some("/etc/keys/app-main.env"),
+            "sha256:test",
+            at(2),
+        )
+        .unwrap();
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+    store.record_old_key_deleted(&id, at(62)).unwrap();
+    assert_no_plaintext_in_db(&store, SECRET);
+    // Not on disk at all, in the DB or its WAL.
+    for file in [path.clone(), sidecar(&path, "-wal")] {
+        if let Ok(bytes) = std::fs::read(&file) {
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "{} holds the plaintext",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Scan every column of every row of every table: no text holds `secret`,
+/// and the only blob allowed is `rotations.sealed_secret`, which must not
+/// hold it in clear either.
+fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
+    let tables = table_names(store);
+    let c = store.conn();
+    let mut scanned = 0;
+    for table in tables {
+        let mut st = c.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns: Vec<String> = st.column_names().map(|s| s.to_string()).collect();
+        let mut rows = st.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for (i, col) in columns.iter().enumerate() {
+                scanned += 1;
+                match row.get_ref(i).unwrap() {
+                    ValueRef::Text(t) => assert!(
+                        !String::from_utf8_lossy(t).contains(secret),
+                        "{table}.{col} holds the secret"
+                    ),
+                    ValueRef::Blob(b) => {
+                        assert_eq!(
+                            (table.as_str(), col.as_str()),
+                            ("rotations", "sealed_secret"),
+                            "unexpected blob column"
+                        );
+                        assert!(
+                            !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                            "sealed_secret holds the plaintext"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(scanned > 0, "nothing scanned");
+}
