@@ -174,7 +174,8 @@ impl Metrics {
         self.policy_healthy.with_label_values(&[policy]);
         for sink in sinks {
             for result in PUBLISH_RESULTS {
-                self.sink_publish.with_label_values(&[sink.as_str(), result]);
+                self.sink_publish
+                    .with_label_values(&[sink.as_str(), result]);
             }
         }
         self.refs().insert(
@@ -386,13 +387,21 @@ mod tests {
         assert!(text.contains(
             r#"rekey_key_expiry_timestamp_seconds{key="app-1",lineage="app",policy="p1"} 1800000000"#
         ));
-        assert_eq!(lines_with(&text, "app-2").len(), 1, "no expiry series without an expiry");
+        assert_eq!(
+            lines_with(&text, "app-2").len(),
+            1,
+            "no expiry series without an expiry"
+        );
 
         m.sync_keys("p1", &[key("app", "app-2", None)]);
         let text = m.render();
         assert!(lines_with(&text, "app-1").is_empty(), "{text}");
         assert_eq!(lines_with(&text, "app-2").len(), 1);
-        assert_eq!(lines_with(&text, "x-1").len(), 2, "other policies untouched");
+        assert_eq!(
+            lines_with(&text, "x-1").len(),
+            2,
+            "other policies untouched"
+        );
     }
 
     #[test]

@@ -636,7 +636,10 @@ fn authorize(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), Respo
 fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
     let a = Sha256::digest(presented);
     let b = Sha256::digest(expected);
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
 
@@ -719,17 +722,26 @@ mod tests {
             authorize(Some(&token), &h).unwrap_err().status(),
             StatusCode::UNAUTHORIZED
         );
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic t0ken"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic t0ken"),
+        );
         assert_eq!(
             authorize(Some(&token), &h).unwrap_err().status(),
             StatusCode::UNAUTHORIZED
         );
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer nope"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
         assert_eq!(
             authorize(Some(&token), &h).unwrap_err().status(),
             StatusCode::UNAUTHORIZED
         );
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer t0ken"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer t0ken"),
+        );
         assert!(authorize(Some(&token), &h).is_ok());
     }
 }
