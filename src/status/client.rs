@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use chrono::{DateTime, TimeDelta, Utc};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
@@ -141,6 +141,7 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -319,12 +320,17 @@ impl Client {
                 .await
                 .map_err(|e| self.unreachable(&e.to_string()))?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| self.bad(format!("reading the body: {e}")))?
                 .to_bytes();
-            Ok(Response { status, body })
+            Ok(Response {
+                status,
+                headers,
+                body,
+            })
         }
         .await;
         drop(sender);
@@ -458,17 +464,21 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 error,
             ]);
         } else {
-            let soonest = p
+            let current: Vec<_> = p
                 .keys
                 .iter()
                 .filter(|k| k.state == KeyState::Current)
-                .filter_map(|k| k.expires_at)
-                .min();
+                .collect();
+            let soonest = current.iter().filter_map(|k| k.expires_at).min();
+            let expires = match soonest {
+                None if !current.is_empty() => "never".into(),
+                at => until(at, now, "expired"),
+            };
             rows.push([
                 p.name.clone(),
                 p.health.as_str().into(),
                 format!("({} lineages)", p.lineages.len()),
-                until(soonest, now, "expired"),
+                expires,
                 next_check,
                 last_rotation,
                 error,

@@ -510,9 +510,9 @@ async fn rotate(
     headers: HeaderMap,
     params: Result<Query<RotateParams>, QueryRejection>,
 ) -> Response {
-    if let Err(resp) = authorize(app.state.admin_token.as_ref(), &headers) {
-        tracing::warn!(policy = %policy, status = resp.status().as_u16(), "status endpoint: refused unauthenticated POST /rotate");
-        return resp;
+    if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
+        tracing::warn!(policy = %policy, reason = ?refusal, "status endpoint: refused unauthenticated POST /rotate");
+        return refusal.into_response();
     }
     let Query(params) = match params {
         Ok(p) => p,
@@ -595,16 +595,45 @@ fn rotate_response(policy: &str, reply: RotateReply) -> Response {
     json(status, body)
 }
 
+/// Why a POST was refused before reaching the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No admin token configured: POST endpoints are off (403).
+    NotConfigured,
+    /// No `Authorization: Bearer` header (401).
+    Missing,
+    /// A bearer token that is not the admin token (401).
+    Wrong,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let message = match self {
+            Refusal::NotConfigured => {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "POST endpoints are disabled because no admin token is configured; set \
+                     daemon.admin_token (e.g. admin_token = { credential = \"admin-token\" }) and restart rekey"
+                        .to_string(),
+                );
+            }
+            Refusal::Missing => {
+                "this endpoint needs an `Authorization: Bearer <admin_token>` header"
+            }
+            Refusal::Wrong => "wrong admin token",
+        };
+        let mut resp = json_error(StatusCode::UNAUTHORIZED, message.to_string());
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"rekey\""),
+        );
+        resp
+    }
+}
+
 /// `Authorization: Bearer <admin_token>`, compared in constant time.
-fn authorize(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(expected) = expected else {
-        return Err(json_error(
-            StatusCode::FORBIDDEN,
-            "POST endpoints are disabled because no admin token is configured; set \
-             daemon.admin_token (e.g. admin_token = { credential = \"admin-token\" }) and restart rekey"
-                .to_string(),
-        ));
-    };
+fn authorize(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let expected = expected.ok_or(Refusal::NotConfigured)?;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -613,21 +642,12 @@ fn authorize(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), Respo
             scheme
                 .eq_ignore_ascii_case("bearer")
                 .then(|| token.trim_start())
-        });
-    let unauthorized = |msg: &str| {
-        let mut resp = json_error(StatusCode::UNAUTHORIZED, msg.to_string());
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"rekey\""),
-        );
-        resp
-    };
-    match presented {
-        None => Err(unauthorized(
-            "this endpoint needs an `Authorization: Bearer <admin_token>` header",
-        )),
-        Some(token) if tokens_match(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("wrong admin token")),
+        })
+        .ok_or(Refusal::Missing)?;
+    if tokens_match(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Refusal::Wrong)
     }
 }
 
@@ -714,34 +734,30 @@ mod tests {
     fn authorize_distinguishes_unconfigured_missing_and_wrong() {
         let token = Secret::new("t0ken");
         let mut h = HeaderMap::new();
-        assert_eq!(
-            authorize(None, &h).unwrap_err().status(),
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            authorize(Some(&token), &h).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(authorize(None, &h), Err(Refusal::NotConfigured));
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Missing));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic t0ken"),
         );
-        assert_eq!(
-            authorize(Some(&token), &h).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Missing));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer nope"),
         );
-        assert_eq!(
-            authorize(Some(&token), &h).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Wrong));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer t0ken"),
         );
-        assert!(authorize(Some(&token), &h).is_ok());
+        assert_eq!(authorize(Some(&token), &h), Ok(()));
+        assert_eq!(
+            Refusal::NotConfigured.into_response().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            Refusal::Wrong.into_response().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

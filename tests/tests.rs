@@ -1,0 +1,5 @@
+//! The one integration-test binary (ripgrep's habit): one `mod` per area,
+//! shared helpers in `support`.
+
+mod ops;
+mod support;
