@@ -1,10 +1,9 @@
 //! Commands (DESIGN §1). Each command is a function returning the process
 //! exit code; `anyhow` is used here and in `main` only.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
