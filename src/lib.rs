@@ -6,7 +6,8 @@
 //! - [`state`]: the SQLite store: rotations, sink acknowledgements, the event outbox.
 //! - [`provider`]: the `Provider` trait and its backends (OceanBase, …).
 //! - [`sink`]: the `Sink` trait and its backends (file, …).
-//! - [`status`]: the snapshot the endpoint serves; [`metrics`]: Prometheus.
+//! - [`status`]: the snapshot, the endpoint that serves it and its client; [`metrics`]: Prometheus.
+//! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
 //!
 //! A rotation flows: the daemon's scheduler fires a policy check → the

@@ -2,10 +2,29 @@
 //! than a process global, so tests can run several daemons in one process.
 //! Rendered in the classic text format (what `promtool check metrics` reads);
 //! every family has HELP and TYPE.
+//!
+//! Series lifecycle: [`Metrics::init_policy`] makes every per-policy and
+//! per-sink series exist at zero from start-up (so `rate()` and absence
+//! alerts work before the first rotation), [`Metrics::sync_policy`] /
+//! [`Metrics::sync_keys`] mirror a policy's published status, and
+//! [`Metrics::remove_policy`] drops a policy's series after a reload removed
+//! it. The `key` label is the key's *name* (what an operator recognises in
+//! an alert), never anything secret.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
+
+use crate::status::{KeyStatus, PolicyStatus};
+
+/// `result` label values of `rekey_rotations_total`.
+pub const ROTATION_RESULTS: [&str; 2] = ["completed", "failed"];
+/// `result` label values of `rekey_sink_publish_total`.
+pub const PUBLISH_RESULTS: [&str; 2] = ["ok", "error"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -18,10 +37,15 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
-    /// Key label sets currently exported per policy, so vanished keys'
-    /// series can be removed.
-    key_series:
-        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>>,
+    /// Which provider and sinks each initialised policy uses, so removing a
+    /// policy also drops the sink and provider series nothing else uses.
+    policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyRefs {
+    provider: String,
+    sinks: Vec<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,39 +152,110 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
-            key_series: Default::default(),
+            policies: Arc::default(),
         }
     }
 
-    /// Set the expiry/created gauges of a policy's live keys, dropping
-    /// series of keys that are gone.
-    pub fn sync_keys(&self, policy: &str, keys: &[crate::status::KeyStatus]) {
-        let mut series = self.key_series.lock().unwrap_or_else(|p| p.into_inner());
-        let now: Vec<(String, String)> = keys
-            .iter()
-            .map(|k| (k.lineage.clone(), k.name.clone()))
-            .collect();
-        if let Some(old) = series.get(policy) {
-            for (lineage, key) in old.iter().filter(|o| !now.contains(o)) {
-                let _ = self.key_expiry.remove_label_values(&[policy, lineage, key]);
-                let _ = self
-                    .key_created
-                    .remove_label_values(&[policy, lineage, key]);
+    /// Make every series of a policy and of its sinks exist (at zero, or
+    /// keeping its value when the policy was already initialised, as after a
+    /// reload): `rekey_rotations_total{result="completed"|"failed"}`,
+    /// `rekey_last_success_timestamp_seconds` (0 = never),
+    /// `rekey_policy_healthy` (0 until the first check says otherwise) and
+    /// `rekey_sink_publish_total{result="ok"|"error"}` per sink. Provider
+    /// series are labelled by operation and status code, known only once a
+    /// call is made, so they are not pre-created; the provider is recorded
+    /// so [`Metrics::remove_policy`] can drop its series when no policy uses
+    /// it any more.
+    pub fn init_policy(&self, policy: &str, sinks: &[String], provider: &str) {
+        for result in ROTATION_RESULTS {
+            self.rotations.with_label_values(&[policy, result]);
+        }
+        self.last_success.with_label_values(&[policy]);
+        self.policy_healthy.with_label_values(&[policy]);
+        for sink in sinks {
+            for result in PUBLISH_RESULTS {
+                self.sink_publish
+                    .with_label_values(&[sink.as_str(), result]);
             }
         }
-        series.insert(policy.to_string(), now);
+        self.refs().insert(
+            policy.to_string(),
+            PolicyRefs {
+                provider: provider.to_string(),
+                sinks: sinks.to_vec(),
+            },
+        );
+    }
+
+    /// Mirror one policy's published status: `rekey_policy_healthy` and the
+    /// key gauges (see [`Metrics::sync_keys`]).
+    pub fn sync_policy(&self, status: &PolicyStatus) {
+        self.policy_healthy
+            .with_label_values(&[status.name.as_str()])
+            .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
+        self.sync_keys(&status.name, &status.keys);
+    }
+
+    /// Set `rekey_key_expiry_timestamp_seconds` and
+    /// `rekey_key_created_timestamp_seconds` for each of the policy's live
+    /// keys (a key without an expiry, as on Tencent and Huawei, has no
+    /// expiry series), and remove the series of keys no longer listed.
+    pub fn sync_keys(&self, policy: &str, keys: &[KeyStatus]) {
+        let mut expiring = BTreeSet::new();
+        let mut created = BTreeSet::new();
         for k in keys {
-            if let Some(e) = k.expires_at {
+            let labels = [policy, k.lineage.as_str(), k.name.as_str()];
+            if let Some(at) = k.expires_at {
                 self.key_expiry
-                    .with_label_values(&[policy, &k.lineage, &k.name])
-                    .set(e.timestamp() as f64);
+                    .with_label_values(&labels)
+                    .set(unix_seconds(at));
+                expiring.insert((k.lineage.clone(), k.name.clone()));
             }
-            if let Some(c) = k.created_at {
+            if let Some(at) = k.created_at {
                 self.key_created
-                    .with_label_values(&[policy, &k.lineage, &k.name])
-                    .set(c.timestamp() as f64);
+                    .with_label_values(&labels)
+                    .set(unix_seconds(at));
+                created.insert((k.lineage.clone(), k.name.clone()));
             }
         }
+        retain_keys(&self.key_expiry, policy, &expiring);
+        retain_keys(&self.key_created, policy, &created);
+    }
+
+    /// Drop every series of a policy that is gone from the config, and the
+    /// series of its sinks and provider when no remaining policy uses them.
+    pub fn remove_policy(&self, policy: &str) {
+        for result in ROTATION_RESULTS {
+            let _ = self.rotations.remove_label_values(&[policy, result]);
+        }
+        let _ = self.last_success.remove_label_values(&[policy]);
+        let _ = self.policy_healthy.remove_label_values(&[policy]);
+        retain_keys(&self.key_expiry, policy, &BTreeSet::new());
+        retain_keys(&self.key_created, policy, &BTreeSet::new());
+
+        let mut refs = self.refs();
+        let Some(gone) = refs.remove(policy) else {
+            return;
+        };
+        for sink in &gone.sinks {
+            if !refs.values().any(|r| r.sinks.contains(sink)) {
+                for result in PUBLISH_RESULTS {
+                    let _ = self
+                        .sink_publish
+                        .remove_label_values(&[sink.as_str(), result]);
+                }
+            }
+        }
+        if !refs.values().any(|r| r.provider == gone.provider) {
+            remove_where(&self.provider_requests, "provider", &gone.provider);
+            remove_where(&self.provider_duration, "provider", &gone.provider);
+        }
+    }
+
+    fn refs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PolicyRefs>> {
+        // The map is only ever mutated whole-entry; a panic elsewhere
+        // cannot leave it half-written, so a poisoned lock is still usable.
+        self.policies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -170,5 +265,164 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding to a Vec does not fail");
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn unix_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1000.0
+}
+
+/// Label sets `(name, value)` of every series currently in `vec`.
+fn label_sets<T: MetricVecBuilder>(vec: &MetricVec<T>) -> Vec<Vec<(String, String)>> {
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| {
+            m.get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn label<'a>(set: &'a [(String, String)], name: &str) -> &'a str {
+    set.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+/// Remove the `{policy, lineage, key}` series of `policy` whose
+/// `(lineage, key)` is not in `keep`.
+fn retain_keys<T: MetricVecBuilder>(
+    vec: &MetricVec<T>,
+    policy: &str,
+    keep: &BTreeSet<(String, String)>,
+) {
+    for set in label_sets(vec) {
+        if label(&set, "policy") != policy {
+            continue;
+        }
+        let (lineage, key) = (label(&set, "lineage"), label(&set, "key"));
+        if !keep.contains(&(lineage.to_string(), key.to_string())) {
+            let _ = vec.remove_label_values(&[policy, lineage, key]);
+        }
+    }
+}
+
+/// Remove every series of `vec` whose label `name` equals `value`.
+fn remove_where<T: MetricVecBuilder>(vec: &MetricVec<T>, name: &str, value: &str) {
+    for set in label_sets(vec) {
+        if label(&set, name) == value {
+            let labels: std::collections::HashMap<&str, &str> =
+                set.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let _ = vec.remove(&labels);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::KeyState;
+    use chrono::{TimeZone, Utc};
+
+    fn key(lineage: &str, name: &str, expires: Option<i64>) -> KeyStatus {
+        KeyStatus {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            lineage: lineage.to_string(),
+            created_at: Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
+            expires_at: expires.map(|t| Utc.timestamp_opt(t, 0).unwrap()),
+            state: KeyState::Current,
+        }
+    }
+
+    fn lines_with(text: &str, needle: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn init_policy_creates_every_policy_and_sink_series_at_zero() {
+        let m = Metrics::new();
+        m.init_policy("p1", &["file".into(), "vault".into()], "ob");
+        let text = m.render();
+        for series in [
+            r#"rekey_rotations_total{policy="p1",result="completed"} 0"#,
+            r#"rekey_rotations_total{policy="p1",result="failed"} 0"#,
+            r#"rekey_last_success_timestamp_seconds{policy="p1"} 0"#,
+            r#"rekey_policy_healthy{policy="p1"} 0"#,
+            r#"rekey_sink_publish_total{result="ok",sink="file"} 0"#,
+            r#"rekey_sink_publish_total{result="error",sink="vault"} 0"#,
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn init_policy_again_keeps_counted_values() {
+        let m = Metrics::new();
+        m.init_policy("p1", &[], "ob");
+        m.rotations.with_label_values(&["p1", "completed"]).inc();
+        m.init_policy("p1", &[], "ob");
+        assert_eq!(m.rotations.with_label_values(&["p1", "completed"]).get(), 1);
+    }
+
+    #[test]
+    fn sync_keys_sets_gauges_and_forgets_keys_that_are_gone() {
+        let m = Metrics::new();
+        m.sync_keys(
+            "p1",
+            &[
+                key("app", "app-1", Some(1_800_000_000)),
+                key("app", "app-2", None),
+            ],
+        );
+        m.sync_keys("p2", &[key("x", "x-1", Some(1_900_000_000))]);
+        let text = m.render();
+        assert!(text.contains(
+            r#"rekey_key_expiry_timestamp_seconds{key="app-1",lineage="app",policy="p1"} 1800000000"#
+        ));
+        assert_eq!(
+            lines_with(&text, "app-2").len(),
+            1,
+            "no expiry series without an expiry"
+        );
+
+        m.sync_keys("p1", &[key("app", "app-2", None)]);
+        let text = m.render();
+        assert!(lines_with(&text, "app-1").is_empty(), "{text}");
+        assert_eq!(lines_with(&text, "app-2").len(), 1);
+        assert_eq!(
+            lines_with(&text, "x-1").len(),
+            2,
+            "other policies untouched"
+        );
+    }
+
+    #[test]
+    fn remove_policy_drops_its_series_and_unshared_sinks_and_providers() {
+        let m = Metrics::new();
+        m.init_policy("p1", &["shared".into(), "only-p1".into()], "ob");
+        m.init_policy("p2", &["shared".into()], "tc");
+        m.sync_keys("p1", &[key("app", "app-1", Some(1_800_000_000))]);
+        m.provider_requests
+            .with_label_values(&["ob", "list", "200"])
+            .inc();
+        m.provider_requests
+            .with_label_values(&["tc", "list", "200"])
+            .inc();
+        m.remove_policy("p1");
+        let text = m.render();
+        assert!(lines_with(&text, r#"policy="p1""#).is_empty(), "{text}");
+        assert!(lines_with(&text, "only-p1").is_empty(), "{text}");
+        assert!(!lines_with(&text, r#"sink="shared""#).is_empty());
+        assert!(lines_with(&text, r#"provider="ob""#).is_empty(), "{text}");
+        assert!(!lines_with(&text, r#"provider="tc""#).is_empty());
+        assert!(!lines_with(&text, r#"policy="p2""#).is_empty());
     }
 }

@@ -1,6 +1,7 @@
-//! The one integration-test binary: each area is a module, and `support`
-//! holds the helpers they share.
+//! The one integration-test binary (ripgrep's habit): one `mod` per area,
+//! shared helpers in `support`.
 
 mod support;
 
 mod config;
+mod ops;

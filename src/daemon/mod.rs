@@ -19,6 +19,7 @@
 //! and schedules without interrupting in-flight rotations).
 
 pub mod harden;
+pub mod sdnotify;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -40,7 +41,8 @@ use crate::rotation::recovery;
 use crate::sink;
 use crate::state::seal::Sealer;
 use crate::state::{self, Store, StoreError};
-use crate::status::{RotateRequest, StatusHandle};
+use crate::status::server::{self, Liveness, ServerState};
+use crate::status::{Health, RotateRequest, StatusHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -158,7 +160,41 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         backoff: Backoff::default(),
     });
     let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(64);
-    let _ = &rotate_tx;
+
+    // The watchdog, when systemd set one, is fed from this loop at half its
+    // interval; /healthz calls the loop stalled after three missed beats.
+    let heartbeat = match sdnotify::watchdog_interval() {
+        Some(w) => w.min(opts.heartbeat),
+        None => opts.heartbeat,
+    };
+    let liveness = Liveness::new((heartbeat * 3).max(Duration::from_secs(5)));
+    liveness.beat();
+    let bound = server::bind(&cfg.daemon.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.daemon.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    let endpoint = bound.endpoint();
+    let admin_token = match &cfg.daemon.admin_token {
+        Some(r) => Some(
+            r.resolve_now()
+                .map_err(|e| DaemonError::Build(format!("admin_token: {e}")))?,
+        ),
+        None => None,
+    };
+    let server_stop = CancellationToken::new();
+    let server_task = tokio::spawn(server::serve(
+        bound,
+        ServerState {
+            status: status.clone(),
+            metrics: metrics.clone(),
+            rotate: rotate_tx.clone(),
+            admin_token,
+            liveness: liveness.clone(),
+        },
+        server_stop.clone(),
+    ));
 
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -174,25 +210,23 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     });
     d.schedule_policies(&cfg, None);
     for p in &cfg.policies {
-        metrics
-            .policy_healthy
-            .with_label_values(&[&p.name])
-            .set(0.0);
+        metrics.init_policy(&p.name, &p.sinks, &p.provider);
         if let Err(e) = engine.refresh_status(&runtime, &p.name) {
             tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
         }
     }
-    let listen = cfg.daemon.listen.to_string();
     tracing::info!(
         config = %config_path.display(),
         state = %cfg.daemon.state.display(),
         policies = cfg.policies.len(),
         resuming = unfinished.len(),
-        listen = %listen,
+        endpoint = %endpoint,
         "rekey ready"
     );
+    notify(sdnotify::ready());
+    let mut last_status_line = String::new();
     if let Some(f) = &opts.on_ready {
-        f(&listen);
+        f(&endpoint);
     }
 
     let mut signals = if opts.handle_signals {
@@ -209,9 +243,16 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     };
 
     loop {
+        liveness.beat();
+        notify(sdnotify::watchdog_ping());
+        let line = status_line(&status);
+        if line != last_status_line {
+            notify(sdnotify::status(&line));
+            last_status_line = line;
+        }
         let now = engine.clock.now();
         d.start_due_work(now)?;
-        let deadline = d.next_deadline(now, opts.heartbeat)?;
+        let deadline = d.next_deadline(now, heartbeat)?;
         let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
         let control = tokio::select! {
             _ = tokio::time::sleep(sleep_for) => None,
@@ -230,10 +271,15 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         };
         match control {
             None => {}
-            Some(Control::Reload) => d.reload(),
+            Some(Control::Reload) => {
+                notify(sdnotify::reloading());
+                d.reload();
+                notify(sdnotify::ready());
+            }
             Some(Control::Shutdown) => break,
         }
     }
+    notify(sdnotify::stopping());
 
     // Shutdown: stop taking work, let in-flight steps reach their commit.
     let timeout = d
@@ -267,8 +313,37 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             "shutdown_timeout reached with steps still in flight; they resume on the next start"
         );
     }
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), server_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A failed sd_notify is worth a debug line, never a stop.
+fn notify(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `STATUS=` for systemctl status: "3 policies, 1 rotating, 1 failing".
+fn status_line(status: &StatusHandle) -> String {
+    let snap = status.load();
+    let mut line = format!("{} policies", snap.policies.len());
+    for h in [
+        Health::Rotating,
+        Health::Due,
+        Health::Failing,
+        Health::Expired,
+        Health::NoKeys,
+        Health::Misconfigured,
+    ] {
+        let n = snap.policies.iter().filter(|p| p.health == h).count();
+        if n > 0 {
+            line.push_str(&format!(", {n} {}", h.as_str()));
+        }
+    }
+    line
 }
 
 impl Daemon {
@@ -462,6 +537,19 @@ impl Daemon {
             }
         }
         self.schedule_policies(&cfg, Some(&old.config));
+        for p in &cfg.policies {
+            self.engine
+                .metrics
+                .init_policy(&p.name, &p.sinks, &p.provider);
+        }
+        for p in old
+            .config
+            .policies
+            .iter()
+            .filter(|p| cfg.policy(&p.name).is_none())
+        {
+            self.engine.metrics.remove_policy(&p.name);
+        }
         *self.runtime.write().expect("runtime lock") = rt.clone();
         let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
         self.engine.status.retain_policies(&names);

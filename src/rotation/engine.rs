@@ -541,12 +541,7 @@ impl Engine {
                 rotate_at: l.decision.rotate_at,
             });
         }
-        self.metrics.sync_keys(name, &keys);
-        self.metrics
-            .policy_healthy
-            .with_label_values(&[name])
-            .set(if health.is_healthy() { 1.0 } else { 0.0 });
-        self.status.update_policy(PolicyStatus {
+        let status = PolicyStatus {
             name: name.to_string(),
             provider: policy.provider.clone(),
             mode: if policy.mode == Mode::Observe {
@@ -568,7 +563,9 @@ impl Engine {
                 error: r.error,
             }),
             error,
-        });
+        };
+        self.metrics.sync_policy(&status);
+        self.status.update_policy(status);
         Ok(())
     }
 

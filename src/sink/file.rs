@@ -356,7 +356,9 @@ impl FileSink {
                 p.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default(),
             )
             .env("REKEY_FILE", path)
-            .env_remove("NOTIFY_SOCKET")
+            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[0])
+            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[1])
+            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[2])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

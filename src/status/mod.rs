@@ -1,6 +1,12 @@
 //! The status surface: the in-memory snapshot the engine publishes and the
 //! endpoint serves (so a slow provider never slows `/status`), and the
 //! rotate requests the endpoint sends back to the daemon.
+//!
+//! [`server`] serves it over HTTP; [`client`] is what `rekey status` and
+//! `rekey rotate` use to ask a running daemon.
+
+pub mod client;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -1,0 +1,763 @@
+//! The status endpoint (DESIGN §4): `GET /healthz`, `GET /status`,
+//! `GET /status/{policy}`, `GET /metrics` and the authenticated
+//! `POST /rotate/{policy}`, over TCP or a Unix socket.
+//!
+//! Everything a GET returns comes from the published [`Snapshot`] (an
+//! `ArcSwap` load: never a lock, never a provider call) or from the metrics
+//! registry, so a slow provider cannot slow the endpoint down. The only
+//! request that waits on the daemon is `POST /rotate`, and only for the
+//! daemon's answer to a channel message, bounded by a timeout.
+//!
+//! Defences, all in [`Limits`]: a cap on concurrent connections (a
+//! semaphore held for the life of each connection), a header read timeout
+//! (slow-loris), a maximum request head and body size, and a per-request
+//! timeout. The admin token is compared in constant time and never appears
+//! in a response, a log line or an error.
+//!
+//! Two steps so the daemon can fail fast: [`bind`] (before `READY=1`; a busy
+//! port is an error at start-up, not later) and [`serve`] (until the
+//! cancellation token fires; in-flight requests get [`Limits::shutdown_grace`]
+//! to finish).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{RotateReply, RotateRequest, RotateSender, Snapshot, StatusHandle};
+use crate::config::ListenAddr;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+/// Mode of a Unix status socket: owner and group may connect (put operators
+/// in the daemon's group), nobody else.
+pub const UNIX_SOCKET_MODE: u32 = 0o660;
+
+/// Whether the daemon's main loop is still turning, for `GET /healthz`.
+///
+/// The main loop calls [`Liveness::beat`] every time it wakes, and must wake
+/// at least every `max_age / 2` even when nothing is due (the watchdog tick
+/// is a good place: a loop that pings systemd should also beat here). A beat
+/// older than `max_age` turns `/healthz` into `503 stalled`.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    inner: Arc<LivenessInner>,
+}
+
+#[derive(Debug)]
+struct LivenessInner {
+    /// Monotonic origin; beats are stored as microseconds since it so they
+    /// fit one atomic (no lock between the loop and the endpoint).
+    origin: Instant,
+    last_beat_us: AtomicU64,
+    max_age: Duration,
+}
+
+impl Liveness {
+    /// A fresh liveness tracker; creation counts as the first beat.
+    pub fn new(max_age: Duration) -> Self {
+        Liveness {
+            inner: Arc::new(LivenessInner {
+                origin: Instant::now(),
+                last_beat_us: AtomicU64::new(0),
+                max_age,
+            }),
+        }
+    }
+
+    /// The main loop is alive now.
+    pub fn beat(&self) {
+        let us = self.inner.origin.elapsed().as_micros() as u64;
+        self.inner.last_beat_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn since_last_beat(&self) -> Duration {
+        let last = Duration::from_micros(self.inner.last_beat_us.load(Ordering::Relaxed));
+        self.inner.origin.elapsed().saturating_sub(last)
+    }
+
+    pub fn max_age(&self) -> Duration {
+        self.inner.max_age
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.since_last_beat() <= self.inner.max_age
+    }
+}
+
+/// What the endpoint serves from and talks to. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    /// The engine's published snapshot; every GET reads only this.
+    pub status: StatusHandle,
+    pub metrics: Metrics,
+    /// Where `POST /rotate` sends its request; the daemon answers on the
+    /// oneshot inside it.
+    pub rotate: RotateSender,
+    /// `None` disables POST endpoints (403 saying how to enable them).
+    pub admin_token: Option<Secret>,
+    pub liveness: Liveness,
+}
+
+/// Resource bounds for the endpoint. The defaults suit a loopback
+/// endpoint scraped by Prometheus and polled by `rekey status`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the kernel's
+    /// accept backlog.
+    pub max_connections: usize,
+    /// Largest request body accepted (no endpoint needs one).
+    pub max_body_bytes: usize,
+    /// Largest request head (request line + headers); at least 8 KiB.
+    pub max_head_bytes: usize,
+    /// A client must send its complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// Upper bound on handling one request.
+    pub request_timeout: Duration,
+    /// How long `POST /rotate` waits for the daemon to take and answer the
+    /// request before answering 503.
+    pub rotate_reply_timeout: Duration,
+    /// After shutdown is requested, how long in-flight requests may run.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            max_body_bytes: 64 * 1024,
+            max_head_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            rotate_reply_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A listening socket, bound but not yet serving.
+#[derive(Debug)]
+pub struct Bound {
+    listener: Listener,
+    local: ListenAddr,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        /// Device and inode of the socket file we created, so shutdown
+        /// removes it only if it is still ours.
+        file_id: (u64, u64),
+    },
+}
+
+impl Bound {
+    /// The address actually bound (with the real port when `:0` was asked).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local
+    }
+
+    /// The endpoint a client would use: `http://IP:PORT` or `unix:/path`.
+    pub fn endpoint(&self) -> String {
+        match &self.local {
+            ListenAddr::Tcp(a) => format!("http://{a}"),
+            ListenAddr::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+/// Bind the status endpoint's socket.
+///
+/// For a Unix socket: a stale socket file left by a dead daemon is removed
+/// first; a socket some live process still answers on is `AddrInUse`; any
+/// other kind of file at the path is refused rather than deleted. The new
+/// socket is made mode 0660.
+pub async fn bind(listen: &ListenAddr) -> io::Result<Bound> {
+    match listen {
+        ListenAddr::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| context(e, format!("cannot listen on {addr}")))?;
+            let local = ListenAddr::Tcp(listener.local_addr()?);
+            Ok(Bound {
+                listener: Listener::Tcp(listener),
+                local,
+            })
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path).await?;
+            let listener = UnixListener::bind(path)
+                .map_err(|e| context(e, format!("cannot listen on unix:{}", path.display())))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(UNIX_SOCKET_MODE))
+                .map_err(|e| context(e, format!("cannot chmod {}", path.display())))?;
+            let meta = std::fs::symlink_metadata(path)?;
+            Ok(Bound {
+                listener: Listener::Unix {
+                    listener,
+                    file_id: (meta.dev(), meta.ino()),
+                },
+                local: ListenAddr::Unix(path.clone()),
+            })
+        }
+    }
+}
+
+async fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(context(e, format!("cannot inspect {}", path.display()))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            ),
+        ));
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process is listening on unix:{} (is rekey already running?)",
+                path.display()
+            ),
+        ));
+    }
+    tracing::debug!(path = %path.display(), "removing stale status socket");
+    std::fs::remove_file(path)
+        .map_err(|e| context(e, format!("cannot remove stale socket {}", path.display())))
+}
+
+fn context(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Serve until `shutdown` is cancelled, with the default [`Limits`].
+pub async fn serve(bound: Bound, state: ServerState, shutdown: CancellationToken) {
+    serve_with_limits(bound, state, Limits::default(), shutdown).await
+}
+
+/// Serve until `shutdown` is cancelled. Returns once the listener is closed
+/// and in-flight connections have finished (or `shutdown_grace` ran out);
+/// a Unix socket file is removed on the way out.
+pub async fn serve_with_limits(
+    bound: Bound,
+    state: ServerState,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let local = bound.local.clone();
+    let router = router(state, &limits);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    tracing::info!(listen = %local, "status endpoint listening");
+
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = accept(&bound.listener) => a,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin; the
+                // listener itself stays usable.
+                tracing::warn!(listen = %local, error = %e, "status endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_head_bytes.max(8192));
+            let conn = builder.serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "status connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits.shutdown_grace, conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    tracker.close();
+    if tokio::time::timeout(limits.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listen = %local, "status endpoint: connections still open after the shutdown grace; dropping them");
+    }
+    if let Listener::Unix { file_id, .. } = &bound.listener
+        && let ListenAddr::Unix(path) = &local
+    {
+        remove_own_socket(path, *file_id);
+    }
+    tracing::info!(listen = %local, "status endpoint stopped");
+}
+
+/// Accept one connection, TCP or Unix, as something hyper can drive.
+async fn accept(listener: &Listener) -> io::Result<TokioIo<Box<dyn Io>>> {
+    let io: Box<dyn Io> = match listener {
+        Listener::Tcp(l) => {
+            let (s, _) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Box::new(s)
+        }
+        Listener::Unix { listener, .. } => Box::new(listener.accept().await?.0),
+    };
+    Ok(TokioIo::new(io))
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+fn remove_own_socket(path: &Path, file_id: (u64, u64)) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == file_id => {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove status socket");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Shared by every handler.
+struct App {
+    state: ServerState,
+    limits: Limits,
+    /// `/status` JSON of the last snapshot served: a snapshot changes when
+    /// the engine publishes, far less often than it is read, and with
+    /// thousands of keys serializing it per request would dominate latency.
+    status_json: ArcSwapOption<CachedJson>,
+}
+
+struct CachedJson {
+    /// Held (not just its address) so the pointer comparison is sound.
+    snapshot: Arc<Snapshot>,
+    body: Bytes,
+}
+
+fn router(state: ServerState, limits: &Limits) -> Router {
+    let app = Arc::new(App {
+        state,
+        limits: limits.clone(),
+        status_json: ArcSwapOption::empty(),
+    });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/status", get(status_all))
+        .route("/status/{policy}", get(status_one))
+        .route("/metrics", get(metrics))
+        .route("/rotate/{policy}", post(rotate))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), bound_request))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(app)
+}
+
+/// Per-request bounds: a declared body over the limit is refused before any
+/// handler runs, and no request runs longer than `request_timeout`.
+async fn bound_request(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.limits.max_body_bytes as u64) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than {} bytes",
+                app.limits.max_body_bytes
+            ),
+        );
+    }
+    match tokio::time::timeout(app.limits.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "request not handled within {}",
+                humantime::format_duration(app.limits.request_timeout)
+            ),
+        ),
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let live = &app.state.liveness;
+    let age = live.since_last_beat();
+    if age <= live.max_age() {
+        text(StatusCode::OK, "ok\n".to_string())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: main loop last seen {} ago (limit {})\n",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(live.max_age()),
+            ),
+        )
+    }
+}
+
+async fn status_all(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.state.status.load();
+    let cached = app.status_json.load();
+    let body = match cached.as_deref() {
+        Some(c) if Arc::ptr_eq(&c.snapshot, &snapshot) => c.body.clone(),
+        _ => match serde_json::to_vec(&*snapshot) {
+            Ok(v) => {
+                let body = Bytes::from(v);
+                app.status_json.store(Some(Arc::new(CachedJson {
+                    snapshot,
+                    body: body.clone(),
+                })));
+                body
+            }
+            Err(e) => return internal_error(e),
+        },
+    };
+    json_bytes(StatusCode::OK, body)
+}
+
+async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String>) -> Response {
+    let snapshot = app.state.status.load();
+    match snapshot.policies.iter().find(|p| p.name == policy) {
+        Some(p) => match serde_json::to_vec(p) {
+            Ok(v) => json_bytes(StatusCode::OK, Bytes::from(v)),
+            Err(e) => internal_error(e),
+        },
+        None => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "error": format!("unknown policy {policy:?}"),
+                "policies": snapshot.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            }),
+        ),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut resp = app.state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(prometheus::TEXT_FORMAT),
+    );
+    resp
+}
+
+/// Query of `POST /rotate/{policy}`. Unknown parameters are refused: a typo
+/// in `revoke_old_immediately` must not silently mean "keep the grace".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateParams {
+    lineage: Option<String>,
+    #[serde(default)]
+    revoke_old_immediately: bool,
+}
+
+async fn rotate(
+    State(app): State<Arc<App>>,
+    UrlPath(policy): UrlPath<String>,
+    headers: HeaderMap,
+    params: Result<Query<RotateParams>, QueryRejection>,
+) -> Response {
+    if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
+        tracing::warn!(policy = %policy, reason = ?refusal, "status endpoint: refused unauthenticated POST /rotate");
+        return refusal.into_response();
+    }
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "bad query: {}; accepted: lineage=NAME, revoke_old_immediately=true|false",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    tracing::info!(
+        policy = %policy,
+        lineage = params.lineage.as_deref().unwrap_or("*"),
+        revoke_old_immediately = params.revoke_old_immediately,
+        "rotation requested through the status endpoint"
+    );
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = RotateRequest {
+        policy: policy.clone(),
+        lineage: params.lineage.clone(),
+        revoke_old_immediately: params.revoke_old_immediately,
+        reply: reply_tx,
+    };
+    let wait = app.limits.rotate_reply_timeout;
+    let outcome = tokio::time::timeout(wait, async {
+        app.state.rotate.send(request).await.map_err(|_| ())?;
+        reply_rx.await.map_err(|_| ())
+    })
+    .await;
+    let reply = match outcome {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(())) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is not taking rotate requests (shutting down?)".to_string(),
+            );
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the daemon did not answer within {}",
+                    humantime::format_duration(wait)
+                ),
+            );
+        }
+    };
+    rotate_response(&policy, reply)
+}
+
+/// Map the daemon's answer to a status code; the body is the reply itself
+/// (tagged by `result`) plus an `error` sentence for anything but 202.
+fn rotate_response(policy: &str, reply: RotateReply) -> Response {
+    let (status, error) = match &reply {
+        RotateReply::Accepted { .. } => (StatusCode::ACCEPTED, None),
+        RotateReply::UnknownPolicy => (
+            StatusCode::NOT_FOUND,
+            Some(format!("unknown policy {policy:?}")),
+        ),
+        RotateReply::UnknownLineage { lineage } => (
+            StatusCode::NOT_FOUND,
+            Some(format!("policy {policy:?} has no lineage {lineage:?}")),
+        ),
+        RotateReply::AlreadyRunning { rotations } => (
+            StatusCode::CONFLICT,
+            Some(format!(
+                "a rotation is already running for policy {policy:?} ({})",
+                rotations.join(", ")
+            )),
+        ),
+        RotateReply::Refused { message } => (StatusCode::CONFLICT, Some(message.clone())),
+    };
+    let mut body = serde_json::to_value(&reply).unwrap_or_else(|_| serde_json::json!({}));
+    if let (Some(error), Some(obj)) = (error, body.as_object_mut()) {
+        obj.insert("error".into(), serde_json::Value::String(error));
+    }
+    json(status, body)
+}
+
+/// Why a POST was refused before reaching the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No admin token configured: POST endpoints are off (403).
+    NotConfigured,
+    /// No `Authorization: Bearer` header (401).
+    Missing,
+    /// A bearer token that is not the admin token (401).
+    Wrong,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let message = match self {
+            Refusal::NotConfigured => {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "POST endpoints are disabled because no admin token is configured; set \
+                     daemon.admin_token (e.g. admin_token = { credential = \"admin-token\" }) and restart rekey"
+                        .to_string(),
+                );
+            }
+            Refusal::Missing => {
+                "this endpoint needs an `Authorization: Bearer <admin_token>` header"
+            }
+            Refusal::Wrong => "wrong admin token",
+        };
+        let mut resp = json_error(StatusCode::UNAUTHORIZED, message.to_string());
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"rekey\""),
+        );
+        resp
+    }
+}
+
+/// `Authorization: Bearer <admin_token>`, compared in constant time.
+fn authorize(expected: Option<&Secret>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let expected = expected.ok_or(Refusal::NotConfigured)?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim_start())
+        })
+        .ok_or(Refusal::Missing)?;
+    if tokens_match(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Refusal::Wrong)
+    }
+}
+
+/// Constant-time equality: both sides are hashed first (equal lengths, and
+/// nothing about the token's length leaks), then every byte is compared.
+fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
+    let a = Sha256::digest(presented);
+    let b = Sha256::digest(expected);
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn not_found(req: Request) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such endpoint: {} {}; endpoints: GET /healthz, GET /status, GET /status/{{policy}}, GET /metrics, POST /rotate/{{policy}}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, message: String) -> Response {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+fn internal_error(e: serde_json::Error) -> Response {
+    tracing::error!(error = %e, "status endpoint: cannot serialize the snapshot");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "cannot serialize the status snapshot".to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_on_equal_tokens() {
+        assert!(tokens_match(b"s3cret", b"s3cret"));
+        assert!(!tokens_match(b"s3cret", b"s3cre"));
+        assert!(!tokens_match(b"", b"s3cret"));
+        assert!(!tokens_match(b"S3cret", b"s3cret"));
+    }
+
+    #[test]
+    fn liveness_is_alive_right_after_a_beat_and_stalls_after_max_age() {
+        let l = Liveness::new(Duration::from_millis(20));
+        assert!(l.is_alive());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!l.is_alive());
+        l.beat();
+        assert!(l.is_alive());
+    }
+
+    #[test]
+    fn authorize_distinguishes_unconfigured_missing_and_wrong() {
+        let token = Secret::new("t0ken");
+        let mut h = HeaderMap::new();
+        assert_eq!(authorize(None, &h), Err(Refusal::NotConfigured));
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Missing));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic t0ken"),
+        );
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Missing));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
+        assert_eq!(authorize(Some(&token), &h), Err(Refusal::Wrong));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer t0ken"),
+        );
+        assert_eq!(authorize(Some(&token), &h), Ok(()));
+        assert_eq!(
+            Refusal::NotConfigured.into_response().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            Refusal::Wrong.into_response().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
