@@ -14,17 +14,17 @@ use rekey::state::{RotationState, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rekey");
 
-struct Env {
+pub(crate) struct Env {
     dir: tempfile::TempDir,
-    emu: EmulatorHandle,
+    pub(crate) emu: EmulatorHandle,
 }
 
 impl Env {
-    async fn new() -> Env {
+    pub(crate) async fn new() -> Env {
         Env::with(OceanBaseEmulatorOptions::default()).await
     }
 
-    async fn with(opts: OceanBaseEmulatorOptions) -> Env {
+    pub(crate) async fn with(opts: OceanBaseEmulatorOptions) -> Env {
         let emu = oceanbase::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
@@ -33,12 +33,12 @@ impl Env {
         Env { dir, emu }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
     /// A config with one policy over `app-*`; `sink_path` relative to the dir.
-    fn config(&self, sink_path: &str, policy_extra: &str) -> PathBuf {
+    pub(crate) fn config(&self, sink_path: &str, policy_extra: &str) -> PathBuf {
         let cfg = format!(
             r#"
 [daemon]
@@ -86,7 +86,7 @@ create = {{ action = "read" }}
     }
 
     /// Seed `n` keys `app-<i>`; the first `due` expire within the lead.
-    fn seed(&self, n: usize, due: usize) {
+    pub(crate) fn seed(&self, n: usize, due: usize) {
         let now = Utc::now();
         for i in 0..n {
             let (created, expires) = if i < due {
@@ -98,7 +98,7 @@ create = {{ action = "read" }}
         }
     }
 
-    fn spawn(&self, cfg: &Path, failpoint: Option<&str>) -> Child {
+    pub(crate) fn spawn(&self, cfg: &Path, failpoint: Option<&str>) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("daemon.log")).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["--log-level", "rekey=trace,info", "run", "-c"])
@@ -114,16 +114,16 @@ create = {{ action = "read" }}
         cmd.spawn().unwrap()
     }
 
-    fn store(&self) -> Option<Store> {
+    pub(crate) fn store(&self) -> Option<Store> {
         Store::open_read_only(&self.path("state.db")).ok()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 
     /// Poll until `cond` holds; panic with context after `limit`.
-    async fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Env) -> bool) {
+    pub(crate) async fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Env) -> bool) {
         let start = Instant::now();
         while start.elapsed() < limit {
             if cond(self) {
@@ -134,24 +134,24 @@ create = {{ action = "read" }}
         panic!("timed out waiting for {what}\n--- daemon log (tail) ---\n{}", tail(&self.log(), 60));
     }
 
-    fn completed(&self) -> usize {
+    pub(crate) fn completed(&self) -> usize {
         self.store()
             .and_then(|s| s.history(None, 1000).ok())
             .map(|h| h.iter().filter(|r| r.state == RotationState::Completed).count())
             .unwrap_or(0)
     }
 
-    fn rotations(&self) -> Vec<rekey::state::RotationRow> {
+    pub(crate) fn rotations(&self) -> Vec<rekey::state::RotationRow> {
         self.store().and_then(|s| s.history(None, 1000).ok()).unwrap_or_default()
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn terminate(child: &mut Child) -> i32 {
+pub(crate) fn terminate(child: &mut Child) -> i32 {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
