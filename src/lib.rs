@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML schema, validation with located errors, secret references.
 //! - [`state`]: the SQLite store: rotations, sink acknowledgements, the event outbox.
 //! - [`provider`]: the `Provider` trait and its backends (OceanBase, …).
-//! - [`sink`]: the `Sink` trait and its backends (file, …).
+//! - [`sink`]: the `Sink` trait and its backends (file, webhook, Vault/OpenBao).
+//! - [`notify`]: signed webhook delivery of the event outbox (Standard Webhooks).
 //! - [`status`]: the snapshot the endpoint serves; [`metrics`]: Prometheus.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
 //!
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod provider;
 pub mod secret;
 pub mod sink;

@@ -1,10 +1,14 @@
 //! Sinks: where new keys are published. One small async trait, one file per
-//! backend (`file`, later `webhook` and `vault`).
+//! backend (`file`, `webhook`, `vault`).
 //!
 //! A sink acknowledges a publication by returning `Ok`; the engine records
 //! that per sink, so a failing sink is retried alone. Sinks that can be read
 //! back (file, Vault) implement [`Sink::read_back`], which the engine calls
 //! before deleting an old key to prove the sink still holds the new one.
+
+pub mod response;
+pub mod vault;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
