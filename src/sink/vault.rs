@@ -652,6 +652,9 @@ impl VaultSink {
         struct Data {
             #[serde(default)]
             ttl: u64,
+            /// The TTL the token was created with: what a renewal asks for.
+            #[serde(default)]
+            creation_ttl: u64,
             #[serde(default)]
             renewable: bool,
         }
@@ -663,12 +666,16 @@ impl VaultSink {
             .map_err(|e| self.err_retry(format!("lookup-self: unexpected response: {e}")))?;
         let ttl = (parsed.data.ttl > 0).then(|| Duration::from_secs(parsed.data.ttl));
         tracing::debug!(sink = %self.name, ttl_s = parsed.data.ttl, renewable = parsed.data.renewable, "vault token looked up");
+        let wanted = match parsed.data.creation_ttl {
+            0 => ttl,
+            c => Some(Duration::from_secs(c)),
+        };
         Ok(TokenState {
             token,
             granted_at: now,
             ttl,
             renewable: parsed.data.renewable,
-            wanted: ttl,
+            wanted,
         })
     }
 
