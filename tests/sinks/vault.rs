@@ -33,7 +33,14 @@ fn config(bao: &OpenBao, auth: VaultAuth, ca: bool) -> SinkConfig {
 }
 
 fn sink(bao: &OpenBao, auth: VaultAuth) -> VaultSink {
-    let cfg = config(bao, auth, true);
+    sink_in(bao, auth, None)
+}
+
+fn sink_in(bao: &OpenBao, auth: VaultAuth, namespace: Option<&str>) -> VaultSink {
+    let mut cfg = config(bao, auth, true);
+    if let SinkKind::Vault(v) = &mut cfg.kind {
+        v.namespace = namespace.map(str::to_string);
+    }
     let SinkKind::Vault(v) = &cfg.kind else {
         unreachable!()
     };
@@ -398,4 +405,55 @@ async fn vault_sink_renews_a_static_token_and_keeps_using_it() {
         .await;
     assert_eq!(status, 200);
     assert!(v["data"]["last_renewal_time"].as_u64().is_some(), "{v}");
+}
+
+#[tokio::test]
+async fn vault_sink_writes_inside_a_namespace() {
+    let bao = OpenBao::start().await;
+    bao.root(
+        reqwest::Method::POST,
+        "sys/namespaces/team-a",
+        Some(json!({})),
+    )
+    .await;
+    let (status, v) = bao
+        .api_in(
+            Some("team-a"),
+            reqwest::Method::POST,
+            "sys/mounts/secret",
+            &bao.root_token,
+            Some(json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let vault = sink_in(&bao, token_auth(&bao.root_token), Some("team-a"));
+    let key = NewKey::new("billing", "1a2b3c4d");
+    let detail = vault.publish(&key.publication()).await.unwrap();
+    assert_eq!(detail.as_deref(), Some("secret/maas/billing v1"));
+    // It landed in the namespace, not at the root.
+    let (status, v) = bao
+        .api_in(
+            Some("team-a"),
+            reqwest::Method::GET,
+            "secret/data/maas/billing",
+            &bao.root_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["data"]["data"]["access_key_id"],
+        key.value("access_key_id")
+    );
+    let (status, _) = bao
+        .api(
+            reqwest::Method::GET,
+            "secret/data/maas/billing",
+            &bao.root_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A root token does not expire: no renewal is ever due.
+    assert_eq!(vault.auth_stats().renewals, 0);
 }

@@ -184,10 +184,25 @@ impl OpenBao {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.api_in(None, method, path, token, body).await
+    }
+
+    /// As [`OpenBao::api`], inside a namespace (`X-Vault-Namespace`).
+    pub async fn api_in(
+        &self,
+        namespace: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .client
             .request(method, format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", token);
+        if let Some(ns) = namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
