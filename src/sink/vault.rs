@@ -534,9 +534,12 @@ impl VaultSink {
                 let remaining = remaining.unwrap_or(Duration::MAX);
                 if remaining > Duration::ZERO {
                     tracing::warn!(sink = %self.name, error = %e.message, remaining_s = remaining.as_secs(), "vault token renewal failed; using the token while it lasts");
-                    // Do not retry the renewal on every call.
-                    let s = guard.as_mut().expect("checked above");
-                    s.renewable = false;
+                    // A refusal will not change: stop asking. A transient
+                    // failure is tried again on the next call.
+                    if !e.retryable {
+                        let s = guard.as_mut().expect("checked above");
+                        s.renewable = false;
+                    }
                     Ok(current)
                 } else {
                     // Perhaps the operator has put a new token in place.
