@@ -5,9 +5,11 @@
 //! - [`config`]: the TOML schema, validation with located errors, secret references.
 //! - [`state`]: the SQLite store: rotations, sink acknowledgements, the event outbox.
 //! - [`provider`]: the `Provider` trait and its backends (OceanBase, …).
-//! - [`sink`]: the `Sink` trait and its backends (file, …).
+//! - [`sink`]: the `Sink` trait and its backends (file, webhook, Vault/OpenBao).
+//! - [`notify`]: signed webhook delivery of the event outbox (Standard Webhooks).
 //! - [`status`]: the snapshot, the endpoint that serves it and its client; [`metrics`]: Prometheus.
 //! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
+//! - [`rotation`]: the planner, the engine's state machine, crash recovery.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
 //!
 //! A rotation flows: the daemon's scheduler fires a policy check → the
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod provider;
 pub mod rotation;
 pub mod secret;

@@ -4,4 +4,6 @@
 mod support;
 
 mod config;
+mod notify;
 mod ops;
+mod sinks;

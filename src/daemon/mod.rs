@@ -68,7 +68,11 @@ pub enum Control {
 }
 
 /// Build providers and sinks for one configuration generation.
-pub fn build_runtime(cfg: Arc<Config>, metrics: &Metrics) -> Result<Runtime, String> {
+pub fn build_runtime(
+    cfg: Arc<Config>,
+    metrics: &Metrics,
+    clock: &SharedClock,
+) -> Result<Runtime, String> {
     let mut providers = HashMap::new();
     for (name, p) in &cfg.providers {
         providers.insert(
@@ -78,7 +82,10 @@ pub fn build_runtime(cfg: Arc<Config>, metrics: &Metrics) -> Result<Runtime, Str
     }
     let mut sinks = HashMap::new();
     for (name, s) in &cfg.sinks {
-        sinks.insert(name.clone(), sink::build(s).map_err(|e| e.to_string())?);
+        sinks.insert(
+            name.clone(),
+            sink::build(s, clock.clone()).map_err(|e| e.to_string())?,
+        );
     }
     Ok(Runtime {
         config: cfg,
@@ -116,6 +123,9 @@ impl Default for Options {
 
 struct Daemon {
     engine: Arc<Engine>,
+    /// The notification deliverer of the running configuration: its stop
+    /// token and task (restarted on reload when targets change).
+    deliverer: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
     config_path: PathBuf,
     runtime: RwLock<Arc<Runtime>>,
     /// Rotations whose policy a reload removed keep the runtime they had.
@@ -147,7 +157,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     let metrics = Metrics::new();
     let started = opts.clock.now();
     let status = StatusHandle::new(started);
-    let runtime = Arc::new(build_runtime(cfg.clone(), &metrics).map_err(DaemonError::Build)?);
+    let runtime =
+        Arc::new(build_runtime(cfg.clone(), &metrics, &opts.clock).map_err(DaemonError::Build)?);
     let engine = Arc::new(Engine {
         store: store.clone(),
         clock: opts.clock.clone(),
@@ -199,6 +210,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
         engine: engine.clone(),
+        deliverer: Mutex::new(None),
         config_path: config_path.to_path_buf(),
         runtime: RwLock::new(runtime.clone()),
         retained: Mutex::new(HashMap::new()),
@@ -208,6 +220,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
+    d.start_deliverer(&cfg)?;
     d.schedule_policies(&cfg, None);
     for p in &cfg.policies {
         metrics.init_policy(&p.name, &p.sinks, &p.provider);
@@ -315,6 +328,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     }
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), server_task).await;
+    d.stop_deliverer().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -347,6 +361,32 @@ fn status_line(status: &StatusHandle) -> String {
 }
 
 impl Daemon {
+    /// (Re)start notification delivery for `cfg`'s targets. Undelivered
+    /// events stay in the outbox, so a restart loses nothing.
+    fn start_deliverer(&self, cfg: &Config) -> Result<(), DaemonError> {
+        let targets: Vec<_> = cfg.notify.values().cloned().collect();
+        let deliverer = crate::notify::Deliverer::new(
+            self.engine.store.clone(),
+            targets,
+            self.engine.clock.clone(),
+        )
+        .map_err(|e| DaemonError::Build(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(deliverer.run(self.engine.wake_notify.clone(), stop.clone()));
+        if let Some((old_stop, _)) = self.deliverer.lock().expect("lock").replace((stop, task)) {
+            old_stop.cancel();
+        }
+        Ok(())
+    }
+
+    async fn stop_deliverer(&self) {
+        let current = self.deliverer.lock().expect("lock").take();
+        if let Some((stop, task)) = current {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+
     fn current(&self) -> Arc<Runtime> {
         self.runtime.read().expect("runtime lock").clone()
     }
@@ -520,7 +560,7 @@ impl Daemon {
             tracing::warn!("daemon.state and daemon.listen take effect only on restart");
         }
         let cfg = Arc::new(cfg);
-        let rt = match build_runtime(cfg.clone(), &self.engine.metrics) {
+        let rt = match build_runtime(cfg.clone(), &self.engine.metrics, &self.engine.clock) {
             Ok(rt) => Arc::new(rt),
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: cannot build providers/sinks; still running the previous configuration");

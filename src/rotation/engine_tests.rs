@@ -229,7 +229,7 @@ create = {{ action = "read" }}
     providers.insert("ob".into(), Arc::new(fake.clone()));
     let mut sinks = HashMap::new();
     for (n, s) in &cfg.sinks {
-        sinks.insert(n.clone(), sink::build(s).unwrap());
+        sinks.insert(n.clone(), sink::build(s, Arc::new(clock.clone())).unwrap());
     }
     let store = Arc::new(Store::open(&cfg.daemon.state).unwrap());
     let engine = Engine {

@@ -6,6 +6,10 @@
 //! back (file, Vault) implement [`Sink::read_back`], which the engine calls
 //! before deleting an old key to prove the sink still holds the new one.
 
+pub mod response;
+pub mod vault;
+pub mod webhook;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,12 +116,12 @@ pub type SharedSink = Arc<dyn Sink>;
 pub mod file;
 
 /// Build the sink a config names.
-pub fn build(cfg: &SinkConfig) -> Result<SharedSink, SinkError> {
-    match &cfg.kind {
-        SinkKind::File(f) => Ok(Arc::new(file::FileSink::new(&cfg.name, f))),
-        SinkKind::Webhook(_) | SinkKind::Vault(_) => Err(SinkError::permanent(
-            &cfg.name,
-            format!("{} sinks are not in this build", cfg.kind.as_str()),
-        )),
-    }
+pub fn build(cfg: &SinkConfig, clock: crate::clock::SharedClock) -> Result<SharedSink, SinkError> {
+    Ok(match &cfg.kind {
+        SinkKind::File(f) => Arc::new(file::FileSink::new(&cfg.name, f)),
+        SinkKind::Webhook(w) => {
+            Arc::new(webhook::WebhookSink::new(&cfg.name, w, cfg)?.with_clock(clock))
+        }
+        SinkKind::Vault(v) => Arc::new(vault::VaultSink::new(&cfg.name, v, cfg)?.with_clock(clock)),
+    })
 }

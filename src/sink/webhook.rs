@@ -1,0 +1,310 @@
+//! The webhook sink: a Standard Webhooks signed POST carrying the new key.
+//!
+//! Body: `{"type":"key.published","timestamp":…,"data":{policy, lineage,
+//! provider, rotation_id, key_id, key_name, created_at, expires_at,
+//! fingerprint, secret:{…fields…}}}`. A 2xx acknowledges. The `webhook-id`
+//! is derived from the rotation id and sink name, so every retry of one
+//! publication carries the same id and the receiver can deduplicate.
+//!
+//! Failures are classified for the engine: 410 (endpoint gone) and other
+//! 4xx are permanent; 408, 429, 502, 503, 504, other 5xx, timeouts and
+//! connection errors are retryable, honouring `Retry-After`. Error messages
+//! carry the status and a short excerpt of the response — never the body we
+//! sent, which holds the secret — and show the URL only as scheme and host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use zeroize::Zeroizing;
+
+use super::response::{self, ReadError};
+use super::{Publication, Sink, SinkError};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{SinkConfig, TargetTemplate, WebhookSinkConfig};
+use crate::notify::signing::Signer;
+use crate::provider::http::{client, retry_after};
+use crate::secret::SecretFields;
+
+/// The event type a webhook sink sends.
+pub const EVENT_TYPE: &str = "key.published";
+
+pub struct WebhookSink {
+    name: String,
+    url: String,
+    /// `scheme://host[:port]` of `url`, for messages (the path may hold a
+    /// token, as in chat webhooks).
+    shown_url: String,
+    client: reqwest::Client,
+    signer: Signer,
+    timeout: Duration,
+    /// Stamps `webhook-timestamp` and the body's `timestamp`.
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSink")
+            .field("name", &self.name)
+            .field("url", &self.shown_url)
+            .field("signer", &self.signer)
+            .finish()
+    }
+}
+
+impl WebhookSink {
+    /// Build from config: resolve the signing secrets and the HTTP client
+    /// (rustls, optional extra CA, `timeout` per request). Errors are
+    /// permanent `SinkError`s naming the sink.
+    pub fn new(
+        name: &str,
+        cfg: &WebhookSinkConfig,
+        common: &SinkConfig,
+    ) -> Result<Self, SinkError> {
+        let signer = Signer::from_refs(&cfg.secrets)
+            .map_err(|e| SinkError::permanent(name, e.to_string()))?;
+        let client = client(common.ca_file.as_deref(), common.timeout)
+            .map_err(|e| SinkError::permanent(name, e.to_string()))?;
+        reqwest::Url::parse(&cfg.url)
+            .map_err(|e| SinkError::permanent(name, format!("invalid url: {e}")))?;
+        Ok(WebhookSink {
+            name: name.to_string(),
+            shown_url: response::redact_url(&cfg.url),
+            url: cfg.url.clone(),
+            client,
+            signer,
+            timeout: common.timeout,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Use another clock (tests; the daemon's shared clock).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The stable `webhook-id` of one publication to one sink.
+    pub fn message_id(rotation_id: &str, sink: &str) -> String {
+        format!("msg_{}_{}", id_part(rotation_id), id_part(sink))
+    }
+}
+
+/// Keep `[A-Za-z0-9_-]`; anything else (notably `.`, which the signature
+/// scheme reserves) becomes `_`.
+fn id_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The JSON body, built into a buffer that is wiped on drop.
+pub fn body(p: &Publication<'_>, now: DateTime<Utc>) -> Zeroizing<String> {
+    let meta = serde_json::json!({
+        "policy": p.policy,
+        "lineage": p.lineage,
+        "provider": p.provider,
+        "rotation_id": p.rotation_id,
+        "key_id": p.key_id,
+        "key_name": p.key_name,
+        "created_at": p.created_at.map(rfc3339),
+        "expires_at": p.expires_at.map(rfc3339),
+        "fingerprint": p.fingerprint,
+    });
+    let meta = meta.to_string();
+    let secret = p.secret.to_json();
+    let envelope_head =
+        serde_json::json!({"type": EVENT_TYPE, "timestamp": rfc3339(now)}).to_string();
+    let mut out = Zeroizing::new(String::with_capacity(
+        envelope_head.len() + meta.len() + secret.len() + 32,
+    ));
+    // `{"timestamp":…,"type":…` + `,"data":` + meta without its closing
+    // brace + `,"secret":` + fields + `}}`.
+    out.push_str(&envelope_head[..envelope_head.len() - 1]);
+    out.push_str(",\"data\":");
+    out.push_str(&meta[..meta.len() - 1]);
+    out.push_str(",\"secret\":");
+    out.push_str(&secret);
+    out.push_str("}}");
+    out
+}
+
+/// Map a non-2xx response to a typed error.
+pub(crate) fn status_error(
+    sink: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    scrub: Option<&SecretFields>,
+) -> SinkError {
+    let excerpt = response::snippet(body, scrub);
+    let mut msg = format!("HTTP {}", status.as_u16());
+    if status == StatusCode::GONE {
+        msg.push_str(" (endpoint gone)");
+    }
+    if !excerpt.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&excerpt);
+    }
+    let code = status.as_u16();
+    let retryable = matches!(code, 408 | 429 | 502 | 503 | 504) || status.is_server_error();
+    if retryable {
+        let mut e = SinkError::retryable(sink, msg);
+        e.retry_after = retry_after(headers);
+        e
+    } else {
+        SinkError::permanent(sink, msg)
+    }
+}
+
+#[async_trait]
+impl Sink for WebhookSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn target(&self) -> Option<&TargetTemplate> {
+        None
+    }
+
+    async fn publish(&self, p: &Publication<'_>) -> Result<Option<String>, SinkError> {
+        let now = self.clock.now();
+        let id = Self::message_id(p.rotation_id, &self.name);
+        let body = body(p, now);
+        let headers = self
+            .signer
+            .headers(&id, now.timestamp(), body.as_bytes())
+            .map_err(|e| SinkError::permanent(&self.name, e.to_string()))?;
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json");
+        for (k, v) in headers.pairs() {
+            req = req.header(k, v);
+        }
+        // reqwest keeps its own copy of the bytes for the request.
+        let resp = req.body(body.as_bytes().to_vec()).send().await;
+        drop(body);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let (_, what) = response::describe_send_error(e, self.timeout);
+                tracing::debug!(sink = %self.name, url = %self.shown_url, webhook_id = %id, error = %what, "webhook sink send failed");
+                return Err(SinkError::retryable(
+                    &self.name,
+                    format!("POST {}: {what}", self.shown_url),
+                ));
+            }
+        };
+        let status = resp.status();
+        let resp_headers = resp.headers().clone();
+        let resp_body = match response::read_body(resp).await {
+            Ok(b) => b,
+            // The status line arrived; a body we cannot read does not change
+            // what the status says, except for 2xx, where it is harmless.
+            Err(ReadError::Timeout | ReadError::TooLarge | ReadError::Transport(_)) => {
+                Zeroizing::new(Vec::new())
+            }
+        };
+        tracing::debug!(sink = %self.name, url = %self.shown_url, webhook_id = %id, status = status.as_u16(), "webhook sink response");
+        if status.is_success() {
+            return Ok(Some(format!(
+                "{} HTTP {} {}",
+                self.shown_url,
+                status.as_u16(),
+                id
+            )));
+        }
+        Err(status_error(
+            &self.name,
+            status,
+            &resp_headers,
+            &resp_body,
+            Some(p.secret),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn message_ids_are_stable_and_dot_free() {
+        let a = WebhookSink::message_id("1a2b3c4d", "deploy.hook");
+        assert_eq!(a, "msg_1a2b3c4d_deploy_hook");
+        assert_eq!(a, WebhookSink::message_id("1a2b3c4d", "deploy.hook"));
+        assert!(!a.contains('.'));
+    }
+
+    #[test]
+    fn body_is_valid_json_with_the_secret_under_data() {
+        let mut f = SecretFields::new();
+        f.insert("access_key_id", Secret::new("AKID\"1"));
+        f.insert("access_key_secret", Secret::new("s3cr3t"));
+        let fp = f.fingerprint();
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let p = Publication {
+            policy: "p",
+            lineage: "l",
+            provider: "gw",
+            provider_kind: "tencent-apigateway",
+            rotation_id: "1a2b3c4d",
+            key_id: Some("k1"),
+            key_name: "l-20261122-r1a2b3c4d-1",
+            created_at: Some(now),
+            expires_at: None,
+            secret: &f,
+            fingerprint: &fp,
+        };
+        let b = body(&p, now);
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["type"], "key.published");
+        assert_eq!(v["timestamp"], "2026-11-22T10:00:00Z");
+        assert_eq!(v["data"]["secret"]["access_key_id"], "AKID\"1");
+        assert_eq!(v["data"]["secret"]["access_key_secret"], "s3cr3t");
+        assert_eq!(v["data"]["fingerprint"], fp.as_str());
+        assert_eq!(v["data"]["created_at"], "2026-11-22T10:00:00Z");
+        assert!(v["data"]["expires_at"].is_null());
+        assert_eq!(v["data"]["key_id"], "k1");
+    }
+
+    #[test]
+    fn statuses_classify_as_the_spec_recommends() {
+        let h = HeaderMap::new();
+        let class = |c: u16| status_error("s", StatusCode::from_u16(c).unwrap(), &h, b"", None);
+        assert!(!class(410).retryable);
+        assert!(class(410).message.contains("gone"));
+        for c in [400, 401, 403, 404, 422] {
+            assert!(!class(c).retryable, "{c}");
+        }
+        for c in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(class(c).retryable, "{c}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        let e = status_error("s", StatusCode::TOO_MANY_REQUESTS, &h, b"slow down", None);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert!(e.message.contains("429") && e.message.contains("slow down"));
+    }
+}
