@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Severity};
-use crate::emulator::oceanbase::{self as ob_emulator, DigestAlgorithm, OceanBaseEmulatorOptions};
+use crate::emulator::oceanbase::{
+    self as ob_emulator, DigestAlgorithm, ListOrder, OceanBaseEmulatorOptions,
+};
 use crate::logging::LogFormat;
 use crate::secret::Secret;
 
@@ -164,6 +166,9 @@ pub struct OceanBaseEmulateArgs {
     /// Age at which a nonce is refused with stale=true.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub nonce_ttl: Duration,
+    /// Order of list pages: `oldest` (creation order) or `newest` first.
+    #[arg(long, default_value = "oldest", value_parser = parse_list_order)]
+    pub list_order: ListOrder,
 }
 
 /// A key lifetime, or none (`never`).
@@ -191,6 +196,10 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_list_order(s: &str) -> Result<ListOrder, String> {
+    ListOrder::parse(s).ok_or_else(|| format!("unknown list order {s:?} (oldest or newest)"))
+}
+
 fn parse_digest_algorithm(s: &str) -> Result<DigestAlgorithm, String> {
     DigestAlgorithm::parse(s)
         .ok_or_else(|| format!("unknown Digest algorithm {s:?} (MD5 or SHA-256)"))
@@ -214,6 +223,7 @@ impl OceanBaseEmulateArgs {
             project_id: self.project_id.clone(),
             algorithms: self.digest_algorithms.clone(),
             nonce_ttl: self.nonce_ttl,
+            list_order: self.list_order,
         }
     }
 }

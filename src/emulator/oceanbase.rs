@@ -27,7 +27,9 @@
 //!   (used for 400) are documented codes. `UNAUTHORIZED`, `FORBIDDEN` (wrong
 //!   org/project), `NOT_FOUND` and `TOO_MANY_REQUESTS` are this emulator's.
 //! - Authentication is checked before the org/project headers.
-//! - Keys are listed in creation order; duplicate names are allowed.
+//! - Keys are listed oldest first (`list_order` can flip it: with newest
+//!   first, a key created while a client walks the pages shifts every later
+//!   page by one, as offset paging does); duplicate names are allowed.
 //! - `expiresAt` is `null` for keys that never expire (`lifetime: None`).
 //! - The realm is [`REALM`]; timestamps are RFC 3339 in UTC, whole seconds.
 //! - The `uid` query parameter is accepted and ignored.
@@ -159,6 +161,29 @@ pub struct OceanBaseEmulatorOptions {
     pub algorithms: Vec<DigestAlgorithm>,
     /// Age after which a nonce is answered with `stale=true`.
     pub nonce_ttl: Duration,
+    /// Order of list pages; the docs do not say which the API uses.
+    pub list_order: ListOrder,
+}
+
+/// The order list pages come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListOrder {
+    /// Creation order: new keys land on the last page.
+    #[default]
+    Oldest,
+    /// Newest first: new keys land on page 1 and push the rest down.
+    Newest,
+}
+
+impl ListOrder {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "oldest" | "oldest-first" => Some(ListOrder::Oldest),
+            "newest" | "newest-first" => Some(ListOrder::Newest),
+            _ => None,
+        }
+    }
 }
 
 impl Default for OceanBaseEmulatorOptions {
@@ -179,6 +204,7 @@ impl Default for OceanBaseEmulatorOptions {
             project_id: DEFAULT_PROJECT_ID.into(),
             algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
             nonce_ttl: Duration::from_secs(300),
+            list_order: ListOrder::Oldest,
         }
     }
 }
@@ -919,12 +945,20 @@ fn list(
         })
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| LIST_ACTION.to_string());
-    let start = (page - 1).saturating_mul(size).min(st.keys.len());
-    let end = start.saturating_add(size).min(st.keys.len());
-    let items: Vec<Value> = st.keys[start..end]
-        .iter()
-        .map(|s| s.key.list_json())
-        .collect();
+    let len = st.keys.len();
+    let start = (page - 1).saturating_mul(size).min(len);
+    let end = start.saturating_add(size).min(len);
+    let items: Vec<Value> = match inner.opts.list_order {
+        ListOrder::Oldest => st.keys[start..end]
+            .iter()
+            .map(|s| s.key.list_json())
+            .collect(),
+        ListOrder::Newest => st.keys[len - end..len - start]
+            .iter()
+            .rev()
+            .map(|s| s.key.list_json())
+            .collect(),
+    };
     json_response(
         StatusCode::OK,
         json!({
