@@ -169,6 +169,9 @@ pub struct OceanBaseEmulateArgs {
     /// Order of list pages: `oldest` (creation order) or `newest` first.
     #[arg(long, default_value = "oldest", value_parser = parse_list_order)]
     pub list_order: ListOrder,
+    /// How long a created key stays out of list answers (eventual consistency).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub list_delay: Duration,
 }
 
 /// A key lifetime, or none (`never`).
@@ -224,6 +227,7 @@ impl OceanBaseEmulateArgs {
             algorithms: self.digest_algorithms.clone(),
             nonce_ttl: self.nonce_ttl,
             list_order: self.list_order,
+            list_delay: self.list_delay,
         }
     }
 }

@@ -294,6 +294,80 @@ async fn create_keeps_the_secret_when_the_key_is_not_listed_yet() {
 }
 
 #[tokio::test]
+async fn create_retries_the_lookup_until_the_key_is_listed() {
+    let emu = start_oceanbase(OceanBaseEmulatorOptions {
+        list_delay: Duration::from_secs(1),
+        ..opts(30)
+    })
+    .await;
+    let cfg = oceanbase_config(&emu);
+    let http = ProviderHttp::new(&cfg, Metrics::new()).unwrap();
+    // Lookups at 0, ≥0.5, ≥1.5 and ≥3.5 s after create: the first misses the
+    // key (listed only after 1 s), a later one finds it.
+    let provider = OceanBaseProvider::new(&cfg, http)
+        .unwrap()
+        .with_lookup_retry(4, Duration::from_millis(500));
+    let new = provider
+        .create(&CreateRequest {
+            name: "app-eventually",
+            params: &params("read"),
+        })
+        .await
+        .unwrap();
+    let truth = emu
+        .keys()
+        .into_iter()
+        .find(|k| k.name == "app-eventually")
+        .unwrap();
+    assert_eq!(new.id.as_deref(), Some(truth.id.as_str()));
+    assert_eq!(new.expires_at, truth.expires_at);
+    assert!(emu.stats().list.ok >= 2, "the first lookup missed it");
+}
+
+#[tokio::test]
+async fn create_leaves_the_id_to_the_engine_when_the_key_stays_unlisted() {
+    let emu = start_oceanbase(OceanBaseEmulatorOptions {
+        list_delay: Duration::from_secs(3600),
+        ..opts(3)
+    })
+    .await;
+    let provider = oceanbase_provider(&oceanbase_config(&emu));
+    let new = provider
+        .create(&CreateRequest {
+            name: "app-unlisted",
+            params: &params("read"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(new.id, None);
+    assert!(new.created_at.is_some(), "from the create answer");
+    assert_eq!(new.expires_at, None, "only the list tells the expiry");
+    let truth = emu
+        .keys()
+        .into_iter()
+        .find(|k| k.name == "app-unlisted")
+        .unwrap();
+    assert_eq!(new.secret.get(SECRET_FIELD), Some(&truth.api_key));
+    assert_eq!(emu.stats().list.ok, 3, "three lookups, each one page");
+    // Keys inserted later wait behind it, so pages stay consistent.
+    emu.insert_key("app-after", Utc::now(), None);
+    assert_eq!(provider.list(&all).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_the_digest_nonce() {
+    let (emu, provider) = emulator_and_client(40).await;
+    provider.list(&all).await.unwrap();
+    let calls = (0..16).map(|_| provider.list(&all));
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.unwrap().len(), 40);
+    }
+    let s = emu.stats();
+    assert_eq!(s.list.ok, 17, "{s:?}");
+    assert_eq!(s.challenged(), 1, "nc counted up on one nonce: {s:?}");
+}
+
+#[tokio::test]
 async fn create_refused_by_the_server_is_a_typed_error() {
     let (emu, provider) = emulator_and_client(0).await;
     emu.set_faults(force(Operation::Create, 400, 1, ErrorStyle::Maas))

@@ -33,6 +33,8 @@
 //! - `expiresAt` is `null` for keys that never expire (`lifetime: None`).
 //! - The realm is [`REALM`]; timestamps are RFC 3339 in UTC, whole seconds.
 //! - The `uid` query parameter is accepted and ignored.
+//! - A created key is listed at once, unless `list_delay` models an
+//!   eventually consistent list (the key then appears that much later).
 //!
 //! Knobs a real provider lacks: seeded keys, latency, a random 500 rate, a
 //! rate limit (429 with `Retry-After`), forced statuses for the next N calls
@@ -141,6 +143,7 @@ pub struct OceanBaseEmulatorOptions {
     /// How many seeded keys expire soon (within `within`), to give a
     /// planner something due.
     pub expiring: usize,
+    /// The window the `expiring` keys expire in, from start.
     pub within: Duration,
     /// Delay before every API answer, to model a distant provider.
     pub latency: Duration,
@@ -151,11 +154,13 @@ pub struct OceanBaseEmulatorOptions {
     /// Seed for key ids, secrets, seeded timestamps and the error draw;
     /// `None` = random. Nonces are always random.
     pub seed: Option<u64>,
-    /// The AccessKey pair clients must authenticate with.
+    /// The Digest username clients must present.
     pub access_key_id: String,
+    /// The Digest password; a fake, but still redacted in `Debug`.
     pub access_key_secret: Secret,
-    /// The organization and project the `X-OB-*` headers must name.
+    /// What `X-OB-Org-Id` must say (another org is refused with 403).
     pub org_id: String,
+    /// What `X-OB-Project-Id` must say (another project: 403).
     pub project_id: String,
     /// Algorithms offered, one challenge each, in this order.
     pub algorithms: Vec<DigestAlgorithm>,
@@ -163,6 +168,10 @@ pub struct OceanBaseEmulatorOptions {
     pub nonce_ttl: Duration,
     /// Order of list pages; the docs do not say which the API uses.
     pub list_order: ListOrder,
+    /// How long a key made through the create API stays out of list
+    /// answers (an eventually consistent list); create's id lookup must
+    /// cope with it.
+    pub list_delay: Duration,
 }
 
 /// The order list pages come in.
@@ -205,6 +214,7 @@ impl Default for OceanBaseEmulatorOptions {
             algorithms: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Md5],
             nonce_ttl: Duration::from_secs(300),
             list_order: ListOrder::Oldest,
+            list_delay: Duration::ZERO,
         }
     }
 }
@@ -242,8 +252,10 @@ impl OceanBaseEmulatorOptions {
 /// its secrets to tests; `Debug` still redacts it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmulatedKey {
+    /// `ak-` and 16 hex digits, like the seed's example id.
     pub id: String,
     pub name: String,
+    /// The value create returned once (`sk_` and 32 hex digits).
     pub api_key: Secret,
     /// The permission it was created with.
     pub action: String,
@@ -414,6 +426,10 @@ impl EmulatorStats {
 /// A key in creation order; `seq` orders pages and survives deletes.
 struct Stored {
     seq: u64,
+    /// When list answers start to show it. Never earlier than the key
+    /// before it, so the keys not yet listed are always a suffix of
+    /// `keys` and a page stays one slice.
+    visible_at: Instant,
     key: EmulatedKey,
 }
 
@@ -666,6 +682,21 @@ fn insert(
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
 ) -> EmulatedKey {
+    insert_visible(st, name, action, created_at, expires_at, Instant::now())
+}
+
+fn insert_visible(
+    st: &mut EmuState,
+    name: &str,
+    action: &str,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    visible_at: Instant,
+) -> EmulatedKey {
+    let visible_at = st
+        .keys
+        .last()
+        .map_or(visible_at, |last| last.visible_at.max(visible_at));
     let id = loop {
         let id = format!("ak-{}", random_hex(&mut st.key_rng, 8));
         if !st.by_id.contains_key(&id) {
@@ -686,6 +717,7 @@ fn insert(
     st.by_id.insert(id, seq);
     st.keys.push(Stored {
         seq,
+        visible_at,
         key: key.clone(),
     });
     key
@@ -945,7 +977,8 @@ fn list(
         })
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| LIST_ACTION.to_string());
-    let len = st.keys.len();
+    let now = Instant::now();
+    let len = st.keys.partition_point(|s| s.visible_at <= now);
     let start = (page - 1).saturating_mul(size).min(len);
     let end = start.saturating_add(size).min(len);
     let items: Vec<Value> = match inner.opts.list_order {
@@ -963,7 +996,7 @@ fn list(
         StatusCode::OK,
         json!({
             "action": action,
-            "data": { "list": items, "total": st.keys.len() },
+            "data": { "list": items, "total": len },
             "requestId": request_id,
             "server": inner.server,
             "success": true,
@@ -1001,7 +1034,8 @@ fn create(inner: &Inner, st: &mut EmuState, body: &[u8], request_id: &str) -> Re
         .opts
         .lifetime
         .map(|l| now + chrono::Duration::seconds(l.as_secs() as i64));
-    let key = insert(st, &name, &action, now, expires);
+    let visible_at = Instant::now() + inner.opts.list_delay;
+    let key = insert_visible(st, &name, &action, now, expires, visible_at);
     json_response(
         StatusCode::OK,
         json!({
