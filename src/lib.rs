@@ -11,6 +11,7 @@
 //! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
 //! - [`rotation`]: the planner, the engine's state machine, crash recovery.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
+//! - [`emulator`]: loopback emulators of the provider APIs (`rekey emulate`, dev, tests).
 //!
 //! A rotation flows: the daemon's scheduler fires a policy check → the
 //! planner lists keys through the provider and decides per lineage → the
@@ -22,6 +23,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dev;
+pub mod emulator;
 pub mod failpoint;
 pub mod logging;
 pub mod metrics;

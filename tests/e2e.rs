@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rekey::emulator::oceanbase::{self, EmulatorHandle, Faults, ForcedFault, OceanBaseEmulatorOptions, Operation};
+use rekey::emulator::oceanbase::{
+    self, EmulatorHandle, Faults, ForcedFault, OceanBaseEmulatorOptions, Operation,
+};
 use rekey::state::{RotationState, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rekey");
@@ -25,7 +27,9 @@ impl Env {
     }
 
     pub(crate) async fn with(opts: OceanBaseEmulatorOptions) -> Env {
-        let emu = oceanbase::start(opts, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let emu = oceanbase::start(opts, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
         std::fs::write(dir.path().join("ak"), oceanbase::DEFAULT_ACCESS_KEY_ID).unwrap();
@@ -90,16 +94,27 @@ create = {{ action = "read" }}
         let now = Utc::now();
         for i in 0..n {
             let (created, expires) = if i < due {
-                (now - chrono::Duration::days(29), now + chrono::Duration::hours(6))
+                (
+                    now - chrono::Duration::days(29),
+                    now + chrono::Duration::hours(6),
+                )
             } else {
-                (now - chrono::Duration::days(5), now + chrono::Duration::days(25))
+                (
+                    now - chrono::Duration::days(5),
+                    now + chrono::Duration::days(25),
+                )
             };
-            self.emu.insert_key(&format!("app-{i}"), created, Some(expires));
+            self.emu
+                .insert_key(&format!("app-{i}"), created, Some(expires));
         }
     }
 
     pub(crate) fn spawn(&self, cfg: &Path, failpoint: Option<&str>) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("daemon.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["--log-level", "rekey=trace,info", "run", "-c"])
             .arg(cfg)
@@ -123,7 +138,12 @@ create = {{ action = "read" }}
     }
 
     /// Poll until `cond` holds; panic with context after `limit`.
-    pub(crate) async fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut(&Env) -> bool) {
+    pub(crate) async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut(&Env) -> bool,
+    ) {
         let start = Instant::now();
         while start.elapsed() < limit {
             if cond(self) {
@@ -131,18 +151,27 @@ create = {{ action = "read" }}
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("timed out waiting for {what}\n--- daemon log (tail) ---\n{}", tail(&self.log(), 60));
+        panic!(
+            "timed out waiting for {what}\n--- daemon log (tail) ---\n{}",
+            tail(&self.log(), 60)
+        );
     }
 
     pub(crate) fn completed(&self) -> usize {
         self.store()
             .and_then(|s| s.history(None, 1000).ok())
-            .map(|h| h.iter().filter(|r| r.state == RotationState::Completed).count())
+            .map(|h| {
+                h.iter()
+                    .filter(|r| r.state == RotationState::Completed)
+                    .count()
+            })
             .unwrap_or(0)
     }
 
     pub(crate) fn rotations(&self) -> Vec<rekey::state::RotationRow> {
-        self.store().and_then(|s| s.history(None, 1000).ok()).unwrap_or_default()
+        self.store()
+            .and_then(|s| s.history(None, 1000).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -180,27 +209,54 @@ fn assert_invariants(env: &Env, lineages: &[&str]) {
     let keys = env.emu.keys();
     let store = env.store().unwrap();
     for l in lineages {
-        let mine: Vec<_> = keys.iter().filter(|k| k.name == *l || k.name.starts_with(&format!("{l}-"))).collect();
-        assert_eq!(mine.len(), 1, "lineage {l} must have exactly one live key, has {:?}", mine.iter().map(|k| &k.name).collect::<Vec<_>>());
+        let mine: Vec<_> = keys
+            .iter()
+            .filter(|k| k.name == *l || k.name.starts_with(&format!("{l}-")))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "lineage {l} must have exactly one live key, has {:?}",
+            mine.iter().map(|k| &k.name).collect::<Vec<_>>()
+        );
         let file = std::fs::read_to_string(env.path(&format!("keys/{l}.env"))).unwrap_or_default();
         if mine[0].name != *l {
-            assert!(file.contains(mine[0].api_key.expose()), "file of {l} does not hold its current key");
+            assert!(
+                file.contains(mine[0].api_key.expose()),
+                "file of {l} does not hold its current key"
+            );
         }
     }
     let hist = store.history(None, 1000).unwrap();
     for l in lineages {
-        let done: Vec<_> = hist.iter().filter(|r| r.lineage == *l && r.state == RotationState::Completed).collect();
-        assert!(done.len() <= 1, "lineage {l} rotated more than once: {}", done.len());
+        let done: Vec<_> = hist
+            .iter()
+            .filter(|r| r.lineage == *l && r.state == RotationState::Completed)
+            .collect();
+        assert!(
+            done.len() <= 1,
+            "lineage {l} rotated more than once: {}",
+            done.len()
+        );
     }
     for r in &hist {
         if let (Some(p), Some(f)) = (r.published_at, r.finished_at)
             && r.outcome.as_deref() == Some("deleted")
         {
-            assert!(f - p >= chrono::Duration::seconds(2) || r.revoke_old_immediately, "rotation {} deleted the old key {}ms after publishing, inside the 2 s grace", r.id, (f - p).num_milliseconds());
+            assert!(
+                f - p >= chrono::Duration::seconds(2) || r.revoke_old_immediately,
+                "rotation {} deleted the old key {}ms after publishing, inside the 2 s grace",
+                r.id,
+                (f - p).num_milliseconds()
+            );
         }
         for a in store.attempts(&r.id).unwrap() {
             if a.state != "created" {
-                assert!(!keys.iter().any(|k| k.name == a.name), "abandoned attempt key {} still exists", a.name);
+                assert!(
+                    !keys.iter().any(|k| k.name == a.name),
+                    "abandoned attempt key {} still exists",
+                    a.name
+                );
             }
         }
     }
@@ -213,27 +269,50 @@ async fn eight_keys_five_due_rotate_five_lineages_and_keep_three() {
     let before: Vec<_> = env.emu.keys();
     let cfg = env.config("keys/{lineage}.env", "");
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("5 completed rotations", Duration::from_secs(90), |e| e.completed() >= 5).await;
+    env.wait_for("5 completed rotations", Duration::from_secs(90), |e| {
+        e.completed() >= 5
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let keys = env.emu.keys();
     assert_eq!(keys.len(), 8);
     for i in 0..8 {
         let l = format!("app-{i}");
-        let mine: Vec<_> = keys.iter().filter(|k| k.name == l || k.name.starts_with(&format!("{l}-"))).collect();
+        let mine: Vec<_> = keys
+            .iter()
+            .filter(|k| k.name == l || k.name.starts_with(&format!("{l}-")))
+            .collect();
         assert_eq!(mine.len(), 1);
         if i < 5 {
             let re = regex::Regex::new(&format!(r"^{l}-\d{{8}}-r[0-9a-f]{{8}}-1$")).unwrap();
-            assert!(re.is_match(&mine[0].name), "new key named from the template: {}", mine[0].name);
+            assert!(
+                re.is_match(&mine[0].name),
+                "new key named from the template: {}",
+                mine[0].name
+            );
             let file = std::fs::read_to_string(env.path(&format!("keys/{l}.env"))).unwrap();
             assert!(file.contains(&format!("API_KEY={}", mine[0].api_key.expose())));
         } else {
-            assert_eq!(mine[0], before.iter().find(|k| k.name == l).unwrap(), "untouched");
+            assert_eq!(
+                mine[0],
+                before.iter().find(|k| k.name == l).unwrap(),
+                "untouched"
+            );
             assert!(!env.path(&format!("keys/{l}.env")).exists());
         }
     }
-    assert_invariants(&env, &["app-0", "app-1", "app-2", "app-3", "app-4", "app-5", "app-6", "app-7"]);
+    assert_invariants(
+        &env,
+        &[
+            "app-0", "app-1", "app-2", "app-3", "app-4", "app-5", "app-6", "app-7",
+        ],
+    );
     // history shows it all
-    let out = Command::new(BIN).args(["history", "-c"]).arg(&cfg).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["history", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert_eq!(text.matches("COMPLETED").count(), 5, "{text}");
@@ -247,7 +326,10 @@ async fn a_fixed_sink_path_over_several_lineages_is_misconfigured_and_changes_no
     let cfg = env.config("keys/one.env", "");
     let mut d = env.spawn(&cfg, None);
     env.wait_for("a recorded check", Duration::from_secs(30), |e| {
-        e.store().and_then(|s| s.policy_state("maas").ok().flatten()).and_then(|p| p.health).is_some()
+        e.store()
+            .and_then(|s| s.policy_state("maas").ok().flatten())
+            .and_then(|p| p.health)
+            .is_some()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -267,13 +349,28 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
     env.seed(1, 1);
     let cfg = env.config("later/{lineage}.env", "max_attempts = 3");
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("a failed rotation", Duration::from_secs(60), |e| e.rotations().iter().any(|r| r.state == RotationState::Failed)).await;
+    env.wait_for("a failed rotation", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|r| r.state == RotationState::Failed)
+    })
+    .await;
     let r = env.rotations()[0].clone();
-    assert!(r.error.as_deref().unwrap_or("").contains("does not exist"), "{:?}", r.error);
-    assert!(env.emu.keys().iter().any(|k| k.name == "app-0"), "old key kept");
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("does not exist"),
+        "{:?}",
+        r.error
+    );
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key kept"
+    );
     assert_eq!(env.emu.stats().delete.requests, 0);
     std::fs::create_dir_all(env.path("later")).unwrap();
-    env.wait_for("the rotation to complete", Duration::from_secs(60), |e| e.completed() == 1).await;
+    env.wait_for("the rotation to complete", Duration::from_secs(60), |e| {
+        e.completed() == 1
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let done = env.rotations();
     assert_eq!(done.len(), 1, "resumed, not restarted");
@@ -292,10 +389,19 @@ async fn an_on_publish_command_that_fails_keeps_the_old_key() {
     );
     std::fs::write(&cfg, text).unwrap();
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("a failed rotation", Duration::from_secs(60), |e| e.rotations().iter().any(|r| r.state == RotationState::Failed)).await;
+    env.wait_for("a failed rotation", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|r| r.state == RotationState::Failed)
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let r = &env.rotations()[0];
-    assert!(r.error.as_deref().unwrap().contains("on_publish"), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains("on_publish"),
+        "{:?}",
+        r.error
+    );
     assert!(env.emu.keys().iter().any(|k| k.name == "app-0"));
     assert_eq!(env.emu.stats().delete.requests, 0);
 }
@@ -310,13 +416,25 @@ async fn crash_at(failpoint: &str) {
         if let Some(s) = d.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "failpoint {failpoint} never fired\n{}", tail(&env.log(), 40));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "failpoint {failpoint} never fired\n{}",
+            tail(&env.log(), 40)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success(), "the failpoint aborts the process");
-    assert!(env.log().contains(&format!("failpoint {failpoint} reached")));
+    assert!(
+        env.log()
+            .contains(&format!("failpoint {failpoint} reached"))
+    );
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("both rotations to complete after restart", Duration::from_secs(90), |e| e.completed() == 2).await;
+    env.wait_for(
+        "both rotations to complete after restart",
+        Duration::from_secs(90),
+        |e| e.completed() == 2,
+    )
+    .await;
     assert_eq!(terminate(&mut d), 0);
     assert_invariants(&env, &["app-0", "app-1"]);
 }
@@ -373,7 +491,10 @@ async fn sigkill_at_random_instants_during_twenty_concurrent_rotations_loses_not
         kill9(&mut d);
     }
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("20 completed rotations", Duration::from_secs(120), |e| e.completed() == 20).await;
+    env.wait_for("20 completed rotations", Duration::from_secs(120), |e| {
+        e.completed() == 20
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let lineages: Vec<String> = (0..20).map(|i| format!("app-{i}")).collect();
     let refs: Vec<&str> = lineages.iter().map(|s| s.as_str()).collect();
@@ -392,7 +513,10 @@ async fn provider_500s_and_429s_still_complete_every_rotation() {
     env.seed(6, 6);
     let cfg = env.config("keys/{lineage}.env", "max_attempts = 10");
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("6 completed rotations", Duration::from_secs(120), |e| e.completed() == 6).await;
+    env.wait_for("6 completed rotations", Duration::from_secs(120), |e| {
+        e.completed() == 6
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let refs: Vec<String> = (0..6).map(|i| format!("app-{i}")).collect();
     assert_invariants(&env, &refs.iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -418,7 +542,12 @@ async fn a_permanent_403_fails_the_rotation_clearly_and_deletes_nothing() {
         .unwrap();
     let cfg = env.config("keys/{lineage}.env", "");
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("a failed rotation", Duration::from_secs(60), |e| e.rotations().iter().any(|r| r.state == RotationState::Failed)).await;
+    env.wait_for("a failed rotation", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|r| r.state == RotationState::Failed)
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let r = &env.rotations()[0];
     assert_eq!(r.error_class.as_deref(), Some("permanent"));
@@ -433,14 +562,30 @@ async fn no_secret_appears_in_trace_logs_the_db_or_history() {
     env.seed(2, 2);
     let cfg = env.config("keys/{lineage}.env", "");
     let mut d = env.spawn(&cfg, None);
-    env.wait_for("2 completed rotations", Duration::from_secs(60), |e| e.completed() == 2).await;
+    env.wait_for("2 completed rotations", Duration::from_secs(60), |e| {
+        e.completed() == 2
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
-    let mut secrets: Vec<String> = env.emu.keys().iter().map(|k| k.api_key.expose().to_string()).collect();
+    let mut secrets: Vec<String> = env
+        .emu
+        .keys()
+        .iter()
+        .map(|k| k.api_key.expose().to_string())
+        .collect();
     secrets.push(oceanbase::DEFAULT_ACCESS_KEY_SECRET.to_string());
     let log = env.log();
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "logs were captured at trace level");
-    let hist = Command::new(BIN).args(["history", "--json", "-c"]).arg(&cfg).output().unwrap();
-    let hist = String::from_utf8_lossy(&hist.stdout).to_string() + &String::from_utf8_lossy(&hist.stderr);
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "logs were captured at trace level"
+    );
+    let hist = Command::new(BIN)
+        .args(["history", "--json", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let hist =
+        String::from_utf8_lossy(&hist.stdout).to_string() + &String::from_utf8_lossy(&hist.stderr);
     let mut db = std::fs::read(env.path("state.db")).unwrap();
     db.extend(std::fs::read(env.path("state.db-wal")).unwrap_or_default());
     let db = String::from_utf8_lossy(&db).to_string();

@@ -27,7 +27,8 @@ impl NotifySocket {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         NotifySocket {
             _dir: dir,
             path,
@@ -39,7 +40,10 @@ impl NotifySocket {
     fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
-            self.seen.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).to_string()));
+            self.seen.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).to_string(),
+            ));
         }
     }
 
@@ -48,18 +52,36 @@ impl NotifySocket {
         let start = Instant::now();
         loop {
             self.drain();
-            if let Some(i) = self.seen.iter().skip(from).position(|(_, m)| m.contains(what)) {
+            if let Some(i) = self
+                .seen
+                .iter()
+                .skip(from)
+                .position(|(_, m)| m.contains(what))
+            {
                 return from + i;
             }
-            assert!(start.elapsed() < limit, "no {what} within {limit:?}; saw {:?}", self.seen.iter().map(|s| &s.1).collect::<Vec<_>>());
+            assert!(
+                start.elapsed() < limit,
+                "no {what} within {limit:?}; saw {:?}",
+                self.seen.iter().map(|s| &s.1).collect::<Vec<_>>()
+            );
         }
     }
 }
 
 fn spawn_with(env: &Env, cfg: &Path, extra: &[(&str, String)]) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(env.path("daemon.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.path("daemon.log"))
+        .unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "-c"]).arg(cfg).env("REKEY_BACKOFF_BASE_MS", "100").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    cmd.args(["run", "-c"])
+        .arg(cfg)
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -80,15 +102,29 @@ async fn endpoint(env: &Env) -> String {
         if let Some(line) = log.lines().rev().find(|l| l.contains("rekey ready"))
             && let Some(ep) = line.split("endpoint=").nth(1)
         {
-            return ep.split_whitespace().next().unwrap().trim_matches('"').to_string();
+            return ep
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_string();
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "daemon never became ready\n{}", tail(&log, 30));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "daemon never became ready\n{}",
+            tail(&log, 30)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn status_json(ep: &str) -> serde_json::Value {
-    reqwest::get(format!("{ep}/status")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("{ep}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,16 +146,38 @@ async fn sd_notify_ready_watchdog_reloading_and_stopping() {
     // than 1.5 s apart once running.
     std::thread::sleep(Duration::from_secs(5));
     ns.drain();
-    let pings: Vec<Instant> = ns.seen.iter().skip(ready).filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t).collect();
-    assert!(pings.len() >= 4, "only {} watchdog pings in 5 s", pings.len());
+    let pings: Vec<Instant> = ns
+        .seen
+        .iter()
+        .skip(ready)
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 4,
+        "only {} watchdog pings in 5 s",
+        pings.len()
+    );
     for w in pings.windows(2) {
-        assert!(w[1] - w[0] < Duration::from_millis(1500), "watchdog gap {:?}", w[1] - w[0]);
+        assert!(
+            w[1] - w[0] < Duration::from_millis(1500),
+            "watchdog gap {:?}",
+            w[1] - w[0]
+        );
     }
-    assert!(ns.seen.iter().any(|(_, m)| m.contains("STATUS=1 policies")), "{:?}", ns.seen);
+    assert!(
+        ns.seen.iter().any(|(_, m)| m.contains("STATUS=1 policies")),
+        "{:?}",
+        ns.seen
+    );
     let before = ns.seen.len();
     signal(&d, libc::SIGHUP);
     let r = ns.wait_for("RELOADING=1", before, Duration::from_secs(10));
-    assert!(ns.seen[r].1.contains("MONOTONIC_USEC="), "RELOADING carries MONOTONIC_USEC: {}", ns.seen[r].1);
+    assert!(
+        ns.seen[r].1.contains("MONOTONIC_USEC="),
+        "RELOADING carries MONOTONIC_USEC: {}",
+        ns.seen[r].1
+    );
     ns.wait_for("READY=1", r + 1, Duration::from_secs(10));
     let before = ns.seen.len();
     signal(&d, libc::SIGTERM);
@@ -139,7 +197,16 @@ async fn the_endpoint_follows_a_whole_rotation_and_metrics_count_it() {
     let cfg = env.config("keys/{lineage}.env", "");
     let mut d = spawn_with(&env, &cfg, &[]);
     let ep = endpoint(&env).await;
-    assert_eq!(reqwest::get(format!("{ep}/healthz")).await.unwrap().text().await.unwrap().trim(), "ok");
+    assert_eq!(
+        reqwest::get(format!("{ep}/healthz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .trim(),
+        "ok"
+    );
     let mut seen = Vec::new();
     let start = Instant::now();
     while env.completed() < 1 {
@@ -149,18 +216,33 @@ async fn the_endpoint_follows_a_whole_rotation_and_metrics_count_it() {
         if seen.last() != Some(&h) {
             seen.push(h);
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no completion; health seen {seen:?}\n{}", tail(&env.log(), 30));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no completion; health seen {seen:?}\n{}",
+            tail(&env.log(), 30)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = status_json(&ep).await;
     let p = &s["policies"][0];
-    assert!(seen.contains(&"rotating".to_string()), "health went through rotating: {seen:?}");
+    assert!(
+        seen.contains(&"rotating".to_string()),
+        "health went through rotating: {seen:?}"
+    );
     assert_eq!(p["health"], "ok", "{p:#}");
     for field in ["version", "started_at"] {
         assert!(s.get(field).is_some(), "status has {field}");
     }
-    for field in ["name", "provider", "health", "next_check_at", "last_check_at", "keys", "last_rotation"] {
+    for field in [
+        "name",
+        "provider",
+        "health",
+        "next_check_at",
+        "last_check_at",
+        "keys",
+        "last_rotation",
+    ] {
         assert!(p.get(field).is_some(), "policy has {field}: {p:#}");
     }
     let keys = p["keys"].as_array().unwrap();
@@ -168,10 +250,24 @@ async fn the_endpoint_follows_a_whole_rotation_and_metrics_count_it() {
     assert_eq!(keys[0]["state"], "current");
     assert_eq!(keys[0]["lineage"], "app-0");
     assert_eq!(p["last_rotation"]["state"], "completed");
-    let metrics = reqwest::get(format!("{ep}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("rekey_rotations_total{policy=\"maas\",result=\"completed\"} 1"), "{metrics}");
-    assert!(metrics.contains("rekey_policy_healthy{policy=\"maas\"} 1"), "{metrics}");
-    assert!(metrics.contains("rekey_key_expiry_timestamp_seconds{key=\"app-0-"), "{metrics}");
+    let metrics = reqwest::get(format!("{ep}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rekey_rotations_total{policy=\"maas\",result=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rekey_policy_healthy{policy=\"maas\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rekey_key_expiry_timestamp_seconds{key=\"app-0-"),
+        "{metrics}"
+    );
     // No secret on the endpoint.
     let text = serde_json::to_string(&s).unwrap() + &metrics;
     for k in env.emu.keys() {
@@ -184,21 +280,54 @@ async fn the_endpoint_follows_a_whole_rotation_and_metrics_count_it() {
 async fn a_broken_reload_keeps_the_old_config_and_a_good_one_adds_a_policy() {
     let env = Env::new().await;
     env.seed(1, 0);
-    env.emu.insert_key("svc-a", chrono::Utc::now() - chrono::Duration::days(29), Some(chrono::Utc::now() + chrono::Duration::hours(2)));
+    env.emu.insert_key(
+        "svc-a",
+        chrono::Utc::now() - chrono::Duration::days(29),
+        Some(chrono::Utc::now() + chrono::Duration::hours(2)),
+    );
     let cfg = env.config("keys/{lineage}.env", "");
     let good = std::fs::read_to_string(&cfg).unwrap();
     let mut d = spawn_with(&env, &cfg, &[]);
     let ep = endpoint(&env).await;
     // Broken: an unknown key. The daemon logs every error and keeps going.
-    std::fs::write(&cfg, good.replace("grace_period = \"2s\"", "grace_period = \"2s\"\nbogus_key = 1")).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "grace_period = \"2s\"",
+            "grace_period = \"2s\"\nbogus_key = 1",
+        ),
+    )
+    .unwrap();
     signal(&d, libc::SIGHUP);
-    env.wait_for("the reload refusal in the log", Duration::from_secs(10), |e| e.log().contains("reload refused")).await;
-    assert!(env.log().contains("unknown key `bogus_key`"), "{}", tail(&env.log(), 20));
+    env.wait_for(
+        "the reload refusal in the log",
+        Duration::from_secs(10),
+        |e| e.log().contains("reload refused"),
+    )
+    .await;
+    assert!(
+        env.log().contains("unknown key `bogus_key`"),
+        "{}",
+        tail(&env.log(), 20)
+    );
     let s = status_json(&ep).await;
-    assert_eq!(s["policies"].as_array().unwrap().len(), 1, "still serving the old config");
+    assert_eq!(
+        s["policies"].as_array().unwrap().len(),
+        1,
+        "still serving the old config"
+    );
     // A rotation still happens under the old config.
-    env.emu.insert_key("app-9", chrono::Utc::now() - chrono::Duration::days(29), Some(chrono::Utc::now() + chrono::Duration::hours(1)));
-    env.wait_for("a rotation under the old config", Duration::from_secs(60), |e| e.completed() >= 1).await;
+    env.emu.insert_key(
+        "app-9",
+        chrono::Utc::now() - chrono::Duration::days(29),
+        Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+    );
+    env.wait_for(
+        "a rotation under the old config",
+        Duration::from_secs(60),
+        |e| e.completed() >= 1,
+    )
+    .await;
     // Good: add a policy over svc-*; it is scheduled and rotates its due key.
     let added = good.clone()
         + r#"
@@ -214,9 +343,19 @@ create = { action = "read" }
 "#;
     std::fs::write(&cfg, added).unwrap();
     signal(&d, libc::SIGHUP);
-    env.wait_for("the new policy's rotation", Duration::from_secs(60), |e| e.rotations().iter().any(|r| r.policy == "svc" && r.state == RotationState::Completed)).await;
+    env.wait_for("the new policy's rotation", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|r| r.policy == "svc" && r.state == RotationState::Completed)
+    })
+    .await;
     let s = status_json(&ep).await;
-    let names: Vec<&str> = s["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["maas", "svc"]);
     assert_eq!(terminate(&mut d), 0);
 }
@@ -230,21 +369,47 @@ async fn sigterm_mid_rotation_exits_zero_and_the_rotation_completes_after_restar
     .await;
     env.seed(3, 3);
     let cfg = env.config("keys/{lineage}.env", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("grace_period = \"2s\"", "grace_period = \"30s\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grace_period = \"2s\"", "grace_period = \"30s\"");
     std::fs::write(&cfg, text).unwrap();
     let mut d = spawn_with(&env, &cfg, &[]);
-    env.wait_for("a rotation in flight", Duration::from_secs(30), |e| !e.rotations().is_empty()).await;
-    assert_eq!(terminate(&mut d), 0, "graceful exit\n{}", tail(&env.log(), 20));
-    assert!(env.rotations().iter().all(|r| r.state != RotationState::Completed), "stopped before finishing");
+    env.wait_for("a rotation in flight", Duration::from_secs(30), |e| {
+        !e.rotations().is_empty()
+    })
+    .await;
+    assert_eq!(
+        terminate(&mut d),
+        0,
+        "graceful exit\n{}",
+        tail(&env.log(), 20)
+    );
+    assert!(
+        env.rotations()
+            .iter()
+            .all(|r| r.state != RotationState::Completed),
+        "stopped before finishing"
+    );
     // Shorten the grace so the test does not wait 30 s; the stored deadline
     // is what counts, so restart and let it run out.
     let mut d = spawn_with(&env, &cfg, &[]);
-    env.wait_for("the published rotations", Duration::from_secs(60), |e| e.rotations().iter().filter(|r| r.published_at.is_some()).count() == 3).await;
+    env.wait_for("the published rotations", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .filter(|r| r.published_at.is_some())
+            .count()
+            == 3
+    })
+    .await;
     assert_eq!(terminate(&mut d), 0);
     let rows = env.rotations();
     assert_eq!(rows.len(), 3, "no rotation started twice");
     for r in &rows {
-        assert!(matches!(r.state, RotationState::Retiring | RotationState::Completed), "{:?}", r.state);
+        assert!(
+            matches!(r.state, RotationState::Retiring | RotationState::Completed),
+            "{:?}",
+            r.state
+        );
     }
     // Each lineage's file holds its new key, and the old keys still live
     // (their grace is not over): nothing was lost or deleted early.
@@ -254,7 +419,12 @@ async fn sigterm_mid_rotation_exits_zero_and_the_rotation_completes_after_restar
         let file = std::fs::read_to_string(env.path(&format!("keys/{}.env", r.lineage))).unwrap();
         assert!(file.contains(k.api_key.expose()));
         if r.state == RotationState::Retiring {
-            assert!(env.emu.keys().iter().any(|k| Some(&k.id) == r.old_key_id.as_ref()));
+            assert!(
+                env.emu
+                    .keys()
+                    .iter()
+                    .any(|k| Some(&k.id) == r.old_key_id.as_ref())
+            );
         }
     }
 }

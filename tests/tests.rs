@@ -4,6 +4,9 @@
 mod support;
 
 mod config;
+mod e2e;
+mod lifecycle;
 mod notify;
+mod oceanbase;
 mod ops;
 mod sinks;

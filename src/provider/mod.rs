@@ -6,6 +6,7 @@
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
+pub mod oceanbase;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,9 +186,14 @@ pub trait Provider: Send + Sync {
 
     /// Every key whose name `keep` accepts, walking all pages; pages are
     /// filtered as they arrive so memory holds only the kept keys.
+    ///
+    /// `keep` is spelled higher-ranked (`for<'n>`) on purpose: with a bare
+    /// `Fn(&str)`, `#[async_trait]` names the elided lifetime after the
+    /// method's, and a backend could then not call it on a name borrowed
+    /// from a page it just parsed.
     async fn list(
         &self,
-        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
+        keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError>;
 
     async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError>;
@@ -219,10 +225,9 @@ pub type SharedProvider = Arc<dyn Provider>;
 pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {
     let http = http::ProviderHttp::new(cfg, metrics.clone())?;
     match &cfg.kind {
-        ProviderKind::OceanBase { .. } => Err(BuildError(format!(
-            "provider {}: the oceanbase backend is not compiled in yet",
-            cfg.name
-        ))),
+        ProviderKind::OceanBase { .. } => {
+            Ok(Arc::new(oceanbase::OceanBaseProvider::new(cfg, http)?))
+        }
         ProviderKind::Tencent { .. } | ProviderKind::Huawei { .. } => {
             let _ = http;
             Err(BuildError(format!(

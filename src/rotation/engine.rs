@@ -1166,20 +1166,14 @@ impl Engine {
         }
         let new_id = row.new_key_id.clone().unwrap_or_default();
         let new_name = row.new_key_name.clone().unwrap_or_default();
-        let old_name = row.old_key_name.clone().unwrap_or_default();
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
-        let mut old_listed = true;
         if caps.can_list {
-            match provider
-                .list(&|n: &str| n == new_name || n == old_name)
-                .await
-            {
+            match provider.list(&|n: &str| n == new_name).await {
                 Ok(found) => {
                     if !found.iter().any(|k| k.id == new_id) {
                         return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
                     }
-                    old_listed = found.iter().any(|k| k.id == old_id);
                 }
                 Err(e) => {
                     return self.on_failure(
@@ -1229,23 +1223,21 @@ impl Engine {
             self.completed(row);
             return Ok(Step::Done);
         }
-        let outcome = if old_listed {
-            match self.delete_key(rt, &provider, &old_id).await {
-                Ok(o) => o,
-                Err(e) => {
-                    return self.on_failure(
-                        policy,
-                        row,
-                        "deleting the old key",
-                        &e.to_string(),
-                        true,
-                        e.retry_after(),
-                        true,
-                    );
-                }
+        // Always ask for the delete, even when the listing did not show the
+        // old key: offset paging can skip a key, and a 404 counts as done.
+        let outcome = match self.delete_key(rt, &provider, &old_id).await {
+            Ok(o) => o,
+            Err(e) => {
+                return self.on_failure(
+                    policy,
+                    row,
+                    "deleting the old key",
+                    &e.to_string(),
+                    true,
+                    e.retry_after(),
+                    true,
+                );
             }
-        } else {
-            DeleteOutcome::NotFound
         };
         failpoint::hit("after_delete");
         self.store.record_old_key_deleted(&row.id, self.now())?;

@@ -7,6 +7,9 @@
 //! - [`openbao`]: a real OpenBao dev server (`bao` from PyPI), killed on drop.
 //! - [`logs`]: capture `tracing` output at TRACE to search it for secrets.
 //! - [`python`]: the official `standardwebhooks` library, via `$REKEY_TEST_PYTHON`.
+//!
+//! And for the OceanBase area: start emulators on `127.0.0.1:0`, build
+//! provider configs pointing at them, and talk to them raw (Digest auth).
 
 #![allow(dead_code)]
 
@@ -19,6 +22,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rekey::config::secret_ref::Env;
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::Value;
+
+use rekey::config::{ProviderConfig, ProviderKind, SecretRef};
+use rekey::emulator::oceanbase::{self, EmulatorHandle, OceanBaseEmulatorOptions};
+use rekey::metrics::Metrics;
+use rekey::provider::http::ProviderHttp;
+use rekey::provider::oceanbase::OceanBaseProvider;
+use rekey::secret::Secret;
 
 /// An [`Env`] holding exactly `vars` and no credentials directory, so a test
 /// never sees the developer's or CI's own environment.
@@ -74,4 +89,227 @@ pub fn require_tool(name: &str, why: &str) -> Option<PathBuf> {
         eprintln!("skipping: {name} is not on PATH ({why})");
     }
     found
+}
+
+/// Start an OceanBase emulator on a free loopback port.
+pub async fn start_oceanbase(opts: OceanBaseEmulatorOptions) -> EmulatorHandle {
+    oceanbase::start(opts, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the emulator starts")
+}
+
+/// A provider config pointing at `emu` with its credentials.
+pub fn oceanbase_config(emu: &EmulatorHandle) -> ProviderConfig {
+    let o = emu.options();
+    ProviderConfig {
+        name: "ob-test".into(),
+        endpoint: emu.endpoint(),
+        rate_limit: None,
+        ca_file: None,
+        timeout: Duration::from_secs(20),
+        kind: ProviderKind::OceanBase {
+            org_id: o.org_id.clone(),
+            project_id: o.project_id.clone(),
+            access_key_id: SecretRef::Literal(Secret::new(o.access_key_id.clone())),
+            access_key_secret: SecretRef::Literal(o.access_key_secret.clone()),
+        },
+    }
+}
+
+/// A client for `cfg`, with quick id lookups after create.
+pub fn oceanbase_provider(cfg: &ProviderConfig) -> OceanBaseProvider {
+    let http = ProviderHttp::new(cfg, Metrics::new()).expect("http client");
+    OceanBaseProvider::new(cfg, http)
+        .expect("provider builds")
+        .with_lookup_retry(3, Duration::from_millis(20))
+}
+
+/// A capture of every tracing line (and `log` record) this test's thread
+/// emits at TRACE; see [`logs`].
+pub struct LogBuffer(logs::CapturedLogs);
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        self.0.text()
+    }
+}
+
+/// Capture this thread's logs at TRACE until the guard drops.
+pub fn capture_logs() -> (LogBuffer, logs::CaptureGuard) {
+    let (l, g) = logs::capture_logs_at_trace();
+    (LogBuffer(l), g)
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn challenges(&self) -> Vec<String> {
+        self.headers
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .collect()
+    }
+}
+
+/// A plain HTTP client for emulator conformance tests: it speaks Digest
+/// through the `digest_auth` crate, but otherwise sends exactly what the
+/// test says.
+pub struct RawClient {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub user: String,
+    pub pass: String,
+    pub org: String,
+    pub project: String,
+    pub challenge: Option<digest_auth::WwwAuthenticateHeader>,
+}
+
+impl RawClient {
+    pub fn new(emu: &EmulatorHandle) -> Self {
+        let o = emu.options();
+        RawClient {
+            http: reqwest::Client::new(),
+            base: emu.endpoint(),
+            user: o.access_key_id.clone(),
+            pass: o.access_key_secret.expose().to_string(),
+            org: o.org_id.clone(),
+            project: o.project_id.clone(),
+            challenge: None,
+        }
+    }
+
+    /// The two headers every API call needs.
+    pub fn ob_headers(&self) -> Vec<(String, String)> {
+        vec![
+            ("X-OB-Org-Id".into(), self.org.clone()),
+            ("X-OB-Project-Id".into(), self.project.clone()),
+        ]
+    }
+
+    /// Send once with exactly these headers (and `authorization`, if any).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        authorization: Option<&str>,
+        body: Option<&Value>,
+    ) -> RawResponse {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path_and_query));
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(a) = authorization {
+            req = req.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request sent");
+        RawResponse {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            text: resp.text().await.expect("body"),
+        }
+    }
+
+    /// Fetch a fresh challenge with an unauthenticated list call.
+    pub async fn fetch_challenge(&mut self, prefer: &str) -> RawResponse {
+        let r = self
+            .send_raw(
+                Method::GET,
+                "/api/v2/maas/apikeys",
+                &self.ob_headers(),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 401, "{}", r.text);
+        let picked = r
+            .challenges()
+            .into_iter()
+            .find(|c| {
+                c.ends_with(&format!("algorithm={prefer}"))
+                    || c.contains(&format!("algorithm={prefer},"))
+            })
+            .unwrap_or_else(|| panic!("no {prefer} challenge in {:?}", r.challenges()));
+        self.challenge = Some(digest_auth::parse(&picked).expect("challenge parses"));
+        r
+    }
+
+    /// `Authorization` answering the cached challenge (nc + 1).
+    pub fn answer(&mut self, method: &str, path_and_query: &str) -> String {
+        self.answer_as(
+            method,
+            path_and_query,
+            &self.user.clone(),
+            &self.pass.clone(),
+        )
+    }
+
+    pub fn answer_as(&mut self, method: &str, uri: &str, user: &str, pass: &str) -> String {
+        let ctx = digest_auth::AuthContext::new_with_method(
+            user,
+            pass,
+            uri,
+            Option::<&[u8]>::None,
+            digest_auth::HttpMethod::from(method),
+        );
+        self.challenge
+            .as_mut()
+            .expect("a challenge was fetched")
+            .respond(&ctx)
+            .expect("answer")
+            .to_header_string()
+    }
+
+    /// An authenticated call with the standard headers plus `extra`.
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        extra: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> RawResponse {
+        let mut headers = self.ob_headers();
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.call_with_headers(method, path_and_query, &headers, body)
+            .await
+    }
+
+    /// An authenticated call with exactly `headers`.
+    pub async fn call_with_headers(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Option<&Value>,
+    ) -> RawResponse {
+        if self.challenge.is_none() {
+            self.fetch_challenge("SHA-256").await;
+        }
+        let auth = self.answer(method.as_str(), path_and_query);
+        self.send_raw(method, path_and_query, headers, Some(&auth), body)
+            .await
+    }
+}
+
+/// Header value helper for tests that build requests by hand.
+pub fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("header value")
 }

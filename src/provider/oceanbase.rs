@@ -1,0 +1,1177 @@
+//! OceanBase Cloud MaaS API keys (seeds `oceanbase-maas-*.txt`, PROTOCOLS.md
+//! §4): list, create and delete on `/api/v2/maas/apikeys`, authenticated with
+//! HTTP Digest (RFC 7616) using the AccessKey pair.
+//!
+//! - **Digest.** The first call goes out bare, takes the 401 challenge
+//!   (SHA-256 preferred over MD5; `qop="auth"` required) and answers it. The
+//!   challenge is kept, so later calls send `Authorization` pre-emptively
+//!   with `nc` counting up on the same nonce: one request per call. A 401
+//!   (stale nonce, or a nonce the server forgot) is re-challenged once; a
+//!   second 401 is an `Auth` error. Neither the header value nor the digest
+//!   response is ever logged; the header is marked sensitive.
+//! - **List** walks `pageNumber=1,2,…` with `pageSize=100` (the API turns
+//!   anything above 100 into 20) until `total` items were seen or a page is
+//!   empty, dedupes by id, and applies the name filter page by page, so
+//!   memory holds only kept keys.
+//! - **Create** sends `{name, action}`; the key value comes back once, as
+//!   `data.apiKey`, and goes straight into `SecretFields` (`api_key`). The
+//!   response has no id: the key is found by listing and matching its unique
+//!   name (a few quick retries); if it is not listed yet the `NewKey` has
+//!   `id: None` and the engine resolves it later. The secret is never lost
+//!   to a failed lookup.
+//! - **Delete** sends `?id=`; a 404 with a JSON body, or an error envelope
+//!   whose code or message says "not found", is `DeleteOutcome::NotFound`.
+//! - **Errors.** Both documented failure envelopes (`errorCode` /
+//!   `errorMessage`, and `message` / `error`) become typed errors carrying
+//!   the server's `requestId` (else the `X-Request-Id` we sent): 429 →
+//!   `RateLimited` (with `Retry-After`), 401/403 → `Auth`, 5xx → `Api`
+//!   (retryable), other 4xx and `success:false` → `Api` (permanent).
+//!   Response bodies are never quoted into errors, and JSON shape errors name
+//!   only a line and column, so a secret in a body cannot reach a message.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use digest_auth::{AlgorithmType, AuthContext, HttpMethod, Qop, WwwAuthenticateHeader};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::http::{HttpResponse, ProviderHttp, retry_after};
+use super::{
+    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
+    ProviderErrorKind, ProviderKey,
+};
+use crate::config::{ProviderConfig, ProviderKind};
+use crate::secret::{Secret, SecretFields};
+
+/// The one path of the API-key API; the method picks the operation.
+pub const API_PATH: &str = "/api/v2/maas/apikeys";
+/// Page size asked for: the documented maximum. Larger values are silently
+/// turned into 20 by the API, so never ask for more.
+pub const PAGE_SIZE: u32 = 100;
+/// The `SecretFields` name of the new key's value.
+pub const SECRET_FIELD: &str = "api_key";
+/// Pages walked before giving up on a list that never ends (10 million keys).
+const MAX_PAGES: u32 = 100_000;
+/// Longest server message carried into an error.
+const MAX_MESSAGE: usize = 300;
+
+/// An OceanBase Cloud MaaS account (one org and project).
+pub struct OceanBaseProvider {
+    /// Rate limit, timeout, body cap, request ids and metrics for every call.
+    http: ProviderHttp,
+    /// Sent as `X-OB-Org-Id` on every call (required by the API).
+    org_id: String,
+    /// Sent as `X-OB-Project-Id` on every call (required by the API).
+    project_id: String,
+    /// The Digest username. Not a password, but kept out of logs all the same.
+    access_key_id: Secret,
+    /// The Digest password.
+    access_key_secret: Secret,
+    /// The last Digest challenge, answered pre-emptively by later calls with
+    /// `nc` counting up, so a steady state costs one request per call. Held
+    /// only while building a header, never across an await.
+    challenge: Mutex<Option<WwwAuthenticateHeader>>,
+    /// Create's id lookup: how many list walks before returning `id: None`.
+    lookup_attempts: u32,
+    /// Wait before the second lookup; doubles after each miss.
+    lookup_delay: Duration,
+}
+
+impl std::fmt::Debug for OceanBaseProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OceanBaseProvider")
+            .field("name", &self.http.provider)
+            .field("endpoint", &self.http.endpoint)
+            .field("org_id", &self.org_id)
+            .field("project_id", &self.project_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OceanBaseProvider {
+    /// Build from a validated `kind = "oceanbase"` provider config, resolving
+    /// the AccessKey references now. `http` is usually
+    /// `ProviderHttp::new(cfg, metrics)`; tests pass one with a smaller body
+    /// cap.
+    pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
+        let ProviderKind::OceanBase {
+            org_id,
+            project_id,
+            access_key_id,
+            access_key_secret,
+        } = &cfg.kind
+        else {
+            return Err(BuildError(format!(
+                "provider {}: kind {} is not oceanbase",
+                cfg.name,
+                cfg.kind.as_str()
+            )));
+        };
+        let resolve = |r: &crate::config::SecretRef, what: &str| {
+            r.resolve_now()
+                .map_err(|e| BuildError(format!("provider {}: {what}: {e}", cfg.name)))
+        };
+        let access_key_id = resolve(access_key_id, "access_key_id")?;
+        let access_key_secret = resolve(access_key_secret, "access_key_secret")?;
+        for (what, v) in [("org_id", org_id), ("project_id", project_id)] {
+            if v.is_empty() || HeaderValue::from_str(v).is_err() {
+                return Err(BuildError(format!(
+                    "provider {}: {what} {v:?} cannot be sent as an HTTP header",
+                    cfg.name
+                )));
+            }
+        }
+        Url::parse(&http.url(API_PATH)).map_err(|e| {
+            BuildError(format!(
+                "provider {}: endpoint {} is not a URL: {e}",
+                cfg.name, http.endpoint
+            ))
+        })?;
+        Ok(OceanBaseProvider {
+            http,
+            org_id: org_id.clone(),
+            project_id: project_id.clone(),
+            access_key_id,
+            access_key_secret,
+            challenge: Mutex::new(None),
+            lookup_attempts: 4,
+            lookup_delay: Duration::from_millis(250),
+        })
+    }
+
+    /// Change how create looks for the new key's id: `attempts` list walks
+    /// (at least one), the first retry after `first_delay`, doubling.
+    pub fn with_lookup_retry(mut self, attempts: u32, first_delay: Duration) -> Self {
+        self.lookup_attempts = attempts.max(1);
+        self.lookup_delay = first_delay;
+        self
+    }
+
+    fn url(&self, operation: &'static str, query: &[(&str, &str)]) -> Result<Url, ProviderError> {
+        let mut url = Url::parse(&self.http.url(API_PATH)).map_err(|e| {
+            self.http.error(
+                operation,
+                ProviderErrorKind::Invalid(format!("endpoint is not a URL: {e}")),
+            )
+        })?;
+        if !query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+
+    fn cached_challenge(&self) -> MutexGuard<'_, Option<WwwAuthenticateHeader>> {
+        // The guarded value is replaced whole; a poisoned lock holds a
+        // usable (at worst stale) challenge.
+        self.challenge.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Authorization` for the cached challenge (nc + 1), if there is one.
+    fn authorization(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        target: &str,
+    ) -> Result<Option<HeaderValue>, ProviderError> {
+        let mut guard = self.cached_challenge();
+        let Some(challenge) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let ctx = AuthContext::new_with_method(
+            self.access_key_id.expose(),
+            self.access_key_secret.expose(),
+            target,
+            Option::<&[u8]>::None,
+            HttpMethod::from(method.as_str()),
+        );
+        let answer = challenge.respond(&ctx).map_err(|e| {
+            // The crate's errors quote the challenge, never the credentials.
+            self.http.error(
+                operation,
+                ProviderErrorKind::Auth(format!("cannot answer the Digest challenge: {e}")),
+            )
+        })?;
+        let text = Zeroizing::new(answer.to_header_string());
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+            self.http.error(
+                operation,
+                ProviderErrorKind::Invalid(
+                    "the access key id cannot be sent in an HTTP header".into(),
+                ),
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// One API call with Digest auth: pre-emptive when a challenge is
+    /// cached, re-challenged once on 401.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<HttpResponse, ProviderError> {
+        let target = request_target(&url);
+        let mut rechallenged = false;
+        loop {
+            let auth = self.authorization(operation, &method, &target)?;
+            let mut req = self
+                .http
+                .client
+                .request(method.clone(), url.clone())
+                .header("X-OB-Org-Id", &self.org_id)
+                .header("X-OB-Project-Id", &self.project_id)
+                .header(ACCEPT, "application/json");
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            if let Some(b) = &body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            let resp = self.http.send(operation, req).await?;
+            if resp.status != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let request_id = server_request_id(&resp.body).unwrap_or(resp.request_id.clone());
+            if rechallenged {
+                return Err(self
+                    .http
+                    .error(
+                        operation,
+                        ProviderErrorKind::Auth(
+                            "HTTP 401: the Digest response to a fresh challenge was refused \
+                             (check access_key_id and access_key_secret)"
+                                .into(),
+                        ),
+                    )
+                    .with_request_id(Some(request_id)));
+            }
+            match pick_challenge(&resp.headers) {
+                Ok(challenge) => {
+                    tracing::debug!(
+                        provider = %self.http.provider,
+                        operation,
+                        request_id = %resp.request_id,
+                        stale = challenge.stale,
+                        algorithm = %challenge.algorithm,
+                        "digest challenge received"
+                    );
+                    *self.cached_challenge() = Some(challenge);
+                    rechallenged = true;
+                }
+                Err(reason) => {
+                    return Err(self
+                        .http
+                        .error(
+                            operation,
+                            ProviderErrorKind::Auth(format!(
+                                "HTTP 401 without a usable Digest challenge: {reason}"
+                            )),
+                        )
+                        .with_request_id(Some(request_id)));
+                }
+            }
+        }
+    }
+
+    /// Walk every list page, handing each listed key to `visit` until it
+    /// breaks. `operation` names the calls in metrics and errors.
+    async fn walk<F>(&self, operation: &'static str, mut visit: F) -> Result<(), ProviderError>
+    where
+        F: FnMut(RawKey) -> Result<ControlFlow<()>, String> + Send,
+    {
+        let size = PAGE_SIZE.to_string();
+        let mut seen: u64 = 0;
+        for page in 1..=MAX_PAGES {
+            let number = page.to_string();
+            let url = self.url(operation, &[("pageNumber", &number), ("pageSize", &size)])?;
+            let resp = self.call(operation, Method::GET, url, None).await?;
+            if !resp.status.is_success() {
+                return Err(failure(&self.http.provider, operation, &resp));
+            }
+            let parsed = parse_list_page(&resp.body)
+                .map_err(|m| self.protocol(operation, &resp, format!("list page {page}: {m}")))?;
+            let Some(page_data) = parsed else {
+                return Err(failure(&self.http.provider, operation, &resp));
+            };
+            let n = page_data.list.len() as u64;
+            tracing::debug!(
+                provider = %self.http.provider,
+                operation,
+                request_id = %resp.request_id,
+                page,
+                items = n,
+                total = ?page_data.total,
+                "listed page"
+            );
+            if n == 0 {
+                return Ok(());
+            }
+            seen += n;
+            for raw in page_data.list {
+                match visit(raw) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) => return Ok(()),
+                    Err(m) => {
+                        return Err(self.protocol(
+                            operation,
+                            &resp,
+                            format!("list page {page}: {m}"),
+                        ));
+                    }
+                }
+            }
+            let done = match page_data.total {
+                Some(total) => seen >= total,
+                // Without a total, a short page is the last one.
+                None => n < u64::from(PAGE_SIZE),
+            };
+            if done {
+                return Ok(());
+            }
+        }
+        Err(self.http.error(
+            operation,
+            ProviderErrorKind::Protocol(format!(
+                "the key list did not end after {MAX_PAGES} pages"
+            )),
+        ))
+    }
+
+    fn protocol(&self, operation: &'static str, resp: &HttpResponse, m: String) -> ProviderError {
+        self.http
+            .error(operation, ProviderErrorKind::Protocol(m))
+            .with_request_id(Some(resp.request_id.clone()))
+    }
+
+    /// Find the key create just made, by its unique name. `None` when it
+    /// is not listed after the retries, or the match is ambiguous; never an
+    /// error, because the caller already holds the new secret.
+    async fn find_created(
+        &self,
+        name: &str,
+        created_at: Option<DateTime<Utc>>,
+    ) -> Option<ProviderKey> {
+        let mut delay = self.lookup_delay;
+        for attempt in 1..=self.lookup_attempts {
+            if attempt > 1 {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            let mut candidates: Vec<ProviderKey> = Vec::new();
+            let mut exact: Option<ProviderKey> = None;
+            let walked = self
+                .walk("list", |raw| {
+                    if raw.name != name {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    let key = raw.into_key()?;
+                    if created_at.is_some() && key.created_at == created_at {
+                        exact = Some(key);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    if !candidates.iter().any(|c| c.id == key.id) {
+                        candidates.push(key);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })
+                .await;
+            match walked {
+                Ok(()) => {
+                    if let Some(k) = exact {
+                        return Some(k);
+                    }
+                    match candidates.len() {
+                        0 => {
+                            tracing::debug!(provider = %self.http.provider, name, attempt, "created key not listed yet");
+                        }
+                        1 => return candidates.pop(),
+                        n => {
+                            tracing::warn!(provider = %self.http.provider, name, matches = n, "several keys carry the new key's name; leaving its id unresolved");
+                            return None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %self.http.provider, name, attempt, error = %e, "listing to find the created key's id failed");
+                    if !e.is_retryable() {
+                        return None;
+                    }
+                }
+            }
+        }
+        tracing::warn!(provider = %self.http.provider, name, attempts = self.lookup_attempts, "created key not found by listing; its id stays unresolved");
+        None
+    }
+}
+
+#[async_trait]
+impl Provider for OceanBaseProvider {
+    fn name(&self) -> &str {
+        &self.http.provider
+    }
+
+    fn kind(&self) -> &'static str {
+        "oceanbase"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            can_list: true,
+            can_delete: true,
+            disable_before_delete: false,
+            has_expiry: true,
+            returns_id_on_create: false,
+        }
+    }
+
+    async fn list(
+        &self,
+        keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+    ) -> Result<Vec<ProviderKey>, ProviderError> {
+        let mut kept: Vec<ProviderKey> = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        self.walk("list", |raw| {
+            if keep(&raw.name) && !ids.contains(&raw.id) {
+                let key = raw.into_key()?;
+                ids.insert(key.id.clone());
+                kept.push(key);
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(kept)
+    }
+
+    async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {
+        let op = "create";
+        let action = req
+            .params
+            .get("action")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                self.http.error(
+                    op,
+                    ProviderErrorKind::Invalid(
+                        "create parameter `action` (a string such as \"read\") is required".into(),
+                    ),
+                )
+            })?;
+        let body = serde_json::to_vec(&serde_json::json!({ "name": req.name, "action": action }))
+            .map_err(|e| {
+            self.http
+                .error(op, ProviderErrorKind::Invalid(e.to_string()))
+        })?;
+        let url = self.url(op, &[])?;
+        let resp = self.call(op, Method::POST, url, Some(body)).await?;
+        if !resp.status.is_success() {
+            return Err(failure(&self.http.provider, op, &resp));
+        }
+        let HttpResponse {
+            status,
+            headers,
+            body,
+            request_id,
+        } = resp;
+        // The body of a successful create holds the new key: wipe it once
+        // parsed.
+        let body = Zeroizing::new(body);
+        let created = match parse_create(&body) {
+            Ok(CreateOutcome::Created(c)) => c,
+            Ok(CreateOutcome::Refused) => {
+                let refused = HttpResponse {
+                    status,
+                    headers,
+                    body: body.to_vec(),
+                    request_id,
+                };
+                return Err(failure(&self.http.provider, op, &refused));
+            }
+            Err(m) => {
+                return Err(self
+                    .http
+                    .error(
+                        op,
+                        ProviderErrorKind::Protocol(format!("create response: {m}")),
+                    )
+                    .with_request_id(Some(request_id)));
+            }
+        };
+        drop(body);
+        if created.name.as_deref().is_some_and(|n| n != req.name) {
+            tracing::warn!(provider = %self.http.provider, requested = req.name, "create answered with a different name than requested");
+        }
+        tracing::debug!(provider = %self.http.provider, request_id = %request_id, name = req.name, "key created; looking up its id");
+        let found = self.find_created(req.name, created.created_at).await;
+        Ok(NewKey {
+            id: found.as_ref().map(|k| k.id.clone()),
+            name: req.name.to_string(),
+            created_at: found
+                .as_ref()
+                .and_then(|k| k.created_at)
+                .or(created.created_at),
+            expires_at: found.as_ref().and_then(|k| k.expires_at),
+            secret: SecretFields::single(SECRET_FIELD, created.api_key),
+        })
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
+        let op = "delete";
+        let url = self.url(op, &[("id", key_id)])?;
+        let resp = self.call(op, Method::DELETE, url, None).await?;
+        let info = error_info(&resp.body);
+        if says_not_found(resp.status.as_u16(), &info) {
+            tracing::debug!(provider = %self.http.provider, request_id = %resp.request_id, key_id, "key already gone");
+            return Ok(DeleteOutcome::NotFound);
+        }
+        if resp.status.is_success() {
+            if !info.is_json {
+                return Err(self.protocol(op, &resp, "delete response is not JSON".into()));
+            }
+            if info.success != Some(false) {
+                return Ok(DeleteOutcome::Deleted);
+            }
+        }
+        Err(failure(&self.http.provider, op, &resp))
+    }
+}
+
+/// The request-target a Digest `uri` must repeat: path and query as sent.
+pub fn request_target(url: &Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{}", url.path(), q),
+        None => url.path().to_string(),
+    }
+}
+
+/// The strongest usable Digest challenge among the `WWW-Authenticate`
+/// headers: SHA-256 over SHA-512-256 over MD5, and only with `qop=auth`.
+pub fn pick_challenge(headers: &HeaderMap) -> Result<WwwAuthenticateHeader, String> {
+    let mut best: Option<(u8, WwwAuthenticateHeader)> = None;
+    let mut why = String::from("no WWW-Authenticate: Digest header");
+    for value in headers.get_all(WWW_AUTHENTICATE) {
+        let Ok(text) = value.to_str() else {
+            why = "WWW-Authenticate is not ASCII".into();
+            continue;
+        };
+        let text = text.trim_start();
+        // The crate strips only a case-exact "Digest"; the scheme is
+        // case-insensitive (RFC 7235), so strip it here.
+        let Some(params) = text
+            .get(..6)
+            .filter(|s| s.eq_ignore_ascii_case("digest"))
+            .map(|_| &text[6..])
+        else {
+            continue;
+        };
+        let challenge = match digest_auth::parse(params) {
+            Ok(c) => c,
+            Err(e) => {
+                why = e.to_string();
+                continue;
+            }
+        };
+        if !challenge
+            .qop
+            .as_ref()
+            .is_some_and(|q| q.contains(&Qop::AUTH))
+        {
+            why = "the Digest challenge does not offer qop=auth".into();
+            continue;
+        }
+        let rank = match challenge.algorithm.algo {
+            AlgorithmType::SHA2_256 => 3,
+            AlgorithmType::SHA2_512_256 => 2,
+            AlgorithmType::MD5 => 1,
+        };
+        if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+            best = Some((rank, challenge));
+        }
+    }
+    best.map(|(_, c)| c).ok_or(why)
+}
+
+/// One key as a list page carries it (strings as sent).
+#[derive(Debug, Deserialize)]
+pub struct RawKey {
+    pub id: String,
+    pub name: String,
+    #[serde(default, rename = "createdAt")]
+    pub created_at: Option<String>,
+    #[serde(default, rename = "updatedAt")]
+    pub updated_at: Option<String>,
+    #[serde(default, rename = "expiresAt")]
+    pub expires_at: Option<String>,
+}
+
+impl RawKey {
+    /// Parse the timestamps; `updatedAt` goes into `meta.updated_at`.
+    pub fn into_key(self) -> Result<ProviderKey, String> {
+        let created_at = parse_time("createdAt", self.created_at.as_deref())?;
+        let expires_at = parse_time("expiresAt", self.expires_at.as_deref())?;
+        let mut meta = BTreeMap::new();
+        if let Some(u) = parse_time("updatedAt", self.updated_at.as_deref())? {
+            meta.insert(
+                "updated_at".to_string(),
+                Value::String(u.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            );
+        }
+        Ok(ProviderKey {
+            id: self.id,
+            name: self.name,
+            created_at,
+            expires_at,
+            meta,
+        })
+    }
+}
+
+/// `data` of a list page.
+#[derive(Debug, Deserialize)]
+pub struct ListData {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub list: Vec<RawKey>,
+    #[serde(default)]
+    pub total: Option<u64>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawKey>, D::Error> {
+    Ok(Option::<Vec<RawKey>>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct ListBody {
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default)]
+    data: Option<ListData>,
+}
+
+/// Parse a 2xx list body. `Ok(None)` is an error envelope (`success:false`)
+/// for the caller to classify; `Err` is a body of the wrong shape.
+pub fn parse_list_page(body: &[u8]) -> Result<Option<ListData>, String> {
+    let parsed: ListBody = serde_json::from_slice(body).map_err(|e| shape_error(&e))?;
+    if parsed.success == Some(false) {
+        return Ok(None);
+    }
+    parsed
+        .data
+        .map(Some)
+        .ok_or_else(|| "no `data` object".to_string())
+}
+
+/// What a successful create returned.
+pub struct CreatedKey {
+    pub api_key: Secret,
+    pub name: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+pub enum CreateOutcome {
+    Created(CreatedKey),
+    /// A 2xx body with `success:false`: an error envelope.
+    Refused,
+}
+
+/// A string that goes straight into a `Secret` as it is deserialized.
+struct SecretString(Secret);
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SecretString(Secret::new(String::deserialize(d)?)))
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateData {
+    #[serde(default, rename = "apiKey")]
+    api_key: Option<SecretString>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "createdAt")]
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default)]
+    data: Option<CreateData>,
+}
+
+/// Parse a 2xx create body. Errors never quote the body: it holds the key.
+pub fn parse_create(body: &[u8]) -> Result<CreateOutcome, String> {
+    let parsed: CreateBody = serde_json::from_slice(body).map_err(|e| shape_error(&e))?;
+    if parsed.success == Some(false) {
+        return Ok(CreateOutcome::Refused);
+    }
+    let data = parsed.data.ok_or("no `data` object")?;
+    let api_key = data
+        .api_key
+        .map(|s| s.0)
+        .filter(|s| !s.is_empty())
+        .ok_or("no `data.apiKey`")?;
+    Ok(CreateOutcome::Created(CreatedKey {
+        api_key,
+        name: data.name,
+        created_at: parse_time("createdAt", data.created_at.as_deref())?,
+    }))
+}
+
+/// A JSON shape error without the offending value (serde quotes it, and it
+/// may be a secret): category and position only.
+fn shape_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "not the documented JSON shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
+}
+
+/// An RFC 3339 timestamp; missing, `null` or empty is `None`.
+pub fn parse_time(field: &str, s: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => DateTime::parse_from_rfc3339(t)
+            .map(|d| Some(d.with_timezone(&Utc)))
+            .map_err(|e| format!("`{field}` {t:?} is not an RFC 3339 time: {e}")),
+    }
+}
+
+/// What an error body says, from either documented envelope.
+#[derive(Debug, Default, PartialEq)]
+pub struct ErrorInfo {
+    /// The body parsed as a JSON object.
+    pub is_json: bool,
+    pub success: Option<bool>,
+    pub code: String,
+    pub message: String,
+    /// The server's `requestId`.
+    pub request_id: Option<String>,
+}
+
+/// Read `{success, errorCode, errorMessage, requestId}` or
+/// `{success, message, error:{code,message}|"text", requestId}`.
+pub fn error_info(body: &[u8]) -> ErrorInfo {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return ErrorInfo::default();
+    };
+    let s = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let error = obj.get("error");
+    let code = s(obj.get("errorCode"))
+        .or_else(|| s(error.and_then(|e| e.get("code"))))
+        .or_else(|| s(error.and_then(|e| e.get("errorCode"))))
+        .or_else(|| s(obj.get("code")))
+        .unwrap_or_default();
+    let message = s(obj.get("errorMessage"))
+        .or_else(|| s(error.and_then(|e| e.get("message"))))
+        .or_else(|| match error {
+            Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+            _ => None,
+        })
+        .or_else(|| s(obj.get("message")))
+        .unwrap_or_default();
+    ErrorInfo {
+        is_json: true,
+        success: obj.get("success").and_then(Value::as_bool),
+        code: clean(&code),
+        message: clean(&message),
+        request_id: s(obj.get("requestId")).filter(|r| !r.is_empty()),
+    }
+}
+
+fn server_request_id(body: &[u8]) -> Option<String> {
+    error_info(body).request_id
+}
+
+/// Server text for an error: one line, bounded.
+fn clean(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE)
+        .collect();
+    if s.chars().count() > MAX_MESSAGE {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether a delete answer means the key is already gone: a 404 carrying a
+/// JSON body (a bare 404 may be a wrong endpoint or a proxy, and must not
+/// count as done), or an error envelope saying "not found".
+pub fn says_not_found(status: u16, info: &ErrorInfo) -> bool {
+    if status == 404 {
+        return info.is_json;
+    }
+    if !(200..500).contains(&status) || matches!(status, 401 | 403 | 429) {
+        return false;
+    }
+    info.success == Some(false)
+        && (mentions_not_found(&info.code) || mentions_not_found(&info.message))
+}
+
+fn mentions_not_found(s: &str) -> bool {
+    let squeezed: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    squeezed.contains("notfound") || squeezed.contains("notexist")
+}
+
+/// Turn a refused call (non-2xx, or 2xx with `success:false`) into a typed
+/// error carrying the server's request id (else ours).
+pub fn failure(provider: &str, operation: &'static str, resp: &HttpResponse) -> ProviderError {
+    let info = error_info(&resp.body);
+    let status = resp.status.as_u16();
+    let request_id = info.request_id.clone().unwrap_or(resp.request_id.clone());
+    let message = if info.is_json {
+        info.message.clone()
+    } else {
+        format!("non-JSON response body ({} bytes)", resp.body.len())
+    };
+    let kind = match status {
+        429 => ProviderErrorKind::RateLimited {
+            retry_after: retry_after(&resp.headers),
+        },
+        401 | 403 => ProviderErrorKind::Auth(
+            [format!("HTTP {status}"), info.code.clone(), message]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => ProviderErrorKind::Api {
+            status,
+            code: info.code.clone(),
+            message,
+        },
+    };
+    tracing::debug!(
+        provider,
+        operation,
+        request_id = %resp.request_id,
+        server_request_id = ?info.request_id,
+        status,
+        code = %info.code,
+        "provider call refused"
+    );
+    ProviderError::new(provider, operation, kind).with_request_id(Some(request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(WWW_AUTHENTICATE, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn resp(status: u16, body: &str, extra: &[(&str, &str)]) -> HttpResponse {
+        let mut h = HeaderMap::new();
+        for (k, v) in extra {
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        HttpResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: h,
+            body: body.as_bytes().to_vec(),
+            request_id: "ours-1".into(),
+        }
+    }
+
+    #[test]
+    fn challenge_prefers_sha256_over_md5() {
+        let h = headers(&[
+            r#"Digest realm="r", qop="auth", nonce="n1", algorithm=MD5"#,
+            r#"Digest realm="r", qop="auth", nonce="n1", algorithm=SHA-256"#,
+        ]);
+        let c = pick_challenge(&h).unwrap();
+        assert_eq!(c.algorithm.algo, AlgorithmType::SHA2_256);
+        assert_eq!(c.nonce, "n1");
+        assert!(!c.stale);
+    }
+
+    #[test]
+    fn challenge_scheme_is_case_insensitive_and_stale_is_read() {
+        let h = headers(&[r#"digest realm="r", qop="auth", nonce="n2", stale=true"#]);
+        let c = pick_challenge(&h).unwrap();
+        assert_eq!(c.algorithm.algo, AlgorithmType::MD5);
+        assert!(c.stale);
+    }
+
+    #[test]
+    fn challenge_without_qop_auth_or_digest_is_refused() {
+        assert!(pick_challenge(&headers(&[r#"Digest realm="r", nonce="n""#])).is_err());
+        assert!(pick_challenge(&headers(&[r#"Basic realm="r""#])).is_err());
+        assert!(pick_challenge(&HeaderMap::new()).is_err());
+        let e = pick_challenge(&headers(&[
+            r#"Digest realm="r", qop="auth", nonce="n", algorithm=SHA-1"#,
+        ]))
+        .unwrap_err();
+        assert!(e.contains("SHA-1"), "{e}");
+    }
+
+    #[test]
+    fn answering_a_challenge_counts_nc_up_on_the_same_nonce() {
+        let mut c = pick_challenge(&headers(&[
+            r#"Digest realm="r", qop="auth", nonce="n", opaque="o", algorithm=SHA-256"#,
+        ]))
+        .unwrap();
+        let ctx = AuthContext::new(
+            "ak",
+            "PW-SECRET-xyz",
+            "/api/v2/maas/apikeys?pageNumber=1&pageSize=100",
+        );
+        let a = c.respond(&ctx).unwrap().to_header_string();
+        let b = c.respond(&ctx).unwrap().to_header_string();
+        assert!(
+            a.contains("nc=00000001") && b.contains("nc=00000002"),
+            "{a} / {b}"
+        );
+        assert!(a.contains("algorithm=SHA-256") && a.contains("qop=auth"));
+        assert!(a.contains(r#"uri="/api/v2/maas/apikeys?pageNumber=1&pageSize=100""#));
+        assert!(!a.contains("SECRET"), "the password never appears: {a}");
+    }
+
+    #[test]
+    fn request_target_keeps_the_query() {
+        let u = Url::parse("http://h:1/api/v2/maas/apikeys?id=ak-1&x=a%20b").unwrap();
+        assert_eq!(request_target(&u), "/api/v2/maas/apikeys?id=ak-1&x=a%20b");
+        let u = Url::parse("https://h/base/api/v2/maas/apikeys").unwrap();
+        assert_eq!(request_target(&u), "/base/api/v2/maas/apikeys");
+    }
+
+    #[test]
+    fn list_page_parses_the_seed_example() {
+        let body = br#"{"action":"ListAIServiceAPIKeys","data":{"list":[{"id":"xxxxxx","name":"MyAPIKey","createdAt":"2024-01-01T00:00:00Z","updatedAt":"2024-01-01T00:00:00Z","expiresAt":"2025-01-01T00:00:00Z"}],"total":1},"requestId":"xxxxxx","server":"xxx.xxx.x.xxx:xxxx"}"#;
+        let page = parse_list_page(body).unwrap().unwrap();
+        assert_eq!(page.total, Some(1));
+        let k = page.list.into_iter().next().unwrap().into_key().unwrap();
+        assert_eq!(k.id, "xxxxxx");
+        assert_eq!(k.name, "MyAPIKey");
+        assert_eq!(
+            k.created_at.unwrap().to_rfc3339(),
+            "2024-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            k.expires_at.unwrap().to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
+        assert_eq!(k.meta["updated_at"], "2024-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn expiry_may_be_null_empty_or_missing() {
+        for item in [
+            r#"{"id":"a","name":"n","expiresAt":null}"#,
+            r#"{"id":"a","name":"n","expiresAt":""}"#,
+            r#"{"id":"a","name":"n"}"#,
+        ] {
+            let body = format!(r#"{{"data":{{"list":[{item}],"total":1}}}}"#);
+            let page = parse_list_page(body.as_bytes()).unwrap().unwrap();
+            let k = page.list.into_iter().next().unwrap().into_key().unwrap();
+            assert_eq!(k.expires_at, None, "{item}");
+            assert_eq!(k.created_at, None);
+        }
+    }
+
+    #[test]
+    fn bad_timestamps_and_shapes_are_protocol_errors() {
+        let body =
+            br#"{"data":{"list":[{"id":"a","name":"n","createdAt":"yesterday"}],"total":1}}"#;
+        let page = parse_list_page(body).unwrap().unwrap();
+        let e = page
+            .list
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_key()
+            .unwrap_err();
+        assert!(e.contains("createdAt"), "{e}");
+        assert!(parse_list_page(b"{}").is_err());
+        assert!(parse_list_page(b"<html>").is_err());
+        assert!(
+            parse_list_page(br#"{"data":{"list":null,"total":0}}"#)
+                .unwrap()
+                .unwrap()
+                .list
+                .is_empty()
+        );
+        assert!(
+            parse_list_page(br#"{"success":false,"errorCode":"X"}"#)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn create_body_yields_the_secret_and_errors_never_quote_it() {
+        let body = br#"{"data":{"apiKey":"sk_live_abc123","name":"my-api-key","createdAt":"2023-10-12T09:45:30Z"},"requestId":"x","server":"s","success":true}"#;
+        let CreateOutcome::Created(c) = parse_create(body).unwrap() else {
+            panic!("refused")
+        };
+        assert_eq!(c.api_key.expose(), "sk_live_abc123");
+        assert_eq!(c.name.as_deref(), Some("my-api-key"));
+        assert_eq!(
+            c.created_at.unwrap().to_rfc3339(),
+            "2023-10-12T09:45:30+00:00"
+        );
+        // A wrong shape around the secret: the message must not carry it.
+        let bad = br#"{"data":{"apiKey":"sk_live_abc123","name":7,"createdAt":"2023-10-12T09:45:30Z"},"success":true}"#;
+        let e = parse_create(bad).err().unwrap();
+        assert!(!e.contains("sk_live"), "{e}");
+        let bad = br#"{"data":{"apiKey":["sk_live_abc123"]},"success":true}"#;
+        let e = parse_create(bad).err().unwrap();
+        assert!(!e.contains("sk_live"), "{e}");
+        assert!(parse_create(br#"{"data":{"name":"x"},"success":true}"#).is_err());
+        assert!(matches!(
+            parse_create(br#"{"success":false,"errorCode":"E"}"#).unwrap(),
+            CreateOutcome::Refused
+        ));
+    }
+
+    #[test]
+    fn both_error_envelopes_are_read() {
+        let a = error_info(br#"{"success":false,"errorCode":"E001R000","errorMessage":"Unknown Error","requestId":"rid-1"}"#);
+        assert_eq!(
+            (a.code.as_str(), a.message.as_str()),
+            ("E001R000", "Unknown Error")
+        );
+        assert_eq!(a.request_id.as_deref(), Some("rid-1"));
+        assert_eq!(a.success, Some(false));
+        let b = error_info(br#"{"action":"DeleteAIServiceAPIKey","data":{},"error":{"code":"NotFound","message":"apikey missing"},"message":"apikey missing","requestId":"rid-2","success":false}"#);
+        assert_eq!(
+            (b.code.as_str(), b.message.as_str()),
+            ("NotFound", "apikey missing")
+        );
+        let c = error_info(br#"{"success":false,"message":"bad thing","error":{}}"#);
+        assert_eq!((c.code.as_str(), c.message.as_str()), ("", "bad thing"));
+        let d = error_info(br#"{"success":false,"error":"plain text"}"#);
+        assert_eq!(d.message, "plain text");
+        assert!(!error_info(b"<html>502</html>").is_json);
+    }
+
+    #[test]
+    fn not_found_needs_a_json_404_or_an_envelope_saying_so() {
+        let i = |b: &str| error_info(b.as_bytes());
+        assert!(says_not_found(
+            404,
+            &i(r#"{"success":false,"errorCode":"NOT_FOUND"}"#)
+        ));
+        assert!(!says_not_found(404, &i("<html>not found</html>")));
+        assert!(says_not_found(
+            400,
+            &i(r#"{"success":false,"errorCode":"E","errorMessage":"API key does not exist"}"#)
+        ));
+        assert!(says_not_found(
+            200,
+            &i(r#"{"success":false,"error":{"code":"APIKEY_NOT_FOUND"}}"#)
+        ));
+        assert!(!says_not_found(
+            500,
+            &i(r#"{"success":false,"errorMessage":"not found"}"#)
+        ));
+        assert!(!says_not_found(
+            403,
+            &i(r#"{"success":false,"errorMessage":"not found"}"#)
+        ));
+        assert!(!says_not_found(
+            400,
+            &i(r#"{"success":false,"errorMessage":"bad id"}"#)
+        ));
+        assert!(!says_not_found(
+            200,
+            &i(r#"{"success":true,"message":"success"}"#)
+        ));
+    }
+
+    #[test]
+    fn statuses_map_to_error_classes() {
+        let e = failure("ob", "list", &resp(429, "{}", &[("retry-after", "7")]));
+        assert_eq!(
+            e.kind,
+            ProviderErrorKind::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert!(e.is_retryable());
+        let e = failure(
+            "ob",
+            "list",
+            &resp(
+                403,
+                r#"{"success":false,"errorCode":"FORBIDDEN","errorMessage":"no","requestId":"srv-9"}"#,
+                &[],
+            ),
+        );
+        assert!(
+            matches!(e.kind, ProviderErrorKind::Auth(ref m) if m.contains("403") && m.contains("FORBIDDEN"))
+        );
+        assert_eq!(e.request_id.as_deref(), Some("srv-9"));
+        assert!(!e.is_retryable());
+        let e = failure("ob", "create", &resp(503, "<html>", &[]));
+        assert!(e.is_retryable());
+        assert_eq!(e.request_id.as_deref(), Some("ours-1"));
+        assert!(
+            matches!(e.kind, ProviderErrorKind::Api { status: 503, ref message, .. } if message.contains("non-JSON"))
+        );
+        let e = failure(
+            "ob",
+            "create",
+            &resp(
+                400,
+                r#"{"success":false,"errorCode":"INVALID_PARAMETER","errorMessage":"name"}"#,
+                &[],
+            ),
+        );
+        assert!(!e.is_retryable());
+        let e = failure(
+            "ob",
+            "delete",
+            &resp(200, r#"{"success":false,"message":"nope"}"#, &[]),
+        );
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn server_messages_are_one_bounded_line() {
+        let long = "x".repeat(1000);
+        let i = error_info(format!(r#"{{"errorMessage":"a\nb{long}"}}"#).as_bytes());
+        assert!(!i.message.contains('\n'));
+        assert!(i.message.chars().count() <= MAX_MESSAGE + 1);
+    }
+}
