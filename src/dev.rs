@@ -246,7 +246,7 @@ create = {{ action = "read" }}
         })
     };
     let config_for_print = config_path.clone();
-    let on_ready: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |endpoint: &str| {
+    let on_ready: daemon::OnReady = Arc::new(move |endpoint: &str| {
         println!("  status     {endpoint}/status   metrics {endpoint}/metrics");
         let ep = if endpoint == "http://127.0.0.1:9477" {
             String::new()

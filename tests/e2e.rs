@@ -187,7 +187,8 @@ pub(crate) fn terminate(child: &mut Child) -> i32 {
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
+            use std::os::unix::process::ExitStatusExt;
+            return st.code().unwrap_or_else(|| -st.signal().unwrap_or(1000));
         }
         if start.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
@@ -206,6 +207,11 @@ fn kill9(child: &mut Child) {
 /// the lineage's file, no old key left, no orphan attempt keys, no
 /// duplicate rotations.
 fn assert_invariants(env: &Env, lineages: &[&str]) {
+    assert_invariants_in(env, "keys", lineages)
+}
+
+/// As [`assert_invariants`], for a file sink writing under `sink_dir`.
+fn assert_invariants_in(env: &Env, sink_dir: &str, lineages: &[&str]) {
     let keys = env.emu.keys();
     let store = env.store().unwrap();
     for l in lineages {
@@ -219,7 +225,8 @@ fn assert_invariants(env: &Env, lineages: &[&str]) {
             "lineage {l} must have exactly one live key, has {:?}",
             mine.iter().map(|k| &k.name).collect::<Vec<_>>()
         );
-        let file = std::fs::read_to_string(env.path(&format!("keys/{l}.env"))).unwrap_or_default();
+        let file =
+            std::fs::read_to_string(env.path(&format!("{sink_dir}/{l}.env"))).unwrap_or_default();
         if mine[0].name != *l {
             assert!(
                 file.contains(mine[0].api_key.expose()),
@@ -375,7 +382,7 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
     let done = env.rotations();
     assert_eq!(done.len(), 1, "resumed, not restarted");
     assert_eq!(done[0].id, r.id);
-    assert_invariants(&env, &["app-0"]);
+    assert_invariants_in(&env, "later", &["app-0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,9 +497,14 @@ async fn sigkill_at_random_instants_during_twenty_concurrent_rotations_loses_not
         tokio::time::sleep(Duration::from_millis(ms)).await;
         kill9(&mut d);
     }
+    let ready_before = env.log().matches("rekey ready").count();
     let mut d = env.spawn(&cfg, None);
     env.wait_for("20 completed rotations", Duration::from_secs(120), |e| {
         e.completed() == 20
+    })
+    .await;
+    env.wait_for("the last start to be ready", Duration::from_secs(30), |e| {
+        e.log().matches("rekey ready").count() > ready_before
     })
     .await;
     assert_eq!(terminate(&mut d), 0);

@@ -94,6 +94,9 @@ pub fn build_runtime(
     })
 }
 
+/// Called with the status endpoint's address once the daemon is ready.
+pub type OnReady = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Options that tests and `rekey dev` set; the daemon defaults the rest.
 #[derive(Clone)]
 pub struct Options {
@@ -102,7 +105,7 @@ pub struct Options {
     /// watchdog.
     pub heartbeat: Duration,
     /// Called once the daemon is ready, with the status endpoint's address.
-    pub on_ready: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_ready: Option<OnReady>,
     /// Stop the daemon from outside (tests, `rekey dev`).
     pub stop: CancellationToken,
     /// Install SIGTERM/SIGINT/SIGHUP handlers.
@@ -140,6 +143,20 @@ struct Daemon {
 
 /// Run the daemon until shutdown. `Ok(())` means a clean, graceful stop.
 pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
+    // Signals first: a SIGTERM during start-up is then a graceful stop
+    // (handled once the loop starts), never the default kill.
+    let mut signals = if opts.handle_signals {
+        Some(
+            signal_hook_tokio::Signals::new([
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGHUP,
+            ])
+            .map_err(DaemonError::Signals)?,
+        )
+    } else {
+        None
+    };
     let (cfg, warnings) = config::load(config_path).map_err(DaemonError::Config)?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -241,19 +258,6 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     if let Some(f) = &opts.on_ready {
         f(&endpoint);
     }
-
-    let mut signals = if opts.handle_signals {
-        Some(
-            signal_hook_tokio::Signals::new([
-                signal_hook::consts::SIGTERM,
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGHUP,
-            ])
-            .map_err(DaemonError::Signals)?,
-        )
-    } else {
-        None
-    };
 
     loop {
         liveness.beat();

@@ -13,8 +13,8 @@
 //! 2. `no_keys`      — the lineage has no current key.
 //! 3. `expired`      — the current key's expiry has passed.
 //! 4. `expiring`     — expiry is within the lead (`rotate_before_expiry`,
-//!                     absolute or a share of lifetime, never more than a
-//!                     third of the key's real lifetime).
+//!    absolute or a share of lifetime, never more than a third of the key's
+//!    real lifetime).
 //! 5. `max_age`      — the key is older than `max_age`.
 //! 6. `fresh`        — nothing to do; `rotate_at` says when that changes.
 
