@@ -2,10 +2,15 @@
 //! and capabilities as data, so the engine has no per-provider branches.
 //!
 //! - `oceanbase`: OceanBase Cloud MaaS API keys (HTTP Digest auth).
+//! - `tencent`: Tencent Cloud API Gateway keys (TC3 signing in `tc3`).
+//! - `huawei`: Huawei Cloud NES node-provider credentials (token, IAM or
+//!   AK/SK signing in `huawei_sign`).
 //! - `http`: the shared HTTP layer every backend calls through: rate limit
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
+pub mod huawei_sign;
+pub mod tc3;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
