@@ -9,8 +9,10 @@
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
+pub mod huawei;
 pub mod huawei_sign;
 pub mod tc3;
+pub mod tencent;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -228,14 +230,8 @@ pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, 
             "provider {}: the oceanbase backend is not compiled in yet",
             cfg.name
         ))),
-        ProviderKind::Tencent { .. } | ProviderKind::Huawei { .. } => {
-            let _ = http;
-            Err(BuildError(format!(
-                "provider {}: kind {} has no backend in this build",
-                cfg.name,
-                cfg.kind.as_str()
-            )))
-        }
+        ProviderKind::Tencent { .. } => Ok(Arc::new(tencent::TencentProvider::new(cfg, http)?)),
+        ProviderKind::Huawei { .. } => Ok(Arc::new(huawei::HuaweiProvider::new(cfg, http)?)),
     }
 }
 
