@@ -98,7 +98,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum EmulateCommand {}
+pub enum EmulateCommand {
+    /// Tencent Cloud API Gateway keys (TC3 signatures, usage plans).
+    Tencent(crate::emulator::tencent::EmulateArgs),
+    /// Huawei Cloud NES credentials, with a fake IAM token endpoint.
+    Huawei(crate::emulator::huawei::EmulateArgs),
+}
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -111,6 +116,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             json,
         } => history(&config, policy.as_deref(), limit, json),
+        Command::Emulate { provider } => emulate(provider),
         other => anyhow::bail!("{other:?}: this command is being built"),
     }
 }
@@ -120,6 +126,16 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// `rekey emulate …`: serve an emulator until Ctrl-C.
+fn emulate(cmd: EmulateCommand) -> Result<ExitCode> {
+    let rt = tokio_runtime()?;
+    match cmd {
+        EmulateCommand::Tencent(args) => rt.block_on(crate::emulator::tencent::serve_cli(args))?,
+        EmulateCommand::Huawei(args) => rt.block_on(crate::emulator::huawei::serve_cli(args))?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_daemon(path: &Path) -> Result<ExitCode> {

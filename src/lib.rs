@@ -8,6 +8,7 @@
 //! - [`sink`]: the `Sink` trait and its backends (file, …).
 //! - [`status`]: the snapshot the endpoint serves; [`metrics`]: Prometheus.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
+//! - [`emulator`]: loopback emulators of the providers (tests, demos, benchmarks).
 //!
 //! A rotation flows: the daemon's scheduler fires a policy check → the
 //! planner lists keys through the provider and decides per lineage → the
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod emulator;
 pub mod failpoint;
 pub mod logging;
 pub mod metrics;
