@@ -372,12 +372,18 @@ impl Handle {
 
     /// Invalidate every IAM token issued so far.
     pub fn expire_tokens(&self) {
-        self.inner.lock().tokens.clear();
+        expire_all(&mut self.inner.lock());
     }
 
-    /// IAM tokens issued (and not expired by the admin API).
+    /// How many IAM tokens were issued (valid or not).
     pub fn tokens_issued(&self) -> usize {
         self.inner.lock().tokens.len()
+    }
+
+    /// Every IAM token issued so far (expired ones too), so tests can look
+    /// for them where they must not be (logs, errors).
+    pub fn issued_tokens(&self) -> Vec<Secret> {
+        self.inner.lock().tokens.keys().map(Secret::new).collect()
     }
 
     pub fn stats(&self) -> BTreeMap<&'static str, OpStats> {
@@ -386,6 +392,13 @@ impl Handle {
 
     pub async fn shutdown(self) {
         self.server.shutdown().await
+    }
+}
+
+/// Expired tokens are kept (as expired) so tests can still name them.
+fn expire_all(st: &mut St) {
+    for exp in st.tokens.values_mut() {
+        *exp = DateTime::UNIX_EPOCH;
     }
 }
 
@@ -410,7 +423,7 @@ fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
         st.forced.clear();
     }
     if f.expire_tokens {
-        st.tokens.clear();
+        expire_all(st);
     }
     for ff in f.force {
         if !["list", "create", "update", "delete", "iam", "*"].contains(&ff.operation.as_str()) {

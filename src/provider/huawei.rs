@@ -582,6 +582,7 @@ impl HuaweiProvider {
                 .build(operation, method.clone(), path, query, body)
                 .await?;
             let resp = self.http.send(operation, req).await?;
+            tracing::trace!(provider = %self.http.provider, operation, auth = self.auth.mode(), status = resp.status.as_u16(), "NES answered");
             if resp.status.as_u16() == 401
                 && !retried
                 && let (Auth::Iam(iam), Some(used)) = (&self.auth, used)

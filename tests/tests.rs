@@ -1,0 +1,5 @@
+//! The integration test binary: one `mod` per area, helpers in `support`.
+
+mod huawei;
+mod support;
+mod tencent;
