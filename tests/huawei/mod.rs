@@ -445,3 +445,62 @@ async fn secrets_never_reach_debug_output_or_trace_logs() {
     assert_no_secret("TRACE log", &text, &secrets);
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rotates_a_credential_end_to_end_with_iam_auth() {
+    let emu = huawei::start(opts(), loopback()).await.unwrap();
+    let old = emu.insert_key("svc-main", Utc::now() - chrono::Duration::days(40));
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.nes]
+kind = "huawei-nes"
+endpoint = "{endpoint}"
+project_id = "{project}"
+auth = {{ iam = {{ endpoint = "{endpoint}", domain = "{domain}", user = "{user}", password = {{ file = "{{dir}}/hw-pw" }} }} }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/{{lineage}}.txt"
+format = "raw"
+
+[[policy]]
+name = "nes"
+provider = "nes"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+grace_period = "0s"
+sinks = ["out"]
+create = {{ control_type = "allowlist", allowlists = [{{ allowlist_type = "ip", allowlist_info = "10.0.0.1" }}] }}
+"#,
+        endpoint = emu.endpoint(),
+        project = o.project_id,
+        domain = o.iam_domain,
+        user = o.iam_user,
+    );
+    let daemon = support::start_daemon(&config, &[("hw-pw", o.iam_password.expose())]);
+    let (done, dir) = daemon
+        .until(|| {
+            let keys = emu.keys();
+            keys.len() == 1 && keys[0].id != old.id
+        })
+        .await;
+    let keys = emu.keys();
+    assert!(done, "the old credential was not replaced: {keys:?}");
+    let new = &keys[0];
+    assert!(
+        new.description.starts_with("svc-main-"),
+        "{}",
+        new.description
+    );
+    assert_eq!(new.control_type, "allowlist");
+    let published = std::fs::read_to_string(dir.path().join("svc-main.txt")).unwrap();
+    assert_eq!(published.trim_end(), new.credential.expose());
+    assert_eq!(emu.stats()["delete"].ok, 1);
+    emu.shutdown().await;
+}

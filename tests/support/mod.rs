@@ -202,3 +202,52 @@ pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[(&str, &str)]) {
         );
     }
 }
+
+/// A `rekey run` in this process, on a config written to a temp dir.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), rekey::daemon::DaemonError>>,
+}
+
+/// Write `secrets` as files in a temp dir, `config` (with `{dir}` replaced
+/// by that dir) beside them, and start the daemon on it.
+pub fn start_daemon(config: &str, secrets: &[(&str, &str)]) -> Daemon {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, value) in secrets {
+        std::fs::write(dir.path().join(name), value).unwrap();
+    }
+    let text = config.replace("{dir}", dir.path().to_str().unwrap());
+    let path = dir.path().join("rekey.toml");
+    std::fs::write(&path, text).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = rekey::daemon::Options {
+        stop: stop.clone(),
+        handle_signals: false,
+        ..rekey::daemon::Options::default()
+    };
+    let task = tokio::spawn(async move { rekey::daemon::run(&path, opts).await });
+    Daemon { dir, stop, task }
+}
+
+impl Daemon {
+    /// Poll `done` every 100 ms for up to 30 s; then stop the daemon and
+    /// return whether `done` held.
+    pub async fn until(self, mut done: impl FnMut() -> bool) -> (bool, tempfile::TempDir) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut ok = false;
+        while std::time::Instant::now() < deadline && !self.task.is_finished() {
+            if done() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("the daemon did not stop cleanly: {other:?}"),
+        }
+        (ok, self.dir)
+    }
+}

@@ -622,3 +622,81 @@ async fn secrets_never_reach_debug_output_or_trace_logs() {
     assert_no_secret("TRACE log", &text, &secrets);
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rotates_a_bound_key_end_to_end() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into(), "usagePlan-b".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let old = emu
+        .insert_key(
+            "svc-main",
+            Utc::now() - chrono::Duration::days(40),
+            &["usagePlan-a"],
+        )
+        .unwrap();
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{{dir}}/tc-id" }}
+secret_key = {{ file = "{{dir}}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/{{lineage}}.env"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+grace_period = "0s"
+sinks = ["out"]
+create = {{ usage_plans = ["usagePlan-b"] }}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    );
+    let daemon = support::start_daemon(
+        &config,
+        &[("tc-id", &o.secret_id), ("tc-key", o.secret_key.expose())],
+    );
+    let (done, dir) = daemon
+        .until(|| {
+            let keys = emu.keys();
+            keys.len() == 1 && keys[0].access_key_id != old.access_key_id
+        })
+        .await;
+    let keys = emu.keys();
+    assert!(done, "the old key was not replaced: {keys:?}");
+    let new = &keys[0];
+    assert!(
+        new.secret_name.starts_with("svc-main-"),
+        "{}",
+        new.secret_name
+    );
+    assert_eq!(new.status, 1);
+    // Bound to the old key's plan and to the configured one.
+    assert_eq!(new.usage_plans, ["usagePlan-a", "usagePlan-b"]);
+    let published = std::fs::read_to_string(dir.path().join("svc-main.env")).unwrap();
+    assert!(published.contains(new.access_key_secret.expose()));
+    assert!(published.contains(&new.access_key_id));
+    assert_eq!(emu.stats()["DeleteApiKey"].ok, 1);
+    emu.shutdown().await;
+}
