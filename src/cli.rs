@@ -115,6 +115,10 @@ pub enum EmulateCommand {
     /// OceanBase Cloud MaaS API keys: list, create, delete, HTTP Digest auth.
     #[command(name = "oceanbase")]
     OceanBase(OceanBaseEmulateArgs),
+    /// Tencent Cloud API Gateway keys (TC3 signatures, usage plans).
+    Tencent(crate::emulator::tencent::EmulateArgs),
+    /// Huawei Cloud NES credentials, with a fake IAM token endpoint.
+    Huawei(crate::emulator::huawei::EmulateArgs),
 }
 
 /// `rekey emulate oceanbase`: the knobs of [`OceanBaseEmulatorOptions`].
@@ -831,6 +835,14 @@ fn emulate(cmd: EmulateCommand) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     match cmd {
         EmulateCommand::OceanBase(args) => rt.block_on(emulate_oceanbase(args)),
+        EmulateCommand::Tencent(args) => {
+            rt.block_on(crate::emulator::tencent::serve_cli(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        EmulateCommand::Huawei(args) => {
+            rt.block_on(crate::emulator::huawei::serve_cli(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -4,12 +4,14 @@
 //!
 //! - [`config`]: the TOML schema, validation with located errors, secret references.
 //! - [`state`]: the SQLite store: rotations, sink acknowledgements, the event outbox.
-//! - [`provider`]: the `Provider` trait and its backends (OceanBase, …).
+//! - [`provider`]: the `Provider` trait and its backends (OceanBase, Tencent, Huawei).
 //! - [`sink`]: the `Sink` trait and its backends (file, webhook, Vault/OpenBao).
 //! - [`notify`]: signed webhook delivery of the event outbox (Standard Webhooks).
 //! - [`status`]: the snapshot, the endpoint that serves it and its client; [`metrics`]: Prometheus.
 //! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
 //! - [`rotation`]: the planner, the engine's state machine, crash recovery.
+//! - [`emulator`]: loopback emulators of the three provider APIs (`rekey emulate`, dev, tests, benches).
+//! - [`dev`]: `rekey dev`, the embedded default.
 //! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
 //! - [`emulator`]: loopback emulators of the provider APIs (`rekey emulate`, dev, tests).
 //!

@@ -5,8 +5,10 @@ mod support;
 
 mod config;
 mod e2e;
+mod huawei;
 mod lifecycle;
 mod notify;
 mod oceanbase;
 mod ops;
 mod sinks;
+mod tencent;

@@ -9,12 +9,20 @@
 //! request counts. State lives in memory; nothing is written to disk.
 //!
 //! - [`oceanbase`]: OceanBase Cloud MaaS API keys (HTTP Digest auth).
+//! - [`tencent`]: Tencent Cloud API Gateway keys (TC3 signatures, HTTP-200
+//!   error envelopes, usage plans).
+//! - [`huawei`]: Huawei Cloud NES credentials (token, fake IAM, AK/SK).
+//! - [`common`]: server lifecycle and fault helpers the Tencent and Huawei
+//!   emulators share.
 //!
 //! This file holds the pieces every emulator shares: the token bucket behind
 //! `--rate-limit`, the parser for `20/s`-style rates, and the loopback check
 //! of the admin API.
 
+pub mod common;
+pub mod huawei;
 pub mod oceanbase;
+pub mod tencent;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

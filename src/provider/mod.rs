@@ -2,11 +2,18 @@
 //! and capabilities as data, so the engine has no per-provider branches.
 //!
 //! - `oceanbase`: OceanBase Cloud MaaS API keys (HTTP Digest auth).
+//! - `tencent`: Tencent Cloud API Gateway keys (TC3 signing in `tc3`).
+//! - `huawei`: Huawei Cloud NES node-provider credentials (token, IAM or
+//!   AK/SK signing in `huawei_sign`).
 //! - `http`: the shared HTTP layer every backend calls through: rate limit
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
+pub mod huawei;
+pub mod huawei_sign;
 pub mod oceanbase;
+pub mod tc3;
+pub mod tencent;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -228,14 +235,8 @@ pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, 
         ProviderKind::OceanBase { .. } => {
             Ok(Arc::new(oceanbase::OceanBaseProvider::new(cfg, http)?))
         }
-        ProviderKind::Tencent { .. } | ProviderKind::Huawei { .. } => {
-            let _ = http;
-            Err(BuildError(format!(
-                "provider {}: kind {} has no backend in this build",
-                cfg.name,
-                cfg.kind.as_str()
-            )))
-        }
+        ProviderKind::Tencent { .. } => Ok(Arc::new(tencent::TencentProvider::new(cfg, http)?)),
+        ProviderKind::Huawei { .. } => Ok(Arc::new(huawei::HuaweiProvider::new(cfg, http)?)),
     }
 }
 

@@ -7,12 +7,14 @@
 //! - [`openbao`]: a real OpenBao dev server (`bao` from PyPI), killed on drop.
 //! - [`logs`]: capture `tracing` output at TRACE to search it for secrets.
 //! - [`python`]: the official `standardwebhooks` library, via `$REKEY_TEST_PYTHON`.
+//! - [`cloud`]: Tencent and Huawei provider configs, an in-process daemon.
 //!
 //! And for the OceanBase area: start emulators on `127.0.0.1:0`, build
 //! provider configs pointing at them, and talk to them raw (Digest auth).
 
 #![allow(dead_code)]
 
+pub mod cloud;
 pub mod logs;
 pub mod openbao;
 pub mod python;

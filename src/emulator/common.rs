@@ -1,0 +1,285 @@
+//! Pieces the Tencent and Huawei emulators share: the `N/s` rate parser
+//! and token bucket behind `--rate-limit`, the loopback rule of the admin
+//! API, a random-string helper, a serde helper for humantime durations,
+//! and the background server with graceful shutdown that `start()`
+//! returns.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use rand::Rng;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Parse a rate written `N/s`, `N/min` or `N/h` into requests per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let Some((n, unit)) = t.split_once('/') else {
+        return Err(format!(
+            "rate {t:?} needs a unit: write it like 20/s, 600/min or 1000/h"
+        ));
+    };
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("rate {t:?}: {:?} is not a number", n.trim()))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        u => return Err(format!("rate {t:?}: unknown unit {u:?} (s, min or h)")),
+    };
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("rate {t:?} must be positive"));
+    }
+    Ok(n / per)
+}
+
+/// A token bucket refilled at `rate` per second, holding a second's worth
+/// (at least one), as an API gateway's limiter lets a short burst through.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Tokens added per second.
+    rate: f64,
+    /// Most tokens it holds: the burst an idle client may spend.
+    burst: f64,
+    /// Tokens at `at`.
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, now: Instant) -> Self {
+        let burst = rate.max(1.0).floor();
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Take a token, or return how long until one is there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// The admin API hands out every secret and takes no credentials, so only
+/// loopback peers may use it.
+pub fn admin_allowed(peer: &SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+/// `n` random ASCII letters and digits.
+pub fn alnum(rng: &mut impl Rng, n: usize) -> String {
+    (0..n)
+        .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+        .collect()
+}
+
+/// Decode `%XX` escapes (and, with `plus_is_space`, `+` as in a query
+/// string); `None` for a bad escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A raw query string as decoded `(key, value)` pairs, in order.
+pub fn query_pairs(q: &str) -> Option<Vec<(String, String)>> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((percent_decode(k, true)?, percent_decode(v, true)?))
+        })
+        .collect()
+}
+
+/// `Option<Duration>` as a humantime string (`"20ms"`) in JSON.
+pub mod opt_humantime {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// An axum app served in the background until [`Server::shutdown`].
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Server({})", self.addr)
+    }
+}
+
+impl Server {
+    /// Bind `listen` (port 0 picks one) and serve `app` on the current
+    /// runtime, with the peer address available to handlers.
+    pub async fn start(listen: SocketAddr, app: Router) -> io::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(Server {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, give in-flight requests up to 5 s, then stop.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Wait for Ctrl-C (or SIGTERM), for `rekey emulate`.
+pub async fn until_interrupted() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_take_a_unit() {
+        assert_eq!(parse_rate("20/s").unwrap(), 20.0);
+        assert_eq!(parse_rate("120/min").unwrap(), 2.0);
+        assert_eq!(parse_rate("7200/h").unwrap(), 2.0);
+        assert!(parse_rate("20").is_err());
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("x/s").is_err());
+        assert!(parse_rate("1/day").is_err());
+    }
+
+    #[test]
+    fn bucket_lets_a_burst_through_then_paces() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2.0, t0);
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        assert_eq!(b.take(t0), Err(Duration::from_millis(500)));
+        assert!(b.take(t0 + Duration::from_millis(500)).is_ok());
+    }
+
+    #[test]
+    fn queries_decode_like_a_server_would() {
+        assert_eq!(
+            query_pairs("limit=100&offset=0&q=a%20b+c").unwrap(),
+            vec![
+                ("limit".to_string(), "100".to_string()),
+                ("offset".to_string(), "0".to_string()),
+                ("q".to_string(), "a b c".to_string()),
+            ]
+        );
+        assert!(query_pairs("x=%zz").is_none());
+        assert_eq!(percent_decode("%2Ftmp", false).unwrap(), "/tmp");
+    }
+
+    #[test]
+    fn only_loopback_may_use_the_admin_api() {
+        assert!(admin_allowed(&"127.0.0.1:9".parse().unwrap()));
+        assert!(admin_allowed(&"[::1]:9".parse().unwrap()));
+        assert!(admin_allowed(&"[::ffff:127.0.0.1]:9".parse().unwrap()));
+        assert!(!admin_allowed(&"192.0.2.1:9".parse().unwrap()));
+    }
+}

@@ -1,0 +1,1298 @@
+//! Emulator of Tencent Cloud API Gateway keys (API 3.0, `apigateway`
+//! `2018-08-08`), served by `rekey emulate tencent`.
+//!
+//! Strict like the real endpoint: `POST /` with a JSON body only; the
+//! headers `X-TC-Action`, `X-TC-Version` (must be `2018-08-08`),
+//! `X-TC-Timestamp` and `X-TC-Region` (must be the emulator's region); a
+//! `TC3-HMAC-SHA256` signature recomputed from the request as received
+//! (the signed header values as sent, the body bytes), with `content-type`
+//! and `host` required among the signed headers. Every answer is HTTP 200;
+//! errors come in the `Response.Error{Code, Message}` envelope with a
+//! `RequestId`:
+//!
+//! | check | code |
+//! |---|---|
+//! | malformed or missing `Authorization`, wrong service | `AuthFailure.InvalidAuthorization` |
+//! | unknown SecretId | `AuthFailure.SecretIdNotFound` |
+//! | timestamp more than 5 min off | `AuthFailure.SignatureExpire` |
+//! | signature mismatch | `AuthFailure.SignatureFailure` |
+//! | over `--rate-limit` (per action, as Tencent limits per API) | `RequestLimitExceeded` |
+//! | `--error-rate` draw | `InternalError` |
+//!
+//! Actions: `CreateApiKey`, `DescribeApiKeysStatus` (with `Filters`),
+//! `DescribeApiKey`, `DisableApiKey`, `EnableApiKey`, `DeleteApiKey`
+//! (refuses an enabled key with `UnsupportedOperation.InvalidStatus` and a
+//! bound one with `UnsupportedOperation.ResourceIsInUse`), `BindSecretIds`
+//! (`UnsupportedOperation.AlreadyBindUsagePlan`, disabled keys refused),
+//! `UnBindSecretIds`, `DescribeUsagePlanSecretIds`,
+//! `DescribeUsagePlansStatus`. Usage plans are pre-seeded (`--usage-plans`);
+//! seeded keys (`--keys`) are bound to every seeded plan.
+//!
+//! Where the docs are silent the emulator chooses, and says so here:
+//! disabling a disabled key (or enabling an enabled one) answers
+//! `UnsupportedOperation.UnsupportedUpdateApiKey`; unbinding a key that is
+//! not bound succeeds; `Limit` over 100 answers `InvalidParameterValue`;
+//! lists come in creation order.
+//!
+//! Admin API (loopback only): `GET /__emulator/keys` (every key with its
+//! secret and plans), `GET /__emulator/usage-plans`, `GET|POST
+//! /__emulator/faults`, `GET /__emulator/stats`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::common::{self, Server, TokenBucket};
+use crate::provider::tc3;
+use crate::secret::Secret;
+
+pub const DEFAULT_SECRET_ID: &str = "AKIDrekeyEmulator00000000000000000000";
+pub const DEFAULT_SECRET_KEY: &str = "rekey-emulator-tencent-secret-key";
+pub const DEFAULT_REGION: &str = "ap-guangzhou";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+pub const DEFAULT_USAGE_PLAN: &str = "usagePlan-emulator1";
+/// The signature's timestamp may be this far from the emulator's clock.
+pub const MAX_SKEW: i64 = 300;
+/// Largest request body accepted (API 3.0 allows 10 MB; keys need little).
+const MAX_BODY: usize = 1024 * 1024;
+const SERVICE: &str = "apigateway";
+const VERSION: &str = "2018-08-08";
+
+/// How the emulator behaves; `Default` is a quiet one with no keys.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Keys present at start (bound to every seeded usage plan).
+    pub keys: usize,
+    /// Seeded key names: prefix + zero-padded number.
+    pub name_prefix: String,
+    /// Usage plan ids present at start.
+    pub usage_plans: Vec<String>,
+    /// Delay before every API answer.
+    pub latency: Duration,
+    /// Share (0..=1) of authenticated calls answered `InternalError`.
+    pub error_rate: f64,
+    /// Calls per second per action before `RequestLimitExceeded`.
+    pub rate_limit: Option<f64>,
+    /// Seed for ids, secrets, seeded times and the error draw.
+    pub seed: Option<u64>,
+    /// The only key pair the emulator accepts.
+    pub secret_id: String,
+    pub secret_key: Secret,
+    /// `X-TC-Region` must name this region.
+    pub region: String,
+    /// Most keys the account may hold (`LimitExceeded.ApiKeyCountLimitExceeded`).
+    pub max_keys: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keys: 0,
+            name_prefix: "app-".into(),
+            usage_plans: Vec::new(),
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            rate_limit: None,
+            seed: None,
+            secret_id: DEFAULT_SECRET_ID.into(),
+            secret_key: Secret::new(DEFAULT_SECRET_KEY),
+            region: DEFAULT_REGION.into(),
+            max_keys: None,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(format!(
+                "error rate {} is not within 0..=1",
+                self.error_rate
+            ));
+        }
+        if let Some(r) = self.rate_limit
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(format!("rate limit {r}/s is not positive"));
+        }
+        if self.secret_id.is_empty() || self.secret_key.is_empty() || self.region.is_empty() {
+            return Err("secret id, secret key and region must not be empty".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.usage_plans {
+            if p.trim().is_empty() || !seen.insert(p) {
+                return Err(format!("usage plan id {p:?} is empty or repeated"));
+            }
+        }
+        if let Some(m) = self.max_keys
+            && self.keys > m
+        {
+            return Err(format!("{} keys seeded but at most {m} allowed", self.keys));
+        }
+        Ok(())
+    }
+}
+
+/// One key as the emulator holds it (a test fake: the secret is here;
+/// `Debug` still redacts it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmulatedKey {
+    pub access_key_id: String,
+    pub access_key_secret: Secret,
+    pub access_key_type: String,
+    pub secret_name: String,
+    /// 1 enabled, 0 disabled.
+    pub status: i64,
+    pub created_at: DateTime<Utc>,
+    pub modified_at: DateTime<Utc>,
+    /// Usage plans it is bound to.
+    pub usage_plans: Vec<String>,
+}
+
+/// Answer the next `count` calls of `action` (`"*"`: any) with this error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedFault {
+    pub action: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A change of faults; `POST /__emulator/faults` takes it as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(
+        with = "common::opt_humantime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency: Option<Duration>,
+    /// Calls per second per action; `0` turns the limit off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    pub force: Vec<ForcedFault>,
+    /// Drop queued forced errors first.
+    pub clear_forced: bool,
+}
+
+/// Counters per action (`GET /__emulator/stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActionStats {
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub auth_failures: u64,
+    pub rate_limited: u64,
+    pub faults: u64,
+}
+
+struct Key {
+    id: String,
+    secret: Secret,
+    key_type: String,
+    name: String,
+    status: i64,
+    created: DateTime<Utc>,
+    modified: DateTime<Utc>,
+}
+
+struct Plan {
+    id: String,
+    created: DateTime<Utc>,
+    /// Bound key ids, in bind order.
+    keys: Vec<String>,
+}
+
+struct St {
+    keys: Vec<Key>,
+    plans: Vec<Plan>,
+    buckets: HashMap<String, TokenBucket>,
+    rate_limit: Option<f64>,
+    error_rate: f64,
+    latency: Duration,
+    forced: Vec<ForcedFault>,
+    rng: StdRng,
+    fault_rng: StdRng,
+    stats: BTreeMap<String, ActionStats>,
+}
+
+struct Inner {
+    opts: Options,
+    st: Mutex<St>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, St> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running emulator.
+pub struct Handle {
+    server: Server,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TencentEmulator({})", self.server.addr())
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default()
+}
+
+/// Start on `listen` (`127.0.0.1:0` picks a port) in the background.
+pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
+    opts.validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let fault_rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x5deece66d);
+    let t = now();
+    let plans: Vec<Plan> = opts
+        .usage_plans
+        .iter()
+        .map(|id| Plan {
+            id: id.clone(),
+            created: t,
+            keys: Vec::new(),
+        })
+        .collect();
+    let mut st = St {
+        keys: Vec::with_capacity(opts.keys),
+        plans,
+        buckets: HashMap::new(),
+        rate_limit: opts.rate_limit,
+        error_rate: opts.error_rate,
+        latency: opts.latency,
+        forced: Vec::new(),
+        rng: StdRng::seed_from_u64(0),
+        fault_rng,
+        stats: BTreeMap::new(),
+    };
+    for i in 0..opts.keys {
+        let age = rng.random_range(3600..60 * 86400);
+        let created = t - chrono::Duration::seconds(age);
+        let name = format!("{}{:05}", opts.name_prefix, i + 1);
+        let id = new_key(&mut st, &mut rng, &name, created);
+        for p in &mut st.plans {
+            p.keys.push(id.clone());
+        }
+    }
+    st.rng = rng;
+    let inner = Arc::new(Inner {
+        opts,
+        st: Mutex::new(st),
+    });
+    let app = Router::new()
+        .route("/__emulator/keys", get(admin_keys))
+        .route("/__emulator/usage-plans", get(admin_plans))
+        .route(
+            "/__emulator/faults",
+            get(admin_faults).post(admin_set_faults),
+        )
+        .route("/__emulator/stats", get(admin_stats))
+        .fallback(api)
+        .with_state(inner.clone());
+    let server = Server::start(listen, app).await?;
+    tracing::debug!(addr = %server.addr(), "tencent emulator listening");
+    Ok(Handle { server, inner })
+}
+
+fn new_key(st: &mut St, rng: &mut StdRng, name: &str, created: DateTime<Utc>) -> String {
+    let id = format!("AKID{}", common::alnum(rng, 36));
+    st.keys.push(Key {
+        id: id.clone(),
+        secret: Secret::new(common::alnum(rng, 40)),
+        key_type: "auto".into(),
+        name: name.to_string(),
+        status: 1,
+        created,
+        modified: created,
+    });
+    id
+}
+
+impl Handle {
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://ADDR`: a provider's `endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Every key, in creation order, with its secret and plans.
+    pub fn keys(&self) -> Vec<EmulatedKey> {
+        let st = self.inner.lock();
+        st.keys.iter().map(|k| view(&st, k)).collect()
+    }
+
+    /// Add an enabled key created at `created_at`, bound to `usage_plans`
+    /// (which must exist).
+    pub fn insert_key(
+        &self,
+        name: &str,
+        created_at: DateTime<Utc>,
+        usage_plans: &[&str],
+    ) -> Result<EmulatedKey, String> {
+        let mut st = self.inner.lock();
+        if let Some(p) = usage_plans
+            .iter()
+            .find(|p| !st.plans.iter().any(|x| x.id == **p))
+        {
+            return Err(format!("no usage plan {p}"));
+        }
+        let mut rng = std::mem::replace(&mut st.rng, StdRng::seed_from_u64(0));
+        let id = new_key(&mut st, &mut rng, name, created_at);
+        st.rng = rng;
+        for p in st.plans.iter_mut() {
+            if usage_plans.contains(&p.id.as_str()) {
+                p.keys.push(id.clone());
+            }
+        }
+        let k = st.keys.last().expect("just pushed");
+        Ok(view(&st, k))
+    }
+
+    /// Add a usage plan (no-op if it exists).
+    pub fn add_usage_plan(&self, id: &str) {
+        let mut st = self.inner.lock();
+        if !st.plans.iter().any(|p| p.id == id) {
+            st.plans.push(Plan {
+                id: id.to_string(),
+                created: now(),
+                keys: Vec::new(),
+            });
+        }
+    }
+
+    /// Key ids bound to a plan, `None` if there is no such plan.
+    pub fn plan_keys(&self, id: &str) -> Option<Vec<String>> {
+        self.inner
+            .lock()
+            .plans
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.keys.clone())
+    }
+
+    pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
+        apply_faults(&mut self.inner.lock(), faults)
+    }
+
+    pub fn stats(&self) -> BTreeMap<String, ActionStats> {
+        self.inner.lock().stats.clone()
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await
+    }
+}
+
+fn view(st: &St, k: &Key) -> EmulatedKey {
+    EmulatedKey {
+        access_key_id: k.id.clone(),
+        access_key_secret: k.secret.clone(),
+        access_key_type: k.key_type.clone(),
+        secret_name: k.name.clone(),
+        status: k.status,
+        created_at: k.created,
+        modified_at: k.modified,
+        usage_plans: st
+            .plans
+            .iter()
+            .filter(|p| p.keys.contains(&k.id))
+            .map(|p| p.id.clone())
+            .collect(),
+    }
+}
+
+fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
+    if let Some(r) = f.error_rate {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!("error_rate {r} is not within 0..=1"));
+        }
+        st.error_rate = r;
+    }
+    if let Some(l) = f.latency {
+        st.latency = l;
+    }
+    if let Some(r) = f.rate_limit {
+        if !r.is_finite() || r < 0.0 {
+            return Err(format!("rate_limit {r} is negative"));
+        }
+        st.rate_limit = (r > 0.0).then_some(r);
+        st.buckets.clear();
+    }
+    if f.clear_forced {
+        st.forced.clear();
+    }
+    for ff in f.force {
+        if ff.code.is_empty() || ff.action.is_empty() {
+            return Err("a forced fault needs an action (or \"*\") and a code".into());
+        }
+        st.forced.push(ff);
+    }
+    Ok(())
+}
+
+// ---- the API ------------------------------------------------------------
+
+/// An error envelope to answer with.
+struct Fail {
+    code: &'static str,
+    message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> Fail {
+    Fail {
+        code,
+        message: message.into(),
+    }
+}
+
+fn envelope_ok(request_id: &str, result: Value) -> Response {
+    Json(json!({"Response": {"Result": result, "RequestId": request_id}})).into_response()
+}
+
+fn envelope_err(request_id: &str, code: &str, message: &str) -> Response {
+    Json(json!({"Response": {
+        "Error": {"Code": code, "Message": message},
+        "RequestId": request_id,
+    }}))
+    .into_response()
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Check the common headers and the TC3 signature. Returns the action.
+fn authenticate(
+    opts: &Options,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<String, Fail> {
+    if method != Method::POST {
+        return Err(fail(
+            "UnsupportedProtocol",
+            "the emulator accepts POST with a JSON body only",
+        ));
+    }
+    let ct = header(headers, "content-type").unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(fail(
+            "InvalidParameter",
+            "Content-Type must be application/json for POST",
+        ));
+    }
+    let action = header(headers, "x-tc-action")
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| fail("MissingParameter", "The request is missing X-TC-Action"))?;
+    let version = header(headers, "x-tc-version")
+        .ok_or_else(|| fail("MissingParameter", "The request is missing X-TC-Version"))?;
+    if version != VERSION {
+        return Err(fail(
+            "NoSuchVersion",
+            format!("The API version {version} does not exist"),
+        ));
+    }
+    let timestamp: i64 = header(headers, "x-tc-timestamp")
+        .ok_or_else(|| fail("MissingParameter", "The request is missing X-TC-Timestamp"))?
+        .trim()
+        .parse()
+        .map_err(|_| fail("InvalidParameterValue", "X-TC-Timestamp is not an integer"))?;
+    let region = header(headers, "x-tc-region")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| fail("MissingParameter", "The request is missing X-TC-Region"))?;
+    let auth = header(headers, "authorization").ok_or_else(|| {
+        fail(
+            "AuthFailure.InvalidAuthorization",
+            "Authorization header is missing",
+        )
+    })?;
+    let parsed = tc3::parse_authorization(auth).ok_or_else(|| {
+        fail(
+            "AuthFailure.InvalidAuthorization",
+            "Authorization is not a valid TC3-HMAC-SHA256 header",
+        )
+    })?;
+    if parsed.service != SERVICE {
+        return Err(fail(
+            "AuthFailure.InvalidAuthorization",
+            format!(
+                "the credential scope names service {:?}, not {SERVICE}",
+                parsed.service
+            ),
+        ));
+    }
+    if parsed.secret_id != opts.secret_id {
+        return Err(fail(
+            "AuthFailure.SecretIdNotFound",
+            "The SecretId is not found, please ensure that your SecretId is correct.",
+        ));
+    }
+    if (now - timestamp).abs() > MAX_SKEW {
+        return Err(fail(
+            "AuthFailure.SignatureExpire",
+            format!(
+                "Signature expired. Timestamp {timestamp} is more than {MAX_SKEW} s from the server time {now}."
+            ),
+        ));
+    }
+    let mismatch = || {
+        fail(
+            "AuthFailure.SignatureFailure",
+            "The provided credentials could not be validated. Please check your signature is correct.",
+        )
+    };
+    if tc3::utc_date(timestamp).as_deref() != Some(parsed.date.as_str()) {
+        return Err(mismatch());
+    }
+    if !parsed.signed_headers.iter().any(|h| h == "content-type")
+        || !parsed.signed_headers.iter().any(|h| h == "host")
+    {
+        return Err(mismatch());
+    }
+    let mut signed: Vec<(&str, &str)> = Vec::new();
+    for h in &parsed.signed_headers {
+        let v = header(headers, h).ok_or_else(mismatch)?;
+        signed.push((h.as_str(), v));
+    }
+    let expected = tc3::sign(
+        &parsed.secret_id,
+        opts.secret_key.expose(),
+        &tc3::SignInput {
+            method: "POST",
+            canonical_query: "",
+            headers: &signed,
+            payload: body,
+            timestamp,
+            service: SERVICE,
+        },
+    )
+    .ok_or_else(mismatch)?;
+    if !tc3::constant_time_eq(&expected.signature, &parsed.signature) {
+        return Err(mismatch());
+    }
+    if region != opts.region {
+        return Err(fail(
+            "UnsupportedRegion",
+            format!("The region {region} is not supported by this emulator"),
+        ));
+    }
+    Ok(action.to_string())
+}
+
+async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let latency = inner.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (parts, body) = req.into_parts();
+    if parts.uri.path() != "/" {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return envelope_err(
+                &request_id,
+                "RequestSizeLimitExceeded",
+                "The request body is too large",
+            );
+        }
+    };
+    let now = Utc::now().timestamp();
+    let action = match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
+        Ok(a) => a,
+        Err(f) => {
+            let mut st = inner.lock();
+            let label = header(&parts.headers, "x-tc-action")
+                .unwrap_or("(none)")
+                .to_string();
+            let s = st.stats.entry(label).or_default();
+            s.requests += 1;
+            s.errors += 1;
+            if f.code.starts_with("AuthFailure") {
+                s.auth_failures += 1;
+            }
+            return envelope_err(&request_id, f.code, &f.message);
+        }
+    };
+    let mut st = inner.lock();
+    st.stats.entry(action.clone()).or_default().requests += 1;
+    // Throttling, then injected faults, then the action itself.
+    if let Some(rate) = st.rate_limit {
+        let t = Instant::now();
+        let bucket = st
+            .buckets
+            .entry(action.clone())
+            .or_insert_with(|| TokenBucket::new(rate, t));
+        if bucket.take(t).is_err() {
+            let s = st.stats.entry(action.clone()).or_default();
+            s.rate_limited += 1;
+            s.errors += 1;
+            return envelope_err(
+                &request_id,
+                "RequestLimitExceeded",
+                "Your current request times exceeds the limit, please try again later.",
+            );
+        }
+    }
+    if let Some(i) = st
+        .forced
+        .iter()
+        .position(|f| f.action == "*" || f.action == action)
+    {
+        let f = st.forced[i].clone();
+        if f.count <= 1 {
+            st.forced.remove(i);
+        } else {
+            st.forced[i].count -= 1;
+        }
+        let s = st.stats.entry(action.clone()).or_default();
+        s.faults += 1;
+        s.errors += 1;
+        let msg = f
+            .message
+            .unwrap_or_else(|| format!("injected fault {}", f.code));
+        return envelope_err(&request_id, &f.code, &msg);
+    }
+    if st.error_rate > 0.0 {
+        let draw: f64 = st.fault_rng.random();
+        if draw < st.error_rate {
+            let s = st.stats.entry(action.clone()).or_default();
+            s.faults += 1;
+            s.errors += 1;
+            return envelope_err(
+                &request_id,
+                "InternalError",
+                "An internal error has occurred. Retry your request.",
+            );
+        }
+    }
+    let params: Map<String, Value> = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            st.stats.entry(action.clone()).or_default().errors += 1;
+            return envelope_err(
+                &request_id,
+                "InvalidParameter",
+                "The request body is not a JSON object",
+            );
+        }
+    };
+    let result = dispatch(&mut st, &inner.opts, &action, &Params(&params));
+    let s = st.stats.entry(action.clone()).or_default();
+    match result {
+        Ok(v) => {
+            s.ok += 1;
+            envelope_ok(&request_id, v)
+        }
+        Err(f) => {
+            s.errors += 1;
+            envelope_err(&request_id, f.code, &f.message)
+        }
+    }
+}
+
+struct Params<'a>(&'a Map<String, Value>);
+
+impl Params<'_> {
+    fn str_opt(&self, k: &str) -> Result<Option<&str>, Fail> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(fail(
+                "InvalidParameter",
+                format!("The parameter {k} must be a string"),
+            )),
+        }
+    }
+
+    fn str_req(&self, k: &str) -> Result<&str, Fail> {
+        self.str_opt(k)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| fail("MissingParameter", format!("The parameter {k} is missing")))
+    }
+
+    fn uint(&self, k: &str, default: usize, max: usize) -> Result<usize, Fail> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(n) if (n as usize) <= max => Ok(n as usize),
+                _ => Err(fail(
+                    "InvalidParameterValue",
+                    format!("The parameter {k} must be an integer from 0 to {max}"),
+                )),
+            },
+        }
+    }
+
+    fn str_list(&self, k: &str) -> Result<Vec<String>, Fail> {
+        let bad = || {
+            fail(
+                "InvalidParameter",
+                format!("The parameter {k} must be a list of strings"),
+            )
+        };
+        match self.0.get(k) {
+            None | Some(Value::Null) => Err(fail(
+                "MissingParameter",
+                format!("The parameter {k} is missing"),
+            )),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+                .collect(),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// `Filters: [{Name, Values:[…]}]`.
+    fn filters(&self, allowed: &[&str]) -> Result<Vec<(String, Vec<String>)>, Fail> {
+        let Some(v) = self.0.get("Filters") else {
+            return Ok(Vec::new());
+        };
+        let bad = || {
+            fail(
+                "InvalidParameter",
+                "Filters must be a list of {Name, Values}",
+            )
+        };
+        let list = v.as_array().ok_or_else(bad)?;
+        let mut out = Vec::new();
+        for f in list {
+            let name = f.get("Name").and_then(Value::as_str).ok_or_else(bad)?;
+            if !allowed.contains(&name) {
+                return Err(fail(
+                    "InvalidParameterValue.InvalidFilterNotSupportedName",
+                    format!("The filter name {name} is not supported"),
+                ));
+            }
+            let values = f
+                .get("Values")
+                .and_then(Value::as_array)
+                .ok_or_else(bad)?
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push((name.to_string(), values));
+        }
+        Ok(out)
+    }
+}
+
+fn key_json(k: &Key) -> Value {
+    json!({
+        "AccessKeyId": k.id,
+        "AccessKeySecret": k.secret.expose(),
+        "AccessKeyType": k.key_type,
+        "SecretName": k.name,
+        "Status": k.status,
+        "CreatedTime": ts(k.created),
+        "ModifiedTime": ts(k.modified),
+        "Tags": null,
+    })
+}
+
+fn valid_manual(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn find_key<'a>(st: &'a mut St, id: &str) -> Result<&'a mut Key, Fail> {
+    st.keys.iter_mut().find(|k| k.id == id).ok_or_else(|| {
+        fail(
+            "ResourceNotFound.InvalidAccessKeyId",
+            format!("The key {id} does not exist"),
+        )
+    })
+}
+
+fn plan_index(st: &St, id: &str) -> Result<usize, Fail> {
+    st.plans.iter().position(|p| p.id == id).ok_or_else(|| {
+        fail(
+            "ResourceNotFound.InvalidUsagePlan",
+            format!("The usage plan {id} does not exist"),
+        )
+    })
+}
+
+fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result<Value, Fail> {
+    let t = now();
+    match action {
+        "CreateApiKey" => {
+            let name = p.str_req("SecretName")?.to_string();
+            let key_type = p.str_opt("AccessKeyType")?.unwrap_or("auto").to_string();
+            if let Some(m) = opts.max_keys
+                && st.keys.len() >= m
+            {
+                return Err(fail(
+                    "LimitExceeded.ApiKeyCountLimitExceeded",
+                    "The number of keys exceeds the limit.",
+                ));
+            }
+            let (id, secret) = match key_type.as_str() {
+                "auto" => {
+                    let mut rng = std::mem::replace(&mut st.rng, StdRng::seed_from_u64(0));
+                    let pair = (
+                        format!("AKID{}", common::alnum(&mut rng, 36)),
+                        common::alnum(&mut rng, 40),
+                    );
+                    st.rng = rng;
+                    pair
+                }
+                "manual" => {
+                    let id = p.str_req("AccessKeyId")?;
+                    let secret = p.str_req("AccessKeySecret")?;
+                    if !valid_manual(id, 5, 50) || !valid_manual(secret, 10, 50) {
+                        return Err(fail(
+                            "InvalidParameter.FormatError",
+                            "Incorrect parameter format.",
+                        ));
+                    }
+                    if st.keys.iter().any(|k| k.id == id) {
+                        return Err(fail(
+                            "FailedOperation.AccessKeyExist",
+                            "The custom key already exists.",
+                        ));
+                    }
+                    (id.to_string(), secret.to_string())
+                }
+                other => {
+                    return Err(fail(
+                        "InvalidParameterValue",
+                        format!("AccessKeyType {other} is not auto or manual"),
+                    ));
+                }
+            };
+            st.keys.push(Key {
+                id,
+                secret: Secret::new(secret),
+                key_type,
+                name,
+                status: 1,
+                created: t,
+                modified: t,
+            });
+            Ok(key_json(st.keys.last().expect("just pushed")))
+        }
+        "DescribeApiKeysStatus" => {
+            let limit = p.uint("Limit", 20, 100)?;
+            let offset = p.uint("Offset", 0, usize::MAX)?;
+            let filters = p.filters(&[
+                "AccessKeyId",
+                "AccessKeySecret",
+                "SecretName",
+                "NotUsagePlanId",
+                "Status",
+                "KeyWord",
+            ])?;
+            let matching: Vec<&Key> = st
+                .keys
+                .iter()
+                .filter(|k| {
+                    filters.iter().all(|(name, values)| {
+                        values.iter().any(|v| match name.as_str() {
+                            "AccessKeyId" => &k.id == v,
+                            "AccessKeySecret" => k.secret.expose() == v,
+                            "SecretName" => &k.name == v,
+                            "Status" => k.status.to_string() == *v,
+                            "KeyWord" => k.name.contains(v.as_str()) || k.id.contains(v.as_str()),
+                            "NotUsagePlanId" => !st
+                                .plans
+                                .iter()
+                                .any(|pl| &pl.id == v && pl.keys.contains(&k.id)),
+                            _ => false,
+                        })
+                    })
+                })
+                .collect();
+            let page: Vec<Value> = matching
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|k| key_json(k))
+                .collect();
+            Ok(json!({"TotalCount": matching.len(), "ApiKeySet": page}))
+        }
+        "DescribeApiKey" => {
+            let id = p.str_req("AccessKeyId")?.to_string();
+            Ok(key_json(find_key(st, &id)?))
+        }
+        "DisableApiKey" | "EnableApiKey" => {
+            let id = p.str_req("AccessKeyId")?.to_string();
+            let want = i64::from(action == "EnableApiKey");
+            let k = find_key(st, &id)?;
+            if k.status == want {
+                return Err(fail(
+                    "UnsupportedOperation.UnsupportedUpdateApiKey",
+                    "The current key status does not support this operation.",
+                ));
+            }
+            k.status = want;
+            k.modified = t;
+            Ok(json!(true))
+        }
+        "DeleteApiKey" => {
+            let id = p.str_req("AccessKeyId")?.to_string();
+            let status = find_key(st, &id)?.status;
+            if status != 0 {
+                return Err(fail(
+                    "UnsupportedOperation.InvalidStatus",
+                    "The key is enabled; disable it before deleting it.",
+                ));
+            }
+            if st.plans.iter().any(|pl| pl.keys.contains(&id)) {
+                return Err(fail(
+                    "UnsupportedOperation.ResourceIsInUse",
+                    "The key is bound to a usage plan; unbind it and try again.",
+                ));
+            }
+            st.keys.retain(|k| k.id != id);
+            Ok(json!(true))
+        }
+        "BindSecretIds" => {
+            let plan = p.str_req("UsagePlanId")?.to_string();
+            let ids = p.str_list("AccessKeyIds")?;
+            let pi = plan_index(st, &plan)?;
+            if ids.is_empty() {
+                return Err(fail(
+                    "InvalidParameterValue.InvalidAccessKeyIds",
+                    "AccessKeyIds is empty",
+                ));
+            }
+            for id in &ids {
+                let Some(k) = st.keys.iter().find(|k| &k.id == id) else {
+                    return Err(fail(
+                        "InvalidParameterValue.InvalidAccessKeyIds",
+                        format!("The key {id} does not exist"),
+                    ));
+                };
+                if k.status != 1 {
+                    return Err(fail(
+                        "UnsupportedOperation.InvalidStatus",
+                        format!("The key {id} is disabled and cannot be bound"),
+                    ));
+                }
+                if st.plans[pi].keys.contains(id) {
+                    return Err(fail(
+                        "UnsupportedOperation.AlreadyBindUsagePlan",
+                        format!("The key {id} is already bound to usage plan {plan}"),
+                    ));
+                }
+            }
+            st.plans[pi].keys.extend(ids);
+            Ok(json!(true))
+        }
+        "UnBindSecretIds" => {
+            let plan = p.str_req("UsagePlanId")?.to_string();
+            let ids = p.str_list("AccessKeyIds")?;
+            let pi = plan_index(st, &plan)?;
+            for id in &ids {
+                if !st.keys.iter().any(|k| &k.id == id) {
+                    return Err(fail(
+                        "ResourceNotFound.InvalidAccessKeyId",
+                        format!("The key {id} does not exist"),
+                    ));
+                }
+            }
+            st.plans[pi].keys.retain(|k| !ids.contains(k));
+            Ok(json!(true))
+        }
+        "DescribeUsagePlanSecretIds" => {
+            let plan = p.str_req("UsagePlanId")?.to_string();
+            let limit = p.uint("Limit", 20, 100)?;
+            let offset = p.uint("Offset", 0, usize::MAX)?;
+            let pi = plan_index(st, &plan)?;
+            let list: Vec<Value> = st.plans[pi]
+                .keys
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .filter_map(|id| st.keys.iter().find(|k| &k.id == id))
+                .map(|k| json!({"AccessKeyId": k.id, "SecretName": k.name, "Status": k.status}))
+                .collect();
+            Ok(json!({"TotalCount": st.plans[pi].keys.len(), "AccessKeyList": list}))
+        }
+        "DescribeUsagePlansStatus" => {
+            let limit = p.uint("Limit", 20, 100)?;
+            let offset = p.uint("Offset", 0, usize::MAX)?;
+            let filters = p.filters(&[
+                "UsagePlanId",
+                "UsagePlanName",
+                "NotServiceId",
+                "NotApiId",
+                "Environment",
+            ])?;
+            let matching: Vec<&Plan> = st
+                .plans
+                .iter()
+                .filter(|pl| {
+                    filters.iter().all(|(name, values)| match name.as_str() {
+                        "UsagePlanId" | "UsagePlanName" => values.contains(&pl.id),
+                        // No services or environments are emulated.
+                        _ => true,
+                    })
+                })
+                .collect();
+            let set: Vec<Value> = matching
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|pl| {
+                    json!({
+                        "UsagePlanId": pl.id,
+                        "UsagePlanName": pl.id,
+                        "UsagePlanDesc": "",
+                        "MaxRequestNumPreSec": -1,
+                        "MaxRequestNum": -1,
+                        "CreatedTime": ts(pl.created),
+                        "ModifiedTime": ts(pl.created),
+                    })
+                })
+                .collect();
+            Ok(json!({"TotalCount": matching.len(), "UsagePlanStatusSet": set}))
+        }
+        other => Err(fail(
+            "InvalidAction",
+            format!("The action {other} is not supported by this emulator"),
+        )),
+    }
+}
+
+// ---- admin API ------------------------------------------------------------
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the emulator admin API answers loopback clients only\n",
+    )
+        .into_response()
+}
+
+async fn admin_keys(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !common::admin_allowed(&peer) {
+        return forbidden();
+    }
+    let st = inner.lock();
+    let keys: Vec<Value> = st
+        .keys
+        .iter()
+        .map(|k| {
+            let mut v = key_json(k);
+            v["UsagePlans"] = json!(view(&st, k).usage_plans);
+            v
+        })
+        .collect();
+    Json(json!({"keys": keys})).into_response()
+}
+
+async fn admin_plans(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !common::admin_allowed(&peer) {
+        return forbidden();
+    }
+    let st = inner.lock();
+    let plans: Vec<Value> = st
+        .plans
+        .iter()
+        .map(|p| json!({"UsagePlanId": p.id, "AccessKeyIds": p.keys}))
+        .collect();
+    Json(json!({"usage_plans": plans})).into_response()
+}
+
+fn faults_json(st: &St) -> Value {
+    json!({
+        "error_rate": st.error_rate,
+        "latency": humantime::format_duration(st.latency).to_string(),
+        "rate_limit": st.rate_limit,
+        "forced": st.forced,
+    })
+}
+
+async fn admin_faults(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !common::admin_allowed(&peer) {
+        return forbidden();
+    }
+    Json(faults_json(&inner.lock())).into_response()
+}
+
+async fn admin_set_faults(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if !common::admin_allowed(&peer) {
+        return forbidden();
+    }
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad faults: {e}\n")).into_response(),
+    };
+    let mut st = inner.lock();
+    match apply_faults(&mut st, faults) {
+        Ok(()) => Json(faults_json(&st)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn admin_stats(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !common::admin_allowed(&peer) {
+        return forbidden();
+    }
+    Json(json!({"actions": inner.lock().stats})).into_response()
+}
+
+// ---- `rekey emulate tencent` -----------------------------------------------
+
+/// Flags of `rekey emulate tencent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Keys present at start (bound to every usage plan).
+    #[arg(long, default_value_t = 0)]
+    pub keys: usize,
+    /// Name prefix of the seeded keys.
+    #[arg(long, default_value = "app-")]
+    pub name_prefix: String,
+    /// Usage plan ids to create (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_USAGE_PLAN)]
+    pub usage_plans: Vec<String>,
+    /// Delay before every answer (e.g. 20ms).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub latency: Duration,
+    /// Share of calls answered InternalError (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Calls per action before RequestLimitExceeded (e.g. 20/s, Tencent's documented limit).
+    #[arg(long, value_parser = common::parse_rate)]
+    pub rate_limit: Option<f64>,
+    /// Seed for ids, secrets and the error draw.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The SecretId clients must sign with.
+    #[arg(long, default_value = DEFAULT_SECRET_ID)]
+    pub secret_id: String,
+    /// The SecretKey clients must sign with.
+    #[arg(long, default_value = DEFAULT_SECRET_KEY)]
+    pub secret_key: String,
+    /// The region X-TC-Region must name.
+    #[arg(long, default_value = DEFAULT_REGION)]
+    pub region: String,
+    /// Most keys the account may hold.
+    #[arg(long)]
+    pub max_keys: Option<usize>,
+}
+
+impl EmulateArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            keys: self.keys,
+            name_prefix: self.name_prefix.clone(),
+            usage_plans: self
+                .usage_plans
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            latency: self.latency,
+            error_rate: self.error_rate,
+            rate_limit: self.rate_limit,
+            seed: self.seed,
+            secret_id: self.secret_id.clone(),
+            secret_key: Secret::new(self.secret_key.clone()),
+            region: self.region.clone(),
+            max_keys: self.max_keys,
+        }
+    }
+}
+
+/// `rekey emulate tencent`: start, print where and how to connect, serve
+/// until Ctrl-C.
+pub async fn serve_cli(args: EmulateArgs) -> io::Result<()> {
+    let handle = start(args.options(), args.listen).await?;
+    let o = handle.options();
+    println!(
+        "Tencent Cloud API Gateway emulator on {} (Ctrl-C stops it)",
+        handle.endpoint()
+    );
+    println!("  region       {}", o.region);
+    println!("  secret_id    {}", o.secret_id);
+    println!(
+        "  secret_key   {}   (test credentials: the only pair accepted)",
+        o.secret_key.expose()
+    );
+    println!("  usage plans  {}", o.usage_plans.join(", "));
+    println!(
+        "  keys         {} seeded (prefix {:?})",
+        o.keys, o.name_prefix
+    );
+    println!(
+        "  admin API    GET /__emulator/keys, GET|POST /__emulator/faults, GET /__emulator/stats (loopback only)"
+    );
+    println!();
+    println!("[providers.gw]");
+    println!("kind = \"tencent-apigateway\"");
+    println!("endpoint = \"{}\"", handle.endpoint());
+    println!("region = \"{}\"", o.region);
+    println!("secret_id = \"{}\"", o.secret_id);
+    println!("secret_key = \"{}\"", o.secret_key.expose());
+    common::until_interrupted().await;
+    println!("stopping");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,912 @@
+//! Tencent Cloud API Gateway keys (`kind = "tencent-apigateway"`;
+//! PROTOCOLS §1–§2; seed `tencent-apigateway-create-apikey.txt`).
+//!
+//! Every call is `POST /` with a JSON body, the headers `X-TC-Action`,
+//! `X-TC-Version: 2018-08-08`, `X-TC-Timestamp`, `X-TC-Region`, and a
+//! `TC3-HMAC-SHA256` signature over `content-type;host;x-tc-action` (the
+//! action is signed so a captured signature cannot be replayed as another
+//! action). `Content-Type` is the constant [`CONTENT_TYPE`], set by hand so
+//! the bytes signed are the bytes sent, and so is `Host`.
+//!
+//! # Lifecycle
+//!
+//! - **list**: `DescribeApiKeysStatus`, 100 per page by `Offset`, the name
+//!   filter applied page by page. The list answer carries every key's
+//!   `AccessKeySecret`; it is skipped while parsing (never copied into a
+//!   string) and the raw body is zeroized.
+//! - **create**: `CreateApiKey{SecretName, AccessKeyType:"auto"}` → secret
+//!   fields `access_key_id` and `access_key_secret`; the id is the
+//!   `AccessKeyId`, `created_at` the `CreatedTime`. Keys never expire.
+//! - **after_create**: a key only works once bound to a usage plan. The new
+//!   key is bound (`BindSecretIds`) to every plan in the policy's
+//!   `create.usage_plans` and to every plan the old key is bound to;
+//!   `UnsupportedOperation.AlreadyBindUsagePlan` counts as done.
+//! - **before_delete**: unbind the key from every plan it is bound to
+//!   (`UnBindSecretIds`), then `DisableApiKey` (already disabled counts as
+//!   done, checked by reading the key's status back).
+//! - **delete**: `DeleteApiKey`; `ResourceNotFound.*` means already gone.
+//!
+//! # Finding a key's usage plans
+//!
+//! The API has no "plans of this key" call, and `before_delete` is given
+//! only the key id. So bindings are *discovered*: the provider lists every
+//! usage plan of the region (`DescribeUsagePlansStatus`, paged) plus the
+//! plans it has seen in `create.usage_plans` since it started, and asks each
+//! plan for its keys (`DescribeUsagePlanSecretIds`, paged). This survives
+//! restarts (nothing is remembered that the API cannot tell again) and
+//! finds bindings made by hand in the console, at the cost of one call per
+//! plan. The CAM policy of rekey's SecretId therefore needs
+//! `DescribeUsagePlansStatus` and `DescribeUsagePlanSecretIds` besides the
+//! key actions.
+//!
+//! # Errors
+//!
+//! Tencent answers errors with HTTP 200 and `Response.Error{Code, Message}`
+//! plus `Response.RequestId`, which every error carries. Classes:
+//! `AuthFailure.*` and `UnauthorizedOperation.*` → `Auth`;
+//! `RequestLimitExceeded[.*]` → `RateLimited` (retryable) except
+//! `RequestLimitExceeded.IPLimitExceeded`, which the official SDK does not
+//! retry (permanent); `LimitExceeded.*` → `Quota`; `InternalError[.*]` and
+//! `ServiceUnavailable` → retryable `Api`; everything else permanent `Api`.
+//! Because the HTTP status is always 200, the `status` of an `Api` error
+//! from the envelope is the HTTP class the code stands for (500/503 for the
+//! retryable ones, 404 for `ResourceNotFound.*`, 400 otherwise), not a
+//! status that went over the wire; the message says so.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::http::{ProviderHttp, retry_after};
+use super::{
+    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
+    ProviderErrorKind, ProviderKey, tc3,
+};
+use crate::config::{ProviderConfig, ProviderKind};
+use crate::secret::{Secret, SecretFields};
+
+/// The signing service name.
+pub const SERVICE: &str = "apigateway";
+/// `X-TC-Version` of the API Gateway actions.
+pub const VERSION: &str = "2018-08-08";
+/// The content type sent and signed, byte for byte.
+pub const CONTENT_TYPE: &str = "application/json";
+/// Page size of every paged call (the documented maximum).
+pub const PAGE_LIMIT: usize = 100;
+
+/// Where a Unix timestamp for `X-TC-Timestamp` comes from (tests skew it).
+pub type TimestampSource = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Tencent Cloud API Gateway keys through API 3.0.
+pub struct TencentProvider {
+    http: ProviderHttp,
+    region: String,
+    secret_id: Secret,
+    secret_key: Secret,
+    /// `Host` as sent and signed: the endpoint's host, with its port when
+    /// it is not the scheme's default.
+    host: String,
+    url: String,
+    now: TimestampSource,
+    /// Usage plans named by policies' `create.usage_plans` since start; a
+    /// hint added to the plans the API lists, never the only source.
+    known_plans: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for TencentProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TencentProvider")
+            .field("provider", &self.http.provider)
+            .field("endpoint", &self.http.endpoint)
+            .field("region", &self.region)
+            .field("secret_id", &self.secret_id)
+            .field("secret_key", &self.secret_key)
+            .finish()
+    }
+}
+
+/// An error envelope, before it is classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<T> {
+    #[serde(rename = "Response")]
+    response: T,
+}
+
+#[derive(Deserialize)]
+struct ErrorProbe {
+    #[serde(rename = "Error")]
+    error: Option<WireError>,
+    #[serde(rename = "RequestId")]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(rename = "Code")]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ResultOf<T> {
+    #[serde(rename = "Result")]
+    result: Option<T>,
+}
+
+/// A secret string straight from JSON into a zeroizing [`Secret`].
+struct WireSecret(Secret);
+
+impl<'de> Deserialize<'de> for WireSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Zeroizing::new(String::deserialize(d)?);
+        Ok(WireSecret(Secret::new(s.as_str())))
+    }
+}
+
+/// One `ApiKey` as listed. `AccessKeySecret` is deliberately absent:
+/// serde skips it without keeping it.
+#[derive(Deserialize)]
+struct ListedKey {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: String,
+    #[serde(rename = "SecretName", default)]
+    secret_name: Option<String>,
+    #[serde(rename = "Status", default)]
+    status: Option<i64>,
+    #[serde(rename = "AccessKeyType", default)]
+    access_key_type: Option<String>,
+    #[serde(rename = "CreatedTime", default)]
+    created_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KeysPage {
+    #[serde(rename = "TotalCount", default)]
+    total_count: Option<usize>,
+    #[serde(rename = "ApiKeySet", default)]
+    api_key_set: Option<Vec<ListedKey>>,
+}
+
+#[derive(Deserialize)]
+struct CreatedKey {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: String,
+    #[serde(rename = "AccessKeySecret")]
+    access_key_secret: WireSecret,
+    #[serde(rename = "SecretName", default)]
+    secret_name: Option<String>,
+    #[serde(rename = "CreatedTime", default)]
+    created_time: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PlansPage {
+    #[serde(rename = "TotalCount", default)]
+    total_count: Option<usize>,
+    #[serde(rename = "UsagePlanStatusSet", default)]
+    usage_plan_status_set: Option<Vec<PlanItem>>,
+}
+
+#[derive(Deserialize)]
+struct PlanItem {
+    #[serde(rename = "UsagePlanId")]
+    usage_plan_id: String,
+}
+
+#[derive(Deserialize)]
+struct PlanKeysPage {
+    #[serde(rename = "TotalCount", default)]
+    total_count: Option<usize>,
+    #[serde(rename = "AccessKeyList", default)]
+    access_key_list: Option<Vec<PlanKey>>,
+}
+
+#[derive(Deserialize)]
+struct PlanKey {
+    #[serde(rename = "AccessKeyId", default)]
+    access_key_id: Option<String>,
+}
+
+/// What went wrong parsing a JSON body, without serde_json's message:
+/// that message can quote the offending value, which may be a secret.
+pub fn json_problem(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected field type or missing field",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// Longest provider message kept in an error.
+const MAX_MESSAGE: usize = 300;
+
+fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_MESSAGE {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX_MESSAGE).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn is_code(code: &str, family: &str) -> bool {
+    code == family
+        || code
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The error class of an envelope code (see the module doc).
+pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
+    let text = format!("{code}: {}", clip(message));
+    if is_code(code, "AuthFailure") || is_code(code, "UnauthorizedOperation") {
+        return ProviderErrorKind::Auth(text);
+    }
+    if code == "RequestLimitExceeded.IPLimitExceeded" {
+        return ProviderErrorKind::Api {
+            status: 400,
+            code: code.to_string(),
+            message: format!("{} (HTTP 200 error envelope)", clip(message)),
+        };
+    }
+    if is_code(code, "RequestLimitExceeded") {
+        return ProviderErrorKind::RateLimited { retry_after: None };
+    }
+    if is_code(code, "LimitExceeded") {
+        return ProviderErrorKind::Quota(text);
+    }
+    let status = if is_code(code, "InternalError") {
+        500
+    } else if code == "ServiceUnavailable" {
+        503
+    } else if is_code(code, "ResourceNotFound") {
+        404
+    } else {
+        400
+    };
+    ProviderErrorKind::Api {
+        status,
+        code: code.to_string(),
+        message: format!("{} (HTTP 200 error envelope)", clip(message)),
+    }
+}
+
+/// Parse `YYYY-MM-DDThh:mm:ssZ` (documented), or `YYYY-MM-DD hh:mm:ss`
+/// read as UTC.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.to_utc());
+    }
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// The `Host` header for an endpoint URL.
+pub fn host_of(endpoint: &str) -> Option<String> {
+    let url = reqwest::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+/// `create.usage_plans` as a set; anything but a list of non-empty strings
+/// is an invalid request.
+pub fn usage_plans(
+    params: &serde_json::Map<String, Value>,
+) -> Result<BTreeSet<String>, ProviderErrorKind> {
+    let Some(v) = params.get("usage_plans") else {
+        return Ok(BTreeSet::new());
+    };
+    let bad = || {
+        ProviderErrorKind::Invalid(
+            "create.usage_plans must be a list of usage plan ids (\"usagePlan-…\")".into(),
+        )
+    };
+    let list = v.as_array().ok_or_else(bad)?;
+    list.iter()
+        .map(|p| match p.as_str() {
+            Some(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+impl TencentProvider {
+    pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
+        let ProviderKind::Tencent {
+            region,
+            secret_id,
+            secret_key,
+        } = &cfg.kind
+        else {
+            return Err(BuildError(format!(
+                "provider {}: not a tencent-apigateway provider",
+                cfg.name
+            )));
+        };
+        let resolve = |r: &crate::config::SecretRef, what: &str| {
+            r.resolve_now()
+                .map_err(|e| BuildError(format!("provider {}: {what}: {e}", cfg.name)))
+        };
+        let secret_id = resolve(secret_id, "secret_id")?;
+        let secret_key = resolve(secret_key, "secret_key")?;
+        let host = host_of(&http.endpoint).ok_or_else(|| {
+            BuildError(format!(
+                "provider {}: endpoint {} has no host",
+                cfg.name, http.endpoint
+            ))
+        })?;
+        let url = format!("{}/", http.endpoint);
+        Ok(TencentProvider {
+            http,
+            region: region.clone(),
+            secret_id,
+            secret_key,
+            host,
+            url,
+            now: Arc::new(|| Utc::now().timestamp()),
+            known_plans: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Take `X-TC-Timestamp` from `now` instead of the system clock.
+    pub fn with_timestamps(mut self, now: TimestampSource) -> Self {
+        self.now = now;
+        self
+    }
+
+    fn error(&self, operation: &'static str, kind: ProviderErrorKind) -> ProviderError {
+        self.http.error(operation, kind)
+    }
+
+    fn failure(&self, operation: &'static str, f: ApiFailure) -> ProviderError {
+        self.error(operation, classify(&f.code, &f.message))
+            .with_request_id(f.request_id)
+    }
+
+    /// Sign and send one action. `Ok(Err(_))` is an error envelope, left
+    /// unclassified for the caller's special cases; `Err` is everything
+    /// else (transport, HTTP status, unreadable body).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<Result<Option<T>, ApiFailure>, ProviderError> {
+        let body = serde_json::to_vec(params)
+            .map_err(|e| self.error(operation, ProviderErrorKind::Invalid(format!("body: {e}"))))?;
+        let timestamp = (self.now)();
+        let headers = [
+            ("Content-Type", CONTENT_TYPE),
+            ("Host", self.host.as_str()),
+            ("X-TC-Action", action),
+        ];
+        let signed = tc3::sign(
+            self.secret_id.expose(),
+            self.secret_key.expose(),
+            &tc3::SignInput {
+                method: "POST",
+                canonical_query: "",
+                headers: &headers,
+                payload: &body,
+                timestamp,
+                service: SERVICE,
+            },
+        )
+        .ok_or_else(|| {
+            self.error(
+                operation,
+                ProviderErrorKind::Invalid(format!("timestamp {timestamp} has no date")),
+            )
+        })?;
+        let authorization = Zeroizing::new(signed.authorization);
+        let req = self
+            .http
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .header(reqwest::header::HOST, &self.host)
+            .header("X-TC-Action", action)
+            .header("X-TC-Version", VERSION)
+            .header("X-TC-Timestamp", timestamp.to_string())
+            .header("X-TC-Region", &self.region)
+            .header(reqwest::header::AUTHORIZATION, authorization.as_str())
+            .body(body);
+        let resp = self.http.send(operation, req).await?;
+        let ours = Some(resp.request_id.clone());
+        let status = resp.status;
+        // The body may hold key secrets (list, create): wiped on drop.
+        let body = Zeroizing::new(resp.body);
+        if status.as_u16() != 200 {
+            let kind = if status.as_u16() == 429 {
+                ProviderErrorKind::RateLimited {
+                    retry_after: retry_after(&resp.headers),
+                }
+            } else {
+                ProviderErrorKind::Api {
+                    status: status.as_u16(),
+                    code: format!("HTTP{}", status.as_u16()),
+                    message: "unexpected HTTP status from the API 3.0 endpoint".into(),
+                }
+            };
+            return Err(self.error(operation, kind).with_request_id(ours));
+        }
+        let protocol = |what: String| {
+            self.error(operation, ProviderErrorKind::Protocol(what))
+                .with_request_id(ours.clone())
+        };
+        let probe: Envelope<ErrorProbe> = serde_json::from_slice(&body).map_err(|e| {
+            protocol(format!(
+                "{action}: response is not an API 3.0 envelope ({})",
+                json_problem(&e)
+            ))
+        })?;
+        let request_id = probe.response.request_id.clone().or(ours.clone());
+        if let Some(err) = probe.response.error {
+            return Ok(Err(ApiFailure {
+                code: err.code,
+                message: err.message,
+                request_id,
+            }));
+        }
+        let parsed: Envelope<ResultOf<T>> = serde_json::from_slice(&body).map_err(|e| {
+            self.error(
+                operation,
+                ProviderErrorKind::Protocol(format!(
+                    "{action}: Response.Result has an unexpected shape ({})",
+                    json_problem(&e)
+                )),
+            )
+            .with_request_id(request_id.clone())
+        })?;
+        tracing::trace!(provider = %self.http.provider, action, request_id = request_id.as_deref().unwrap_or(""), "tencent action answered");
+        Ok(Ok(parsed.response.result))
+    }
+
+    /// As [`call`](Self::call), with error envelopes classified and a
+    /// missing `Result` refused.
+    async fn call_ok<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<T, ProviderError> {
+        match self.call::<T>(operation, action, params).await? {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(self.error(
+                operation,
+                ProviderErrorKind::Protocol(format!("{action}: Response.Result is missing")),
+            )),
+            Err(f) => Err(self.failure(operation, f)),
+        }
+    }
+
+    fn remember_plans(&self, plans: &BTreeSet<String>) {
+        if plans.is_empty() {
+            return;
+        }
+        let mut k = self.known_plans.lock().unwrap_or_else(|p| p.into_inner());
+        k.extend(plans.iter().cloned());
+    }
+
+    /// Every usage plan of the region, plus the remembered ones.
+    async fn candidate_plans(&self) -> Result<BTreeSet<String>, ProviderError> {
+        let mut plans: BTreeSet<String> = self
+            .known_plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut offset = 0usize;
+        loop {
+            let page: PlansPage = self
+                .call_ok(
+                    "list_usage_plans",
+                    "DescribeUsagePlansStatus",
+                    &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                )
+                .await?;
+            let items = page.usage_plan_status_set.unwrap_or_default();
+            let n = items.len();
+            plans.extend(items.into_iter().map(|p| p.usage_plan_id));
+            offset += n;
+            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                break;
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Whether `key_id` is bound to `plan` (a plan that no longer exists
+    /// holds nothing).
+    async fn plan_has_key(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+        let mut offset = 0usize;
+        loop {
+            let page = match self
+                .call::<PlanKeysPage>(
+                    "list_plan_keys",
+                    "DescribeUsagePlanSecretIds",
+                    &json!({"UsagePlanId": plan, "Limit": PAGE_LIMIT, "Offset": offset}),
+                )
+                .await?
+            {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(false),
+                Err(f) if is_code(&f.code, "ResourceNotFound") => return Ok(false),
+                Err(f) => return Err(self.failure("list_plan_keys", f)),
+            };
+            let items = page.access_key_list.unwrap_or_default();
+            let n = items.len();
+            if items
+                .iter()
+                .any(|k| k.access_key_id.as_deref() == Some(key_id))
+            {
+                return Ok(true);
+            }
+            offset += n;
+            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The usage plans `key_id` is bound to, discovered (see the module doc).
+    pub async fn plans_of(&self, key_id: &str) -> Result<BTreeSet<String>, ProviderError> {
+        let mut bound = BTreeSet::new();
+        for plan in self.candidate_plans().await? {
+            if self.plan_has_key(&plan, key_id).await? {
+                bound.insert(plan);
+            }
+        }
+        Ok(bound)
+    }
+
+    async fn bind(&self, plan: &str, key_id: &str) -> Result<(), ProviderError> {
+        match self
+            .call::<bool>(
+                "bind",
+                "BindSecretIds",
+                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+            )
+            .await?
+        {
+            Ok(Some(false)) => Err(self.error(
+                "bind",
+                ProviderErrorKind::Protocol(format!(
+                    "BindSecretIds answered false for usage plan {plan}"
+                )),
+            )),
+            Ok(_) => Ok(()),
+            Err(f) if f.code == "UnsupportedOperation.AlreadyBindUsagePlan" => Ok(()),
+            Err(f) => Err(self.failure("bind", f)),
+        }
+    }
+
+    /// `Ok(false)` when the key does not exist any more.
+    async fn unbind(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+        match self
+            .call::<bool>(
+                "unbind",
+                "UnBindSecretIds",
+                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+            )
+            .await?
+        {
+            Ok(Some(false)) => Err(self.error(
+                "unbind",
+                ProviderErrorKind::Protocol(format!(
+                    "UnBindSecretIds answered false for usage plan {plan}"
+                )),
+            )),
+            Ok(_) => Ok(true),
+            Err(f) if f.code == "ResourceNotFound.InvalidUsagePlan" => Ok(true),
+            Err(f) if f.code == "ResourceNotFound.InvalidAccessKeyId" => Ok(false),
+            Err(f) => Err(self.failure("unbind", f)),
+        }
+    }
+
+    /// A key's `Status` (1 enabled, 0 disabled), read through the list
+    /// call filtered by id (whose secret is skipped like any list's).
+    async fn key_status(&self, key_id: &str) -> Result<Option<i64>, ProviderError> {
+        let page: KeysPage = self
+            .call_ok(
+                "describe_key_status",
+                "DescribeApiKeysStatus",
+                &json!({
+                    "Limit": 1,
+                    "Offset": 0,
+                    "Filters": [{"Name": "AccessKeyId", "Values": [key_id]}],
+                }),
+            )
+            .await?;
+        Ok(page
+            .api_key_set
+            .unwrap_or_default()
+            .into_iter()
+            .find(|k| k.access_key_id == key_id)
+            .and_then(|k| k.status))
+    }
+
+    async fn disable(&self, key_id: &str) -> Result<(), ProviderError> {
+        match self
+            .call::<bool>("disable", "DisableApiKey", &json!({"AccessKeyId": key_id}))
+            .await?
+        {
+            Ok(Some(false)) => Err(self.error(
+                "disable",
+                ProviderErrorKind::Protocol("DisableApiKey answered false".into()),
+            )),
+            Ok(_) => Ok(()),
+            // Gone already: the delete that follows reports NotFound.
+            Err(f) if is_code(&f.code, "ResourceNotFound") => Ok(()),
+            // "The key's state does not allow this": fine if it is
+            // disabled already, which the status says.
+            Err(f) if is_code(&f.code, "UnsupportedOperation") => {
+                match self.key_status(key_id).await? {
+                    Some(0) | None => Ok(()),
+                    Some(_) => Err(self.failure("disable", f)),
+                }
+            }
+            Err(f) => Err(self.failure("disable", f)),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for TencentProvider {
+    fn name(&self) -> &str {
+        &self.http.provider
+    }
+
+    fn kind(&self) -> &'static str {
+        "tencent-apigateway"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            can_list: true,
+            can_delete: true,
+            disable_before_delete: true,
+            has_expiry: false,
+            returns_id_on_create: true,
+        }
+    }
+
+    async fn list(
+        &self,
+        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
+    ) -> Result<Vec<ProviderKey>, ProviderError> {
+        let mut out: Vec<ProviderKey> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut offset = 0usize;
+        loop {
+            let page: KeysPage = self
+                .call_ok(
+                    "list",
+                    "DescribeApiKeysStatus",
+                    &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                )
+                .await?;
+            let items = page.api_key_set.unwrap_or_default();
+            let n = items.len();
+            for k in items {
+                let name = k.secret_name.unwrap_or_default();
+                if !keep(&name) || !seen.insert(k.access_key_id.clone()) {
+                    continue;
+                }
+                let mut meta = std::collections::BTreeMap::new();
+                if let Some(s) = k.status {
+                    meta.insert(
+                        "status".to_string(),
+                        Value::from(if s == 1 { "enabled" } else { "disabled" }),
+                    );
+                }
+                if let Some(t) = k.access_key_type {
+                    meta.insert("access_key_type".to_string(), Value::from(t));
+                }
+                out.push(ProviderKey {
+                    id: k.access_key_id,
+                    name,
+                    created_at: k.created_time.as_deref().and_then(parse_time),
+                    expires_at: None,
+                    meta,
+                });
+            }
+            offset += n;
+            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {
+        let plans = usage_plans(req.params).map_err(|k| self.error("create", k))?;
+        self.remember_plans(&plans);
+        let created: CreatedKey = self
+            .call_ok(
+                "create",
+                "CreateApiKey",
+                &json!({"SecretName": req.name, "AccessKeyType": "auto"}),
+            )
+            .await?;
+        let mut secret = SecretFields::new();
+        secret.insert("access_key_id", Secret::new(created.access_key_id.clone()));
+        secret.insert("access_key_secret", created.access_key_secret.0);
+        Ok(NewKey {
+            id: Some(created.access_key_id),
+            name: created.secret_name.unwrap_or_else(|| req.name.to_string()),
+            created_at: created.created_time.as_deref().and_then(parse_time),
+            expires_at: None,
+            secret,
+        })
+    }
+
+    async fn after_create(
+        &self,
+        new_key_id: &str,
+        old_key_id: Option<&str>,
+        params: &serde_json::Map<String, Value>,
+    ) -> Result<(), ProviderError> {
+        let mut targets = usage_plans(params).map_err(|k| self.error("bind", k))?;
+        self.remember_plans(&targets);
+        if let Some(old) = old_key_id {
+            targets.extend(self.plans_of(old).await?);
+        }
+        if targets.is_empty() {
+            tracing::warn!(provider = %self.http.provider, new_key = new_key_id, "the new key is bound to no usage plan (none in create.usage_plans, none on the old key); it cannot call any API until it is bound");
+        }
+        for plan in &targets {
+            self.bind(plan, new_key_id).await?;
+        }
+        tracing::info!(provider = %self.http.provider, new_key = new_key_id, old_key = old_key_id.unwrap_or("-"), usage_plans = ?targets, "new key bound to its usage plans");
+        Ok(())
+    }
+
+    async fn before_delete(&self, key_id: &str) -> Result<(), ProviderError> {
+        let plans = self.plans_of(key_id).await?;
+        for plan in &plans {
+            if !self.unbind(plan, key_id).await? {
+                return Ok(());
+            }
+        }
+        self.disable(key_id).await?;
+        tracing::info!(provider = %self.http.provider, key = key_id, usage_plans = ?plans, "old key unbound and disabled");
+        Ok(())
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
+        match self
+            .call::<bool>("delete", "DeleteApiKey", &json!({"AccessKeyId": key_id}))
+            .await?
+        {
+            Ok(Some(false)) => Err(self.error(
+                "delete",
+                ProviderErrorKind::Protocol("DeleteApiKey answered false".into()),
+            )),
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(f) if is_code(&f.code, "ResourceNotFound") => Ok(DeleteOutcome::NotFound),
+            Err(f) => Err(self.failure("delete", f)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: &str) -> (bool, &'static str) {
+        let e = ProviderError::new("gw", "op", classify(code, "m"));
+        let variant = match e.kind {
+            ProviderErrorKind::Auth(_) => "auth",
+            ProviderErrorKind::RateLimited { .. } => "rate",
+            ProviderErrorKind::Quota(_) => "quota",
+            ProviderErrorKind::Api { .. } => "api",
+            _ => "other",
+        };
+        (e.is_retryable(), variant)
+    }
+
+    #[test]
+    fn envelope_codes_map_to_error_classes() {
+        assert_eq!(class("AuthFailure.SignatureFailure"), (false, "auth"));
+        assert_eq!(class("AuthFailure.SignatureExpire"), (false, "auth"));
+        assert_eq!(
+            class("UnauthorizedOperation.UncertifiedUser"),
+            (false, "auth")
+        );
+        assert_eq!(class("RequestLimitExceeded"), (true, "rate"));
+        assert_eq!(
+            class("RequestLimitExceeded.UinLimitExceeded"),
+            (true, "rate")
+        );
+        assert_eq!(
+            class("RequestLimitExceeded.GlobalRegionUinLimitExceeded"),
+            (true, "rate")
+        );
+        assert_eq!(
+            class("RequestLimitExceeded.IPLimitExceeded"),
+            (false, "api")
+        );
+        assert_eq!(
+            class("LimitExceeded.ApiKeyCountLimitExceeded"),
+            (false, "quota")
+        );
+        assert_eq!(class("InternalError"), (true, "api"));
+        assert_eq!(class("InternalError.ApigwException"), (true, "api"));
+        assert_eq!(class("ServiceUnavailable"), (true, "api"));
+        assert_eq!(class("RequestSizeLimitExceeded"), (false, "api"));
+        assert_eq!(class("UnsupportedOperation.InvalidStatus"), (false, "api"));
+        assert_eq!(class("InvalidParameter.FormatError"), (false, "api"));
+        // A family name must be followed by a dot, not just any suffix.
+        assert_eq!(class("AuthFailureX"), (false, "api"));
+    }
+
+    #[test]
+    fn times_parse_in_both_shapes() {
+        let t = parse_time("2020-02-26T06:10:01Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2020-02-26T06:10:01+00:00");
+        assert_eq!(parse_time("2020-02-26 06:10:01"), Some(t));
+        assert!(parse_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn host_keeps_a_non_default_port() {
+        assert_eq!(
+            host_of("https://apigateway.tencentcloudapi.com").as_deref(),
+            Some("apigateway.tencentcloudapi.com")
+        );
+        assert_eq!(
+            host_of("http://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host_of("https://example.com:443").as_deref(),
+            Some("example.com")
+        );
+    }
+
+    #[test]
+    fn usage_plans_must_be_a_list_of_ids() {
+        let mut p = serde_json::Map::new();
+        assert!(usage_plans(&p).unwrap().is_empty());
+        p.insert("usage_plans".into(), json!(["usagePlan-a", "usagePlan-b"]));
+        assert_eq!(usage_plans(&p).unwrap().len(), 2);
+        p.insert("usage_plans".into(), json!("usagePlan-a"));
+        assert!(matches!(
+            usage_plans(&p),
+            Err(ProviderErrorKind::Invalid(_))
+        ));
+        p.insert("usage_plans".into(), json!([""]));
+        assert!(usage_plans(&p).is_err());
+    }
+
+    #[test]
+    fn listing_skips_the_secret_field() {
+        let body = br#"{"TotalCount":1,"ApiKeySet":[{"AccessKeyId":"AKID1","AccessKeySecret":"topsecret","SecretName":"app","Status":1,"CreatedTime":"2020-02-26T06:09:44Z"}]}"#;
+        let page: KeysPage = serde_json::from_slice(body).unwrap();
+        let k = &page.api_key_set.as_ref().unwrap()[0];
+        assert_eq!(k.access_key_id, "AKID1");
+        assert_eq!(k.secret_name.as_deref(), Some("app"));
+    }
+}
