@@ -161,6 +161,18 @@ fn wait_completed(b: &Bench, n: usize, t0: Instant, limit: Duration) -> Duration
     }
 }
 
+/// First rotation start to last rotation finish, from the state DB: the
+/// span the throughput targets describe (process start-up excluded).
+fn rotation_span(b: &Bench) -> Duration {
+    let h = Store::open_read_only(&b.path("state.db"))
+        .unwrap()
+        .history(None, 100_000)
+        .unwrap();
+    let start = h.iter().map(|r| r.started_at).min().unwrap();
+    let end = h.iter().filter_map(|r| r.finished_at).max().unwrap();
+    (end - start).to_std().unwrap_or_default()
+}
+
 fn provider_calls(emu: &oceanbase::EmulatorHandle) -> u64 {
     emu.stats().requests()
 }
@@ -189,7 +201,7 @@ async fn rate_limited() {
     emu.reset_stats();
     let t0 = Instant::now();
     let mut d = b.spawn(&cfg, &[]);
-    let took = tokio::task::spawn_blocking(move || {
+    let (wall, b) = tokio::task::spawn_blocking(move || {
         let t = wait_completed(&b, n, t0, Duration::from_secs(600));
         (t, b)
     })
@@ -198,11 +210,13 @@ async fn rate_limited() {
     stop(&mut d);
     let calls = provider_calls(&emu);
     let ideal = calls as f64 / r;
+    let span = rotation_span(&b);
     println!(
-        "rate-limited: {n} lineages, R={r}/s, {calls} provider calls: {:.2}s; ideal {:.2}s; ratio {:.3} (target ≤ 1.10)",
-        took.0.as_secs_f64(),
+        "rate-limited: {n} lineages, R={r}/s, {calls} provider calls (incl. the first check): first start → last finish {:.2}s (process start to last finish {:.2}s); ideal {:.2}s; ratio {:.3} (target ≤ 1.10)",
+        span.as_secs_f64(),
+        wall.as_secs_f64(),
         ideal,
-        took.0.as_secs_f64() / ideal
+        span.as_secs_f64() / ideal
     );
 }
 
@@ -230,7 +244,7 @@ async fn latency_bound() {
     emu.reset_stats();
     let t0 = Instant::now();
     let mut d = b.spawn(&cfg, &[]);
-    let (took, _b) = tokio::task::spawn_blocking(move || {
+    let (wall, b) = tokio::task::spawn_blocking(move || {
         let t = wait_completed(&b, n, t0, Duration::from_secs(600));
         (t, b)
     })
@@ -238,15 +252,19 @@ async fn latency_bound() {
     .unwrap();
     stop(&mut d);
     let stats = emu.stats();
-    // Calls on each rotation's critical path (the initial list is shared).
-    let per_rotation = (stats.requests() - stats.list.requests.min(1)) as f64 / n as f64;
+    // Calls on each rotation's critical path: everything but the check's
+    // listing and the Digest challenge(s), which precede the rotations.
+    let per_rotation =
+        (stats.requests() - stats.list.requests.min(1) - stats.challenged()) as f64 / n as f64;
     let ideal = per_rotation * n as f64 * lat as f64 / 1000.0 / conc as f64;
+    let span = rotation_span(&b);
     println!(
-        "latency-bound: {n} lineages, {lat} ms/call, concurrency {conc}, {:.1} calls/rotation: {:.2}s; ideal {:.2}s; ratio {:.3} (target ≤ 1.25)",
+        "latency-bound: {n} lineages, {lat} ms/call, concurrency {conc}, {:.2} calls/rotation: first start → last finish {:.2}s (process start to last finish {:.2}s); ideal {:.2}s; ratio {:.3} (target ≤ 1.25)",
         per_rotation,
-        took.as_secs_f64(),
+        span.as_secs_f64(),
+        wall.as_secs_f64(),
         ideal,
-        took.as_secs_f64() / ideal
+        span.as_secs_f64() / ideal
     );
 }
 
@@ -277,7 +295,7 @@ async fn idle() {
     for i in 0..100 {
         policies.push_str(&policy(
             &format!("p{i:03}"),
-            &format!("app-{:03}??", i),
+            &format!("app-{:03}??*", i),
             "0 0 * * * *",
             "1h",
         ));
@@ -287,6 +305,12 @@ async fn idle() {
     let pid = d.id();
     // First checks list everything once; let them settle.
     std::thread::sleep(Duration::from_secs(20));
+    if let Some(st) = d.try_wait().unwrap() {
+        panic!(
+            "the daemon exited ({st}):\n{}",
+            std::fs::read_to_string(b.path("daemon.log")).unwrap_or_default()
+        );
+    }
     let settled_rss = proc_status(pid, "VmRSS:");
     let t0 = cpu_ticks(pid);
     let window = 60;
@@ -554,6 +578,15 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    if !std::env::args().any(|a| a == "--one") {
+        println!(
+            "rekey benchmarks — {} — {} cores",
+            Utc::now().to_rfc3339(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+    }
     if want("rate") {
         rate_limited().await;
     }

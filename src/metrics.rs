@@ -40,7 +40,17 @@ pub struct Metrics {
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
+    /// The last rendering and when it was made: under a scrape storm (or a
+    /// busy dashboard) rendering every series for every request would cost
+    /// the endpoint its latency.
+    rendered: Arc<Mutex<Option<Rendering>>>,
 }
+
+/// One rendering of the registry and when it was made.
+type Rendering = (std::time::Instant, Arc<String>);
+
+/// How long a rendering of `/metrics` is reused.
+pub const RENDER_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 struct PolicyRefs {
@@ -153,6 +163,7 @@ impl Metrics {
             provider_duration,
             sink_publish,
             policies: Arc::default(),
+            rendered: Arc::default(),
         }
     }
 
@@ -256,6 +267,19 @@ impl Metrics {
         // The map is only ever mutated whole-entry; a panic elsewhere
         // cannot leave it half-written, so a poisoned lock is still usable.
         self.policies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Metrics::render`], reused for up to [`RENDER_MAX_AGE`].
+    pub fn render_cached(&self) -> Arc<String> {
+        let mut slot = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, text)) = slot.as_ref()
+            && at.elapsed() < RENDER_MAX_AGE
+        {
+            return text.clone();
+        }
+        let text = Arc::new(self.render());
+        *slot = Some((std::time::Instant::now(), text.clone()));
+        text
     }
 
     /// Prometheus text exposition format 0.0.4.

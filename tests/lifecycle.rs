@@ -432,3 +432,37 @@ async fn sigterm_mid_rotation_exits_zero_and_the_rotation_completes_after_restar
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_journal_every_line_carries_its_syslog_priority() {
+    let env = Env::new().await;
+    env.seed(1, 0);
+    let cfg = env.config("keys/{lineage}.env", "");
+    let mut d = spawn_with(&env, &cfg, &[("JOURNAL_STREAM", "8:12345".into())]);
+    endpoint_from_journal(&env).await;
+    assert_eq!(terminate(&mut d), 0);
+    let log = env.log();
+    assert!(
+        log.lines().any(|l| l.starts_with("<6>rekey ready")),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let ok = line.len() > 3
+            && line.starts_with('<')
+            && line.as_bytes()[2] == b'>'
+            && (b'0'..=b'7').contains(&line.as_bytes()[1]);
+        assert!(ok, "line without a priority prefix: {line}");
+    }
+}
+
+async fn endpoint_from_journal(env: &Env) {
+    let start = Instant::now();
+    while !env.log().contains("rekey ready") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never ready\n{}",
+            tail(&env.log(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

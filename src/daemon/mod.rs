@@ -135,6 +135,13 @@ struct Daemon {
     retained: Mutex<HashMap<String, Arc<Runtime>>>,
     next_checks: Mutex<HashMap<String, DateTime<Utc>>>,
     checking: Mutex<HashSet<String>>,
+    /// Bounds concurrent policy checks (each a full key scan), so a start
+    /// with 100 policies due neither floods the provider nor balloons
+    /// memory.
+    check_slots: Arc<Semaphore>,
+    /// Whether the loop saw work in flight last time (to trim the heap
+    /// once when it goes idle).
+    was_busy: std::sync::atomic::AtomicBool,
     driving: Mutex<HashSet<String>>,
     /// Work stops between steps when this fires.
     work_stop: CancellationToken,
@@ -197,13 +204,6 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     };
     let liveness = Liveness::new((heartbeat * 3).max(Duration::from_secs(5)));
     liveness.beat();
-    let bound = server::bind(&cfg.daemon.listen)
-        .await
-        .map_err(|e| DaemonError::Listen {
-            addr: cfg.daemon.listen.to_string(),
-            reason: e.to_string(),
-        })?;
-    let endpoint = bound.endpoint();
     let admin_token = match &cfg.daemon.admin_token {
         Some(r) => Some(
             r.resolve_now()
@@ -212,8 +212,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let server_stop = CancellationToken::new();
-    let server_task = tokio::spawn(server::serve(
-        bound,
+    let (endpoint, server_thread) = start_status_server(
+        cfg.daemon.listen.clone(),
         ServerState {
             status: status.clone(),
             metrics: metrics.clone(),
@@ -222,7 +222,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             liveness: liveness.clone(),
         },
         server_stop.clone(),
-    ));
+    )
+    .await?;
 
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -233,6 +234,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         retained: Mutex::new(HashMap::new()),
         next_checks: Mutex::new(HashMap::new()),
         checking: Mutex::new(HashSet::new()),
+        check_slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations.min(4))),
+        was_busy: std::sync::atomic::AtomicBool::new(false),
         driving: Mutex::new(HashSet::new()),
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -241,6 +244,12 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     d.schedule_policies(&cfg, None);
     for p in &cfg.policies {
         metrics.init_policy(&p.name, &p.sinks, &p.provider);
+        if let Ok(Some(t)) = store.last_success(&p.name) {
+            metrics
+                .last_success
+                .with_label_values(&[&p.name])
+                .set(t.timestamp() as f64);
+        }
         if let Err(e) = engine.refresh_status(&runtime, &p.name) {
             tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
         }
@@ -268,6 +277,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             last_status_line = line;
         }
         let now = engine.clock.now();
+        d.trim_when_idle();
         d.start_due_work(now)?;
         let deadline = d.next_deadline(now, heartbeat)?;
         let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
@@ -331,10 +341,64 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         );
     }
     server_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(3), server_task).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::task::spawn_blocking(move || server_thread.join()),
+    )
+    .await;
     d.stop_deliverer().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serve the status endpoint on a thread and runtime of its own, so it
+/// never waits behind engine work (provider calls, SQLite commits) on the
+/// daemon's workers: `/status` and `/metrics` stay fast while rotations run.
+/// Returns once the listener is bound (a busy port fails start-up).
+async fn start_status_server(
+    listen: crate::config::ListenAddr,
+    state: ServerState,
+    stop: CancellationToken,
+) -> Result<(String, std::thread::JoinHandle<()>), DaemonError> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, String>>();
+    let addr = listen.to_string();
+    let thread = std::thread::Builder::new()
+        .name("rekey-status".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match server::bind(&listen).await {
+                    Ok(bound) => {
+                        let _ = tx.send(Ok(bound.endpoint()));
+                        server::serve(bound, state, stop).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        })
+        .map_err(|e| DaemonError::Listen {
+            addr: addr.clone(),
+            reason: format!("cannot start the status thread: {e}"),
+        })?;
+    match rx.await {
+        Ok(Ok(endpoint)) => Ok((endpoint, thread)),
+        Ok(Err(reason)) => Err(DaemonError::Listen { addr, reason }),
+        Err(_) => Err(DaemonError::Listen {
+            addr,
+            reason: "the status thread stopped before binding".into(),
+        }),
+    }
 }
 
 /// A failed sd_notify is worth a debug line, never a stop.
@@ -456,6 +520,7 @@ impl Daemon {
             let me = self.clone();
             let rt = rt.clone();
             self.tracker.spawn(async move {
+                let _slot = me.check_slots.clone().acquire_owned().await.expect("never closed");
                 let started = me.engine.clock.now();
                 match me.engine.check_policy(&rt, &p).await {
                     Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
@@ -497,6 +562,19 @@ impl Daemon {
             });
         }
         Ok(())
+    }
+
+    /// When the last check or rotation step finishes, hand freed heap back
+    /// to the OS: a scan of thousands of keys leaves its peak behind
+    /// otherwise, and an idle daemon should be small.
+    fn trim_when_idle(&self) {
+        let busy = !self.tracker.is_empty();
+        let was = self
+            .was_busy
+            .swap(busy, std::sync::atomic::Ordering::Relaxed);
+        if was && !busy {
+            harden::release_free_memory();
+        }
     }
 
     fn next_deadline(

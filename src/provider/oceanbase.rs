@@ -58,6 +58,9 @@ pub const API_PATH: &str = "/api/v2/maas/apikeys";
 /// Page size asked for: the documented maximum. Larger values are silently
 /// turned into 20 by the API, so never ask for more.
 pub const PAGE_SIZE: u32 = 100;
+
+/// Pages requested ahead of the one being processed during a scan.
+pub const READ_AHEAD: usize = 4;
 /// The `SecretFields` name of the new key's value.
 pub const SECRET_FIELD: &str = "api_key";
 /// Pages walked before giving up on a list that never ends (10 million keys).
@@ -291,16 +294,37 @@ impl OceanBaseProvider {
 
     /// Walk every list page, handing each listed key to `visit` until it
     /// breaks. `operation` names the calls in metrics and errors.
+    /// Walk every page in order, handing each key to `visit` as its page
+    /// arrives. Once the first page gives the total, up to
+    /// [`READ_AHEAD`] further pages are requested ahead (each through the
+    /// rate limiter), so a large scan costs about `pages × latency ÷
+    /// READ_AHEAD` rather than `pages × latency`; pages are still processed
+    /// strictly in order and memory holds at most that many pages.
     async fn walk<F>(&self, operation: &'static str, mut visit: F) -> Result<(), ProviderError>
     where
         F: FnMut(RawKey) -> Result<ControlFlow<()>, String> + Send,
     {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesOrdered;
+
         let size = PAGE_SIZE.to_string();
+        let fetch = |page: u32| {
+            let size = size.clone();
+            async move {
+                let number = page.to_string();
+                let url = self.url(operation, &[("pageNumber", &number), ("pageSize", &size)])?;
+                let resp = self.call(operation, Method::GET, url, None).await?;
+                Ok::<_, ProviderError>((page, resp))
+            }
+        };
         let mut seen: u64 = 0;
-        for page in 1..=MAX_PAGES {
-            let number = page.to_string();
-            let url = self.url(operation, &[("pageNumber", &number), ("pageSize", &size)])?;
-            let resp = self.call(operation, Method::GET, url, None).await?;
+        let mut in_flight = FuturesOrdered::new();
+        in_flight.push_back(fetch(1));
+        let mut next_page: u32 = 2;
+        // Known after the first page: the last page worth asking for.
+        let mut last_page: Option<u32> = None;
+        while let Some(result) = in_flight.next().await {
+            let (page, resp) = result?;
             if !resp.status.is_success() {
                 return Err(failure(&self.http.provider, operation, &resp));
             }
@@ -343,6 +367,29 @@ impl OceanBaseProvider {
             };
             if done {
                 return Ok(());
+            }
+            if last_page.is_none() {
+                last_page = Some(match page_data.total {
+                    Some(total) => u32::try_from(total.div_ceil(u64::from(PAGE_SIZE)))
+                        .unwrap_or(MAX_PAGES)
+                        .clamp(1, MAX_PAGES),
+                    // No total: one page at a time.
+                    None => 0,
+                });
+            }
+            let ahead = if last_page == Some(0) { 1 } else { READ_AHEAD };
+            // Keep the window full; past the expected last page (keys added
+            // meanwhile) go on one page at a time until a short page.
+            while in_flight.len() < ahead && next_page <= MAX_PAGES {
+                if let Some(last) = last_page
+                    && last > 0
+                    && next_page > last
+                    && !in_flight.is_empty()
+                {
+                    break;
+                }
+                in_flight.push_back(fetch(next_page));
+                next_page += 1;
             }
         }
         Err(self.http.error(

@@ -716,8 +716,10 @@ impl Engine {
             };
             match step {
                 Ok(Step::Continue) => {
+                    // The status snapshot is rebuilt once this call stops
+                    // (below), not after every step: under load that is
+                    // most of the engine's CPU.
                     self.wake_notify.notify_one();
-                    let _ = self.refresh_status(rt, &row.policy);
                     continue;
                 }
                 Ok(Step::Wait(t)) => break Ok(Some(t)),

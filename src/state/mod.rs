@@ -1108,11 +1108,18 @@ impl Store {
     /// A policy's active rotations plus the latest rotation of each lineage
     /// and every failed rotation that still holds a key: what the planner needs.
     pub fn policy_rotations(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
+        // Each part uses its own index, so the cost follows the number of
+        // lineages and unfinished rotations, not the length of the history.
         self.rotations_where(
-            "policy = ?1 AND (state NOT IN ('completed', 'failed')
-                OR (state = 'failed' AND sealed_secret IS NOT NULL)
-                OR rowid IN (SELECT rowid FROM rotations r2 WHERE r2.policy = ?1 AND r2.started_at =
-                    (SELECT MAX(r3.started_at) FROM rotations r3 WHERE r3.policy = ?1 AND r3.lineage = r2.lineage)))
+            "rowid IN (
+                SELECT rowid FROM rotations WHERE policy = ?1 AND state NOT IN ('completed', 'failed')
+                UNION
+                SELECT rowid FROM rotations WHERE policy = ?1 AND state = 'failed' AND sealed_secret IS NOT NULL
+                UNION
+                SELECT (SELECT r.rowid FROM rotations r WHERE r.policy = ?1 AND r.lineage = l.lineage
+                        ORDER BY r.started_at DESC LIMIT 1)
+                FROM (SELECT DISTINCT lineage FROM rotations WHERE policy = ?1) l
+             )
              ORDER BY started_at",
             params![policy],
         )

@@ -46,7 +46,11 @@
 //! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`.
 //!
 //! Index `rotations_one_active` makes "at most one rotation per lineage at a
-//! time" a constraint, not a convention.
+//! time" a constraint, not a convention. The others keep start-up and every
+//! check independent of how long the history is: `rotations_by_lineage`
+//! (latest rotation per lineage), `rotations_by_outcome` (last success),
+//! `rotations_active` and `rotations_resumable` (partial: only unfinished or
+//! resumable rows), `attempts_unresolved` (partial).
 //!
 //! ## attempts: each create call of a rotation
 //! - `rotation_id`, `attempt`: primary key.
@@ -143,6 +147,12 @@ CREATE TABLE rotations (
 CREATE UNIQUE INDEX rotations_one_active ON rotations (policy, lineage)
     WHERE state NOT IN ('completed', 'failed');
 CREATE INDEX rotations_by_policy ON rotations (policy, started_at);
+CREATE INDEX rotations_by_lineage ON rotations (policy, lineage, started_at);
+CREATE INDEX rotations_by_outcome ON rotations (policy, state, finished_at);
+CREATE INDEX rotations_active ON rotations (started_at)
+    WHERE state NOT IN ('completed', 'failed');
+CREATE INDEX rotations_resumable ON rotations (policy)
+    WHERE state = 'failed' AND sealed_secret IS NOT NULL;
 
 CREATE TABLE attempts (
     rotation_id TEXT NOT NULL REFERENCES rotations (id),
@@ -154,6 +164,8 @@ CREATE TABLE attempts (
     error TEXT,
     PRIMARY KEY (rotation_id, attempt)
 );
+CREATE INDEX attempts_unresolved ON attempts (rotation_id)
+    WHERE state IN ('requested', 'abandoned');
 
 CREATE TABLE sink_acks (
     rotation_id TEXT NOT NULL REFERENCES rotations (id),

@@ -486,12 +486,26 @@ async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut resp = app.state.metrics.render().into_response();
+    // Rendered at most every 250 ms (Metrics::render_cached); the body is
+    // shared, not copied, per request.
+    let text = app.state.metrics.render_cached();
+    let mut resp =
+        axum::body::Body::from(axum::body::Bytes::from_owner(ArcStr(text))).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(prometheus::TEXT_FORMAT),
     );
     resp
+}
+
+/// An `Arc<String>` as a byte buffer, so a cached rendering is served
+/// without copying.
+struct ArcStr(Arc<String>);
+
+impl AsRef<[u8]> for ArcStr {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// Query of `POST /rotate/{policy}`. Unknown parameters are refused: a typo
