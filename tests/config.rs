@@ -619,6 +619,19 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "a Huawei create.description, which is how rekey names the credential",
+            with(&[
+                ("provider = \"gw\"", "provider = \"nes\""),
+                (
+                    "sinks = [\"deploy-hook\"]\n",
+                    "sinks = [\"deploy-hook\"]\ncreate = { description = \"mine\" }\n",
+                ),
+            ]),
+            &[
+                "rekey.toml:58:10: error: `create.description` cannot be set for a huawei-nes provider: rekey names each credential through its description\n  hint: remove it; the key name (from name_template) becomes the description",
+            ],
+        ),
+        case(
             "rotate policy without sinks",
             with(&[("sinks = [\"deploy-hook\"]\n", "")]),
             &[

@@ -1426,17 +1426,22 @@ fn validate_policy(
         let allowed: &[&str] = match p.kind {
             ProviderKind::OceanBase { .. } => &["action"],
             ProviderKind::Tencent { .. } => &["usage_plans"],
-            ProviderKind::Huawei { .. } => &[
-                "description",
-                "node_ids",
-                "control_type",
-                "allowlists",
-                "eps_id",
-            ],
+            ProviderKind::Huawei { .. } => &["node_ids", "control_type", "allowlists", "eps_id"],
         };
+        // NES credentials have no name field: rekey names them through their
+        // description, so a `description` in `create` would collide with it.
+        if matches!(p.kind, ProviderKind::Huawei { .. }) && create.contains_key("description") {
+            cx.d.error_hint(
+                create_span.clone(),
+                "`create.description` cannot be set for a huawei-nes provider: rekey names each credential through its description",
+                "remove it; the key name (from name_template) becomes the description",
+            );
+        }
         let mut unknown_parameter = false;
         for k in create.keys() {
-            if !allowed.contains(&k.as_str()) {
+            if !allowed.contains(&k.as_str())
+                && !(k == "description" && matches!(p.kind, ProviderKind::Huawei { .. }))
+            {
                 unknown_parameter = true;
                 let hint = match did_you_mean(k, allowed.iter().copied()) {
                     Some(m) => format!("did you mean `{m}`?"),
