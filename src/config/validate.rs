@@ -1439,9 +1439,9 @@ fn validate_policy(
         }
         let mut unknown_parameter = false;
         for k in create.keys() {
-            if !allowed.contains(&k.as_str())
-                && !(k == "description" && matches!(p.kind, ProviderKind::Huawei { .. }))
-            {
+            // A Huawei `description` was reported above, with its reason.
+            let reported = k == "description" && matches!(p.kind, ProviderKind::Huawei { .. });
+            if !allowed.contains(&k.as_str()) && !reported {
                 unknown_parameter = true;
                 let hint = match did_you_mean(k, allowed.iter().copied()) {
                     Some(m) => format!("did you mean `{m}`?"),
