@@ -458,18 +458,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Rebuild a policy's status entry and key metrics from the store (no
-    /// provider call).
-    pub fn refresh_status(&self, rt: &Runtime, name: &str) -> Result<(), EngineError> {
-        let Some(policy) = rt.policy(name) else {
-            return Ok(());
-        };
-        let rotations = self.store.policy_rotations(name)?;
-        let views: Vec<KeyView> = self
+    /// The policy's keys as the store knows them (no provider call), in the
+    /// given key states, as the planner sees keys.
+    fn stored_views(&self, policy: &str, states: &[&str]) -> Result<Vec<KeyView>, EngineError> {
+        Ok(self
             .store
-            .known_keys(name)?
+            .known_keys(policy)?
             .into_iter()
-            .filter(|k| matches!(k.state.as_str(), "live" | "retiring" | "retired"))
+            .filter(|k| states.contains(&k.state.as_str()))
             .map(|k| KeyView {
                 key: ProviderKey {
                     id: k.key_id,
@@ -488,7 +484,17 @@ impl Engine {
                 },
                 store_state: Some(k.state),
             })
-            .collect();
+            .collect())
+    }
+
+    /// Rebuild a policy's status entry and key metrics from the store (no
+    /// provider call).
+    pub fn refresh_status(&self, rt: &Runtime, name: &str) -> Result<(), EngineError> {
+        let Some(policy) = rt.policy(name) else {
+            return Ok(());
+        };
+        let rotations = self.store.policy_rotations(name)?;
+        let views = self.stored_views(name, &["live", "retiring", "retired"])?;
         let plan = self.plan_from(rt, policy, views, &rotations)?;
         let ps = self.store.policy_state(name)?;
         let mut health = plan.health;
@@ -585,30 +591,7 @@ impl Engine {
                 message: format!("policy {name} is in observe mode; it never rotates"),
             });
         }
-        let views: Vec<KeyView> = self
-            .store
-            .known_keys(name)?
-            .into_iter()
-            .filter(|k| matches!(k.state.as_str(), "live" | "retiring"))
-            .map(|k| KeyView {
-                key: ProviderKey {
-                    id: k.key_id,
-                    name: k.name,
-                    created_at: k.created_at,
-                    expires_at: k.expires_at,
-                    meta: Default::default(),
-                },
-                lineage: k.lineage,
-                origin: if k.origin == "created" {
-                    Origin::Created {
-                        rotation_id: k.rotation_id,
-                    }
-                } else {
-                    Origin::Adopted
-                },
-                store_state: Some(k.state),
-            })
-            .collect();
+        let views = self.stored_views(name, &["live", "retiring"])?;
         let rotations = self.store.policy_rotations(name)?;
         let plan = self.plan_from(rt, policy, views, &rotations)?;
         if let Some(m) = plan.misconfigured {

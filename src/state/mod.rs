@@ -953,16 +953,7 @@ impl Store {
     pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached("SELECT attempt, name, state, started_at, finished_at, error FROM attempts WHERE rotation_id = ?1 ORDER BY attempt")?;
-        let rows = st.query_map(params![id], |r| {
-            Ok(AttemptRow {
-                attempt: r.get(0)?,
-                name: r.get(1)?,
-                state: r.get(2)?,
-                started_at: opt_ts(r.get(3)?).unwrap_or_default(),
-                finished_at: opt_ts(r.get(4)?),
-                error: r.get(5)?,
-            })
-        })?;
+        let rows = st.query_map(params![id], |r| attempt_row(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1137,19 +1128,7 @@ impl Store {
              FROM attempts a JOIN rotations r ON r.id = a.rotation_id
              WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
         )?;
-        let rows = st.query_map(params![policy], |r| {
-            Ok((
-                r.get(0)?,
-                AttemptRow {
-                    attempt: r.get(1)?,
-                    name: r.get(2)?,
-                    state: r.get(3)?,
-                    started_at: opt_ts(r.get(4)?).unwrap_or_default(),
-                    finished_at: opt_ts(r.get(5)?),
-                    error: r.get(6)?,
-                },
-            ))
-        })?;
+        let rows = st.query_map(params![policy], |r| Ok((r.get(0)?, attempt_row(r, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1402,6 +1381,19 @@ fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
 fn rotation_row_tx(tx: &Transaction, id: &str) -> Result<Option<RotationRow>, StoreError> {
     let sql = format!("SELECT {ROTATION_COLS} FROM rotations WHERE id = ?1");
     Ok(tx.query_row(&sql, params![id], rotation_row).optional()?)
+}
+
+/// An `attempts` row whose columns (attempt, name, state, started_at,
+/// finished_at, error) start at `first`.
+fn attempt_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        attempt: r.get(first)?,
+        name: r.get(first + 1)?,
+        state: r.get(first + 2)?,
+        started_at: opt_ts(r.get(first + 3)?).unwrap_or_default(),
+        finished_at: opt_ts(r.get(first + 4)?),
+        error: r.get(first + 5)?,
+    })
 }
 
 fn policy_state_row(r: &rusqlite::Row) -> rusqlite::Result<PolicyStateRow> {
