@@ -11,7 +11,7 @@
 //! it. The `key` label is the key's *name* (what an operator recognises in
 //! an alert), never anything secret.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
@@ -29,8 +29,10 @@ pub const PUBLISH_RESULTS: [&str; 2] = ["ok", "error"];
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub key_expiry: GaugeVec,
-    pub key_created: GaugeVec,
+    /// Per-key expiry/creation times, rendered by [`KeyCollector`] at
+    /// scrape time: one compact row per key instead of a metric child (with
+    /// its own label strings) per key and family.
+    keys: KeySeries,
     pub rotations: IntCounterVec,
     pub last_success: GaugeVec,
     pub policy_healthy: GaugeVec,
@@ -73,22 +75,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let key_expiry = GaugeVec::new(
-            Opts::new(
-                "rekey_key_expiry_timestamp_seconds",
-                "Expiry time of each live key, as a Unix timestamp.",
-            ),
-            &["policy", "lineage", "key"],
-        )
-        .expect("metric");
-        let key_created = GaugeVec::new(
-            Opts::new(
-                "rekey_key_created_timestamp_seconds",
-                "Creation time of each live key, as a Unix timestamp.",
-            ),
-            &["policy", "lineage", "key"],
-        )
-        .expect("metric");
+        let keys = KeySeries::default();
         let rotations = IntCounterVec::new(
             Opts::new(
                 "rekey_rotations_total",
@@ -141,8 +128,7 @@ impl Metrics {
         )
         .expect("metric");
         for c in [
-            Box::new(key_expiry.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(key_created.clone()),
+            Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -154,8 +140,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            key_expiry,
-            key_created,
+            keys,
             rotations,
             last_success,
             policy_healthy,
@@ -212,25 +197,22 @@ impl Metrics {
     /// keys (a key without an expiry, as on Tencent and Huawei, has no
     /// expiry series), and remove the series of keys no longer listed.
     pub fn sync_keys(&self, policy: &str, keys: &[KeyStatus]) {
-        let mut expiring = BTreeSet::new();
-        let mut created = BTreeSet::new();
-        for k in keys {
-            let labels = [policy, k.lineage.as_str(), k.name.as_str()];
-            if let Some(at) = k.expires_at {
-                self.key_expiry
-                    .with_label_values(&labels)
-                    .set(unix_seconds(at));
-                expiring.insert((k.lineage.clone(), k.name.clone()));
-            }
-            if let Some(at) = k.created_at {
-                self.key_created
-                    .with_label_values(&labels)
-                    .set(unix_seconds(at));
-                created.insert((k.lineage.clone(), k.name.clone()));
-            }
+        let rows: Vec<KeyRow> = keys
+            .iter()
+            .filter(|k| k.expires_at.is_some() || k.created_at.is_some())
+            .map(|k| KeyRow {
+                lineage: k.lineage.clone(),
+                key: k.name.clone(),
+                expires: k.expires_at.map(unix_seconds),
+                created: k.created_at.map(unix_seconds),
+            })
+            .collect();
+        let mut map = self.keys.0.write().unwrap_or_else(|p| p.into_inner());
+        if rows.is_empty() {
+            map.remove(policy);
+        } else {
+            map.insert(policy.to_string(), rows);
         }
-        retain_keys(&self.key_expiry, policy, &expiring);
-        retain_keys(&self.key_created, policy, &created);
     }
 
     /// Drop every series of a policy that is gone from the config, and the
@@ -241,8 +223,11 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
-        retain_keys(&self.key_expiry, policy, &BTreeSet::new());
-        retain_keys(&self.key_created, policy, &BTreeSet::new());
+        self.keys
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(policy);
 
         let mut refs = self.refs();
         let Some(gone) = refs.remove(policy) else {
@@ -292,6 +277,106 @@ impl Metrics {
     }
 }
 
+/// One key's per-key series.
+struct KeyRow {
+    lineage: String,
+    key: String,
+    expires: Option<f64>,
+    created: Option<f64>,
+}
+
+/// Per-policy key rows, shared by [`Metrics`] and its [`KeyCollector`].
+#[derive(Clone, Default)]
+struct KeySeries(Arc<std::sync::RwLock<BTreeMap<String, Vec<KeyRow>>>>);
+
+/// Renders `rekey_key_expiry_timestamp_seconds` and
+/// `rekey_key_created_timestamp_seconds` from [`KeySeries`] on each gather.
+struct KeyCollector {
+    descs: [prometheus::core::Desc; 2],
+    keys: KeySeries,
+}
+
+const KEY_FAMILIES: [(&str, &str); 2] = [
+    (
+        "rekey_key_expiry_timestamp_seconds",
+        "Expiry time of each live key, as a Unix timestamp.",
+    ),
+    (
+        "rekey_key_created_timestamp_seconds",
+        "Creation time of each live key, as a Unix timestamp.",
+    ),
+];
+
+impl KeyCollector {
+    fn new(keys: KeySeries) -> Self {
+        let desc = |(name, help): (&str, &str)| {
+            prometheus::core::Desc::new(
+                name.to_string(),
+                help.to_string(),
+                vec!["policy".into(), "lineage".into(), "key".into()],
+                Default::default(),
+            )
+            .expect("valid metric description")
+        };
+        KeyCollector {
+            descs: [desc(KEY_FAMILIES[0]), desc(KEY_FAMILIES[1])],
+            keys,
+        }
+    }
+}
+
+impl Collector for KeyCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        let map = self.keys.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (i, (name, help)) in KEY_FAMILIES.iter().enumerate() {
+            let mut metrics = Vec::new();
+            for (policy, rows) in map.iter() {
+                for row in rows {
+                    let Some(value) = (if i == 0 { row.expires } else { row.created }) else {
+                        continue;
+                    };
+                    // Label pairs in name order, as the crate's own vectors
+                    // render them.
+                    let labels = [
+                        ("key", &row.key),
+                        ("lineage", &row.lineage),
+                        ("policy", policy),
+                    ]
+                    .into_iter()
+                    .map(|(n, v)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(n.to_string());
+                        l.set_value(v.clone());
+                        l
+                    })
+                    .collect();
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    let mut m = Metric::from_gauge(g);
+                    m.set_label(labels);
+                    metrics.push(m);
+                }
+            }
+            if metrics.is_empty() {
+                continue;
+            }
+            let mut f = MetricFamily::default();
+            f.set_name(name.to_string());
+            f.set_help(help.to_string());
+            f.set_field_type(MetricType::GAUGE);
+            f.set_metric(metrics);
+            out.push(f);
+        }
+        out
+    }
+}
+
 fn unix_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
     at.timestamp_millis() as f64 / 1000.0
 }
@@ -315,24 +400,6 @@ fn label<'a>(set: &'a [(String, String)], name: &str) -> &'a str {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
         .unwrap_or_default()
-}
-
-/// Remove the `{policy, lineage, key}` series of `policy` whose
-/// `(lineage, key)` is not in `keep`.
-fn retain_keys<T: MetricVecBuilder>(
-    vec: &MetricVec<T>,
-    policy: &str,
-    keep: &BTreeSet<(String, String)>,
-) {
-    for set in label_sets(vec) {
-        if label(&set, "policy") != policy {
-            continue;
-        }
-        let (lineage, key) = (label(&set, "lineage"), label(&set, "key"));
-        if !keep.contains(&(lineage.to_string(), key.to_string())) {
-            let _ = vec.remove_label_values(&[policy, lineage, key]);
-        }
-    }
 }
 
 /// Remove every series of `vec` whose label `name` equals `value`.

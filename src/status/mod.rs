@@ -111,7 +111,9 @@ pub struct PolicyStatus {
 pub struct Snapshot {
     pub version: String,
     pub started_at: DateTime<Utc>,
-    pub policies: Vec<PolicyStatus>,
+    /// Each policy behind its own `Arc`: replacing one policy's entry
+    /// copies pointers, not every key of every policy.
+    pub policies: Vec<Arc<PolicyStatus>>,
 }
 
 /// The engine writes, the endpoint reads; readers never wait.
@@ -137,6 +139,7 @@ impl StatusHandle {
 
     /// Replace (or add) one policy's entry.
     pub fn update_policy(&self, p: PolicyStatus) {
+        let p = Arc::new(p);
         self.0.rcu(|cur| {
             let mut next = (**cur).clone();
             match next.policies.iter_mut().find(|x| x.name == p.name) {

@@ -198,7 +198,7 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: ago(now, 3 * 3600),
         policies: vec![
-            PolicyStatus {
+            std::sync::Arc::new(PolicyStatus {
                 name: "maas-prod".into(),
                 provider: "ob-prod".into(),
                 mode: "rotate".into(),
@@ -240,8 +240,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                     error: None,
                 }),
                 error: None,
-            },
-            PolicyStatus {
+            }),
+            std::sync::Arc::new(PolicyStatus {
                 name: "gw".into(),
                 provider: "tencent".into(),
                 mode: "rotate".into(),
@@ -281,7 +281,7 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                     ),
                 }),
                 error: None,
-            },
+            }),
         ],
     }
 }
