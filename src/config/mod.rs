@@ -78,6 +78,35 @@ pub struct RateLimit {
     pub per_second: f64,
 }
 
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    /// `N/s`, `N/min` or `N/h` (also `sec`, `second`, `m`, `minute`,
+    /// `hour`); the rate `rate_limit` and the emulators' `--rate-limit` take.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (n, unit) = text.split_once('/').ok_or_else(|| {
+            format!("invalid rate {text:?}: write it like 20/s, 600/min or 1000/h")
+        })?;
+        let n: f64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid rate {text:?}: {n:?} is not a number"))?;
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            other => return Err(format!("invalid rate {text:?}: unknown unit {other:?}")),
+        };
+        if !(n > 0.0 && n.is_finite()) {
+            return Err(format!("invalid rate {text:?}: must be positive"));
+        }
+        Ok(RateLimit {
+            per_second: n / secs,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub name: String,

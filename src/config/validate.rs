@@ -616,18 +616,9 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
 
 fn rate_limit(cx: &mut Ctx, s: &Spanned<String>) -> Option<RateLimit> {
     let text = s.get_ref().trim();
-    let parsed = text.split_once('/').and_then(|(n, unit)| {
-        let n: f64 = n.trim().parse().ok()?;
-        let secs = match unit.trim() {
-            "s" | "sec" | "second" => 1.0,
-            "m" | "min" | "minute" => 60.0,
-            "h" | "hour" => 3600.0,
-            _ => return None,
-        };
-        (n > 0.0 && n.is_finite()).then_some(n / secs)
-    });
+    let parsed = text.parse::<RateLimit>().ok();
     match parsed {
-        Some(per_second) => Some(RateLimit { per_second }),
+        Some(rate) => Some(rate),
         None => {
             cx.d.error_hint(
                 s.span(),

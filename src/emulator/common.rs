@@ -6,80 +6,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// Parse a rate written `N/s`, `N/min` or `N/h` into requests per second.
-pub fn parse_rate(text: &str) -> Result<f64, String> {
-    let t = text.trim();
-    let Some((n, unit)) = t.split_once('/') else {
-        return Err(format!(
-            "rate {t:?} needs a unit: write it like 20/s, 600/min or 1000/h"
-        ));
-    };
-    let n: f64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("rate {t:?}: {:?} is not a number", n.trim()))?;
-    let per = match unit.trim() {
-        "s" | "sec" | "second" => 1.0,
-        "m" | "min" | "minute" => 60.0,
-        "h" | "hour" => 3600.0,
-        u => return Err(format!("rate {t:?}: unknown unit {u:?} (s, min or h)")),
-    };
-    if !n.is_finite() || n <= 0.0 {
-        return Err(format!("rate {t:?} must be positive"));
-    }
-    Ok(n / per)
-}
-
-/// A token bucket refilled at `rate` per second, holding a second's worth
-/// (at least one), as an API gateway's limiter lets a short burst through.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    /// Tokens added per second.
-    rate: f64,
-    /// Most tokens it holds: the burst an idle client may spend.
-    burst: f64,
-    /// Tokens at `at`.
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate: f64, now: Instant) -> Self {
-        let burst = rate.max(1.0).floor();
-        TokenBucket {
-            rate,
-            burst,
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    /// Take a token, or return how long until one is there.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
-    }
-}
-
-/// The admin API hands out every secret and takes no credentials, so only
-/// loopback peers may use it.
-pub fn admin_allowed(peer: &SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
-}
 
 /// `n` random ASCII letters and digits.
 pub fn alnum(rng: &mut impl Rng, n: usize) -> String {
@@ -241,27 +173,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_take_a_unit() {
-        assert_eq!(parse_rate("20/s").unwrap(), 20.0);
-        assert_eq!(parse_rate("120/min").unwrap(), 2.0);
-        assert_eq!(parse_rate("7200/h").unwrap(), 2.0);
-        assert!(parse_rate("20").is_err());
-        assert!(parse_rate("0/s").is_err());
-        assert!(parse_rate("x/s").is_err());
-        assert!(parse_rate("1/day").is_err());
-    }
-
-    #[test]
-    fn bucket_lets_a_burst_through_then_paces() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(2.0, t0);
-        assert!(b.take(t0).is_ok());
-        assert!(b.take(t0).is_ok());
-        assert_eq!(b.take(t0), Err(Duration::from_millis(500)));
-        assert!(b.take(t0 + Duration::from_millis(500)).is_ok());
-    }
-
-    #[test]
     fn queries_decode_like_a_server_would() {
         assert_eq!(
             query_pairs("limit=100&offset=0&q=a%20b+c").unwrap(),
@@ -273,13 +184,5 @@ mod tests {
         );
         assert!(query_pairs("x=%zz").is_none());
         assert_eq!(percent_decode("%2Ftmp", false).unwrap(), "/tmp");
-    }
-
-    #[test]
-    fn only_loopback_may_use_the_admin_api() {
-        assert!(admin_allowed(&"127.0.0.1:9".parse().unwrap()));
-        assert!(admin_allowed(&"[::1]:9".parse().unwrap()));
-        assert!(admin_allowed(&"[::ffff:127.0.0.1]:9".parse().unwrap()));
-        assert!(!admin_allowed(&"192.0.2.1:9".parse().unwrap()));
     }
 }

@@ -49,7 +49,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::common::{self, Server, TokenBucket};
+use super::common::{self, Server};
+use super::{TokenBucket, admin_allowed, parse_rate};
 use crate::provider::huawei_sign;
 use crate::secret::Secret;
 
@@ -790,7 +791,7 @@ fn nes(
             .buckets
             .entry(op)
             .or_insert_with(|| TokenBucket::new(rate, t));
-        if b.take(t).is_err() {
+        if b.try_take(t).is_err() {
             count(&mut st, op, |s| {
                 s.errors += 1;
                 s.rate_limited += 1;
@@ -1036,7 +1037,7 @@ async fn admin_keys(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     let st = inner.lock();
@@ -1066,7 +1067,7 @@ async fn admin_faults(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     Json(faults_json(&inner.lock())).into_response()
@@ -1077,7 +1078,7 @@ async fn admin_set_faults(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     let faults: Faults = match serde_json::from_slice(&body) {
@@ -1095,7 +1096,7 @@ async fn admin_stats(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     Json(json!({"operations": inner.lock().stats})).into_response()
@@ -1122,7 +1123,7 @@ pub struct EmulateArgs {
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
     /// NES calls per operation before 429 (e.g. 10/s).
-    #[arg(long, value_parser = common::parse_rate)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
     /// Seed for ids, credential texts and the error draw.
     #[arg(long)]

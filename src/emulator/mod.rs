@@ -30,24 +30,8 @@ use std::time::{Duration, Instant};
 /// Parse a request rate written as `N/s`, `N/min` or `N/h` (as in the
 /// config's `rate_limit`) into requests per second.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
-    let text = text.trim();
-    let (n, unit) = text
-        .split_once('/')
-        .ok_or_else(|| format!("invalid rate {text:?}: write it like 20/s, 600/min or 1000/h"))?;
-    let n: f64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid rate {text:?}: {n:?} is not a number"))?;
-    let secs = match unit.trim() {
-        "s" | "sec" | "second" => 1.0,
-        "m" | "min" | "minute" => 60.0,
-        "h" | "hour" => 3600.0,
-        other => return Err(format!("invalid rate {text:?}: unknown unit {other:?}")),
-    };
-    if !(n > 0.0 && n.is_finite()) {
-        return Err(format!("invalid rate {text:?}: must be positive"));
-    }
-    Ok(n / secs)
+    text.parse::<crate::config::RateLimit>()
+        .map(|r| r.per_second)
 }
 
 /// A token bucket: `rate` tokens per second, holding at most one second's
@@ -115,6 +99,8 @@ mod tests {
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("-1/s").is_err());
         assert!(parse_rate("5/week").is_err());
+        assert!(parse_rate("x/s").is_err());
+        assert_eq!(parse_rate("7200/h").unwrap(), 2.0);
     }
 
     #[test]

@@ -57,7 +57,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::common::{self, Server, TokenBucket};
+use super::common::{self, Server};
+use super::{TokenBucket, admin_allowed, parse_rate};
 use crate::provider::tc3;
 use crate::secret::Secret;
 
@@ -668,7 +669,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .buckets
             .entry(action.clone())
             .or_insert_with(|| TokenBucket::new(rate, t));
-        if bucket.take(t).is_err() {
+        if bucket.try_take(t).is_err() {
             let s = st.stats.entry(action.clone()).or_default();
             s.rate_limited += 1;
             s.errors += 1;
@@ -1115,7 +1116,7 @@ async fn admin_keys(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     let st = inner.lock();
@@ -1135,7 +1136,7 @@ async fn admin_plans(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     let st = inner.lock();
@@ -1160,7 +1161,7 @@ async fn admin_faults(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     Json(faults_json(&inner.lock())).into_response()
@@ -1171,7 +1172,7 @@ async fn admin_set_faults(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     let faults: Faults = match serde_json::from_slice(&body) {
@@ -1189,7 +1190,7 @@ async fn admin_stats(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !common::admin_allowed(&peer) {
+    if !admin_allowed(&peer) {
         return forbidden();
     }
     Json(json!({"actions": inner.lock().stats})).into_response()
@@ -1219,7 +1220,7 @@ pub struct EmulateArgs {
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
     /// Calls per action before RequestLimitExceeded (e.g. 20/s, Tencent's documented limit).
-    #[arg(long, value_parser = common::parse_rate)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
     /// Seed for ids, secrets and the error draw.
     #[arg(long)]
