@@ -278,8 +278,11 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         }
         let now = engine.clock.now();
         d.trim_when_idle();
-        d.start_due_work(now)?;
-        let deadline = d.next_deadline(now, heartbeat)?;
+        // One read of the unfinished rotations serves both: what to start
+        // now and when to wake next.
+        let active = engine.store.active_rotations()?;
+        d.start_due_work(now, &active);
+        let deadline = d.next_deadline(now, heartbeat, &active);
         let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
         let control = tokio::select! {
             _ = tokio::time::sleep(sleep_for) => None,
@@ -500,9 +503,9 @@ impl Daemon {
         self.retained.lock().expect("lock").get(rotation).cloned()
     }
 
-    fn start_due_work(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DaemonError> {
+    fn start_due_work(self: &Arc<Self>, now: DateTime<Utc>, active: &[crate::state::RotationRow]) {
         if self.work_stop.is_cancelled() {
-            return Ok(());
+            return;
         }
         let rt = self.current();
         let due: Vec<String> = self
@@ -537,7 +540,7 @@ impl Daemon {
                 me.engine.wake_scheduler.notify_one();
             });
         }
-        for row in self.engine.store.active_rotations()? {
+        for row in active.iter().cloned() {
             if !crate::rotation::engine::rotation_due(&row, now) {
                 continue;
             }
@@ -561,7 +564,6 @@ impl Daemon {
                 }
             });
         }
-        Ok(())
     }
 
     /// When the last check or rotation step finishes, hand freed heap back
@@ -581,7 +583,8 @@ impl Daemon {
         &self,
         now: DateTime<Utc>,
         heartbeat: Duration,
-    ) -> Result<DateTime<Utc>, DaemonError> {
+        active: &[crate::state::RotationRow],
+    ) -> DateTime<Utc> {
         let mut deadline = now + chrono::Duration::from_std(heartbeat).unwrap_or_default();
         let checking = self.checking.lock().expect("lock").clone();
         for (p, t) in self.next_checks.lock().expect("lock").iter() {
@@ -590,13 +593,13 @@ impl Daemon {
             }
         }
         let driving = self.driving.lock().expect("lock").clone();
-        for r in self.engine.store.active_rotations()? {
+        for r in active {
             if driving.contains(&r.id) {
                 continue;
             }
             deadline = deadline.min(r.next_attempt_at.unwrap_or(now));
         }
-        Ok(deadline.max(now))
+        deadline.max(now)
     }
 
     fn handle_rotate(&self, req: RotateRequest) {
