@@ -407,7 +407,11 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 continue;
             }
         };
-        let listed = match rt.block_on(provider.list(&|n: &str| p.matches(n))) {
+        let listing = match rt.block_on(crate::provider::listing::Listing::walk(
+            provider.as_ref(),
+            &crate::clock::SystemClock,
+            &|n: &str| p.matches(n),
+        )) {
             Ok(l) => l,
             Err(e) => {
                 println!("policy {}: cannot list keys: {e}", p.name);
@@ -415,17 +419,20 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 continue;
             }
         };
-        let (known, rotations, attempts) = match &store {
+        let ledger = match &store {
             Some(s) => {
-                let mut att = std::collections::HashMap::new();
-                for (rid, a) in s.unresolved_attempts(&p.name)? {
-                    att.entry(rid).or_insert_with(Vec::new).push(a);
-                }
-                (s.known_keys(&p.name)?, s.policy_rotations(&p.name)?, att)
+                let account = crate::config::ownership::account_of(pc);
+                let same: Vec<String> = cfg
+                    .providers
+                    .iter()
+                    .filter(|(_, x)| crate::config::ownership::account_of(x) == account)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                policy::Ledger::load(s, &p.name, &same)?
             }
-            None => (Vec::new(), Vec::new(), Default::default()),
+            None => policy::Ledger::default(),
         };
-        let views = policy::assign_lineages(p, listed, &known, &rotations);
+        let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
         let targets: Vec<_> = p
             .sinks
             .iter()
@@ -436,7 +443,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 )
             })
             .collect();
-        let plan = policy::plan(p, views, &rotations, &attempts, &targets, now);
+        let plan = policy::plan(p, views, &ledger, &targets, Some(listing.started_at), now);
         let mode = match p.mode {
             config::Mode::Observe => "observe",
             config::Mode::Rotate => "rotate",
