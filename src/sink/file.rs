@@ -472,6 +472,54 @@ impl Sink for FileSink {
         }
     }
 
+    async fn read_back_key(
+        &self,
+        policy: &str,
+        lineage: &str,
+    ) -> Result<Option<super::HeldKey>, SinkError> {
+        let path = self.path_for(policy, lineage);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => zeroize::Zeroizing::new(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(SinkError::retryable(
+                    &self.name,
+                    format!("cannot read back {}: {e}", path.display()),
+                ));
+            }
+        };
+        let (key_id, key_name) = match self.cfg.format {
+            FileFormat::Raw => return Ok(None),
+            FileFormat::Env => {
+                let mut id = None;
+                let mut name = None;
+                for line in text.lines() {
+                    match line.trim().split_once('=') {
+                        Some(("REKEY_KEY_ID", v)) => id = Some(env_unquote(v)),
+                        Some(("REKEY_KEY_NAME", v)) => name = Some(env_unquote(v)),
+                        _ => {}
+                    }
+                }
+                (id, name)
+            }
+            FileFormat::Json => {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let field = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                (field("key_id"), field("key_name"))
+            }
+        };
+        let key_id = key_id.filter(|s| !s.is_empty());
+        let key_name = key_name.filter(|s| !s.is_empty());
+        if key_id.is_none() && key_name.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(super::HeldKey {
+            key_id,
+            key_name,
+            fingerprint: self.parse(&text).fingerprint(),
+        }))
+    }
+
     fn expected_fingerprint(&self, secret: &SecretFields) -> String {
         FileSink::expected_fingerprint(self, secret)
     }

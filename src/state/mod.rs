@@ -1264,6 +1264,99 @@ impl Store {
         Ok(out)
     }
 
+    /// `rekey recover`: record that a readable sink proves `new` is the key
+    /// lineage `lineage` of `policy` published (its rotation was lost with
+    /// the DB). Writes a rotation with trigger `recovery`: `retiring` with
+    /// `old` as its old key (deleted after `grace`, read-back first) when
+    /// one is given, else `completed`; the sinks' acknowledgements carry the
+    /// fingerprints read back; `new` becomes a `created` key of that
+    /// rotation and `old` an `adopted` key of the lineage. Returns the
+    /// rotation id, or `None` when the lineage has an active rotation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_recovered(
+        &self,
+        policy: &str,
+        lineage: &str,
+        provider: &str,
+        new: &RecoveredKey,
+        old: Option<&RecoveredKey>,
+        acks: &[(String, String)],
+        grace: Duration,
+        at: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        self.tx(|tx| {
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+                    params![policy, lineage],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if active.is_some() {
+                return Ok(None);
+            }
+            let id = loop {
+                let candidate = format!("{:08x}", rand::random::<u32>());
+                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
+                if !taken {
+                    break candidate;
+                }
+            };
+            let sinks: Vec<&str> = acks.iter().map(|(s, _)| s.as_str()).collect();
+            let retire_at = old.map(|_| at + chrono::Duration::from_std(grace).unwrap_or_default());
+            tx.execute(
+                "INSERT INTO rotations (id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
+                    old_key_id, old_key_name, attempt, new_key_name, new_key_id, new_key_created_at, new_key_expires_at,
+                    fingerprint, sinks, grace_seconds, started_at, created_at, published_at, retire_at, next_attempt_at,
+                    finished_at, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'recovered', ?6, 'recovery', 0, ?7, ?8, 1, ?9, ?10, ?11, ?12, NULL, ?13, ?14,
+                    ?15, ?15, ?15, ?16, ?16, ?17, ?18)",
+                params![
+                    id,
+                    policy,
+                    lineage,
+                    provider,
+                    if old.is_some() { "retiring" } else { "completed" },
+                    "recovered by `rekey recover`: a readable sink holds this key",
+                    old.map(|o| o.id.as_str()),
+                    old.map(|o| o.name.as_str()),
+                    new.name,
+                    new.id,
+                    new.created_at.map(ts),
+                    new.expires_at.map(ts),
+                    serde_json::to_string(&sinks).unwrap_or_else(|_| "[]".into()),
+                    grace.as_secs() as i64,
+                    ts(at),
+                    retire_at.map(ts),
+                    if old.is_some() { None } else { Some(ts(at)) },
+                    if old.is_some() { None } else { Some("no_old_key") },
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO attempts (rotation_id, attempt, name, state, started_at, finished_at) VALUES (?1, 1, ?2, 'created', ?3, ?3)",
+                params![id, new.name, ts(at)],
+            )?;
+            for (sink, fp) in acks {
+                tx.execute(
+                    "INSERT INTO sink_acks (rotation_id, sink, state, attempts, acked_at, detail, fingerprint)
+                     VALUES (?1, ?2, 'acked', 0, ?3, 'recovered from read-back', ?4)",
+                    params![id, sink, ts(at), fp],
+                )?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = excluded.origin,
+                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at",
+            )?;
+            up.execute(params![policy, new.id, new.name, lineage, provider, new.created_at.map(ts), new.expires_at.map(ts), ts(at), "created", id, "live"])?;
+            if let Some(o) = old {
+                up.execute(params![policy, o.id, o.name, lineage, provider, o.created_at.map(ts), o.expires_at.map(ts), ts(at), "adopted", Option::<String>::None, "retiring"])?;
+            }
+            Ok(Some(id))
+        })
+    }
+
     /// Who last wrote a sink target (`kind:rendered target`), if recorded.
     pub fn sink_target_owner(&self, target: &str) -> Result<Option<TargetOwner>, StoreError> {
         let c = self.conn();
@@ -1851,6 +1944,15 @@ pub struct OwnedKey {
     pub published: bool,
     /// Recorded by `rekey recover` from a sink's read-back, not by a create.
     pub recovered: bool,
+}
+
+/// A listed key `rekey recover` records (id, name and times as listed).
+#[derive(Debug, Clone)]
+pub struct RecoveredKey {
+    pub id: String,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The last writer of a sink target.
