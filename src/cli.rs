@@ -438,16 +438,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             }
         };
         let ledger = match &store {
-            Some(s) => {
-                let account = crate::config::ownership::account_of(pc);
-                let same: Vec<String> = cfg
-                    .providers
-                    .iter()
-                    .filter(|(_, x)| crate::config::ownership::account_of(x) == account)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                policy::Ledger::load(s, &p.name, &same)?
-            }
+            Some(s) => policy::Ledger::load(s, &p.name, &policy::rivals(&cfg, p))?,
             None => policy::Ledger::default(),
         };
         let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);

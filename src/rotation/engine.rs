@@ -422,21 +422,6 @@ impl Engine {
         removed
     }
 
-    /// The providers on the same provider account as `policy`'s (its own
-    /// included): keys claimed there by other policies are conflicts.
-    fn same_account(&self, rt: &Runtime, policy: &PolicyConfig) -> Vec<String> {
-        let Some(mine) = rt.config.providers.get(&policy.provider) else {
-            return vec![policy.provider.clone()];
-        };
-        let account = crate::config::ownership::account_of(mine);
-        rt.config
-            .providers
-            .iter()
-            .filter(|(_, p)| crate::config::ownership::account_of(p) == account)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// The store's evidence for planning `policy`.
     pub fn ledger(
         &self,
@@ -446,7 +431,7 @@ impl Engine {
         Ok(policy::Ledger::load(
             &self.store,
             &policy.name,
-            &self.same_account(rt, policy),
+            &policy::rivals(&rt.config, policy),
         )?)
     }
 
@@ -1463,6 +1448,18 @@ impl Engine {
                     );
                 }
             }
+        }
+        // One owner per key: never delete a key another policy also claims.
+        let rivals = rt
+            .policy(&row.policy)
+            .map(|p| policy::rivals(&rt.config, p))
+            .unwrap_or_default();
+        if let Some(other) = self
+            .store
+            .claimed_elsewhere(&row.policy, &rivals, &[old_id.as_str()])?
+            .get(&old_id)
+        {
+            return self.on_failure(policy, row, "retiring the old key", &format!("key {} is also claimed by policy {other}; refusing to delete it until the config gives it one owner", policy::escaped(&old_id)), true, None, true);
         }
         failpoint::hit("before_delete");
         if !caps.can_delete {

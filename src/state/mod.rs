@@ -1234,28 +1234,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Of `key_ids` (live keys of `policy`), those another policy also
-    /// holds live on one of the `providers` (the same provider account):
-    /// key id → that policy.
+    /// Of `key_ids` (live keys of `policy`), those one of `others` (other
+    /// configured policies on providers of the same kind) also holds live:
+    /// key id → that policy. Provider key ids are unique within a provider
+    /// service, so one id in two policies is one key with two owners.
     pub fn claimed_elsewhere(
         &self,
         policy: &str,
-        providers: &[String],
+        others: &[String],
         key_ids: &[&str],
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        if others.is_empty() || key_ids.is_empty() {
+            return Ok(out);
+        }
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT policy, provider FROM keys WHERE key_id = ?1 AND policy <> ?2 AND state IN ('live', 'retiring')
+            "SELECT policy FROM keys WHERE key_id = ?1 AND policy <> ?2 AND state IN ('live', 'retiring')
              ORDER BY policy",
         )?;
-        let mut out = std::collections::HashMap::new();
         for id in key_ids {
-            let rows = st.query_map(params![id, policy], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
+            let rows = st.query_map(params![id, policy], |r| r.get::<_, String>(0))?;
             for row in rows {
-                let (other, provider) = row?;
-                if providers.contains(&provider) {
+                let other = row?;
+                if others.contains(&other) {
                     out.insert(id.to_string(), other);
                     break;
                 }
