@@ -84,7 +84,7 @@ create = {{ action = "read" }}
     )
 }
 
-fn check(cfg: &PathBuf) -> (i32, String) {
+fn check(cfg: &std::path::Path) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["check", "-c"])
         .arg(cfg)
@@ -460,7 +460,7 @@ async fn an_orphan_that_a_slow_list_shows_late_is_deleted_and_never_becomes_curr
 }
 
 /// Run until one rotation of app-0 is in grace, then stop and lose the DB.
-async fn lose_the_db_mid_grace(env: &Env, cfg: &PathBuf) -> (String, String) {
+async fn lose_the_db_mid_grace(env: &Env, cfg: &std::path::Path) -> (String, String) {
     let mut d = env.spawn(cfg, None);
     env.wait_for("a rotation in grace", Duration::from_secs(60), |e| {
         e.rotations()
