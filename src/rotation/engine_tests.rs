@@ -551,3 +551,243 @@ async fn no_secret_lands_in_the_db_outside_the_sealed_column() {
         assert!(!text.contains(&s), "secret found in the DB files");
     }
 }
+
+// ------------------------------------------------- ownership property test
+
+/// A harness with the given providers/sinks/policies after the provider
+/// `ob` (backed by one fake provider).
+fn harness_policies(policies: &str) -> Result<Harness, Vec<config::Diagnostic>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let src = format!(
+        r#"
+[daemon]
+state = "{state}"
+[providers.ob]
+kind = "oceanbase"
+endpoint = "http://127.0.0.1:1"
+org_id = "o"
+project_id = "p"
+access_key_id = {{ env = "AK" }}
+access_key_secret = {{ env = "SK" }}
+[sinks.f]
+kind = "file"
+path = "{keys}/{{policy}}-{{lineage}}.env"
+{policies}
+"#,
+        state = dir.path().join("state.db").display(),
+        keys = dir.path().join("keys").display()
+    );
+    let env = Env {
+        vars: [
+            ("AK".to_string(), "a".to_string()),
+            ("SK".to_string(), "b".to_string()),
+        ]
+        .into(),
+        credentials_dir: None,
+    };
+    let (cfg, _) = config::load_str(Path::new("t.toml"), &src, &env)?;
+    let clock = ManualClock::new(start());
+    let fake = FakeProvider {
+        st: Default::default(),
+        clock: clock.clone(),
+        lifetime: Duration::days(30),
+    };
+    let mut providers: HashMap<String, SharedProvider> = HashMap::new();
+    providers.insert("ob".into(), Arc::new(fake.clone()));
+    let mut sinks = HashMap::new();
+    for (n, s) in &cfg.sinks {
+        sinks.insert(n.clone(), sink::build(s, Arc::new(clock.clone())).unwrap());
+    }
+    let store = Arc::new(Store::open(&cfg.daemon.state).unwrap());
+    let engine = Engine {
+        store,
+        clock: Arc::new(clock.clone()),
+        sealer: Arc::new(Sealer::random()),
+        metrics: Metrics::new(),
+        status: StatusHandle::new(start()),
+        wake_scheduler: Arc::new(Notify::new()),
+        wake_notify: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(4)),
+        backoff: Backoff {
+            base: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_secs(60),
+        },
+    };
+    Ok(Harness {
+        engine,
+        rt: Runtime {
+            config: Arc::new(cfg),
+            providers,
+            sinks,
+        },
+        fake,
+        clock,
+        dir,
+        stop: CancellationToken::new(),
+    })
+}
+
+/// Issue 9's property: over random policies, globs and key names (names
+/// that mimic the template included), hand-made keys appearing, creates
+/// whose answers are lost and time passing, no key is ever deleted unless
+/// the store recorded it as the old key of a published rotation of that
+/// same policy and lineage, or as an abandoned create attempt of that
+/// policy. Configs whose globs overlap are refused instead.
+#[tokio::test]
+async fn no_key_is_deleted_that_the_store_does_not_say_its_policy_may_delete() {
+    use rand::{Rng, SeedableRng};
+    const GLOBS: &[&str] = &[
+        "app-*",
+        "app-a*",
+        "app-?-*",
+        "app-[ab]-*",
+        "svc-*",
+        "svc-x?*",
+        "db-*",
+        "*-prod",
+    ];
+    const STEMS: &[&str] = &[
+        "app-a", "app-b", "app-c", "svc-x1", "svc-y", "db-1", "web-prod", "app-a-1", "db-2",
+        "svc-x2",
+    ];
+    let mut refused = 0;
+    let mut ran = 0;
+    let mut deletes = 0;
+    for seed in 0..60u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let ga = GLOBS[rng.random_range(0..GLOBS.len())];
+        // Mostly a second glob that differs, so most cases run.
+        let gb = loop {
+            let g = GLOBS[rng.random_range(0..GLOBS.len())];
+            if g != ga || rng.random_bool(0.2) {
+                break g;
+            }
+        };
+        let policies = format!(
+            r#"
+[[policy]]
+name = "pa"
+provider = "ob"
+match = "{ga}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+max_attempts = 3
+create = {{ action = "read" }}
+[[policy]]
+name = "pb"
+provider = "ob"
+match = "{gb}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+max_attempts = 3
+create = {{ action = "read" }}
+"#
+        );
+        let overlap = crate::config::ownership::globs_overlap(ga, gb).unwrap();
+        let h = match harness_policies(&policies) {
+            Ok(h) => {
+                assert!(
+                    !overlap,
+                    "seed {seed}: {ga} and {gb} overlap but were accepted"
+                );
+                h
+            }
+            Err(diags) => {
+                let by_ownership = diags
+                    .iter()
+                    .any(|d| d.message.contains("can both match one key name"));
+                assert_eq!(by_ownership, overlap, "seed {seed}: {ga}/{gb}: {diags:#?}");
+                assert!(overlap, "seed {seed}: {ga}/{gb} refused: {diags:#?}");
+                refused += 1;
+                continue;
+            }
+        };
+        ran += 1;
+        let mut names: HashMap<String, String> = HashMap::new();
+        let remember = |h: &Harness, names: &mut HashMap<String, String>| {
+            for k in h.fake.st.lock().unwrap().keys.iter() {
+                names.insert(k.0.id.clone(), k.0.name.clone());
+            }
+        };
+        for _ in 0..rng.random_range(4..10) {
+            let stem = STEMS[rng.random_range(0..STEMS.len())];
+            let name = if rng.random_bool(0.3) {
+                // Mimics the template, with a rotation id no store knows.
+                format!("{stem}-20261122-r{:08x}-1", rng.random::<u32>())
+            } else {
+                stem.to_string()
+            };
+            let due = rng.random_bool(0.6);
+            let expires = if due {
+                Duration::days(2)
+            } else {
+                Duration::days(25)
+            };
+            h.fake.add(&name, Duration::days(25), expires);
+        }
+        remember(&h, &mut names);
+        for _round in 0..4 {
+            if rng.random_bool(0.3) {
+                h.fake.st.lock().unwrap().lose_next_create_response = true;
+            }
+            if rng.random_bool(0.3) {
+                let stem = STEMS[rng.random_range(0..STEMS.len())];
+                let name = format!("{stem}-20261122-r{:08x}-1", rng.random::<u32>());
+                h.fake.add(&name, Duration::zero(), Duration::days(30));
+            }
+            remember(&h, &mut names);
+            for p in ["pa", "pb"] {
+                let _ = h.engine.check_policy(&h.rt, p).await;
+            }
+            let until = h.clock.now() + Duration::minutes(5);
+            h.drive(until).await;
+            remember(&h, &mut names);
+            h.clock.advance(Duration::hours(rng.random_range(0..3)));
+            h.drive(h.clock.now()).await;
+            remember(&h, &mut names);
+        }
+        // Every delete must be one the store licensed for that policy.
+        let store = &h.engine.store;
+        let hist = store.history(None, 10_000).unwrap();
+        let deleted = h.fake.st.lock().unwrap().deleted.clone();
+        deletes += deleted.len();
+        for id in deleted {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            let licensed = hist.iter().any(|r| {
+                let policy = h.rt.policy(&r.policy).unwrap();
+                // The old key must be that lineage's: adopted under its own
+                // name, or made by an earlier rotation of that lineage.
+                let of_lineage = name == r.lineage
+                    || hist.iter().any(|e| {
+                        e.policy == r.policy
+                            && e.lineage == r.lineage
+                            && e.new_key_id.as_deref() == Some(id.as_str())
+                    });
+                let old_key = r.published_at.is_some()
+                    && r.old_key_id.as_deref() == Some(id.as_str())
+                    && policy.matches(&name)
+                    && of_lineage;
+                let orphan = store
+                    .attempts(&r.id)
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.state != "created" && a.name == name)
+                    && policy.matches(&name);
+                old_key || orphan
+            });
+            assert!(
+                licensed,
+                "seed {seed} ({ga} / {gb}): key {id} ({name}) was deleted without the store's licence"
+            );
+        }
+    }
+    assert!(
+        ran > 10 && refused > 0 && deletes > 10,
+        "ran {ran}, refused {refused}, deletes {deletes}"
+    );
+}
