@@ -480,8 +480,8 @@ fn plan(path: &Path) -> Result<ExitCode> {
             };
             println!(
                 "  lineage {}: {action} [{}] {}",
-                l.name,
-                l.decision.reason.as_str(),
+                policy::escaped(&l.name),
+                l.condition.unwrap_or(l.decision.reason.as_str()),
                 l.decision.message
             );
             for (k, st) in &l.keys {
@@ -500,9 +500,12 @@ fn plan(path: &Path) -> Result<ExitCode> {
                     .unwrap_or_default();
                 println!(
                     "    {:<10} {:<40} id {:<24} age {:<8} expires in {:<9}{lead}",
-                    format!("{st:?}").to_lowercase(),
-                    k.key.name,
-                    k.key.id,
+                    serde_json::to_value(st)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    policy::escaped(&k.key.name),
+                    policy::escaped(&k.key.id),
                     age,
                     exp
                 );

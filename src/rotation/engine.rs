@@ -1456,7 +1456,7 @@ impl Engine {
             .unwrap_or_default();
         if let Some(other) = self
             .store
-            .claimed_elsewhere(&row.policy, &rivals, &[old_id.as_str()])?
+            .claimed_elsewhere(&row.policy, &rivals)?
             .get(&old_id)
         {
             return self.on_failure(policy, row, "retiring the old key", &format!("key {} is also claimed by policy {other}; refusing to delete it until the config gives it one owner", policy::escaped(&old_id)), true, None, true);

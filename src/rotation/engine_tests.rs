@@ -791,3 +791,55 @@ create = {{ action = "read" }}
         "ran {ran}, refused {refused}, deletes {deletes}"
     );
 }
+
+/// Issue 9, reproduction 4: on an eventually consistent list the orphan of
+/// a crashed create appears only later. It is never current, is deleted
+/// when it shows up — even after its attempt was resolved as `cleaned` —
+/// and the key in the sink stays current.
+#[tokio::test]
+async fn an_orphan_that_shows_up_after_its_attempt_was_cleaned_is_still_deleted() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    // The process died between create and its commit; the list does not
+    // show the key yet.
+    let (_, orphan) = h
+        .engine
+        .store
+        .start_attempt(
+            &r.id,
+            |a| {
+                h.rt.config.policies[0]
+                    .name_template
+                    .render("app-a", "p", &r.id, a, start())
+            },
+            start(),
+        )
+        .unwrap();
+    h.clock.advance(Duration::seconds(1));
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let attempts = h.engine.store.attempts(&r.id).unwrap();
+    assert_eq!(
+        attempts[0].state, "abandoned",
+        "one empty listing resolves nothing"
+    );
+    assert_eq!(attempts[1].state, "created");
+    // Checks every few minutes for longer than the window: the name stays
+    // unlisted, so the attempt is eventually cleaned.
+    for _ in 0..8 {
+        h.clock.advance(Duration::minutes(3));
+        h.check().await;
+    }
+    let attempts = h.engine.store.attempts(&r.id).unwrap();
+    assert_eq!(attempts[0].state, "cleaned");
+    // Now the late create appears, newer than everything.
+    h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    let plan = h.check().await;
+    assert!(
+        !h.fake.names().contains(&orphan),
+        "a cleaned attempt's key must still be deleted"
+    );
+    let l = &plan.lineages[0];
+    assert_ne!(l.current.as_ref().map(|c| c.key.name.clone()), Some(orphan));
+}

@@ -174,12 +174,7 @@ impl Ledger {
         rival_policies: &[String],
     ) -> Result<Ledger, StoreError> {
         let known = store.known_keys(policy)?;
-        let ids: Vec<&str> = known
-            .iter()
-            .filter(|k| matches!(k.state.as_str(), "live" | "retiring"))
-            .map(|k| k.key_id.as_str())
-            .collect();
-        let claimed_elsewhere = store.claimed_elsewhere(policy, rival_policies, &ids)?;
+        let claimed_elsewhere = store.claimed_elsewhere(policy, rival_policies)?;
         Ok(Ledger {
             owned: store.owned_keys(policy)?,
             orphans: store.orphan_attempts(policy)?,

@@ -1216,8 +1216,14 @@ impl Store {
     pub fn owned_keys(&self, policy: &str) -> Result<Vec<OwnedKey>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
+            // A new key a later rotation of the policy deleted as its old
+            // key is gone for good: the store's `deleted` state covers it,
+            // so the history it would add is skipped.
             "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
-             FROM rotations WHERE policy = ?1 AND new_key_name IS NOT NULL",
+             FROM rotations r WHERE policy = ?1 AND new_key_name IS NOT NULL
+               AND NOT (new_key_id IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM rotations o WHERE o.policy = r.policy AND o.old_key_id = r.new_key_id
+                     AND o.outcome = 'deleted'))",
         )?;
         let rows = st.query_map(params![policy], |r| {
             let state: String = r.get(4)?;
@@ -1242,26 +1248,27 @@ impl Store {
         &self,
         policy: &str,
         others: &[String],
-        key_ids: &[&str],
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
         let mut out = std::collections::HashMap::new();
-        if others.is_empty() || key_ids.is_empty() {
+        if others.is_empty() {
             return Ok(out);
         }
         let c = self.conn();
+        // One query: the policy's live keys that a rival also holds live.
         let mut st = c.prepare_cached(
-            "SELECT policy FROM keys WHERE key_id = ?1 AND policy <> ?2 AND state IN ('live', 'retiring')
-             ORDER BY policy",
+            "SELECT k.key_id, MIN(k.policy) FROM keys k
+             WHERE k.policy IN (SELECT value FROM json_each(?2))
+               AND k.state IN ('live', 'retiring')
+               AND k.key_id IN (SELECT key_id FROM keys WHERE policy = ?1 AND state IN ('live', 'retiring'))
+             GROUP BY k.key_id",
         )?;
-        for id in key_ids {
-            let rows = st.query_map(params![id, policy], |r| r.get::<_, String>(0))?;
-            for row in rows {
-                let other = row?;
-                if others.contains(&other) {
-                    out.insert(id.to_string(), other);
-                    break;
-                }
-            }
+        let others = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
+        let rows = st.query_map(params![policy, others], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, other) = row?;
+            out.insert(id, other);
         }
         Ok(out)
     }

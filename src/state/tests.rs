@@ -946,3 +946,35 @@ fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
     }
     assert!(scanned > 0, "nothing scanned");
 }
+
+#[test]
+fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    let (a1, _) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(10))
+        .unwrap();
+    store
+        .resolve_attempt(&id, a1, false, Some("timeout"), at(10))
+        .unwrap();
+    let state = |s: &Store| s.attempts(&id).unwrap()[0].state.clone();
+    // A listing that started before the attempt proves nothing.
+    assert!(!store.note_attempt_absent(&id, a1, at(9)).unwrap());
+    assert_eq!(store.orphan_attempts("maas").unwrap()[0].absent_listings, 0);
+    // Three later listings inside the window are not enough.
+    for m in [11, 12, 13] {
+        assert!(!store.note_attempt_absent(&id, a1, at(m)).unwrap());
+    }
+    assert_eq!(state(&store), "abandoned");
+    // Once the window has passed, the next absent listing resolves it.
+    let after = 10 + schema::ORPHAN_WINDOW.num_minutes() + 1;
+    assert!(store.note_attempt_absent(&id, a1, at(after)).unwrap());
+    assert_eq!(state(&store), "cleaned");
+    // Its name stays an orphan's for ever.
+    let orphans = store.orphan_attempts("maas").unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].attempt.name, "k-1");
+}
