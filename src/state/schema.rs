@@ -116,6 +116,8 @@
 //!
 //! ## expiring_notices: `key.expiring` sent, at most once per threshold
 //! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
+//!   `threshold = 'unrecognised'` marks the one `key.unrecognised` event
+//!   sent for that key.
 
 /// The schema version this build writes and understands.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
