@@ -633,3 +633,113 @@ async fn stale_listings_never_rotate_a_lineage_twice_under_a_rate_limit() {
         }
     }
 }
+
+/// Reproduction 4 against the real `rekey emulate oceanbase --list-delay`:
+/// the daemon dies right after a create; the key appears in lists only
+/// later. It must never become current and must be deleted when it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rekey_emulate_and_a_list_delay_a_late_orphan_is_deleted_and_the_sink_keeps_the_current_key()
+ {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let env = Env::new().await;
+    let mut emu = Command::new(BIN)
+        .args([
+            "emulate",
+            "oceanbase",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys",
+            "1",
+            "--expiring",
+            "1",
+            "--within",
+            "1h",
+            "--list-delay",
+            "2s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = emu.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        // Keep draining so the emulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        first
+    })
+    .await
+    .unwrap();
+    let endpoint = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no endpoint in {first}"))
+        .to_string();
+    let cfg = write_config(
+        &env,
+        &format!("{PROVIDER}{FILE_SINK}{}", policy("maas", "ob", "app-*", "")),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&env.emu.endpoint(), &endpoint);
+    std::fs::write(&cfg, text).unwrap();
+    let client = crate::support::oceanbase_provider(&rekey::config::ProviderConfig {
+        name: "check".into(),
+        endpoint,
+        rate_limit: None,
+        ca_file: None,
+        timeout: Duration::from_secs(10),
+        kind: rekey::config::ProviderKind::OceanBase {
+            org_id: oceanbase::DEFAULT_ORG_ID.into(),
+            project_id: oceanbase::DEFAULT_PROJECT_ID.into(),
+            access_key_id: rekey::config::SecretRef::Literal(rekey::secret::Secret::new(
+                oceanbase::DEFAULT_ACCESS_KEY_ID,
+            )),
+            access_key_secret: rekey::config::SecretRef::Literal(rekey::secret::Secret::new(
+                oceanbase::DEFAULT_ACCESS_KEY_SECRET,
+            )),
+        },
+    });
+    use rekey::provider::Provider;
+    let all = |_: &str| true;
+
+    let mut d = env.spawn(&cfg, Some("after_create"));
+    assert!(!d.wait().unwrap().success());
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("a completed rotation", Duration::from_secs(90), |e| {
+        e.completed() == 1
+    })
+    .await;
+    let r = env.rotations()[0].clone();
+    let orphan = store(&env).attempts(&r.id).unwrap()[0].name.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys = client.list(&all).await.unwrap();
+        if !keys.iter().any(|k| k.name == orphan) && keys.len() == 1 {
+            assert_eq!(Some(&keys[0].id), r.new_key_id.as_ref());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan {orphan} was never deleted: {:?}\n{}",
+            keys.iter().map(|k| &k.name).collect::<Vec<_>>(),
+            tail(&env.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(terminate(&mut d), 0);
+    unsafe {
+        libc::kill(emu.id() as i32, libc::SIGTERM);
+    }
+    let _ = emu.wait();
+    assert_eq!(env.rotations().len(), 1, "no second rotation");
+    assert!(
+        env.rotations()
+            .iter()
+            .all(|x| x.old_key_name.as_deref() != Some(orphan.as_str()))
+    );
+    let file = std::fs::read_to_string(env.path("keys/app-00001.env")).unwrap();
+    assert!(file.contains(&format!("REKEY_KEY_ID={}", r.new_key_id.clone().unwrap())));
+}
