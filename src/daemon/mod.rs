@@ -91,6 +91,7 @@ pub fn build_runtime(
         config: cfg,
         providers,
         sinks,
+        walks: Default::default(),
     })
 }
 

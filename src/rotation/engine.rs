@@ -76,6 +76,9 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub providers: HashMap<String, SharedProvider>,
     pub sinks: HashMap<String, SharedSink>,
+    /// Provider walks shared by every consumer (checks, id lookups, the
+    /// check before a delete), per provider entry.
+    pub walks: Arc<crate::provider::listing::Walks>,
 }
 
 impl Runtime {
@@ -218,12 +221,8 @@ impl Engine {
         let provider = self.provider(rt, &policy.provider)?.clone();
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
-        let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-            policy.matches(n)
-        })
-        .await
-        {
-            Ok(l) => l,
+        let listing = match rt.walks.listing(&provider, &self.clock, None).await {
+            Ok(l) => l.filtered(|n| policy.matches(n)),
             Err(e) => {
                 tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
                 let prev = self
@@ -919,12 +918,14 @@ impl Engine {
                 .map(|a| a.name.clone())
                 .chain(earlier.iter().map(|o| o.attempt.name.clone()))
                 .collect();
-            let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                names.contains(n)
-            })
-            .await
-            {
-                Ok(l) => l,
+            // Only a walk that started after every open attempt will do.
+            let since = open
+                .iter()
+                .map(|a| a.started_at)
+                .chain(earlier.iter().map(|o| o.attempt.started_at))
+                .max();
+            let listing = match rt.walks.listing(&provider, &self.clock, since).await {
+                Ok(l) => l.filtered(|n| names.contains(n)),
                 Err(e) => {
                     return self.on_failure(
                         policy,
@@ -1093,12 +1094,22 @@ impl Engine {
         // The new key's id (OceanBase returns none on create).
         let mut row = row.clone();
         if row.new_key_id.is_none() {
-            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                n == new_name
-            })
-            .await
-            {
-                Ok(listing) => match listing.named(&new_name).next().cloned() {
+            // Any walk that shows the key proves it; one that does not and
+            // began before the create proves nothing, so ask for a newer one.
+            let mut found = rt
+                .walks
+                .listing(&provider, &self.clock, None)
+                .await
+                .map(|l| l.named(&new_name).next().cloned());
+            if let Ok(None) = found {
+                found = rt
+                    .walks
+                    .listing(&provider, &self.clock, row.created_at)
+                    .await
+                    .map(|l| l.named(&new_name).next().cloned());
+            }
+            match found {
+                Ok(found) => match found {
                     Some(k) => {
                         self.store.record_new_key_id(
                             &row.id,
@@ -1398,11 +1409,7 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                n == new_name
-            })
-            .await
-            {
+            match rt.walks.listing(&provider, &self.clock, None).await {
                 Ok(listing) => {
                     if listing.by_id(&new_id).is_none() {
                         return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);

@@ -252,6 +252,7 @@ create = {{ action = "read" }}
             config: Arc::new(cfg),
             providers,
             sinks,
+            walks: Default::default(),
         },
         fake,
         clock,
@@ -620,6 +621,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
             config: Arc::new(cfg),
             providers,
             sinks,
+            walks: Default::default(),
         },
         fake,
         clock,
@@ -835,6 +837,7 @@ async fn an_orphan_that_shows_up_after_its_attempt_was_cleaned_is_still_deleted(
     assert_eq!(attempts[0].state, "cleaned");
     // Now the late create appears, newer than everything.
     h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    h.clock.advance(Duration::seconds(3));
     let plan = h.check().await;
     assert!(
         !h.fake.names().contains(&orphan),
@@ -842,4 +845,173 @@ async fn an_orphan_that_shows_up_after_its_attempt_was_cleaned_is_still_deleted(
     );
     let l = &plan.lineages[0];
     assert_ne!(l.current.as_ref().map(|c| c.key.name.clone()), Some(orphan));
+}
+
+// ------------------------------------------------------ shared walks
+
+/// Counts list calls; optionally slow, optionally failing the first ones.
+struct CountingProvider {
+    inner: FakeProvider,
+    lists: std::sync::atomic::AtomicU32,
+    fail_first: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl Provider for CountingProvider {
+    fn name(&self) -> &str {
+        "ob"
+    }
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn list(
+        &self,
+        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
+    ) -> Result<Vec<ProviderKey>, ProviderError> {
+        use std::sync::atomic::Ordering;
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        // Long enough for concurrent consumers to find the walk in flight.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ProviderError::new(
+                "ob",
+                "list",
+                ProviderErrorKind::Api {
+                    status: 503,
+                    code: "E001R000".into(),
+                    message: "unavailable".into(),
+                },
+            ));
+        }
+        self.inner.list(keep).await
+    }
+    async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {
+        self.inner.create(req).await
+    }
+    async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
+        self.inner.delete(key_id).await
+    }
+}
+
+fn three_policies() -> (Harness, Arc<CountingProvider>) {
+    let mut policies = String::new();
+    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
+        policies.push_str(&format!(
+            r#"
+[[policy]]
+name = "{name}"
+provider = "ob"
+match = "{glob}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+create = {{ action = "read" }}
+"#
+        ));
+    }
+    let mut h = harness_policies(&policies).unwrap();
+    let counting = Arc::new(CountingProvider {
+        inner: h.fake.clone(),
+        lists: Default::default(),
+        fail_first: Default::default(),
+    });
+    h.rt.providers.insert("ob".into(), counting.clone());
+    (h, counting)
+}
+
+#[tokio::test]
+async fn three_policies_on_one_provider_checked_in_one_window_cause_one_walk() {
+    let (h, counting) = three_policies();
+    for n in ["app-a1", "app-b1", "app-c1"] {
+        h.fake.add(n, Duration::days(5), Duration::days(25));
+    }
+    let (a, b, c) = tokio::join!(
+        h.engine.check_policy(&h.rt, "pa"),
+        h.engine.check_policy(&h.rt, "pb"),
+        h.engine.check_policy(&h.rt, "pc"),
+    );
+    // Each consumer filtered its own keys out of the one walk.
+    for (plan, l) in [(a, "app-a1"), (b, "app-b1"), (c, "app-c1")] {
+        let plan = plan.unwrap();
+        assert_eq!(plan.lineages.len(), 1);
+        assert_eq!(plan.lineages[0].name, l);
+    }
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Outside the freshness bound, the next check walks again.
+    h.clock.advance(Duration::seconds(3));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failing_walk_fails_every_waiting_consumer_and_each_retries_on_its_own() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(5), Duration::days(25));
+    counting
+        .fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let (a, b, c) = tokio::join!(
+        h.engine.check_policy(&h.rt, "pa"),
+        h.engine.check_policy(&h.rt, "pb"),
+        h.engine.check_policy(&h.rt, "pc"),
+    );
+    let errors: Vec<String> = [a, b, c]
+        .into_iter()
+        .map(|r| r.map(|_| ()).expect_err("every consumer fails").to_string())
+        .collect();
+    assert!(
+        errors.iter().all(|e| e == &errors[0] && e.contains("503")),
+        "{errors:?}"
+    );
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A failed walk is not reused: the next consumer walks again.
+    let plan = h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(plan.lineages.len(), 1);
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_walk_that_started_before_an_attempt_never_proves_the_attempts_key_absent() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(25), Duration::days(2));
+    // A check walks; a rotation starts and its create is lost right after.
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    let (_, orphan) = h
+        .engine
+        .store
+        .start_attempt(
+            &r.id,
+            |a| {
+                h.rt.policy("pa").unwrap().name_template.render(
+                    "app-a1",
+                    "pa",
+                    &r.id,
+                    a,
+                    h.clock.now(),
+                )
+            },
+            h.clock.now(),
+        )
+        .unwrap();
+    h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    let before = counting.lists.load(std::sync::atomic::Ordering::SeqCst);
+    // Resolving the attempt cannot use the check's walk (it started before
+    // the attempt, and is still fresh): it walks again and finds the key.
+    h.clock.advance(Duration::milliseconds(10));
+    h.engine.advance(&h.rt, &r.id, &h.stop).await.unwrap();
+    assert!(counting.lists.load(std::sync::atomic::Ordering::SeqCst) > before);
+    assert!(
+        !h.fake.names().contains(&orphan),
+        "the orphan must be deleted"
+    );
+    assert_eq!(h.engine.store.attempts(&r.id).unwrap()[0].state, "cleaned");
 }
