@@ -221,6 +221,9 @@ pub struct FileSinkConfig {
     pub on_publish_timeout: Duration,
     /// env format: secret field → variable name overrides.
     pub env_names: BTreeMap<String, String>,
+    /// Variables of the daemon's environment passed to `on_publish`, beyond
+    /// the fixed minimal set (`PATH`, locale, `REKEY_*`).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +241,9 @@ pub struct VaultSinkConfig {
     pub path: TargetTemplate,
     pub namespace: Option<String>,
     pub auth: VaultAuth,
+    /// Overwrite an existing secret that rekey did not write for this
+    /// policy and lineage (default: refuse).
+    pub adopt_existing: bool,
 }
 
 #[derive(Debug, Clone)]
