@@ -1541,6 +1541,18 @@ fn resolve_refs(cx: &mut Ctx) {
                         SecretRef::Literal(_) => "",
                     };
                     cx.d.error_hint(p.span, format!("{} cannot be resolved: {e}", p.what), hint);
+                } else if let SecretRef::File(path) = &r
+                    && let Some(mode) = super::others_may_read(path)
+                {
+                    cx.d.warn_hint(
+                        p.span,
+                        format!(
+                            "{} is in {}, which other users can read (mode {mode:04o})",
+                            p.what,
+                            path.display()
+                        ),
+                        format!("chmod o-rwx {}", path.display()),
+                    );
                 }
             }
             PendingCheck::File(path) => {
