@@ -634,16 +634,17 @@ impl Sink for FileSink {
         policy: &str,
         lineage: &str,
     ) -> Result<Option<super::HeldKey>, SinkError> {
-        let path = self.path_for(policy, lineage);
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => zeroize::Zeroizing::new(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(SinkError::retryable(
-                    &self.name,
-                    format!("cannot read back {}: {e}", path.display()),
-                ));
-            }
+        let confined = self.confine(policy, lineage)?;
+        let sink = FileSink {
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+        };
+        let text = match tokio::task::spawn_blocking(move || sink.read_confined(&confined))
+            .await
+            .map_err(|e| SinkError::retryable(&self.name, format!("read task failed: {e}")))??
+        {
+            Some(t) => t,
+            None => return Ok(None),
         };
         let (key_id, key_name) = match self.cfg.format {
             FileFormat::Raw => return Ok(None),
