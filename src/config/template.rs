@@ -241,6 +241,19 @@ impl TargetTemplate {
         }
         out
     }
+
+    /// The literal text before the first placeholder (all of it when there
+    /// is none): what the template fixes, whatever a name holds.
+    pub fn fixed_prefix(&self) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => out.push_str(l),
+                Part::Var(_) => break,
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

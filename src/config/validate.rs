@@ -866,6 +866,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("on_publish", sp(&raw.on_publish)),
         ("on_publish_timeout", sp(&raw.on_publish_timeout)),
         ("env_names", sp(&raw.env_names)),
+        ("pass_env", sp(&raw.pass_env)),
     ];
     let kind = match kind_s {
         "file" => {
@@ -881,6 +882,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
                     ("ca_file", sp(&raw.ca_file)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let path = required(cx, &raw.path, "path", &what, at.clone())
@@ -961,6 +963,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     .as_ref()
                     .map(|e| e.get_ref().clone())
                     .unwrap_or_default(),
+                pass_env: pass_env(cx, &raw.pass_env),
             })
         }
         "webhook" => {
@@ -974,6 +977,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("mount", sp(&raw.mount)),
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let u = required(cx, &raw.url, "url", &what, at.clone())
@@ -1026,6 +1030,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                 path: path?,
                 namespace: raw.namespace.as_ref().map(|n| n.get_ref().clone()),
                 auth: auth?,
+                adopt_existing: raw.adopt_existing.as_ref().is_some_and(|a| *a.get_ref()),
             })
         }
         other => {
@@ -1047,6 +1052,29 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         timeout,
         kind,
     })
+}
+
+/// `pass_env`: names of environment variables (`[A-Za-z_][A-Za-z0-9_]*`).
+fn pass_env(cx: &mut Ctx, raw: &Option<Spanned<Vec<String>>>) -> Vec<String> {
+    let Some(list) = raw else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name.clone());
+        } else {
+            cx.d.error_hint(
+                list.span(),
+                format!("`pass_env` entry {name:?} is not an environment variable name"),
+                "write names such as \"HOME\" or \"MYAPP_SOCKET\"",
+            );
+        }
+    }
+    out
 }
 
 /// An AppRole role_id is an identifier, not a secret: a literal is fine.
@@ -1525,6 +1553,18 @@ fn resolve_refs(cx: &mut Ctx) {
                         SecretRef::Literal(_) => "",
                     };
                     cx.d.error_hint(p.span, format!("{} cannot be resolved: {e}", p.what), hint);
+                } else if let SecretRef::File(path) = &r
+                    && let Some(mode) = super::others_may_read(path)
+                {
+                    cx.d.warn_hint(
+                        p.span,
+                        format!(
+                            "{} is in {}, which other users can read (mode {mode:04o})",
+                            p.what,
+                            path.display()
+                        ),
+                        format!("chmod o-rwx {}", path.display()),
+                    );
                 }
             }
             PendingCheck::File(path) => {

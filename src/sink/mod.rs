@@ -6,7 +6,7 @@
 //! back (file, Vault) implement [`Sink::read_back`], which the engine calls
 //! before deleting an old key to prove the sink still holds the new one.
 
-pub mod response;
+pub mod hook;
 pub mod vault;
 pub mod webhook;
 
@@ -137,6 +137,16 @@ pub trait Sink: Send + Sync {
 }
 
 pub type SharedSink = Arc<dyn Sink>;
+
+/// The store's record of which sink wrote which target for which policy
+/// and lineage: the seam between sinks and the ownership work (the store
+/// records target writers; a sink asks before refusing a target whose own
+/// labels are missing). `target` is the sink's rendered target as it shows
+/// it (Vault: `mount/path`).
+pub trait TargetRecord: Send + Sync {
+    /// Whether `sink` wrote `target` for `policy` and `lineage` before.
+    fn wrote(&self, sink: &str, target: &str, policy: &str, lineage: &str) -> bool;
+}
 
 pub mod file;
 

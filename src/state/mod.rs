@@ -89,11 +89,24 @@ impl LockFile {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // A link planted at the lock's path must not make us open (and
+            // then truncate) whatever it points to.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| StoreError::Open {
                 path: path.clone(),
-                reason: format!("cannot open lock file: {e}"),
+                reason: if e.raw_os_error() == Some(libc::ELOOP) {
+                    "the lock file is a symbolic link; refusing to follow it".to_string()
+                } else {
+                    format!("cannot open lock file: {e}")
+                },
             })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(StoreError::Open {
+                path: path.clone(),
+                reason: "the lock file is not a regular file".into(),
+            });
+        }
         // SAFETY: flock on a valid, owned file descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -165,13 +178,19 @@ impl Store {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| StoreError::Open {
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
         }
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        // SQLite refuses a link at the DB path (or its journal) with this.
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| StoreError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -273,9 +292,43 @@ impl Store {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
             c.pragma_update(None, "foreign_keys", "ON")?;
+            // Deleted and overwritten content (a wiped sealed secret, the
+            // old versions of its row) is zeroed, not left in free space.
+            c.pragma_update(None, "secure_delete", "ON")?;
             Ok(())
         })();
         r.map_err(|e| self.corrupt(e))
+    }
+
+    /// After a transaction that wiped a sealed secret: move the WAL into the
+    /// DB and truncate it, so no earlier copy of the row (each update of a
+    /// row appends a new copy of its page to the WAL) stays on disk. With
+    /// `secure_delete` the DB file's freed space is zeroed too. Best effort:
+    /// a reader holding an old snapshot (`rekey history`) can keep the WAL
+    /// from being truncated; the next wipe tries again.
+    fn checkpoint_after_wipe(&self) {
+        if self.path.is_none() {
+            return;
+        }
+        let c = self.conn();
+        match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }) {
+            Ok((0, _, _)) => {}
+            Ok((busy, log, done)) => {
+                tracing::debug!(
+                    busy,
+                    wal_frames = log,
+                    checkpointed = done,
+                    "WAL checkpoint after a wipe could not finish; a reader holds an old snapshot"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a wipe failed"),
+        }
     }
 
     fn version(&self) -> Result<i64, rusqlite::Error> {
@@ -796,7 +849,7 @@ impl Store {
         class: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        let wiped = self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state.is_terminal() {
                 return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
@@ -832,7 +885,11 @@ impl Store {
                 ),
             )?;
             Ok(())
-        })
+        });
+        if wiped.is_ok() {
+            self.checkpoint_after_wipe();
+        }
+        wiped
     }
 
     /// A sink acknowledged the new key. `fingerprint` is what its read-back
@@ -969,7 +1026,7 @@ impl Store {
         at: DateTime<Utc>,
         retire_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        let wiped = self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state != RotationState::Created {
                 return Err(StoreError::Conflict(format!("rotation {id} is {}, not created", row.state.as_str())));
@@ -1018,7 +1075,11 @@ impl Store {
                 _ => complete_tx(tx, &row, "no_old_key", at)?,
             }
             Ok(())
-        })
+        });
+        if wiped.is_ok() {
+            self.checkpoint_after_wipe();
+        }
+        wiped
     }
 
     /// The old key is gone (deleted, or 404 on delete): complete.

@@ -978,3 +978,83 @@ fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_
     assert_eq!(orphans.len(), 1);
     assert_eq!(orphans[0].attempt.name, "k-1");
 }
+
+#[test]
+fn no_copy_of_the_sealed_secret_survives_the_wipe_in_the_db_or_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    let sealer = Sealer::random();
+    let id = created_rotation(&store, &sealer, &["file"]);
+    let sealed = store.sealed_secret(&id).unwrap().unwrap();
+    // Every update of the row writes another copy of its page.
+    for i in 0..5 {
+        store
+            .record_step_failure(&id, "sink down", "retryable", Some(at(3 + i)), at(2 + i))
+            .unwrap();
+    }
+    let holds = |file: &Path| {
+        std::fs::read(file)
+            .map(|b| b.windows(sealed.len()).any(|w| w == sealed.as_slice()))
+            .unwrap_or(false)
+    };
+    assert!(
+        holds(&path) || holds(&sidecar(&path, "-wal")),
+        "the sealed value should be on disk before the wipe (or this test proves nothing)"
+    );
+    store
+        .record_sink_ack(
+            &id,
+            "file",
+            Some("/etc/keys/app-main.env"),
+            "sha256:test",
+            at(9),
+        )
+        .unwrap();
+    store.record_published(&id, at(9), Some(at(69))).unwrap();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = if suffix.is_empty() {
+            path.clone()
+        } else {
+            sidecar(&path, suffix)
+        };
+        assert!(
+            !holds(&file),
+            "{} still holds the sealed secret",
+            file.display()
+        );
+        // Nor any 16-byte run of it (a partly overwritten copy).
+        if let Ok(bytes) = std::fs::read(&file) {
+            for chunk in sealed.chunks(16).filter(|c| c.len() == 16) {
+                assert!(
+                    !bytes.windows(16).any(|w| w == chunk),
+                    "{} holds part of the sealed secret",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_symlinked_lock_db_or_key_file_is_refused_and_its_target_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+
+    let path = dir.path().join("state.db");
+    std::os::unix::fs::symlink(&victim, super::lock_path(&path)).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    let path = dir.path().join("other.db");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    assert!(Store::open(&path).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    let key = dir.path().join("state.db.key");
+    std::os::unix::fs::symlink(&victim, &key).unwrap();
+    assert!(crate::state::seal::Sealer::from_key_file(&key).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
