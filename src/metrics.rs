@@ -39,6 +39,14 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
+    /// `rekey_provider_walks_total{provider,purpose}`: complete key walks
+    /// started (a shared walk counts once, for the consumer that started
+    /// it); purpose ∈ check, id_lookup, attempt, before_delete.
+    pub provider_walks: IntCounterVec,
+    /// `rekey_provider_rotations_total{provider,result}`: rotations
+    /// finished per provider entry, the denominator of calls per rotation
+    /// (DESIGN §4).
+    pub provider_rotations: IntCounterVec,
     /// `rekey_condition{policy,condition}`: 1 while a stuck condition of
     /// DESIGN §4 holds for some lineage of the policy, else 0.
     pub condition: GaugeVec,
@@ -130,6 +138,22 @@ impl Metrics {
             &["sink", "result"],
         )
         .expect("metric");
+        let provider_walks = IntCounterVec::new(
+            Opts::new(
+                "rekey_provider_walks_total",
+                "Complete walks of a provider's key list started, by what needed them (a walk shared by several consumers counts once).",
+            ),
+            &["provider", "purpose"],
+        )
+        .expect("metric");
+        let provider_rotations = IntCounterVec::new(
+            Opts::new(
+                "rekey_provider_rotations_total",
+                "Rotations finished, by provider entry and result (completed or failed): divide provider requests by it for calls per rotation.",
+            ),
+            &["provider", "result"],
+        )
+        .expect("metric");
         let condition = GaugeVec::new(
             Opts::new(
                 "rekey_condition",
@@ -147,6 +171,8 @@ impl Metrics {
             Box::new(provider_requests.clone()),
             Box::new(provider_duration.clone()),
             Box::new(sink_publish.clone()),
+            Box::new(provider_walks.clone()),
+            Box::new(provider_rotations.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -159,6 +185,8 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            provider_walks,
+            provider_rotations,
             condition,
             policies: Arc::default(),
             rendered: Arc::default(),
@@ -186,6 +214,10 @@ impl Metrics {
                 self.sink_publish
                     .with_label_values(&[sink.as_str(), result]);
             }
+        }
+        for result in ROTATION_RESULTS {
+            self.provider_rotations
+                .with_label_values(&[provider, result]);
         }
         self.refs().insert(
             policy.to_string(),
@@ -266,6 +298,8 @@ impl Metrics {
         if !refs.values().any(|r| r.provider == gone.provider) {
             remove_where(&self.provider_requests, "provider", &gone.provider);
             remove_where(&self.provider_duration, "provider", &gone.provider);
+            remove_where(&self.provider_walks, "provider", &gone.provider);
+            remove_where(&self.provider_rotations, "provider", &gone.provider);
         }
     }
 

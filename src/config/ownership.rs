@@ -79,6 +79,76 @@ pub fn account_of(p: &ProviderConfig) -> String {
     format!("{} {host} {who}", p.kind.as_str())
 }
 
+/// The scope in which walks of a provider entry's keys may be shared
+/// (`provider::listing::Walks`): its [`account_of`] plus every credential
+/// it authenticates with (each secret reference; a literal by a digest of
+/// its value, never the value) and, for Tencent, the `region` sent in
+/// `X-TC-Region` (keys are listed per request region; sharing across
+/// regions is not proven safe, so it is not done). Two entries with equal
+/// scopes list the same keys with the same credentials; entries on one
+/// account with different credentials never share a walk.
+pub fn listing_scope(p: &ProviderConfig) -> String {
+    use sha2::Digest;
+    fn put(h: &mut sha2::Sha256, label: &str, r: &super::SecretRef) {
+        h.update(label.as_bytes());
+        h.update([0]);
+        match r {
+            super::SecretRef::Literal(s) => {
+                h.update(b"literal\0");
+                h.update(s.expose().as_bytes());
+            }
+            other => h.update(format!("{other:?}").as_bytes()),
+        }
+        h.update([0]);
+    }
+    let mut h = sha2::Sha256::new();
+    let mut extra = String::new();
+    match &p.kind {
+        ProviderKind::OceanBase {
+            access_key_id,
+            access_key_secret,
+            ..
+        } => {
+            put(&mut h, "access_key_id", access_key_id);
+            put(&mut h, "access_key_secret", access_key_secret);
+        }
+        ProviderKind::Tencent {
+            region,
+            secret_id,
+            secret_key,
+        } => {
+            put(&mut h, "secret_id", secret_id);
+            put(&mut h, "secret_key", secret_key);
+            extra = format!(" region={region}");
+        }
+        ProviderKind::Huawei { auth, .. } => match auth {
+            super::HuaweiAuth::Token(t) => put(&mut h, "token", t),
+            super::HuaweiAuth::Iam {
+                endpoint,
+                domain,
+                user,
+                password,
+            } => {
+                h.update(format!("iam\0{endpoint}\0{domain}\0{user}\0").as_bytes());
+                put(&mut h, "password", password);
+            }
+            super::HuaweiAuth::Aksk {
+                access_key,
+                secret_key,
+            } => {
+                put(&mut h, "access_key", access_key);
+                put(&mut h, "secret_key", secret_key);
+            }
+        },
+    }
+    let digest = h.finalize();
+    format!(
+        "{}{extra} credentials={}",
+        account_of(p),
+        hex::encode(&digest[..12])
+    )
+}
+
 /// `host[:port]` of a URL, lower-cased, with labels that look like a cloud
 /// region (`ap-guangzhou`, `ap-southeast-3`, `cn-north-4`) removed.
 fn host_without_region(endpoint: &str) -> String {

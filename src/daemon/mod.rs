@@ -60,6 +60,9 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+/// How many accounts' check groups run at once (each one walk).
+const CHECK_GROUPS: usize = 16;
+
 /// What signals mean to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -87,11 +90,15 @@ pub fn build_runtime(
             sink::build(s, clock.clone()).map_err(|e| e.to_string())?,
         );
     }
+    let walks = Arc::new(provider::listing::Walks::for_config(
+        &cfg,
+        Some(metrics.clone()),
+    ));
     Ok(Runtime {
         config: cfg,
         providers,
         sinks,
-        walks: Default::default(),
+        walks,
     })
 }
 
@@ -136,9 +143,10 @@ struct Daemon {
     retained: Mutex<HashMap<String, Arc<Runtime>>>,
     next_checks: Mutex<HashMap<String, DateTime<Utc>>>,
     checking: Mutex<HashSet<String>>,
-    /// Bounds concurrent policy checks (each a full key scan), so a start
-    /// with 100 policies due neither floods the provider nor balloons
-    /// memory.
+    /// Bounds concurrent check groups (each one walk of one account,
+    /// planning every policy of it that is due), so many accounts due at
+    /// once neither flood the machine nor balloon memory, while accounts
+    /// up to the bound are walked concurrently.
     check_slots: Arc<Semaphore>,
     /// Whether the loop saw work in flight last time (to trim the heap
     /// once when it goes idle).
@@ -235,7 +243,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         retained: Mutex::new(HashMap::new()),
         next_checks: Mutex::new(HashMap::new()),
         checking: Mutex::new(HashSet::new()),
-        check_slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations.min(4))),
+        check_slots: Arc::new(Semaphore::new(CHECK_GROUPS)),
         was_busy: std::sync::atomic::AtomicBool::new(false),
         driving: Mutex::new(HashSet::new()),
         work_stop: CancellationToken::new(),
@@ -517,28 +525,57 @@ impl Daemon {
             .filter(|(_, t)| **t <= now)
             .map(|(p, _)| p.clone())
             .collect();
+        // Policies due now, grouped by the account (and credentials) their
+        // provider lists: each group is planned from one walk.
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for p in due {
             if !self.checking.lock().expect("lock").insert(p.clone()) {
                 continue;
             }
+            let scope = match rt.policy(&p) {
+                Some(policy) => rt.walks.scope(&policy.provider),
+                None => format!("policy {p}"),
+            };
+            groups.entry(scope).or_default().push(p);
+        }
+        for (_, policies) in groups {
             let me = self.clone();
             let rt = rt.clone();
             self.tracker.spawn(async move {
                 let _slot = me.check_slots.clone().acquire_owned().await.expect("never closed");
-                let started = me.engine.clock.now();
-                match me.engine.check_policy(&rt, &p).await {
-                    Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
-                    Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
-                }
-                if let Some(policy) = rt.policy(&p) {
-                    let next = policy.schedule.next_after(started.max(me.engine.clock.now())).unwrap_or_else(|| me.engine.clock.now() + chrono::Duration::hours(1));
-                    let mut nc = me.next_checks.lock().expect("lock");
-                    if nc.contains_key(&p) {
-                        nc.insert(p.clone(), next);
+                let provider = policies
+                    .first()
+                    .and_then(|p| rt.policy(p))
+                    .and_then(|p| rt.providers.get(&p.provider))
+                    .cloned();
+                let walk = match &provider {
+                    Some(provider) => Some(
+                        rt.walks
+                            .listing(provider, &me.engine.clock, None, provider::listing::Purpose::Check)
+                            .await,
+                    ),
+                    None => None,
+                };
+                for p in policies {
+                    let started = me.engine.clock.now();
+                    let result = match &walk {
+                        Some(w) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
+                        None => me.engine.check_policy(&rt, &p).await,
+                    };
+                    match result {
+                        Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
+                        Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
                     }
+                    if let Some(policy) = rt.policy(&p) {
+                        let next = policy.schedule.next_after(started.max(me.engine.clock.now())).unwrap_or_else(|| me.engine.clock.now() + chrono::Duration::hours(1));
+                        let mut nc = me.next_checks.lock().expect("lock");
+                        if nc.contains_key(&p) {
+                            nc.insert(p.clone(), next);
+                        }
+                    }
+                    me.checking.lock().expect("lock").remove(&p);
+                    me.engine.wake_scheduler.notify_one();
                 }
-                me.checking.lock().expect("lock").remove(&p);
-                me.engine.wake_scheduler.notify_one();
             });
         }
         for row in active.iter().cloned() {

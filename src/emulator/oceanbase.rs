@@ -41,7 +41,8 @@
 //! of an operation, and the admin API (loopback only, no auth):
 //! `GET /__emulator/keys` (every key **with its secret**: this is a test
 //! fake), `POST /__emulator/keys` (insert one), `GET|POST /__emulator/faults`,
-//! `GET /__emulator/stats`.
+//! `GET /__emulator/stats`, `GET /__emulator/requests` (the request log:
+//! operation, list page, status and time of every API request).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -386,6 +387,30 @@ pub struct OperationStats {
     pub rejected: u64,
 }
 
+/// How many requests the request log keeps (later ones are not logged).
+pub const REQUEST_LOG_CAP: usize = 1_000_000;
+
+/// One API request as the emulator answered it (`GET /__emulator/requests`,
+/// [`EmulatorHandle::request_log`]), Digest challenges and 429s included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LoggedRequest {
+    pub operation: Operation,
+    /// `pageNumber` of a list request (1 when absent).
+    pub page: Option<usize>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Milliseconds since the emulator started, when it was answered.
+    pub at_ms: u64,
+}
+
+impl LoggedRequest {
+    /// An answered first list page: one walk began (and its first page
+    /// was served).
+    pub fn starts_walk(&self) -> bool {
+        self.operation == Operation::List && self.page == Some(1) && self.status == 200
+    }
+}
+
 /// Request counts (`GET /__emulator/stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct EmulatorStats {
@@ -459,6 +484,9 @@ struct EmuState {
     forced: Vec<ForcedFault>,
     bucket: Option<TokenBucket>,
     stats: EmulatorStats,
+    /// Every API request answered, in order (up to [`REQUEST_LOG_CAP`]).
+    log: Vec<LoggedRequest>,
+    started: Instant,
 }
 
 struct Inner {
@@ -597,7 +625,15 @@ impl EmulatorHandle {
     }
 
     pub fn reset_stats(&self) {
-        self.inner.lock().stats = EmulatorStats::default();
+        let mut st = self.inner.lock();
+        st.stats = EmulatorStats::default();
+        st.log.clear();
+    }
+
+    /// Every API request answered since start (or the last
+    /// [`EmulatorHandle::reset_stats`]), in order.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.inner.lock().log.clone()
     }
 
     /// Make every nonce issued so far stale.
@@ -648,6 +684,8 @@ fn new_inner(opts: OceanBaseEmulatorOptions, addr: SocketAddr) -> Inner {
         forced: Vec::new(),
         bucket: opts.rate_limit.map(|r| TokenBucket::new(r, Instant::now())),
         stats: EmulatorStats::default(),
+        log: Vec::new(),
+        started: Instant::now(),
     };
     // Seeded keys are somewhere in the first half of their life, so none is
     // due unless it is one of the `expiring` ones.
@@ -786,13 +824,44 @@ fn router(inner: Arc<Inner>) -> Router {
             get(admin_faults).post(admin_set_faults),
         )
         .route("/__emulator/stats", get(admin_stats))
+        .route("/__emulator/requests", get(admin_requests))
         .fallback(not_found)
         .with_state(inner)
 }
 
 // ---------------------------------------------------------------- the API
 
+/// Serve one API request and add it to the request log.
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let operation = match *req.method() {
+        Method::GET => Some(Operation::List),
+        Method::POST => Some(Operation::Create),
+        Method::DELETE => Some(Operation::Delete),
+        _ => None,
+    };
+    let page = (operation == Some(Operation::List)).then(|| {
+        Query::<HashMap<String, String>>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|Query(q)| page_number(q.get("pageNumber").map(String::as_str)).ok())
+            .unwrap_or(1)
+    });
+    let resp = api_call(inner.clone(), req).await;
+    if let Some(operation) = operation {
+        let mut st = inner.lock();
+        if st.log.len() < REQUEST_LOG_CAP {
+            let at_ms = st.started.elapsed().as_millis() as u64;
+            st.log.push(LoggedRequest {
+                operation,
+                page,
+                status: resp.status().as_u16(),
+                at_ms,
+            });
+        }
+    }
+    resp
+}
+
+async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let request_id = request_id(&parts.headers);
     let op = match parts.method {
@@ -1532,6 +1601,17 @@ async fn admin_stats(
     }
     let stats = inner.lock().stats;
     json_response(StatusCode::OK, json!(stats))
+}
+
+async fn admin_requests(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden_admin();
+    }
+    let log = inner.lock().log.clone();
+    json_response(StatusCode::OK, json!(log))
 }
 
 async fn not_found(req: Request) -> Response {

@@ -18,22 +18,29 @@
 //!   listing that began before the lineage's latest rotation finished (the
 //!   walk may show the deleted old key and miss the new one).
 //!
-//! Sharing ([`Walks`]): walks are per provider entry (one set of
-//! credentials, never shared across entries). A consumer joins the walk in
-//! flight or reuses one that started within [`FRESHNESS`] (2 s, on both the
-//! monotonic and the injected clock); a consumer that needs proof of absence
-//! for something that began at T (an abandoned create attempt) asks for a
-//! walk that started strictly after T and gets a new one otherwise. An id
-//! lookup takes any walk that *shows* the key, and asks for one that started
-//! after the create when it does not. A failed walk fails every consumer
-//! waiting on it with the same error and is never reused.
+//! Sharing ([`Walks`]): walks are per provider *account and credentials*
+//! (`config::ownership::listing_scope`: two `[providers.*]` entries on one
+//! account with the same credentials share; different credentials never
+//! do). A consumer joins the walk in flight or reuses one that started
+//! within [`FRESHNESS`] (2 s, on both the monotonic and the injected clock);
+//! a consumer that needs a walk that started after some instant T (an id
+//! lookup after a create; proof of absence for an abandoned create attempt
+//! that began at T) only takes a walk that started strictly after T and
+//! gets a new one otherwise. An id lookup takes any walk that *shows* the
+//! key, and asks for one that started after the create when it does not.
+//! A new walk first waits (at most [`CREATE_HOLD`]) for creates already in
+//! flight in its scope, so the id lookups of many concurrent creates share
+//! one walk. A failed walk fails every consumer waiting on it with the same
+//! error and is never reused. The daemon plans the checks of every policy
+//! of one scope that fall due together from one walk.
 //!
 //! Freshness: a listing is judged by its start, never its end; the keys it
 //! holds are those the walk's filter kept, in walk order, possibly with a key
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +155,12 @@ impl Listing {
 /// before a delete). Measured on the monotonic clock from the walk's start.
 pub const FRESHNESS: Duration = Duration::from_secs(2);
 
+/// How long a walk that is about to start waits for creates already in
+/// flight on its scope (providers that do not return the new key's id):
+/// each of them will need a walk that started after it returned, so one
+/// walk after all of them serves them all. Monotonic.
+pub const CREATE_HOLD: Duration = Duration::from_secs(2);
+
 type WalkFuture = Shared<BoxFuture<'static, Result<Arc<Listing>, ProviderError>>>;
 
 struct Slot {
@@ -156,25 +169,130 @@ struct Slot {
     walk: WalkFuture,
 }
 
-/// Walks shared per provider entry (one set of credentials; never across
-/// entries): a consumer joins the walk in flight, or reuses one that
-/// started within [`FRESHNESS`], unless it needs a walk that started after
-/// some instant (`not_before`: the proof of absence for an abandoned
-/// create attempt), in which case a new walk starts. A walk that fails
-/// fails every consumer waiting on it, with the same error; the next
-/// consumer starts a new one. Each consumer filters what it needs
-/// ([`Listing::filtered`]).
+/// Creates in flight in one scope: numbered as they begin.
+#[derive(Default)]
+struct Creates {
+    next: u64,
+    open: BTreeSet<u64>,
+}
+
+/// Why a consumer needed a walk: the `purpose` label of
+/// `rekey_provider_walks_total` (only walks a consumer *started* count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A scheduled or manual policy check (the planner).
+    Check,
+    /// Finding a fresh key's id (providers that return none on create).
+    IdLookup,
+    /// Resolving an abandoned create attempt (orphans).
+    Attempt,
+    /// "Is the next key still listed?" before deleting the old key.
+    BeforeDelete,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Check => "check",
+            Purpose::IdLookup => "id_lookup",
+            Purpose::Attempt => "attempt",
+            Purpose::BeforeDelete => "before_delete",
+        }
+    }
+}
+
+/// Walks shared per provider *account and credentials*
+/// ([`crate::config::ownership::listing_scope`]: two `[providers.*]`
+/// entries on one account with the same credentials share; different
+/// credentials never do): a consumer joins the walk in flight, or reuses
+/// one that started within [`FRESHNESS`], unless it needs a walk that
+/// started after some instant (`not_before`: an id lookup after a create,
+/// the proof of absence for an abandoned create attempt), in which case a
+/// new walk starts. Before a new walk starts it waits (at most
+/// [`CREATE_HOLD`]) for the creates already in flight in its scope
+/// ([`Walks::creating`]), so the id lookups of many concurrent creates are
+/// answered by one walk. A walk that fails fails every consumer waiting on
+/// it, with the same error; the next consumer starts a new one. Each
+/// consumer filters what it needs ([`Listing::filtered`]).
 #[derive(Default)]
 pub struct Walks {
+    /// Provider entry name → its sharing scope. An entry not in the map is
+    /// a scope of its own.
+    scopes: HashMap<String, String>,
     slots: Mutex<HashMap<String, Slot>>,
+    creates: Mutex<HashMap<String, Creates>>,
+    /// Poked whenever a create in flight returns.
+    settled: tokio::sync::Notify,
     /// Walks started, for tests and metrics.
-    started: std::sync::atomic::AtomicU64,
+    started: AtomicU64,
+    /// `rekey_provider_walks_total`, when the daemon counts.
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+/// A create in flight ([`Walks::creating`]); dropping it marks it returned.
+pub struct CreateGuard<'a> {
+    walks: &'a Walks,
+    scope: String,
+    seq: u64,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        let mut creates = self.walks.creates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = creates.get_mut(&self.scope) {
+            c.open.remove(&self.seq);
+        }
+        drop(creates);
+        self.walks.settled.notify_waiters();
+    }
 }
 
 impl Walks {
+    /// Walks for one configuration: entries with equal
+    /// [`listing_scope`](crate::config::ownership::listing_scope)s share.
+    pub fn for_config(
+        cfg: &crate::config::Config,
+        metrics: Option<crate::metrics::Metrics>,
+    ) -> Walks {
+        Walks {
+            scopes: cfg
+                .providers
+                .iter()
+                .map(|(name, p)| (name.clone(), crate::config::ownership::listing_scope(p)))
+                .collect(),
+            metrics,
+            ..Walks::default()
+        }
+    }
+
+    /// The scope provider entry `name` shares walks in.
+    pub fn scope(&self, name: &str) -> String {
+        match self.scopes.get(name) {
+            Some(s) => s.clone(),
+            None => format!("entry {name}"),
+        }
+    }
+
+    /// Mark a create in flight on `provider` (an entry name) until the
+    /// guard drops. Only for providers that do not return the new key's id
+    /// (the others never list for it).
+    pub fn creating(&self, provider: &str) -> CreateGuard<'_> {
+        let scope = self.scope(provider);
+        let mut creates = self.creates.lock().unwrap_or_else(|p| p.into_inner());
+        let c = creates.entry(scope.clone()).or_default();
+        let seq = c.next;
+        c.next += 1;
+        c.open.insert(seq);
+        CreateGuard {
+            walks: self,
+            scope,
+            seq,
+        }
+    }
+
     /// A complete walk of every key of `provider`; see [`Walks`] for when
     /// it is shared. `not_before`: only a walk that started strictly after
-    /// this instant will do.
+    /// this instant will do. `purpose` labels the walks this call starts.
     ///
     /// Errors: the provider's (shared by every consumer of that walk).
     pub async fn listing(
@@ -182,58 +300,123 @@ impl Walks {
         provider: &SharedProvider,
         clock: &SharedClock,
         not_before: Option<DateTime<Utc>>,
+        purpose: Purpose,
     ) -> Result<Arc<Listing>, ProviderError> {
-        let walk = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let reusable = slots.get(provider.name()).filter(|s| {
-                // Fresh on both clocks: the monotonic one cannot be fooled
-                // by a wall-clock step; the injected one is what tests move.
-                let wall_age = clock.now() - s.started_at;
-                let fresh = s.started_mono.elapsed() <= FRESHNESS
-                    && wall_age >= chrono::Duration::zero()
-                    && wall_age.to_std().is_ok_and(|a| a <= FRESHNESS);
-                let usable = match s.walk.peek() {
-                    None => true,
-                    Some(Ok(_)) => fresh,
-                    Some(Err(_)) => false,
-                };
-                usable && not_before.is_none_or(|t| s.started_at > t)
-            });
-            match reusable {
-                Some(s) => s.walk.clone(),
-                None => {
-                    let started_at = clock.now();
-                    let started_mono = Instant::now();
-                    let p = provider.clone();
-                    let walk = async move {
-                        let all = |_: &str| true;
-                        p.list(&all).await.map(|keys| {
-                            Arc::new(Listing::from_walk(keys, started_at, started_mono, true))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    self.started
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    slots.insert(
-                        provider.name().to_string(),
-                        Slot {
-                            started_at,
-                            started_mono,
-                            walk: walk.clone(),
-                        },
-                    );
-                    walk
-                }
+        let scope = self.scope(provider.name());
+        // Creates that began before this call: a new walk waits for them.
+        let before = self
+            .creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&scope)
+            .map(|c| c.next)
+            .unwrap_or(0);
+        let hold_until = tokio::time::Instant::now() + CREATE_HOLD;
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if let Some(walk) = self.reusable(&scope, clock, not_before) {
+                return walk.await;
             }
-        };
-        walk.await
+            let pending = self
+                .creates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&scope)
+                .is_some_and(|c| c.open.range(..before).next().is_some());
+            if pending && tokio::time::Instant::now() < hold_until {
+                tokio::select! {
+                    _ = &mut settled => {}
+                    _ = tokio::time::sleep_until(hold_until) => {}
+                }
+                continue;
+            }
+            let walk = self.start(&scope, provider, clock, not_before, purpose);
+            return walk.await;
+        }
+    }
+
+    /// The walk in flight or fresh in `scope` that suits `not_before`.
+    fn reusable(
+        &self,
+        scope: &str,
+        clock: &SharedClock,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Option<WalkFuture> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        suitable(&slots, scope, clock, not_before)
+    }
+
+    /// Start a walk in `scope` unless a suitable one appeared meanwhile.
+    fn start(
+        &self,
+        scope: &str,
+        provider: &SharedProvider,
+        clock: &SharedClock,
+        not_before: Option<DateTime<Utc>>,
+        purpose: Purpose,
+    ) -> WalkFuture {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = suitable(&slots, scope, clock, not_before) {
+            return w;
+        }
+        let started_at = clock.now();
+        let started_mono = Instant::now();
+        let p = provider.clone();
+        let walk = async move {
+            let all = |_: &str| true;
+            p.list(&all)
+                .await
+                .map(|keys| Arc::new(Listing::from_walk(keys, started_at, started_mono, true)))
+        }
+        .boxed()
+        .shared();
+        self.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.provider_walks
+                .with_label_values(&[provider.name(), purpose.as_str()])
+                .inc();
+        }
+        slots.insert(
+            scope.to_string(),
+            Slot {
+                started_at,
+                started_mono,
+                walk: walk.clone(),
+            },
+        );
+        walk
     }
 
     /// How many walks were started (shared ones count once).
     pub fn started(&self) -> u64 {
-        self.started.load(std::sync::atomic::Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
     }
+}
+
+/// The walk of `scope` in `slots` that `not_before` can use: in flight, or
+/// finished without error and fresh (see [`FRESHNESS`]), and started after
+/// `not_before` when one is given.
+fn suitable(
+    slots: &HashMap<String, Slot>,
+    scope: &str,
+    clock: &SharedClock,
+    not_before: Option<DateTime<Utc>>,
+) -> Option<WalkFuture> {
+    let s = slots.get(scope)?;
+    // Fresh on both clocks: the monotonic one cannot be fooled by a
+    // wall-clock step; the injected one is what tests move.
+    let wall_age = clock.now() - s.started_at;
+    let fresh = s.started_mono.elapsed() <= FRESHNESS
+        && wall_age >= chrono::Duration::zero()
+        && wall_age.to_std().is_ok_and(|a| a <= FRESHNESS);
+    let usable = match s.walk.peek() {
+        None => true,
+        Some(Ok(_)) => fresh,
+        Some(Err(_)) => false,
+    };
+    (usable && not_before.is_none_or(|t| s.started_at > t)).then(|| s.walk.clone())
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
 use crate::metrics::Metrics;
-use crate::provider::listing::Listing;
+use crate::provider::listing::{Listing, Purpose};
 use crate::provider::{
     CreateRequest, DeleteOutcome, ProviderError, ProviderErrorKind, ProviderKey, SharedProvider,
 };
@@ -219,9 +219,30 @@ impl Engine {
             .policy(name)
             .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
         let provider = self.provider(rt, &policy.provider)?.clone();
+        let walk = rt
+            .walks
+            .listing(&provider, &self.clock, None, Purpose::Check)
+            .await;
+        self.check_policy_from(rt, name, walk).await
+    }
+
+    /// [`Engine::check_policy`] planned from a walk already made (the
+    /// daemon walks once for every policy of one account that falls due
+    /// together); `walk` is every key of the policy's provider account, or
+    /// the walk's error, which fails this check like a failed listing.
+    pub async fn check_policy_from(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        walk: Result<Arc<Listing>, ProviderError>,
+    ) -> Result<PolicyPlan, EngineError> {
+        let policy = rt
+            .policy(name)
+            .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
+        let provider = self.provider(rt, &policy.provider)?.clone();
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
-        let listing = match rt.walks.listing(&provider, &self.clock, None).await {
+        let listing = match walk {
             Ok(l) => l.filtered(|n| policy.matches(n)),
             Err(e) => {
                 tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
@@ -846,6 +867,10 @@ impl Engine {
                 .rotations
                 .with_label_values(&[&row.policy, "failed"])
                 .inc();
+            self.metrics
+                .provider_rotations
+                .with_label_values(&[&row.provider, "failed"])
+                .inc();
             tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, state = row.state.as_str(), failures, class, old_key = row.old_key_id.as_deref().unwrap_or(""), "rotation failed ({what}): {error}; the current key stays, the next check tries again");
             return Ok(Step::Done);
         }
@@ -924,7 +949,11 @@ impl Engine {
                 .map(|a| a.started_at)
                 .chain(earlier.iter().map(|o| o.attempt.started_at))
                 .max();
-            let listing = match rt.walks.listing(&provider, &self.clock, since).await {
+            let listing = match rt
+                .walks
+                .listing(&provider, &self.clock, since, Purpose::Attempt)
+                .await
+            {
                 Ok(l) => l.filtered(|n| names.contains(n)),
                 Err(e) => {
                     return self.on_failure(
@@ -1029,12 +1058,17 @@ impl Engine {
         )?;
         failpoint::hit("before_create");
         let started = std::time::Instant::now();
+        // Its id lookup will need a walk after it returns: walks about to
+        // start in this account wait for it (providers without an id only).
+        let in_flight = (!provider.capabilities().returns_id_on_create)
+            .then(|| rt.walks.creating(&row.provider));
         let result = provider
             .create(&CreateRequest {
                 name: &name,
                 params: &policy.create,
             })
             .await;
+        drop(in_flight);
         match result {
             Ok(new) => {
                 failpoint::hit("after_create");
@@ -1098,13 +1132,13 @@ impl Engine {
             // began before the create proves nothing, so ask for a newer one.
             let mut found = rt
                 .walks
-                .listing(&provider, &self.clock, None)
+                .listing(&provider, &self.clock, None, Purpose::IdLookup)
                 .await
                 .map(|l| l.named(&new_name).next().cloned());
             if let Ok(None) = found {
                 found = rt
                     .walks
-                    .listing(&provider, &self.clock, row.created_at)
+                    .listing(&provider, &self.clock, row.created_at, Purpose::IdLookup)
                     .await
                     .map(|l| l.named(&new_name).next().cloned());
             }
@@ -1377,6 +1411,10 @@ impl Engine {
             .with_label_values(&[&row.policy, "completed"])
             .inc();
         self.metrics
+            .provider_rotations
+            .with_label_values(&[&row.provider, "completed"])
+            .inc();
+        self.metrics
             .last_success
             .with_label_values(&[&row.policy])
             .set(self.now().timestamp() as f64);
@@ -1409,7 +1447,11 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match rt.walks.listing(&provider, &self.clock, None).await {
+            match rt
+                .walks
+                .listing(&provider, &self.clock, None, Purpose::BeforeDelete)
+                .await
+            {
                 Ok(listing) => {
                     if listing.by_id(&new_id).is_none() {
                         return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
