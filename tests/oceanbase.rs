@@ -219,7 +219,7 @@ async fn lists_100000_keys() {
 }
 
 #[tokio::test]
-async fn create_returns_the_secret_and_finds_the_id_by_listing() {
+async fn create_returns_the_secret_and_never_lists_for_the_id() {
     let (emu, provider) = emulator_and_client(250).await;
     let new = provider
         .create(&CreateRequest {
@@ -233,10 +233,11 @@ async fn create_returns_the_secret_and_finds_the_id_by_listing() {
         .into_iter()
         .find(|k| k.name == "app-main-20261122-r1a1")
         .expect("the key exists");
-    assert_eq!(new.id.as_deref(), Some(truth.id.as_str()));
+    // The answer carries no id; the engine finds it in a shared walk.
+    assert_eq!(new.id, None);
     assert_eq!(new.name, truth.name);
     assert_eq!(new.created_at, Some(truth.created_at));
-    assert_eq!(new.expires_at, truth.expires_at);
+    assert_eq!(new.expires_at, None, "only the list tells the expiry");
     assert_eq!(
         truth.expires_at.unwrap() - truth.created_at,
         chrono::Duration::days(30)
@@ -245,6 +246,7 @@ async fn create_returns_the_secret_and_finds_the_id_by_listing() {
     assert_eq!(new.secret.len(), 1);
     assert_eq!(new.secret.get(SECRET_FIELD), Some(&truth.api_key));
     assert_eq!(emu.stats().create.ok, 1);
+    assert_eq!(emu.stats().list.requests, 0, "create made no list call");
 }
 
 #[tokio::test]
@@ -266,62 +268,6 @@ async fn create_without_an_action_is_invalid_and_sends_nothing() {
         assert!(!e.is_retryable());
     }
     assert_eq!(emu.stats().requests(), 0);
-}
-
-#[tokio::test]
-async fn create_keeps_the_secret_when_the_key_is_not_listed_yet() {
-    let (emu, provider) = emulator_and_client(5).await;
-    // Every lookup page fails: the key was made, so the secret must come
-    // back anyway, with the id left for the engine to resolve.
-    emu.set_faults(force(Operation::List, 500, 100, ErrorStyle::OpenApi))
-        .unwrap();
-    let new = provider
-        .create(&CreateRequest {
-            name: "app-lost-id",
-            params: &params("read"),
-        })
-        .await
-        .expect("create succeeds without an id");
-    assert_eq!(new.id, None);
-    let truth = emu
-        .keys()
-        .into_iter()
-        .find(|k| k.name == "app-lost-id")
-        .unwrap();
-    assert_eq!(new.secret.get(SECRET_FIELD), Some(&truth.api_key));
-    assert_eq!(new.created_at, Some(truth.created_at));
-    assert_eq!(emu.stats().list.faults, 3, "three lookups were tried");
-}
-
-#[tokio::test]
-async fn create_retries_the_lookup_until_the_key_is_listed() {
-    let emu = start_oceanbase(OceanBaseEmulatorOptions {
-        list_delay: Duration::from_secs(1),
-        ..opts(30)
-    })
-    .await;
-    let cfg = oceanbase_config(&emu);
-    let http = ProviderHttp::new(&cfg, Metrics::new()).unwrap();
-    // Lookups at 0, ≥0.5, ≥1.5 and ≥3.5 s after create: the first misses the
-    // key (listed only after 1 s), a later one finds it.
-    let provider = OceanBaseProvider::new(&cfg, http)
-        .unwrap()
-        .with_lookup_retry(4, Duration::from_millis(500));
-    let new = provider
-        .create(&CreateRequest {
-            name: "app-eventually",
-            params: &params("read"),
-        })
-        .await
-        .unwrap();
-    let truth = emu
-        .keys()
-        .into_iter()
-        .find(|k| k.name == "app-eventually")
-        .unwrap();
-    assert_eq!(new.id.as_deref(), Some(truth.id.as_str()));
-    assert_eq!(new.expires_at, truth.expires_at);
-    assert!(emu.stats().list.ok >= 2, "the first lookup missed it");
 }
 
 #[tokio::test]
@@ -348,7 +294,7 @@ async fn create_leaves_the_id_to_the_engine_when_the_key_stays_unlisted() {
         .find(|k| k.name == "app-unlisted")
         .unwrap();
     assert_eq!(new.secret.get(SECRET_FIELD), Some(&truth.api_key));
-    assert_eq!(emu.stats().list.ok, 3, "three lookups, each one page");
+    assert_eq!(emu.stats().list.requests, 0, "create made no list call");
     // Keys inserted later wait behind it, so pages stay consistent.
     emu.insert_key("app-after", Utc::now(), None);
     assert_eq!(provider.list(&all).await.unwrap().len(), 3);
@@ -511,11 +457,15 @@ async fn digest_round_trip(
         })
         .await
         .unwrap();
-    assert!(new.id.is_some());
-    assert_eq!(
-        provider.delete(new.id.as_deref().unwrap()).await.unwrap(),
-        DeleteOutcome::Deleted
-    );
+    assert_eq!(new.id, None);
+    let id = provider
+        .list(&|n: &str| n == "app-digest")
+        .await
+        .unwrap()
+        .pop()
+        .expect("listed")
+        .id;
+    assert_eq!(provider.delete(&id).await.unwrap(), DeleteOutcome::Deleted);
     emu.stats()
 }
 
@@ -777,9 +727,14 @@ async fn secrets_never_reach_debug_output_errors_or_logs() {
         .unwrap();
     let key_secret = new.secret.get(SECRET_FIELD).unwrap().expose().to_string();
     assert!(key_secret.starts_with("sk_") && key_secret.len() > 10);
-    provider.list(&all).await.unwrap();
+    let listed = provider.list(&all).await.unwrap();
+    let id = &listed
+        .iter()
+        .find(|k| k.name == "app-secret-check")
+        .expect("listed")
+        .id;
     emu.expire_nonces();
-    provider.delete(new.id.as_deref().unwrap()).await.unwrap();
+    provider.delete(id).await.unwrap();
     emu.set_faults(force(Operation::Create, 500, 1, ErrorStyle::Maas))
         .unwrap();
     let err = provider

@@ -495,6 +495,72 @@ mod tests {
         }
     }
 
+    fn tencent(endpoint: &str, region: &str, id: super::super::SecretRef) -> ProviderConfig {
+        ProviderConfig {
+            name: "gw".into(),
+            endpoint: endpoint.into(),
+            rate_limit: None,
+            ca_file: None,
+            timeout: std::time::Duration::from_secs(5),
+            kind: ProviderKind::Tencent {
+                region: region.into(),
+                secret_id: id,
+                secret_key: super::super::SecretRef::Env("TC_SK".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn walks_are_shared_only_by_entries_with_the_same_account_and_credentials() {
+        use super::super::SecretRef;
+        use crate::secret::Secret;
+        let env = |n: &str| SecretRef::Env(n.into());
+        let a = tencent(
+            "https://apigateway.tencentcloudapi.com",
+            "ap-guangzhou",
+            env("ID"),
+        );
+        let b = tencent(
+            "https://apigateway.ap-guangzhou.tencentcloudapi.com",
+            "ap-guangzhou",
+            env("ID"),
+        );
+        assert_eq!(
+            listing_scope(&a),
+            listing_scope(&b),
+            "a region in the host is one account"
+        );
+        let other_ref = tencent(
+            "https://apigateway.tencentcloudapi.com",
+            "ap-guangzhou",
+            env("ID2"),
+        );
+        assert_ne!(listing_scope(&a), listing_scope(&other_ref));
+        let other_region = tencent(
+            "https://apigateway.tencentcloudapi.com",
+            "ap-shanghai",
+            env("ID"),
+        );
+        assert_ne!(listing_scope(&a), listing_scope(&other_region));
+        // Literals are compared by value, and the value never shows.
+        let lit = |v: &str| {
+            tencent(
+                "https://apigateway.tencentcloudapi.com",
+                "ap-guangzhou",
+                SecretRef::Literal(Secret::new(v)),
+            )
+        };
+        assert_eq!(
+            listing_scope(&lit("AKIDsame")),
+            listing_scope(&lit("AKIDsame"))
+        );
+        assert_ne!(
+            listing_scope(&lit("AKIDone")),
+            listing_scope(&lit("AKIDtwo"))
+        );
+        assert!(!listing_scope(&lit("AKIDone")).contains("AKIDone"));
+    }
+
     #[test]
     fn a_region_in_the_host_does_not_make_another_account() {
         assert_eq!(

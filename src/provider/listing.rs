@@ -463,4 +463,179 @@ mod tests {
         assert!(!l.proves_absent("a", t("2026-11-30T09:00:00Z")));
         assert_eq!(l.by_id("2").unwrap().name, "b");
     }
+
+    /// A provider whose walks take 40 ms and are counted.
+    struct Slow {
+        name: &'static str,
+        lists: std::sync::atomic::AtomicU32,
+        keys: Mutex<Vec<ProviderKey>>,
+    }
+
+    impl Slow {
+        fn new(name: &'static str) -> Arc<Slow> {
+            Arc::new(Slow {
+                name,
+                lists: Default::default(),
+                keys: Default::default(),
+            })
+        }
+        fn lists(&self) -> u32 {
+            self.lists.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for Slow {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+        fn capabilities(&self) -> super::super::Capabilities {
+            super::super::Capabilities {
+                can_list: true,
+                can_delete: true,
+                disable_before_delete: false,
+                has_expiry: false,
+                returns_id_on_create: false,
+            }
+        }
+        async fn list(
+            &self,
+            keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+        ) -> Result<Vec<ProviderKey>, ProviderError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            let keys: Vec<ProviderKey> = self.keys.lock().unwrap().clone();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            Ok(keys.into_iter().filter(|k| keep(&k.name)).collect())
+        }
+        async fn create(
+            &self,
+            _: &super::super::CreateRequest<'_>,
+        ) -> Result<super::super::NewKey, ProviderError> {
+            unreachable!("not used")
+        }
+        async fn delete(&self, _: &str) -> Result<super::super::DeleteOutcome, ProviderError> {
+            unreachable!("not used")
+        }
+    }
+
+    fn clock() -> SharedClock {
+        Arc::new(crate::clock::SystemClock)
+    }
+
+    fn walks(scopes: &[(&str, &str)]) -> Walks {
+        Walks {
+            scopes: scopes
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            ..Walks::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn two_entries_of_one_scope_share_a_walk_and_other_credentials_never_do() {
+        let w = walks(&[
+            ("ob1", "acct A"),
+            ("ob2", "acct A"),
+            ("ob3", "acct A other"),
+        ]);
+        let (p1, p2, p3) = (Slow::new("ob1"), Slow::new("ob2"), Slow::new("ob3"));
+        let (s1, s2, s3): (SharedProvider, SharedProvider, SharedProvider) =
+            (p1.clone(), p2.clone(), p3.clone());
+        let c = clock();
+        let (a, b, d) = tokio::join!(
+            w.listing(&s1, &c, None, Purpose::Check),
+            w.listing(&s2, &c, None, Purpose::Check),
+            w.listing(&s3, &c, None, Purpose::Check),
+        );
+        assert!(a.is_ok() && b.is_ok() && d.is_ok());
+        assert_eq!(p1.lists() + p2.lists(), 1, "ob1 and ob2 share one walk");
+        assert_eq!(p3.lists(), 1, "other credentials walk on their own");
+        assert_eq!(w.started(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_walk_in_flight_that_began_before_a_create_is_not_offered_to_its_id_lookup() {
+        let w = walks(&[]);
+        let p = Slow::new("ob");
+        let sp: SharedProvider = p.clone();
+        let c = clock();
+        let first = w.listing(&sp, &c, None, Purpose::Check);
+        let later = async {
+            // The create returns while the first walk is in flight.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            p.keys.lock().unwrap().push(key("k1", "app-1"));
+            let created = c.now();
+            let l = w.listing(&sp, &c, Some(created), Purpose::IdLookup).await;
+            (created, l)
+        };
+        let (a, (created, b)) = tokio::join!(first, later);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.named("app-1").next().is_none());
+        assert!(b.started_after(created) && b.named("app-1").next().is_some());
+        assert_eq!(p.lists(), 2);
+    }
+
+    #[tokio::test]
+    async fn id_lookups_wait_for_creates_in_flight_and_share_one_walk() {
+        let w = walks(&[]);
+        let p = Slow::new("ob");
+        let sp: SharedProvider = p.clone();
+        let c = clock();
+        // Five creates in flight; they return one after another, 30 ms
+        // apart, and each looks its key up right away.
+        let guards: Vec<_> = (0..5).map(|_| w.creating("ob")).collect();
+        let lookups = guards.into_iter().enumerate().map(|(i, g)| {
+            let (w, sp, c, p) = (&w, &sp, &c, &p);
+            async move {
+                tokio::time::sleep(Duration::from_millis(30 * i as u64)).await;
+                p.keys
+                    .lock()
+                    .unwrap()
+                    .push(key(&format!("k{i}"), &format!("app-{i}")));
+                let created = c.now();
+                drop(g);
+                let l = w
+                    .listing(sp, c, Some(created), Purpose::IdLookup)
+                    .await
+                    .unwrap();
+                l.named(&format!("app-{i}")).next().is_some()
+            }
+        });
+        for found in futures_util::future::join_all(lookups).await {
+            assert!(found, "every lookup finds its key");
+        }
+        assert_eq!(p.lists(), 1, "one walk after the last create served all");
+    }
+
+    #[tokio::test]
+    async fn a_create_that_never_returns_holds_a_walk_back_at_most_create_hold() {
+        let w = walks(&[]);
+        let p = Slow::new("ob");
+        let sp: SharedProvider = p.clone();
+        let _stuck = w.creating("ob");
+        let t = Instant::now();
+        w.listing(&sp, &clock(), None, Purpose::Check)
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        assert!(
+            took >= CREATE_HOLD && took < CREATE_HOLD + Duration::from_secs(2),
+            "{took:?}"
+        );
+        // A create that began after the walk was asked for does not hold it.
+        let w = walks(&[]);
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            w.creating("ob")
+        };
+        let t = Instant::now();
+        let c = clock();
+        let (l, _g) = tokio::join!(w.listing(&sp, &c, None, Purpose::Check), late);
+        l.unwrap();
+        assert!(t.elapsed() < CREATE_HOLD);
+    }
 }

@@ -15,10 +15,10 @@
 //!   memory holds only kept keys.
 //! - **Create** sends `{name, action}`; the key value comes back once, as
 //!   `data.apiKey`, and goes straight into `SecretFields` (`api_key`). The
-//!   response has no id: the key is found by listing and matching its unique
-//!   name (a few quick retries); if it is not listed yet the `NewKey` has
-//!   `id: None` and the engine resolves it later. The secret is never lost
-//!   to a failed lookup.
+//!   response has no id, so the `NewKey` has `id: None` and create makes no
+//!   other call: the engine finds the id by its unique name in a walk shared
+//!   with every other consumer of the account (`listing::Walks`), so the
+//!   lookups of many fresh creates cost one walk, not one each.
 //! - **Delete** sends `?id=`; a 404 with a JSON body, or an error envelope
 //!   whose code or message says "not found", is `DeleteOutcome::NotFound`.
 //! - **Errors.** Both documented failure envelopes (`errorCode` /
@@ -32,7 +32,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -84,10 +83,6 @@ pub struct OceanBaseProvider {
     /// `nc` counting up, so a steady state costs one request per call. Held
     /// only while building a header, never across an await.
     challenge: Mutex<Option<WwwAuthenticateHeader>>,
-    /// Create's id lookup: how many list walks before returning `id: None`.
-    lookup_attempts: u32,
-    /// Wait before the second lookup; doubles after each miss.
-    lookup_delay: Duration,
 }
 
 impl std::fmt::Debug for OceanBaseProvider {
@@ -147,17 +142,7 @@ impl OceanBaseProvider {
             access_key_id,
             access_key_secret,
             challenge: Mutex::new(None),
-            lookup_attempts: 4,
-            lookup_delay: Duration::from_millis(250),
         })
-    }
-
-    /// Change how create looks for the new key's id: `attempts` list walks
-    /// (at least one), the first retry after `first_delay`, doubling.
-    pub fn with_lookup_retry(mut self, attempts: u32, first_delay: Duration) -> Self {
-        self.lookup_attempts = attempts.max(1);
-        self.lookup_delay = first_delay;
-        self
     }
 
     fn url(&self, operation: &'static str, query: &[(&str, &str)]) -> Result<Url, ProviderError> {
@@ -405,66 +390,6 @@ impl OceanBaseProvider {
             .error(operation, ProviderErrorKind::Protocol(m))
             .with_request_id(Some(resp.request_id.clone()))
     }
-
-    /// Find the key create just made, by its unique name. `None` when it
-    /// is not listed after the retries, or the match is ambiguous; never an
-    /// error, because the caller already holds the new secret.
-    async fn find_created(
-        &self,
-        name: &str,
-        created_at: Option<DateTime<Utc>>,
-    ) -> Option<ProviderKey> {
-        let mut delay = self.lookup_delay;
-        for attempt in 1..=self.lookup_attempts {
-            if attempt > 1 {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-            let mut candidates: Vec<ProviderKey> = Vec::new();
-            let mut exact: Option<ProviderKey> = None;
-            let walked = self
-                .walk("list", |raw| {
-                    if raw.name != name {
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    let key = raw.into_key()?;
-                    if created_at.is_some() && key.created_at == created_at {
-                        exact = Some(key);
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    if !candidates.iter().any(|c| c.id == key.id) {
-                        candidates.push(key);
-                    }
-                    Ok(ControlFlow::Continue(()))
-                })
-                .await;
-            match walked {
-                Ok(()) => {
-                    if let Some(k) = exact {
-                        return Some(k);
-                    }
-                    match candidates.len() {
-                        0 => {
-                            tracing::debug!(provider = %self.http.provider, name, attempt, "created key not listed yet");
-                        }
-                        1 => return candidates.pop(),
-                        n => {
-                            tracing::warn!(provider = %self.http.provider, name, matches = n, "several keys carry the new key's name; leaving its id unresolved");
-                            return None;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %self.http.provider, name, attempt, error = %e, "listing to find the created key's id failed");
-                    if !e.is_retryable() {
-                        return None;
-                    }
-                }
-            }
-        }
-        tracing::warn!(provider = %self.http.provider, name, attempts = self.lookup_attempts, "created key not found by listing; its id stays unresolved");
-        None
-    }
 }
 
 #[async_trait]
@@ -565,16 +490,12 @@ impl Provider for OceanBaseProvider {
         if created.name.as_deref().is_some_and(|n| n != req.name) {
             tracing::warn!(provider = %self.http.provider, requested = req.name, "create answered with a different name than requested");
         }
-        tracing::debug!(provider = %self.http.provider, request_id = %request_id, name = req.name, "key created; looking up its id");
-        let found = self.find_created(req.name, created.created_at).await;
+        tracing::debug!(provider = %self.http.provider, request_id = %request_id, name = req.name, "key created; its id is found by a shared walk");
         Ok(NewKey {
-            id: found.as_ref().map(|k| k.id.clone()),
+            id: None,
             name: req.name.to_string(),
-            created_at: found
-                .as_ref()
-                .and_then(|k| k.created_at)
-                .or(created.created_at),
-            expires_at: found.as_ref().and_then(|k| k.expires_at),
+            created_at: created.created_at,
+            expires_at: None,
             secret: SecretFields::single(SECRET_FIELD, created.api_key),
         })
     }
@@ -1171,7 +1092,7 @@ mod tests {
         assert_eq!(
             e.kind,
             ProviderErrorKind::RateLimited {
-                retry_after: Some(Duration::from_secs(7))
+                retry_after: Some(std::time::Duration::from_secs(7))
             }
         );
         assert!(e.is_retryable());

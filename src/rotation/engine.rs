@@ -1130,15 +1130,25 @@ impl Engine {
         if row.new_key_id.is_none() {
             // Any walk that shows the key proves it; one that does not and
             // began before the create proves nothing, so ask for a newer one.
-            let mut found = rt
+            let first = rt
                 .walks
                 .listing(&provider, &self.clock, None, Purpose::IdLookup)
-                .await
-                .map(|l| l.named(&new_name).next().cloned());
+                .await;
+            let mut found = first
+                .as_ref()
+                .map(|l| l.named(&new_name).next().cloned())
+                .map_err(Clone::clone);
             if let Ok(None) = found {
+                // Newer than the create and than the walk that missed it
+                // (a retry never re-reads the same miss).
+                let since = first
+                    .as_ref()
+                    .ok()
+                    .map(|l| l.started_at)
+                    .max(row.created_at);
                 found = rt
                     .walks
-                    .listing(&provider, &self.clock, row.created_at, Purpose::IdLookup)
+                    .listing(&provider, &self.clock, since, Purpose::IdLookup)
                     .await
                     .map(|l| l.named(&new_name).next().cloned());
             }
@@ -1166,7 +1176,10 @@ impl Engine {
                             &format!("no key named {} is listed yet", policy::escaped(&new_name)),
                             true,
                             None,
-                            false,
+                            // The key exists and its secret is sealed here:
+                            // keep looking (an eventually consistent list)
+                            // rather than give up.
+                            true,
                         );
                     }
                 },

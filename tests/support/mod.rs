@@ -122,12 +122,10 @@ pub fn oceanbase_config(emu: &EmulatorHandle) -> ProviderConfig {
     }
 }
 
-/// A client for `cfg`, with quick id lookups after create.
+/// A client for `cfg`.
 pub fn oceanbase_provider(cfg: &ProviderConfig) -> OceanBaseProvider {
     let http = ProviderHttp::new(cfg, Metrics::new()).expect("http client");
-    OceanBaseProvider::new(cfg, http)
-        .expect("provider builds")
-        .with_lookup_retry(3, Duration::from_millis(20))
+    OceanBaseProvider::new(cfg, http).expect("provider builds")
 }
 
 /// A capture of every tracing line (and `log` record) this test's thread
