@@ -28,6 +28,8 @@ struct FakeState {
     /// Errors to return from the next create calls.
     create_errors: Vec<ProviderErrorKind>,
     deleted: Vec<String>,
+    /// Create answers with the new key's id (like Tencent and Huawei).
+    returns_id: bool,
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
@@ -92,7 +94,7 @@ impl Provider for FakeProvider {
             can_delete: true,
             disable_before_delete: false,
             has_expiry: true,
-            returns_id_on_create: false,
+            returns_id_on_create: self.st.lock().unwrap().returns_id,
         }
     }
     async fn list(
@@ -127,7 +129,7 @@ impl Provider for FakeProvider {
             ));
         }
         let secret = self.secret_of(req.name).unwrap();
-        let _ = id;
+        let id = self.st.lock().unwrap().returns_id.then_some(id);
         let k = self
             .st
             .lock()
@@ -139,7 +141,7 @@ impl Provider for FakeProvider {
             .0
             .clone();
         Ok(NewKey {
-            id: None,
+            id,
             name: k.name,
             created_at: k.created_at,
             expires_at: k.expires_at,
@@ -1014,4 +1016,25 @@ async fn a_walk_that_started_before_an_attempt_never_proves_the_attempts_key_abs
         "the orphan must be deleted"
     );
     assert_eq!(h.engine.store.attempts(&r.id).unwrap()[0].state, "cleaned");
+}
+
+#[tokio::test]
+async fn a_provider_that_returns_the_id_on_create_never_lists_for_it() {
+    for returns_id in [true, false] {
+        let (h, counting) = three_policies();
+        h.fake.st.lock().unwrap().returns_id = returns_id;
+        h.fake.add("app-a1", Duration::days(25), Duration::days(2));
+        h.engine.check_policy(&h.rt, "pa").await.unwrap();
+        h.drive(h.clock.now()).await;
+        let r = &h.engine.store.policy_rotations("pa").unwrap()[0];
+        assert_eq!(r.state, RotationState::Retiring, "{r:?}");
+        assert!(r.new_key_id.is_some());
+        let lists = counting.lists.load(std::sync::atomic::Ordering::SeqCst);
+        // The check's walk, plus (without an id) one walk after the create.
+        assert_eq!(
+            lists,
+            if returns_id { 1 } else { 2 },
+            "returns_id = {returns_id}"
+        );
+    }
 }
