@@ -235,13 +235,19 @@ impl Metrics {
             .set(if holds { 1.0 } else { 0.0 });
     }
 
-    /// Mirror one policy's published status: `rekey_policy_healthy` and the
-    /// key gauges (see [`Metrics::sync_keys`]).
-    pub fn sync_policy(&self, status: &PolicyStatus) {
+    /// Mirror one policy's published status: `rekey_policy_healthy`, and
+    /// the key gauges, rendered at scrape time from this very status (the
+    /// one the status endpoint serves: per-key data is held once).
+    pub fn sync_policy(&self, status: &Arc<PolicyStatus>) {
         self.policy_healthy
             .with_label_values(&[status.name.as_str()])
             .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
-        self.sync_keys(&status.name, &status.keys);
+        let mut map = self.keys.0.write().unwrap_or_else(|p| p.into_inner());
+        if status.keys.is_empty() {
+            map.remove(&status.name);
+        } else {
+            map.insert(status.name.clone(), KeyRows::Shared(status.clone()));
+        }
     }
 
     /// Set `rekey_key_expiry_timestamp_seconds` and
@@ -249,21 +255,11 @@ impl Metrics {
     /// keys (a key without an expiry, as on Tencent and Huawei, has no
     /// expiry series), and remove the series of keys no longer listed.
     pub fn sync_keys(&self, policy: &str, keys: &[KeyStatus]) {
-        let rows: Vec<KeyRow> = keys
-            .iter()
-            .filter(|k| k.expires_at.is_some() || k.created_at.is_some())
-            .map(|k| KeyRow {
-                lineage: k.lineage.clone(),
-                key: k.name.clone(),
-                expires: k.expires_at.map(unix_seconds),
-                created: k.created_at.map(unix_seconds),
-            })
-            .collect();
         let mut map = self.keys.0.write().unwrap_or_else(|p| p.into_inner());
-        if rows.is_empty() {
+        if keys.is_empty() {
             map.remove(policy);
         } else {
-            map.insert(policy.to_string(), rows);
+            map.insert(policy.to_string(), KeyRows::Own(keys.to_vec()));
         }
     }
 
@@ -319,6 +315,26 @@ impl Metrics {
         }
         let text = Arc::new(self.render());
         *slot = Some((std::time::Instant::now(), text.clone()));
+        drop(slot);
+        // A stale rendering serves nobody: drop it once it is, so an
+        // endpoint scraped now and then does not keep it in memory.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let rendered = Arc::downgrade(&self.rendered);
+            let mine = Arc::downgrade(&text);
+            rt.spawn(async move {
+                tokio::time::sleep(RENDER_MAX_AGE).await;
+                let Some(rendered) = rendered.upgrade() else {
+                    return;
+                };
+                let mut slot = rendered.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((at, t)) = slot.as_ref()
+                    && mine.upgrade().is_some_and(|m| Arc::ptr_eq(&m, t))
+                    && at.elapsed() >= RENDER_MAX_AGE
+                {
+                    *slot = None;
+                }
+            });
+        }
         text
     }
 
@@ -332,17 +348,25 @@ impl Metrics {
     }
 }
 
-/// One key's per-key series.
-struct KeyRow {
-    lineage: String,
-    key: String,
-    expires: Option<f64>,
-    created: Option<f64>,
+/// A policy's keys, for the per-key series: the published status itself
+/// (shared with the status snapshot, not copied), or keys given alone.
+enum KeyRows {
+    Shared(Arc<PolicyStatus>),
+    Own(Vec<KeyStatus>),
 }
 
-/// Per-policy key rows, shared by [`Metrics`] and its [`KeyCollector`].
+impl KeyRows {
+    fn keys(&self) -> &[KeyStatus] {
+        match self {
+            KeyRows::Shared(p) => &p.keys,
+            KeyRows::Own(k) => k,
+        }
+    }
+}
+
+/// Per-policy keys, shared by [`Metrics`] and its [`KeyCollector`].
 #[derive(Clone, Default)]
-struct KeySeries(Arc<std::sync::RwLock<BTreeMap<String, Vec<KeyRow>>>>);
+struct KeySeries(Arc<std::sync::RwLock<BTreeMap<String, KeyRows>>>);
 
 /// Renders `rekey_key_expiry_timestamp_seconds` and
 /// `rekey_key_created_timestamp_seconds` from [`KeySeries`] on each gather.
@@ -392,14 +416,19 @@ impl Collector for KeyCollector {
         for (i, (name, help)) in KEY_FAMILIES.iter().enumerate() {
             let mut metrics = Vec::new();
             for (policy, rows) in map.iter() {
-                for row in rows {
-                    let Some(value) = (if i == 0 { row.expires } else { row.created }) else {
+                for row in rows.keys() {
+                    let at = if i == 0 {
+                        row.expires_at
+                    } else {
+                        row.created_at
+                    };
+                    let Some(value) = at.map(unix_seconds) else {
                         continue;
                     };
                     // Label pairs in name order, as the crate's own vectors
                     // render them.
                     let labels = [
-                        ("key", &row.key),
+                        ("key", &row.name),
                         ("lineage", &row.lineage),
                         ("policy", policy),
                     ]

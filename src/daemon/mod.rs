@@ -613,6 +613,8 @@ impl Daemon {
             .was_busy
             .swap(busy, std::sync::atomic::Ordering::Relaxed);
         if was && !busy {
+            // Nothing in flight: the last walks' keys are not needed.
+            self.current().walks.release_finished();
             harden::release_free_memory();
         }
     }

@@ -389,6 +389,16 @@ impl Walks {
         walk
     }
 
+    /// Forget every finished walk (and the keys it holds), so an idle
+    /// daemon keeps no listing in memory; the next consumer walks again.
+    /// Walks in flight are kept (their consumers are waiting on them).
+    pub fn release_finished(&self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.walk.peek().is_none());
+    }
+
     /// How many walks were started (shared ones count once).
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)

@@ -680,8 +680,9 @@ impl Engine {
             }),
             error,
         };
+        let status = Arc::new(status);
         self.metrics.sync_policy(&status);
-        self.status.update_policy(status);
+        self.status.update_policy_shared(status);
         Ok(())
     }
 

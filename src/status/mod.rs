@@ -145,7 +145,12 @@ impl StatusHandle {
 
     /// Replace (or add) one policy's entry.
     pub fn update_policy(&self, p: PolicyStatus) {
-        let p = Arc::new(p);
+        self.update_policy_shared(Arc::new(p))
+    }
+
+    /// [`StatusHandle::update_policy`] with an entry others share (the
+    /// metrics render its keys from the same allocation).
+    pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) {
         self.0.rcu(|cur| {
             let mut next = (**cur).clone();
             match next.policies.iter_mut().find(|x| x.name == p.name) {

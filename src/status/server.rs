@@ -382,7 +382,13 @@ struct CachedJson {
     /// Held (not just its address) so the pointer comparison is sound.
     snapshot: Arc<Snapshot>,
     body: Bytes,
+    /// When it was last served, so an unused copy is dropped
+    /// ([`JSON_IDLE_DROP`]): an idle daemon keeps no rendering in memory.
+    used: std::sync::Mutex<Instant>,
 }
+
+/// A cached `/status` body nobody asked for this long is dropped.
+const JSON_IDLE_DROP: Duration = Duration::from_secs(2);
 
 fn router(state: ServerState, limits: &Limits) -> Router {
     let app = Arc::new(App {
@@ -452,20 +458,49 @@ async fn status_all(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.state.status.load();
     let cached = app.status_json.load();
     let body = match cached.as_deref() {
-        Some(c) if Arc::ptr_eq(&c.snapshot, &snapshot) => c.body.clone(),
+        Some(c) if Arc::ptr_eq(&c.snapshot, &snapshot) => {
+            *c.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            c.body.clone()
+        }
         _ => match serde_json::to_vec(&*snapshot) {
             Ok(v) => {
                 let body = Bytes::from(v);
-                app.status_json.store(Some(Arc::new(CachedJson {
+                let entry = Arc::new(CachedJson {
                     snapshot,
                     body: body.clone(),
-                })));
+                    used: std::sync::Mutex::new(Instant::now()),
+                });
+                app.status_json.store(Some(entry.clone()));
+                drop_when_unused(Arc::downgrade(&app), Arc::downgrade(&entry));
                 body
             }
             Err(e) => return internal_error(e),
         },
     };
     json_bytes(StatusCode::OK, body)
+}
+
+/// Drop `entry` from the `/status` cache once it went unserved for
+/// [`JSON_IDLE_DROP`] (or stop watching once it was replaced).
+fn drop_when_unused(app: std::sync::Weak<App>, entry: std::sync::Weak<CachedJson>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(JSON_IDLE_DROP).await;
+            let (Some(app), Some(e)) = (app.upgrade(), entry.upgrade()) else {
+                return;
+            };
+            let current = app.status_json.load();
+            if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &e)) {
+                return;
+            }
+            let idle = e.used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+            if idle >= JSON_IDLE_DROP {
+                app.status_json
+                    .compare_and_swap(&current, None::<Arc<CachedJson>>);
+                return;
+            }
+        }
+    });
 }
 
 async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String>) -> Response {
