@@ -50,18 +50,21 @@ fn pin(pid: i32, cpu: usize) -> bool {
 }
 
 /// Every thread of this process onto `cpu` (sched_setaffinity applies to
-/// one thread; tokio's workers are already running).
+/// one thread; tokio's workers are already running). A thread that exited
+/// meanwhile is no failure.
 fn pin_all_threads(cpu: usize) -> bool {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return false;
     };
-    let mut ok = true;
+    let mut pinned = 0;
     for t in tasks.flatten() {
-        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-            ok &= pin(tid, cpu);
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+            && pin(tid, cpu)
+        {
+            pinned += 1;
         }
     }
-    ok
+    pinned > 0
 }
 
 /// An emulator's admin API answer (`/__emulator/stats` or `requests`).
@@ -523,7 +526,7 @@ listen = "127.0.0.1:0"
 
 [sinks.files]
 kind = "file"
-path = "{}/{{lineage}}.env"
+path = "{}/{{policy}}-{{lineage}}.env"
 {body}
 "#,
         b.path("state.db").display(),
