@@ -167,6 +167,49 @@ async fn a_hand_made_key_named_like_rekeys_own_is_reported_never_current_and_the
         event_kinds(e).iter().any(|k| k == "key.unrecognised")
     })
     .await;
+    // What an operator sees: status and metrics say so.
+    let endpoint = regex::Regex::new(r#"endpoint="?(http://127\.0\.0\.1:\d+)"#)
+        .unwrap()
+        .captures(&env.log())
+        .map(|c| c[1].to_string())
+        .expect("the ready line names the endpoint");
+    let metrics = reqwest::get(format!("{endpoint}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        regex::Regex::new(r#"rekey_condition\{[^}]*condition="unrecognised_key"[^}]*\} 1"#)
+            .unwrap()
+            .is_match(&metrics),
+        "{metrics}"
+    );
+    let status: serde_json::Value = reqwest::get(format!("{endpoint}/status/maas"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["health"], "failing", "{status:#}");
+    let keys = status["keys"].as_array().unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k["name"] == forged && k["state"] == "unrecognised"),
+        "{status:#}"
+    );
+    let lineage = status["lineages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "app-x")
+        .unwrap();
+    assert_eq!(lineage["reason"], "unrecognised_key", "{status:#}");
+    assert_ne!(lineage["current_key"], serde_json::json!(null));
+    assert!(
+        keys.iter()
+            .any(|k| k["state"] == "current" && k["name"] != forged)
+    );
     assert_eq!(terminate(&mut d), 0);
     let keys = env.emu.keys();
     assert!(
