@@ -1096,19 +1096,42 @@ impl Engine {
         if row.new_key_id.is_none() {
             // Any walk that shows the key proves it; one that does not and
             // began before the create proves nothing, so ask for a newer one.
+            let named =
+                |l: Arc<Listing>| -> Vec<ProviderKey> { l.named(&new_name).cloned().collect() };
             let mut found = rt
                 .walks
                 .listing(&provider, &self.clock, None)
                 .await
-                .map(|l| l.named(&new_name).next().cloned());
-            if let Ok(None) = found {
+                .map(named);
+            if found.as_ref().is_ok_and(|f| f.is_empty()) {
                 found = rt
                     .walks
                     .listing(&provider, &self.clock, row.created_at)
                     .await
-                    .map(|l| l.named(&new_name).next().cloned());
+                    .map(named);
             }
-            match found {
+            // Someone else made a key with this attempt's unique name: rekey
+            // cannot tell which is its own, so it claims neither.
+            if let Ok(keys) = &found
+                && keys.len() > 1
+            {
+                let ids: Vec<String> = keys.iter().map(|k| policy::escaped(&k.id)).collect();
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "finding the new key's id",
+                    &format!(
+                        "{} keys are named {} (ids {}); rekey cannot tell which one it created and claims neither; delete the one that is not rekey's",
+                        keys.len(),
+                        policy::escaped(&new_name),
+                        ids.join(", ")
+                    ),
+                    false,
+                    None,
+                    false,
+                );
+            }
+            match found.map(|k| k.into_iter().next()) {
                 Ok(found) => match found {
                     Some(k) => {
                         self.store.record_new_key_id(
