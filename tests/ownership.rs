@@ -786,3 +786,83 @@ async fn with_rekey_emulate_and_a_list_delay_a_late_orphan_is_deleted_and_the_si
     let file = std::fs::read_to_string(env.path("keys/app-00001.env")).unwrap();
     assert!(file.contains(&format!("REKEY_KEY_ID={}", r.new_key_id.clone().unwrap())));
 }
+
+/// A state DB restored from a backup taken before the last rotation: the
+/// key the sinks hold is unknown to it. Nothing is guessed; `rekey recover
+/// --policy P --lineage L` makes it current, and it is rotated when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_one_lineage_after_restoring_an_old_backup_of_the_db() {
+    let env = Env::with(OceanBaseEmulatorOptions {
+        lifetime: Some(Duration::from_secs(15)),
+        ..Default::default()
+    })
+    .await;
+    env.seed(1, 1);
+    let cfg = write_config(
+        &env,
+        &format!("{PROVIDER}{FILE_SINK}{}", policy("maas", "ob", "app-*", "")),
+    );
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the first rotation", Duration::from_secs(60), |e| {
+        e.completed() == 1
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let backup = env.path("backup.db");
+    std::fs::copy(env.path("state.db"), &backup).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the second rotation", Duration::from_secs(60), |e| {
+        e.completed() == 2
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let held = env
+        .rotations()
+        .into_iter()
+        .max_by_key(|r| r.published_at)
+        .unwrap()
+        .new_key_id
+        .unwrap();
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(env.path(f));
+    }
+    std::fs::copy(&backup, env.path("state.db")).unwrap();
+    // The restored DB does not know the key in the sink: nothing rotates.
+    let mut d = env.spawn(&cfg, None);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(terminate(&mut d), 0);
+    assert_eq!(env.completed(), 1, "the restored DB knows one rotation");
+    assert!(env.rotations().iter().all(|r| r.state.is_terminal()));
+    assert_eq!(env.emu.keys().len(), 1);
+    let out = Command::new(BIN)
+        .args(["recover", "-c"])
+        .arg(&cfg)
+        .args(["--policy", "maas", "--lineage", "app-0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("RECOVERED key {held}")), "{text}");
+    // The recovered key is current again and rotated when due.
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "the recovered key to be rotated",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations().iter().any(|r| {
+                r.old_key_id.as_deref() == Some(held.as_str())
+                    && r.state == RotationState::Completed
+            })
+        },
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let keys = env.emu.keys();
+    assert!(!keys.iter().any(|k| k.id == held), "the old key is deleted");
+    assert_eq!(
+        keys.len(),
+        1,
+        "{:?}",
+        keys.iter().map(|k| &k.name).collect::<Vec<_>>()
+    );
+}
