@@ -638,11 +638,27 @@ async fn stale_listings_never_rotate_a_lineage_twice_under_a_rate_limit() {
                     .replace("grace_period = \"2s\"", "grace_period = \"1s\"")
             ),
         );
+        // The second round runs under CPU contention: a busy thread takes
+        // a core while the daemon works.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hog = (round == 1).then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        });
         let mut d = env.spawn(&cfg, None);
         env.wait_for("every lineage rotated", Duration::from_secs(180), |e| {
             e.completed() >= n
         })
         .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = hog {
+            h.join().unwrap();
+        }
         // Give stale listings time to do harm.
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(terminate(&mut d), 0);
@@ -864,5 +880,24 @@ async fn recover_one_lineage_after_restoring_an_old_backup_of_the_db() {
         1,
         "{:?}",
         keys.iter().map(|k| &k.name).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_a_fixed_target_on_a_policy_that_can_have_several_lineages() {
+    let env = Env::new().await;
+    let cfg = write_config(
+        &env,
+        &format!(
+            "{PROVIDER}{}{}",
+            FILE_SINK.replace("{lineage}.env", "one.env"),
+            policy("maas", "ob", "app-*", "")
+        ),
+    );
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("writes to the fixed target") && text.contains("put {lineage} in the target"),
+        "{text}"
     );
 }
