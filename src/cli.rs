@@ -709,14 +709,22 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             }
         },
     };
-    let endpoint = match (&args.endpoint, &cfg) {
-        (Some(e), _) => Endpoint::parse(e)?,
-        (None, Some(cfg)) => Endpoint::from_listen(&cfg.daemon.listen),
-        (None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
+    // With an admin socket, rotate requests go there (socket access is the
+    // authorization; no token travels to whatever owns the TCP port).
+    let admin_socket = match (&args.endpoint, &cfg) {
+        (None, Some(cfg)) => cfg.daemon.admin_listen.clone(),
+        _ => None,
+    };
+    let endpoint = match (&args.endpoint, &cfg, &admin_socket) {
+        (Some(e), _, _) => Endpoint::parse(e)?,
+        (None, _, Some(path)) => Endpoint::Unix(path.clone()),
+        (None, Some(cfg), None) => Endpoint::from_listen(&cfg.daemon.listen),
+        (None, None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
     };
     let token = match (&args.token_file, &cfg) {
-        (Some(file), _) => read_token_file(file)?,
-        (None, Some(cfg)) => {
+        (Some(file), _) => Some(read_token_file(file)?),
+        (None, Some(_)) if admin_socket.is_some() => None,
+        (None, Some(cfg)) => Some({
             let Some(r) = &cfg.daemon.admin_token else {
                 anyhow::bail!(
                     "{} sets no daemon.admin_token, so the daemon refuses rotate requests; \
@@ -726,7 +734,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             };
             r.resolve_now()
                 .with_context(|| format!("daemon.admin_token ({r})"))?
-        }
+        }),
         (None, None) => {
             anyhow::bail!("rotate needs the admin token: pass --token-file FILE or -c CONFIG")
         }
@@ -741,7 +749,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
         &args.policy,
         args.lineage.as_deref(),
         args.revoke_old_immediately,
-        &token,
+        token.as_ref(),
     )) {
         Ok(o) => o,
         Err(e) => {

@@ -206,13 +206,14 @@ impl Client {
     }
 
     /// `POST /rotate/{policy}[?lineage=..][&revoke_old_immediately=true]`
-    /// with `Authorization: Bearer <token>`.
+    /// with `Authorization: Bearer <token>` when a token is given (the admin
+    /// socket needs none: reaching it is the authorization).
     pub async fn rotate(
         &self,
         policy: &str,
         lineage: Option<&str>,
         revoke_old_immediately: bool,
-        token: &Secret,
+        token: Option<&Secret>,
     ) -> Result<RotateOutcome, ClientError> {
         let mut query = Vec::new();
         if let Some(l) = lineage {
@@ -226,7 +227,7 @@ impl Client {
             path.push('?');
             path.push_str(&query.join("&"));
         }
-        let resp = self.send(Method::POST, &path, Some(token)).await?;
+        let resp = self.send(Method::POST, &path, token).await?;
         let value: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
         let reply = value
             .as_ref()
