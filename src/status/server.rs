@@ -555,7 +555,7 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
         return true;
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost" || name.ends_with(".localhost") || allowed.iter().any(|a| *a == name)
+    name == "localhost" || name.ends_with(".localhost") || allowed.contains(&name)
 }
 
 /// 421 for a `Host` that is not ours (DNS rebinding); 400 without one.
