@@ -368,6 +368,15 @@ fn human_delta(d: chrono::Duration) -> String {
 
 /// `rekey plan`: list and decide, change nothing (no provider mutation,
 /// no DB write: the DB, if any, is opened read-only).
+/// `println!` for lines that hold outside strings (key names, ids, errors):
+/// control characters are escaped, so a key name cannot move the cursor,
+/// clear the operator's terminal or fake a line of the table.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        println!("{}", crate::logging::escape(&format!($($t)*)))
+    };
+}
+
 fn plan(path: &Path) -> Result<ExitCode> {
     use crate::rotation::policy;
     use crate::state::Store;
@@ -399,9 +408,10 @@ fn plan(path: &Path) -> Result<ExitCode> {
         let provider = match crate::provider::build(pc, &metrics) {
             Ok(x) => x,
             Err(e) => {
-                println!(
+                outln!(
                     "policy {}: cannot build provider {}: {e}",
-                    p.name, p.provider
+                    p.name,
+                    p.provider
                 );
                 failed = true;
                 continue;
@@ -410,7 +420,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
         let listed = match rt.block_on(provider.list(&|n: &str| p.matches(n))) {
             Ok(l) => l,
             Err(e) => {
-                println!("policy {}: cannot list keys: {e}", p.name);
+                outln!("policy {}: cannot list keys: {e}", p.name);
                 failed = true;
                 continue;
             }
@@ -441,7 +451,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             config::Mode::Observe => "observe",
             config::Mode::Rotate => "rotate",
         };
-        println!(
+        outln!(
             "policy {} (provider {}, mode {mode}, match {:?}): {}",
             p.name,
             p.provider,
@@ -449,10 +459,10 @@ fn plan(path: &Path) -> Result<ExitCode> {
             plan.health.as_str()
         );
         if let Some(m) = &plan.misconfigured {
-            println!("  misconfigured: {m}; nothing would change");
+            outln!("  misconfigured: {m}; nothing would change");
         }
         if plan.lineages.is_empty() {
-            println!("  no keys match");
+            outln!("  no keys match");
         }
         for l in &plan.lineages {
             let action = if l.decision.rotate {
@@ -462,7 +472,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             } else {
                 "no action"
             };
-            println!(
+            outln!(
                 "  lineage {}: {action} [{}] {}",
                 l.name,
                 l.decision.reason.as_str(),
@@ -482,7 +492,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 let lead = policy::effective_lead(p, &k.key)
                     .map(|l| format!(" lead {}", human_delta(l)))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "    {:<10} {:<40} id {:<24} age {:<8} expires in {:<9}{lead}",
                     format!("{st:?}").to_lowercase(),
                     k.key.name,
@@ -495,7 +505,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 && !l.decision.rotate
                 && l.decision.reason == policy::Reason::Fresh
             {
-                println!(
+                outln!(
                     "    rotate at {} (in {})",
                     t.to_rfc3339(),
                     human_delta(t - now)
@@ -505,13 +515,13 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 let example = p.name_template.render(&l.name, &p.name, "xxxxxxxx", 1, now);
                 let grace = humantime::format_duration(p.grace_period);
                 match &l.current {
-                    Some(c) => println!(
+                    Some(c) => outln!(
                         "    would create {example}, publish it to {}, then delete {} ({}) {grace} after publishing",
                         p.sinks.join(", "),
                         c.key.name,
                         c.key.id
                     ),
-                    None => println!(
+                    None => outln!(
                         "    would create {example} and publish it to {}",
                         p.sinks.join(", ")
                     ),
@@ -520,7 +530,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             if let Some(a) = &l.active
                 && let (Some(old), Some(at)) = (&a.old_key_id, a.retire_at)
             {
-                println!(
+                outln!(
                     "    rotation {} is {}: old key {old} is deleted at {} (in {})",
                     a.id,
                     a.state.as_str(),
@@ -563,7 +573,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no rotations{}",
             policy
                 .map(|p| format!(" for policy {p}"))
@@ -571,7 +581,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         );
     }
     for r in &rows {
-        println!(
+        outln!(
             "{} {} {}/{} {} reason={} started={}{}",
             r.id,
             r.state.as_str().to_uppercase(),
@@ -584,7 +594,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
                 .map(|f| format!(" finished={}", f.to_rfc3339()))
                 .unwrap_or_default()
         );
-        println!(
+        outln!(
             "    old key {} → new key {} ({}){}",
             r.old_key_id.as_deref().unwrap_or("-"),
             r.new_key_id.as_deref().unwrap_or("-"),
@@ -597,10 +607,10 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         if let Some(t) = r.retire_at
             && !r.state.is_terminal()
         {
-            println!("    old key deleted at {}", t.to_rfc3339());
+            outln!("    old key deleted at {}", t.to_rfc3339());
         }
         for a in store.sink_acks(&r.id)? {
-            println!(
+            outln!(
                 "    sink {:<16} {:<8} attempts={}{}{}",
                 a.sink,
                 a.state,
@@ -613,7 +623,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         }
         for a in store.attempts(&r.id)? {
             if a.state != "created" {
-                println!(
+                outln!(
                     "    attempt {} {} {}{}",
                     a.attempt,
                     a.name,
@@ -623,14 +633,14 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
             }
         }
         if let Some(e) = &r.error {
-            println!(
+            outln!(
                 "    error ({}): {e}",
                 r.error_class.as_deref().unwrap_or("?")
             );
         }
     }
     for d in store.dead_letters()? {
-        println!(
+        outln!(
             "dead letter: {} {} to {} at {}: {}",
             d.event_id,
             d.kind,
