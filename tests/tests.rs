@@ -12,3 +12,4 @@ mod oceanbase;
 mod ops;
 mod sinks;
 mod tencent;
+mod untrusted;
