@@ -56,7 +56,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
@@ -490,11 +490,7 @@ fn router(state: ServerState, limits: &Limits, role: Role, tcp: bool) -> Router 
         status_json: ArcSwapOption::empty(),
         role,
     });
-    let routes = read_routes(Router::new());
-    let routes = match role {
-        Role::All | Role::Admin => admin_routes(routes),
-        Role::ReadOnly => routes.route("/{*rest}", post(admin_elsewhere)),
-    };
+    let routes = admin_routes(read_routes(Router::new()), role);
     let routes = routes
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), bound_request));
@@ -518,10 +514,15 @@ fn read_routes(r: AppRouter) -> AppRouter {
         .route("/metrics", get(metrics))
 }
 
-/// The admin (POST) endpoints: on the admin socket, or with the token on a
-/// listener that serves everything. New admin routes go here.
-fn admin_routes(r: AppRouter) -> AppRouter {
-    r.route("/rotate/{policy}", post(rotate))
+/// The admin (POST) endpoints: served on the admin socket, or with the
+/// token on a listener that serves everything; on a read-only listener each
+/// answers 403 naming the admin socket. New admin routes go here.
+fn admin_routes(r: AppRouter, role: Role) -> AppRouter {
+    let add = |r: AppRouter, path: &str, handler: MethodRouter<Arc<App>>| match role {
+        Role::All | Role::Admin => r.route(path, handler),
+        Role::ReadOnly => r.route(path, post(admin_elsewhere)),
+    };
+    add(r, "/rotate/{policy}", post(rotate))
 }
 
 /// A POST on the read-only listener.
