@@ -545,3 +545,28 @@ async fn the_admin_socket_takes_posts_while_tcp_serves_gets_to_loopback_hosts_on
     assert_eq!(terminate(&mut d), 0);
     assert!(!sock.exists(), "the admin socket is removed on the way out");
 }
+
+/// A create response that fails to parse is described, never quoted: it
+/// may hold the new key.
+#[test]
+fn a_create_response_that_fails_to_parse_is_never_quoted() {
+    use rekey::provider::oceanbase::parse_create;
+    let key = "sk_0123456789abcdef0123456789abcdef";
+    for body in [
+        format!(r#"{{"success":true,"data":{{"apiKey":"{key}","createdAt":"{key}"}}}}"#),
+        format!(r#"{{"success":true,"data":{{"apiKey":{{"v":"{key}"}}}}}}"#),
+        format!(r#"{{"success":true,"data":{{"apiKey":"{key}","name":7}}}}"#),
+        format!(r#"{{"success":true,"data":{{"apiKey":"{key}""#),
+        format!("<html>{key}</html>"),
+    ] {
+        match parse_create(body.as_bytes()) {
+            Err(m) => {
+                for enc in encodings(key) {
+                    assert!(!m.contains(&enc), "{m}");
+                }
+                assert!(!m.contains("0123456789abcdef"), "{m}");
+            }
+            Ok(_) => panic!("accepted {body}"),
+        }
+    }
+}
