@@ -345,21 +345,23 @@ impl Confined {
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
         ) {
-            Err(rustix::io::Errno::NOSYS) => {
-                let mut fd = base;
-                for d in dirs {
-                    fd = rustix::fs::openat(
-                        &fd,
-                        d.as_str(),
-                        dir_flags | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    )?;
-                }
-                Ok(fd)
-            }
+            // No openat2 (before Linux 5.6), or a seccomp filter refusing it.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => walk_beneath(base, dirs),
             r => Ok(r?),
         }
     }
+}
+
+/// Open `dirs` one by one beneath `base`, each with `O_NOFOLLOW`: without
+/// `..` components this confines like `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`.
+fn walk_beneath(base: OwnedFd, dirs: &[String]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut fd = base;
+    for d in dirs {
+        fd = rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty())?;
+    }
+    Ok(fd)
 }
 
 /// Name an I/O failure under a confined target; a link met on the way is
@@ -962,5 +964,28 @@ mod tests {
         for p in walk(root.path()) {
             assert!(p.starts_with(&base), "seed {seed}: {} escaped", p.display());
         }
+    }
+
+    #[test]
+    fn the_fallback_walk_refuses_a_linked_directory_too() {
+        use rustix::fs::{Mode, OFlags};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("base/real/sub")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("base/real"), root.path().join("base/link"))
+            .unwrap();
+        let open = || {
+            rustix::fs::open(
+                root.path().join("base"),
+                OFlags::DIRECTORY | OFlags::RDONLY,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        assert!(walk_beneath(open(), &["real".into(), "sub".into()]).is_ok());
+        let err = walk_beneath(open(), &["link".into(), "sub".into()]).unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{err}"
+        );
     }
 }
