@@ -10,6 +10,7 @@
 //! its warnings, or every error at once.
 
 pub mod diag;
+pub mod ownership;
 pub mod raw;
 pub mod schedule;
 pub mod secret_ref;
@@ -299,6 +300,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "key.expiring",
     "key.deleted",
     "key.retired",
+    "key.unrecognised",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

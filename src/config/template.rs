@@ -212,6 +212,24 @@ impl TargetTemplate {
         count(&self.parts, "lineage") > 0
     }
 
+    /// Whether the target names the policy (`{policy}`).
+    pub fn has_policy(&self) -> bool {
+        count(&self.parts, "policy") > 0
+    }
+
+    /// The template's literal text and placeholders, in order.
+    pub fn pieces(&self) -> Vec<super::ownership::TemplatePiece<'_>> {
+        use super::ownership::TemplatePiece;
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(l) => TemplatePiece::Lit(l),
+                Part::Var(v) if v == "lineage" => TemplatePiece::Lineage,
+                Part::Var(_) => TemplatePiece::Policy,
+            })
+            .collect()
+    }
+
     pub fn render(&self, lineage: &str, policy: &str) -> String {
         let mut out = String::new();
         for p in &self.parts {

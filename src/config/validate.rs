@@ -205,8 +205,17 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     };
     let provider_names = declared("provider:", providers.keys().cloned().collect());
     let sink_names = declared("sink:", sinks.keys().cloned().collect());
+    let mut ownership_spans = super::ownership::PolicySpans::default();
     for (span, raw) in policies_raw {
         let name = raw.name.get_ref().clone();
+        ownership_spans.record(
+            &name,
+            raw.match_.span(),
+            raw.sinks
+                .first()
+                .map(|s| s.span())
+                .unwrap_or_else(|| raw.name.span()),
+        );
         let duplicate = if let Some(first) = seen_names.get(&name) {
             let (line, _) = cx.d.line_col(first.start);
             cx.d.error_hint(
@@ -234,6 +243,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             policies.push(p);
         }
     }
+    super::ownership::check(&mut cx.d, &policies, &providers, &sinks, &ownership_spans);
     if policies.is_empty() && !saw_broken_policy && !cx.d.has_errors() {
         cx.d.warn_hint(
             root_span.start..root_span.start,
@@ -1284,8 +1294,10 @@ fn validate_policy(
         }
     };
     let glob_text = raw.match_.get_ref().clone();
+    // `*` and `?` never cross `/` (key names are untrusted; DESIGN §2);
+    // `**` as a whole path component does.
     let matcher = match globset::GlobBuilder::new(&glob_text)
-        .literal_separator(false)
+        .literal_separator(true)
         .build()
     {
         Ok(g) => Some(g.compile_matcher()),

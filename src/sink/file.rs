@@ -631,6 +631,55 @@ impl Sink for FileSink {
         })
     }
 
+    async fn read_back_key(
+        &self,
+        policy: &str,
+        lineage: &str,
+    ) -> Result<Option<super::HeldKey>, SinkError> {
+        let confined = self.confine(policy, lineage)?;
+        let sink = FileSink {
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+        };
+        let text = match tokio::task::spawn_blocking(move || sink.read_confined(&confined))
+            .await
+            .map_err(|e| SinkError::retryable(&self.name, format!("read task failed: {e}")))??
+        {
+            Some(t) => t,
+            None => return Ok(None),
+        };
+        let (key_id, key_name) = match self.cfg.format {
+            FileFormat::Raw => return Ok(None),
+            FileFormat::Env => {
+                let mut id = None;
+                let mut name = None;
+                for line in text.lines() {
+                    match line.trim().split_once('=') {
+                        Some(("REKEY_KEY_ID", v)) => id = Some(env_unquote(v)),
+                        Some(("REKEY_KEY_NAME", v)) => name = Some(env_unquote(v)),
+                        _ => {}
+                    }
+                }
+                (id, name)
+            }
+            FileFormat::Json => {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let field = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                (field("key_id"), field("key_name"))
+            }
+        };
+        let key_id = key_id.filter(|s| !s.is_empty());
+        let key_name = key_name.filter(|s| !s.is_empty());
+        if key_id.is_none() && key_name.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(super::HeldKey {
+            key_id,
+            key_name,
+            fingerprint: self.parse(&text).fingerprint(),
+        }))
+    }
+
     fn expected_fingerprint(&self, secret: &SecretFields) -> String {
         FileSink::expected_fingerprint(self, secret)
     }

@@ -48,6 +48,17 @@ pub enum ReadBack {
     Unsupported,
 }
 
+/// The key a sink holds, as its own read-back reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKey {
+    /// The provider's key id written beside the secret (may be absent).
+    pub key_id: Option<String>,
+    /// The key's name written beside the secret (may be absent).
+    pub key_name: Option<String>,
+    /// What `read_back` would return now (compared before any delete).
+    pub fingerprint: String,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("sink {sink}: {message}")]
 pub struct SinkError {
@@ -101,6 +112,20 @@ pub trait Sink: Send + Sync {
     /// What the sink holds now for this policy and lineage.
     async fn read_back(&self, _policy: &str, _lineage: &str) -> Result<ReadBack, SinkError> {
         Ok(ReadBack::Unsupported)
+    }
+
+    /// Which key the sink holds now for this policy and lineage, as written
+    /// beside the secret (the file sink's `REKEY_KEY_ID`/`key_id`, Vault's
+    /// `custom_metadata.key_id`), with the fingerprint `read_back` gives.
+    /// `Ok(None)`: nothing there, or this sink cannot say (webhook, raw
+    /// files). Used only by `rekey recover`: proof of which key consumers
+    /// hold when the state DB cannot say.
+    async fn read_back_key(
+        &self,
+        _policy: &str,
+        _lineage: &str,
+    ) -> Result<Option<HeldKey>, SinkError> {
+        Ok(None)
     }
 
     /// The fingerprint `read_back` returns once `secret` is published; by

@@ -1219,6 +1219,55 @@ impl Sink for VaultSink {
             None => ReadBack::Missing,
         })
     }
+
+    async fn read_back_key(
+        &self,
+        policy: &str,
+        lineage: &str,
+    ) -> Result<Option<super::HeldKey>, SinkError> {
+        let ReadBack::Fingerprint(fingerprint) = self.read_back(policy, lineage).await? else {
+            return Ok(None);
+        };
+        let path = self.kv(lineage, policy)?;
+        let meta = self
+            .with_token(|token| {
+                let path = &path;
+                async move {
+                    let r = self
+                        .call(
+                            Method::GET,
+                            &format!("{}/metadata/{}", self.mount, path.encoded),
+                            Some(&token),
+                            None,
+                        )
+                        .await?;
+                    if !r.status.is_success() {
+                        return Ok(None);
+                    }
+                    let doc: serde_json::Value =
+                        serde_json::from_slice(&r.body).unwrap_or_default();
+                    let custom = doc.pointer("/data/custom_metadata").cloned();
+                    Ok(custom)
+                }
+            })
+            .await?;
+        let field = |k: &str| {
+            meta.as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let key_id = field("key_id");
+        if key_id.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(super::HeldKey {
+            key_id,
+            key_name: field("key_name"),
+            fingerprint,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,7 @@ fn a_fresh_db_gets_the_whole_schema() {
             "policy_state",
             "rotations",
             "sink_acks",
+            "sink_targets",
         ]
     );
     let pragma = |name: &str| -> String {
@@ -134,7 +135,7 @@ fn a_fresh_db_gets_the_whole_schema() {
 fn the_in_memory_store_has_the_same_schema() {
     let store = Store::open_in_memory().unwrap();
     assert_eq!(store.version().unwrap(), schema::VERSION);
-    assert_eq!(table_names(&store).len(), 9);
+    assert_eq!(table_names(&store).len(), 10);
 }
 
 #[test]
@@ -151,7 +152,7 @@ fn reopening_is_idempotent_and_keeps_the_data() {
     for _ in 0..2 {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.version().unwrap(), schema::VERSION);
-        assert_eq!(table_names(&store).len(), 9);
+        assert_eq!(table_names(&store).len(), 10);
         assert_eq!(
             store.rotation(&id).unwrap().unwrap().state,
             RotationState::Planned
@@ -745,7 +746,7 @@ fn sink_acknowledgements_are_refused_outside_publishing() {
 }
 
 #[test]
-fn an_abandoned_attempt_is_resolved_before_the_next_one() {
+fn a_requested_attempt_is_resolved_before_the_next_one() {
     let store = Store::open_in_memory().unwrap();
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
@@ -754,14 +755,15 @@ fn an_abandoned_attempt_is_resolved_before_the_next_one() {
     let (a1, _) = store
         .start_attempt(&id, |n| format!("k-{n}"), at(1))
         .unwrap();
-    store
-        .resolve_attempt(&id, a1, false, Some("timeout"), at(2))
-        .unwrap();
+    // Still `requested` (outcome unknown, never listed for): no next one.
     assert!(is_conflict(store.start_attempt(
         &id,
         |n| format!("k-{n}"),
         at(2)
     )));
+    store
+        .resolve_attempt(&id, a1, false, Some("timeout"), at(2))
+        .unwrap();
     // A create reported late for the abandoned attempt is not recorded.
     assert!(is_conflict(store.record_created(
         &id,
