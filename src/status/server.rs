@@ -276,20 +276,28 @@ pub async fn bind(listen: &ListenAddr) -> io::Result<Bound> {
 }
 
 /// Bind the admin Unix socket: mode 0660, group `group` (a name or a
-/// number), [`Role::Admin`]. A group that does not exist is an error when
-/// `required` (the operator named it), else a warning and the socket keeps
-/// the daemon's group.
+/// number), [`Role::Admin`]. A group that does not exist, or that the
+/// daemon cannot give the socket to (its user must be a member), is an
+/// error when `required` (the operator named it), else a warning and the
+/// socket keeps the daemon's group.
 pub async fn bind_admin(path: &Path, group: &str, required: bool) -> io::Result<Bound> {
     let bound = bind(&ListenAddr::Unix(path.to_path_buf())).await?;
     match lookup_group(group) {
-        Some(gid) => {
-            std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
-                context(
+        Some(gid) => match std::os::unix::fs::lchown(path, None, Some(gid)) {
+            Ok(()) => {}
+            Err(e) if required => {
+                return Err(context(
                     e,
-                    format!("cannot give {} to group {group}", path.display()),
-                )
-            })?;
-        }
+                    format!(
+                        "cannot give {} to group {group} (the daemon's user must be a member of it)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(group = %group, path = %path.display(), error = %e, "cannot give the admin socket to the admin group (is rekey's user a member?); it keeps the daemon's group");
+            }
+        },
         None if required => {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
