@@ -1,13 +1,25 @@
 //! The file sink: one file per lineage (`path` may hold `{lineage}` and
 //! `{policy}`), written atomically.
 //!
-//! Write path: a temp file in the target's directory (created with the
-//! configured mode, never wider), write, fsync, optional chown, rename over
-//! the target, fsync the directory. A reader sees the old file or the new
-//! one, never half of either, and a crash after the rename cannot lose it.
-//! Then the optional `on_publish` command runs (argv, no shell, with a
-//! timeout); a non-zero exit fails the publication. The command gets the
-//! key's id, name and expiry as environment variables, never the secret.
+//! **Confinement** ([`Confined`]): the directory the template fixes before
+//! its first placeholder is the sink's base; a rendered target must stay
+//! beneath it (no empty, `.` or `..` component, no NUL), the directories
+//! below the base are opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` (or an `O_NOFOLLOW` walk where `openat2` is
+//! missing), and every create, rename and read happens relative to that
+//! directory descriptor. A target that is a symbolic link is refused with
+//! an error naming it. This holds whatever a key name holds (defence in
+//! depth behind the planner's safe-name rule).
+//!
+//! Write path: a temp file in the target's directory (created exclusively,
+//! `O_NOFOLLOW`, with the configured mode, never wider), write, fsync,
+//! optional chown, rename over the target, fsync the directory. A reader
+//! sees the old file or the new one, never half of either, and a crash
+//! after the rename cannot lose it. Then the optional `on_publish` command
+//! runs ([`super::hook`]: argv, no shell, a minimal environment, its own
+//! process group, a timeout); a non-zero exit fails the publication. The
+//! command gets the key's id, name and expiry as environment variables,
+//! never the secret.
 //!
 //! Formats: `raw` (the secret only), `env` (`NAME=value` lines, plus
 //! `REKEY_KEY_ID`, `REKEY_KEY_NAME`, `REKEY_EXPIRES_AT`), `json`
