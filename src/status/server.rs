@@ -30,7 +30,7 @@
 //! authorization (no token, which a process squatting on the loopback port
 //! could otherwise collect). Without it, one listener serves everything and
 //! POSTs need the admin token ([`Role::All`]). Admin routes are added in
-//! [`admin_routes`]; read-only ones in [`read_routes`].
+//! `admin_routes`; read-only ones in `read_routes`.
 //!
 //! Outside strings are never logged raw: a `POST /rotate/{policy}` for a
 //! policy the snapshot does not know is refused (404) before anything is
