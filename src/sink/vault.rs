@@ -7,12 +7,14 @@
 //! 1. read the current version and labels: `GET /v1/<mount>/metadata/<path>`
 //!    (404 → 0). **Ownership**: an existing path is written only when its
 //!    `custom_metadata` says rekey wrote it for this policy and lineage
-//!    (`rekey_policy`, `rekey_lineage`), when the store records this sink
-//!    writing it ([`TargetRecord`], the seam the ownership work fills), or
+//!    (`rekey_policy`, `rekey_lineage`), when a [`TargetRecord`] given with
+//!    [`VaultSink::with_target_record`] says this sink wrote it for them, or
 //!    when the sink sets `adopt_existing = true`; otherwise the publish fails
 //!    permanently and names the path and who labelled it. A new path gets
 //!    its labels first (`POST …/metadata/<path>`), so a crash between the
-//!    label and the data write leaves a path that is recognisably ours;
+//!    label and the data write leaves a path that is recognisably ours.
+//!    (The store's record of target writers is checked before this, by the
+//!    engine, for every sink: `Engine::foreign_target_owner`.)
 //! 2. write with check-and-set: `POST /v1/<mount>/data/<path>` with
 //!    `{"options":{"cas":N},"data":{…fields…}}`. If another writer got in
 //!    between (HTTP 400 "check-and-set parameter did not match"), go back
