@@ -13,3 +13,4 @@ mod ops;
 mod ownership;
 mod sinks;
 mod tencent;
+mod untrusted;
