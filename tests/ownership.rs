@@ -167,6 +167,63 @@ async fn a_hand_made_key_named_like_rekeys_own_is_reported_never_current_and_the
         event_kinds(e).iter().any(|k| k == "key.unrecognised")
     })
     .await;
+    // What an operator sees: status and metrics say so.
+    let endpoint = regex::Regex::new(r#"endpoint="?(http://127\.0\.0\.1:\d+)"#)
+        .unwrap()
+        .captures(&env.log())
+        .map(|c| c[1].to_string())
+        .expect("the ready line names the endpoint");
+    let metrics = reqwest::get(format!("{endpoint}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        regex::Regex::new(r#"rekey_condition\{[^}]*condition="unrecognised_key"[^}]*\} 1"#)
+            .unwrap()
+            .is_match(&metrics),
+        "{metrics}"
+    );
+    // The snapshot is rebuilt after each step, so a read can fall between a
+    // delete and the next check; wait (bounded) for one that shows a current
+    // key, then assert on it.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..40 {
+        status = reqwest::get(format!("{endpoint}/status/maas"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let settled = status["lineages"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|l| l["name"] == "app-x" && l["current_key"] != serde_json::Value::Null)
+        });
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status["health"], "failing", "{status:#}");
+    let keys = status["keys"].as_array().unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k["name"] == forged && k["state"] == "unrecognised"),
+        "{status:#}"
+    );
+    let lineage = status["lineages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "app-x")
+        .unwrap();
+    assert_eq!(lineage["reason"], "unrecognised_key", "{status:#}");
+    assert_ne!(lineage["current_key"], serde_json::json!(null));
+    assert!(
+        keys.iter()
+            .any(|k| k["state"] == "current" && k["name"] != forged)
+    );
     assert_eq!(terminate(&mut d), 0);
     let keys = env.emu.keys();
     assert!(
@@ -595,11 +652,27 @@ async fn stale_listings_never_rotate_a_lineage_twice_under_a_rate_limit() {
                     .replace("grace_period = \"2s\"", "grace_period = \"1s\"")
             ),
         );
+        // The second round runs under CPU contention: a busy thread takes
+        // a core while the daemon works.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hog = (round == 1).then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        });
         let mut d = env.spawn(&cfg, None);
         env.wait_for("every lineage rotated", Duration::from_secs(180), |e| {
             e.completed() >= n
         })
         .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = hog {
+            h.join().unwrap();
+        }
         // Give stale listings time to do harm.
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(terminate(&mut d), 0);
@@ -742,4 +815,103 @@ async fn with_rekey_emulate_and_a_list_delay_a_late_orphan_is_deleted_and_the_si
     );
     let file = std::fs::read_to_string(env.path("keys/app-00001.env")).unwrap();
     assert!(file.contains(&format!("REKEY_KEY_ID={}", r.new_key_id.clone().unwrap())));
+}
+
+/// A state DB restored from a backup taken before the last rotation: the
+/// key the sinks hold is unknown to it. Nothing is guessed; `rekey recover
+/// --policy P --lineage L` makes it current, and it is rotated when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_one_lineage_after_restoring_an_old_backup_of_the_db() {
+    let env = Env::with(OceanBaseEmulatorOptions {
+        lifetime: Some(Duration::from_secs(15)),
+        ..Default::default()
+    })
+    .await;
+    env.seed(1, 1);
+    let cfg = write_config(
+        &env,
+        &format!("{PROVIDER}{FILE_SINK}{}", policy("maas", "ob", "app-*", "")),
+    );
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the first rotation", Duration::from_secs(60), |e| {
+        e.completed() == 1
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let backup = env.path("backup.db");
+    std::fs::copy(env.path("state.db"), &backup).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the second rotation", Duration::from_secs(60), |e| {
+        e.completed() == 2
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let held = env
+        .rotations()
+        .into_iter()
+        .max_by_key(|r| r.published_at)
+        .unwrap()
+        .new_key_id
+        .unwrap();
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(env.path(f));
+    }
+    std::fs::copy(&backup, env.path("state.db")).unwrap();
+    // The restored DB does not know the key in the sink: nothing rotates.
+    let mut d = env.spawn(&cfg, None);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(terminate(&mut d), 0);
+    assert_eq!(env.completed(), 1, "the restored DB knows one rotation");
+    assert!(env.rotations().iter().all(|r| r.state.is_terminal()));
+    assert_eq!(env.emu.keys().len(), 1);
+    let out = Command::new(BIN)
+        .args(["recover", "-c"])
+        .arg(&cfg)
+        .args(["--policy", "maas", "--lineage", "app-0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("RECOVERED key {held}")), "{text}");
+    // The recovered key is current again and rotated when due.
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "the recovered key to be rotated",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations().iter().any(|r| {
+                r.old_key_id.as_deref() == Some(held.as_str())
+                    && r.state == RotationState::Completed
+            })
+        },
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let keys = env.emu.keys();
+    assert!(!keys.iter().any(|k| k.id == held), "the old key is deleted");
+    assert_eq!(
+        keys.len(),
+        1,
+        "{:?}",
+        keys.iter().map(|k| &k.name).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_a_fixed_target_on_a_policy_that_can_have_several_lineages() {
+    let env = Env::new().await;
+    let cfg = write_config(
+        &env,
+        &format!(
+            "{PROVIDER}{}{}",
+            FILE_SINK.replace("{lineage}.env", "one.env"),
+            policy("maas", "ob", "app-*", "")
+        ),
+    );
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("writes to the fixed target") && text.contains("put {lineage} in the target"),
+        "{text}"
+    );
 }

@@ -13,4 +13,5 @@ mod ops;
 mod ownership;
 mod sinks;
 mod tencent;
+mod untrusted;
 mod walks;

@@ -1131,15 +1131,13 @@ impl Engine {
         if row.new_key_id.is_none() {
             // Any walk that shows the key proves it; one that does not and
             // began before the create proves nothing, so ask for a newer one.
+            let named = |l: &Listing| -> Vec<ProviderKey> { l.named(&new_name).cloned().collect() };
             let first = rt
                 .walks
                 .listing(&provider, &self.clock, None, Purpose::IdLookup)
                 .await;
-            let mut found = first
-                .as_ref()
-                .map(|l| l.named(&new_name).next().cloned())
-                .map_err(Clone::clone);
-            if let Ok(None) = found {
+            let mut found = first.as_ref().map(|l| named(l)).map_err(Clone::clone);
+            if found.as_ref().is_ok_and(|f| f.is_empty()) {
                 // Newer than the create and than the walk that missed it
                 // (a retry never re-reads the same miss).
                 let since = first
@@ -1151,9 +1149,30 @@ impl Engine {
                     .walks
                     .listing(&provider, &self.clock, since, Purpose::IdLookup)
                     .await
-                    .map(|l| l.named(&new_name).next().cloned());
+                    .map(|l| named(&l));
             }
-            match found {
+            // Someone else made a key with this attempt's unique name: rekey
+            // cannot tell which is its own, so it claims neither.
+            if let Ok(keys) = &found
+                && keys.len() > 1
+            {
+                let ids: Vec<String> = keys.iter().map(|k| policy::escaped(&k.id)).collect();
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "finding the new key's id",
+                    &format!(
+                        "{} keys are named {} (ids {}); rekey cannot tell which one it created and claims neither; delete the one that is not rekey's",
+                        keys.len(),
+                        policy::escaped(&new_name),
+                        ids.join(", ")
+                    ),
+                    false,
+                    None,
+                    false,
+                );
+            }
+            match found.map(|k| k.into_iter().next()) {
                 Ok(found) => match found {
                     Some(k) => {
                         self.store.record_new_key_id(

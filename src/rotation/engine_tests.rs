@@ -33,6 +33,9 @@ struct FakeState {
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
+    /// Someone else creates a key with the same name right after the next
+    /// create (OceanBase allows duplicate names).
+    twin_next_create: bool,
 }
 
 #[derive(Clone)]
@@ -121,6 +124,9 @@ impl Provider for FakeProvider {
             std::mem::take(&mut st.lose_next_create_response)
         };
         let id = self.add(req.name, Duration::zero(), self.lifetime);
+        if std::mem::take(&mut self.st.lock().unwrap().twin_next_create) {
+            self.add(req.name, Duration::zero(), self.lifetime);
+        }
         if lose {
             return Err(ProviderError::new(
                 "ob",
@@ -1016,6 +1022,31 @@ async fn a_walk_that_started_before_an_attempt_never_proves_the_attempts_key_abs
         "the orphan must be deleted"
     );
     assert_eq!(h.engine.store.attempts(&r.id).unwrap()[0].state, "cleaned");
+}
+
+#[tokio::test]
+async fn a_hand_made_twin_of_the_new_keys_name_is_never_taken_for_rekeys_key() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().twin_next_create = true;
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot tell which one it created")
+    );
+    assert!(r.new_key_id.is_none(), "neither twin was claimed");
+    assert!(h.file("app-a").is_none(), "nothing was published");
+    assert!(h.fake.names().contains(&"app-a".to_string()));
+    assert!(
+        h.fake.st.lock().unwrap().deleted.is_empty(),
+        "nothing deleted"
+    );
+    let _ = old;
 }
 
 #[tokio::test]
