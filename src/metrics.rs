@@ -533,6 +533,8 @@ mod tests {
             r#"rekey_policy_healthy{policy="p1"} 0"#,
             r#"rekey_sink_publish_total{result="ok",sink="file"} 0"#,
             r#"rekey_sink_publish_total{result="error",sink="vault"} 0"#,
+            r#"rekey_provider_rotations_total{provider="ob",result="completed"} 0"#,
+            r#"rekey_provider_rotations_total{provider="ob",result="failed"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

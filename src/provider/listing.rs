@@ -648,4 +648,38 @@ mod tests {
         l.unwrap();
         assert!(t.elapsed() < CREATE_HOLD);
     }
+
+    #[tokio::test]
+    async fn walks_started_are_counted_once_per_walk_by_purpose() {
+        let m = crate::metrics::Metrics::new();
+        let w = Walks {
+            metrics: Some(m.clone()),
+            ..Walks::default()
+        };
+        let p = Slow::new("ob");
+        let sp: SharedProvider = p.clone();
+        let c = clock();
+        let (a, b) = tokio::join!(
+            w.listing(&sp, &c, None, Purpose::Check),
+            w.listing(&sp, &c, None, Purpose::BeforeDelete),
+        );
+        a.unwrap();
+        b.unwrap();
+        w.listing(&sp, &c, Some(c.now()), Purpose::IdLookup)
+            .await
+            .unwrap();
+        let text = m.render();
+        assert!(
+            text.contains(r#"rekey_provider_walks_total{provider="ob",purpose="check"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rekey_provider_walks_total{provider="ob",purpose="id_lookup"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"purpose="before_delete""#),
+            "it joined: {text}"
+        );
+    }
 }
