@@ -343,6 +343,105 @@ fn normalise_target(t: &str) -> String {
     }
 }
 
+/// Literal text every string of a language starts with and ends with. Two
+/// languages whose prefixes (or suffixes) are incompatible (neither a
+/// prefix, resp. suffix, of the other) are disjoint: an exact shortcut
+/// taken before the automata, so configs with hundreds of policies are
+/// checked in milliseconds rather than one determinization per pair.
+struct Affixes {
+    prefix: String,
+    suffix: String,
+}
+
+impl Affixes {
+    fn may_meet(&self, other: &Affixes) -> bool {
+        (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+            && (self.suffix.ends_with(&other.suffix) || other.suffix.ends_with(&self.suffix))
+    }
+}
+
+/// A glob's literal prefix (before its first metacharacter) and suffix
+/// (after its last); a shorter affix is still a true one, so escapes simply
+/// end them.
+fn glob_affixes(g: &str) -> Affixes {
+    let prefix_end = g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len());
+    let suffix_start = g
+        .rfind(['*', '?', '[', ']', '{', '}', ',', '\\'])
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    Affixes {
+        prefix: g[..prefix_end].to_string(),
+        suffix: g[suffix_start..].to_string(),
+    }
+}
+
+/// The literal prefix and suffix of every target `t` renders for policy
+/// `p` (see [`target_language`]): the text before the first `{lineage}`
+/// followed by the literal prefix every lineage name of `p` has (its glob's,
+/// shared with its bootstrap lineage), and likewise at the end.
+fn target_affixes(scope: &str, t: &TargetTemplate, p: &PolicyConfig) -> Affixes {
+    let pieces = t.pieces();
+    let lineage = {
+        let g = glob_affixes(&p.match_glob);
+        match &p.bootstrap {
+            Some(b) => Affixes {
+                prefix: common_prefix(&g.prefix, b),
+                suffix: common_suffix(&g.suffix, b),
+            },
+            None => g,
+        }
+    };
+    let text = |pc: &TemplatePiece<'_>| match pc {
+        TemplatePiece::Lit(l) => Some(l.to_string()),
+        TemplatePiece::Policy => Some(p.name.clone()),
+        TemplatePiece::Lineage => None,
+    };
+    let mut prefix = scope.to_string();
+    for pc in &pieces {
+        match text(pc) {
+            Some(l) => prefix.push_str(&l),
+            None => {
+                prefix.push_str(&lineage.prefix);
+                break;
+            }
+        }
+    }
+    let mut suffix = String::new();
+    for pc in pieces.iter().rev() {
+        match text(pc) {
+            Some(l) => suffix.insert_str(0, &l),
+            None => {
+                suffix.insert_str(0, &lineage.suffix);
+                break;
+            }
+        }
+    }
+    if !pieces.iter().any(|pc| matches!(pc, TemplatePiece::Lineage)) {
+        suffix = prefix.clone();
+    }
+    Affixes { prefix, suffix }
+}
+
+fn common_prefix(a: &str, b: &str) -> String {
+    a.chars()
+        .zip(b.chars())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
+}
+
+fn common_suffix(a: &str, b: &str) -> String {
+    let mut v: Vec<char> = a
+        .chars()
+        .rev()
+        .zip(b.chars().rev())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    v.reverse();
+    v.into_iter().collect()
+}
+
 /// Check ownership across the whole config; errors and warnings go to `d`.
 pub fn check(
     d: &mut Diags,
@@ -352,15 +451,19 @@ pub fn check(
     spans: &PolicySpans,
 ) {
     // One owner per key.
+    let glob_fixes: Vec<Affixes> = policies
+        .iter()
+        .map(|p| glob_affixes(&p.match_glob))
+        .collect();
     for (i, a) in policies.iter().enumerate() {
         let Some(pa) = providers.get(&a.provider) else {
             continue;
         };
-        for b in &policies[i + 1..] {
+        for (j, b) in policies.iter().enumerate().skip(i + 1) {
             let Some(pb) = providers.get(&b.provider) else {
                 continue;
             };
-            if account_of(pa) != account_of(pb) {
+            if !glob_fixes[i].may_meet(&glob_fixes[j]) || account_of(pa) != account_of(pb) {
                 continue;
             }
             match globs_overlap(&a.match_glob, &b.match_glob) {
@@ -386,9 +489,18 @@ pub fn check(
             }
         }
     }
+    let use_fixes: Vec<Option<Affixes>> = uses
+        .iter()
+        .map(|(p, s)| Some(target_affixes(&sink_scope(s)?, s.target()?, p)))
+        .collect();
     for (i, (pa, sa)) in uses.iter().enumerate() {
-        for (pb, sb) in &uses[i + 1..] {
+        for (j, (pb, sb)) in uses.iter().enumerate().skip(i + 1) {
             if pa.name == pb.name {
+                continue;
+            }
+            if let (Some(x), Some(y)) = (&use_fixes[i], &use_fixes[j])
+                && !x.may_meet(y)
+            {
                 continue;
             }
             let (Some(scope_a), Some(scope_b), Some(ta), Some(tb)) =
@@ -559,6 +671,44 @@ mod tests {
             listing_scope(&lit("AKIDtwo"))
         );
         assert!(!listing_scope(&lit("AKIDone")).contains("AKIDone"));
+    }
+
+    #[test]
+    fn the_affix_shortcut_never_calls_overlapping_globs_disjoint() {
+        let globs = [
+            "app-*",
+            "app-a-*",
+            "app-b-*",
+            "*-prod",
+            "*-dev",
+            "app-[abc]",
+            "app-[c-e]",
+            "a?b",
+            "{app,svc}-*",
+            "svc-1",
+            "app-000??*",
+            "app-001??*",
+            "app-00??*",
+            "x\\*y",
+            "x*y",
+            "**/app",
+            "x/y/app",
+            "app",
+            "ap",
+            "p",
+        ];
+        for a in globs {
+            for b in globs {
+                if globs_overlap(a, b).unwrap() {
+                    assert!(
+                        glob_affixes(a).may_meet(&glob_affixes(b)),
+                        "{a:?} and {b:?} overlap but their affixes say disjoint"
+                    );
+                }
+            }
+        }
+        assert!(!glob_affixes("app-000??*").may_meet(&glob_affixes("app-001??*")));
+        assert!(!glob_affixes("*-prod").may_meet(&glob_affixes("*-dev")));
     }
 
     #[test]
