@@ -19,10 +19,13 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::status::{KeyStatus, PolicyStatus};
+use crate::rotation::health::Condition;
+use crate::rotation::report::{KeyStatus, PolicyStatus};
 
 /// `result` label values of `rekey_rotations_total`.
 pub const ROTATION_RESULTS: [&str; 2] = ["completed", "failed"];
+/// `step` label values of `rekey_step_failures_total`.
+pub const STEPS: [&str; 5] = ["create", "find_id", "prepare", "publish", "retire"];
 /// `result` label values of `rekey_sink_publish_total`.
 pub const PUBLISH_RESULTS: [&str; 2] = ["ok", "error"];
 
@@ -39,6 +42,15 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
+    /// `rekey_condition{policy,condition}`: 1 while a stuck condition holds
+    /// for any lineage of the policy (the health rule, `rotation::health`).
+    pub condition: GaugeVec,
+    /// `rekey_oldest_unfinished_rotation_age_seconds{policy}`.
+    pub oldest_unfinished: GaugeVec,
+    /// `rekey_step_failures_total{policy,step}`.
+    pub step_failures: IntCounterVec,
+    /// `rekey_build_info{version}`, always 1.
+    pub build_info: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -127,8 +139,44 @@ impl Metrics {
             &["sink", "result"],
         )
         .expect("metric");
+        let condition = GaugeVec::new(
+            Opts::new(
+                "rekey_condition",
+                "1 while the stuck condition holds for some lineage of the policy (DESIGN §4).",
+            ),
+            &["policy", "condition"],
+        )
+        .expect("metric");
+        let oldest_unfinished = GaugeVec::new(
+            Opts::new(
+                "rekey_oldest_unfinished_rotation_age_seconds",
+                "Age in seconds of the policy's oldest unfinished rotation (0 when none).",
+            ),
+            &["policy"],
+        )
+        .expect("metric");
+        let step_failures = IntCounterVec::new(
+            Opts::new(
+                "rekey_step_failures_total",
+                "Failed rotation steps, by step (create, find_id, prepare, publish, retire).",
+            ),
+            &["policy", "step"],
+        )
+        .expect("metric");
+        let build_info = GaugeVec::new(
+            Opts::new("rekey_build_info", "Always 1; the running rekey's version."),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         for c in [
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(condition.clone()),
+            Box::new(oldest_unfinished.clone()),
+            Box::new(step_failures.clone()),
+            Box::new(build_info.clone()),
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -147,6 +195,10 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            condition,
+            oldest_unfinished,
+            step_failures,
+            build_info,
             policies: Arc::default(),
             rendered: Arc::default(),
         }
@@ -168,6 +220,13 @@ impl Metrics {
         }
         self.last_success.with_label_values(&[policy]);
         self.policy_healthy.with_label_values(&[policy]);
+        self.oldest_unfinished.with_label_values(&[policy]);
+        for c in Condition::ALL {
+            self.condition.with_label_values(&[policy, c.as_str()]);
+        }
+        for step in STEPS {
+            self.step_failures.with_label_values(&[policy, step]);
+        }
         for sink in sinks {
             for result in PUBLISH_RESULTS {
                 self.sink_publish
@@ -189,6 +248,12 @@ impl Metrics {
         self.policy_healthy
             .with_label_values(&[status.name.as_str()])
             .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
+        for c in Condition::ALL {
+            let held = status.lineages.iter().any(|l| l.conditions.contains(&c));
+            self.condition
+                .with_label_values(&[status.name.as_str(), c.as_str()])
+                .set(if held { 1.0 } else { 0.0 });
+        }
         self.sync_keys(&status.name, &status.keys);
     }
 
@@ -223,6 +288,9 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
+        let _ = self.oldest_unfinished.remove_label_values(&[policy]);
+        remove_where(&self.condition, "policy", policy);
+        remove_where(&self.step_failures, "policy", policy);
         self.keys
             .0
             .write()

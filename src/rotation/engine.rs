@@ -49,7 +49,12 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
+use super::report::{
+    KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply, RotationSummary,
+    StatusHandle,
+};
 use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
@@ -63,9 +68,6 @@ use crate::state::seal::Sealer;
 use crate::state::{
     CheckRecord, CreatedRecord, Event, NewRotation, RotationRow, RotationState, SeenKey, Store,
     StoreError,
-};
-use crate::status::{
-    Health, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply, StatusHandle,
 };
 
 /// One generation of configuration with its built providers and sinks.
@@ -166,6 +168,21 @@ pub struct Engine {
     /// actively working, not while it waits out grace or backoff.
     pub slots: Arc<Semaphore>,
     pub backoff: Backoff,
+}
+
+/// A rotation as `status` shows it.
+fn summary(r: &RotationRow) -> RotationSummary {
+    RotationSummary {
+        id: r.id.clone(),
+        state: r.state.as_str().into(),
+        new_key: r.new_key_id.clone().or_else(|| r.new_key_name.clone()),
+        old_key: r.old_key_id.clone(),
+        failures: r.failures,
+        error: r.error.clone(),
+        next_attempt_at: r.next_attempt_at,
+        retire_at: r.retire_at,
+        revoke_old_immediately: r.revoke_old_immediately,
+    }
 }
 
 fn key_view_to_seen(k: &KeyView) -> SeenKey {
@@ -488,27 +505,20 @@ impl Engine {
     }
 
     /// Rebuild a policy's status entry and key metrics from the store (no
-    /// provider call).
+    /// provider call), apply the health rule ([`super::health`]) and record
+    /// which stuck conditions hold: a condition that starts to hold sends
+    /// its event once (DESIGN §5) and sets `rekey_condition` to 1.
     pub fn refresh_status(&self, rt: &Runtime, name: &str) -> Result<(), EngineError> {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
+        let now = self.now();
         let rotations = self.store.policy_rotations(name)?;
         let views = self.stored_views(name, &["live", "retiring", "retired"])?;
         let plan = self.plan_from(rt, policy, views, &rotations)?;
         let ps = self.store.policy_state(name)?;
         let mut health = plan.health;
         let mut error = plan.misconfigured.clone();
-        // A retirement that keeps failing needs a human even though the
-        // rotation is still "in progress".
-        for l in &plan.lineages {
-            if let Some(a) = &l.active
-                && a.failures >= policy.max_attempts
-            {
-                health = health.max(Health::Failing);
-                error = error.or_else(|| a.error.clone());
-            }
-        }
         if let Some(ps) = &ps
             && ps.health.as_deref() == Some("failing")
             && ps.last_error.is_some()
@@ -517,6 +527,13 @@ impl Engine {
             // The last check could not list keys.
             health = health.max(Health::Failing);
             error = ps.last_error.clone();
+        }
+        if error.is_none() {
+            error = plan
+                .lineages
+                .iter()
+                .filter(|l| !l.health.is_healthy())
+                .find_map(|l| l.conditions.first().map(|c| c.1.clone()));
         }
         let last = self.store.last_rotation(name)?;
         if error.is_none()
@@ -538,15 +555,54 @@ impl Engine {
                     state: *st,
                 });
             }
+            let (reason, message) = match l.conditions.first() {
+                Some((c, m)) => (c.as_str().to_string(), m.clone()),
+                None => (
+                    l.decision.reason.as_str().to_string(),
+                    l.decision.message.clone(),
+                ),
+            };
             lineages.push(LineageStatus {
                 name: l.name.clone(),
                 health: l.health,
                 current_key: l.current.as_ref().map(|c| c.key.id.clone()),
-                reason: l.decision.reason.as_str().into(),
-                message: l.decision.message.clone(),
+                reason,
+                message,
                 rotate_at: l.decision.rotate_at,
+                conditions: l.conditions.iter().map(|c| c.0).collect(),
+                rotation: l.active.as_ref().or(l.last.as_ref()).map(summary),
             });
         }
+        let held: Vec<(String, String, &'static str, String)> = plan
+            .lineages
+            .iter()
+            .flat_map(|l| {
+                l.conditions
+                    .iter()
+                    .map(|(c, m)| (l.name.clone(), c.as_str().to_string(), c.event(), m.clone()))
+            })
+            .collect();
+        let started = self.store.sync_conditions(name, &held, now)?;
+        for (lineage, condition) in &started {
+            let message = held
+                .iter()
+                .find(|h| &h.0 == lineage && &h.1 == condition)
+                .map(|h| h.3.as_str())
+                .unwrap_or("");
+            tracing::error!(policy = %name, lineage = %lineage, condition = %condition, "stuck condition: {message}; a human should look");
+        }
+        if !started.is_empty() {
+            self.wake_notify.notify_one();
+        }
+        let oldest = rotations
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .map(|r| (now - r.started_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .fold(0.0, f64::max);
+        self.metrics
+            .oldest_unfinished
+            .with_label_values(&[name])
+            .set(oldest);
         let status = PolicyStatus {
             name: name.to_string(),
             provider: policy.provider.clone(),

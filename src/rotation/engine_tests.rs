@@ -11,6 +11,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Backoff, Engine, Runtime};
+use super::health::Health;
+use super::report::StatusHandle;
 use crate::clock::{Clock, ManualClock};
 use crate::config::{self, secret_ref::Env};
 use crate::metrics::Metrics;
@@ -19,7 +21,6 @@ use crate::secret::{Secret, SecretFields};
 use crate::sink;
 use crate::state::seal::Sealer;
 use crate::state::{RotationState, Store};
-use crate::status::{Health, StatusHandle};
 
 #[derive(Default)]
 struct FakeState {

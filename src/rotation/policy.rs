@@ -23,10 +23,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
+use super::health::{self, Condition, Health, LineageFacts};
+use super::report::KeyState;
 use crate::config::{Lead, Mode, PolicyConfig, TargetTemplate};
 use crate::provider::ProviderKey;
 use crate::state::{AttemptRow, KnownKey, RotationRow, RotationState};
-use crate::status::{Health, KeyState};
 
 /// Why a lineage is (or is not) being rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,6 +97,9 @@ pub struct LineagePlan {
     pub keys: Vec<(KeyView, KeyState)>,
     pub decision: Decision,
     pub health: Health,
+    /// Stuck conditions that hold (the health rule, [`health::assess`]),
+    /// the deciding one first.
+    pub conditions: Vec<(Condition, String)>,
     pub active: Option<RotationRow>,
     pub last: Option<RotationRow>,
     /// A failed rotation that already created (and still holds, sealed) a
@@ -426,27 +430,48 @@ pub fn plan(
                 rotate_at: None,
             };
         }
-        let failed_last = last
-            .as_ref()
-            .is_some_and(|l| l.state == RotationState::Failed);
-        let health = match decision.reason {
-            Reason::InProgress => Health::Rotating,
-            Reason::NoKeys => Health::NoKeys,
-            Reason::Expired if policy.mode == Mode::Observe || failed_last => Health::Expired,
-            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap
-                if failed_last =>
-            {
-                Health::Failing
+        // A key whose times cannot be read is never rotated on a guess.
+        let mut found = Vec::new();
+        for (k, _) in &states {
+            if let Some(raw) = k.key.meta.get(crate::provider::META_UNKNOWN_TIME) {
+                found.push((
+                    Condition::UnknownTime,
+                    format!(
+                        "key {} has a time rekey cannot read ({}); its lineage is not rotated until it can",
+                        k.key.name.escape_debug(),
+                        raw.to_string().escape_debug()
+                    ),
+                ));
             }
-            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap => Health::Due,
-            _ => Health::Ok,
-        };
+        }
+        if !found.is_empty() {
+            decision.rotate = false;
+        }
+        let assessment = health::assess(
+            &LineageFacts {
+                due: decision.rotate
+                    || matches!(
+                        decision.reason,
+                        Reason::Expired | Reason::Expiring | Reason::MaxAge
+                    ),
+                no_keys: decision.reason == Reason::NoKeys,
+                current_expires_at: current.as_ref().and_then(|c| c.key.expires_at),
+                active: active.as_ref(),
+                last: last.as_ref(),
+                max_attempts: policy.max_attempts,
+                found,
+            },
+            now,
+        );
+        let health = assessment.health;
+        let conditions = assessment.conditions;
         lineages.push(LineagePlan {
             name,
             current,
             keys: states,
             decision,
             health,
+            conditions,
             active,
             last,
             resumable,
@@ -467,6 +492,7 @@ pub fn plan(
                 rotate_at: None,
             },
             health: Health::Due,
+            conditions: Vec::new(),
             active: None,
             last: None,
             resumable: None,

@@ -3,6 +3,7 @@
 //! Versions (PRAGMA user_version), one line each:
 //! - 1: keys, rotations, attempts, sink_acks, events, deliveries,
 //!   dead_letters, policy_state, expiring_notices.
+//! - 2: `rotations.prepared_at`, `rotations.listing_wait_since`; table `conditions`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -44,6 +45,13 @@
 //! - `started_at`, `created_at`, `published_at`, `retire_at`, `finished_at`.
 //! - `error`, `error_class` (`retryable`/`permanent`): the last failure.
 //! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`.
+//! - `prepared_at` (v2): when the provider's after-create step (Tencent: bind
+//!   to usage plans) finished; set once, so a sink retrying never re-runs it.
+//! - `listing_wait_since` (v2): since when the engine waits for an eventually
+//!   consistent listing to show the new key (OceanBase returns no id); that
+//!   wait is bounded by time, not by the failure budget.
+//! - `error_class` may also be `next_key_missing` (the next key vanished in
+//!   grace: the one way from `retiring` to `failed`) or `abandoned`.
 //!
 //! Index `rotations_one_active` makes "at most one rotation per lineage at a
 //! time" a constraint, not a convention. The others keep start-up and every
@@ -87,14 +95,23 @@
 //! - `health`: the last computed health. `last_error`.
 //! - `decisions`: JSON of the last plan per lineage (reason, message).
 //!
+//! ## conditions (v2): stuck conditions that hold now (DESIGN §4)
+//! - `policy`, `lineage`, `condition` (e.g. `step_failing`): primary key.
+//! - `since`: when it started to hold; its event was sent then, once.
+//! - `message`: why, as shown in `status`.
+//!
+//! A row is deleted when its condition clears; the event goes out again
+//! only if it comes back.
+//!
 //! ## expiring_notices: `key.expiring` sent, at most once per threshold
 //! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
 
-/// The schema version this build writes and understands.
-pub const VERSION: i64 = 1;
+/// The schema version this build writes and understands: one per migration.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `n` takes the DB from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE keys (
     policy TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -224,4 +241,17 @@ CREATE TABLE expiring_notices (
     at TEXT NOT NULL,
     PRIMARY KEY (policy, key_id, threshold)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE rotations ADD COLUMN prepared_at TEXT;
+ALTER TABLE rotations ADD COLUMN listing_wait_since TEXT;
+CREATE TABLE conditions (
+    policy TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    since TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (policy, lineage, condition)
+);
+"#,
+];

@@ -230,6 +230,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                     reason: "fresh".into(),
                     message: "expires in 28d; rotates 7d before".into(),
                     rotate_at: Some(now + TimeDelta::seconds(21 * DAY)),
+                    conditions: Vec::new(),
+                    rotation: None,
                 }],
                 last_rotation: Some(LastRotation {
                     id: "r-0001".into(),
@@ -260,6 +262,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         reason: "max_age".into(),
                         message: "rotation failed 3 times: provider answered 403".into(),
                         rotate_at: Some(ago(now, 3600)),
+                        conditions: Vec::new(),
+                        rotation: None,
                     },
                     LineageStatus {
                         name: "svc-b".into(),
@@ -268,6 +272,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         reason: "fresh".into(),
                         message: "rotates in 25d".into(),
                         rotate_at: Some(now + TimeDelta::seconds(25 * DAY)),
+                        conditions: Vec::new(),
+                        rotation: None,
                     },
                 ],
                 last_rotation: Some(LastRotation {
