@@ -357,7 +357,8 @@ pub fn plan(
             (None, Some(l))
                 if l.state == RotationState::Failed
                     && l.created_at.is_some()
-                    && l.published_at.is_none() =>
+                    && l.published_at.is_none()
+                    && l.error_class.as_deref() != Some("abandoned") =>
             {
                 Some(l.clone())
             }

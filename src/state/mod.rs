@@ -1071,6 +1071,26 @@ impl Store {
         })
     }
 
+    /// `rekey retry`: the rotation and its sinks act at once (the failure
+    /// count is kept; the grace deadline is not touched).
+    pub fn retry_now(&self, id: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET next_attempt_at = NULL WHERE id = ?1 AND state IN ('planned', 'created')",
+                params![id],
+            )?;
+            tx.execute(
+                "UPDATE rotations SET next_attempt_at = retire_at WHERE id = ?1 AND state IN ('published', 'retiring')",
+                params![id],
+            )?;
+            tx.execute(
+                "UPDATE sink_acks SET next_attempt_at = NULL WHERE rotation_id = ?1 AND state != 'acked'",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Push the next action of a rotation to `at` without counting a failure.
     pub fn set_next_attempt(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
         self.tx(|tx| {

@@ -98,6 +98,7 @@ impl StatusServer {
             status: status.clone(),
             metrics: metrics.clone(),
             rotate: tx,
+            commands: None,
             admin_token: opts.admin_token.map(Secret::new),
             liveness: liveness.clone(),
         };
