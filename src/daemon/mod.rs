@@ -32,7 +32,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{MonotonicClock, SharedClock};
 use crate::config::{self, Config, Diagnostic};
 use crate::metrics::Metrics;
 use crate::provider;
@@ -125,7 +125,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(MonotonicClock::system()),
             heartbeat: Duration::from_secs(10),
             on_ready: None,
             stop: CancellationToken::new(),

@@ -251,6 +251,11 @@ fn key_view_to_seen(k: &KeyView) -> SeenKey {
             Origin::Created { rotation_id } => rotation_id.clone(),
             Origin::Adopted => None,
         },
+        unknown_time: k
+            .key
+            .meta
+            .get(crate::provider::META_UNKNOWN_TIME)
+            .map(|v| v.to_string()),
     }
 }
 
@@ -606,7 +611,12 @@ impl Engine {
                     name: k.name,
                     created_at: k.created_at,
                     expires_at: k.expires_at,
-                    meta: Default::default(),
+                    meta: k
+                        .unknown_time
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str(j).ok())
+                        .map(|v| [(crate::provider::META_UNKNOWN_TIME.to_string(), v)].into())
+                        .unwrap_or_default(),
                 },
                 lineage: k.lineage,
                 origin: if k.origin == "created" {
@@ -1524,8 +1534,10 @@ impl Engine {
                     )?;
                     match step {
                         Step::Done => return Ok(Step::Done),
-                        Step::Wait(t) => {
-                            earliest = Some(earliest.map_or(t, |x| x.min(t)));
+                        Step::Wait(_) => {
+                            // The sink's own retry time is what the
+                            // rotation waits for.
+                            earliest = Some(earliest.map_or(next, |x| x.min(next)));
                             row = self.store.rotation(&row.id)?.unwrap_or(row);
                         }
                         Step::Continue => {}

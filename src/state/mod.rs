@@ -522,6 +522,16 @@ impl Store {
                         k.rotation_id,
                     ])?;
                 }
+                tx.execute(
+                    "UPDATE keys SET unknown_time = NULL WHERE policy = ?1 AND unknown_time IS NOT NULL",
+                    params![check.policy],
+                )?;
+                let mut odd = tx.prepare_cached(
+                    "UPDATE keys SET unknown_time = ?3 WHERE policy = ?1 AND key_id = ?2",
+                )?;
+                for k in check.keys.iter().filter(|k| k.unknown_time.is_some()) {
+                    odd.execute(params![check.policy, k.key_id, k.unknown_time])?;
+                }
             }
             if check.complete_listing {
                 tx.execute(
@@ -545,7 +555,7 @@ impl Store {
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at FROM keys WHERE policy = ?1",
+            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
         )?;
         let rows = st.query_map(params![policy], |r| {
             Ok(KnownKey {
@@ -557,6 +567,7 @@ impl Store {
                 state: r.get(5)?,
                 created_at: opt_ts(r.get(6)?),
                 expires_at: opt_ts(r.get(7)?),
+                unknown_time: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1800,6 +1811,8 @@ pub struct SeenKey {
     /// `created` or `adopted`.
     pub origin: &'static str,
     pub rotation_id: Option<String>,
+    /// JSON of the times the provider listed that did not parse.
+    pub unknown_time: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1826,6 +1839,8 @@ pub struct KnownKey {
     pub state: String,
     pub created_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// JSON of the times the last listing carried that did not parse.
+    pub unknown_time: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 //! Versions (PRAGMA user_version), one line each:
 //! - 1: keys, rotations, attempts, sink_acks, events, deliveries,
 //!   dead_letters, policy_state, expiring_notices.
-//! - 2: `rotations.prepared_at`, `rotations.listing_wait_since`; table `conditions`.
+//! - 2: `rotations.prepared_at`, `rotations.listing_wait_since`, `keys.unknown_time`;
+//!   table `conditions`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -21,6 +22,9 @@
 //! - `rotation_id`: the rotation that created it, for `created` keys.
 //! - `state`: `live`, `retiring` (old key in grace), `deleted`, `retired`
 //!   (provider cannot delete; left for a human), `gone` (vanished from lists).
+//! - `unknown_time` (v2): JSON `{field: raw value}` of times the provider
+//!   listed that rekey cannot parse; the key's lineage reports `unknown_time`
+//!   and is not rotated on a guess. NULL when every time parsed.
 //!
 //! ## rotations: one replacement of one lineage's current key
 //! - `id`: 8 hex chars, also in the new key's name via `{rotation}`.
@@ -245,6 +249,7 @@ CREATE TABLE expiring_notices (
     r#"
 ALTER TABLE rotations ADD COLUMN prepared_at TEXT;
 ALTER TABLE rotations ADD COLUMN listing_wait_since TEXT;
+ALTER TABLE keys ADD COLUMN unknown_time TEXT;
 CREATE TABLE conditions (
     policy TEXT NOT NULL,
     lineage TEXT NOT NULL,
