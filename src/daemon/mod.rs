@@ -52,6 +52,14 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("sealing key: {0}")]
     Seal(#[from] state::seal::SealError),
+    #[error(
+        "the state DB holds sealed secrets of rotations {rotations} that {problem}; refusing to start rather than lose or replace them. Restore the seal key ({key}), or give up those rotations with `rekey abandon -c CONFIG ROTATION` for each (no daemon needed: it deletes each one's unpublished key when no sink acknowledged it and wipes its sealed secret)"
+    )]
+    SealKeyLost {
+        rotations: String,
+        problem: &'static str,
+        key: String,
+    },
     #[error("{0}")]
     Build(String),
     #[error("status endpoint {addr}: {reason}")]
@@ -75,6 +83,52 @@ pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 pub enum Control {
     Shutdown,
     Reload,
+}
+
+/// The seal key, refusing to start when sealed secrets exist that it
+/// cannot open: a missing key file is created only when nothing is sealed
+/// (never silently replaced under secrets it would orphan), and a present
+/// key must open every sealed secret.
+fn open_sealer(cfg: &Config, store: &Store) -> Result<Sealer, DaemonError> {
+    let sealed = store.sealed_secrets()?;
+    let ids = |v: &[String]| v.join(", ");
+    let key_file = state::key_path(&cfg.daemon.state);
+    let (sealer, key) = match &cfg.daemon.seal_key {
+        Some(r) => (
+            Sealer::from_hex(
+                &r.resolve_now()
+                    .map_err(|e| DaemonError::Build(format!("seal_key: {e}")))?,
+            )?,
+            format!("daemon.seal_key = {r}"),
+        ),
+        None => {
+            if !key_file.exists() && !sealed.is_empty() {
+                let all: Vec<String> = sealed.iter().map(|(id, _)| id.clone()).collect();
+                return Err(DaemonError::SealKeyLost {
+                    rotations: ids(&all),
+                    problem: "cannot be opened: the seal key file is missing",
+                    key: key_file.display().to_string(),
+                });
+            }
+            (
+                Sealer::from_key_file(&key_file)?,
+                key_file.display().to_string(),
+            )
+        }
+    };
+    let bad: Vec<String> = sealed
+        .iter()
+        .filter(|(id, blob)| sealer.open(id, blob).is_err())
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !bad.is_empty() {
+        return Err(DaemonError::SealKeyLost {
+            rotations: ids(&bad),
+            problem: "do not open with this seal key (a different or replaced key)",
+            key,
+        });
+    }
+    Ok(sealer)
 }
 
 /// Build providers and sinks for one configuration generation.
@@ -189,13 +243,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     harden::disable_core_dumps();
     let cfg = Arc::new(cfg);
     let store = Arc::new(Store::open(&cfg.daemon.state)?);
-    let sealer = match &cfg.daemon.seal_key {
-        Some(r) => Sealer::from_hex(
-            &r.resolve_now()
-                .map_err(|e| DaemonError::Build(format!("seal_key: {e}")))?,
-        )?,
-        None => Sealer::from_key_file(&state::key_path(&cfg.daemon.state))?,
-    };
+    let sealer = open_sealer(&cfg, &store)?;
     let metrics = Metrics::new();
     let started = opts.clock.now();
     let status = StatusHandle::new(started);

@@ -1442,6 +1442,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every sealed secret still held, by rotation id (start-up checks
+    /// that the seal key opens each). Abandoned rotations hold none.
+    pub fn sealed_secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            // Each half uses its partial index (rotations_active,
+            // rotations_resumable): start-up stays independent of history.
+            "SELECT id, sealed_secret FROM rotations WHERE state NOT IN ('completed', 'failed') AND sealed_secret IS NOT NULL
+             UNION ALL
+             SELECT id, sealed_secret FROM rotations WHERE state = 'failed' AND sealed_secret IS NOT NULL",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The sealed secret of a rotation still publishing.
     pub fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
