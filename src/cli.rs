@@ -521,6 +521,22 @@ fn plan(path: &Path) -> Result<ExitCode> {
                     exp
                 );
             }
+            // Grace outliving a key's lead: the old key would still be in
+            // grace when its replacement is due (the daemon then cuts it
+            // short; DESIGN §3).
+            if let Some(c) = &l.current
+                && let (Some(created), Some(expires)) = (c.key.created_at, c.key.expires_at)
+                && let Some(lead) = policy::effective_lead(p, &c.key)
+                && let Ok(grace) = chrono::Duration::from_std(p.grace_period)
+                && expires > created
+                && grace >= (expires - created) - lead
+            {
+                println!(
+                    "    warning: grace_period ({}) outlives this key's time before its lead ({}): each old key would still be in grace when its replacement is due; shorten grace_period",
+                    humantime::format_duration(p.grace_period),
+                    human_delta((expires - created) - lead)
+                );
+            }
             if let Some(t) = l.decision.rotate_at
                 && !l.decision.rotate
                 && l.decision.reason == policy::Reason::Fresh
