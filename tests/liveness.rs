@@ -300,3 +300,50 @@ fn endpoint(env: &Env) -> String {
         })
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+    use crate::support::receiver::{WebhookReceiver, random_whsec};
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let whsec = random_whsec();
+    let receiver = WebhookReceiver::start(&[&whsec]).await;
+    std::fs::write(env.path("whsec"), &whsec).unwrap();
+    let cfg = env.config("keys/{lineage}.env", "max_attempts = 100");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("[sinks.files]").unwrap();
+    let end = text.find("[[policy]]").unwrap();
+    let text = format!(
+        "{}[sinks.files]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = {{ file = \"{}\" }}\n\n{}",
+        &text[..start],
+        receiver.url,
+        env.path("whsec").display(),
+        &text[end..]
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // Every commit of a sink's acknowledgement fails, as on a full disk.
+    let mut d = env.spawn(&cfg, Some("error@record_sink_ack"));
+    receiver.wait_for(1).await;
+    let posts = receiver.received().len();
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(8)).await;
+    let posts = receiver.received().len() - posts;
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    assert_eq!(terminate(&mut d), 0);
+    // 1 s doubling to 5 min: 1+2+4 s fit in 8 s, not 1,200 a second.
+    assert!(
+        posts <= 5,
+        "{posts} signed POSTs carrying the secret in 8 s"
+    );
+    assert!(
+        lines_with(&new_lines, "ERROR") <= 6,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 8 s");
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key kept"
+    );
+}

@@ -782,6 +782,24 @@ impl Daemon {
     /// `rekey retry` / `rekey abandon`: answered from a task (abandon may
     /// call the provider to delete an unpublished key).
     fn handle_command(self: &Arc<Self>, req: CommandRequest) {
+        // Abandon deletes an unacknowledged key: never while a step of the
+        // rotation is running (a sink could be receiving that key), and no
+        // drive starts while it runs.
+        if req.command == Command::Abandon
+            && !self
+                .driving
+                .lock()
+                .expect("lock")
+                .insert(req.rotation.clone())
+        {
+            let _ = req.reply.send(CommandReply::Refused {
+                message: format!(
+                    "rotation {} is running a step right now; try again in a moment",
+                    req.rotation
+                ),
+            });
+            return;
+        }
         let me = self.clone();
         self.tracker.spawn(async move {
             let rt = match me.engine.store.rotation(&req.rotation) {
@@ -795,8 +813,13 @@ impl Daemon {
             let reply = reply.unwrap_or_else(|e| CommandReply::Refused {
                 message: e.to_string(),
             });
-            if req.command == Command::Retry {
-                me.held.lock().expect("lock").remove(&req.rotation);
+            match req.command {
+                Command::Retry => {
+                    me.held.lock().expect("lock").remove(&req.rotation);
+                }
+                Command::Abandon => {
+                    me.driving.lock().expect("lock").remove(&req.rotation);
+                }
             }
             tracing::info!(rotation = %req.rotation.escape_debug(), command = req.command.as_str(), reply = ?reply, "rotation command");
             let _ = req.reply.send(reply);
@@ -837,6 +860,8 @@ impl Daemon {
                 return;
             }
         };
+        // Whatever was held back (a policy that was missing) gets a fresh try.
+        self.held.lock().expect("lock").clear();
         // Rotations of policies that disappear finish with the old runtime.
         if let Ok(active) = self.engine.store.active_rotations() {
             let mut retained = self.retained.lock().expect("lock");
@@ -859,6 +884,7 @@ impl Daemon {
             .filter(|p| cfg.policy(&p.name).is_none())
         {
             self.engine.metrics.remove_policy(&p.name);
+            let _ = self.engine.store.clear_conditions(&p.name);
         }
         *self.runtime.write().expect("runtime lock") = rt.clone();
         let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();

@@ -1498,6 +1498,14 @@ impl Engine {
             match sink.publish(&p).await {
                 Ok(detail) => {
                     failpoint::hit("after_publish");
+                    if failpoint::error("record_sink_ack") {
+                        return Err(EngineError::Store(StoreError::Sql(
+                            rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                                Some("database or disk is full (failpoint)".into()),
+                            ),
+                        )));
+                    }
                     let expected = sink.expected_fingerprint(&secret);
                     self.store.record_sink_ack(
                         &row.id,
