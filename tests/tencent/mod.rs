@@ -700,3 +700,55 @@ create = {{ usage_plans = ["usagePlan-b"] }}
     assert_eq!(emu.stats()["DeleteApiKey"].ok, 1);
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bind_answered_with_an_error_envelope_is_counted_by_its_code_not_as_200() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let o = emu.options();
+    let cfg = support::tencent_config(
+        &emu.endpoint(),
+        &o.region,
+        &o.secret_id,
+        o.secret_key.expose(),
+    );
+    let metrics = rekey::metrics::Metrics::new();
+    let http = rekey::provider::http::ProviderHttp::new(&cfg, metrics.clone()).unwrap();
+    let p = rekey::provider::tencent::TencentProvider::new(&cfg, http).unwrap();
+    let params = plans(&["usagePlan-a"]);
+    let new = p
+        .create(&CreateRequest {
+            name: "app-main-20260101-r1",
+            params: &params,
+        })
+        .await
+        .unwrap();
+    let id = new.id.clone().unwrap();
+    p.after_create(&id, None, &params).await.unwrap();
+    // Again: the API answers HTTP 200 with AlreadyBindUsagePlan.
+    p.after_create(&id, None, &params).await.unwrap();
+    let text = metrics.render();
+    let line = |code: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("rekey_provider_requests_total")
+                    && l.contains(r#"operation="bind""#)
+                    && l.contains(&format!(r#"code="{code}""#))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(line("200").as_deref(), Some("1"), "{text}");
+    assert_eq!(
+        line("UnsupportedOperation.AlreadyBindUsagePlan").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    emu.shutdown().await;
+}
