@@ -51,6 +51,11 @@ pub struct Metrics {
     pub step_failures: IntCounterVec,
     /// `rekey_build_info{version}`, always 1.
     pub build_info: GaugeVec,
+    /// `rekey_outbox_depth{target}`: events a notification target has not
+    /// received yet.
+    pub outbox_depth: GaugeVec,
+    /// `rekey_dead_letters{target}`: events a target never accepted.
+    pub dead_letters: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -171,12 +176,30 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
+        let outbox_depth = GaugeVec::new(
+            Opts::new(
+                "rekey_outbox_depth",
+                "Events not yet delivered to the notification target.",
+            ),
+            &["target"],
+        )
+        .expect("metric");
+        let dead_letters = GaugeVec::new(
+            Opts::new(
+                "rekey_dead_letters",
+                "Events the notification target never accepted after every retry.",
+            ),
+            &["target"],
+        )
+        .expect("metric");
         for c in [
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
             Box::new(condition.clone()),
             Box::new(oldest_unfinished.clone()),
             Box::new(step_failures.clone()),
             Box::new(build_info.clone()),
+            Box::new(outbox_depth.clone()),
+            Box::new(dead_letters.clone()),
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -199,6 +222,8 @@ impl Metrics {
             oldest_unfinished,
             step_failures,
             build_info,
+            outbox_depth,
+            dead_letters,
             policies: Arc::default(),
             rendered: Arc::default(),
         }

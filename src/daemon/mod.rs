@@ -719,6 +719,20 @@ impl Daemon {
                 tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
             }
         }
+        let m = &self.engine.metrics;
+        let rows = self.engine.store.outbox_state().unwrap_or_default();
+        for target in rt.config.notify.keys() {
+            let (depth, dead) = rows
+                .iter()
+                .find(|r| &r.0 == target)
+                .map_or((0, 0), |r| (r.1, r.2));
+            m.outbox_depth
+                .with_label_values(&[target.as_str()])
+                .set(depth as f64);
+            m.dead_letters
+                .with_label_values(&[target.as_str()])
+                .set(dead as f64);
+        }
     }
 
     /// When the last check or rotation step finishes, hand freed heap back

@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
 use super::report::{
-    CommandReply, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
+    CommandReply, KeyState, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
     RotationSummary, StatusHandle,
 };
 use crate::clock::SharedClock;
@@ -555,6 +555,41 @@ impl Engine {
     fn raise_expiring(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
         const THRESHOLDS: &[(&str, i64)] = &[("7d", 7 * 86400), ("1d", 86400), ("1h", 3600)];
         let now = self.now();
+        // Older live keys rekey is not retiring (`stale`) expire too, and
+        // whoever still uses one breaks: tell once per threshold.
+        for l in &plan.lineages {
+            for (k, _) in l.keys.iter().filter(|(_, st)| *st == KeyState::Stale) {
+                let Some(exp) = k.key.expires_at else {
+                    continue;
+                };
+                let left = exp - now;
+                let Some((label, _)) = THRESHOLDS
+                    .iter()
+                    .rev()
+                    .find(|(_, s)| left <= ChronoDuration::seconds(*s))
+                else {
+                    continue;
+                };
+                let ev = Event::new(
+                    "key.expiring",
+                    now,
+                    Some(&policy.name),
+                    None,
+                    serde_json::json!({
+                        "policy": policy.name, "lineage": l.name, "provider": policy.provider,
+                        "key_id": k.key.id, "key_name": k.key.name, "expires_at": exp,
+                        "threshold": label, "state": "stale",
+                    }),
+                );
+                if self
+                    .store
+                    .note_expiring(&policy.name, &k.key.id, label, &ev)?
+                {
+                    tracing::warn!(policy = %policy.name, lineage = %l.name, key = %k.key.id.escape_debug(), threshold = label, "a stale key (not the lineage's current key) is expiring; rekey does not rotate it");
+                    self.wake_notify.notify_one();
+                }
+            }
+        }
         for l in &plan.lineages {
             let stuck = policy.mode == Mode::Observe
                 || matches!(l.health, Health::Failing | Health::Expired)

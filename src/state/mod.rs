@@ -441,6 +441,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Per notification target: events not yet delivered (the outbox
+    /// depth) and dead letters. Read-only; a target that never ran has no
+    /// row yet.
+    pub fn outbox_state(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT d.target,
+                    MAX(0, (SELECT COALESCE(MAX(seq), 0) FROM events) - d.cursor),
+                    (SELECT COUNT(*) FROM dead_letters x WHERE x.target = d.target)
+             FROM deliveries d ORDER BY d.target",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Record that `key.expiring` for this threshold went out (same
     /// transaction as the event). Returns false if it already had.
     pub fn note_expiring(
