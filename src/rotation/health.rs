@@ -255,7 +255,11 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
                 Condition::NextKeyMissing,
                 format!("rotation {} ended: {what}", l.id),
             ));
-        } else if f.due || (l.created_at.is_some() && l.published_at.is_none()) {
+        } else if f.due
+            || (l.created_at.is_some()
+                && l.published_at.is_none()
+                && l.error_class.as_deref() != Some("abandoned"))
+        {
             // 5: it failed and nothing replaced it.
             conditions.push((
                 Condition::StepFailing,
