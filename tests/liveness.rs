@@ -347,3 +347,67 @@ async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_sec
         "old key kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_policy_was_absent_resumes_when_a_reload_brings_it_back() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    env.emu.insert_key(
+        "svc-a",
+        chrono::Utc::now() - chrono::Duration::days(1),
+        Some(chrono::Utc::now() + chrono::Duration::days(29)),
+    );
+    let cfg = env.config("later/{lineage}.env", "max_attempts = 100");
+    let with_policy = std::fs::read_to_string(&cfg).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "a rotation waiting on its sink",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Created && r.failures > 0)
+        },
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    // Restart with the policy gone (another policy keeps the daemon busy).
+    let start = with_policy.find("[[policy]]").unwrap();
+    let other = format!(
+        "{}[[policy]]\nname = \"svc\"\nprovider = \"ob\"\nmatch = \"svc-*\"\nschedule = \"0 0 * * * *\"\nrotate_before_expiry = \"7d\"\nsinks = [\"files\"]\ncreate = {{ action = \"read\" }}\n",
+        &with_policy[..start]
+    );
+    std::fs::write(&cfg, &other).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "the orphaned rotation to be noticed",
+        Duration::from_secs(30),
+        |e| e.log().contains("it resumes when the policy returns"),
+    )
+    .await;
+    // The policy comes back with a schedule change for `svc`; the sink works now.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let back = with_policy.clone()
+        + "\n[[policy]]\nname = \"svc\"\nprovider = \"ob\"\nmatch = \"svc-*\"\nschedule = \"0 30 * * * *\"\nrotate_before_expiry = \"7d\"\nsinks = [\"files\"]\ncreate = { action = \"read\" }\n";
+    std::fs::write(&cfg, back).unwrap();
+    unsafe {
+        libc::kill(d.id() as i32, libc::SIGHUP);
+    }
+    env.wait_for(
+        "the rotation to publish after the reload",
+        Duration::from_secs(30),
+        |e| e.rotations().iter().any(|r| r.published_at.is_some()),
+    )
+    .await;
+    // The changed schedule's next check is what status shows.
+    let next = env
+        .store()
+        .unwrap()
+        .policy_state("svc")
+        .unwrap()
+        .unwrap()
+        .next_check_at
+        .unwrap();
+    assert_eq!(next.format("%M:%S").to_string(), "30:00", "{next}");
+    assert_eq!(terminate(&mut d), 0);
+}
