@@ -411,3 +411,81 @@ async fn a_rotation_whose_policy_was_absent_resumes_when_a_reload_brings_it_back
     assert_eq!(next.format("%M:%S").to_string(), "30:00", "{next}");
     assert_eq!(terminate(&mut d), 0);
 }
+
+/// libfaketime's preload library, when Debian's `faketime` is installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    crate::support::require_tool("faketime", "wall-clock jumps under libfaketime")?;
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_checks() {
+    let Some(lib) = libfaketime() else { return };
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("keys/{lineage}.env", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grace_period = \"2s\"", "grace_period = \"1h\"");
+    std::fs::write(&cfg, text).unwrap();
+    let offset = env.path("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let mut d = Command::new(BIN)
+        .args(["--log-level", "rekey=debug,info", "run", "-c"])
+        .arg(&cfg)
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        // Only the wall clock is faked: the boot clock is the real one.
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.wait_for(
+        "the new key to be published",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Retiring)
+        },
+    )
+    .await;
+    // +1 day on the wall clock: the grace (1 h) must not end.
+    std::fs::write(&offset, "+1d\n").unwrap();
+    env.wait_for(
+        "the daemon to notice the step",
+        Duration::from_secs(30),
+        |e| e.log().contains("the wall clock stepped"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key deleted after a wall-clock jump\n{}",
+        tail(&env.log(), 30)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    // −1 day: checks (every second) go on.
+    std::fs::write(&offset, "-1d\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let checks = lines_with(&env.log(), "check done");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        lines_with(&env.log(), "check done") >= checks + 2,
+        "checks stalled after a backward jump\n{}",
+        tail(&env.log(), 30)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    assert_eq!(terminate(&mut d), 0);
+}
