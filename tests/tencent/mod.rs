@@ -752,3 +752,71 @@ async fn a_bind_answered_with_an_error_envelope_is_counted_by_its_code_not_as_20
     );
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sink_that_keeps_failing_never_makes_the_daemon_bind_again() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into(), "usagePlan-b".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key(
+        "svc-main",
+        Utc::now() - chrono::Duration::days(40),
+        &["usagePlan-a"],
+    )
+    .unwrap();
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{{dir}}/tc-id" }}
+secret_key = {{ file = "{{dir}}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/missing/{{lineage}}.env"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+max_attempts = 100
+sinks = ["out"]
+create = {{ usage_plans = ["usagePlan-b"] }}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    );
+    let daemon = support::start_daemon(
+        &config,
+        &[("tc-id", &o.secret_id), ("tc-key", o.secret_key.expose())],
+    );
+    let started = std::time::Instant::now();
+    // The sink fails (its directory is missing) for 7 s: several tries.
+    let (_, dir) = daemon
+        .until(|| started.elapsed() > std::time::Duration::from_secs(7))
+        .await;
+    let store = rekey::state::Store::open_read_only(&dir.path().join("state.db")).unwrap();
+    let r = store.history(None, 1).unwrap()[0].clone();
+    let tries = store.sink_acks(&r.id).unwrap()[0].attempts;
+    assert!(tries >= 2, "the sink was tried {tries} times");
+    // Two plans, each bound once: the bind is committed, not redone per try.
+    assert_eq!(emu.stats()["BindSecretIds"].requests, 2);
+    assert!(r.prepared_at.is_some());
+    emu.shutdown().await;
+}
