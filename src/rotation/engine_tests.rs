@@ -420,7 +420,7 @@ async fn old_key_survives_when_a_sink_fails_and_the_next_check_finishes_the_rota
     h.drive(h.clock.now()).await;
     let r2 = h.engine.store.history(None, 1).unwrap()[0].clone();
     assert_eq!(r2.id, r.id);
-    assert_eq!(r2.state, RotationState::Completed);
+    assert_eq!(r2.state, RotationState::Completed, "{r2:#?}");
     assert_eq!(h.fake.names(), vec![r.new_key_name.clone().unwrap()]);
 }
 
@@ -1005,6 +1005,8 @@ async fn grace_longer_than_the_next_keys_life_is_cut_short_once_the_old_key_expi
     h.drive(h.clock.now()).await;
     let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
     assert_eq!(done.state, RotationState::Completed, "grace cut short");
+    // The next listing (one that began after the rotation finished) plans.
+    h.clock.advance(Duration::seconds(1));
     h.check().await;
     assert_ne!(h.latest().id, r.id, "the next rotation started");
 }

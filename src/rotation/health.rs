@@ -14,7 +14,7 @@
 //! | # | condition          | holds when                                                            | health    |
 //! |---|--------------------|-----------------------------------------------------------------------|-----------|
 //! | 1 | `unknown_time`     | a key of the lineage carries a time rekey cannot parse                | `failing` |
-//! | 2 | `unsafe_name`, `unrecognised_key`, `conflict` | reported by the planner (ownership rules)  | `failing` |
+//! | 2 | `unsafe_name`, `unrecognised_key`, `conflict` | reported by the planner (ownership rules)  | `failing` (`conflict`: `misconfigured`) |
 //! | 3 | `key_expired`      | the key consumers use (the current key) has passed its expiry         | `expired` |
 //! | 4 | `retire_failing`   | the old key's delete (or its checks) failed [`FAILING_AFTER`] times   | `failing` |
 //! | 5 | `step_failing`     | a step of the active rotation failed [`FAILING_AFTER`] times, or the latest rotation failed and the lineage is still due | `failing` |
@@ -134,21 +134,26 @@ impl Condition {
     pub fn health(self) -> Health {
         match self {
             Condition::KeyExpired => Health::Expired,
+            // Two owners for one key: the configuration must change.
+            Condition::Conflict => Health::Misconfigured,
             _ => Health::Failing,
         }
     }
 
-    /// The event (DESIGN §5) sent once when the condition starts to hold.
-    pub fn event(self) -> &'static str {
+    /// The event (DESIGN §5) sent once when the condition starts to hold;
+    /// `None` for `unrecognised_key`, whose `key.unrecognised` the engine
+    /// sends once per key instead (each key is its own finding).
+    pub fn event(self) -> Option<&'static str> {
         match self {
-            Condition::KeyExpired => "key.expired",
-            Condition::RetireFailing => "retire.failing",
-            Condition::NextKeyMissing => "key.missing",
-            Condition::UnrecognisedKey | Condition::UnsafeName => "key.unrecognised",
+            Condition::KeyExpired => Some("key.expired"),
+            Condition::RetireFailing => Some("retire.failing"),
+            Condition::NextKeyMissing => Some("key.missing"),
+            Condition::UnrecognisedKey => None,
+            Condition::UnsafeName => Some("key.unrecognised"),
             Condition::StepFailing
             | Condition::RotationStuck
             | Condition::Conflict
-            | Condition::UnknownTime => "rotation.stuck",
+            | Condition::UnknownTime => Some("rotation.stuck"),
         }
     }
 }
