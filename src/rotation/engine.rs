@@ -1991,7 +1991,23 @@ impl Engine {
         }
         // Always ask for the delete, even when the listing did not show the
         // old key: offset paging can skip a key, and a 404 counts as done.
-        let outcome = match self.delete_key(rt, &provider, &old_id).await {
+        // Unbind and disable (Tencent) once: committed, so a delete that
+        // keeps failing does not redo them on every try.
+        if caps.disable_before_delete && row.old_disabled_at.is_none() {
+            if let Err(e) = provider.before_delete(&old_id).await {
+                return self.on_failure(
+                    policy,
+                    row,
+                    "disabling the old key",
+                    &e.to_string(),
+                    true,
+                    e.retry_after(),
+                    true,
+                );
+            }
+            self.store.record_old_disabled(&row.id, self.now())?;
+        }
+        let outcome = match provider.delete(&old_id).await {
             Ok(o) => o,
             Err(e) => {
                 return self.on_failure(
