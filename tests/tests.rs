@@ -11,5 +11,7 @@ mod liveness;
 mod notify;
 mod oceanbase;
 mod ops;
+mod ownership;
 mod sinks;
 mod tencent;
+mod untrusted;
