@@ -747,7 +747,13 @@ async fn the_next_key_vanishing_in_grace_ends_the_rotation_keeps_the_old_key_and
         .keys
         .retain(|k| k.0.name != new_name);
     h.clock.advance(Duration::hours(2));
-    h.run_for(Duration::minutes(10), Duration::zero()).await;
+    // Missing for a few minutes is not yet proof (lists can lag).
+    h.run_for(Duration::minutes(5), Duration::seconds(1)).await;
+    assert_eq!(
+        h.engine.store.rotation(&r.id).unwrap().unwrap().state,
+        RotationState::Retiring
+    );
+    h.run_for(Duration::minutes(30), Duration::seconds(1)).await;
     let r = h.engine.store.rotation(&r.id).unwrap().unwrap();
     assert_eq!(r.state, RotationState::Failed);
     assert_eq!(r.error_class.as_deref(), Some("next_key_missing"));
@@ -1133,7 +1139,9 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
 /// whose answers are lost and time passing, no key is ever deleted unless
 /// the store recorded it as the old key of a published rotation of that
 /// same policy and lineage, or as an abandoned create attempt of that
-/// policy. Configs whose globs overlap are refused instead.
+/// policy, or (issue 11, with operators abandoning rotations at random) as
+/// the next key of an abandoned rotation of that policy that no sink ever
+/// acknowledged. Configs whose globs overlap are refused instead.
 #[tokio::test]
 async fn no_key_is_deleted_that_the_store_does_not_say_its_policy_may_delete() {
     use rand::{Rng, SeedableRng};
@@ -1244,6 +1252,15 @@ create = {{ action = "read" }}
             for p in ["pa", "pb"] {
                 let _ = h.engine.check_policy(&h.rt, p).await;
             }
+            // An operator abandons a rotation now and then (issue 11): here
+            // mostly one still creating, whose open attempt the orphan rules
+            // then resolve; the unacknowledged-next-key delete has its own
+            // tests above.
+            if rng.random_bool(0.3)
+                && let Some(r) = h.engine.store.active_rotations().unwrap().first()
+            {
+                let _ = h.engine.abandon(&h.rt, &r.id).await;
+            }
             let until = h.clock.now() + Duration::minutes(5);
             h.drive(until).await;
             remember(&h, &mut names);
@@ -1278,7 +1295,15 @@ create = {{ action = "read" }}
                     .iter()
                     .any(|a| a.state != "created" && a.name == name)
                     && policy.matches(&name);
-                old_key || orphan
+                // Issue 11: the next key of an abandoned rotation that no
+                // sink ever acknowledged.
+                let abandoned = r.error_class.as_deref() == Some("abandoned")
+                    && r.published_at.is_none()
+                    && (r.new_key_id.as_deref() == Some(id.as_str())
+                        || r.new_key_name.as_deref() == Some(name.as_str()))
+                    && !store.any_sink_acked(&r.id).unwrap()
+                    && policy.matches(&name);
+                old_key || orphan || abandoned
             });
             assert!(
                 licensed,
