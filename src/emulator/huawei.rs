@@ -22,7 +22,7 @@
 //! `host` and `x-sdk-date` signed and `X-Sdk-Date` within 15 minutes.
 //! Failures answer 401 `BCS.03401001`. The project id in the path must be
 //! 32 characters (else 400 `BCS.03400001`) and the emulator's (else 401).
-//! Throttling answers 429 `APIGW.0308` (per operation); `--error-rate`
+//! Throttling answers 429 `APIG.0308` (per operation); `--error-rate`
 //! answers 500 `BCS.03500001`. Error bodies are `{code, error_code,
 //! error_msg, message}` with `code` as a string.
 //!
@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::common::{self, Server};
+use super::sig::{self, huawei as hsig};
 use super::{TokenBucket, admin_allowed, parse_rate};
-use crate::provider::huawei_sign;
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8481";
@@ -66,6 +66,8 @@ pub const DEFAULT_SECRET_KEY: &str = "rekey-emulator-huawei-secret-key";
 pub const REGION: &str = "ap-southeast-3";
 /// `X-Sdk-Date` may be this far from the emulator's clock.
 pub const MAX_SDK_SKEW: Duration = Duration::from_secs(15 * 60);
+/// `X-Sdk-Date` format (UTC), PROTOCOLS §3.2.
+pub const SDK_DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_OFFSET: usize = 1000;
 const MAX_PAGE: usize = 100;
@@ -511,9 +513,8 @@ fn authenticate(
     let Some(auth) = hdr(headers, "authorization") else {
         return Err("request has neither X-Auth-Token nor an AK/SK signature");
     };
-    let p =
-        huawei_sign::parse_authorization(auth).ok_or("malformed SDK-HMAC-SHA256 Authorization")?;
-    if p.access_key != opts.access_key {
+    let p = hsig::parse(auth).ok_or("malformed SDK-HMAC-SHA256 Authorization")?;
+    if p.access != opts.access_key {
         return Err("unknown access key");
     }
     if !p.signed_headers.iter().any(|h| h == "host")
@@ -522,42 +523,30 @@ fn authenticate(
         return Err("host and x-sdk-date must be signed");
     }
     let date = hdr(headers, "x-sdk-date").ok_or("X-Sdk-Date is missing")?;
-    let when = chrono::NaiveDateTime::parse_from_str(date, huawei_sign::DATE_FORMAT)
+    let when = chrono::NaiveDateTime::parse_from_str(date, SDK_DATE_FORMAT)
         .map_err(|_| "X-Sdk-Date is not YYYYMMDDTHHMMSSZ")?
         .and_utc();
     let skew = (now - when).num_seconds().unsigned_abs();
     if skew > MAX_SDK_SKEW.as_secs() {
         return Err("X-Sdk-Date is more than 15 minutes from the server time");
     }
-    let mut signed: Vec<(&str, &str)> = Vec::new();
+    // Exactly the headers the client lists, content-type included when it
+    // is listed (the official Python SDK signs it).
+    let mut values: Vec<&str> = Vec::new();
     for h in &p.signed_headers {
-        let v = hdr(headers, h).ok_or("a signed header is missing")?;
-        signed.push((h.as_str(), v));
+        values.push(hdr(headers, h).ok_or("a signed header is missing")?);
     }
-    let decoded_path = path
-        .split('/')
-        .map(|s| common::percent_decode(s, false))
-        .collect::<Option<Vec<_>>>()
-        .ok_or("bad escape in the path")?
-        .join("/");
-    let pairs = common::query_pairs(query).ok_or("bad escape in the query")?;
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let expected = huawei_sign::sign(
-        &p.access_key,
+    let expected = hsig::expected(
         opts.secret_key.expose(),
+        &p,
         date,
-        &huawei_sign::SignInput {
-            method: method.as_str(),
-            path: &decoded_path,
-            query: &pairs,
-            headers: &signed,
-            body,
-        },
+        method.as_str(),
+        path,
+        query,
+        &values,
+        &hsig::body_hash(body, hdr(headers, "x-sdk-content-sha256")),
     );
-    if tc3_eq(&expected.signature, &p.signature) {
+    if sig::same(&expected, &p.signature) {
         Ok(())
     } else {
         Err("verify aksk signature fail")
@@ -565,7 +554,7 @@ fn authenticate(
 }
 
 fn tc3_eq(a: &str, b: &str) -> bool {
-    crate::provider::tc3::constant_time_eq(a, b)
+    sig::same(a, b)
 }
 
 fn count(st: &mut St, op: &'static str, f: impl FnOnce(&mut OpStats)) {
@@ -613,7 +602,7 @@ fn forced_response(f: &ForcedFault) -> Response {
     let (code, msg) = match f.status {
         401 => ("BCS.03401001", "Authorization failed."),
         429 => (
-            "APIGW.0308",
+            "APIG.0308",
             "The throttling threshold has been reached: policy user over ratelimit",
         ),
         400..=499 => ("BCS.03400001", "Invalid request."),
@@ -747,7 +736,7 @@ fn nes(
         _ => {
             return (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error_code": "APIGW.0101", "error_msg": "The API does not exist or has not been published in the environment"})),
+                Json(json!({"error_code": "APIG.0101", "error_msg": "The API does not exist or has not been published in the environment"})),
             )
                 .into_response();
         }
@@ -760,7 +749,7 @@ fn nes(
         _ => {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                Json(json!({"error_code": "APIGW.0101", "error_msg": "method not allowed"})),
+                Json(json!({"error_code": "APIG.0101", "error_msg": "method not allowed"})),
             )
                 .into_response();
         }
@@ -798,7 +787,7 @@ fn nes(
             });
             return nes_error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "APIGW.0308",
+                "APIG.0308",
                 "The throttling threshold has been reached: policy user over ratelimit",
                 "",
             );

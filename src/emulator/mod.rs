@@ -22,6 +22,7 @@
 pub mod common;
 pub mod huawei;
 pub mod oceanbase;
+pub mod sig;
 pub mod tencent;
 
 use std::net::SocketAddr;

@@ -58,8 +58,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{self, Server};
+use super::sig::{self, tc3};
 use super::{TokenBucket, admin_allowed, parse_rate};
-use crate::provider::tc3;
 use crate::secret::Secret;
 
 pub const DEFAULT_SECRET_ID: &str = "AKIDrekeyEmulator00000000000000000000";
@@ -550,7 +550,7 @@ fn authenticate(
             "Authorization header is missing",
         )
     })?;
-    let parsed = tc3::parse_authorization(auth).ok_or_else(|| {
+    let parsed = tc3::parse(auth).ok_or_else(|| {
         fail(
             "AuthFailure.InvalidAuthorization",
             "Authorization is not a valid TC3-HMAC-SHA256 header",
@@ -585,7 +585,7 @@ fn authenticate(
             "The provided credentials could not be validated. Please check your signature is correct.",
         )
     };
-    if tc3::utc_date(timestamp).as_deref() != Some(parsed.date.as_str()) {
+    if tc3::date_of(timestamp).as_deref() != Some(parsed.date.as_str()) {
         return Err(mismatch());
     }
     if !parsed.signed_headers.iter().any(|h| h == "content-type")
@@ -593,30 +593,26 @@ fn authenticate(
     {
         return Err(mismatch());
     }
-    let mut signed: Vec<(&str, &str)> = Vec::new();
+    let mut values: Vec<&str> = Vec::new();
     for h in &parsed.signed_headers {
-        let v = header(headers, h).ok_or_else(mismatch)?;
-        signed.push((h.as_str(), v));
+        values.push(header(headers, h).ok_or_else(mismatch)?);
     }
-    let expected = tc3::sign(
-        &parsed.secret_id,
+    let expected = tc3::expected(
         opts.secret_key.expose(),
-        &tc3::SignInput {
-            method: "POST",
-            canonical_query: "",
-            headers: &signed,
-            payload: body,
-            timestamp,
-            service: SERVICE,
-        },
-    )
-    .ok_or_else(mismatch)?;
-    if !tc3::constant_time_eq(&expected.signature, &parsed.signature) {
+        &parsed,
+        timestamp,
+        "POST",
+        "",
+        &values,
+        &tc3::payload_hash(body, header(headers, "x-tc-content-sha256")),
+    );
+    if !sig::same(&expected, &parsed.signature) {
         return Err(mismatch());
     }
     if region != opts.region {
+        // The SDK's error list for these actions names this code.
         return Err(fail(
-            "UnsupportedRegion",
+            "InvalidParameterValue.InvalidRegion",
             format!("The region {region} is not supported by this emulator"),
         ));
     }

@@ -214,6 +214,15 @@ struct TokenInfo {
 
 const MAX_MESSAGE: usize = 300;
 
+/// API Gateway (APIG) throttling codes in front of every Huawei Cloud API:
+/// `APIG.0308` "The throttling threshold has been reached" (Huawei's FAQ
+/// "APIG.0308报错处理方法" says retry after 2–5 s) whatever the status, and
+/// `APIG.0101` when it comes with HTTP 429 (the same code with 404 means "no
+/// such API", a refusal). A throttle means nothing happened.
+pub fn is_throttle(status: u16, code: &str) -> bool {
+    code == "APIG.0308" || (code == "APIG.0101" && status == 429)
+}
+
 fn clip(s: &str) -> String {
     if s.chars().count() <= MAX_MESSAGE {
         s.to_string()
@@ -414,7 +423,15 @@ impl HuaweiProvider {
             (None, None) => "no error body".into(),
         };
         let text = clip(&text);
+        let throttled = is_throttle(status, &code);
+        if throttled && status != 429 {
+            // The HTTP layer slows down on 429 by itself.
+            self.http.throttled(retry_after(&resp.headers));
+        }
         let kind = match status {
+            _ if throttled => ProviderErrorKind::RateLimited {
+                retry_after: retry_after(&resp.headers),
+            },
             401 | 403 => ProviderErrorKind::Auth(format!("HTTP {status} {code}: {text}")),
             429 => ProviderErrorKind::RateLimited {
                 retry_after: retry_after(&resp.headers),

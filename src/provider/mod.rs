@@ -111,6 +111,39 @@ pub struct ProviderError {
     pub operation: &'static str,
     pub kind: ProviderErrorKind,
     pub request_id: Option<String>,
+    /// The backend's own verdict on what the failure means, from its
+    /// vendor's error list; `None` leaves it to [`ProviderError::outcome`]'s
+    /// defaults for `kind`.
+    pub class: Option<Outcome>,
+}
+
+/// What a failed provider call means for the world, one classification per
+/// error (README "Providers" has each backend's table):
+///
+/// - `Retry`: transient and **nothing happened** (a connection that never
+///   opened, 429 or a vendor throttling code, a 5xx the vendor documents as
+///   "not processed"). Try again later; a create answered so did not create.
+/// - `Refused`: a definitive refusal, **nothing happened** (4xx, quota, auth,
+///   bad parameters). Retrying the same call will not help.
+/// - `Unknown`: the request may have taken effect (a timeout or reset after
+///   the request was sent, a 5xx on create, an answer that cannot be read).
+///   A create must be resolved by listing before another attempt; for a read
+///   it just means "try again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Retry,
+    Refused,
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Retry => "retry",
+            Outcome::Refused => "refused",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 fn describe(k: &ProviderErrorKind) -> String {
@@ -146,7 +179,53 @@ impl ProviderError {
             operation,
             kind,
             request_id: None,
+            class: None,
         }
+    }
+
+    /// Set the backend's classification (see [`Outcome`]).
+    pub fn with_class(mut self, class: Outcome) -> Self {
+        self.class = Some(class);
+        self
+    }
+
+    /// What the failure means (see [`Outcome`]): the backend's verdict when
+    /// it gave one, else by kind: throttling → `Retry`; auth, quota, invalid
+    /// parameters and any 4xx but 408/429 → `Refused`; timeouts, dropped
+    /// connections, 5xx, unreadable answers → `Unknown` (a backend marks a
+    /// connection that never opened as `Retry`).
+    pub fn outcome(&self) -> Outcome {
+        if let Some(c) = self.class {
+            return c;
+        }
+        match &self.kind {
+            ProviderErrorKind::RateLimited { .. } => Outcome::Retry,
+            ProviderErrorKind::Auth(_)
+            | ProviderErrorKind::Quota(_)
+            | ProviderErrorKind::Invalid(_) => Outcome::Refused,
+            ProviderErrorKind::Api { status, .. } => match *status {
+                429 | 408 => Outcome::Retry,
+                500.. => Outcome::Unknown,
+                _ => Outcome::Refused,
+            },
+            ProviderErrorKind::Timeout(_)
+            | ProviderErrorKind::Connect(_)
+            | ProviderErrorKind::Protocol(_)
+            | ProviderErrorKind::TooLarge(_) => Outcome::Unknown,
+        }
+    }
+
+    /// The provider slowed us down (429 or a throttling code). Such a
+    /// failure never counts against a rotation's `max_attempts`.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self.kind, ProviderErrorKind::RateLimited { .. })
+            || matches!(self.kind, ProviderErrorKind::Api { status: 429, .. })
+    }
+
+    /// The call certainly did nothing (`Retry` or `Refused`): a create that
+    /// failed so created no key, and needs no listing to find an orphan.
+    pub fn nothing_happened(&self) -> bool {
+        self.outcome() != Outcome::Unknown
     }
 
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
@@ -157,6 +236,11 @@ impl ProviderError {
     /// Whether trying again later can succeed (timeouts, connection errors,
     /// 429, 5xx) or a human must act (auth, 4xx, quota).
     pub fn is_retryable(&self) -> bool {
+        match self.class {
+            Some(Outcome::Retry) => return true,
+            Some(Outcome::Refused) => return false,
+            _ => {}
+        }
         match &self.kind {
             ProviderErrorKind::Timeout(_)
             | ProviderErrorKind::Connect(_)

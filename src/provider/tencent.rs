@@ -65,8 +65,8 @@ use zeroize::Zeroizing;
 
 use super::http::{ProviderHttp, retry_after};
 use super::{
-    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
-    ProviderErrorKind, ProviderKey, tc3,
+    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Outcome, Provider,
+    ProviderError, ProviderErrorKind, ProviderKey, tc3,
 };
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
@@ -253,6 +253,33 @@ fn is_code(code: &str, family: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.'))
 }
 
+/// What an envelope code means for the world (see [`Outcome`]; the table
+/// in README "Providers"), from the official SDK's error lists
+/// (`tencentcloud/common/retry.py`, `apigateway/v20180808/errors.go`):
+///
+/// - `Retry`: `RequestLimitExceeded` and its `.UinLimitExceeded` /
+///   `.GlobalRegionUinLimitExceeded` (the SDK's retry list),
+///   `LimitExceeded.RequestLimitExceeded` (a rate limit despite its family),
+///   `FailedOperation.CamException` (the permission check failed before the
+///   action ran) and `ServiceUnavailable`.
+/// - `Unknown`: `InternalError[.*]` and `UnsupportedOperation.RequestPostError`
+///   (the gateway's internal call failed; the action may have run).
+/// - `Refused`: everything else, including `RequestLimitExceeded.IPLimitExceeded`
+///   (not in the SDK's retry list), quotas (`LimitExceeded.*`), auth and
+///   parameter errors.
+pub fn outcome_of(code: &str) -> Outcome {
+    match code {
+        "RequestLimitExceeded.IPLimitExceeded" => Outcome::Refused,
+        "LimitExceeded.RequestLimitExceeded"
+        | "FailedOperation.CamException"
+        | "ServiceUnavailable" => Outcome::Retry,
+        "UnsupportedOperation.RequestPostError" => Outcome::Unknown,
+        c if is_code(c, "RequestLimitExceeded") => Outcome::Retry,
+        c if is_code(c, "InternalError") => Outcome::Unknown,
+        _ => Outcome::Refused,
+    }
+}
+
 /// The error class of an envelope code (see the module doc).
 pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     let text = format!("{code}: {}", clip(message));
@@ -266,7 +293,7 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
             message: format!("{} (HTTP 200 error envelope)", clip(message)),
         };
     }
-    if is_code(code, "RequestLimitExceeded") {
+    if is_code(code, "RequestLimitExceeded") || code == "LimitExceeded.RequestLimitExceeded" {
         return ProviderErrorKind::RateLimited { retry_after: None };
     }
     if is_code(code, "LimitExceeded") {
@@ -274,8 +301,10 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     }
     let status = if is_code(code, "InternalError") {
         500
-    } else if code == "ServiceUnavailable" {
+    } else if code == "ServiceUnavailable" || code == "FailedOperation.CamException" {
         503
+    } else if code == "UnsupportedOperation.RequestPostError" {
+        502
     } else if is_code(code, "ResourceNotFound") {
         404
     } else {
@@ -381,8 +410,14 @@ impl TencentProvider {
     }
 
     fn failure(&self, operation: &'static str, f: ApiFailure) -> ProviderError {
-        self.error(operation, classify(&f.code, &f.message))
+        let kind = classify(&f.code, &f.message);
+        if matches!(kind, ProviderErrorKind::RateLimited { .. }) {
+            // Throttles come in HTTP 200 envelopes: slow the shared pace.
+            self.http.throttled(None);
+        }
+        self.error(operation, kind)
             .with_request_id(f.request_id)
+            .with_class(outcome_of(&f.code))
     }
 
     /// Sign and send one action. `Ok(Err(_))` is an error envelope, left
@@ -816,7 +851,7 @@ mod tests {
     use super::*;
 
     fn class(code: &str) -> (bool, &'static str) {
-        let e = ProviderError::new("gw", "op", classify(code, "m"));
+        let e = ProviderError::new("gw", "op", classify(code, "m")).with_class(outcome_of(code));
         let variant = match e.kind {
             ProviderErrorKind::Auth(_) => "auth",
             ProviderErrorKind::RateLimited { .. } => "rate",
@@ -860,6 +895,28 @@ mod tests {
         assert_eq!(class("InvalidParameter.FormatError"), (false, "api"));
         // A family name must be followed by a dot, not just any suffix.
         assert_eq!(class("AuthFailureX"), (false, "api"));
+    }
+
+    #[test]
+    fn rate_limits_and_transient_sdk_codes_are_retried_and_quotas_refused() {
+        assert_eq!(class("LimitExceeded.RequestLimitExceeded"), (true, "rate"));
+        assert_eq!(class("FailedOperation.CamException"), (true, "api"));
+        assert_eq!(
+            class("UnsupportedOperation.RequestPostError"),
+            (true, "api")
+        );
+        let o = |c: &str| outcome_of(c);
+        assert_eq!(o("LimitExceeded.RequestLimitExceeded"), Outcome::Retry);
+        assert_eq!(o("RequestLimitExceeded.UinLimitExceeded"), Outcome::Retry);
+        assert_eq!(o("FailedOperation.CamException"), Outcome::Retry);
+        assert_eq!(o("UnsupportedOperation.RequestPostError"), Outcome::Unknown);
+        assert_eq!(o("InternalError.ApigwException"), Outcome::Unknown);
+        assert_eq!(
+            o("LimitExceeded.ApiKeyCountLimitExceeded"),
+            Outcome::Refused
+        );
+        assert_eq!(o("RequestLimitExceeded.IPLimitExceeded"), Outcome::Refused);
+        assert_eq!(o("InvalidParameter.FormatError"), Outcome::Refused);
     }
 
     #[test]

@@ -54,9 +54,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
 use crate::metrics::Metrics;
-use crate::provider::{
-    CreateRequest, DeleteOutcome, ProviderError, ProviderErrorKind, ProviderKey, SharedProvider,
-};
+use crate::provider::{CreateRequest, DeleteOutcome, ProviderError, ProviderKey, SharedProvider};
 use crate::secret::SecretFields;
 use crate::sink::{Publication, ReadBack, SharedSink};
 use crate::state::seal::Sealer;
@@ -769,6 +767,40 @@ impl Engine {
         Ok(Step::Wait(next))
     }
 
+    /// [`Engine::on_failure`] for a provider error. A throttle (429 or a
+    /// vendor throttling code) waits for the provider without spending one
+    /// of the rotation's `max_attempts`.
+    fn on_provider_error(
+        &self,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+        what: &str,
+        e: &ProviderError,
+        never_give_up: bool,
+    ) -> Result<Step, EngineError> {
+        if e.is_throttled() {
+            let delay = self.backoff.delay(1, self.time_left(row), e.retry_after());
+            let next = self.now() + ChronoDuration::from_std(delay).unwrap_or_default();
+            self.store.record_step_wait(
+                &row.id,
+                &format!("{what}: {e}"),
+                "throttled",
+                Some(next),
+            )?;
+            tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, retry_in_ms = delay.as_millis() as u64, "{what}: the provider is throttling; waiting (not counted as a failed attempt)");
+            return Ok(Step::Wait(next));
+        }
+        self.on_failure(
+            policy,
+            row,
+            what,
+            &e.to_string(),
+            e.is_retryable(),
+            e.retry_after(),
+            never_give_up,
+        )
+    }
+
     async fn delete_key(
         &self,
         _rt: &Runtime,
@@ -806,13 +838,11 @@ impl Engine {
                                 tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = open.attempt, key = %k.id, "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
                             }
                             Err(e) => {
-                                return self.on_failure(
+                                return self.on_provider_error(
                                     policy,
                                     row,
                                     "cleaning up an abandoned create attempt",
-                                    &e.to_string(),
-                                    e.is_retryable(),
-                                    e.retry_after(),
+                                    &e,
                                     false,
                                 );
                             }
@@ -822,13 +852,11 @@ impl Engine {
                         .resolve_attempt(&row.id, open.attempt, true, None, now)?;
                 }
                 Err(e) => {
-                    return self.on_failure(
+                    return self.on_provider_error(
                         policy,
                         row,
                         "listing keys to resolve an abandoned create attempt",
-                        &e.to_string(),
-                        e.is_retryable(),
-                        e.retry_after(),
+                        &e,
                         false,
                     );
                 }
@@ -893,7 +921,9 @@ impl Engine {
             Err(e) => {
                 // Only a request we know never left leaves no key behind;
                 // anything else is resolved by listing before the next try.
-                let nothing_created = matches!(e.kind, ProviderErrorKind::Invalid(_));
+                // A definitive refusal or a throttle (429 included) means
+                // "not created": no listing for an orphan.
+                let nothing_created = e.nothing_happened();
                 self.store.resolve_attempt(
                     &row.id,
                     attempt,
@@ -902,15 +932,7 @@ impl Engine {
                     self.now(),
                 )?;
                 let row = self.store.rotation(&row.id)?.unwrap_or_else(|| row.clone());
-                self.on_failure(
-                    policy,
-                    &row,
-                    "create",
-                    &e.to_string(),
-                    e.is_retryable(),
-                    e.retry_after(),
-                    false,
-                )
+                self.on_provider_error(policy, &row, "create", &e, false)
             }
         }
     }
@@ -956,13 +978,11 @@ impl Engine {
                     }
                 },
                 Err(e) => {
-                    return self.on_failure(
+                    return self.on_provider_error(
                         policy,
                         &row,
                         "finding the new key's id",
-                        &e.to_string(),
-                        e.is_retryable(),
-                        e.retry_after(),
+                        &e,
                         false,
                     );
                 }
@@ -973,13 +993,11 @@ impl Engine {
             .after_create(&new_id, row.old_key_id.as_deref(), &policy.create)
             .await
         {
-            return self.on_failure(
+            return self.on_provider_error(
                 policy,
                 &row,
                 "preparing the new key (after_create)",
-                &e.to_string(),
-                e.is_retryable(),
-                e.retry_after(),
+                &e,
                 false,
             );
         }

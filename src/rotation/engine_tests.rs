@@ -31,6 +31,8 @@ struct FakeState {
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
+    /// How many list walks were asked for.
+    lists: u32,
 }
 
 #[derive(Clone)]
@@ -99,6 +101,7 @@ impl Provider for FakeProvider {
         &self,
         keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
+        self.st.lock().unwrap().lists += 1;
         Ok(self
             .st
             .lock()
@@ -461,6 +464,69 @@ async fn a_permanent_403_fails_at_once_and_deletes_nothing() {
     assert!(r.error.as_deref().unwrap().contains("403"));
     assert_eq!(h.fake.names(), vec!["app-a"]);
     assert!(h.fake.st.lock().unwrap().deleted.is_empty());
+}
+
+#[tokio::test]
+async fn throttled_creates_spend_no_attempts_and_walk_no_list() {
+    // Baseline: how many list walks a clean rotation takes.
+    let clean = harness("", None);
+    clean
+        .fake
+        .add("app-a", Duration::days(25), Duration::days(2));
+    clean.check().await;
+    clean.drive(clean.clock.now() + Duration::hours(2)).await;
+    let clean_lists = clean.fake.st.lock().unwrap().lists;
+
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    // Twice max_attempts (5) of 429s: none of them counts as a failure.
+    for _ in 0..10 {
+        h.fake
+            .st
+            .lock()
+            .unwrap()
+            .create_errors
+            .push(ProviderErrorKind::RateLimited {
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
+    }
+    h.check().await;
+    h.drive(h.clock.now() + Duration::hours(2)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Completed, "{r:#?}");
+    assert_eq!(r.failures, 0, "{r:#?}");
+    // A 429 on create means "not created": no walk looked for an orphan.
+    assert_eq!(h.fake.st.lock().unwrap().lists, clean_lists);
+}
+
+#[tokio::test]
+async fn an_unknown_create_outcome_walks_the_list_once_before_retrying() {
+    let clean = harness("", None);
+    clean
+        .fake
+        .add("app-a", Duration::days(25), Duration::days(2));
+    clean.check().await;
+    clean.drive(clean.clock.now() + Duration::hours(2)).await;
+    let clean_lists = clean.fake.st.lock().unwrap().lists;
+
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake
+        .st
+        .lock()
+        .unwrap()
+        .create_errors
+        .push(ProviderErrorKind::Api {
+            status: 503,
+            code: "Busy".into(),
+            message: "try later".into(),
+        });
+    h.check().await;
+    h.drive(h.clock.now() + Duration::hours(2)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Completed, "{r:#?}");
+    // A 5xx on create is an unknown outcome: exactly one extra walk.
+    assert_eq!(h.fake.st.lock().unwrap().lists, clean_lists + 1);
 }
 
 #[tokio::test]
