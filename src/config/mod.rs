@@ -128,6 +128,9 @@ pub enum ProviderKind {
     },
     Tencent {
         region: String,
+        /// Further regions whose usage plans are searched for a key's
+        /// bindings (the configured `region` always is).
+        regions: Vec<String>,
         secret_id: SecretRef,
         secret_key: SecretRef,
     },

@@ -42,6 +42,8 @@ pub struct RawProvider {
     pub access_key_secret: Option<S<RawSecretRef>>,
     // tencent-apigateway
     pub region: Option<S<String>>,
+    /// More regions searched for usage plans bound to a key.
+    pub regions: Option<S<Vec<String>>>,
     pub secret_id: Option<S<RawSecretRef>>,
     pub secret_key: Option<S<RawSecretRef>>,
     // huawei-nes

@@ -291,10 +291,13 @@ pub mod huawei {
         hex(&mac(secret_key.as_bytes(), &to_sign))
     }
 
-    /// The body hash, honouring `X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD`.
+    /// The body hash as the official SDKs compute it
+    /// (`huaweicloudsdkcore` `Signer._process_hash_payload`): an empty body
+    /// always hashes to SHA-256(""); otherwise `X-Sdk-Content-Sha256:
+    /// UNSIGNED-PAYLOAD` puts that literal string in place of the hash.
     pub fn body_hash(body: &[u8], content_sha256: Option<&str>) -> String {
         match content_sha256 {
-            Some(v) if v == UNSIGNED_PAYLOAD => UNSIGNED_PAYLOAD.to_string(),
+            Some(v) if v == UNSIGNED_PAYLOAD && !body.is_empty() => UNSIGNED_PAYLOAD.to_string(),
             _ => hex_sha256(body),
         }
     }

@@ -63,6 +63,8 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey, huawei_sign,
 };
+use crate::config::raw::{RawHuaweiAuth, RawProvider};
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{HuaweiAuth, ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
 
@@ -856,6 +858,96 @@ impl Provider for HuaweiProvider {
             404 => Ok(DeleteOutcome::NotFound),
             _ => Err(self.nes_error("delete", &resp)),
         }
+    }
+}
+
+/// The `huawei-nes` kind's config rules (see [`ProviderSpec`]): a 32-character
+/// `project_id` and one `auth` form (`token`, `iam`, `aksk`);
+/// `create.description` is refused (rekey names credentials through it).
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "huawei-nes"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://bcs.ap-southeast-3.myhuaweicloud.com"
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        cx.not_for_kind(&[
+            ("org_id", ProviderCx::span(&raw.org_id)),
+            ("access_key_id", ProviderCx::span(&raw.access_key_id)),
+            (
+                "access_key_secret",
+                ProviderCx::span(&raw.access_key_secret),
+            ),
+            ("region", ProviderCx::span(&raw.region)),
+            ("regions", ProviderCx::span(&raw.regions)),
+            ("secret_id", ProviderCx::span(&raw.secret_id)),
+            ("secret_key", ProviderCx::span(&raw.secret_key)),
+        ]);
+        let project = cx.required(&raw.project_id, "project_id").cloned();
+        let project = project.and_then(|p| {
+            let n = p.get_ref().chars().count();
+            if n != 32 {
+                cx.error_hint(
+                    p.span(),
+                    format!("Huawei project_id must be exactly 32 characters; this one has {n}"),
+                    "copy the project ID from the console's My Credentials → Projects page",
+                );
+                None
+            } else {
+                Some(p.get_ref().clone())
+            }
+        });
+        let auth = match cx.required(&raw.auth, "auth") {
+            None => None,
+            Some(a) => match a.get_ref() {
+                RawHuaweiAuth::Token(t) => cx.secret(t, "auth.token").map(HuaweiAuth::Token),
+                RawHuaweiAuth::Iam(i) => {
+                    let endpoint = cx.secret_url(&i.endpoint, "auth.iam.endpoint");
+                    let password = cx.secret(&i.password, "auth.iam.password");
+                    (|| {
+                        Some(HuaweiAuth::Iam {
+                            endpoint: endpoint?,
+                            domain: i.domain.get_ref().clone(),
+                            user: i.user.get_ref().clone(),
+                            password: password?,
+                        })
+                    })()
+                }
+                RawHuaweiAuth::Aksk(k) => {
+                    let ak = cx.secret(&k.access_key, "auth.aksk.access_key");
+                    let sk = cx.secret(&k.secret_key, "auth.aksk.secret_key");
+                    (|| {
+                        Some(HuaweiAuth::Aksk {
+                            access_key: ak?,
+                            secret_key: sk?,
+                        })
+                    })()
+                }
+            },
+        };
+        Some(ProviderKind::Huawei {
+            project_id: project?,
+            auth: auth?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["node_ids", "control_type", "allowlists", "eps_id"]
+    }
+
+    fn reserved_create_keys(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        // NES credentials have no name field: rekey names them through their
+        // description, so a `description` in `create` would collide with it.
+        &[(
+            "description",
+            "`create.description` cannot be set for a huawei-nes provider: rekey names each credential through its description",
+            "remove it; the key name (from name_template) becomes the description",
+        )]
     }
 }
 

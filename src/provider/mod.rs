@@ -312,6 +312,17 @@ pub trait Provider: Send + Sync {
 
 pub type SharedProvider = Arc<dyn Provider>;
 
+/// Every provider kind's config rules ([`crate::config::validate::ProviderSpec`]),
+/// each kept beside its client. A fourth provider adds its entry here, its
+/// arm in [`ProviderKind`] and in [`build`].
+pub static SPECS: &[&dyn crate::config::validate::ProviderSpec] =
+    &[&oceanbase::Spec, &tencent::Spec, &huawei::Spec];
+
+/// The spec of `kind = "…"`, if there is such a kind.
+pub fn spec(kind: &str) -> Option<&'static dyn crate::config::validate::ProviderSpec> {
+    SPECS.iter().copied().find(|s| s.kind() == kind)
+}
+
 /// Build the backend a provider config names.
 pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {
     let http = http::ProviderHttp::new(cfg, metrics.clone())?;

@@ -50,6 +50,8 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey,
 };
+use crate::config::raw::RawProvider;
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
 
@@ -929,6 +931,76 @@ pub fn failure(provider: &str, operation: &'static str, resp: &HttpResponse) -> 
         "provider call refused"
     );
     ProviderError::new(provider, operation, kind).with_request_id(Some(request_id))
+}
+
+/// The `oceanbase` kind's config rules (see [`ProviderSpec`]): `org_id`,
+/// `project_id`, the AccessKey pair for Digest auth; `create.action` (the
+/// permission of new keys) is required when rotating.
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "oceanbase"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://api-cloud.oceanbase.com"
+    }
+
+    fn has_expiry(&self) -> bool {
+        true
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        cx.not_for_kind(&[
+            ("region", ProviderCx::span(&raw.region)),
+            ("regions", ProviderCx::span(&raw.regions)),
+            ("secret_id", ProviderCx::span(&raw.secret_id)),
+            ("secret_key", ProviderCx::span(&raw.secret_key)),
+            ("auth", ProviderCx::span(&raw.auth)),
+        ]);
+        let org = cx
+            .required(&raw.org_id, "org_id")
+            .map(|s| s.get_ref().clone());
+        let proj = cx
+            .required(&raw.project_id, "project_id")
+            .map(|s| s.get_ref().clone());
+        let ak = cx
+            .required(&raw.access_key_id, "access_key_id")
+            .and_then(|s| cx.secret(s, "access_key_id"));
+        let sk = cx
+            .required(&raw.access_key_secret, "access_key_secret")
+            .and_then(|s| cx.secret(s, "access_key_secret"));
+        Some(ProviderKind::OceanBase {
+            org_id: org?,
+            project_id: proj?,
+            access_key_id: ak?,
+            access_key_secret: sk?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["action"]
+    }
+
+    fn check_create(
+        &self,
+        cx: &mut ProviderCx<'_, '_>,
+        create: &serde_json::Map<String, serde_json::Value>,
+        span: std::ops::Range<usize>,
+        rotate: bool,
+        unknown_reported: bool,
+    ) {
+        // A mistyped `action` was reported already, with its correction.
+        if rotate && !unknown_reported && !create.get("action").is_some_and(|a| a.is_string()) {
+            let what = cx.what.clone();
+            cx.error_hint(
+                span,
+                format!("{what}: OceanBase keys are created with a permission, and none is set"),
+                "add create = { action = \"read\" } (the permission the new keys get)",
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,18 +19,26 @@
 //!   `AccessKeyId`, `created_at` the `CreatedTime`. Keys never expire.
 //! - **after_create**: a key only works once bound to a usage plan. The new
 //!   key is bound (`BindSecretIds`) to every plan in the policy's
-//!   `create.usage_plans` and to every plan the old key is bound to;
-//!   `UnsupportedOperation.AlreadyBindUsagePlan` counts as done.
+//!   `create.usage_plans` and to every plan the old key is bound to. Any
+//!   `UnsupportedOperation.*` answer (the SDK lists both
+//!   `AlreadyBindUsagePlan` and `UnsupportedBindApiKey` for "already
+//!   bound") is settled by reading the plan's keys back.
 //! - **before_delete**: unbind the key from every plan it is bound to
 //!   (`UnBindSecretIds`), then `DisableApiKey` (already disabled counts as
-//!   done, checked by reading the key's status back).
+//!   done, checked by reading the key's status back). Any failed lookup
+//!   stops before the disable.
 //! - **delete**: `DeleteApiKey`; `ResourceNotFound.*` means already gone.
+//!   `UnsupportedOperation.ResourceIsInUse` is evidence of a binding in a
+//!   region rekey does not search: the key is re-enabled (`EnableApiKey`),
+//!   the error says so, and this process never disables that key again.
 //!
 //! # Finding a key's usage plans
 //!
 //! The API has no "plans of this key" call, and `before_delete` is given
 //! only the key id. So bindings are *discovered*: the provider lists every
-//! usage plan of the region (`DescribeUsagePlansStatus`, paged) plus the
+//! usage plan of the configured `region` and of each of the optional
+//! `regions` (`DescribeUsagePlansStatus`, paged, `X-TC-Region` per region)
+//! plus the
 //! plans it has seen in `create.usage_plans` since it started, and asks each
 //! plan for its keys (`DescribeUsagePlanSecretIds`, paged). This survives
 //! restarts (nothing is remembered that the API cannot tell again) and
@@ -68,6 +76,8 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Outcome, Provider,
     ProviderError, ProviderErrorKind, ProviderKey, tc3,
 };
+use crate::config::raw::RawProvider;
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
 
@@ -83,10 +93,28 @@ pub const PAGE_LIMIT: usize = 100;
 /// Where a Unix timestamp for `X-TC-Timestamp` comes from (tests skew it).
 pub type TimestampSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// A usage plan: plans live in a region.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Plan {
+    pub region: String,
+    pub id: String,
+}
+
+impl Plan {
+    fn new(region: &str, id: &str) -> Self {
+        Plan {
+            region: region.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
 /// Tencent Cloud API Gateway keys through API 3.0.
 pub struct TencentProvider {
     http: ProviderHttp,
     region: String,
+    /// Further regions searched for usage plans (config `regions`).
+    extra_regions: Vec<String>,
     secret_id: Secret,
     secret_key: Secret,
     /// `Host` as sent and signed: the endpoint's host, with its port when
@@ -97,6 +125,9 @@ pub struct TencentProvider {
     /// Usage plans named by policies' `create.usage_plans` since start; a
     /// hint added to the plans the API lists, never the only source.
     known_plans: Mutex<BTreeSet<String>>,
+    /// Keys whose delete answered `ResourceIsInUse` (bound to a plan no
+    /// searched region shows): never disabled again by this process.
+    unseen_bound: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for TencentProvider {
@@ -365,6 +396,7 @@ impl TencentProvider {
     pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
         let ProviderKind::Tencent {
             region,
+            regions,
             secret_id,
             secret_key,
         } = &cfg.kind
@@ -390,12 +422,14 @@ impl TencentProvider {
         Ok(TencentProvider {
             http,
             region: region.clone(),
+            extra_regions: regions.clone(),
             secret_id,
             secret_key,
             host,
             url,
             now: Arc::new(|| Utc::now().timestamp()),
             known_plans: Mutex::new(BTreeSet::new()),
+            unseen_bound: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -425,6 +459,17 @@ impl TencentProvider {
     /// else (transport, HTTP status, unreadable body).
     pub async fn call<T: DeserializeOwned>(
         &self,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<Result<Option<T>, ApiFailure>, ProviderError> {
+        self.call_in(&self.region, operation, action, params).await
+    }
+
+    /// As [`call`](Self::call), in `region` (`X-TC-Region`).
+    pub async fn call_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
         operation: &'static str,
         action: &'static str,
         params: &Value,
@@ -465,7 +510,7 @@ impl TencentProvider {
             .header("X-TC-Action", action)
             .header("X-TC-Version", VERSION)
             .header("X-TC-Timestamp", timestamp.to_string())
-            .header("X-TC-Region", &self.region)
+            .header("X-TC-Region", region)
             .header(reqwest::header::AUTHORIZATION, authorization.as_str())
             .body(body);
         let resp = self.http.send(operation, req).await?;
@@ -527,7 +572,18 @@ impl TencentProvider {
         action: &'static str,
         params: &Value,
     ) -> Result<T, ProviderError> {
-        match self.call::<T>(operation, action, params).await? {
+        self.call_ok_in(&self.region, operation, action, params)
+            .await
+    }
+
+    async fn call_ok_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<T, ProviderError> {
+        match self.call_in::<T>(region, operation, action, params).await? {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(self.error(
                 operation,
@@ -535,6 +591,36 @@ impl TencentProvider {
             )),
             Err(f) => Err(self.failure(operation, f)),
         }
+    }
+
+    fn in_use_elsewhere(&self, key_id: &str) -> bool {
+        self.unseen_bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key_id)
+    }
+
+    fn mark_in_use_elsewhere(&self, key_id: &str) {
+        self.unseen_bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_string());
+    }
+
+    fn unseen_bindings(&self, operation: &'static str, key_id: &str) -> ProviderError {
+        let searched: Vec<&str> = self.plan_regions().collect();
+        self.error(
+            operation,
+            ProviderErrorKind::Api {
+                status: 409,
+                code: "UnsupportedOperation.ResourceIsInUse".into(),
+                message: format!(
+                    "key {key_id} is bound to a usage plan rekey cannot see (searched regions: {}); it is kept enabled. Add the plan's region to `regions`, or unbind it by hand",
+                    searched.join(", ")
+                ),
+            },
+        )
+        .with_class(Outcome::Refused)
     }
 
     fn remember_plans(&self, plans: &BTreeSet<String>) {
@@ -545,28 +631,44 @@ impl TencentProvider {
         k.extend(plans.iter().cloned());
     }
 
-    /// Every usage plan of the region, plus the remembered ones.
-    async fn candidate_plans(&self) -> Result<BTreeSet<String>, ProviderError> {
-        let mut plans: BTreeSet<String> = self
+    /// The regions searched for usage plans: the configured one first.
+    fn plan_regions(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.region.as_str()).chain(self.extra_regions.iter().map(String::as_str))
+    }
+
+    /// Every usage plan of every searched region, plus the remembered ones
+    /// (of the configured region). A region that cannot be listed fails
+    /// the whole discovery: an unseen binding must stop a disable.
+    async fn candidate_plans(&self) -> Result<BTreeSet<Plan>, ProviderError> {
+        let mut plans: BTreeSet<Plan> = self
             .known_plans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut offset = 0usize;
-        loop {
-            let page: PlansPage = self
-                .call_ok(
-                    "list_usage_plans",
-                    "DescribeUsagePlansStatus",
-                    &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
-                )
-                .await?;
-            let items = page.usage_plan_status_set.unwrap_or_default();
-            let n = items.len();
-            plans.extend(items.into_iter().map(|p| p.usage_plan_id));
-            offset += n;
-            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
-                break;
+            .iter()
+            .map(|id| Plan::new(&self.region, id))
+            .collect();
+        for region in self.plan_regions() {
+            let mut offset = 0usize;
+            loop {
+                let page: PlansPage = self
+                    .call_ok_in(
+                        region,
+                        "list_usage_plans",
+                        "DescribeUsagePlansStatus",
+                        &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                    )
+                    .await?;
+                let items = page.usage_plan_status_set.unwrap_or_default();
+                let n = items.len();
+                plans.extend(
+                    items
+                        .into_iter()
+                        .map(|p| Plan::new(region, &p.usage_plan_id)),
+                );
+                offset += n;
+                if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                    break;
+                }
             }
         }
         Ok(plans)
@@ -574,14 +676,15 @@ impl TencentProvider {
 
     /// Whether `key_id` is bound to `plan` (a plan that no longer exists
     /// holds nothing).
-    async fn plan_has_key(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+    async fn plan_has_key(&self, plan: &Plan, key_id: &str) -> Result<bool, ProviderError> {
         let mut offset = 0usize;
         loop {
             let page = match self
-                .call::<PlanKeysPage>(
+                .call_in::<PlanKeysPage>(
+                    &plan.region,
                     "list_plan_keys",
                     "DescribeUsagePlanSecretIds",
-                    &json!({"UsagePlanId": plan, "Limit": PAGE_LIMIT, "Offset": offset}),
+                    &json!({"UsagePlanId": plan.id, "Limit": PAGE_LIMIT, "Offset": offset}),
                 )
                 .await?
             {
@@ -605,8 +708,9 @@ impl TencentProvider {
         }
     }
 
-    /// The usage plans `key_id` is bound to, discovered (see the module doc).
-    pub async fn plans_of(&self, key_id: &str) -> Result<BTreeSet<String>, ProviderError> {
+    /// The usage plans `key_id` is bound to, discovered in every searched
+    /// region (see the module doc).
+    pub async fn plans_of(&self, key_id: &str) -> Result<BTreeSet<Plan>, ProviderError> {
         let mut bound = BTreeSet::new();
         for plan in self.candidate_plans().await? {
             if self.plan_has_key(&plan, key_id).await? {
@@ -616,41 +720,56 @@ impl TencentProvider {
         Ok(bound)
     }
 
-    async fn bind(&self, plan: &str, key_id: &str) -> Result<(), ProviderError> {
+    /// Bind `key_id` to `plan`. Any `UnsupportedOperation.*` answer (the SDK
+    /// lists both `AlreadyBindUsagePlan` and `UnsupportedBindApiKey` for
+    /// "already bound") is settled by reading the plan's keys: bound means
+    /// done, anything else is the error.
+    async fn bind(&self, plan: &Plan, key_id: &str) -> Result<(), ProviderError> {
         match self
-            .call::<bool>(
+            .call_in::<bool>(
+                &plan.region,
                 "bind",
                 "BindSecretIds",
-                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+                &json!({"UsagePlanId": plan.id, "AccessKeyIds": [key_id]}),
             )
             .await?
         {
             Ok(Some(false)) => Err(self.error(
                 "bind",
                 ProviderErrorKind::Protocol(format!(
-                    "BindSecretIds answered false for usage plan {plan}"
+                    "BindSecretIds answered false for usage plan {}",
+                    plan.id
                 )),
             )),
             Ok(_) => Ok(()),
-            Err(f) if f.code == "UnsupportedOperation.AlreadyBindUsagePlan" => Ok(()),
+            Err(f) if is_code(&f.code, "UnsupportedOperation") => {
+                if self.plan_has_key(plan, key_id).await? {
+                    tracing::debug!(provider = %self.http.provider, key = key_id, usage_plan = %plan.id, code = %f.code, "bind answered UnsupportedOperation; the key is bound already");
+                    Ok(())
+                } else {
+                    Err(self.failure("bind", f))
+                }
+            }
             Err(f) => Err(self.failure("bind", f)),
         }
     }
 
     /// `Ok(false)` when the key does not exist any more.
-    async fn unbind(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+    async fn unbind(&self, plan: &Plan, key_id: &str) -> Result<bool, ProviderError> {
         match self
-            .call::<bool>(
+            .call_in::<bool>(
+                &plan.region,
                 "unbind",
                 "UnBindSecretIds",
-                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+                &json!({"UsagePlanId": plan.id, "AccessKeyIds": [key_id]}),
             )
             .await?
         {
             Ok(Some(false)) => Err(self.error(
                 "unbind",
                 ProviderErrorKind::Protocol(format!(
-                    "UnBindSecretIds answered false for usage plan {plan}"
+                    "UnBindSecretIds answered false for usage plan {}",
+                    plan.id
                 )),
             )),
             Ok(_) => Ok(true),
@@ -803,8 +922,10 @@ impl Provider for TencentProvider {
         old_key_id: Option<&str>,
         params: &serde_json::Map<String, Value>,
     ) -> Result<(), ProviderError> {
-        let mut targets = usage_plans(params).map_err(|k| self.error("bind", k))?;
-        self.remember_plans(&targets);
+        let named = usage_plans(params).map_err(|k| self.error("bind", k))?;
+        self.remember_plans(&named);
+        let mut targets: BTreeSet<Plan> =
+            named.iter().map(|id| Plan::new(&self.region, id)).collect();
         if let Some(old) = old_key_id {
             targets.extend(self.plans_of(old).await?);
         }
@@ -819,6 +940,10 @@ impl Provider for TencentProvider {
     }
 
     async fn before_delete(&self, key_id: &str) -> Result<(), ProviderError> {
+        if self.in_use_elsewhere(key_id) {
+            return Err(self.unseen_bindings("disable", key_id));
+        }
+        // Any failed lookup returns here, before DisableApiKey.
         let plans = self.plans_of(key_id).await?;
         for plan in &plans {
             if !self.unbind(plan, key_id).await? {
@@ -841,8 +966,99 @@ impl Provider for TencentProvider {
             )),
             Ok(_) => Ok(DeleteOutcome::Deleted),
             Err(f) if is_code(&f.code, "ResourceNotFound") => Ok(DeleteOutcome::NotFound),
+            Err(f) if f.code == "UnsupportedOperation.ResourceIsInUse" => {
+                // Bound to a plan no searched region showed: the disable cut
+                // those services off. Put the key back in service and stop
+                // touching it until a human adds the region (or unbinds).
+                self.mark_in_use_elsewhere(key_id);
+                match self
+                    .call::<bool>("enable", "EnableApiKey", &json!({"AccessKeyId": key_id}))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        tracing::error!(provider = %self.http.provider, key = key_id, "the old key is bound to a usage plan in a region rekey does not search; it was re-enabled and is kept")
+                    }
+                    _ => {
+                        tracing::error!(provider = %self.http.provider, key = key_id, "the old key is bound to a usage plan in a region rekey does not search, and re-enabling it failed: enable it by hand")
+                    }
+                }
+                Err(self
+                    .unseen_bindings("delete", key_id)
+                    .with_request_id(f.request_id))
+            }
             Err(f) => Err(self.failure("delete", f)),
         }
+    }
+}
+
+/// The `tencent-apigateway` kind's config rules (see [`ProviderSpec`]):
+/// `region`, optional extra `regions` searched for usage plans, the
+/// SecretId/SecretKey pair; 20 requests/s by default (the documented
+/// per-API limit); `create.usage_plans` only.
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "tencent-apigateway"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://apigateway.tencentcloudapi.com"
+    }
+
+    fn default_rate(&self) -> Option<f64> {
+        Some(20.0)
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        cx.not_for_kind(&[
+            ("org_id", ProviderCx::span(&raw.org_id)),
+            ("project_id", ProviderCx::span(&raw.project_id)),
+            ("access_key_id", ProviderCx::span(&raw.access_key_id)),
+            (
+                "access_key_secret",
+                ProviderCx::span(&raw.access_key_secret),
+            ),
+            ("auth", ProviderCx::span(&raw.auth)),
+        ]);
+        let region = cx
+            .required(&raw.region, "region")
+            .map(|s| s.get_ref().clone());
+        let id = cx
+            .required(&raw.secret_id, "secret_id")
+            .and_then(|s| cx.secret(s, "secret_id"));
+        let key = cx
+            .required(&raw.secret_key, "secret_key")
+            .and_then(|s| cx.secret(s, "secret_key"));
+        let mut regions = Vec::new();
+        if let Some(r) = &raw.regions {
+            for name in r.get_ref() {
+                let name = name.trim();
+                let ok =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !ok {
+                    cx.error_hint(
+                        r.span(),
+                        format!("region {name:?} is not a Tencent Cloud region name"),
+                        "write region names like \"ap-guangzhou\"",
+                    );
+                    return None;
+                }
+                if Some(name) != region.as_deref() && !regions.iter().any(|x| x == name) {
+                    regions.push(name.to_string());
+                }
+            }
+        }
+        Some(ProviderKind::Tencent {
+            region: region?,
+            regions,
+            secret_id: id?,
+            secret_key: key?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["usage_plans"]
     }
 }
 
