@@ -224,6 +224,9 @@ pub struct FileSinkConfig {
     pub on_publish_timeout: Duration,
     /// env format: secret field → variable name overrides.
     pub env_names: BTreeMap<String, String>,
+    /// raw format: which secret field the file holds (`None`: the
+    /// provider's primary field, see `SecretFields::primary`).
+    pub field: Option<String>,
 }
 
 #[derive(Debug, Clone)]

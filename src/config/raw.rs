@@ -91,6 +91,8 @@ pub struct RawSink {
     pub on_publish_timeout: Option<S<String>>,
     /// env format: secret field name → variable name.
     pub env_names: Option<S<BTreeMap<String, String>>>,
+    /// raw format: the secret field written (default: the provider's primary).
+    pub field: Option<S<String>>,
     // webhook
     pub url: Option<S<String>>,
     pub secret: Option<S<OneOrMany<RawSecretRef>>>,

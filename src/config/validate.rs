@@ -840,6 +840,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("on_publish", sp(&raw.on_publish)),
         ("on_publish_timeout", sp(&raw.on_publish_timeout)),
         ("env_names", sp(&raw.env_names)),
+        ("field", sp(&raw.field)),
     ];
     let kind = match kind_s {
         "file" => {
@@ -935,6 +936,25 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     .as_ref()
                     .map(|e| e.get_ref().clone())
                     .unwrap_or_default(),
+                field: match &raw.field {
+                    Some(f) if format != FileFormat::Raw => {
+                        cx.d.error_hint(
+                            f.span(),
+                            "`field` applies to format = \"raw\" only",
+                            "env and json files hold every field; remove `field` or set format = \"raw\"",
+                        );
+                        None
+                    }
+                    Some(f) if f.get_ref().is_empty() => {
+                        cx.d.error_hint(
+                            f.span(),
+                            "`field` is empty",
+                            "name a secret field, e.g. field = \"credential_zip\"",
+                        );
+                        None
+                    }
+                    f => f.as_ref().map(|f| f.get_ref().clone()),
+                },
             })
         }
         "webhook" => {

@@ -1,8 +1,9 @@
-//! Pieces the Tencent and Huawei emulators share: the `N/s` rate parser
-//! and token bucket behind `--rate-limit`, the loopback rule of the admin
-//! API, a random-string helper, a serde helper for humantime durations,
-//! and the background server with graceful shutdown that `start()`
-//! returns.
+//! Pieces the emulators share: the knobs every emulator has
+//! ([`CommonKnobs`]: `--list-delay`), a random-string helper, query
+//! decoding, a serde helper for humantime durations, and the background
+//! server with graceful shutdown that `start()` returns. (The rate parser,
+//! token bucket and the admin API's loopback rule are in the parent
+//! module.)
 
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +78,25 @@ pub mod opt_humantime {
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// Knobs every emulator has beyond its vendor's documented behaviour,
+/// parsed once (`rekey emulate <kind> --list-delay …`) and applied by each
+/// emulator's list handler.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct CommonKnobs {
+    /// Eventually consistent listing: keys created less than this long ago
+    /// are not listed yet (e.g. 2s). Deletes show at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub list_delay: Duration,
+}
+
+impl CommonKnobs {
+    /// Whether a key created at `created` (emulator monotonic time) shows
+    /// in a listing at `now`.
+    pub fn listed(&self, created: std::time::Instant, now: std::time::Instant) -> bool {
+        now.saturating_duration_since(created) >= self.list_delay
     }
 }
 

@@ -11,10 +11,16 @@
 //!   but at most 100 per page; `{credentials:[…], count}` where `count` is
 //!   the total (the docs leave it open; the emulator's reading).
 //! - `POST …/credentials` `{description, eps_id, node_ids, control_type,
-//!   allowlists}` (limits as documented) → 200 with the credential file as
-//!   text (`PK` + 62 letters and digits: the docs only show `PKXXX`).
+//!   allowlists}` (limits as documented) → 200 with the credential file: a
+//!   real ZIP (`application/octet-stream`) holding `credential.csv`
+//!   (`credential_id,api_key` header row and one row: the columns are the
+//!   emulator's guess, undocumented), or with `--create-format text` the
+//!   old text form (`PK` + 62 letters and digits).
 //! - `PUT …/credentials/{id}` → 200 `null`; `DELETE …/credentials/{id}` →
-//!   200 `null`, 404 for an unknown id.
+//!   200 `null`; an unknown id answers 400 `BCS.03400001` (the docs list
+//!   no 404), or 404 with `--delete-404`.
+//! - Knobs: `--offset-pages` reads `offset` as a page number;
+//!   `--list-delay` hides credentials younger than it from listings.
 //!
 //! Every NES call must authenticate: an `X-Auth-Token` that is the static
 //! `--token` or one the fake IAM issued and that has not expired, or an
@@ -99,6 +105,16 @@ pub struct Options {
     /// The AK/SK pair signatures must be made with.
     pub access_key: String,
     pub secret_key: Secret,
+    /// Create answers a real ZIP holding `credential.csv` (the documented
+    /// answer; `false`: the old text form `PK…`).
+    pub create_zip: bool,
+    /// Delete of an unknown id answers 404 (invented; the docs list 200,
+    /// 400, 401 and 500 only, so by default it answers 400).
+    pub delete_404: bool,
+    /// `offset` counts pages of `limit` instead of items (the docs do not
+    /// say which; rekey assumes items and must notice this).
+    pub offset_pages: bool,
+    pub knobs: common::CommonKnobs,
 }
 
 impl Default for Options {
@@ -118,6 +134,10 @@ impl Default for Options {
             token_ttl: Duration::from_secs(24 * 3600),
             access_key: DEFAULT_ACCESS_KEY.into(),
             secret_key: Secret::new(DEFAULT_SECRET_KEY),
+            create_zip: true,
+            delete_404: false,
+            offset_pages: false,
+            knobs: common::CommonKnobs::default(),
         }
     }
 }
@@ -160,6 +180,8 @@ pub struct EmulatedCredential {
     pub control_type: String,
     pub allowlists: Vec<Value>,
     pub created_at: DateTime<Utc>,
+    /// When the emulator created it (for `--list-delay`).
+    pub created_instant: Instant,
 }
 
 /// Answer the next `count` calls of `operation` (`list`, `create`,
@@ -227,6 +249,7 @@ struct St {
     rng: StdRng,
     fault_rng: StdRng,
     stats: BTreeMap<&'static str, OpStats>,
+    create_zip: bool,
 }
 
 struct Inner {
@@ -278,10 +301,19 @@ fn new_credential(
             .unwrap_or(d)
             .to_string()
     };
+    let id = new_uuid(&mut st.rng);
+    let key = common::alnum(&mut st.rng, 62);
+    // The CSV's columns are undocumented; this is the emulator's guess.
+    let credential = if st.create_zip {
+        Secret::new(format!("credential_id,api_key\r\n{id},{key}\r\n"))
+    } else {
+        Secret::new(format!("PK{key}"))
+    };
     let c = EmulatedCredential {
-        id: new_uuid(&mut st.rng),
+        id,
         description: description.to_string(),
-        credential: Secret::new(format!("PK{}", common::alnum(&mut st.rng, 62))),
+        credential,
+        created_instant: Instant::now(),
         eps_id: get_str("eps_id", "0"),
         node_ids: body
             .and_then(|b| b.get("node_ids"))
@@ -320,6 +352,7 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         rng: StdRng::seed_from_u64(seed),
         fault_rng: StdRng::seed_from_u64(seed.rotate_left(23) ^ 0x2545f491),
         stats: BTreeMap::new(),
+        create_zip: opts.create_zip,
     };
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
     for i in 0..opts.keys {
@@ -813,10 +846,10 @@ fn nes(
         );
     }
     let r = match op {
-        "list" => list(&st, query),
+        "list" => list(&st, opts, query),
         "create" => create(&mut st, headers, body),
         "update" => update(&mut st, id.unwrap_or_default(), headers, body),
-        _ => delete(&mut st, id.unwrap_or_default()),
+        _ => delete(&mut st, opts, id.unwrap_or_default()),
     };
     let okay = r.status().is_success();
     count(
@@ -842,7 +875,7 @@ fn cred_json(c: &EmulatedCredential) -> Value {
     })
 }
 
-fn list(st: &St, query: &str) -> Response {
+fn list(st: &St, opts: &Options, query: &str) -> Response {
     let Some(pairs) = common::query_pairs(query) else {
         return bad_request("bad query string");
     };
@@ -857,16 +890,27 @@ fn list(st: &St, query: &str) -> Response {
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
         _ => return bad_request("limit must be an integer from 1 to 1000"),
     };
-    let page: Vec<Value> = st
+    let now = Instant::now();
+    let visible: Vec<&EmulatedCredential> = st
         .creds
         .iter()
-        .skip(offset)
-        .take(limit.min(MAX_PAGE))
-        .map(cred_json)
+        .filter(|c| opts.knobs.listed(c.created_instant, now))
+        .collect();
+    let per_page = limit.min(MAX_PAGE);
+    let skip = if opts.offset_pages {
+        offset.saturating_mul(per_page)
+    } else {
+        offset
+    };
+    let page: Vec<Value> = visible
+        .iter()
+        .skip(skip)
+        .take(per_page)
+        .map(|c| cred_json(c))
         .collect();
     (
         StatusCode::OK,
-        Json(json!({"credentials": page, "count": st.creds.len()})),
+        Json(json!({"credentials": page, "count": visible.len()})),
     )
         .into_response()
 }
@@ -948,6 +992,15 @@ fn create(st: &mut St, headers: &HeaderMap, body: &[u8]) -> Response {
         .to_string();
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
     let c = new_credential(st, &description, now, Some(&b));
+    if st.create_zip {
+        let zip = crate::emulator::zip::archive("credential.csv", c.credential.expose().as_bytes());
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            zip,
+        )
+            .into_response();
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -1003,11 +1056,20 @@ fn update(st: &mut St, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     null_ok()
 }
 
-fn delete(st: &mut St, id: &str) -> Response {
+fn delete(st: &mut St, opts: &Options, id: &str) -> Response {
     let before = st.creds.len();
     st.creds.retain(|c| c.id != id);
     if st.creds.len() == before {
-        return not_found(id);
+        if opts.delete_404 {
+            return not_found(id);
+        }
+        // As documented: no 404, a 400 for an id it does not know.
+        return nes_error(
+            StatusCode::BAD_REQUEST,
+            "BCS.03400001",
+            "Invalid request.",
+            &format!("credential [{id}] does not exist"),
+        );
     }
     null_ok()
 }
@@ -1141,6 +1203,18 @@ pub struct EmulateArgs {
     /// The secret key AK/SK signatures must use.
     #[arg(long, default_value = DEFAULT_SECRET_KEY)]
     pub secret_key: String,
+    /// What create answers: `zip` (documented: a ZIP holding
+    /// credential.csv) or `text` (the old `PK…` text form).
+    #[arg(long, default_value = "zip", value_parser = ["zip", "text"])]
+    pub create_format: String,
+    /// Answer 404 to a delete of an unknown id (invented; default 400).
+    #[arg(long)]
+    pub delete_404: bool,
+    /// Read `offset` as a page number instead of an item count.
+    #[arg(long)]
+    pub offset_pages: bool,
+    #[command(flatten)]
+    pub knobs: common::CommonKnobs,
 }
 
 impl EmulateArgs {
@@ -1160,6 +1234,10 @@ impl EmulateArgs {
             token_ttl: self.token_ttl,
             access_key: self.access_key.clone(),
             secret_key: Secret::new(self.secret_key.clone()),
+            create_zip: self.create_format == "zip",
+            delete_404: self.delete_404,
+            offset_pages: self.offset_pages,
+            knobs: self.knobs.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod huawei;
 pub mod oceanbase;
 pub mod sig;
 pub mod tencent;
+pub mod zip;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

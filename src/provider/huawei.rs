@@ -5,18 +5,28 @@
 //!
 //! - **list**: `GET /v1/{project_id}/node-provider/credentials?limit=100&offset=N`
 //!   → `{credentials:[{id, description, create_time, …}], count}`, walked
-//!   until a page comes back shorter than asked (the docs do not say
-//!   whether `count` is the page's or the total, so it is not relied on),
-//!   the name filter applied per page. `offset` may not exceed 1000, so at
+//!   until a page comes back shorter than asked, the name filter applied
+//!   per page. Whether `offset` counts items or pages, and whether `count`
+//!   is the page's or the total, are undocumented: rekey assumes items and
+//!   checks it. A page made only of ids already listed (offset ignored or
+//!   read as pages) and a final `count` above the ids seen both stop the
+//!   walk with a clear error instead of looping or silently skipping. `offset` may not exceed 1000, so at
 //!   most 1,100 credentials are visible; past that a warning is logged.
 //! - **create**: `POST /v1/{project_id}/node-provider/credentials` with
 //!   `{description, node_ids?, control_type?, allowlists?, eps_id?}` → the
-//!   credential file as **text** (not JSON), kept verbatim as the secret
-//!   field `credential`. The answer has no id: the provider lists once and
-//!   matches the description; if that fails the id stays unresolved and the
-//!   engine resolves it by listing later (`returns_id_on_create = false`).
-//! - **delete**: `DELETE /v1/{project_id}/node-provider/credentials/{id}`;
-//!   404 means already gone.
+//!   credential file as **bytes**: a ZIP archive whose `credential.csv`
+//!   holds the key ([`nes_file`]: fields `credential` = the CSV text, the
+//!   primary field; `credential_zip` = the archive; `csv_<column>` when the
+//!   CSV has a header row); a body that is not a ZIP is kept whole as
+//!   `credential`. An answer that cannot be read is still returned (sealed
+//!   first, then the rotation fails: `NewKey::unreadable`). The answer has
+//!   no id: the provider lists once and matches the description; if that
+//!   fails the id stays unresolved and the engine resolves it by listing
+//!   later (`returns_id_on_create = false`).
+//! - **delete**: `DELETE /v1/{project_id}/node-provider/credentials/{id}`.
+//!   The API documents 200, 400, 401 and 500 only (no 404): after any
+//!   error but a throttle or an auth failure, the provider lists, and a
+//!   credential no longer listed counts as already gone.
 //!
 //! **Names.** NES credentials have no name field. rekey names a credential
 //! through its `description`: the key name a policy's `match` sees is the
@@ -61,12 +71,12 @@ use super::http::{HttpResponse, ProviderHttp, retry_after};
 use super::tencent::json_problem;
 use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
-    ProviderErrorKind, ProviderKey, huawei_sign,
+    ProviderErrorKind, ProviderKey, huawei_sign, nes_file,
 };
 use crate::config::raw::{RawHuaweiAuth, RawProvider};
 use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{HuaweiAuth, ProviderConfig, ProviderKind};
-use crate::secret::{Secret, SecretFields};
+use crate::secret::Secret;
 
 /// Page size asked for (the API answers at most 100 per page).
 pub const PAGE_LIMIT: usize = 100;
@@ -151,6 +161,8 @@ impl std::fmt::Debug for HuaweiProvider {
 struct ListPage {
     #[serde(default)]
     credentials: Option<Vec<ListedCredential>>,
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -734,6 +746,8 @@ impl Provider for HuaweiProvider {
         let path = credentials_path(&self.project_id);
         let mut out = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
+        // Every id listed, kept or not: detects a page served twice.
+        let mut all_ids = std::collections::BTreeSet::new();
         let mut offset = 0usize;
         let limit = PAGE_LIMIT.to_string();
         loop {
@@ -762,6 +776,19 @@ impl Provider for HuaweiProvider {
             })?;
             let items = page.credentials.unwrap_or_default();
             let n = items.len();
+            let fresh = items.iter().filter(|c| !all_ids.contains(&c.id)).count();
+            if n > 0 && fresh == 0 {
+                return Err(self
+                    .error(
+                        "list",
+                        ProviderErrorKind::Protocol(format!(
+                            "the credential list answered offset {offset} with a page it had already sent; the API does not page by item offset as rekey assumes (offset may count pages), so the listing is incomplete"
+                        )),
+                    )
+                    .with_request_id(Self::response_request_id(&resp)));
+            }
+            all_ids.extend(items.iter().map(|c| c.id.clone()));
+            let last_count = page.count;
             for c in items {
                 let name = c.description.unwrap_or_default();
                 if !keep(&name) || !seen.insert(c.id.clone()) {
@@ -784,6 +811,22 @@ impl Provider for HuaweiProvider {
             }
             offset += n;
             if n < PAGE_LIMIT {
+                // `count` is the total or the page's size (undocumented);
+                // either way it cannot exceed what a complete walk saw.
+                if let Some(total) = last_count
+                    && total as usize > all_ids.len()
+                    && offset <= MAX_OFFSET
+                {
+                    return Err(self
+                        .error(
+                            "list",
+                            ProviderErrorKind::Protocol(format!(
+                                "the credential list counts {total} credentials but paging by item offset reached only {}; the API may count offset in pages, so the listing is incomplete",
+                                all_ids.len()
+                            )),
+                        )
+                        .with_request_id(Self::response_request_id(&resp)));
+                }
                 break;
             }
             if offset > MAX_OFFSET {
@@ -804,24 +847,13 @@ impl Provider for HuaweiProvider {
         if !resp.status.is_success() {
             return Err(self.nes_error("create", &resp));
         }
-        let rid = Self::response_request_id(&resp);
+        // Bytes, not text: a ZIP with credential.csv (nes_file). Whatever
+        // happens from here on, the answer goes back to be sealed first.
         let raw = Zeroizing::new(resp.body);
-        let text = std::str::from_utf8(&raw).map_err(|_| {
-            self.error(
-                "create",
-                ProviderErrorKind::Protocol("the credential file is not UTF-8 text".into()),
-            )
-            .with_request_id(rid.clone())
-        })?;
-        if text.trim().is_empty() {
-            return Err(self
-                .error(
-                    "create",
-                    ProviderErrorKind::Protocol("the credential file is empty".into()),
-                )
-                .with_request_id(rid));
+        let (secret, unreadable) = nes_file::parse(&raw);
+        if let Some(problem) = &unreadable {
+            tracing::error!(provider = %self.http.provider, name = req.name, problem = %problem, "the new credential's file could not be read completely; it is sealed as received");
         }
-        let secret = SecretFields::single("credential", Secret::new(text));
         // Best effort: the engine resolves the id by listing if this fails,
         // and a failure here must not lose the secret.
         let (id, created_at) = match self.list(&|n: &str| n == req.name).await {
@@ -841,6 +873,7 @@ impl Provider for HuaweiProvider {
             created_at,
             expires_at: None,
             secret,
+            unreadable,
         })
     }
 
@@ -853,10 +886,25 @@ impl Provider for HuaweiProvider {
         let resp = self
             .request("delete", Method::DELETE, &path, &[], None)
             .await?;
-        match resp.status.as_u16() {
-            200..=299 => Ok(DeleteOutcome::Deleted),
-            404 => Ok(DeleteOutcome::NotFound),
-            _ => Err(self.nes_error("delete", &resp)),
+        if resp.status.is_success() {
+            return Ok(DeleteOutcome::Deleted);
+        }
+        let err = self.nes_error("delete", &resp);
+        if err.is_throttled() || matches!(err.kind, ProviderErrorKind::Auth(_)) {
+            return Err(err);
+        }
+        // The API documents no 404 (200, 400, 401, 500 only): after any
+        // other error, the listing decides. Absent means done.
+        match self.list(&|_: &str| true).await {
+            Ok(keys) if !keys.iter().any(|k| k.id == key_id) => {
+                tracing::info!(provider = %self.http.provider, key = key_id, status = resp.status.as_u16(), "delete answered an error but the credential is not listed: it is gone");
+                Ok(DeleteOutcome::NotFound)
+            }
+            Ok(_) => Err(err),
+            Err(e) => {
+                tracing::warn!(provider = %self.http.provider, key = key_id, error = %e, "listing to confirm a failed delete failed too");
+                Err(err)
+            }
         }
     }
 }

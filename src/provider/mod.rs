@@ -4,13 +4,14 @@
 //! - `oceanbase`: OceanBase Cloud MaaS API keys (HTTP Digest auth).
 //! - `tencent`: Tencent Cloud API Gateway keys (TC3 signing in `tc3`).
 //! - `huawei`: Huawei Cloud NES node-provider credentials (token, IAM or
-//!   AK/SK signing in `huawei_sign`).
+//!   AK/SK signing in `huawei_sign`; the ZIP credential file in `nes_file`).
 //! - `http`: the shared HTTP layer every backend calls through: rate limit
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
 pub mod huawei;
 pub mod huawei_sign;
+pub mod nes_file;
 pub mod oceanbase;
 pub mod tc3;
 pub mod tencent;
@@ -60,6 +61,12 @@ pub struct NewKey {
     pub created_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub secret: SecretFields,
+    /// The provider answered and the key exists, but its answer could not
+    /// be read completely (e.g. a Huawei credential archive without a
+    /// readable `credential.csv`). `secret` still holds everything received
+    /// (at least the raw answer): the engine seals it first, then fails the
+    /// rotation with this message, and the sealed key can be resumed.
+    pub unreadable: Option<String>,
 }
 
 pub struct CreateRequest<'a> {

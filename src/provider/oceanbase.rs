@@ -578,6 +578,7 @@ impl Provider for OceanBaseProvider {
                 .or(created.created_at),
             expires_at: found.as_ref().and_then(|k| k.expires_at),
             secret: SecretFields::single(SECRET_FIELD, created.api_key),
+            unreadable: None,
         })
     }
 

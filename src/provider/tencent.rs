@@ -913,6 +913,7 @@ impl Provider for TencentProvider {
             created_at: created.created_time.as_deref().and_then(parse_time),
             expires_at: None,
             secret,
+            unreadable: None,
         })
     }
 

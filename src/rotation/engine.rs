@@ -916,6 +916,19 @@ impl Engine {
                 )?;
                 tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt, new_key = new.id.as_deref().unwrap_or("(resolving)"), new_key_name = %new.name, fingerprint = %fingerprint, duration_ms = started.elapsed().as_millis() as u64, "next key created");
                 failpoint::hit("after_record_created");
+                if let Some(problem) = &new.unreadable {
+                    // Sealed above: failing now loses nothing.
+                    let row = self.store.rotation(&row.id)?.unwrap_or_else(|| row.clone());
+                    return self.on_failure(
+                        policy,
+                        &row,
+                        "reading the created key",
+                        problem,
+                        false,
+                        None,
+                        false,
+                    );
+                }
                 Ok(Step::Continue)
             }
             Err(e) => {

@@ -147,6 +147,7 @@ impl Provider for FakeProvider {
             created_at: k.created_at,
             expires_at: k.expires_at,
             secret: SecretFields::single("api_key", Secret::new(secret)),
+            unreadable: None,
         })
     }
     async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
