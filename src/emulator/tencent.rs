@@ -3,9 +3,12 @@
 //!
 //! Strict like the real endpoint: `POST /` with a JSON body only; the
 //! headers `X-TC-Action`, `X-TC-Version` (must be `2018-08-08`),
-//! `X-TC-Timestamp` and `X-TC-Region` (must be the emulator's region); a
-//! `TC3-HMAC-SHA256` signature recomputed from the request as received
-//! (the signed header values as sent, the body bytes), with `content-type`
+//! `X-TC-Timestamp` and `X-TC-Region` (the emulator's region or one of
+//! `--extra-region`, else `InvalidParameterValue.InvalidRegion` as the SDK
+//! lists it; usage plans live in one region); a
+//! `TC3-HMAC-SHA256` signature recomputed from the request as received by
+//! the emulator's own verifier (`emulator::sig`, never the client's code:
+//! the signed header values as sent, the body bytes), with `content-type`
 //! and `host` required among the signed headers. Every answer is HTTP 200;
 //! errors come in the `Response.Error{Code, Message}` envelope with a
 //! `RequestId`:
@@ -23,7 +26,9 @@
 //! `DescribeApiKey`, `DisableApiKey`, `EnableApiKey`, `DeleteApiKey`
 //! (refuses an enabled key with `UnsupportedOperation.InvalidStatus` and a
 //! bound one with `UnsupportedOperation.ResourceIsInUse`), `BindSecretIds`
-//! (`UnsupportedOperation.AlreadyBindUsagePlan`, disabled keys refused),
+//! (`UnsupportedOperation.AlreadyBindUsagePlan`, or with
+//! `--already-bound-code` the SDK's other code for it,
+//! `UnsupportedOperation.UnsupportedBindApiKey`; disabled keys refused),
 //! `UnBindSecretIds`, `DescribeUsagePlanSecretIds`,
 //! `DescribeUsagePlansStatus`. Usage plans are pre-seeded (`--usage-plans`);
 //! seeded keys (`--keys`) are bound to every seeded plan.
@@ -74,6 +79,13 @@ const MAX_BODY: usize = 1024 * 1024;
 const SERVICE: &str = "apigateway";
 const VERSION: &str = "2018-08-08";
 
+/// The two codes the official SDK lists for "key already bound" on
+/// `BindSecretIds` (`apigateway/v20180808/errors.go`).
+pub const ALREADY_BOUND_CODES: [&str; 2] = [
+    "UnsupportedOperation.AlreadyBindUsagePlan",
+    "UnsupportedOperation.UnsupportedBindApiKey",
+];
+
 /// How the emulator behaves; `Default` is a quiet one with no keys.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,6 +110,13 @@ pub struct Options {
     pub region: String,
     /// Most keys the account may hold (`LimitExceeded.ApiKeyCountLimitExceeded`).
     pub max_keys: Option<usize>,
+    /// More regions `X-TC-Region` may name; usage plans live in a region.
+    pub extra_regions: Vec<String>,
+    /// The code `BindSecretIds` answers for a key already bound: the SDK
+    /// lists `UnsupportedOperation.AlreadyBindUsagePlan` (default) and
+    /// `UnsupportedOperation.UnsupportedBindApiKey` for it.
+    pub already_bound_code: String,
+    pub knobs: common::CommonKnobs,
 }
 
 impl Default for Options {
@@ -114,6 +133,9 @@ impl Default for Options {
             secret_key: Secret::new(DEFAULT_SECRET_KEY),
             region: DEFAULT_REGION.into(),
             max_keys: None,
+            extra_regions: Vec::new(),
+            already_bound_code: ALREADY_BOUND_CODES[0].into(),
+            knobs: common::CommonKnobs::default(),
         }
     }
 }
@@ -133,6 +155,13 @@ impl Options {
         }
         if self.secret_id.is_empty() || self.secret_key.is_empty() || self.region.is_empty() {
             return Err("secret id, secret key and region must not be empty".into());
+        }
+        if !ALREADY_BOUND_CODES.contains(&self.already_bound_code.as_str()) {
+            return Err(format!(
+                "already-bound code {:?} is not one of {}",
+                self.already_bound_code,
+                ALREADY_BOUND_CODES.join(", ")
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.usage_plans {
@@ -219,9 +248,12 @@ struct Key {
     status: i64,
     created: DateTime<Utc>,
     modified: DateTime<Utc>,
+    /// When the emulator made it (for `--list-delay`).
+    made: Instant,
 }
 
 struct Plan {
+    region: String,
     id: String,
     created: DateTime<Utc>,
     /// Bound key ids, in bind order.
@@ -284,6 +316,7 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         .usage_plans
         .iter()
         .map(|id| Plan {
+            region: opts.region.clone(),
             id: id.clone(),
             created: t,
             keys: Vec::new(),
@@ -340,6 +373,7 @@ fn new_key(st: &mut St, rng: &mut StdRng, name: &str, created: DateTime<Utc>) ->
         status: 1,
         created,
         modified: created,
+        made: Instant::now(),
     });
     id
 }
@@ -393,9 +427,16 @@ impl Handle {
 
     /// Add a usage plan (no-op if it exists).
     pub fn add_usage_plan(&self, id: &str) {
+        let region = self.inner.opts.region.clone();
+        self.add_usage_plan_in(&region, id);
+    }
+
+    /// Add a usage plan in `region` (one of the extra regions, say).
+    pub fn add_usage_plan_in(&self, region: &str, id: &str) {
         let mut st = self.inner.lock();
-        if !st.plans.iter().any(|p| p.id == id) {
+        if !st.plans.iter().any(|p| p.id == id && p.region == region) {
             st.plans.push(Plan {
+                region: region.to_string(),
                 id: id.to_string(),
                 created: now(),
                 keys: Vec::new(),
@@ -511,7 +552,7 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
-) -> Result<String, Fail> {
+) -> Result<(String, String), Fail> {
     if method != Method::POST {
         return Err(fail(
             "UnsupportedProtocol",
@@ -609,14 +650,14 @@ fn authenticate(
     if !sig::same(&expected, &parsed.signature) {
         return Err(mismatch());
     }
-    if region != opts.region {
+    if region != opts.region && !opts.extra_regions.iter().any(|r| r == region) {
         // The SDK's error list for these actions names this code.
         return Err(fail(
             "InvalidParameterValue.InvalidRegion",
             format!("The region {region} is not supported by this emulator"),
         ));
     }
-    Ok(action.to_string())
+    Ok((action.to_string(), region.to_string()))
 }
 
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
@@ -640,22 +681,23 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
     };
     let now = Utc::now().timestamp();
-    let action = match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
-        Ok(a) => a,
-        Err(f) => {
-            let mut st = inner.lock();
-            let label = header(&parts.headers, "x-tc-action")
-                .unwrap_or("(none)")
-                .to_string();
-            let s = st.stats.entry(label).or_default();
-            s.requests += 1;
-            s.errors += 1;
-            if f.code.starts_with("AuthFailure") {
-                s.auth_failures += 1;
+    let (action, region) =
+        match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
+            Ok(a) => a,
+            Err(f) => {
+                let mut st = inner.lock();
+                let label = header(&parts.headers, "x-tc-action")
+                    .unwrap_or("(none)")
+                    .to_string();
+                let s = st.stats.entry(label).or_default();
+                s.requests += 1;
+                s.errors += 1;
+                if f.code.starts_with("AuthFailure") {
+                    s.auth_failures += 1;
+                }
+                return envelope_err(&request_id, f.code, &f.message);
             }
-            return envelope_err(&request_id, f.code, &f.message);
-        }
-    };
+        };
     let mut st = inner.lock();
     st.stats.entry(action.clone()).or_default().requests += 1;
     // Throttling, then injected faults, then the action itself.
@@ -719,7 +761,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             );
         }
     };
-    let result = dispatch(&mut st, &inner.opts, &action, &Params(&params));
+    let result = dispatch(&mut st, &inner.opts, &region, &action, &Params(&params));
     let s = st.stats.entry(action.clone()).or_default();
     match result {
         Ok(v) => {
@@ -846,16 +888,25 @@ fn find_key<'a>(st: &'a mut St, id: &str) -> Result<&'a mut Key, Fail> {
     })
 }
 
-fn plan_index(st: &St, id: &str) -> Result<usize, Fail> {
-    st.plans.iter().position(|p| p.id == id).ok_or_else(|| {
-        fail(
-            "ResourceNotFound.InvalidUsagePlan",
-            format!("The usage plan {id} does not exist"),
-        )
-    })
+fn plan_index(st: &St, region: &str, id: &str) -> Result<usize, Fail> {
+    st.plans
+        .iter()
+        .position(|p| p.id == id && p.region == region)
+        .ok_or_else(|| {
+            fail(
+                "ResourceNotFound.InvalidUsagePlan",
+                format!("The usage plan {id} does not exist"),
+            )
+        })
 }
 
-fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result<Value, Fail> {
+fn dispatch(
+    st: &mut St,
+    opts: &Options,
+    region: &str,
+    action: &str,
+    p: &Params<'_>,
+) -> Result<Value, Fail> {
     let t = now();
     match action {
         "CreateApiKey" => {
@@ -911,6 +962,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                 status: 1,
                 created: t,
                 modified: t,
+                made: Instant::now(),
             });
             Ok(key_json(st.keys.last().expect("just pushed")))
         }
@@ -925,9 +977,11 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                 "Status",
                 "KeyWord",
             ])?;
+            let now = Instant::now();
             let matching: Vec<&Key> = st
                 .keys
                 .iter()
+                .filter(|k| opts.knobs.listed(k.made, now))
                 .filter(|k| {
                     filters.iter().all(|(name, values)| {
                         values.iter().any(|v| match name.as_str() {
@@ -992,7 +1046,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
         "BindSecretIds" => {
             let plan = p.str_req("UsagePlanId")?.to_string();
             let ids = p.str_list("AccessKeyIds")?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             if ids.is_empty() {
                 return Err(fail(
                     "InvalidParameterValue.InvalidAccessKeyIds",
@@ -1013,8 +1067,13 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                     ));
                 }
                 if st.plans[pi].keys.contains(id) {
+                    let code = ALREADY_BOUND_CODES
+                        .iter()
+                        .copied()
+                        .find(|c| *c == opts.already_bound_code)
+                        .unwrap_or(ALREADY_BOUND_CODES[0]);
                     return Err(fail(
-                        "UnsupportedOperation.AlreadyBindUsagePlan",
+                        code,
                         format!("The key {id} is already bound to usage plan {plan}"),
                     ));
                 }
@@ -1025,7 +1084,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
         "UnBindSecretIds" => {
             let plan = p.str_req("UsagePlanId")?.to_string();
             let ids = p.str_list("AccessKeyIds")?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             for id in &ids {
                 if !st.keys.iter().any(|k| &k.id == id) {
                     return Err(fail(
@@ -1041,7 +1100,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
             let plan = p.str_req("UsagePlanId")?.to_string();
             let limit = p.uint("Limit", 20, 100)?;
             let offset = p.uint("Offset", 0, usize::MAX)?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             let list: Vec<Value> = st.plans[pi]
                 .keys
                 .iter()
@@ -1065,6 +1124,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
             let matching: Vec<&Plan> = st
                 .plans
                 .iter()
+                .filter(|pl| pl.region == region)
                 .filter(|pl| {
                     filters.iter().all(|(name, values)| match name.as_str() {
                         "UsagePlanId" | "UsagePlanName" => values.contains(&pl.id),
@@ -1233,6 +1293,15 @@ pub struct EmulateArgs {
     /// Most keys the account may hold.
     #[arg(long)]
     pub max_keys: Option<usize>,
+    /// Another region X-TC-Region may name (repeatable); usage plans are
+    /// per region.
+    #[arg(long = "extra-region")]
+    pub extra_regions: Vec<String>,
+    /// What BindSecretIds answers for a key already bound.
+    #[arg(long, default_value = ALREADY_BOUND_CODES[0], value_parser = ALREADY_BOUND_CODES)]
+    pub already_bound_code: String,
+    #[command(flatten)]
+    pub knobs: common::CommonKnobs,
 }
 
 impl EmulateArgs {
@@ -1254,6 +1323,9 @@ impl EmulateArgs {
             secret_key: Secret::new(self.secret_key.clone()),
             region: self.region.clone(),
             max_keys: self.max_keys,
+            extra_regions: self.extra_regions.clone(),
+            already_bound_code: self.already_bound_code.clone(),
+            knobs: self.knobs.clone(),
         }
     }
 }
