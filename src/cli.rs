@@ -183,6 +183,9 @@ pub struct OceanBaseEmulateArgs {
     /// How long a created key stays out of list answers (eventual consistency).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub list_delay: Duration,
+    /// Offer an RFC 2069 Digest challenge without qop (as some servers do).
+    #[arg(long)]
+    pub digest_no_qop: bool,
 }
 
 /// A key lifetime, or none (`never`).
@@ -239,6 +242,7 @@ impl OceanBaseEmulateArgs {
             nonce_ttl: self.nonce_ttl,
             list_order: self.list_order,
             list_delay: self.list_delay,
+            digest_qop: !self.digest_no_qop,
         }
     }
 }
