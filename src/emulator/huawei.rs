@@ -20,6 +20,7 @@
 //!   200 `null`; an unknown id answers 400 `BCS.03400001` (the docs list
 //!   no 404), or 404 with `--delete-404`.
 //! - Knobs: `--offset-pages` reads `offset` as a page number;
+//!   `--time-format` writes `create_time` in another form (UTC+8);
 //!   `--list-delay` hides credentials younger than it from listings.
 //!
 //! Every NES call must authenticate: an `X-Auth-Token` that is the static
@@ -114,6 +115,10 @@ pub struct Options {
     /// `offset` counts pages of `limit` instead of items (the docs do not
     /// say which; rekey assumes items and must notice this).
     pub offset_pages: bool,
+    /// How `create_time` is written: a chrono format applied in UTC+8
+    /// (e.g. `%Y-%m-%dT%H:%M:%S%.3f%z`, `%Y/%m/%d %H:%M:%S`); `None`:
+    /// RFC 3339 in UTC. The docs do not say which Huawei uses.
+    pub time_format: Option<String>,
     pub knobs: common::CommonKnobs,
 }
 
@@ -137,6 +142,7 @@ impl Default for Options {
             create_zip: true,
             delete_404: false,
             offset_pages: false,
+            time_format: None,
             knobs: common::CommonKnobs::default(),
         }
     }
@@ -862,7 +868,27 @@ fn nes(
     r
 }
 
-fn cred_json(c: &EmulatedCredential) -> Value {
+fn create_time(opts: &Options, t: DateTime<Utc>) -> String {
+    match &opts.time_format {
+        None => ts(t),
+        Some(f) => {
+            let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+            let mut out = String::new();
+            // A bad format renders as itself (the knob's author sees it).
+            if std::fmt::write(
+                &mut out,
+                format_args!("{}", t.with_timezone(&beijing).format(f)),
+            )
+            .is_err()
+            {
+                return f.clone();
+            }
+            out
+        }
+    }
+}
+
+fn cred_json(opts: &Options, c: &EmulatedCredential) -> Value {
     json!({
         "id": c.id,
         "eps_info": {"eps_id": c.eps_id, "eps_name": if c.eps_id == "0" { "default" } else { "" }},
@@ -870,7 +896,7 @@ fn cred_json(c: &EmulatedCredential) -> Value {
         "node_ids": c.node_ids,
         "control_type": c.control_type,
         "allowlists": c.allowlists,
-        "create_time": ts(c.created_at),
+        "create_time": create_time(opts, c.created_at),
         "update_time": "",
     })
 }
@@ -906,7 +932,7 @@ fn list(st: &St, opts: &Options, query: &str) -> Response {
         .iter()
         .skip(skip)
         .take(per_page)
-        .map(|c| cred_json(c))
+        .map(|c| cred_json(opts, c))
         .collect();
     (
         StatusCode::OK,
@@ -1096,7 +1122,7 @@ async fn admin_keys(
         .creds
         .iter()
         .map(|c| {
-            let mut v = cred_json(c);
+            let mut v = cred_json(&inner.opts, c);
             v["credential"] = Value::from(c.credential.expose());
             v
         })
@@ -1213,6 +1239,9 @@ pub struct EmulateArgs {
     /// Read `offset` as a page number instead of an item count.
     #[arg(long)]
     pub offset_pages: bool,
+    /// Write create_time with this chrono format, in UTC+8 (default RFC 3339 UTC).
+    #[arg(long)]
+    pub time_format: Option<String>,
     #[command(flatten)]
     pub knobs: common::CommonKnobs,
 }
@@ -1237,6 +1266,7 @@ impl EmulateArgs {
             create_zip: self.create_format == "zip",
             delete_404: self.delete_404,
             offset_pages: self.offset_pages,
+            time_format: self.time_format.clone(),
             knobs: self.knobs.clone(),
         }
     }

@@ -247,37 +247,13 @@ fn clip(s: &str) -> String {
     }
 }
 
-/// Parse `create_time`. The docs only say "string, 0–100 characters";
-/// accepted: RFC 3339, `YYYY-MM-DD hh:mm:ss` (read as UTC), and Unix
-/// seconds or milliseconds (as a number or a string of digits).
+/// Parse a Huawei time (`create_time`, IAM's `expires_at`): every form of
+/// [`super::times`], zoneless ones in UTC+8; `None` when absent or
+/// unparseable (listing records unparseable ones, see `list`).
 pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    let from_epoch = |n: i64| {
-        if n > 100_000_000_000 {
-            DateTime::from_timestamp_millis(n)
-        } else {
-            DateTime::from_timestamp(n, 0)
-        }
-    };
-    match v {
-        Value::Number(n) => n.as_i64().and_then(from_epoch),
-        Value::String(s) => {
-            let s = s.trim();
-            if s.is_empty() {
-                return None;
-            }
-            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                return Some(t.to_utc());
-            }
-            if let Ok(n) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f") {
-                return Some(n.and_utc());
-            }
-            if s.bytes().all(|b| b.is_ascii_digit()) {
-                return s.parse().ok().and_then(from_epoch);
-            }
-            None
-        }
-        _ => None,
-    }
+    super::times::parse_value("huawei-nes", Some(v))
+        .ok()
+        .flatten()
 }
 
 /// Check and copy the policy's `create` table into the request body.
@@ -795,6 +771,17 @@ impl Provider for HuaweiProvider {
                     continue;
                 }
                 let mut meta = std::collections::BTreeMap::new();
+                let created_at =
+                    match super::times::parse_value("huawei-nes", c.create_time.as_ref()) {
+                        Ok(t) => t,
+                        Err(raw) => {
+                            meta.insert(
+                                super::META_UNKNOWN_TIME.to_string(),
+                                json!({ "create_time": raw }),
+                            );
+                            None
+                        }
+                    };
                 if let Some(t) = c.control_type.filter(|t| !t.is_empty()) {
                     meta.insert("control_type".to_string(), Value::from(t));
                 }
@@ -804,7 +791,7 @@ impl Provider for HuaweiProvider {
                 out.push(ProviderKey {
                     id: c.id,
                     name,
-                    created_at: c.create_time.as_ref().and_then(parse_time),
+                    created_at,
                     expires_at: None,
                     meta,
                 });
@@ -1006,7 +993,9 @@ mod tests {
     #[test]
     fn create_time_parses_in_the_shapes_seen() {
         let t = parse_time(&json!("2024-03-01T10:00:00Z")).unwrap();
-        assert_eq!(parse_time(&json!("2024-03-01 10:00:00")), Some(t));
+        assert_eq!(parse_time(&json!("2024-03-01 18:00:00")), Some(t));
+        assert_eq!(parse_time(&json!("2024-03-01T18:00:00.000+0800")), Some(t));
+        assert_eq!(parse_time(&json!("2024/03/01 18:00:00")), Some(t));
         assert_eq!(parse_time(&json!(1709287200)), Some(t));
         assert_eq!(parse_time(&json!(1709287200000i64)), Some(t));
         assert_eq!(parse_time(&json!("1709287200000")), Some(t));

@@ -808,9 +808,9 @@ fn shape_error(e: &serde_json::Error) -> String {
 pub fn parse_time(field: &str, s: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
     match s.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(t) => DateTime::parse_from_rfc3339(t)
-            .map(|d| Some(d.with_timezone(&Utc)))
-            .map_err(|e| format!("`{field}` {t:?} is not an RFC 3339 time: {e}")),
+        Some(t) => super::times::parse_str("oceanbase", t)
+            .map(Some)
+            .map_err(|raw| format!("`{field}` {raw:?} is not a time in a form OceanBase uses")),
     }
 }
 

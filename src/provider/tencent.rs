@@ -348,16 +348,10 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     }
 }
 
-/// Parse `YYYY-MM-DDThh:mm:ssZ` (documented), or `YYYY-MM-DD hh:mm:ss`
-/// read as UTC.
+/// Parse a `CreatedTime` (documented `YYYY-MM-DDThh:mm:ssZ`; the other
+/// forms of [`super::times`]).
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.to_utc());
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
-        .ok()
-        .map(|n| n.and_utc())
+    super::times::parse_str("tencent-apigateway", s).ok()
 }
 
 /// The `Host` header for an endpoint URL.
@@ -878,10 +872,23 @@ impl Provider for TencentProvider {
                 if let Some(t) = k.access_key_type {
                     meta.insert("access_key_type".to_string(), Value::from(t));
                 }
+                let created_at = match k.created_time.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(raw) => match super::times::parse_str("tencent-apigateway", raw) {
+                        Ok(t) => Some(t),
+                        Err(raw) => {
+                            meta.insert(
+                                super::META_UNKNOWN_TIME.to_string(),
+                                json!({ "CreatedTime": raw }),
+                            );
+                            None
+                        }
+                    },
+                };
                 out.push(ProviderKey {
                     id: k.access_key_id,
                     name,
-                    created_at: k.created_time.as_deref().and_then(parse_time),
+                    created_at,
                     expires_at: None,
                     meta,
                 });
@@ -1140,7 +1147,8 @@ mod tests {
     fn times_parse_in_both_shapes() {
         let t = parse_time("2020-02-26T06:10:01Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2020-02-26T06:10:01+00:00");
-        assert_eq!(parse_time("2020-02-26 06:10:01"), Some(t));
+        // Zoneless: Beijing time, as the vendor's own zone.
+        assert_eq!(parse_time("2020-02-26 14:10:01"), Some(t));
         assert!(parse_time("yesterday").is_none());
     }
 

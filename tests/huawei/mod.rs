@@ -643,3 +643,53 @@ async fn the_apig_throttle_code_is_a_retried_rate_limit() {
     assert!(p.create(&create_req("app-th", &Map::new())).await.is_ok());
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn vendor_time_forms_give_the_right_age_and_an_odd_one_is_reported_raw() {
+    let t = Utc::now() - chrono::Duration::days(90);
+    let t = t - chrono::Duration::nanoseconds(t.timestamp_subsec_nanos() as i64);
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.3f%z",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
+        let emu = huawei::start(
+            Options {
+                time_format: Some(format.into()),
+                ..opts()
+            },
+            loopback(),
+        )
+        .await
+        .unwrap();
+        emu.insert_key("app-old", t);
+        let p = huawei_provider(&emu, huawei_token_auth(&emu));
+        let keys = p.list(&|_: &str| true).await.unwrap();
+        // A 90-day-old credential is 90 days old, whatever the form.
+        assert_eq!(keys[0].created_at, Some(t), "{format}");
+        assert!(
+            !keys[0]
+                .meta
+                .contains_key(rekey::provider::META_UNKNOWN_TIME)
+        );
+        emu.shutdown().await;
+    }
+    let emu = huawei::start(
+        Options {
+            time_format: Some("last Tuesday\u{1b}[2J".into()),
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key("app-odd", t);
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    let keys = p.list(&|_: &str| true).await.unwrap();
+    assert_eq!(keys[0].created_at, None);
+    assert_eq!(
+        keys[0].meta[rekey::provider::META_UNKNOWN_TIME]["create_time"],
+        "last Tuesday\u{1b}[2J"
+    );
+    emu.shutdown().await;
+}
