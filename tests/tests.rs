@@ -10,5 +10,6 @@ mod lifecycle;
 mod notify;
 mod oceanbase;
 mod ops;
+mod sdk;
 mod sinks;
 mod tencent;
