@@ -114,11 +114,11 @@ pub enum Command {
 pub enum EmulateCommand {
     /// OceanBase Cloud MaaS API keys: list, create, delete, HTTP Digest auth.
     #[command(name = "oceanbase")]
-    OceanBase(OceanBaseEmulateArgs),
+    OceanBase(Box<OceanBaseEmulateArgs>),
     /// Tencent Cloud API Gateway keys (TC3 signatures, usage plans).
-    Tencent(crate::emulator::tencent::EmulateArgs),
+    Tencent(Box<crate::emulator::tencent::EmulateArgs>),
     /// Huawei Cloud NES credentials, with a fake IAM token endpoint.
-    Huawei(crate::emulator::huawei::EmulateArgs),
+    Huawei(Box<crate::emulator::huawei::EmulateArgs>),
 }
 
 /// `rekey emulate oceanbase`: the knobs of [`OceanBaseEmulatorOptions`].
@@ -838,13 +838,13 @@ fn emulate(cmd: EmulateCommand) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match cmd {
-        EmulateCommand::OceanBase(args) => rt.block_on(emulate_oceanbase(args)),
+        EmulateCommand::OceanBase(args) => rt.block_on(emulate_oceanbase(*args)),
         EmulateCommand::Tencent(args) => {
-            rt.block_on(crate::emulator::tencent::serve_cli(args))?;
+            rt.block_on(crate::emulator::tencent::serve_cli(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         EmulateCommand::Huawei(args) => {
-            rt.block_on(crate::emulator::huawei::serve_cli(args))?;
+            rt.block_on(crate::emulator::huawei::serve_cli(*args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

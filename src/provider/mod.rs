@@ -121,7 +121,8 @@ pub enum ProviderErrorKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{provider}: {operation}: {}{}", describe(.kind), .request_id.as_ref().map(|r| format!(" (request id {r})")).unwrap_or_default())]
 pub struct ProviderError {
-    pub provider: String,
+    /// The provider's name in the config (boxed: the error stays small).
+    pub provider: Box<str>,
     pub operation: &'static str,
     pub kind: ProviderErrorKind,
     pub request_id: Option<String>,
@@ -189,7 +190,7 @@ fn describe(k: &ProviderErrorKind) -> String {
 impl ProviderError {
     pub fn new(provider: &str, operation: &'static str, kind: ProviderErrorKind) -> Self {
         ProviderError {
-            provider: provider.to_string(),
+            provider: provider.into(),
             operation,
             kind,
             request_id: None,
