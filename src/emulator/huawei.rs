@@ -58,7 +58,7 @@ use serde_json::{Value, json};
 
 use super::common::{self, Server};
 use super::sig::{self, huawei as hsig};
-use super::{TokenBucket, admin_allowed, parse_rate};
+use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8481";
@@ -247,13 +247,9 @@ struct St {
     creds: Vec<EmulatedCredential>,
     /// IAM tokens issued → expiry.
     tokens: HashMap<String, DateTime<Utc>>,
-    buckets: HashMap<&'static str, TokenBucket>,
-    rate_limit: Option<f64>,
-    error_rate: f64,
-    latency: Duration,
+    dials: common::Dials,
     forced: Vec<ForcedFault>,
     rng: StdRng,
-    fault_rng: StdRng,
     stats: BTreeMap<&'static str, OpStats>,
     create_zip: bool,
 }
@@ -350,13 +346,14 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         creds: Vec::with_capacity(opts.keys),
         tokens: HashMap::new(),
-        buckets: HashMap::new(),
-        rate_limit: opts.rate_limit,
-        error_rate: opts.error_rate,
-        latency: opts.latency,
+        dials: common::Dials::new(
+            opts.rate_limit,
+            opts.error_rate,
+            opts.latency,
+            seed.rotate_left(23) ^ 0x2545f491,
+        ),
         forced: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
-        fault_rng: StdRng::seed_from_u64(seed.rotate_left(23) ^ 0x2545f491),
         stats: BTreeMap::new(),
         create_zip: opts.create_zip,
     };
@@ -445,22 +442,7 @@ fn expire_all(st: &mut St) {
 }
 
 fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    if let Some(r) = f.error_rate {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(format!("error_rate {r} is not within 0..=1"));
-        }
-        st.error_rate = r;
-    }
-    if let Some(l) = f.latency {
-        st.latency = l;
-    }
-    if let Some(r) = f.rate_limit {
-        if !r.is_finite() || r < 0.0 {
-            return Err(format!("rate_limit {r} is negative"));
-        }
-        st.rate_limit = (r > 0.0).then_some(r);
-        st.buckets.clear();
-    }
+    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
     if f.clear_forced {
         st.forced.clear();
     }
@@ -607,7 +589,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return with_request_id(bad_request("request body too large"), &request_id),
     };
-    let latency = inner.lock().latency;
+    let latency = inner.lock().dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -621,19 +603,18 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     with_request_id(r, &request_id)
 }
 
+impl common::Forced for ForcedFault {
+    fn operation(&self) -> &str {
+        &self.operation
+    }
+    fn count_mut(&mut self) -> &mut u32 {
+        &mut self.count
+    }
+}
+
 /// A forced fault for `op`, if one is queued.
 fn take_forced(st: &mut St, op: &str) -> Option<ForcedFault> {
-    let i = st
-        .forced
-        .iter()
-        .position(|f| f.operation == "*" || f.operation == op)?;
-    let f = st.forced[i].clone();
-    if f.count <= 1 {
-        st.forced.remove(i);
-    } else {
-        st.forced[i].count -= 1;
-    }
-    Some(f)
+    common::take_forced(&mut st.forced, op)
 }
 
 fn forced_response(f: &ForcedFault) -> Response {
@@ -813,13 +794,8 @@ fn nes(
         });
         return unauthorized("the credentials are not valid for this project");
     }
-    if let Some(rate) = st.rate_limit {
-        let t = Instant::now();
-        let b = st
-            .buckets
-            .entry(op)
-            .or_insert_with(|| TokenBucket::new(rate, t));
-        if b.try_take(t).is_err() {
+    {
+        if st.dials.throttle(op).is_err() {
             count(&mut st, op, |s| {
                 s.errors += 1;
                 s.rate_limited += 1;
@@ -839,7 +815,7 @@ fn nes(
         });
         return forced_response(&f);
     }
-    if st.error_rate > 0.0 && st.fault_rng.random::<f64>() < st.error_rate {
+    if st.dials.draw_error() {
         count(&mut st, op, |s| {
             s.errors += 1;
             s.faults += 1;
@@ -1131,13 +1107,10 @@ async fn admin_keys(
 }
 
 fn faults_json(st: &St) -> Value {
-    json!({
-        "error_rate": st.error_rate,
-        "latency": humantime::format_duration(st.latency).to_string(),
-        "rate_limit": st.rate_limit,
-        "forced": st.forced,
-        "tokens_issued": st.tokens.len(),
-    })
+    let mut v = st.dials.to_json();
+    v["forced"] = json!(st.forced);
+    v["tokens_issued"] = json!(st.tokens.len());
+    v
 }
 
 async fn admin_faults(

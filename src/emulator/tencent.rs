@@ -43,7 +43,7 @@
 //! secret and plans), `GET /__emulator/usage-plans`, `GET|POST
 //! /__emulator/faults`, `GET /__emulator/stats`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,7 +64,7 @@ use serde_json::{Map, Value, json};
 
 use super::common::{self, Server};
 use super::sig::{self, tc3};
-use super::{TokenBucket, admin_allowed, parse_rate};
+use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_SECRET_ID: &str = "AKIDrekeyEmulator00000000000000000000";
@@ -263,13 +263,9 @@ struct Plan {
 struct St {
     keys: Vec<Key>,
     plans: Vec<Plan>,
-    buckets: HashMap<String, TokenBucket>,
-    rate_limit: Option<f64>,
-    error_rate: f64,
-    latency: Duration,
+    dials: common::Dials,
     forced: Vec<ForcedFault>,
     rng: StdRng,
-    fault_rng: StdRng,
     stats: BTreeMap<String, ActionStats>,
 }
 
@@ -310,7 +306,6 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = StdRng::seed_from_u64(seed);
-    let fault_rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x5deece66d);
     let t = now();
     let plans: Vec<Plan> = opts
         .usage_plans
@@ -325,13 +320,14 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         keys: Vec::with_capacity(opts.keys),
         plans,
-        buckets: HashMap::new(),
-        rate_limit: opts.rate_limit,
-        error_rate: opts.error_rate,
-        latency: opts.latency,
+        dials: common::Dials::new(
+            opts.rate_limit,
+            opts.error_rate,
+            opts.latency,
+            seed.rotate_left(17) ^ 0x5deece66d,
+        ),
         forced: Vec::new(),
         rng: StdRng::seed_from_u64(0),
-        fault_rng,
         stats: BTreeMap::new(),
     };
     for i in 0..opts.keys {
@@ -486,22 +482,7 @@ fn view(st: &St, k: &Key) -> EmulatedKey {
 }
 
 fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    if let Some(r) = f.error_rate {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(format!("error_rate {r} is not within 0..=1"));
-        }
-        st.error_rate = r;
-    }
-    if let Some(l) = f.latency {
-        st.latency = l;
-    }
-    if let Some(r) = f.rate_limit {
-        if !r.is_finite() || r < 0.0 {
-            return Err(format!("rate_limit {r} is negative"));
-        }
-        st.rate_limit = (r > 0.0).then_some(r);
-        st.buckets.clear();
-    }
+    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
     if f.clear_forced {
         st.forced.clear();
     }
@@ -662,7 +643,7 @@ fn authenticate(
 
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let latency = inner.lock().latency;
+    let latency = inner.lock().dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -701,13 +682,8 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let mut st = inner.lock();
     st.stats.entry(action.clone()).or_default().requests += 1;
     // Throttling, then injected faults, then the action itself.
-    if let Some(rate) = st.rate_limit {
-        let t = Instant::now();
-        let bucket = st
-            .buckets
-            .entry(action.clone())
-            .or_insert_with(|| TokenBucket::new(rate, t));
-        if bucket.try_take(t).is_err() {
+    {
+        if st.dials.throttle(&action).is_err() {
             let s = st.stats.entry(action.clone()).or_default();
             s.rate_limited += 1;
             s.errors += 1;
@@ -718,17 +694,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             );
         }
     }
-    if let Some(i) = st
-        .forced
-        .iter()
-        .position(|f| f.action == "*" || f.action == action)
-    {
-        let f = st.forced[i].clone();
-        if f.count <= 1 {
-            st.forced.remove(i);
-        } else {
-            st.forced[i].count -= 1;
-        }
+    if let Some(f) = common::take_forced(&mut st.forced, &action) {
         let s = st.stats.entry(action.clone()).or_default();
         s.faults += 1;
         s.errors += 1;
@@ -737,9 +703,8 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .unwrap_or_else(|| format!("injected fault {}", f.code));
         return envelope_err(&request_id, &f.code, &msg);
     }
-    if st.error_rate > 0.0 {
-        let draw: f64 = st.fault_rng.random();
-        if draw < st.error_rate {
+    {
+        if st.dials.draw_error() {
             let s = st.stats.entry(action.clone()).or_default();
             s.faults += 1;
             s.errors += 1;
@@ -1205,12 +1170,18 @@ async fn admin_plans(
 }
 
 fn faults_json(st: &St) -> Value {
-    json!({
-        "error_rate": st.error_rate,
-        "latency": humantime::format_duration(st.latency).to_string(),
-        "rate_limit": st.rate_limit,
-        "forced": st.forced,
-    })
+    let mut v = st.dials.to_json();
+    v["forced"] = json!(st.forced);
+    v
+}
+
+impl common::Forced for ForcedFault {
+    fn operation(&self) -> &str {
+        &self.action
+    }
+    fn count_mut(&mut self) -> &mut u32 {
+        &mut self.count
+    }
 }
 
 async fn admin_faults(
