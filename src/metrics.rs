@@ -39,6 +39,9 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
+    /// `rekey_condition{policy,condition}`: 1 while a stuck condition of
+    /// DESIGN §4 holds for some lineage of the policy, else 0.
+    pub condition: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -127,7 +130,16 @@ impl Metrics {
             &["sink", "result"],
         )
         .expect("metric");
+        let condition = GaugeVec::new(
+            Opts::new(
+                "rekey_condition",
+                "1 while a stuck condition (e.g. unrecognised_key, unsafe_name, conflict) holds for a lineage of the policy, else 0.",
+            ),
+            &["policy", "condition"],
+        )
+        .expect("metric");
         for c in [
+            Box::new(condition.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
@@ -147,6 +159,7 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            condition,
             policies: Arc::default(),
             rendered: Arc::default(),
         }
@@ -181,6 +194,13 @@ impl Metrics {
                 sinks: sinks.to_vec(),
             },
         );
+    }
+
+    /// Set `rekey_condition{policy,condition}` (1 while it holds).
+    pub fn set_condition(&self, policy: &str, condition: &str, holds: bool) {
+        self.condition
+            .with_label_values(&[policy, condition])
+            .set(if holds { 1.0 } else { 0.0 });
     }
 
     /// Mirror one policy's published status: `rekey_policy_healthy` and the
@@ -223,6 +243,7 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
+        remove_where(&self.condition, "policy", policy);
         self.keys
             .0
             .write()

@@ -10,6 +10,7 @@
 //! its warnings, or every error at once.
 
 pub mod diag;
+pub mod ownership;
 pub mod raw;
 pub mod schedule;
 pub mod secret_ref;
@@ -227,6 +228,9 @@ pub struct FileSinkConfig {
     /// raw format: which secret field the file holds (`None`: the
     /// provider's primary field, see `SecretFields::primary`).
     pub field: Option<String>,
+    /// Variables of the daemon's environment passed to `on_publish`, beyond
+    /// the fixed minimal set (`PATH`, locale, `REKEY_*`).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +248,9 @@ pub struct VaultSinkConfig {
     pub path: TargetTemplate,
     pub namespace: Option<String>,
     pub auth: VaultAuth,
+    /// Overwrite an existing secret that rekey did not write for this
+    /// policy and lineage (default: refuse).
+    pub adopt_existing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +293,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "key.expiring",
     "key.deleted",
     "key.retired",
+    "key.unrecognised",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +355,68 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
             }]);
         }
     };
-    load_str(path, &src, &secret_ref::Env::from_process())
+    let (cfg, mut diags) = load_str(path, &src, &secret_ref::Env::from_process())?;
+    diags.extend(exposure_warnings(path, &cfg));
+    Ok((cfg, diags))
+}
+
+/// The permission bits of `path` when other users may read it (`o+r`);
+/// `None` when they may not or it cannot be inspected. Follows links, as a
+/// reader would.
+pub fn others_may_read(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+/// Warnings for files and directories other local users could read: the
+/// config itself (it names credentials, may hold literals), the state
+/// directory (the DB and, when no `seal_key` is set, the seal key beside
+/// it) and the state DB and key files. Secret files referenced with
+/// `{ file = … }` are checked where they are resolved.
+pub fn exposure_warnings(config_path: &Path, cfg: &Config) -> Vec<Diagnostic> {
+    use std::os::unix::fs::PermissionsExt;
+    let warn = |message: String, hint: String| Diagnostic {
+        severity: Severity::Warning,
+        file: config_path.to_path_buf(),
+        line: 1,
+        col: 1,
+        message,
+        hint: Some(hint),
+    };
+    let mut out = Vec::new();
+    if let Some(mode) = others_may_read(config_path) {
+        out.push(warn(
+            format!("the config file is readable by other users (mode {mode:04o})"),
+            format!("chmod o-rwx {}", config_path.display()),
+        ));
+    }
+    let state = &cfg.daemon.state;
+    if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(m) = std::fs::metadata(dir)
+        && m.permissions().mode() & 0o007 != 0
+    {
+        out.push(warn(
+            format!(
+                "the state directory {} is open to other users (mode {:04o})",
+                dir.display(),
+                m.permissions().mode() & 0o7777
+            ),
+            format!("chmod o-rwx {}", dir.display()),
+        ));
+    }
+    for file in [state.clone(), crate::state::key_path(state)] {
+        if let Some(mode) = others_may_read(&file) {
+            out.push(warn(
+                format!(
+                    "{} is readable by other users (mode {mode:04o})",
+                    file.display()
+                ),
+                format!("chmod 0600 {}", file.display()),
+            ));
+        }
+    }
+    out
 }
 
 /// As [`load`], from text already read, resolving secrets against `env`.

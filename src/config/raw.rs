@@ -93,6 +93,8 @@ pub struct RawSink {
     pub env_names: Option<S<BTreeMap<String, String>>>,
     /// raw format: the secret field written (default: the provider's primary).
     pub field: Option<S<String>>,
+    /// Daemon environment variables `on_publish` may see.
+    pub pass_env: Option<S<Vec<String>>>,
     // webhook
     pub url: Option<S<String>>,
     pub secret: Option<S<OneOrMany<RawSecretRef>>>,
@@ -101,6 +103,8 @@ pub struct RawSink {
     pub mount: Option<S<String>>,
     pub namespace: Option<S<String>>,
     pub auth: Option<S<RawVaultAuth>>,
+    /// Take over a secret rekey did not write for this policy and lineage.
+    pub adopt_existing: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

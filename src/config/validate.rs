@@ -204,8 +204,17 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     };
     let provider_names = declared("provider:", providers.keys().cloned().collect());
     let sink_names = declared("sink:", sinks.keys().cloned().collect());
+    let mut ownership_spans = super::ownership::PolicySpans::default();
     for (span, raw) in policies_raw {
         let name = raw.name.get_ref().clone();
+        ownership_spans.record(
+            &name,
+            raw.match_.span(),
+            raw.sinks
+                .first()
+                .map(|s| s.span())
+                .unwrap_or_else(|| raw.name.span()),
+        );
         let duplicate = if let Some(first) = seen_names.get(&name) {
             let (line, _) = cx.d.line_col(first.start);
             cx.d.error_hint(
@@ -233,6 +242,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             policies.push(p);
         }
     }
+    super::ownership::check(&mut cx.d, &policies, &providers, &sinks, &ownership_spans);
     if policies.is_empty() && !saw_broken_policy && !cx.d.has_errors() {
         cx.d.warn_hint(
             root_span.start..root_span.start,
@@ -841,6 +851,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("on_publish_timeout", sp(&raw.on_publish_timeout)),
         ("env_names", sp(&raw.env_names)),
         ("field", sp(&raw.field)),
+        ("pass_env", sp(&raw.pass_env)),
     ];
     let kind = match kind_s {
         "file" => {
@@ -856,6 +867,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
                     ("ca_file", sp(&raw.ca_file)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let path = required(cx, &raw.path, "path", &what, at.clone())
@@ -955,6 +967,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     }
                     f => f.as_ref().map(|f| f.get_ref().clone()),
                 },
+                pass_env: pass_env(cx, &raw.pass_env),
             })
         }
         "webhook" => {
@@ -968,6 +981,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("mount", sp(&raw.mount)),
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let u = required(cx, &raw.url, "url", &what, at.clone())
@@ -1020,6 +1034,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                 path: path?,
                 namespace: raw.namespace.as_ref().map(|n| n.get_ref().clone()),
                 auth: auth?,
+                adopt_existing: raw.adopt_existing.as_ref().is_some_and(|a| *a.get_ref()),
             })
         }
         other => {
@@ -1041,6 +1056,29 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         timeout,
         kind,
     })
+}
+
+/// `pass_env`: names of environment variables (`[A-Za-z_][A-Za-z0-9_]*`).
+fn pass_env(cx: &mut Ctx, raw: &Option<Spanned<Vec<String>>>) -> Vec<String> {
+    let Some(list) = raw else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name.clone());
+        } else {
+            cx.d.error_hint(
+                list.span(),
+                format!("`pass_env` entry {name:?} is not an environment variable name"),
+                "write names such as \"HOME\" or \"MYAPP_SOCKET\"",
+            );
+        }
+    }
+    out
 }
 
 /// An AppRole role_id is an identifier, not a secret: a literal is fine.
@@ -1213,8 +1251,10 @@ fn validate_policy(
         }
     };
     let glob_text = raw.match_.get_ref().clone();
+    // `*` and `?` never cross `/` (key names are untrusted; DESIGN §2);
+    // `**` as a whole path component does.
     let matcher = match globset::GlobBuilder::new(&glob_text)
-        .literal_separator(false)
+        .literal_separator(true)
         .build()
     {
         Ok(g) => Some(g.compile_matcher()),
@@ -1513,6 +1553,18 @@ fn resolve_refs(cx: &mut Ctx) {
                         SecretRef::Literal(_) => "",
                     };
                     cx.d.error_hint(p.span, format!("{} cannot be resolved: {e}", p.what), hint);
+                } else if let SecretRef::File(path) = &r
+                    && let Some(mode) = super::others_may_read(path)
+                {
+                    cx.d.warn_hint(
+                        p.span,
+                        format!(
+                            "{} is in {}, which other users can read (mode {mode:04o})",
+                            p.what,
+                            path.display()
+                        ),
+                        format!("chmod o-rwx {}", path.display()),
+                    );
                 }
             }
             PendingCheck::File(path) => {
