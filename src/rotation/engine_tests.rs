@@ -31,6 +31,8 @@ struct FakeState {
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
+    /// Make the next create's answer unreadable after the key exists.
+    unreadable_next_create: bool,
     /// How many list walks were asked for.
     lists: u32,
 }
@@ -147,7 +149,8 @@ impl Provider for FakeProvider {
             created_at: k.created_at,
             expires_at: k.expires_at,
             secret: SecretFields::single("api_key", Secret::new(secret)),
-            unreadable: None,
+            unreadable: std::mem::take(&mut self.st.lock().unwrap().unreadable_next_create)
+                .then(|| "the credential archive holds no credential.csv".to_string()),
         })
     }
     async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
@@ -408,6 +411,27 @@ async fn a_create_whose_response_was_lost_is_cleaned_up_and_retried_under_a_new_
     // The orphan (attempt 1's key) was deleted; the new key is attempt 2's.
     assert!(!h.fake.names().contains(&attempts[0].name));
     assert_eq!(r.new_key_name.as_deref(), Some(attempts[1].name.as_str()));
+}
+
+#[tokio::test]
+async fn an_unreadable_create_answer_is_sealed_before_the_rotation_fails() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().unreadable_next_create = true;
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(1)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    assert!(
+        r.error.as_deref().unwrap().contains("credential.csv"),
+        "{:?}",
+        r.error
+    );
+    // The key the provider made is not lost: it is sealed in the store,
+    // and nothing was deleted (the old key stays).
+    assert!(h.engine.store.sealed_secret(&r.id).unwrap().is_some());
+    assert_eq!(h.fake.names().len(), 2);
+    assert!(h.fake.st.lock().unwrap().deleted.is_empty());
 }
 
 #[tokio::test]
