@@ -193,9 +193,10 @@ pub struct OceanBaseEmulateArgs {
     /// Order of list pages: `oldest` (creation order) or `newest` first.
     #[arg(long, default_value = "oldest", value_parser = parse_list_order)]
     pub list_order: ListOrder,
-    /// How long a created key stays out of list answers (eventual consistency).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub list_delay: Duration,
+    /// Knobs every emulator shares (`--list-delay`: how long a created key
+    /// stays out of list answers, eventual consistency).
+    #[command(flatten)]
+    pub knobs: crate::emulator::common::CommonKnobs,
     /// Offer an RFC 2069 Digest challenge without qop (as some servers do).
     #[arg(long)]
     pub digest_no_qop: bool,
@@ -254,7 +255,7 @@ impl OceanBaseEmulateArgs {
             algorithms: self.digest_algorithms.clone(),
             nonce_ttl: self.nonce_ttl,
             list_order: self.list_order,
-            list_delay: self.list_delay,
+            list_delay: self.knobs.list_delay,
             digest_qop: !self.digest_no_qop,
         }
     }
