@@ -10,6 +10,8 @@ mod lifecycle;
 mod notify;
 mod oceanbase;
 mod ops;
+mod ownership;
 mod sdk;
 mod sinks;
 mod tencent;
+mod untrusted;
