@@ -12,7 +12,9 @@
 //! - `credential_zip`: the archive's bytes, exactly as received;
 //! - `csv_<column>`: when the CSV has a header row and one data row, each
 //!   cell under its column name (lowercased, anything but `[a-z0-9]`
-//!   turned into `_`).
+//!   turned into `_`). A row counts as a header only when every cell reads
+//!   like a name (letters, spaces, `_-.`, no digits): field names are not
+//!   secret, so key material must never become one.
 //!
 //! Anything else (the old text answer) is kept whole as `credential`.
 //!
@@ -123,11 +125,15 @@ fn columns(text: &str) -> Vec<(String, String)> {
     let [header, data] = rows.as_slice() else {
         return Vec::new();
     };
+    // Field names are not secret (they show in logs and files), so a row is
+    // taken for a header only if every cell reads like a name: 2–40
+    // letters, spaces, `_`, `-` or `.`, starting with a letter, no digits
+    // (a row of key material almost always has some).
     let header_like = header.iter().all(|h| {
-        !h.trim().is_empty()
-            && h.trim()
-                .chars()
-                .all(|c| c.is_alphanumeric() || " _-.".contains(c))
+        let h = h.trim();
+        (2..=40).contains(&h.chars().count())
+            && h.starts_with(|c: char| c.is_alphabetic())
+            && h.chars().all(|c| c.is_alphabetic() || " _-.".contains(c))
     });
     if !header_like || header.len() != data.len() {
         return Vec::new();
@@ -195,6 +201,16 @@ mod tests {
         assert_eq!(f.get("csv_access_key_id").unwrap().expose(), "c-1");
         assert_eq!(f.get("csv_api_key").unwrap().expose(), "s3,cr\"t");
         assert_eq!(f.primary().unwrap().0, "credential");
+    }
+
+    #[test]
+    fn key_material_never_becomes_a_field_name() {
+        // Two rows of data, no header: no csv_* fields at all.
+        let zip = zip_with("credential.csv", b"AK9f3k2,SKx81mq0\nAK2,SK3\n");
+        let (f, problem) = parse(&zip);
+        assert_eq!(problem, None);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(!format!("{f:?}").contains("AK9f3k2"));
     }
 
     #[test]
