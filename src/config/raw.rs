@@ -57,6 +57,29 @@ pub struct RawProvider {
     pub auth: Option<S<RawHuaweiAuth>>,
 }
 
+impl RawProvider {
+    /// Every kind-specific key of `[providers.NAME]` with where it was set
+    /// (`None`: absent), in declaration order. A provider's spec names the
+    /// ones it reads (`ProviderSpec::keys`); the others are reported as not
+    /// applying to its kind.
+    pub fn kind_keys(&self) -> Vec<(&'static str, Option<std::ops::Range<usize>>)> {
+        fn sp<T>(o: &Option<S<T>>) -> Option<std::ops::Range<usize>> {
+            o.as_ref().map(|s| s.span())
+        }
+        vec![
+            ("org_id", sp(&self.org_id)),
+            ("project_id", sp(&self.project_id)),
+            ("access_key_id", sp(&self.access_key_id)),
+            ("access_key_secret", sp(&self.access_key_secret)),
+            ("region", sp(&self.region)),
+            ("regions", sp(&self.regions)),
+            ("secret_id", sp(&self.secret_id)),
+            ("secret_key", sp(&self.secret_key)),
+            ("auth", sp(&self.auth)),
+        ]
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum RawHuaweiAuth {

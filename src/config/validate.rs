@@ -762,16 +762,6 @@ impl ProviderCx<'_, '_> {
     pub fn secret_url(&mut self, s: &Spanned<String>, key: &str) -> Option<String> {
         url(self.cx, s, key, Carries::Secrets)
     }
-
-    /// Keys set on the item that do not apply to this kind.
-    pub fn not_for_kind(&mut self, present: &[(&str, Option<Range<usize>>)]) {
-        not_for_kind(self.cx, self.kind, "providers", present);
-    }
-
-    /// The span of an optional key.
-    pub fn span<T>(o: &Option<Spanned<T>>) -> Option<Range<usize>> {
-        sp(o)
-    }
 }
 
 /// One provider kind's config rules, kept beside its client (like a
@@ -787,6 +777,10 @@ pub trait ProviderSpec: Sync {
     fn default_rate(&self) -> Option<f64> {
         None
     }
+    /// The kind-specific keys of `[providers.NAME]` it reads (from
+    /// `RawProvider::kind_keys`); any other one set is reported as not
+    /// applying to this kind.
+    fn keys(&self) -> &'static [&'static str];
     /// Whether the provider's keys carry an expiry (else
     /// `rotate_before_expiry` never fires and is refused).
     fn has_expiry(&self) -> bool {
@@ -849,6 +843,12 @@ fn validate_provider(
     };
     let ca_file = ca_file(cx, &raw.ca_file);
     let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(30));
+    let foreign: Vec<(&str, Option<Range<usize>>)> = raw
+        .kind_keys()
+        .into_iter()
+        .filter(|(k, _)| !spec.keys().contains(k))
+        .collect();
+    not_for_kind(cx, spec.kind(), "providers", &foreign);
     let kind = spec.validate(
         &mut ProviderCx {
             cx,

@@ -910,19 +910,11 @@ impl ProviderSpec for Spec {
         "https://bcs.ap-southeast-3.myhuaweicloud.com"
     }
 
+    fn keys(&self) -> &'static [&'static str] {
+        &["project_id", "auth"]
+    }
+
     fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
-        cx.not_for_kind(&[
-            ("org_id", ProviderCx::span(&raw.org_id)),
-            ("access_key_id", ProviderCx::span(&raw.access_key_id)),
-            (
-                "access_key_secret",
-                ProviderCx::span(&raw.access_key_secret),
-            ),
-            ("region", ProviderCx::span(&raw.region)),
-            ("regions", ProviderCx::span(&raw.regions)),
-            ("secret_id", ProviderCx::span(&raw.secret_id)),
-            ("secret_key", ProviderCx::span(&raw.secret_key)),
-        ]);
         let project = cx.required(&raw.project_id, "project_id").cloned();
         let project = project.and_then(|p| {
             let n = p.get_ref().chars().count();

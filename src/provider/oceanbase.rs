@@ -960,14 +960,11 @@ impl ProviderSpec for Spec {
         true
     }
 
+    fn keys(&self) -> &'static [&'static str] {
+        &["org_id", "project_id", "access_key_id", "access_key_secret"]
+    }
+
     fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
-        cx.not_for_kind(&[
-            ("region", ProviderCx::span(&raw.region)),
-            ("regions", ProviderCx::span(&raw.regions)),
-            ("secret_id", ProviderCx::span(&raw.secret_id)),
-            ("secret_key", ProviderCx::span(&raw.secret_key)),
-            ("auth", ProviderCx::span(&raw.auth)),
-        ]);
         let org = cx
             .required(&raw.org_id, "org_id")
             .map(|s| s.get_ref().clone());

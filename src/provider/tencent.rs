@@ -1018,17 +1018,11 @@ impl ProviderSpec for Spec {
         Some(20.0)
     }
 
+    fn keys(&self) -> &'static [&'static str] {
+        &["region", "regions", "secret_id", "secret_key"]
+    }
+
     fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
-        cx.not_for_kind(&[
-            ("org_id", ProviderCx::span(&raw.org_id)),
-            ("project_id", ProviderCx::span(&raw.project_id)),
-            ("access_key_id", ProviderCx::span(&raw.access_key_id)),
-            (
-                "access_key_secret",
-                ProviderCx::span(&raw.access_key_secret),
-            ),
-            ("auth", ProviderCx::span(&raw.auth)),
-        ]);
         let region = cx
             .required(&raw.region, "region")
             .map(|s| s.get_ref().clone());
