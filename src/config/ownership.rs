@@ -112,10 +112,13 @@ pub fn listing_scope(p: &ProviderConfig) -> String {
             put(&mut h, "access_key_id", access_key_id);
             put(&mut h, "access_key_secret", access_key_secret);
         }
+        // `regions` only widens where usage plans are searched; the key
+        // list is the request region's.
         ProviderKind::Tencent {
             region,
             secret_id,
             secret_key,
+            ..
         } => {
             put(&mut h, "secret_id", secret_id);
             put(&mut h, "secret_key", secret_key);
@@ -615,6 +618,7 @@ mod tests {
             ca_file: None,
             timeout: std::time::Duration::from_secs(5),
             kind: ProviderKind::Tencent {
+                regions: Vec::new(),
                 region: region.into(),
                 secret_id: id,
                 secret_key: super::super::SecretRef::Env("TC_SK".into()),
