@@ -19,10 +19,13 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::status::{KeyStatus, PolicyStatus};
+use crate::rotation::health::Condition;
+use crate::rotation::report::{KeyStatus, PolicyStatus};
 
 /// `result` label values of `rekey_rotations_total`.
 pub const ROTATION_RESULTS: [&str; 2] = ["completed", "failed"];
+/// `step` label values of `rekey_step_failures_total`.
+pub const STEPS: [&str; 5] = ["create", "find_id", "prepare", "publish", "retire"];
 /// `result` label values of `rekey_sink_publish_total`.
 pub const PUBLISH_RESULTS: [&str; 2] = ["ok", "error"];
 
@@ -39,9 +42,20 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
-    /// `rekey_condition{policy,condition}`: 1 while a stuck condition of
-    /// DESIGN §4 holds for some lineage of the policy, else 0.
+    /// `rekey_condition{policy,condition}`: 1 while a stuck condition holds
+    /// for any lineage of the policy (the health rule, `rotation::health`).
     pub condition: GaugeVec,
+    /// `rekey_oldest_unfinished_rotation_age_seconds{policy}`.
+    pub oldest_unfinished: GaugeVec,
+    /// `rekey_step_failures_total{policy,step}`.
+    pub step_failures: IntCounterVec,
+    /// `rekey_build_info{version}`, always 1.
+    pub build_info: GaugeVec,
+    /// `rekey_outbox_depth{target}`: events a notification target has not
+    /// received yet.
+    pub outbox_depth: GaugeVec,
+    /// `rekey_dead_letters{target}`: events a target never accepted.
+    pub dead_letters: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -133,14 +147,59 @@ impl Metrics {
         let condition = GaugeVec::new(
             Opts::new(
                 "rekey_condition",
-                "1 while a stuck condition (e.g. unrecognised_key, unsafe_name, conflict) holds for a lineage of the policy, else 0.",
+                "1 while the stuck condition holds for some lineage of the policy (DESIGN §4).",
             ),
             &["policy", "condition"],
         )
         .expect("metric");
+        let oldest_unfinished = GaugeVec::new(
+            Opts::new(
+                "rekey_oldest_unfinished_rotation_age_seconds",
+                "Age in seconds of the policy's oldest unfinished rotation (0 when none).",
+            ),
+            &["policy"],
+        )
+        .expect("metric");
+        let step_failures = IntCounterVec::new(
+            Opts::new(
+                "rekey_step_failures_total",
+                "Failed rotation steps, by step (create, find_id, prepare, publish, retire).",
+            ),
+            &["policy", "step"],
+        )
+        .expect("metric");
+        let build_info = GaugeVec::new(
+            Opts::new("rekey_build_info", "Always 1; the running rekey's version."),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        let outbox_depth = GaugeVec::new(
+            Opts::new(
+                "rekey_outbox_depth",
+                "Events not yet delivered to the notification target.",
+            ),
+            &["target"],
+        )
+        .expect("metric");
+        let dead_letters = GaugeVec::new(
+            Opts::new(
+                "rekey_dead_letters",
+                "Events the notification target never accepted after every retry.",
+            ),
+            &["target"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(condition.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(condition.clone()),
+            Box::new(oldest_unfinished.clone()),
+            Box::new(step_failures.clone()),
+            Box::new(build_info.clone()),
+            Box::new(outbox_depth.clone()),
+            Box::new(dead_letters.clone()),
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -160,6 +219,11 @@ impl Metrics {
             provider_duration,
             sink_publish,
             condition,
+            oldest_unfinished,
+            step_failures,
+            build_info,
+            outbox_depth,
+            dead_letters,
             policies: Arc::default(),
             rendered: Arc::default(),
         }
@@ -181,6 +245,13 @@ impl Metrics {
         }
         self.last_success.with_label_values(&[policy]);
         self.policy_healthy.with_label_values(&[policy]);
+        self.oldest_unfinished.with_label_values(&[policy]);
+        for c in Condition::ALL {
+            self.condition.with_label_values(&[policy, c.as_str()]);
+        }
+        for step in STEPS {
+            self.step_failures.with_label_values(&[policy, step]);
+        }
         for sink in sinks {
             for result in PUBLISH_RESULTS {
                 self.sink_publish
@@ -209,6 +280,12 @@ impl Metrics {
         self.policy_healthy
             .with_label_values(&[status.name.as_str()])
             .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
+        for c in Condition::ALL {
+            let held = status.lineages.iter().any(|l| l.conditions.contains(&c));
+            self.condition
+                .with_label_values(&[status.name.as_str(), c.as_str()])
+                .set(if held { 1.0 } else { 0.0 });
+        }
         self.sync_keys(&status.name, &status.keys);
     }
 
@@ -243,7 +320,9 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
+        let _ = self.oldest_unfinished.remove_label_values(&[policy]);
         remove_where(&self.condition, "policy", policy);
+        remove_where(&self.step_failures, "policy", policy);
         self.keys
             .0
             .write()
