@@ -1927,7 +1927,17 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match rt.walks.listing(&provider, &self.clock, None).await {
+            // A shared walk that shows the next key proves it; one that does
+            // not may predate it (or have skipped it), so only a walk that
+            // started after it can say the key is gone.
+            let mut seen = rt.walks.listing(&provider, &self.clock, None).await;
+            if let Ok(first) = &seen
+                && first.by_id(&new_id).is_none()
+            {
+                let since = Some(first.started_at);
+                seen = rt.walks.listing(&provider, &self.clock, since).await;
+            }
+            match seen {
                 Ok(listing) => {
                     if listing.by_id(&new_id).is_none() {
                         let why = format!(
