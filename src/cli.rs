@@ -416,6 +416,15 @@ fn human_delta(d: chrono::Duration) -> String {
 
 /// `rekey plan`: list and decide, change nothing (no provider mutation,
 /// no DB write: the DB, if any, is opened read-only).
+/// `println!` for lines that hold outside strings (key names, ids, errors):
+/// control characters are escaped, so a key name cannot move the cursor,
+/// clear the operator's terminal or fake a line of the table.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        println!("{}", crate::logging::escape(&format!($($t)*)))
+    };
+}
+
 fn plan(path: &Path) -> Result<ExitCode> {
     use crate::rotation::policy;
     use crate::state::Store;
@@ -447,9 +456,10 @@ fn plan(path: &Path) -> Result<ExitCode> {
         let provider = match crate::provider::build(pc, &metrics) {
             Ok(x) => x,
             Err(e) => {
-                println!(
+                outln!(
                     "policy {}: cannot build provider {}: {e}",
-                    p.name, p.provider
+                    p.name,
+                    p.provider
                 );
                 failed = true;
                 continue;
@@ -462,7 +472,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
         )) {
             Ok(l) => l,
             Err(e) => {
-                println!("policy {}: cannot list keys: {e}", p.name);
+                outln!("policy {}: cannot list keys: {e}", p.name);
                 failed = true;
                 continue;
             }
@@ -487,7 +497,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             config::Mode::Observe => "observe",
             config::Mode::Rotate => "rotate",
         };
-        println!(
+        outln!(
             "policy {} (provider {}, mode {mode}, match {:?}): {}",
             p.name,
             p.provider,
@@ -495,10 +505,10 @@ fn plan(path: &Path) -> Result<ExitCode> {
             plan.health.as_str()
         );
         if let Some(m) = &plan.misconfigured {
-            println!("  misconfigured: {m}; nothing would change");
+            outln!("  misconfigured: {m}; nothing would change");
         }
         if plan.lineages.is_empty() {
-            println!("  no keys match");
+            outln!("  no keys match");
         }
         for l in &plan.lineages {
             let action = if l.decision.rotate {
@@ -508,7 +518,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             } else {
                 "no action"
             };
-            println!(
+            outln!(
                 "  lineage {}: {action} [{}] {}",
                 policy::escaped(&l.name),
                 l.condition.unwrap_or(l.decision.reason.as_str()),
@@ -528,7 +538,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 let lead = policy::effective_lead(p, &k.key)
                     .map(|l| format!(" lead {}", human_delta(l)))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "    {:<10} {:<40} id {:<24} age {:<8} expires in {:<9}{lead}",
                     serde_json::to_value(st)
                         .ok()
@@ -560,7 +570,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 && !l.decision.rotate
                 && l.decision.reason == policy::Reason::Fresh
             {
-                println!(
+                outln!(
                     "    rotate at {} (in {})",
                     t.to_rfc3339(),
                     human_delta(t - now)
@@ -570,13 +580,13 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 let example = p.name_template.render(&l.name, &p.name, "xxxxxxxx", 1, now);
                 let grace = humantime::format_duration(p.grace_period);
                 match &l.current {
-                    Some(c) => println!(
+                    Some(c) => outln!(
                         "    would create {example}, publish it to {}, then delete {} ({}) {grace} after publishing",
                         p.sinks.join(", "),
                         c.key.name,
                         c.key.id
                     ),
-                    None => println!(
+                    None => outln!(
                         "    would create {example} and publish it to {}",
                         p.sinks.join(", ")
                     ),
@@ -585,7 +595,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             if let Some(a) = &l.active
                 && let (Some(old), Some(at)) = (&a.old_key_id, a.retire_at)
             {
-                println!(
+                outln!(
                     "    rotation {} is {}: old key {old} is deleted at {} (in {})",
                     a.id,
                     a.state.as_str(),
@@ -692,7 +702,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no rotations{}",
             policy
                 .map(|p| format!(" for policy {p}"))
@@ -700,7 +710,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         );
     }
     for r in &rows {
-        println!(
+        outln!(
             "{} {} {}/{} {} reason={} started={}{}",
             r.id,
             r.state.as_str().to_uppercase(),
@@ -713,7 +723,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
                 .map(|f| format!(" finished={}", f.to_rfc3339()))
                 .unwrap_or_default()
         );
-        println!(
+        outln!(
             "    old key {} → new key {} ({}){}",
             r.old_key_id.as_deref().unwrap_or("-"),
             r.new_key_id.as_deref().unwrap_or("-"),
@@ -726,10 +736,10 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         if let Some(t) = r.retire_at
             && !r.state.is_terminal()
         {
-            println!("    old key deleted at {}", t.to_rfc3339());
+            outln!("    old key deleted at {}", t.to_rfc3339());
         }
         for a in store.sink_acks(&r.id)? {
-            println!(
+            outln!(
                 "    sink {:<16} {:<8} attempts={}{}{}",
                 a.sink,
                 a.state,
@@ -742,7 +752,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         }
         for a in store.attempts(&r.id)? {
             if a.state != "created" {
-                println!(
+                outln!(
                     "    attempt {} {} {}{}",
                     a.attempt,
                     a.name,
@@ -752,14 +762,14 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
             }
         }
         if let Some(e) = &r.error {
-            println!(
+            outln!(
                 "    error ({}): {e}",
                 r.error_class.as_deref().unwrap_or("?")
             );
         }
     }
     for d in store.dead_letters()? {
-        println!(
+        outln!(
             "dead letter: {} {} to {} at {}: {}",
             d.event_id,
             d.kind,
@@ -839,14 +849,22 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             }
         },
     };
-    let endpoint = match (&args.endpoint, &cfg) {
-        (Some(e), _) => Endpoint::parse(e)?,
-        (None, Some(cfg)) => Endpoint::from_listen(&cfg.daemon.listen),
-        (None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
+    // With an admin socket, rotate requests go there (socket access is the
+    // authorization; no token travels to whatever owns the TCP port).
+    let admin_socket = match (&args.endpoint, &cfg) {
+        (None, Some(cfg)) => cfg.daemon.admin_listen.clone(),
+        _ => None,
+    };
+    let endpoint = match (&args.endpoint, &cfg, &admin_socket) {
+        (Some(e), _, _) => Endpoint::parse(e)?,
+        (None, _, Some(path)) => Endpoint::Unix(path.clone()),
+        (None, Some(cfg), None) => Endpoint::from_listen(&cfg.daemon.listen),
+        (None, None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
     };
     let token = match (&args.token_file, &cfg) {
-        (Some(file), _) => read_token_file(file)?,
-        (None, Some(cfg)) => {
+        (Some(file), _) => Some(read_token_file(file)?),
+        (None, Some(_)) if admin_socket.is_some() => None,
+        (None, Some(cfg)) => Some({
             let Some(r) = &cfg.daemon.admin_token else {
                 anyhow::bail!(
                     "{} sets no daemon.admin_token, so the daemon refuses rotate requests; \
@@ -856,7 +874,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             };
             r.resolve_now()
                 .with_context(|| format!("daemon.admin_token ({r})"))?
-        }
+        }),
         (None, None) => {
             anyhow::bail!("rotate needs the admin token: pass --token-file FILE or -c CONFIG")
         }
@@ -871,7 +889,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
         &args.policy,
         args.lineage.as_deref(),
         args.revoke_old_immediately,
-        &token,
+        token.as_ref(),
     )) {
         Ok(o) => o,
         Err(e) => {

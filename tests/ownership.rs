@@ -185,12 +185,26 @@ async fn a_hand_made_key_named_like_rekeys_own_is_reported_never_current_and_the
             .is_match(&metrics),
         "{metrics}"
     );
-    let status: serde_json::Value = reqwest::get(format!("{endpoint}/status/maas"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The snapshot is rebuilt after each step, so a read can fall between a
+    // delete and the next check; wait (bounded) for one that shows a current
+    // key, then assert on it.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..40 {
+        status = reqwest::get(format!("{endpoint}/status/maas"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let settled = status["lineages"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|l| l["name"] == "app-x" && l["current_key"] != serde_json::Value::Null)
+        });
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(status["health"], "failing", "{status:#}");
     let keys = status["keys"].as_array().unwrap();
     assert!(

@@ -14,3 +14,4 @@ mod ops;
 mod ownership;
 mod sinks;
 mod tencent;
+mod untrusted;

@@ -1059,3 +1059,24 @@ fn a_symlinked_lock_db_or_key_file_is_refused_and_its_target_left_alone() {
     assert!(crate::state::seal::Sealer::from_key_file(&key).is_err());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
+
+#[test]
+fn a_symlinked_wal_or_shm_file_is_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let path = dir.path().join("state.db");
+    {
+        Store::open(&path).unwrap();
+    }
+    for suffix in ["-wal", "-shm"] {
+        let side = sidecar(&path, suffix);
+        let _ = std::fs::remove_file(&side);
+        std::os::unix::fs::symlink(&victim, &side).unwrap();
+    }
+    if let Ok(store) = Store::open(&path) {
+        let sealer = Sealer::random();
+        let _ = created_rotation(&store, &sealer, &["file"]);
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
