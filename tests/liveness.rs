@@ -489,3 +489,27 @@ async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_check
     assert_eq!(env.emu.stats().delete.requests, 0);
     assert_eq!(terminate(&mut d), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_lags_behind_create_spends_no_attempts() {
+    let env = Env::with(rekey::emulator::oceanbase::OceanBaseEmulatorOptions {
+        list_delay: Duration::from_secs(8),
+        ..Default::default()
+    })
+    .await;
+    env.seed(1, 1);
+    // Two attempts would be spent in well under a second at 100 ms backoff.
+    let cfg = env.config("keys/{lineage}.env", "max_attempts = 2");
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the rotation to publish", Duration::from_secs(60), |e| {
+        e.rotations().iter().any(|r| r.published_at.is_some())
+            || e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Failed)
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let r = env.rotations()[0].clone();
+    assert!(r.published_at.is_some(), "{:?} {:?}", r.state, r.error);
+    assert_eq!(env.rotations().len(), 1, "one rotation, one key");
+}

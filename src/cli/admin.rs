@@ -76,30 +76,40 @@ fn load(config: &Option<PathBuf>) -> Result<Option<config::Config>> {
     }
 }
 
-/// The endpoint and admin token, as `rekey rotate` finds them.
-fn connect(args: &AdminArgs, cfg: Option<&config::Config>) -> Result<(Client, Secret)> {
-    let endpoint = match (&args.endpoint, cfg) {
-        (Some(e), _) => Endpoint::parse(e)?,
-        (None, Some(cfg)) => Endpoint::from_listen(&cfg.daemon.listen),
-        (None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
+/// The endpoint and admin token, as `rekey rotate` finds them: with
+/// `daemon.admin_listen`, the admin socket (access to it is the
+/// authorization, no token is sent); else the listener and the token.
+fn connect(args: &AdminArgs, cfg: Option<&config::Config>) -> Result<(Client, Option<Secret>)> {
+    let admin_socket = match (&args.endpoint, cfg) {
+        (None, Some(cfg)) => cfg.daemon.admin_listen.clone(),
+        _ => None,
+    };
+    let endpoint = match (&args.endpoint, cfg, &admin_socket) {
+        (Some(e), _, _) => Endpoint::parse(e)?,
+        (None, _, Some(path)) => Endpoint::Unix(path.clone()),
+        (None, Some(cfg), None) => Endpoint::from_listen(&cfg.daemon.listen),
+        (None, None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
     };
     let token = match (&args.token_file, cfg) {
-        (Some(file), _) => read_token_file(file)?,
+        (Some(file), _) => Some(read_token_file(file)?),
+        (None, Some(_)) if admin_socket.is_some() => None,
         (None, Some(cfg)) => {
             let Some(r) = &cfg.daemon.admin_token else {
                 anyhow::bail!(
-                    "{} sets no daemon.admin_token, so the daemon refuses commands; set one",
+                    "{} sets no daemon.admin_token or admin_listen, so the daemon refuses commands; set one",
                     cfg.path.display()
                 );
             };
-            r.resolve_now()
-                .with_context(|| format!("daemon.admin_token ({r})"))?
+            Some(
+                r.resolve_now()
+                    .with_context(|| format!("daemon.admin_token ({r})"))?,
+            )
         }
         (None, None) => {
             anyhow::bail!("this command needs the admin token: pass --token-file FILE or -c CONFIG")
         }
     };
-    if !endpoint.is_local() {
+    if token.is_some() && !endpoint.is_local() {
         eprintln!(
             "rekey: warning: sending the admin token over plain HTTP to {endpoint}, which is not loopback"
         );
@@ -122,7 +132,7 @@ pub fn command(command: Command, rotation: &str, args: &AdminArgs) -> Result<Exi
     }
     let (client, token) = connect(args, cfg.as_ref())?;
     let path = format!("/{}/{}", command.as_str(), client::percent_encode(rotation));
-    let resp = match client_runtime()?.block_on(client.send(Method::POST, &path, Some(&token))) {
+    let resp = match client_runtime()?.block_on(client.send(Method::POST, &path, token.as_ref())) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rekey: {e}");

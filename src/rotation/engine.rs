@@ -115,8 +115,12 @@ pub const RETIRE_BACKOFF_CAP: Duration = Duration::from_secs(3600);
 /// once failures have grown the backoff that far.
 pub const EXPIRY_CAP_FLOOR: Duration = Duration::from_secs(60);
 /// Consecutive listings without the next key before a retiring rotation
-/// ends with `next_key_missing`.
+/// ends with `next_key_missing`; the misses must also span
+/// [`MISSING_WINDOW`] (eventually consistent lists, offset paging).
 pub const MISSING_AFTER: u32 = 3;
+/// How long the next key must stay missing from every listing (each begun
+/// after it was created) before its rotation ends `next_key_missing`.
+pub const MISSING_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// A rotation that failed after create is resumed by the next checks for
 /// this long after its key was created; after that its key can no longer
 /// be published and is abandoned (deleted when no sink acknowledged it).
@@ -1927,18 +1931,17 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            // A shared walk that shows the next key proves it; one that does
-            // not may predate it (or have skipped it), so only a walk that
-            // started after it can say the key is gone.
-            let mut seen = rt.walks.listing(&provider, &self.clock, None).await;
-            if let Ok(first) = &seen
-                && first.by_id(&new_id).is_none()
+            // Only a walk that began after the next key was created can
+            // say anything about it.
+            match rt
+                .walks
+                .listing(&provider, &self.clock, row.created_at)
+                .await
             {
-                let since = Some(first.started_at);
-                seen = rt.walks.listing(&provider, &self.clock, since).await;
-            }
-            match seen {
                 Ok(listing) => {
+                    if listing.by_id(&new_id).is_some() && row.listing_wait_since.is_some() {
+                        self.store.set_listing_wait(&row.id, None)?;
+                    }
                     if listing.by_id(&new_id).is_none() {
                         let why = format!(
                             "the new key {} ({}) is no longer listed; refusing to delete the old key {}",
@@ -1946,13 +1949,23 @@ impl Engine {
                             policy::escaped(&new_name),
                             policy::escaped(&old_id)
                         );
-                        // One listing can miss a key (paging); several in a
-                        // row mean it is gone: end the rotation, keep the old key.
+                        // One listing can miss a key (paging, an eventually
+                        // consistent list); misses in a row across
+                        // MISSING_WINDOW mean it is gone: end the rotation,
+                        // keep the old key.
+                        let since = row.listing_wait_since.unwrap_or(now);
+                        if row.listing_wait_since.is_none() {
+                            self.store.set_listing_wait(&row.id, Some(now))?;
+                        }
                         let missed_before = row
                             .error
                             .as_deref()
                             .is_some_and(|e| e.contains(NEXT_KEY_NOT_LISTED));
-                        if missed_before && row.failures + 1 >= MISSING_AFTER {
+                        if missed_before
+                            && row.failures + 1 >= MISSING_AFTER
+                            && now - since
+                                >= ChronoDuration::from_std(MISSING_WINDOW).unwrap_or_default()
+                        {
                             return self.next_key_missing(row, &why);
                         }
                         return self.on_failure(
@@ -2028,7 +2041,23 @@ impl Engine {
         }
         // Always ask for the delete, even when the listing did not show the
         // old key: offset paging can skip a key, and a 404 counts as done.
-        let outcome = match self.delete_key(rt, &provider, &old_id).await {
+        // Unbind and disable (Tencent) once: committed, so a delete that
+        // keeps failing does not redo them on every try.
+        if caps.disable_before_delete && row.old_disabled_at.is_none() {
+            if let Err(e) = provider.before_delete(&old_id).await {
+                return self.on_failure(
+                    policy,
+                    row,
+                    "disabling the old key",
+                    &e.to_string(),
+                    true,
+                    e.retry_after(),
+                    true,
+                );
+            }
+            self.store.record_old_disabled(&row.id, self.now())?;
+        }
+        let outcome = match provider.delete(&old_id).await {
             Ok(o) => o,
             Err(e) => {
                 return self.on_failure(

@@ -328,6 +328,7 @@ mod tests {
             outcome: None,
             prepared_at: None,
             listing_wait_since: None,
+            old_disabled_at: None,
         }
     }
 

@@ -691,13 +691,8 @@ pub fn plan(
                         raw.to_string().escape_debug()
                     ),
                 ));
+                decision.rotate = false;
             }
-        }
-        // An unrecognised key alone does not stop a lineage the store
-        // knows (a hand-made key beside it): its current key, the one in
-        // the sinks, is still rotated when due. Every other condition does.
-        if found.iter().any(|(c, _)| *c != Condition::UnrecognisedKey) {
-            decision.rotate = false;
         }
         let assessment = health::assess(
             &LineageFacts {

@@ -1204,6 +1204,18 @@ impl Store {
         })
     }
 
+    /// The old key of a retiring rotation was unbound and disabled
+    /// (`before_delete`): commit it, so a failing delete never redoes it.
+    pub fn record_old_disabled(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET old_disabled_at = ?2 WHERE id = ?1 AND old_disabled_at IS NULL",
+                params![id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Start (or, with `None`, end) waiting for a listing to show the new
     /// key. The start is kept when already set.
     pub fn set_listing_wait(
@@ -1993,7 +2005,7 @@ fn insert_event(tx: &Transaction, ev: &Event) -> Result<(), StoreError> {
 const ROTATION_COLS: &str = "id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
     old_key_id, old_key_name, attempt, new_key_name, new_key_id, new_key_created_at, new_key_expires_at, fingerprint,
     sinks, failures, next_attempt_at, grace_seconds, started_at, created_at, published_at, retire_at, finished_at,
-    error, error_class, outcome, prepared_at, listing_wait_since";
+    error, error_class, outcome, prepared_at, listing_wait_since, old_disabled_at";
 
 fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
     let state: String = r.get(4)?;
@@ -2029,6 +2041,7 @@ fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
         outcome: r.get(28)?,
         prepared_at: opt_ts(r.get(29)?),
         listing_wait_since: opt_ts(r.get(30)?),
+        old_disabled_at: opt_ts(r.get(31)?),
     })
 }
 
@@ -2281,6 +2294,8 @@ pub struct RotationRow {
     pub prepared_at: Option<DateTime<Utc>>,
     /// Waiting for a listing to show the new key since then.
     pub listing_wait_since: Option<DateTime<Utc>>,
+    /// The old key was unbound and disabled (before its delete).
+    pub old_disabled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,7 @@
 //!   rebuilt), indexes `keys_by_id` and `rotations_by_old_key`; `attempts.absent_listings`,
 //!   `attempts.absent_since`, index `attempts_not_created`; table `sink_targets`.
 //! - 3 (liveness): `rotations.prepared_at`, `rotations.listing_wait_since`,
-//!   `keys.unknown_time`; table `conditions`.
+//!   `rotations.old_disabled_at`, `keys.unknown_time`; table `conditions`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -62,6 +62,9 @@
 //! - `listing_wait_since` (v3): since when the engine waits for an eventually
 //!   consistent listing to show the new key (OceanBase returns no id); that
 //!   wait is bounded by time, not by the failure budget.
+//! - `old_disabled_at` (v3): when the old key was unbound and disabled
+//!   before its delete (Tencent); set once, so a failing delete never
+//!   redoes it.
 //! - `error_class` may also be `next_key_missing` (the next key vanished in
 //!   grace: the one way from `retiring` to `failed`) or `abandoned`.
 //!
@@ -326,6 +329,7 @@ CREATE TABLE sink_targets (
     r#"
 ALTER TABLE rotations ADD COLUMN prepared_at TEXT;
 ALTER TABLE rotations ADD COLUMN listing_wait_since TEXT;
+ALTER TABLE rotations ADD COLUMN old_disabled_at TEXT;
 ALTER TABLE keys ADD COLUMN unknown_time TEXT;
 CREATE TABLE conditions (
     policy TEXT NOT NULL,

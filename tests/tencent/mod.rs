@@ -820,3 +820,81 @@ create = {{ usage_plans = ["usagePlan-b"] }}
     assert!(r.prepared_at.is_some());
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delete_that_keeps_failing_never_makes_the_daemon_unbind_and_disable_again() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key(
+        "svc-main",
+        Utc::now() - chrono::Duration::days(40),
+        &["usagePlan-a"],
+    )
+    .unwrap();
+    emu.set_faults(Faults {
+        force: vec![ForcedFault {
+            action: "DeleteApiKey".into(),
+            code: "InternalError".into(),
+            message: None,
+            count: 1000,
+        }],
+        ..Faults::default()
+    })
+    .unwrap();
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{{dir}}/tc-id" }}
+secret_key = {{ file = "{{dir}}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/{{lineage}}.env"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+grace_period = "0s"
+sinks = ["out"]
+create = {{ usage_plans = ["usagePlan-a"] }}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    );
+    let daemon = support::start_daemon(
+        &config,
+        &[("tc-id", &o.secret_id), ("tc-key", o.secret_key.expose())],
+    );
+    // Until the delete has failed a few times (2 s, 4 s… backoff).
+    let (done, _dir) = daemon
+        .until(|| {
+            emu.stats()
+                .get("DeleteApiKey")
+                .is_some_and(|s| s.requests >= 3)
+        })
+        .await;
+    assert!(done, "{:?}", emu.stats());
+    let stats = emu.stats();
+    assert_eq!(stats["DisableApiKey"].requests, 1, "{stats:?}");
+    assert_eq!(stats["UnBindSecretIds"].requests, 1, "{stats:?}");
+    emu.shutdown().await;
+}

@@ -128,6 +128,7 @@ fn completed(
         outcome: Some("deleted".into()),
         prepared_at: None,
         listing_wait_since: None,
+        old_disabled_at: None,
     }
 }
 
