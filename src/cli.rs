@@ -149,11 +149,11 @@ pub enum Command {
 pub enum EmulateCommand {
     /// OceanBase Cloud MaaS API keys: list, create, delete, HTTP Digest auth.
     #[command(name = "oceanbase")]
-    OceanBase(OceanBaseEmulateArgs),
+    OceanBase(Box<OceanBaseEmulateArgs>),
     /// Tencent Cloud API Gateway keys (TC3 signatures, usage plans).
-    Tencent(crate::emulator::tencent::EmulateArgs),
+    Tencent(Box<crate::emulator::tencent::EmulateArgs>),
     /// Huawei Cloud NES credentials, with a fake IAM token endpoint.
-    Huawei(crate::emulator::huawei::EmulateArgs),
+    Huawei(Box<crate::emulator::huawei::EmulateArgs>),
 }
 
 /// `rekey emulate oceanbase`: the knobs of [`OceanBaseEmulatorOptions`].
@@ -215,9 +215,13 @@ pub struct OceanBaseEmulateArgs {
     /// Order of list pages: `oldest` (creation order) or `newest` first.
     #[arg(long, default_value = "oldest", value_parser = parse_list_order)]
     pub list_order: ListOrder,
-    /// How long a created key stays out of list answers (eventual consistency).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub list_delay: Duration,
+    /// Knobs every emulator shares (`--list-delay`: how long a created key
+    /// stays out of list answers, eventual consistency).
+    #[command(flatten)]
+    pub knobs: crate::emulator::common::CommonKnobs,
+    /// Offer an RFC 2069 Digest challenge without qop (as some servers do).
+    #[arg(long)]
+    pub digest_no_qop: bool,
 }
 
 /// A key lifetime, or none (`never`).
@@ -273,7 +277,8 @@ impl OceanBaseEmulateArgs {
             algorithms: self.digest_algorithms.clone(),
             nonce_ttl: self.nonce_ttl,
             list_order: self.list_order,
-            list_delay: self.list_delay,
+            list_delay: self.knobs.list_delay,
+            digest_qop: !self.digest_no_qop,
         }
     }
 }
@@ -985,13 +990,13 @@ fn emulate(cmd: EmulateCommand) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match cmd {
-        EmulateCommand::OceanBase(args) => rt.block_on(emulate_oceanbase(args)),
+        EmulateCommand::OceanBase(args) => rt.block_on(emulate_oceanbase(*args)),
         EmulateCommand::Tencent(args) => {
-            rt.block_on(crate::emulator::tencent::serve_cli(args))?;
+            rt.block_on(crate::emulator::tencent::serve_cli(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         EmulateCommand::Huawei(args) => {
-            rt.block_on(crate::emulator::huawei::serve_cli(args))?;
+            rt.block_on(crate::emulator::huawei::serve_cli(*args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

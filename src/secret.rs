@@ -14,19 +14,80 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// One secret string. Cloning copies the plaintext into another zeroizing
-/// buffer; both are wiped when dropped.
+/// One secret: usually text, sometimes bytes (a Huawei NES credential
+/// archive). Cloning copies the plaintext into another zeroizing buffer;
+/// both are wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
+pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(Zeroizing::new(value.into()))
+        Secret(Zeroizing::new(value.into().into_bytes()))
     }
 
-    /// The plaintext, for the one call that must send or write it.
+    /// A secret that may not be text.
+    pub fn from_bytes(value: Vec<u8>) -> Self {
+        Secret(Zeroizing::new(value))
+    }
+
+    /// The plaintext as text, for the one call that must send or write it.
+    /// A secret that is not UTF-8 exposes as the empty string: callers that
+    /// may hold bytes (sinks, sealing) use [`Secret::as_text`] or
+    /// [`Secret::expose_bytes`].
     pub fn expose(&self) -> &str {
-        self.0.as_str()
+        self.as_text().unwrap_or("")
+    }
+
+    /// The plaintext as text, or `None` when it is not UTF-8.
+    pub fn as_text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The plaintext bytes, exactly as the provider issued them.
+    pub fn expose_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value for a text format (`env`, `json`, sealing): the text
+    /// itself, or for bytes that are not UTF-8, standard padded base64
+    /// with `is_base64 = true`. Zeroized on drop.
+    pub fn text_or_base64(&self) -> (Zeroizing<String>, bool) {
+        use base64::Engine as _;
+        match self.as_text() {
+            Some(t) => (Zeroizing::new(t.to_string()), false),
+            None => (
+                Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0)),
+                true,
+            ),
+        }
+    }
+
+    /// The value as JSON: a string, or `{"base64": "…"}` for bytes that are
+    /// not UTF-8 (the form of `json` files, webhook and Vault payloads and
+    /// the sealed state).
+    pub fn to_json_value(&self) -> serde_json::Value {
+        let (v, b64) = self.text_or_base64();
+        if b64 {
+            serde_json::json!({ "base64": v.as_str() })
+        } else {
+            serde_json::Value::String(v.to_string())
+        }
+    }
+
+    /// Inverse of [`Secret::to_json_value`].
+    pub fn from_json_value(v: &serde_json::Value) -> Option<Secret> {
+        use base64::Engine as _;
+        match v {
+            serde_json::Value::String(s) => Some(Secret::new(s.clone())),
+            serde_json::Value::Object(o) if o.len() == 1 => {
+                let b = o.get("base64")?.as_str()?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .ok()
+                    .map(Secret::from_bytes)
+            }
+            _ => None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -37,7 +98,7 @@ impl Secret {
     /// compare what a sink holds with what we published, and to name a key in
     /// notifications without carrying it.
     pub fn fingerprint(&self) -> String {
-        fingerprint_bytes(self.0.as_bytes())
+        fingerprint_bytes(&self.0)
     }
 }
 
@@ -103,7 +164,7 @@ impl SecretFields {
         for (k, v) in &self.0 {
             buf.extend_from_slice(k.as_bytes());
             buf.push(0);
-            buf.extend_from_slice(v.expose().as_bytes());
+            buf.extend_from_slice(v.expose_bytes());
             buf.push(0);
         }
         fingerprint_bytes(&buf)
@@ -111,11 +172,12 @@ impl SecretFields {
 
     /// JSON object of the plaintext fields, for sealing and for sinks that
     /// write JSON. The returned buffer zeroizes on drop.
+    /// Fields that are not UTF-8 appear as `{"base64": "…"}`.
     pub fn to_json(&self) -> Zeroizing<String> {
         let map: serde_json::Map<String, serde_json::Value> = self
             .0
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().to_string())))
+            .map(|(k, v)| (k.clone(), v.to_json_value()))
             .collect();
         Zeroizing::new(serde_json::Value::Object(map).to_string())
     }
@@ -125,9 +187,25 @@ impl SecretFields {
         let value: serde_json::Value = serde_json::from_str(text).ok()?;
         let mut out = Self::new();
         for (k, v) in value.as_object()? {
-            out.insert(k, Secret::new(v.as_str()?.to_string()));
+            out.insert(k, Secret::from_json_value(v)?);
         }
         Some(out)
+    }
+
+    /// The provider's primary field, the one a `raw` file holds by default:
+    /// the only field, else the first present of `credential` (Huawei NES),
+    /// `api_key` (OceanBase), `access_key_secret` (Tencent), else the first
+    /// whose name says `secret`.
+    pub fn primary(&self) -> Option<(&str, &Secret)> {
+        if self.0.len() == 1 {
+            return self.iter().next();
+        }
+        for name in ["credential", "api_key", "access_key_secret"] {
+            if let Some((k, v)) = self.0.get_key_value(name) {
+                return Some((k.as_str(), v));
+            }
+        }
+        self.iter().find(|(k, _)| k.contains("secret"))
     }
 }
 
@@ -161,6 +239,24 @@ mod tests {
         let back = SecretFields::from_json(&f.to_json()).unwrap();
         assert_eq!(back, f);
         assert_eq!(back.fingerprint(), f.fingerprint());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_survive_sealing_json_as_base64() {
+        let zip = vec![b'P', b'K', 3, 4, 0xff, 0xfe, 0];
+        let mut f = SecretFields::new();
+        f.insert("credential", Secret::new("id,key\n1,abc\n"));
+        f.insert("credential_zip", Secret::from_bytes(zip.clone()));
+        let json = f.to_json();
+        assert!(json.contains("\"base64\""), "{}", json.as_str());
+        let back = SecretFields::from_json(&json).unwrap();
+        assert_eq!(back.get("credential_zip").unwrap().expose_bytes(), &zip[..]);
+        assert_eq!(back.fingerprint(), f.fingerprint());
+        assert_eq!(f.primary().unwrap().0, "credential");
+        // Text never becomes base64, even if it looks like it.
+        let t = Secret::new("eyJhIjoxfQ==");
+        assert_eq!(t.to_json_value(), serde_json::json!("eyJhIjoxfQ=="));
+        assert_eq!(Secret::from_bytes(vec![0xff]).expose(), "");
     }
 
     #[test]

@@ -259,6 +259,26 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "a Tencent usage-plan region that is not a region name",
+            with(&[(
+                "region = \"ap-guangzhou\"",
+                "region = \"ap-guangzhou\"\nregions = [\"ap shanghai\"]",
+            )]),
+            &[
+                "rekey.toml:14:11: error: region \"ap shanghai\" is not a Tencent Cloud region name\n  hint: write region names like \"ap-guangzhou\"",
+            ],
+        ),
+        case(
+            "a raw field named on a file sink that is not raw",
+            with(&[(
+                "path = \"/etc/keys/{lineage}.env\"",
+                "path = \"/etc/keys/{lineage}.env\"\nfield = \"credential_zip\"",
+            )]),
+            &[
+                "rekey.toml:25:9: error: `field` applies to format = \"raw\" only\n  hint: env and json files hold every field; remove `field` or set format = \"raw\"",
+            ],
+        ),
+        case(
             "unknown provider kind",
             with(&[("kind = \"oceanbase\"", "kind = \"oceanbse\"")]),
             &[

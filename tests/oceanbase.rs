@@ -520,6 +520,40 @@ async fn digest_round_trip(
 }
 
 #[tokio::test]
+async fn a_digest_challenge_without_qop_authenticates_the_rfc_2069_way() {
+    for algorithms in [vec![DigestAlgorithm::Md5], vec![DigestAlgorithm::Sha256]] {
+        let emu = start_oceanbase(OceanBaseEmulatorOptions {
+            keys: 3,
+            algorithms,
+            digest_qop: false,
+            ..Default::default()
+        })
+        .await;
+        let provider = oceanbase_provider(&oceanbase_config(&emu));
+        assert_eq!(provider.list(&all).await.unwrap().len(), 3);
+        let new = provider
+            .create(&CreateRequest {
+                name: "app-2069",
+                params: &params("read"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            provider.delete(new.id.as_deref().unwrap()).await.unwrap(),
+            DeleteOutcome::Deleted
+        );
+        let s = emu.stats();
+        // One challenge; its nonce answers every later call (no nc).
+        assert_eq!(
+            s.list.challenged + s.create.challenged + s.delete.challenged,
+            1,
+            "{s:?}"
+        );
+        assert_eq!((s.create.ok, s.delete.ok), (1, 1), "{s:?}");
+    }
+}
+
+#[tokio::test]
 async fn digest_works_with_md5_alone() {
     let s = digest_round_trip(vec![DigestAlgorithm::Md5]).await;
     assert!(

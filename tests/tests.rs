@@ -12,6 +12,7 @@ mod notify;
 mod oceanbase;
 mod ops;
 mod ownership;
+mod sdk;
 mod sinks;
 mod tencent;
 mod untrusted;

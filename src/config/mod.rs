@@ -142,6 +142,9 @@ pub enum ProviderKind {
     },
     Tencent {
         region: String,
+        /// Further regions whose usage plans are searched for a key's
+        /// bindings (the configured `region` always is).
+        regions: Vec<String>,
         secret_id: SecretRef,
         secret_key: SecretRef,
     },
@@ -235,6 +238,9 @@ pub struct FileSinkConfig {
     pub on_publish_timeout: Duration,
     /// env format: secret field → variable name overrides.
     pub env_names: BTreeMap<String, String>,
+    /// raw format: which secret field the file holds (`None`: the
+    /// provider's primary field, see `SecretFields::primary`).
+    pub field: Option<String>,
     /// Variables of the daemon's environment passed to `on_publish`, beyond
     /// the fixed minimal set (`PATH`, locale, `REKEY_*`).
     pub pass_env: Vec<String>,

@@ -49,10 +49,35 @@ pub struct RawProvider {
     pub access_key_secret: Option<S<RawSecretRef>>,
     // tencent-apigateway
     pub region: Option<S<String>>,
+    /// More regions searched for usage plans bound to a key.
+    pub regions: Option<S<Vec<String>>>,
     pub secret_id: Option<S<RawSecretRef>>,
     pub secret_key: Option<S<RawSecretRef>>,
     // huawei-nes
     pub auth: Option<S<RawHuaweiAuth>>,
+}
+
+impl RawProvider {
+    /// Every kind-specific key of `[providers.NAME]` with where it was set
+    /// (`None`: absent), in declaration order. A provider's spec names the
+    /// ones it reads (`ProviderSpec::keys`); the others are reported as not
+    /// applying to its kind.
+    pub fn kind_keys(&self) -> Vec<(&'static str, Option<std::ops::Range<usize>>)> {
+        fn sp<T>(o: &Option<S<T>>) -> Option<std::ops::Range<usize>> {
+            o.as_ref().map(|s| s.span())
+        }
+        vec![
+            ("org_id", sp(&self.org_id)),
+            ("project_id", sp(&self.project_id)),
+            ("access_key_id", sp(&self.access_key_id)),
+            ("access_key_secret", sp(&self.access_key_secret)),
+            ("region", sp(&self.region)),
+            ("regions", sp(&self.regions)),
+            ("secret_id", sp(&self.secret_id)),
+            ("secret_key", sp(&self.secret_key)),
+            ("auth", sp(&self.auth)),
+        ]
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +121,8 @@ pub struct RawSink {
     pub on_publish_timeout: Option<S<String>>,
     /// env format: secret field name → variable name.
     pub env_names: Option<S<BTreeMap<String, String>>>,
+    /// raw format: the secret field written (default: the provider's primary).
+    pub field: Option<S<String>>,
     /// Daemon environment variables `on_publish` may see.
     pub pass_env: Option<S<Vec<String>>>,
     // webhook

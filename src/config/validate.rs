@@ -26,7 +26,6 @@ use super::*;
 use crate::secret::Secret;
 
 const TOP_KEYS: &[&str] = &["daemon", "providers", "sinks", "notify", "policy"];
-const PROVIDER_KINDS: &[&str] = &["oceanbase", "tencent-apigateway", "huawei-nes"];
 const SINK_KINDS: &[&str] = &["file", "webhook", "vault"];
 /// How long an old key outlives its replacement when a policy says nothing.
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -721,6 +720,96 @@ fn required<'r, T>(
     o.as_ref()
 }
 
+/// What a provider's own config check (its [`ProviderSpec`], beside its
+/// client in `src/provider/`) may use: located errors and the shared
+/// field checks, all reporting against the `[providers.NAME]` item.
+pub struct ProviderCx<'c, 'a> {
+    cx: &'c mut Ctx<'a>,
+    /// `[providers.NAME]`, for messages.
+    pub what: String,
+    /// The provider kind, for messages.
+    pub kind: &'static str,
+    at: Range<usize>,
+}
+
+impl ProviderCx<'_, '_> {
+    /// An error at `span` with a hint.
+    pub fn error_hint(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.cx.d.error_hint(span, message, hint);
+    }
+
+    /// A key the kind needs; reported at the item's name when missing.
+    pub fn required<'r, T>(
+        &mut self,
+        o: &'r Option<Spanned<T>>,
+        key: &str,
+    ) -> Option<&'r Spanned<T>> {
+        let what = self.what.clone();
+        required(self.cx, o, key, &what, self.at.clone())
+    }
+
+    /// A secret reference (`{ env = … }`, `{ credential = … }`, …).
+    pub fn secret(&mut self, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRef> {
+        secret(self.cx, r, key)
+    }
+
+    /// A URL credentials travel over (HTTPS unless loopback).
+    pub fn secret_url(&mut self, s: &Spanned<String>, key: &str) -> Option<String> {
+        url(self.cx, s, key, Carries::Secrets)
+    }
+}
+
+/// One provider kind's config rules, kept beside its client (like a
+/// Vector component): defaults, the auth forms and naming constraints of
+/// `[providers.NAME]`, and the `create` keys a policy may pass. The list of
+/// kinds is [`crate::provider::SPECS`]; a new kind is one more entry there.
+pub trait ProviderSpec: Sync {
+    /// `kind = "…"` in the config.
+    fn kind(&self) -> &'static str;
+    /// `endpoint` when the config gives none.
+    fn default_endpoint(&self) -> &'static str;
+    /// `rate_limit` (requests per second) when the config gives none.
+    fn default_rate(&self) -> Option<f64> {
+        None
+    }
+    /// The kind-specific keys of `[providers.NAME]` it reads (from
+    /// `RawProvider::kind_keys`); any other one set is reported as not
+    /// applying to this kind.
+    fn keys(&self) -> &'static [&'static str];
+    /// Whether the provider's keys carry an expiry (else
+    /// `rotate_before_expiry` never fires and is refused).
+    fn has_expiry(&self) -> bool {
+        false
+    }
+    /// The kind-specific keys of `[providers.NAME]`, checked, as the domain
+    /// type; `None` after reporting why.
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind>;
+    /// Keys a policy's `create` table may hold.
+    fn create_keys(&self) -> &'static [&'static str];
+    /// Kind-specific checks of a policy's `create` table, after the unknown
+    /// keys were reported (`unknown_reported`). `create_keys` checks names;
+    /// this checks what else the kind needs. Reports through `cx`.
+    fn check_create(
+        &self,
+        _cx: &mut ProviderCx<'_, '_>,
+        _create: &serde_json::Map<String, serde_json::Value>,
+        _span: Range<usize>,
+        _rotate: bool,
+        _unknown_reported: bool,
+    ) {
+    }
+    /// `create` keys refused with a reason of their own (key, message,
+    /// hint), reported instead of "unknown create parameter".
+    fn reserved_create_keys(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        &[]
+    }
+}
+
 fn validate_provider(
     cx: &mut Ctx,
     name: &Spanned<String>,
@@ -729,158 +818,53 @@ fn validate_provider(
     let what = format!("[providers.{}]", name.get_ref());
     let at = name.span();
     let kind_s = raw.kind.get_ref().as_str();
-    let (default_endpoint, default_rate) = match kind_s {
-        "oceanbase" => ("https://api-cloud.oceanbase.com", None),
-        "tencent-apigateway" => ("https://apigateway.tencentcloudapi.com", Some(20.0)),
-        "huawei-nes" => ("https://bcs.ap-southeast-3.myhuaweicloud.com", None),
-        other => {
-            let hint = match did_you_mean(other, PROVIDER_KINDS.iter().copied()) {
-                Some(m) => format!("did you mean \"{m}\"?"),
-                None => format!("provider kinds are: {}", PROVIDER_KINDS.join(", ")),
-            };
-            cx.d.error_hint(
-                raw.kind.span(),
-                format!("unknown provider kind {other:?}"),
-                hint,
-            );
-            return None;
-        }
+    let Some(spec) = crate::provider::spec(kind_s) else {
+        let kinds: Vec<&str> = crate::provider::SPECS.iter().map(|s| s.kind()).collect();
+        let hint = match did_you_mean(kind_s, kinds.iter().copied()) {
+            Some(m) => format!("did you mean \"{m}\"?"),
+            None => format!("provider kinds are: {}", kinds.join(", ")),
+        };
+        cx.d.error_hint(
+            raw.kind.span(),
+            format!("unknown provider kind {kind_s:?}"),
+            hint,
+        );
+        return None;
     };
     let endpoint = match &raw.endpoint {
         Some(e) => url(cx, e, "endpoint", Carries::Secrets),
-        None => Some(default_endpoint.to_string()),
+        None => Some(spec.default_endpoint().to_string()),
     };
     let rate_limit = match &raw.rate_limit {
         Some(r) => rate_limit(cx, r),
-        None => default_rate.map(|per_second| RateLimit { per_second }),
+        None => spec
+            .default_rate()
+            .map(|per_second| RateLimit { per_second }),
     };
     let ca_file = ca_file(cx, &raw.ca_file);
     let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(30));
-    let kind = match kind_s {
-        "oceanbase" => {
-            not_for_kind(
-                cx,
-                kind_s,
-                "providers",
-                &[
-                    ("region", sp(&raw.region)),
-                    ("secret_id", sp(&raw.secret_id)),
-                    ("secret_key", sp(&raw.secret_key)),
-                    ("auth", sp(&raw.auth)),
-                ],
-            );
-            let org =
-                required(cx, &raw.org_id, "org_id", &what, at.clone()).map(|s| s.get_ref().clone());
-            let proj = required(cx, &raw.project_id, "project_id", &what, at.clone())
-                .map(|s| s.get_ref().clone());
-            let ak = required(cx, &raw.access_key_id, "access_key_id", &what, at.clone())
-                .and_then(|s| secret(cx, s, "access_key_id"));
-            let sk = required(
-                cx,
-                &raw.access_key_secret,
-                "access_key_secret",
-                &what,
-                at.clone(),
-            )
-            .and_then(|s| secret(cx, s, "access_key_secret"));
-            ProviderKind::OceanBase {
-                org_id: org?,
-                project_id: proj?,
-                access_key_id: ak?,
-                access_key_secret: sk?,
-            }
-        }
-        "tencent-apigateway" => {
-            not_for_kind(
-                cx,
-                kind_s,
-                "providers",
-                &[
-                    ("org_id", sp(&raw.org_id)),
-                    ("project_id", sp(&raw.project_id)),
-                    ("access_key_id", sp(&raw.access_key_id)),
-                    ("access_key_secret", sp(&raw.access_key_secret)),
-                    ("auth", sp(&raw.auth)),
-                ],
-            );
-            let region =
-                required(cx, &raw.region, "region", &what, at.clone()).map(|s| s.get_ref().clone());
-            let id = required(cx, &raw.secret_id, "secret_id", &what, at.clone())
-                .and_then(|s| secret(cx, s, "secret_id"));
-            let key = required(cx, &raw.secret_key, "secret_key", &what, at.clone())
-                .and_then(|s| secret(cx, s, "secret_key"));
-            ProviderKind::Tencent {
-                region: region?,
-                secret_id: id?,
-                secret_key: key?,
-            }
-        }
-        _ => {
-            not_for_kind(
-                cx,
-                kind_s,
-                "providers",
-                &[
-                    ("org_id", sp(&raw.org_id)),
-                    ("access_key_id", sp(&raw.access_key_id)),
-                    ("access_key_secret", sp(&raw.access_key_secret)),
-                    ("region", sp(&raw.region)),
-                    ("secret_id", sp(&raw.secret_id)),
-                    ("secret_key", sp(&raw.secret_key)),
-                ],
-            );
-            let project =
-                required(cx, &raw.project_id, "project_id", &what, at.clone()).and_then(|p| {
-                    let n = p.get_ref().chars().count();
-                    if n != 32 {
-                        cx.d.error_hint(
-                            p.span(),
-                            format!(
-                                "Huawei project_id must be exactly 32 characters; this one has {n}"
-                            ),
-                            "copy the project ID from the console's My Credentials → Projects page",
-                        );
-                        None
-                    } else {
-                        Some(p.get_ref().clone())
-                    }
-                });
-            let auth = required(cx, &raw.auth, "auth", &what, at.clone()).and_then(|a| {
-                match a.get_ref() {
-                    RawHuaweiAuth::Token(t) => secret(cx, t, "auth.token").map(HuaweiAuth::Token),
-                    RawHuaweiAuth::Iam(i) => {
-                        let endpoint = url(cx, &i.endpoint, "auth.iam.endpoint", Carries::Secrets);
-                        let password = secret(cx, &i.password, "auth.iam.password");
-                        Some(HuaweiAuth::Iam {
-                            endpoint: endpoint?,
-                            domain: i.domain.get_ref().clone(),
-                            user: i.user.get_ref().clone(),
-                            password: password?,
-                        })
-                    }
-                    RawHuaweiAuth::Aksk(k) => {
-                        let ak = secret(cx, &k.access_key, "auth.aksk.access_key");
-                        let sk = secret(cx, &k.secret_key, "auth.aksk.secret_key");
-                        Some(HuaweiAuth::Aksk {
-                            access_key: ak?,
-                            secret_key: sk?,
-                        })
-                    }
-                }
-            });
-            ProviderKind::Huawei {
-                project_id: project?,
-                auth: auth?,
-            }
-        }
-    };
+    let foreign: Vec<(&str, Option<Range<usize>>)> = raw
+        .kind_keys()
+        .into_iter()
+        .filter(|(k, _)| !spec.keys().contains(k))
+        .collect();
+    not_for_kind(cx, spec.kind(), "providers", &foreign);
+    let kind = spec.validate(
+        &mut ProviderCx {
+            cx,
+            what,
+            kind: spec.kind(),
+            at,
+        },
+        &raw,
+    );
     Some(ProviderConfig {
         name: name.get_ref().clone(),
         endpoint: endpoint?,
         rate_limit,
         ca_file,
         timeout,
-        kind,
+        kind: kind?,
     })
 }
 
@@ -913,6 +897,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("on_publish", sp(&raw.on_publish)),
         ("on_publish_timeout", sp(&raw.on_publish_timeout)),
         ("env_names", sp(&raw.env_names)),
+        ("field", sp(&raw.field)),
         ("pass_env", sp(&raw.pass_env)),
     ];
     let kind = match kind_s {
@@ -1010,6 +995,25 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     .as_ref()
                     .map(|e| e.get_ref().clone())
                     .unwrap_or_default(),
+                field: match &raw.field {
+                    Some(f) if format != FileFormat::Raw => {
+                        cx.d.error_hint(
+                            f.span(),
+                            "`field` applies to format = \"raw\" only",
+                            "env and json files hold every field; remove `field` or set format = \"raw\"",
+                        );
+                        None
+                    }
+                    Some(f) if f.get_ref().is_empty() => {
+                        cx.d.error_hint(
+                            f.span(),
+                            "`field` is empty",
+                            "name a secret field, e.g. field = \"credential_zip\"",
+                        );
+                        None
+                    }
+                    f => f.as_ref().map(|f| f.get_ref().clone()),
+                },
                 pass_env: pass_env(cx, &raw.pass_env),
             })
         }
@@ -1358,7 +1362,7 @@ fn validate_policy(
         );
     }
     if let (Some(p), Some(rbe), None) = (provider, &raw.rotate_before_expiry, &raw.max_age)
-        && !matches!(p.kind, ProviderKind::OceanBase { .. })
+        && !crate::provider::spec(p.kind.as_str()).is_some_and(|s| s.has_expiry())
     {
         cx.d.error_hint(
             rbe.span(),
@@ -1524,54 +1528,50 @@ fn validate_policy(
             .as_ref()
             .map(|c| c.span())
             .unwrap_or(raw.name.span());
-        let allowed: &[&str] = match p.kind {
-            ProviderKind::OceanBase { .. } => &["action"],
-            ProviderKind::Tencent { .. } => &["usage_plans"],
-            ProviderKind::Huawei { .. } => &["node_ids", "control_type", "allowlists", "eps_id"],
-        };
-        // NES credentials have no name field: rekey names them through their
-        // description, so a `description` in `create` would collide with it.
-        if matches!(p.kind, ProviderKind::Huawei { .. }) && create.contains_key("description") {
-            cx.d.error_hint(
-                create_span.clone(),
-                "`create.description` cannot be set for a huawei-nes provider: rekey names each credential through its description",
-                "remove it; the key name (from name_template) becomes the description",
-            );
-        }
-        let mut unknown_parameter = false;
-        for k in create.keys() {
-            // A Huawei `description` was reported above, with its reason.
-            let reported = k == "description" && matches!(p.kind, ProviderKind::Huawei { .. });
-            if !allowed.contains(&k.as_str()) && !reported {
-                unknown_parameter = true;
-                let hint = match did_you_mean(k, allowed.iter().copied()) {
-                    Some(m) => format!("did you mean `{m}`?"),
-                    None => format!(
-                        "{} create parameters: {}",
-                        p.kind.as_str(),
-                        allowed.join(", ")
-                    ),
-                };
-                cx.d.error_hint(
-                    create_span.clone(),
-                    format!(
-                        "unknown create parameter `{k}` for provider kind {}",
-                        p.kind.as_str()
-                    ),
-                    hint,
-                );
+        if let Some(spec) = crate::provider::spec(p.kind.as_str()) {
+            let allowed = spec.create_keys();
+            let reserved = spec.reserved_create_keys();
+            for (key, message, hint) in reserved {
+                if create.contains_key(*key) {
+                    cx.d.error_hint(create_span.clone(), *message, *hint);
+                }
             }
-        }
-        // A mistyped `action` was reported above, with its correction.
-        if matches!(p.kind, ProviderKind::OceanBase { .. })
-            && mode == Mode::Rotate
-            && !unknown_parameter
-            && !create.get("action").is_some_and(|a| a.is_string())
-        {
-            cx.d.error_hint(
+            let mut unknown_parameter = false;
+            for k in create.keys() {
+                // A reserved key was reported above, with its reason.
+                let reported = reserved.iter().any(|(r, _, _)| r == k);
+                if !allowed.contains(&k.as_str()) && !reported {
+                    unknown_parameter = true;
+                    let hint = match did_you_mean(k, allowed.iter().copied()) {
+                        Some(m) => format!("did you mean `{m}`?"),
+                        None => format!(
+                            "{} create parameters: {}",
+                            p.kind.as_str(),
+                            allowed.join(", ")
+                        ),
+                    };
+                    cx.d.error_hint(
+                        create_span.clone(),
+                        format!(
+                            "unknown create parameter `{k}` for provider kind {}",
+                            p.kind.as_str()
+                        ),
+                        hint,
+                    );
+                }
+            }
+            let mut pcx = ProviderCx {
+                cx,
+                what: what.clone(),
+                kind: spec.kind(),
+                at: create_span.clone(),
+            };
+            spec.check_create(
+                &mut pcx,
+                &create,
                 create_span,
-                format!("{what}: OceanBase keys are created with a permission, and none is set"),
-                "add create = { action = \"read\" } (the permission the new keys get)",
+                mode == Mode::Rotate,
+                unknown_parameter,
             );
         }
     }

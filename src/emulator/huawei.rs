@@ -11,10 +11,17 @@
 //!   but at most 100 per page; `{credentials:[…], count}` where `count` is
 //!   the total (the docs leave it open; the emulator's reading).
 //! - `POST …/credentials` `{description, eps_id, node_ids, control_type,
-//!   allowlists}` (limits as documented) → 200 with the credential file as
-//!   text (`PK` + 62 letters and digits: the docs only show `PKXXX`).
+//!   allowlists}` (limits as documented) → 200 with the credential file: a
+//!   real ZIP (`application/octet-stream`) holding `credential.csv`
+//!   (`credential_id,api_key` header row and one row: the columns are the
+//!   emulator's guess, undocumented), or with `--create-format text` the
+//!   old text form (`PK` + 62 letters and digits).
 //! - `PUT …/credentials/{id}` → 200 `null`; `DELETE …/credentials/{id}` →
-//!   200 `null`, 404 for an unknown id.
+//!   200 `null`; an unknown id answers 400 `BCS.03400001` (the docs list
+//!   no 404), or 404 with `--delete-404`.
+//! - Knobs: `--offset-pages` reads `offset` as a page number;
+//!   `--time-format` writes `create_time` in another form (UTC+8);
+//!   `--list-delay` hides credentials younger than it from listings.
 //!
 //! Every NES call must authenticate: an `X-Auth-Token` that is the static
 //! `--token` or one the fake IAM issued and that has not expired, or an
@@ -22,7 +29,7 @@
 //! `host` and `x-sdk-date` signed and `X-Sdk-Date` within 15 minutes.
 //! Failures answer 401 `BCS.03401001`. The project id in the path must be
 //! 32 characters (else 400 `BCS.03400001`) and the emulator's (else 401).
-//! Throttling answers 429 `APIGW.0308` (per operation); `--error-rate`
+//! Throttling answers 429 `APIG.0308` (per operation); `--error-rate`
 //! answers 500 `BCS.03500001`. Error bodies are `{code, error_code,
 //! error_msg, message}` with `code` as a string.
 //!
@@ -50,8 +57,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::common::{self, Server};
-use super::{TokenBucket, admin_allowed, parse_rate};
-use crate::provider::huawei_sign;
+use super::sig::{self, huawei as hsig};
+use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8481";
@@ -66,6 +73,8 @@ pub const DEFAULT_SECRET_KEY: &str = "rekey-emulator-huawei-secret-key";
 pub const REGION: &str = "ap-southeast-3";
 /// `X-Sdk-Date` may be this far from the emulator's clock.
 pub const MAX_SDK_SKEW: Duration = Duration::from_secs(15 * 60);
+/// `X-Sdk-Date` format (UTC), PROTOCOLS §3.2.
+pub const SDK_DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_OFFSET: usize = 1000;
 const MAX_PAGE: usize = 100;
@@ -97,6 +106,20 @@ pub struct Options {
     /// The AK/SK pair signatures must be made with.
     pub access_key: String,
     pub secret_key: Secret,
+    /// Create answers a real ZIP holding `credential.csv` (the documented
+    /// answer; `false`: the old text form `PK…`).
+    pub create_zip: bool,
+    /// Delete of an unknown id answers 404 (invented; the docs list 200,
+    /// 400, 401 and 500 only, so by default it answers 400).
+    pub delete_404: bool,
+    /// `offset` counts pages of `limit` instead of items (the docs do not
+    /// say which; rekey assumes items and must notice this).
+    pub offset_pages: bool,
+    /// How `create_time` is written: a chrono format applied in UTC+8
+    /// (e.g. `%Y-%m-%dT%H:%M:%S%.3f%z`, `%Y/%m/%d %H:%M:%S`); `None`:
+    /// RFC 3339 in UTC. The docs do not say which Huawei uses.
+    pub time_format: Option<String>,
+    pub knobs: common::CommonKnobs,
 }
 
 impl Default for Options {
@@ -116,6 +139,11 @@ impl Default for Options {
             token_ttl: Duration::from_secs(24 * 3600),
             access_key: DEFAULT_ACCESS_KEY.into(),
             secret_key: Secret::new(DEFAULT_SECRET_KEY),
+            create_zip: true,
+            delete_404: false,
+            offset_pages: false,
+            time_format: None,
+            knobs: common::CommonKnobs::default(),
         }
     }
 }
@@ -158,6 +186,8 @@ pub struct EmulatedCredential {
     pub control_type: String,
     pub allowlists: Vec<Value>,
     pub created_at: DateTime<Utc>,
+    /// When the emulator created it (for `--list-delay`).
+    pub created_instant: Instant,
 }
 
 /// Answer the next `count` calls of `operation` (`list`, `create`,
@@ -217,14 +247,11 @@ struct St {
     creds: Vec<EmulatedCredential>,
     /// IAM tokens issued → expiry.
     tokens: HashMap<String, DateTime<Utc>>,
-    buckets: HashMap<&'static str, TokenBucket>,
-    rate_limit: Option<f64>,
-    error_rate: f64,
-    latency: Duration,
+    dials: common::Dials,
     forced: Vec<ForcedFault>,
     rng: StdRng,
-    fault_rng: StdRng,
     stats: BTreeMap<&'static str, OpStats>,
+    create_zip: bool,
 }
 
 struct Inner {
@@ -276,10 +303,19 @@ fn new_credential(
             .unwrap_or(d)
             .to_string()
     };
+    let id = new_uuid(&mut st.rng);
+    let key = common::alnum(&mut st.rng, 62);
+    // The CSV's columns are undocumented; this is the emulator's guess.
+    let credential = if st.create_zip {
+        Secret::new(format!("credential_id,api_key\r\n{id},{key}\r\n"))
+    } else {
+        Secret::new(format!("PK{key}"))
+    };
     let c = EmulatedCredential {
-        id: new_uuid(&mut st.rng),
+        id,
         description: description.to_string(),
-        credential: Secret::new(format!("PK{}", common::alnum(&mut st.rng, 62))),
+        credential,
+        created_instant: Instant::now(),
         eps_id: get_str("eps_id", "0"),
         node_ids: body
             .and_then(|b| b.get("node_ids"))
@@ -310,14 +346,16 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         creds: Vec::with_capacity(opts.keys),
         tokens: HashMap::new(),
-        buckets: HashMap::new(),
-        rate_limit: opts.rate_limit,
-        error_rate: opts.error_rate,
-        latency: opts.latency,
+        dials: common::Dials::new(
+            opts.rate_limit,
+            opts.error_rate,
+            opts.latency,
+            seed.rotate_left(23) ^ 0x2545f491,
+        ),
         forced: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
-        fault_rng: StdRng::seed_from_u64(seed.rotate_left(23) ^ 0x2545f491),
         stats: BTreeMap::new(),
+        create_zip: opts.create_zip,
     };
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
     for i in 0..opts.keys {
@@ -404,22 +442,7 @@ fn expire_all(st: &mut St) {
 }
 
 fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    if let Some(r) = f.error_rate {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(format!("error_rate {r} is not within 0..=1"));
-        }
-        st.error_rate = r;
-    }
-    if let Some(l) = f.latency {
-        st.latency = l;
-    }
-    if let Some(r) = f.rate_limit {
-        if !r.is_finite() || r < 0.0 {
-            return Err(format!("rate_limit {r} is negative"));
-        }
-        st.rate_limit = (r > 0.0).then_some(r);
-        st.buckets.clear();
-    }
+    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
     if f.clear_forced {
         st.forced.clear();
     }
@@ -511,9 +534,8 @@ fn authenticate(
     let Some(auth) = hdr(headers, "authorization") else {
         return Err("request has neither X-Auth-Token nor an AK/SK signature");
     };
-    let p =
-        huawei_sign::parse_authorization(auth).ok_or("malformed SDK-HMAC-SHA256 Authorization")?;
-    if p.access_key != opts.access_key {
+    let p = hsig::parse(auth).ok_or("malformed SDK-HMAC-SHA256 Authorization")?;
+    if p.access != opts.access_key {
         return Err("unknown access key");
     }
     if !p.signed_headers.iter().any(|h| h == "host")
@@ -522,42 +544,30 @@ fn authenticate(
         return Err("host and x-sdk-date must be signed");
     }
     let date = hdr(headers, "x-sdk-date").ok_or("X-Sdk-Date is missing")?;
-    let when = chrono::NaiveDateTime::parse_from_str(date, huawei_sign::DATE_FORMAT)
+    let when = chrono::NaiveDateTime::parse_from_str(date, SDK_DATE_FORMAT)
         .map_err(|_| "X-Sdk-Date is not YYYYMMDDTHHMMSSZ")?
         .and_utc();
     let skew = (now - when).num_seconds().unsigned_abs();
     if skew > MAX_SDK_SKEW.as_secs() {
         return Err("X-Sdk-Date is more than 15 minutes from the server time");
     }
-    let mut signed: Vec<(&str, &str)> = Vec::new();
+    // Exactly the headers the client lists, content-type included when it
+    // is listed (the official Python SDK signs it).
+    let mut values: Vec<&str> = Vec::new();
     for h in &p.signed_headers {
-        let v = hdr(headers, h).ok_or("a signed header is missing")?;
-        signed.push((h.as_str(), v));
+        values.push(hdr(headers, h).ok_or("a signed header is missing")?);
     }
-    let decoded_path = path
-        .split('/')
-        .map(|s| common::percent_decode(s, false))
-        .collect::<Option<Vec<_>>>()
-        .ok_or("bad escape in the path")?
-        .join("/");
-    let pairs = common::query_pairs(query).ok_or("bad escape in the query")?;
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let expected = huawei_sign::sign(
-        &p.access_key,
+    let expected = hsig::expected(
         opts.secret_key.expose(),
+        &p,
         date,
-        &huawei_sign::SignInput {
-            method: method.as_str(),
-            path: &decoded_path,
-            query: &pairs,
-            headers: &signed,
-            body,
-        },
+        method.as_str(),
+        path,
+        query,
+        &values,
+        &hsig::body_hash(body, hdr(headers, "x-sdk-content-sha256")),
     );
-    if tc3_eq(&expected.signature, &p.signature) {
+    if sig::same(&expected, &p.signature) {
         Ok(())
     } else {
         Err("verify aksk signature fail")
@@ -565,7 +575,7 @@ fn authenticate(
 }
 
 fn tc3_eq(a: &str, b: &str) -> bool {
-    crate::provider::tc3::constant_time_eq(a, b)
+    sig::same(a, b)
 }
 
 fn count(st: &mut St, op: &'static str, f: impl FnOnce(&mut OpStats)) {
@@ -579,7 +589,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return with_request_id(bad_request("request body too large"), &request_id),
     };
-    let latency = inner.lock().latency;
+    let latency = inner.lock().dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -593,19 +603,18 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     with_request_id(r, &request_id)
 }
 
+impl common::Forced for ForcedFault {
+    fn operation(&self) -> &str {
+        &self.operation
+    }
+    fn count_mut(&mut self) -> &mut u32 {
+        &mut self.count
+    }
+}
+
 /// A forced fault for `op`, if one is queued.
 fn take_forced(st: &mut St, op: &str) -> Option<ForcedFault> {
-    let i = st
-        .forced
-        .iter()
-        .position(|f| f.operation == "*" || f.operation == op)?;
-    let f = st.forced[i].clone();
-    if f.count <= 1 {
-        st.forced.remove(i);
-    } else {
-        st.forced[i].count -= 1;
-    }
-    Some(f)
+    common::take_forced(&mut st.forced, op)
 }
 
 fn forced_response(f: &ForcedFault) -> Response {
@@ -613,7 +622,7 @@ fn forced_response(f: &ForcedFault) -> Response {
     let (code, msg) = match f.status {
         401 => ("BCS.03401001", "Authorization failed."),
         429 => (
-            "APIGW.0308",
+            "APIG.0308",
             "The throttling threshold has been reached: policy user over ratelimit",
         ),
         400..=499 => ("BCS.03400001", "Invalid request."),
@@ -747,7 +756,7 @@ fn nes(
         _ => {
             return (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error_code": "APIGW.0101", "error_msg": "The API does not exist or has not been published in the environment"})),
+                Json(json!({"error_code": "APIG.0101", "error_msg": "The API does not exist or has not been published in the environment"})),
             )
                 .into_response();
         }
@@ -760,7 +769,7 @@ fn nes(
         _ => {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                Json(json!({"error_code": "APIGW.0101", "error_msg": "method not allowed"})),
+                Json(json!({"error_code": "APIG.0101", "error_msg": "method not allowed"})),
             )
                 .into_response();
         }
@@ -785,20 +794,15 @@ fn nes(
         });
         return unauthorized("the credentials are not valid for this project");
     }
-    if let Some(rate) = st.rate_limit {
-        let t = Instant::now();
-        let b = st
-            .buckets
-            .entry(op)
-            .or_insert_with(|| TokenBucket::new(rate, t));
-        if b.try_take(t).is_err() {
+    {
+        if st.dials.throttle(op).is_err() {
             count(&mut st, op, |s| {
                 s.errors += 1;
                 s.rate_limited += 1;
             });
             return nes_error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "APIGW.0308",
+                "APIG.0308",
                 "The throttling threshold has been reached: policy user over ratelimit",
                 "",
             );
@@ -811,7 +815,7 @@ fn nes(
         });
         return forced_response(&f);
     }
-    if st.error_rate > 0.0 && st.fault_rng.random::<f64>() < st.error_rate {
+    if st.dials.draw_error() {
         count(&mut st, op, |s| {
             s.errors += 1;
             s.faults += 1;
@@ -824,10 +828,10 @@ fn nes(
         );
     }
     let r = match op {
-        "list" => list(&st, query),
+        "list" => list(&st, opts, query),
         "create" => create(&mut st, headers, body),
         "update" => update(&mut st, id.unwrap_or_default(), headers, body),
-        _ => delete(&mut st, id.unwrap_or_default()),
+        _ => delete(&mut st, opts, id.unwrap_or_default()),
     };
     let okay = r.status().is_success();
     count(
@@ -840,7 +844,27 @@ fn nes(
     r
 }
 
-fn cred_json(c: &EmulatedCredential) -> Value {
+fn create_time(opts: &Options, t: DateTime<Utc>) -> String {
+    match &opts.time_format {
+        None => ts(t),
+        Some(f) => {
+            let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+            let mut out = String::new();
+            // A bad format renders as itself (the knob's author sees it).
+            if std::fmt::write(
+                &mut out,
+                format_args!("{}", t.with_timezone(&beijing).format(f)),
+            )
+            .is_err()
+            {
+                return f.clone();
+            }
+            out
+        }
+    }
+}
+
+fn cred_json(opts: &Options, c: &EmulatedCredential) -> Value {
     json!({
         "id": c.id,
         "eps_info": {"eps_id": c.eps_id, "eps_name": if c.eps_id == "0" { "default" } else { "" }},
@@ -848,12 +872,12 @@ fn cred_json(c: &EmulatedCredential) -> Value {
         "node_ids": c.node_ids,
         "control_type": c.control_type,
         "allowlists": c.allowlists,
-        "create_time": ts(c.created_at),
+        "create_time": create_time(opts, c.created_at),
         "update_time": "",
     })
 }
 
-fn list(st: &St, query: &str) -> Response {
+fn list(st: &St, opts: &Options, query: &str) -> Response {
     let Some(pairs) = common::query_pairs(query) else {
         return bad_request("bad query string");
     };
@@ -868,16 +892,27 @@ fn list(st: &St, query: &str) -> Response {
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
         _ => return bad_request("limit must be an integer from 1 to 1000"),
     };
-    let page: Vec<Value> = st
+    let now = Instant::now();
+    let visible: Vec<&EmulatedCredential> = st
         .creds
         .iter()
-        .skip(offset)
-        .take(limit.min(MAX_PAGE))
-        .map(cred_json)
+        .filter(|c| opts.knobs.listed(c.created_instant, now))
+        .collect();
+    let per_page = limit.min(MAX_PAGE);
+    let skip = if opts.offset_pages {
+        offset.saturating_mul(per_page)
+    } else {
+        offset
+    };
+    let page: Vec<Value> = visible
+        .iter()
+        .skip(skip)
+        .take(per_page)
+        .map(|c| cred_json(opts, c))
         .collect();
     (
         StatusCode::OK,
-        Json(json!({"credentials": page, "count": st.creds.len()})),
+        Json(json!({"credentials": page, "count": visible.len()})),
     )
         .into_response()
 }
@@ -959,6 +994,15 @@ fn create(st: &mut St, headers: &HeaderMap, body: &[u8]) -> Response {
         .to_string();
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
     let c = new_credential(st, &description, now, Some(&b));
+    if st.create_zip {
+        let zip = crate::emulator::zip::archive("credential.csv", c.credential.expose().as_bytes());
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            zip,
+        )
+            .into_response();
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -1014,11 +1058,20 @@ fn update(st: &mut St, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     null_ok()
 }
 
-fn delete(st: &mut St, id: &str) -> Response {
+fn delete(st: &mut St, opts: &Options, id: &str) -> Response {
     let before = st.creds.len();
     st.creds.retain(|c| c.id != id);
     if st.creds.len() == before {
-        return not_found(id);
+        if opts.delete_404 {
+            return not_found(id);
+        }
+        // As documented: no 404, a 400 for an id it does not know.
+        return nes_error(
+            StatusCode::BAD_REQUEST,
+            "BCS.03400001",
+            "Invalid request.",
+            &format!("credential [{id}] does not exist"),
+        );
     }
     null_ok()
 }
@@ -1045,7 +1098,7 @@ async fn admin_keys(
         .creds
         .iter()
         .map(|c| {
-            let mut v = cred_json(c);
+            let mut v = cred_json(&inner.opts, c);
             v["credential"] = Value::from(c.credential.expose());
             v
         })
@@ -1054,13 +1107,10 @@ async fn admin_keys(
 }
 
 fn faults_json(st: &St) -> Value {
-    json!({
-        "error_rate": st.error_rate,
-        "latency": humantime::format_duration(st.latency).to_string(),
-        "rate_limit": st.rate_limit,
-        "forced": st.forced,
-        "tokens_issued": st.tokens.len(),
-    })
+    let mut v = st.dials.to_json();
+    v["forced"] = json!(st.forced);
+    v["tokens_issued"] = json!(st.tokens.len());
+    v
 }
 
 async fn admin_faults(
@@ -1152,6 +1202,21 @@ pub struct EmulateArgs {
     /// The secret key AK/SK signatures must use.
     #[arg(long, default_value = DEFAULT_SECRET_KEY)]
     pub secret_key: String,
+    /// What create answers: `zip` (documented: a ZIP holding
+    /// credential.csv) or `text` (the old `PK…` text form).
+    #[arg(long, default_value = "zip", value_parser = ["zip", "text"])]
+    pub create_format: String,
+    /// Answer 404 to a delete of an unknown id (invented; default 400).
+    #[arg(long)]
+    pub delete_404: bool,
+    /// Read `offset` as a page number instead of an item count.
+    #[arg(long)]
+    pub offset_pages: bool,
+    /// Write create_time with this chrono format, in UTC+8 (default RFC 3339 UTC).
+    #[arg(long)]
+    pub time_format: Option<String>,
+    #[command(flatten)]
+    pub knobs: common::CommonKnobs,
 }
 
 impl EmulateArgs {
@@ -1171,6 +1236,11 @@ impl EmulateArgs {
             token_ttl: self.token_ttl,
             access_key: self.access_key.clone(),
             secret_key: Secret::new(self.secret_key.clone()),
+            create_zip: self.create_format == "zip",
+            delete_404: self.delete_404,
+            offset_pages: self.offset_pages,
+            time_format: self.time_format.clone(),
+            knobs: self.knobs.clone(),
         }
     }
 }

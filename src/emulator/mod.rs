@@ -22,7 +22,9 @@
 pub mod common;
 pub mod huawei;
 pub mod oceanbase;
+pub mod sig;
 pub mod tencent;
+pub mod zip;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -3,7 +3,8 @@
 //! documents in `shared/seeds/oceanbase-maas-*.txt` and PROTOCOLS.md §4.
 //!
 //! What it does as the documents say:
-//! - HTTP Digest authentication (RFC 7616, `qop="auth"`, MD5 and SHA-256):
+//! - HTTP Digest authentication (RFC 7616, `qop="auth"`, MD5 and SHA-256;
+//!   with `--digest-no-qop` an RFC 2069 challenge without `qop` instead):
 //!   a request without a valid `Authorization: Digest …` gets 401 and one
 //!   `WWW-Authenticate: Digest realm=…, qop="auth", nonce=…, opaque=…,
 //!   algorithm=…` challenge per offered algorithm. The response hash is
@@ -172,6 +173,11 @@ pub struct OceanBaseEmulatorOptions {
     /// answers (an eventually consistent list); create's id lookup must
     /// cope with it.
     pub list_delay: Duration,
+    /// Offer `qop="auth"` (RFC 7616, the default). `false` offers an
+    /// RFC 2069 challenge without `qop`, which `curl --digest` and
+    /// OceanBase's Terraform provider accept, and verifies
+    /// `H(HA1:nonce:HA2)` (no `nc`, no `cnonce`).
+    pub digest_qop: bool,
 }
 
 /// The order list pages come in.
@@ -215,6 +221,7 @@ impl Default for OceanBaseEmulatorOptions {
             nonce_ttl: Duration::from_secs(300),
             list_order: ListOrder::Oldest,
             list_delay: Duration::ZERO,
+            digest_qop: true,
         }
     }
 }
@@ -1219,6 +1226,9 @@ fn verify_digest(
     ) else {
         return refused("missing Digest parameter");
     };
+    if !inner.opts.digest_qop {
+        return verify_rfc2069(inner, st, method, target, &p, now);
+    }
     let (Some(qop), Some(nc_hex), Some(cnonce)) = (get("qop"), get("nc"), get("cnonce")) else {
         return refused("qop=auth with nc and cnonce is required");
     };
@@ -1285,6 +1295,73 @@ fn verify_digest(
     }
     if !ns.seen.insert(nc) {
         return refused("nc reused");
+    }
+    DigestCheck::Ok(alg)
+}
+
+/// An RFC 2069 answer (the challenge offered no `qop`): no `qop`, `nc` or
+/// `cnonce` allowed; `response = H(H(user:realm:pass):nonce:H(method:uri))`.
+/// Without `nc` a nonce cannot be checked for replay; it is good until
+/// `nonce_ttl`.
+fn verify_rfc2069(
+    inner: &Inner,
+    st: &mut EmuState,
+    method: &Method,
+    target: &str,
+    p: &HashMap<String, String>,
+    now: Instant,
+) -> DigestCheck {
+    let get = |k: &str| p.get(k).map(String::as_str);
+    let (Some(username), Some(realm), Some(nonce), Some(uri), Some(response)) = (
+        get("username"),
+        get("realm"),
+        get("nonce"),
+        get("uri"),
+        get("response"),
+    ) else {
+        return refused("missing Digest parameter");
+    };
+    if get("qop").is_some() || get("nc").is_some() || get("cnonce").is_some() {
+        return refused("qop was not offered");
+    }
+    let alg = match get("algorithm") {
+        None => DigestAlgorithm::Md5,
+        Some(a) => match DigestAlgorithm::parse(a) {
+            Some(a) => a,
+            None => return refused("unsupported algorithm"),
+        },
+    };
+    if !inner.opts.algorithms.contains(&alg) {
+        return refused("algorithm not offered");
+    }
+    if username != inner.opts.access_key_id || realm != REALM || uri != target {
+        return refused("unknown user or realm, or uri does not match the request");
+    }
+    if get("opaque") != Some(inner.opaque.as_str()) {
+        return refused("opaque does not match");
+    }
+    let ha1 = alg.hash(&format!(
+        "{username}:{REALM}:{}",
+        inner.opts.access_key_secret.expose()
+    ));
+    let ha2 = alg.hash(&format!("{}:{uri}", method.as_str()));
+    let expected = alg.hash(&format!("{ha1}:{nonce}:{ha2}"));
+    if !constant_time_eq(
+        expected.as_bytes(),
+        response.to_ascii_lowercase().as_bytes(),
+    ) {
+        return refused("wrong response");
+    }
+    let generation = st.nonce_generation;
+    let Some(ns) = st.nonces.get(nonce) else {
+        return refused("unknown nonce");
+    };
+    if ns.generation < generation || now.saturating_duration_since(ns.issued) > inner.opts.nonce_ttl
+    {
+        return DigestCheck::Refused {
+            stale: true,
+            reason: "stale nonce",
+        };
     }
     DigestCheck::Ok(alg)
 }
@@ -1419,8 +1496,13 @@ fn challenge(
     };
     let mut r = openapi_error(StatusCode::UNAUTHORIZED, code, message, request_id);
     for alg in &inner.opts.algorithms {
+        let qop = if inner.opts.digest_qop {
+            "qop=\"auth\", "
+        } else {
+            ""
+        };
         let mut v = format!(
-            "Digest realm=\"{REALM}\", qop=\"auth\", nonce=\"{nonce}\", opaque=\"{}\", algorithm={}",
+            "Digest realm=\"{REALM}\", {qop}nonce=\"{nonce}\", opaque=\"{}\", algorithm={}",
             inner.opaque,
             alg.as_str()
         );

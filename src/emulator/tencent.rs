@@ -3,9 +3,12 @@
 //!
 //! Strict like the real endpoint: `POST /` with a JSON body only; the
 //! headers `X-TC-Action`, `X-TC-Version` (must be `2018-08-08`),
-//! `X-TC-Timestamp` and `X-TC-Region` (must be the emulator's region); a
-//! `TC3-HMAC-SHA256` signature recomputed from the request as received
-//! (the signed header values as sent, the body bytes), with `content-type`
+//! `X-TC-Timestamp` and `X-TC-Region` (the emulator's region or one of
+//! `--extra-region`, else `InvalidParameterValue.InvalidRegion` as the SDK
+//! lists it; usage plans live in one region); a
+//! `TC3-HMAC-SHA256` signature recomputed from the request as received by
+//! the emulator's own verifier (`emulator::sig`, never the client's code:
+//! the signed header values as sent, the body bytes), with `content-type`
 //! and `host` required among the signed headers. Every answer is HTTP 200;
 //! errors come in the `Response.Error{Code, Message}` envelope with a
 //! `RequestId`:
@@ -23,7 +26,9 @@
 //! `DescribeApiKey`, `DisableApiKey`, `EnableApiKey`, `DeleteApiKey`
 //! (refuses an enabled key with `UnsupportedOperation.InvalidStatus` and a
 //! bound one with `UnsupportedOperation.ResourceIsInUse`), `BindSecretIds`
-//! (`UnsupportedOperation.AlreadyBindUsagePlan`, disabled keys refused),
+//! (`UnsupportedOperation.AlreadyBindUsagePlan`, or with
+//! `--already-bound-code` the SDK's other code for it,
+//! `UnsupportedOperation.UnsupportedBindApiKey`; disabled keys refused),
 //! `UnBindSecretIds`, `DescribeUsagePlanSecretIds`,
 //! `DescribeUsagePlansStatus`. Usage plans are pre-seeded (`--usage-plans`);
 //! seeded keys (`--keys`) are bound to every seeded plan.
@@ -38,7 +43,7 @@
 //! secret and plans), `GET /__emulator/usage-plans`, `GET|POST
 //! /__emulator/faults`, `GET /__emulator/stats`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,8 +63,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::common::{self, Server};
-use super::{TokenBucket, admin_allowed, parse_rate};
-use crate::provider::tc3;
+use super::sig::{self, tc3};
+use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_SECRET_ID: &str = "AKIDrekeyEmulator00000000000000000000";
@@ -73,6 +78,13 @@ pub const MAX_SKEW: i64 = 300;
 const MAX_BODY: usize = 1024 * 1024;
 const SERVICE: &str = "apigateway";
 const VERSION: &str = "2018-08-08";
+
+/// The two codes the official SDK lists for "key already bound" on
+/// `BindSecretIds` (`apigateway/v20180808/errors.go`).
+pub const ALREADY_BOUND_CODES: [&str; 2] = [
+    "UnsupportedOperation.AlreadyBindUsagePlan",
+    "UnsupportedOperation.UnsupportedBindApiKey",
+];
 
 /// How the emulator behaves; `Default` is a quiet one with no keys.
 #[derive(Debug, Clone)]
@@ -98,6 +110,13 @@ pub struct Options {
     pub region: String,
     /// Most keys the account may hold (`LimitExceeded.ApiKeyCountLimitExceeded`).
     pub max_keys: Option<usize>,
+    /// More regions `X-TC-Region` may name; usage plans live in a region.
+    pub extra_regions: Vec<String>,
+    /// The code `BindSecretIds` answers for a key already bound: the SDK
+    /// lists `UnsupportedOperation.AlreadyBindUsagePlan` (default) and
+    /// `UnsupportedOperation.UnsupportedBindApiKey` for it.
+    pub already_bound_code: String,
+    pub knobs: common::CommonKnobs,
 }
 
 impl Default for Options {
@@ -114,6 +133,9 @@ impl Default for Options {
             secret_key: Secret::new(DEFAULT_SECRET_KEY),
             region: DEFAULT_REGION.into(),
             max_keys: None,
+            extra_regions: Vec::new(),
+            already_bound_code: ALREADY_BOUND_CODES[0].into(),
+            knobs: common::CommonKnobs::default(),
         }
     }
 }
@@ -133,6 +155,13 @@ impl Options {
         }
         if self.secret_id.is_empty() || self.secret_key.is_empty() || self.region.is_empty() {
             return Err("secret id, secret key and region must not be empty".into());
+        }
+        if !ALREADY_BOUND_CODES.contains(&self.already_bound_code.as_str()) {
+            return Err(format!(
+                "already-bound code {:?} is not one of {}",
+                self.already_bound_code,
+                ALREADY_BOUND_CODES.join(", ")
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.usage_plans {
@@ -219,9 +248,12 @@ struct Key {
     status: i64,
     created: DateTime<Utc>,
     modified: DateTime<Utc>,
+    /// When the emulator made it (for `--list-delay`).
+    made: Instant,
 }
 
 struct Plan {
+    region: String,
     id: String,
     created: DateTime<Utc>,
     /// Bound key ids, in bind order.
@@ -231,13 +263,9 @@ struct Plan {
 struct St {
     keys: Vec<Key>,
     plans: Vec<Plan>,
-    buckets: HashMap<String, TokenBucket>,
-    rate_limit: Option<f64>,
-    error_rate: f64,
-    latency: Duration,
+    dials: common::Dials,
     forced: Vec<ForcedFault>,
     rng: StdRng,
-    fault_rng: StdRng,
     stats: BTreeMap<String, ActionStats>,
 }
 
@@ -278,12 +306,12 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
     let mut rng = StdRng::seed_from_u64(seed);
-    let fault_rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0x5deece66d);
     let t = now();
     let plans: Vec<Plan> = opts
         .usage_plans
         .iter()
         .map(|id| Plan {
+            region: opts.region.clone(),
             id: id.clone(),
             created: t,
             keys: Vec::new(),
@@ -292,13 +320,14 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         keys: Vec::with_capacity(opts.keys),
         plans,
-        buckets: HashMap::new(),
-        rate_limit: opts.rate_limit,
-        error_rate: opts.error_rate,
-        latency: opts.latency,
+        dials: common::Dials::new(
+            opts.rate_limit,
+            opts.error_rate,
+            opts.latency,
+            seed.rotate_left(17) ^ 0x5deece66d,
+        ),
         forced: Vec::new(),
         rng: StdRng::seed_from_u64(0),
-        fault_rng,
         stats: BTreeMap::new(),
     };
     for i in 0..opts.keys {
@@ -340,6 +369,7 @@ fn new_key(st: &mut St, rng: &mut StdRng, name: &str, created: DateTime<Utc>) ->
         status: 1,
         created,
         modified: created,
+        made: Instant::now(),
     });
     id
 }
@@ -393,9 +423,16 @@ impl Handle {
 
     /// Add a usage plan (no-op if it exists).
     pub fn add_usage_plan(&self, id: &str) {
+        let region = self.inner.opts.region.clone();
+        self.add_usage_plan_in(&region, id);
+    }
+
+    /// Add a usage plan in `region` (one of the extra regions, say).
+    pub fn add_usage_plan_in(&self, region: &str, id: &str) {
         let mut st = self.inner.lock();
-        if !st.plans.iter().any(|p| p.id == id) {
+        if !st.plans.iter().any(|p| p.id == id && p.region == region) {
             st.plans.push(Plan {
+                region: region.to_string(),
                 id: id.to_string(),
                 created: now(),
                 keys: Vec::new(),
@@ -445,22 +482,7 @@ fn view(st: &St, k: &Key) -> EmulatedKey {
 }
 
 fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    if let Some(r) = f.error_rate {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(format!("error_rate {r} is not within 0..=1"));
-        }
-        st.error_rate = r;
-    }
-    if let Some(l) = f.latency {
-        st.latency = l;
-    }
-    if let Some(r) = f.rate_limit {
-        if !r.is_finite() || r < 0.0 {
-            return Err(format!("rate_limit {r} is negative"));
-        }
-        st.rate_limit = (r > 0.0).then_some(r);
-        st.buckets.clear();
-    }
+    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
     if f.clear_forced {
         st.forced.clear();
     }
@@ -511,7 +533,7 @@ fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
-) -> Result<String, Fail> {
+) -> Result<(String, String), Fail> {
     if method != Method::POST {
         return Err(fail(
             "UnsupportedProtocol",
@@ -550,7 +572,7 @@ fn authenticate(
             "Authorization header is missing",
         )
     })?;
-    let parsed = tc3::parse_authorization(auth).ok_or_else(|| {
+    let parsed = tc3::parse(auth).ok_or_else(|| {
         fail(
             "AuthFailure.InvalidAuthorization",
             "Authorization is not a valid TC3-HMAC-SHA256 header",
@@ -585,7 +607,7 @@ fn authenticate(
             "The provided credentials could not be validated. Please check your signature is correct.",
         )
     };
-    if tc3::utc_date(timestamp).as_deref() != Some(parsed.date.as_str()) {
+    if tc3::date_of(timestamp).as_deref() != Some(parsed.date.as_str()) {
         return Err(mismatch());
     }
     if !parsed.signed_headers.iter().any(|h| h == "content-type")
@@ -593,39 +615,35 @@ fn authenticate(
     {
         return Err(mismatch());
     }
-    let mut signed: Vec<(&str, &str)> = Vec::new();
+    let mut values: Vec<&str> = Vec::new();
     for h in &parsed.signed_headers {
-        let v = header(headers, h).ok_or_else(mismatch)?;
-        signed.push((h.as_str(), v));
+        values.push(header(headers, h).ok_or_else(mismatch)?);
     }
-    let expected = tc3::sign(
-        &parsed.secret_id,
+    let expected = tc3::expected(
         opts.secret_key.expose(),
-        &tc3::SignInput {
-            method: "POST",
-            canonical_query: "",
-            headers: &signed,
-            payload: body,
-            timestamp,
-            service: SERVICE,
-        },
-    )
-    .ok_or_else(mismatch)?;
-    if !tc3::constant_time_eq(&expected.signature, &parsed.signature) {
+        &parsed,
+        timestamp,
+        "POST",
+        "",
+        &values,
+        &tc3::payload_hash(body, header(headers, "x-tc-content-sha256")),
+    );
+    if !sig::same(&expected, &parsed.signature) {
         return Err(mismatch());
     }
-    if region != opts.region {
+    if region != opts.region && !opts.extra_regions.iter().any(|r| r == region) {
+        // The SDK's error list for these actions names this code.
         return Err(fail(
-            "UnsupportedRegion",
+            "InvalidParameterValue.InvalidRegion",
             format!("The region {region} is not supported by this emulator"),
         ));
     }
-    Ok(action.to_string())
+    Ok((action.to_string(), region.to_string()))
 }
 
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let latency = inner.lock().latency;
+    let latency = inner.lock().dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -644,32 +662,28 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
     };
     let now = Utc::now().timestamp();
-    let action = match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
-        Ok(a) => a,
-        Err(f) => {
-            let mut st = inner.lock();
-            let label = header(&parts.headers, "x-tc-action")
-                .unwrap_or("(none)")
-                .to_string();
-            let s = st.stats.entry(label).or_default();
-            s.requests += 1;
-            s.errors += 1;
-            if f.code.starts_with("AuthFailure") {
-                s.auth_failures += 1;
+    let (action, region) =
+        match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
+            Ok(a) => a,
+            Err(f) => {
+                let mut st = inner.lock();
+                let label = header(&parts.headers, "x-tc-action")
+                    .unwrap_or("(none)")
+                    .to_string();
+                let s = st.stats.entry(label).or_default();
+                s.requests += 1;
+                s.errors += 1;
+                if f.code.starts_with("AuthFailure") {
+                    s.auth_failures += 1;
+                }
+                return envelope_err(&request_id, f.code, &f.message);
             }
-            return envelope_err(&request_id, f.code, &f.message);
-        }
-    };
+        };
     let mut st = inner.lock();
     st.stats.entry(action.clone()).or_default().requests += 1;
     // Throttling, then injected faults, then the action itself.
-    if let Some(rate) = st.rate_limit {
-        let t = Instant::now();
-        let bucket = st
-            .buckets
-            .entry(action.clone())
-            .or_insert_with(|| TokenBucket::new(rate, t));
-        if bucket.try_take(t).is_err() {
+    {
+        if st.dials.throttle(&action).is_err() {
             let s = st.stats.entry(action.clone()).or_default();
             s.rate_limited += 1;
             s.errors += 1;
@@ -680,17 +694,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             );
         }
     }
-    if let Some(i) = st
-        .forced
-        .iter()
-        .position(|f| f.action == "*" || f.action == action)
-    {
-        let f = st.forced[i].clone();
-        if f.count <= 1 {
-            st.forced.remove(i);
-        } else {
-            st.forced[i].count -= 1;
-        }
+    if let Some(f) = common::take_forced(&mut st.forced, &action) {
         let s = st.stats.entry(action.clone()).or_default();
         s.faults += 1;
         s.errors += 1;
@@ -699,9 +703,8 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .unwrap_or_else(|| format!("injected fault {}", f.code));
         return envelope_err(&request_id, &f.code, &msg);
     }
-    if st.error_rate > 0.0 {
-        let draw: f64 = st.fault_rng.random();
-        if draw < st.error_rate {
+    {
+        if st.dials.draw_error() {
             let s = st.stats.entry(action.clone()).or_default();
             s.faults += 1;
             s.errors += 1;
@@ -723,7 +726,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             );
         }
     };
-    let result = dispatch(&mut st, &inner.opts, &action, &Params(&params));
+    let result = dispatch(&mut st, &inner.opts, &region, &action, &Params(&params));
     let s = st.stats.entry(action.clone()).or_default();
     match result {
         Ok(v) => {
@@ -850,16 +853,25 @@ fn find_key<'a>(st: &'a mut St, id: &str) -> Result<&'a mut Key, Fail> {
     })
 }
 
-fn plan_index(st: &St, id: &str) -> Result<usize, Fail> {
-    st.plans.iter().position(|p| p.id == id).ok_or_else(|| {
-        fail(
-            "ResourceNotFound.InvalidUsagePlan",
-            format!("The usage plan {id} does not exist"),
-        )
-    })
+fn plan_index(st: &St, region: &str, id: &str) -> Result<usize, Fail> {
+    st.plans
+        .iter()
+        .position(|p| p.id == id && p.region == region)
+        .ok_or_else(|| {
+            fail(
+                "ResourceNotFound.InvalidUsagePlan",
+                format!("The usage plan {id} does not exist"),
+            )
+        })
 }
 
-fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result<Value, Fail> {
+fn dispatch(
+    st: &mut St,
+    opts: &Options,
+    region: &str,
+    action: &str,
+    p: &Params<'_>,
+) -> Result<Value, Fail> {
     let t = now();
     match action {
         "CreateApiKey" => {
@@ -915,6 +927,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                 status: 1,
                 created: t,
                 modified: t,
+                made: Instant::now(),
             });
             Ok(key_json(st.keys.last().expect("just pushed")))
         }
@@ -929,9 +942,11 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                 "Status",
                 "KeyWord",
             ])?;
+            let now = Instant::now();
             let matching: Vec<&Key> = st
                 .keys
                 .iter()
+                .filter(|k| opts.knobs.listed(k.made, now))
                 .filter(|k| {
                     filters.iter().all(|(name, values)| {
                         values.iter().any(|v| match name.as_str() {
@@ -996,7 +1011,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
         "BindSecretIds" => {
             let plan = p.str_req("UsagePlanId")?.to_string();
             let ids = p.str_list("AccessKeyIds")?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             if ids.is_empty() {
                 return Err(fail(
                     "InvalidParameterValue.InvalidAccessKeyIds",
@@ -1017,8 +1032,13 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
                     ));
                 }
                 if st.plans[pi].keys.contains(id) {
+                    let code = ALREADY_BOUND_CODES
+                        .iter()
+                        .copied()
+                        .find(|c| *c == opts.already_bound_code)
+                        .unwrap_or(ALREADY_BOUND_CODES[0]);
                     return Err(fail(
-                        "UnsupportedOperation.AlreadyBindUsagePlan",
+                        code,
                         format!("The key {id} is already bound to usage plan {plan}"),
                     ));
                 }
@@ -1029,7 +1049,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
         "UnBindSecretIds" => {
             let plan = p.str_req("UsagePlanId")?.to_string();
             let ids = p.str_list("AccessKeyIds")?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             for id in &ids {
                 if !st.keys.iter().any(|k| &k.id == id) {
                     return Err(fail(
@@ -1045,7 +1065,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
             let plan = p.str_req("UsagePlanId")?.to_string();
             let limit = p.uint("Limit", 20, 100)?;
             let offset = p.uint("Offset", 0, usize::MAX)?;
-            let pi = plan_index(st, &plan)?;
+            let pi = plan_index(st, region, &plan)?;
             let list: Vec<Value> = st.plans[pi]
                 .keys
                 .iter()
@@ -1069,6 +1089,7 @@ fn dispatch(st: &mut St, opts: &Options, action: &str, p: &Params<'_>) -> Result
             let matching: Vec<&Plan> = st
                 .plans
                 .iter()
+                .filter(|pl| pl.region == region)
                 .filter(|pl| {
                     filters.iter().all(|(name, values)| match name.as_str() {
                         "UsagePlanId" | "UsagePlanName" => values.contains(&pl.id),
@@ -1149,12 +1170,18 @@ async fn admin_plans(
 }
 
 fn faults_json(st: &St) -> Value {
-    json!({
-        "error_rate": st.error_rate,
-        "latency": humantime::format_duration(st.latency).to_string(),
-        "rate_limit": st.rate_limit,
-        "forced": st.forced,
-    })
+    let mut v = st.dials.to_json();
+    v["forced"] = json!(st.forced);
+    v
+}
+
+impl common::Forced for ForcedFault {
+    fn operation(&self) -> &str {
+        &self.action
+    }
+    fn count_mut(&mut self) -> &mut u32 {
+        &mut self.count
+    }
 }
 
 async fn admin_faults(
@@ -1237,6 +1264,15 @@ pub struct EmulateArgs {
     /// Most keys the account may hold.
     #[arg(long)]
     pub max_keys: Option<usize>,
+    /// Another region X-TC-Region may name (repeatable); usage plans are
+    /// per region.
+    #[arg(long = "extra-region")]
+    pub extra_regions: Vec<String>,
+    /// What BindSecretIds answers for a key already bound.
+    #[arg(long, default_value = ALREADY_BOUND_CODES[0], value_parser = ALREADY_BOUND_CODES)]
+    pub already_bound_code: String,
+    #[command(flatten)]
+    pub knobs: common::CommonKnobs,
 }
 
 impl EmulateArgs {
@@ -1258,6 +1294,9 @@ impl EmulateArgs {
             secret_key: Secret::new(self.secret_key.clone()),
             region: self.region.clone(),
             max_keys: self.max_keys,
+            extra_regions: self.extra_regions.clone(),
+            already_bound_code: self.already_bound_code.clone(),
+            knobs: self.knobs.clone(),
         }
     }
 }

@@ -1,22 +1,23 @@
 //! The HTTP layer every provider backend calls through.
 //!
 //! One `reqwest` client per provider, built by [`crate::outbound::client`]
-//! (TLS, `ca_file`, proxy and loopback rules live there), a
-//! token bucket pacing calls to `rate_limit`, a timeout on every call, a cap
-//! on response bodies, a fresh `X-Request-Id` per call (logged), and the
-//! `rekey_provider_*` metrics.
+//! (TLS, `ca_file`, proxy and loopback rules live there), an adaptive
+//! pacer ([`Pacer`]) shared by every call of the provider, a timeout on
+//! every call, a cap on response bodies, a fresh `X-Request-Id` per call
+//! (logged), and the `rekey_provider_*` metrics.
+//!
+//! A connection that never opened is classified [`Outcome::Retry`] (nothing
+//! was sent); any other transport failure is left `Unknown` (the request may
+//! have arrived).
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::clock::DefaultClock;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 
-use super::{BuildError, ProviderError, ProviderErrorKind};
+use super::{BuildError, Outcome, ProviderError, ProviderErrorKind};
 use crate::config::ProviderConfig;
 use crate::metrics::Metrics;
 
@@ -24,7 +25,123 @@ use crate::metrics::Metrics;
 /// most 100; a megabyte is generous).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+/// Slowest pace a throttled provider is driven down to (requests/s).
+pub const MIN_RATE: f64 = 0.2;
+/// How much the pace grows per second without a throttle (requests/s).
+pub const RATE_STEP: f64 = 1.0;
+
+/// The provider's shared pacing, AIMD: calls are spaced `1/rate` apart
+/// (no spacing while `rate` is unknown and nothing was throttled); every
+/// throttle (429 or a vendor throttling code) halves the rate, starting
+/// from the rate actually observed over the last second when none was
+/// set, and pauses every call until its `Retry-After`; each second without
+/// a throttle adds [`RATE_STEP`], never above the configured `rate_limit`.
+/// So a missing or too-high `rate_limit` converges to the provider's real
+/// limit instead of storming it.
+#[derive(Debug)]
+pub struct Pacer {
+    state: Mutex<PacerState>,
+}
+
+#[derive(Debug)]
+struct PacerState {
+    /// `rate_limit` from the config: the ceiling.
+    configured: Option<f64>,
+    /// Current pace; `None` = unpaced (no limit known yet).
+    rate: Option<f64>,
+    /// Earliest instant the next call may go.
+    next_free: Instant,
+    /// No call before this (a `Retry-After`).
+    paused_until: Instant,
+    /// When the rate last changed (decrease or increase).
+    last_change: Instant,
+    /// Send instants of the last second, to estimate an unpaced rate.
+    recent: VecDeque<Instant>,
+}
+
+impl Pacer {
+    pub fn new(configured: Option<f64>) -> Self {
+        let now = Instant::now();
+        Pacer {
+            state: Mutex::new(PacerState {
+                configured,
+                rate: configured,
+                next_free: now,
+                paused_until: now,
+                last_change: now,
+                recent: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The current pace in requests per second (`None`: unpaced).
+    pub fn rate(&self) -> Option<f64> {
+        self.lock().rate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve the next slot at `now`; returns how long to wait for it.
+    pub fn reserve(&self, now: Instant) -> Duration {
+        let mut st = self.lock();
+        let start = now.max(st.next_free).max(st.paused_until);
+        st.next_free = match st.rate {
+            Some(r) => start + Duration::from_secs_f64(1.0 / r),
+            None => start,
+        };
+        while st
+            .recent
+            .front()
+            .is_some_and(|t| start.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
+            st.recent.pop_front();
+        }
+        st.recent.push_back(start);
+        start.saturating_duration_since(now)
+    }
+
+    /// A call was throttled: multiplicative decrease (once per interval, so
+    /// a burst of 429s answering one window halves once) and a pause.
+    pub fn throttled(&self, now: Instant, retry_after: Option<Duration>) {
+        let mut st = self.lock();
+        let current = match st.rate {
+            Some(r) => r,
+            None => (st.recent.len() as f64).max(1.0),
+        };
+        let interval = Duration::from_secs_f64((1.0 / current).max(0.5));
+        if st.rate.is_none() || now.saturating_duration_since(st.last_change) >= interval {
+            st.rate = Some((current / 2.0).max(MIN_RATE));
+            st.last_change = now;
+        }
+        if let Some(wait) = retry_after {
+            st.paused_until = st
+                .paused_until
+                .max(now + wait.min(Duration::from_secs(3600)));
+        }
+        let r = st.rate.unwrap_or(MIN_RATE);
+        st.next_free = st.next_free.max(now + Duration::from_secs_f64(1.0 / r));
+    }
+
+    /// A call went through: additive increase, at most once per second.
+    pub fn succeeded(&self, now: Instant) {
+        let mut st = self.lock();
+        let Some(r) = st.rate else { return };
+        if st.configured == Some(r) {
+            return;
+        }
+        let since = now.saturating_duration_since(st.last_change);
+        if since >= Duration::from_secs(1) {
+            let grown = r + RATE_STEP * since.as_secs_f64().floor();
+            st.rate = Some(match st.configured {
+                Some(c) => grown.min(c),
+                None => grown,
+            });
+            st.last_change = now;
+        }
+    }
+}
 
 /// A response that arrived, with its body read (and capped).
 #[derive(Debug)]
@@ -41,7 +158,7 @@ pub struct ProviderHttp {
     pub client: reqwest::Client,
     pub provider: String,
     pub endpoint: String,
-    limiter: Option<Arc<Limiter>>,
+    pacer: Arc<Pacer>,
     metrics: Metrics,
     timeout: Duration,
     max_body: usize,
@@ -63,18 +180,12 @@ pub fn client(
 
 impl ProviderHttp {
     pub fn new(cfg: &ProviderConfig, metrics: Metrics) -> Result<Self, BuildError> {
-        let limiter = cfg.rate_limit.map(|r| {
-            let period = Duration::from_secs_f64(1.0 / r.per_second);
-            let quota = Quota::with_period(period)
-                .expect("positive period")
-                .allow_burst(NonZeroU32::new(1).expect("1 > 0"));
-            Arc::new(RateLimiter::direct(quota))
-        });
+        let pacer = Arc::new(Pacer::new(cfg.rate_limit.map(|r| r.per_second)));
         Ok(ProviderHttp {
             client: client(cfg.ca_file.as_deref(), cfg.timeout)?,
             provider: cfg.name.clone(),
             endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
-            limiter,
+            pacer,
             metrics,
             timeout: cfg.timeout,
             max_body: MAX_BODY,
@@ -93,6 +204,17 @@ impl ProviderHttp {
 
     pub fn error(&self, operation: &'static str, kind: ProviderErrorKind) -> ProviderError {
         ProviderError::new(&self.provider, operation, kind)
+    }
+
+    /// The provider's shared pacer.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
+    }
+
+    /// A backend saw a throttling code in a body (Tencent answers them with
+    /// HTTP 200): slow the shared pace like a 429 does.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        self.pacer.throttled(Instant::now(), retry_after);
     }
 
     /// Wait for a token, send, read the capped body, record metrics. HTTP
@@ -131,14 +253,23 @@ impl ProviderHttp {
         operation: &'static str,
         req: RequestBuilder,
     ) -> Result<HttpResponse, ProviderError> {
-        if let Some(l) = &self.limiter {
-            l.until_ready().await;
+        let wait = self.pacer.reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let request_id = uuid::Uuid::new_v4().to_string();
         let req = req.header("X-Request-Id", &request_id);
         let started = Instant::now();
         let result = self.send_inner(operation, req, &request_id).await;
         let elapsed = started.elapsed();
+        match &result {
+            Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS => {
+                self.pacer
+                    .throttled(Instant::now(), retry_after(&r.headers));
+            }
+            Ok(_) => self.pacer.succeeded(Instant::now()),
+            Err(_) => {}
+        }
         let code = match &result {
             Ok(r) => r.status.as_u16().to_string(),
             Err(e) => error_code(e).to_string(),
@@ -165,7 +296,13 @@ impl ProviderHttp {
                 // reqwest errors name the URL, never headers or bodies.
                 ProviderErrorKind::Connect(error_chain(&e))
             };
-            self.error(operation, kind).with_request_id(rid.clone())
+            let err = self.error(operation, kind).with_request_id(rid.clone());
+            // A connection that never opened sent nothing.
+            if e.is_connect() {
+                err.with_class(Outcome::Retry)
+            } else {
+                err
+            }
         })?;
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -217,3 +354,50 @@ pub fn error_code(e: &ProviderError) -> &'static str {
 }
 
 pub use crate::outbound::{error_chain, retry_after};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_halves_an_unknown_rate_from_what_was_observed_and_pauses() {
+        let p = Pacer::new(None);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(p.reserve(t0), Duration::ZERO);
+        }
+        p.throttled(t0, Some(Duration::from_secs(2)));
+        assert_eq!(p.rate(), Some(10.0));
+        // Paused until Retry-After, then spaced 100 ms apart.
+        assert_eq!(p.reserve(t0), Duration::from_secs(2));
+        assert_eq!(p.reserve(t0), Duration::from_millis(2100));
+    }
+
+    #[test]
+    fn a_burst_of_throttles_halves_once_then_the_rate_recovers_additively() {
+        let p = Pacer::new(Some(40.0));
+        let t0 = Instant::now() + Duration::from_secs(5);
+        p.throttled(t0, None);
+        p.throttled(t0, None);
+        p.throttled(t0 + Duration::from_millis(10), None);
+        assert_eq!(p.rate(), Some(20.0));
+        p.succeeded(t0 + Duration::from_millis(500));
+        assert_eq!(p.rate(), Some(20.0));
+        p.succeeded(t0 + Duration::from_secs(3));
+        assert_eq!(p.rate(), Some(23.0));
+        // Never above the configured ceiling.
+        p.succeeded(t0 + Duration::from_secs(60));
+        assert_eq!(p.rate(), Some(40.0));
+    }
+
+    #[test]
+    fn the_rate_never_drops_below_the_floor() {
+        let p = Pacer::new(Some(0.3));
+        let mut t = Instant::now();
+        for _ in 0..10 {
+            t += Duration::from_secs(10);
+            p.throttled(t, None);
+        }
+        assert_eq!(p.rate(), Some(MIN_RATE));
+    }
+}

@@ -5,18 +5,28 @@
 //!
 //! - **list**: `GET /v1/{project_id}/node-provider/credentials?limit=100&offset=N`
 //!   → `{credentials:[{id, description, create_time, …}], count}`, walked
-//!   until a page comes back shorter than asked (the docs do not say
-//!   whether `count` is the page's or the total, so it is not relied on),
-//!   the name filter applied per page. `offset` may not exceed 1000, so at
+//!   until a page comes back shorter than asked, the name filter applied
+//!   per page. Whether `offset` counts items or pages, and whether `count`
+//!   is the page's or the total, are undocumented: rekey assumes items and
+//!   checks it. A page made only of ids already listed (offset ignored or
+//!   read as pages) and a final `count` above the ids seen both stop the
+//!   walk with a clear error instead of looping or silently skipping. `offset` may not exceed 1000, so at
 //!   most 1,100 credentials are visible; past that a warning is logged.
 //! - **create**: `POST /v1/{project_id}/node-provider/credentials` with
 //!   `{description, node_ids?, control_type?, allowlists?, eps_id?}` → the
-//!   credential file as **text** (not JSON), kept verbatim as the secret
-//!   field `credential`. The answer has no id: the provider lists once and
-//!   matches the description; if that fails the id stays unresolved and the
-//!   engine resolves it by listing later (`returns_id_on_create = false`).
-//! - **delete**: `DELETE /v1/{project_id}/node-provider/credentials/{id}`;
-//!   404 means already gone.
+//!   credential file as **bytes**: a ZIP archive whose `credential.csv`
+//!   holds the key ([`nes_file`]: fields `credential` = the CSV text, the
+//!   primary field; `credential_zip` = the archive; `csv_<column>` when the
+//!   CSV has a header row); a body that is not a ZIP is kept whole as
+//!   `credential`. An answer that cannot be read is still returned (sealed
+//!   first, then the rotation fails: `NewKey::unreadable`). The answer has
+//!   no id: the provider lists once and matches the description; if that
+//!   fails the id stays unresolved and the engine resolves it by listing
+//!   later (`returns_id_on_create = false`).
+//! - **delete**: `DELETE /v1/{project_id}/node-provider/credentials/{id}`.
+//!   The API documents 200, 400, 401 and 500 only (no 404): after any
+//!   error but a throttle or an auth failure, the provider lists, and a
+//!   credential no longer listed counts as already gone.
 //!
 //! **Names.** NES credentials have no name field. rekey names a credential
 //! through its `description`: the key name a policy's `match` sees is the
@@ -61,10 +71,12 @@ use super::http::{HttpResponse, ProviderHttp, retry_after};
 use super::tencent::json_problem;
 use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
-    ProviderErrorKind, ProviderKey, huawei_sign,
+    ProviderErrorKind, ProviderKey, huawei_sign, nes_file,
 };
+use crate::config::raw::{RawHuaweiAuth, RawProvider};
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{HuaweiAuth, ProviderConfig, ProviderKind};
-use crate::secret::{Secret, SecretFields};
+use crate::secret::Secret;
 
 /// Page size asked for (the API answers at most 100 per page).
 pub const PAGE_LIMIT: usize = 100;
@@ -149,6 +161,8 @@ impl std::fmt::Debug for HuaweiProvider {
 struct ListPage {
     #[serde(default)]
     credentials: Option<Vec<ListedCredential>>,
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +228,15 @@ struct TokenInfo {
 
 const MAX_MESSAGE: usize = 300;
 
+/// API Gateway (APIG) throttling codes in front of every Huawei Cloud API:
+/// `APIG.0308` "The throttling threshold has been reached" (Huawei's FAQ
+/// "APIG.0308报错处理方法" says retry after 2–5 s) whatever the status, and
+/// `APIG.0101` when it comes with HTTP 429 (the same code with 404 means "no
+/// such API", a refusal). A throttle means nothing happened.
+pub fn is_throttle(status: u16, code: &str) -> bool {
+    code == "APIG.0308" || (code == "APIG.0101" && status == 429)
+}
+
 fn clip(s: &str) -> String {
     if s.chars().count() <= MAX_MESSAGE {
         s.to_string()
@@ -224,37 +247,13 @@ fn clip(s: &str) -> String {
     }
 }
 
-/// Parse `create_time`. The docs only say "string, 0–100 characters";
-/// accepted: RFC 3339, `YYYY-MM-DD hh:mm:ss` (read as UTC), and Unix
-/// seconds or milliseconds (as a number or a string of digits).
+/// Parse a Huawei time (`create_time`, IAM's `expires_at`): every form of
+/// [`super::times`], zoneless ones in UTC+8; `None` when absent or
+/// unparseable (listing records unparseable ones, see `list`).
 pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    let from_epoch = |n: i64| {
-        if n > 100_000_000_000 {
-            DateTime::from_timestamp_millis(n)
-        } else {
-            DateTime::from_timestamp(n, 0)
-        }
-    };
-    match v {
-        Value::Number(n) => n.as_i64().and_then(from_epoch),
-        Value::String(s) => {
-            let s = s.trim();
-            if s.is_empty() {
-                return None;
-            }
-            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                return Some(t.to_utc());
-            }
-            if let Ok(n) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f") {
-                return Some(n.and_utc());
-            }
-            if s.bytes().all(|b| b.is_ascii_digit()) {
-                return s.parse().ok().and_then(from_epoch);
-            }
-            None
-        }
-        _ => None,
-    }
+    super::times::parse_value("huawei-nes", Some(v))
+        .ok()
+        .flatten()
 }
 
 /// Check and copy the policy's `create` table into the request body.
@@ -414,7 +413,15 @@ impl HuaweiProvider {
             (None, None) => "no error body".into(),
         };
         let text = clip(&text);
+        let throttled = is_throttle(status, &code);
+        if throttled && status != 429 {
+            // The HTTP layer slows down on 429 by itself.
+            self.http.throttled(retry_after(&resp.headers));
+        }
         let kind = match status {
+            _ if throttled => ProviderErrorKind::RateLimited {
+                retry_after: retry_after(&resp.headers),
+            },
             401 | 403 => ProviderErrorKind::Auth(format!("HTTP {status} {code}: {text}")),
             429 => ProviderErrorKind::RateLimited {
                 retry_after: retry_after(&resp.headers),
@@ -715,6 +722,8 @@ impl Provider for HuaweiProvider {
         let path = credentials_path(&self.project_id);
         let mut out = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
+        // Every id listed, kept or not: detects a page served twice.
+        let mut all_ids = std::collections::BTreeSet::new();
         let mut offset = 0usize;
         let limit = PAGE_LIMIT.to_string();
         loop {
@@ -743,12 +752,36 @@ impl Provider for HuaweiProvider {
             })?;
             let items = page.credentials.unwrap_or_default();
             let n = items.len();
+            let fresh = items.iter().filter(|c| !all_ids.contains(&c.id)).count();
+            if n > 0 && fresh == 0 {
+                return Err(self
+                    .error(
+                        "list",
+                        ProviderErrorKind::Protocol(format!(
+                            "the credential list answered offset {offset} with a page it had already sent; the API does not page by item offset as rekey assumes (offset may count pages), so the listing is incomplete"
+                        )),
+                    )
+                    .with_request_id(Self::response_request_id(&resp)));
+            }
+            all_ids.extend(items.iter().map(|c| c.id.clone()));
+            let last_count = page.count;
             for c in items {
                 let name = c.description.unwrap_or_default();
                 if !keep(&name) || !seen.insert(c.id.clone()) {
                     continue;
                 }
                 let mut meta = std::collections::BTreeMap::new();
+                let created_at =
+                    match super::times::parse_value("huawei-nes", c.create_time.as_ref()) {
+                        Ok(t) => t,
+                        Err(raw) => {
+                            meta.insert(
+                                super::META_UNKNOWN_TIME.to_string(),
+                                json!({ "create_time": raw }),
+                            );
+                            None
+                        }
+                    };
                 if let Some(t) = c.control_type.filter(|t| !t.is_empty()) {
                     meta.insert("control_type".to_string(), Value::from(t));
                 }
@@ -758,13 +791,29 @@ impl Provider for HuaweiProvider {
                 out.push(ProviderKey {
                     id: c.id,
                     name,
-                    created_at: c.create_time.as_ref().and_then(parse_time),
+                    created_at,
                     expires_at: None,
                     meta,
                 });
             }
             offset += n;
             if n < PAGE_LIMIT {
+                // `count` is the total or the page's size (undocumented);
+                // either way it cannot exceed what a complete walk saw.
+                if let Some(total) = last_count
+                    && total as usize > all_ids.len()
+                    && offset <= MAX_OFFSET
+                {
+                    return Err(self
+                        .error(
+                            "list",
+                            ProviderErrorKind::Protocol(format!(
+                                "the credential list counts {total} credentials but paging by item offset reached only {}; the API may count offset in pages, so the listing is incomplete",
+                                all_ids.len()
+                            )),
+                        )
+                        .with_request_id(Self::response_request_id(&resp)));
+                }
                 break;
             }
             if offset > MAX_OFFSET {
@@ -785,24 +834,13 @@ impl Provider for HuaweiProvider {
         if !resp.status.is_success() {
             return Err(self.nes_error("create", &resp));
         }
-        let rid = Self::response_request_id(&resp);
+        // Bytes, not text: a ZIP with credential.csv (nes_file). Whatever
+        // happens from here on, the answer goes back to be sealed first.
         let raw = Zeroizing::new(resp.body);
-        let text = std::str::from_utf8(&raw).map_err(|_| {
-            self.error(
-                "create",
-                ProviderErrorKind::Protocol("the credential file is not UTF-8 text".into()),
-            )
-            .with_request_id(rid.clone())
-        })?;
-        if text.trim().is_empty() {
-            return Err(self
-                .error(
-                    "create",
-                    ProviderErrorKind::Protocol("the credential file is empty".into()),
-                )
-                .with_request_id(rid));
+        let (secret, unreadable) = nes_file::parse(&raw);
+        if let Some(problem) = &unreadable {
+            tracing::error!(provider = %self.http.provider, name = req.name, problem = %problem, "the new credential's file could not be read completely; it is sealed as received");
         }
-        let secret = SecretFields::single("credential", Secret::new(text));
         // Best effort: the engine resolves the id by listing if this fails,
         // and a failure here must not lose the secret.
         let (id, created_at) = match self.list(&|n: &str| n == req.name).await {
@@ -822,6 +860,7 @@ impl Provider for HuaweiProvider {
             created_at,
             expires_at: None,
             secret,
+            unreadable,
         })
     }
 
@@ -834,11 +873,108 @@ impl Provider for HuaweiProvider {
         let resp = self
             .request("delete", Method::DELETE, &path, &[], None)
             .await?;
-        match resp.status.as_u16() {
-            200..=299 => Ok(DeleteOutcome::Deleted),
-            404 => Ok(DeleteOutcome::NotFound),
-            _ => Err(self.nes_error("delete", &resp)),
+        if resp.status.is_success() {
+            return Ok(DeleteOutcome::Deleted);
         }
+        let err = self.nes_error("delete", &resp);
+        if err.is_throttled() || matches!(err.kind, ProviderErrorKind::Auth(_)) {
+            return Err(err);
+        }
+        // The API documents no 404 (200, 400, 401, 500 only): after any
+        // other error, the listing decides. Absent means done.
+        match self.list(&|_: &str| true).await {
+            Ok(keys) if !keys.iter().any(|k| k.id == key_id) => {
+                tracing::info!(provider = %self.http.provider, key = key_id, status = resp.status.as_u16(), "delete answered an error but the credential is not listed: it is gone");
+                Ok(DeleteOutcome::NotFound)
+            }
+            Ok(_) => Err(err),
+            Err(e) => {
+                tracing::warn!(provider = %self.http.provider, key = key_id, error = %e, "listing to confirm a failed delete failed too");
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The `huawei-nes` kind's config rules (see [`ProviderSpec`]): a 32-character
+/// `project_id` and one `auth` form (`token`, `iam`, `aksk`);
+/// `create.description` is refused (rekey names credentials through it).
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "huawei-nes"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://bcs.ap-southeast-3.myhuaweicloud.com"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["project_id", "auth"]
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        let project = cx.required(&raw.project_id, "project_id").cloned();
+        let project = project.and_then(|p| {
+            let n = p.get_ref().chars().count();
+            if n != 32 {
+                cx.error_hint(
+                    p.span(),
+                    format!("Huawei project_id must be exactly 32 characters; this one has {n}"),
+                    "copy the project ID from the console's My Credentials → Projects page",
+                );
+                None
+            } else {
+                Some(p.get_ref().clone())
+            }
+        });
+        let auth = match cx.required(&raw.auth, "auth") {
+            None => None,
+            Some(a) => match a.get_ref() {
+                RawHuaweiAuth::Token(t) => cx.secret(t, "auth.token").map(HuaweiAuth::Token),
+                RawHuaweiAuth::Iam(i) => {
+                    let endpoint = cx.secret_url(&i.endpoint, "auth.iam.endpoint");
+                    let password = cx.secret(&i.password, "auth.iam.password");
+                    (|| {
+                        Some(HuaweiAuth::Iam {
+                            endpoint: endpoint?,
+                            domain: i.domain.get_ref().clone(),
+                            user: i.user.get_ref().clone(),
+                            password: password?,
+                        })
+                    })()
+                }
+                RawHuaweiAuth::Aksk(k) => {
+                    let ak = cx.secret(&k.access_key, "auth.aksk.access_key");
+                    let sk = cx.secret(&k.secret_key, "auth.aksk.secret_key");
+                    (|| {
+                        Some(HuaweiAuth::Aksk {
+                            access_key: ak?,
+                            secret_key: sk?,
+                        })
+                    })()
+                }
+            },
+        };
+        Some(ProviderKind::Huawei {
+            project_id: project?,
+            auth: auth?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["node_ids", "control_type", "allowlists", "eps_id"]
+    }
+
+    fn reserved_create_keys(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        // NES credentials have no name field: rekey names them through their
+        // description, so a `description` in `create` would collide with it.
+        &[(
+            "description",
+            "`create.description` cannot be set for a huawei-nes provider: rekey names each credential through its description",
+            "remove it; the key name (from name_template) becomes the description",
+        )]
     }
 }
 
@@ -849,7 +985,9 @@ mod tests {
     #[test]
     fn create_time_parses_in_the_shapes_seen() {
         let t = parse_time(&json!("2024-03-01T10:00:00Z")).unwrap();
-        assert_eq!(parse_time(&json!("2024-03-01 10:00:00")), Some(t));
+        assert_eq!(parse_time(&json!("2024-03-01 18:00:00")), Some(t));
+        assert_eq!(parse_time(&json!("2024-03-01T18:00:00.000+0800")), Some(t));
+        assert_eq!(parse_time(&json!("2024/03/01 18:00:00")), Some(t));
         assert_eq!(parse_time(&json!(1709287200)), Some(t));
         assert_eq!(parse_time(&json!(1709287200000i64)), Some(t));
         assert_eq!(parse_time(&json!("1709287200000")), Some(t));

@@ -4,7 +4,7 @@
 //! - `oceanbase`: OceanBase Cloud MaaS API keys (HTTP Digest auth).
 //! - `tencent`: Tencent Cloud API Gateway keys (TC3 signing in `tc3`).
 //! - `huawei`: Huawei Cloud NES node-provider credentials (token, IAM or
-//!   AK/SK signing in `huawei_sign`).
+//!   AK/SK signing in `huawei_sign`; the ZIP credential file in `nes_file`).
 //! - `listing`: [`listing::Listing`], the one result type of a key walk.
 //! - `http`: the shared HTTP layer every backend calls through: rate limit
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
@@ -13,9 +13,11 @@ pub mod http;
 pub mod huawei;
 pub mod huawei_sign;
 pub mod listing;
+pub mod nes_file;
 pub mod oceanbase;
 pub mod tc3;
 pub mod tencent;
+pub mod times;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +70,12 @@ pub struct NewKey {
     pub created_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub secret: SecretFields,
+    /// The provider answered and the key exists, but its answer could not
+    /// be read completely (e.g. a Huawei credential archive without a
+    /// readable `credential.csv`). `secret` still holds everything received
+    /// (at least the raw answer): the engine seals it first, then fails the
+    /// rotation with this message, and the sealed key can be resumed.
+    pub unreadable: Option<String>,
 }
 
 pub struct CreateRequest<'a> {
@@ -115,10 +123,44 @@ pub enum ProviderErrorKind {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{provider}: {operation}: {}{}", describe(.kind), .request_id.as_ref().map(|r| format!(" (request id {r})")).unwrap_or_default())]
 pub struct ProviderError {
-    pub provider: String,
+    /// The provider's name in the config (boxed: the error stays small).
+    pub provider: Box<str>,
     pub operation: &'static str,
     pub kind: ProviderErrorKind,
     pub request_id: Option<String>,
+    /// The backend's own verdict on what the failure means, from its
+    /// vendor's error list; `None` leaves it to [`ProviderError::outcome`]'s
+    /// defaults for `kind`.
+    pub class: Option<Outcome>,
+}
+
+/// What a failed provider call means for the world, one classification per
+/// error (README "Providers" has each backend's table):
+///
+/// - `Retry`: transient and **nothing happened** (a connection that never
+///   opened, 429 or a vendor throttling code, a 5xx the vendor documents as
+///   "not processed"). Try again later; a create answered so did not create.
+/// - `Refused`: a definitive refusal, **nothing happened** (4xx, quota, auth,
+///   bad parameters). Retrying the same call will not help.
+/// - `Unknown`: the request may have taken effect (a timeout or reset after
+///   the request was sent, a 5xx on create, an answer that cannot be read).
+///   A create must be resolved by listing before another attempt; for a read
+///   it just means "try again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Retry,
+    Refused,
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Retry => "retry",
+            Outcome::Refused => "refused",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 fn describe(k: &ProviderErrorKind) -> String {
@@ -150,11 +192,57 @@ fn describe(k: &ProviderErrorKind) -> String {
 impl ProviderError {
     pub fn new(provider: &str, operation: &'static str, kind: ProviderErrorKind) -> Self {
         ProviderError {
-            provider: provider.to_string(),
+            provider: provider.into(),
             operation,
             kind,
             request_id: None,
+            class: None,
         }
+    }
+
+    /// Set the backend's classification (see [`Outcome`]).
+    pub fn with_class(mut self, class: Outcome) -> Self {
+        self.class = Some(class);
+        self
+    }
+
+    /// What the failure means (see [`Outcome`]): the backend's verdict when
+    /// it gave one, else by kind: throttling → `Retry`; auth, quota, invalid
+    /// parameters and any 4xx but 408/429 → `Refused`; timeouts, dropped
+    /// connections, 5xx, unreadable answers → `Unknown` (a backend marks a
+    /// connection that never opened as `Retry`).
+    pub fn outcome(&self) -> Outcome {
+        if let Some(c) = self.class {
+            return c;
+        }
+        match &self.kind {
+            ProviderErrorKind::RateLimited { .. } => Outcome::Retry,
+            ProviderErrorKind::Auth(_)
+            | ProviderErrorKind::Quota(_)
+            | ProviderErrorKind::Invalid(_) => Outcome::Refused,
+            ProviderErrorKind::Api { status, .. } => match *status {
+                429 | 408 => Outcome::Retry,
+                500.. => Outcome::Unknown,
+                _ => Outcome::Refused,
+            },
+            ProviderErrorKind::Timeout(_)
+            | ProviderErrorKind::Connect(_)
+            | ProviderErrorKind::Protocol(_)
+            | ProviderErrorKind::TooLarge(_) => Outcome::Unknown,
+        }
+    }
+
+    /// The provider slowed us down (429 or a throttling code). Such a
+    /// failure never counts against a rotation's `max_attempts`.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self.kind, ProviderErrorKind::RateLimited { .. })
+            || matches!(self.kind, ProviderErrorKind::Api { status: 429, .. })
+    }
+
+    /// The call certainly did nothing (`Retry` or `Refused`): a create that
+    /// failed so created no key, and needs no listing to find an orphan.
+    pub fn nothing_happened(&self) -> bool {
+        self.outcome() != Outcome::Unknown
     }
 
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
@@ -165,6 +253,11 @@ impl ProviderError {
     /// Whether trying again later can succeed (timeouts, connection errors,
     /// 429, 5xx) or a human must act (auth, 4xx, quota).
     pub fn is_retryable(&self) -> bool {
+        match self.class {
+            Some(Outcome::Retry) => return true,
+            Some(Outcome::Refused) => return false,
+            _ => {}
+        }
         match &self.kind {
             ProviderErrorKind::Timeout(_)
             | ProviderErrorKind::Connect(_)
@@ -235,6 +328,17 @@ pub trait Provider: Send + Sync {
 }
 
 pub type SharedProvider = Arc<dyn Provider>;
+
+/// Every provider kind's config rules ([`crate::config::validate::ProviderSpec`]),
+/// each kept beside its client. A fourth provider adds its entry here, its
+/// arm in [`ProviderKind`] and in [`build`].
+pub static SPECS: &[&dyn crate::config::validate::ProviderSpec] =
+    &[&oceanbase::Spec, &tencent::Spec, &huawei::Spec];
+
+/// The spec of `kind = "…"`, if there is such a kind.
+pub fn spec(kind: &str) -> Option<&'static dyn crate::config::validate::ProviderSpec> {
+    SPECS.iter().copied().find(|s| s.kind() == kind)
+}
 
 /// Build the backend a provider config names.
 pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {

@@ -3,7 +3,8 @@
 //! HTTP Digest (RFC 7616) using the AccessKey pair.
 //!
 //! - **Digest.** The first call goes out bare, takes the 401 challenge
-//!   (SHA-256 preferred over MD5; `qop="auth"` required) and answers it. The
+//!   (SHA-256 preferred over MD5; `qop="auth"` preferred, an RFC 2069
+//!   challenge without `qop` accepted as `curl --digest` does) and answers it. The
 //!   challenge is kept, so later calls send `Authorization` pre-emptively
 //!   with `nc` counting up on the same nonce: one request per call. A 401
 //!   (stale nonce, or a nonce the server forgot) is re-challenged once; a
@@ -50,6 +51,8 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey,
 };
+use crate::config::raw::RawProvider;
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
 
@@ -576,6 +579,7 @@ impl Provider for OceanBaseProvider {
                 .or(created.created_at),
             expires_at: found.as_ref().and_then(|k| k.expires_at),
             secret: SecretFields::single(SECRET_FIELD, created.api_key),
+            unreadable: None,
         })
     }
 
@@ -609,7 +613,9 @@ pub fn request_target(url: &Url) -> String {
 }
 
 /// The strongest usable Digest challenge among the `WWW-Authenticate`
-/// headers: SHA-256 over SHA-512-256 over MD5, and only with `qop=auth`.
+/// headers: SHA-256 over SHA-512-256 over MD5, and at equal algorithm
+/// `qop=auth` (RFC 7616) over no `qop` (RFC 2069, accepted as `curl
+/// --digest` does). A challenge offering only `qop=auth-int` is refused.
 pub fn pick_challenge(headers: &HeaderMap) -> Result<WwwAuthenticateHeader, String> {
     let mut best: Option<(u8, WwwAuthenticateHeader)> = None;
     let mut why = String::from("no WWW-Authenticate: Digest header");
@@ -635,19 +641,22 @@ pub fn pick_challenge(headers: &HeaderMap) -> Result<WwwAuthenticateHeader, Stri
                 continue;
             }
         };
-        if !challenge
-            .qop
-            .as_ref()
-            .is_some_and(|q| q.contains(&Qop::AUTH))
-        {
-            why = "the Digest challenge does not offer qop=auth".into();
-            continue;
-        }
-        let rank = match challenge.algorithm.algo {
-            AlgorithmType::SHA2_256 => 3,
-            AlgorithmType::SHA2_512_256 => 2,
-            AlgorithmType::MD5 => 1,
+        // No `qop` at all is RFC 2069 (response = H(HA1:nonce:HA2)), which
+        // `curl --digest` and OceanBase's Terraform provider accept; a
+        // `qop` list without `auth` (auth-int only) is not answerable.
+        let with_qop = match &challenge.qop {
+            None => false,
+            Some(q) if q.contains(&Qop::AUTH) => true,
+            Some(_) => {
+                why = "the Digest challenge offers qop but not qop=auth".into();
+                continue;
+            }
         };
+        let rank = match challenge.algorithm.algo {
+            AlgorithmType::SHA2_256 => 6,
+            AlgorithmType::SHA2_512_256 => 4,
+            AlgorithmType::MD5 => 2,
+        } + u8::from(with_qop);
         if best.as_ref().is_none_or(|(r, _)| rank > *r) {
             best = Some((rank, challenge));
         }
@@ -822,9 +831,9 @@ fn shape_error(e: &serde_json::Error) -> String {
 pub fn parse_time(field: &str, s: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
     match s.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(t) => DateTime::parse_from_rfc3339(t)
-            .map(|d| Some(d.with_timezone(&Utc)))
-            .map_err(|e| format!("`{field}` {t:?} is not an RFC 3339 time: {e}")),
+        Some(t) => super::times::parse_str("oceanbase", t)
+            .map(Some)
+            .map_err(|raw| format!("`{field}` {raw:?} is not a time in a form OceanBase uses")),
     }
 }
 
@@ -954,6 +963,73 @@ pub fn failure(provider: &str, operation: &'static str, resp: &HttpResponse) -> 
     ProviderError::new(provider, operation, kind).with_request_id(Some(request_id))
 }
 
+/// The `oceanbase` kind's config rules (see [`ProviderSpec`]): `org_id`,
+/// `project_id`, the AccessKey pair for Digest auth; `create.action` (the
+/// permission of new keys) is required when rotating.
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "oceanbase"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://api-cloud.oceanbase.com"
+    }
+
+    fn has_expiry(&self) -> bool {
+        true
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["org_id", "project_id", "access_key_id", "access_key_secret"]
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        let org = cx
+            .required(&raw.org_id, "org_id")
+            .map(|s| s.get_ref().clone());
+        let proj = cx
+            .required(&raw.project_id, "project_id")
+            .map(|s| s.get_ref().clone());
+        let ak = cx
+            .required(&raw.access_key_id, "access_key_id")
+            .and_then(|s| cx.secret(s, "access_key_id"));
+        let sk = cx
+            .required(&raw.access_key_secret, "access_key_secret")
+            .and_then(|s| cx.secret(s, "access_key_secret"));
+        Some(ProviderKind::OceanBase {
+            org_id: org?,
+            project_id: proj?,
+            access_key_id: ak?,
+            access_key_secret: sk?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["action"]
+    }
+
+    fn check_create(
+        &self,
+        cx: &mut ProviderCx<'_, '_>,
+        create: &serde_json::Map<String, serde_json::Value>,
+        span: std::ops::Range<usize>,
+        rotate: bool,
+        unknown_reported: bool,
+    ) {
+        // A mistyped `action` was reported already, with its correction.
+        if rotate && !unknown_reported && !create.get("action").is_some_and(|a| a.is_string()) {
+            let what = cx.what.clone();
+            cx.error_hint(
+                span,
+                format!("{what}: OceanBase keys are created with a permission, and none is set"),
+                "add create = { action = \"read\" } (the permission the new keys get)",
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,8 +1079,39 @@ mod tests {
     }
 
     #[test]
+    fn a_challenge_without_qop_is_answered_the_rfc_2069_way() {
+        let mut c =
+            pick_challenge(&headers(&[r#"Digest realm="r", nonce="n", opaque="o""#])).unwrap();
+        assert!(c.qop.is_none());
+        let ctx = AuthContext::new("Mufasa", "Circle Of Life", "/dir/index.html");
+        let a = c.respond(&ctx).unwrap();
+        // RFC 2069: no qop, nc or cnonce, and response = MD5(HA1:nonce:HA2).
+        let h = a.to_header_string();
+        assert!(
+            !h.contains("qop") && !h.contains("nc=") && !h.contains("cnonce"),
+            "{h}"
+        );
+        let md5 = |s: &str| digest_auth::Algorithm::new(AlgorithmType::MD5, false).hash_str(s);
+        let ha1 = md5("Mufasa:r:Circle Of Life");
+        let ha2 = md5("GET:/dir/index.html");
+        assert_eq!(a.response, md5(&format!("{ha1}:n:{ha2}")));
+        // With both on offer, qop=auth wins at the same algorithm.
+        let c = pick_challenge(&headers(&[
+            r#"Digest realm="r", nonce="n""#,
+            r#"Digest realm="r", qop="auth", nonce="n""#,
+        ]))
+        .unwrap();
+        assert!(c.qop.is_some());
+    }
+
+    #[test]
     fn challenge_without_qop_auth_or_digest_is_refused() {
-        assert!(pick_challenge(&headers(&[r#"Digest realm="r", nonce="n""#])).is_err());
+        assert!(
+            pick_challenge(&headers(&[
+                r#"Digest realm="r", qop="auth-int", nonce="n""#
+            ]))
+            .is_err()
+        );
         assert!(pick_challenge(&headers(&[r#"Basic realm="r""#])).is_err());
         assert!(pick_challenge(&HeaderMap::new()).is_err());
         let e = pick_challenge(&headers(&[

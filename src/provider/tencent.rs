@@ -19,18 +19,26 @@
 //!   `AccessKeyId`, `created_at` the `CreatedTime`. Keys never expire.
 //! - **after_create**: a key only works once bound to a usage plan. The new
 //!   key is bound (`BindSecretIds`) to every plan in the policy's
-//!   `create.usage_plans` and to every plan the old key is bound to;
-//!   `UnsupportedOperation.AlreadyBindUsagePlan` counts as done.
+//!   `create.usage_plans` and to every plan the old key is bound to. Any
+//!   `UnsupportedOperation.*` answer (the SDK lists both
+//!   `AlreadyBindUsagePlan` and `UnsupportedBindApiKey` for "already
+//!   bound") is settled by reading the plan's keys back.
 //! - **before_delete**: unbind the key from every plan it is bound to
 //!   (`UnBindSecretIds`), then `DisableApiKey` (already disabled counts as
-//!   done, checked by reading the key's status back).
+//!   done, checked by reading the key's status back). Any failed lookup
+//!   stops before the disable.
 //! - **delete**: `DeleteApiKey`; `ResourceNotFound.*` means already gone.
+//!   `UnsupportedOperation.ResourceIsInUse` is evidence of a binding in a
+//!   region rekey does not search: the key is re-enabled (`EnableApiKey`),
+//!   the error says so, and this process never disables that key again.
 //!
 //! # Finding a key's usage plans
 //!
 //! The API has no "plans of this key" call, and `before_delete` is given
 //! only the key id. So bindings are *discovered*: the provider lists every
-//! usage plan of the region (`DescribeUsagePlansStatus`, paged) plus the
+//! usage plan of the configured `region` and of each of the optional
+//! `regions` (`DescribeUsagePlansStatus`, paged, `X-TC-Region` per region)
+//! plus the
 //! plans it has seen in `create.usage_plans` since it started, and asks each
 //! plan for its keys (`DescribeUsagePlanSecretIds`, paged). This survives
 //! restarts (nothing is remembered that the API cannot tell again) and
@@ -65,9 +73,11 @@ use zeroize::Zeroizing;
 
 use super::http::{ProviderHttp, retry_after};
 use super::{
-    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
-    ProviderErrorKind, ProviderKey, tc3,
+    BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Outcome, Provider,
+    ProviderError, ProviderErrorKind, ProviderKey, tc3,
 };
+use crate::config::raw::RawProvider;
+use crate::config::validate::{ProviderCx, ProviderSpec};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::secret::{Secret, SecretFields};
 
@@ -83,10 +93,28 @@ pub const PAGE_LIMIT: usize = 100;
 /// Where a Unix timestamp for `X-TC-Timestamp` comes from (tests skew it).
 pub type TimestampSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// A usage plan: plans live in a region.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Plan {
+    pub region: String,
+    pub id: String,
+}
+
+impl Plan {
+    fn new(region: &str, id: &str) -> Self {
+        Plan {
+            region: region.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
 /// Tencent Cloud API Gateway keys through API 3.0.
 pub struct TencentProvider {
     http: ProviderHttp,
     region: String,
+    /// Further regions searched for usage plans (config `regions`).
+    extra_regions: Vec<String>,
     secret_id: Secret,
     secret_key: Secret,
     /// `Host` as sent and signed: the endpoint's host, with its port when
@@ -97,6 +125,9 @@ pub struct TencentProvider {
     /// Usage plans named by policies' `create.usage_plans` since start; a
     /// hint added to the plans the API lists, never the only source.
     known_plans: Mutex<BTreeSet<String>>,
+    /// Keys whose delete answered `ResourceIsInUse` (bound to a plan no
+    /// searched region shows): never disabled again by this process.
+    unseen_bound: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for TencentProvider {
@@ -253,6 +284,33 @@ fn is_code(code: &str, family: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.'))
 }
 
+/// What an envelope code means for the world (see [`Outcome`]; the table
+/// in README "Providers"), from the official SDK's error lists
+/// (`tencentcloud/common/retry.py`, `apigateway/v20180808/errors.go`):
+///
+/// - `Retry`: `RequestLimitExceeded` and its `.UinLimitExceeded` /
+///   `.GlobalRegionUinLimitExceeded` (the SDK's retry list),
+///   `LimitExceeded.RequestLimitExceeded` (a rate limit despite its family),
+///   `FailedOperation.CamException` (the permission check failed before the
+///   action ran) and `ServiceUnavailable`.
+/// - `Unknown`: `InternalError[.*]` and `UnsupportedOperation.RequestPostError`
+///   (the gateway's internal call failed; the action may have run).
+/// - `Refused`: everything else, including `RequestLimitExceeded.IPLimitExceeded`
+///   (not in the SDK's retry list), quotas (`LimitExceeded.*`), auth and
+///   parameter errors.
+pub fn outcome_of(code: &str) -> Outcome {
+    match code {
+        "RequestLimitExceeded.IPLimitExceeded" => Outcome::Refused,
+        "LimitExceeded.RequestLimitExceeded"
+        | "FailedOperation.CamException"
+        | "ServiceUnavailable" => Outcome::Retry,
+        "UnsupportedOperation.RequestPostError" => Outcome::Unknown,
+        c if is_code(c, "RequestLimitExceeded") => Outcome::Retry,
+        c if is_code(c, "InternalError") => Outcome::Unknown,
+        _ => Outcome::Refused,
+    }
+}
+
 /// The error class of an envelope code (see the module doc).
 pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     let text = format!("{code}: {}", clip(message));
@@ -266,7 +324,7 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
             message: format!("{} (HTTP 200 error envelope)", clip(message)),
         };
     }
-    if is_code(code, "RequestLimitExceeded") {
+    if is_code(code, "RequestLimitExceeded") || code == "LimitExceeded.RequestLimitExceeded" {
         return ProviderErrorKind::RateLimited { retry_after: None };
     }
     if is_code(code, "LimitExceeded") {
@@ -274,8 +332,10 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     }
     let status = if is_code(code, "InternalError") {
         500
-    } else if code == "ServiceUnavailable" {
+    } else if code == "ServiceUnavailable" || code == "FailedOperation.CamException" {
         503
+    } else if code == "UnsupportedOperation.RequestPostError" {
+        502
     } else if is_code(code, "ResourceNotFound") {
         404
     } else {
@@ -288,16 +348,10 @@ pub fn classify(code: &str, message: &str) -> ProviderErrorKind {
     }
 }
 
-/// Parse `YYYY-MM-DDThh:mm:ssZ` (documented), or `YYYY-MM-DD hh:mm:ss`
-/// read as UTC.
+/// Parse a `CreatedTime` (documented `YYYY-MM-DDThh:mm:ssZ`; the other
+/// forms of [`super::times`]).
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.to_utc());
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
-        .ok()
-        .map(|n| n.and_utc())
+    super::times::parse_str("tencent-apigateway", s).ok()
 }
 
 /// The `Host` header for an endpoint URL.
@@ -336,6 +390,7 @@ impl TencentProvider {
     pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
         let ProviderKind::Tencent {
             region,
+            regions,
             secret_id,
             secret_key,
         } = &cfg.kind
@@ -361,12 +416,14 @@ impl TencentProvider {
         Ok(TencentProvider {
             http,
             region: region.clone(),
+            extra_regions: regions.clone(),
             secret_id,
             secret_key,
             host,
             url,
             now: Arc::new(|| Utc::now().timestamp()),
             known_plans: Mutex::new(BTreeSet::new()),
+            unseen_bound: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -381,8 +438,14 @@ impl TencentProvider {
     }
 
     fn failure(&self, operation: &'static str, f: ApiFailure) -> ProviderError {
-        self.error(operation, classify(&f.code, &f.message))
+        let kind = classify(&f.code, &f.message);
+        if matches!(kind, ProviderErrorKind::RateLimited { .. }) {
+            // Throttles come in HTTP 200 envelopes: slow the shared pace.
+            self.http.throttled(None);
+        }
+        self.error(operation, kind)
             .with_request_id(f.request_id)
+            .with_class(outcome_of(&f.code))
     }
 
     /// Sign and send one action. `Ok(Err(_))` is an error envelope, left
@@ -390,6 +453,17 @@ impl TencentProvider {
     /// else (transport, HTTP status, unreadable body).
     pub async fn call<T: DeserializeOwned>(
         &self,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<Result<Option<T>, ApiFailure>, ProviderError> {
+        self.call_in(&self.region, operation, action, params).await
+    }
+
+    /// As [`call`](Self::call), in `region` (`X-TC-Region`).
+    pub async fn call_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
         operation: &'static str,
         action: &'static str,
         params: &Value,
@@ -430,7 +504,7 @@ impl TencentProvider {
             .header("X-TC-Action", action)
             .header("X-TC-Version", VERSION)
             .header("X-TC-Timestamp", timestamp.to_string())
-            .header("X-TC-Region", &self.region)
+            .header("X-TC-Region", region)
             .header(reqwest::header::AUTHORIZATION, authorization.as_str())
             .body(body);
         let resp = match self.http.send_unrecorded(operation, req).await {
@@ -511,7 +585,18 @@ impl TencentProvider {
         action: &'static str,
         params: &Value,
     ) -> Result<T, ProviderError> {
-        match self.call::<T>(operation, action, params).await? {
+        self.call_ok_in(&self.region, operation, action, params)
+            .await
+    }
+
+    async fn call_ok_in<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        operation: &'static str,
+        action: &'static str,
+        params: &Value,
+    ) -> Result<T, ProviderError> {
+        match self.call_in::<T>(region, operation, action, params).await? {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(self.error(
                 operation,
@@ -519,6 +604,36 @@ impl TencentProvider {
             )),
             Err(f) => Err(self.failure(operation, f)),
         }
+    }
+
+    fn in_use_elsewhere(&self, key_id: &str) -> bool {
+        self.unseen_bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key_id)
+    }
+
+    fn mark_in_use_elsewhere(&self, key_id: &str) {
+        self.unseen_bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id.to_string());
+    }
+
+    fn unseen_bindings(&self, operation: &'static str, key_id: &str) -> ProviderError {
+        let searched: Vec<&str> = self.plan_regions().collect();
+        self.error(
+            operation,
+            ProviderErrorKind::Api {
+                status: 409,
+                code: "UnsupportedOperation.ResourceIsInUse".into(),
+                message: format!(
+                    "key {key_id} is bound to a usage plan rekey cannot see (searched regions: {}); it is kept enabled. Add the plan's region to `regions`, or unbind it by hand",
+                    searched.join(", ")
+                ),
+            },
+        )
+        .with_class(Outcome::Refused)
     }
 
     fn remember_plans(&self, plans: &BTreeSet<String>) {
@@ -529,28 +644,44 @@ impl TencentProvider {
         k.extend(plans.iter().cloned());
     }
 
-    /// Every usage plan of the region, plus the remembered ones.
-    async fn candidate_plans(&self) -> Result<BTreeSet<String>, ProviderError> {
-        let mut plans: BTreeSet<String> = self
+    /// The regions searched for usage plans: the configured one first.
+    fn plan_regions(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.region.as_str()).chain(self.extra_regions.iter().map(String::as_str))
+    }
+
+    /// Every usage plan of every searched region, plus the remembered ones
+    /// (of the configured region). A region that cannot be listed fails
+    /// the whole discovery: an unseen binding must stop a disable.
+    async fn candidate_plans(&self) -> Result<BTreeSet<Plan>, ProviderError> {
+        let mut plans: BTreeSet<Plan> = self
             .known_plans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut offset = 0usize;
-        loop {
-            let page: PlansPage = self
-                .call_ok(
-                    "list_usage_plans",
-                    "DescribeUsagePlansStatus",
-                    &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
-                )
-                .await?;
-            let items = page.usage_plan_status_set.unwrap_or_default();
-            let n = items.len();
-            plans.extend(items.into_iter().map(|p| p.usage_plan_id));
-            offset += n;
-            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
-                break;
+            .iter()
+            .map(|id| Plan::new(&self.region, id))
+            .collect();
+        for region in self.plan_regions() {
+            let mut offset = 0usize;
+            loop {
+                let page: PlansPage = self
+                    .call_ok_in(
+                        region,
+                        "list_usage_plans",
+                        "DescribeUsagePlansStatus",
+                        &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                    )
+                    .await?;
+                let items = page.usage_plan_status_set.unwrap_or_default();
+                let n = items.len();
+                plans.extend(
+                    items
+                        .into_iter()
+                        .map(|p| Plan::new(region, &p.usage_plan_id)),
+                );
+                offset += n;
+                if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                    break;
+                }
             }
         }
         Ok(plans)
@@ -558,14 +689,15 @@ impl TencentProvider {
 
     /// Whether `key_id` is bound to `plan` (a plan that no longer exists
     /// holds nothing).
-    async fn plan_has_key(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+    async fn plan_has_key(&self, plan: &Plan, key_id: &str) -> Result<bool, ProviderError> {
         let mut offset = 0usize;
         loop {
             let page = match self
-                .call::<PlanKeysPage>(
+                .call_in::<PlanKeysPage>(
+                    &plan.region,
                     "list_plan_keys",
                     "DescribeUsagePlanSecretIds",
-                    &json!({"UsagePlanId": plan, "Limit": PAGE_LIMIT, "Offset": offset}),
+                    &json!({"UsagePlanId": plan.id, "Limit": PAGE_LIMIT, "Offset": offset}),
                 )
                 .await?
             {
@@ -589,8 +721,9 @@ impl TencentProvider {
         }
     }
 
-    /// The usage plans `key_id` is bound to, discovered (see the module doc).
-    pub async fn plans_of(&self, key_id: &str) -> Result<BTreeSet<String>, ProviderError> {
+    /// The usage plans `key_id` is bound to, discovered in every searched
+    /// region (see the module doc).
+    pub async fn plans_of(&self, key_id: &str) -> Result<BTreeSet<Plan>, ProviderError> {
         let mut bound = BTreeSet::new();
         for plan in self.candidate_plans().await? {
             if self.plan_has_key(&plan, key_id).await? {
@@ -600,41 +733,56 @@ impl TencentProvider {
         Ok(bound)
     }
 
-    async fn bind(&self, plan: &str, key_id: &str) -> Result<(), ProviderError> {
+    /// Bind `key_id` to `plan`. Any `UnsupportedOperation.*` answer (the SDK
+    /// lists both `AlreadyBindUsagePlan` and `UnsupportedBindApiKey` for
+    /// "already bound") is settled by reading the plan's keys: bound means
+    /// done, anything else is the error.
+    async fn bind(&self, plan: &Plan, key_id: &str) -> Result<(), ProviderError> {
         match self
-            .call::<bool>(
+            .call_in::<bool>(
+                &plan.region,
                 "bind",
                 "BindSecretIds",
-                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+                &json!({"UsagePlanId": plan.id, "AccessKeyIds": [key_id]}),
             )
             .await?
         {
             Ok(Some(false)) => Err(self.error(
                 "bind",
                 ProviderErrorKind::Protocol(format!(
-                    "BindSecretIds answered false for usage plan {plan}"
+                    "BindSecretIds answered false for usage plan {}",
+                    plan.id
                 )),
             )),
             Ok(_) => Ok(()),
-            Err(f) if f.code == "UnsupportedOperation.AlreadyBindUsagePlan" => Ok(()),
+            Err(f) if is_code(&f.code, "UnsupportedOperation") => {
+                if self.plan_has_key(plan, key_id).await? {
+                    tracing::debug!(provider = %self.http.provider, key = key_id, usage_plan = %plan.id, code = %f.code, "bind answered UnsupportedOperation; the key is bound already");
+                    Ok(())
+                } else {
+                    Err(self.failure("bind", f))
+                }
+            }
             Err(f) => Err(self.failure("bind", f)),
         }
     }
 
     /// `Ok(false)` when the key does not exist any more.
-    async fn unbind(&self, plan: &str, key_id: &str) -> Result<bool, ProviderError> {
+    async fn unbind(&self, plan: &Plan, key_id: &str) -> Result<bool, ProviderError> {
         match self
-            .call::<bool>(
+            .call_in::<bool>(
+                &plan.region,
                 "unbind",
                 "UnBindSecretIds",
-                &json!({"UsagePlanId": plan, "AccessKeyIds": [key_id]}),
+                &json!({"UsagePlanId": plan.id, "AccessKeyIds": [key_id]}),
             )
             .await?
         {
             Ok(Some(false)) => Err(self.error(
                 "unbind",
                 ProviderErrorKind::Protocol(format!(
-                    "UnBindSecretIds answered false for usage plan {plan}"
+                    "UnBindSecretIds answered false for usage plan {}",
+                    plan.id
                 )),
             )),
             Ok(_) => Ok(true),
@@ -743,10 +891,23 @@ impl Provider for TencentProvider {
                 if let Some(t) = k.access_key_type {
                     meta.insert("access_key_type".to_string(), Value::from(t));
                 }
+                let created_at = match k.created_time.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(raw) => match super::times::parse_str("tencent-apigateway", raw) {
+                        Ok(t) => Some(t),
+                        Err(raw) => {
+                            meta.insert(
+                                super::META_UNKNOWN_TIME.to_string(),
+                                json!({ "CreatedTime": raw }),
+                            );
+                            None
+                        }
+                    },
+                };
                 out.push(ProviderKey {
                     id: k.access_key_id,
                     name,
-                    created_at: k.created_time.as_deref().and_then(parse_time),
+                    created_at,
                     expires_at: None,
                     meta,
                 });
@@ -778,6 +939,7 @@ impl Provider for TencentProvider {
             created_at: created.created_time.as_deref().and_then(parse_time),
             expires_at: None,
             secret,
+            unreadable: None,
         })
     }
 
@@ -787,8 +949,10 @@ impl Provider for TencentProvider {
         old_key_id: Option<&str>,
         params: &serde_json::Map<String, Value>,
     ) -> Result<(), ProviderError> {
-        let mut targets = usage_plans(params).map_err(|k| self.error("bind", k))?;
-        self.remember_plans(&targets);
+        let named = usage_plans(params).map_err(|k| self.error("bind", k))?;
+        self.remember_plans(&named);
+        let mut targets: BTreeSet<Plan> =
+            named.iter().map(|id| Plan::new(&self.region, id)).collect();
         if let Some(old) = old_key_id {
             targets.extend(self.plans_of(old).await?);
         }
@@ -803,6 +967,10 @@ impl Provider for TencentProvider {
     }
 
     async fn before_delete(&self, key_id: &str) -> Result<(), ProviderError> {
+        if self.in_use_elsewhere(key_id) {
+            return Err(self.unseen_bindings("disable", key_id));
+        }
+        // Any failed lookup returns here, before DisableApiKey.
         let plans = self.plans_of(key_id).await?;
         for plan in &plans {
             if !self.unbind(plan, key_id).await? {
@@ -825,8 +993,93 @@ impl Provider for TencentProvider {
             )),
             Ok(_) => Ok(DeleteOutcome::Deleted),
             Err(f) if is_code(&f.code, "ResourceNotFound") => Ok(DeleteOutcome::NotFound),
+            Err(f) if f.code == "UnsupportedOperation.ResourceIsInUse" => {
+                // Bound to a plan no searched region showed: the disable cut
+                // those services off. Put the key back in service and stop
+                // touching it until a human adds the region (or unbinds).
+                self.mark_in_use_elsewhere(key_id);
+                match self
+                    .call::<bool>("enable", "EnableApiKey", &json!({"AccessKeyId": key_id}))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        tracing::error!(provider = %self.http.provider, key = key_id, "the old key is bound to a usage plan in a region rekey does not search; it was re-enabled and is kept")
+                    }
+                    _ => {
+                        tracing::error!(provider = %self.http.provider, key = key_id, "the old key is bound to a usage plan in a region rekey does not search, and re-enabling it failed: enable it by hand")
+                    }
+                }
+                Err(self
+                    .unseen_bindings("delete", key_id)
+                    .with_request_id(f.request_id))
+            }
             Err(f) => Err(self.failure("delete", f)),
         }
+    }
+}
+
+/// The `tencent-apigateway` kind's config rules (see [`ProviderSpec`]):
+/// `region`, optional extra `regions` searched for usage plans, the
+/// SecretId/SecretKey pair; 20 requests/s by default (the documented
+/// per-API limit); `create.usage_plans` only.
+pub struct Spec;
+
+impl ProviderSpec for Spec {
+    fn kind(&self) -> &'static str {
+        "tencent-apigateway"
+    }
+
+    fn default_endpoint(&self) -> &'static str {
+        "https://apigateway.tencentcloudapi.com"
+    }
+
+    fn default_rate(&self) -> Option<f64> {
+        Some(20.0)
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["region", "regions", "secret_id", "secret_key"]
+    }
+
+    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+        let region = cx
+            .required(&raw.region, "region")
+            .map(|s| s.get_ref().clone());
+        let id = cx
+            .required(&raw.secret_id, "secret_id")
+            .and_then(|s| cx.secret(s, "secret_id"));
+        let key = cx
+            .required(&raw.secret_key, "secret_key")
+            .and_then(|s| cx.secret(s, "secret_key"));
+        let mut regions = Vec::new();
+        if let Some(r) = &raw.regions {
+            for name in r.get_ref() {
+                let name = name.trim();
+                let ok =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !ok {
+                    cx.error_hint(
+                        r.span(),
+                        format!("region {name:?} is not a Tencent Cloud region name"),
+                        "write region names like \"ap-guangzhou\"",
+                    );
+                    return None;
+                }
+                if Some(name) != region.as_deref() && !regions.iter().any(|x| x == name) {
+                    regions.push(name.to_string());
+                }
+            }
+        }
+        Some(ProviderKind::Tencent {
+            region: region?,
+            regions,
+            secret_id: id?,
+            secret_key: key?,
+        })
+    }
+
+    fn create_keys(&self) -> &'static [&'static str] {
+        &["usage_plans"]
     }
 }
 
@@ -835,7 +1088,7 @@ mod tests {
     use super::*;
 
     fn class(code: &str) -> (bool, &'static str) {
-        let e = ProviderError::new("gw", "op", classify(code, "m"));
+        let e = ProviderError::new("gw", "op", classify(code, "m")).with_class(outcome_of(code));
         let variant = match e.kind {
             ProviderErrorKind::Auth(_) => "auth",
             ProviderErrorKind::RateLimited { .. } => "rate",
@@ -882,10 +1135,33 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_and_transient_sdk_codes_are_retried_and_quotas_refused() {
+        assert_eq!(class("LimitExceeded.RequestLimitExceeded"), (true, "rate"));
+        assert_eq!(class("FailedOperation.CamException"), (true, "api"));
+        assert_eq!(
+            class("UnsupportedOperation.RequestPostError"),
+            (true, "api")
+        );
+        let o = |c: &str| outcome_of(c);
+        assert_eq!(o("LimitExceeded.RequestLimitExceeded"), Outcome::Retry);
+        assert_eq!(o("RequestLimitExceeded.UinLimitExceeded"), Outcome::Retry);
+        assert_eq!(o("FailedOperation.CamException"), Outcome::Retry);
+        assert_eq!(o("UnsupportedOperation.RequestPostError"), Outcome::Unknown);
+        assert_eq!(o("InternalError.ApigwException"), Outcome::Unknown);
+        assert_eq!(
+            o("LimitExceeded.ApiKeyCountLimitExceeded"),
+            Outcome::Refused
+        );
+        assert_eq!(o("RequestLimitExceeded.IPLimitExceeded"), Outcome::Refused);
+        assert_eq!(o("InvalidParameter.FormatError"), Outcome::Refused);
+    }
+
+    #[test]
     fn times_parse_in_both_shapes() {
         let t = parse_time("2020-02-26T06:10:01Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2020-02-26T06:10:01+00:00");
-        assert_eq!(parse_time("2020-02-26 06:10:01"), Some(t));
+        // Zoneless: Beijing time, as the vendor's own zone.
+        assert_eq!(parse_time("2020-02-26 14:10:01"), Some(t));
         assert!(parse_time("yesterday").is_none());
     }
 

@@ -60,9 +60,7 @@ use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::provider::listing::Listing;
-use crate::provider::{
-    CreateRequest, DeleteOutcome, ProviderError, ProviderErrorKind, ProviderKey, SharedProvider,
-};
+use crate::provider::{CreateRequest, DeleteOutcome, ProviderError, ProviderKey, SharedProvider};
 use crate::secret::SecretFields;
 use crate::sink::{Publication, ReadBack, SharedSink};
 use crate::state::seal::Sealer;
@@ -1252,6 +1250,40 @@ impl Engine {
         Ok(Step::Wait(next))
     }
 
+    /// [`Engine::on_failure`] for a provider error. A throttle (429 or a
+    /// vendor throttling code) waits for the provider without spending one
+    /// of the rotation's `max_attempts`.
+    fn on_provider_error(
+        &self,
+        policy: &PolicyConfig,
+        row: &RotationRow,
+        what: &str,
+        e: &ProviderError,
+        never_give_up: bool,
+    ) -> Result<Step, EngineError> {
+        if e.is_throttled() {
+            let delay = self.backoff.delay(1, self.time_left(row), e.retry_after());
+            let next = self.now() + ChronoDuration::from_std(delay).unwrap_or_default();
+            self.store.record_step_wait(
+                &row.id,
+                &format!("{what}: {e}"),
+                "throttled",
+                Some(next),
+            )?;
+            tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, retry_in_ms = delay.as_millis() as u64, "{what}: the provider is throttling; waiting (not counted as a failed attempt)");
+            return Ok(Step::Wait(next));
+        }
+        self.on_failure(
+            policy,
+            row,
+            what,
+            &e.to_string(),
+            e.is_retryable(),
+            e.retry_after(),
+            never_give_up,
+        )
+    }
+
     /// The next key of `row` can no longer be published (its sealed secret
     /// does not open, or a sink of the rotation left the config): end the
     /// rotation as abandoned instead of failing (and reviving) it for
@@ -1397,13 +1429,11 @@ impl Engine {
             let listing = match rt.walks.listing(&provider, &self.clock, since).await {
                 Ok(l) => l.filtered(|n| names.contains(n)),
                 Err(e) => {
-                    return self.on_failure(
+                    return self.on_provider_error(
                         policy,
                         row,
                         "listing keys to resolve an abandoned create attempt",
-                        &e.to_string(),
-                        e.is_retryable(),
-                        e.retry_after(),
+                        &e,
                         false,
                     );
                 }
@@ -1428,13 +1458,11 @@ impl Engine {
                             tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = a.attempt, key = %policy::escaped(&k.id), "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
                         }
                         Err(e) => {
-                            return self.on_failure(
+                            return self.on_provider_error(
                                 policy,
                                 row,
                                 "cleaning up an abandoned create attempt",
-                                &e.to_string(),
-                                e.is_retryable(),
-                                e.retry_after(),
+                                &e,
                                 false,
                             );
                         }
@@ -1525,12 +1553,26 @@ impl Engine {
                 )?;
                 tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt, new_key = new.id.as_deref().unwrap_or("(resolving)"), new_key_name = %new.name, fingerprint = %fingerprint, duration_ms = started.elapsed().as_millis() as u64, "next key created");
                 failpoint::hit("after_record_created");
+                if let Some(problem) = &new.unreadable {
+                    // Sealed above: failing now loses nothing.
+                    let row = self.store.rotation(&row.id)?.unwrap_or_else(|| row.clone());
+                    return self.on_failure(
+                        policy,
+                        &row,
+                        "reading the created key",
+                        problem,
+                        false,
+                        None,
+                        false,
+                    );
+                }
                 Ok(Step::Continue)
             }
             Err(e) => {
-                // Only a request we know never left leaves no key behind;
-                // anything else is resolved by listing before the next try.
-                let nothing_created = matches!(e.kind, ProviderErrorKind::Invalid(_));
+                // A definitive refusal or a throttle (429 included) means
+                // "not created": no listing for an orphan. Only an unknown
+                // outcome is resolved by listing before the next try.
+                let nothing_created = e.nothing_happened();
                 self.store.resolve_attempt(
                     &row.id,
                     attempt,
@@ -1539,15 +1581,7 @@ impl Engine {
                     self.now(),
                 )?;
                 let row = self.store.rotation(&row.id)?.unwrap_or_else(|| row.clone());
-                self.on_failure(
-                    policy,
-                    &row,
-                    "create",
-                    &e.to_string(),
-                    e.is_retryable(),
-                    e.retry_after(),
-                    false,
-                )
+                self.on_provider_error(policy, &row, "create", &e, false)
             }
         }
     }
@@ -1649,13 +1683,11 @@ impl Engine {
                     }
                 },
                 Err(e) => {
-                    return self.on_failure(
+                    return self.on_provider_error(
                         policy,
                         &row,
                         "finding the new key's id",
-                        &e.to_string(),
-                        e.is_retryable(),
-                        e.retry_after(),
+                        &e,
                         false,
                     );
                 }
@@ -1673,13 +1705,11 @@ impl Engine {
                 .after_create(&new_id, row.old_key_id.as_deref(), &policy.create)
                 .await
             {
-                return self.on_failure(
+                return self.on_provider_error(
                     policy,
                     &row,
                     "preparing the new key (after_create)",
-                    &e.to_string(),
-                    e.is_retryable(),
-                    e.retry_after(),
+                    &e,
                     false,
                 );
             }

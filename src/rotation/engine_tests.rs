@@ -32,6 +32,10 @@ struct FakeState {
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
+    /// Make the next create's answer unreadable after the key exists.
+    unreadable_next_create: bool,
+    /// How many list walks were asked for.
+    lists: u32,
     /// `after_create` calls (Tencent: bind), by key id.
     after_create_calls: Vec<String>,
     /// Every delete fails with this, when set.
@@ -113,7 +117,8 @@ impl Provider for FakeProvider {
         keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
         let now = self.clock.now();
-        let st = self.st.lock().unwrap();
+        let mut st = self.st.lock().unwrap();
+        st.lists += 1;
         Ok(st
             .keys
             .iter()
@@ -177,6 +182,8 @@ impl Provider for FakeProvider {
             created_at: k.created_at,
             expires_at: k.expires_at,
             secret: SecretFields::single("api_key", Secret::new(secret)),
+            unreadable: std::mem::take(&mut self.st.lock().unwrap().unreadable_next_create)
+                .then(|| "the credential archive holds no credential.csv".to_string()),
         })
     }
     async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
@@ -450,6 +457,27 @@ async fn a_create_whose_response_was_lost_is_cleaned_up_and_retried_under_a_new_
 }
 
 #[tokio::test]
+async fn an_unreadable_create_answer_is_sealed_before_the_rotation_fails() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().unreadable_next_create = true;
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(1)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    assert!(
+        r.error.as_deref().unwrap().contains("credential.csv"),
+        "{:?}",
+        r.error
+    );
+    // The key the provider made is not lost: it is sealed in the store,
+    // and nothing was deleted (the old key stays).
+    assert!(h.engine.store.sealed_secret(&r.id).unwrap().is_some());
+    assert_eq!(h.fake.names().len(), 2);
+    assert!(h.fake.st.lock().unwrap().deleted.is_empty());
+}
+
+#[tokio::test]
 async fn a_crash_between_create_and_its_commit_resumes_cleanly() {
     let h = harness("", None);
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
@@ -504,6 +532,69 @@ async fn a_permanent_403_fails_at_once_and_deletes_nothing() {
     assert!(r.error.as_deref().unwrap().contains("403"));
     assert_eq!(h.fake.names(), vec!["app-a"]);
     assert!(h.fake.st.lock().unwrap().deleted.is_empty());
+}
+
+#[tokio::test]
+async fn throttled_creates_spend_no_attempts_and_walk_no_list() {
+    // Baseline: how many list walks a clean rotation takes.
+    let clean = harness("", None);
+    clean
+        .fake
+        .add("app-a", Duration::days(25), Duration::days(2));
+    clean.check().await;
+    clean.drive(clean.clock.now() + Duration::hours(2)).await;
+    let clean_lists = clean.fake.st.lock().unwrap().lists;
+
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    // Twice max_attempts (5) of 429s: none of them counts as a failure.
+    for _ in 0..10 {
+        h.fake
+            .st
+            .lock()
+            .unwrap()
+            .create_errors
+            .push(ProviderErrorKind::RateLimited {
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
+    }
+    h.check().await;
+    h.drive(h.clock.now() + Duration::hours(2)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Completed, "{r:#?}");
+    assert_eq!(r.failures, 0, "{r:#?}");
+    // A 429 on create means "not created": no walk looked for an orphan.
+    assert_eq!(h.fake.st.lock().unwrap().lists, clean_lists);
+}
+
+#[tokio::test]
+async fn an_unknown_create_outcome_walks_the_list_once_before_retrying() {
+    let clean = harness("", None);
+    clean
+        .fake
+        .add("app-a", Duration::days(25), Duration::days(2));
+    clean.check().await;
+    clean.drive(clean.clock.now() + Duration::hours(2)).await;
+    let clean_lists = clean.fake.st.lock().unwrap().lists;
+
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake
+        .st
+        .lock()
+        .unwrap()
+        .create_errors
+        .push(ProviderErrorKind::Api {
+            status: 503,
+            code: "Busy".into(),
+            message: "try later".into(),
+        });
+    h.check().await;
+    h.drive(h.clock.now() + Duration::hours(2)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Completed, "{r:#?}");
+    // A 5xx on create is an unknown outcome: exactly one extra walk.
+    assert_eq!(h.fake.st.lock().unwrap().lists, clean_lists + 1);
 }
 
 #[tokio::test]

@@ -21,10 +21,15 @@
 //! command gets the key's id, name and expiry as environment variables,
 //! never the secret.
 //!
-//! Formats: `raw` (the secret only), `env` (`NAME=value` lines, plus
-//! `REKEY_KEY_ID`, `REKEY_KEY_NAME`, `REKEY_EXPIRES_AT`), `json`
-//! (`{"secret": {…}, "key_id", …}`). Read-back parses the same format and
-//! fingerprints the secret fields it finds.
+//! Formats: `raw` (one secret field, byte for byte as the provider issued
+//! it, nothing added: the provider's primary field or the sink's `field`),
+//! `env` (`NAME=value` lines, plus `REKEY_KEY_ID`, `REKEY_KEY_NAME`,
+//! `REKEY_EXPIRES_AT`), `json` (`{"secret": {…}, "key_id", …}`). A secret
+//! field that is not UTF-8 is written base64 (standard, padded) in `env` as
+//! `NAME_BASE64=…` and in `json` as `{"base64": "…"}`. Read-back parses the
+//! same format and fingerprints the secret fields it finds; for `raw` it
+//! ignores one trailing newline on both sides, so files written before raw
+//! became byte-exact (which had one appended) still read back as published.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -60,24 +65,47 @@ impl FileSink {
             .unwrap_or_else(|| field.to_ascii_uppercase().replace(['-', '.'], "_"))
     }
 
-    fn render(&self, p: &Publication<'_>) -> Result<zeroize::Zeroizing<String>, SinkError> {
+    /// The field a `raw` file holds.
+    fn raw_field<'s>(&self, secret: &'s SecretFields) -> Result<&'s Secret, SinkError> {
+        match &self.cfg.field {
+            Some(f) => secret.get(f).ok_or_else(|| {
+                let names: Vec<&str> = secret.iter().map(|(k, _)| k).collect();
+                SinkError::permanent(
+                    &self.name,
+                    format!(
+                        "field {f:?} is not among this key's secret fields ({})",
+                        names.join(", ")
+                    ),
+                )
+            }),
+            None => secret.primary().map(|(_, v)| v).ok_or_else(|| {
+                SinkError::permanent(&self.name, "format raw needs a key with one primary secret field; set `field`, or use env or json for this provider")
+            }),
+        }
+    }
+
+    fn render(&self, p: &Publication<'_>) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
+        if self.cfg.format == FileFormat::Raw {
+            // Byte for byte: nothing added, nothing re-encoded.
+            return Ok(zeroize::Zeroizing::new(
+                self.raw_field(p.secret)?.expose_bytes().to_vec(),
+            ));
+        }
         let mut out = zeroize::Zeroizing::new(String::new());
         match self.cfg.format {
-            FileFormat::Raw => {
-                let value = primary_field(p.secret).ok_or_else(|| {
-                    SinkError::permanent(&self.name, "format raw needs a key with one secret field; use env or json for this provider")
-                })?;
-                out.push_str(value.expose());
-                out.push('\n');
-            }
+            FileFormat::Raw => {}
             FileFormat::Env => {
                 out.push_str(
                     "# Written by rekey. Do not edit: the next rotation replaces this file.\n",
                 );
                 for (field, value) in p.secret.iter() {
+                    let (text, b64) = value.text_or_base64();
                     out.push_str(&self.env_name(field));
+                    if b64 {
+                        out.push_str(BASE64_SUFFIX);
+                    }
                     out.push('=');
-                    out.push_str(&env_quote(value.expose()));
+                    out.push_str(&env_quote(&text));
                     out.push('\n');
                 }
                 for (k, v) in [
@@ -95,12 +123,7 @@ impl FileSink {
                 let secret: serde_json::Map<String, serde_json::Value> = p
                     .secret
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            serde_json::Value::String(v.expose().to_string()),
-                        )
-                    })
+                    .map(|(k, v)| (k.to_string(), v.to_json_value()))
                     .collect();
                 let doc = serde_json::json!({
                     "secret": secret,
@@ -117,18 +140,21 @@ impl FileSink {
                 out.push('\n');
             }
         }
-        Ok(out)
+        Ok(zeroize::Zeroizing::new(out.as_bytes().to_vec()))
     }
 
-    fn parse(&self, text: &str) -> SecretFields {
+    fn parse(&self, bytes: &[u8]) -> SecretFields {
         let mut fields = SecretFields::new();
+        if self.cfg.format == FileFormat::Raw {
+            // Raw files hold one field; its name does not matter for the
+            // comparison as long as publish and read-back agree.
+            fields.insert("raw", raw_normalized(bytes));
+            return fields;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let text = zeroize::Zeroizing::new(text.into_owned());
         match self.cfg.format {
-            FileFormat::Raw => {
-                let v = text.strip_suffix('\n').unwrap_or(text);
-                // Raw files hold one field; its name does not matter for the
-                // comparison as long as publish and read-back agree.
-                fields.insert("raw", Secret::new(v.to_string()));
-            }
+            FileFormat::Raw => {}
             FileFormat::Env => {
                 let reverse: BTreeMap<String, String> = self
                     .cfg
@@ -147,21 +173,33 @@ impl FileSink {
                     if name.starts_with("REKEY_") {
                         continue;
                     }
+                    let (name, value) = match name.strip_suffix(BASE64_SUFFIX) {
+                        Some(base) => {
+                            use base64::Engine as _;
+                            match base64::engine::general_purpose::STANDARD
+                                .decode(env_unquote(value))
+                            {
+                                Ok(b) => (base, Secret::from_bytes(b)),
+                                Err(_) => (name, Secret::new(env_unquote(value))),
+                            }
+                        }
+                        None => (name, Secret::new(env_unquote(value))),
+                    };
                     let field = reverse
                         .get(name)
                         .cloned()
                         .unwrap_or_else(|| name.to_ascii_lowercase());
-                    fields.insert(&field, Secret::new(env_unquote(value)));
+                    fields.insert(&field, value);
                 }
             }
             FileFormat::Json => {
                 if let Ok(serde_json::Value::Object(doc)) =
-                    serde_json::from_str::<serde_json::Value>(text)
+                    serde_json::from_str::<serde_json::Value>(&text)
                     && let Some(serde_json::Value::Object(secret)) = doc.get("secret")
                 {
                     for (k, v) in secret {
-                        if let Some(s) = v.as_str() {
-                            fields.insert(k, Secret::new(s.to_string()));
+                        if let Some(s) = Secret::from_json_value(v) {
+                            fields.insert(k, s);
                         }
                     }
                 }
@@ -174,9 +212,11 @@ impl FileSink {
     /// return for the rendered publication.
     fn expected_fingerprint(&self, secret: &SecretFields) -> String {
         match self.cfg.format {
-            FileFormat::Raw => match primary_field(secret) {
-                Some(v) => SecretFields::single("raw", v.clone()).fingerprint(),
-                None => secret.fingerprint(),
+            FileFormat::Raw => match self.raw_field(secret) {
+                Ok(v) => {
+                    SecretFields::single("raw", raw_normalized(v.expose_bytes())).fingerprint()
+                }
+                Err(_) => secret.fingerprint(),
             },
             FileFormat::Env => {
                 let mut f = SecretFields::new();
@@ -198,15 +238,14 @@ impl FileSink {
     }
 }
 
-/// The one field `raw` writes: the only field, or the one named like a secret.
-fn primary_field(secret: &SecretFields) -> Option<&Secret> {
-    if secret.len() == 1 {
-        return secret.iter().next().map(|(_, v)| v);
-    }
-    secret
-        .iter()
-        .find(|(k, _)| k.contains("secret") || *k == "api_key" || *k == "credential")
-        .map(|(_, v)| v)
+/// Suffix of an env variable whose value is base64 (a secret field that
+/// is not UTF-8).
+pub const BASE64_SUFFIX: &str = "_BASE64";
+
+/// A raw file's bytes as read-back compares them: one trailing newline
+/// ignored (files written before raw became byte-exact had one appended).
+fn raw_normalized(bytes: &[u8]) -> Secret {
+    Secret::from_bytes(bytes.strip_suffix(b"\n").unwrap_or(bytes).to_vec())
 }
 
 fn env_safe(c: char) -> bool {
@@ -497,7 +536,12 @@ impl FileSink {
     }
 
     /// Read the target back under the same rules as the write.
-    fn read_confined(&self, c: &Confined) -> Result<Option<zeroize::Zeroizing<String>>, SinkError> {
+    /// The file's bytes (a `raw` file holds the secret byte for byte, which
+    /// need not be text).
+    fn read_confined(
+        &self,
+        c: &Confined,
+    ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, SinkError> {
         use rustix::fs::{Mode, OFlags};
         use std::io::Read;
         let dir = match c.open_parent() {
@@ -525,10 +569,10 @@ impl FileSink {
             Err(e) => return Err(confined_error(&self.name, "cannot read back", c, e.into())),
         };
         let mut f = std::fs::File::from(fd);
-        let mut text = zeroize::Zeroizing::new(String::new());
-        f.read_to_string(&mut text)
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        f.read_to_end(&mut bytes)
             .map_err(|e| confined_error(&self.name, "cannot read back", c, e))?;
-        Ok(Some(text))
+        Ok(Some(bytes))
     }
 
     /// Run `on_publish` ([`hook::run`]) with the minimal environment.
@@ -571,8 +615,8 @@ impl FileSink {
                 // first, then keep an escaped tail.
                 let mut text = String::from_utf8_lossy(&stderr).to_string();
                 for (_, v) in p.secret.iter() {
-                    if !v.is_empty() {
-                        text = text.replace(v.expose(), "[redacted]");
+                    if let Some(t) = v.as_text().filter(|t| !t.is_empty()) {
+                        text = text.replace(t, "[redacted]");
                     }
                 }
                 let tail: String = {
@@ -619,7 +663,7 @@ impl Sink for FileSink {
             name: self.name.clone(),
             cfg: self.cfg.clone(),
         };
-        tokio::task::spawn_blocking(move || sink.write_atomically(&confined, content.as_bytes()))
+        tokio::task::spawn_blocking(move || sink.write_atomically(&confined, &content))
             .await
             .map_err(|e| SinkError::retryable(&self.name, format!("write task failed: {e}")))??;
         if let Some(argv) = &self.cfg.on_publish {
@@ -653,13 +697,14 @@ impl Sink for FileSink {
             name: self.name.clone(),
             cfg: self.cfg.clone(),
         };
-        let text = match tokio::task::spawn_blocking(move || sink.read_confined(&confined))
+        let bytes = match tokio::task::spawn_blocking(move || sink.read_confined(&confined))
             .await
             .map_err(|e| SinkError::retryable(&self.name, format!("read task failed: {e}")))??
         {
             Some(t) => t,
             None => return Ok(None),
         };
+        let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
         let (key_id, key_name) = match self.cfg.format {
             FileFormat::Raw => return Ok(None),
             FileFormat::Env => {
@@ -688,7 +733,7 @@ impl Sink for FileSink {
         Ok(Some(super::HeldKey {
             key_id,
             key_name,
-            fingerprint: self.parse(&text).fingerprint(),
+            fingerprint: self.parse(&bytes).fingerprint(),
         }))
     }
 
@@ -715,6 +760,7 @@ mod tests {
                 on_publish,
                 on_publish_timeout: Duration::from_secs(5),
                 env_names: BTreeMap::new(),
+                field: None,
                 pass_env: Vec::new(),
             },
         )
@@ -767,6 +813,116 @@ mod tests {
         }
     }
 
+    fn nes_secret() -> SecretFields {
+        let mut f = SecretFields::new();
+        f.insert("credential", Secret::new("id,api_key\nc-1,abc\n"));
+        f.insert(
+            "credential_zip",
+            Secret::from_bytes(vec![b'P', b'K', 3, 4, 0xff, 0x00, 0x80]),
+        );
+        f
+    }
+
+    #[tokio::test]
+    async fn raw_writes_the_primary_field_byte_for_byte_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Raw, None);
+        let secret = nes_secret();
+        let fp = secret.fingerprint();
+        let path = s
+            .publish(&publication(&secret, &fp))
+            .await
+            .unwrap()
+            .unwrap();
+        // Exactly the CSV text, its own trailing newline and no other.
+        assert_eq!(std::fs::read(&path).unwrap(), b"id,api_key\nc-1,abc\n");
+        assert_eq!(
+            s.read_back("p", "app-a").await.unwrap(),
+            ReadBack::Fingerprint(s.expected_fingerprint(&secret))
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_can_write_a_chosen_field_that_is_not_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path(), FileFormat::Raw, None);
+        s.cfg.field = Some("credential_zip".into());
+        let secret = nes_secret();
+        let fp = secret.fingerprint();
+        let path = s
+            .publish(&publication(&secret, &fp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            vec![b'P', b'K', 3, 4, 0xff, 0x00, 0x80]
+        );
+        assert_eq!(
+            s.read_back("p", "app-a").await.unwrap(),
+            ReadBack::Fingerprint(s.expected_fingerprint(&secret))
+        );
+        s.cfg.field = Some("nope".into());
+        let e = s.publish(&publication(&secret, &fp)).await.unwrap_err();
+        assert!(e.message.contains("\"nope\""), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_raw_file_written_before_the_upgrade_with_a_newline_still_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Raw, None);
+        let secret = SecretFields::single("api_key", Secret::new("sk_old"));
+        std::fs::write(dir.path().join("app-a.out"), "sk_old\n").unwrap();
+        assert_eq!(
+            s.read_back("p", "app-a").await.unwrap(),
+            ReadBack::Fingerprint(s.expected_fingerprint(&secret))
+        );
+        let fp = secret.fingerprint();
+        let path = s
+            .publish(&publication(&secret, &fp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"sk_old");
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_go_base64_in_env_and_json_and_read_back() {
+        use base64::Engine as _;
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode([b'P', b'K', 3, 4, 0xff, 0x00, 0x80]);
+        for format in [FileFormat::Env, FileFormat::Json] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = sink(dir.path(), format, None);
+            let secret = nes_secret();
+            let fp = secret.fingerprint();
+            let path = s
+                .publish(&publication(&secret, &fp))
+                .await
+                .unwrap()
+                .unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            match format {
+                FileFormat::Env => {
+                    assert!(
+                        text.contains(&format!("CREDENTIAL_ZIP_BASE64={b64}")),
+                        "{text}"
+                    )
+                }
+                _ => {
+                    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(doc["secret"]["credential_zip"]["base64"], b64.as_str());
+                    assert_eq!(doc["secret"]["credential"], "id,api_key\nc-1,abc\n");
+                }
+            }
+            assert_eq!(
+                s.read_back("p", "app-a").await.unwrap(),
+                ReadBack::Fingerprint(s.expected_fingerprint(&secret)),
+                "{format:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn failing_on_publish_fails_the_publication_without_leaking_the_secret() {
         let dir = tempfile::tempdir().unwrap();
@@ -804,6 +960,7 @@ mod tests {
                 on_publish: None,
                 on_publish_timeout: Duration::from_secs(5),
                 env_names: BTreeMap::new(),
+                field: None,
                 pass_env: Vec::new(),
             },
         )

@@ -278,8 +278,27 @@ enum Existing {
 struct SecretDe(Secret);
 
 impl<'de> Deserialize<'de> for SecretDe {
+    /// A string, or `{"base64": "…"}` for a field that is not UTF-8 (as
+    /// `SecretFields::to_json` writes it).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|s| SecretDe(Secret::new(s)))
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Field {
+            Text(String),
+            Bytes { base64: String },
+        }
+        match Field::deserialize(d)? {
+            // Moved into the secret, not copied.
+            Field::Text(t) => Ok(SecretDe(Secret::new(t))),
+            Field::Bytes { base64 } => {
+                use base64::Engine as _;
+                let b64 = zeroize::Zeroizing::new(base64);
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map(|b| SecretDe(Secret::from_bytes(b)))
+                    .map_err(|_| serde::de::Error::custom("a base64 secret field does not decode"))
+            }
+        }
     }
 }
 
@@ -1375,6 +1394,20 @@ mod tests {
         assert_eq!(f.0.len(), 2);
         assert_eq!(f.0.get("api_key").unwrap().expose(), "k1");
         assert!(serde_json::from_str::<FieldsDe>(r#"{"n":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_field_that_is_not_utf8_reads_back_from_its_base64_form() {
+        let mut fields = SecretFields::new();
+        fields.insert("credential", Secret::new("id,key\n1,abc\n"));
+        fields.insert(
+            "credential_zip",
+            Secret::from_bytes(vec![b'P', b'K', 3, 4, 0xff]),
+        );
+        // What publish writes into `data` reads back to the same fingerprint.
+        let f: FieldsDe = serde_json::from_str(&fields.to_json()).unwrap();
+        assert_eq!(f.0.fingerprint(), fields.fingerprint());
+        assert!(serde_json::from_str::<FieldsDe>(r#"{"z":{"base64":"!!"}}"#).is_err());
     }
 
     #[test]

@@ -867,6 +867,24 @@ impl Store {
         })
     }
 
+    /// A step must wait (the provider throttled it) without counting as a
+    /// failure: `failures` is left alone, so `max_attempts` is not spent.
+    pub fn record_step_wait(
+        &self,
+        id: &str,
+        error: &str,
+        class: &str,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
+                params![id, error, class, next_attempt_at.map(ts)],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Give up: the old key stays, `rotation.failed` goes out.
     pub fn fail_rotation(
         &self,

@@ -105,7 +105,18 @@ async fn create_returns_the_credential_text_and_finds_its_id_by_listing() {
         .unwrap();
     assert_eq!(new.id.as_deref(), Some(held.id.as_str()));
     assert_eq!(new.secret.get("credential").unwrap(), &held.credential);
-    assert!(held.credential.expose().starts_with("PK"));
+    // The answer was a real ZIP: the archive is kept, its CSV is primary.
+    let zip = new.secret.get("credential_zip").unwrap().expose_bytes();
+    assert!(zip.starts_with(b"PK\x03\x04"));
+    assert!(
+        held.credential
+            .expose()
+            .starts_with("credential_id,api_key\r\n")
+    );
+    assert_eq!(
+        new.secret.get("csv_credential_id").unwrap().expose(),
+        held.id.as_str()
+    );
     assert_eq!(held.control_type, "allowlist");
     assert_eq!(held.node_ids, ["0d8e7c8a-0000-4000-8000-000000000001"]);
     assert!(new.created_at.is_some());
@@ -468,6 +479,11 @@ kind = "file"
 path = "{{dir}}/{{lineage}}.txt"
 format = "raw"
 
+[sinks.doc]
+kind = "file"
+path = "{{dir}}/{{lineage}}.json"
+format = "json"
+
 [[policy]]
 name = "nes"
 provider = "nes"
@@ -475,7 +491,7 @@ match = "svc-*"
 schedule = "* * * * * *"
 max_age = "30d"
 grace_period = "0s"
-sinks = ["out"]
+sinks = ["out", "doc"]
 create = {{ control_type = "allowlist", allowlists = [{{ allowlist_type = "ip", allowlist_info = "10.0.0.1" }}] }}
 "#,
         endpoint = emu.endpoint(),
@@ -499,8 +515,181 @@ create = {{ control_type = "allowlist", allowlists = [{{ allowlist_type = "ip", 
         new.description
     );
     assert_eq!(new.control_type, "allowlist");
-    let published = std::fs::read_to_string(dir.path().join("svc-main.txt")).unwrap();
-    assert_eq!(published.trim_end(), new.credential.expose());
+    // The ZIP's credential.csv, published byte for byte (its own CRLFs, no
+    // newline added), and in json beside the archive (base64).
+    let published = std::fs::read(dir.path().join("svc-main.txt")).unwrap();
+    assert_eq!(published, new.credential.expose().as_bytes());
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("svc-main.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["secret"]["credential"], new.credential.expose());
+    let zip = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        doc["secret"]["credential_zip"]["base64"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(zip.starts_with(b"PK\x03\x04"));
     assert_eq!(emu.stats()["delete"].ok, 1);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_old_text_create_answer_is_still_kept_whole() {
+    let emu = huawei::start(
+        Options {
+            create_zip: false,
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    let new = p.create(&create_req("app-t", &Map::new())).await.unwrap();
+    let held = emu.keys().pop().unwrap();
+    assert!(held.credential.expose().starts_with("PK"));
+    assert_eq!(new.secret.get("credential").unwrap(), &held.credential);
+    assert_eq!(new.secret.len(), 1);
+    assert!(new.unreadable.is_none());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delete_answered_without_404_is_confirmed_by_listing() {
+    // Documented behaviour: an unknown id answers 400, never 404.
+    let emu = huawei::start(opts(), loopback()).await.unwrap();
+    let c = emu.insert_key("app-old", Utc::now());
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    assert_eq!(p.delete(&c.id).await.unwrap(), DeleteOutcome::Deleted);
+    let lists = emu.stats().get("list").map(|s| s.requests).unwrap_or(0);
+    assert_eq!(p.delete(&c.id).await.unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(emu.stats()["delete"].errors, 1);
+    assert_eq!(emu.stats()["list"].requests, lists + 1);
+    // A failed delete of a credential that is still listed stands.
+    let kept = emu.insert_key("app-kept", Utc::now());
+    emu.set_faults(force("delete", 500)).unwrap();
+    let e = p.delete(&kept.id).await.unwrap_err();
+    assert!(
+        matches!(e.kind, ProviderErrorKind::Api { status: 500, .. }),
+        "{e}"
+    );
+    assert_eq!(emu.keys().len(), 1);
+    // The invented 404 (knob) ends the same way.
+    let emu404 = huawei::start(
+        Options {
+            delete_404: true,
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let p = huawei_provider(&emu404, huawei_token_auth(&emu404));
+    assert_eq!(
+        p.delete("0d8e7c8a-0000-4000-8000-00000000dead")
+            .await
+            .unwrap(),
+        DeleteOutcome::NotFound
+    );
+    emu.shutdown().await;
+    emu404.shutdown().await;
+}
+
+#[tokio::test]
+async fn offsets_read_as_pages_stop_the_walk_with_a_clear_error() {
+    let emu = huawei::start(
+        Options {
+            keys: 150,
+            offset_pages: true,
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    let e = p.list(&|_: &str| true).await.unwrap_err();
+    assert!(
+        matches!(&e.kind, ProviderErrorKind::Protocol(m) if m.contains("offset")),
+        "{e}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_apig_throttle_code_is_a_retried_rate_limit() {
+    let emu = huawei::start(opts(), loopback()).await.unwrap();
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    // The gateway's code, even on a status that is not 429.
+    emu.set_faults(Faults {
+        force: vec![ForcedFault {
+            operation: "create".into(),
+            status: 400,
+            error_code: Some("APIG.0308".into()),
+            message: None,
+            count: 1,
+            retry_after: None,
+        }],
+        ..Faults::default()
+    })
+    .unwrap();
+    let e = p
+        .create(&create_req("app-th", &Map::new()))
+        .await
+        .unwrap_err();
+    assert!(e.is_throttled() && e.is_retryable(), "{e}");
+    assert_eq!(e.outcome(), rekey::provider::Outcome::Retry);
+    // Retried, it goes through.
+    assert!(p.create(&create_req("app-th", &Map::new())).await.is_ok());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn vendor_time_forms_give_the_right_age_and_an_odd_one_is_reported_raw() {
+    let t = Utc::now() - chrono::Duration::days(90);
+    let t = t - chrono::Duration::nanoseconds(t.timestamp_subsec_nanos() as i64);
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.3f%z",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
+        let emu = huawei::start(
+            Options {
+                time_format: Some(format.into()),
+                ..opts()
+            },
+            loopback(),
+        )
+        .await
+        .unwrap();
+        emu.insert_key("app-old", t);
+        let p = huawei_provider(&emu, huawei_token_auth(&emu));
+        let keys = p.list(&|_: &str| true).await.unwrap();
+        // A 90-day-old credential is 90 days old, whatever the form.
+        assert_eq!(keys[0].created_at, Some(t), "{format}");
+        assert!(
+            !keys[0]
+                .meta
+                .contains_key(rekey::provider::META_UNKNOWN_TIME)
+        );
+        emu.shutdown().await;
+    }
+    let emu = huawei::start(
+        Options {
+            time_format: Some("last Tuesday\u{1b}[2J".into()),
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key("app-odd", t);
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    let keys = p.list(&|_: &str| true).await.unwrap();
+    assert_eq!(keys[0].created_at, None);
+    assert_eq!(
+        keys[0].meta[rekey::provider::META_UNKNOWN_TIME]["create_time"],
+        "last Tuesday\u{1b}[2J"
+    );
     emu.shutdown().await;
 }

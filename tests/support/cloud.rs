@@ -32,6 +32,7 @@ pub fn tencent_config(
         timeout: Duration::from_secs(10),
         kind: ProviderKind::Tencent {
             region: region.into(),
+            regions: Vec::new(),
             secret_id: literal(secret_id),
             secret_key: literal(secret_key),
         },

@@ -295,7 +295,9 @@ async fn error_envelopes_map_to_error_classes() {
             false,
             "api",
         ),
-        ("FailedOperation.CamException", false, "api"),
+        // Transient per the SDK's error list (issue 12, finding 5).
+        ("FailedOperation.CamException", true, "api"),
+        ("LimitExceeded.RequestLimitExceeded", true, "rate"),
     ];
     for (code, retryable, class) in cases {
         emu.set_faults(force("DescribeApiKeysStatus", code))
@@ -438,7 +440,7 @@ async fn bad_credentials_and_clock_skew_are_auth_errors() {
     ));
     let e = wrong_region.list(&keep).await.unwrap_err();
     assert!(
-        matches!(&e.kind, ProviderErrorKind::Api { code, .. } if code == "UnsupportedRegion"),
+        matches!(&e.kind, ProviderErrorKind::Api { code, .. } if code == "InvalidParameterValue.InvalidRegion"),
         "{e}"
     );
     assert!(emu.stats()["DescribeApiKeysStatus"].auth_failures >= 3);
@@ -896,5 +898,197 @@ create = {{ usage_plans = ["usagePlan-a"] }}
     let stats = emu.stats();
     assert_eq!(stats["DisableApiKey"].requests, 1, "{stats:?}");
     assert_eq!(stats["UnBindSecretIds"].requests, 1, "{stats:?}");
+    emu.shutdown().await;
+}
+
+fn provider_with_regions(
+    emu: &tencent::Handle,
+    regions: &[&str],
+) -> rekey::provider::tencent::TencentProvider {
+    let o = emu.options();
+    let mut cfg = support::tencent_config(
+        &emu.endpoint(),
+        &o.region,
+        &o.secret_id,
+        o.secret_key.expose(),
+    );
+    if let rekey::config::ProviderKind::Tencent { regions: r, .. } = &mut cfg.kind {
+        *r = regions.iter().map(|s| s.to_string()).collect();
+    }
+    support::tencent_provider_with(&cfg)
+}
+
+#[tokio::test]
+async fn the_second_already_bound_code_is_settled_by_reading_the_bindings() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into()],
+            already_bound_code: tencent::ALREADY_BOUND_CODES[1].into(),
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let old = emu
+        .insert_key("app-main", Utc::now(), &["usagePlan-a"])
+        .unwrap();
+    let p = tencent_provider(&emu);
+    let params = plans(&["usagePlan-a"]);
+    let new = p
+        .create(&CreateRequest {
+            name: "app-main-20260101-r1",
+            params: &params,
+        })
+        .await
+        .unwrap();
+    let new_id = new.id.clone().unwrap();
+    p.after_create(&new_id, Some(&old.access_key_id), &params)
+        .await
+        .unwrap();
+    // Run again (a restart before publishing): every bind now answers
+    // UnsupportedBindApiKey, which the bindings prove means "bound".
+    p.after_create(&new_id, Some(&old.access_key_id), &params)
+        .await
+        .unwrap();
+    assert!(emu.stats()["BindSecretIds"].errors >= 1);
+    assert_eq!(emu.plan_keys("usagePlan-a").unwrap().len(), 2);
+    // An UnsupportedOperation that does not mean "bound" still fails: a
+    // disabled key cannot be bound.
+    let other = emu.insert_key("app-off", Utc::now(), &[]).unwrap();
+    p.before_delete(&other.access_key_id).await.unwrap();
+    let e = p
+        .after_create(&other.access_key_id, None, &params)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("UnsupportedOperation.InvalidStatus"),
+        "{e}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn usage_plans_in_an_extra_region_are_found_bound_and_unbound() {
+    let emu = tencent::start(
+        Options {
+            extra_regions: vec!["ap-shanghai".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.add_usage_plan_in("ap-shanghai", "usagePlan-sh");
+    let old = emu
+        .insert_key("app-main", Utc::now(), &["usagePlan-sh"])
+        .unwrap();
+    let p = provider_with_regions(&emu, &["ap-shanghai"]);
+    let new = p
+        .create(&CreateRequest {
+            name: "app-main-20260101-r1",
+            params: &Map::new(),
+        })
+        .await
+        .unwrap();
+    let new_id = new.id.clone().unwrap();
+    p.after_create(&new_id, Some(&old.access_key_id), &Map::new())
+        .await
+        .unwrap();
+    assert!(emu.plan_keys("usagePlan-sh").unwrap().contains(&new_id));
+    p.before_delete(&old.access_key_id).await.unwrap();
+    assert_eq!(
+        p.delete(&old.access_key_id).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_binding_in_a_region_not_searched_keeps_the_old_key_enabled() {
+    let emu = tencent::start(
+        Options {
+            extra_regions: vec!["ap-shanghai".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.add_usage_plan_in("ap-shanghai", "usagePlan-sh");
+    let old = emu
+        .insert_key("app-main", Utc::now(), &["usagePlan-sh"])
+        .unwrap();
+    // Configured with the main region only: the binding is invisible.
+    let p = tencent_provider(&emu);
+    p.before_delete(&old.access_key_id).await.unwrap();
+    let e = p.delete(&old.access_key_id).await.unwrap_err();
+    assert!(e.to_string().contains("cannot see"), "{e}");
+    assert_eq!(e.outcome(), rekey::provider::Outcome::Refused);
+    let status = |emu: &tencent::Handle| {
+        emu.keys()
+            .into_iter()
+            .find(|k| k.access_key_id == old.access_key_id)
+            .unwrap()
+            .status
+    };
+    // Put back in service, and never disabled again by this process.
+    assert_eq!(status(&emu), 1);
+    let disables = emu.stats()["DisableApiKey"].requests;
+    assert!(p.before_delete(&old.access_key_id).await.is_err());
+    assert_eq!(emu.stats()["DisableApiKey"].requests, disables);
+    assert_eq!(status(&emu), 1);
+    // A region that cannot be listed stops before the disable too.
+    let blind = provider_with_regions(&emu, &["ap-nowhere"]);
+    let e = blind.before_delete(&old.access_key_id).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("InvalidParameterValue.InvalidRegion"),
+        "{e}"
+    );
+    assert_eq!(emu.stats()["DisableApiKey"].requests, disables);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_code_outside_its_family_is_retried_not_a_quota() {
+    let emu = tencent::start(Options { keys: 1, ..opts() }, loopback())
+        .await
+        .unwrap();
+    let p = tencent_provider(&emu);
+    for code in [
+        "LimitExceeded.RequestLimitExceeded",
+        "FailedOperation.CamException",
+        "UnsupportedOperation.RequestPostError",
+    ] {
+        emu.set_faults(force("DescribeApiKeysStatus", code))
+            .unwrap();
+        let e = p.list(&|_: &str| true).await.unwrap_err();
+        assert!(e.is_retryable(), "{code}: {e}");
+    }
+    emu.set_faults(force("CreateApiKey", "LimitExceeded.RequestLimitExceeded"))
+        .unwrap();
+    let e = p
+        .create(&CreateRequest {
+            name: "app-x",
+            params: &Map::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_throttled(), "{e}");
+    assert_eq!(e.outcome(), rekey::provider::Outcome::Retry);
+    emu.set_faults(force(
+        "CreateApiKey",
+        "LimitExceeded.ApiKeyCountLimitExceeded",
+    ))
+    .unwrap();
+    let e = p
+        .create(&CreateRequest {
+            name: "app-x",
+            params: &Map::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(!e.is_retryable() && !e.is_throttled(), "{e}");
     emu.shutdown().await;
 }
