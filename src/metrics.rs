@@ -267,13 +267,6 @@ impl Metrics {
         );
     }
 
-    /// Set `rekey_condition{policy,condition}` (1 while it holds).
-    pub fn set_condition(&self, policy: &str, condition: &str, holds: bool) {
-        self.condition
-            .with_label_values(&[policy, condition])
-            .set(if holds { 1.0 } else { 0.0 });
-    }
-
     /// Mirror one policy's published status: `rekey_policy_healthy` and the
     /// key gauges (see [`Metrics::sync_keys`]).
     pub fn sync_policy(&self, status: &PolicyStatus) {

@@ -561,7 +561,13 @@ async fn a_permanent_403_fails_the_rotation_clearly_and_deletes_nothing() {
     })
     .await;
     assert_eq!(terminate(&mut d), 0);
-    let r = &env.rotations()[0];
+    // The next check may already have started another try: judge the
+    // failed one.
+    let rotations = env.rotations();
+    let r = rotations
+        .iter()
+        .find(|r| r.state == RotationState::Failed)
+        .unwrap();
     assert_eq!(r.error_class.as_deref(), Some("permanent"));
     assert!(r.error.as_deref().unwrap().contains("403"), "{:?}", r.error);
     assert_eq!(env.emu.keys().len(), 1);

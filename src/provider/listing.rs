@@ -166,7 +166,9 @@ struct Slot {
 /// ([`Listing::filtered`]).
 #[derive(Default)]
 pub struct Walks {
-    slots: Mutex<HashMap<String, Slot>>,
+    /// The latest walk per provider entry; dropped once past freshness, so
+    /// an idle daemon holds no copy of the account's keys.
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
     /// Walks started, for tests and metrics.
     started: std::sync::atomic::AtomicU64,
 }
@@ -215,14 +217,32 @@ impl Walks {
                     .shared();
                     self.started
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let name = provider.name().to_string();
                     slots.insert(
-                        provider.name().to_string(),
+                        name.clone(),
                         Slot {
                             started_at,
                             started_mono,
                             walk: walk.clone(),
                         },
                     );
+                    // Forget the walk once it can serve no one any more.
+                    let all = self.slots.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(FRESHNESS + Duration::from_millis(100)).await;
+                            let mut slots = all.lock().unwrap_or_else(|p| p.into_inner());
+                            match slots.get(&name) {
+                                Some(s) if s.started_mono == started_mono => {
+                                    if s.walk.peek().is_some() {
+                                        slots.remove(&name);
+                                        return;
+                                    }
+                                }
+                                _ => return,
+                            }
+                        }
+                    });
                     walk
                 }
             }

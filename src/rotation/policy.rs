@@ -200,10 +200,6 @@ pub fn is_safe_lineage(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The stuck conditions the planner decides (DESIGN §4), each a
-/// `rekey_condition{policy,condition}` series.
-pub const CONDITIONS: &[&str] = &["unrecognised_key", "unsafe_name", "conflict"];
-
 /// The longest lineage name allowed in a sink target.
 pub const MAX_LINEAGE_LEN: usize = 128;
 
