@@ -436,7 +436,7 @@ fn cases() -> Vec<Case> {
                 "credential without $CREDENTIALS_DIRECTORY",
                 BASE.to_string(),
                 &[
-                    "rekey.toml:30:18: error: `auth.token` cannot be resolved: credential vault-token requested but $CREDENTIALS_DIRECTORY is not set (is LoadCredential= in the unit?)\n  hint: add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand",
+                    "rekey.toml:30:18: error: `auth.token` cannot be resolved: credential vault-token requested but $CREDENTIALS_DIRECTORY is not set (is LoadCredential= in the unit?)\n  hint: add LoadCredential=NAME:/path to the unit; by hand, pass --credentials-dir DIR (or set $CREDENTIALS_DIRECTORY), or use `rekey check --no-secrets`",
                 ],
             )
         },
@@ -444,7 +444,7 @@ fn cases() -> Vec<Case> {
             "credential missing from $CREDENTIALS_DIRECTORY",
             with(&[("{ env = \"OB_SK\" }", "{ credential = \"ob-sk\" }")]),
             &[
-                "rekey.toml:9:21: error: `access_key_secret` cannot be resolved: credential ob-sk not found in {creds}\n  hint: add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand",
+                "rekey.toml:9:21: error: `access_key_secret` cannot be resolved: credential ob-sk not found in {creds}\n  hint: add LoadCredential=NAME:/path to the unit; by hand, pass --credentials-dir DIR (or set $CREDENTIALS_DIRECTORY), or use `rekey check --no-secrets`",
             ],
         ),
         case(
@@ -454,7 +454,7 @@ fn cases() -> Vec<Case> {
                 "{ file = \"/nonexistent/rekey/ob-ak\" }",
             )]),
             &[
-                "rekey.toml:8:17: error: `access_key_id` cannot be resolved: cannot read secret file /nonexistent/rekey/ob-ak: entity not found\n  hint: create the file (mode 0600) or fix the path",
+                "rekey.toml:8:17: error: `access_key_id` cannot be resolved: cannot read secret file /nonexistent/rekey/ob-ak: no such file or directory\n  hint: create the file (mode 0600) or fix the path",
             ],
         ),
         case(
@@ -598,7 +598,7 @@ fn cases() -> Vec<Case> {
             "bootstrap of the wrong type",
             with(&[("create = ", "bootstrap = 5\ncreate = ")]),
             &[
-                "rekey.toml:48:13: error: `bootstrap` in [[policy]]: found integer, expected true, false or a lineage name\n  hint: see rekey.example.toml for the form each key takes",
+                "rekey.toml:48:13: error: `bootstrap` in [[policy]]: found a number, expected true, false or a lineage name\n  hint: see rekey.example.toml for the form each key takes",
             ],
         ),
         case(
@@ -787,7 +787,12 @@ const EXAMPLE_CREDENTIALS: &[&str] = &[
 fn the_example_config_validates_when_every_secret_resolves() {
     let creds = tempfile::tempdir().unwrap();
     for name in EXAMPLE_CREDENTIALS {
-        write_file(creds.path(), name, &format!("{name}-value\n"));
+        let value = match *name {
+            // The sealing key has a form: 32 bytes in hex.
+            "seal-key" => format!("{}\n", "5e".repeat(32)),
+            _ => format!("{name}-value\n"),
+        };
+        write_file(creds.path(), name, &value);
     }
     let mut env = hermetic_env(&[
         ("OB_AK", "ob-ak"),
@@ -872,7 +877,12 @@ fn every_file_under_config_validates() {
         secret_names(&doc, &mut env_names, &mut cred_names);
         let creds = tempfile::tempdir().unwrap();
         for name in &cred_names {
-            write_file(creds.path(), name, "value\n");
+            let value = if name.contains("seal") {
+                format!("{}\n", "5e".repeat(32))
+            } else {
+                "value\n".to_string()
+            };
+            write_file(creds.path(), name, &value);
         }
         let mut env = Env {
             vars: env_names
@@ -1085,7 +1095,20 @@ const LITERAL: &str = "LITERAL-S3CRET-4a1f";
 const FROM_ENV: &str = "ENV-S3CRET-9c2e";
 const FROM_FILE: &str = "FILE-S3CRET-77d0";
 const FROM_CREDENTIAL: &str = "CRED-S3CRET-b81c";
-const ALL_SECRETS: &[&str] = &[LITERAL, FROM_ENV, FROM_FILE, FROM_CREDENTIAL];
+/// The sealing key has a form of its own (64 hex characters).
+const SEAL_HEX: &str = "5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de";
+/// Webhook secrets have a form too (`whsec_<base64>`).
+const WHSEC_LITERAL: &str = "whsec_TGl0ZXJhbFdlYmhvb2tLZXk=";
+const WHSEC_ENV: &str = "whsec_RW52V2ViaG9va0tleVZhbHVl";
+const ALL_SECRETS: &[&str] = &[
+    LITERAL,
+    FROM_ENV,
+    FROM_FILE,
+    FROM_CREDENTIAL,
+    SEAL_HEX,
+    WHSEC_LITERAL,
+    WHSEC_ENV,
+];
 
 fn assert_no_secret(what: &str, text: &str) {
     for s in ALL_SECRETS {
@@ -1099,7 +1122,11 @@ fn no_secret_value_appears_in_debug_output() {
     let file = write_file(dir.path(), "secret", &format!("{FROM_FILE}\n"));
     let creds = dir.path().join("creds");
     write_file(&creds, "cred", FROM_CREDENTIAL);
-    let mut env = hermetic_env(&[("SECRET_ENV", FROM_ENV)]);
+    let mut env = hermetic_env(&[
+        ("SECRET_ENV", FROM_ENV),
+        ("SEAL_ENV", SEAL_HEX),
+        ("WHSEC_ENV", WHSEC_ENV),
+    ]);
     env.credentials_dir = Some(creds);
     let literal = format!("\"{LITERAL}\"");
     let file_ref = format!("{{ file = {file:?} }}");
@@ -1109,7 +1136,7 @@ fn no_secret_value_appears_in_debug_output() {
 [daemon]
 state = "/var/lib/rekey/state.db"
 admin_token = {literal}
-seal_key = {{ env = "SECRET_ENV" }}
+seal_key = {{ env = "SEAL_ENV" }}
 
 [providers.ob]
 kind = "oceanbase"
@@ -1137,7 +1164,7 @@ auth = {{ iam = {{ endpoint = "https://iam.example", domain = "d", user = "u", p
 [sinks.hook]
 kind = "webhook"
 url = "https://deploy.internal/keys"
-secret = ["whsec_{LITERAL}", {{ env = "SECRET_ENV" }}]
+secret = ["{WHSEC_LITERAL}", {{ env = "WHSEC_ENV" }}]
 
 [sinks.vault]
 kind = "vault"
@@ -1153,7 +1180,7 @@ auth = {{ token = {{ credential = "cred" }} }}
 
 [notify.ops]
 url = "https://hooks.internal/rekey"
-secret = "whsec_{LITERAL}"
+secret = "{WHSEC_LITERAL}"
 
 [[policy]]
 name = "maas"
@@ -1243,12 +1270,18 @@ fn diagnostics_never_repeat_a_secret_written_in_the_wrong_place() {
     assert_eq!(
         displayed(&load(&bad[2], &base.env())),
         [
-            "rekey.toml:8:17: error: `access_key_id` in [providers.ob]: found integer, expected a secret reference: { env = \"NAME\" }, { file = \"/path\" }, { credential = \"name\" } or a string\n  hint: see rekey.example.toml for the form each key takes"
+            "rekey.toml:8:17: error: `access_key_id` in [providers.ob]: found a number, expected a secret reference: { env = \"NAME\" }, { file = \"/path\" }, { credential = \"name\" } or a string\n  hint: see rekey.example.toml for the form each key takes"
         ]
     );
 }
 
 // -------------------------------------------------------- `rekey check`
+
+/// MINIMAL with its file sink in `dir` (`rekey check` checks the host: the
+/// sink's directory must exist).
+fn minimal_in(dir: &Path) -> String {
+    MINIMAL.replace("/etc/keys/", &format!("{}/", dir.display()))
+}
 
 fn rekey_check(config: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rekey"))
@@ -1269,7 +1302,7 @@ fn rekey_check(config: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
 #[test]
 fn rekey_check_exits_0_on_a_valid_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "rekey.toml", MINIMAL);
+    let file = write_file(dir.path(), "rekey.toml", &minimal_in(dir.path()));
     let (code, stdout, stderr) = rekey_check(&file, &[("OB_AK", "a"), ("OB_SK", "b")]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stderr, "");
@@ -1285,7 +1318,7 @@ fn rekey_check_exits_0_on_a_valid_file() {
 #[test]
 fn rekey_check_exits_0_with_warnings() {
     let dir = tempfile::tempdir().unwrap();
-    let src = MINIMAL.replace("{ env = \"OB_AK\" }", "\"AKID-literal\"");
+    let src = minimal_in(dir.path()).replace("{ env = \"OB_AK\" }", "\"AKID-literal\"");
     let file = write_file(dir.path(), "rekey.toml", &src);
     let (code, _, stderr) = rekey_check(&file, &[("OB_SK", "b")]);
     assert_eq!(code, 0, "{stderr}");
@@ -1302,7 +1335,7 @@ fn rekey_check_exits_0_with_warnings() {
 #[test]
 fn rekey_check_exits_1_and_prints_each_error_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
-    let src = MINIMAL
+    let src = minimal_in(dir.path())
         .replace("kind = \"file\"", "kind = \"fiel\"")
         .replace(
             "rotate_before_expiry = \"7d\"",
@@ -1342,7 +1375,7 @@ fn rekey_check_on_a_missing_file_exits_1() {
     assert_eq!(
         stderr,
         format!(
-            "{f}:1:1: error: cannot read config file: No such file or directory (os error 2)\n  hint: check the path given with -c/--config and its permissions\n{f}: 1 error(s)\n"
+            "{f}:1:1: error: cannot read config file: no such file or directory\n  hint: give the config with -c FILE or $REKEY_CONFIG (default /etc/rekey/rekey.toml)\n{f}: 1 error(s)\n"
         )
     );
 }

@@ -207,6 +207,23 @@ impl TargetTemplate {
         &self.text
     }
 
+    /// The directory before the first placeholder: the part of a file
+    /// target that must exist beforehand (`/etc/keys` for
+    /// `/etc/keys/{policy}/{lineage}.env`, and for `/etc/keys/app.env`).
+    /// Directories below it that come from placeholders are created by the
+    /// file sink.
+    pub fn fixed_dir(&self) -> std::path::PathBuf {
+        let fixed = match self.text.find('{') {
+            Some(i) => &self.text[..i],
+            None => &self.text[..],
+        };
+        match fixed.rfind('/') {
+            Some(0) => std::path::PathBuf::from("/"),
+            Some(i) => std::path::PathBuf::from(&fixed[..i]),
+            None => std::path::PathBuf::from("."),
+        }
+    }
+
     /// Whether every lineage gets a target of its own.
     pub fn has_lineage(&self) -> bool {
         count(&self.parts, "lineage") > 0

@@ -62,6 +62,25 @@ impl FileSink {
                 out.push('\n');
             }
             FileFormat::Env => {
+                // Checked before anything is written: a mistyped field
+                // would write the default name and leave the configured one
+                // unset in the application (for providers whose fields are
+                // known only now, e.g. Huawei's credential.csv columns).
+                if let Some(field) = self
+                    .cfg
+                    .env_names
+                    .keys()
+                    .find(|f| !p.secret.iter().any(|(k, _)| k == f.as_str()))
+                {
+                    let have: Vec<&str> = p.secret.iter().map(|(k, _)| k).collect();
+                    return Err(SinkError::permanent(
+                        &self.name,
+                        format!(
+                            "env_names names field `{field}`, which this key does not have (its fields: {}); nothing was written",
+                            have.join(", ")
+                        ),
+                    ));
+                }
                 out.push_str(
                     "# Written by rekey. Do not edit: the next rotation replaces this file.\n",
                 );
@@ -275,6 +294,54 @@ fn lookup_gid(name: &str) -> Option<u32> {
 }
 
 impl FileSink {
+    /// Create the directories of `dir` that come from placeholders
+    /// (`{policy}/` in `/etc/keys/{policy}/{lineage}.env`), beneath the
+    /// path's fixed part, which must exist: rekey never creates that one
+    /// (`rekey check` reports it missing). Each creation is logged.
+    fn create_placeholder_dirs(&self, dir: &Path) -> Result<(), SinkError> {
+        let fixed = self.cfg.path.fixed_dir();
+        let missing = |why: &str| {
+            SinkError::retryable(
+                &self.name,
+                format!("directory {} does not exist{why}", dir.display()),
+            )
+        };
+        if !fixed.is_dir() {
+            return Err(missing(&format!(
+                " (nor {}, the fixed part of the sink's path, which rekey does not create)",
+                fixed.display()
+            )));
+        }
+        let Ok(below) = dir.strip_prefix(&fixed) else {
+            return Err(missing(""));
+        };
+        let mut at = fixed.clone();
+        for c in below.components() {
+            let std::path::Component::Normal(part) = c else {
+                return Err(missing(" (its path leaves the sink's directory)"));
+            };
+            at.push(part);
+            if at.is_dir() {
+                continue;
+            }
+            match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o750)
+                .create(&at)
+            {
+                Ok(()) => {
+                    tracing::info!(sink = %self.name, dir = %at.display(), "created a directory for the sink's path");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && at.is_dir() => {}
+                Err(e) => {
+                    return Err(SinkError::retryable(
+                        &self.name,
+                        format!("cannot create directory {}: {e}", at.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_atomically(&self, path: &Path, content: &[u8]) -> Result<(), SinkError> {
         let io = |what: &str, e: std::io::Error| {
             SinkError::retryable(&self.name, format!("{what} {}: {e}", path.display()))
@@ -284,10 +351,7 @@ impl FileSink {
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
-            return Err(SinkError::retryable(
-                &self.name,
-                format!("directory {} does not exist", dir.display()),
-            ));
+            self.create_placeholder_dirs(&dir)?;
         }
         let file_name = path
             .file_name()
@@ -378,7 +442,7 @@ impl FileSink {
                     format!(
                         "on_publish {:?} did not finish within {}",
                         argv[0],
-                        humantime::format_duration(self.cfg.on_publish_timeout)
+                        crate::clock::human(self.cfg.on_publish_timeout)
                     ),
                 ));
             }

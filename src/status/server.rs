@@ -425,7 +425,7 @@ async fn bound_request(State(app): State<Arc<App>>, req: Request, next: Next) ->
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "request not handled within {}",
-                humantime::format_duration(app.limits.request_timeout)
+                crate::clock::human(app.limits.request_timeout)
             ),
         ),
     }
@@ -441,8 +441,8 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "stalled: main loop last seen {} ago (limit {})\n",
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(live.max_age()),
+                crate::clock::human(Duration::from_secs(age.as_secs())),
+                crate::clock::human(live.max_age()),
             ),
         )
     }
@@ -525,7 +525,7 @@ async fn rotate(
     params: Result<Query<RotateParams>, QueryRejection>,
 ) -> Response {
     if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
-        tracing::warn!(policy = %policy, reason = ?refusal, "status endpoint: refused unauthenticated POST /rotate");
+        tracing::warn!(policy = %policy, reason = refusal.as_str(), "status endpoint: refused unauthenticated POST /rotate");
         return refusal.into_response();
     }
     let Query(params) = match params {
@@ -572,7 +572,7 @@ async fn rotate(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the daemon did not answer within {}",
-                    humantime::format_duration(wait)
+                    crate::clock::human(wait)
                 ),
             );
         }
@@ -618,6 +618,17 @@ enum Refusal {
     Missing,
     /// A bearer token that is not the admin token (401).
     Wrong,
+}
+
+impl Refusal {
+    /// For logs: one word, no Rust `Debug`.
+    fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::NotConfigured => "no_admin_token_configured",
+            Refusal::Missing => "no_bearer_token",
+            Refusal::Wrong => "wrong_token",
+        }
+    }
 }
 
 impl IntoResponse for Refusal {

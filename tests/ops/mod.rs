@@ -197,6 +197,11 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
     Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: ago(now, 3 * 3600),
+        instance: Some(rekey::status::Instance {
+            config: "/etc/rekey/rekey.toml".into(),
+            state: "/var/lib/rekey/state.db".into(),
+            host: "ops-host".into(),
+        }),
         policies: vec![
             std::sync::Arc::new(PolicyStatus {
                 name: "maas-prod".into(),
