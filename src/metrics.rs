@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::status::{KeyStatus, PolicyStatus};
@@ -39,6 +40,11 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
+    /// `rekey_outbox_depth{target}`: events a notify target has not yet
+    /// worked through.
+    pub outbox_depth: IntGaugeVec,
+    /// `rekey_dead_letters{target}`: events given up on, per target.
+    pub dead_letters: IntGaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -127,8 +133,38 @@ impl Metrics {
             &["sink", "result"],
         )
         .expect("metric");
+        let outbox_depth = IntGaugeVec::new(
+            Opts::new(
+                "rekey_outbox_depth",
+                "Events a notification target has not yet delivered (or skipped).",
+            ),
+            &["target"],
+        )
+        .expect("metric");
+        let dead_letters = IntGaugeVec::new(
+            Opts::new(
+                "rekey_dead_letters",
+                "Events a notification target gave up on (see `rekey history`).",
+            ),
+            &["target"],
+        )
+        .expect("metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rekey_build_info",
+                "Always 1; the running rekey's version as a label.",
+            ),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_depth.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(build_info),
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -147,8 +183,31 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            outbox_depth,
+            dead_letters,
             policies: Arc::default(),
             rendered: Arc::default(),
+        }
+    }
+
+    /// Set the outbox gauges from `(target, depth, dead letters)` rows: every
+    /// configured target has both series (at zero when the store has no row
+    /// for it yet); a target no longer configured loses them.
+    pub fn set_outbox(&self, targets: &[String], rows: &[(String, i64, i64)]) {
+        for t in targets {
+            let (depth, dead) = rows
+                .iter()
+                .find(|r| r.0 == *t)
+                .map(|r| (r.1, r.2))
+                .unwrap_or((0, 0));
+            self.outbox_depth.with_label_values(&[t]).set(depth);
+            self.dead_letters.with_label_values(&[t]).set(dead);
+        }
+        for (t, _, _) in rows {
+            if !targets.contains(t) {
+                let _ = self.outbox_depth.remove_label_values(&[t]);
+                let _ = self.dead_letters.remove_label_values(&[t]);
+            }
         }
     }
 

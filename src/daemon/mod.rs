@@ -337,6 +337,13 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         }
         let now = engine.clock.now();
         d.trim_when_idle();
+        match engine.store.outbox_depths() {
+            Ok(rows) => {
+                let targets: Vec<String> = d.current().config.notify.keys().cloned().collect();
+                engine.metrics.set_outbox(&targets, &rows);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the outbox depth"),
+        }
         // One read of the unfinished rotations serves both: what to start
         // now and when to wake next.
         let active = engine.store.active_rotations()?;

@@ -423,6 +423,21 @@ impl Store {
         })
     }
 
+    /// Per notify target: events after its cursor (the outbox depth it
+    /// still has to work through) and its dead letters. For the
+    /// `rekey_outbox_depth` and `rekey_dead_letters` gauges.
+    pub fn outbox_depths(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT d.target, \
+                    (SELECT COUNT(*) FROM events e WHERE e.seq > d.cursor), \
+                    (SELECT COUNT(*) FROM dead_letters x WHERE x.target = d.target) \
+             FROM deliveries d ORDER BY d.target",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare(

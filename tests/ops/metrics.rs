@@ -37,6 +37,7 @@ fn populated_metrics() -> Metrics {
         .with_label_values(&["ob-prod", "list"])
         .observe(0.042);
     m.sink_publish.with_label_values(&["app-env", "ok"]).inc();
+    m.set_outbox(&["ops".into()], &[("ops".into(), 2, 1)]);
     m
 }
 
@@ -165,6 +166,81 @@ fn promtool_check_metrics_reports_nothing() {
             out.status.success() && report.trim().is_empty(),
             "promtool on the {what} (exit {:?}):\n{report}\n--- metrics ---\n{text}",
             out.status.code()
+        );
+    }
+}
+
+#[test]
+fn build_info_outbox_depth_and_dead_letters_are_exported_per_target() {
+    let m = Metrics::new();
+    m.set_outbox(
+        &["ops".into(), "pager".into()],
+        &[("ops".into(), 7, 2), ("gone".into(), 5, 5)],
+    );
+    let text = m.render();
+    let version = env!("CARGO_PKG_VERSION");
+    for line in [
+        format!("rekey_build_info{{version=\"{version}\"}} 1"),
+        "rekey_outbox_depth{target=\"ops\"} 7".to_string(),
+        "rekey_dead_letters{target=\"ops\"} 2".to_string(),
+        // A configured target with no delivery row yet: at zero.
+        "rekey_outbox_depth{target=\"pager\"} 0".to_string(),
+        "rekey_dead_letters{target=\"pager\"} 0".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("target=\"gone\""),
+        "a target no longer configured keeps no series:\n{text}"
+    );
+}
+
+/// The shipped alerting rules (contrib/prometheus/rekey-rules.yml) load in
+/// Prometheus, and their unit tests (which alert fires on which series)
+/// pass.
+#[test]
+fn shipped_prometheus_rules_load_and_fire_on_rekey_series() {
+    let Some(promtool) = require_tool("promtool", "checks contrib/prometheus/rekey-rules.yml")
+    else {
+        return;
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus");
+    for args in [
+        ["check", "rules", "rekey-rules.yml"],
+        ["test", "rules", "rekey-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {} (exit {:?}):\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every stuck condition of DESIGN §4 has an alert of its own.
+    let rules = std::fs::read_to_string(format!("{dir}/rekey-rules.yml")).unwrap();
+    for condition in [
+        "step_failing",
+        "rotation_stuck",
+        "retire_failing",
+        "key_expired",
+        "conflict",
+        "unrecognised_key",
+        "unsafe_name",
+        "unknown_time",
+        "next_key_missing",
+    ] {
+        assert!(
+            rules.contains(&format!(
+                "rekey_condition{{condition=\"{condition}\"}} == 1"
+            )),
+            "no alert on condition {condition}"
         );
     }
 }

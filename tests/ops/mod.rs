@@ -1,5 +1,6 @@
 //! The operations surface: the status endpoint, `rekey status` / `rekey
-//! rotate`, metrics as Prometheus tools read them, and the systemd unit.
+//! rotate`, metrics as Prometheus tools read them, the systemd unit and
+//! recipes, and the Debian package.
 //!
 //! [`StatusServer`] serves a hand-built snapshot on `127.0.0.1:0` or a
 //! temp Unix socket, with a fake daemon task answering rotate requests the
@@ -8,6 +9,7 @@
 mod cli;
 mod endpoint;
 mod metrics;
+mod package;
 mod systemd;
 
 use std::sync::{Arc, Mutex};
