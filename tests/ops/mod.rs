@@ -6,6 +6,7 @@
 //! temp Unix socket, with a fake daemon task answering rotate requests the
 //! way the real one would, and records what it was asked.
 
+mod check;
 mod cli;
 mod endpoint;
 mod metrics;
