@@ -62,7 +62,7 @@ fn errors(stderr: &str) -> Vec<String> {
         .filter(|l| l.contains(": error: "))
         .map(|l| {
             // run's log lines carry a level and time before the diagnostic.
-            l[l.find(|c: char| c == '/').unwrap_or(0)..].to_string()
+            l[l.find('/').unwrap_or(0)..].to_string()
         })
         .collect()
 }
