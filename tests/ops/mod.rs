@@ -8,6 +8,7 @@
 
 mod check;
 mod cli;
+mod dev;
 mod endpoint;
 mod metrics;
 mod package;
