@@ -139,8 +139,9 @@ pub enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Read the admin token (and the endpoint) from this config's
-        /// `[daemon]` section.
-        #[arg(short, long)]
+        /// `[daemon]` section (default $REKEY_CONFIG); only the admin token
+        /// is resolved (see --credentials-dir).
+        #[arg(short, long, env = "REKEY_CONFIG")]
         config: Option<PathBuf>,
         /// For a leaked key: delete the old key as soon as every sink has the new one.
         #[arg(long)]
@@ -1124,6 +1125,39 @@ pub fn man_page(cmd: clap::Command, out: &mut dyn Write) -> Result<()> {
         man.render_description_section(out)?;
         man.render_options_section(out)?;
     }
+    out.write_all(
+        br#".SH "EXIT STATUS"
+.TP
+0
+success (for \fBplan\fR: nothing to do; for \fBstatus\fR: every policy healthy).
+.TP
+1
+failure: an invalid config (every error as FILE:LINE:COL), a command that could not complete, an unhealthy or unreachable daemon.
+.TP
+2
+for \fBplan\fR: something is due or misconfigured; for any command: a usage error.
+.SH ENVIRONMENT
+.TP
+\fBREKEY_CONFIG\fR
+the config file when \fB\-c\fR is not given.
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+where { credential = "NAME" } references are read (set by systemd; \fB\-\-credentials\-dir\fR by hand).
+.SH FILES
+.TP
+\fI/etc/rekey/rekey.toml\fR
+the configuration (default of \fB\-c\fR).
+.TP
+\fI/var/lib/rekey/state.db\fR, \fI/var/lib/rekey/state.db.key\fR
+the state and its sealing key: back them up together.
+.TP
+\fI/run/rekey/admin.sock\fR
+the admin socket, for members of group rekey-admin.
+.TP
+\fI/usr/share/rekey/prometheus/rekey-rules.yml\fR
+alerting rules for Prometheus.
+"#,
+    )?;
     Ok(())
 }
 
