@@ -1391,3 +1391,76 @@ fn join(diags: &[Diagnostic]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Twenty-odd deliberate mistakes across every table come out in one run:
+/// serde's first error inside a table no longer hides the others, an
+/// unknown top-level table hides nothing, and the words are an operator's
+/// (no `i64`, `a sequence`, `entity not found`).
+#[test]
+fn one_check_reports_every_error_of_every_table_in_plain_words() {
+    let src = r#"
+[daemon]
+listen = "127.0.0.1:9477"
+max_concurrent_rotations = "four"
+shutdown_timeout = "30 parsecs"
+bogus = 1
+
+[sinkz.x]
+kind = "file"
+
+[providers.ob]
+kind = "oceanbase"
+org_id = 5
+project_id = "p"
+acess_key_id = { env = "A" }
+access_key_secret = { file = "/nonexistent/rekey/sk" }
+timeout = "1 fortnight"
+
+[sinks.f]
+kind = "file"
+path = "/etc/keys/{lineage}.env"
+mode = 600
+format = "yaml"
+on_publish = "systemctl reload myapp"
+
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+max_age = "30d"
+max_attempts = "five"
+sinks = ["f", 7]
+create = { action = "read" }
+"#;
+    let got = displayed(&load(src, &hermetic_env(&[])));
+    let errors: Vec<&String> = got.iter().filter(|d| d.contains(": error: ")).collect();
+    let expect = [
+        "rekey.toml:4:28: error: `max_concurrent_rotations` in [daemon]: found a string, expected a whole number",
+        "rekey.toml:5:20: error: invalid duration \"30 parsecs\" for `shutdown_timeout`",
+        "rekey.toml:6:1: error: unknown key `bogus` in [daemon]",
+        "rekey.toml:8:2: error: unknown top-level key `sinkz`",
+        "rekey.toml:13:10: error: `org_id` in [providers.ob]: found a number, expected a string",
+        "rekey.toml:15:1: error: unknown key `acess_key_id` in [providers.ob]",
+        "rekey.toml:16:21: error: `access_key_secret` cannot be resolved: cannot read secret file /nonexistent/rekey/sk: no such file or directory",
+        "rekey.toml:17:11: error: invalid duration \"1 fortnight\" for `timeout`",
+        "rekey.toml:22:8: error: `mode` in [sinks.f]: found a number, expected a string",
+        "rekey.toml:23:10: error: unknown file format \"yaml\"",
+        "rekey.toml:24:14: error: `on_publish` in [sinks.f]: found a string, expected a list",
+        "rekey.toml:32:16: error: `max_attempts` in [[policy]]: found a string, expected a whole number",
+        "rekey.toml:33:15: error: `sinks` in [[policy]]: found a number, expected a string",
+    ];
+    for (e, want) in errors.iter().zip(expect.iter()) {
+        assert!(
+            e.starts_with(want),
+            "\n got: {e}\nwant: {want}…\nall:\n{got:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{got:#?}");
+    for word in ["i64", "sequence", "entity not found", "u32", "usize"] {
+        assert!(
+            !got.iter().any(|d| d.contains(word)),
+            "{word:?} in:\n{got:#?}"
+        );
+    }
+}

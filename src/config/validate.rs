@@ -340,11 +340,23 @@ fn item<'i, T: Deserialize<'i>>(
         if let Some(rest) = msg.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or("");
             if !removed.iter().any(|r| r == field) {
-                serde_error(cx, espan, &msg, what);
+                serde_error(cx, espan, &msg, what, None);
             }
             return None;
         }
-        serde_error(cx, espan.clone(), &msg, what);
+        // The key whose value (or name) the error points into.
+        let culprit = match value.get_ref() {
+            DeValue::Table(table) => table
+                .iter()
+                .find(|(k, v)| {
+                    let (ks, vs) = (k.span(), v.span());
+                    (ks.start <= espan.start && espan.start < ks.end.max(ks.start + 1))
+                        || (vs.start <= espan.start && espan.start < vs.end.max(vs.start + 1))
+                })
+                .map(|(k, _)| k.get_ref().to_string()),
+            _ => None,
+        };
+        serde_error(cx, espan.clone(), &msg, what, culprit.as_deref());
         // `orgid` with a did-you-mean of `org_id`: one error, not a second
         // one saying `org_id` is missing.
         if let Some(rest) = msg.strip_prefix("unknown field `") {
@@ -363,14 +375,6 @@ fn item<'i, T: Deserialize<'i>>(
         let DeValue::Table(table) = value.get_mut() else {
             return None;
         };
-        let culprit = table
-            .iter()
-            .find(|(k, v)| {
-                let (ks, vs) = (k.span(), v.span());
-                (ks.start <= espan.start && espan.start < ks.end.max(ks.start + 1))
-                    || (vs.start <= espan.start && espan.start < vs.end.max(vs.start + 1))
-            })
-            .map(|(k, _)| k.get_ref().to_string());
         match culprit {
             Some(k) => {
                 table.remove(k.as_str());
@@ -382,7 +386,9 @@ fn item<'i, T: Deserialize<'i>>(
     }
 }
 
-fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
+/// `culprit`: the key of the item the error lies in, when known (serde's
+/// message does not say, e.g. for a bad element of a list).
+fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str, culprit: Option<&str>) {
     let msg = msg.trim();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or("");
@@ -435,7 +441,7 @@ fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
             }
         }
     } else {
-        let message = match cx.d.key_before(span.start) {
+        let message = match cx.d.key_before(span.start).or(culprit.map(str::to_string)) {
             Some(key) => format!("`{key}` in {what}: {}", without_values(msg)),
             None => format!("{what}: {}", without_values(msg)),
         };
@@ -1511,7 +1517,12 @@ fn validate_policy(
         }
     }
     sink_fit(cx, &raw, provider, refs, &glob_text);
-    if mode == Mode::Rotate && raw.sinks.is_empty() {
+    // A key taken out after a type error (see `item`) was reported already.
+    let dropped = |key: &str| {
+        cx.dropped
+            .contains(&("[[policy]]".to_string(), key.to_string()))
+    };
+    if mode == Mode::Rotate && raw.sinks.is_empty() && !dropped("sinks") {
         cx.d.error_hint(
             raw.name.span(),
             format!("{what} rotates keys but publishes them nowhere (no `sinks`)"),

@@ -579,6 +579,90 @@ mod tests {
         }
     }
 
+    fn sink_at(path: &str, env_names: &[(&str, &str)]) -> FileSink {
+        FileSink::new(
+            "f",
+            &FileSinkConfig {
+                path: TargetTemplate::parse(path).unwrap(),
+                format: FileFormat::Env,
+                mode: 0o600,
+                owner: None,
+                group: None,
+                on_publish: None,
+                on_publish_timeout: Duration::from_secs(5),
+                env_names: env_names
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        )
+    }
+
+    /// Fields known only at run time (Huawei's credential.csv columns):
+    /// an `env_names` key that is not among them fails the publication
+    /// before anything is written, instead of writing the default name and
+    /// leaving the configured variable unset in the application.
+    #[tokio::test]
+    async fn env_names_naming_a_field_the_key_lacks_fails_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink_at(
+            &format!("{}/{{lineage}}.env", dir.path().display()),
+            &[("acces_key", "HW_AK")],
+        );
+        let mut secret = SecretFields::new();
+        secret.insert("access_key", Secret::new("ak-value"));
+        secret.insert("secret_key", Secret::new("sk-value"));
+        let fp = secret.fingerprint();
+        let e = s.publish(&publication(&secret, &fp)).await.unwrap_err();
+        assert!(!e.retryable, "retrying cannot fix the config");
+        assert_eq!(
+            e.message,
+            "env_names names field `acces_key`, which this key does not have (its fields: access_key, secret_key); nothing was written"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn placeholder_directories_are_created_beneath_the_fixed_part_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = SecretFields::single("api_key", Secret::new("k"));
+        let fp = secret.fingerprint();
+        let s = sink_at(
+            &format!("{}/{{policy}}/{{lineage}}.env", dir.path().display()),
+            &[],
+        );
+        let written = s
+            .publish(&publication(&secret, &fp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(written, format!("{}/p/app-a.env", dir.path().display()));
+        let mode = std::fs::metadata(dir.path().join("p"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "created directories are not world-writable"
+        );
+
+        // The fixed part itself is never created.
+        let missing = dir.path().join("missing");
+        let s = sink_at(
+            &format!("{}/{{policy}}/{{lineage}}.env", missing.display()),
+            &[],
+        );
+        let e = s.publish(&publication(&secret, &fp)).await.unwrap_err();
+        assert!(
+            e.message.contains("which rekey does not create"),
+            "{}",
+            e.message
+        );
+        assert!(!missing.exists());
+    }
+
     #[tokio::test]
     async fn every_format_reads_back_to_the_published_fingerprint() {
         for format in [FileFormat::Raw, FileFormat::Env, FileFormat::Json] {
