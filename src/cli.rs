@@ -1188,7 +1188,7 @@ async fn emulate_oceanbase(args: OceanBaseEmulateArgs) -> Result<ExitCode> {
     let endpoint = handle.endpoint();
     let algorithms: Vec<&str> = opts.algorithms.iter().map(|a| a.as_str()).collect();
     let lifetime = match opts.lifetime {
-        Some(l) => humantime::format_duration(l).to_string(),
+        Some(l) => crate::clock::human(l),
         None => "never (expiresAt null)".to_string(),
     };
     let sk = opts.access_key_secret.expose();
@@ -1202,7 +1202,7 @@ async fn emulate_oceanbase(args: OceanBaseEmulateArgs) -> Result<ExitCode> {
         "  keys               {} seeded ({} expiring within {}), lifetime {lifetime}",
         opts.keys,
         opts.expiring,
-        humantime::format_duration(opts.within)
+        crate::clock::human(opts.within)
     );
     println!(
         "  admin API          {endpoint}/__emulator/{{keys,stats,faults}} (loopback only, no auth)"

@@ -8,9 +8,9 @@
 //! `StateDirectory=` (`$STATE_DIRECTORY`, `/var/lib/rekey`), which systemd
 //! creates at start: its absence is a warning.
 //!
-//! "The user the service runs as": the current user, except for root in a
-//! shell (not under systemd) on a host with the packaged `rekey` user, where
-//! the check asks whether *that* user could write, from the directories'
+//! "The user the service runs as": the current user under systemd (the
+//! unit's `ExecStartPre=`); in a shell on a host with the packaged `rekey`
+//! user (root, or an operator), that user, judged from the directories'
 //! owner, group and mode bits.
 
 use std::ffi::CString;
@@ -41,15 +41,15 @@ pub enum ServiceUser {
 }
 
 impl ServiceUser {
-    /// Root outside systemd with a `rekey` user on the host → that user;
-    /// anyone else → themselves.
+    /// Outside systemd, on a host with a `rekey` user that is not us →
+    /// that user; otherwise → ourselves.
     pub fn detect() -> Self {
         // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let me = unsafe { libc::geteuid() };
         let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
-        if root
-            && !under_systemd
-            && let Some(u) = ServiceUser::lookup(SERVICE_USER)
+        if !under_systemd
+            && let Some(u @ ServiceUser::Named { uid, .. }) = ServiceUser::lookup(SERVICE_USER)
+            && uid != me
         {
             return u;
         }
@@ -227,5 +227,48 @@ fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn user(uid: u32, gids: &[u32]) -> ServiceUser {
+        ServiceUser::Named {
+            name: "svc".into(),
+            uid,
+            gids: gids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn another_user_is_judged_by_owner_group_and_other_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        let set = |mode: u32| {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let meta = std::fs::metadata(&d).unwrap();
+        let (owner, group) = (meta.uid(), meta.gid());
+        let stranger = user(owner.wrapping_add(4242), &[group.wrapping_add(4242)]);
+        let member = user(owner.wrapping_add(4242), &[group]);
+        let same_owner = user(owner, &[]);
+        set(0o700);
+        assert!(same_owner.can_write_dir(&d));
+        assert!(!member.can_write_dir(&d));
+        assert!(!stranger.can_write_dir(&d));
+        set(0o2770);
+        assert!(member.can_write_dir(&d), "a setgid group directory");
+        assert!(!stranger.can_write_dir(&d));
+        set(0o750);
+        assert!(!member.can_write_dir(&d), "read-only for the group");
+        set(0o777);
+        assert!(stranger.can_write_dir(&d));
+        // Search permission on the way there counts too.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!stranger.can_write_dir(&d));
     }
 }

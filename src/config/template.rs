@@ -245,6 +245,25 @@ impl TargetTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_fixed_directory_is_the_part_before_the_first_placeholder() {
+        let fixed = |t: &str| TargetTemplate::parse(t).unwrap().fixed_dir();
+        assert_eq!(fixed("/etc/keys/{lineage}.env"), Path::new("/etc/keys"));
+        assert_eq!(
+            fixed("/etc/keys/{policy}/{lineage}.env"),
+            Path::new("/etc/keys")
+        );
+        assert_eq!(
+            fixed("/etc/keys/app-{lineage}/k.env"),
+            Path::new("/etc/keys")
+        );
+        assert_eq!(fixed("/etc/keys/app.env"), Path::new("/etc/keys"));
+        assert_eq!(fixed("/{lineage}.env"), Path::new("/"));
+        assert_eq!(fixed("keys/{lineage}.env"), Path::new("keys"));
+        assert_eq!(fixed("{lineage}.env"), Path::new("."));
+    }
 
     #[test]
     fn rendered_names_parse_back_to_their_lineage() {
