@@ -244,3 +244,41 @@ fn sysusers_creates_the_rekey_user_and_the_admin_group() {
         "no rekey-admin group in:\n{group}"
     );
 }
+
+/// The recipe's sink, with a provider and a policy around it, is a valid
+/// config (its `env_names` names the OceanBase field).
+#[test]
+fn file_sink_recipe_config_validates() {
+    let sink = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/recipes/file-sink/rekey.toml"
+    ))
+    .unwrap();
+    let src = format!(
+        r#"{sink}
+[providers.ob]
+kind = "oceanbase"
+org_id = "org-1"
+project_id = "proj-1"
+access_key_id = {{ env = "OB_AK" }}
+access_key_secret = {{ env = "OB_SK" }}
+
+[[policy]]
+name = "maas"
+provider = "ob"
+match = "app-*"
+schedule = "0 */15 * * * *"
+rotate_before_expiry = "7d"
+sinks = ["myapp-keys"]
+create = {{ action = "read" }}
+"#
+    );
+    let env = crate::support::hermetic_env(&[("OB_AK", "a"), ("OB_SK", "b")]);
+    match rekey::config::load_str(std::path::Path::new("rekey.toml"), &src, &env) {
+        Ok((cfg, warnings)) => {
+            assert!(warnings.is_empty(), "{warnings:#?}");
+            assert_eq!(cfg.sinks.len(), 1);
+        }
+        Err(diags) => panic!("{diags:#?}"),
+    }
+}
