@@ -147,6 +147,19 @@ pub enum Command {
         #[arg(long)]
         revoke_old_immediately: bool,
     },
+    /// Recover lineages after the state DB was lost or restored from an old
+    /// backup: a generated key becomes current only where a readable sink
+    /// (file, Vault) proves it holds that key. Run with the daemon stopped.
+    Recover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only this lineage (with --policy on a DB that knows the policy).
+        #[arg(long)]
+        lineage: Option<String>,
+    },
     /// Rotation history from the state DB (no secret is resolved).
     History {
         policy: Option<String>,
@@ -340,6 +353,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             json,
         } => history(&config.config, policy.as_deref(), limit, json),
+        Command::Recover {
+            config,
+            policy,
+            lineage,
+        } => recover(&config.config, policy.as_deref(), lineage.as_deref()),
         Command::Status {
             endpoint,
             config,
@@ -515,7 +533,11 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 continue;
             }
         };
-        let listed = match rt.block_on(provider.list(&|n: &str| p.matches(n))) {
+        let listing = match rt.block_on(crate::provider::listing::Listing::walk(
+            provider.as_ref(),
+            &crate::clock::SystemClock,
+            &|n: &str| p.matches(n),
+        )) {
             Ok(l) => l,
             Err(e) => {
                 println!("policy {}: cannot list keys: {e}", p.name);
@@ -523,17 +545,20 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 continue;
             }
         };
-        let (known, rotations, attempts) = match &store {
+        let ledger = match &store {
             Some(s) => {
-                let mut att = std::collections::HashMap::new();
-                for (rid, a) in s.unresolved_attempts(&p.name)? {
-                    att.entry(rid).or_insert_with(Vec::new).push(a);
-                }
-                (s.known_keys(&p.name)?, s.policy_rotations(&p.name)?, att)
+                let account = crate::config::ownership::account_of(pc);
+                let same: Vec<String> = cfg
+                    .providers
+                    .iter()
+                    .filter(|(_, x)| crate::config::ownership::account_of(x) == account)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                policy::Ledger::load(s, &p.name, &same)?
             }
-            None => (Vec::new(), Vec::new(), Default::default()),
+            None => policy::Ledger::default(),
         };
-        let views = policy::assign_lineages(p, listed, &known, &rotations);
+        let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
         let targets: Vec<_> = p
             .sinks
             .iter()
@@ -544,7 +569,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 )
             })
             .collect();
-        let plan = policy::plan(p, views, &rotations, &attempts, &targets, now);
+        let plan = policy::plan(p, views, &ledger, &targets, Some(listing.started_at), now);
         let mode = match p.mode {
             config::Mode::Observe => "observe",
             config::Mode::Rotate => "rotate",
@@ -682,6 +707,70 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
         ExitCode::from(1)
     } else if actionable {
         ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `rekey recover`: see `rotation::recovery`. Exit 0 when every lineage
+/// with unrecognised keys was recovered (or there was none), 1 when some
+/// lineage could not be proven (reported, nothing changed for it).
+fn recover(path: &Path, policy: Option<&str>, lineage: Option<&str>) -> Result<ExitCode> {
+    use crate::rotation::recovery::{RecoveryOutcome, recover_from_names};
+    let cfg = match load_or_exit(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Some(p) = policy
+        && cfg.policy(p).is_none()
+    {
+        eprintln!("rekey recover: no policy named {p:?} in {}", path.display());
+        return Ok(ExitCode::from(1));
+    }
+    let store = crate::state::Store::open(&cfg.daemon.state)?;
+    let metrics = crate::metrics::Metrics::new();
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    let runtime = crate::daemon::build_runtime(std::sync::Arc::new(cfg), &metrics, &clock)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let rt = tokio_runtime()?;
+    let outcomes = rt.block_on(recover_from_names(
+        &runtime, &store, &clock, policy, lineage,
+    ))?;
+    let mut unproven = false;
+    if outcomes.is_empty() {
+        println!("nothing to recover: no listed key looks generated without the store knowing it");
+    }
+    for o in &outcomes {
+        let lineage = crate::rotation::policy::escaped(&o.lineage);
+        match &o.outcome {
+            RecoveryOutcome::Recovered { rotation, key, old } => {
+                let key = crate::rotation::policy::escaped(key);
+                match old {
+                    Some(old) => println!(
+                        "policy {} lineage {lineage}: RECOVERED key {key} (rotation {rotation}); old key {} is deleted after the grace period once the daemon runs",
+                        o.policy,
+                        crate::rotation::policy::escaped(old)
+                    ),
+                    None => println!(
+                        "policy {} lineage {lineage}: RECOVERED key {key} (rotation {rotation}); no key is deleted",
+                        o.policy
+                    ),
+                }
+            }
+            RecoveryOutcome::Unproven { why } => {
+                unproven = true;
+                println!(
+                    "policy {} lineage {lineage}: NOT RECOVERED: {why}",
+                    o.policy
+                );
+            }
+            RecoveryOutcome::Skipped { why } => {
+                println!("policy {} lineage {lineage}: skipped: {why}", o.policy);
+            }
+        }
+    }
+    Ok(if unproven {
+        ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })

@@ -7,6 +7,8 @@
 //! - [`provider`]: the `Provider` trait and its backends (OceanBase, Tencent, Huawei).
 //! - [`sink`]: the `Sink` trait and its backends (file, webhook, Vault/OpenBao).
 //! - [`notify`]: signed webhook delivery of the event outbox (Standard Webhooks).
+//! - [`outbound`]: the outbound HTTP rules (TLS, `ca_file`, proxies and loopback, body caps,
+//!   what is kept of a response) that providers, sinks and notifications share.
 //! - [`status`]: the snapshot, the endpoint that serves it and its client; [`metrics`]: Prometheus.
 //! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
 //! - [`rotation`]: the planner, the engine's state machine, crash recovery.
@@ -31,6 +33,7 @@ pub mod failpoint;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod provider;
 pub mod rotation;
 pub mod secret;

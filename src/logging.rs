@@ -5,14 +5,24 @@
 //! reads as the entry's priority, and carries no timestamp of its own (the
 //! journal has one). Never log a secret: key material lives in `Secret`,
 //! whose `Debug`/`Display` print `[redacted]`.
+//!
+//! Every text line is one line: field values and messages go through
+//! [`escape`] ([`EscapedFields`]), so a key name, request id, URL path or
+//! response excerpt holding a newline, a carriage return or a terminal
+//! escape cannot start a forged line (`\n<2>…` would otherwise be a
+//! journal entry of priority "critical") or repaint the operator's
+//! terminal. JSON output is escaped by the JSON encoder.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
+use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::{DefaultFields, Format, Writer};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -21,6 +31,112 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `s` with every character that could end a line, start a terminal
+/// escape or hide text replaced by a visible escape: `\n`, `\r`, `\t`, and
+/// `\u{…}` for the other C0/C1 controls, DEL, the Unicode line/paragraph
+/// separators and the bidi overrides. Printable text is kept.
+/// Borrowed when nothing needed escaping.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Field formatting for text logs: `message` first, then `name=value`,
+/// every value passed through [`escape`] (no ANSI styling, so escapes in
+/// values cannot mix with ours).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EscapedFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = EscapeVisitor {
+            out: String::new(),
+            message: None,
+        };
+        fields.record(&mut v);
+        let mut line = v.message.unwrap_or_default();
+        if !v.out.is_empty() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&v.out);
+        }
+        writer.write_str(&line)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut v = EscapeVisitor {
+            out: String::new(),
+            message: None,
+        };
+        fields.record(&mut v);
+        if !current.fields.is_empty() && !v.out.is_empty() {
+            current.fields.push(' ');
+        }
+        current.fields.push_str(&v.out);
+        Ok(())
+    }
+}
+
+struct EscapeVisitor {
+    out: String,
+    message: Option<String>,
+}
+
+impl EscapeVisitor {
+    fn push(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(escape(value).into_owned());
+            return;
+        }
+        if !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        self.out.push_str(field.name());
+        self.out.push('=');
+        self.out.push_str(&escape(value));
+    }
+}
+
+impl Visit for EscapeVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.push(field, value);
+        } else {
+            // Quoted, as tracing's own formatter shows `?`-recorded strings.
+            self.push(field, &format!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field, &format!("{value:?}"));
+    }
 }
 
 /// The syslog priority journald should record for a level.
@@ -76,7 +192,7 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .try_init(),
         LogFormat::Text if stderr_is_journal() => builder
             .with_ansi(false)
-            .fmt_fields(DefaultFields::new())
+            .fmt_fields(EscapedFields)
             .event_format(JournalPrefix(
                 Format::default()
                     .without_time()
@@ -86,6 +202,7 @@ pub fn init(format: LogFormat, level: Option<&str>) {
             .try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(EscapedFields)
             .try_init(),
     };
 }
@@ -100,5 +217,60 @@ mod tests {
         assert_eq!(priority(&Level::WARN), 4);
         assert_eq!(priority(&Level::INFO), 6);
         assert_eq!(priority(&Level::DEBUG), 7);
+    }
+
+    #[test]
+    fn escape_leaves_no_line_break_or_terminal_escape() {
+        assert!(matches!(escape("app-key_1.x"), Cow::Borrowed(_)));
+        let hostile = "x\n<2>forged\r\x1b[2J\u{2028}\u{202e}\u{85}\x7f";
+        let e = escape(hostile);
+        assert_eq!(
+            e,
+            "x\\n<2>forged\\r\\u{1b}[2J\\u{2028}\\u{202e}\\u{85}\\u{7f}"
+        );
+        assert!(!e.chars().any(needs_escape));
+    }
+
+    #[test]
+    fn text_log_lines_stay_one_line_whatever_the_fields_hold() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .fmt_fields(EscapedFields)
+            .event_format(JournalPrefix(
+                Format::default()
+                    .without_time()
+                    .with_target(false)
+                    .with_level(false),
+            ))
+            .finish();
+        let hostile = "x\n<2>forged\r\x1b]0;title\x07";
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(policy = %hostile, key = ?hostile, id = hostile, "asked for {hostile}");
+            let err = std::io::Error::other(hostile.to_string());
+            tracing::warn!(error = %err, "failed");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("<6>") && lines[1].starts_with("<4>"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b') && !text.contains('\r') && !text.contains('\x07'));
     }
 }

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub outbox_depth: IntGaugeVec,
     /// `rekey_dead_letters{target}`: events given up on, per target.
     pub dead_letters: IntGaugeVec,
+    /// `rekey_condition{policy,condition}`: 1 while a stuck condition of
+    /// DESIGN §4 holds for some lineage of the policy, else 0.
+    pub condition: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -160,8 +163,17 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let condition = GaugeVec::new(
+            Opts::new(
+                "rekey_condition",
+                "1 while a stuck condition (e.g. unrecognised_key, unsafe_name, conflict) holds for a lineage of the policy, else 0.",
+            ),
+            &["policy", "condition"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(condition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(KeyCollector::new(keys.clone())),
             Box::new(outbox_depth.clone()),
             Box::new(dead_letters.clone()),
             Box::new(build_info),
@@ -185,6 +197,7 @@ impl Metrics {
             sink_publish,
             outbox_depth,
             dead_letters,
+            condition,
             policies: Arc::default(),
             rendered: Arc::default(),
         }
@@ -242,6 +255,13 @@ impl Metrics {
         );
     }
 
+    /// Set `rekey_condition{policy,condition}` (1 while it holds).
+    pub fn set_condition(&self, policy: &str, condition: &str, holds: bool) {
+        self.condition
+            .with_label_values(&[policy, condition])
+            .set(if holds { 1.0 } else { 0.0 });
+    }
+
     /// Mirror one policy's published status: `rekey_policy_healthy` and the
     /// key gauges (see [`Metrics::sync_keys`]).
     pub fn sync_policy(&self, status: &PolicyStatus) {
@@ -282,6 +302,7 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
+        remove_where(&self.condition, "policy", policy);
         self.keys
             .0
             .write()

@@ -1316,6 +1316,43 @@ fn rekey_check_exits_0_on_a_valid_file() {
 }
 
 #[test]
+fn rekey_check_warns_about_a_config_secret_file_or_state_directory_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = write_file(dir.path(), "ob-sk", "s3cret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let src = format!(
+        "[daemon]\nstate = \"{d}/state/state.db\"\n{}",
+        minimal_in(dir.path()).replace(
+            "{ env = \"OB_SK\" }",
+            &format!("{{ file = \"{d}/ob-sk\" }}")
+        )
+    );
+    let file = write_file(dir.path(), "rekey.toml", &src);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = rekey_check(&file, &[("OB_AK", "a")]);
+    assert_eq!(code, 0, "{stderr}");
+    for want in [
+        "the config file is readable by other users (mode 0644)".to_string(),
+        format!("is in {d}/ob-sk, which other users can read (mode 0644)"),
+        format!("the state directory {d}/state is open to other users (mode 0755)"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    // Tightened, the warnings go away.
+    for p in [&file, &secret] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, _, stderr) = rekey_check(&file, &[("OB_AK", "a")]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
+#[test]
 fn rekey_check_exits_0_with_warnings() {
     let dir = tempfile::tempdir().unwrap();
     let src = minimal_in(dir.path()).replace("{ env = \"OB_AK\" }", "\"AKID-literal\"");

@@ -372,7 +372,7 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
         r.error
             .as_deref()
             .unwrap_or("")
-            .contains("cannot create directory"),
+            .contains("is not a directory"),
         "{:?}",
         r.error
     );

@@ -11,6 +11,7 @@
 
 pub mod diag;
 pub mod host;
+pub mod ownership;
 pub mod raw;
 pub mod schedule;
 pub mod secret_ref;
@@ -297,6 +298,9 @@ pub struct FileSinkConfig {
     pub on_publish_timeout: Duration,
     /// env format: secret field → variable name overrides.
     pub env_names: BTreeMap<String, String>,
+    /// Variables of the daemon's environment passed to `on_publish`, beyond
+    /// the fixed minimal set (`PATH`, locale, `REKEY_*`).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +318,9 @@ pub struct VaultSinkConfig {
     pub path: TargetTemplate,
     pub namespace: Option<String>,
     pub auth: VaultAuth,
+    /// Overwrite an existing secret that rekey did not write for this
+    /// policy and lineage (default: refuse).
+    pub adopt_existing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +363,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "key.expiring",
     "key.deleted",
     "key.retired",
+    "key.unrecognised",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +425,68 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
             }]);
         }
     };
-    load_str(path, &src, &secret_ref::Env::from_process())
+    let (cfg, mut diags) = load_str(path, &src, &secret_ref::Env::from_process())?;
+    diags.extend(exposure_warnings(path, &cfg));
+    Ok((cfg, diags))
+}
+
+/// The permission bits of `path` when other users may read it (`o+r`);
+/// `None` when they may not or it cannot be inspected. Follows links, as a
+/// reader would.
+pub fn others_may_read(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+/// Warnings for files and directories other local users could read: the
+/// config itself (it names credentials, may hold literals), the state
+/// directory (the DB and, when no `seal_key` is set, the seal key beside
+/// it) and the state DB and key files. Secret files referenced with
+/// `{ file = … }` are checked where they are resolved.
+pub fn exposure_warnings(config_path: &Path, cfg: &Config) -> Vec<Diagnostic> {
+    use std::os::unix::fs::PermissionsExt;
+    let warn = |message: String, hint: String| Diagnostic {
+        severity: Severity::Warning,
+        file: config_path.to_path_buf(),
+        line: 1,
+        col: 1,
+        message,
+        hint: Some(hint),
+    };
+    let mut out = Vec::new();
+    if let Some(mode) = others_may_read(config_path) {
+        out.push(warn(
+            format!("the config file is readable by other users (mode {mode:04o})"),
+            format!("chmod o-rwx {}", config_path.display()),
+        ));
+    }
+    let state = &cfg.daemon.state;
+    if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(m) = std::fs::metadata(dir)
+        && m.permissions().mode() & 0o007 != 0
+    {
+        out.push(warn(
+            format!(
+                "the state directory {} is open to other users (mode {:04o})",
+                dir.display(),
+                m.permissions().mode() & 0o7777
+            ),
+            format!("chmod o-rwx {}", dir.display()),
+        ));
+    }
+    for file in [state.clone(), crate::state::key_path(state)] {
+        if let Some(mode) = others_may_read(&file) {
+            out.push(warn(
+                format!(
+                    "{} is readable by other users (mode {mode:04o})",
+                    file.display()
+                ),
+                format!("chmod 0600 {}", file.display()),
+            ));
+        }
+    }
+    out
 }
 
 /// As [`load`], checking what `opts` asks for. `rekey check` and `rekey
@@ -453,6 +522,7 @@ pub fn load_with(
             host::ServiceUser::Current
         };
         diags.extend(host::check(c, &env, &user));
+        diags.extend(exposure_warnings(path, c));
     }
     diags.sort_by_key(|d| (d.line, d.col, d.severity));
     match config {

@@ -89,6 +89,8 @@ pub struct RawSink {
     pub on_publish_timeout: Option<S<String>>,
     /// env format: secret field name → variable name.
     pub env_names: Option<S<BTreeMap<String, String>>>,
+    /// Daemon environment variables `on_publish` may see.
+    pub pass_env: Option<S<Vec<String>>>,
     // webhook
     pub url: Option<S<String>>,
     pub secret: Option<S<OneOrMany<RawSecretRef>>>,
@@ -97,6 +99,8 @@ pub struct RawSink {
     pub mount: Option<S<String>>,
     pub namespace: Option<S<String>>,
     pub auth: Option<S<RawVaultAuth>>,
+    /// Take over a secret rekey did not write for this policy and lineage.
+    pub adopt_existing: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

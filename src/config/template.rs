@@ -229,6 +229,24 @@ impl TargetTemplate {
         count(&self.parts, "lineage") > 0
     }
 
+    /// Whether the target names the policy (`{policy}`).
+    pub fn has_policy(&self) -> bool {
+        count(&self.parts, "policy") > 0
+    }
+
+    /// The template's literal text and placeholders, in order.
+    pub fn pieces(&self) -> Vec<super::ownership::TemplatePiece<'_>> {
+        use super::ownership::TemplatePiece;
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Lit(l) => TemplatePiece::Lit(l),
+                Part::Var(v) if v == "lineage" => TemplatePiece::Lineage,
+                Part::Var(_) => TemplatePiece::Policy,
+            })
+            .collect()
+    }
+
     pub fn render(&self, lineage: &str, policy: &str) -> String {
         let mut out = String::new();
         for p in &self.parts {
@@ -236,6 +254,19 @@ impl TargetTemplate {
                 Part::Lit(l) => out.push_str(l),
                 Part::Var(v) if v == "lineage" => out.push_str(lineage),
                 Part::Var(_) => out.push_str(policy),
+            }
+        }
+        out
+    }
+
+    /// The literal text before the first placeholder (all of it when there
+    /// is none): what the template fixes, whatever a name holds.
+    pub fn fixed_prefix(&self) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => out.push_str(l),
+                Part::Var(_) => break,
             }
         }
         out

@@ -266,8 +266,17 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     };
     let provider_names = declared("provider:", providers.keys().cloned().collect());
     let sink_names = declared("sink:", sinks.keys().cloned().collect());
+    let mut ownership_spans = super::ownership::PolicySpans::default();
     for (span, raw) in policies_raw {
         let name = raw.name.get_ref().clone();
+        ownership_spans.record(
+            &name,
+            raw.match_.span(),
+            raw.sinks
+                .first()
+                .map(|s| s.span())
+                .unwrap_or_else(|| raw.name.span()),
+        );
         let duplicate = if let Some(first) = seen_names.get(&name) {
             let (line, _) = cx.d.line_col(first.start);
             cx.d.error_hint(
@@ -295,6 +304,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             policies.push(p);
         }
     }
+    super::ownership::check(&mut cx.d, &policies, &providers, &sinks, &ownership_spans);
     if policies.is_empty() && !saw_broken_policy && !cx.d.has_errors() {
         cx.d.warn_hint(
             root_span.start..root_span.start,
@@ -1026,6 +1036,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("on_publish", sp(&raw.on_publish)),
         ("on_publish_timeout", sp(&raw.on_publish_timeout)),
         ("env_names", sp(&raw.env_names)),
+        ("pass_env", sp(&raw.pass_env)),
     ];
     let kind = match kind_s {
         "file" => {
@@ -1041,6 +1052,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
                     ("ca_file", sp(&raw.ca_file)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let path = required(cx, &raw.path, "path", &what, at.clone())
@@ -1121,6 +1133,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     .as_ref()
                     .map(|e| e.get_ref().clone())
                     .unwrap_or_default(),
+                pass_env: pass_env(cx, &raw.pass_env),
             })
         }
         "webhook" => {
@@ -1134,6 +1147,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     ("mount", sp(&raw.mount)),
                     ("namespace", sp(&raw.namespace)),
                     ("auth", sp(&raw.auth)),
+                    ("adopt_existing", sp(&raw.adopt_existing)),
                 ],
             );
             let u = required(cx, &raw.url, "url", &what, at.clone())
@@ -1186,6 +1200,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                 path: path?,
                 namespace: raw.namespace.as_ref().map(|n| n.get_ref().clone()),
                 auth: auth?,
+                adopt_existing: raw.adopt_existing.as_ref().is_some_and(|a| *a.get_ref()),
             })
         }
         other => {
@@ -1207,6 +1222,29 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         timeout,
         kind,
     })
+}
+
+/// `pass_env`: names of environment variables (`[A-Za-z_][A-Za-z0-9_]*`).
+fn pass_env(cx: &mut Ctx, raw: &Option<Spanned<Vec<String>>>) -> Vec<String> {
+    let Some(list) = raw else { return Vec::new() };
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name.clone());
+        } else {
+            cx.d.error_hint(
+                list.span(),
+                format!("`pass_env` entry {name:?} is not an environment variable name"),
+                "write names such as \"HOME\" or \"MYAPP_SOCKET\"",
+            );
+        }
+    }
+    out
 }
 
 /// An AppRole role_id is an identifier, not a secret: a literal is fine.
@@ -1388,8 +1426,10 @@ fn validate_policy(
         }
     };
     let glob_text = raw.match_.get_ref().clone();
+    // `*` and `?` never cross `/` (key names are untrusted; DESIGN §2);
+    // `**` as a whole path component does.
     let matcher = match globset::GlobBuilder::new(&glob_text)
-        .literal_separator(false)
+        .literal_separator(true)
         .build()
     {
         Ok(g) => Some(g.compile_matcher()),
@@ -1778,9 +1818,22 @@ fn resolve_refs(cx: &mut Ctx) {
                 };
                 if let Err(why) = form.check(&value) {
                     cx.d.error_hint(
-                        p.span,
+                        p.span.clone(),
                         format!("{} ({r}) is not usable: {why}", p.what),
                         form.hint(),
+                    );
+                }
+                if let SecretRef::File(path) = &r
+                    && let Some(mode) = super::others_may_read(path)
+                {
+                    cx.d.warn_hint(
+                        p.span,
+                        format!(
+                            "{} is in {}, which other users can read (mode {mode:04o})",
+                            p.what,
+                            path.display()
+                        ),
+                        format!("chmod o-rwx {}", path.display()),
                     );
                 }
             }

@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
-use crate::provider::http::{client, retry_after};
-use crate::sink::response;
+use crate::outbound::{self as response, client, retry_after};
 use crate::state::{EventRow, Store, StoreError, ts};
 use signing::Signer;
 
@@ -336,11 +335,13 @@ impl Deliverer {
         })?;
         let status = resp.status();
         let ra = retry_after(resp.headers());
+        // A notification receiver has received no secret, so an excerpt of
+        // its answer may be quoted (escaped, one line, bounded).
         let body = response::read_body(resp).await.unwrap_or_default();
         if status.is_success() {
             return Ok(status.as_u16());
         }
-        let excerpt = response::snippet(&body, None);
+        let excerpt = response::excerpt(&body);
         let mut message = format!("HTTP {}", status.as_u16());
         if !excerpt.is_empty() {
             message.push_str(": ");

@@ -1,7 +1,7 @@
 //! The HTTP layer every provider backend calls through.
 //!
-//! One `reqwest` client per provider (rustls, certificates always verified,
-//! optional extra CA from `ca_file`, `HTTPS_PROXY`/`NO_PROXY` honoured), a
+//! One `reqwest` client per provider, built by [`crate::outbound::client`]
+//! (TLS, `ca_file`, proxy and loopback rules live there), a
 //! token bucket pacing calls to `rate_limit`, a timeout on every call, a cap
 //! on response bodies, a fresh `X-Request-Id` per call (logged), and the
 //! `rekey_provider_*` metrics.
@@ -53,32 +53,12 @@ impl std::fmt::Debug for ProviderHttp {
     }
 }
 
-/// A reqwest client with rekey's TLS rules: rustls, verification always on,
-/// an optional extra CA, proxies from the environment.
+/// A reqwest client with rekey's outbound rules ([`crate::outbound`]).
 pub fn client(
     ca_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client, BuildError> {
-    let mut b = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("rekey/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| BuildError(format!("cannot read ca_file {}: {e}", path.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            BuildError(format!(
-                "ca_file {} is not a PEM bundle: {e}",
-                path.display()
-            ))
-        })?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build()
-        .map_err(|e| BuildError(format!("cannot build HTTP client: {e}")))
+    crate::outbound::client(ca_file, timeout).map_err(|e| BuildError(e.0))
 }
 
 impl ProviderHttp {
@@ -207,29 +187,4 @@ impl ProviderHttp {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// `Retry-After` in seconds, if present.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
+pub use crate::outbound::{error_chain, retry_after};

@@ -5,12 +5,14 @@
 //! - `tencent`: Tencent Cloud API Gateway keys (TC3 signing in `tc3`).
 //! - `huawei`: Huawei Cloud NES node-provider credentials (token, IAM or
 //!   AK/SK signing in `huawei_sign`).
+//! - `listing`: [`listing::Listing`], the one result type of a key walk.
 //! - `http`: the shared HTTP layer every backend calls through: rate limit
 //!   (token bucket), timeout, body-size cap, request ids, metrics.
 
 pub mod http;
 pub mod huawei;
 pub mod huawei_sign;
+pub mod listing;
 pub mod oceanbase;
 pub mod tc3;
 pub mod tencent;

@@ -54,6 +54,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
 use crate::metrics::Metrics;
+use crate::provider::listing::Listing;
 use crate::provider::{
     CreateRequest, DeleteOutcome, ProviderError, ProviderErrorKind, ProviderKey, SharedProvider,
 };
@@ -65,7 +66,8 @@ use crate::state::{
     StoreError,
 };
 use crate::status::{
-    Health, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply, StatusHandle,
+    Health, KeyState, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
+    StatusHandle,
 };
 
 /// One generation of configuration with its built providers and sinks.
@@ -178,10 +180,13 @@ fn key_view_to_seen(k: &KeyView) -> SeenKey {
         origin: match k.origin {
             Origin::Created { .. } => "created",
             Origin::Adopted => "adopted",
+            Origin::Orphan { .. } => "orphan",
+            Origin::Unrecognised => "unrecognised",
         },
         rotation_id: match &k.origin {
             Origin::Created { rotation_id } => rotation_id.clone(),
-            Origin::Adopted => None,
+            Origin::Orphan { rotation_id } => Some(rotation_id.clone()),
+            Origin::Adopted | Origin::Unrecognised => None,
         },
     }
 }
@@ -213,7 +218,11 @@ impl Engine {
         let provider = self.provider(rt, &policy.provider)?.clone();
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
-        let listed = match provider.list(&|n: &str| policy.matches(n)).await {
+        let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
+            policy.matches(n)
+        })
+        .await
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
@@ -237,11 +246,19 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        self.clean_orphans(rt, policy, &provider, &listed).await;
-        let known = self.store.known_keys(name)?;
-        let rotations = self.store.policy_rotations(name)?;
-        let views = policy::assign_lineages(policy, listed, &known, &rotations);
-        let plan = self.plan_from(rt, policy, views.clone(), &rotations)?;
+        let ledger = self.ledger(rt, policy)?;
+        let removed = self
+            .clean_orphans(rt, policy, &provider, &listing, &ledger)
+            .await;
+        let ledger = self.ledger(rt, policy)?;
+        let listed: Vec<ProviderKey> = listing
+            .keys
+            .iter()
+            .filter(|k| !removed.contains(&k.id))
+            .cloned()
+            .collect();
+        let views = policy::assign_lineages(policy, listed, &ledger);
+        let plan = self.plan_from(rt, policy, views.clone(), &ledger, Some(listing.started_at))?;
         let decisions: serde_json::Map<String, serde_json::Value> = plan
             .lineages
             .iter()
@@ -270,6 +287,7 @@ impl Engine {
             tracing::error!(policy = %policy.name, "policy misconfigured, changing nothing: {m}");
         }
         self.raise_expiring(policy, &plan)?;
+        self.raise_unrecognised(policy, &plan)?;
         let mut started_any = false;
         if policy.mode == Mode::Rotate && plan.misconfigured.is_none() {
             for l in plan.due() {
@@ -340,44 +358,96 @@ impl Engine {
         Ok(id)
     }
 
-    /// Delete keys of create attempts whose outcome was never resolved in a
-    /// failed rotation (their secrets were never captured). Active
-    /// rotations resolve their own attempts.
+    /// Resolve the policy's orphan attempts (create attempts that never
+    /// handed over their secret) against one complete listing: a listed key
+    /// carrying such a name is deleted (for ever: a `cleaned` attempt's name
+    /// is still recognised, so a late create is deleted too); a missing name
+    /// counts towards marking the attempt `cleaned` only when the listing
+    /// started after the attempt (DESIGN §3: several listings across
+    /// `state::schema::ORPHAN_WINDOW`). The `requested` attempt of a
+    /// rotation still creating is left to that rotation. Returns the ids of
+    /// keys deleted.
     async fn clean_orphans(
         &self,
         rt: &Runtime,
         policy: &PolicyConfig,
         provider: &SharedProvider,
-        listed: &[ProviderKey],
-    ) {
-        let Ok(unresolved) = self.store.unresolved_attempts(&policy.name) else {
-            return;
-        };
-        for (rid, a) in unresolved {
-            let Ok(Some(row)) = self.store.rotation(&rid) else {
+        listing: &Listing,
+        ledger: &policy::Ledger,
+    ) -> std::collections::HashSet<String> {
+        let mut removed = std::collections::HashSet::new();
+        for o in &ledger.orphans {
+            let a = &o.attempt;
+            if a.state == "requested" && !o.rotation_state.is_terminal() {
                 continue;
-            };
-            if !row.state.is_terminal() {
+            }
+            let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+            if found.is_empty() {
+                if a.state != "cleaned" && listing.proves_absent(&a.name, a.started_at) {
+                    match self.store.note_attempt_absent(
+                        &o.rotation_id,
+                        a.attempt,
+                        listing.started_at,
+                    ) {
+                        Ok(true) => {
+                            tracing::info!(policy = %policy.name, rotation = %o.rotation_id, attempt = a.attempt, name = %policy::escaped(&a.name), "abandoned create attempt resolved: its name stayed unlisted across the orphan window; still watched for")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, error = %e, "cannot record an abandoned attempt's absence")
+                        }
+                    }
+                }
                 continue;
             }
             let mut ok = true;
-            for k in listed.iter().filter(|k| k.name == a.name) {
+            for k in found {
                 match self.delete_key(rt, provider, &k.id).await {
                     Ok(_) => {
-                        tracing::warn!(policy = %policy.name, rotation = %rid, attempt = a.attempt, key = %k.id, "deleted the key of an abandoned create attempt (its secret was never captured)")
+                        removed.insert(k.id.clone());
+                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(&k.id), name = %policy::escaped(&k.name), "deleted the key of an abandoned create attempt (its secret was never captured)")
                     }
                     Err(e) => {
                         ok = false;
-                        tracing::warn!(policy = %policy.name, rotation = %rid, key = %k.id, error = %e, "cannot delete an abandoned attempt's key yet")
+                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, key = %policy::escaped(&k.id), error = %e, "cannot delete an abandoned attempt's key yet")
                     }
                 }
             }
-            if ok {
-                let _ = self
-                    .store
-                    .resolve_attempt(&rid, a.attempt, true, None, self.now());
+            if ok && a.state != "cleaned" {
+                let _ =
+                    self.store
+                        .resolve_attempt(&o.rotation_id, a.attempt, true, None, self.now());
             }
         }
+        removed
+    }
+
+    /// The providers on the same provider account as `policy`'s (its own
+    /// included): keys claimed there by other policies are conflicts.
+    fn same_account(&self, rt: &Runtime, policy: &PolicyConfig) -> Vec<String> {
+        let Some(mine) = rt.config.providers.get(&policy.provider) else {
+            return vec![policy.provider.clone()];
+        };
+        let account = crate::config::ownership::account_of(mine);
+        rt.config
+            .providers
+            .iter()
+            .filter(|(_, p)| crate::config::ownership::account_of(p) == account)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The store's evidence for planning `policy`.
+    pub fn ledger(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+    ) -> Result<policy::Ledger, EngineError> {
+        Ok(policy::Ledger::load(
+            &self.store,
+            &policy.name,
+            &self.same_account(rt, policy),
+        )?)
     }
 
     fn plan_from(
@@ -385,12 +455,9 @@ impl Engine {
         rt: &Runtime,
         policy: &PolicyConfig,
         views: Vec<KeyView>,
-        rotations: &[RotationRow],
+        ledger: &policy::Ledger,
+        listing_started: Option<DateTime<Utc>>,
     ) -> Result<PolicyPlan, EngineError> {
-        let mut attempts = HashMap::new();
-        for (rid, a) in self.store.unresolved_attempts(&policy.name)? {
-            attempts.entry(rid).or_insert_with(Vec::new).push(a);
-        }
         let targets: Vec<_> = policy
             .sinks
             .iter()
@@ -404,11 +471,48 @@ impl Engine {
         Ok(policy::plan(
             policy,
             views,
-            rotations,
-            &attempts,
+            ledger,
             &targets,
+            listing_started,
             self.now(),
         ))
+    }
+
+    /// `key.unrecognised`, once per key: a listed key that looks generated
+    /// but that no rotation in the store produced.
+    fn raise_unrecognised(
+        &self,
+        policy: &PolicyConfig,
+        plan: &PolicyPlan,
+    ) -> Result<(), EngineError> {
+        let now = self.now();
+        for l in &plan.lineages {
+            for (k, st) in &l.keys {
+                if *st != KeyState::Unrecognised {
+                    continue;
+                }
+                let ev = Event::new(
+                    "key.unrecognised",
+                    now,
+                    Some(&policy.name),
+                    None,
+                    serde_json::json!({
+                        "policy": policy.name, "lineage": l.name, "provider": policy.provider,
+                        "key_id": k.key.id, "key_name": k.key.name,
+                        "reason": "unrecognised_key",
+                        "hint": "a key named like rekey's own that no rotation in the state DB created; rekey leaves it alone. If the state DB was lost or restored, run `rekey recover`",
+                    }),
+                );
+                if self
+                    .store
+                    .note_expiring(&policy.name, &k.key.id, "unrecognised", &ev)?
+                {
+                    tracing::error!(policy = %policy.name, lineage = %policy::escaped(&l.name), key = %policy::escaped(&k.key.id), name = %policy::escaped(&k.key.name), "a key named like rekey's own is unknown to the state DB; it is left alone and never becomes current (after losing or restoring the DB, run `rekey recover -c CONFIG`)");
+                    self.wake_notify.notify_one();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `key.expiring` for a current key inside its lead while its policy
@@ -459,32 +563,26 @@ impl Engine {
     }
 
     /// The policy's keys as the store knows them (no provider call), in the
-    /// given key states, as the planner sees keys.
-    fn stored_views(&self, policy: &str, states: &[&str]) -> Result<Vec<KeyView>, EngineError> {
-        Ok(self
-            .store
-            .known_keys(policy)?
-            .into_iter()
+    /// given key states, placed by the same ownership rules as a listing.
+    fn stored_views(
+        &self,
+        policy: &PolicyConfig,
+        ledger: &policy::Ledger,
+        states: &[&str],
+    ) -> Vec<KeyView> {
+        let keys = ledger
+            .known
+            .iter()
             .filter(|k| states.contains(&k.state.as_str()))
-            .map(|k| KeyView {
-                key: ProviderKey {
-                    id: k.key_id,
-                    name: k.name,
-                    created_at: k.created_at,
-                    expires_at: k.expires_at,
-                    meta: Default::default(),
-                },
-                lineage: k.lineage,
-                origin: if k.origin == "created" {
-                    Origin::Created {
-                        rotation_id: k.rotation_id,
-                    }
-                } else {
-                    Origin::Adopted
-                },
-                store_state: Some(k.state),
+            .map(|k| ProviderKey {
+                id: k.key_id.clone(),
+                name: k.name.clone(),
+                created_at: k.created_at,
+                expires_at: k.expires_at,
+                meta: Default::default(),
             })
-            .collect())
+            .collect();
+        policy::assign_lineages(policy, keys, ledger)
     }
 
     /// Rebuild a policy's status entry and key metrics from the store (no
@@ -493,9 +591,16 @@ impl Engine {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
-        let rotations = self.store.policy_rotations(name)?;
-        let views = self.stored_views(name, &["live", "retiring", "retired"])?;
-        let plan = self.plan_from(rt, policy, views, &rotations)?;
+        let ledger = self.ledger(rt, policy)?;
+        let views = self.stored_views(policy, &ledger, &["live", "retiring", "retired"]);
+        let plan = self.plan_from(rt, policy, views, &ledger, None)?;
+        for c in policy::CONDITIONS {
+            self.metrics.set_condition(
+                name,
+                c,
+                plan.lineages.iter().any(|l| l.condition == Some(*c)),
+            );
+        }
         let ps = self.store.policy_state(name)?;
         let mut health = plan.health;
         let mut error = plan.misconfigured.clone();
@@ -542,7 +647,7 @@ impl Engine {
                 name: l.name.clone(),
                 health: l.health,
                 current_key: l.current.as_ref().map(|c| c.key.id.clone()),
-                reason: l.decision.reason.as_str().into(),
+                reason: l.condition.unwrap_or(l.decision.reason.as_str()).into(),
                 message: l.decision.message.clone(),
                 rotate_at: l.decision.rotate_at,
             });
@@ -591,9 +696,9 @@ impl Engine {
                 message: format!("policy {name} is in observe mode; it never rotates"),
             });
         }
-        let views = self.stored_views(name, &["live", "retiring"])?;
-        let rotations = self.store.policy_rotations(name)?;
-        let plan = self.plan_from(rt, policy, views, &rotations)?;
+        let ledger = self.ledger(rt, policy)?;
+        let views = self.stored_views(policy, &ledger, &["live", "retiring"]);
+        let plan = self.plan_from(rt, policy, views, &ledger, None)?;
         if let Some(m) = plan.misconfigured {
             return Ok(RotateReply::Refused { message: m });
         }
@@ -616,7 +721,12 @@ impl Engine {
         let mut started = Vec::new();
         let mut running = Vec::new();
         let mut cut_short = Vec::new();
+        let mut refused = Vec::new();
         for l in targets {
+            if matches!(l.condition, Some("unsafe_name" | "conflict")) {
+                refused.push(l.decision.message.clone());
+                continue;
+            }
             if let Some(a) = &l.active {
                 if revoke && a.state == RotationState::Retiring {
                     self.store.set_retire_at(&a.id, self.now())?;
@@ -644,6 +754,11 @@ impl Engine {
             }
         }
         self.refresh_status(rt, name)?;
+        if started.is_empty() && cut_short.is_empty() && running.is_empty() && !refused.is_empty() {
+            return Ok(RotateReply::Refused {
+                message: refused.join("; "),
+            });
+        }
         if started.is_empty() && cut_short.is_empty() {
             return Ok(RotateReply::AlreadyRunning { rotations: running });
         }
@@ -790,37 +905,41 @@ impl Engine {
     ) -> Result<Step, EngineError> {
         let provider = self.provider(rt, &row.provider)?.clone();
         let now = self.now();
-        // 1. A previous attempt whose outcome is unknown: find its key by its
-        //    unique name and delete it (we never got its secret).
+        // 1. Previous attempts whose outcome is unknown: list, and delete any
+        //    key carrying their names (we never got their secrets). One not
+        //    listed stays `abandoned` (an eventually consistent list may show
+        //    it later; the policy's checks keep watching for it and delete it
+        //    then), but the next create happens only after this listing.
         let attempts = self.store.attempts(&row.id)?;
-        if let Some(open) = attempts
+        let open: Vec<_> = attempts
             .iter()
-            .find(|a| a.state == "requested" || a.state == "abandoned")
-        {
-            let name = open.name.clone();
-            match provider.list(&|n: &str| n == name).await {
-                Ok(found) => {
-                    for k in &found {
-                        match self.delete_key(rt, &provider, &k.id).await {
-                            Ok(_) => {
-                                tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = open.attempt, key = %k.id, "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
-                            }
-                            Err(e) => {
-                                return self.on_failure(
-                                    policy,
-                                    row,
-                                    "cleaning up an abandoned create attempt",
-                                    &e.to_string(),
-                                    e.is_retryable(),
-                                    e.retry_after(),
-                                    false,
-                                );
-                            }
-                        }
-                    }
-                    self.store
-                        .resolve_attempt(&row.id, open.attempt, true, None, now)?;
-                }
+            .filter(|a| a.state == "requested" || a.state == "abandoned")
+            .collect();
+        // Unresolved attempts of earlier rotations of this lineage: no
+        // create under a new name without listing for them again.
+        let earlier: Vec<_> = self
+            .store
+            .orphan_attempts(&row.policy)?
+            .into_iter()
+            .filter(|o| {
+                o.lineage == row.lineage
+                    && o.rotation_id != row.id
+                    && o.rotation_state.is_terminal()
+                    && matches!(o.attempt.state.as_str(), "requested" | "abandoned")
+            })
+            .collect();
+        if !open.is_empty() || !earlier.is_empty() {
+            let names: std::collections::HashSet<String> = open
+                .iter()
+                .map(|a| a.name.clone())
+                .chain(earlier.iter().map(|o| o.attempt.name.clone()))
+                .collect();
+            let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
+                names.contains(n)
+            })
+            .await
+            {
+                Ok(l) => l,
                 Err(e) => {
                     return self.on_failure(
                         policy,
@@ -831,6 +950,68 @@ impl Engine {
                         e.retry_after(),
                         false,
                     );
+                }
+            };
+            for a in open {
+                let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+                if found.is_empty() {
+                    // Not seen: abandoned, watched for; counts as one absent
+                    // listing only if it started after the attempt.
+                    self.store
+                        .resolve_attempt(&row.id, a.attempt, false, None, now)?;
+                    if listing.proves_absent(&a.name, a.started_at) {
+                        self.store
+                            .note_attempt_absent(&row.id, a.attempt, listing.started_at)?;
+                    }
+                    tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = a.attempt, name = %policy::escaped(&a.name), "create attempt's outcome is unknown and no key of its name is listed yet; it stays abandoned and is deleted if it ever appears");
+                    continue;
+                }
+                for k in found {
+                    match self.delete_key(rt, &provider, &k.id).await {
+                        Ok(_) => {
+                            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = a.attempt, key = %policy::escaped(&k.id), "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
+                        }
+                        Err(e) => {
+                            return self.on_failure(
+                                policy,
+                                row,
+                                "cleaning up an abandoned create attempt",
+                                &e.to_string(),
+                                e.is_retryable(),
+                                e.retry_after(),
+                                false,
+                            );
+                        }
+                    }
+                }
+                self.store
+                    .resolve_attempt(&row.id, a.attempt, true, None, now)?;
+            }
+            for o in &earlier {
+                let a = &o.attempt;
+                let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+                if found.is_empty() {
+                    if listing.proves_absent(&a.name, a.started_at) {
+                        self.store.note_attempt_absent(
+                            &o.rotation_id,
+                            a.attempt,
+                            listing.started_at,
+                        )?;
+                    }
+                    continue;
+                }
+                let mut ok = true;
+                for k in found {
+                    if let Err(e) = self.delete_key(rt, &provider, &k.id).await {
+                        ok = false;
+                        tracing::warn!(policy = %row.policy, rotation = %o.rotation_id, key = %policy::escaped(&k.id), error = %e, "cannot delete an abandoned attempt's key yet");
+                    } else {
+                        tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(&k.id), "deleted the key of an earlier rotation's abandoned create attempt (its secret was never captured)");
+                    }
+                }
+                if ok {
+                    self.store
+                        .resolve_attempt(&o.rotation_id, a.attempt, true, None, now)?;
                 }
             }
         }
@@ -927,8 +1108,12 @@ impl Engine {
         // The new key's id (OceanBase returns none on create).
         let mut row = row.clone();
         if row.new_key_id.is_none() {
-            match provider.list(&|n: &str| n == new_name).await {
-                Ok(found) => match found.into_iter().next() {
+            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
+                n == new_name
+            })
+            .await
+            {
+                Ok(listing) => match listing.named(&new_name).next().cloned() {
                     Some(k) => {
                         self.store.record_new_key_id(
                             &row.id,
@@ -940,7 +1125,7 @@ impl Engine {
                             },
                             now,
                         )?;
-                        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = %k.id, "next key's id resolved by listing");
+                        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = %policy::escaped(&k.id), "next key's id resolved by listing");
                         row = self.store.rotation(&row.id)?.unwrap_or(row);
                     }
                     None => {
@@ -948,7 +1133,7 @@ impl Engine {
                             policy,
                             &row,
                             "finding the new key's id",
-                            &format!("no key named {new_name} is listed yet"),
+                            &format!("no key named {} is listed yet", policy::escaped(&new_name)),
                             true,
                             None,
                             false,
@@ -1044,10 +1229,50 @@ impl Engine {
                 secret: &secret,
                 fingerprint: &fingerprint,
             };
+            let target =
+                rt.config.sinks.get(&ack.sink).and_then(|c| {
+                    crate::config::ownership::target_key(c, &row.policy, &row.lineage)
+                });
+            if let Some(t) = &target
+                && let Some(other) = self.foreign_target_owner(rt, &ack.sink, t, &row)?
+            {
+                let msg = format!(
+                    "refusing to overwrite target {} of sink {}: it was last written for policy {} lineage {}, not policy {} lineage {}",
+                    policy::escaped(t),
+                    ack.sink,
+                    other.policy,
+                    policy::escaped(&other.lineage),
+                    row.policy,
+                    policy::escaped(&row.lineage)
+                );
+                self.store
+                    .record_sink_failure(&row.id, &ack.sink, &msg, None)?;
+                return self.on_failure(
+                    policy,
+                    &row,
+                    &format!("publishing to sink {}", ack.sink),
+                    &msg,
+                    false,
+                    None,
+                    false,
+                );
+            }
             let started = std::time::Instant::now();
             match sink.publish(&p).await {
                 Ok(detail) => {
                     failpoint::hit("after_publish");
+                    if let Some(t) = &target {
+                        self.store.record_sink_target(
+                            t,
+                            &crate::state::TargetOwner {
+                                sink: ack.sink.clone(),
+                                policy: row.policy.clone(),
+                                lineage: row.lineage.clone(),
+                                rotation_id: Some(row.id.clone()),
+                            },
+                            self.now(),
+                        )?;
+                    }
                     let expected = sink.expected_fingerprint(&secret);
                     self.store.record_sink_ack(
                         &row.id,
@@ -1116,6 +1341,40 @@ impl Engine {
         })))
     }
 
+    /// Who else owns sink target `target` (a rendered `ownership::target_key`),
+    /// if not this rotation's policy and lineage. A target with no record is
+    /// claimed from the sink's earlier acknowledgements (schema v1 builds
+    /// recorded none), so an upgrade does not lock itself out; with none it
+    /// is free. This is the check every sink write goes through.
+    pub fn foreign_target_owner(
+        &self,
+        rt: &Runtime,
+        sink: &str,
+        target: &str,
+        row: &RotationRow,
+    ) -> Result<Option<crate::state::TargetOwner>, EngineError> {
+        let mine = |p: &str, l: &str| p == row.policy && l == row.lineage;
+        if let Some(o) = self.store.sink_target_owner(target)? {
+            return Ok((!mine(&o.policy, &o.lineage)).then_some(o));
+        }
+        let Some(sc) = rt.config.sinks.get(sink) else {
+            return Ok(None);
+        };
+        for (p, l) in self.store.acked_writers(sink)? {
+            if crate::config::ownership::target_key(sc, &p, &l).as_deref() == Some(target) {
+                let owner = crate::state::TargetOwner {
+                    sink: sink.to_string(),
+                    policy: p,
+                    lineage: l,
+                    rotation_id: None,
+                };
+                self.store.record_sink_target(target, &owner, self.now())?;
+                return Ok((!mine(&owner.policy, &owner.lineage)).then_some(owner));
+            }
+        }
+        Ok(None)
+    }
+
     fn completed(&self, row: &RotationRow) {
         self.metrics
             .rotations
@@ -1154,9 +1413,13 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match provider.list(&|n: &str| n == new_name).await {
-                Ok(found) => {
-                    if !found.iter().any(|k| k.id == new_id) {
+            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
+                n == new_name
+            })
+            .await
+            {
+                Ok(listing) => {
+                    if listing.by_id(&new_id).is_none() {
                         return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
                     }
                 }

@@ -384,7 +384,7 @@ async fn old_key_survives_when_a_sink_fails_and_the_next_check_finishes_the_rota
     h.drive(h.clock.now()).await;
     let r2 = h.engine.store.history(None, 1).unwrap()[0].clone();
     assert_eq!(r2.id, r.id);
-    assert_eq!(r2.state, RotationState::Completed);
+    assert_eq!(r2.state, RotationState::Completed, "{r2:#?}");
     assert_eq!(h.fake.names(), vec![r.new_key_name.clone().unwrap()]);
 }
 

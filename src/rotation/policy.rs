@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::config::{Lead, Mode, PolicyConfig, TargetTemplate};
 use crate::provider::ProviderKey;
-use crate::state::{AttemptRow, KnownKey, RotationRow, RotationState};
+use crate::state::{
+    KnownKey, OrphanAttempt, OwnedKey, RotationRow, RotationState, Store, StoreError,
+};
 use crate::status::{Health, KeyState};
 
 /// Why a lineage is (or is not) being rotated.
@@ -72,11 +74,18 @@ pub struct Decision {
 /// How a key came to belong to its lineage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// Made by rekey, by this rotation.
-    Created {
-        rotation_id: Option<String>,
-    },
+    /// Made by rekey: a rotation in the store produced it (by provider id,
+    /// or by attempt name while the id is not yet known).
+    Created { rotation_id: Option<String> },
+    /// Not made by rekey and not looking generated: a lineage of its own (or
+    /// the lineage the store recorded for it).
     Adopted,
+    /// Carries the name of one of rekey's create attempts that never handed
+    /// over its secret: an orphan, deleted when seen, never current.
+    Orphan { rotation_id: String },
+    /// Its name parses through `name_template` but no rotation in the store
+    /// produced it: reported, never current, never deleted.
+    Unrecognised,
 }
 
 /// A key as the planner sees it: listed by the provider, placed in a lineage.
@@ -85,7 +94,7 @@ pub struct KeyView {
     pub key: ProviderKey,
     pub lineage: String,
     pub origin: Origin,
-    /// The store says it is retiring (old key in grace) or retired.
+    /// The store says it is retiring (old key in grace), retired or deleted.
     pub store_state: Option<String>,
 }
 
@@ -96,6 +105,10 @@ pub struct LineagePlan {
     pub keys: Vec<(KeyView, KeyState)>,
     pub decision: Decision,
     pub health: Health,
+    /// A stuck condition of DESIGN §4 that holds for this lineage
+    /// (`unrecognised_key`, `unsafe_name`, `conflict`), shown as its
+    /// `reason` in status and as `rekey_condition`.
+    pub condition: Option<&'static str>,
     pub active: Option<RotationRow>,
     pub last: Option<RotationRow>,
     /// A failed rotation that already created (and still holds, sealed) a
@@ -121,64 +134,160 @@ impl PolicyPlan {
     }
 }
 
-/// Place each listed key in a lineage.
+/// What the store knows of one policy: the planner's evidence of
+/// ownership. Loaded with [`Ledger::load`]; empty for a DB that never saw
+/// the policy.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    /// Keys the policy's checks recorded (lineage, origin, state).
+    pub known: Vec<KnownKey>,
+    /// Keys its rotations created: the only proof that rekey made a key.
+    pub owned: Vec<OwnedKey>,
+    /// Create attempts that never handed over a key (requested, abandoned,
+    /// cleaned): their names are orphans for ever.
+    pub orphans: Vec<OrphanAttempt>,
+    /// Active rotations, the latest of each lineage, resumable failures.
+    pub rotations: Vec<RotationRow>,
+    /// Key id → another policy on the same provider account that also
+    /// claims that key (a runtime ownership conflict).
+    pub claimed_elsewhere: HashMap<String, String>,
+}
+
+impl Ledger {
+    /// Read the ledger of `policy` from the store. `same_account` names the
+    /// providers on the policy's provider account (its own included), so
+    /// keys other policies claim there are found.
+    pub fn load(
+        store: &Store,
+        policy: &str,
+        same_account: &[String],
+    ) -> Result<Ledger, StoreError> {
+        let known = store.known_keys(policy)?;
+        let ids: Vec<&str> = known
+            .iter()
+            .filter(|k| matches!(k.state.as_str(), "live" | "retiring"))
+            .map(|k| k.key_id.as_str())
+            .collect();
+        let claimed_elsewhere = store.claimed_elsewhere(policy, same_account, &ids)?;
+        Ok(Ledger {
+            owned: store.owned_keys(policy)?,
+            orphans: store.orphan_attempts(policy)?,
+            rotations: store.policy_rotations(policy)?,
+            claimed_elsewhere,
+            known,
+        })
+    }
+}
+
+/// The safe alphabet of lineage names used in sink targets (DESIGN §2):
+/// `[A-Za-z0-9._-]`, not starting with `.`, 1 to [`MAX_LINEAGE_LEN`] bytes.
+pub fn is_safe_lineage(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_LINEAGE_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The stuck conditions the planner decides (DESIGN §4), each a
+/// `rekey_condition{policy,condition}` series.
+pub const CONDITIONS: &[&str] = &["unrecognised_key", "unsafe_name", "conflict"];
+
+/// The longest lineage name allowed in a sink target.
+pub const MAX_LINEAGE_LEN: usize = 128;
+
+/// A name escaped for messages: control characters and non-ASCII as
+/// Rust escapes, so it can neither forge a line nor drive a terminal.
+pub fn escaped(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+/// Place each listed key in a lineage, by the store's evidence only.
 ///
-/// `attempts` are the create attempts of the policy's rotations: a key whose
-/// name is an attempt's that never completed is a crashed attempt's orphan
-/// (its secret was never captured) and must never become current.
+/// In order: a key a rotation produced (provider id, or attempt name while
+/// the id is unknown) joins that rotation's lineage; a key carrying the
+/// name of an attempt that never handed over its secret is an orphan; a key
+/// the store adopted keeps its recorded lineage; a key whose name parses
+/// through `name_template` is `unrecognised` (grouped under the parsed
+/// lineage so that lineage reports it); any other key starts a lineage
+/// named after itself. Parsing names is never proof of ownership; see
+/// `rotation::recovery` for the explicit recovery from names.
 pub fn assign_lineages(
     policy: &PolicyConfig,
     listed: Vec<ProviderKey>,
-    known: &[KnownKey],
-    rotations: &[RotationRow],
+    ledger: &Ledger,
 ) -> Vec<KeyView> {
-    let by_id: HashMap<&str, &KnownKey> = known.iter().map(|k| (k.key_id.as_str(), k)).collect();
-    let by_new_name: HashMap<&str, &RotationRow> = rotations
+    let known: HashMap<&str, &KnownKey> = ledger
+        .known
         .iter()
-        .filter_map(|r| r.new_key_name.as_deref().map(|n| (n, r)))
+        .map(|k| (k.key_id.as_str(), k))
+        .collect();
+    let owned_by_id: HashMap<&str, &OwnedKey> = ledger
+        .owned
+        .iter()
+        .filter_map(|o| o.key_id.as_deref().map(|id| (id, o)))
+        .collect();
+    let owned_by_name: HashMap<&str, &OwnedKey> = ledger
+        .owned
+        .iter()
+        .filter(|o| o.key_id.is_none())
+        .map(|o| (o.name.as_str(), o))
+        .collect();
+    let orphan_by_name: HashMap<&str, &OrphanAttempt> = ledger
+        .orphans
+        .iter()
+        .map(|o| (o.attempt.name.as_str(), o))
         .collect();
     listed
         .into_iter()
         .map(|key| {
-            if let Some(k) = by_id.get(key.id.as_str()) {
-                let origin = if k.origin == "created" {
-                    Origin::Created {
-                        rotation_id: k.rotation_id.clone(),
-                    }
-                } else {
-                    Origin::Adopted
-                };
+            let store_state = known.get(key.id.as_str()).map(|k| k.state.clone());
+            if let Some(o) = owned_by_id
+                .get(key.id.as_str())
+                .or_else(|| owned_by_name.get(key.name.as_str()))
+            {
                 return KeyView {
-                    lineage: k.lineage.clone(),
-                    origin,
-                    store_state: Some(k.state.clone()),
+                    lineage: o.lineage.clone(),
+                    origin: Origin::Created {
+                        rotation_id: Some(o.rotation_id.clone()),
+                    },
+                    store_state,
                     key,
                 };
             }
-            if let Some(r) = by_new_name.get(key.name.as_str()) {
+            if let Some(o) = orphan_by_name.get(key.name.as_str()) {
                 return KeyView {
-                    lineage: r.lineage.clone(),
-                    origin: Origin::Created {
-                        rotation_id: Some(r.id.clone()),
+                    lineage: o.lineage.clone(),
+                    origin: Origin::Orphan {
+                        rotation_id: o.rotation_id.clone(),
                     },
-                    store_state: None,
+                    store_state,
+                    key,
+                };
+            }
+            if let Some(k) = known.get(key.id.as_str())
+                && k.origin == "adopted"
+            {
+                return KeyView {
+                    lineage: k.lineage.clone(),
+                    origin: Origin::Adopted,
+                    store_state,
                     key,
                 };
             }
             if let Some(parsed) = policy.name_template.parse_name(&key.name) {
                 return KeyView {
                     lineage: parsed.lineage,
-                    origin: Origin::Created {
-                        rotation_id: Some(parsed.rotation_id),
-                    },
-                    store_state: None,
+                    origin: Origin::Unrecognised,
+                    store_state,
                     key,
                 };
             }
             KeyView {
                 lineage: key.name.clone(),
                 origin: Origin::Adopted,
-                store_state: None,
+                store_state,
                 key,
             }
         })
@@ -307,34 +416,60 @@ pub fn decide(
     }
 }
 
-/// Plan one policy. `rotations` are the policy's active rotations plus at
-/// least the latest rotation of each lineage; `attempts` maps rotation id to
-/// its create attempts; `targets` are the policy's sinks' fixed targets.
+/// Plan one policy from `keys` (a listing placed by [`assign_lineages`], or
+/// the store's last known keys) and the policy's [`Ledger`]; `targets` are
+/// the policy's sinks' targets. `listing_started` is when the walk behind
+/// `keys` began (`None` for the store's view): a lineage whose latest
+/// rotation finished after it is not planned from it.
+///
+/// Rules beyond the decision chain (DESIGN §2, §3):
+/// - a key the store records as `deleted` is never current, whatever a
+///   listing says; orphans and unpublished keys are `pending`;
+/// - the current key is the latest published rotation's new key when it is
+///   listed, else the newest adopted or published key;
+/// - a lineage whose latest published key is missing from the listing (a
+///   walk can skip a key) is not planned from it;
+/// - `unrecognised` keys, unsafe lineage names and keys another policy
+///   claims set the lineage's `condition`; the last two stop it from
+///   changing anything.
 pub fn plan(
     policy: &PolicyConfig,
     keys: Vec<KeyView>,
-    rotations: &[RotationRow],
-    attempts: &HashMap<String, Vec<AttemptRow>>,
+    ledger: &Ledger,
     targets: &[(String, Option<TargetTemplate>)],
+    listing_started: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> PolicyPlan {
-    // Names of create attempts that never delivered a key to us.
-    let orphan_names: HashSet<&str> = attempts
-        .values()
-        .flatten()
-        .filter(|a| a.state != "created")
-        .map(|a| a.name.as_str())
+    let rotations = &ledger.rotations;
+    let deleted: HashSet<&str> = ledger
+        .known
+        .iter()
+        .filter(|k| k.state == "deleted")
+        .map(|k| k.key_id.as_str())
+        .collect();
+    let published_ids: HashSet<&str> = ledger
+        .owned
+        .iter()
+        .filter(|o| o.published)
+        .filter_map(|o| o.key_id.as_deref())
         .collect();
     let mut by_lineage: BTreeMap<String, Vec<KeyView>> = BTreeMap::new();
     for k in keys {
+        // Never current, whatever a listing says: the store deleted it.
+        if deleted.contains(k.key.id.as_str()) || k.store_state.as_deref() == Some("deleted") {
+            continue;
+        }
         by_lineage.entry(k.lineage.clone()).or_default().push(k);
     }
     // A lineage with an active rotation exists even if its keys vanished.
     for r in rotations.iter().filter(|r| !r.state.is_terminal()) {
         by_lineage.entry(r.lineage.clone()).or_default();
     }
+    // A lineage that ever published a key is never bootstrapped again: a
+    // walk that skipped its key must not create a second first key.
+    let has_history = |l: &str| ledger.owned.iter().any(|o| o.lineage == l && o.published);
     let bootstrap = match &policy.bootstrap {
-        Some(l) if by_lineage.is_empty() => Some(l.clone()),
+        Some(l) if by_lineage.is_empty() && !has_history(l) => Some(l.clone()),
         _ => None,
     };
 
@@ -371,43 +506,60 @@ pub fn plan(
             .filter(|r| matches!(r.state, RotationState::Retiring | RotationState::Published))
             .filter_map(|r| r.old_key_id.as_deref())
             .collect();
-        let pending_ids: HashSet<&str> = mine
+        // The key the sinks hold: the latest published rotation's new key.
+        let latest_published = ledger
+            .owned
             .iter()
-            .filter(|r| {
-                matches!(r.state, RotationState::Planned | RotationState::Created)
-                    || (r.state == RotationState::Failed && r.published_at.is_none())
+            .filter(|o| o.lineage == name && o.published)
+            .filter_map(|o| {
+                let r = mine.iter().find(|r| r.id == o.rotation_id)?;
+                Some((r.published_at, o.key_id.as_deref()?))
             })
-            .filter_map(|r| r.new_key_id.as_deref())
-            .collect();
-        let pending_names: HashSet<&str> = mine
-            .iter()
-            .filter(|r| {
-                matches!(r.state, RotationState::Planned | RotationState::Created)
-                    || (r.state == RotationState::Failed && r.published_at.is_none())
-            })
-            .filter_map(|r| r.new_key_name.as_deref())
-            .collect();
+            .max()
+            .map(|(_, id)| id);
+        let safe = is_safe_lineage(&name);
+        let mut condition: Option<&'static str> = None;
+        let mut conflict: Option<String> = None;
+        let preferred = latest_published.filter(|id| ks.iter().any(|k| k.key.id == *id));
         let mut current: Option<KeyView> = None;
         let mut states = Vec::new();
-        for k in ks {
-            let st = if k.store_state.as_deref() == Some("retired") {
+        for k in &ks {
+            if let Some(other) = ledger.claimed_elsewhere.get(&k.key.id) {
+                conflict.get_or_insert_with(|| {
+                    format!(
+                        "key {} ({}) is claimed by policies {} and {}; neither changes this lineage until the config gives it one owner",
+                        escaped(&k.key.id),
+                        escaped(&k.key.name),
+                        policy.name,
+                        other
+                    )
+                });
+            }
+            let eligible = match &k.origin {
+                Origin::Adopted => true,
+                Origin::Created { .. } => published_ids.contains(k.key.id.as_str()),
+                Origin::Orphan { .. } | Origin::Unrecognised => false,
+            };
+            let st = if !safe {
+                KeyState::UnsafeName
+            } else if k.origin == Origin::Unrecognised {
+                condition.get_or_insert("unrecognised_key");
+                KeyState::Unrecognised
+            } else if k.store_state.as_deref() == Some("retired") {
                 KeyState::Retired
             } else if k.store_state.as_deref() == Some("retiring")
                 || retiring_ids.contains(k.key.id.as_str())
             {
                 KeyState::Retiring
-            } else if pending_ids.contains(k.key.id.as_str())
-                || pending_names.contains(k.key.name.as_str())
-                || orphan_names.contains(k.key.name.as_str())
-            {
+            } else if !eligible {
                 KeyState::Pending
-            } else if current.is_none() {
+            } else if current.is_none() && preferred.is_none_or(|p| p == k.key.id) {
                 current = Some(k.clone());
                 KeyState::Current
             } else {
                 KeyState::Stale
             };
-            states.push((k, st));
+            states.push((k.clone(), st));
         }
         let mut decision = decide(
             policy,
@@ -418,6 +570,7 @@ pub fn plan(
         if decision.reason == Reason::NoKeys
             && Some(&name) == policy.bootstrap.as_ref()
             && active.is_none()
+            && !has_history(&name)
         {
             decision = Decision {
                 reason: Reason::Bootstrap,
@@ -426,11 +579,51 @@ pub fn plan(
                 rotate_at: None,
             };
         }
+        // A walk that began before the latest rotation finished may show
+        // its deleted old key and miss its new one.
+        if active.is_none()
+            && let (Some(started), Some(finished)) = (
+                listing_started,
+                last.as_ref()
+                    .filter(|l| l.state == RotationState::Completed)
+                    .and_then(|l| l.finished_at),
+            )
+            && finished >= started
+            && decision.rotate
+        {
+            decision = Decision {
+                reason: Reason::InProgress,
+                message: format!(
+                    "rotation {} finished after this listing began; the next listing decides",
+                    last.as_ref().map(|l| l.id.as_str()).unwrap_or("")
+                ),
+                rotate: false,
+                rotate_at: None,
+            };
+        }
+        // A walk that skipped the key the sinks hold decides nothing.
+        if active.is_none()
+            && let Some(id) = latest_published
+            && preferred.is_none()
+            && decision.rotate
+            && !deleted.contains(id)
+        {
+            decision = Decision {
+                reason: Reason::InProgress,
+                message: format!(
+                    "the lineage's published key {} is missing from this listing; the next listing decides",
+                    escaped(id)
+                ),
+                rotate: false,
+                rotate_at: None,
+            };
+        }
         let failed_last = last
             .as_ref()
             .is_some_and(|l| l.state == RotationState::Failed);
-        let health = match decision.reason {
-            Reason::InProgress => Health::Rotating,
+        let mut health = match decision.reason {
+            Reason::InProgress if active.is_some() => Health::Rotating,
+            Reason::InProgress => Health::Ok,
             Reason::NoKeys => Health::NoKeys,
             Reason::Expired if policy.mode == Mode::Observe || failed_last => Health::Expired,
             Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap
@@ -441,12 +634,37 @@ pub fn plan(
             Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap => Health::Due,
             _ => Health::Ok,
         };
+        if !safe {
+            condition = Some("unsafe_name");
+            health = Health::Failing;
+            decision = Decision {
+                reason: Reason::Misconfigured,
+                message: format!(
+                    "lineage name \"{}\" is outside the safe alphabet [A-Za-z0-9._-] (not starting with '.', at most {MAX_LINEAGE_LEN} bytes); its keys are never rotated or published",
+                    escaped(&name)
+                ),
+                rotate: false,
+                rotate_at: None,
+            };
+        } else if let Some(m) = conflict {
+            condition = Some("conflict");
+            health = Health::Misconfigured;
+            decision = Decision {
+                reason: Reason::Misconfigured,
+                message: m,
+                rotate: false,
+                rotate_at: None,
+            };
+        } else if condition.is_some() {
+            health = health.max(Health::Failing);
+        }
         lineages.push(LineagePlan {
             name,
             current,
             keys: states,
             decision,
             health,
+            condition,
             active,
             last,
             resumable,
@@ -467,6 +685,7 @@ pub fn plan(
                 rotate_at: None,
             },
             health: Health::Due,
+            condition: None,
             active: None,
             last: None,
             resumable: None,

@@ -16,12 +16,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use async_trait::async_trait;
 
+use super::hook;
 use super::{Publication, ReadBack, Sink, SinkError};
 use crate::config::{FileFormat, FileSinkConfig, TargetTemplate};
 use crate::secret::{Secret, SecretFields};
@@ -37,10 +38,6 @@ impl FileSink {
             name: name.to_string(),
             cfg: cfg.clone(),
         }
-    }
-
-    fn path_for(&self, policy: &str, lineage: &str) -> PathBuf {
-        PathBuf::from(self.cfg.path.render(lineage, policy))
     }
 
     fn env_name(&self, field: &str) -> String {
@@ -293,81 +290,229 @@ fn lookup_gid(name: &str) -> Option<u32> {
     }
 }
 
-impl FileSink {
-    /// Create the directories of `dir` that come from placeholders
-    /// (`{policy}/` in `/etc/keys/{policy}/{lineage}.env`), beneath the
-    /// path's fixed part, which must exist: rekey never creates that one
-    /// (`rekey check` reports it missing). Each creation is logged.
-    fn create_placeholder_dirs(&self, dir: &Path) -> Result<(), SinkError> {
-        let fixed = self.cfg.path.fixed_dir();
-        let missing = |why: &str| {
-            SinkError::retryable(
-                &self.name,
-                format!("directory {} does not exist{why}", dir.display()),
-            )
+/// A rendered target, confined: the base directory its template fixes
+/// (everything before the first placeholder, up to the last `/`) and the
+/// components beneath it, each non-empty, not `.` or `..`, without NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confined {
+    /// Opened as given (the operator chose it; links in it are followed).
+    pub base: PathBuf,
+    /// Directories beneath `base`, then the file name. Never a link.
+    pub rel: Vec<String>,
+}
+
+/// Longest component a file system takes (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+impl Confined {
+    /// Confine `template` rendered for `policy` and `lineage`. Errors say
+    /// why the rendered target would leave its base (shown escaped).
+    pub fn new(template: &TargetTemplate, policy: &str, lineage: &str) -> Result<Self, String> {
+        let prefix = template.fixed_prefix();
+        let rendered = template.render(lineage, policy);
+        let cut = prefix.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let base = match &prefix[..cut] {
+            "" => PathBuf::from("."),
+            "/" => PathBuf::from("/"),
+            b => PathBuf::from(b.trim_end_matches('/')),
         };
-        if !fixed.is_dir() {
-            return Err(missing(&format!(
-                " (nor {}, the fixed part of the sink's path, which rekey does not create)",
-                fixed.display()
-            )));
-        }
-        let Ok(below) = dir.strip_prefix(&fixed) else {
-            return Err(missing(""));
-        };
-        let mut at = fixed.clone();
-        for c in below.components() {
-            let std::path::Component::Normal(part) = c else {
-                return Err(missing(" (its path leaves the sink's directory)"));
-            };
-            at.push(part);
-            if at.is_dir() {
-                continue;
+        let rest = &rendered[cut..];
+        let shown = || crate::logging::escape(&rendered).into_owned();
+        let mut rel = Vec::new();
+        for c in rest.split('/') {
+            if c.is_empty() || c == "." || c == ".." || c.contains('\0') || c.len() > NAME_MAX {
+                return Err(format!(
+                    "target {:?} does not stay beneath {}: it has an empty, '.', '..', over-long or NUL-holding component",
+                    shown(),
+                    base.display()
+                ));
             }
-            match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o750)
-                .create(&at)
-            {
-                Ok(()) => {
-                    tracing::info!(sink = %self.name, dir = %at.display(), "created a directory for the sink's path");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && at.is_dir() => {}
-                Err(e) => {
-                    return Err(SinkError::retryable(
-                        &self.name,
-                        format!("cannot create directory {}: {e}", at.display()),
-                    ));
-                }
-            }
+            rel.push(c.to_string());
         }
-        Ok(())
+        Ok(Confined { base, rel })
     }
 
-    fn write_atomically(&self, path: &Path, content: &[u8]) -> Result<(), SinkError> {
-        let io = |what: &str, e: std::io::Error| {
-            SinkError::retryable(&self.name, format!("{what} {}: {e}", path.display()))
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            self.create_placeholder_dirs(&dir)?;
+    /// The whole path, for messages and `REKEY_FILE`.
+    pub fn path(&self) -> PathBuf {
+        let mut p = self.base.clone();
+        for c in &self.rel {
+            p.push(c);
         }
-        let file_name = path
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{file_name}.rekey-{:08x}.tmp",
-            rand::random::<u32>()
-        ));
+        p
+    }
+
+    fn file_name(&self) -> &str {
+        self.rel.last().map(String::as_str).unwrap_or("")
+    }
+
+    /// The directory holding the file, opened beneath `base` without
+    /// following a link in any component: `openat2(RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS)` (Linux 5.6+), else one `openat(O_NOFOLLOW)` per
+    /// component, which is the same rule since no component is `..`.
+    fn open_parent(&self) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let base = rustix::fs::open(&self.base, dir_flags, Mode::empty())?;
+        let dirs = &self.rel[..self.rel.len() - 1];
+        if dirs.is_empty() {
+            return Ok(base);
+        }
+        match rustix::fs::openat2(
+            &base,
+            dirs.join("/"),
+            dir_flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => {
+                let mut fd = base;
+                for d in dirs {
+                    fd = rustix::fs::openat(
+                        &fd,
+                        d.as_str(),
+                        dir_flags | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    )?;
+                }
+                Ok(fd)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// As [`Confined::open_parent`], creating the directories beneath
+    /// `base` that are missing: those come from placeholders (`{policy}/`
+    /// in `/etc/keys/{policy}/{lineage}.env`). `base`, the fixed part, is
+    /// never created (`rekey check` reports it missing). Each step is an
+    /// `openat(O_NOFOLLOW)` or `mkdirat` of one component, so the walk stays
+    /// beneath `base` and follows no link; `created` receives each
+    /// directory made (mode 0750, less the umask; a setgid `base` passes its
+    /// group on).
+    fn open_parent_creating(&self, created: &mut dyn FnMut(&Path)) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{Mode, OFlags};
+        match self.open_parent() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => return r,
+        }
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mut fd = rustix::fs::open(&self.base, flags & !OFlags::NOFOLLOW, Mode::empty())?;
+        let mut at = self.base.clone();
+        for d in &self.rel[..self.rel.len() - 1] {
+            at.push(d);
+            match rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&fd, d.as_str(), Mode::from_raw_mode(0o750)) {
+                        Ok(()) => created(&at),
+                        Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    fd = rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty())?;
+                }
+                r => fd = r?,
+            }
+        }
+        Ok(fd)
+    }
+}
+
+/// Name an I/O failure under a confined target; a link met on the way is
+/// said plainly.
+fn confined_error(sink: &str, what: &str, c: &Confined, e: std::io::Error) -> SinkError {
+    let esc = |p: &Path| crate::logging::escape(&p.display().to_string()).into_owned();
+    let path = esc(&c.path());
+    let base = esc(&c.base);
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) => SinkError::permanent(
+            sink,
+            format!(
+                "{what} {path}: a directory beneath {base} is a symbolic link; rekey does not follow links below a sink's base"
+            ),
+        ),
+        Some(libc::ENOTDIR) => SinkError::permanent(
+            sink,
+            format!("{what} {path}: a component beneath {base} is not a directory (or is a link)"),
+        ),
+        _ if e.kind() == std::io::ErrorKind::NotFound && !c.base.is_dir() => SinkError::retryable(
+            sink,
+            format!(
+                "{what} {path}: directory {base} does not exist (the fixed part of the sink's path, which rekey does not create)"
+            ),
+        ),
+        _ if e.kind() == std::io::ErrorKind::NotFound => SinkError::retryable(
+            sink,
+            format!(
+                "{what} {path}: directory {} does not exist",
+                esc(c.path().parent().unwrap_or(&c.base))
+            ),
+        ),
+        _ => SinkError::retryable(sink, format!("{what} {path}: {e}")),
+    }
+}
+
+impl FileSink {
+    fn confine(&self, policy: &str, lineage: &str) -> Result<Confined, SinkError> {
+        Confined::new(&self.cfg.path, policy, lineage)
+            .map_err(|m| SinkError::permanent(&self.name, m))
+    }
+
+    /// Temp file beside the target (created exclusively, never through a
+    /// link), write, fsync, chown, rename over the target, fsync the
+    /// directory. A target that is a symbolic link is refused by name.
+    fn write_atomically(&self, c: &Confined, content: &[u8]) -> Result<(), SinkError> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        let shown = || crate::logging::escape(&c.path().display().to_string()).into_owned();
+        let dir = c
+            .open_parent_creating(&mut |d| {
+                tracing::info!(
+                    sink = %self.name,
+                    dir = %crate::logging::escape(&d.display().to_string()),
+                    "created a directory for the sink's path"
+                );
+            })
+            .map_err(|e| confined_error(&self.name, "cannot open the directory of", c, e))?;
+        let name = c.file_name();
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Symlink => {
+                    return Err(SinkError::permanent(
+                        &self.name,
+                        format!(
+                            "target {} is a symbolic link; refusing to replace it (point the sink at the real file, or remove the link)",
+                            shown()
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(SinkError::permanent(
+                        &self.name,
+                        format!("target {} exists and is not a regular file", shown()),
+                    ));
+                }
+            },
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(confined_error(&self.name, "cannot inspect", c, e.into()));
+            }
+        }
+        let tmp = format!(".{name}.rekey-{:08x}.tmp", rand::random::<u32>());
+        let tmp = if tmp.len() > NAME_MAX {
+            format!(".rekey-{:016x}.tmp", rand::random::<u64>())
+        } else {
+            tmp
+        };
+        let io = |what: &str, e: std::io::Error| {
+            SinkError::retryable(&self.name, format!("{what} {}: {e}", shown()))
+        };
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(self.cfg.mode),
+        )
+        .map_err(|e| io("cannot create temp file beside", e.into()))?;
+        let mut f = std::fs::File::from(fd);
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(self.cfg.mode)
-                .open(&tmp)
-                .map_err(|e| io("cannot create temp file beside", e))?;
             // The umask may have narrowed the mode; set it exactly.
             f.set_permissions(std::fs::Permissions::from_mode(self.cfg.mode))
                 .map_err(|e| io("cannot set mode on temp file for", e))?;
@@ -391,102 +536,115 @@ impl FileSink {
                 std::os::unix::fs::fchown(&f, uid, gid)
                     .map_err(|e| io("cannot chown temp file for", e))?;
             }
-            std::fs::rename(&tmp, path).map_err(|e| io("cannot rename temp file onto", e))?;
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot fsync directory of", e))?;
+            rustix::fs::renameat(&dir, tmp.as_str(), &dir, name)
+                .map_err(|e| io("cannot rename temp file onto", e.into()))?;
+            rustix::fs::fsync(&dir).map_err(|e| io("cannot fsync directory of", e.into()))?;
             Ok(())
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         }
         result
     }
 
+    /// Read the target back under the same rules as the write.
+    fn read_confined(&self, c: &Confined) -> Result<Option<zeroize::Zeroizing<String>>, SinkError> {
+        use rustix::fs::{Mode, OFlags};
+        use std::io::Read;
+        let dir = match c.open_parent() {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(confined_error(&self.name, "cannot read back", c, e)),
+        };
+        let fd = match rustix::fs::openat(
+            &dir,
+            c.file_name(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(SinkError::permanent(
+                    &self.name,
+                    format!(
+                        "target {} is a symbolic link; rekey neither reads nor writes through it",
+                        crate::logging::escape(&c.path().display().to_string())
+                    ),
+                ));
+            }
+            Err(e) => return Err(confined_error(&self.name, "cannot read back", c, e.into())),
+        };
+        let mut f = std::fs::File::from(fd);
+        let mut text = zeroize::Zeroizing::new(String::new());
+        f.read_to_string(&mut text)
+            .map_err(|e| confined_error(&self.name, "cannot read back", c, e))?;
+        Ok(Some(text))
+    }
+
+    /// Run `on_publish` ([`hook::run`]) with the minimal environment.
     async fn run_on_publish(
         &self,
         argv: &[String],
         path: &Path,
         p: &Publication<'_>,
     ) -> Result<(), SinkError> {
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env("REKEY_POLICY", p.policy)
-            .env("REKEY_LINEAGE", p.lineage)
-            .env("REKEY_KEY_ID", p.key_id.unwrap_or(""))
-            .env("REKEY_KEY_NAME", p.key_name)
-            .env(
+        let rekey_env = [
+            ("REKEY_POLICY", p.policy.to_string()),
+            ("REKEY_LINEAGE", p.lineage.to_string()),
+            ("REKEY_KEY_ID", p.key_id.unwrap_or("").to_string()),
+            ("REKEY_KEY_NAME", p.key_name.to_string()),
+            (
                 "REKEY_EXPIRES_AT",
                 p.expires_at.map(|e| e.to_rfc3339()).unwrap_or_default(),
-            )
-            .env("REKEY_FILE", path)
-            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[0])
-            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[1])
-            .env_remove(crate::daemon::sdnotify::CHILD_ENV_REMOVE[2])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| {
-            SinkError::retryable(
+            ),
+            ("REKEY_FILE", path.display().to_string()),
+        ];
+        let env = hook::environment(&rekey_env, &self.cfg.pass_env, &|k| std::env::var_os(k));
+        let out = hook::run(argv, &env, self.cfg.on_publish_timeout).await;
+        let shown_cmd = crate::logging::escape(&argv[0]).into_owned();
+        match out {
+            Err(e) => Err(SinkError::retryable(
                 &self.name,
-                format!("on_publish: cannot run {:?}: {e}", argv[0]),
-            )
-        })?;
-        let out = match tokio::time::timeout(self.cfg.on_publish_timeout, child.wait_with_output())
-            .await
-        {
-            Err(_) => {
-                return Err(SinkError::retryable(
+                format!("on_publish: cannot run {shown_cmd:?}: {e}"),
+            )),
+            Ok(hook::Outcome::TimedOut) => Err(SinkError::retryable(
+                &self.name,
+                format!(
+                    "on_publish {shown_cmd:?} did not finish within {}; its process group was killed",
+                    crate::clock::human(self.cfg.on_publish_timeout)
+                ),
+            )),
+            Ok(hook::Outcome::Exited { status, .. }) if status.success() => Ok(()),
+            Ok(hook::Outcome::Exited { status, stderr }) => {
+                // The command's stderr helps the operator, but it might echo
+                // the file it was given: scrub every secret value out of it
+                // first, then keep an escaped tail.
+                let mut text = String::from_utf8_lossy(&stderr).to_string();
+                for (_, v) in p.secret.iter() {
+                    if !v.is_empty() {
+                        text = text.replace(v.expose(), "[redacted]");
+                    }
+                }
+                let tail: String = {
+                    let t = text.trim();
+                    let n = t.chars().count();
+                    t.chars().skip(n.saturating_sub(300)).collect()
+                };
+                let tail = crate::logging::escape(&tail).into_owned();
+                Err(SinkError::retryable(
                     &self.name,
                     format!(
-                        "on_publish {:?} did not finish within {}",
-                        argv[0],
-                        crate::clock::human(self.cfg.on_publish_timeout)
+                        "on_publish {shown_cmd:?} failed ({status}){}",
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {tail}")
+                        }
                     ),
-                ));
-            }
-            Ok(Err(e)) => {
-                return Err(SinkError::retryable(
-                    &self.name,
-                    format!("on_publish {:?}: {e}", argv[0]),
-                ));
-            }
-            Ok(Ok(o)) => o,
-        };
-        if out.status.success() {
-            return Ok(());
-        }
-        // The command's stderr helps the operator, but it might echo the
-        // file it was given: scrub every secret value out of it first.
-        let mut stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        for (_, v) in p.secret.iter() {
-            if !v.is_empty() {
-                stderr = stderr.replace(v.expose(), "[redacted]");
+                ))
             }
         }
-        let stderr: String = stderr
-            .trim()
-            .chars()
-            .rev()
-            .take(300)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        Err(SinkError::retryable(
-            &self.name,
-            format!(
-                "on_publish {:?} failed ({}){}",
-                argv[0],
-                out.status,
-                if stderr.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {stderr}")
-                }
-            ),
-        ))
     }
 }
 
@@ -505,14 +663,14 @@ impl Sink for FileSink {
     }
 
     async fn publish(&self, p: &Publication<'_>) -> Result<Option<String>, SinkError> {
-        let path = self.path_for(p.policy, p.lineage);
+        let confined = self.confine(p.policy, p.lineage)?;
+        let path = confined.path();
         let content = self.render(p)?;
-        let this_path = path.clone();
         let sink = FileSink {
             name: self.name.clone(),
             cfg: self.cfg.clone(),
         };
-        tokio::task::spawn_blocking(move || sink.write_atomically(&this_path, content.as_bytes()))
+        tokio::task::spawn_blocking(move || sink.write_atomically(&confined, content.as_bytes()))
             .await
             .map_err(|e| SinkError::retryable(&self.name, format!("write task failed: {e}")))??;
         if let Some(argv) = &self.cfg.on_publish {
@@ -522,18 +680,67 @@ impl Sink for FileSink {
     }
 
     async fn read_back(&self, policy: &str, lineage: &str) -> Result<ReadBack, SinkError> {
-        let path = self.path_for(policy, lineage);
-        match tokio::fs::read_to_string(&path).await {
-            Ok(text) => {
-                let text = zeroize::Zeroizing::new(text);
-                Ok(ReadBack::Fingerprint(self.parse(&text).fingerprint()))
+        let confined = self.confine(policy, lineage)?;
+        let sink = FileSink {
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+        };
+        let text = tokio::task::spawn_blocking(move || sink.read_confined(&confined))
+            .await
+            .map_err(|e| SinkError::retryable(&self.name, format!("read task failed: {e}")))??;
+        Ok(match text {
+            Some(text) => ReadBack::Fingerprint(self.parse(&text).fingerprint()),
+            None => ReadBack::Missing,
+        })
+    }
+
+    async fn read_back_key(
+        &self,
+        policy: &str,
+        lineage: &str,
+    ) -> Result<Option<super::HeldKey>, SinkError> {
+        let confined = self.confine(policy, lineage)?;
+        let sink = FileSink {
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+        };
+        let text = match tokio::task::spawn_blocking(move || sink.read_confined(&confined))
+            .await
+            .map_err(|e| SinkError::retryable(&self.name, format!("read task failed: {e}")))??
+        {
+            Some(t) => t,
+            None => return Ok(None),
+        };
+        let (key_id, key_name) = match self.cfg.format {
+            FileFormat::Raw => return Ok(None),
+            FileFormat::Env => {
+                let mut id = None;
+                let mut name = None;
+                for line in text.lines() {
+                    match line.trim().split_once('=') {
+                        Some(("REKEY_KEY_ID", v)) => id = Some(env_unquote(v)),
+                        Some(("REKEY_KEY_NAME", v)) => name = Some(env_unquote(v)),
+                        _ => {}
+                    }
+                }
+                (id, name)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReadBack::Missing),
-            Err(e) => Err(SinkError::retryable(
-                &self.name,
-                format!("cannot read back {}: {e}", path.display()),
-            )),
+            FileFormat::Json => {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let field = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                (field("key_id"), field("key_name"))
+            }
+        };
+        let key_id = key_id.filter(|s| !s.is_empty());
+        let key_name = key_name.filter(|s| !s.is_empty());
+        if key_id.is_none() && key_name.is_none() {
+            return Ok(None);
         }
+        Ok(Some(super::HeldKey {
+            key_id,
+            key_name,
+            fingerprint: self.parse(&text).fingerprint(),
+        }))
     }
 
     fn expected_fingerprint(&self, secret: &SecretFields) -> String {
@@ -559,6 +766,7 @@ mod tests {
                 on_publish,
                 on_publish_timeout: Duration::from_secs(5),
                 env_names: BTreeMap::new(),
+                pass_env: Vec::new(),
             },
         )
     }
@@ -579,7 +787,7 @@ mod tests {
         }
     }
 
-    fn sink_at(path: &str, env_names: &[(&str, &str)]) -> FileSink {
+    fn env_sink_at(path: &str, env_names: &[(&str, &str)]) -> FileSink {
         FileSink::new(
             "f",
             &FileSinkConfig {
@@ -594,6 +802,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                pass_env: Vec::new(),
             },
         )
     }
@@ -605,7 +814,7 @@ mod tests {
     #[tokio::test]
     async fn env_names_naming_a_field_the_key_lacks_fails_before_writing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = sink_at(
+        let s = env_sink_at(
             &format!("{}/{{lineage}}.env", dir.path().display()),
             &[("acces_key", "HW_AK")],
         );
@@ -627,7 +836,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = SecretFields::single("api_key", Secret::new("k"));
         let fp = secret.fingerprint();
-        let s = sink_at(
+        let s = env_sink_at(
             &format!("{}/{{policy}}/{{lineage}}.env", dir.path().display()),
             &[],
         );
@@ -650,7 +859,7 @@ mod tests {
 
         // The fixed part itself is never created.
         let missing = dir.path().join("missing");
-        let s = sink_at(
+        let s = env_sink_at(
             &format!("{}/{{policy}}/{{lineage}}.env", missing.display()),
             &[],
         );
@@ -717,5 +926,240 @@ mod tests {
         let fp = secret.fingerprint();
         let err = s.publish(&publication(&secret, &fp)).await.unwrap_err();
         assert!(err.message.contains("does not exist"), "{}", err.message);
+    }
+
+    fn sink_at(template: &str) -> FileSink {
+        FileSink::new(
+            "f",
+            &FileSinkConfig {
+                path: TargetTemplate::parse(template).unwrap(),
+                format: FileFormat::Raw,
+                mode: 0o600,
+                owner: None,
+                group: None,
+                on_publish: None,
+                on_publish_timeout: Duration::from_secs(5),
+                env_names: BTreeMap::new(),
+                pass_env: Vec::new(),
+            },
+        )
+    }
+
+    fn publication_for<'a>(
+        lineage: &'a str,
+        secret: &'a SecretFields,
+        fp: &'a str,
+    ) -> Publication<'a> {
+        Publication {
+            lineage,
+            key_name: lineage,
+            ..publication(secret, fp)
+        }
+    }
+
+    /// Every file under `root`, links included, not followed.
+    fn walk(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    stack.push(e.path());
+                }
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_traversing_key_name_writes_nothing_outside_the_sink_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::create_dir(root.path().join("escaped")).unwrap();
+        let s = sink_at(&format!("{}/{{lineage}}.env", keys.display()));
+        let secret = SecretFields::single("api_key", Secret::new("sk_live_x"));
+        let fp = secret.fingerprint();
+        for name in [
+            "../../escaped/pwn",
+            "../escaped/pwn",
+            "a/../../escaped/x",
+            "x/../../y",
+            "nul\0byte",
+            "a//b",
+        ] {
+            let err = s
+                .publish(&publication_for(name, &secret, &fp))
+                .await
+                .unwrap_err();
+            assert!(!err.retryable, "{name}: {err:?}");
+            assert!(
+                err.message.contains("does not stay beneath"),
+                "{}",
+                err.message
+            );
+            assert!(s.read_back("p", name).await.is_err(), "{name}");
+        }
+        // The whole tree holds only the two directories.
+        assert_eq!(walk(root.path()).len(), 2, "{:?}", walk(root.path()));
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_target_or_directory_is_refused_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("keys");
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("victim"), "precious\n").unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("victim"), keys.join("app.env")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, keys.join("sub")).unwrap();
+        let s = sink_at(&format!("{}/{{lineage}}.env", keys.display()));
+        let secret = SecretFields::single("api_key", Secret::new("sk_live_x"));
+        let fp = secret.fingerprint();
+
+        let err = s
+            .publish(&publication_for("app", &secret, &fp))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("app.env is a symbolic link"),
+            "{}",
+            err.message
+        );
+        let err = s.read_back("p", "app").await.unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{}", err.message);
+        // The link and its target are untouched.
+        assert!(
+            std::fs::symlink_metadata(keys.join("app.env"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("victim")).unwrap(),
+            "precious\n"
+        );
+
+        // A link among the directories beneath the base is not followed.
+        let err = s
+            .publish(&publication_for("sub/victim", &secret, &fp))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("symbolic link") || err.message.contains("not a directory"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("victim")).unwrap(),
+            "precious\n"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+    }
+
+    /// A property test over hostile names: whatever the name, a rendered
+    /// target is confined beneath its base (or refused), a publish writes
+    /// nothing outside it, and every error is one line.
+    #[tokio::test]
+    async fn every_rendered_target_stays_beneath_its_base() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("REKEY_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::create_dir(base.join("sub")).unwrap();
+        let templates = [
+            format!("{}/{{lineage}}.env", base.display()),
+            format!("{}/sub/{{policy}}-{{lineage}}", base.display()),
+            format!("{}/{{lineage}}/key", base.display()),
+        ];
+        let pieces: &[&str] = &[
+            "..",
+            ".",
+            "/",
+            "//",
+            "{",
+            "}",
+            "{lineage}",
+            "\n",
+            "\r",
+            "\x1b[2J",
+            "\0",
+            "a",
+            "svc",
+            "-",
+            "_",
+            "~",
+            " ",
+            "%2e",
+            "\u{202e}",
+            "é",
+            "\\",
+            "*",
+            "?",
+        ];
+        let secret = SecretFields::single("api_key", Secret::new("sk_live_x"));
+        let fp = secret.fingerprint();
+        for i in 0..400 {
+            let mut name = String::new();
+            let parts = rng.random_range(0..12);
+            for _ in 0..parts {
+                if rng.random_bool(0.2) {
+                    // Random bytes, lossily as text.
+                    let n = rng.random_range(1..8);
+                    let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                    name.push_str(&String::from_utf8_lossy(&bytes));
+                } else {
+                    name.push_str(pieces[rng.random_range(0..pieces.len())]);
+                }
+            }
+            if i % 50 == 0 {
+                name.push_str(&"x".repeat(rng.random_range(200..5000)));
+            }
+            let template = &templates[i % templates.len()];
+            let t = TargetTemplate::parse(template).unwrap();
+            match Confined::new(&t, "p", &name) {
+                Ok(c) => {
+                    let want = if i % templates.len() == 1 {
+                        base.join("sub")
+                    } else {
+                        base.clone()
+                    };
+                    assert_eq!(c.base, want, "seed {seed} name {name:?}");
+                    assert!(
+                        c.rel
+                            .iter()
+                            .all(|p| p != ".." && p != "." && !p.is_empty() && !p.contains('/'))
+                    );
+                    let mut resolved = c.base.clone();
+                    for p in &c.rel {
+                        resolved.push(p);
+                    }
+                    assert!(resolved.starts_with(&base), "seed {seed} name {name:?}");
+                }
+                Err(m) => assert!(!m.contains('\n') && !m.contains('\r'), "seed {seed}: {m}"),
+            }
+            let s = sink_at(template);
+            if let Err(e) = s.publish(&publication_for(&name, &secret, &fp)).await {
+                assert!(
+                    !e.message.contains('\n')
+                        && !e.message.contains('\r')
+                        && !e.message.contains('\x1b'),
+                    "seed {seed}: {}",
+                    e.message
+                );
+            }
+        }
+        for p in walk(root.path()) {
+            assert!(p.starts_with(&base), "seed {seed}: {} escaped", p.display());
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! back (file, Vault) implement [`Sink::read_back`], which the engine calls
 //! before deleting an old key to prove the sink still holds the new one.
 
-pub mod response;
+pub mod hook;
 pub mod vault;
 pub mod webhook;
 
@@ -46,6 +46,17 @@ pub enum ReadBack {
     Missing,
     /// This sink cannot be read back (webhook).
     Unsupported,
+}
+
+/// The key a sink holds, as its own read-back reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldKey {
+    /// The provider's key id written beside the secret (may be absent).
+    pub key_id: Option<String>,
+    /// The key's name written beside the secret (may be absent).
+    pub key_name: Option<String>,
+    /// What `read_back` would return now (compared before any delete).
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -103,6 +114,20 @@ pub trait Sink: Send + Sync {
         Ok(ReadBack::Unsupported)
     }
 
+    /// Which key the sink holds now for this policy and lineage, as written
+    /// beside the secret (the file sink's `REKEY_KEY_ID`/`key_id`, Vault's
+    /// `custom_metadata.key_id`), with the fingerprint `read_back` gives.
+    /// `Ok(None)`: nothing there, or this sink cannot say (webhook, raw
+    /// files). Used only by `rekey recover`: proof of which key consumers
+    /// hold when the state DB cannot say.
+    async fn read_back_key(
+        &self,
+        _policy: &str,
+        _lineage: &str,
+    ) -> Result<Option<HeldKey>, SinkError> {
+        Ok(None)
+    }
+
     /// The fingerprint `read_back` returns once `secret` is published; by
     /// default that of the secret fields themselves. Sinks that store a
     /// transformed form (the file sink's `raw` and `env` formats) override.
@@ -112,6 +137,16 @@ pub trait Sink: Send + Sync {
 }
 
 pub type SharedSink = Arc<dyn Sink>;
+
+/// The store's record of which sink wrote which target for which policy
+/// and lineage: the seam between sinks and the ownership work (the store
+/// records target writers; a sink asks before refusing a target whose own
+/// labels are missing). `target` is the sink's rendered target as it shows
+/// it (Vault: `mount/path`).
+pub trait TargetRecord: Send + Sync {
+    /// Whether `sink` wrote `target` for `policy` and `lineage` before.
+    fn wrote(&self, sink: &str, target: &str, policy: &str, lineage: &str) -> bool;
+}
 
 pub mod file;
 

@@ -4,7 +4,15 @@
 //! Publishing one key to `<mount>/<path>` (the path rendered from its
 //! `{lineage}`/`{policy}` template):
 //!
-//! 1. read the current version: `GET /v1/<mount>/metadata/<path>` (404 → 0);
+//! 1. read the current version and labels: `GET /v1/<mount>/metadata/<path>`
+//!    (404 → 0). **Ownership**: an existing path is written only when its
+//!    `custom_metadata` says rekey wrote it for this policy and lineage
+//!    (`rekey_policy`, `rekey_lineage`), when the store records this sink
+//!    writing it ([`TargetRecord`], the seam the ownership work fills), or
+//!    when the sink sets `adopt_existing = true`; otherwise the publish fails
+//!    permanently and names the path and who labelled it. A new path gets
+//!    its labels first (`POST …/metadata/<path>`), so a crash between the
+//!    label and the data write leaves a path that is recognisably ours;
 //! 2. write with check-and-set: `POST /v1/<mount>/data/<path>` with
 //!    `{"options":{"cas":N},"data":{…fields…}}`. If another writer got in
 //!    between (HTTP 400 "check-and-set parameter did not match"), go back
@@ -24,8 +32,13 @@
 //! retried once. Tokens live in [`Secret`]s and never reach a log line, an
 //! error or `Debug` output.
 //!
-//! Errors come from Vault's `{"errors":[…]}` envelope: 403 and other 4xx
-//! are permanent, 412/429/5xx and transport failures retryable.
+//! Errors: 403 and other 4xx are permanent, 412/429/5xx and transport
+//! failures retryable. The answer to the data write (the request that
+//! carries the secret) is described only by status, content type and length
+//! ([`Described`]): no excerpt can be scrubbed of every encoding a server
+//! might echo. Other calls carry no secret of ours; their `{"errors":[…]}`
+//! envelope is quoted escaped and bounded (never a body that is not that
+//! envelope).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,12 +52,16 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::response::{self, ReadError};
-use super::{Publication, ReadBack, Sink, SinkError};
+use super::{Publication, ReadBack, Sink, SinkError, TargetRecord};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{SecretRef, SinkConfig, TargetTemplate, VaultAuth, VaultSinkConfig};
-use crate::provider::http::{client, retry_after};
+use crate::outbound::{self as response, Described, ReadError, client, retry_after};
 use crate::secret::{Secret, SecretFields};
+
+/// `custom_metadata` labels naming the policy and lineage a path was
+/// written for.
+pub const LABEL_POLICY: &str = "rekey_policy";
+pub const LABEL_LINEAGE: &str = "rekey_lineage";
 
 /// Check-and-set writes tried before giving up on a path another writer
 /// keeps changing.
@@ -184,21 +201,75 @@ struct VaultResponse {
 }
 
 impl VaultResponse {
-    /// The `errors` of Vault's envelope, joined, as a short snippet.
-    fn errors(&self, scrub: Option<&SecretFields>) -> String {
+    /// The `errors` of Vault's envelope, joined, as an escaped excerpt. Only
+    /// for answers to calls that carried no secret of ours.
+    fn errors(&self) -> String {
         #[derive(Deserialize)]
         struct Envelope {
             #[serde(default)]
             errors: Vec<String>,
         }
         match serde_json::from_slice::<Envelope>(&self.body) {
-            Ok(e) if !e.errors.is_empty() => {
-                response::snippet(e.errors.join("; ").as_bytes(), scrub)
-            }
-            Ok(_) => String::new(),
-            Err(_) => response::snippet(&self.body, scrub),
+            Ok(e) if !e.errors.is_empty() => response::excerpt(e.errors.join("; ").as_bytes()),
+            _ => String::new(),
         }
     }
+
+    /// Status, content type and length: all that is kept of an answer
+    /// from a server holding the secret.
+    fn described(&self) -> Described {
+        Described::new(self.status, &self.headers, Some(self.body.len() as u64))
+    }
+
+    /// Whether this is KV v2's check-and-set refusal (looked for, not kept).
+    fn is_cas_mismatch(&self) -> bool {
+        self.status == StatusCode::BAD_REQUEST
+            && self
+                .body
+                .windows(CAS_MISMATCH.len())
+                .any(|w| w == CAS_MISMATCH.as_bytes())
+    }
+}
+
+/// KV v2's error text when `options.cas` is not the current version.
+const CAS_MISMATCH: &str = "check-and-set parameter did not match";
+
+/// Who labelled an existing path, from its `custom_metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Labels {
+    policy: Option<String>,
+    lineage: Option<String>,
+}
+
+impl Labels {
+    fn written_for(&self, policy: &str, lineage: &str) -> bool {
+        self.policy.as_deref() == Some(policy) && self.lineage.as_deref() == Some(lineage)
+    }
+}
+
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.policy, &self.lineage) {
+            (None, None) => f.write_str("it carries no rekey labels"),
+            (p, l) => write!(
+                f,
+                "its labels say policy {:?}, lineage {:?}",
+                crate::logging::escape(p.as_deref().unwrap_or("")),
+                crate::logging::escape(l.as_deref().unwrap_or(""))
+            ),
+        }
+    }
+}
+
+/// What the metadata read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Existing {
+    /// 404: the path has never been written.
+    Absent,
+    Present {
+        version: u64,
+        labels: Labels,
+    },
 }
 
 /// A secret string deserialized straight into a [`Secret`].
@@ -310,6 +381,10 @@ pub struct VaultSink {
     clock: SharedClock,
     hook: Option<WriteHook>,
     counters: Counters,
+    /// Take over existing secrets not labelled for the publication.
+    adopt_existing: bool,
+    /// The store's record of targets this sink wrote (ownership seam).
+    record: Option<Arc<dyn TargetRecord>>,
 }
 
 impl std::fmt::Debug for VaultSink {
@@ -370,7 +445,16 @@ impl VaultSink {
             clock: Arc::new(SystemClock),
             hook: None,
             counters: Counters::default(),
+            adopt_existing: cfg.adopt_existing,
+            record: None,
         })
+    }
+
+    /// Consult the store's record of targets this sink wrote before
+    /// refusing a path whose labels are missing or different.
+    pub fn with_target_record(mut self, record: Arc<dyn TargetRecord>) -> Self {
+        self.record = Some(record);
+        self
     }
 
     /// Use another clock for token renewal deadlines (tests; the daemon's
@@ -464,15 +548,27 @@ impl VaultSink {
         })
     }
 
-    /// Turn a non-success response into a `Failure`.
-    fn failure(&self, what: &str, r: &VaultResponse, scrub: Option<&SecretFields>) -> Failure {
-        let errors = r.errors(scrub);
-        let msg = if errors.is_empty() {
-            format!("{what}: HTTP {}", r.status.as_u16())
+    /// Turn a non-success response into a `Failure`. `quote`: the request
+    /// carried no secret, so Vault's error envelope may be quoted; otherwise
+    /// only [`Described`] is kept.
+    fn failure(&self, what: &str, r: &VaultResponse, quote: bool) -> Failure {
+        let (msg, class) = if quote {
+            let errors = r.errors();
+            let msg = if errors.is_empty() {
+                format!("{what}: {}", r.described())
+            } else {
+                format!("{what}: HTTP {}: {errors}", r.status.as_u16())
+            };
+            (msg, classify(r.status, &errors))
         } else {
-            format!("{what}: HTTP {}: {errors}", r.status.as_u16())
+            let class = if r.is_cas_mismatch() {
+                Class::CasMismatch
+            } else {
+                classify(r.status, "")
+            };
+            (format!("{what}: {}", r.described()), class)
         };
-        match classify(r.status, &errors) {
+        match class {
             Class::Denied => Failure::Denied(self.err_perm(msg)),
             Class::Retryable => {
                 let mut e = self.err_retry(msg);
@@ -603,7 +699,7 @@ impl VaultSink {
         drop(body);
         if !r.status.is_success() {
             return Err(
-                match self.failure(&format!("approle login at auth/{mount}"), &r, None) {
+                match self.failure(&format!("approle login at auth/{mount}"), &r, true) {
                     // A bad role or secret id is 400; neither heals by waiting.
                     Failure::Denied(e) | Failure::Other(e) => e,
                 },
@@ -621,8 +717,12 @@ impl VaultSink {
         struct Login {
             auth: Option<Auth>,
         }
-        let parsed: Login = serde_json::from_slice(&r.body)
-            .map_err(|e| self.err_retry(format!("approle login: unexpected response: {e}")))?;
+        let parsed: Login = serde_json::from_slice(&r.body).map_err(|_| {
+            self.err_retry(format!(
+                "approle login: unexpected response: {}",
+                r.described()
+            ))
+        })?;
         let auth = parsed
             .auth
             .ok_or_else(|| self.err_retry("approle login: response has no auth"))?;
@@ -645,7 +745,7 @@ impl VaultSink {
             .await?;
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         if !r.status.is_success() {
-            return Err(match self.failure("vault token lookup-self", &r, None) {
+            return Err(match self.failure("vault token lookup-self", &r, true) {
                 Failure::Denied(e) | Failure::Other(e) => e,
             });
         }
@@ -663,8 +763,12 @@ impl VaultSink {
         struct Lookup {
             data: Data,
         }
-        let parsed: Lookup = serde_json::from_slice(&r.body)
-            .map_err(|e| self.err_retry(format!("lookup-self: unexpected response: {e}")))?;
+        let parsed: Lookup = serde_json::from_slice(&r.body).map_err(|_| {
+            self.err_retry(format!(
+                "lookup-self: unexpected response: {}",
+                r.described()
+            ))
+        })?;
         let ttl = (parsed.data.ttl > 0).then(|| Duration::from_secs(parsed.data.ttl));
         tracing::debug!(sink = %self.name, ttl_s = parsed.data.ttl, renewable = parsed.data.renewable, "vault token looked up");
         let wanted = match parsed.data.creation_ttl {
@@ -700,7 +804,7 @@ impl VaultSink {
             )
             .await?;
         if !r.status.is_success() {
-            return Err(match self.failure("vault token renew-self", &r, None) {
+            return Err(match self.failure("vault token renew-self", &r, true) {
                 Failure::Denied(e) | Failure::Other(e) => e,
             });
         }
@@ -715,8 +819,12 @@ impl VaultSink {
         struct Renew {
             auth: Option<Auth>,
         }
-        let parsed: Renew = serde_json::from_slice(&r.body)
-            .map_err(|e| self.err_retry(format!("renew-self: unexpected response: {e}")))?;
+        let parsed: Renew = serde_json::from_slice(&r.body).map_err(|_| {
+            self.err_retry(format!(
+                "renew-self: unexpected response: {}",
+                r.described()
+            ))
+        })?;
         let auth = parsed
             .auth
             .ok_or_else(|| self.err_retry("renew-self: response has no auth"))?;
@@ -788,8 +896,9 @@ impl VaultSink {
         kv_path(&self.path.render(lineage, policy)).map_err(|m| self.err_perm(m))
     }
 
-    /// `current_version` from the metadata; 0 when the path does not exist.
-    async fn current_version(&self, token: &Secret, path: &KvPath) -> Result<u64, Failure> {
+    /// The metadata read: current version and rekey's labels, or
+    /// [`Existing::Absent`] on 404.
+    async fn existing(&self, token: &Secret, path: &KvPath) -> Result<Existing, Failure> {
         let r = self
             .call(
                 Method::GET,
@@ -799,19 +908,21 @@ impl VaultSink {
             )
             .await?;
         if r.status == StatusCode::NOT_FOUND {
-            return Ok(0);
+            return Ok(Existing::Absent);
         }
         if !r.status.is_success() {
             return Err(self.failure(
                 &format!("reading metadata of {}/{}", self.mount, path.shown),
                 &r,
-                None,
+                true,
             ));
         }
         #[derive(Deserialize)]
         struct Data {
             #[serde(default)]
             current_version: u64,
+            #[serde(default)]
+            custom_metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
         }
         #[derive(Deserialize)]
         struct Meta {
@@ -819,11 +930,50 @@ impl VaultSink {
         }
         let m: Meta = serde_json::from_slice(&r.body).map_err(|e| {
             self.err_retry(format!(
-                "metadata of {}: unexpected response: {e}",
-                path.shown
+                "metadata of {}: unexpected response ({})",
+                path.shown,
+                response::json_problem(&e)
             ))
         })?;
-        Ok(m.data.current_version)
+        let custom = m.data.custom_metadata.unwrap_or_default();
+        let label = |k: &str| custom.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Ok(Existing::Present {
+            version: m.data.current_version,
+            labels: Labels {
+                policy: label(LABEL_POLICY),
+                lineage: label(LABEL_LINEAGE),
+            },
+        })
+    }
+
+    /// May this publication write over what is at `path`? A permanent
+    /// error names the path, what its labels say and the way to adopt it.
+    fn check_ownership(
+        &self,
+        path: &KvPath,
+        existing: &Existing,
+        p: &Publication<'_>,
+    ) -> Result<(), SinkError> {
+        let Existing::Present { labels, .. } = existing else {
+            return Ok(());
+        };
+        if labels.written_for(p.policy, p.lineage) || self.adopt_existing {
+            return Ok(());
+        }
+        let target = format!("{}/{}", self.mount, path.shown);
+        if self
+            .record
+            .as_ref()
+            .is_some_and(|r| r.wrote(&self.name, &target, p.policy, p.lineage))
+        {
+            return Ok(());
+        }
+        Err(self.err_perm(format!(
+            "refusing to overwrite {target}: it exists and rekey did not write it for policy {:?}, lineage {:?} ({labels}); to take it over, set adopt_existing = true on sink {:?}",
+            p.policy,
+            crate::logging::escape(p.lineage),
+            self.name
+        )))
     }
 
     /// One check-and-set write. `Ok(None)`: another writer won the race.
@@ -850,14 +1000,10 @@ impl VaultSink {
             .await?;
         drop(body);
         if !r.status.is_success() {
-            if classify(r.status, &r.errors(Some(fields))) == Class::CasMismatch {
+            if r.is_cas_mismatch() {
                 return Ok(None);
             }
-            return Err(self.failure(
-                &format!("writing {}/{}", self.mount, path.shown),
-                &r,
-                Some(fields),
-            ));
+            return Err(self.failure(&format!("writing {}/{}", self.mount, path.shown), &r, false));
         }
         #[derive(Deserialize)]
         struct Data {
@@ -867,17 +1013,24 @@ impl VaultSink {
         struct Written {
             data: Data,
         }
-        let w: Written = serde_json::from_slice(&r.body).map_err(|e| {
-            self.err_retry(format!("write of {}: unexpected response: {e}", path.shown))
+        let w: Written = serde_json::from_slice(&r.body).map_err(|_| {
+            self.err_retry(format!(
+                "write of {}: unexpected response: {}",
+                path.shown,
+                r.described()
+            ))
         })?;
         Ok(Some(w.data.version))
     }
 
+    /// Set `custom_metadata`: the labels (always), and once the data is
+    /// written the rotation's details.
     async fn write_metadata(
         &self,
         token: &Secret,
         path: &KvPath,
         p: &Publication<'_>,
+        written: bool,
     ) -> Result<(), Failure> {
         let mut custom = serde_json::Map::new();
         let mut put = |k: &str, v: Option<String>| {
@@ -885,12 +1038,14 @@ impl VaultSink {
                 custom.insert(k.to_string(), serde_json::Value::String(v));
             }
         };
-        put("rekey_policy", Some(p.policy.to_string()));
-        put("rekey_lineage", Some(p.lineage.to_string()));
+        put(LABEL_POLICY, Some(p.policy.to_string()));
+        put(LABEL_LINEAGE, Some(p.lineage.to_string()));
         put("rekey_rotation", Some(p.rotation_id.to_string()));
-        put("key_id", p.key_id.map(str::to_string));
-        put("expires_at", p.expires_at.map(rfc3339));
-        put("fingerprint", Some(p.fingerprint.to_string()));
+        if written {
+            put("key_id", p.key_id.map(str::to_string));
+            put("expires_at", p.expires_at.map(rfc3339));
+            put("fingerprint", Some(p.fingerprint.to_string()));
+        }
         let body = serde_json::json!({ "custom_metadata": custom }).to_string();
         let r = self
             .call(
@@ -904,7 +1059,7 @@ impl VaultSink {
             return Err(self.failure(
                 &format!("writing metadata of {}/{}", self.mount, path.shown),
                 &r,
-                None,
+                true,
             ));
         }
         Ok(())
@@ -929,7 +1084,7 @@ impl VaultSink {
             return Ok(None);
         }
         if !r.status.is_success() {
-            return Err(self.failure(&format!("reading {}/{}", self.mount, path.shown), &r, None));
+            return Err(self.failure(&format!("reading {}/{}", self.mount, path.shown), &r, true));
         }
         #[derive(Deserialize)]
         struct Meta {
@@ -970,7 +1125,19 @@ impl VaultSink {
         let path = self.kv(p.lineage, p.policy)?;
         let mut version = None;
         for attempt in 1..=CAS_ATTEMPTS {
-            let current = self.current_version(&token, &path).await?;
+            let mut existing = self.existing(&token, &path).await?;
+            self.check_ownership(&path, &existing, p)?;
+            if existing == Existing::Absent {
+                // Label first: a crash before the data write leaves a path
+                // that the next attempt recognises as its own.
+                self.write_metadata(&token, &path, p, false).await?;
+                existing = self.existing(&token, &path).await?;
+                self.check_ownership(&path, &existing, p)?;
+            }
+            let current = match &existing {
+                Existing::Absent => 0,
+                Existing::Present { version, .. } => *version,
+            };
             self.hook(WriteStage::BeforeCasWrite {
                 attempt,
                 read_version: current,
@@ -994,7 +1161,7 @@ impl VaultSink {
                 ))
                 .into());
         };
-        self.write_metadata(&token, &path, p).await?;
+        self.write_metadata(&token, &path, p, true).await?;
         self.hook(WriteStage::BeforeReadBack { version }).await;
         match self.read_current(&token, &path).await? {
             Some((fp, _)) if fp == p.fingerprint => {
@@ -1049,6 +1216,55 @@ impl Sink for VaultSink {
             Some((fp, _)) => ReadBack::Fingerprint(fp),
             None => ReadBack::Missing,
         })
+    }
+
+    async fn read_back_key(
+        &self,
+        policy: &str,
+        lineage: &str,
+    ) -> Result<Option<super::HeldKey>, SinkError> {
+        let ReadBack::Fingerprint(fingerprint) = self.read_back(policy, lineage).await? else {
+            return Ok(None);
+        };
+        let path = self.kv(lineage, policy)?;
+        let meta = self
+            .with_token(|token| {
+                let path = &path;
+                async move {
+                    let r = self
+                        .call(
+                            Method::GET,
+                            &format!("{}/metadata/{}", self.mount, path.encoded),
+                            Some(&token),
+                            None,
+                        )
+                        .await?;
+                    if !r.status.is_success() {
+                        return Ok(None);
+                    }
+                    let doc: serde_json::Value =
+                        serde_json::from_slice(&r.body).unwrap_or_default();
+                    let custom = doc.pointer("/data/custom_metadata").cloned();
+                    Ok(custom)
+                }
+            })
+            .await?;
+        let field = |k: &str| {
+            meta.as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let key_id = field("key_id");
+        if key_id.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(super::HeldKey {
+            key_id,
+            key_name: field("key_name"),
+            fingerprint,
+        }))
     }
 }
 

@@ -8,9 +8,14 @@
 //!
 //! Failures are classified for the engine: 410 (endpoint gone) and other
 //! 4xx are permanent; 408, 429, 502, 503, 504, other 5xx, timeouts and
-//! connection errors are retryable, honouring `Retry-After`. Error messages
-//! carry the status and a short excerpt of the response — never the body we
-//! sent, which holds the secret — and show the URL only as scheme and host.
+//! connection errors are retryable, honouring `Retry-After`.
+//!
+//! The receiver has just been handed the secret, so nothing of its response
+//! body is kept: it is drained and dropped, and errors, logs, history and
+//! notifications carry only its status, content type and length
+//! ([`Described`]). A receiver echoing the secret in any encoding (raw,
+//! `\/`-escaped JSON, percent-encoded, base64) therefore cannot get it into
+//! any of them. URLs are shown only as scheme and host.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +26,11 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use zeroize::Zeroizing;
 
-use super::response::{self, ReadError};
 use super::{Publication, Sink, SinkError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{SinkConfig, TargetTemplate, WebhookSinkConfig};
 use crate::notify::signing::Signer;
-use crate::provider::http::{client, retry_after};
-use crate::secret::SecretFields;
+use crate::outbound::{self as response, Described, client, retry_after};
 
 /// The event type a webhook sink sends.
 pub const EVENT_TYPE: &str = "key.published";
@@ -142,22 +145,16 @@ pub fn body(p: &Publication<'_>, now: DateTime<Utc>) -> Zeroizing<String> {
     out
 }
 
-/// Map a non-2xx response to a typed error.
+/// Map a non-2xx response to a typed error carrying only its description.
 pub(crate) fn status_error(
     sink: &str,
     status: StatusCode,
     headers: &HeaderMap,
-    body: &[u8],
-    scrub: Option<&SecretFields>,
+    length: Option<u64>,
 ) -> SinkError {
-    let excerpt = response::snippet(body, scrub);
-    let mut msg = format!("HTTP {}", status.as_u16());
+    let mut msg = Described::new(status, headers, length).to_string();
     if status == StatusCode::GONE {
         msg.push_str(" (endpoint gone)");
-    }
-    if !excerpt.is_empty() {
-        msg.push_str(": ");
-        msg.push_str(&excerpt);
     }
     let code = status.as_u16();
     let retryable = matches!(code, 408 | 429 | 502 | 503 | 504) || status.is_server_error();
@@ -215,15 +212,9 @@ impl Sink for WebhookSink {
         };
         let status = resp.status();
         let resp_headers = resp.headers().clone();
-        let resp_body = match response::read_body(resp).await {
-            Ok(b) => b,
-            // The status line arrived; a body we cannot read does not change
-            // what the status says, except for 2xx, where it is harmless.
-            Err(ReadError::Timeout | ReadError::TooLarge | ReadError::Transport(_)) => {
-                Zeroizing::new(Vec::new())
-            }
-        };
-        tracing::debug!(sink = %self.name, url = %self.shown_url, webhook_id = %id, status = status.as_u16(), "webhook sink response");
+        // Drained and dropped unread: only its length is kept.
+        let length = response::discard_body(resp).await;
+        tracing::debug!(sink = %self.name, url = %self.shown_url, webhook_id = %id, response = %Described::new(status, &resp_headers, length), "webhook sink response");
         if status.is_success() {
             return Ok(Some(format!(
                 "{} HTTP {} {}",
@@ -232,20 +223,14 @@ impl Sink for WebhookSink {
                 id
             )));
         }
-        Err(status_error(
-            &self.name,
-            status,
-            &resp_headers,
-            &resp_body,
-            Some(p.secret),
-        ))
+        Err(status_error(&self.name, status, &resp_headers, length))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::secret::{Secret, SecretFields};
 
     #[test]
     fn message_ids_are_stable_and_dot_free() {
@@ -292,7 +277,7 @@ mod tests {
     #[test]
     fn statuses_classify_as_the_spec_recommends() {
         let h = HeaderMap::new();
-        let class = |c: u16| status_error("s", StatusCode::from_u16(c).unwrap(), &h, b"", None);
+        let class = |c: u16| status_error("s", StatusCode::from_u16(c).unwrap(), &h, Some(0));
         assert!(!class(410).retryable);
         assert!(class(410).message.contains("gone"));
         for c in [400, 401, 403, 404, 422] {
@@ -303,8 +288,8 @@ mod tests {
         }
         let mut h = HeaderMap::new();
         h.insert("retry-after", "7".parse().unwrap());
-        let e = status_error("s", StatusCode::TOO_MANY_REQUESTS, &h, b"slow down", None);
+        let e = status_error("s", StatusCode::TOO_MANY_REQUESTS, &h, Some(9));
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
-        assert!(e.message.contains("429") && e.message.contains("slow down"));
+        assert!(e.message.contains("429") && e.message.contains("9 bytes"));
     }
 }

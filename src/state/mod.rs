@@ -89,11 +89,24 @@ impl LockFile {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // A link planted at the lock's path must not make us open (and
+            // then truncate) whatever it points to.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| StoreError::Open {
                 path: path.clone(),
-                reason: format!("cannot open lock file: {e}"),
+                reason: if e.raw_os_error() == Some(libc::ELOOP) {
+                    "the lock file is a symbolic link; refusing to follow it".to_string()
+                } else {
+                    format!("cannot open lock file: {e}")
+                },
             })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(StoreError::Open {
+                path: path.clone(),
+                reason: "the lock file is not a regular file".into(),
+            });
+        }
         // SAFETY: flock on a valid, owned file descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -165,13 +178,19 @@ impl Store {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| StoreError::Open {
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })?;
         }
-        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        // SQLite refuses a link at the DB path (or its journal) with this.
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(|e| StoreError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -273,9 +292,43 @@ impl Store {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
             c.pragma_update(None, "foreign_keys", "ON")?;
+            // Deleted and overwritten content (a wiped sealed secret, the
+            // old versions of its row) is zeroed, not left in free space.
+            c.pragma_update(None, "secure_delete", "ON")?;
             Ok(())
         })();
         r.map_err(|e| self.corrupt(e))
+    }
+
+    /// After a transaction that wiped a sealed secret: move the WAL into the
+    /// DB and truncate it, so no earlier copy of the row (each update of a
+    /// row appends a new copy of its page to the WAL) stays on disk. With
+    /// `secure_delete` the DB file's freed space is zeroed too. Best effort:
+    /// a reader holding an old snapshot (`rekey history`) can keep the WAL
+    /// from being truncated; the next wipe tries again.
+    fn checkpoint_after_wipe(&self) {
+        if self.path.is_none() {
+            return;
+        }
+        let c = self.conn();
+        match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }) {
+            Ok((0, _, _)) => {}
+            Ok((busy, log, done)) => {
+                tracing::debug!(
+                    busy,
+                    wal_frames = log,
+                    checkpointed = done,
+                    "WAL checkpoint after a wipe could not finish; a reader holds an old snapshot"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a wipe failed"),
+        }
     }
 
     fn version(&self) -> Result<i64, rusqlite::Error> {
@@ -658,9 +711,11 @@ impl Store {
             if state != "planned" {
                 return Err(StoreError::Conflict(format!("rotation {id} is {state}, not planned")));
             }
+            // An `abandoned` attempt may stay unresolved (watched for) while
+            // the next one runs: the engine lists for it before each create.
             let open: Option<u32> = tx
                 .query_row(
-                    "SELECT attempt FROM attempts WHERE rotation_id = ?1 AND state IN ('requested', 'abandoned')",
+                    "SELECT attempt FROM attempts WHERE rotation_id = ?1 AND state = 'requested'",
                     params![id],
                     |r| r.get(0),
                 )
@@ -809,7 +864,7 @@ impl Store {
         class: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        let wiped = self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state.is_terminal() {
                 return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
@@ -845,7 +900,11 @@ impl Store {
                 ),
             )?;
             Ok(())
-        })
+        });
+        if wiped.is_ok() {
+            self.checkpoint_after_wipe();
+        }
+        wiped
     }
 
     /// A sink acknowledged the new key. `fingerprint` is what its read-back
@@ -982,7 +1041,7 @@ impl Store {
         at: DateTime<Utc>,
         retire_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        let wiped = self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state != RotationState::Created {
                 return Err(StoreError::Conflict(format!("rotation {id} is {}, not created", row.state.as_str())));
@@ -1031,7 +1090,11 @@ impl Store {
                 _ => complete_tx(tx, &row, "no_old_key", at)?,
             }
             Ok(())
-        })
+        });
+        if wiped.is_ok() {
+            self.checkpoint_after_wipe();
+        }
+        wiped
     }
 
     /// The old key is gone (deleted, or 404 on delete): complete.
@@ -1144,6 +1207,279 @@ impl Store {
              WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
         )?;
         let rows = st.query_map(params![policy], |r| Ok((r.get(0)?, attempt_row(r, 1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every create attempt of a policy that did not hand rekey a key
+    /// (`requested`, `abandoned`, `cleaned`), with its rotation: their names
+    /// are orphans to watch for, for ever (a late create is still deleted).
+    pub fn orphan_attempts(&self, policy: &str) -> Result<Vec<OrphanAttempt>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT a.rotation_id, r.lineage, r.state, a.absent_listings, a.absent_since,
+                    a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
+             FROM attempts a JOIN rotations r ON r.id = a.rotation_id
+             WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned', 'cleaned')",
+        )?;
+        let rows = st.query_map(params![policy], |r| {
+            let state: String = r.get(2)?;
+            Ok(OrphanAttempt {
+                rotation_id: r.get(0)?,
+                lineage: r.get(1)?,
+                rotation_state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
+                absent_listings: r.get(3)?,
+                absent_since: opt_ts(r.get(4)?),
+                attempt: attempt_row(r, 5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A complete listing that started at `listing_started` (after the
+    /// attempt began) did not show an unresolved attempt's name. The attempt
+    /// becomes `abandoned` (if it was `requested`) and, once
+    /// [`schema::ORPHAN_ABSENT_LISTINGS`] such listings span
+    /// [`schema::ORPHAN_WINDOW`] from the attempt's start, `cleaned`.
+    /// Returns whether it is now `cleaned`.
+    pub fn note_attempt_absent(
+        &self,
+        rotation_id: &str,
+        attempt: u32,
+        listing_started: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let row: Option<(String, String, u32)> = tx
+                .query_row(
+                    "SELECT state, started_at, absent_listings FROM attempts WHERE rotation_id = ?1 AND attempt = ?2",
+                    params![rotation_id, attempt],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((state, started, absent)) = row else {
+                return Ok(false);
+            };
+            if state == "cleaned" {
+                return Ok(true);
+            }
+            if state == "created" {
+                return Ok(false);
+            }
+            let started = parse_ts(&started).unwrap_or(listing_started);
+            if listing_started <= started {
+                return Ok(false);
+            }
+            let absent = absent + 1;
+            let cleaned = absent >= schema::ORPHAN_ABSENT_LISTINGS
+                && listing_started - started >= schema::ORPHAN_WINDOW;
+            tx.execute(
+                "UPDATE attempts SET absent_listings = ?3, absent_since = COALESCE(absent_since, ?4),
+                    state = ?5, finished_at = COALESCE(finished_at, ?4)
+                 WHERE rotation_id = ?1 AND attempt = ?2",
+                params![
+                    rotation_id,
+                    attempt,
+                    absent,
+                    ts(listing_started),
+                    if cleaned { "cleaned" } else { "abandoned" }
+                ],
+            )?;
+            Ok(cleaned)
+        })
+    }
+
+    /// Keys rekey created, as its rotations recorded them: the evidence of
+    /// ownership (a name that parses through `name_template` is none).
+    pub fn owned_keys(&self, policy: &str) -> Result<Vec<OwnedKey>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
+             FROM rotations WHERE policy = ?1 AND new_key_name IS NOT NULL",
+        )?;
+        let rows = st.query_map(params![policy], |r| {
+            let state: String = r.get(4)?;
+            Ok(OwnedKey {
+                rotation_id: r.get(0)?,
+                lineage: r.get(1)?,
+                key_id: r.get(2)?,
+                name: r.get(3)?,
+                state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
+                published: r.get(5)?,
+                recovered: r.get::<_, String>(6)? == "recovery",
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Of `key_ids` (live keys of `policy`), those another policy also
+    /// holds live on one of the `providers` (the same provider account):
+    /// key id → that policy.
+    pub fn claimed_elsewhere(
+        &self,
+        policy: &str,
+        providers: &[String],
+        key_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT policy, provider FROM keys WHERE key_id = ?1 AND policy <> ?2 AND state IN ('live', 'retiring')
+             ORDER BY policy",
+        )?;
+        let mut out = std::collections::HashMap::new();
+        for id in key_ids {
+            let rows = st.query_map(params![id, policy], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (other, provider) = row?;
+                if providers.contains(&provider) {
+                    out.insert(id.to_string(), other);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `rekey recover`: record that a readable sink proves `new` is the key
+    /// lineage `lineage` of `policy` published (its rotation was lost with
+    /// the DB). Writes a rotation with trigger `recovery`: `retiring` with
+    /// `old` as its old key (deleted after `grace`, read-back first) when
+    /// one is given, else `completed`; the sinks' acknowledgements carry the
+    /// fingerprints read back; `new` becomes a `created` key of that
+    /// rotation and `old` an `adopted` key of the lineage. Returns the
+    /// rotation id, or `None` when the lineage has an active rotation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_recovered(
+        &self,
+        policy: &str,
+        lineage: &str,
+        provider: &str,
+        new: &RecoveredKey,
+        old: Option<&RecoveredKey>,
+        acks: &[(String, String)],
+        grace: Duration,
+        at: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        self.tx(|tx| {
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+                    params![policy, lineage],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if active.is_some() {
+                return Ok(None);
+            }
+            let id = loop {
+                let candidate = format!("{:08x}", rand::random::<u32>());
+                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
+                if !taken {
+                    break candidate;
+                }
+            };
+            let sinks: Vec<&str> = acks.iter().map(|(s, _)| s.as_str()).collect();
+            let retire_at = old.map(|_| at + chrono::Duration::from_std(grace).unwrap_or_default());
+            tx.execute(
+                "INSERT INTO rotations (id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
+                    old_key_id, old_key_name, attempt, new_key_name, new_key_id, new_key_created_at, new_key_expires_at,
+                    fingerprint, sinks, grace_seconds, started_at, created_at, published_at, retire_at, next_attempt_at,
+                    finished_at, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'recovered', ?6, 'recovery', 0, ?7, ?8, 1, ?9, ?10, ?11, ?12, NULL, ?13, ?14,
+                    ?15, ?15, ?15, ?16, ?16, ?17, ?18)",
+                params![
+                    id,
+                    policy,
+                    lineage,
+                    provider,
+                    if old.is_some() { "retiring" } else { "completed" },
+                    "recovered by `rekey recover`: a readable sink holds this key",
+                    old.map(|o| o.id.as_str()),
+                    old.map(|o| o.name.as_str()),
+                    new.name,
+                    new.id,
+                    new.created_at.map(ts),
+                    new.expires_at.map(ts),
+                    serde_json::to_string(&sinks).unwrap_or_else(|_| "[]".into()),
+                    grace.as_secs() as i64,
+                    ts(at),
+                    retire_at.map(ts),
+                    if old.is_some() { None } else { Some(ts(at)) },
+                    if old.is_some() { None } else { Some("no_old_key") },
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO attempts (rotation_id, attempt, name, state, started_at, finished_at) VALUES (?1, 1, ?2, 'created', ?3, ?3)",
+                params![id, new.name, ts(at)],
+            )?;
+            for (sink, fp) in acks {
+                tx.execute(
+                    "INSERT INTO sink_acks (rotation_id, sink, state, attempts, acked_at, detail, fingerprint)
+                     VALUES (?1, ?2, 'acked', 0, ?3, 'recovered from read-back', ?4)",
+                    params![id, sink, ts(at), fp],
+                )?;
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = excluded.origin,
+                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at",
+            )?;
+            up.execute(params![policy, new.id, new.name, lineage, provider, new.created_at.map(ts), new.expires_at.map(ts), ts(at), "created", id, "live"])?;
+            if let Some(o) = old {
+                up.execute(params![policy, o.id, o.name, lineage, provider, o.created_at.map(ts), o.expires_at.map(ts), ts(at), "adopted", Option::<String>::None, "retiring"])?;
+            }
+            Ok(Some(id))
+        })
+    }
+
+    /// Who last wrote a sink target (`kind:rendered target`), if recorded.
+    pub fn sink_target_owner(&self, target: &str) -> Result<Option<TargetOwner>, StoreError> {
+        let c = self.conn();
+        Ok(c.query_row(
+            "SELECT sink, policy, lineage, rotation_id FROM sink_targets WHERE target = ?1",
+            params![target],
+            |r| {
+                Ok(TargetOwner {
+                    sink: r.get(0)?,
+                    policy: r.get(1)?,
+                    lineage: r.get(2)?,
+                    rotation_id: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+    }
+
+    /// Record the writer of a sink target (after a write, or when claiming a
+    /// target an earlier build acknowledged).
+    pub fn record_sink_target(
+        &self,
+        target: &str,
+        owner: &TargetOwner,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO sink_targets (target, sink, policy, lineage, rotation_id, written_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (target) DO UPDATE SET sink = excluded.sink, policy = excluded.policy,
+                    lineage = excluded.lineage, rotation_id = excluded.rotation_id, written_at = excluded.written_at",
+                params![target, owner.sink, owner.policy, owner.lineage, owner.rotation_id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The (policy, lineage) pairs a sink acknowledged a key for, newest
+    /// first: how targets written before schema v2 are claimed.
+    pub fn acked_writers(&self, sink: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT r.policy, r.lineage, MAX(a.acked_at) FROM sink_acks a JOIN rotations r ON r.id = a.rotation_id
+             WHERE a.sink = ?1 AND a.state = 'acked' GROUP BY r.policy, r.lineage ORDER BY 3 DESC",
+        )?;
+        let rows = st.query_map(params![sink], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1656,6 +1992,52 @@ pub struct AttemptRow {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+}
+
+/// A create attempt that never handed rekey its key, with its rotation.
+#[derive(Debug, Clone)]
+pub struct OrphanAttempt {
+    pub rotation_id: String,
+    pub lineage: String,
+    pub rotation_state: RotationState,
+    pub attempt: AttemptRow,
+    /// Complete listings since the attempt that did not show its name.
+    pub absent_listings: u32,
+    pub absent_since: Option<DateTime<Utc>>,
+}
+
+/// A key one of rekey's rotations created (the store's proof of ownership).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedKey {
+    pub rotation_id: String,
+    pub lineage: String,
+    /// The provider's id; `None` until resolved (OceanBase returns none).
+    pub key_id: Option<String>,
+    /// The attempt name the key was created under.
+    pub name: String,
+    pub state: RotationState,
+    /// Every sink acknowledged it.
+    pub published: bool,
+    /// Recorded by `rekey recover` from a sink's read-back, not by a create.
+    pub recovered: bool,
+}
+
+/// A listed key `rekey recover` records (id, name and times as listed).
+#[derive(Debug, Clone)]
+pub struct RecoveredKey {
+    pub id: String,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The last writer of a sink target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetOwner {
+    pub sink: String,
+    pub policy: String,
+    pub lineage: String,
+    pub rotation_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! Versions (PRAGMA user_version), one line each:
 //! - 1: keys, rotations, attempts, sink_acks, events, deliveries,
 //!   dead_letters, policy_state, expiring_notices.
+//! - 2 (ownership): `keys.origin` also `orphan`/`unrecognised` (table
+//!   rebuilt), index `keys_by_id`; `attempts.absent_listings`,
+//!   `attempts.absent_since`, index `attempts_not_created`; table `sink_targets`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -16,7 +19,11 @@
 //! - `provider`: provider name from the config.
 //! - `created_at`, `expires_at`: as the provider reports them (nullable).
 //! - `first_seen_at`, `last_seen_at`: when a scan first/last listed it.
-//! - `origin`: `created` (by rekey) or `adopted`.
+//! - `origin`: `created` (a rotation in the store produced it), `adopted`,
+//!   `orphan` (named like an attempt that never handed over its key) or
+//!   `unrecognised` (looks generated, no rotation produced it). Only the
+//!   rotations table proves `created`; rows written before v2 may claim
+//!   `created` from a parsed name and are re-checked against it.
 //! - `rotation_id`: the rotation that created it, for `created` keys.
 //! - `state`: `live`, `retiring` (old key in grace), `deleted`, `retired`
 //!   (provider cannot delete; left for a human), `gone` (vanished from lists).
@@ -58,7 +65,17 @@
 //! - `state`: `requested` (committed before the create call), `created`,
 //!   `abandoned` (outcome unknown after a crash or error), `cleaned` (an
 //!   abandoned attempt's key was found and deleted, or was never made).
+//!   A `cleaned` attempt's name stays recognised for ever: a late create
+//!   that shows up afterwards is still deleted, never adopted.
 //! - `started_at`, `finished_at`, `error`.
+//! - `absent_listings` (v2): complete listings that started after the
+//!   attempt and did not show its name; `absent_since` (v2): the start of the
+//!   first of them. An abandoned attempt becomes `cleaned` without its key
+//!   being seen only after [`ORPHAN_ABSENT_LISTINGS`] such listings spanning
+//!   [`ORPHAN_WINDOW`] (eventually consistent lists, DESIGN §3).
+//!
+//! Index `attempts_not_created` (v2, partial): the attempts whose names are
+//! orphans to watch for (requested, abandoned, cleaned).
 //!
 //! ## sink_acks: per-sink publication of one rotation's new key
 //! - `rotation_id`, `sink`: primary key.
@@ -87,14 +104,34 @@
 //! - `health`: the last computed health. `last_error`.
 //! - `decisions`: JSON of the last plan per lineage (reason, message).
 //!
+//! ## sink_targets (v2): which policy and lineage last wrote each target
+//! - `target`: primary key; the sink kind and the rendered target
+//!   (`file:/etc/keys/app.env`, `vault:https://vault:8200/secret/maas/app`).
+//! - `sink`, `policy`, `lineage`, `rotation_id`: the last writer.
+//! - `written_at`.
+//!
+//! A sink never overwrites a target whose row names another policy or
+//! lineage; targets acknowledged before v2 are claimed from `sink_acks` on
+//! first use, so an upgrade does not lock itself out.
+//!
 //! ## expiring_notices: `key.expiring` sent, at most once per threshold
 //! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
 
 /// The schema version this build writes and understands.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long an abandoned create attempt's name is watched for before it is
+/// marked `cleaned` without having been seen (eventually consistent lists:
+/// OceanBase documents none, the emulator's `--list-delay` models minutes).
+pub const ORPHAN_WINDOW: chrono::Duration = chrono::Duration::minutes(15);
+
+/// How many complete listings that started after an abandoned attempt must
+/// miss its name (across [`ORPHAN_WINDOW`]) before it is marked `cleaned`.
+pub const ORPHAN_ABSENT_LISTINGS: u32 = 3;
 
 /// Migration `n` takes the DB from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE keys (
     policy TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -224,4 +261,42 @@ CREATE TABLE expiring_notices (
     at TEXT NOT NULL,
     PRIMARY KEY (policy, key_id, threshold)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE keys_v2 (
+    policy TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    created_at TEXT,
+    expires_at TEXT,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('created', 'adopted', 'orphan', 'unrecognised')),
+    rotation_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('live', 'retiring', 'deleted', 'retired', 'gone')),
+    PRIMARY KEY (policy, key_id)
+);
+INSERT INTO keys_v2 SELECT policy, key_id, name, lineage, provider, created_at, expires_at,
+    first_seen_at, last_seen_at, origin, rotation_id, state FROM keys;
+DROP TABLE keys;
+ALTER TABLE keys_v2 RENAME TO keys;
+CREATE INDEX keys_by_lineage ON keys (policy, lineage);
+CREATE INDEX keys_by_id ON keys (key_id);
+
+ALTER TABLE attempts ADD COLUMN absent_listings INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN absent_since TEXT;
+CREATE INDEX attempts_not_created ON attempts (rotation_id)
+    WHERE state IN ('requested', 'abandoned', 'cleaned');
+
+CREATE TABLE sink_targets (
+    target TEXT PRIMARY KEY,
+    sink TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    rotation_id TEXT,
+    written_at TEXT NOT NULL
+);
+"#,
+];

@@ -77,6 +77,7 @@ impl Sealer {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(path)
                 .map_err(err)?;
             f.write_all(hexed.as_bytes()).map_err(err)?;
@@ -92,11 +93,19 @@ impl Sealer {
                     .map_err(err)?;
             }
         }
-        let meta = std::fs::metadata(path).map_err(err)?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        // Opened without following a link, then checked on the descriptor:
+        // no window in which the path can be swapped.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(err)?;
+        let meta = f.metadata().map_err(err)?;
+        if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
             return Err(SealError::KeyFileMode(path.to_path_buf()));
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(err)?);
+        let mut text = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut f, &mut text).map_err(err)?;
         Self::from_hex(&Secret::new(text.trim().to_string()))
     }
 

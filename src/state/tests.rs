@@ -114,6 +114,7 @@ fn a_fresh_db_gets_the_whole_schema() {
             "policy_state",
             "rotations",
             "sink_acks",
+            "sink_targets",
         ]
     );
     let pragma = |name: &str| -> String {
@@ -134,7 +135,7 @@ fn a_fresh_db_gets_the_whole_schema() {
 fn the_in_memory_store_has_the_same_schema() {
     let store = Store::open_in_memory().unwrap();
     assert_eq!(store.version().unwrap(), schema::VERSION);
-    assert_eq!(table_names(&store).len(), 9);
+    assert_eq!(table_names(&store).len(), 10);
 }
 
 #[test]
@@ -151,7 +152,7 @@ fn reopening_is_idempotent_and_keeps_the_data() {
     for _ in 0..2 {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.version().unwrap(), schema::VERSION);
-        assert_eq!(table_names(&store).len(), 9);
+        assert_eq!(table_names(&store).len(), 10);
         assert_eq!(
             store.rotation(&id).unwrap().unwrap().state,
             RotationState::Planned
@@ -745,7 +746,7 @@ fn sink_acknowledgements_are_refused_outside_publishing() {
 }
 
 #[test]
-fn an_abandoned_attempt_is_resolved_before_the_next_one() {
+fn a_requested_attempt_is_resolved_before_the_next_one() {
     let store = Store::open_in_memory().unwrap();
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
@@ -754,14 +755,15 @@ fn an_abandoned_attempt_is_resolved_before_the_next_one() {
     let (a1, _) = store
         .start_attempt(&id, |n| format!("k-{n}"), at(1))
         .unwrap();
-    store
-        .resolve_attempt(&id, a1, false, Some("timeout"), at(2))
-        .unwrap();
+    // Still `requested` (outcome unknown, never listed for): no next one.
     assert!(is_conflict(store.start_attempt(
         &id,
         |n| format!("k-{n}"),
         at(2)
     )));
+    store
+        .resolve_attempt(&id, a1, false, Some("timeout"), at(2))
+        .unwrap();
     // A create reported late for the abandoned attempt is not recorded.
     assert!(is_conflict(store.record_created(
         &id,
@@ -943,4 +945,84 @@ fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
         }
     }
     assert!(scanned > 0, "nothing scanned");
+}
+
+#[test]
+fn no_copy_of_the_sealed_secret_survives_the_wipe_in_the_db_or_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    let sealer = Sealer::random();
+    let id = created_rotation(&store, &sealer, &["file"]);
+    let sealed = store.sealed_secret(&id).unwrap().unwrap();
+    // Every update of the row writes another copy of its page.
+    for i in 0..5 {
+        store
+            .record_step_failure(&id, "sink down", "retryable", Some(at(3 + i)), at(2 + i))
+            .unwrap();
+    }
+    let holds = |file: &Path| {
+        std::fs::read(file)
+            .map(|b| b.windows(sealed.len()).any(|w| w == sealed.as_slice()))
+            .unwrap_or(false)
+    };
+    assert!(
+        holds(&path) || holds(&sidecar(&path, "-wal")),
+        "the sealed value should be on disk before the wipe (or this test proves nothing)"
+    );
+    store
+        .record_sink_ack(
+            &id,
+            "file",
+            Some("/etc/keys/app-main.env"),
+            "sha256:test",
+            at(9),
+        )
+        .unwrap();
+    store.record_published(&id, at(9), Some(at(69))).unwrap();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = if suffix.is_empty() {
+            path.clone()
+        } else {
+            sidecar(&path, suffix)
+        };
+        assert!(
+            !holds(&file),
+            "{} still holds the sealed secret",
+            file.display()
+        );
+        // Nor any 16-byte run of it (a partly overwritten copy).
+        if let Ok(bytes) = std::fs::read(&file) {
+            for chunk in sealed.chunks(16).filter(|c| c.len() == 16) {
+                assert!(
+                    !bytes.windows(16).any(|w| w == chunk),
+                    "{} holds part of the sealed secret",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_symlinked_lock_db_or_key_file_is_refused_and_its_target_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+
+    let path = dir.path().join("state.db");
+    std::os::unix::fs::symlink(&victim, super::lock_path(&path)).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    let path = dir.path().join("other.db");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    assert!(Store::open(&path).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+    let key = dir.path().join("state.db.key");
+    std::os::unix::fs::symlink(&victim, &key).unwrap();
+    assert!(crate::state::seal::Sealer::from_key_file(&key).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }

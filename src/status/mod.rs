@@ -60,6 +60,12 @@ pub enum KeyState {
     Retired,
     /// An older live key rekey is not retiring; left alone.
     Stale,
+    /// Looks generated (its name parses through `name_template`) but no
+    /// rotation in the store produced it: never current, never deleted.
+    Unrecognised,
+    /// Its lineage name is outside the safe alphabet: never rotated or
+    /// published; the name is shown escaped.
+    UnsafeName,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ fn config(bao: &OpenBao, auth: VaultAuth, ca: bool) -> SinkConfig {
             path: TargetTemplate::parse("maas/{lineage}").unwrap(),
             namespace: None,
             auth,
+            adopt_existing: false,
         }),
     }
 }
@@ -477,4 +478,101 @@ async fn vault_sink_writes_inside_a_namespace() {
     assert_eq!(status, 404);
     // A root token does not expire: no renewal is ever due.
     assert_eq!(vault.auth_stats().renewals, 0);
+}
+
+#[tokio::test]
+async fn vault_sink_never_overwrites_a_secret_it_did_not_write_for_this_lineage() {
+    let Some(bao) = OpenBao::start_tls().await else {
+        return;
+    };
+    bao.create_sink_policy("rekey", "maas").await;
+    let token = bao.create_token("rekey", "1h").await;
+    // Someone else's secret where a key named `v1/db-password` would land.
+    bao.write_kv(
+        "maas/v1/db-password",
+        serde_json::json!({"password": "theirs"}),
+    )
+    .await;
+    let vault = sink(&bao, token_auth(&token));
+    let key = NewKey::new("v1/db-password", "1a2b3c4d");
+    let err = vault.publish(&key.publication()).await.unwrap_err();
+    assert!(!err.retryable, "{err:?}");
+    assert!(
+        err.message
+            .contains("refusing to overwrite secret/maas/v1/db-password")
+            && err.message.contains("adopt_existing"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        bao.read_kv("maas/v1/db-password").await["data"]["password"],
+        "theirs"
+    );
+
+    // A path labelled for another policy or lineage is not ours either.
+    let other = NewKey::new("billing", "1a2b3c4d");
+    vault.publish(&other.publication()).await.unwrap();
+    let mut stolen = NewKey::new("billing", "5e6f7a8b");
+    stolen.policy = "another-policy".into();
+    let err = vault.publish(&stolen.publication()).await.unwrap_err();
+    assert!(
+        err.message.contains("refusing to overwrite"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        vault.read_back("maas-prod", "billing").await.unwrap(),
+        ReadBack::Fingerprint(other.fingerprint.clone())
+    );
+    // Its own path (labelled on the first write) is written again.
+    vault
+        .publish(&NewKey::new("billing", "9c0d1e2f").publication())
+        .await
+        .unwrap();
+
+    // Adopting is explicit.
+    let mut cfg = config(&bao, token_auth(&token), true);
+    if let SinkKind::Vault(v) = &mut cfg.kind {
+        v.adopt_existing = true;
+    }
+    let SinkKind::Vault(v) = &cfg.kind else {
+        unreachable!()
+    };
+    let adopting = VaultSink::new("vault", v, &cfg).unwrap();
+    adopting.publish(&key.publication()).await.unwrap();
+    let meta = bao.read_metadata("maas/v1/db-password").await;
+    assert_eq!(meta["custom_metadata"]["rekey_lineage"], "v1/db-password");
+}
+
+/// The store's record of targets this sink wrote counts as ownership (the
+/// seam the ownership work fills).
+#[tokio::test]
+async fn vault_sink_writes_an_unlabelled_path_the_store_says_it_wrote() {
+    struct Record;
+    impl rekey::sink::TargetRecord for Record {
+        fn wrote(&self, sink: &str, target: &str, policy: &str, lineage: &str) -> bool {
+            (sink, target, policy, lineage)
+                == ("vault", "secret/maas/billing", "maas-prod", "billing")
+        }
+    }
+    let Some(bao) = OpenBao::start_tls().await else {
+        return;
+    };
+    bao.create_sink_policy("rekey", "maas").await;
+    let token = bao.create_token("rekey", "1h").await;
+    bao.write_kv("maas/billing", serde_json::json!({"api_key": "old"}))
+        .await;
+    bao.write_kv("maas/other", serde_json::json!({"api_key": "old"}))
+        .await;
+    let vault = sink(&bao, token_auth(&token)).with_target_record(Arc::new(Record));
+    vault
+        .publish(&NewKey::new("billing", "1a2b3c4d").publication())
+        .await
+        .unwrap();
+    assert!(
+        vault
+            .publish(&NewKey::new("other", "1a2b3c4d").publication())
+            .await
+            .is_err()
+    );
 }

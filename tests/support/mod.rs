@@ -57,6 +57,10 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
         std::fs::create_dir_all(parent).expect("create parent directory");
     }
     std::fs::write(&path, contents).expect("write scratch file");
+    // Owner-only, as a config or secret file should be (`rekey check` warns
+    // about files other users can read).
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod scratch file");
     path
 }
 

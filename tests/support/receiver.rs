@@ -32,6 +32,8 @@ pub enum Reply {
     Delay(Duration),
     /// A status whose body is the request body (a receiver that echoes).
     Echo(u16),
+    /// A status with this body and content type.
+    Body(u16, &'static str, Vec<u8>),
 }
 
 /// One request as received.
@@ -151,6 +153,13 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Some(Reply::Echo(c)) => {
             let code = StatusCode::from_u16(c).unwrap();
             (c, (code, body.clone()).into_response())
+        }
+        Some(Reply::Body(c, content_type, b)) => {
+            let code = StatusCode::from_u16(c).unwrap();
+            (
+                c,
+                (code, [("content-type", content_type)], b).into_response(),
+            )
         }
         Some(Reply::Delay(d)) => {
             // Record before sleeping: the request did arrive.
