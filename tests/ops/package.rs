@@ -167,6 +167,14 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
         .arg(&deb)
         .arg("Depends"));
     assert!(depends.contains("systemd"), "{depends}");
+    let control = scratch.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    for script in ["postinst", "prerm", "postrm"] {
+        // Valid shell, and never silent about a failing step.
+        run(Command::new("sh").arg("-n").arg(control.join(script)));
+        let text = std::fs::read_to_string(control.join(script)).unwrap();
+        assert!(text.contains("set -e"), "{script}:\n{text}");
+    }
 
     // The man page and completions come from the CLI definition.
     let man = run(Command::new("gzip")
