@@ -477,6 +477,15 @@ fn human_delta(d: chrono::Duration) -> String {
 
 /// `rekey plan`: list and decide, change nothing (no provider mutation,
 /// no DB write: the DB, if any, is opened read-only).
+/// `println!` for lines that hold outside strings (key names, ids, errors):
+/// control characters are escaped, so a key name cannot move the cursor,
+/// clear the operator's terminal or fake a line of the table.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        println!("{}", crate::logging::escape(&format!($($t)*)))
+    };
+}
+
 fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
     use crate::rotation::policy;
     use crate::state::Store;
@@ -525,9 +534,10 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
         let provider = match crate::provider::build(pc, &metrics) {
             Ok(x) => x,
             Err(e) => {
-                println!(
+                outln!(
                     "policy {}: cannot build provider {}: {e}",
-                    p.name, p.provider
+                    p.name,
+                    p.provider
                 );
                 failed = true;
                 continue;
@@ -540,22 +550,13 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
         )) {
             Ok(l) => l,
             Err(e) => {
-                println!("policy {}: cannot list keys: {e}", p.name);
+                outln!("policy {}: cannot list keys: {e}", p.name);
                 failed = true;
                 continue;
             }
         };
         let ledger = match &store {
-            Some(s) => {
-                let account = crate::config::ownership::account_of(pc);
-                let same: Vec<String> = cfg
-                    .providers
-                    .iter()
-                    .filter(|(_, x)| crate::config::ownership::account_of(x) == account)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                policy::Ledger::load(s, &p.name, &same)?
-            }
+            Some(s) => policy::Ledger::load(s, &p.name, &policy::rivals(&cfg, p))?,
             None => policy::Ledger::default(),
         };
         let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
@@ -587,7 +588,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 .min()
                 .map(|t| format!(", next rotation in {}", human_delta(t - now)))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{:<24} {:<13} {} lineage(s), {due} due{next}{}",
                 p.name,
                 plan.health.as_str(),
@@ -603,7 +604,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
         if filter.due && plan.misconfigured.is_none() && due == 0 {
             continue;
         }
-        println!(
+        outln!(
             "policy {} (provider {}, mode {mode}, match {:?}): {}",
             p.name,
             p.provider,
@@ -611,10 +612,10 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
             plan.health.as_str()
         );
         if let Some(m) = &plan.misconfigured {
-            println!("  misconfigured: {m}; nothing would change");
+            outln!("  misconfigured: {m}; nothing would change");
         }
         if plan.lineages.is_empty() {
-            println!("  no keys match");
+            outln!("  no keys match");
         }
         for l in &plan.lineages {
             if filter.lineage.as_ref().is_some_and(|f| *f != l.name)
@@ -629,10 +630,10 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
             } else {
                 "no action"
             };
-            println!(
+            outln!(
                 "  lineage {}: {action} [{}] {}",
-                l.name,
-                l.decision.reason.as_str(),
+                policy::escaped(&l.name),
+                l.condition.unwrap_or(l.decision.reason.as_str()),
                 l.decision.message
             );
             for (k, st) in &l.keys {
@@ -655,11 +656,14 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 let lead = policy::effective_lead(p, &k.key)
                     .map(|l| format!(" lead {}", human_delta(l)))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "    {:<10} {:<40} id {:<24} age {:<8} expires {:<12}{lead}",
-                    format!("{st:?}").to_lowercase(),
-                    k.key.name,
-                    k.key.id,
+                    serde_json::to_value(st)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    policy::escaped(&k.key.name),
+                    policy::escaped(&k.key.id),
                     age,
                     exp
                 );
@@ -668,7 +672,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 && !l.decision.rotate
                 && l.decision.reason == policy::Reason::Fresh
             {
-                println!(
+                outln!(
                     "    rotate at {} (in {})",
                     t.to_rfc3339(),
                     human_delta(t - now)
@@ -678,13 +682,13 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                 let example = p.name_template.render(&l.name, &p.name, "xxxxxxxx", 1, now);
                 let grace = crate::clock::human(p.grace_period);
                 match &l.current {
-                    Some(c) => println!(
+                    Some(c) => outln!(
                         "    would create {example}, publish it to {}, then delete {} ({}) {grace} after publishing",
                         p.sinks.join(", "),
                         c.key.name,
                         c.key.id
                     ),
-                    None => println!(
+                    None => outln!(
                         "    would create {example} and publish it to {}",
                         p.sinks.join(", ")
                     ),
@@ -693,7 +697,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
             if let Some(a) = &l.active
                 && let (Some(old), Some(at)) = (&a.old_key_id, a.retire_at)
             {
-                println!(
+                outln!(
                     "    rotation {} is {}: old key {old} is deleted at {} (in {})",
                     a.id,
                     a.state.as_str(),
@@ -804,7 +808,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "no rotations{}",
             policy
                 .map(|p| format!(" for policy {p}"))
@@ -812,7 +816,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         );
     }
     for r in &rows {
-        println!(
+        outln!(
             "{} {} {}/{} {} reason={} started={}{}",
             r.id,
             r.state.as_str().to_uppercase(),
@@ -825,7 +829,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
                 .map(|f| format!(" finished={}", f.to_rfc3339()))
                 .unwrap_or_default()
         );
-        println!(
+        outln!(
             "    old key {} → new key {} ({}){}",
             r.old_key_id.as_deref().unwrap_or("-"),
             r.new_key_id.as_deref().unwrap_or("-"),
@@ -838,10 +842,10 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         if let Some(t) = r.retire_at
             && !r.state.is_terminal()
         {
-            println!("    old key deleted at {}", t.to_rfc3339());
+            outln!("    old key deleted at {}", t.to_rfc3339());
         }
         for a in store.sink_acks(&r.id)? {
-            println!(
+            outln!(
                 "    sink {:<16} {:<8} attempts={}{}{}",
                 a.sink,
                 a.state,
@@ -854,7 +858,7 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
         }
         for a in store.attempts(&r.id)? {
             if a.state != "created" {
-                println!(
+                outln!(
                     "    attempt {} {} {}{}",
                     a.attempt,
                     a.name,
@@ -864,14 +868,14 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
             }
         }
         if let Some(e) = &r.error {
-            println!(
+            outln!(
                 "    error ({}): {e}",
                 r.error_class.as_deref().unwrap_or("?")
             );
         }
     }
     for d in store.dead_letters()? {
-        println!(
+        outln!(
             "dead letter: {} {} to {} at {}: {}",
             d.event_id,
             d.kind,
@@ -965,7 +969,7 @@ fn status_summary(snapshot: &crate::status::Snapshot) -> String {
         }
         out.push_str(&format!(
             "{:<24} {:<13} {}\n",
-            p.name,
+            crate::logging::escape(&p.name),
             p.health.as_str(),
             parts.join(", ")
         ));
@@ -1016,7 +1020,7 @@ fn status(
         if Path::new(&i.config) != ours {
             eprintln!(
                 "rekey: warning: the daemon at {shown} runs {}, not {}",
-                i.config,
+                crate::logging::escape(&i.config),
                 ours.display()
             );
         }
@@ -1031,7 +1035,7 @@ fn status(
             client::humanize(now - snapshot.started_at)
         );
         match &snapshot.instance {
-            Some(i) => println!("  host {}, config {}, state {}", i.host, i.config, i.state),
+            Some(i) => outln!("  host {}, config {}, state {}", i.host, i.config, i.state),
             None => println!("  (this daemon does not say which config it runs)"),
         }
         if filter.summary {
@@ -1072,14 +1076,22 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             }
         },
     };
-    let endpoint = match (&args.endpoint, &cfg) {
-        (Some(e), _) => Endpoint::parse(e)?,
-        (None, Some(cfg)) => Endpoint::from_listen(&cfg.daemon.listen),
-        (None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
+    // With an admin socket, rotate requests go there (socket access is the
+    // authorization; no token travels to whatever owns the TCP port).
+    let admin_socket = match (&args.endpoint, &cfg) {
+        (None, Some(cfg)) => cfg.daemon.admin_listen.clone(),
+        _ => None,
+    };
+    let endpoint = match (&args.endpoint, &cfg, &admin_socket) {
+        (Some(e), _, _) => Endpoint::parse(e)?,
+        (None, _, Some(path)) => Endpoint::Unix(path.clone()),
+        (None, Some(cfg), None) => Endpoint::from_listen(&cfg.daemon.listen),
+        (None, None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
     };
     let token = match (&args.token_file, &cfg) {
-        (Some(file), _) => read_token_file(file)?,
-        (None, Some(cfg)) => {
+        (Some(file), _) => Some(read_token_file(file)?),
+        (None, Some(_)) if admin_socket.is_some() => None,
+        (None, Some(cfg)) => Some({
             let Some(r) = &cfg.daemon.admin_token else {
                 anyhow::bail!(
                     "{} sets no daemon.admin_token, so the daemon refuses rotate requests; \
@@ -1089,7 +1101,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             };
             r.resolve_now()
                 .with_context(|| format!("daemon.admin_token ({r})"))?
-        }
+        }),
         (None, None) => {
             anyhow::bail!("rotate needs the admin token: pass --token-file FILE or -c CONFIG")
         }
@@ -1104,7 +1116,7 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
         &args.policy,
         args.lineage.as_deref(),
         args.revoke_old_immediately,
-        &token,
+        token.as_ref(),
     )) {
         Ok(o) => o,
         Err(e) => {

@@ -259,18 +259,53 @@ mod tests {
             ))
             .finish();
         let hostile = "x\n<2>forged\r\x1b]0;title\x07";
+        // And a few hundred random names: bytes, separators, dots, braces,
+        // control characters, very long.
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let pieces = [
+            "\n", "\r", "\u{85}", "\u{2028}", "\x1b[", "<2>", "/", "..", "{", "}", "\0", "a", " ",
+        ];
+        let names: Vec<String> = (0..300)
+            .map(|i| {
+                let mut n = String::new();
+                for _ in 0..rng.random_range(0..20) {
+                    if rng.random_bool(0.3) {
+                        let b: Vec<u8> =
+                            (0..rng.random_range(1..6)).map(|_| rng.random()).collect();
+                        n.push_str(&String::from_utf8_lossy(&b));
+                    } else {
+                        n.push_str(pieces[rng.random_range(0..pieces.len())]);
+                    }
+                }
+                if i % 50 == 0 {
+                    n.push_str(&"\n".repeat(2000));
+                }
+                n
+            })
+            .collect();
         tracing::subscriber::with_default(sub, || {
             tracing::info!(policy = %hostile, key = ?hostile, id = hostile, "asked for {hostile}");
             let err = std::io::Error::other(hostile.to_string());
             tracing::warn!(error = %err, "failed");
+            for n in &names {
+                tracing::info!(key = %n, "saw {n}");
+            }
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        let lines: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 2 + names.len(), "seed {seed}");
         assert!(
             lines[0].starts_with("<6>") && lines[1].starts_with("<4>"),
             "{text}"
         );
-        assert!(!text.contains('\x1b') && !text.contains('\r') && !text.contains('\x07'));
+        for l in &lines {
+            assert!(
+                l.starts_with("<6>") || l.starts_with("<4>"),
+                "seed {seed}: {l:?}"
+            );
+            assert!(!l.chars().any(needs_escape), "seed {seed}: {l:?}");
+        }
     }
 }

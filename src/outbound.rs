@@ -395,4 +395,56 @@ mod tests {
         let e = client_with_env(None, Duration::from_secs(1), &env).unwrap_err();
         assert!(!e.0.contains("pw"), "{e}");
     }
+
+    /// A listener that counts connections and closes them.
+    async fn counter(addr: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let local = l.local_addr().unwrap();
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = n.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        (local.to_string(), n)
+    }
+
+    #[tokio::test]
+    async fn loopback_and_plain_http_targets_bypass_every_proxy() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (proxy, proxied) = counter("127.0.0.1:0").await;
+        let proxy_url = format!("http://{proxy}");
+        let env = |k: &str| {
+            matches!(k, "HTTPS_PROXY" | "HTTP_PROXY" | "ALL_PROXY").then(|| proxy_url.clone())
+        };
+        let c = client_with_env(None, Duration::from_secs(2), &env).unwrap();
+        let (v4, direct4) = counter("127.0.0.1:0").await;
+        let port4 = v4.rsplit(':').next().unwrap().to_string();
+        for url in [
+            format!("https://127.0.0.1:{port4}/"),
+            format!("https://localhost:{port4}/"),
+            format!("http://127.0.0.1:{port4}/"),
+        ] {
+            let _ = c.get(&url).send().await;
+        }
+        if let Ok(l6) = tokio::net::TcpListener::bind("[::1]:0").await {
+            let port6 = l6.local_addr().unwrap().port();
+            drop(l6);
+            let (_, direct6) = counter(&format!("[::1]:{port6}")).await;
+            let _ = c.get(format!("https://[::1]:{port6}/")).send().await;
+            assert_eq!(direct6.load(SeqCst), 1, "[::1] went direct");
+        }
+        assert_eq!(
+            proxied.load(SeqCst),
+            0,
+            "a loopback or plain-http request went through the proxy"
+        );
+        assert!(direct4.load(SeqCst) >= 3, "{}", direct4.load(SeqCst));
+        // A non-loopback https target does use the proxy (the rule is not
+        // simply "no proxy").
+        let _ = c.get("https://rekey-proxy-test.invalid/").send().await;
+        assert_eq!(proxied.load(SeqCst), 1);
+    }
 }

@@ -675,6 +675,23 @@ fn cases() -> Vec<Case> {
                 "rekey.toml:35:10: warning: `secret` is a literal secret in the config file\n  hint: use { env = \"NAME\" }, { file = \"/path\" } or { credential = \"name\" } (systemd LoadCredential=)",
             ],
         ),
+        case(
+            "admin_listen that is not a unix socket",
+            with(&[("state = ", "admin_listen = \"127.0.0.1:9478\"\nstate = ")]),
+            &[
+                "rekey.toml:2:16: error: `admin_listen` \"127.0.0.1:9478\" is not an absolute unix: socket path\n  hint: the admin endpoints are served on a Unix socket only: admin_listen = \"unix:/run/rekey/admin.sock\"",
+            ],
+        ),
+        case(
+            "pass_env entry that is not a variable name",
+            with(&[(
+                "path = \"/etc/keys/{lineage}.env\"",
+                "path = \"/etc/keys/{lineage}.env\"\npass_env = [\"OK_NAME\", \"BAD NAME\"]",
+            )]),
+            &[
+                "rekey.toml:25:12: error: `pass_env` entry \"BAD NAME\" is not an environment variable name\n  hint: write names such as \"HOME\" or \"MYAPP_SOCKET\"",
+            ],
+        ),
     ]
 }
 

@@ -10,5 +10,7 @@ mod lifecycle;
 mod notify;
 mod oceanbase;
 mod ops;
+mod ownership;
 mod sinks;
 mod tencent;
+mod untrusted;

@@ -132,7 +132,20 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Duration,
     /// Where the sealing key comes from; `None` = a 0600 file beside the DB.
     pub seal_key: Option<SecretRef>,
+    /// A Unix socket serving the admin `POST` endpoints (and the GETs);
+    /// when set, `listen` serves only the read-only GETs. Access is the
+    /// socket's: mode 0660, group [`DaemonConfig::admin_group`].
+    pub admin_listen: Option<PathBuf>,
+    /// Group of the admin socket; default [`DEFAULT_ADMIN_GROUP`].
+    pub admin_group: String,
+    /// Host names the TCP endpoint answers besides loopback names
+    /// (`localhost`, `*.localhost`) and IP literals; others get 421 (a
+    /// DNS-rebinding page names the attacker's host).
+    pub allowed_hosts: Vec<String>,
 }
+
+/// Group that owns the admin socket unless `admin_group` says otherwise.
+pub const DEFAULT_ADMIN_GROUP: &str = "rekey-admin";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {

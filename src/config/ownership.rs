@@ -250,7 +250,27 @@ fn sink_scope(s: &SinkConfig) -> Option<String> {
 pub fn target_key(s: &SinkConfig, policy: &str, lineage: &str) -> Option<String> {
     let scope = sink_scope(s)?;
     let t = s.target()?;
-    Some(format!("{scope}{}", t.render(lineage, policy)))
+    Some(format!(
+        "{scope}{}",
+        normalise_target(&t.render(lineage, policy))
+    ))
+}
+
+/// One spelling per target: repeated `/` collapsed and `.` segments
+/// dropped (`/a//b/./c` is `/a/b/c`). `..` is kept: lineage names in
+/// targets cannot contain `/`, so it can only come from the config.
+fn normalise_target(t: &str) -> String {
+    let absolute = t.starts_with('/');
+    let parts: Vec<&str> = t
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 /// Check ownership across the whole config; errors and warnings go to `d`.
@@ -423,6 +443,12 @@ mod tests {
             host_without_region("https://API-cloud.oceanbase.com/"),
             "api-cloud.oceanbase.com"
         );
+    }
+
+    #[test]
+    fn one_target_has_one_spelling() {
+        assert_eq!(normalise_target("/a//b/./c.env"), "/a/b/c.env");
+        assert_eq!(normalise_target("maas/x"), "maas/x");
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub struct RawDaemon {
     /// Where the AEAD key that seals created secrets comes from; default a
     /// generated 0600 file beside the state DB.
     pub seal_key: Option<S<RawSecretRef>>,
+    /// `unix:/path`: serve the admin POST endpoints only there.
+    pub admin_listen: Option<S<String>>,
+    /// Group owning the admin socket (default `rekey-admin`).
+    pub admin_group: Option<S<String>>,
+    /// Host names (besides loopback names and IP literals) the endpoint
+    /// answers to.
+    pub allowed_hosts: Option<S<Vec<String>>>,
 }
 
 /// `[providers.NAME]`: common keys plus each kind's own.

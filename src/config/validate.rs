@@ -784,6 +784,50 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
         .seal_key
         .as_ref()
         .and_then(|s| secret_of_form(cx, s, "seal_key", SecretForm::SealKey));
+    let admin_listen = raw.admin_listen.as_ref().and_then(|s| {
+        match s.get_ref().strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => {
+                if listen == ListenAddr::Unix(PathBuf::from(path)) {
+                    cx.d.error_hint(
+                        s.span(),
+                        "`admin_listen` is the same socket as `listen`",
+                        "give the admin socket a path of its own, e.g. unix:/run/rekey/admin.sock",
+                    );
+                }
+                Some(PathBuf::from(path))
+            }
+            _ => {
+                cx.d.error_hint(
+                    s.span(),
+                    format!("`admin_listen` {:?} is not an absolute unix: socket path", s.get_ref()),
+                    "the admin endpoints are served on a Unix socket only: admin_listen = \"unix:/run/rekey/admin.sock\"",
+                );
+                None
+            }
+        }
+    });
+    let admin_group = match &raw.admin_group {
+        Some(g) if admin_listen.is_none() && raw.admin_listen.is_none() => {
+            cx.d.warn_hint(
+                g.span(),
+                "`admin_group` has no effect without `admin_listen`",
+                "set admin_listen = \"unix:/run/rekey/admin.sock\"",
+            );
+            g.get_ref().clone()
+        }
+        Some(g) => g.get_ref().clone(),
+        None => crate::config::DEFAULT_ADMIN_GROUP.to_string(),
+    };
+    let allowed_hosts = raw
+        .allowed_hosts
+        .as_ref()
+        .map(|h| {
+            h.get_ref()
+                .iter()
+                .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
     Some(DaemonConfig {
         state,
         listen,
@@ -791,6 +835,9 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
         max_concurrent_rotations,
         shutdown_timeout,
         seal_key,
+        admin_listen,
+        admin_group,
+        allowed_hosts,
     })
 }
 

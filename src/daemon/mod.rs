@@ -97,6 +97,7 @@ pub fn build_runtime(
         config: cfg,
         providers,
         sinks,
+        walks: Default::default(),
     })
 }
 
@@ -256,15 +257,29 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let server_stop = CancellationToken::new();
+    let server_state = ServerState {
+        status: status.clone(),
+        metrics: metrics.clone(),
+        rotate: rotate_tx.clone(),
+        admin_token,
+        liveness: liveness.clone(),
+    };
+    let limits = server::Limits {
+        allowed_hosts: cfg.daemon.allowed_hosts.clone(),
+        ..server::Limits::default()
+    };
+    // With an admin socket, the TCP listener serves only the GETs.
     let (endpoint, server_thread) = start_status_server(
-        cfg.daemon.listen.clone(),
-        ServerState {
-            status: status.clone(),
-            metrics: metrics.clone(),
-            rotate: rotate_tx.clone(),
-            admin_token,
-            liveness: liveness.clone(),
-        },
+        StatusListen::Plain(
+            cfg.daemon.listen.clone(),
+            if cfg.daemon.admin_listen.is_some() {
+                server::Role::ReadOnly
+            } else {
+                server::Role::All
+            },
+        ),
+        server_state.clone(),
+        limits.clone(),
         server_stop.clone(),
     )
     .await
@@ -272,6 +287,27 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         DaemonError::Listen { .. } => refuse(&["daemon.listen", "daemon"], &e),
         other => other,
     })?;
+    let admin_thread = match &cfg.daemon.admin_listen {
+        Some(path) => Some(
+            start_status_server(
+                StatusListen::Admin {
+                    path: path.clone(),
+                    group: cfg.daemon.admin_group.clone(),
+                    required: cfg.daemon.admin_group != crate::config::DEFAULT_ADMIN_GROUP,
+                },
+                server_state,
+                limits,
+                server_stop.clone(),
+            )
+            .await
+            .map_err(|e| match e {
+                DaemonError::Listen { .. } => refuse(&["daemon.admin_listen", "daemon"], &e),
+                other => other,
+            })?
+            .1,
+        ),
+        None => None,
+    };
 
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -412,7 +448,12 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     server_stop.cancel();
     let _ = tokio::time::timeout(
         Duration::from_secs(3),
-        tokio::task::spawn_blocking(move || server_thread.join()),
+        tokio::task::spawn_blocking(move || {
+            let _ = server_thread.join();
+            if let Some(t) = admin_thread {
+                let _ = t.join();
+            }
+        }),
     )
     .await;
     d.stop_deliverer().await;
@@ -420,17 +461,34 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Which status listener to start.
+enum StatusListen {
+    /// `daemon.listen`, serving as the role says.
+    Plain(crate::config::ListenAddr, server::Role),
+    /// `daemon.admin_listen`: the admin Unix socket.
+    Admin {
+        path: PathBuf,
+        group: String,
+        /// The group was named in the config (a missing one is an error).
+        required: bool,
+    },
+}
+
 /// Serve the status endpoint on a thread and runtime of its own, so it
 /// never waits behind engine work (provider calls, SQLite commits) on the
 /// daemon's workers: `/status` and `/metrics` stay fast while rotations run.
 /// Returns once the listener is bound (a busy port fails start-up).
 async fn start_status_server(
-    listen: crate::config::ListenAddr,
+    listen: StatusListen,
     state: ServerState,
+    limits: server::Limits,
     stop: CancellationToken,
 ) -> Result<(String, std::thread::JoinHandle<()>), DaemonError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, String>>();
-    let addr = listen.to_string();
+    let addr = match &listen {
+        StatusListen::Plain(l, _) => l.to_string(),
+        StatusListen::Admin { path, .. } => format!("unix:{}", path.display()),
+    };
     let thread = std::thread::Builder::new()
         .name("rekey-status".into())
         .spawn(move || {
@@ -445,10 +503,20 @@ async fn start_status_server(
                 }
             };
             rt.block_on(async move {
-                match server::bind(&listen).await {
+                let bound = match &listen {
+                    StatusListen::Plain(l, role) => {
+                        server::bind(l).await.map(|b| b.with_role(*role))
+                    }
+                    StatusListen::Admin {
+                        path,
+                        group,
+                        required,
+                    } => server::bind_admin(path, group, *required).await,
+                };
+                match bound {
                     Ok(bound) => {
                         let _ = tx.send(Ok(bound.endpoint()));
-                        server::serve(bound, state, stop).await;
+                        server::serve_with_limits(bound, state, limits, stop).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
@@ -707,6 +775,7 @@ impl Daemon {
         let old = self.current();
         if cfg.daemon.state != old.config.daemon.state
             || cfg.daemon.listen != old.config.daemon.listen
+            || cfg.daemon.admin_listen != old.config.daemon.admin_listen
         {
             tracing::warn!("daemon.state and daemon.listen take effect only on restart");
         }

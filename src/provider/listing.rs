@@ -18,18 +18,30 @@
 //!   listing that began before the lineage's latest rotation finished (the
 //!   walk may show the deleted old key and miss the new one).
 //!
+//! Sharing ([`Walks`]): walks are per provider entry (one set of
+//! credentials, never shared across entries). A consumer joins the walk in
+//! flight or reuses one that started within [`FRESHNESS`] (2 s, on both the
+//! monotonic and the injected clock); a consumer that needs proof of absence
+//! for something that began at T (an abandoned create attempt) asks for a
+//! walk that started strictly after T and gets a new one otherwise. An id
+//! lookup takes any walk that *shows* the key, and asks for one that started
+//! after the create when it does not. A failed walk fails every consumer
+//! waiting on it with the same error and is never reused.
+//!
 //! Freshness: a listing is judged by its start, never its end; the keys it
 //! holds are those the walk's filter kept, in walk order, possibly with a key
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use super::{Provider, ProviderError, ProviderKey};
-use crate::clock::Clock;
+use super::{Provider, ProviderError, ProviderKey, SharedProvider};
+use crate::clock::{Clock, SharedClock};
 
 /// The result of one complete walk of a provider's keys.
 #[derive(Debug, Clone)]
@@ -94,6 +106,22 @@ impl Listing {
         self.started_mono > t
     }
 
+    /// The keys `keep` accepts, with this walk's start and completeness:
+    /// how one shared walk serves a policy.
+    pub fn filtered(&self, keep: impl Fn(&str) -> bool) -> Listing {
+        Listing {
+            keys: self
+                .keys
+                .iter()
+                .filter(|k| keep(&k.name))
+                .cloned()
+                .collect(),
+            started_at: self.started_at,
+            started_mono: self.started_mono,
+            complete: self.complete,
+        }
+    }
+
     /// Keys named `name` (a provider may allow several).
     pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ProviderKey> + 'a {
         self.keys.iter().filter(move |k| k.name == name)
@@ -112,6 +140,99 @@ impl Listing {
     /// resolve abandoned attempts need several (DESIGN §3).
     pub fn proves_absent(&self, name: &str, since: DateTime<Utc>) -> bool {
         self.complete && self.started_after(since) && self.named(name).next().is_none()
+    }
+}
+
+/// How long a finished walk keeps serving consumers that need no walk
+/// started after a given instant (scheduled checks, id lookups, the check
+/// before a delete). Measured on the monotonic clock from the walk's start.
+pub const FRESHNESS: Duration = Duration::from_secs(2);
+
+type WalkFuture = Shared<BoxFuture<'static, Result<Arc<Listing>, ProviderError>>>;
+
+struct Slot {
+    started_at: DateTime<Utc>,
+    started_mono: Instant,
+    walk: WalkFuture,
+}
+
+/// Walks shared per provider entry (one set of credentials; never across
+/// entries): a consumer joins the walk in flight, or reuses one that
+/// started within [`FRESHNESS`], unless it needs a walk that started after
+/// some instant (`not_before`: the proof of absence for an abandoned
+/// create attempt), in which case a new walk starts. A walk that fails
+/// fails every consumer waiting on it, with the same error; the next
+/// consumer starts a new one. Each consumer filters what it needs
+/// ([`Listing::filtered`]).
+#[derive(Default)]
+pub struct Walks {
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Walks started, for tests and metrics.
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl Walks {
+    /// A complete walk of every key of `provider`; see [`Walks`] for when
+    /// it is shared. `not_before`: only a walk that started strictly after
+    /// this instant will do.
+    ///
+    /// Errors: the provider's (shared by every consumer of that walk).
+    pub async fn listing(
+        &self,
+        provider: &SharedProvider,
+        clock: &SharedClock,
+        not_before: Option<DateTime<Utc>>,
+    ) -> Result<Arc<Listing>, ProviderError> {
+        let walk = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let reusable = slots.get(provider.name()).filter(|s| {
+                // Fresh on both clocks: the monotonic one cannot be fooled
+                // by a wall-clock step; the injected one is what tests move.
+                let wall_age = clock.now() - s.started_at;
+                let fresh = s.started_mono.elapsed() <= FRESHNESS
+                    && wall_age >= chrono::Duration::zero()
+                    && wall_age.to_std().is_ok_and(|a| a <= FRESHNESS);
+                let usable = match s.walk.peek() {
+                    None => true,
+                    Some(Ok(_)) => fresh,
+                    Some(Err(_)) => false,
+                };
+                usable && not_before.is_none_or(|t| s.started_at > t)
+            });
+            match reusable {
+                Some(s) => s.walk.clone(),
+                None => {
+                    let started_at = clock.now();
+                    let started_mono = Instant::now();
+                    let p = provider.clone();
+                    let walk = async move {
+                        let all = |_: &str| true;
+                        p.list(&all).await.map(|keys| {
+                            Arc::new(Listing::from_walk(keys, started_at, started_mono, true))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    self.started
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    slots.insert(
+                        provider.name().to_string(),
+                        Slot {
+                            started_at,
+                            started_mono,
+                            walk: walk.clone(),
+                        },
+                    );
+                    walk
+                }
+            }
+        };
+        walk.await
+    }
+
+    /// How many walks were started (shared ones count once).
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

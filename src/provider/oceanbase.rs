@@ -779,7 +779,9 @@ pub fn parse_create(body: &[u8]) -> Result<CreateOutcome, String> {
     Ok(CreateOutcome::Created(CreatedKey {
         api_key,
         name: data.name,
-        created_at: parse_time("createdAt", data.created_at.as_deref())?,
+        // The create response holds the new key: an error quotes none of it.
+        created_at: parse_time("createdAt", data.created_at.as_deref())
+            .map_err(|_| "`data.createdAt` is not an RFC 3339 time".to_string())?,
     }))
 }
 

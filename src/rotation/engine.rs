@@ -76,6 +76,9 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub providers: HashMap<String, SharedProvider>,
     pub sinks: HashMap<String, SharedSink>,
+    /// Provider walks shared by every consumer (checks, id lookups, the
+    /// check before a delete), per provider entry.
+    pub walks: Arc<crate::provider::listing::Walks>,
 }
 
 impl Runtime {
@@ -218,12 +221,8 @@ impl Engine {
         let provider = self.provider(rt, &policy.provider)?.clone();
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
-        let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-            policy.matches(n)
-        })
-        .await
-        {
-            Ok(l) => l,
+        let listing = match rt.walks.listing(&provider, &self.clock, None).await {
+            Ok(l) => l.filtered(|n| policy.matches(n)),
             Err(e) => {
                 tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
                 let prev = self
@@ -422,21 +421,6 @@ impl Engine {
         removed
     }
 
-    /// The providers on the same provider account as `policy`'s (its own
-    /// included): keys claimed there by other policies are conflicts.
-    fn same_account(&self, rt: &Runtime, policy: &PolicyConfig) -> Vec<String> {
-        let Some(mine) = rt.config.providers.get(&policy.provider) else {
-            return vec![policy.provider.clone()];
-        };
-        let account = crate::config::ownership::account_of(mine);
-        rt.config
-            .providers
-            .iter()
-            .filter(|(_, p)| crate::config::ownership::account_of(p) == account)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// The store's evidence for planning `policy`.
     pub fn ledger(
         &self,
@@ -446,7 +430,7 @@ impl Engine {
         Ok(policy::Ledger::load(
             &self.store,
             &policy.name,
-            &self.same_account(rt, policy),
+            &policy::rivals(&rt.config, policy),
         )?)
     }
 
@@ -934,12 +918,14 @@ impl Engine {
                 .map(|a| a.name.clone())
                 .chain(earlier.iter().map(|o| o.attempt.name.clone()))
                 .collect();
-            let listing = match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                names.contains(n)
-            })
-            .await
-            {
-                Ok(l) => l,
+            // Only a walk that started after every open attempt will do.
+            let since = open
+                .iter()
+                .map(|a| a.started_at)
+                .chain(earlier.iter().map(|o| o.attempt.started_at))
+                .max();
+            let listing = match rt.walks.listing(&provider, &self.clock, since).await {
+                Ok(l) => l.filtered(|n| names.contains(n)),
                 Err(e) => {
                     return self.on_failure(
                         policy,
@@ -1108,12 +1094,45 @@ impl Engine {
         // The new key's id (OceanBase returns none on create).
         let mut row = row.clone();
         if row.new_key_id.is_none() {
-            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                n == new_name
-            })
-            .await
+            // Any walk that shows the key proves it; one that does not and
+            // began before the create proves nothing, so ask for a newer one.
+            let named =
+                |l: Arc<Listing>| -> Vec<ProviderKey> { l.named(&new_name).cloned().collect() };
+            let mut found = rt
+                .walks
+                .listing(&provider, &self.clock, None)
+                .await
+                .map(named);
+            if found.as_ref().is_ok_and(|f| f.is_empty()) {
+                found = rt
+                    .walks
+                    .listing(&provider, &self.clock, row.created_at)
+                    .await
+                    .map(named);
+            }
+            // Someone else made a key with this attempt's unique name: rekey
+            // cannot tell which is its own, so it claims neither.
+            if let Ok(keys) = &found
+                && keys.len() > 1
             {
-                Ok(listing) => match listing.named(&new_name).next().cloned() {
+                let ids: Vec<String> = keys.iter().map(|k| policy::escaped(&k.id)).collect();
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "finding the new key's id",
+                    &format!(
+                        "{} keys are named {} (ids {}); rekey cannot tell which one it created and claims neither; delete the one that is not rekey's",
+                        keys.len(),
+                        policy::escaped(&new_name),
+                        ids.join(", ")
+                    ),
+                    false,
+                    None,
+                    false,
+                );
+            }
+            match found.map(|k| k.into_iter().next()) {
+                Ok(found) => match found {
                     Some(k) => {
                         self.store.record_new_key_id(
                             &row.id,
@@ -1413,11 +1432,7 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match Listing::walk(provider.as_ref(), self.clock.as_ref(), &|n: &str| {
-                n == new_name
-            })
-            .await
-            {
+            match rt.walks.listing(&provider, &self.clock, None).await {
                 Ok(listing) => {
                     if listing.by_id(&new_id).is_none() {
                         return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
@@ -1463,6 +1478,18 @@ impl Engine {
                     );
                 }
             }
+        }
+        // One owner per key: never delete a key another policy also claims.
+        let rivals = rt
+            .policy(&row.policy)
+            .map(|p| policy::rivals(&rt.config, p))
+            .unwrap_or_default();
+        if let Some(other) = self
+            .store
+            .claimed_elsewhere(&row.policy, &rivals)?
+            .get(&old_id)
+        {
+            return self.on_failure(policy, row, "retiring the old key", &format!("key {} is also claimed by policy {other}; refusing to delete it until the config gives it one owner", policy::escaped(&old_id)), true, None, true);
         }
         failpoint::hit("before_delete");
         if !caps.can_delete {

@@ -31,6 +31,9 @@ struct FakeState {
     /// Make create also succeed at the provider but report an error
     /// (the response was lost).
     lose_next_create_response: bool,
+    /// Someone else creates a key with the same name right after the next
+    /// create (OceanBase allows duplicate names).
+    twin_next_create: bool,
 }
 
 #[derive(Clone)]
@@ -119,6 +122,9 @@ impl Provider for FakeProvider {
             std::mem::take(&mut st.lose_next_create_response)
         };
         let id = self.add(req.name, Duration::zero(), self.lifetime);
+        if std::mem::take(&mut self.st.lock().unwrap().twin_next_create) {
+            self.add(req.name, Duration::zero(), self.lifetime);
+        }
         if lose {
             return Err(ProviderError::new(
                 "ob",
@@ -252,6 +258,7 @@ create = {{ action = "read" }}
             config: Arc::new(cfg),
             providers,
             sinks,
+            walks: Default::default(),
         },
         fake,
         clock,
@@ -550,4 +557,492 @@ async fn no_secret_lands_in_the_db_outside_the_sealed_column() {
     for s in secrets {
         assert!(!text.contains(&s), "secret found in the DB files");
     }
+}
+
+// ------------------------------------------------- ownership property test
+
+/// A harness with the given providers/sinks/policies after the provider
+/// `ob` (backed by one fake provider).
+fn harness_policies(policies: &str) -> Result<Harness, Vec<config::Diagnostic>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let src = format!(
+        r#"
+[daemon]
+state = "{state}"
+[providers.ob]
+kind = "oceanbase"
+endpoint = "http://127.0.0.1:1"
+org_id = "o"
+project_id = "p"
+access_key_id = {{ env = "AK" }}
+access_key_secret = {{ env = "SK" }}
+[sinks.f]
+kind = "file"
+path = "{keys}/{{policy}}-{{lineage}}.env"
+{policies}
+"#,
+        state = dir.path().join("state.db").display(),
+        keys = dir.path().join("keys").display()
+    );
+    let env = Env {
+        vars: [
+            ("AK".to_string(), "a".to_string()),
+            ("SK".to_string(), "b".to_string()),
+        ]
+        .into(),
+        credentials_dir: None,
+    };
+    let (cfg, _) = config::load_str(Path::new("t.toml"), &src, &env)?;
+    let clock = ManualClock::new(start());
+    let fake = FakeProvider {
+        st: Default::default(),
+        clock: clock.clone(),
+        lifetime: Duration::days(30),
+    };
+    let mut providers: HashMap<String, SharedProvider> = HashMap::new();
+    providers.insert("ob".into(), Arc::new(fake.clone()));
+    let mut sinks = HashMap::new();
+    for (n, s) in &cfg.sinks {
+        sinks.insert(n.clone(), sink::build(s, Arc::new(clock.clone())).unwrap());
+    }
+    let store = Arc::new(Store::open(&cfg.daemon.state).unwrap());
+    let engine = Engine {
+        store,
+        clock: Arc::new(clock.clone()),
+        sealer: Arc::new(Sealer::random()),
+        metrics: Metrics::new(),
+        status: StatusHandle::new(start()),
+        wake_scheduler: Arc::new(Notify::new()),
+        wake_notify: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(4)),
+        backoff: Backoff {
+            base: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_secs(60),
+        },
+    };
+    Ok(Harness {
+        engine,
+        rt: Runtime {
+            config: Arc::new(cfg),
+            providers,
+            sinks,
+            walks: Default::default(),
+        },
+        fake,
+        clock,
+        dir,
+        stop: CancellationToken::new(),
+    })
+}
+
+/// Issue 9's property: over random policies, globs and key names (names
+/// that mimic the template included), hand-made keys appearing, creates
+/// whose answers are lost and time passing, no key is ever deleted unless
+/// the store recorded it as the old key of a published rotation of that
+/// same policy and lineage, or as an abandoned create attempt of that
+/// policy. Configs whose globs overlap are refused instead.
+#[tokio::test]
+async fn no_key_is_deleted_that_the_store_does_not_say_its_policy_may_delete() {
+    use rand::{Rng, SeedableRng};
+    const GLOBS: &[&str] = &[
+        "app-*",
+        "app-a*",
+        "app-?-*",
+        "app-[ab]-*",
+        "svc-*",
+        "svc-x?*",
+        "db-*",
+        "*-prod",
+    ];
+    const STEMS: &[&str] = &[
+        "app-a", "app-b", "app-c", "svc-x1", "svc-y", "db-1", "web-prod", "app-a-1", "db-2",
+        "svc-x2",
+    ];
+    let mut refused = 0;
+    let mut ran = 0;
+    let mut deletes = 0;
+    for seed in 0..60u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let ga = GLOBS[rng.random_range(0..GLOBS.len())];
+        // Mostly a second glob that differs, so most cases run.
+        let gb = loop {
+            let g = GLOBS[rng.random_range(0..GLOBS.len())];
+            if g != ga || rng.random_bool(0.2) {
+                break g;
+            }
+        };
+        let policies = format!(
+            r#"
+[[policy]]
+name = "pa"
+provider = "ob"
+match = "{ga}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+max_attempts = 3
+create = {{ action = "read" }}
+[[policy]]
+name = "pb"
+provider = "ob"
+match = "{gb}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+max_attempts = 3
+create = {{ action = "read" }}
+"#
+        );
+        let overlap = crate::config::ownership::globs_overlap(ga, gb).unwrap();
+        let h = match harness_policies(&policies) {
+            Ok(h) => {
+                assert!(
+                    !overlap,
+                    "seed {seed}: {ga} and {gb} overlap but were accepted"
+                );
+                h
+            }
+            Err(diags) => {
+                let by_ownership = diags
+                    .iter()
+                    .any(|d| d.message.contains("can both match one key name"));
+                assert_eq!(by_ownership, overlap, "seed {seed}: {ga}/{gb}: {diags:#?}");
+                assert!(overlap, "seed {seed}: {ga}/{gb} refused: {diags:#?}");
+                refused += 1;
+                continue;
+            }
+        };
+        ran += 1;
+        let mut names: HashMap<String, String> = HashMap::new();
+        let remember = |h: &Harness, names: &mut HashMap<String, String>| {
+            for k in h.fake.st.lock().unwrap().keys.iter() {
+                names.insert(k.0.id.clone(), k.0.name.clone());
+            }
+        };
+        for _ in 0..rng.random_range(4..10) {
+            let stem = STEMS[rng.random_range(0..STEMS.len())];
+            let name = if rng.random_bool(0.3) {
+                // Mimics the template, with a rotation id no store knows.
+                format!("{stem}-20261122-r{:08x}-1", rng.random::<u32>())
+            } else {
+                stem.to_string()
+            };
+            let due = rng.random_bool(0.6);
+            let expires = if due {
+                Duration::days(2)
+            } else {
+                Duration::days(25)
+            };
+            h.fake.add(&name, Duration::days(25), expires);
+        }
+        remember(&h, &mut names);
+        for _round in 0..4 {
+            if rng.random_bool(0.3) {
+                h.fake.st.lock().unwrap().lose_next_create_response = true;
+            }
+            if rng.random_bool(0.3) {
+                let stem = STEMS[rng.random_range(0..STEMS.len())];
+                let name = format!("{stem}-20261122-r{:08x}-1", rng.random::<u32>());
+                h.fake.add(&name, Duration::zero(), Duration::days(30));
+            }
+            remember(&h, &mut names);
+            for p in ["pa", "pb"] {
+                let _ = h.engine.check_policy(&h.rt, p).await;
+            }
+            let until = h.clock.now() + Duration::minutes(5);
+            h.drive(until).await;
+            remember(&h, &mut names);
+            h.clock.advance(Duration::hours(rng.random_range(0..3)));
+            h.drive(h.clock.now()).await;
+            remember(&h, &mut names);
+        }
+        // Every delete must be one the store licensed for that policy.
+        let store = &h.engine.store;
+        let hist = store.history(None, 10_000).unwrap();
+        let deleted = h.fake.st.lock().unwrap().deleted.clone();
+        deletes += deleted.len();
+        for id in deleted {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            let licensed = hist.iter().any(|r| {
+                let policy = h.rt.policy(&r.policy).unwrap();
+                // The old key must be that lineage's: adopted under its own
+                // name, or made by an earlier rotation of that lineage.
+                let of_lineage = name == r.lineage
+                    || hist.iter().any(|e| {
+                        e.policy == r.policy
+                            && e.lineage == r.lineage
+                            && e.new_key_id.as_deref() == Some(id.as_str())
+                    });
+                let old_key = r.published_at.is_some()
+                    && r.old_key_id.as_deref() == Some(id.as_str())
+                    && policy.matches(&name)
+                    && of_lineage;
+                let orphan = store
+                    .attempts(&r.id)
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.state != "created" && a.name == name)
+                    && policy.matches(&name);
+                old_key || orphan
+            });
+            assert!(
+                licensed,
+                "seed {seed} ({ga} / {gb}): key {id} ({name}) was deleted without the store's licence"
+            );
+        }
+    }
+    assert!(
+        ran > 10 && refused > 0 && deletes > 10,
+        "ran {ran}, refused {refused}, deletes {deletes}"
+    );
+}
+
+/// Issue 9, reproduction 4: on an eventually consistent list the orphan of
+/// a crashed create appears only later. It is never current, is deleted
+/// when it shows up — even after its attempt was resolved as `cleaned` —
+/// and the key in the sink stays current.
+#[tokio::test]
+async fn an_orphan_that_shows_up_after_its_attempt_was_cleaned_is_still_deleted() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    // The process died between create and its commit; the list does not
+    // show the key yet.
+    let (_, orphan) = h
+        .engine
+        .store
+        .start_attempt(
+            &r.id,
+            |a| {
+                h.rt.config.policies[0]
+                    .name_template
+                    .render("app-a", "p", &r.id, a, start())
+            },
+            start(),
+        )
+        .unwrap();
+    h.clock.advance(Duration::seconds(1));
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let attempts = h.engine.store.attempts(&r.id).unwrap();
+    assert_eq!(
+        attempts[0].state, "abandoned",
+        "one empty listing resolves nothing"
+    );
+    assert_eq!(attempts[1].state, "created");
+    // Checks every few minutes for longer than the window: the name stays
+    // unlisted, so the attempt is eventually cleaned.
+    for _ in 0..8 {
+        h.clock.advance(Duration::minutes(3));
+        h.check().await;
+    }
+    let attempts = h.engine.store.attempts(&r.id).unwrap();
+    assert_eq!(attempts[0].state, "cleaned");
+    // Now the late create appears, newer than everything.
+    h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    h.clock.advance(Duration::seconds(3));
+    let plan = h.check().await;
+    assert!(
+        !h.fake.names().contains(&orphan),
+        "a cleaned attempt's key must still be deleted"
+    );
+    let l = &plan.lineages[0];
+    assert_ne!(l.current.as_ref().map(|c| c.key.name.clone()), Some(orphan));
+}
+
+// ------------------------------------------------------ shared walks
+
+/// Counts list calls; optionally slow, optionally failing the first ones.
+struct CountingProvider {
+    inner: FakeProvider,
+    lists: std::sync::atomic::AtomicU32,
+    fail_first: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl Provider for CountingProvider {
+    fn name(&self) -> &str {
+        "ob"
+    }
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn list(
+        &self,
+        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
+    ) -> Result<Vec<ProviderKey>, ProviderError> {
+        use std::sync::atomic::Ordering;
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        // Long enough for concurrent consumers to find the walk in flight.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ProviderError::new(
+                "ob",
+                "list",
+                ProviderErrorKind::Api {
+                    status: 503,
+                    code: "E001R000".into(),
+                    message: "unavailable".into(),
+                },
+            ));
+        }
+        self.inner.list(keep).await
+    }
+    async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {
+        self.inner.create(req).await
+    }
+    async fn delete(&self, key_id: &str) -> Result<DeleteOutcome, ProviderError> {
+        self.inner.delete(key_id).await
+    }
+}
+
+fn three_policies() -> (Harness, Arc<CountingProvider>) {
+    let mut policies = String::new();
+    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
+        policies.push_str(&format!(
+            r#"
+[[policy]]
+name = "{name}"
+provider = "ob"
+match = "{glob}"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f"]
+create = {{ action = "read" }}
+"#
+        ));
+    }
+    let mut h = harness_policies(&policies).unwrap();
+    let counting = Arc::new(CountingProvider {
+        inner: h.fake.clone(),
+        lists: Default::default(),
+        fail_first: Default::default(),
+    });
+    h.rt.providers.insert("ob".into(), counting.clone());
+    (h, counting)
+}
+
+#[tokio::test]
+async fn three_policies_on_one_provider_checked_in_one_window_cause_one_walk() {
+    let (h, counting) = three_policies();
+    for n in ["app-a1", "app-b1", "app-c1"] {
+        h.fake.add(n, Duration::days(5), Duration::days(25));
+    }
+    let (a, b, c) = tokio::join!(
+        h.engine.check_policy(&h.rt, "pa"),
+        h.engine.check_policy(&h.rt, "pb"),
+        h.engine.check_policy(&h.rt, "pc"),
+    );
+    // Each consumer filtered its own keys out of the one walk.
+    for (plan, l) in [(a, "app-a1"), (b, "app-b1"), (c, "app-c1")] {
+        let plan = plan.unwrap();
+        assert_eq!(plan.lineages.len(), 1);
+        assert_eq!(plan.lineages[0].name, l);
+    }
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Outside the freshness bound, the next check walks again.
+    h.clock.advance(Duration::seconds(3));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_failing_walk_fails_every_waiting_consumer_and_each_retries_on_its_own() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(5), Duration::days(25));
+    counting
+        .fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let (a, b, c) = tokio::join!(
+        h.engine.check_policy(&h.rt, "pa"),
+        h.engine.check_policy(&h.rt, "pb"),
+        h.engine.check_policy(&h.rt, "pc"),
+    );
+    let errors: Vec<String> = [a, b, c]
+        .into_iter()
+        .map(|r| r.map(|_| ()).expect_err("every consumer fails").to_string())
+        .collect();
+    assert!(
+        errors.iter().all(|e| e == &errors[0] && e.contains("503")),
+        "{errors:?}"
+    );
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A failed walk is not reused: the next consumer walks again.
+    let plan = h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(plan.lineages.len(), 1);
+    assert_eq!(counting.lists.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_walk_that_started_before_an_attempt_never_proves_the_attempts_key_absent() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(25), Duration::days(2));
+    // A check walks; a rotation starts and its create is lost right after.
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    let (_, orphan) = h
+        .engine
+        .store
+        .start_attempt(
+            &r.id,
+            |a| {
+                h.rt.policy("pa").unwrap().name_template.render(
+                    "app-a1",
+                    "pa",
+                    &r.id,
+                    a,
+                    h.clock.now(),
+                )
+            },
+            h.clock.now(),
+        )
+        .unwrap();
+    h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    let before = counting.lists.load(std::sync::atomic::Ordering::SeqCst);
+    // Resolving the attempt cannot use the check's walk (it started before
+    // the attempt, and is still fresh): it walks again and finds the key.
+    h.clock.advance(Duration::milliseconds(10));
+    h.engine.advance(&h.rt, &r.id, &h.stop).await.unwrap();
+    assert!(counting.lists.load(std::sync::atomic::Ordering::SeqCst) > before);
+    assert!(
+        !h.fake.names().contains(&orphan),
+        "the orphan must be deleted"
+    );
+    assert_eq!(h.engine.store.attempts(&r.id).unwrap()[0].state, "cleaned");
+}
+
+#[tokio::test]
+async fn a_hand_made_twin_of_the_new_keys_name_is_never_taken_for_rekeys_key() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().twin_next_create = true;
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let r = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("cannot tell which one it created")
+    );
+    assert!(r.new_key_id.is_none(), "neither twin was claimed");
+    assert!(h.file("app-a").is_none(), "nothing was published");
+    assert!(h.fake.names().contains(&"app-a".to_string()));
+    assert!(
+        h.fake.st.lock().unwrap().deleted.is_empty(),
+        "nothing deleted"
+    );
+    let _ = old;
 }

@@ -153,22 +153,28 @@ pub struct Ledger {
     pub claimed_elsewhere: HashMap<String, String>,
 }
 
+/// The other policies of `cfg` whose providers are of the same kind as
+/// `policy`'s: the ones that could claim one of its keys.
+pub fn rivals(cfg: &crate::config::Config, policy: &PolicyConfig) -> Vec<String> {
+    let kind = |p: &PolicyConfig| cfg.providers.get(&p.provider).map(|x| x.kind.as_str());
+    cfg.policies
+        .iter()
+        .filter(|p| p.name != policy.name && kind(p) == kind(policy))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 impl Ledger {
-    /// Read the ledger of `policy` from the store. `same_account` names the
-    /// providers on the policy's provider account (its own included), so
-    /// keys other policies claim there are found.
+    /// Read the ledger of `policy` from the store. `rival_policies` names
+    /// the other configured policies whose providers are of the same kind
+    /// ([`rivals`]), so keys they also claim are found.
     pub fn load(
         store: &Store,
         policy: &str,
-        same_account: &[String],
+        rival_policies: &[String],
     ) -> Result<Ledger, StoreError> {
         let known = store.known_keys(policy)?;
-        let ids: Vec<&str> = known
-            .iter()
-            .filter(|k| matches!(k.state.as_str(), "live" | "retiring"))
-            .map(|k| k.key_id.as_str())
-            .collect();
-        let claimed_elsewhere = store.claimed_elsewhere(policy, same_account, &ids)?;
+        let claimed_elsewhere = store.claimed_elsewhere(policy, rival_policies)?;
         Ok(Ledger {
             owned: store.owned_keys(policy)?,
             orphans: store.orphan_attempts(policy)?,
@@ -657,6 +663,21 @@ pub fn plan(
             };
         } else if condition.is_some() {
             health = health.max(Health::Failing);
+            // Keys named like rekey's own in a lineage the store has no
+            // history of: the DB was probably lost or restored. Rotating now
+            // would be a guess; recovery is explicit.
+            let known_lineage = ledger.owned.iter().any(|o| o.lineage == name);
+            if !known_lineage && active.is_none() && decision.rotate {
+                decision = Decision {
+                    reason: decision.reason,
+                    message: format!(
+                        "{}; but keys named like rekey's own that the state DB does not know are listed in this lineage (state DB lost or restored?): nothing is rotated until `rekey recover -c CONFIG` proves which key is current, or they are removed",
+                        decision.message
+                    ),
+                    rotate: false,
+                    rotate_at: decision.rotate_at,
+                };
+            }
         }
         lineages.push(LineagePlan {
             name,

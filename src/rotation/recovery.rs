@@ -50,7 +50,6 @@ use std::sync::Arc;
 use super::engine::Runtime;
 use super::policy::{self, Ledger, Origin};
 use crate::clock::Clock;
-use crate::config::ownership::account_of;
 use crate::provider::listing::Listing;
 use crate::sink::HeldKey;
 use crate::state::{RecoveredKey, RotationRow, Store, StoreError};
@@ -139,17 +138,7 @@ pub async fn recover_from_names(
                 policy: p.name.clone(),
                 message: format!("cannot list keys: {e}"),
             })?;
-        let same: Vec<String> = match rt.config.providers.get(&p.provider) {
-            Some(mine) => rt
-                .config
-                .providers
-                .iter()
-                .filter(|(_, x)| account_of(x) == account_of(mine))
-                .map(|(n, _)| n.clone())
-                .collect(),
-            None => vec![p.provider.clone()],
-        };
-        let ledger = Ledger::load(store, &p.name, &same)?;
+        let ledger = Ledger::load(store, &p.name, &policy::rivals(&rt.config, p))?;
         let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
         let mut lineages: Vec<String> = views
             .iter()

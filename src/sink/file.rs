@@ -1,13 +1,25 @@
 //! The file sink: one file per lineage (`path` may hold `{lineage}` and
 //! `{policy}`), written atomically.
 //!
-//! Write path: a temp file in the target's directory (created with the
-//! configured mode, never wider), write, fsync, optional chown, rename over
-//! the target, fsync the directory. A reader sees the old file or the new
-//! one, never half of either, and a crash after the rename cannot lose it.
-//! Then the optional `on_publish` command runs (argv, no shell, with a
-//! timeout); a non-zero exit fails the publication. The command gets the
-//! key's id, name and expiry as environment variables, never the secret.
+//! **Confinement** ([`Confined`]): the directory the template fixes before
+//! its first placeholder is the sink's base; a rendered target must stay
+//! beneath it (no empty, `.` or `..` component, no NUL), the directories
+//! below the base are opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` (or an `O_NOFOLLOW` walk where `openat2` is
+//! missing), and every create, rename and read happens relative to that
+//! directory descriptor. A target that is a symbolic link is refused with
+//! an error naming it. This holds whatever a key name holds (defence in
+//! depth behind the planner's safe-name rule).
+//!
+//! Write path: a temp file in the target's directory (created exclusively,
+//! `O_NOFOLLOW`, with the configured mode, never wider), write, fsync,
+//! optional chown, rename over the target, fsync the directory. A reader
+//! sees the old file or the new one, never half of either, and a crash
+//! after the rename cannot lose it. Then the optional `on_publish` command
+//! runs ([`super::hook`]: argv, no shell, a minimal environment, its own
+//! process group, a timeout); a non-zero exit fails the publication. The
+//! command gets the key's id, name and expiry as environment variables,
+//! never the secret.
 //!
 //! Formats: `raw` (the secret only), `env` (`NAME=value` lines, plus
 //! `REKEY_KEY_ID`, `REKEY_KEY_NAME`, `REKEY_EXPIRES_AT`), `json`
@@ -364,18 +376,8 @@ impl Confined {
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
         ) {
-            Err(rustix::io::Errno::NOSYS) => {
-                let mut fd = base;
-                for d in dirs {
-                    fd = rustix::fs::openat(
-                        &fd,
-                        d.as_str(),
-                        dir_flags | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    )?;
-                }
-                Ok(fd)
-            }
+            // No openat2 (before Linux 5.6), or a seccomp filter refusing it.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => walk_beneath(base, dirs),
             r => Ok(r?),
         }
     }
@@ -413,6 +415,18 @@ impl Confined {
         }
         Ok(fd)
     }
+}
+
+/// Open `dirs` one by one beneath `base`, each with `O_NOFOLLOW`: without
+/// `..` components this confines like `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`.
+fn walk_beneath(base: OwnedFd, dirs: &[String]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut fd = base;
+    for d in dirs {
+        fd = rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty())?;
+    }
+    Ok(fd)
 }
 
 /// Name an I/O failure under a confined target; a link met on the way is
@@ -1161,5 +1175,28 @@ mod tests {
         for p in walk(root.path()) {
             assert!(p.starts_with(&base), "seed {seed}: {} escaped", p.display());
         }
+    }
+
+    #[test]
+    fn the_fallback_walk_refuses_a_linked_directory_too() {
+        use rustix::fs::{Mode, OFlags};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("base/real/sub")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("base/real"), root.path().join("base/link"))
+            .unwrap();
+        let open = || {
+            rustix::fs::open(
+                root.path().join("base"),
+                OFlags::DIRECTORY | OFlags::RDONLY,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        assert!(walk_beneath(open(), &["real".into(), "sub".into()]).is_ok());
+        let err = walk_beneath(open(), &["link".into(), "sub".into()]).unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{err}"
+        );
     }
 }

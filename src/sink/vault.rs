@@ -7,12 +7,14 @@
 //! 1. read the current version and labels: `GET /v1/<mount>/metadata/<path>`
 //!    (404 → 0). **Ownership**: an existing path is written only when its
 //!    `custom_metadata` says rekey wrote it for this policy and lineage
-//!    (`rekey_policy`, `rekey_lineage`), when the store records this sink
-//!    writing it ([`TargetRecord`], the seam the ownership work fills), or
+//!    (`rekey_policy`, `rekey_lineage`), when a [`TargetRecord`] given with
+//!    [`VaultSink::with_target_record`] says this sink wrote it for them, or
 //!    when the sink sets `adopt_existing = true`; otherwise the publish fails
 //!    permanently and names the path and who labelled it. A new path gets
 //!    its labels first (`POST …/metadata/<path>`), so a crash between the
-//!    label and the data write leaves a path that is recognisably ours;
+//!    label and the data write leaves a path that is recognisably ours.
+//!    (The store's record of target writers is checked before this, by the
+//!    engine, for every sink: `Engine::foreign_target_owner`.)
 //! 2. write with check-and-set: `POST /v1/<mount>/data/<path>` with
 //!    `{"options":{"cas":N},"data":{…fields…}}`. If another writer got in
 //!    between (HTTP 400 "check-and-set parameter did not match"), go back
@@ -321,7 +323,9 @@ struct KvPath {
 /// Render and check a target path: no empty, `.` or `..` segments; each
 /// segment percent-encoded for the URL.
 fn kv_path(rendered: &str) -> Result<KvPath, String> {
-    let trimmed = rendered.trim_matches('/');
+    // Only the template's own leading `/` is dropped: a trailing one would
+    // let an empty lineage (or `//`) collapse `maas/{lineage}` onto `maas`.
+    let trimmed = rendered.trim_start_matches('/');
     if trimmed.is_empty() {
         return Err("the rendered Vault path is empty".into());
     }
@@ -1352,8 +1356,10 @@ mod tests {
 
     #[test]
     fn paths_are_checked_and_encoded() {
-        let p = kv_path("/maas/billing svc/").unwrap();
+        let p = kv_path("/maas/billing svc").unwrap();
         assert_eq!(p.shown, "maas/billing svc");
+        assert!(kv_path("maas/").is_err());
+        assert!(kv_path("maas///").is_err());
         assert_eq!(p.encoded, "maas/billing%20svc");
         assert_eq!(kv_path("a/?x#y").unwrap().encoded, "a/%3Fx%23y");
         assert!(kv_path("maas/../sys").is_err());
@@ -1367,5 +1373,42 @@ mod tests {
         assert_eq!(f.0.len(), 2);
         assert_eq!(f.0.get("api_key").unwrap().expose(), "k1");
         assert!(serde_json::from_str::<FieldsDe>(r#"{"n":1}"#).is_err());
+    }
+
+    #[test]
+    fn every_rendered_vault_path_stays_beneath_its_prefix() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let t = TargetTemplate::parse("maas/{lineage}").unwrap();
+        let pieces = [
+            "..", ".", "/", "//", "%2e", "?", "#", "{", "}", "\n", "\0", "a", " ", "\\",
+        ];
+        for _ in 0..2000 {
+            let mut name = String::new();
+            for _ in 0..rng.random_range(0..10) {
+                if rng.random_bool(0.2) {
+                    let b: Vec<u8> = (0..rng.random_range(1..5)).map(|_| rng.random()).collect();
+                    name.push_str(&String::from_utf8_lossy(&b));
+                } else {
+                    name.push_str(pieces[rng.random_range(0..pieces.len())]);
+                }
+            }
+            let Ok(p) = kv_path(&t.render(&name, "p")) else {
+                continue;
+            };
+            assert!(p.shown.starts_with("maas/"), "seed {seed}: {name:?}");
+            for seg in p.encoded.split('/') {
+                assert!(
+                    !seg.is_empty() && seg != "." && seg != "..",
+                    "seed {seed}: {name:?}"
+                );
+                assert!(
+                    seg.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)),
+                    "seed {seed}: {name:?} -> {seg}"
+                );
+            }
+        }
     }
 }

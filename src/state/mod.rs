@@ -1292,8 +1292,14 @@ impl Store {
     pub fn owned_keys(&self, policy: &str) -> Result<Vec<OwnedKey>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
+            // A new key a later rotation of the policy deleted as its old
+            // key is gone for good: the store's `deleted` state covers it,
+            // so the history it would add is skipped.
             "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
-             FROM rotations WHERE policy = ?1 AND new_key_name IS NOT NULL",
+             FROM rotations r WHERE policy = ?1 AND new_key_name IS NOT NULL
+               AND NOT (new_key_id IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM rotations o WHERE o.policy = r.policy AND o.old_key_id = r.new_key_id
+                     AND o.outcome = 'deleted'))",
         )?;
         let rows = st.query_map(params![policy], |r| {
             let state: String = r.get(4)?;
@@ -1310,32 +1316,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Of `key_ids` (live keys of `policy`), those another policy also
-    /// holds live on one of the `providers` (the same provider account):
-    /// key id → that policy.
+    /// Of `key_ids` (live keys of `policy`), those one of `others` (other
+    /// configured policies on providers of the same kind) also holds live:
+    /// key id → that policy. Provider key ids are unique within a provider
+    /// service, so one id in two policies is one key with two owners.
     pub fn claimed_elsewhere(
         &self,
         policy: &str,
-        providers: &[String],
-        key_ids: &[&str],
+        others: &[String],
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT policy, provider FROM keys WHERE key_id = ?1 AND policy <> ?2 AND state IN ('live', 'retiring')
-             ORDER BY policy",
-        )?;
         let mut out = std::collections::HashMap::new();
-        for id in key_ids {
-            let rows = st.query_map(params![id, policy], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for row in rows {
-                let (other, provider) = row?;
-                if providers.contains(&provider) {
-                    out.insert(id.to_string(), other);
-                    break;
-                }
-            }
+        if others.is_empty() {
+            return Ok(out);
+        }
+        let c = self.conn();
+        // One query: the policy's live keys that a rival also holds live.
+        let mut st = c.prepare_cached(
+            "SELECT k.key_id, MIN(k.policy) FROM keys k
+             WHERE k.policy IN (SELECT value FROM json_each(?2))
+               AND k.state IN ('live', 'retiring')
+               AND k.key_id IN (SELECT key_id FROM keys WHERE policy = ?1 AND state IN ('live', 'retiring'))
+             GROUP BY k.key_id",
+        )?;
+        let others = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
+        let rows = st.query_map(params![policy, others], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, other) = row?;
+            out.insert(id, other);
         }
         Ok(out)
     }

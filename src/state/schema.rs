@@ -4,7 +4,7 @@
 //! - 1: keys, rotations, attempts, sink_acks, events, deliveries,
 //!   dead_letters, policy_state, expiring_notices.
 //! - 2 (ownership): `keys.origin` also `orphan`/`unrecognised` (table
-//!   rebuilt), index `keys_by_id`; `attempts.absent_listings`,
+//!   rebuilt), indexes `keys_by_id` and `rotations_by_old_key`; `attempts.absent_listings`,
 //!   `attempts.absent_since`, index `attempts_not_created`; table `sink_targets`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
@@ -116,6 +116,8 @@
 //!
 //! ## expiring_notices: `key.expiring` sent, at most once per threshold
 //! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
+//!   `threshold = 'unrecognised'` marks the one `key.unrecognised` event
+//!   sent for that key.
 
 /// The schema version this build writes and understands.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -284,6 +286,7 @@ DROP TABLE keys;
 ALTER TABLE keys_v2 RENAME TO keys;
 CREATE INDEX keys_by_lineage ON keys (policy, lineage);
 CREATE INDEX keys_by_id ON keys (key_id);
+CREATE INDEX rotations_by_old_key ON rotations (policy, old_key_id);
 
 ALTER TABLE attempts ADD COLUMN absent_listings INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE attempts ADD COLUMN absent_since TEXT;

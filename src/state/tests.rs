@@ -948,6 +948,38 @@ fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
 }
 
 #[test]
+fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .begin_rotation(&new_rotation("app-main", &["file"]))
+        .unwrap()
+        .unwrap();
+    let (a1, _) = store
+        .start_attempt(&id, |n| format!("k-{n}"), at(10))
+        .unwrap();
+    store
+        .resolve_attempt(&id, a1, false, Some("timeout"), at(10))
+        .unwrap();
+    let state = |s: &Store| s.attempts(&id).unwrap()[0].state.clone();
+    // A listing that started before the attempt proves nothing.
+    assert!(!store.note_attempt_absent(&id, a1, at(9)).unwrap());
+    assert_eq!(store.orphan_attempts("maas").unwrap()[0].absent_listings, 0);
+    // Three later listings inside the window are not enough.
+    for m in [11, 12, 13] {
+        assert!(!store.note_attempt_absent(&id, a1, at(m)).unwrap());
+    }
+    assert_eq!(state(&store), "abandoned");
+    // Once the window has passed, the next absent listing resolves it.
+    let after = 10 + schema::ORPHAN_WINDOW.num_minutes() + 1;
+    assert!(store.note_attempt_absent(&id, a1, at(after)).unwrap());
+    assert_eq!(state(&store), "cleaned");
+    // Its name stays an orphan's for ever.
+    let orphans = store.orphan_attempts("maas").unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].attempt.name, "k-1");
+}
+
+#[test]
 fn no_copy_of_the_sealed_secret_survives_the_wipe_in_the_db_or_its_wal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
@@ -1024,5 +1056,26 @@ fn a_symlinked_lock_db_or_key_file_is_refused_and_its_target_left_alone() {
     let key = dir.path().join("state.db.key");
     std::os::unix::fs::symlink(&victim, &key).unwrap();
     assert!(crate::state::seal::Sealer::from_key_file(&key).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[test]
+fn a_symlinked_wal_or_shm_file_is_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let path = dir.path().join("state.db");
+    {
+        Store::open(&path).unwrap();
+    }
+    for suffix in ["-wal", "-shm"] {
+        let side = sidecar(&path, suffix);
+        let _ = std::fs::remove_file(&side);
+        std::os::unix::fs::symlink(&victim, &side).unwrap();
+    }
+    if let Ok(store) = Store::open(&path) {
+        let sealer = Sealer::random();
+        let _ = created_rotation(&store, &sealer, &["file"]);
+    }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }

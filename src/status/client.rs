@@ -206,13 +206,14 @@ impl Client {
     }
 
     /// `POST /rotate/{policy}[?lineage=..][&revoke_old_immediately=true]`
-    /// with `Authorization: Bearer <token>`.
+    /// with `Authorization: Bearer <token>` when a token is given (the admin
+    /// socket needs none: reaching it is the authorization).
     pub async fn rotate(
         &self,
         policy: &str,
         lineage: Option<&str>,
         revoke_old_immediately: bool,
-        token: &Secret,
+        token: Option<&Secret>,
     ) -> Result<RotateOutcome, ClientError> {
         let mut query = Vec::new();
         if let Some(l) = lineage {
@@ -226,7 +227,7 @@ impl Client {
             path.push('?');
             path.push_str(&query.join("&"));
         }
-        let resp = self.send(Method::POST, &path, Some(token)).await?;
+        let resp = self.send(Method::POST, &path, token).await?;
         let value: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
         let reply = value
             .as_ref()
@@ -402,10 +403,10 @@ fn until(at: Option<DateTime<Utc>>, now: DateTime<Utc>, past: &str) -> String {
     }
 }
 
+/// One table cell: control characters (and other line or terminal
+/// tricks) escaped visibly, never passed to the terminal.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::logging::escape(s).into_owned()
 }
 
 /// The `rekey status` table: one row per policy and, for a policy with
@@ -486,6 +487,15 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                     String::new(),
                     msg,
                 ]);
+            }
+        }
+    }
+    // Every cell may hold an outside string (key and lineage names, ids,
+    // errors): escaped before it reaches the terminal.
+    for row in rows.iter_mut() {
+        for cell in row.iter_mut() {
+            if let std::borrow::Cow::Owned(e) = crate::logging::escape(cell) {
+                *cell = e;
             }
         }
     }
@@ -609,5 +619,30 @@ mod tests {
     fn percent_encode_leaves_unreserved_alone() {
         assert_eq!(percent_encode("app-main_1.x~"), "app-main_1.x~");
         assert_eq!(percent_encode("a b/c&d"), "a%20b%2Fc%26d");
+    }
+
+    #[test]
+    fn table_cells_escape_terminal_control_characters() {
+        let now = Utc::now();
+        let hostile = "app-\x1b[2J\x1b]0;pwned\x07\n<2>forged";
+        let snap = Snapshot {
+            version: "0".into(),
+            started_at: now,
+            instance: None,
+            policies: vec![std::sync::Arc::new(PolicyStatus {
+                name: hostile.into(),
+                error: Some(hostile.into()),
+                ..serde_json::from_value(serde_json::json!({
+                    "name": "p", "provider": "ob", "mode": "rotate", "health": "ok", "keys": [], "lineages": []
+                }))
+                .unwrap()
+            })],
+        };
+        let table = render_table(&snap, now);
+        assert!(
+            !table.contains('\x1b') && !table.contains('\x07'),
+            "{table:?}"
+        );
+        assert_eq!(table.lines().count(), 2, "{table}");
     }
 }

@@ -10,9 +10,31 @@
 //!
 //! Defences, all in [`Limits`]: a cap on concurrent connections (a
 //! semaphore held for the life of each connection), a header read timeout
-//! (slow-loris), a maximum request head and body size, and a per-request
-//! timeout. The admin token is compared in constant time and never appears
-//! in a response, a log line or an error.
+//! that also bounds a kept-alive connection's idle time (slow-loris, idle
+//! floods: a connection that sends no complete request head within it is
+//! closed, so a few hundred idle sockets cannot starve `/healthz`), a
+//! maximum request head and body size, and a per-request timeout. The admin
+//! token is compared in constant time and never appears in a response, a log
+//! line or an error.
+//!
+//! **Host check** (TCP only): a request whose `Host` is neither a loopback
+//! name (`localhost`, `*.localhost`), nor an IP literal, nor one of
+//! [`Limits::allowed_hosts`] gets `421 Misdirected Request`. A web page
+//! that rebinds its own DNS name to 127.0.0.1 sends that name as `Host`, so
+//! it cannot read `/status` or `/metrics`.
+//!
+//! **Roles** ([`Role`]): with `[daemon] admin_listen` set, the TCP listener
+//! is [`Role::ReadOnly`] (GETs for Prometheus and `rekey status`; POSTs get
+//! 403 naming the admin socket) and the admin Unix socket is
+//! [`Role::Admin`]: mode 0660, group `admin_group`; reaching it is the
+//! authorization (no token, which a process squatting on the loopback port
+//! could otherwise collect). Without it, one listener serves everything and
+//! POSTs need the admin token ([`Role::All`]). Admin routes are added in
+//! `admin_routes`; read-only ones in `read_routes`.
+//!
+//! Outside strings are never logged raw: a `POST /rotate/{policy}` for a
+//! policy the snapshot does not know is refused (404) before anything is
+//! logged, and what is logged goes through the escaping log formatter.
 //!
 //! Two steps so the daemon can fail fast: [`bind`] (before `READY=1`; a busy
 //! port is an error at start-up, not later) and [`serve`] (until the
@@ -34,7 +56,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
@@ -52,6 +74,17 @@ use crate::secret::Secret;
 /// Mode of a Unix status socket: owner and group may connect (put operators
 /// in the daemon's group), nobody else.
 pub const UNIX_SOCKET_MODE: u32 = 0o660;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// GETs, and POSTs with the admin token (no `admin_listen`).
+    All,
+    /// GETs only; POSTs are refused with a pointer to the admin socket.
+    ReadOnly,
+    /// The admin Unix socket: GETs and POSTs, authorized by socket access.
+    Admin,
+}
 
 /// Whether the daemon's main loop is still turning, for `GET /healthz`.
 ///
@@ -140,15 +173,19 @@ pub struct Limits {
     pub rotate_reply_timeout: Duration,
     /// After shutdown is requested, how long in-flight requests may run.
     pub shutdown_grace: Duration,
+    /// Host names accepted besides loopback names and IP literals
+    /// (lower-case, without port); TCP listeners only.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 256,
+            max_connections: 512,
             max_body_bytes: 64 * 1024,
             max_head_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(3),
+            allowed_hosts: Vec::new(),
             request_timeout: Duration::from_secs(15),
             rotate_reply_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
@@ -161,6 +198,7 @@ impl Default for Limits {
 pub struct Bound {
     listener: Listener,
     local: ListenAddr,
+    role: Role,
 }
 
 #[derive(Debug)]
@@ -178,6 +216,16 @@ impl Bound {
     /// The address actually bound (with the real port when `:0` was asked).
     pub fn local_addr(&self) -> &ListenAddr {
         &self.local
+    }
+
+    /// Serve as `role` (default [`Role::All`]).
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The endpoint a client would use: `http://IP:PORT` or `unix:/path`.
@@ -205,6 +253,7 @@ pub async fn bind(listen: &ListenAddr) -> io::Result<Bound> {
             Ok(Bound {
                 listener: Listener::Tcp(listener),
                 local,
+                role: Role::All,
             })
         }
         ListenAddr::Unix(path) => {
@@ -220,8 +269,70 @@ pub async fn bind(listen: &ListenAddr) -> io::Result<Bound> {
                     file_id: (meta.dev(), meta.ino()),
                 },
                 local: ListenAddr::Unix(path.clone()),
+                role: Role::All,
             })
         }
+    }
+}
+
+/// Bind the admin Unix socket: mode 0660, group `group` (a name or a
+/// number), [`Role::Admin`]. A group that does not exist, or that the
+/// daemon cannot give the socket to (its user must be a member), is an
+/// error when `required` (the operator named it), else a warning and the
+/// socket keeps the daemon's group.
+pub async fn bind_admin(path: &Path, group: &str, required: bool) -> io::Result<Bound> {
+    let bound = bind(&ListenAddr::Unix(path.to_path_buf())).await?;
+    match lookup_group(group) {
+        // Already: created in the packaged /run/rekey, setgid rekey-admin
+        // (tmpfiles.d), which works without rekey being a member of the
+        // group and inside the unit's user namespace, where a chown to
+        // another group cannot be expressed.
+        Some(gid)
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::gid(&m) == gid) => {}
+        Some(gid) => match std::os::unix::fs::lchown(path, None, Some(gid)) {
+            Ok(()) => {}
+            Err(e) if required => {
+                return Err(context(
+                    e,
+                    format!(
+                        "cannot give {} to group {group} (the daemon's user must be a member of it)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(group = %group, path = %path.display(), error = %e, "cannot give the admin socket to the admin group (is rekey's user a member?); it keeps the daemon's group");
+            }
+        },
+        None if required => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "admin_group {group:?} does not exist (create it, or set admin_group to an existing group)"
+                ),
+            ));
+        }
+        None => {
+            tracing::warn!(group = %group, path = %path.display(), "admin group does not exist; the admin socket keeps the daemon's group");
+        }
+    }
+    Ok(bound.with_role(Role::Admin))
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer into static storage or NULL; the
+    // gid is copied out at once. Called at start-up, before other threads
+    // look groups up.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        None
+    } else {
+        Some(unsafe { (*gr).gr_gid })
     }
 }
 
@@ -273,10 +384,11 @@ pub async fn serve_with_limits(
     shutdown: CancellationToken,
 ) {
     let local = bound.local.clone();
-    let router = router(state, &limits);
+    let tcp = matches!(bound.listener, Listener::Tcp(_));
+    let router = router(state, &limits, bound.role, tcp);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
-    tracing::info!(listen = %local, "status endpoint listening");
+    tracing::info!(listen = %local, role = ?bound.role, "status endpoint listening");
 
     loop {
         let permit = tokio::select! {
@@ -376,6 +488,8 @@ struct App {
     /// the engine publishes, far less often than it is read, and with
     /// thousands of keys serializing it per request would dominate latency.
     status_json: ArcSwapOption<CachedJson>,
+    /// What this listener serves; [`Role::Admin`] needs no token.
+    role: Role,
 }
 
 struct CachedJson {
@@ -384,22 +498,102 @@ struct CachedJson {
     body: Bytes,
 }
 
-fn router(state: ServerState, limits: &Limits) -> Router {
+fn router(state: ServerState, limits: &Limits, role: Role, tcp: bool) -> Router {
     let app = Arc::new(App {
         state,
         limits: limits.clone(),
         status_json: ArcSwapOption::empty(),
+        role,
     });
-    Router::new()
-        .route("/healthz", get(healthz))
+    let routes = admin_routes(read_routes(Router::new()), role);
+    let routes = routes
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), bound_request));
+    let routes = if tcp {
+        routes.layer(middleware::from_fn_with_state(app.clone(), check_host))
+    } else {
+        routes
+    };
+    routes
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(app)
+}
+
+type AppRouter = Router<Arc<App>>;
+
+/// The read-only endpoints, served on every listener.
+fn read_routes(r: AppRouter) -> AppRouter {
+    r.route("/healthz", get(healthz))
         .route("/status", get(status_all))
         .route("/status/{policy}", get(status_one))
         .route("/metrics", get(metrics))
-        .route("/rotate/{policy}", post(rotate))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(app.clone(), bound_request))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .with_state(app)
+}
+
+/// The admin (POST) endpoints: served on the admin socket, or with the
+/// token on a listener that serves everything; on a read-only listener each
+/// answers 403 naming the admin socket. New admin routes go here.
+fn admin_routes(r: AppRouter, role: Role) -> AppRouter {
+    let add = |r: AppRouter, path: &str, handler: MethodRouter<Arc<App>>| match role {
+        Role::All | Role::Admin => r.route(path, handler),
+        Role::ReadOnly => r.route(path, post(admin_elsewhere)),
+    };
+    add(r, "/rotate/{policy}", post(rotate))
+}
+
+/// A POST on the read-only listener.
+async fn admin_elsewhere() -> Response {
+    json_error(
+        StatusCode::FORBIDDEN,
+        "admin endpoints are served on the admin socket (daemon.admin_listen), not here; \
+         run `rekey rotate -c CONFIG` as a member of the admin group"
+            .to_string(),
+    )
+}
+
+/// Whether `host` (a `Host` header value) names this machine's loopback, an
+/// IP literal, or one of `allowed`.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    // Strip the port: `[v6]:p`, `name:p`, `v4:p`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) if p.chars().all(|c| c.is_ascii_digit()) => n,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || allowed.contains(&name)
+}
+
+/// 421 for a `Host` that is not ours (DNS rebinding); 400 without one.
+async fn check_host(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if host_allowed(&h, &app.limits.allowed_hosts) => next.run(req).await,
+        Some(_) => json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this endpoint answers only to loopback names, IP addresses and daemon.allowed_hosts"
+                .to_string(),
+        ),
+        None => json_error(
+            StatusCode::BAD_REQUEST,
+            "a Host header is required".to_string(),
+        ),
+    }
 }
 
 /// Per-request bounds: a declared body over the limit is refused before any
@@ -524,7 +718,20 @@ async fn rotate(
     headers: HeaderMap,
     params: Result<Query<RotateParams>, QueryRejection>,
 ) -> Response {
-    if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
+    // A name from the URL is logged only once it is known to be a policy.
+    if !app
+        .state
+        .status
+        .load()
+        .policies
+        .iter()
+        .any(|p| p.name == policy)
+    {
+        return rotate_response(&policy, RotateReply::UnknownPolicy);
+    }
+    if app.role != Role::Admin
+        && let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers)
+    {
         tracing::warn!(policy = %policy, reason = refusal.as_str(), "status endpoint: refused unauthenticated POST /rotate");
         return refusal.into_response();
     }
@@ -784,5 +991,35 @@ mod tests {
             Refusal::Wrong.into_response().status(),
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn only_loopback_names_ip_literals_and_listed_hosts_are_accepted() {
+        let listed = vec!["rekey.internal".to_string()];
+        for ok in [
+            "localhost",
+            "localhost:9477",
+            "LOCALHOST.",
+            "app.localhost:1",
+            "127.0.0.1:9477",
+            "10.1.2.3",
+            "[::1]:9477",
+            "[fe80::1]",
+            "rekey.internal:9477",
+        ] {
+            assert!(host_allowed(ok, &listed), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9477",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "rekey.internal.evil",
+            "[::1",
+            "localhost:x",
+            "",
+        ] {
+            assert!(!host_allowed(bad, &listed), "{bad}");
+        }
     }
 }

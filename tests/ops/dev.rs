@@ -57,7 +57,16 @@ fn rekey_dev_prints_a_working_rotate_line_and_a_second_one_touches_nothing() {
 
     // The line, as printed.
     let args: Vec<&str> = rotate_line.split_whitespace().skip(1).collect();
-    let out = Command::new(rekey_bin()).args(&args).output().unwrap();
+    // The daemon knows a lineage once its first check listed the keys (a
+    // check runs at start, then every 5 s): until then the answer is 404.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = Command::new(rekey_bin()).args(&args).output().unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

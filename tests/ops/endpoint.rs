@@ -194,6 +194,13 @@ async fn metrics_are_served_as_prometheus_text() {
 #[tokio::test]
 async fn rotate_needs_the_right_bearer_token() {
     let srv = StatusServer::start(StatusServerOptions::default()).await;
+    // The fake daemon knows an observe-mode policy; the snapshot must too
+    // (the endpoint refuses a policy its snapshot does not know).
+    let mut snap = (*srv.status.load()).clone();
+    let mut observe = (*snap.policies[0]).clone();
+    observe.name = "observe-only".into();
+    snap.policies.push(std::sync::Arc::new(observe));
+    srv.status.store(snap);
     let c = srv.client();
 
     let resp = c
@@ -216,7 +223,7 @@ async fn rotate_needs_the_right_bearer_token() {
     let raw = raw_http(
         &srv.listen,
         format!(
-            "POST /rotate/maas-prod HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {OPS_ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+            "POST /rotate/maas-prod HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {OPS_ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -363,7 +370,7 @@ async fn oversized_bodies_and_silent_clients_are_cut_off() {
     let raw = raw_http(
         &srv.listen,
         format!(
-            "POST /rotate/maas-prod HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPS_ADMIN_TOKEN}\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n"
+            "POST /rotate/maas-prod HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {OPS_ADMIN_TOKEN}\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -414,7 +421,7 @@ async fn unix_socket_is_served_with_mode_0660_and_cleaned_up() {
     let token = Secret::new(OPS_ADMIN_TOKEN);
     let outcome = srv
         .client()
-        .rotate("maas-prod", None, false, &token)
+        .rotate("maas-prod", None, false, Some(&token))
         .await
         .unwrap();
     assert!(outcome.accepted(), "{outcome:?}");
@@ -456,7 +463,7 @@ async fn an_idle_keep_alive_connection_gives_its_slot_back() {
         unreachable!()
     };
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];

@@ -126,6 +126,14 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&bin).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755);
+    // The config names credentials: not for every local user (postinst
+    // gives it to group rekey).
+    let conf_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(root.join("etc/rekey/rekey.toml"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(conf_mode & 0o777, 0o640);
     let version = run(Command::new(&bin).arg("--version"));
     assert_eq!(
         version.trim(),
@@ -156,6 +164,10 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
     let postinst = run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("postinst"));
     assert!(
         postinst.contains("systemd-sysusers rekey.conf"),
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("chgrp rekey /etc/rekey/rekey.toml"),
         "{postinst}"
     );
     assert!(

@@ -576,3 +576,84 @@ async fn vault_sink_writes_an_unlabelled_path_the_store_says_it_wrote() {
             .is_err()
     );
 }
+
+/// A Vault (or something in its place) that answers the data write by
+/// echoing the secret in every encoding gets none of it into the error or
+/// the logs: the answer to the request carrying the secret is described by
+/// status, type and length only.
+#[tokio::test]
+async fn a_vault_echoing_the_written_secret_leaks_it_nowhere() {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    async fn fake(req: Request) -> axum::response::Response {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/v1/auth/token/lookup-self") => {
+                axum::Json(json!({"data": {"ttl": 0, "renewable": false}})).into_response()
+            }
+            ("GET", p) if p.starts_with("/v1/secret/metadata/") => {
+                (axum::http::StatusCode::NOT_FOUND, "{\"errors\":[]}").into_response()
+            }
+            ("POST", p) if p.starts_with("/v1/secret/metadata/") => {
+                axum::http::StatusCode::NO_CONTENT.into_response()
+            }
+            ("POST", p) if p.starts_with("/v1/secret/data/") => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let mut echoed = Vec::new();
+                for s in v["data"].as_object().unwrap().values() {
+                    echoed.extend(crate::support::receiver::encodings(s.as_str().unwrap()));
+                }
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"errors": echoed})),
+                )
+                    .into_response()
+            }
+            _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(fake))
+            .await
+            .unwrap()
+    });
+    let cfg = SinkConfig {
+        name: "vault".into(),
+        ca_file: None,
+        timeout: Duration::from_secs(5),
+        kind: SinkKind::Vault(VaultSinkConfig {
+            address: format!("http://{addr}"),
+            mount: "secret".into(),
+            path: TargetTemplate::parse("maas/{lineage}").unwrap(),
+            namespace: None,
+            auth: token_auth("root"),
+            adopt_existing: false,
+        }),
+    };
+    let SinkKind::Vault(v) = &cfg.kind else {
+        unreachable!()
+    };
+    let (logs, _guard) = capture_logs_at_trace();
+    let vault = VaultSink::new("vault", v, &cfg).unwrap();
+    let key = NewKey::new("billing", "1a2b3c4d");
+    let err = vault.publish(&key.publication()).await.unwrap_err();
+    assert!(
+        err.message
+            .contains("writing secret/maas/billing: HTTP 400 (application/json"),
+        "{}",
+        err.message
+    );
+    let shown = format!("{err} {err:?}\n{}", logs.text());
+    for s in key.secret_values() {
+        for enc in crate::support::receiver::encodings(&s) {
+            assert!(!shown.contains(&enc), "an echo leaked ({enc}):\n{shown}");
+        }
+    }
+    server.abort();
+}

@@ -34,6 +34,28 @@ pub enum Reply {
     Echo(u16),
     /// A status with this body and content type.
     Body(u16, &'static str, Vec<u8>),
+    /// A status whose JSON body echoes every `data.secret` value of the
+    /// request raw, JSON-escaped with `\/` (as PHP writes it), URL-encoded
+    /// and base64-encoded.
+    EchoSecret(u16),
+}
+
+/// The encodings a hostile receiver might echo a secret in.
+pub fn encodings(v: &str) -> Vec<String> {
+    let json_escaped = serde_json::to_string(v).unwrap();
+    let json_escaped = json_escaped[1..json_escaped.len() - 1].replace('/', "\\/");
+    let url: String = v
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let b64 = STANDARD.encode(v);
+    vec![v.to_string(), json_escaped, url, b64]
 }
 
 /// One request as received.
@@ -153,6 +175,26 @@ async fn handle(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Some(Reply::Echo(c)) => {
             let code = StatusCode::from_u16(c).unwrap();
             (c, (code, body.clone()).into_response())
+        }
+        Some(Reply::EchoSecret(c)) => {
+            let code = StatusCode::from_u16(c).unwrap();
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let mut echoed = Vec::new();
+            if let Some(fields) = parsed["data"]["secret"].as_object() {
+                for v in fields.values().filter_map(|v| v.as_str()) {
+                    echoed.extend(encodings(v));
+                }
+            }
+            // Hand-built so the escaped form stays as PHP would write it.
+            let list: Vec<String> = echoed.iter().map(|e| format!("\"{e}\"")).collect();
+            let text = format!(
+                "{{\"error\":\"rejected\",\"received\":[{}]}}",
+                list.join(",")
+            );
+            (
+                c,
+                (code, [("content-type", "application/json")], text).into_response(),
+            )
         }
         Some(Reply::Body(c, content_type, b)) => {
             let code = StatusCode::from_u16(c).unwrap();
