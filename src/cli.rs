@@ -139,7 +139,8 @@ pub enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Read the admin token (and the endpoint) from this config's
-        /// `[daemon]` section (default $REKEY_CONFIG); only the admin token
+        /// `[daemon]` section (default $REKEY_CONFIG, else /etc/rekey/rekey.toml
+        /// when it exists and no --endpoint is given); only the admin token
         /// is resolved (see --credentials-dir).
         #[arg(short, long, env = "REKEY_CONFIG")]
         config: Option<PathBuf>,
@@ -1062,7 +1063,13 @@ struct RotateArgs {
 
 /// `rekey rotate`: 0 when the daemon accepted (202), 1 otherwise.
 fn rotate(args: RotateArgs) -> Result<ExitCode> {
-    let cfg = match &args.config {
+    // -c, $REKEY_CONFIG, else the default config when it exists (and no
+    // --endpoint overrides it): its admin socket or listen address.
+    let config_path = args.config.clone().or_else(|| {
+        Some(PathBuf::from(config::DEFAULT_CONFIG))
+            .filter(|p| args.endpoint.is_none() && p.exists())
+    });
+    let cfg = match &config_path {
         None => None,
         // Only the admin token is resolved (below), not every secret.
         Some(path) => match config::load_with(path, config::LoadOptions::FILE_ONLY) {
