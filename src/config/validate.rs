@@ -1603,7 +1603,7 @@ fn validate_policy(
             );
         }
     }
-    sink_fit(cx, &raw, provider, refs, &glob_text);
+    sink_fit(cx, &raw, provider, refs);
     // A key taken out after a type error (see `item`) was reported already.
     let dropped = |key: &str| {
         cx.dropped
@@ -1780,37 +1780,15 @@ fn fixed_secret_fields(kind: &ProviderKind) -> Option<&'static [&'static str]> {
     }
 }
 
-/// How a policy's sinks fit its provider and glob: `env_names` keys name
-/// the provider's secret fields; a target without `{lineage}` on a glob that
-/// can match several lineages is reported now rather than as
-/// `misconfigured` at the first second lineage.
-fn sink_fit(
-    cx: &mut Ctx,
-    raw: &RawPolicy,
-    provider: Option<&ProviderConfig>,
-    refs: &Refs,
-    glob: &str,
-) {
-    let wildcard = glob.contains(['*', '?', '[', '{']);
+/// How a policy's sinks fit its provider: `env_names` keys name the
+/// provider's secret fields.
+fn sink_fit(cx: &mut Ctx, raw: &RawPolicy, provider: Option<&ProviderConfig>, refs: &Refs) {
     for s in &raw.sinks {
         let Some(sink) = refs.sinks.get(s.get_ref()) else {
             continue;
         };
-        if let Some(t) = sink.target()
-            && wildcard
-            && !t.has_lineage()
-        {
-            cx.d.warn_hint(
-                s.span(),
-                format!(
-                    "sink {:?} writes one fixed target ({}), but policy `{}` matches {glob:?}, which can hold several lineages; with a second one the policy stops as misconfigured and rotates nothing",
-                    s.get_ref(),
-                    t.as_str(),
-                    raw.name.get_ref()
-                ),
-                "put {lineage} in the sink's target, or narrow `match` to one key",
-            );
-        }
+        // A fixed target over a wildcard glob is warned about in
+        // `ownership` (with the cross-policy target checks).
         let (SinkKind::File(f), Some(p)) = (&sink.kind, provider) else {
             continue;
         };

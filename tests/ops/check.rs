@@ -525,7 +525,7 @@ create = {{ action = "read" }}
     );
     let check = rekey(&["check"], &fixed, &[]);
     assert!(
-        text(&check.stderr).contains("writes one fixed target"),
+        text(&check.stderr).contains("writes to the fixed target"),
         "check says so statically: {}",
         text(&check.stderr)
     );
