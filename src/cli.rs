@@ -27,6 +27,8 @@ use crate::secret::Secret;
 use crate::status::RotateReply;
 use crate::status::client::{self, Client, Endpoint};
 
+pub mod admin;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rekey",
@@ -147,6 +149,26 @@ pub enum Command {
         /// For a leaked key: delete the old key as soon as every sink has the new one.
         #[arg(long)]
         revoke_old_immediately: bool,
+        /// Follow the rotation: exit 0 once every sink has the new key
+        /// (`--wait`) or once the old key is deleted too
+        /// (`--wait=completed`); exit 1 if it fails.
+        #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "published")]
+        wait: Option<admin::WaitFor>,
+    },
+    /// Ask the daemon to run the step a rotation waits for now (skip its
+    /// backoff), or to resume a rotation that failed after creating its key.
+    Retry {
+        rotation: String,
+        #[command(flatten)]
+        admin: admin::AdminArgs,
+    },
+    /// End a rotation that has not published: the old key stays; its next
+    /// key is deleted when no sink acknowledged it. With -c and no daemon
+    /// running, works offline on the state DB.
+    Abandon {
+        rotation: String,
+        #[command(flatten)]
+        admin: admin::AdminArgs,
     },
     /// Recover lineages after the state DB was lost or restored from an old
     /// backup: a generated key becomes current only where a readable sink
@@ -382,6 +404,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             token_file,
             config,
             revoke_old_immediately,
+            wait,
         } => rotate(RotateArgs {
             policy,
             lineage,
@@ -389,7 +412,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             token_file,
             config,
             revoke_old_immediately,
+            wait,
         }),
+        Command::Retry { rotation, admin } => {
+            admin::command(crate::status::Command::Retry, &rotation, &admin)
+        }
+        Command::Abandon { rotation, admin } => {
+            admin::command(crate::status::Command::Abandon, &rotation, &admin)
+        }
         Command::Emulate { provider } => emulate(provider),
         Command::Dev { dir } => dev(&dir),
     }
@@ -667,6 +697,22 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
                     policy::escaped(&k.key.id),
                     age,
                     exp
+                );
+            }
+            // Grace outliving a key's lead: the old key would still be in
+            // grace when its replacement is due (the daemon then cuts it
+            // short; DESIGN §3).
+            if let Some(c) = &l.current
+                && let (Some(created), Some(expires)) = (c.key.created_at, c.key.expires_at)
+                && let Some(lead) = policy::effective_lead(p, &c.key)
+                && let Ok(grace) = chrono::Duration::from_std(p.grace_period)
+                && expires > created
+                && grace >= (expires - created) - lead
+            {
+                println!(
+                    "    warning: grace_period ({}) outlives this key's time before its lead ({}): each old key would still be in grace when its replacement is due; shorten grace_period",
+                    humantime::format_duration(p.grace_period),
+                    human_delta((expires - created) - lead)
                 );
             }
             if let Some(t) = l.decision.rotate_at
@@ -1059,6 +1105,7 @@ struct RotateArgs {
     token_file: Option<PathBuf>,
     config: Option<PathBuf>,
     revoke_old_immediately: bool,
+    wait: Option<admin::WaitFor>,
 }
 
 /// `rekey rotate`: 0 when the daemon accepted (202), 1 otherwise.
@@ -1143,6 +1190,9 @@ fn rotate(args: RotateArgs) -> Result<ExitCode> {
             }
             if args.revoke_old_immediately {
                 println!("  the old key will be deleted as soon as every sink has the new one");
+            }
+            if let Some(until) = args.wait {
+                return admin::wait(&client, &args.policy, rotations, until);
             }
             Ok(ExitCode::SUCCESS)
         }

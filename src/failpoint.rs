@@ -3,6 +3,11 @@
 //! exactly between two side effects, as a `kill -9` would. Unset, a
 //! failpoint is one relaxed atomic load.
 //!
+//! `REKEY_FAILPOINT=error@NAME` instead makes [`error`] report a failure
+//! at that point every time it is reached, without aborting: tests use it
+//! to stand for a store write that fails (a full disk) and check that the
+//! daemon backs off instead of spinning. Error points: `record_sink_ack`.
+//!
 //! Points: `before_create`, `after_create` (the provider returned the new
 //! key, nothing committed), `after_record_created`, `after_publish` (a sink
 //! wrote the key, its ack not committed), `after_publish_all`,
@@ -46,4 +51,9 @@ pub fn hit(name: &str) {
             std::process::abort();
         }
     }
+}
+
+/// Whether the error failpoint `error@NAME` is armed here (every hit).
+pub fn error(name: &str) -> bool {
+    armed().is_some_and(|a| a.name.strip_prefix("error@") == Some(name))
 }

@@ -9,12 +9,14 @@
 //! - [`notify`]: signed webhook delivery of the event outbox (Standard Webhooks).
 //! - [`outbound`]: the outbound HTTP rules (TLS, `ca_file`, proxies and loopback, body caps,
 //!   what is kept of a response) that providers, sinks and notifications share.
-//! - [`status`]: the snapshot, the endpoint that serves it and its client; [`metrics`]: Prometheus.
+//! - [`status`]: the endpoint that serves the engine's snapshot, and its client; [`metrics`]: Prometheus.
 //! - [`daemon`]: the long-running service; `daemon::sdnotify` talks to systemd.
-//! - [`rotation`]: the planner, the engine's state machine, crash recovery.
+//! - [`rotation`]: the planner, the engine's state machine, crash recovery, the
+//!   health rule (`rotation::health`) and the snapshot it publishes (`rotation::report`).
 //! - [`emulator`]: loopback emulators of the three provider APIs (`rekey emulate`, dev, tests, benches).
 //! - [`dev`]: `rekey dev`, the embedded default.
-//! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock.
+//! - [`secret`], [`clock`]: key material that cannot leak, and the injected clock
+//!   (the daemon's runs on the boot clock, so wall-clock steps cannot fool it).
 //! - [`emulator`]: loopback emulators of the provider APIs (`rekey emulate`, dev, tests).
 //!
 //! A rotation flows: the daemon's scheduler fires a policy check → the

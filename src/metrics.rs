@@ -16,14 +16,16 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::status::{KeyStatus, PolicyStatus};
+use crate::rotation::health::Condition;
+use crate::rotation::report::{KeyStatus, PolicyStatus};
 
 /// `result` label values of `rekey_rotations_total`.
 pub const ROTATION_RESULTS: [&str; 2] = ["completed", "failed"];
+/// `step` label values of `rekey_step_failures_total`.
+pub const STEPS: [&str; 5] = ["create", "find_id", "prepare", "publish", "retire"];
 /// `result` label values of `rekey_sink_publish_total`.
 pub const PUBLISH_RESULTS: [&str; 2] = ["ok", "error"];
 
@@ -40,14 +42,20 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
-    /// `rekey_outbox_depth{target}`: events a notify target has not yet
-    /// worked through.
-    pub outbox_depth: IntGaugeVec,
-    /// `rekey_dead_letters{target}`: events given up on, per target.
-    pub dead_letters: IntGaugeVec,
-    /// `rekey_condition{policy,condition}`: 1 while a stuck condition of
-    /// DESIGN §4 holds for some lineage of the policy, else 0.
+    /// `rekey_condition{policy,condition}`: 1 while a stuck condition holds
+    /// for any lineage of the policy (the health rule, `rotation::health`).
     pub condition: GaugeVec,
+    /// `rekey_oldest_unfinished_rotation_age_seconds{policy}`.
+    pub oldest_unfinished: GaugeVec,
+    /// `rekey_step_failures_total{policy,step}`.
+    pub step_failures: IntCounterVec,
+    /// `rekey_build_info{version}`, always 1.
+    pub build_info: GaugeVec,
+    /// `rekey_outbox_depth{target}`: events a notification target has not
+    /// received yet.
+    pub outbox_depth: GaugeVec,
+    /// `rekey_dead_letters{target}`: events a target never accepted.
+    pub dead_letters: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -136,47 +144,62 @@ impl Metrics {
             &["sink", "result"],
         )
         .expect("metric");
-        let outbox_depth = IntGaugeVec::new(
+        let condition = GaugeVec::new(
             Opts::new(
-                "rekey_outbox_depth",
-                "Events a notification target has not yet delivered (or skipped).",
+                "rekey_condition",
+                "1 while the stuck condition holds for some lineage of the policy (DESIGN §4).",
             ),
-            &["target"],
+            &["policy", "condition"],
         )
         .expect("metric");
-        let dead_letters = IntGaugeVec::new(
+        let oldest_unfinished = GaugeVec::new(
             Opts::new(
-                "rekey_dead_letters",
-                "Events a notification target gave up on (see `rekey history`).",
+                "rekey_oldest_unfinished_rotation_age_seconds",
+                "Age in seconds of the policy's oldest unfinished rotation (0 when none).",
             ),
-            &["target"],
+            &["policy"],
         )
         .expect("metric");
-        let build_info = IntGaugeVec::new(
+        let step_failures = IntCounterVec::new(
             Opts::new(
-                "rekey_build_info",
-                "Always 1; the running rekey's version as a label.",
+                "rekey_step_failures_total",
+                "Failed rotation steps, by step (create, find_id, prepare, publish, retire).",
             ),
+            &["policy", "step"],
+        )
+        .expect("metric");
+        let build_info = GaugeVec::new(
+            Opts::new("rekey_build_info", "Always 1; the running rekey's version."),
             &["version"],
         )
         .expect("metric");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let condition = GaugeVec::new(
+            .set(1.0);
+        let outbox_depth = GaugeVec::new(
             Opts::new(
-                "rekey_condition",
-                "1 while a stuck condition (e.g. unrecognised_key, unsafe_name, conflict) holds for a lineage of the policy, else 0.",
+                "rekey_outbox_depth",
+                "Events not yet delivered to the notification target.",
             ),
-            &["policy", "condition"],
+            &["target"],
+        )
+        .expect("metric");
+        let dead_letters = GaugeVec::new(
+            Opts::new(
+                "rekey_dead_letters",
+                "Events the notification target never accepted after every retry.",
+            ),
+            &["target"],
         )
         .expect("metric");
         for c in [
-            Box::new(condition.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(KeyCollector::new(keys.clone())),
+            Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(condition.clone()),
+            Box::new(oldest_unfinished.clone()),
+            Box::new(step_failures.clone()),
+            Box::new(build_info.clone()),
             Box::new(outbox_depth.clone()),
             Box::new(dead_letters.clone()),
-            Box::new(build_info),
             Box::new(rotations.clone()),
             Box::new(last_success.clone()),
             Box::new(policy_healthy.clone()),
@@ -195,32 +218,14 @@ impl Metrics {
             provider_requests,
             provider_duration,
             sink_publish,
+            condition,
+            oldest_unfinished,
+            step_failures,
+            build_info,
             outbox_depth,
             dead_letters,
-            condition,
             policies: Arc::default(),
             rendered: Arc::default(),
-        }
-    }
-
-    /// Set the outbox gauges from `(target, depth, dead letters)` rows: every
-    /// configured target has both series (at zero when the store has no row
-    /// for it yet); a target no longer configured loses them.
-    pub fn set_outbox(&self, targets: &[String], rows: &[(String, i64, i64)]) {
-        for t in targets {
-            let (depth, dead) = rows
-                .iter()
-                .find(|r| r.0 == *t)
-                .map(|r| (r.1, r.2))
-                .unwrap_or((0, 0));
-            self.outbox_depth.with_label_values(&[t]).set(depth);
-            self.dead_letters.with_label_values(&[t]).set(dead);
-        }
-        for (t, _, _) in rows {
-            if !targets.contains(t) {
-                let _ = self.outbox_depth.remove_label_values(&[t]);
-                let _ = self.dead_letters.remove_label_values(&[t]);
-            }
         }
     }
 
@@ -240,6 +245,13 @@ impl Metrics {
         }
         self.last_success.with_label_values(&[policy]);
         self.policy_healthy.with_label_values(&[policy]);
+        self.oldest_unfinished.with_label_values(&[policy]);
+        for c in Condition::ALL {
+            self.condition.with_label_values(&[policy, c.as_str()]);
+        }
+        for step in STEPS {
+            self.step_failures.with_label_values(&[policy, step]);
+        }
         for sink in sinks {
             for result in PUBLISH_RESULTS {
                 self.sink_publish
@@ -268,6 +280,12 @@ impl Metrics {
         self.policy_healthy
             .with_label_values(&[status.name.as_str()])
             .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
+        for c in Condition::ALL {
+            let held = status.lineages.iter().any(|l| l.conditions.contains(&c));
+            self.condition
+                .with_label_values(&[status.name.as_str(), c.as_str()])
+                .set(if held { 1.0 } else { 0.0 });
+        }
         self.sync_keys(&status.name, &status.keys);
     }
 
@@ -302,7 +320,9 @@ impl Metrics {
         }
         let _ = self.last_success.remove_label_values(&[policy]);
         let _ = self.policy_healthy.remove_label_values(&[policy]);
+        let _ = self.oldest_unfinished.remove_label_values(&[policy]);
         remove_where(&self.condition, "policy", policy);
+        remove_where(&self.step_failures, "policy", policy);
         self.keys
             .0
             .write()

@@ -379,6 +379,16 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "grace_period outliving max_age minus the lead",
+            with(&[(
+                "rotate_before_expiry = \"7d\"\nsinks = [\"app-env\", \"vault\"]",
+                "rotate_before_expiry = \"7d\"\nmax_age = \"8d\"\nsinks = [\"app-env\", \"vault\"]",
+            )]),
+            &[
+                "rekey.toml:47:11: error: grace_period (1day) is not shorter than max_age − rotate_before_expiry (1day)\n  hint: the old key would still be in grace when its replacement enters its own lead; shorten grace_period",
+            ],
+        ),
+        case(
             "bad grace_period (not also compared with max_age)",
             with(&[("grace_period = \"2h\"", "grace_period = \"soon\"")]),
             &[

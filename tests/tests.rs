@@ -7,6 +7,7 @@ mod config;
 mod e2e;
 mod huawei;
 mod lifecycle;
+mod liveness;
 mod notify;
 mod oceanbase;
 mod ops;

@@ -192,8 +192,12 @@ pub fn check(cfg: &Config, env: &Env, user: &ServiceUser) -> Vec<Diagnostic> {
         } else {
             ""
         };
+        // A warning, not a refusal: the sink fails each publish with this
+        // message (the old key stays) until the directory exists, and other
+        // sinks and policies keep working; rekey never creates it.
         if !dir.is_dir() {
-            out.push(cfg.error_at(
+            out.push(cfg.diagnostic_at(
+                Severity::Warning,
                 &items,
                 format!(
                     "directory {} of [sinks.{name}] does not exist{placeholder}",
@@ -205,7 +209,8 @@ pub fn check(cfg: &Config, env: &Env, user: &ServiceUser) -> Vec<Diagnostic> {
                 )),
             ));
         } else if !user.can_write_dir(&dir) {
-            out.push(cfg.error_at(
+            out.push(cfg.diagnostic_at(
+                Severity::Warning,
                 &items,
                 format!(
                     "directory {} of [sinks.{name}] is not writable by {}",

@@ -1574,6 +1574,29 @@ fn validate_policy(
             ),
             _ => {}
         }
+        // The next key is due `lead` before its expiry; with keys living
+        // about `max_age`, an old key in grace that long would outlive the
+        // next key's own lead (DESIGN §3: its grace is then cut short).
+        if let Some(Lead::Absolute(l)) = lead
+            && l < age
+            && grace_period <= age
+            && grace_period >= age - l
+        {
+            let at = raw
+                .grace_period
+                .as_ref()
+                .map(|g| g.span())
+                .unwrap_or_else(|| age_raw.span());
+            cx.d.error_hint(
+                at,
+                format!(
+                    "grace_period ({}) is not shorter than max_age − rotate_before_expiry ({})",
+                    humantime::format_duration(grace_period),
+                    humantime::format_duration(age - l)
+                ),
+                "the old key would still be in grace when its replacement enters its own lead; shorten grace_period",
+            );
+        }
     }
     let mut sinks = Vec::new();
     for s in &raw.sinks {

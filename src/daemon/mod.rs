@@ -32,7 +32,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{MonotonicClock, SharedClock};
 use crate::config::{self, Config, Diagnostic};
 use crate::metrics::Metrics;
 use crate::provider;
@@ -42,7 +42,7 @@ use crate::sink;
 use crate::state::seal::Sealer;
 use crate::state::{self, Store, StoreError};
 use crate::status::server::{self, Liveness, ServerState};
-use crate::status::{Health, RotateRequest, StatusHandle};
+use crate::status::{Command, CommandReply, CommandRequest, Health, RotateRequest, StatusHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -52,6 +52,14 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("sealing key: {0}")]
     Seal(#[from] state::seal::SealError),
+    #[error(
+        "the state DB holds sealed secrets of rotations {rotations} that {problem}; refusing to start rather than lose or replace them. Restore the seal key ({key}), or give up those rotations with `rekey abandon -c CONFIG ROTATION` for each (no daemon needed: it deletes each one's unpublished key when no sink acknowledged it and wipes its sealed secret)"
+    )]
+    SealKeyLost {
+        rotations: String,
+        problem: &'static str,
+        key: String,
+    },
     #[error("{0}")]
     Build(String),
     #[error("status endpoint {addr}: {reason}")]
@@ -60,11 +68,67 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+/// First pause after a rotation's drive fails unexpectedly (a store write
+/// that fails, e.g. a full disk); it doubles per failure in a row.
+pub const HOLD_FLOOR: Duration = Duration::from_secs(1);
+/// Longest pause between drives of a rotation that keeps failing
+/// unexpectedly.
+pub const HOLD_CAP: Duration = Duration::from_secs(300);
+/// How often the loop rebuilds every policy's status (and health) from the
+/// store even when nothing happened.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
 /// What signals mean to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Shutdown,
     Reload,
+}
+
+/// The seal key, refusing to start when sealed secrets exist that it
+/// cannot open: a missing key file is created only when nothing is sealed
+/// (never silently replaced under secrets it would orphan), and a present
+/// key must open every sealed secret.
+fn open_sealer(cfg: &Config, store: &Store) -> Result<Sealer, DaemonError> {
+    let sealed = store.sealed_secrets()?;
+    let ids = |v: &[String]| v.join(", ");
+    let key_file = state::key_path(&cfg.daemon.state);
+    let (sealer, key) = match &cfg.daemon.seal_key {
+        Some(r) => (
+            Sealer::from_hex(
+                &r.resolve_now()
+                    .map_err(|e| DaemonError::Build(format!("seal_key: {e}")))?,
+            )?,
+            format!("daemon.seal_key = {r}"),
+        ),
+        None => {
+            if !key_file.exists() && !sealed.is_empty() {
+                let all: Vec<String> = sealed.iter().map(|(id, _)| id.clone()).collect();
+                return Err(DaemonError::SealKeyLost {
+                    rotations: ids(&all),
+                    problem: "cannot be opened: the seal key file is missing",
+                    key: key_file.display().to_string(),
+                });
+            }
+            (
+                Sealer::from_key_file(&key_file)?,
+                key_file.display().to_string(),
+            )
+        }
+    };
+    let bad: Vec<String> = sealed
+        .iter()
+        .filter(|(id, blob)| sealer.open(id, blob).is_err())
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !bad.is_empty() {
+        return Err(DaemonError::SealKeyLost {
+            rotations: ids(&bad),
+            problem: "do not open with this seal key (a different or replaced key)",
+            key,
+        });
+    }
+    Ok(sealer)
 }
 
 /// Build providers and sinks for one configuration generation.
@@ -136,7 +200,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(MonotonicClock::system()),
             heartbeat: Duration::from_secs(10),
             on_ready: None,
             stop: CancellationToken::new(),
@@ -164,6 +228,14 @@ struct Daemon {
     /// once when it goes idle).
     was_busy: std::sync::atomic::AtomicBool,
     driving: Mutex<HashSet<String>>,
+    /// Rotations whose last drive failed unexpectedly (a store write that
+    /// failed, a policy that is gone): how often in a row, and not before
+    /// when. In memory only: a restart retries at once.
+    held: Mutex<HashMap<String, (u32, DateTime<Utc>)>>,
+    /// When the loop last rebuilt every policy's status, so conditions that
+    /// arise with the passing of time (a rotation stuck, a key expired) are
+    /// reported within [`STATUS_REFRESH`].
+    last_refresh: Mutex<Option<std::time::Instant>>,
     /// Work stops between steps when this fires.
     work_stop: CancellationToken,
     tracker: TaskTracker,
@@ -209,15 +281,19 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     let store = Arc::new(
         Store::open(&cfg.daemon.state).map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
     );
-    let sealer = match &cfg.daemon.seal_key {
-        Some(r) => r
-            .resolve_now()
-            .map_err(|e| e.to_string())
-            .and_then(|k| Sealer::from_hex(&k).map_err(|e| e.to_string()))
-            .map_err(|e| refuse(&["daemon.seal_key"], &format!("`seal_key` ({r}): {e}")))?,
-        None => Sealer::from_key_file(&state::key_path(&cfg.daemon.state))
-            .map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
-    };
+    // A seal key that does not open the sealed secrets is refused at its
+    // key (`daemon.seal_key`, else the state, whose key file it is).
+    let sealer = open_sealer(&cfg, &store).map_err(|e| match e {
+        DaemonError::Store(_) => e,
+        other => {
+            let at: &[&str] = if cfg.daemon.seal_key.is_some() {
+                &["daemon.seal_key"]
+            } else {
+                &["daemon.state", "daemon"]
+            };
+            refuse(at, &other)
+        }
+    })?;
     let metrics = Metrics::new();
     let started = opts.clock.now();
     let status = StatusHandle::new(started);
@@ -238,6 +314,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         backoff: Backoff::default(),
     });
     let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(64);
+    let (command_tx, mut command_rx) = mpsc::channel::<CommandRequest>(64);
 
     // The watchdog, when systemd set one, is fed from this loop at half its
     // interval; /healthz calls the loop stalled after three missed beats.
@@ -261,6 +338,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         status: status.clone(),
         metrics: metrics.clone(),
         rotate: rotate_tx.clone(),
+        commands: Some(command_tx.clone()),
         admin_token,
         liveness: liveness.clone(),
     };
@@ -321,6 +399,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         check_slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations.min(4))),
         was_busy: std::sync::atomic::AtomicBool::new(false),
         driving: Mutex::new(HashSet::new()),
+        held: Mutex::new(HashMap::new()),
+        last_refresh: Mutex::new(Some(std::time::Instant::now())),
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
@@ -373,16 +453,16 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         }
         let now = engine.clock.now();
         d.trim_when_idle();
-        match engine.store.outbox_depths() {
-            Ok(rows) => {
-                let targets: Vec<String> = d.current().config.notify.keys().cloned().collect();
-                engine.metrics.set_outbox(&targets, &rows);
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the outbox depth"),
-        }
         // One read of the unfinished rotations serves both: what to start
         // now and when to wake next.
-        let active = engine.store.active_rotations()?;
+        let active = match engine.store.active_rotations() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read unfinished rotations; trying again at the next heartbeat");
+                Vec::new()
+            }
+        };
+        d.refresh_when_stale();
         d.start_due_work(now, &active);
         let deadline = d.next_deadline(now, heartbeat, &active);
         let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
@@ -392,6 +472,10 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             _ = opts.stop.cancelled() => Some(Control::Shutdown),
             Some(req) = rotate_rx.recv() => {
                 d.handle_rotate(req);
+                None
+            }
+            Some(req) = command_rx.recv() => {
+                d.handle_command(req);
                 None
             }
             Some(sig) = async {
@@ -607,12 +691,16 @@ impl Daemon {
             let changed = old
                 .and_then(|o| o.policy(&p.name))
                 .map(|o| o.schedule != p.schedule);
+            // Never further away than the schedule allows from now: a
+            // time stored before the wall clock stepped back must not
+            // stall the checks.
+            let latest = p.schedule.next_after(now).unwrap_or(now);
             let when = match changed {
                 Some(false) => match next.get(&p.name) {
-                    Some(t) => *t,
+                    Some(t) => (*t).min(latest),
                     None => now,
                 },
-                Some(true) => p.schedule.next_after(now).unwrap_or(now),
+                Some(true) => latest,
                 None => match self
                     .engine
                     .store
@@ -621,10 +709,15 @@ impl Daemon {
                     .flatten()
                     .and_then(|s| s.next_check_at)
                 {
-                    Some(t) if t > now => t,
+                    Some(t) if t > now => t.min(latest),
                     _ => now,
                 },
             };
+            if changed == Some(true)
+                && let Err(e) = self.engine.store.set_next_check(&p.name, when)
+            {
+                tracing::warn!(policy = %p.name, error = %e, "cannot store the recomputed next check");
+            }
             next.insert(p.name.clone(), when);
         }
     }
@@ -678,10 +771,21 @@ impl Daemon {
             if !crate::rotation::engine::rotation_due(&row, now) {
                 continue;
             }
+            if self.held_back(&row.id, now) {
+                continue;
+            }
             if !self.driving.lock().expect("lock").insert(row.id.clone()) {
                 continue;
             }
             let Some(rt) = self.runtime_for(&row.policy, &row.id) else {
+                // Released at once: a reload that brings the policy back
+                // must find the rotation free to drive.
+                self.driving.lock().expect("lock").remove(&row.id);
+                self.hold_back(
+                    &row.id,
+                    now,
+                    "its policy is not in the running configuration",
+                );
                 tracing::error!(policy = %row.policy, rotation = %row.id, "rotation's policy is gone and no earlier configuration is retained; it resumes when the policy returns");
                 continue;
             };
@@ -689,14 +793,82 @@ impl Daemon {
             self.tracker.spawn(async move {
                 let id = row.id.clone();
                 match me.engine.advance(&rt, &id, &me.work_stop).await {
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(policy = %row.policy, rotation = %id, error = %e, "rotation step failed unexpectedly"),
+                    Ok(_) => {
+                        me.held.lock().expect("lock").remove(&id);
+                    }
+                    Err(e) => {
+                        // A store write that fails (disk full) or another
+                        // unexpected error: back off, never spin.
+                        let delay = me.hold_back(&id, me.engine.clock.now(), &e.to_string());
+                        tracing::error!(policy = %row.policy, rotation = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "rotation step failed unexpectedly; backing off");
+                    }
                 }
                 me.driving.lock().expect("lock").remove(&id);
                 if !me.work_stop.is_cancelled() {
                     me.engine.wake_scheduler.notify_one();
                 }
             });
+        }
+    }
+
+    /// Whether `id` is backing off after an unexpected failure.
+    fn held_back(&self, id: &str, now: DateTime<Utc>) -> bool {
+        self.held
+            .lock()
+            .expect("lock")
+            .get(id)
+            .is_some_and(|(_, until)| *until > now)
+    }
+
+    /// Back off driving `id` after an unexpected failure: from
+    /// [`HOLD_FLOOR`] doubling to [`HOLD_CAP`]. Returns the delay.
+    fn hold_back(&self, id: &str, now: DateTime<Utc>, why: &str) -> Duration {
+        let mut held = self.held.lock().expect("lock");
+        let n = held.get(id).map_or(0, |(n, _)| *n) + 1;
+        let delay = HOLD_FLOOR
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(HOLD_CAP);
+        held.insert(
+            id.to_string(),
+            (
+                n,
+                now + chrono::Duration::from_std(delay).unwrap_or_default(),
+            ),
+        );
+        tracing::debug!(rotation = %id, failures = n, why, "holding the rotation back");
+        delay
+    }
+
+    /// Rebuild every policy's status from the store (no provider call) at
+    /// most every [`STATUS_REFRESH`]: conditions that arise only with time
+    /// (a rotation older than its bound, a key past its expiry) are then
+    /// reported, with their event, within that interval.
+    fn refresh_when_stale(&self) {
+        let mut last = self.last_refresh.lock().expect("lock");
+        if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        let rt = self.current();
+        for p in &rt.config.policies {
+            if let Err(e) = self.engine.refresh_status(&rt, &p.name) {
+                tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
+            }
+        }
+        let m = &self.engine.metrics;
+        let rows = self.engine.store.outbox_state().unwrap_or_default();
+        for target in rt.config.notify.keys() {
+            let (depth, dead) = rows
+                .iter()
+                .find(|r| &r.0 == target)
+                .map_or((0, 0), |r| (r.1, r.2));
+            m.outbox_depth
+                .with_label_values(&[target.as_str()])
+                .set(depth as f64);
+            m.dead_letters
+                .with_label_values(&[target.as_str()])
+                .set(dead as f64);
         }
     }
 
@@ -727,11 +899,16 @@ impl Daemon {
             }
         }
         let driving = self.driving.lock().expect("lock").clone();
+        let held = self.held.lock().expect("lock").clone();
         for r in active {
             if driving.contains(&r.id) {
                 continue;
             }
-            deadline = deadline.min(r.next_attempt_at.unwrap_or(now));
+            let mut t = r.next_attempt_at.unwrap_or(now);
+            if let Some((_, until)) = held.get(&r.id) {
+                t = t.max(*until);
+            }
+            deadline = deadline.min(t);
         }
         deadline.max(now)
     }
@@ -751,6 +928,54 @@ impl Daemon {
         };
         tracing::info!(policy = %req.policy, lineage = req.lineage.as_deref().unwrap_or("*"), revoke_old_immediately = req.revoke_old_immediately, reply = %reply, "rotate request");
         let _ = req.reply.send(reply);
+    }
+
+    /// `rekey retry` / `rekey abandon`: answered from a task (abandon may
+    /// call the provider to delete an unpublished key).
+    fn handle_command(self: &Arc<Self>, req: CommandRequest) {
+        // Abandon deletes an unacknowledged key: never while a step of the
+        // rotation is running (a sink could be receiving that key), and no
+        // drive starts while it runs.
+        if req.command == Command::Abandon
+            && !self
+                .driving
+                .lock()
+                .expect("lock")
+                .insert(req.rotation.clone())
+        {
+            let _ = req.reply.send(CommandReply::Refused {
+                message: format!(
+                    "rotation {} is running a step right now; try again in a moment",
+                    req.rotation
+                ),
+            });
+            return;
+        }
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let rt = match me.engine.store.rotation(&req.rotation) {
+                Ok(Some(r)) => me.runtime_for(&r.policy, &r.id).unwrap_or_else(|| me.current()),
+                _ => me.current(),
+            };
+            let reply = match req.command {
+                Command::Retry => me.engine.retry_now(&rt, &req.rotation),
+                Command::Abandon => me.engine.abandon(&rt, &req.rotation).await,
+            };
+            let reply = reply.unwrap_or_else(|e| CommandReply::Refused {
+                message: e.to_string(),
+            });
+            match req.command {
+                Command::Retry => {
+                    me.held.lock().expect("lock").remove(&req.rotation);
+                }
+                Command::Abandon => {
+                    me.driving.lock().expect("lock").remove(&req.rotation);
+                }
+            }
+            tracing::info!(rotation = %req.rotation.escape_debug(), command = req.command.as_str(), reply = ?reply, "rotation command");
+            let _ = req.reply.send(reply);
+            me.engine.wake_scheduler.notify_one();
+        });
     }
 
     fn reload(&self) {
@@ -787,6 +1012,8 @@ impl Daemon {
                 return;
             }
         };
+        // Whatever was held back (a policy that was missing) gets a fresh try.
+        self.held.lock().expect("lock").clear();
         // Rotations of policies that disappear finish with the old runtime.
         if let Ok(active) = self.engine.store.active_rotations() {
             let mut retained = self.retained.lock().expect("lock");
@@ -809,6 +1036,7 @@ impl Daemon {
             .filter(|p| cfg.policy(&p.name).is_none())
         {
             self.engine.metrics.remove_policy(&p.name);
+            let _ = self.engine.store.clear_conditions(&p.name);
         }
         *self.runtime.write().expect("runtime lock") = rt.clone();
         let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();

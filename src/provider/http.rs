@@ -103,6 +103,34 @@ impl ProviderHttp {
         operation: &'static str,
         req: RequestBuilder,
     ) -> Result<HttpResponse, ProviderError> {
+        let result = self.send_unrecorded(operation, req).await;
+        match &result {
+            Ok(r) => self.record(operation, &r.status.as_u16().to_string()),
+            Err(e) => self.record(operation, error_code(e)),
+        }
+        result
+    }
+
+    /// Count one call in `rekey_provider_requests_total` with the outcome
+    /// the provider really gave: the HTTP status, or — for APIs that answer
+    /// 200 with an error envelope (Tencent API 3.0) — the envelope's error
+    /// code, so a failed call is never counted as `code="200"`.
+    pub fn record(&self, operation: &'static str, code: &str) {
+        self.metrics
+            .provider_requests
+            .with_label_values(&[&self.provider, operation, code])
+            .inc();
+    }
+
+    /// As [`send`](Self::send), but without counting the call in
+    /// `rekey_provider_requests_total`: the caller reads the answer and
+    /// calls [`record`](Self::record) with its real outcome. Latency is
+    /// still observed.
+    pub async fn send_unrecorded(
+        &self,
+        operation: &'static str,
+        req: RequestBuilder,
+    ) -> Result<HttpResponse, ProviderError> {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
@@ -113,16 +141,8 @@ impl ProviderHttp {
         let elapsed = started.elapsed();
         let code = match &result {
             Ok(r) => r.status.as_u16().to_string(),
-            Err(e) => match e.kind {
-                ProviderErrorKind::Timeout(_) => "timeout".into(),
-                ProviderErrorKind::TooLarge(_) => "too_large".into(),
-                _ => "error".into(),
-            },
+            Err(e) => error_code(e).to_string(),
         };
-        self.metrics
-            .provider_requests
-            .with_label_values(&[&self.provider, operation, &code])
-            .inc();
         self.metrics
             .provider_duration
             .with_label_values(&[&self.provider, operation])
@@ -184,6 +204,15 @@ impl ProviderHttp {
             body,
             request_id: request_id.to_string(),
         })
+    }
+}
+
+/// The `code` label of a call that got no HTTP answer.
+pub fn error_code(e: &ProviderError) -> &'static str {
+    match e.kind {
+        ProviderErrorKind::Timeout(_) => "timeout",
+        ProviderErrorKind::TooLarge(_) => "too_large",
+        _ => "error",
     }
 }
 

@@ -41,6 +41,12 @@ pub struct Capabilities {
     pub returns_id_on_create: bool,
 }
 
+/// `ProviderKey::meta` entry set when a listed key carries a time rekey
+/// cannot parse: an object `{field: raw value}`. The key is still listed
+/// (so the rest of its policy goes on) but its lineage is never rotated on
+/// a guess: it reports `failing` with reason `unknown_time`.
+pub const META_UNKNOWN_TIME: &str = "unknown_time";
+
 /// A key as a provider lists it. Never holds secret material.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderKey {

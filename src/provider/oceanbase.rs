@@ -669,12 +669,33 @@ pub struct RawKey {
 }
 
 impl RawKey {
-    /// Parse the timestamps; `updatedAt` goes into `meta.updated_at`.
+    /// Parse the timestamps; `updatedAt` goes into `meta.updated_at`. A
+    /// time that does not parse is left out and its raw value recorded in
+    /// `meta[META_UNKNOWN_TIME]`, so one odd key isolates its own lineage
+    /// instead of failing the whole listing.
     pub fn into_key(self) -> Result<ProviderKey, String> {
-        let created_at = parse_time("createdAt", self.created_at.as_deref())?;
-        let expires_at = parse_time("expiresAt", self.expires_at.as_deref())?;
         let mut meta = BTreeMap::new();
-        if let Some(u) = parse_time("updatedAt", self.updated_at.as_deref())? {
+        let mut unknown = serde_json::Map::new();
+        let mut time = |field: &str, raw: Option<&str>| match parse_time(field, raw) {
+            Ok(t) => t,
+            Err(_) => {
+                unknown.insert(
+                    field.to_string(),
+                    Value::String(raw.unwrap_or("").to_string()),
+                );
+                None
+            }
+        };
+        let created_at = time("createdAt", self.created_at.as_deref());
+        let expires_at = time("expiresAt", self.expires_at.as_deref());
+        // `updatedAt` decides nothing: an odd one is just left out.
+        let updated_at = parse_time("updatedAt", self.updated_at.as_deref())
+            .ok()
+            .flatten();
+        if !unknown.is_empty() {
+            meta.insert(super::META_UNKNOWN_TIME.to_string(), Value::Object(unknown));
+        }
+        if let Some(u) = updated_at {
             meta.insert(
                 "updated_at".to_string(),
                 Value::String(u.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
@@ -1058,18 +1079,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_timestamps_and_shapes_are_protocol_errors() {
+    fn a_bad_timestamp_isolates_its_key_and_bad_shapes_are_protocol_errors() {
         let body =
-            br#"{"data":{"list":[{"id":"a","name":"n","createdAt":"yesterday"}],"total":1}}"#;
+            br#"{"data":{"list":[{"id":"a","name":"n","createdAt":"yesterday\u001b[2J"}],"total":1}}"#;
         let page = parse_list_page(body).unwrap().unwrap();
-        let e = page
-            .list
-            .into_iter()
-            .next()
-            .unwrap()
-            .into_key()
-            .unwrap_err();
-        assert!(e.contains("createdAt"), "{e}");
+        let k = page.list.into_iter().next().unwrap().into_key().unwrap();
+        assert_eq!(k.created_at, None);
+        assert_eq!(
+            k.meta[crate::provider::META_UNKNOWN_TIME]["createdAt"],
+            "yesterday\u{1b}[2J"
+        );
         assert!(parse_list_page(b"{}").is_err());
         assert!(parse_list_page(b"<html>").is_err());
         assert!(

@@ -433,9 +433,18 @@ impl TencentProvider {
             .header("X-TC-Region", &self.region)
             .header(reqwest::header::AUTHORIZATION, authorization.as_str())
             .body(body);
-        let resp = self.http.send(operation, req).await?;
+        let resp = match self.http.send_unrecorded(operation, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.http.record(operation, super::http::error_code(&e));
+                return Err(e);
+            }
+        };
         let ours = Some(resp.request_id.clone());
         let status = resp.status;
+        if status.as_u16() != 200 {
+            self.http.record(operation, &status.as_u16().to_string());
+        }
         // The body may hold key secrets (list, create): wiped on drop.
         let body = Zeroizing::new(resp.body);
         if status.as_u16() != 200 {
@@ -457,12 +466,22 @@ impl TencentProvider {
                 .with_request_id(ours.clone())
         };
         let probe: Envelope<ErrorProbe> = serde_json::from_slice(&body).map_err(|e| {
+            self.http.record(operation, "bad_envelope");
             protocol(format!(
                 "{action}: response is not an API 3.0 envelope ({})",
                 json_problem(&e)
             ))
         })?;
         let request_id = probe.response.request_id.clone().or(ours.clone());
+        // The real outcome: an error envelope's code, not the HTTP 200.
+        self.http.record(
+            operation,
+            probe
+                .response
+                .error
+                .as_ref()
+                .map_or("200", |e| e.code.as_str()),
+        );
         if let Some(err) = probe.response.error {
             return Ok(Err(ApiFailure {
                 code: err.code,

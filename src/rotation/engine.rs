@@ -49,7 +49,12 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
+use super::report::{
+    CommandReply, KeyState, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
+    RotationSummary, StatusHandle,
+};
 use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
@@ -64,10 +69,6 @@ use crate::state::seal::Sealer;
 use crate::state::{
     CheckRecord, CreatedRecord, Event, NewRotation, RotationRow, RotationState, SeenKey, Store,
     StoreError,
-};
-use crate::status::{
-    Health, KeyState, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
-    StatusHandle,
 };
 
 /// One generation of configuration with its built providers and sinks.
@@ -99,7 +100,35 @@ pub enum EngineError {
     Provider(#[from] ProviderError),
 }
 
-/// Exponential backoff with jitter; the cap shrinks as expiry nears.
+/// How long the engine waits for an eventually consistent listing to show
+/// a key it just created (OceanBase's create returns no id) before that
+/// counts as a failed step. The wait spends no attempts.
+pub const LISTING_WAIT_MAX: Duration = Duration::from_secs(15 * 60);
+/// Longest pause between two looks while waiting for the listing.
+pub const LISTING_WAIT_STEP_MAX: Duration = Duration::from_secs(60);
+/// Retirement's own schedule: exponential from the base up to this cap,
+/// whatever the old key's expiry (an expired old key must not make the
+/// delete retry every few seconds for ever).
+pub const RETIRE_BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// The shortest the expiry-derived cap may get: near (or past) expiry,
+/// create and publish retry often, but never more than once a minute
+/// once failures have grown the backoff that far.
+pub const EXPIRY_CAP_FLOOR: Duration = Duration::from_secs(60);
+/// Consecutive listings without the next key before a retiring rotation
+/// ends with `next_key_missing`; the misses must also span
+/// [`MISSING_WINDOW`] (eventually consistent lists, offset paging).
+pub const MISSING_AFTER: u32 = 3;
+/// How long the next key must stay missing from every listing (each begun
+/// after it was created) before its rotation ends `next_key_missing`.
+pub const MISSING_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// A rotation that failed after create is resumed by the next checks for
+/// this long after its key was created; after that its key can no longer
+/// be published and is abandoned (deleted when no sink acknowledged it).
+pub const RESUME_FOR: Duration = Duration::from_secs(7 * 86400);
+const NEXT_KEY_NOT_LISTED: &str = "is no longer listed";
+
+/// Exponential backoff with jitter; the cap shrinks as expiry nears, but
+/// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub base: Duration,
@@ -132,9 +161,11 @@ impl Backoff {
         let exp = self
             .base
             .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let floor = EXPIRY_CAP_FLOOR.clamp(self.base, self.max);
         let cap = match time_left {
-            // Near expiry, try again often: at most an eighth of what is left.
-            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(self.base, self.max),
+            // Near expiry, try again often: at most an eighth of what is
+            // left, but an expired key must not turn this into a spin.
+            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(floor, self.max),
             None => self.max,
         };
         let d = exp.min(cap);
@@ -144,6 +175,31 @@ impl Backoff {
             Some(r) => d.max(r),
             None => d,
         }
+    }
+}
+
+impl Backoff {
+    /// Retirement's schedule: from `base`, doubling, up to
+    /// [`RETIRE_BACKOFF_CAP`] (or `max`, when lower), independent of any
+    /// key's expiry; a `Retry-After` is honoured.
+    pub fn retire_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        let b = Backoff {
+            base: self.base,
+            max: self.max.min(RETIRE_BACKOFF_CAP),
+        };
+        b.delay(failures, None, retry_after)
+    }
+}
+
+/// The `step` label of `rekey_step_failures_total` for a failure of `what`
+/// in `state`.
+fn step_label(state: RotationState, what: &str) -> &'static str {
+    match state {
+        RotationState::Planned => "create",
+        RotationState::Created if what.starts_with("finding") => "find_id",
+        RotationState::Created if what.contains("after_create") => "prepare",
+        RotationState::Created => "publish",
+        _ => "retire",
     }
 }
 
@@ -173,6 +229,21 @@ pub struct Engine {
     pub backoff: Backoff,
 }
 
+/// A rotation as `status` shows it.
+fn summary(r: &RotationRow) -> RotationSummary {
+    RotationSummary {
+        id: r.id.clone(),
+        state: r.state.as_str().into(),
+        new_key: r.new_key_id.clone().or_else(|| r.new_key_name.clone()),
+        old_key: r.old_key_id.clone(),
+        failures: r.failures,
+        error: r.error.clone(),
+        next_attempt_at: r.next_attempt_at,
+        retire_at: r.retire_at,
+        revoke_old_immediately: r.revoke_old_immediately,
+    }
+}
+
 fn key_view_to_seen(k: &KeyView) -> SeenKey {
     SeenKey {
         key_id: k.key.id.clone(),
@@ -191,6 +262,11 @@ fn key_view_to_seen(k: &KeyView) -> SeenKey {
             Origin::Orphan { rotation_id } => Some(rotation_id.clone()),
             Origin::Adopted | Origin::Unrecognised => None,
         },
+        unknown_time: k
+            .key
+            .meta
+            .get(crate::provider::META_UNKNOWN_TIME)
+            .map(|v| v.to_string()),
     }
 }
 
@@ -289,15 +365,16 @@ impl Engine {
         self.raise_unrecognised(policy, &plan)?;
         let mut started_any = false;
         if policy.mode == Mode::Rotate && plan.misconfigured.is_none() {
-            for l in plan.due() {
+            // Resumable rotations are resumed whether or not their lineage
+            // is due (the key they created is waiting, sealed).
+            for l in &plan.lineages {
                 if let Some(r) = &l.resumable {
-                    if self
-                        .store
-                        .revive_rotation(&r.id, l.decision.reason.as_str(), self.now())?
-                    {
-                        tracing::info!(policy = %policy.name, lineage = %l.name, rotation = %r.id, new_key = r.new_key_id.as_deref().unwrap_or(""), "resuming failed rotation: its new key was created and is still sealed");
-                        started_any = true;
-                    }
+                    started_any |= self.resume_or_abandon(rt, r, l.decision.reason).await?;
+                }
+            }
+            self.cut_grace_short(policy, &plan)?;
+            for l in plan.due() {
+                if l.resumable.is_some() {
                     continue;
                 }
                 let trigger = if l.decision.reason == Reason::Bootstrap {
@@ -305,25 +382,90 @@ impl Engine {
                 } else {
                     "schedule"
                 };
-                if let Some(id) = self.begin(
-                    policy,
-                    &l.name,
-                    l.current.as_ref().map(|c| &c.key),
-                    l.decision.reason,
-                    &l.decision.message,
-                    trigger,
-                    false,
-                )? {
-                    let _ = id;
+                if self
+                    .begin(
+                        policy,
+                        &l.name,
+                        l.current.as_ref().map(|c| &c.key),
+                        l.decision.reason,
+                        &l.decision.message,
+                        trigger,
+                        false,
+                    )?
+                    .is_some()
+                {
                     started_any = true;
                 }
             }
+        }
+        // Abandoned rotations whose unacknowledged next key is not deleted
+        // yet (the provider failed last time): try again.
+        for r in self.store.abandoned_unpublished(name)? {
+            self.delete_abandoned_key(rt, &r).await;
         }
         self.refresh_status(rt, name)?;
         if started_any {
             self.poke();
         }
         Ok(plan)
+    }
+
+    /// Resume a rotation that failed after its key was created (back to
+    /// `created`), or, once its key is older than [`RESUME_FOR`], abandon it
+    /// (deleting the key when no sink acknowledged it). Returns whether it
+    /// was resumed.
+    async fn resume_or_abandon(
+        &self,
+        rt: &Runtime,
+        r: &RotationRow,
+        reason: Reason,
+    ) -> Result<bool, EngineError> {
+        let now = self.now();
+        let created = r.created_at.unwrap_or(r.started_at);
+        if now - created > ChronoDuration::from_std(RESUME_FOR).unwrap_or(ChronoDuration::MAX) {
+            let why = format!(
+                "its next key was created at {} and could not be published within {}",
+                created.to_rfc3339(),
+                humantime::format_duration(RESUME_FOR)
+            );
+            let row = self.store.abandon_rotation(&r.id, &why, now)?;
+            tracing::error!(policy = %r.policy, lineage = %r.lineage, rotation = %r.id, "rotation abandoned: {why}");
+            self.delete_abandoned_key(rt, &row).await;
+            return Ok(false);
+        }
+        if self.store.revive_rotation(&r.id, reason.as_str(), now)? {
+            tracing::info!(policy = %r.policy, lineage = %r.lineage, rotation = %r.id, new_key = r.new_key_id.as_deref().unwrap_or(""), "resuming failed rotation: its new key was created and is still sealed");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Grace longer than the next key's life: when a retiring rotation's
+    /// old key has already expired (it is past use) and its next key — now
+    /// the current key — has entered its own lead, the old key's grace is
+    /// cut short so it is deleted now and the next rotation can start.
+    fn cut_grace_short(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
+        let now = self.now();
+        let known = self.store.known_keys(&policy.name)?;
+        for l in &plan.lineages {
+            let Some(a) = &l.active else { continue };
+            if a.state != RotationState::Retiring || a.retire_at.is_none_or(|t| t <= now) {
+                continue;
+            }
+            let old_expired = a
+                .old_key_id
+                .as_ref()
+                .and_then(|o| known.iter().find(|k| &k.key_id == o))
+                .and_then(|k| k.expires_at)
+                .is_some_and(|e| e <= now);
+            let Some(cur) = &l.current else { continue };
+            let next_due = policy::decide(policy, Some(&cur.key), None, now).rotate;
+            if old_expired && next_due {
+                self.store.set_retire_at(&a.id, now)?;
+                tracing::warn!(policy = %policy.name, lineage = %l.name, rotation = %a.id, old_key = a.old_key_id.as_deref().unwrap_or(""), "the old key has expired and the next key is already in its lead: cutting the old key's grace short so the next rotation can start (grace_period is longer than the next key's life)");
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -504,6 +646,41 @@ impl Engine {
     fn raise_expiring(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
         const THRESHOLDS: &[(&str, i64)] = &[("7d", 7 * 86400), ("1d", 86400), ("1h", 3600)];
         let now = self.now();
+        // Older live keys rekey is not retiring (`stale`) expire too, and
+        // whoever still uses one breaks: tell once per threshold.
+        for l in &plan.lineages {
+            for (k, _) in l.keys.iter().filter(|(_, st)| *st == KeyState::Stale) {
+                let Some(exp) = k.key.expires_at else {
+                    continue;
+                };
+                let left = exp - now;
+                let Some((label, _)) = THRESHOLDS
+                    .iter()
+                    .rev()
+                    .find(|(_, s)| left <= ChronoDuration::seconds(*s))
+                else {
+                    continue;
+                };
+                let ev = Event::new(
+                    "key.expiring",
+                    now,
+                    Some(&policy.name),
+                    None,
+                    serde_json::json!({
+                        "policy": policy.name, "lineage": l.name, "provider": policy.provider,
+                        "key_id": k.key.id, "key_name": k.key.name, "expires_at": exp,
+                        "threshold": label, "state": "stale",
+                    }),
+                );
+                if self
+                    .store
+                    .note_expiring(&policy.name, &k.key.id, label, &ev)?
+                {
+                    tracing::warn!(policy = %policy.name, lineage = %l.name, key = %k.key.id.escape_debug(), threshold = label, "a stale key (not the lineage's current key) is expiring; rekey does not rotate it");
+                    self.wake_notify.notify_one();
+                }
+            }
+        }
         for l in &plan.lineages {
             let stuck = policy.mode == Mode::Observe
                 || matches!(l.health, Health::Failing | Health::Expired)
@@ -563,41 +740,35 @@ impl Engine {
                 name: k.name.clone(),
                 created_at: k.created_at,
                 expires_at: k.expires_at,
-                meta: Default::default(),
+                // A time the provider listed that did not parse (kept so the
+                // lineage stays isolated between checks).
+                meta: k
+                    .unknown_time
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str(j).ok())
+                    .map(|v| [(crate::provider::META_UNKNOWN_TIME.to_string(), v)].into())
+                    .unwrap_or_default(),
             })
             .collect();
         policy::assign_lineages(policy, keys, ledger)
     }
 
     /// Rebuild a policy's status entry and key metrics from the store (no
-    /// provider call).
+    /// provider call), apply the health rule ([`super::health`]) and record
+    /// which stuck conditions hold: a condition that starts to hold sends
+    /// its event once (DESIGN §5) and sets `rekey_condition` to 1.
     pub fn refresh_status(&self, rt: &Runtime, name: &str) -> Result<(), EngineError> {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
+        let now = self.now();
         let ledger = self.ledger(rt, policy)?;
         let views = self.stored_views(policy, &ledger, &["live", "retiring", "retired"]);
         let plan = self.plan_from(rt, policy, views, &ledger, None)?;
-        for c in policy::CONDITIONS {
-            self.metrics.set_condition(
-                name,
-                c,
-                plan.lineages.iter().any(|l| l.condition == Some(*c)),
-            );
-        }
+        let rotations = &ledger.rotations;
         let ps = self.store.policy_state(name)?;
         let mut health = plan.health;
         let mut error = plan.misconfigured.clone();
-        // A retirement that keeps failing needs a human even though the
-        // rotation is still "in progress".
-        for l in &plan.lineages {
-            if let Some(a) = &l.active
-                && a.failures >= policy.max_attempts
-            {
-                health = health.max(Health::Failing);
-                error = error.or_else(|| a.error.clone());
-            }
-        }
         if let Some(ps) = &ps
             && ps.health.as_deref() == Some("failing")
             && ps.last_error.is_some()
@@ -606,6 +777,13 @@ impl Engine {
             // The last check could not list keys.
             health = health.max(Health::Failing);
             error = ps.last_error.clone();
+        }
+        if error.is_none() {
+            error = plan
+                .lineages
+                .iter()
+                .filter(|l| !l.health.is_healthy())
+                .find_map(|l| l.conditions.first().map(|c| c.1.clone()));
         }
         let last = self.store.last_rotation(name)?;
         if error.is_none()
@@ -627,15 +805,54 @@ impl Engine {
                     state: *st,
                 });
             }
+            let (reason, message) = match l.conditions.first() {
+                Some((c, m)) => (c.as_str().to_string(), m.clone()),
+                None => (
+                    l.decision.reason.as_str().to_string(),
+                    l.decision.message.clone(),
+                ),
+            };
             lineages.push(LineageStatus {
                 name: l.name.clone(),
                 health: l.health,
                 current_key: l.current.as_ref().map(|c| c.key.id.clone()),
-                reason: l.condition.unwrap_or(l.decision.reason.as_str()).into(),
-                message: l.decision.message.clone(),
+                reason,
+                message,
                 rotate_at: l.decision.rotate_at,
+                conditions: l.conditions.iter().map(|c| c.0).collect(),
+                rotation: l.active.as_ref().or(l.last.as_ref()).map(summary),
             });
         }
+        let held: Vec<(String, String, Option<&'static str>, String)> = plan
+            .lineages
+            .iter()
+            .flat_map(|l| {
+                l.conditions
+                    .iter()
+                    .map(|(c, m)| (l.name.clone(), c.as_str().to_string(), c.event(), m.clone()))
+            })
+            .collect();
+        let started = self.store.sync_conditions(name, &held, now)?;
+        for (lineage, condition) in &started {
+            let message = held
+                .iter()
+                .find(|h| &h.0 == lineage && &h.1 == condition)
+                .map(|h| h.3.as_str())
+                .unwrap_or("");
+            tracing::error!(policy = %name, lineage = %lineage, condition = %condition, "stuck condition: {message}; a human should look");
+        }
+        if !started.is_empty() {
+            self.wake_notify.notify_one();
+        }
+        let oldest = rotations
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .map(|r| (now - r.started_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .fold(0.0, f64::max);
+        self.metrics
+            .oldest_unfinished
+            .with_label_values(&[name])
+            .set(oldest);
         let status = PolicyStatus {
             name: name.to_string(),
             provider: policy.provider.clone(),
@@ -705,6 +922,7 @@ impl Engine {
         let mut started = Vec::new();
         let mut running = Vec::new();
         let mut cut_short = Vec::new();
+        let mut resumed = Vec::new();
         let mut refused = Vec::new();
         for l in targets {
             if matches!(l.condition, Some("unsafe_name" | "conflict")) {
@@ -712,12 +930,29 @@ impl Engine {
                 continue;
             }
             if let Some(a) = &l.active {
-                if revoke && a.state == RotationState::Retiring {
+                if revoke && matches!(a.state, RotationState::Retiring | RotationState::Published) {
                     self.store.set_retire_at(&a.id, self.now())?;
+                    cut_short.push(a.id.clone());
+                } else if revoke && self.store.set_revoke_on_publish(&a.id)? {
+                    // Applied when it publishes: no grace for the old key.
                     cut_short.push(a.id.clone());
                 } else {
                     running.push(a.id.clone());
                 }
+                continue;
+            }
+            // A rotation that failed after creating its key is resumed, not
+            // duplicated by a second key.
+            if let Some(r) = &l.resumable
+                && self
+                    .store
+                    .revive_rotation(&r.id, Reason::Manual.as_str(), self.now())?
+            {
+                if revoke {
+                    self.store.set_revoke_on_publish(&r.id)?;
+                }
+                tracing::info!(policy = %name, lineage = %l.name, rotation = %r.id, "manual rotation resumes the failed rotation whose next key is already created");
+                resumed.push(r.id.clone());
                 continue;
             }
             let msg = if revoke {
@@ -738,28 +973,159 @@ impl Engine {
             }
         }
         self.refresh_status(rt, name)?;
-        if started.is_empty() && cut_short.is_empty() && running.is_empty() && !refused.is_empty() {
+        if started.is_empty()
+            && cut_short.is_empty()
+            && resumed.is_empty()
+            && running.is_empty()
+            && !refused.is_empty()
+        {
             return Ok(RotateReply::Refused {
                 message: refused.join("; "),
             });
         }
-        if started.is_empty() && cut_short.is_empty() {
+        if started.is_empty() && cut_short.is_empty() && resumed.is_empty() {
             return Ok(RotateReply::AlreadyRunning { rotations: running });
         }
         self.poke();
         let mut message = format!("started {} rotation(s)", started.len());
+        if !resumed.is_empty() {
+            message.push_str(&format!(
+                "; resumed {} failed rotation(s) whose next key was already created",
+                resumed.len()
+            ));
+        }
         if !cut_short.is_empty() {
             message.push_str(&format!(
-                "; cut the grace period short for {}",
+                "; the old key gets no grace period in {} (now, or once published)",
                 cut_short.len()
             ));
         }
         if !running.is_empty() {
             message.push_str(&format!("; {} already running", running.len()));
         }
+        started.extend(resumed);
         started.extend(cut_short);
         Ok(RotateReply::Accepted {
             rotations: started,
+            message,
+        })
+    }
+
+    /// `rekey retry ROTATION`: run the step the rotation waits for now
+    /// (skip its backoff and its sinks' backoff), or resume it when it
+    /// failed after creating its key. The grace period is not skipped.
+    pub fn retry_now(&self, rt: &Runtime, id: &str) -> Result<CommandReply, EngineError> {
+        let Some(row) = self.store.rotation(id)? else {
+            return Ok(CommandReply::UnknownRotation {
+                rotation: id.to_string(),
+            });
+        };
+        let now = self.now();
+        let message = match row.state {
+            RotationState::Completed => {
+                return Ok(CommandReply::Refused {
+                    message: format!("rotation {id} is completed; nothing to retry"),
+                });
+            }
+            RotationState::Failed => {
+                let resumable = row.created_at.is_some()
+                    && row.published_at.is_none()
+                    && row.error_class.as_deref() != Some("abandoned");
+                if !resumable {
+                    return Ok(CommandReply::Refused {
+                        message: format!(
+                            "rotation {id} failed before creating a key (or was abandoned); `rekey rotate` starts a new one"
+                        ),
+                    });
+                }
+                if rt
+                    .policy(&row.policy)
+                    .is_none_or(|p| p.mode != Mode::Rotate)
+                {
+                    return Ok(CommandReply::Refused {
+                        message: format!(
+                            "policy {} is not in rotate mode in the running configuration",
+                            row.policy
+                        ),
+                    });
+                }
+                if !self
+                    .store
+                    .revive_rotation(id, Reason::Manual.as_str(), now)?
+                {
+                    return Ok(CommandReply::Refused {
+                        message: format!(
+                            "rotation {id} cannot be resumed (another rotation of lineage {} is running, or its key is no longer sealed)",
+                            row.lineage
+                        ),
+                    });
+                }
+                "resumed: publishing its next key again".to_string()
+            }
+            RotationState::Published | RotationState::Retiring
+                if row.retire_at.is_some_and(|t| t > now) =>
+            {
+                return Ok(CommandReply::Refused {
+                    message: format!(
+                        "rotation {id} waits out its grace period until {}; `rekey rotate --revoke-old-immediately` ends it early",
+                        row.retire_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    ),
+                });
+            }
+            _ => {
+                self.store.retry_now(id)?;
+                format!("the {} step runs now", row.state.as_str())
+            }
+        };
+        tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %id, "retry requested: {message}");
+        self.refresh_status(rt, &row.policy)?;
+        self.poke();
+        Ok(CommandReply::Accepted {
+            rotation: id.to_string(),
+            message,
+        })
+    }
+
+    /// `rekey abandon ROTATION`: end a rotation that has not published as
+    /// `failed` (class `abandoned`); the old key stays; its next key is
+    /// deleted when rekey created it and no sink acknowledged it (kept and
+    /// reported otherwise). Works offline too (the CLI builds an engine
+    /// over the state DB when no daemon runs).
+    pub async fn abandon(&self, rt: &Runtime, id: &str) -> Result<CommandReply, EngineError> {
+        if self.store.rotation(id)?.is_none() {
+            return Ok(CommandReply::UnknownRotation {
+                rotation: id.to_string(),
+            });
+        }
+        let row = match self
+            .store
+            .abandon_rotation(id, "abandoned by an operator", self.now())
+        {
+            Ok(r) => r,
+            Err(StoreError::Conflict(m)) => return Ok(CommandReply::Refused { message: m }),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %id, "rotation abandoned by an operator; the current key stays");
+        let kept = self.store.any_sink_acked(id)?;
+        let deleted = self.delete_abandoned_key(rt, &row).await;
+        let message = match (row.created_at.is_some(), kept, deleted) {
+            (false, _, _) => "abandoned; it had created no key".to_string(),
+            (true, true, _) => format!(
+                "abandoned; its next key {} is kept because a sink acknowledged it (it may be in use)",
+                row.new_key_id.as_deref().unwrap_or("?")
+            ),
+            (true, false, true) => {
+                "abandoned; its next key was deleted and its sealed secret wiped".to_string()
+            }
+            (true, false, false) => {
+                "abandoned; deleting its next key failed and is retried by the next check"
+                    .to_string()
+            }
+        };
+        self.refresh_status(rt, &row.policy)?;
+        self.poke();
+        Ok(CommandReply::Accepted {
+            rotation: id.to_string(),
             message,
         })
     }
@@ -804,7 +1170,18 @@ impl Engine {
                     self.wake_notify.notify_one();
                     continue;
                 }
-                Ok(Step::Wait(t)) => break Ok(Some(t)),
+                Ok(Step::Wait(t)) => {
+                    // The scheduler wakes for what the store says: a wait
+                    // the step computed (a sink's own later retry) must be
+                    // committed, or the rotation looks due and spins.
+                    if let Some(r) = self.store.rotation(id)?
+                        && !r.state.is_terminal()
+                        && r.next_attempt_at != Some(t)
+                    {
+                        self.store.set_next_attempt(id, Some(t))?;
+                    }
+                    break Ok(Some(t));
+                }
                 Ok(Step::Done) => break Ok(None),
                 Err(e) => break Err(e),
             }
@@ -839,6 +1216,10 @@ impl Engine {
     ) -> Result<Step, EngineError> {
         let failures = row.failures + 1;
         let class = if retryable { "retryable" } else { "permanent" };
+        self.metrics
+            .step_failures
+            .with_label_values(&[&row.policy, step_label(row.state, what)])
+            .inc();
         if !never_give_up && (!retryable || failures >= policy.max_attempts) {
             self.store
                 .fail_rotation(&row.id, &format!("{what}: {error}"), class, self.now())?;
@@ -849,9 +1230,12 @@ impl Engine {
             tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, state = row.state.as_str(), failures, class, old_key = row.old_key_id.as_deref().unwrap_or(""), "rotation failed ({what}): {error}; the current key stays, the next check tries again");
             return Ok(Step::Done);
         }
-        let delay = self
-            .backoff
-            .delay(failures, self.time_left(row), retry_after);
+        let delay = if never_give_up {
+            self.backoff.retire_delay(failures, retry_after)
+        } else {
+            self.backoff
+                .delay(failures, self.time_left(row), retry_after)
+        };
         let next = self.now() + ChronoDuration::from_std(delay).unwrap_or_default();
         self.store.record_step_failure(
             &row.id,
@@ -866,6 +1250,92 @@ impl Engine {
             tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, failures, class, retry_in_ms = delay.as_millis() as u64, "{what} failed: {error}; will retry");
         }
         Ok(Step::Wait(next))
+    }
+
+    /// The next key of `row` can no longer be published (its sealed secret
+    /// does not open, or a sink of the rotation left the config): end the
+    /// rotation as abandoned instead of failing (and reviving) it for
+    /// ever, and delete the key unless a sink already holds it.
+    async fn give_up_unpublishable(
+        &self,
+        rt: &Runtime,
+        row: &RotationRow,
+        why: &str,
+    ) -> Result<Step, EngineError> {
+        let why = format!("the next key can no longer be published: {why}");
+        self.metrics
+            .step_failures
+            .with_label_values(&[&row.policy, "publish"])
+            .inc();
+        self.metrics
+            .rotations
+            .with_label_values(&[&row.policy, "failed"])
+            .inc();
+        let row = self.store.abandon_rotation(&row.id, &why, self.now())?;
+        tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), "rotation abandoned: {why}; the current key stays and a new rotation may start");
+        self.delete_abandoned_key(rt, &row).await;
+        Ok(Step::Done)
+    }
+
+    /// Delete the next key of an abandoned rotation when rekey created it
+    /// and no sink ever acknowledged it (DESIGN §3); a key any sink holds
+    /// may be in use, so it is kept and reported instead. Failures are
+    /// retried by later checks ([`Engine::check_policy`]).
+    async fn delete_abandoned_key(&self, rt: &Runtime, row: &RotationRow) -> bool {
+        if row.created_at.is_none() {
+            return true;
+        }
+        match self.store.any_sink_acked(&row.id) {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), "the abandoned rotation's next key is kept: a sink acknowledged it, so it may be in use; delete it by hand once nothing uses it");
+                return true;
+            }
+            Err(_) => return false,
+        }
+        let Ok(provider) = self.provider(rt, &row.provider) else {
+            return false;
+        };
+        let provider = provider.clone();
+        let id = match &row.new_key_id {
+            Some(id) => id.clone(),
+            None => {
+                let name = row.new_key_name.clone().unwrap_or_default();
+                match provider.list(&|n: &str| n == name).await {
+                    Ok(found) => match found.into_iter().next() {
+                        Some(k) => k.id,
+                        None => {
+                            let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
+                            return true;
+                        }
+                    },
+                    Err(_) => return false,
+                }
+            }
+        };
+        match self.delete_key(rt, &provider, &id).await {
+            Ok(_) => {
+                let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
+                tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, key = %id.escape_debug(), "deleted the next key of an abandoned rotation (no sink ever acknowledged it); its sealed secret is wiped");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(policy = %row.policy, rotation = %row.id, key = %id.escape_debug(), error = %e, "cannot delete the abandoned rotation's next key yet; the next check tries again");
+                false
+            }
+        }
+    }
+
+    /// The next key of a retiring rotation vanished: end it (`failed`,
+    /// `next_key_missing`), keep the old key, let a new rotation start.
+    fn next_key_missing(&self, row: &RotationRow, why: &str) -> Result<Step, EngineError> {
+        self.store.fail_next_key_missing(&row.id, why, self.now())?;
+        self.metrics
+            .rotations
+            .with_label_values(&[&row.policy, "failed"])
+            .inc();
+        tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, old_key = row.old_key_id.as_deref().unwrap_or(""), "next key missing during grace: {why}; the rotation ends failed, the old key is kept, and the next check starts a new rotation");
+        Ok(Step::Done)
     }
 
     async fn delete_key(
@@ -1148,11 +1618,30 @@ impl Engine {
                         row = self.store.rotation(&row.id)?.unwrap_or(row);
                     }
                     None => {
+                        // An eventually consistent listing: waiting for it
+                        // is bounded by time, not by the failure budget.
+                        let since = row.listing_wait_since.unwrap_or(now);
+                        let waited = now - since;
+                        if waited < ChronoDuration::from_std(LISTING_WAIT_MAX).unwrap_or_default() {
+                            if row.listing_wait_since.is_none() {
+                                self.store.set_listing_wait(&row.id, Some(now))?;
+                                tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key_name = %new_name.escape_debug(), "the new key is not listed yet; waiting for the listing to catch up");
+                            }
+                            let step = (waited.to_std().unwrap_or_default() / 2)
+                                .clamp(self.backoff.base, LISTING_WAIT_STEP_MAX);
+                            let next = now + ChronoDuration::from_std(step).unwrap_or_default();
+                            self.store.set_next_attempt(&row.id, Some(next))?;
+                            return Ok(Step::Wait(next));
+                        }
                         return self.on_failure(
                             policy,
                             &row,
                             "finding the new key's id",
-                            &format!("no key named {} is listed yet", policy::escaped(&new_name)),
+                            &format!(
+                                "no key named {} is listed after {}",
+                                policy::escaped(&new_name),
+                                humantime::format_duration(LISTING_WAIT_MAX)
+                            ),
                             true,
                             None,
                             false,
@@ -1172,46 +1661,46 @@ impl Engine {
                 }
             }
         }
+        if row.listing_wait_since.is_some() {
+            self.store.set_listing_wait(&row.id, None)?;
+        }
         let new_id = row.new_key_id.clone().unwrap_or_default();
-        if let Err(e) = provider
-            .after_create(&new_id, row.old_key_id.as_deref(), &policy.create)
-            .await
-        {
-            return self.on_failure(
-                policy,
-                &row,
-                "preparing the new key (after_create)",
-                &e.to_string(),
-                e.is_retryable(),
-                e.retry_after(),
-                false,
-            );
+        // The provider's after-create step (Tencent: bind to usage plans)
+        // runs once per rotation; its completion is committed, so a sink
+        // waiting out its backoff never makes it run again.
+        if row.prepared_at.is_none() {
+            if let Err(e) = provider
+                .after_create(&new_id, row.old_key_id.as_deref(), &policy.create)
+                .await
+            {
+                return self.on_failure(
+                    policy,
+                    &row,
+                    "preparing the new key (after_create)",
+                    &e.to_string(),
+                    e.is_retryable(),
+                    e.retry_after(),
+                    false,
+                );
+            }
+            self.store.record_prepared(&row.id, self.now())?;
+            row = self.store.rotation(&row.id)?.unwrap_or(row);
         }
         let Some(sealed) = self.store.sealed_secret(&row.id)? else {
-            return self.on_failure(
-                policy,
-                &row,
-                "publishing",
-                "the sealed secret is missing from the state DB",
-                false,
-                None,
-                false,
-            );
+            return self
+                .give_up_unpublishable(rt, &row, "the sealed secret is missing from the state DB")
+                .await;
         };
         let secret: SecretFields = match self.sealer.open(&row.id, &sealed) {
             Ok(s) => s,
             Err(e) => {
-                return self.on_failure(
-                    policy,
-                    &row,
-                    "publishing",
-                    &e.to_string(),
-                    false,
-                    None,
-                    false,
-                );
+                return self.give_up_unpublishable(rt, &row, &e.to_string()).await;
             }
         };
+        if let Some(gone) = row.sinks.iter().find(|s| !rt.sinks.contains_key(*s)) {
+            let why = format!("sink {gone} is no longer configured");
+            return self.give_up_unpublishable(rt, &row, &why).await;
+        }
         let fingerprint = row.fingerprint.clone().unwrap_or_default();
         let mut earliest: Option<DateTime<Utc>> = None;
         for ack in self.store.sink_acks(&row.id)? {
@@ -1292,6 +1781,14 @@ impl Engine {
                             self.now(),
                         )?;
                     }
+                    if failpoint::error("record_sink_ack") {
+                        return Err(EngineError::Store(StoreError::Sql(
+                            rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                                Some("database or disk is full (failpoint)".into()),
+                            ),
+                        )));
+                    }
                     let expected = sink.expected_fingerprint(&secret);
                     self.store.record_sink_ack(
                         &row.id,
@@ -1328,8 +1825,10 @@ impl Engine {
                     )?;
                     match step {
                         Step::Done => return Ok(Step::Done),
-                        Step::Wait(t) => {
-                            earliest = Some(earliest.map_or(t, |x| x.min(t)));
+                        Step::Wait(_) => {
+                            // The sink's own retry time is what the
+                            // rotation waits for.
+                            earliest = Some(earliest.map_or(next, |x| x.min(next)));
                             row = self.store.rotation(&row.id)?.unwrap_or(row);
                         }
                         Step::Continue => {}
@@ -1432,10 +1931,52 @@ impl Engine {
         let caps = provider.capabilities();
         // Never delete a lineage's last live key: the next key must still exist.
         if caps.can_list {
-            match rt.walks.listing(&provider, &self.clock, None).await {
+            // Only a walk that began after the next key was created can
+            // say anything about it.
+            match rt
+                .walks
+                .listing(&provider, &self.clock, row.created_at)
+                .await
+            {
                 Ok(listing) => {
+                    if listing.by_id(&new_id).is_some() && row.listing_wait_since.is_some() {
+                        self.store.set_listing_wait(&row.id, None)?;
+                    }
                     if listing.by_id(&new_id).is_none() {
-                        return self.on_failure(policy, row, "retiring the old key", &format!("the new key {new_id} ({new_name}) is no longer listed; refusing to delete the old key {old_id}"), true, None, true);
+                        let why = format!(
+                            "the new key {} ({}) is no longer listed; refusing to delete the old key {}",
+                            policy::escaped(&new_id),
+                            policy::escaped(&new_name),
+                            policy::escaped(&old_id)
+                        );
+                        // One listing can miss a key (paging, an eventually
+                        // consistent list); misses in a row across
+                        // MISSING_WINDOW mean it is gone: end the rotation,
+                        // keep the old key.
+                        let since = row.listing_wait_since.unwrap_or(now);
+                        if row.listing_wait_since.is_none() {
+                            self.store.set_listing_wait(&row.id, Some(now))?;
+                        }
+                        let missed_before = row
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.contains(NEXT_KEY_NOT_LISTED));
+                        if missed_before
+                            && row.failures + 1 >= MISSING_AFTER
+                            && now - since
+                                >= ChronoDuration::from_std(MISSING_WINDOW).unwrap_or_default()
+                        {
+                            return self.next_key_missing(row, &why);
+                        }
+                        return self.on_failure(
+                            policy,
+                            row,
+                            "retiring the old key",
+                            &why,
+                            true,
+                            None,
+                            true,
+                        );
                     }
                 }
                 Err(e) => {
@@ -1500,7 +2041,23 @@ impl Engine {
         }
         // Always ask for the delete, even when the listing did not show the
         // old key: offset paging can skip a key, and a 404 counts as done.
-        let outcome = match self.delete_key(rt, &provider, &old_id).await {
+        // Unbind and disable (Tencent) once: committed, so a delete that
+        // keeps failing does not redo them on every try.
+        if caps.disable_before_delete && row.old_disabled_at.is_none() {
+            if let Err(e) = provider.before_delete(&old_id).await {
+                return self.on_failure(
+                    policy,
+                    row,
+                    "disabling the old key",
+                    &e.to_string(),
+                    true,
+                    e.retry_after(),
+                    true,
+                );
+            }
+            self.store.record_old_disabled(&row.id, self.now())?;
+        }
+        let outcome = match provider.delete(&old_id).await {
             Ok(o) => o,
             Err(e) => {
                 return self.on_failure(

@@ -1,9 +1,12 @@
 //! Rotation: the planner (`policy`), the engine that drives each rotation
-//! through its states (`engine`), and crash recovery (`recovery`).
+//! through its states (`engine`), crash recovery (`recovery`), the health
+//! rule (`health`) and what the engine publishes (`report`).
 
 pub mod engine;
+pub mod health;
 pub mod policy;
 pub mod recovery;
+pub mod report;
 
 #[cfg(test)]
 mod engine_tests;

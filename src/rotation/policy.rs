@@ -23,12 +23,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
+use super::health::{self, Condition, Health, LineageFacts};
+use super::report::KeyState;
 use crate::config::{Lead, Mode, PolicyConfig, TargetTemplate};
 use crate::provider::ProviderKey;
 use crate::state::{
     KnownKey, OrphanAttempt, OwnedKey, RotationRow, RotationState, Store, StoreError,
 };
-use crate::status::{Health, KeyState};
 
 /// Why a lineage is (or is not) being rotated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,6 +110,9 @@ pub struct LineagePlan {
     /// (`unrecognised_key`, `unsafe_name`, `conflict`), shown as its
     /// `reason` in status and as `rekey_condition`.
     pub condition: Option<&'static str>,
+    /// Stuck conditions that hold (the health rule, [`health::assess`]),
+    /// the deciding one first.
+    pub conditions: Vec<(Condition, String)>,
     pub active: Option<RotationRow>,
     pub last: Option<RotationRow>,
     /// A failed rotation that already created (and still holds, sealed) a
@@ -494,7 +498,8 @@ pub fn plan(
             (None, Some(l))
                 if l.state == RotationState::Failed
                     && l.created_at.is_some()
-                    && l.published_at.is_none() =>
+                    && l.published_at.is_none()
+                    && l.error_class.as_deref() != Some("abandoned") =>
             {
                 Some(l.clone())
             }
@@ -512,13 +517,17 @@ pub fn plan(
             .filter(|r| matches!(r.state, RotationState::Retiring | RotationState::Published))
             .filter_map(|r| r.old_key_id.as_deref())
             .collect();
-        // The key the sinks hold: the latest published rotation's new key.
+        // The key the sinks hold: the latest published rotation's new key
+        // (not one whose rotation ended because that key vanished).
         let latest_published = ledger
             .owned
             .iter()
             .filter(|o| o.lineage == name && o.published)
             .filter_map(|o| {
-                let r = mine.iter().find(|r| r.id == o.rotation_id)?;
+                let r = mine.iter().find(|r| {
+                    r.id == o.rotation_id
+                        && r.error_class.as_deref() != Some(health::NEXT_KEY_MISSING)
+                })?;
                 Some((r.published_at, o.key_id.as_deref()?))
             })
             .max()
@@ -624,25 +633,8 @@ pub fn plan(
                 rotate_at: None,
             };
         }
-        let failed_last = last
-            .as_ref()
-            .is_some_and(|l| l.state == RotationState::Failed);
-        let mut health = match decision.reason {
-            Reason::InProgress if active.is_some() => Health::Rotating,
-            Reason::InProgress => Health::Ok,
-            Reason::NoKeys => Health::NoKeys,
-            Reason::Expired if policy.mode == Mode::Observe || failed_last => Health::Expired,
-            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap
-                if failed_last =>
-            {
-                Health::Failing
-            }
-            Reason::Expired | Reason::Expiring | Reason::MaxAge | Reason::Bootstrap => Health::Due,
-            _ => Health::Ok,
-        };
         if !safe {
             condition = Some("unsafe_name");
-            health = Health::Failing;
             decision = Decision {
                 reason: Reason::Misconfigured,
                 message: format!(
@@ -654,7 +646,6 @@ pub fn plan(
             };
         } else if let Some(m) = conflict {
             condition = Some("conflict");
-            health = Health::Misconfigured;
             decision = Decision {
                 reason: Reason::Misconfigured,
                 message: m,
@@ -662,7 +653,6 @@ pub fn plan(
                 rotate_at: None,
             };
         } else if condition.is_some() {
-            health = health.max(Health::Failing);
             // Keys named like rekey's own in a lineage the store has no
             // history of: the DB was probably lost or restored. Rotating now
             // would be a guess; recovery is explicit.
@@ -679,12 +669,60 @@ pub fn plan(
                 };
             }
         }
+        // The health rule (rotation::health) decides health from what
+        // the planner found and what the rotations say.
+        let mut found = Vec::new();
+        match condition {
+            Some("unsafe_name") => found.push((Condition::UnsafeName, decision.message.clone())),
+            Some("conflict") => found.push((Condition::Conflict, decision.message.clone())),
+            Some("unrecognised_key") => found.push((
+                Condition::UnrecognisedKey,
+                format!(
+                    "lineage {} has a key that looks generated but that no rotation in the store produced; it is never current and never deleted",
+                    escaped(&name)
+                ),
+            )),
+            _ => {}
+        }
+        // A key whose times cannot be read is never rotated on a guess.
+        for (k, _) in &states {
+            if let Some(raw) = k.key.meta.get(crate::provider::META_UNKNOWN_TIME) {
+                found.push((
+                    Condition::UnknownTime,
+                    format!(
+                        "key {} has a time rekey cannot read ({}); its lineage is not rotated until it can",
+                        k.key.name.escape_debug(),
+                        raw.to_string().escape_debug()
+                    ),
+                ));
+                decision.rotate = false;
+            }
+        }
+        let assessment = health::assess(
+            &LineageFacts {
+                due: decision.rotate
+                    || matches!(
+                        decision.reason,
+                        Reason::Expired | Reason::Expiring | Reason::MaxAge
+                    ),
+                no_keys: decision.reason == Reason::NoKeys,
+                current_expires_at: current.as_ref().and_then(|c| c.key.expires_at),
+                active: active.as_ref(),
+                last: last.as_ref(),
+                max_attempts: policy.max_attempts,
+                found,
+            },
+            now,
+        );
+        let health = assessment.health;
+        let conditions = assessment.conditions;
         lineages.push(LineagePlan {
             name,
             current,
             keys: states,
             decision,
             health,
+            conditions,
             condition,
             active,
             last,
@@ -706,6 +744,7 @@ pub fn plan(
                 rotate_at: None,
             },
             health: Health::Due,
+            conditions: Vec::new(),
             condition: None,
             active: None,
             last: None,

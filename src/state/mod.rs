@@ -476,21 +476,6 @@ impl Store {
         })
     }
 
-    /// Per notify target: events after its cursor (the outbox depth it
-    /// still has to work through) and its dead letters. For the
-    /// `rekey_outbox_depth` and `rekey_dead_letters` gauges.
-    pub fn outbox_depths(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT d.target, \
-                    (SELECT COUNT(*) FROM events e WHERE e.seq > d.cursor), \
-                    (SELECT COUNT(*) FROM dead_letters x WHERE x.target = d.target) \
-             FROM deliveries d ORDER BY d.target",
-        )?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare(
@@ -506,6 +491,21 @@ impl Store {
                 error: r.get(5)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Per notification target: events not yet delivered (the outbox
+    /// depth) and dead letters. Read-only; a target that never ran has no
+    /// row yet.
+    pub fn outbox_state(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT d.target,
+                    MAX(0, (SELECT COALESCE(MAX(seq), 0) FROM events) - d.cursor),
+                    (SELECT COUNT(*) FROM dead_letters x WHERE x.target = d.target)
+             FROM deliveries d ORDER BY d.target",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -590,6 +590,16 @@ impl Store {
                         k.rotation_id,
                     ])?;
                 }
+                tx.execute(
+                    "UPDATE keys SET unknown_time = NULL WHERE policy = ?1 AND unknown_time IS NOT NULL",
+                    params![check.policy],
+                )?;
+                let mut odd = tx.prepare_cached(
+                    "UPDATE keys SET unknown_time = ?3 WHERE policy = ?1 AND key_id = ?2",
+                )?;
+                for k in check.keys.iter().filter(|k| k.unknown_time.is_some()) {
+                    odd.execute(params![check.policy, k.key_id, k.unknown_time])?;
+                }
             }
             if check.complete_listing {
                 tx.execute(
@@ -613,7 +623,7 @@ impl Store {
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at FROM keys WHERE policy = ?1",
+            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
         )?;
         let rows = st.query_map(params![policy], |r| {
             Ok(KnownKey {
@@ -625,6 +635,7 @@ impl Store {
                 state: r.get(5)?,
                 created_at: opt_ts(r.get(6)?),
                 expires_at: opt_ts(r.get(7)?),
+                unknown_time: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1149,6 +1160,26 @@ impl Store {
         })
     }
 
+    /// `rekey retry`: the rotation and its sinks act at once (the failure
+    /// count is kept; the grace deadline is not touched).
+    pub fn retry_now(&self, id: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET next_attempt_at = NULL WHERE id = ?1 AND state IN ('planned', 'created')",
+                params![id],
+            )?;
+            tx.execute(
+                "UPDATE rotations SET next_attempt_at = retire_at WHERE id = ?1 AND state IN ('published', 'retiring')",
+                params![id],
+            )?;
+            tx.execute(
+                "UPDATE sink_acks SET next_attempt_at = NULL WHERE rotation_id = ?1 AND state != 'acked'",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Push the next action of a rotation to `at` without counting a failure.
     pub fn set_next_attempt(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
         self.tx(|tx| {
@@ -1156,6 +1187,264 @@ impl Store {
                 "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
                 params![id, at.map(ts)],
             )?;
+            Ok(())
+        })
+    }
+
+    /// The provider's after-create step (bind) finished for this rotation's
+    /// next key: commit it, so no later wake runs it again.
+    pub fn record_prepared(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            expect_state(tx, id, RotationState::Created)?;
+            tx.execute(
+                "UPDATE rotations SET prepared_at = ?2, failures = 0, error = NULL, error_class = NULL WHERE id = ?1 AND prepared_at IS NULL",
+                params![id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The old key of a retiring rotation was unbound and disabled
+    /// (`before_delete`): commit it, so a failing delete never redoes it.
+    pub fn record_old_disabled(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET old_disabled_at = ?2 WHERE id = ?1 AND old_disabled_at IS NULL",
+                params![id, ts(at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Start (or, with `None`, end) waiting for a listing to show the new
+    /// key. The start is kept when already set.
+    pub fn set_listing_wait(
+        &self,
+        id: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            match since {
+                Some(t) => tx.execute(
+                    "UPDATE rotations SET listing_wait_since = COALESCE(listing_wait_since, ?2) WHERE id = ?1",
+                    params![id, ts(t)],
+                )?,
+                None => tx.execute(
+                    "UPDATE rotations SET listing_wait_since = NULL WHERE id = ?1",
+                    params![id],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    /// The next key of a retiring rotation is gone (deleted out of band,
+    /// or the DB was restored from a backup taken during grace): end the
+    /// rotation as `failed` with class `next_key_missing` — the one way out
+    /// of `retiring` into `failed` (DESIGN §3). The old key stays and is
+    /// live again; `key.missing` and `rotation.failed` go out.
+    pub fn fail_next_key_missing(
+        &self,
+        id: &str,
+        error: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if !matches!(row.state, RotationState::Published | RotationState::Retiring) {
+                return Err(StoreError::Conflict(format!(
+                    "rotation {id} is {}, not retiring",
+                    row.state.as_str()
+                )));
+            }
+            tx.execute(
+                "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'next_key_missing', finished_at = ?3,
+                    next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
+                params![id, error, ts(at)],
+            )?;
+            if let Some(old) = &row.old_key_id {
+                tx.execute(
+                    "UPDATE keys SET state = 'live' WHERE policy = ?1 AND key_id = ?2 AND state = 'retiring'",
+                    params![row.policy, old],
+                )?;
+            }
+            if let Some(new) = &row.new_key_id {
+                tx.execute(
+                    "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
+                    params![row.policy, new],
+                )?;
+            }
+            let data = serde_json::json!({
+                "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                "key_id": row.new_key_id, "key_name": row.new_key_name, "old_key_id": row.old_key_id,
+                "state_at_failure": row.state.as_str(), "error": error, "error_class": "next_key_missing",
+            });
+            insert_event(tx, &Event::new("rotation.failed", at, Some(&row.policy), Some(id), data))?;
+            Ok(())
+        })
+    }
+
+    /// An operator (or the engine, for a key that can no longer be
+    /// published) ends a rotation that has not published: `failed` with
+    /// class `abandoned`, sealed secret wiped. A rotation already
+    /// published is refused (its next key is in use).
+    pub fn abandon_rotation(
+        &self,
+        id: &str,
+        why: &str,
+        at: DateTime<Utc>,
+    ) -> Result<RotationRow, StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            match row.state {
+                RotationState::Planned | RotationState::Created => {}
+                RotationState::Failed if row.error_class.as_deref() != Some("abandoned") => {}
+                s => {
+                    return Err(StoreError::Conflict(format!(
+                        "rotation {id} is {}; only a rotation that has not published can be abandoned",
+                        s.as_str()
+                    )));
+                }
+            }
+            tx.execute(
+                "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'abandoned', finished_at = COALESCE(finished_at, ?3),
+                    next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
+                params![id, why, ts(at)],
+            )?;
+            if row.state != RotationState::Failed {
+                let data = serde_json::json!({
+                    "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                    "state_at_failure": row.state.as_str(), "error": why, "error_class": "abandoned",
+                    "old_key_id": row.old_key_id, "new_key_id": row.new_key_id, "failures": row.failures,
+                });
+                insert_event(tx, &Event::new("rotation.failed", at, Some(&row.policy), Some(id), data))?;
+            }
+            Ok(rotation_row_tx(tx, id)?.unwrap_or(row))
+        })
+    }
+
+    /// The abandoned rotation's next key was deleted at the provider (or
+    /// was never listed): record it and send `key.deleted`.
+    pub fn record_abandoned_key_deleted(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if let Some(k) = &row.new_key_id {
+                tx.execute(
+                    "UPDATE keys SET state = 'deleted' WHERE policy = ?1 AND key_id = ?2",
+                    params![row.policy, k],
+                )?;
+            }
+            tx.execute(
+                "UPDATE rotations SET outcome = 'next_key_deleted' WHERE id = ?1",
+                params![id],
+            )?;
+            let data = serde_json::json!({
+                "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
+                "key_id": row.new_key_id, "key_name": row.new_key_name,
+                "why": "the rotation was abandoned before any sink acknowledged its next key",
+            });
+            insert_event(tx, &Event::new("key.deleted", at, Some(&row.policy), Some(id), data))?;
+            Ok(())
+        })
+    }
+
+    /// Rotations abandoned (class `abandoned`) whose next key was created,
+    /// never acknowledged by any sink, and not yet deleted.
+    pub fn abandoned_unpublished(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
+        self.rotations_where(
+            "policy = ?1 AND state = 'failed' AND error_class = 'abandoned' AND created_at IS NOT NULL
+             AND published_at IS NULL AND outcome IS NULL
+             AND NOT EXISTS (SELECT 1 FROM sink_acks s WHERE s.rotation_id = rotations.id AND s.state = 'acked')
+             ORDER BY started_at",
+            params![policy],
+        )
+    }
+
+    /// Whether any sink ever acknowledged this rotation's next key.
+    pub fn any_sink_acked(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM sink_acks WHERE rotation_id = ?1 AND state = 'acked')",
+            params![id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Apply `--revoke-old-immediately` to a rotation that has not
+    /// published yet: its old key gets no grace once it publishes.
+    pub fn set_revoke_on_publish(&self, id: &str) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            Ok(tx.execute(
+                "UPDATE rotations SET revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('planned', 'created')",
+                params![id],
+            )? == 1)
+        })
+    }
+
+    /// The stuck conditions that hold for `policy` now: rows appear (with
+    /// their event, once) and disappear as conditions start and clear.
+    /// `held` is `(lineage, condition, event type, message)`. Returns the
+    /// conditions that started now.
+    pub fn sync_conditions(
+        &self,
+        policy: &str,
+        held: &[(String, String, Option<&'static str>, String)],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.tx(|tx| {
+            let existing: Vec<(String, String)> = {
+                let mut st = tx.prepare_cached("SELECT lineage, condition FROM conditions WHERE policy = ?1")?;
+                st.query_map(params![policy], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            let mut started = Vec::new();
+            for (lineage, condition, event, message) in held {
+                if existing.iter().any(|(l, c)| l == lineage && c == condition) {
+                    tx.execute(
+                        "UPDATE conditions SET message = ?4 WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
+                        params![policy, lineage, condition, message],
+                    )?;
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO conditions (policy, lineage, condition, since, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![policy, lineage, condition, ts(at), message],
+                )?;
+                if let Some(event) = event {
+                    insert_event(
+                        tx,
+                        &Event::new(
+                            event,
+                            at,
+                            Some(policy),
+                            None,
+                            serde_json::json!({
+                                "policy": policy, "lineage": lineage, "condition": condition, "message": message,
+                            }),
+                        ),
+                    )?;
+                }
+                started.push((lineage.clone(), condition.clone()));
+            }
+            for (l, c) in &existing {
+                if !held.iter().any(|(hl, hc, _, _)| hl == l && hc == c) {
+                    tx.execute(
+                        "DELETE FROM conditions WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
+                        params![policy, l, c],
+                    )?;
+                }
+            }
+            Ok(started)
+        })
+    }
+
+    /// Forget the conditions of a policy a reload removed.
+    pub fn clear_conditions(&self, policy: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM conditions WHERE policy = ?1", params![policy])?;
             Ok(())
         })
     }
@@ -1527,6 +1816,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every sealed secret still held, by rotation id (start-up checks
+    /// that the seal key opens each). Abandoned rotations hold none.
+    pub fn sealed_secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            // Each half uses its partial index (rotations_active,
+            // rotations_resumable): start-up stays independent of history.
+            "SELECT id, sealed_secret FROM rotations WHERE state NOT IN ('completed', 'failed') AND sealed_secret IS NOT NULL
+             UNION ALL
+             SELECT id, sealed_secret FROM rotations WHERE state = 'failed' AND sealed_secret IS NOT NULL",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The sealed secret of a rotation still publishing.
     pub fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -1701,7 +2005,7 @@ fn insert_event(tx: &Transaction, ev: &Event) -> Result<(), StoreError> {
 const ROTATION_COLS: &str = "id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
     old_key_id, old_key_name, attempt, new_key_name, new_key_id, new_key_created_at, new_key_expires_at, fingerprint,
     sinks, failures, next_attempt_at, grace_seconds, started_at, created_at, published_at, retire_at, finished_at,
-    error, error_class, outcome";
+    error, error_class, outcome, prepared_at, listing_wait_since, old_disabled_at";
 
 fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
     let state: String = r.get(4)?;
@@ -1735,6 +2039,9 @@ fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
         error: r.get(26)?,
         error_class: r.get(27)?,
         outcome: r.get(28)?,
+        prepared_at: opt_ts(r.get(29)?),
+        listing_wait_since: opt_ts(r.get(30)?),
+        old_disabled_at: opt_ts(r.get(31)?),
     })
 }
 
@@ -1894,6 +2201,8 @@ pub struct SeenKey {
     /// `created` or `adopted`.
     pub origin: &'static str,
     pub rotation_id: Option<String>,
+    /// JSON of the times the provider listed that did not parse.
+    pub unknown_time: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1920,6 +2229,8 @@ pub struct KnownKey {
     pub state: String,
     pub created_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// JSON of the times the last listing carried that did not parse.
+    pub unknown_time: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1979,6 +2290,12 @@ pub struct RotationRow {
     pub error: Option<String>,
     pub error_class: Option<String>,
     pub outcome: Option<String>,
+    /// The provider's after-create step finished (never re-run).
+    pub prepared_at: Option<DateTime<Utc>>,
+    /// Waiting for a listing to show the new key since then.
+    pub listing_wait_since: Option<DateTime<Utc>>,
+    /// The old key was unbound and disabled (before its delete).
+    pub old_disabled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

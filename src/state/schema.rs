@@ -6,6 +6,8 @@
 //! - 2 (ownership): `keys.origin` also `orphan`/`unrecognised` (table
 //!   rebuilt), indexes `keys_by_id` and `rotations_by_old_key`; `attempts.absent_listings`,
 //!   `attempts.absent_since`, index `attempts_not_created`; table `sink_targets`.
+//! - 3 (liveness): `rotations.prepared_at`, `rotations.listing_wait_since`,
+//!   `rotations.old_disabled_at`, `keys.unknown_time`; table `conditions`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -27,6 +29,9 @@
 //! - `rotation_id`: the rotation that created it, for `created` keys.
 //! - `state`: `live`, `retiring` (old key in grace), `deleted`, `retired`
 //!   (provider cannot delete; left for a human), `gone` (vanished from lists).
+//! - `unknown_time` (v3): JSON `{field: raw value}` of times the provider
+//!   listed that rekey cannot parse; the key's lineage reports `unknown_time`
+//!   and is not rotated on a guess. NULL when every time parsed.
 //!
 //! ## rotations: one replacement of one lineage's current key
 //! - `id`: 8 hex chars, also in the new key's name via `{rotation}`.
@@ -50,7 +55,18 @@
 //! - `grace_seconds`: the policy's grace period when the rotation started.
 //! - `started_at`, `created_at`, `published_at`, `retire_at`, `finished_at`.
 //! - `error`, `error_class` (`retryable`/`permanent`): the last failure.
-//! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`.
+//! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`;
+//!   for an abandoned rotation whose next key was deleted, `next_key_deleted`.
+//! - `prepared_at` (v3): when the provider's after-create step (Tencent: bind
+//!   to usage plans) finished; set once, so a sink retrying never re-runs it.
+//! - `listing_wait_since` (v3): since when the engine waits for an eventually
+//!   consistent listing to show the new key (OceanBase returns no id); that
+//!   wait is bounded by time, not by the failure budget.
+//! - `old_disabled_at` (v3): when the old key was unbound and disabled
+//!   before its delete (Tencent); set once, so a failing delete never
+//!   redoes it.
+//! - `error_class` may also be `next_key_missing` (the next key vanished in
+//!   grace: the one way from `retiring` to `failed`) or `abandoned`.
 //!
 //! Index `rotations_one_active` makes "at most one rotation per lineage at a
 //! time" a constraint, not a convention. The others keep start-up and every
@@ -113,6 +129,14 @@
 //! A sink never overwrites a target whose row names another policy or
 //! lineage; targets acknowledged before v2 are claimed from `sink_acks` on
 //! first use, so an upgrade does not lock itself out.
+//!
+//! ## conditions (v3): stuck conditions that hold now (DESIGN §4)
+//! - `policy`, `lineage`, `condition` (e.g. `step_failing`): primary key.
+//! - `since`: when it started to hold; its event was sent then, once.
+//! - `message`: why, as shown in `status`.
+//!
+//! A row is deleted when its condition clears; the event goes out again
+//! only if it comes back.
 //!
 //! ## expiring_notices: `key.expiring` sent, at most once per threshold
 //! - `policy`, `key_id`, `threshold` (e.g. `7d`): primary key. `at`.
@@ -300,6 +324,20 @@ CREATE TABLE sink_targets (
     lineage TEXT NOT NULL,
     rotation_id TEXT,
     written_at TEXT NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE rotations ADD COLUMN prepared_at TEXT;
+ALTER TABLE rotations ADD COLUMN listing_wait_since TEXT;
+ALTER TABLE rotations ADD COLUMN old_disabled_at TEXT;
+ALTER TABLE keys ADD COLUMN unknown_time TEXT;
+CREATE TABLE conditions (
+    policy TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    since TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (policy, lineage, condition)
 );
 "#,
 ];

@@ -106,6 +106,7 @@ fn a_fresh_db_gets_the_whole_schema() {
         table_names(&store),
         [
             "attempts",
+            "conditions",
             "dead_letters",
             "deliveries",
             "events",
@@ -135,7 +136,7 @@ fn a_fresh_db_gets_the_whole_schema() {
 fn the_in_memory_store_has_the_same_schema() {
     let store = Store::open_in_memory().unwrap();
     assert_eq!(store.version().unwrap(), schema::VERSION);
-    assert_eq!(table_names(&store).len(), 10);
+    assert_eq!(table_names(&store).len(), 11);
 }
 
 #[test]
@@ -152,7 +153,7 @@ fn reopening_is_idempotent_and_keeps_the_data() {
     for _ in 0..2 {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.version().unwrap(), schema::VERSION);
-        assert_eq!(table_names(&store).len(), 10);
+        assert_eq!(table_names(&store).len(), 11);
         assert_eq!(
             store.rotation(&id).unwrap().unwrap().state,
             RotationState::Planned

@@ -365,7 +365,7 @@ pub fn all_healthy(snapshot: &Snapshot) -> bool {
 }
 
 /// The `error` field of a JSON error body, else the body as text (capped).
-fn error_text(body: &[u8]) -> String {
+pub fn error_text(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_string))
@@ -376,7 +376,7 @@ fn error_text(body: &[u8]) -> String {
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

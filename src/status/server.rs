@@ -66,7 +66,10 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{RotateReply, RotateRequest, RotateSender, Snapshot, StatusHandle};
+use super::{
+    Command, CommandReply, CommandRequest, CommandSender, RotateReply, RotateRequest, RotateSender,
+    Snapshot, StatusHandle,
+};
 use crate::config::ListenAddr;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -148,6 +151,9 @@ pub struct ServerState {
     /// Where `POST /rotate` sends its request; the daemon answers on the
     /// oneshot inside it.
     pub rotate: RotateSender,
+    /// Where `POST /retry/{rotation}` and `POST /abandon/{rotation}` send
+    /// their request (`None`: those routes answer 503).
+    pub commands: Option<CommandSender>,
     /// `None` disables POST endpoints (403 saying how to enable them).
     pub admin_token: Option<Secret>,
     pub liveness: Liveness,
@@ -537,7 +543,9 @@ fn admin_routes(r: AppRouter, role: Role) -> AppRouter {
         Role::All | Role::Admin => r.route(path, handler),
         Role::ReadOnly => r.route(path, post(admin_elsewhere)),
     };
-    add(r, "/rotate/{policy}", post(rotate))
+    let r = add(r, "/rotate/{policy}", post(rotate));
+    let r = add(r, "/retry/{rotation}", post(retry));
+    add(r, "/abandon/{rotation}", post(abandon))
 }
 
 /// A POST on the read-only listener.
@@ -785,6 +793,88 @@ async fn rotate(
         }
     };
     rotate_response(&policy, reply)
+}
+
+/// `POST /retry/{rotation}`: run the step a rotation waits for now.
+async fn retry(
+    State(app): State<Arc<App>>,
+    UrlPath(rotation): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(app, Command::Retry, rotation, headers).await
+}
+
+/// `POST /abandon/{rotation}`: end a rotation that has not published.
+async fn abandon(
+    State(app): State<Arc<App>>,
+    UrlPath(rotation): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(app, Command::Abandon, rotation, headers).await
+}
+
+/// Authenticated like `POST /rotate`; the daemon answers on a oneshot,
+/// bounded by the same timeout. 202 / 404 / 409 as [`CommandReply`] says.
+async fn command(
+    app: Arc<App>,
+    command: Command,
+    rotation: String,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
+        tracing::warn!(rotation = %rotation.escape_debug(), command = command.as_str(), reason = ?refusal, "status endpoint: refused unauthenticated command");
+        return refusal.into_response();
+    }
+    let Some(tx) = app.state.commands.clone() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this endpoint does not take rotation commands".to_string(),
+        );
+    };
+    tracing::info!(rotation = %rotation.escape_debug(), command = command.as_str(), "rotation command through the status endpoint");
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = CommandRequest {
+        command,
+        rotation: rotation.clone(),
+        reply: reply_tx,
+    };
+    let wait = app.limits.rotate_reply_timeout;
+    let outcome = tokio::time::timeout(wait, async {
+        tx.send(request).await.map_err(|_| ())?;
+        reply_rx.await.map_err(|_| ())
+    })
+    .await;
+    let reply = match outcome {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(())) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is not taking commands (shutting down?)".to_string(),
+            );
+        }
+        Err(_) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the daemon did not answer within {}",
+                    humantime::format_duration(wait)
+                ),
+            );
+        }
+    };
+    let (status, error) = match &reply {
+        CommandReply::Accepted { .. } => (StatusCode::ACCEPTED, None),
+        CommandReply::UnknownRotation { rotation } => (
+            StatusCode::NOT_FOUND,
+            Some(format!("no rotation {rotation:?}")),
+        ),
+        CommandReply::Refused { message } => (StatusCode::CONFLICT, Some(message.clone())),
+    };
+    let mut body = serde_json::to_value(&reply).unwrap_or_else(|_| serde_json::json!({}));
+    if let (Some(error), Some(obj)) = (error, body.as_object_mut()) {
+        obj.insert("error".into(), serde_json::Value::String(error));
+    }
+    json(status, body)
 }
 
 /// Map the daemon's answer to a status code; the body is the reply itself

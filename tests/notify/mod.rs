@@ -498,36 +498,3 @@ async fn notification_signatures_verify_with_the_official_python_library() {
         verify_with_official_library(&python, &random_whsec(), &req.headers, &req.body).is_err()
     );
 }
-
-/// What `rekey_outbox_depth{target}` and `rekey_dead_letters{target}`
-/// report: events after the target's cursor, and its dead letters.
-#[tokio::test]
-async fn the_outbox_depth_counts_undelivered_events_and_dead_letters_per_target() {
-    let secret = random_whsec();
-    let receiver = WebhookReceiver::start(&[&secret]).await;
-    receiver.script([Reply::Status(410)]);
-    let clock = Arc::new(ManualClock::new(whole_second_now()));
-    let store = Arc::new(Store::open_in_memory().unwrap());
-    let d = Deliverer::new(
-        store.clone(),
-        vec![target("ops", &receiver.url, &secret, None)],
-        clock.clone(),
-    )
-    .unwrap();
-    emit(&store, clock.as_ref(), "rotation.started", 1);
-    emit(&store, clock.as_ref(), "rotation.completed", 2);
-    assert_eq!(store.outbox_depths().unwrap(), [("ops".to_string(), 2, 0)]);
-    d.deliver_pending().await;
-    assert_eq!(store.outbox_depths().unwrap(), [("ops".to_string(), 0, 1)]);
-    let metrics = rekey::metrics::Metrics::new();
-    metrics.set_outbox(&["ops".into()], &store.outbox_depths().unwrap());
-    let text = metrics.render();
-    assert!(
-        text.contains("rekey_outbox_depth{target=\"ops\"} 0"),
-        "{text}"
-    );
-    assert!(
-        text.contains("rekey_dead_letters{target=\"ops\"} 1"),
-        "{text}"
-    );
-}

@@ -37,7 +37,8 @@ fn populated_metrics() -> Metrics {
         .with_label_values(&["ob-prod", "list"])
         .observe(0.042);
     m.sink_publish.with_label_values(&["app-env", "ok"]).inc();
-    m.set_outbox(&["ops".into()], &[("ops".into(), 2, 1)]);
+    m.outbox_depth.with_label_values(&["ops"]).set(2.0);
+    m.dead_letters.with_label_values(&["ops"]).set(1.0);
     m
 }
 
@@ -168,31 +169,6 @@ fn promtool_check_metrics_reports_nothing() {
             out.status.code()
         );
     }
-}
-
-#[test]
-fn build_info_outbox_depth_and_dead_letters_are_exported_per_target() {
-    let m = Metrics::new();
-    m.set_outbox(
-        &["ops".into(), "pager".into()],
-        &[("ops".into(), 7, 2), ("gone".into(), 5, 5)],
-    );
-    let text = m.render();
-    let version = env!("CARGO_PKG_VERSION");
-    for line in [
-        format!("rekey_build_info{{version=\"{version}\"}} 1"),
-        "rekey_outbox_depth{target=\"ops\"} 7".to_string(),
-        "rekey_dead_letters{target=\"ops\"} 2".to_string(),
-        // A configured target with no delivery row yet: at zero.
-        "rekey_outbox_depth{target=\"pager\"} 0".to_string(),
-        "rekey_dead_letters{target=\"pager\"} 0".to_string(),
-    ] {
-        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
-    }
-    assert!(
-        !text.contains("target=\"gone\""),
-        "a target no longer configured keeps no series:\n{text}"
-    );
 }
 
 /// The shipped alerting rules (contrib/prometheus/rekey-rules.yml) load in

@@ -102,6 +102,7 @@ impl StatusServer {
             status: status.clone(),
             metrics: metrics.clone(),
             rotate: tx,
+            commands: None,
             admin_token: opts.admin_token.map(Secret::new),
             liveness: liveness.clone(),
         };
@@ -239,6 +240,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                     reason: "fresh".into(),
                     message: "expires in 28d; rotates 7d before".into(),
                     rotate_at: Some(now + TimeDelta::seconds(21 * DAY)),
+                    conditions: Vec::new(),
+                    rotation: None,
                 }],
                 last_rotation: Some(LastRotation {
                     id: "r-0001".into(),
@@ -269,6 +272,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         reason: "max_age".into(),
                         message: "rotation failed 3 times: provider answered 403".into(),
                         rotate_at: Some(ago(now, 3600)),
+                        conditions: Vec::new(),
+                        rotation: None,
                     },
                     LineageStatus {
                         name: "svc-b".into(),
@@ -277,6 +282,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         reason: "fresh".into(),
                         message: "rotates in 25d".into(),
                         rotate_at: Some(now + TimeDelta::seconds(25 * DAY)),
+                        conditions: Vec::new(),
+                        rotation: None,
                     },
                 ],
                 last_rotation: Some(LastRotation {

@@ -700,3 +700,201 @@ create = {{ usage_plans = ["usagePlan-b"] }}
     assert_eq!(emu.stats()["DeleteApiKey"].ok, 1);
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bind_answered_with_an_error_envelope_is_counted_by_its_code_not_as_200() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let o = emu.options();
+    let cfg = support::tencent_config(
+        &emu.endpoint(),
+        &o.region,
+        &o.secret_id,
+        o.secret_key.expose(),
+    );
+    let metrics = rekey::metrics::Metrics::new();
+    let http = rekey::provider::http::ProviderHttp::new(&cfg, metrics.clone()).unwrap();
+    let p = rekey::provider::tencent::TencentProvider::new(&cfg, http).unwrap();
+    let params = plans(&["usagePlan-a"]);
+    let new = p
+        .create(&CreateRequest {
+            name: "app-main-20260101-r1",
+            params: &params,
+        })
+        .await
+        .unwrap();
+    let id = new.id.clone().unwrap();
+    p.after_create(&id, None, &params).await.unwrap();
+    // Again: the API answers HTTP 200 with AlreadyBindUsagePlan.
+    p.after_create(&id, None, &params).await.unwrap();
+    let text = metrics.render();
+    let line = |code: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("rekey_provider_requests_total")
+                    && l.contains(r#"operation="bind""#)
+                    && l.contains(&format!(r#"code="{code}""#))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(line("200").as_deref(), Some("1"), "{text}");
+    assert_eq!(
+        line("UnsupportedOperation.AlreadyBindUsagePlan").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sink_that_keeps_failing_never_makes_the_daemon_bind_again() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into(), "usagePlan-b".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key(
+        "svc-main",
+        Utc::now() - chrono::Duration::days(40),
+        &["usagePlan-a"],
+    )
+    .unwrap();
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{{dir}}/tc-id" }}
+secret_key = {{ file = "{{dir}}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/missing/{{lineage}}.env"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+max_attempts = 100
+sinks = ["out"]
+create = {{ usage_plans = ["usagePlan-b"] }}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    );
+    let daemon = support::start_daemon(
+        &config,
+        &[("tc-id", &o.secret_id), ("tc-key", o.secret_key.expose())],
+    );
+    let started = std::time::Instant::now();
+    // The sink fails (its directory is missing) for 7 s: several tries.
+    let (_, dir) = daemon
+        .until(|| started.elapsed() > std::time::Duration::from_secs(7))
+        .await;
+    let store = rekey::state::Store::open_read_only(&dir.path().join("state.db")).unwrap();
+    let r = store.history(None, 1).unwrap()[0].clone();
+    let tries = store.sink_acks(&r.id).unwrap()[0].attempts;
+    assert!(tries >= 2, "the sink was tried {tries} times");
+    // Two plans, each bound once: the bind is committed, not redone per try.
+    assert_eq!(emu.stats()["BindSecretIds"].requests, 2);
+    assert!(r.prepared_at.is_some());
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delete_that_keeps_failing_never_makes_the_daemon_unbind_and_disable_again() {
+    let emu = tencent::start(
+        Options {
+            usage_plans: vec!["usagePlan-a".into()],
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.insert_key(
+        "svc-main",
+        Utc::now() - chrono::Duration::days(40),
+        &["usagePlan-a"],
+    )
+    .unwrap();
+    emu.set_faults(Faults {
+        force: vec![ForcedFault {
+            action: "DeleteApiKey".into(),
+            code: "InternalError".into(),
+            message: None,
+            count: 1000,
+        }],
+        ..Faults::default()
+    })
+    .unwrap();
+    let o = emu.options();
+    let config = format!(
+        r#"
+[daemon]
+state = "{{dir}}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{{dir}}/tc-id" }}
+secret_key = {{ file = "{{dir}}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{{dir}}/{{lineage}}.env"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+grace_period = "0s"
+sinks = ["out"]
+create = {{ usage_plans = ["usagePlan-a"] }}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    );
+    let daemon = support::start_daemon(
+        &config,
+        &[("tc-id", &o.secret_id), ("tc-key", o.secret_key.expose())],
+    );
+    // Until the delete has failed a few times (2 s, 4 s… backoff).
+    let (done, _dir) = daemon
+        .until(|| {
+            emu.stats()
+                .get("DeleteApiKey")
+                .is_some_and(|s| s.requests >= 3)
+        })
+        .await;
+    assert!(done, "{:?}", emu.stats());
+    let stats = emu.stats();
+    assert_eq!(stats["DisableApiKey"].requests, 1, "{stats:?}");
+    assert_eq!(stats["UnBindSecretIds"].requests, 1, "{stats:?}");
+    emu.shutdown().await;
+}

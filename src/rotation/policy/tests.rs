@@ -126,6 +126,9 @@ fn completed(
         error: None,
         error_class: None,
         outcome: Some("deleted".into()),
+        prepared_at: None,
+        listing_wait_since: None,
+        old_disabled_at: None,
     }
 }
 
@@ -151,6 +154,7 @@ fn known(k: &ProviderKey, lineage: &str, origin: &str, state: &str) -> KnownKey 
         state: state.into(),
         created_at: k.created_at,
         expires_at: k.expires_at,
+        unknown_time: None,
     }
 }
 

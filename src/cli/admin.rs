@@ -1,0 +1,293 @@
+//! `rekey retry`, `rekey abandon` and `rekey rotate --wait`: the operator's
+//! ways out of a waiting or stuck rotation (DESIGN §1).
+//!
+//! `retry` and `abandon` are authenticated like `rotate` (the admin token,
+//! from `--token-file` or the config's `daemon.admin_token`) and go through
+//! the running daemon's endpoint (`POST /retry/{rotation}`,
+//! `POST /abandon/{rotation}`). `abandon -c FILE` also works with no daemon
+//! running: it opens the state DB itself (the single-instance lock tells
+//! the two cases apart) and deletes the rotation's unacknowledged next key
+//! through the provider, exactly as the daemon would.
+//!
+//! `rotate --wait` follows the rotations it started through `GET /status`
+//! until each has published everywhere (exit 0, printing when the old key
+//! will be deleted) — or with `--wait=completed` until the old key is
+//! deleted — and exits 1 when one fails, as `certbot renew` does.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::Method;
+use tokio::sync::{Notify, Semaphore};
+
+use super::{client_runtime, print_diagnostics, read_token_file};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config;
+use crate::metrics::Metrics;
+use crate::rotation::engine::{Backoff, Engine};
+use crate::secret::Secret;
+use crate::state::seal::Sealer;
+use crate::state::{Store, StoreError};
+use crate::status::client::{self, Client, Endpoint};
+use crate::status::{Command, CommandReply, StatusHandle};
+
+/// Where to reach the daemon and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Status endpoint (http://HOST:PORT or unix:/path); default: the
+    /// config's `daemon.listen` with -c, else http://127.0.0.1:9477.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The config: the admin token and endpoint come from its `[daemon]`
+    /// section (and `abandon` works offline with it when no daemon runs);
+    /// default $REKEY_CONFIG, as for every command.
+    #[arg(short, long, env = "REKEY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// How far `rekey rotate --wait` follows a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    /// Until every sink has the new key.
+    Published,
+    /// Until the old key is deleted too.
+    Completed,
+}
+
+fn load(config: &Option<PathBuf>) -> Result<Option<config::Config>> {
+    match config {
+        None => Ok(None),
+        Some(path) => match config::load(path) {
+            Ok((cfg, _warnings)) => Ok(Some(cfg)),
+            Err(diags) => {
+                print_diagnostics(&diags);
+                anyhow::bail!(
+                    "{} does not load; fix it or pass --token-file",
+                    path.display()
+                );
+            }
+        },
+    }
+}
+
+/// The endpoint and admin token, as `rekey rotate` finds them: with
+/// `daemon.admin_listen`, the admin socket (access to it is the
+/// authorization, no token is sent); else the listener and the token.
+fn connect(args: &AdminArgs, cfg: Option<&config::Config>) -> Result<(Client, Option<Secret>)> {
+    let admin_socket = match (&args.endpoint, cfg) {
+        (None, Some(cfg)) => cfg.daemon.admin_listen.clone(),
+        _ => None,
+    };
+    let endpoint = match (&args.endpoint, cfg, &admin_socket) {
+        (Some(e), _, _) => Endpoint::parse(e)?,
+        (None, _, Some(path)) => Endpoint::Unix(path.clone()),
+        (None, Some(cfg), None) => Endpoint::from_listen(&cfg.daemon.listen),
+        (None, None, None) => Endpoint::parse(client::DEFAULT_ENDPOINT)?,
+    };
+    let token = match (&args.token_file, cfg) {
+        (Some(file), _) => Some(read_token_file(file)?),
+        (None, Some(_)) if admin_socket.is_some() => None,
+        (None, Some(cfg)) => {
+            let Some(r) = &cfg.daemon.admin_token else {
+                anyhow::bail!(
+                    "{} sets no daemon.admin_token or admin_listen, so the daemon refuses commands; set one",
+                    cfg.path.display()
+                );
+            };
+            Some(
+                r.resolve_now()
+                    .with_context(|| format!("daemon.admin_token ({r})"))?,
+            )
+        }
+        (None, None) => {
+            anyhow::bail!("this command needs the admin token: pass --token-file FILE or -c CONFIG")
+        }
+    };
+    if token.is_some() && !endpoint.is_local() {
+        eprintln!(
+            "rekey: warning: sending the admin token over plain HTTP to {endpoint}, which is not loopback"
+        );
+    }
+    Ok((Client::new(endpoint), token))
+}
+
+/// `rekey retry ROTATION` / `rekey abandon ROTATION`: 0 when done, 1 when
+/// refused or unknown.
+pub fn command(command: Command, rotation: &str, args: &AdminArgs) -> Result<ExitCode> {
+    let cfg = load(&args.config)?;
+    if command == Command::Abandon
+        && let Some(cfg) = &cfg
+    {
+        match Store::open(&cfg.daemon.state) {
+            Ok(store) => return abandon_offline(cfg, store, rotation),
+            Err(StoreError::Locked { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (client, token) = connect(args, cfg.as_ref())?;
+    let path = format!("/{}/{}", command.as_str(), client::percent_encode(rotation));
+    let resp = match client_runtime()?.block_on(client.send(Method::POST, &path, token.as_ref())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rekey: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let reply: Option<CommandReply> = serde_json::from_slice(&resp.body).ok();
+    report(rotation, reply, Some(&resp.body))
+}
+
+fn report(rotation: &str, reply: Option<CommandReply>, body: Option<&[u8]>) -> Result<ExitCode> {
+    match reply {
+        Some(CommandReply::Accepted { message, .. }) => {
+            println!("rotation {rotation}: {message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(CommandReply::UnknownRotation { .. }) => {
+            eprintln!("rekey: no rotation {}", rotation.escape_debug());
+            Ok(ExitCode::from(1))
+        }
+        Some(CommandReply::Refused { message }) => {
+            eprintln!("rekey: refused: {}", message.escape_debug());
+            Ok(ExitCode::from(1))
+        }
+        None => {
+            let text = body.map(client::error_text).unwrap_or_default();
+            eprintln!("rekey: {}", text.escape_debug());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `rekey abandon -c FILE ROTATION` with no daemon running: the same
+/// engine call the daemon makes, over the state DB this process locked.
+fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result<ExitCode> {
+    let metrics = Metrics::new();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let rt = crate::daemon::build_runtime(Arc::new(cfg.clone()), &metrics, &clock)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let engine = Engine {
+        store: Arc::new(store),
+        clock: clock.clone(),
+        // Abandoning never opens a sealed secret (it wipes it): a lost or
+        // replaced seal key does not stand in the way.
+        sealer: Arc::new(Sealer::random()),
+        metrics,
+        status: StatusHandle::new(clock.now()),
+        wake_scheduler: Arc::new(Notify::new()),
+        wake_notify: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(1)),
+        backoff: Backoff::default(),
+    };
+    eprintln!(
+        "rekey: no daemon holds {}; abandoning offline",
+        cfg.daemon.state.display()
+    );
+    let reply = super::tokio_runtime()?.block_on(engine.abandon(&rt, rotation))?;
+    report(rotation, Some(reply), None)
+}
+
+/// Follow `rotations` (started by `rekey rotate`) until each reaches
+/// `until`; 0 on success, 1 when one fails or disappears.
+pub fn wait(
+    client: &Client,
+    policy: &str,
+    rotations: &[String],
+    until: WaitFor,
+) -> Result<ExitCode> {
+    let tty = std::io::stderr().is_terminal();
+    let rt = client_runtime()?;
+    let mut last: std::collections::HashMap<String, String> = Default::default();
+    let mut errors = 0u32;
+    let mut pending: Vec<String> = rotations.to_vec();
+    while !pending.is_empty() {
+        let snap = match rt.block_on(client.status()) {
+            Ok(s) => {
+                errors = 0;
+                s
+            }
+            Err(e) => {
+                errors += 1;
+                if errors > 15 {
+                    eprintln!("rekey: lost the daemon while waiting: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let Some(p) = snap.policies.iter().find(|p| p.name == policy) else {
+            eprintln!(
+                "rekey: policy {} is no longer in the daemon's status",
+                policy.escape_debug()
+            );
+            return Ok(ExitCode::from(1));
+        };
+        let mut still = Vec::new();
+        for id in &pending {
+            let Some((lineage, r)) = p.lineages.iter().find_map(|l| {
+                l.rotation
+                    .as_ref()
+                    .filter(|r| &r.id == id)
+                    .map(|r| (l.name.clone(), r.clone()))
+            }) else {
+                eprintln!(
+                    "rekey: rotation {id} is no longer reported (another rotation of its lineage followed it)"
+                );
+                return Ok(ExitCode::from(1));
+            };
+            if tty && last.get(id) != Some(&r.state) {
+                let extra = r
+                    .error
+                    .as_deref()
+                    .map(|e| format!(" (last error: {})", e.escape_debug()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "rotation {id} ({}): {}{extra}",
+                    lineage.escape_debug(),
+                    r.state
+                );
+            }
+            last.insert(id.clone(), r.state.clone());
+            match r.state.as_str() {
+                "failed" => {
+                    eprintln!(
+                        "rekey: rotation {id} failed: {}",
+                        r.error
+                            .as_deref()
+                            .unwrap_or("no error recorded")
+                            .escape_debug()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                "completed" => println!(
+                    "rotation {id} ({}): completed; the old key is deleted",
+                    lineage.escape_debug()
+                ),
+                "published" | "retiring" if until == WaitFor::Published => {
+                    let when = r
+                        .retire_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "after its grace period".into());
+                    println!(
+                        "rotation {id} ({}): the new key is published to every sink; the old key will be deleted at {when}",
+                        lineage.escape_debug()
+                    );
+                }
+                _ => still.push(id.clone()),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

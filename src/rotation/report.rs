@@ -1,0 +1,300 @@
+//! What the engine publishes about each policy (the status snapshot) and
+//! the operator commands it answers (`rotate`, `retry`, `abandon`).
+//!
+//! These are domain types: the engine builds them from the store and the
+//! health rule ([`super::health`]); `src/status/` serves and renders them
+//! and never computes them.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use super::health::{Condition, Health};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// The lineage's newest live key that is not retiring.
+    Current,
+    /// Created by an unfinished rotation, not yet published everywhere.
+    Pending,
+    /// Old key in its grace period.
+    Retiring,
+    /// Left for a human (provider cannot delete).
+    Retired,
+    /// An older live key rekey is not retiring; left alone.
+    Stale,
+    /// Looks generated (its name parses through `name_template`) but no
+    /// rotation in the store produced it: never current, never deleted.
+    Unrecognised,
+    /// Its lineage name is outside the safe alphabet: never rotated or
+    /// published; the name is shown escaped.
+    UnsafeName,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    pub id: String,
+    pub name: String,
+    pub lineage: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub state: KeyState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRotation {
+    pub id: String,
+    pub lineage: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineageStatus {
+    pub name: String,
+    pub health: Health,
+    pub current_key: Option<String>,
+    /// The planner's reason, or the deciding stuck condition when the
+    /// lineage is failing or expired.
+    pub reason: String,
+    pub message: String,
+    pub rotate_at: Option<DateTime<Utc>>,
+    /// Every stuck condition that holds (DESIGN §4), e.g. `step_failing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The lineage's latest rotation (unfinished, or the last to finish):
+    /// what `rekey rotate --wait` follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSummary>,
+}
+
+/// One rotation as `status` shows it (no key material, no sealed data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotationSummary {
+    pub id: String,
+    /// `planned`, `created`, `published`, `retiring`, `completed`, `failed`.
+    pub state: String,
+    pub new_key: Option<String>,
+    pub old_key: Option<String>,
+    /// Failed tries of the step it is on.
+    pub failures: u32,
+    pub error: Option<String>,
+    /// When the engine acts next (backoff, grace deadline).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the old key is deleted (set once published).
+    pub retire_at: Option<DateTime<Utc>>,
+    pub revoke_old_immediately: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub provider: String,
+    pub mode: String,
+    pub health: Health,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub last_check_at: Option<DateTime<Utc>>,
+    pub keys: Vec<KeyStatus>,
+    pub lineages: Vec<LineageStatus>,
+    pub last_rotation: Option<LastRotation>,
+    /// Why the policy is misconfigured/failing, when it is.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    /// Each policy behind its own `Arc`: replacing one policy's entry
+    /// copies pointers, not every key of every policy.
+    pub policies: Vec<Arc<PolicyStatus>>,
+    /// Which daemon this is, so `rekey status` names the instance it
+    /// reached (absent from daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+}
+
+/// A running daemon's identity: its config file, state and host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub config: String,
+    pub state: String,
+    pub host: String,
+}
+
+impl Instance {
+    /// This process's identity for `config` and `state`.
+    pub fn new(config: &std::path::Path, state: &std::path::Path) -> Self {
+        let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+        Instance {
+            config: config.display().to_string(),
+            state: state.display().to_string(),
+            host: hostname(),
+        }
+    }
+}
+
+/// The host name (`uname -n`), or `localhost` if it cannot be read.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The engine writes, the endpoint reads; readers never wait.
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<ArcSwap<Snapshot>>);
+
+impl StatusHandle {
+    pub fn new(started_at: DateTime<Utc>) -> Self {
+        StatusHandle(Arc::new(ArcSwap::from_pointee(Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at,
+            policies: Vec::new(),
+            instance: None,
+        })))
+    }
+
+    /// Name the instance in every snapshot from now on.
+    pub fn set_instance(&self, instance: Instance) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            next.instance = Some(instance.clone());
+            next
+        });
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, s: Snapshot) {
+        self.0.store(Arc::new(s))
+    }
+
+    /// Replace (or add) one policy's entry.
+    pub fn update_policy(&self, p: PolicyStatus) {
+        let p = Arc::new(p);
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            match next.policies.iter_mut().find(|x| x.name == p.name) {
+                Some(slot) => *slot = p.clone(),
+                None => next.policies.push(p.clone()),
+            }
+            next
+        });
+    }
+
+    /// Keep only the named policies (after a reload removed some).
+    pub fn retain_policies(&self, names: &[String]) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            next.policies.retain(|p| names.contains(&p.name));
+            next.policies
+                .sort_by_key(|p| names.iter().position(|n| *n == p.name));
+            next
+        });
+    }
+}
+
+/// `POST /rotate/{policy}` as a message to the daemon.
+#[derive(Debug)]
+pub struct RotateRequest {
+    pub policy: String,
+    pub lineage: Option<String>,
+    pub revoke_old_immediately: bool,
+    pub reply: oneshot::Sender<RotateReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RotateReply {
+    /// 202: rotations started (ids) or, for a rotation already past
+    /// publishing, its old key's grace cut short.
+    Accepted {
+        rotations: Vec<String>,
+        message: String,
+    },
+    /// 404
+    UnknownPolicy,
+    /// 404
+    UnknownLineage { lineage: String },
+    /// 409
+    AlreadyRunning { rotations: Vec<String> },
+    /// 409: observe-mode or misconfigured policies change nothing.
+    Refused { message: String },
+}
+
+/// One line for logs (never Rust `Debug`): `accepted (ids): message`.
+impl std::fmt::Display for RotateReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RotateReply::Accepted { rotations, message } => {
+                write!(f, "accepted ({}): {message}", rotations.join(", "))
+            }
+            RotateReply::UnknownPolicy => f.write_str("unknown policy"),
+            RotateReply::UnknownLineage { lineage } => write!(f, "unknown lineage {lineage:?}"),
+            RotateReply::AlreadyRunning { rotations } => {
+                write!(f, "already running ({})", rotations.join(", "))
+            }
+            RotateReply::Refused { message } => write!(f, "refused: {message}"),
+        }
+    }
+}
+
+pub type RotateSender = mpsc::Sender<RotateRequest>;
+
+/// What an operator asks of one rotation (`rekey retry`, `rekey abandon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Run the step it waits for now (skip the backoff; a failed rotation
+    /// that can be resumed is resumed).
+    Retry,
+    /// End it as `failed` (reason `abandoned`): the old key stays; its next
+    /// key is deleted when rekey created it and no sink acknowledged it.
+    Abandon,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Retry => "retry",
+            Command::Abandon => "abandon",
+        }
+    }
+}
+
+/// `POST /retry/{rotation}` or `POST /abandon/{rotation}` as a message to
+/// the daemon.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub command: Command,
+    pub rotation: String,
+    pub reply: oneshot::Sender<CommandReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandReply {
+    /// 202
+    Accepted { rotation: String, message: String },
+    /// 404
+    UnknownRotation { rotation: String },
+    /// 409: the rotation is finished, or the command does not apply.
+    Refused { message: String },
+}
+
+pub type CommandSender = mpsc::Sender<CommandRequest>;

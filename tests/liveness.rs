@@ -1,0 +1,515 @@
+//! Liveness and honest health with the real binary: a failure that lasts
+//! costs bounded calls, log lines and CPU time (measured as the process's
+//! own CPU time from /proc, never as wall-clock thresholds); a lost seal
+//! key refuses start and `rekey abandon` works offline; `rekey rotate
+//! --wait` and `rekey retry` drive a rotation from the command line.
+
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use rekey::emulator::oceanbase::{Faults, ForcedFault, Operation};
+use rekey::state::RotationState;
+
+use crate::e2e::{Env, tail, terminate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rekey");
+
+/// User + system CPU time the process has used so far (proc(5): fields 14
+/// and 15 of /proc/PID/stat, in clock ticks).
+fn cpu_time(child: &Child) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // The command name (field 2) may hold spaces; fields follow its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+fn lines_with(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Let a failure go on for `span` after `started`; return the CPU time the
+/// daemon used in that span.
+async fn cpu_over(child: &Child, span: Duration) -> Duration {
+    let before = cpu_time(child);
+    tokio::time::sleep(span).await;
+    cpu_time(child) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_failing_costs_bounded_tries_log_lines_and_cpu() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("later/{lineage}.env", "max_attempts = 100");
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the next key to be created", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|r| r.state == RotationState::Created && r.failures > 0)
+    })
+    .await;
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(8)).await;
+    let r = env.rotations()[0].clone();
+    let acks = env.store().unwrap().sink_acks(&r.id).unwrap();
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    assert_eq!(terminate(&mut d), 0);
+    // 100 ms doubling (jittered): about 7 tries in 8 s, not thousands.
+    assert!(acks[0].attempts <= 15, "{} sink tries", acks[0].attempts);
+    assert!(
+        lines_with(&new_lines, "WARN") + lines_with(&new_lines, "ERROR") <= 30,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 8 s");
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_keeps_failing_costs_bounded_calls_log_lines_and_cpu() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    env.emu
+        .set_faults(Faults {
+            force: vec![ForcedFault {
+                operation: Operation::Delete,
+                status: 403,
+                count: 10_000,
+                style: Default::default(),
+                code: Some("AccessDenied".into()),
+                message: Some("may not delete".into()),
+                retry_after: None,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let cfg = env.config("keys/{lineage}.env", "");
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the first failed delete", Duration::from_secs(60), |e| {
+        e.emu.stats().delete.requests > 0
+    })
+    .await;
+    let deletes = env.emu.stats().delete.requests;
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(8)).await;
+    let deletes = env.emu.stats().delete.requests - deletes;
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    let status: serde_json::Value = {
+        let ep = log
+            .lines()
+            .find(|l| l.contains("rekey ready"))
+            .and_then(|l| l.split("endpoint=").nth(1))
+            .map(|s| {
+                s.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .unwrap();
+        reqwest::get(format!("{ep}/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    assert_eq!(terminate(&mut d), 0);
+    assert!(deletes <= 12, "{deletes} deletes in 8 s");
+    assert!(
+        lines_with(&new_lines, "WARN") + lines_with(&new_lines, "ERROR") <= 30,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 8 s");
+    let lineage = &status["policies"][0]["lineages"][0];
+    assert_eq!(lineage["health"], "failing", "{status:#}");
+    assert_eq!(lineage["reason"], "retire_failing", "{status:#}");
+    let events = env.store().unwrap().events_after(0, 1000).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "retire.failing").count(),
+        1,
+        "once per condition"
+    );
+}
+
+fn run_cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("later/{lineage}.env", "max_attempts = 2");
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "a rotation failed after create",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Failed && r.created_at.is_some())
+        },
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let r = env.rotations()[0].clone();
+    assert_eq!(env.emu.keys().len(), 2);
+    std::fs::remove_file(env.path("state.db.key")).unwrap();
+    let out = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains(&r.id) && err.contains("rekey abandon"),
+        "{err}"
+    );
+    assert!(!env.path("state.db.key").exists(), "no silent replacement");
+    // Offline abandon: deletes the key no sink acknowledged.
+    let out = run_cli(&["abandon", "-c", cfg.to_str().unwrap(), &r.id]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = env.emu.keys().into_iter().map(|k| k.name).collect();
+    assert_eq!(names, ["app-0"]);
+    // Now it starts (a fresh seal key) and rotates again.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("a new rotation to publish", Duration::from_secs(60), |e| {
+        e.rotations()
+            .iter()
+            .any(|x| x.id != r.id && x.published_at.is_some())
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
+    let env = Env::new().await;
+    // A fresh key: nothing rotates until asked.
+    env.emu.insert_key(
+        "app-0",
+        chrono::Utc::now() - chrono::Duration::days(1),
+        Some(chrono::Utc::now() + chrono::Duration::days(29)),
+    );
+    std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
+    let cfg = env.config(
+        "later/{lineage}.env",
+        "max_attempts = 100\ngrace_period = \"1h\"",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "shutdown_timeout = \"10s\"",
+        &format!(
+            "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
+            env.path("token").display()
+        ),
+    );
+    let text = text.replace("grace_period = \"2s\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("ready", Duration::from_secs(30), |e| {
+        e.log().contains("rekey ready")
+    })
+    .await;
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let ep = endpoint(&env);
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        let out = run_cli(&["rotate", "-c", &cfg_s, "--endpoint", &ep, "--wait", "maas"]);
+        (out, started.elapsed())
+    });
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !env.rotations().iter().any(|r| r.failures >= 3) {
+        if waiter.is_finished() {
+            let (out, _) = waiter.join().unwrap();
+            panic!(
+                "rotate --wait ended early: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < limit,
+            "the sink never failed\n{}",
+            tail(&env.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = env.rotations()[0].clone();
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let out = run_cli(&[
+        "retry",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--endpoint",
+        &endpoint(&env),
+        &r.id,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, _) = waiter.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&env.log(), 30)
+    );
+    assert!(stdout.contains("published to every sink"), "{stdout}");
+    assert!(stdout.contains("old key will be deleted at"), "{stdout}");
+    // Abandoning a published rotation is refused.
+    let out = run_cli(&[
+        "abandon",
+        "--token-file",
+        env.path("token").to_str().unwrap(),
+        "--endpoint",
+        &endpoint(&env),
+        &r.id,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(terminate(&mut d), 0);
+}
+
+fn endpoint(env: &Env) -> String {
+    env.log()
+        .lines()
+        .find(|l| l.contains("rekey ready"))
+        .and_then(|l| l.split("endpoint=").nth(1))
+        .map(|s| {
+            s.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+    use crate::support::receiver::{WebhookReceiver, random_whsec};
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let whsec = random_whsec();
+    let receiver = WebhookReceiver::start(&[&whsec]).await;
+    std::fs::write(env.path("whsec"), &whsec).unwrap();
+    let cfg = env.config("keys/{lineage}.env", "max_attempts = 100");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("[sinks.files]").unwrap();
+    let end = text.find("[[policy]]").unwrap();
+    let text = format!(
+        "{}[sinks.files]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = {{ file = \"{}\" }}\n\n{}",
+        &text[..start],
+        receiver.url,
+        env.path("whsec").display(),
+        &text[end..]
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // Every commit of a sink's acknowledgement fails, as on a full disk.
+    let mut d = env.spawn(&cfg, Some("error@record_sink_ack"));
+    receiver.wait_for(1).await;
+    let posts = receiver.received().len();
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(8)).await;
+    let posts = receiver.received().len() - posts;
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    assert_eq!(terminate(&mut d), 0);
+    // 1 s doubling to 5 min: 1+2+4 s fit in 8 s, not 1,200 a second.
+    assert!(
+        posts <= 5,
+        "{posts} signed POSTs carrying the secret in 8 s"
+    );
+    assert!(
+        lines_with(&new_lines, "ERROR") <= 6,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 8 s");
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_policy_was_absent_resumes_when_a_reload_brings_it_back() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    env.emu.insert_key(
+        "svc-a",
+        chrono::Utc::now() - chrono::Duration::days(1),
+        Some(chrono::Utc::now() + chrono::Duration::days(29)),
+    );
+    let cfg = env.config("later/{lineage}.env", "max_attempts = 100");
+    let with_policy = std::fs::read_to_string(&cfg).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "a rotation waiting on its sink",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Created && r.failures > 0)
+        },
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    // Restart with the policy gone (another policy keeps the daemon busy).
+    let start = with_policy.find("[[policy]]").unwrap();
+    let other = format!(
+        "{}[[policy]]\nname = \"svc\"\nprovider = \"ob\"\nmatch = \"svc-*\"\nschedule = \"0 0 * * * *\"\nrotate_before_expiry = \"7d\"\nsinks = [\"files\"]\ncreate = {{ action = \"read\" }}\n",
+        &with_policy[..start]
+    );
+    std::fs::write(&cfg, &other).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "the orphaned rotation to be noticed",
+        Duration::from_secs(30),
+        |e| e.log().contains("it resumes when the policy returns"),
+    )
+    .await;
+    // The policy comes back with a schedule change for `svc`; the sink works now.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let back = with_policy.clone()
+        + "\n[[policy]]\nname = \"svc\"\nprovider = \"ob\"\nmatch = \"svc-*\"\nschedule = \"0 30 * * * *\"\nrotate_before_expiry = \"7d\"\nsinks = [\"files\"]\ncreate = { action = \"read\" }\n";
+    std::fs::write(&cfg, back).unwrap();
+    unsafe {
+        libc::kill(d.id() as i32, libc::SIGHUP);
+    }
+    env.wait_for(
+        "the rotation to publish after the reload",
+        Duration::from_secs(30),
+        |e| e.rotations().iter().any(|r| r.published_at.is_some()),
+    )
+    .await;
+    // The changed schedule's next check is what status shows.
+    let next = env
+        .store()
+        .unwrap()
+        .policy_state("svc")
+        .unwrap()
+        .unwrap()
+        .next_check_at
+        .unwrap();
+    assert_eq!(next.format("%M:%S").to_string(), "30:00", "{next}");
+    assert_eq!(terminate(&mut d), 0);
+}
+
+/// libfaketime's preload library, when Debian's `faketime` is installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    crate::support::require_tool("faketime", "wall-clock jumps under libfaketime")?;
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_checks() {
+    let Some(lib) = libfaketime() else { return };
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("keys/{lineage}.env", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("grace_period = \"2s\"", "grace_period = \"1h\"");
+    std::fs::write(&cfg, text).unwrap();
+    let offset = env.path("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let mut d = Command::new(BIN)
+        .args(["--log-level", "rekey=debug,info", "run", "-c"])
+        .arg(&cfg)
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        // Only the wall clock is faked: the boot clock is the real one.
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.wait_for(
+        "the new key to be published",
+        Duration::from_secs(60),
+        |e| {
+            e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Retiring)
+        },
+    )
+    .await;
+    // +1 day on the wall clock: the grace (1 h) must not end.
+    std::fs::write(&offset, "+1d\n").unwrap();
+    env.wait_for(
+        "the daemon to notice the step",
+        Duration::from_secs(30),
+        |e| e.log().contains("the wall clock stepped"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.emu.keys().iter().any(|k| k.name == "app-0"),
+        "old key deleted after a wall-clock jump\n{}",
+        tail(&env.log(), 30)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    // −1 day: checks (every second) go on.
+    std::fs::write(&offset, "-1d\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let checks = lines_with(&env.log(), "check done");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        lines_with(&env.log(), "check done") >= checks + 2,
+        "checks stalled after a backward jump\n{}",
+        tail(&env.log(), 30)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    assert_eq!(terminate(&mut d), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_lags_behind_create_spends_no_attempts() {
+    let env = Env::with(rekey::emulator::oceanbase::OceanBaseEmulatorOptions {
+        list_delay: Duration::from_secs(8),
+        ..Default::default()
+    })
+    .await;
+    env.seed(1, 1);
+    // Two attempts would be spent in well under a second at 100 ms backoff.
+    let cfg = env.config("keys/{lineage}.env", "max_attempts = 2");
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the rotation to publish", Duration::from_secs(60), |e| {
+        e.rotations().iter().any(|r| r.published_at.is_some())
+            || e.rotations()
+                .iter()
+                .any(|r| r.state == RotationState::Failed)
+    })
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+    let r = env.rotations()[0].clone();
+    assert!(r.published_at.is_some(), "{:?} {:?}", r.state, r.error);
+    assert_eq!(env.rotations().len(), 1, "one rotation, one key");
+}
