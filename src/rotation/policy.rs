@@ -324,7 +324,7 @@ pub fn effective_lead(policy: &PolicyConfig, key: &ProviderKey) -> Option<Chrono
 
 fn human(d: ChronoDuration) -> String {
     let secs = d.num_seconds().max(0) as u64;
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    crate::clock::human(std::time::Duration::from_secs(secs))
 }
 
 /// The decision chain for one lineage's current key.
