@@ -863,6 +863,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 pass_env: Vec::new(),
+                field: None,
             },
         )
     }
