@@ -1,5 +1,12 @@
 //! Commands (DESIGN §1). Each command is a function returning the process
 //! exit code; `anyhow` is used here and in `main` only.
+//!
+//! Conventions every command keeps: `-c/--config FILE` defaults to
+//! `$REKEY_CONFIG`, else `/etc/rekey/rekey.toml`; `--endpoint` overrides the
+//! config's `daemon.listen`; `--credentials-dir DIR` stands in for
+//! `$CREDENTIALS_DIRECTORY` by hand; commands that only read (`status`,
+//! `history`) resolve no secret; durations print one way
+//! ([`crate::clock::human`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,8 +42,39 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `rekey=debug`); default `$RUST_LOG` or `info`.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// Where `{ credential = "NAME" }` references are read from when run by
+    /// hand (systemd sets $CREDENTIALS_DIRECTORY for the service), e.g.
+    /// /etc/rekey/credentials.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The config file, for the commands that read one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(short, long, env = "REKEY_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// What `plan` and `status` show: a filter and a shape.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Only this policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Only this lineage (of every shown policy).
+    #[arg(long)]
+    pub lineage: Option<String>,
+    /// Only what needs action: lineages due for rotation, policies that are
+    /// misconfigured or unhealthy.
+    #[arg(long)]
+    pub due: bool,
+    /// One line per policy.
+    #[arg(long)]
+    pub summary: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,27 +88,44 @@ pub enum Command {
     },
     /// Run the daemon in the foreground (what systemd runs).
     Run {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Validate the config and its secret references; never calls a provider.
+    /// Validate everything `run` validates before serving: the config, its
+    /// secret references and their values' form, the state directory and
+    /// the file sinks' directories. Never calls a provider.
     Check {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Check everything but the secrets' values (for a root shell
+        /// without the service's credentials or environment).
+        #[arg(long)]
+        no_secrets: bool,
     },
-    /// Dry run: list keys per policy and say what would rotate or be deleted.
+    /// Dry run: list keys per policy and say what would rotate or be
+    /// deleted. Exit 0: nothing to do; 2: something is due or
+    /// misconfigured; 1: an error.
     Plan {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Ask a running daemon how it is.
     Status {
-        /// Status endpoint (http://127.0.0.1:9477 or unix:/path).
-        #[arg(long, default_value = "http://127.0.0.1:9477")]
-        endpoint: String,
+        /// Status endpoint (http://HOST:PORT or unix:/path); default: the
+        /// config's `daemon.listen`, else http://127.0.0.1:9477.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Read the endpoint from this config (default $REKEY_CONFIG, else
+        /// /etc/rekey/rekey.toml when it exists). No secret is resolved.
+        #[arg(short, long, env = "REKEY_CONFIG")]
+        config: Option<PathBuf>,
         /// Print the JSON document as served.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Ask a running daemon to rotate a policy now.
     Rotate {
@@ -86,8 +141,10 @@ pub enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Read the admin token (and the endpoint) from this config's
-        /// `[daemon]` section.
-        #[arg(short, long)]
+        /// `[daemon]` section (default $REKEY_CONFIG, else /etc/rekey/rekey.toml
+        /// when it exists and no --endpoint is given); only the admin token
+        /// is resolved (see --credentials-dir).
+        #[arg(short, long, env = "REKEY_CONFIG")]
         config: Option<PathBuf>,
         /// For a leaked key: delete the old key as soon as every sink has the new one.
         #[arg(long)]
@@ -117,8 +174,8 @@ pub enum Command {
     /// backup: a generated key becomes current only where a readable sink
     /// (file, Vault) proves it holds that key. Run with the daemon stopped.
     Recover {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Only this policy.
         #[arg(long)]
         policy: Option<String>,
@@ -126,11 +183,11 @@ pub enum Command {
         #[arg(long)]
         lineage: Option<String>,
     },
-    /// Rotation history from the state DB.
+    /// Rotation history from the state DB (no secret is resolved).
     History {
         policy: Option<String>,
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// How many rotations to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -143,6 +200,11 @@ pub enum Command {
         #[command(subcommand)]
         provider: EmulateCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this command line.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,12 +346,22 @@ impl OceanBaseEmulateArgs {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(dir) = &cli.credentials_dir {
+        // Before any thread starts: every `{ credential = … }` resolution,
+        // here and in the daemon, reads this variable.
+        // SAFETY: single-threaded at this point (no runtime yet).
+        unsafe {
+            std::env::set_var("CREDENTIALS_DIRECTORY", dir);
+        }
+    }
     if matches!(
         cli.command,
         Command::Check { .. }
             | Command::Plan { .. }
             | Command::History { .. }
             | Command::Status { .. }
+            | Command::Completions { .. }
+            | Command::Man
     ) {
         // One-shot commands piped into `head` should end quietly, as
         // Unix tools do; the daemon keeps SIGPIPE ignored so a broken log
@@ -300,21 +372,36 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Check { config } => Ok(check(&config)),
-        Command::Run { config } => run_daemon(&config),
-        Command::Plan { config } => plan(&config),
+        Command::Check { config, no_secrets } => Ok(check(&config.config, no_secrets)),
+        Command::Run { config } => run_daemon(&config.config),
+        Command::Plan { config, filter } => plan(&config.config, &filter),
         Command::History {
             policy,
             config,
             limit,
             json,
-        } => history(&config, policy.as_deref(), limit, json),
-        Command::Status { endpoint, json } => status(&endpoint, json),
+        } => history(&config.config, policy.as_deref(), limit, json),
         Command::Recover {
             config,
             policy,
             lineage,
-        } => recover(&config, policy.as_deref(), lineage.as_deref()),
+        } => recover(&config.config, policy.as_deref(), lineage.as_deref()),
+        Command::Status {
+            endpoint,
+            config,
+            json,
+            filter,
+        } => status(endpoint.as_deref(), config.as_deref(), json, &filter),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "rekey", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            man_page(cmd, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rotate {
             policy,
             lineage,
@@ -392,7 +479,17 @@ fn run_daemon(path: &Path) -> Result<ExitCode> {
 }
 
 fn load_or_exit(path: &Path) -> Result<config::Config, ExitCode> {
-    match config::load(path) {
+    load_or_exit_with(
+        path,
+        config::LoadOptions {
+            resolve_secrets: true,
+            ..config::LoadOptions::FILE_ONLY
+        },
+    )
+}
+
+fn load_or_exit_with(path: &Path, opts: config::LoadOptions) -> Result<config::Config, ExitCode> {
+    match config::load_with(path, opts) {
         Ok((cfg, warnings)) => {
             print_diagnostics(&warnings);
             Ok(cfg)
@@ -404,19 +501,14 @@ fn load_or_exit(path: &Path) -> Result<config::Config, ExitCode> {
     }
 }
 
+/// A signed span for tables: `6d 23h`, or `-1m 30s` in the past.
 fn human_delta(d: chrono::Duration) -> String {
-    let neg = d < chrono::Duration::zero();
-    let secs = d.num_seconds().unsigned_abs();
-    let s = if secs >= 86400 {
-        format!("{}d{}h", secs / 86400, (secs % 86400) / 3600)
-    } else if secs >= 3600 {
-        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
-    } else if secs >= 60 {
-        format!("{}m{}s", secs / 60, secs % 60)
+    let s = crate::clock::human_delta(d);
+    if d < chrono::Duration::zero() {
+        format!("-{s}")
     } else {
-        format!("{secs}s")
-    };
-    if neg { format!("-{s}") } else { s }
+        s
+    }
 }
 
 /// `rekey plan`: list and decide, change nothing (no provider mutation,
@@ -430,13 +522,27 @@ macro_rules! outln {
     };
 }
 
-fn plan(path: &Path) -> Result<ExitCode> {
+fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
     use crate::rotation::policy;
     use crate::state::Store;
     let cfg = match load_or_exit(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    if let Some(name) = &filter.policy
+        && cfg.policy(name).is_none()
+    {
+        let names: Vec<&str> = cfg.policies.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "rekey: no policy {name:?} in {} (policies: {})",
+            path.display(),
+            names.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    // Exit 2 when anything is due or misconfigured (like `terraform plan
+    // -detailed-exitcode`), 1 on an error, 0 when there is nothing to do.
+    let mut actionable = false;
     let metrics = crate::metrics::Metrics::new();
     let rt = tokio_runtime()?;
     let store = if cfg.daemon.state.exists() {
@@ -455,6 +561,9 @@ fn plan(path: &Path) -> Result<ExitCode> {
     let now = chrono::Utc::now();
     let mut failed = false;
     for p in &cfg.policies {
+        if filter.policy.as_ref().is_some_and(|f| *f != p.name) {
+            continue;
+        }
         let Some(pc) = cfg.providers.get(&p.provider) else {
             continue;
         };
@@ -502,6 +611,35 @@ fn plan(path: &Path) -> Result<ExitCode> {
             config::Mode::Observe => "observe",
             config::Mode::Rotate => "rotate",
         };
+        let due = plan.lineages.iter().filter(|l| l.decision.rotate).count();
+        if plan.misconfigured.is_some() || due > 0 {
+            actionable = true;
+        }
+        if filter.summary {
+            let next = plan
+                .lineages
+                .iter()
+                .filter(|l| !l.decision.rotate)
+                .filter_map(|l| l.decision.rotate_at)
+                .min()
+                .map(|t| format!(", next rotation in {}", human_delta(t - now)))
+                .unwrap_or_default();
+            outln!(
+                "{:<24} {:<13} {} lineage(s), {due} due{next}{}",
+                p.name,
+                plan.health.as_str(),
+                plan.lineages.len(),
+                if plan.misconfigured.is_some() {
+                    ", misconfigured"
+                } else {
+                    ""
+                }
+            );
+            continue;
+        }
+        if filter.due && plan.misconfigured.is_none() && due == 0 {
+            continue;
+        }
         outln!(
             "policy {} (provider {}, mode {mode}, match {:?}): {}",
             p.name,
@@ -516,6 +654,11 @@ fn plan(path: &Path) -> Result<ExitCode> {
             outln!("  no keys match");
         }
         for l in &plan.lineages {
+            if filter.lineage.as_ref().is_some_and(|f| *f != l.name)
+                || (filter.due && !l.decision.rotate)
+            {
+                continue;
+            }
             let action = if l.decision.rotate {
                 "ROTATE NOW"
             } else if l.decision.reason == policy::Reason::InProgress {
@@ -538,13 +681,19 @@ fn plan(path: &Path) -> Result<ExitCode> {
                 let exp = k
                     .key
                     .expires_at
-                    .map(|e| human_delta(e - now))
+                    .map(|e| {
+                        if e > now {
+                            format!("in {}", crate::clock::human_delta(e - now))
+                        } else {
+                            format!("{} ago", crate::clock::human_delta(e - now))
+                        }
+                    })
                     .unwrap_or_else(|| "never".into());
                 let lead = policy::effective_lead(p, &k.key)
                     .map(|l| format!(" lead {}", human_delta(l)))
                     .unwrap_or_default();
                 outln!(
-                    "    {:<10} {:<40} id {:<24} age {:<8} expires in {:<9}{lead}",
+                    "    {:<10} {:<40} id {:<24} age {:<8} expires {:<12}{lead}",
                     serde_json::to_value(st)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
@@ -583,7 +732,7 @@ fn plan(path: &Path) -> Result<ExitCode> {
             }
             if l.decision.rotate && p.mode == config::Mode::Rotate {
                 let example = p.name_template.render(&l.name, &p.name, "xxxxxxxx", 1, now);
-                let grace = humantime::format_duration(p.grace_period);
+                let grace = crate::clock::human(p.grace_period);
                 match &l.current {
                     Some(c) => outln!(
                         "    would create {example}, publish it to {}, then delete {} ({}) {grace} after publishing",
@@ -612,12 +761,13 @@ fn plan(path: &Path) -> Result<ExitCode> {
     }
     Ok(if failed {
         ExitCode::from(1)
+    } else if actionable {
+        ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// `rekey history`: rotations from the state DB (read-only).
 /// `rekey recover`: see `rotation::recovery`. Exit 0 when every lineage
 /// with unrecognised keys was recovered (or there was none), 1 when some
 /// lineage could not be proven (reported, nothing changed for it).
@@ -682,8 +832,11 @@ fn recover(path: &Path, policy: Option<&str>, lineage: Option<&str>) -> Result<E
     })
 }
 
+/// `rekey history`: rotations from the state DB (read-only; no secret is
+/// resolved, so it works from a root shell with `{ credential = … }`
+/// references).
 fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Result<ExitCode> {
-    let cfg = match load_or_exit(path) {
+    let cfg = match load_or_exit_with(path, config::LoadOptions::FILE_ONLY) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -786,14 +939,117 @@ fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `rekey status` asks: `--endpoint`, else the config's
+/// `daemon.listen` (`-c`, `$REKEY_CONFIG`, or the default config when it
+/// exists), else the default endpoint. Returns the endpoint and the config
+/// it came from.
+fn status_endpoint(
+    endpoint: Option<&str>,
+    config_path: Option<&Path>,
+) -> Result<(Endpoint, Option<PathBuf>), ExitCode> {
+    if let Some(e) = endpoint {
+        return Endpoint::parse(e).map(|e| (e, None)).map_err(|e| {
+            eprintln!("rekey: {e}");
+            ExitCode::from(1)
+        });
+    }
+    let path = match config_path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(config::DEFAULT_CONFIG)).filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => {
+            let cfg = load_or_exit_with(&p, config::LoadOptions::FILE_ONLY)?;
+            Ok((Endpoint::from_listen(&cfg.daemon.listen), Some(p)))
+        }
+        None => Endpoint::parse(client::DEFAULT_ENDPOINT)
+            .map(|e| (e, None))
+            .map_err(|e| {
+                eprintln!("rekey: {e}");
+                ExitCode::from(1)
+            }),
+    }
+}
+
+/// Keep what `filter` asks for (policy, lineage, `--due`).
+fn filter_snapshot(snapshot: &mut crate::status::Snapshot, filter: &Filter) {
+    use crate::status::{Health, PolicyStatus};
+    snapshot
+        .policies
+        .retain(|p| filter.policy.as_ref().is_none_or(|f| *f == p.name));
+    for p in snapshot.policies.iter_mut() {
+        if filter.lineage.is_none() && !filter.due {
+            continue;
+        }
+        let mut q: PolicyStatus = (**p).clone();
+        q.lineages.retain(|l| {
+            filter.lineage.as_ref().is_none_or(|f| *f == l.name)
+                && (!filter.due || l.health != Health::Ok)
+        });
+        q.keys
+            .retain(|k| q.lineages.iter().any(|l| l.name == k.lineage));
+        *p = std::sync::Arc::new(q);
+    }
+    if filter.due {
+        snapshot
+            .policies
+            .retain(|p| p.health != Health::Ok || !p.lineages.is_empty());
+    }
+    if filter.lineage.is_some() {
+        snapshot.policies.retain(|p| !p.lineages.is_empty());
+    }
+}
+
+/// `rekey status --summary`: one line per policy.
+fn status_summary(snapshot: &crate::status::Snapshot) -> String {
+    use crate::status::Health;
+    let mut out = String::new();
+    for p in &snapshot.policies {
+        let count = |h: Health| p.lineages.iter().filter(|l| l.health == h).count();
+        let mut parts = vec![format!("{} lineage(s)", p.lineages.len())];
+        for h in [
+            Health::Rotating,
+            Health::Due,
+            Health::Failing,
+            Health::Expired,
+            Health::Misconfigured,
+        ] {
+            let n = count(h);
+            if n > 0 {
+                parts.push(format!("{n} {}", h.as_str()));
+            }
+        }
+        out.push_str(&format!(
+            "{:<24} {:<13} {}\n",
+            crate::logging::escape(&p.name),
+            p.health.as_str(),
+            parts.join(", ")
+        ));
+    }
+    out
+}
+
 /// `rekey status`: 0 when every policy is `ok` or `rotating`, 1 when any is
 /// not or the daemon cannot be reached.
-fn status(endpoint: &str, json: bool) -> Result<ExitCode> {
-    let client = Client::new(Endpoint::parse(endpoint)?);
+fn status(
+    endpoint: Option<&str>,
+    config_path: Option<&Path>,
+    json: bool,
+    filter: &Filter,
+) -> Result<ExitCode> {
+    let (endpoint, from_config) = match status_endpoint(endpoint, config_path) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    let shown = endpoint.to_string();
+    let client = Client::new(endpoint);
     let body = match client_runtime()?.block_on(client.status_raw()) {
         Ok(body) => body,
         Err(e) => {
             eprintln!("rekey: {e}");
+            if let Some(p) = &from_config {
+                eprintln!("  (endpoint from daemon.listen in {})", p.display());
+            }
             return Ok(ExitCode::from(1));
         }
     };
@@ -804,13 +1060,24 @@ fn status(endpoint: &str, json: bool) -> Result<ExitCode> {
             println!();
         }
     }
-    let snapshot = match snapshot {
+    let mut snapshot = match snapshot {
         Ok(s) => s,
         Err(reason) => {
-            eprintln!("rekey: unexpected answer from rekey at {endpoint}: {reason}");
+            eprintln!("rekey: unexpected answer from rekey at {shown}: {reason}");
             return Ok(ExitCode::from(1));
         }
     };
+    if let (Some(p), Some(i)) = (&from_config, &snapshot.instance) {
+        let ours = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        if Path::new(&i.config) != ours {
+            eprintln!(
+                "rekey: warning: the daemon at {shown} runs {}, not {}",
+                crate::logging::escape(&i.config),
+                ours.display()
+            );
+        }
+    }
+    filter_snapshot(&mut snapshot, filter);
     if !json {
         let now = chrono::Utc::now();
         println!(
@@ -819,7 +1086,15 @@ fn status(endpoint: &str, json: bool) -> Result<ExitCode> {
             client.endpoint(),
             client::humanize(now - snapshot.started_at)
         );
-        print!("{}", client::render_table(&snapshot, now));
+        match &snapshot.instance {
+            Some(i) => outln!("  host {}, config {}, state {}", i.host, i.config, i.state),
+            None => println!("  (this daemon does not say which config it runs)"),
+        }
+        if filter.summary {
+            print!("{}", status_summary(&snapshot));
+        } else {
+            print!("{}", client::render_table(&snapshot, now));
+        }
     }
     Ok(if client::all_healthy(&snapshot) {
         ExitCode::SUCCESS
@@ -840,15 +1115,21 @@ struct RotateArgs {
 
 /// `rekey rotate`: 0 when the daemon accepted (202), 1 otherwise.
 fn rotate(args: RotateArgs) -> Result<ExitCode> {
-    let cfg = match &args.config {
+    // -c, $REKEY_CONFIG, else the default config when it exists (and no
+    // --endpoint overrides it): its admin socket or listen address.
+    let config_path = args.config.clone().or_else(|| {
+        Some(PathBuf::from(config::DEFAULT_CONFIG))
+            .filter(|p| args.endpoint.is_none() && p.exists())
+    });
+    let cfg = match &config_path {
         None => None,
-        Some(path) => match config::load(path) {
+        // Only the admin token is resolved (below), not every secret.
+        Some(path) => match config::load_with(path, config::LoadOptions::FILE_ONLY) {
             Ok((cfg, _warnings)) => Some(cfg),
             Err(diags) => {
                 print_diagnostics(&diags);
                 anyhow::bail!(
-                    "cannot read the admin token from {}: the config does not load (every secret \
-                     reference must resolve here, as for `rekey check`); or pass --token-file",
+                    "cannot read the admin token from {}: the config does not load; or pass --token-file",
                     path.display()
                 );
             }
@@ -952,12 +1233,19 @@ pub fn print_diagnostics(diags: &[config::Diagnostic]) -> bool {
     diags.iter().any(|d| d.severity == Severity::Error)
 }
 
-fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+/// `rekey check`: what `run` validates before serving, through the same
+/// function ([`config::load_with`]); `--no-secrets` skips the values.
+fn check(path: &Path, no_secrets: bool) -> ExitCode {
+    let opts = config::LoadOptions {
+        resolve_secrets: !no_secrets,
+        check_host: true,
+        as_service_user: true,
+    };
+    match config::load_with(path, opts) {
         Ok((cfg, warnings)) => {
             print_diagnostics(&warnings);
             println!(
-                "{}: ok ({} provider(s), {} sink(s), {} notify target(s), {} policy(ies){})",
+                "{}: ok ({} provider(s), {} sink(s), {} notify target(s), {} policy(ies){}{})",
                 path.display(),
                 cfg.providers.len(),
                 cfg.sinks.len(),
@@ -967,6 +1255,11 @@ fn check(path: &Path) -> ExitCode {
                     String::new()
                 } else {
                     format!(", {} warning(s)", warnings.len())
+                },
+                if no_secrets {
+                    "; secret values not checked"
+                } else {
+                    ""
                 }
             );
             ExitCode::SUCCESS
@@ -981,6 +1274,54 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The man page of `cmd` and of each visible subcommand, as one roff
+/// document (`rekey man > rekey.1`).
+pub fn man_page(cmd: clap::Command, out: &mut dyn Write) -> Result<()> {
+    let cmd = cmd.version(env!("CARGO_PKG_VERSION"));
+    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("rekey {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let man = clap_mangen::Man::new(sub.clone());
+        man.render_description_section(out)?;
+        man.render_options_section(out)?;
+    }
+    out.write_all(
+        br#".SH "EXIT STATUS"
+.TP
+0
+success (for \fBplan\fR: nothing to do; for \fBstatus\fR: every policy healthy).
+.TP
+1
+failure: an invalid config (every error as FILE:LINE:COL), a command that could not complete, an unhealthy or unreachable daemon.
+.TP
+2
+for \fBplan\fR: something is due or misconfigured; for any command: a usage error.
+.SH ENVIRONMENT
+.TP
+\fBREKEY_CONFIG\fR
+the config file when \fB\-c\fR is not given.
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+where { credential = "NAME" } references are read (set by systemd; \fB\-\-credentials\-dir\fR by hand).
+.SH FILES
+.TP
+\fI/etc/rekey/rekey.toml\fR
+the configuration (default of \fB\-c\fR).
+.TP
+\fI/var/lib/rekey/state.db\fR, \fI/var/lib/rekey/state.db.key\fR
+the state and its sealing key: back them up together.
+.TP
+\fI/run/rekey/admin.sock\fR
+the admin socket, for members of group rekey-admin.
+.TP
+\fI/usr/share/rekey/prometheus/rekey-rules.yml\fR
+alerting rules for Prometheus.
+"#,
+    )?;
+    Ok(())
 }
 
 fn emulate(cmd: EmulateCommand) -> Result<ExitCode> {
@@ -1010,7 +1351,7 @@ async fn emulate_oceanbase(args: OceanBaseEmulateArgs) -> Result<ExitCode> {
     let endpoint = handle.endpoint();
     let algorithms: Vec<&str> = opts.algorithms.iter().map(|a| a.as_str()).collect();
     let lifetime = match opts.lifetime {
-        Some(l) => humantime::format_duration(l).to_string(),
+        Some(l) => crate::clock::human(l),
         None => "never (expiresAt null)".to_string(),
     };
     let sk = opts.access_key_secret.expose();
@@ -1024,7 +1365,7 @@ async fn emulate_oceanbase(args: OceanBaseEmulateArgs) -> Result<ExitCode> {
         "  keys               {} seeded ({} expiring within {}), lifetime {lifetime}",
         opts.keys,
         opts.expiring,
-        humantime::format_duration(opts.within)
+        crate::clock::human(opts.within)
     );
     println!(
         "  admin API          {endpoint}/__emulator/{{keys,stats,faults}} (loopback only, no auth)"

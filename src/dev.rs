@@ -7,6 +7,12 @@
 //! happens every ~20 s across three lineages. It prints what it does and
 //! where to look. The emulator's keys are saved to `emulator.json`, so
 //! running it again resumes from the same state. Ctrl-C stops it cleanly.
+//!
+//! It takes `dev.lock` in the directory before writing anything, so a second
+//! `rekey dev` there refuses without touching the running one's files. It
+//! keeps an admin token in `secrets/admin-token` and prints the `rekey
+//! rotate` line that uses it. When the default status port is taken it says
+//! so and which port it used instead.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -31,6 +37,12 @@ pub enum DevError {
     },
     #[error("cannot start the OceanBase emulator: {0}")]
     Emulator(std::io::Error),
+    #[error(
+        "another `rekey dev` is running in {} (it holds {}); stop it first, or use --dir for a second one",
+        .dir.display(),
+        .lock.display()
+    )]
+    Busy { dir: PathBuf, lock: PathBuf },
     #[error(transparent)]
     Daemon(#[from] DaemonError),
 }
@@ -98,10 +110,62 @@ fn mkdir_private(path: &Path) -> Result<(), DevError> {
         .map_err(io("cannot chmod", path))
 }
 
+/// An exclusive `flock` on `DIR/dev.lock`, held while `rekey dev` runs.
+struct DevLock(#[allow(dead_code)] std::fs::File);
+
+impl DevLock {
+    fn acquire(dir: &Path) -> Result<Self, DevError> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("dev.lock");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("cannot open", &path))?;
+        // SAFETY: a valid descriptor owned by `f`; released when it closes.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(DevError::Busy {
+                dir: dir.to_path_buf(),
+                lock: path,
+            });
+        }
+        Ok(DevLock(f))
+    }
+}
+
+/// The dev admin token: kept across runs, 32 random bytes in hex.
+fn admin_token(path: &Path) -> Result<(), DevError> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rng(), bytes.as_mut());
+    let hex = zeroize::Zeroizing::new(hex::encode(bytes.as_ref()));
+    write_private(path, hex.as_bytes())
+}
+
+/// `127.0.0.1:9477` when free; else a free port chosen now (so the config
+/// names the real port and `rekey status -c` finds it).
+fn pick_listen() -> (String, bool) {
+    if std::net::TcpListener::bind("127.0.0.1:9477").is_ok() {
+        return ("127.0.0.1:9477".to_string(), false);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    (format!("127.0.0.1:{port}"), true)
+}
+
 /// Run the embedded default until Ctrl-C.
 pub async fn run(dir: &Path) -> Result<(), DevError> {
     let dir = std::path::absolute(dir).map_err(io("cannot resolve", dir))?;
     mkdir_private(&dir)?;
+    // Before anything else is written: a second `rekey dev` here stops now.
+    let _lock = DevLock::acquire(&dir)?;
     mkdir_private(&dir.join("keys"))?;
     mkdir_private(&dir.join("secrets"))?;
     let saved_path = dir.join("emulator.json");
@@ -151,13 +215,9 @@ pub async fn run(dir: &Path) -> Result<(), DevError> {
         &dir.join("secrets/ob-sk"),
         opts.access_key_secret.expose().as_bytes(),
     )?;
-    let listen = match std::net::TcpListener::bind("127.0.0.1:9477") {
-        Ok(l) => {
-            drop(l);
-            "127.0.0.1:9477".to_string()
-        }
-        Err(_) => "127.0.0.1:0".to_string(),
-    };
+    let token_path = dir.join("secrets/admin-token");
+    admin_token(&token_path)?;
+    let (listen, port_taken) = pick_listen();
     let config = format!(
         r#"# Written by `rekey dev` on each start (the emulator's port changes).
 # A real deployment looks like config/rekey.example.toml.
@@ -165,6 +225,7 @@ pub async fn run(dir: &Path) -> Result<(), DevError> {
 [daemon]
 state = "{dir}/state.db"
 listen = "{listen}"
+admin_token = {{ file = "{dir}/secrets/admin-token" }}
 max_concurrent_rotations = 4
 shutdown_timeout = "10s"
 
@@ -246,19 +307,26 @@ create = {{ action = "read" }}
         })
     };
     let config_for_print = config_path.clone();
+    let token_for_print = token_path.clone();
     let on_ready: daemon::OnReady = Arc::new(move |endpoint: &str| {
+        if port_taken {
+            println!(
+                "  note       port 9477 is taken (another rekey?); this one listens on {endpoint}"
+            );
+        }
         println!("  status     {endpoint}/status   metrics {endpoint}/metrics");
-        let ep = if endpoint == "http://127.0.0.1:9477" {
-            String::new()
-        } else {
-            format!(" --endpoint {endpoint}")
-        };
-        println!("  Try:       rekey status{ep}");
+        let c = config_for_print.display();
+        println!("  Try:       rekey status -c {c}");
+        println!("             rekey plan -c {c}");
+        println!("             rekey history -c {c}");
         println!(
-            "             rekey history -c {}",
-            config_for_print.display()
+            "             rekey rotate dev --lineage app-web --endpoint {endpoint} --token-file {}",
+            token_for_print.display()
         );
-        println!("             rekey plan -c {}", config_for_print.display());
+        println!(
+            "  admin token {} (for POST /rotate; kept across runs)",
+            token_for_print.display()
+        );
         println!("  Ctrl-C stops; `rekey dev` again resumes from the same state.");
     });
     let result = daemon::run(

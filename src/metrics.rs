@@ -299,13 +299,6 @@ impl Metrics {
         );
     }
 
-    /// Set `rekey_condition{policy,condition}` (1 while it holds).
-    pub fn set_condition(&self, policy: &str, condition: &str, holds: bool) {
-        self.condition
-            .with_label_values(&[policy, condition])
-            .set(if holds { 1.0 } else { 0.0 });
-    }
-
     /// Mirror one policy's published status: `rekey_policy_healthy`, and
     /// the key gauges, rendered at scrape time from this very status (the
     /// one the status endpoint serves: per-key data is held once).

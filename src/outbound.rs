@@ -241,7 +241,7 @@ pub fn describe_send_error(e: reqwest::Error, timeout: Duration) -> (bool, Strin
     if e.is_timeout() {
         (
             true,
-            format!("timed out after {}", humantime::format_duration(timeout)),
+            format!("timed out after {}", crate::clock::human(timeout)),
         )
     } else if e.is_connect() {
         (false, format!("cannot connect: {}", transport_error(e)))

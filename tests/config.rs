@@ -466,7 +466,7 @@ fn cases() -> Vec<Case> {
                 "credential without $CREDENTIALS_DIRECTORY",
                 BASE.to_string(),
                 &[
-                    "rekey.toml:30:18: error: `auth.token` cannot be resolved: credential vault-token requested but $CREDENTIALS_DIRECTORY is not set (is LoadCredential= in the unit?)\n  hint: add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand",
+                    "rekey.toml:30:18: error: `auth.token` cannot be resolved: credential vault-token requested but $CREDENTIALS_DIRECTORY is not set (is LoadCredential= in the unit?)\n  hint: add LoadCredential=NAME:/path to the unit; by hand, pass --credentials-dir DIR (or set $CREDENTIALS_DIRECTORY), or use `rekey check --no-secrets`",
                 ],
             )
         },
@@ -474,7 +474,7 @@ fn cases() -> Vec<Case> {
             "credential missing from $CREDENTIALS_DIRECTORY",
             with(&[("{ env = \"OB_SK\" }", "{ credential = \"ob-sk\" }")]),
             &[
-                "rekey.toml:9:21: error: `access_key_secret` cannot be resolved: credential ob-sk not found in {creds}\n  hint: add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand",
+                "rekey.toml:9:21: error: `access_key_secret` cannot be resolved: credential ob-sk not found in {creds}\n  hint: add LoadCredential=NAME:/path to the unit; by hand, pass --credentials-dir DIR (or set $CREDENTIALS_DIRECTORY), or use `rekey check --no-secrets`",
             ],
         ),
         case(
@@ -484,7 +484,7 @@ fn cases() -> Vec<Case> {
                 "{ file = \"/nonexistent/rekey/ob-ak\" }",
             )]),
             &[
-                "rekey.toml:8:17: error: `access_key_id` cannot be resolved: cannot read secret file /nonexistent/rekey/ob-ak: entity not found\n  hint: create the file (mode 0600) or fix the path",
+                "rekey.toml:8:17: error: `access_key_id` cannot be resolved: cannot read secret file /nonexistent/rekey/ob-ak: no such file or directory\n  hint: create the file (mode 0600) or fix the path",
             ],
         ),
         case(
@@ -628,7 +628,7 @@ fn cases() -> Vec<Case> {
             "bootstrap of the wrong type",
             with(&[("create = ", "bootstrap = 5\ncreate = ")]),
             &[
-                "rekey.toml:48:13: error: `bootstrap` in [[policy]]: found integer, expected true, false or a lineage name\n  hint: see rekey.example.toml for the form each key takes",
+                "rekey.toml:48:13: error: `bootstrap` in [[policy]]: found a number, expected true, false or a lineage name\n  hint: see rekey.example.toml for the form each key takes",
             ],
         ),
         case(
@@ -834,7 +834,12 @@ const EXAMPLE_CREDENTIALS: &[&str] = &[
 fn the_example_config_validates_when_every_secret_resolves() {
     let creds = tempfile::tempdir().unwrap();
     for name in EXAMPLE_CREDENTIALS {
-        write_file(creds.path(), name, &format!("{name}-value\n"));
+        let value = match *name {
+            // The sealing key has a form: 32 bytes in hex.
+            "seal-key" => format!("{}\n", "5e".repeat(32)),
+            _ => format!("{name}-value\n"),
+        };
+        write_file(creds.path(), name, &value);
     }
     let mut env = hermetic_env(&[
         ("OB_AK", "ob-ak"),
@@ -919,7 +924,12 @@ fn every_file_under_config_validates() {
         secret_names(&doc, &mut env_names, &mut cred_names);
         let creds = tempfile::tempdir().unwrap();
         for name in &cred_names {
-            write_file(creds.path(), name, "value\n");
+            let value = if name.contains("seal") {
+                format!("{}\n", "5e".repeat(32))
+            } else {
+                "value\n".to_string()
+            };
+            write_file(creds.path(), name, &value);
         }
         let mut env = Env {
             vars: env_names
@@ -1132,7 +1142,20 @@ const LITERAL: &str = "LITERAL-S3CRET-4a1f";
 const FROM_ENV: &str = "ENV-S3CRET-9c2e";
 const FROM_FILE: &str = "FILE-S3CRET-77d0";
 const FROM_CREDENTIAL: &str = "CRED-S3CRET-b81c";
-const ALL_SECRETS: &[&str] = &[LITERAL, FROM_ENV, FROM_FILE, FROM_CREDENTIAL];
+/// The sealing key has a form of its own (64 hex characters).
+const SEAL_HEX: &str = "5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de";
+/// Webhook secrets have a form too (`whsec_<base64>`).
+const WHSEC_LITERAL: &str = "whsec_TGl0ZXJhbFdlYmhvb2tLZXk=";
+const WHSEC_ENV: &str = "whsec_RW52V2ViaG9va0tleVZhbHVl";
+const ALL_SECRETS: &[&str] = &[
+    LITERAL,
+    FROM_ENV,
+    FROM_FILE,
+    FROM_CREDENTIAL,
+    SEAL_HEX,
+    WHSEC_LITERAL,
+    WHSEC_ENV,
+];
 
 fn assert_no_secret(what: &str, text: &str) {
     for s in ALL_SECRETS {
@@ -1146,7 +1169,11 @@ fn no_secret_value_appears_in_debug_output() {
     let file = write_file(dir.path(), "secret", &format!("{FROM_FILE}\n"));
     let creds = dir.path().join("creds");
     write_file(&creds, "cred", FROM_CREDENTIAL);
-    let mut env = hermetic_env(&[("SECRET_ENV", FROM_ENV)]);
+    let mut env = hermetic_env(&[
+        ("SECRET_ENV", FROM_ENV),
+        ("SEAL_ENV", SEAL_HEX),
+        ("WHSEC_ENV", WHSEC_ENV),
+    ]);
     env.credentials_dir = Some(creds);
     let literal = format!("\"{LITERAL}\"");
     let file_ref = format!("{{ file = {file:?} }}");
@@ -1156,7 +1183,7 @@ fn no_secret_value_appears_in_debug_output() {
 [daemon]
 state = "/var/lib/rekey/state.db"
 admin_token = {literal}
-seal_key = {{ env = "SECRET_ENV" }}
+seal_key = {{ env = "SEAL_ENV" }}
 
 [providers.ob]
 kind = "oceanbase"
@@ -1184,7 +1211,7 @@ auth = {{ iam = {{ endpoint = "https://iam.example", domain = "d", user = "u", p
 [sinks.hook]
 kind = "webhook"
 url = "https://deploy.internal/keys"
-secret = ["whsec_{LITERAL}", {{ env = "SECRET_ENV" }}]
+secret = ["{WHSEC_LITERAL}", {{ env = "WHSEC_ENV" }}]
 
 [sinks.vault]
 kind = "vault"
@@ -1200,7 +1227,7 @@ auth = {{ token = {{ credential = "cred" }} }}
 
 [notify.ops]
 url = "https://hooks.internal/rekey"
-secret = "whsec_{LITERAL}"
+secret = "{WHSEC_LITERAL}"
 
 [[policy]]
 name = "maas"
@@ -1290,12 +1317,18 @@ fn diagnostics_never_repeat_a_secret_written_in_the_wrong_place() {
     assert_eq!(
         displayed(&load(&bad[2], &base.env())),
         [
-            "rekey.toml:8:17: error: `access_key_id` in [providers.ob]: found integer, expected a secret reference: { env = \"NAME\" }, { file = \"/path\" }, { credential = \"name\" } or a string\n  hint: see rekey.example.toml for the form each key takes"
+            "rekey.toml:8:17: error: `access_key_id` in [providers.ob]: found a number, expected a secret reference: { env = \"NAME\" }, { file = \"/path\" }, { credential = \"name\" } or a string\n  hint: see rekey.example.toml for the form each key takes"
         ]
     );
 }
 
 // -------------------------------------------------------- `rekey check`
+
+/// MINIMAL with its file sink in `dir` (`rekey check` checks the host: the
+/// sink's directory must exist).
+fn minimal_in(dir: &Path) -> String {
+    MINIMAL.replace("/etc/keys/", &format!("{}/", dir.display()))
+}
 
 fn rekey_check(config: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rekey"))
@@ -1316,7 +1349,7 @@ fn rekey_check(config: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
 #[test]
 fn rekey_check_exits_0_on_a_valid_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(dir.path(), "rekey.toml", MINIMAL);
+    let file = write_file(dir.path(), "rekey.toml", &minimal_in(dir.path()));
     let (code, stdout, stderr) = rekey_check(&file, &[("OB_AK", "a"), ("OB_SK", "b")]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stderr, "");
@@ -1341,7 +1374,7 @@ fn rekey_check_warns_about_a_config_secret_file_or_state_directory_others_can_re
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let src = format!(
         "[daemon]\nstate = \"{d}/state/state.db\"\n{}",
-        MINIMAL.replace(
+        minimal_in(dir.path()).replace(
             "{ env = \"OB_SK\" }",
             &format!("{{ file = \"{d}/ob-sk\" }}")
         )
@@ -1369,7 +1402,7 @@ fn rekey_check_warns_about_a_config_secret_file_or_state_directory_others_can_re
 #[test]
 fn rekey_check_exits_0_with_warnings() {
     let dir = tempfile::tempdir().unwrap();
-    let src = MINIMAL.replace("{ env = \"OB_AK\" }", "\"AKID-literal\"");
+    let src = minimal_in(dir.path()).replace("{ env = \"OB_AK\" }", "\"AKID-literal\"");
     let file = write_file(dir.path(), "rekey.toml", &src);
     let (code, _, stderr) = rekey_check(&file, &[("OB_SK", "b")]);
     assert_eq!(code, 0, "{stderr}");
@@ -1386,7 +1419,7 @@ fn rekey_check_exits_0_with_warnings() {
 #[test]
 fn rekey_check_exits_1_and_prints_each_error_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
-    let src = MINIMAL
+    let src = minimal_in(dir.path())
         .replace("kind = \"file\"", "kind = \"fiel\"")
         .replace(
             "rotate_before_expiry = \"7d\"",
@@ -1426,7 +1459,7 @@ fn rekey_check_on_a_missing_file_exits_1() {
     assert_eq!(
         stderr,
         format!(
-            "{f}:1:1: error: cannot read config file: No such file or directory (os error 2)\n  hint: check the path given with -c/--config and its permissions\n{f}: 1 error(s)\n"
+            "{f}:1:1: error: cannot read config file: no such file or directory\n  hint: give the config with -c FILE or $REKEY_CONFIG (default /etc/rekey/rekey.toml)\n{f}: 1 error(s)\n"
         )
     );
 }
@@ -1441,4 +1474,77 @@ fn join(diags: &[Diagnostic]) -> String {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Twenty-odd deliberate mistakes across every table come out in one run:
+/// serde's first error inside a table no longer hides the others, an
+/// unknown top-level table hides nothing, and the words are an operator's
+/// (no `i64`, `a sequence`, `entity not found`).
+#[test]
+fn one_check_reports_every_error_of_every_table_in_plain_words() {
+    let src = r#"
+[daemon]
+listen = "127.0.0.1:9477"
+max_concurrent_rotations = "four"
+shutdown_timeout = "30 parsecs"
+bogus = 1
+
+[sinkz.x]
+kind = "file"
+
+[providers.ob]
+kind = "oceanbase"
+org_id = 5
+project_id = "p"
+acess_key_id = { env = "A" }
+access_key_secret = { file = "/nonexistent/rekey/sk" }
+timeout = "1 fortnight"
+
+[sinks.f]
+kind = "file"
+path = "/etc/keys/{lineage}.env"
+mode = 600
+format = "yaml"
+on_publish = "systemctl reload myapp"
+
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+max_age = "30d"
+max_attempts = "five"
+sinks = ["f", 7]
+create = { action = "read" }
+"#;
+    let got = displayed(&load(src, &hermetic_env(&[])));
+    let errors: Vec<&String> = got.iter().filter(|d| d.contains(": error: ")).collect();
+    let expect = [
+        "rekey.toml:4:28: error: `max_concurrent_rotations` in [daemon]: found a string, expected a whole number",
+        "rekey.toml:5:20: error: invalid duration \"30 parsecs\" for `shutdown_timeout`",
+        "rekey.toml:6:1: error: unknown key `bogus` in [daemon]",
+        "rekey.toml:8:2: error: unknown top-level key `sinkz`",
+        "rekey.toml:13:10: error: `org_id` in [providers.ob]: found a number, expected a string",
+        "rekey.toml:15:1: error: unknown key `acess_key_id` in [providers.ob]",
+        "rekey.toml:16:21: error: `access_key_secret` cannot be resolved: cannot read secret file /nonexistent/rekey/sk: no such file or directory",
+        "rekey.toml:17:11: error: invalid duration \"1 fortnight\" for `timeout`",
+        "rekey.toml:22:8: error: `mode` in [sinks.f]: found a number, expected a string",
+        "rekey.toml:23:10: error: unknown file format \"yaml\"",
+        "rekey.toml:24:14: error: `on_publish` in [sinks.f]: found a string, expected a list",
+        "rekey.toml:32:16: error: `max_attempts` in [[policy]]: found a string, expected a whole number",
+        "rekey.toml:33:15: error: `sinks` in [[policy]]: found a number, expected a string",
+    ];
+    for (e, want) in errors.iter().zip(expect.iter()) {
+        assert!(
+            e.starts_with(want),
+            "\n got: {e}\nwant: {want}…\nall:\n{got:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{got:#?}");
+    for word in ["i64", "sequence", "entity not found", "u32", "usize"] {
+        assert!(
+            !got.iter().any(|d| d.contains(word)),
+            "{word:?} in:\n{got:#?}"
+        );
+    }
 }

@@ -354,7 +354,12 @@ async fn a_fixed_sink_path_over_several_lineages_is_misconfigured_and_changes_no
 async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rotation() {
     let env = Env::new().await;
     env.seed(1, 1);
-    let cfg = env.config("later/{lineage}.env", "max_attempts = 3");
+    // The sink's fixed directory exists (`rekey run` refuses to start
+    // otherwise); the per-policy directory below it cannot be created
+    // while a file blocks its name.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    std::fs::write(env.path("later/maas"), "in the way").unwrap();
+    let cfg = env.config("later/{policy}/{lineage}.env", "max_attempts = 3");
     let mut d = env.spawn(&cfg, None);
     env.wait_for("a failed rotation", Duration::from_secs(60), |e| {
         e.rotations()
@@ -364,7 +369,10 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
     .await;
     let r = env.rotations()[0].clone();
     assert!(
-        r.error.as_deref().unwrap_or("").contains("does not exist"),
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("is not a directory"),
         "{:?}",
         r.error
     );
@@ -373,7 +381,7 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
         "old key kept"
     );
     assert_eq!(env.emu.stats().delete.requests, 0);
-    std::fs::create_dir_all(env.path("later")).unwrap();
+    std::fs::remove_file(env.path("later/maas")).unwrap();
     env.wait_for("the rotation to complete", Duration::from_secs(60), |e| {
         e.completed() == 1
     })
@@ -382,7 +390,7 @@ async fn a_failing_sink_never_lets_the_old_key_go_and_fixing_it_finishes_the_rot
     let done = env.rotations();
     assert_eq!(done.len(), 1, "resumed, not restarted");
     assert_eq!(done[0].id, r.id);
-    assert_invariants_in(&env, "later", &["app-0"]);
+    assert_invariants_in(&env, "later/maas", &["app-0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +569,13 @@ async fn a_permanent_403_fails_the_rotation_clearly_and_deletes_nothing() {
     })
     .await;
     assert_eq!(terminate(&mut d), 0);
-    let r = &env.rotations()[0];
+    // The next check may already have started another try: judge the
+    // failed one.
+    let rotations = env.rotations();
+    let r = rotations
+        .iter()
+        .find(|r| r.state == RotationState::Failed)
+        .unwrap();
     assert_eq!(r.error_class.as_deref(), Some("permanent"));
     assert!(r.error.as_deref().unwrap().contains("403"), "{:?}", r.error);
     assert_eq!(env.emu.keys().len(), 1);

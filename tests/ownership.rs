@@ -665,10 +665,33 @@ async fn stale_listings_never_rotate_a_lineage_twice_under_a_rate_limit() {
             })
         });
         let mut d = env.spawn(&cfg, None);
-        env.wait_for("every lineage rotated", Duration::from_secs(180), |e| {
-            e.completed() >= n
-        })
-        .await;
+        let start = std::time::Instant::now();
+        while env.completed() < n {
+            if start.elapsed() > Duration::from_secs(180) {
+                let summary: Vec<String> = env
+                    .rotations()
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {} {} f={} err={:?}",
+                            r.lineage,
+                            r.id,
+                            r.state.as_str(),
+                            r.failures,
+                            r.error
+                        )
+                    })
+                    .collect();
+                let _ = terminate(&mut d);
+                panic!(
+                    "round {round}: {} of {n} completed\n{}\n--- log ---\n{}",
+                    env.completed(),
+                    summary.join("\n"),
+                    tail(&env.log(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = hog {
             h.join().unwrap();

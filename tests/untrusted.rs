@@ -533,6 +533,27 @@ async fn the_admin_socket_takes_posts_while_tcp_serves_gets_to_loopback_hosts_on
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Every admin command on the socket needs no token either (an unknown
+    // rotation is a 404, not a 401/403).
+    for path in ["/retry/r-unknown", "/abandon/r-unknown"] {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+        // And on TCP they are refused, pointing at the socket.
+        let answer = http(
+            &ep,
+            &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+    }
+
     // Three hundred idle sockets do not starve /healthz.
     let idle: Vec<std::net::TcpStream> = (0..300)
         .map(|_| std::net::TcpStream::connect(ep.trim_start_matches("http://")).unwrap())

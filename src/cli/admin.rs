@@ -46,8 +46,9 @@ pub struct AdminArgs {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// The config: the admin token and endpoint come from its `[daemon]`
-    /// section (and `abandon` works offline with it when no daemon runs).
-    #[arg(short, long)]
+    /// section (and `abandon` works offline with it when no daemon runs);
+    /// default $REKEY_CONFIG, as for every command.
+    #[arg(short, long, env = "REKEY_CONFIG")]
     pub config: Option<PathBuf>,
 }
 

@@ -10,6 +10,7 @@
 //! its warnings, or every error at once.
 
 pub mod diag;
+pub mod host;
 pub mod ownership;
 pub mod raw;
 pub mod schedule;
@@ -32,6 +33,10 @@ pub use template::{NameTemplate, TargetTemplate};
 pub struct Config {
     /// The file it came from, for messages and reloads.
     pub path: PathBuf,
+    /// Where each item was written (`"providers.ob"`, `"sinks.f.path"`,
+    /// `"daemon.listen"`, …), so that a problem found after validation
+    /// (at start-up, on the host) is still reported as FILE:LINE:COL.
+    pub origins: BTreeMap<String, Origin>,
     pub daemon: DaemonConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -43,6 +48,77 @@ impl Config {
     pub fn policy(&self, name: &str) -> Option<&PolicyConfig> {
         self.policies.iter().find(|p| p.name == name)
     }
+
+    /// An error about `item` (a key of [`Config::origins`]; the first of
+    /// `items` that is known), located where it was written, else at the
+    /// top of the file.
+    pub fn error_at(
+        &self,
+        items: &[&str],
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        self.diagnostic_at(Severity::Error, items, message, hint)
+    }
+
+    /// As [`Config::error_at`], with a severity.
+    pub fn diagnostic_at(
+        &self,
+        severity: Severity,
+        items: &[&str],
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let at = items
+            .iter()
+            .find_map(|i| self.origins.get(*i))
+            .copied()
+            .unwrap_or(Origin { line: 1, col: 1 });
+        Diagnostic {
+            severity,
+            file: self.path.clone(),
+            line: at.line,
+            col: at.col,
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// A 1-based line and column in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// What [`load_with`] checks beyond the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Resolve every secret reference and check its value's form (what
+    /// `run` needs; `check --no-secrets`, `history` and `status` skip it).
+    pub resolve_secrets: bool,
+    /// Check the host ([`host::check`]): the state directory and each file
+    /// sink's fixed directory exist and are writable by the service user.
+    pub check_host: bool,
+    /// Judge the host checks as the packaged service user when this is
+    /// root in a shell (`rekey check`); `run` judges as itself.
+    pub as_service_user: bool,
+}
+
+impl LoadOptions {
+    /// `rekey run` and `rekey check`: everything.
+    pub const FULL: LoadOptions = LoadOptions {
+        resolve_secrets: true,
+        check_host: true,
+        as_service_user: false,
+    };
+    /// The file only: syntax, types, references between items.
+    pub const FILE_ONLY: LoadOptions = LoadOptions {
+        resolve_secrets: false,
+        check_host: false,
+        as_service_user: false,
+    };
 }
 
 #[derive(Debug, Clone)]
@@ -363,7 +439,7 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
                 file: path.to_path_buf(),
                 line: 1,
                 col: 1,
-                message: format!("cannot read config file: {e}"),
+                message: format!("cannot read config file: {}", secret_ref::io_reason(&e)),
                 hint: Some("check the path given with -c/--config and its permissions".into()),
             }]);
         }
@@ -431,6 +507,51 @@ pub fn exposure_warnings(config_path: &Path, cfg: &Config) -> Vec<Diagnostic> {
     }
     out
 }
+
+/// As [`load`], checking what `opts` asks for. `rekey check` and `rekey
+/// run` both call this with [`LoadOptions::FULL`]: everything `run` refuses
+/// before serving, `check` reports, through this one function.
+pub fn load_with(
+    path: &Path,
+    opts: LoadOptions,
+) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let src = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read config file: {}", secret_ref::io_reason(&e)),
+                hint: Some(format!(
+                    "give the config with -c FILE or $REKEY_CONFIG (default {DEFAULT_CONFIG})"
+                )),
+            }]);
+        }
+    };
+    let env = secret_ref::Env::from_process();
+    let (config, mut diags) = validate::validate_with(path, &src, &env, opts.resolve_secrets);
+    if opts.check_host
+        && let Some(c) = &config
+    {
+        let user = if opts.as_service_user {
+            host::ServiceUser::detect()
+        } else {
+            host::ServiceUser::Current
+        };
+        diags.extend(host::check(c, &env, &user));
+        diags.extend(exposure_warnings(path, c));
+    }
+    diags.sort_by_key(|d| (d.line, d.col, d.severity));
+    match config {
+        Some(c) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok((c, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// Where the commands look for the config without `-c` or `$REKEY_CONFIG`.
+pub const DEFAULT_CONFIG: &str = "/etc/rekey/rekey.toml";
 
 /// As [`load`], from text already read, resolving secrets against `env`.
 pub fn load_str(

@@ -109,7 +109,7 @@ impl SecretRef {
 fn read_secret_file(path: &Path) -> Result<Secret, ResolveError> {
     let text = std::fs::read_to_string(path).map_err(|e| ResolveError::File {
         path: path.to_path_buf(),
-        reason: e.kind().to_string(),
+        reason: io_reason(&e),
     })?;
     // A trailing newline is how editors and `echo` write files; it is never
     // part of a key.
@@ -118,4 +118,74 @@ fn read_secret_file(path: &Path) -> Result<Secret, ResolveError> {
         return Err(ResolveError::FileEmpty(path.to_path_buf()));
     }
     Ok(Secret::new(trimmed.to_string()))
+}
+
+/// An I/O error in plain words (`no such file`, not `entity not found`),
+/// without the OS's error number.
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "no such file or directory".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::IsADirectory => "it is a directory".into(),
+        K::NotADirectory => "a part of the path is not a directory".into(),
+        K::InvalidData => "it is not UTF-8 text".into(),
+        K::ReadOnlyFilesystem => "the file system is read-only".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The shape a secret's value must have where it is used. `rekey check`
+/// and the daemon's start-up both call [`SecretForm::check`] (through
+/// `config::load`), and the code that uses the value at run time parses it
+/// with the same functions, so a value `check` accepts is one `run`
+/// accepts, with the same message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretForm {
+    /// Sent as an HTTP header or used as a key (provider credentials, Vault
+    /// tokens, the admin token): one line, no control characters.
+    Token,
+    /// A Standard Webhooks signing secret, `whsec_<base64>` (webhook sinks,
+    /// notify targets); parsed by `notify::signing::WebhookSecret::parse`.
+    WebhookKey,
+    /// The state sealing key: 64 hex characters (32 bytes), parsed by
+    /// `state::seal::Sealer::from_hex`.
+    SealKey,
+}
+
+impl SecretForm {
+    /// `Ok` when `value` has this form; otherwise why not, in words that
+    /// never repeat the value.
+    pub fn check(self, value: &Secret) -> Result<(), String> {
+        match self {
+            SecretForm::Token => {
+                if value.expose().chars().any(char::is_control) {
+                    Err(
+                        "the value holds a control character (a line break or tab inside it?); \
+                         secrets are one line"
+                            .into(),
+                    )
+                } else {
+                    Ok(())
+                }
+            }
+            SecretForm::WebhookKey => crate::notify::signing::WebhookSecret::parse(value.expose())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            SecretForm::SealKey => crate::state::seal::Sealer::from_hex(value)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// What to do about a value of the wrong form.
+    pub fn hint(self) -> &'static str {
+        match self {
+            SecretForm::Token => "write the secret on one line; a trailing newline is fine",
+            SecretForm::WebhookKey => {
+                "Standard Webhooks secrets are written whsec_<base64>, e.g. from `printf 'whsec_%s' \"$(openssl rand -base64 32)\"`"
+            }
+            SecretForm::SealKey => "generate one with `openssl rand -hex 32`",
+        }
+    }
 }

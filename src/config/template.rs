@@ -207,6 +207,23 @@ impl TargetTemplate {
         &self.text
     }
 
+    /// The directory before the first placeholder: the part of a file
+    /// target that must exist beforehand (`/etc/keys` for
+    /// `/etc/keys/{policy}/{lineage}.env`, and for `/etc/keys/app.env`).
+    /// Directories below it that come from placeholders are created by the
+    /// file sink.
+    pub fn fixed_dir(&self) -> std::path::PathBuf {
+        let fixed = match self.text.find('{') {
+            Some(i) => &self.text[..i],
+            None => &self.text[..],
+        };
+        match fixed.rfind('/') {
+            Some(0) => std::path::PathBuf::from("/"),
+            Some(i) => std::path::PathBuf::from(&fixed[..i]),
+            None => std::path::PathBuf::from("."),
+        }
+    }
+
     /// Whether every lineage gets a target of its own.
     pub fn has_lineage(&self) -> bool {
         count(&self.parts, "lineage") > 0
@@ -259,6 +276,25 @@ impl TargetTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_fixed_directory_is_the_part_before_the_first_placeholder() {
+        let fixed = |t: &str| TargetTemplate::parse(t).unwrap().fixed_dir();
+        assert_eq!(fixed("/etc/keys/{lineage}.env"), Path::new("/etc/keys"));
+        assert_eq!(
+            fixed("/etc/keys/{policy}/{lineage}.env"),
+            Path::new("/etc/keys")
+        );
+        assert_eq!(
+            fixed("/etc/keys/app-{lineage}/k.env"),
+            Path::new("/etc/keys")
+        );
+        assert_eq!(fixed("/etc/keys/app.env"), Path::new("/etc/keys"));
+        assert_eq!(fixed("/{lineage}.env"), Path::new("/"));
+        assert_eq!(fixed("keys/{lineage}.env"), Path::new("keys"));
+        assert_eq!(fixed("{lineage}.env"), Path::new("."));
+    }
 
     #[test]
     fn rendered_names_parse_back_to_their_lineage() {

@@ -20,7 +20,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diag::{Diagnostic, Diags, did_you_mean};
 use super::raw::*;
-use super::secret_ref::{Env, SecretRef};
+use super::secret_ref::{Env, SecretForm, SecretRef};
 use super::template::{DEFAULT_NAME_TEMPLATE, NameTemplate, TargetTemplate};
 use super::*;
 use crate::secret::Secret;
@@ -38,7 +38,7 @@ struct Pending {
 }
 
 enum PendingCheck {
-    Secret(SecretRef),
+    Secret(SecretRef, SecretForm),
     File(PathBuf),
 }
 
@@ -46,19 +46,62 @@ struct Ctx<'a> {
     d: Diags<'a>,
     env: &'a Env,
     pending: Vec<Pending>,
+    file: &'a Path,
+    /// Where each item and daemon key was written, for errors found later.
+    origins: BTreeMap<String, Origin>,
+    /// `(item, key)` pairs taken out after a type error (see [`item`]):
+    /// already reported, so not reported again as missing.
+    dropped: BTreeSet<(String, String)>,
+}
+
+impl Ctx<'_> {
+    fn origin_file(&self) -> PathBuf {
+        self.file.to_path_buf()
+    }
+
+    fn origin(&mut self, item: impl Into<String>, span: Range<usize>) {
+        let (line, col) = self.d.line_col(span.start);
+        self.origins.insert(item.into(), Origin { line, col });
+    }
 }
 
 /// Validate `src` (the text of `path`). Returns the config when it is
 /// usable, and every diagnostic found.
 pub fn validate(path: &Path, src: &str, env: &Env) -> (Option<Config>, Vec<Diagnostic>) {
+    validate_with(path, src, env, true)
+}
+
+/// As [`validate`]; with `resolve_secrets` false, secret references are
+/// checked for their syntax only (`rekey check --no-secrets`, and the
+/// commands that need no secret: `history`, `status`).
+pub fn validate_with(
+    path: &Path,
+    src: &str,
+    env: &Env,
+    resolve_secrets: bool,
+) -> (Option<Config>, Vec<Diagnostic>) {
     let mut cx = Ctx {
         d: Diags::new(path, src),
         env,
         pending: Vec::new(),
+        file: path,
+        origins: BTreeMap::new(),
+        dropped: BTreeSet::new(),
     };
     let config = validate_inner(&mut cx, path, src);
+    if !resolve_secrets {
+        cx.pending
+            .retain(|p| matches!(p.check, PendingCheck::File(_)));
+    }
     resolve_refs(&mut cx);
-    (config, cx.d.items)
+    let origins = std::mem::take(&mut cx.origins);
+    (
+        config.map(|mut c| {
+            c.origins = origins;
+            c
+        }),
+        cx.d.items,
+    )
 }
 
 fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
@@ -99,9 +142,18 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     for (key, value) in root {
         let k = key.get_ref().to_string();
         match k.as_str() {
-            "daemon" => daemon_raw = item(cx, value, "[daemon]"),
+            "daemon" => {
+                if let DeValue::Table(t) = value.get_ref() {
+                    for (k, v) in t.iter() {
+                        cx.origin(format!("daemon.{}", k.get_ref()), v.span());
+                    }
+                }
+                cx.origin("daemon", key.span());
+                daemon_raw = item(cx, value, "[daemon]");
+            }
             "providers" => {
                 for (name, v) in named_items(cx, value, "providers") {
+                    cx.origin(format!("providers.{}", name.get_ref()), name.span());
                     match item::<RawProvider>(cx, v, &format!("[providers.{}]", name.get_ref())) {
                         Some(p) => providers_raw.push((name, p)),
                         None => {
@@ -112,6 +164,14 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             }
             "sinks" => {
                 for (name, v) in named_items(cx, value, "sinks") {
+                    cx.origin(format!("sinks.{}", name.get_ref()), name.span());
+                    if let DeValue::Table(t) = v.get_ref() {
+                        for key in ["path", "env_names"] {
+                            if let Some(p) = t.get(key) {
+                                cx.origin(format!("sinks.{}.{key}", name.get_ref()), p.span());
+                            }
+                        }
+                    }
                     match item::<RawSink>(cx, v, &format!("[sinks.{}]", name.get_ref())) {
                         Some(s) => sinks_raw.push((name, s)),
                         None => {
@@ -122,6 +182,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             }
             "notify" => {
                 for (name, v) in named_items(cx, value, "notify") {
+                    cx.origin(format!("notify.{}", name.get_ref()), name.span());
                     if let Some(n) =
                         item::<RawNotify>(cx, v, &format!("[notify.{}]", name.get_ref()))
                     {
@@ -253,6 +314,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
 
     Some(Config {
         path: path.to_path_buf(),
+        origins: BTreeMap::new(),
         daemon: daemon?,
         providers,
         sinks,
@@ -261,24 +323,81 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     })
 }
 
-/// Deserialize one item, turning serde's error into a located diagnostic.
+/// Deserialize one item, turning serde's errors into located diagnostics.
+///
+/// serde stops at the first error inside a table; to report every error of
+/// the item in one run, the key that failed is reported, taken out, and the
+/// rest deserialized again. The item is still returned when only optional
+/// keys were taken out (its remaining keys are then validated too); a
+/// "missing key" for a key taken out is not reported twice.
 fn item<'i, T: Deserialize<'i>>(
     cx: &mut Ctx,
     value: Spanned<DeValue<'i>>,
     what: &str,
 ) -> Option<T> {
     let span = value.span();
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let espan = e.span().unwrap_or(span);
-            serde_error(cx, espan, e.message(), what);
-            None
+    let mut value = value;
+    let mut removed: Vec<String> = Vec::new();
+    // Bounded by the number of keys: each round takes one out.
+    loop {
+        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let espan = e.span().unwrap_or(span.clone());
+        let msg = e.message().trim().to_string();
+        if let Some(rest) = msg.strip_prefix("missing field `") {
+            let field = rest.split('`').next().unwrap_or("");
+            if !removed.iter().any(|r| r == field) {
+                serde_error(cx, espan, &msg, what, None);
+            }
+            return None;
+        }
+        // The key whose value (or name) the error points into.
+        let culprit = match value.get_ref() {
+            DeValue::Table(table) => table
+                .iter()
+                .find(|(k, v)| {
+                    let (ks, vs) = (k.span(), v.span());
+                    (ks.start <= espan.start && espan.start < ks.end.max(ks.start + 1))
+                        || (vs.start <= espan.start && espan.start < vs.end.max(vs.start + 1))
+                })
+                .map(|(k, _)| k.get_ref().to_string()),
+            _ => None,
+        };
+        serde_error(cx, espan.clone(), &msg, what, culprit.as_deref());
+        // `orgid` with a did-you-mean of `org_id`: one error, not a second
+        // one saying `org_id` is missing.
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let field = rest.split('`').next().unwrap_or("");
+            let expected: Vec<&str> = rest
+                .split("expected one of ")
+                .nth(1)
+                .or_else(|| rest.split("expected ").nth(1))
+                .map(|e| e.split('`').skip(1).step_by(2).collect())
+                .unwrap_or_default();
+            if let Some(m) = did_you_mean(field, expected.iter().copied()) {
+                cx.dropped.insert((what.to_string(), m.to_string()));
+                removed.push(m.to_string());
+            }
+        }
+        let DeValue::Table(table) = value.get_mut() else {
+            return None;
+        };
+        match culprit {
+            Some(k) => {
+                table.remove(k.as_str());
+                cx.dropped.insert((what.to_string(), k.clone()));
+                removed.push(k);
+            }
+            None => return None,
         }
     }
 }
 
-fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
+/// `culprit`: the key of the item the error lies in, when known (serde's
+/// message does not say, e.g. for a bad element of a list).
+fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str, culprit: Option<&str>) {
     let msg = msg.trim();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or("");
@@ -331,7 +450,7 @@ fn serde_error(cx: &mut Ctx, span: Range<usize>, msg: &str, what: &str) {
             }
         }
     } else {
-        let message = match cx.d.key_before(span.start) {
+        let message = match cx.d.key_before(span.start).or(culprit.map(str::to_string)) {
             Some(key) => format!("`{key}` in {what}: {}", without_values(msg)),
             None => format!("{what}: {}", without_values(msg)),
         };
@@ -358,10 +477,51 @@ fn without_values(msg: &str) -> String {
             && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
             let kind = found.split(['`', '"']).next().unwrap_or(found).trim();
-            return format!("found {kind}, expected {expected}");
+            return format!("found {}, expected {}", plain(kind), plain(expected));
         }
     }
-    msg.to_string()
+    plain(msg)
+}
+
+/// serde's and Rust's type words in an operator's words: `i64` → `a whole
+/// number`, `a sequence` → `a list`, `a map` → `a table`.
+fn plain(text: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("an i64", "a whole number"),
+        ("an u32", "a whole number"),
+        ("a u32", "a whole number"),
+        ("a u64", "a whole number"),
+        ("a usize", "a whole number"),
+        ("i64", "a whole number"),
+        ("a sequence", "a list"),
+        ("sequence", "a list"),
+        ("a map", "a table"),
+        ("map", "a table"),
+        ("a boolean", "true or false"),
+        ("boolean", "true or false"),
+        ("integer", "a number"),
+        ("floating point", "a decimal number"),
+        ("string", "a string"),
+    ];
+    let mut out = text.trim().to_string();
+    if let Some((_, to)) = WORDS.iter().find(|(from, _)| *from == out) {
+        return to.to_string();
+    }
+    for (from, to) in WORDS {
+        for lead in ["expected ", "found "] {
+            let pat = format!("{lead}{from}");
+            if out.ends_with(&pat)
+                || out.contains(&format!("{pat} "))
+                || out.contains(&format!("{pat},"))
+            {
+                out = out.replacen(&pat, &format!("{lead}{to}"), 1);
+            }
+        }
+    }
+    if out.starts_with("struct ") || out.starts_with("a struct") {
+        return "a table".to_string();
+    }
+    out
 }
 
 /// The entries of a `[section.NAME]` table.
@@ -416,6 +576,16 @@ fn duration_or(
 }
 
 fn secret(cx: &mut Ctx, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRef> {
+    secret_of_form(cx, r, key, SecretForm::Token)
+}
+
+/// A secret reference whose value must have `form` once resolved.
+fn secret_of_form(
+    cx: &mut Ctx,
+    r: &Spanned<RawSecretRef>,
+    key: &str,
+    form: SecretForm,
+) -> Option<SecretRef> {
     let span = r.span();
     let out = match r.get_ref() {
         RawSecretRef::Literal(v) => {
@@ -459,7 +629,7 @@ fn secret(cx: &mut Ctx, r: &Spanned<RawSecretRef>, key: &str) -> Option<SecretRe
     cx.pending.push(Pending {
         span: r.span(),
         what: format!("`{key}`"),
-        check: PendingCheck::Secret(out.clone()),
+        check: PendingCheck::Secret(out.clone(), form),
     });
     Some(out)
 }
@@ -612,7 +782,7 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
     let seal_key = raw
         .seal_key
         .as_ref()
-        .and_then(|s| secret(cx, s, "seal_key"));
+        .and_then(|s| secret_of_form(cx, s, "seal_key", SecretForm::SealKey));
     let admin_listen = raw.admin_listen.as_ref().and_then(|s| {
         match s.get_ref().strip_prefix("unix:") {
             Some(path) if path.starts_with('/') => {
@@ -710,7 +880,7 @@ fn required<'r, T>(
     what: &str,
     at: Range<usize>,
 ) -> Option<&'r Spanned<T>> {
-    if o.is_none() {
+    if o.is_none() && !cx.dropped.contains(&(what.to_string(), key.to_string())) {
         cx.d.error_hint(
             at,
             format!("{what} is missing required key `{key}`"),
@@ -1162,8 +1332,17 @@ fn webhook_secrets(cx: &mut Ctx, s: &Spanned<OneOrMany<RawSecretRef>>) -> Option
                 "webhook `secret` does not start with whsec_",
                 "Standard Webhooks secrets are written whsec_<base64>",
             );
+            // Reported; its form is not checked a second time.
+            secret(cx, &Spanned::new(span.clone(), r), "secret");
+            cx.pending.pop();
+            continue;
         }
-        out.push(secret(cx, &Spanned::new(span.clone(), r), "secret")?);
+        out.push(secret_of_form(
+            cx,
+            &Spanned::new(span.clone(), r),
+            "secret",
+            SecretForm::WebhookKey,
+        )?);
     }
     Some(out)
 }
@@ -1451,7 +1630,13 @@ fn validate_policy(
             );
         }
     }
-    if mode == Mode::Rotate && raw.sinks.is_empty() {
+    sink_fit(cx, &raw, provider, refs);
+    // A key taken out after a type error (see `item`) was reported already.
+    let dropped = |key: &str| {
+        cx.dropped
+            .contains(&("[[policy]]".to_string(), key.to_string()))
+    };
+    if mode == Mode::Rotate && raw.sinks.is_empty() && !dropped("sinks") {
         cx.d.error_hint(
             raw.name.span(),
             format!("{what} rotates keys but publishes them nowhere (no `sinks`)"),
@@ -1606,24 +1791,87 @@ fn validate_policy(
     })
 }
 
+/// The secret fields each provider kind's keys carry, when they are known
+/// before a key exists (the names `SecretFields` uses; a file sink's
+/// `env_names` keys must be among them). `None`: known only at run time,
+/// checked by the file sink before it writes anything.
+fn fixed_secret_fields(kind: &ProviderKind) -> Option<&'static [&'static str]> {
+    match kind {
+        ProviderKind::OceanBase { .. } => Some(&["api_key"]),
+        ProviderKind::Tencent { .. } => Some(&["access_key_id", "access_key_secret"]),
+        ProviderKind::Huawei { .. } => None,
+    }
+}
+
+/// How a policy's sinks fit its provider: `env_names` keys name the
+/// provider's secret fields.
+fn sink_fit(cx: &mut Ctx, raw: &RawPolicy, provider: Option<&ProviderConfig>, refs: &Refs) {
+    for s in &raw.sinks {
+        let Some(sink) = refs.sinks.get(s.get_ref()) else {
+            continue;
+        };
+        // A fixed target over a wildcard glob is warned about in
+        // `ownership` (with the cross-policy target checks).
+        let (SinkKind::File(f), Some(p)) = (&sink.kind, provider) else {
+            continue;
+        };
+        let Some(fields) = fixed_secret_fields(&p.kind) else {
+            continue;
+        };
+        for field in f.env_names.keys() {
+            if fields.contains(&field.as_str()) {
+                continue;
+            }
+            let hint = match did_you_mean(field, fields.iter().copied()) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!("{} keys have: {}", p.kind.as_str(), fields.join(", ")),
+            };
+            let at = cx
+                .origins
+                .get(&format!("sinks.{}.env_names", s.get_ref()))
+                .copied();
+            let message = format!(
+                "`env_names` of [sinks.{}] names field `{field}`, which {} keys (provider {:?}, policy `{}`) do not have",
+                s.get_ref(),
+                p.kind.as_str(),
+                p.name,
+                raw.name.get_ref()
+            );
+            match at {
+                Some(o) => cx.d.items.push(Diagnostic {
+                    severity: super::Severity::Error,
+                    file: cx.origin_file(),
+                    line: o.line,
+                    col: o.col,
+                    message,
+                    hint: Some(hint),
+                }),
+                None => cx.d.error_hint(s.span(), message, hint),
+            }
+        }
+    }
+}
+
 /// The I/O step: every secret reference resolves, every named file exists.
 fn resolve_refs(cx: &mut Ctx) {
     for p in std::mem::take(&mut cx.pending) {
         match p.check {
-            PendingCheck::Secret(r) => {
-                if let Err(e) = r.resolve(cx.env) {
-                    let hint = match &r {
-                        SecretRef::Env(_) => {
-                            "export the variable (systemd: Environment= or, better, LoadCredential=)"
-                        }
-                        SecretRef::File(_) => "create the file (mode 0600) or fix the path",
-                        SecretRef::Credential(_) => {
-                            "add LoadCredential=NAME:/path to the unit, or set $CREDENTIALS_DIRECTORY when running by hand"
-                        }
-                        SecretRef::Literal(_) => "",
-                    };
-                    cx.d.error_hint(p.span, format!("{} cannot be resolved: {e}", p.what), hint);
-                } else if let SecretRef::File(path) = &r
+            PendingCheck::Secret(r, form) => {
+                let value = match r.resolve(cx.env) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        unresolved(cx, &p.span, &p.what, &r, &e.to_string());
+                        continue;
+                    }
+                };
+                if let Err(why) = form.check(&value) {
+                    cx.d.error_hint(
+                        p.span.clone(),
+                        format!("{} ({r}) is not usable: {why}", p.what),
+                        form.hint(),
+                    );
+                }
+                if let SecretRef::File(path) = &r
                     && let Some(mode) = super::others_may_read(path)
                 {
                     cx.d.warn_hint(
@@ -1648,4 +1896,22 @@ fn resolve_refs(cx: &mut Ctx) {
             }
         }
     }
+}
+
+fn unresolved(cx: &mut Ctx, span: &Range<usize>, what: &str, r: &SecretRef, e: &str) {
+    let hint = match r {
+        SecretRef::Env(_) => {
+            "export the variable (systemd: Environment= or, better, LoadCredential=)"
+        }
+        SecretRef::File(_) => "create the file (mode 0600) or fix the path",
+        SecretRef::Credential(_) => {
+            "add LoadCredential=NAME:/path to the unit; by hand, pass --credentials-dir DIR (or set $CREDENTIALS_DIRECTORY), or use `rekey check --no-secrets`"
+        }
+        SecretRef::Literal(_) => "",
+    };
+    cx.d.error_hint(
+        span.clone(),
+        format!("{what} cannot be resolved: {e}"),
+        hint,
+    );
 }

@@ -138,19 +138,25 @@ pub fn build_runtime(
     cfg: Arc<Config>,
     metrics: &Metrics,
     clock: &SharedClock,
-) -> Result<Runtime, String> {
+) -> Result<Runtime, BuildFailure> {
     let mut providers = HashMap::new();
     for (name, p) in &cfg.providers {
         providers.insert(
             name.clone(),
-            provider::build(p, metrics).map_err(|e| e.to_string())?,
+            provider::build(p, metrics).map_err(|e| BuildFailure {
+                item: format!("providers.{name}"),
+                reason: e.to_string(),
+            })?,
         );
     }
     let mut sinks = HashMap::new();
     for (name, s) in &cfg.sinks {
         sinks.insert(
             name.clone(),
-            sink::build(s, clock.clone()).map_err(|e| e.to_string())?,
+            sink::build(s, clock.clone()).map_err(|e| BuildFailure {
+                item: format!("sinks.{name}"),
+                reason: e.to_string(),
+            })?,
         );
     }
     let walks = Arc::new(provider::listing::Walks::for_config(
@@ -163,6 +169,20 @@ pub fn build_runtime(
         sinks,
         walks,
     })
+}
+
+/// A provider or sink that could not be built: which item (a key of
+/// `Config::origins`) and why.
+#[derive(Debug)]
+pub struct BuildFailure {
+    pub item: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 /// Called with the status endpoint's address once the daemon is ready.
@@ -244,19 +264,51 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let (cfg, warnings) = config::load(config_path).map_err(DaemonError::Config)?;
+    // The same checks as `rekey check`, through the same function: a
+    // config `check` accepts is one `run` starts with, and every refusal
+    // below is located in the file too.
+    let (cfg, warnings) =
+        config::load_with(config_path, config::LoadOptions::FULL).map_err(DaemonError::Config)?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
     harden::disable_core_dumps();
     let cfg = Arc::new(cfg);
-    let store = Arc::new(Store::open(&cfg.daemon.state)?);
-    let sealer = open_sealer(&cfg, &store)?;
+    let refuse = |items: &[&str], e: &dyn std::fmt::Display| {
+        DaemonError::Config(vec![cfg.error_at(items, e.to_string(), None)])
+    };
+    if let Some(dir) = cfg.daemon.state.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        // Only the service's own StateDirectory gets here (`load_with`
+        // refuses any other missing directory).
+        tracing::info!(dir = %dir.display(), "creating the state directory");
+    }
+    let store = Arc::new(
+        Store::open(&cfg.daemon.state).map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
+    );
+    // A seal key that does not open the sealed secrets is refused at its
+    // key (`daemon.seal_key`, else the state, whose key file it is).
+    let sealer = open_sealer(&cfg, &store).map_err(|e| match e {
+        DaemonError::Store(_) => e,
+        other => {
+            let at: &[&str] = if cfg.daemon.seal_key.is_some() {
+                &["daemon.seal_key"]
+            } else {
+                &["daemon.state", "daemon"]
+            };
+            refuse(at, &other)
+        }
+    })?;
     let metrics = Metrics::new();
     let started = opts.clock.now();
     let status = StatusHandle::new(started);
-    let runtime =
-        Arc::new(build_runtime(cfg.clone(), &metrics, &opts.clock).map_err(DaemonError::Build)?);
+    status.set_instance(crate::status::Instance::new(config_path, &cfg.daemon.state));
+    let runtime = Arc::new(
+        build_runtime(cfg.clone(), &metrics, &opts.clock)
+            .map_err(|e| refuse(&[e.item.as_str()], &e))?,
+    );
     let engine = Arc::new(Engine {
         store: store.clone(),
         clock: opts.clock.clone(),
@@ -280,10 +332,12 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     let liveness = Liveness::new((heartbeat * 3).max(Duration::from_secs(5)));
     liveness.beat();
     let admin_token = match &cfg.daemon.admin_token {
-        Some(r) => Some(
-            r.resolve_now()
-                .map_err(|e| DaemonError::Build(format!("admin_token: {e}")))?,
-        ),
+        Some(r) => Some(r.resolve_now().map_err(|e| {
+            refuse(
+                &["daemon.admin_token"],
+                &format!("`admin_token` ({r}): {e}"),
+            )
+        })?),
         None => None,
     };
     let server_stop = CancellationToken::new();
@@ -313,7 +367,11 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         limits.clone(),
         server_stop.clone(),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        DaemonError::Listen { .. } => refuse(&["daemon.listen", "daemon"], &e),
+        other => other,
+    })?;
     let admin_thread = match &cfg.daemon.admin_listen {
         Some(path) => Some(
             start_status_server(
@@ -326,7 +384,11 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
                 limits,
                 server_stop.clone(),
             )
-            .await?
+            .await
+            .map_err(|e| match e {
+                DaemonError::Listen { .. } => refuse(&["daemon.admin_listen", "daemon"], &e),
+                other => other,
+            })?
             .1,
         ),
         None => None,
@@ -349,7 +411,18 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
-    d.start_deliverer(&cfg)?;
+    d.start_deliverer(&cfg).map_err(|e| match e {
+        DaemonError::Build(reason) => {
+            let item = cfg
+                .notify
+                .keys()
+                .find(|n| reason.contains(&format!("{n}:")) || reason.contains(&format!("{n} ")))
+                .map(|n| format!("notify.{n}"))
+                .unwrap_or_default();
+            refuse(&[item.as_str()], &reason)
+        }
+        other => other,
+    })?;
     d.schedule_policies(&cfg, None);
     for p in &cfg.policies {
         metrics.init_policy(&p.name, &p.sinks, &p.provider);
@@ -891,7 +964,7 @@ impl Daemon {
                 message: e.to_string(),
             },
         };
-        tracing::info!(policy = %req.policy, lineage = req.lineage.as_deref().unwrap_or("*"), revoke_old_immediately = req.revoke_old_immediately, reply = ?reply, "rotate request");
+        tracing::info!(policy = %req.policy, lineage = req.lineage.as_deref().unwrap_or("*"), revoke_old_immediately = req.revoke_old_immediately, reply = %reply, "rotate request");
         let _ = req.reply.send(reply);
     }
 
@@ -1021,7 +1094,7 @@ impl Daemon {
             .filter(|p| cfg.policy(&p.name).is_none())
             .map(|p| p.name.as_str())
             .collect();
-        tracing::info!(policies = names.len(), added = ?added, removed = ?removed, "configuration reloaded");
+        tracing::info!(policies = names.len(), added = %added.join(", "), removed = %removed.join(", "), "configuration reloaded");
         self.engine.wake_scheduler.notify_one();
     }
 }

@@ -219,7 +219,9 @@ pub struct Walks {
     /// Provider entry name → its sharing scope. An entry not in the map is
     /// a scope of its own.
     scopes: HashMap<String, String>,
-    slots: Mutex<HashMap<String, Slot>>,
+    /// The latest walk per scope; dropped once past freshness, so an idle
+    /// daemon holds no copy of the account's keys.
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
     creates: Mutex<HashMap<String, Creates>>,
     /// Poked whenever a create in flight returns.
     settled: tokio::sync::Notify,
@@ -386,6 +388,26 @@ impl Walks {
                 walk: walk.clone(),
             },
         );
+        // Forget the walk once it can serve no one any more.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let all = self.slots.clone();
+            let scope = scope.to_string();
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(FRESHNESS + Duration::from_millis(100)).await;
+                    let mut slots = all.lock().unwrap_or_else(|p| p.into_inner());
+                    match slots.get(&scope) {
+                        Some(s) if s.started_mono == started_mono => {
+                            if s.walk.peek().is_some() {
+                                slots.remove(&scope);
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
         walk
     }
 

@@ -166,14 +166,11 @@ impl Outcome {
 fn describe(k: &ProviderErrorKind) -> String {
     match k {
         ProviderErrorKind::Timeout(d) => {
-            format!("timed out after {}", humantime::format_duration(*d))
+            format!("timed out after {}", crate::clock::human(*d))
         }
         ProviderErrorKind::Connect(r) => format!("connection failed: {r}"),
         ProviderErrorKind::RateLimited { retry_after } => match retry_after {
-            Some(d) => format!(
-                "rate limited (retry after {})",
-                humantime::format_duration(*d)
-            ),
+            Some(d) => format!("rate limited (retry after {})", crate::clock::human(*d)),
             None => "rate limited".into(),
         },
         ProviderErrorKind::Auth(m) => format!("authentication failed: {m}"),

@@ -962,7 +962,7 @@ impl Provider for TencentProvider {
         for plan in &targets {
             self.bind(plan, new_key_id).await?;
         }
-        tracing::info!(provider = %self.http.provider, new_key = new_key_id, old_key = old_key_id.unwrap_or("-"), usage_plans = ?targets, "new key bound to its usage plans");
+        tracing::info!(provider = %self.http.provider, new_key = new_key_id, old_key = old_key_id.unwrap_or("-"), usage_plans = %targets.iter().map(|p| format!("{}/{}", p.region, p.id)).collect::<Vec<_>>().join(","), "new key bound to its usage plans");
         Ok(())
     }
 
@@ -978,7 +978,7 @@ impl Provider for TencentProvider {
             }
         }
         self.disable(key_id).await?;
-        tracing::info!(provider = %self.http.provider, key = key_id, usage_plans = ?plans, "old key unbound and disabled");
+        tracing::info!(provider = %self.http.provider, key = key_id, usage_plans = %plans.iter().map(|p| format!("{}/{}", p.region, p.id)).collect::<Vec<_>>().join(","), "old key unbound and disabled");
         Ok(())
     }
 

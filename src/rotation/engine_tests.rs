@@ -1658,6 +1658,35 @@ async fn a_hand_made_twin_of_the_new_keys_name_is_never_taken_for_rekeys_key() {
 }
 
 #[tokio::test]
+async fn twenty_concurrent_creates_resolve_their_ids_from_at_most_two_walks() {
+    let (mut h, counting) = three_policies();
+    h.engine.slots = Arc::new(Semaphore::new(20));
+    for i in 0..20 {
+        h.fake.add(
+            &format!("app-a{i:02}"),
+            Duration::days(25),
+            Duration::days(2),
+        );
+    }
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    let active = h.engine.store.active_rotations().unwrap();
+    assert_eq!(active.len(), 20);
+    let before = counting.lists.load(std::sync::atomic::Ordering::SeqCst);
+    let drives = active
+        .iter()
+        .map(|r| h.engine.advance(&h.rt, &r.id, &h.stop));
+    for r in futures_util::future::join_all(drives).await {
+        r.unwrap();
+    }
+    let walks = counting.lists.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(walks <= 2, "{walks} walks to resolve 20 ids");
+    for r in h.engine.store.history(None, 100).unwrap() {
+        assert!(r.new_key_id.is_some(), "rotation {} has no id", r.id);
+        assert_eq!(r.state, RotationState::Retiring);
+    }
+}
+
+#[tokio::test]
 async fn a_provider_that_returns_the_id_on_create_never_lists_for_it() {
     for returns_id in [true, false] {
         let (h, counting) = three_policies();

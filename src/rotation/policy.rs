@@ -200,10 +200,6 @@ pub fn is_safe_lineage(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The stuck conditions the planner decides (DESIGN §4), each a
-/// `rekey_condition{policy,condition}` series.
-pub const CONDITIONS: &[&str] = &["unrecognised_key", "unsafe_name", "conflict"];
-
 /// The longest lineage name allowed in a sink target.
 pub const MAX_LINEAGE_LEN: usize = 128;
 
@@ -328,7 +324,7 @@ pub fn effective_lead(policy: &PolicyConfig, key: &ProviderKey) -> Option<Chrono
 
 fn human(d: ChronoDuration) -> String {
     let secs = d.num_seconds().max(0) as u64;
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    crate::clock::human(std::time::Duration::from_secs(secs))
 }
 
 /// The decision chain for one lineage's current key.

@@ -114,6 +114,43 @@ pub struct Snapshot {
     /// Each policy behind its own `Arc`: replacing one policy's entry
     /// copies pointers, not every key of every policy.
     pub policies: Vec<Arc<PolicyStatus>>,
+    /// Which daemon this is, so `rekey status` names the instance it
+    /// reached (absent from daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+}
+
+/// A running daemon's identity: its config file, state and host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub config: String,
+    pub state: String,
+    pub host: String,
+}
+
+impl Instance {
+    /// This process's identity for `config` and `state`.
+    pub fn new(config: &std::path::Path, state: &std::path::Path) -> Self {
+        let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+        Instance {
+            config: config.display().to_string(),
+            state: state.display().to_string(),
+            host: hostname(),
+        }
+    }
+}
+
+/// The host name (`uname -n`), or `localhost` if it cannot be read.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The engine writes, the endpoint reads; readers never wait.
@@ -126,7 +163,17 @@ impl StatusHandle {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at,
             policies: Vec::new(),
+            instance: None,
         })))
+    }
+
+    /// Name the instance in every snapshot from now on.
+    pub fn set_instance(&self, instance: Instance) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            next.instance = Some(instance.clone());
+            next
+        });
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
@@ -193,6 +240,23 @@ pub enum RotateReply {
     AlreadyRunning { rotations: Vec<String> },
     /// 409: observe-mode or misconfigured policies change nothing.
     Refused { message: String },
+}
+
+/// One line for logs (never Rust `Debug`): `accepted (ids): message`.
+impl std::fmt::Display for RotateReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RotateReply::Accepted { rotations, message } => {
+                write!(f, "accepted ({}): {message}", rotations.join(", "))
+            }
+            RotateReply::UnknownPolicy => f.write_str("unknown policy"),
+            RotateReply::UnknownLineage { lineage } => write!(f, "unknown lineage {lineage:?}"),
+            RotateReply::AlreadyRunning { rotations } => {
+                write!(f, "already running ({})", rotations.join(", "))
+            }
+            RotateReply::Refused { message } => write!(f, "refused: {message}"),
+        }
+    }
 }
 
 pub type RotateSender = mpsc::Sender<RotateRequest>;

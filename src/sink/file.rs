@@ -95,6 +95,25 @@ impl FileSink {
         match self.cfg.format {
             FileFormat::Raw => {}
             FileFormat::Env => {
+                // Checked before anything is written: a mistyped field
+                // would write the default name and leave the configured one
+                // unset in the application (for providers whose fields are
+                // known only now, e.g. Huawei's credential.csv columns).
+                if let Some(field) = self
+                    .cfg
+                    .env_names
+                    .keys()
+                    .find(|f| !p.secret.iter().any(|(k, _)| k == f.as_str()))
+                {
+                    let have: Vec<&str> = p.secret.iter().map(|(k, _)| k).collect();
+                    return Err(SinkError::permanent(
+                        &self.name,
+                        format!(
+                            "env_names names field `{field}`, which this key does not have (its fields: {}); nothing was written",
+                            have.join(", ")
+                        ),
+                    ));
+                }
                 out.push_str(
                     "# Written by rekey. Do not edit: the next rotation replaces this file.\n",
                 );
@@ -401,6 +420,40 @@ impl Confined {
             r => Ok(r?),
         }
     }
+
+    /// As [`Confined::open_parent`], creating the directories beneath
+    /// `base` that are missing: those come from placeholders (`{policy}/`
+    /// in `/etc/keys/{policy}/{lineage}.env`). `base`, the fixed part, is
+    /// never created (`rekey check` reports it missing). Each step is an
+    /// `openat(O_NOFOLLOW)` or `mkdirat` of one component, so the walk stays
+    /// beneath `base` and follows no link; `created` receives each
+    /// directory made (mode 0750, less the umask; a setgid `base` passes its
+    /// group on).
+    fn open_parent_creating(&self, created: &mut dyn FnMut(&Path)) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{Mode, OFlags};
+        match self.open_parent() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => return r,
+        }
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mut fd = rustix::fs::open(&self.base, flags & !OFlags::NOFOLLOW, Mode::empty())?;
+        let mut at = self.base.clone();
+        for d in &self.rel[..self.rel.len() - 1] {
+            at.push(d);
+            match rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&fd, d.as_str(), Mode::from_raw_mode(0o750)) {
+                        Ok(()) => created(&at),
+                        Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    fd = rustix::fs::openat(&fd, d.as_str(), flags, Mode::empty())?;
+                }
+                r => fd = r?,
+            }
+        }
+        Ok(fd)
+    }
 }
 
 /// Open `dirs` one by one beneath `base`, each with `O_NOFOLLOW`: without
@@ -432,6 +485,12 @@ fn confined_error(sink: &str, what: &str, c: &Confined, e: std::io::Error) -> Si
             sink,
             format!("{what} {path}: a component beneath {base} is not a directory (or is a link)"),
         ),
+        _ if e.kind() == std::io::ErrorKind::NotFound && !c.base.is_dir() => SinkError::retryable(
+            sink,
+            format!(
+                "{what} {path}: directory {base} does not exist (the fixed part of the sink's path, which rekey does not create)"
+            ),
+        ),
         _ if e.kind() == std::io::ErrorKind::NotFound => SinkError::retryable(
             sink,
             format!(
@@ -456,7 +515,13 @@ impl FileSink {
         use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let shown = || crate::logging::escape(&c.path().display().to_string()).into_owned();
         let dir = c
-            .open_parent()
+            .open_parent_creating(&mut |d| {
+                tracing::info!(
+                    sink = %self.name,
+                    dir = %crate::logging::escape(&d.display().to_string()),
+                    "created a directory for the sink's path"
+                );
+            })
             .map_err(|e| confined_error(&self.name, "cannot open the directory of", c, e))?;
         let name = c.file_name();
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -605,7 +670,7 @@ impl FileSink {
                 &self.name,
                 format!(
                     "on_publish {shown_cmd:?} did not finish within {}; its process group was killed",
-                    humantime::format_duration(self.cfg.on_publish_timeout)
+                    crate::clock::human(self.cfg.on_publish_timeout)
                 ),
             )),
             Ok(hook::Outcome::Exited { status, .. }) if status.success() => Ok(()),
@@ -780,6 +845,92 @@ mod tests {
             secret,
             fingerprint: fp,
         }
+    }
+
+    fn env_sink_at(path: &str, env_names: &[(&str, &str)]) -> FileSink {
+        FileSink::new(
+            "f",
+            &FileSinkConfig {
+                path: TargetTemplate::parse(path).unwrap(),
+                format: FileFormat::Env,
+                mode: 0o600,
+                owner: None,
+                group: None,
+                on_publish: None,
+                on_publish_timeout: Duration::from_secs(5),
+                env_names: env_names
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                pass_env: Vec::new(),
+                field: None,
+            },
+        )
+    }
+
+    /// Fields known only at run time (Huawei's credential.csv columns):
+    /// an `env_names` key that is not among them fails the publication
+    /// before anything is written, instead of writing the default name and
+    /// leaving the configured variable unset in the application.
+    #[tokio::test]
+    async fn env_names_naming_a_field_the_key_lacks_fails_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = env_sink_at(
+            &format!("{}/{{lineage}}.env", dir.path().display()),
+            &[("acces_key", "HW_AK")],
+        );
+        let mut secret = SecretFields::new();
+        secret.insert("access_key", Secret::new("ak-value"));
+        secret.insert("secret_key", Secret::new("sk-value"));
+        let fp = secret.fingerprint();
+        let e = s.publish(&publication(&secret, &fp)).await.unwrap_err();
+        assert!(!e.retryable, "retrying cannot fix the config");
+        assert_eq!(
+            e.message,
+            "env_names names field `acces_key`, which this key does not have (its fields: access_key, secret_key); nothing was written"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn placeholder_directories_are_created_beneath_the_fixed_part_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = SecretFields::single("api_key", Secret::new("k"));
+        let fp = secret.fingerprint();
+        let s = env_sink_at(
+            &format!("{}/{{policy}}/{{lineage}}.env", dir.path().display()),
+            &[],
+        );
+        let written = s
+            .publish(&publication(&secret, &fp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(written, format!("{}/p/app-a.env", dir.path().display()));
+        let mode = std::fs::metadata(dir.path().join("p"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "created directories are not world-writable"
+        );
+
+        // The fixed part itself is never created.
+        let missing = dir.path().join("missing");
+        let s = env_sink_at(
+            &format!("{}/{{policy}}/{{lineage}}.env", missing.display()),
+            &[],
+        );
+        let e = s.publish(&publication(&secret, &fp)).await.unwrap_err();
+        assert!(
+            e.message.contains("which rekey does not create"),
+            "{}",
+            e.message
+        );
+        assert!(!missing.exists());
     }
 
     #[tokio::test]

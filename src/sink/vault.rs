@@ -556,10 +556,8 @@ impl VaultSink {
                 "{method} {}/v1/{api_path}: reading the response: {}",
                 self.address,
                 match e {
-                    ReadError::Timeout => format!(
-                        "timed out after {}",
-                        humantime::format_duration(self.timeout)
-                    ),
+                    ReadError::Timeout =>
+                        format!("timed out after {}", crate::clock::human(self.timeout)),
                     ReadError::TooLarge => "response too large".into(),
                     ReadError::Transport(t) => t,
                 }

@@ -298,7 +298,7 @@ impl Client {
             .map_err(|_| {
                 self.unreachable(&format!(
                     "no answer within {}",
-                    humantime::format_duration(self.timeout)
+                    crate::clock::human(self.timeout)
                 ))
             })?
     }
@@ -390,22 +390,9 @@ pub fn percent_encode(s: &str) -> String {
 
 /// A duration as its two largest units: `6d 23h`, `3h 12m`, `12m 5s`, `45s`.
 pub fn humanize(d: TimeDelta) -> String {
-    let secs = d.num_seconds().unsigned_abs();
-    let (days, hours, mins, s) = (
-        secs / 86_400,
-        secs % 86_400 / 3_600,
-        secs % 3_600 / 60,
-        secs % 60,
-    );
-    match (days, hours, mins) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, m) if s == 0 => format!("{m}m"),
-        (0, 0, m) => format!("{m}m {s}s"),
-        (0, h, 0) => format!("{h}h"),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, 0, _) => format!("{d}d"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
+    crate::clock::human(std::time::Duration::from_secs(
+        d.num_seconds().unsigned_abs(),
+    ))
 }
 
 fn until(at: Option<DateTime<Utc>>, now: DateTime<Utc>, past: &str) -> String {
@@ -641,6 +628,7 @@ mod tests {
         let snap = Snapshot {
             version: "0".into(),
             started_at: now,
+            instance: None,
             policies: vec![std::sync::Arc::new(PolicyStatus {
                 name: hostile.into(),
                 error: Some(hostile.into()),

@@ -15,3 +15,4 @@ pub use crate::rotation::report::{
     LastRotation, LineageStatus, PolicyStatus, RotateReply, RotateRequest, RotateSender,
     RotationSummary, Snapshot, StatusHandle,
 };
+pub use crate::rotation::report::{Instance, hostname};

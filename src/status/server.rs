@@ -289,6 +289,13 @@ pub async fn bind(listen: &ListenAddr) -> io::Result<Bound> {
 pub async fn bind_admin(path: &Path, group: &str, required: bool) -> io::Result<Bound> {
     let bound = bind(&ListenAddr::Unix(path.to_path_buf())).await?;
     match lookup_group(group) {
+        // Already: created in the packaged /run/rekey, setgid rekey-admin
+        // (tmpfiles.d), which works without rekey being a member of the
+        // group and inside the unit's user namespace, where a chown to
+        // another group cannot be expressed.
+        Some(gid)
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::gid(&m) == gid) => {}
         Some(gid) => match std::os::unix::fs::lchown(path, None, Some(gid)) {
             Ok(()) => {}
             Err(e) if required => {
@@ -626,7 +633,7 @@ async fn bound_request(State(app): State<Arc<App>>, req: Request, next: Next) ->
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "request not handled within {}",
-                humantime::format_duration(app.limits.request_timeout)
+                crate::clock::human(app.limits.request_timeout)
             ),
         ),
     }
@@ -642,8 +649,8 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "stalled: main loop last seen {} ago (limit {})\n",
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(live.max_age()),
+                crate::clock::human(Duration::from_secs(age.as_secs())),
+                crate::clock::human(live.max_age()),
             ),
         )
     }
@@ -768,7 +775,7 @@ async fn rotate(
     if app.role != Role::Admin
         && let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers)
     {
-        tracing::warn!(policy = %policy, reason = ?refusal, "status endpoint: refused unauthenticated POST /rotate");
+        tracing::warn!(policy = %policy, reason = refusal.as_str(), "status endpoint: refused unauthenticated POST /rotate");
         return refusal.into_response();
     }
     let Query(params) = match params {
@@ -815,7 +822,7 @@ async fn rotate(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the daemon did not answer within {}",
-                    humantime::format_duration(wait)
+                    crate::clock::human(wait)
                 ),
             );
         }
@@ -849,7 +856,10 @@ async fn command(
     rotation: String,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers) {
+    // On the admin socket, reaching it is the authorization (as for rotate).
+    if app.role != Role::Admin
+        && let Err(refusal) = authorize(app.state.admin_token.as_ref(), &headers)
+    {
         tracing::warn!(rotation = %rotation.escape_debug(), command = command.as_str(), reason = ?refusal, "status endpoint: refused unauthenticated command");
         return refusal.into_response();
     }
@@ -943,6 +953,17 @@ enum Refusal {
     Missing,
     /// A bearer token that is not the admin token (401).
     Wrong,
+}
+
+impl Refusal {
+    /// For logs: one word, no Rust `Debug`.
+    fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::NotConfigured => "no_admin_token_configured",
+            Refusal::Missing => "no_bearer_token",
+            Refusal::Wrong => "wrong_token",
+        }
+    }
 }
 
 impl IntoResponse for Refusal {

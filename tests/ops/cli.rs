@@ -41,7 +41,11 @@ async fn rekey_status_prints_a_table_and_exits_1_when_a_policy_is_unhealthy() {
     assert_eq!(out.status.code(), Some(1), "gw is failing:\n{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("rekey "), "{stdout}");
-    let header = lines[1];
+    assert_eq!(
+        lines[1], "  host ops-host, config /etc/rekey/rekey.toml, state /var/lib/rekey/state.db",
+        "the header names the instance it reached"
+    );
+    let header = lines[2];
     for col in [
         "POLICY",
         "HEALTH",
@@ -291,6 +295,107 @@ create = {{ action = "read" }}
         text(&out.stderr).contains("--token-file"),
         "says where a token comes from: {}",
         text(&out.stderr)
+    );
+    srv.stop().await;
+}
+
+/// `rekey status -c FILE` asks the daemon at the config's `daemon.listen`
+/// and needs none of the config's secrets (a root shell has no
+/// `$CREDENTIALS_DIRECTORY`); when the daemon there runs another config, it
+/// says so instead of silently reporting another instance.
+#[tokio::test]
+async fn rekey_status_reads_the_endpoint_from_the_config_without_resolving_secrets() {
+    let srv = StatusServer::start(StatusServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = srv.endpoint.trim_start_matches("http://");
+    let config = dir.path().join("rekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"{listen}\"\nadmin_token = {{ credential = \"admin-token\" }}\n\n\
+             [providers.ob]\nkind = \"oceanbase\"\norg_id = \"o\"\nproject_id = \"p\"\n\
+             access_key_id = {{ credential = \"ob-ak\" }}\naccess_key_secret = {{ env = \"OB_SK_UNSET\" }}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(rekey_bin())
+        .args(["status", "-c"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("REKEY_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "gw is failing:\n{stdout}{stderr}"
+    );
+    assert!(stdout.contains(&format!("at {}", srv.endpoint)), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("maas-prod")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("runs /etc/rekey/rekey.toml, not "),
+        "a daemon running another config is named: {stderr}"
+    );
+    assert!(!stderr.contains("cannot be resolved"), "{stderr}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn rekey_status_filters_by_policy_and_lineage_and_summarises_one_line_per_policy() {
+    let srv = StatusServer::start(StatusServerOptions::default()).await;
+    let only_maas = rekey(&[
+        "status",
+        "--endpoint",
+        &srv.endpoint,
+        "--policy",
+        "maas-prod",
+    ])
+    .await;
+    let stdout = text(&only_maas.stdout);
+    assert_eq!(
+        only_maas.status.code(),
+        Some(0),
+        "maas-prod alone is healthy:\n{stdout}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("gw")), "{stdout}");
+
+    let one_lineage = rekey(&["status", "--endpoint", &srv.endpoint, "--lineage", "svc-b"]).await;
+    let stdout = text(&one_lineage.stdout);
+    assert!(
+        stdout.contains("svc-b") && !stdout.contains("svc-a"),
+        "{stdout}"
+    );
+
+    let due = rekey(&["status", "--endpoint", &srv.endpoint, "--due"]).await;
+    let stdout = text(&due.stdout);
+    assert!(
+        stdout.contains("svc-a"),
+        "the failing lineage is shown: {stdout}"
+    );
+    assert!(
+        !stdout.contains("svc-b"),
+        "the healthy one is not: {stdout}"
+    );
+
+    let summary = rekey(&["status", "--endpoint", &srv.endpoint, "--summary"]).await;
+    let stdout = text(&summary.stdout);
+    let rows: Vec<&str> = stdout.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "one line per policy:\n{stdout}");
+    assert!(
+        rows[0].starts_with("maas-prod") && rows[0].contains("ok"),
+        "{stdout}"
+    );
+    assert!(
+        rows[1].starts_with("gw")
+            && rows[1].contains("failing")
+            && rows[1].contains("2 lineage(s)"),
+        "{stdout}"
     );
     srv.stop().await;
 }

@@ -37,6 +37,8 @@ fn populated_metrics() -> Metrics {
         .with_label_values(&["ob-prod", "list"])
         .observe(0.042);
     m.sink_publish.with_label_values(&["app-env", "ok"]).inc();
+    m.outbox_depth.with_label_values(&["ops"]).set(2.0);
+    m.dead_letters.with_label_values(&["ops"]).set(1.0);
     m
 }
 
@@ -165,6 +167,56 @@ fn promtool_check_metrics_reports_nothing() {
             out.status.success() && report.trim().is_empty(),
             "promtool on the {what} (exit {:?}):\n{report}\n--- metrics ---\n{text}",
             out.status.code()
+        );
+    }
+}
+
+/// The shipped alerting rules (contrib/prometheus/rekey-rules.yml) load in
+/// Prometheus, and their unit tests (which alert fires on which series)
+/// pass.
+#[test]
+fn shipped_prometheus_rules_load_and_fire_on_rekey_series() {
+    let Some(promtool) = require_tool("promtool", "checks contrib/prometheus/rekey-rules.yml")
+    else {
+        return;
+    };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus");
+    for args in [
+        ["check", "rules", "rekey-rules.yml"],
+        ["test", "rules", "rekey-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {} (exit {:?}):\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every stuck condition of DESIGN §4 has an alert of its own.
+    let rules = std::fs::read_to_string(format!("{dir}/rekey-rules.yml")).unwrap();
+    for condition in [
+        "step_failing",
+        "rotation_stuck",
+        "retire_failing",
+        "key_expired",
+        "conflict",
+        "unrecognised_key",
+        "unsafe_name",
+        "unknown_time",
+        "next_key_missing",
+    ] {
+        assert!(
+            rules.contains(&format!(
+                "rekey_condition{{condition=\"{condition}\"}} == 1"
+            )),
+            "no alert on condition {condition}"
         );
     }
 }

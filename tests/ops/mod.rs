@@ -1,13 +1,17 @@
 //! The operations surface: the status endpoint, `rekey status` / `rekey
-//! rotate`, metrics as Prometheus tools read them, and the systemd unit.
+//! rotate`, metrics as Prometheus tools read them, the systemd unit and
+//! recipes, and the Debian package.
 //!
 //! [`StatusServer`] serves a hand-built snapshot on `127.0.0.1:0` or a
 //! temp Unix socket, with a fake daemon task answering rotate requests the
 //! way the real one would, and records what it was asked.
 
+mod check;
 mod cli;
+mod dev;
 mod endpoint;
 mod metrics;
+mod package;
 mod systemd;
 
 use std::sync::{Arc, Mutex};
@@ -198,6 +202,11 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
     Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         started_at: ago(now, 3 * 3600),
+        instance: Some(rekey::status::Instance {
+            config: "/etc/rekey/rekey.toml".into(),
+            state: "/var/lib/rekey/state.db".into(),
+            host: "ops-host".into(),
+        }),
         policies: vec![
             std::sync::Arc::new(PolicyStatus {
                 name: "maas-prod".into(),
