@@ -208,52 +208,33 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
 }
 
+/// The kind's own settings of a `[providers.NAME]`: one arm per provider,
+/// each holding the config struct defined beside its client (with its
+/// [`ProviderSpec`](validate::ProviderSpec), which reads and checks it).
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
-    OceanBase {
-        org_id: String,
-        project_id: String,
-        access_key_id: SecretRef,
-        access_key_secret: SecretRef,
-    },
-    Tencent {
-        region: String,
-        /// Further regions whose usage plans are searched for a key's
-        /// bindings (the configured `region` always is).
-        regions: Vec<String>,
-        secret_id: SecretRef,
-        secret_key: SecretRef,
-    },
-    Huawei {
-        project_id: String,
-        auth: HuaweiAuth,
-    },
+    OceanBase(crate::provider::oceanbase::OceanBaseConfig),
+    Tencent(crate::provider::tencent::TencentConfig),
+    Huawei(crate::provider::huawei::HuaweiConfig),
 }
 
 impl ProviderKind {
-    pub fn as_str(&self) -> &'static str {
+    /// The spec of this kind: its config rules and its client's builder.
+    pub fn spec(&self) -> &'static dyn validate::ProviderSpec {
         match self {
-            ProviderKind::OceanBase { .. } => "oceanbase",
-            ProviderKind::Tencent { .. } => "tencent-apigateway",
-            ProviderKind::Huawei { .. } => "huawei-nes",
+            ProviderKind::OceanBase(_) => &crate::provider::oceanbase::Spec,
+            ProviderKind::Tencent(_) => &crate::provider::tencent::Spec,
+            ProviderKind::Huawei(_) => &crate::provider::huawei::Spec,
         }
+    }
+
+    /// `kind = "…"` in the config.
+    pub fn as_str(&self) -> &'static str {
+        self.spec().kind()
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum HuaweiAuth {
-    Token(SecretRef),
-    Iam {
-        endpoint: String,
-        domain: String,
-        user: String,
-        password: SecretRef,
-    },
-    Aksk {
-        access_key: SecretRef,
-        secret_key: SecretRef,
-    },
-}
+pub use crate::provider::huawei::HuaweiAuth;
 
 #[derive(Debug, Clone)]
 pub struct SinkConfig {

@@ -70,11 +70,9 @@ impl PolicySpans {
 pub fn account_of(p: &ProviderConfig) -> String {
     let host = host_without_region(&p.endpoint);
     let who = match &p.kind {
-        ProviderKind::OceanBase {
-            org_id, project_id, ..
-        } => format!("org={org_id} project={project_id}"),
-        ProviderKind::Tencent { secret_id, .. } => format!("secret_id={secret_id:?}"),
-        ProviderKind::Huawei { project_id, .. } => format!("project={project_id}"),
+        ProviderKind::OceanBase(c) => format!("org={} project={}", c.org_id, c.project_id),
+        ProviderKind::Tencent(c) => format!("secret_id={:?}", c.secret_id),
+        ProviderKind::Huawei(c) => format!("project={}", c.project_id),
     };
     format!("{} {host} {who}", p.kind.as_str())
 }
@@ -104,27 +102,18 @@ pub fn listing_scope(p: &ProviderConfig) -> String {
     let mut h = sha2::Sha256::new();
     let mut extra = String::new();
     match &p.kind {
-        ProviderKind::OceanBase {
-            access_key_id,
-            access_key_secret,
-            ..
-        } => {
-            put(&mut h, "access_key_id", access_key_id);
-            put(&mut h, "access_key_secret", access_key_secret);
+        ProviderKind::OceanBase(c) => {
+            put(&mut h, "access_key_id", &c.access_key_id);
+            put(&mut h, "access_key_secret", &c.access_key_secret);
         }
         // `regions` only widens where usage plans are searched; the key
         // list is the request region's.
-        ProviderKind::Tencent {
-            region,
-            secret_id,
-            secret_key,
-            ..
-        } => {
-            put(&mut h, "secret_id", secret_id);
-            put(&mut h, "secret_key", secret_key);
-            extra = format!(" region={region}");
+        ProviderKind::Tencent(c) => {
+            put(&mut h, "secret_id", &c.secret_id);
+            put(&mut h, "secret_key", &c.secret_key);
+            extra = format!(" region={}", c.region);
         }
-        ProviderKind::Huawei { auth, .. } => match auth {
+        ProviderKind::Huawei(c) => match &c.auth {
             super::HuaweiAuth::Token(t) => put(&mut h, "token", t),
             super::HuaweiAuth::Iam {
                 endpoint,
@@ -617,12 +606,12 @@ mod tests {
             rate_limit: None,
             ca_file: None,
             timeout: std::time::Duration::from_secs(5),
-            kind: ProviderKind::Tencent {
+            kind: ProviderKind::Tencent(crate::provider::tencent::TencentConfig {
                 regions: Vec::new(),
                 region: region.into(),
                 secret_id: id,
                 secret_key: super::super::SecretRef::Env("TC_SK".into()),
-            },
+            }),
         }
     }
 

@@ -33,7 +33,12 @@ pub struct RawDaemon {
     pub allowed_hosts: Option<S<Vec<String>>>,
 }
 
-/// `[providers.NAME]`: common keys plus each kind's own.
+/// `[providers.NAME]`: the keys every kind has. The kind's own keys are
+/// not here: each kind reads them into its own config struct, defined
+/// beside its client (`provider::oceanbase::RawOceanBaseConfig`, …), through
+/// its [`ProviderSpec`](super::validate::ProviderSpec). The `kind` tag picks
+/// the spec by hand rather than through a serde internally-tagged enum,
+/// which buffers the table and loses the spans every error message needs.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
@@ -42,66 +47,13 @@ pub struct RawProvider {
     pub rate_limit: Option<S<String>>,
     pub ca_file: Option<S<String>>,
     pub timeout: Option<S<String>>,
-    // oceanbase
-    pub org_id: Option<S<String>>,
-    pub project_id: Option<S<String>>,
-    pub access_key_id: Option<S<RawSecretRef>>,
-    pub access_key_secret: Option<S<RawSecretRef>>,
-    // tencent-apigateway
-    pub region: Option<S<String>>,
-    /// More regions searched for usage plans bound to a key.
-    pub regions: Option<S<Vec<String>>>,
-    pub secret_id: Option<S<RawSecretRef>>,
-    pub secret_key: Option<S<RawSecretRef>>,
-    // huawei-nes
-    pub auth: Option<S<RawHuaweiAuth>>,
 }
 
 impl RawProvider {
-    /// Every kind-specific key of `[providers.NAME]` with where it was set
-    /// (`None`: absent), in declaration order. A provider's spec names the
-    /// ones it reads (`ProviderSpec::keys`); the others are reported as not
-    /// applying to its kind.
-    pub fn kind_keys(&self) -> Vec<(&'static str, Option<std::ops::Range<usize>>)> {
-        fn sp<T>(o: &Option<S<T>>) -> Option<std::ops::Range<usize>> {
-            o.as_ref().map(|s| s.span())
-        }
-        vec![
-            ("org_id", sp(&self.org_id)),
-            ("project_id", sp(&self.project_id)),
-            ("access_key_id", sp(&self.access_key_id)),
-            ("access_key_secret", sp(&self.access_key_secret)),
-            ("region", sp(&self.region)),
-            ("regions", sp(&self.regions)),
-            ("secret_id", sp(&self.secret_id)),
-            ("secret_key", sp(&self.secret_key)),
-            ("auth", sp(&self.auth)),
-        ]
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum RawHuaweiAuth {
-    Token(S<RawSecretRef>),
-    Iam(RawHuaweiIam),
-    Aksk(RawHuaweiAksk),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHuaweiIam {
-    pub endpoint: S<String>,
-    pub domain: S<String>,
-    pub user: S<String>,
-    pub password: S<RawSecretRef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHuaweiAksk {
-    pub access_key: S<RawSecretRef>,
-    pub secret_key: S<RawSecretRef>,
+    /// The keys of [`RawProvider`]: every other key of `[providers.NAME]`
+    /// belongs to the kind.
+    pub const KEYS: &'static [&'static str] =
+        &["kind", "endpoint", "rate_limit", "ca_file", "timeout"];
 }
 
 /// `[sinks.NAME]`

@@ -130,7 +130,8 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     let root = root.into_inner();
 
     let mut daemon_raw: Option<RawDaemon> = None;
-    let mut providers_raw: Vec<(Spanned<String>, RawProvider)> = Vec::new();
+    let mut providers_raw: Vec<(Spanned<String>, RawProvider, Spanned<DeValue<'_>>)> =
+        Vec::new();
     let mut sinks_raw: Vec<(Spanned<String>, RawSink)> = Vec::new();
     let mut notify_raw: Vec<(Spanned<String>, RawNotify)> = Vec::new();
     let mut policies_raw: Vec<(Range<usize>, RawPolicy)> = Vec::new();
@@ -154,8 +155,10 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
             "providers" => {
                 for (name, v) in named_items(cx, value, "providers") {
                     cx.origin(format!("providers.{}", name.get_ref()), name.span());
-                    match item::<RawProvider>(cx, v, &format!("[providers.{}]", name.get_ref())) {
-                        Some(p) => providers_raw.push((name, p)),
+                    // The common keys now; the kind's own once its spec is known.
+                    let (common, own) = split_table(v, RawProvider::KEYS);
+                    match item::<RawProvider>(cx, common, &format!("[providers.{}]", name.get_ref())) {
+                        Some(p) => providers_raw.push((name, p, own)),
                         None => {
                             broken.insert(format!("provider:{}", name.get_ref()));
                         }
@@ -222,8 +225,8 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     let daemon = validate_daemon(cx, daemon_raw.unwrap_or_default());
 
     let mut providers = BTreeMap::new();
-    for (name, raw) in providers_raw {
-        match validate_provider(cx, &name, raw) {
+    for (name, raw, own) in providers_raw {
+        match validate_provider(cx, &name, raw, own) {
             Some(p) => {
                 providers.insert(name.into_inner(), p);
             }
@@ -393,6 +396,35 @@ fn item<'i, T: Deserialize<'i>>(
             None => return None,
         }
     }
+}
+
+/// A table split in two by key: those named in `keys`, and the others
+/// (both keep the table's span). Anything but a table goes to the first
+/// part whole, for [`item`] to report, and the second part is empty.
+fn split_table<'i>(
+    value: Spanned<DeValue<'i>>,
+    keys: &[&str],
+) -> (Spanned<DeValue<'i>>, Spanned<DeValue<'i>>) {
+    let span = value.span();
+    let empty = || Spanned::new(span.clone(), DeValue::Table(DeTable::new()));
+    if !matches!(value.get_ref(), DeValue::Table(_)) {
+        return (value, empty());
+    }
+    let DeValue::Table(table) = value.into_inner() else {
+        return (empty(), empty());
+    };
+    let (mut named, mut rest) = (DeTable::new(), DeTable::new());
+    for (k, v) in table {
+        if keys.contains(&k.get_ref().as_ref()) {
+            named.insert(k, v);
+        } else {
+            rest.insert(k, v);
+        }
+    }
+    (
+        Spanned::new(span.clone(), DeValue::Table(named)),
+        Spanned::new(span, DeValue::Table(rest)),
+    )
 }
 
 /// `culprit`: the key of the item the error lies in, when known (serde's
@@ -893,16 +925,29 @@ fn required<'r, T>(
 /// What a provider's own config check (its [`ProviderSpec`], beside its
 /// client in `src/provider/`) may use: located errors and the shared
 /// field checks, all reporting against the `[providers.NAME]` item.
-pub struct ProviderCx<'c, 'a> {
+pub struct ProviderCx<'c, 'a, 'i> {
     cx: &'c mut Ctx<'a>,
     /// `[providers.NAME]`, for messages.
     pub what: String,
     /// The provider kind, for messages.
     pub kind: &'static str,
     at: Range<usize>,
+    /// The kind's own keys of `[providers.NAME]` (keys of no kind and of
+    /// other kinds already reported and taken out), for [`ProviderCx::parse`].
+    own: Option<Spanned<DeValue<'i>>>,
 }
 
-impl ProviderCx<'_, '_> {
+impl<'i> ProviderCx<'_, '_, 'i> {
+    /// The kind's own keys as its config struct (`deny_unknown_fields`,
+    /// every value `Spanned`), every error located; `None` after reporting
+    /// an error that leaves nothing to check. A key with a value of the
+    /// wrong type is reported and dropped (and then not reported again as
+    /// missing by [`ProviderCx::required`]). Call it once.
+    pub fn parse<T: Deserialize<'i>>(&mut self) -> Option<T> {
+        let own = self.own.take()?;
+        item(self.cx, own, &self.what)
+    }
+
     /// An error at `span` with a hint.
     pub fn error_hint(
         &mut self,
@@ -935,9 +980,11 @@ impl ProviderCx<'_, '_> {
 }
 
 /// One provider kind's config rules, kept beside its client (like a
-/// Vector component): defaults, the auth forms and naming constraints of
-/// `[providers.NAME]`, and the `create` keys a policy may pass. The list of
-/// kinds is [`crate::provider::SPECS`]; a new kind is one more entry there.
+/// Vector component): its own config struct (read by
+/// [`ProviderCx::parse`]), defaults, the auth forms and naming constraints
+/// of `[providers.NAME]`, the `create` keys a policy may pass, and how its
+/// client is built. The list of kinds is [`crate::provider::SPECS`]; a new
+/// kind is one more entry there and one arm of [`ProviderKind`].
 pub trait ProviderSpec: Sync {
     /// `kind = "…"` in the config.
     fn kind(&self) -> &'static str;
@@ -947,18 +994,29 @@ pub trait ProviderSpec: Sync {
     fn default_rate(&self) -> Option<f64> {
         None
     }
-    /// The kind-specific keys of `[providers.NAME]` it reads (from
-    /// `RawProvider::kind_keys`); any other one set is reported as not
-    /// applying to this kind.
+    /// The kind's own keys of `[providers.NAME]` (its config struct's
+    /// fields). A key another kind reads is reported as not applying to
+    /// this kind; a key no kind reads as unknown, with a did-you-mean.
     fn keys(&self) -> &'static [&'static str];
     /// Whether the provider's keys carry an expiry (else
     /// `rotate_before_expiry` never fires and is refused).
     fn has_expiry(&self) -> bool {
         false
     }
-    /// The kind-specific keys of `[providers.NAME]`, checked, as the domain
-    /// type; `None` after reporting why.
-    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind>;
+    /// The kind's own keys of `[providers.NAME]` (`cx.parse()` reads them
+    /// into its config struct), checked, as the domain type; `None` after
+    /// reporting why.
+    fn validate(&self, cx: &mut ProviderCx<'_, '_, '_>) -> Option<ProviderKind>;
+    /// The secret fields its keys carry, when fixed (`None`: they depend
+    /// on the answer, like Huawei's CSV columns), so a sink's `env_names`
+    /// can be checked.
+    fn secret_fields(&self) -> Option<&'static [&'static str]>;
+    /// Its client, for a validated config of this kind.
+    fn build(
+        &self,
+        cfg: &ProviderConfig,
+        http: crate::provider::http::ProviderHttp,
+    ) -> Result<crate::provider::SharedProvider, crate::provider::BuildError>;
     /// Keys a policy's `create` table may hold.
     fn create_keys(&self) -> &'static [&'static str];
     /// Kind-specific checks of a policy's `create` table, after the unknown
@@ -966,7 +1024,7 @@ pub trait ProviderSpec: Sync {
     /// this checks what else the kind needs. Reports through `cx`.
     fn check_create(
         &self,
-        _cx: &mut ProviderCx<'_, '_>,
+        _cx: &mut ProviderCx<'_, '_, '_>,
         _create: &serde_json::Map<String, serde_json::Value>,
         _span: Range<usize>,
         _rotate: bool,
@@ -984,6 +1042,7 @@ fn validate_provider(
     cx: &mut Ctx,
     name: &Spanned<String>,
     raw: RawProvider,
+    own: Spanned<DeValue<'_>>,
 ) -> Option<ProviderConfig> {
     let what = format!("[providers.{}]", name.get_ref());
     let at = name.span();
@@ -1013,21 +1072,14 @@ fn validate_provider(
     };
     let ca_file = ca_file(cx, &raw.ca_file);
     let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(30));
-    let foreign: Vec<(&str, Option<Range<usize>>)> = raw
-        .kind_keys()
-        .into_iter()
-        .filter(|(k, _)| !spec.keys().contains(k))
-        .collect();
-    not_for_kind(cx, spec.kind(), "providers", &foreign);
-    let kind = spec.validate(
-        &mut ProviderCx {
-            cx,
-            what,
-            kind: spec.kind(),
-            at,
-        },
-        &raw,
-    );
+    let own = own_keys(cx, spec, &what, own);
+    let kind = spec.validate(&mut ProviderCx {
+        cx,
+        what,
+        kind: spec.kind(),
+        at,
+        own: Some(own),
+    });
     Some(ProviderConfig {
         name: name.get_ref().clone(),
         endpoint: endpoint?,
@@ -1036,6 +1088,54 @@ fn validate_provider(
         timeout,
         kind: kind?,
     })
+}
+
+/// The keys of `[providers.NAME]` beyond the common ones that `spec`'s
+/// kind reads. The others are reported here: a key another kind reads as
+/// not applying to this one (at its value), any other as unknown (at its
+/// name, with a did-you-mean among the keys this kind takes).
+fn own_keys<'i>(
+    cx: &mut Ctx,
+    spec: &dyn ProviderSpec,
+    what: &str,
+    own: Spanned<DeValue<'i>>,
+) -> Spanned<DeValue<'i>> {
+    let span = own.span();
+    let DeValue::Table(table) = own.into_inner() else {
+        return Spanned::new(span, DeValue::Table(DeTable::new()));
+    };
+    let known: Vec<&str> = RawProvider::KEYS
+        .iter()
+        .chain(spec.keys())
+        .copied()
+        .collect();
+    let mut kept = DeTable::new();
+    let mut foreign: Vec<(&str, Option<Range<usize>>)> = Vec::new();
+    for (k, v) in table {
+        let key = k.get_ref().as_ref();
+        if spec.keys().contains(&key) {
+            kept.insert(k, v);
+        } else if let Some(other) = crate::provider::SPECS
+            .iter()
+            .flat_map(|s| s.keys())
+            .find(|o| **o == key)
+        {
+            foreign.push((other, Some(v.span())));
+        } else {
+            let hint = match did_you_mean(key, known.iter().copied()) {
+                Some(m) => {
+                    // `orgid` for `org_id`: one error, not a second one
+                    // saying `org_id` is missing.
+                    cx.dropped.insert((what.to_string(), m.to_string()));
+                    format!("did you mean `{m}`?")
+                }
+                None => format!("known keys here: {}", known.join(", ")),
+            };
+            cx.d.error_hint(k.span(), format!("unknown key `{key}` in {what}"), hint);
+        }
+    }
+    not_for_kind(cx, spec.kind(), "providers", &foreign);
+    Spanned::new(span, DeValue::Table(kept))
 }
 
 fn target(cx: &mut Ctx, s: &Spanned<String>, key: &str) -> Option<TargetTemplate> {
@@ -1750,6 +1850,7 @@ fn validate_policy(
                 what: what.clone(),
                 kind: spec.kind(),
                 at: create_span.clone(),
+                own: None,
             };
             spec.check_create(
                 &mut pcx,
@@ -1791,18 +1892,6 @@ fn validate_policy(
     })
 }
 
-/// The secret fields each provider kind's keys carry, when they are known
-/// before a key exists (the names `SecretFields` uses; a file sink's
-/// `env_names` keys must be among them). `None`: known only at run time,
-/// checked by the file sink before it writes anything.
-fn fixed_secret_fields(kind: &ProviderKind) -> Option<&'static [&'static str]> {
-    match kind {
-        ProviderKind::OceanBase { .. } => Some(&["api_key"]),
-        ProviderKind::Tencent { .. } => Some(&["access_key_id", "access_key_secret"]),
-        ProviderKind::Huawei { .. } => None,
-    }
-}
-
 /// How a policy's sinks fit its provider: `env_names` keys name the
 /// provider's secret fields.
 fn sink_fit(cx: &mut Ctx, raw: &RawPolicy, provider: Option<&ProviderConfig>, refs: &Refs) {
@@ -1815,7 +1904,7 @@ fn sink_fit(cx: &mut Ctx, raw: &RawPolicy, provider: Option<&ProviderConfig>, re
         let (SinkKind::File(f), Some(p)) = (&sink.kind, provider) else {
             continue;
         };
-        let Some(fields) = fixed_secret_fields(&p.kind) else {
+        let Some(fields) = p.kind.spec().secret_fields() else {
             continue;
         };
         for field in f.env_names.keys() {

@@ -1,18 +1,37 @@
-//! The emulators' small framework: the knobs every emulator has
-//! ([`CommonKnobs`]: `--list-delay`), the run-time fault dials behind the
-//! admin API ([`Dials`]: rate limit, error rate, latency), the queue of
-//! forced faults ([`Forced`], [`take_forced`]), a random-string helper, query
-//! decoding, a serde helper for humantime durations, and the background
-//! server with graceful shutdown that `start()` returns. (The rate parser,
-//! token bucket and the admin API's loopback rule are in the parent
-//! module.)
+//! The emulators' one framework: everything the three share, so each
+//! emulator file holds only its vendor's protocol.
+//!
+//! - Knobs every emulator has ([`CommonKnobs`]: `--list-delay`).
+//! - The run-time fault dials ([`Dials`]: rate limit with its token bucket
+//!   ([`TokenBucket`], [`parse_rate`], [`retry_after_secs`]), error rate,
+//!   latency) and the queue of forced faults ([`Forced`]).
+//! - [`Core`]: dials, forced faults, per-operation counters ([`OpStats`])
+//!   and the request log ([`LoggedRequest`]), one per emulator, behind its
+//!   state lock.
+//! - The admin API ([`admin_routes`], loopback only per [`admin_allowed`]):
+//!   `GET|POST /__emulator/keys`, `GET|POST /__emulator/faults` (one JSON
+//!   shape, [`Faults`]), `GET /__emulator/stats`, `GET /__emulator/requests`.
+//!   An emulator implements [`Emulator`] (how to show and insert its keys,
+//!   what its own fault flags do) and gets these routes.
+//! - The background [`Server`] with graceful shutdown, random strings,
+//!   query decoding and a serde helper for humantime durations.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -102,14 +121,83 @@ impl CommonKnobs {
     }
 }
 
+/// Parse a request rate written as `N/s`, `N/min` or `N/h` (as in the
+/// config's `rate_limit`) into requests per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    text.parse::<crate::config::RateLimit>()
+        .map(|r| r.per_second)
+}
+
+/// A token bucket: `rate` tokens per second, holding at most one second's
+/// worth (at least one token), so a client may burst briefly and is then
+/// held to the rate, like an API gateway's limiter.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Refill speed in tokens per second.
+    rate: f64,
+    /// Burst size: what an idle client may spend at once.
+    capacity: f64,
+    /// Tokens available at `last`.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(per_second: f64, now: Instant) -> Self {
+        let capacity = per_second.max(1.0).floor();
+        TokenBucket {
+            rate: per_second,
+            capacity,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    /// Take one token, or say how long until one is available.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// `Retry-After` seconds for a wait: rounded up, at least one (the header
+/// carries whole seconds and `0` would invite an immediate retry).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
+/// The admin API answers only clients on the loopback interface: it hands
+/// out every key's secret and takes no credentials.
+pub fn admin_allowed(peer: &SocketAddr) -> bool {
+    peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback()
+}
+
+/// How the rate limit is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// One token bucket per operation, as Tencent and Huawei limit per API.
+    PerOperation,
+    /// One bucket for every call (the OceanBase emulator's choice: its
+    /// documents name no per-API limit).
+    Shared,
+}
+
 /// The fault dials every emulator has, changeable at run time through its
-/// admin API: a per-operation rate limit (one token bucket per operation,
-/// as vendors limit per API), an error rate drawn from a seeded generator,
+/// admin API: a rate limit, an error rate drawn from a seeded generator,
 /// and a latency added before every answer.
 #[derive(Debug)]
 pub struct Dials {
     rate_limit: Option<f64>,
-    buckets: std::collections::HashMap<String, super::TokenBucket>,
+    scope: LimitScope,
+    buckets: HashMap<String, TokenBucket>,
     error_rate: f64,
     latency: Duration,
     rng: rand::rngs::StdRng,
@@ -120,11 +208,18 @@ impl Dials {
         use rand::SeedableRng;
         Dials {
             rate_limit,
-            buckets: std::collections::HashMap::new(),
+            scope: LimitScope::PerOperation,
+            buckets: HashMap::new(),
             error_rate,
             latency,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// Count the rate limit per operation or across all of them.
+    pub fn with_scope(mut self, scope: LimitScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Change what a `POST /__emulator/faults` names: an error rate within
@@ -135,21 +230,30 @@ impl Dials {
         latency: Option<Duration>,
         rate_limit: Option<f64>,
     ) -> Result<(), String> {
+        Self::check(error_rate, rate_limit)?;
         if let Some(r) = error_rate {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(format!("error_rate {r} is not within 0..=1"));
-            }
             self.error_rate = r;
         }
         if let Some(l) = latency {
             self.latency = l;
         }
         if let Some(r) = rate_limit {
-            if !r.is_finite() || r < 0.0 {
-                return Err(format!("rate_limit {r} is negative"));
-            }
             self.rate_limit = (r > 0.0).then_some(r);
             self.buckets.clear();
+        }
+        Ok(())
+    }
+
+    fn check(error_rate: Option<f64>, rate_limit: Option<f64>) -> Result<(), String> {
+        if let Some(r) = error_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(format!("error_rate {r} is not within 0..=1"));
+        }
+        if let Some(r) = rate_limit
+            && (!r.is_finite() || r < 0.0)
+        {
+            return Err(format!("rate_limit {r} is negative"));
         }
         Ok(())
     }
@@ -159,10 +263,14 @@ impl Dials {
         let Some(rate) = self.rate_limit else {
             return Ok(());
         };
-        let t = std::time::Instant::now();
+        let key = match self.scope {
+            LimitScope::PerOperation => op,
+            LimitScope::Shared => "*",
+        };
+        let t = Instant::now();
         self.buckets
-            .entry(op.to_string())
-            .or_insert_with(|| super::TokenBucket::new(rate, t))
+            .entry(key.to_string())
+            .or_insert_with(|| TokenBucket::new(rate, t))
             .try_take(t)
     }
 
@@ -176,8 +284,8 @@ impl Dials {
     }
 
     /// The dials as the admin API shows them.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+    pub fn to_json(&self) -> Value {
+        json!({
             "error_rate": self.error_rate,
             "latency": humantime::format_duration(self.latency).to_string(),
             "rate_limit": self.rate_limit,
@@ -191,6 +299,11 @@ pub trait Forced: Clone {
     fn operation(&self) -> &str;
     /// How many more calls it answers.
     fn count_mut(&mut self) -> &mut u32;
+    /// Whether the emulator can answer with it (a known operation, a
+    /// plausible status); `Err` is the admin API's 400 text.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Take the first queued fault for `op`, counting it down.
@@ -205,6 +318,369 @@ pub fn take_forced<F: Forced>(queue: &mut Vec<F>, op: &str) -> Option<F> {
         *queue[i].count_mut() -= 1;
     }
     Some(f)
+}
+
+/// A change of faults: what `POST /__emulator/faults` takes as JSON (and
+/// each emulator's `set_faults`), one shape for every emulator. `latency`
+/// is a humantime string like `"20ms"`; `force` entries are the
+/// emulator's own [`Forced`] type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, bound = "F: Serialize + DeserializeOwned")]
+pub struct Faults<F> {
+    /// New share (0..=1) of calls answered with the emulator's internal error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// New delay before every API answer.
+    #[serde(with = "opt_humantime", skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Duration>,
+    /// New rate limit in calls per second; `0` turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Forced answers to queue (after `clear_forced`, if set).
+    pub force: Vec<F>,
+    /// Drop every queued forced answer first.
+    pub clear_forced: bool,
+    /// OceanBase: make every Digest nonce issued so far stale.
+    pub expire_nonces: bool,
+    /// Huawei: invalidate every IAM token issued so far.
+    pub expire_tokens: bool,
+}
+
+impl<F> Default for Faults<F> {
+    fn default() -> Self {
+        Faults {
+            error_rate: None,
+            latency: None,
+            rate_limit: None,
+            force: Vec::new(),
+            clear_forced: false,
+            expire_nonces: false,
+            expire_tokens: false,
+        }
+    }
+}
+
+/// Counts for one operation (`GET /__emulator/stats`). Each emulator fills
+/// the ones its protocol has (only OceanBase challenges, say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OpStats {
+    /// Every request that reached the operation.
+    pub requests: u64,
+    /// Answered with success.
+    pub ok: u64,
+    /// Answered with any error (the ones below included).
+    pub errors: u64,
+    /// Refused for its credentials or signature.
+    pub auth_failures: u64,
+    /// OceanBase: answered 401 with a Digest challenge (stale ones too).
+    pub challenged: u64,
+    /// OceanBase: of those, challenges with `stale=true`.
+    pub stale: u64,
+    /// Answered by the rate limit.
+    pub rate_limited: u64,
+    /// Answered by a forced fault or the random error rate.
+    pub faults: u64,
+    /// Refused for the request itself: missing headers, bad parameters,
+    /// unknown id.
+    pub rejected: u64,
+}
+
+/// An emulator's name for one operation: OceanBase's [`Operation`
+/// enum](super::oceanbase::Operation), a Tencent action, a Huawei path.
+pub trait Op: Clone + Ord + Serialize + std::fmt::Debug + Send + Sync + 'static {
+    /// The name forced faults and rate-limit buckets use.
+    fn name(&self) -> &str;
+    /// Whether it is the key listing (what a walk is made of).
+    fn is_list(&self) -> bool;
+}
+
+/// How many requests the request log keeps (later ones are not logged).
+pub const REQUEST_LOG_CAP: usize = 1_000_000;
+
+/// One API request as an emulator answered it (`GET /__emulator/requests`,
+/// each handle's `request_log`), challenges and throttled calls included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggedRequest<O> {
+    pub operation: O,
+    /// Page of a list request, from 1 (`None` for other operations).
+    pub page: Option<usize>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The error code answered, for protocols that answer errors with
+    /// HTTP 200 (Tencent); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Milliseconds since the emulator started, when it was answered.
+    pub at_ms: u64,
+}
+
+impl<O: Op> LoggedRequest<O> {
+    /// An answered first list page: one walk began (and its first page
+    /// was served).
+    pub fn starts_walk(&self) -> bool {
+        self.operation.is_list() && self.page == Some(1) && self.status == 200 && self.code.is_none()
+    }
+}
+
+/// What every emulator keeps beside its keys: the dials, the forced-fault
+/// queue, per-operation counts, named counters and the request log.
+#[derive(Debug)]
+pub struct Core<O, F> {
+    pub dials: Dials,
+    pub forced: Vec<F>,
+    stats: BTreeMap<O, OpStats>,
+    /// Emulator-specific counts shown beside the operations' (OceanBase:
+    /// `authenticated_md5`, `authenticated_sha256`).
+    counters: BTreeMap<&'static str, u64>,
+    log: Vec<LoggedRequest<O>>,
+    started: Instant,
+}
+
+impl<O: Op, F: Forced + Serialize> Core<O, F> {
+    pub fn new(dials: Dials) -> Self {
+        Core {
+            dials,
+            forced: Vec::new(),
+            stats: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            log: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Update `op`'s counts.
+    pub fn count(&mut self, op: &O, f: impl FnOnce(&mut OpStats)) {
+        f(self.stats.entry(op.clone()).or_default());
+    }
+
+    /// Add one to a named counter.
+    pub fn bump(&mut self, counter: &'static str) {
+        *self.counters.entry(counter).or_default() += 1;
+    }
+
+    pub fn counter(&self, counter: &str) -> u64 {
+        self.counters.get(counter).copied().unwrap_or(0)
+    }
+
+    /// Log one answered request (up to [`REQUEST_LOG_CAP`]).
+    pub fn log(&mut self, operation: O, page: Option<usize>, status: u16, code: Option<String>) {
+        if self.log.len() < REQUEST_LOG_CAP {
+            let at_ms = self.started.elapsed().as_millis() as u64;
+            self.log.push(LoggedRequest {
+                operation,
+                page,
+                status,
+                code,
+                at_ms,
+            });
+        }
+    }
+
+    /// The first queued fault for `op`, counted down.
+    pub fn take_forced(&mut self, op: &O) -> Option<F> {
+        take_forced(&mut self.forced, op.name())
+    }
+
+    /// Apply the common part of a fault change, all or nothing: every value
+    /// is checked before any is applied. The emulator acts on the flags
+    /// (`expire_nonces`, `expire_tokens`) itself.
+    pub fn apply(&mut self, f: &Faults<F>) -> Result<(), String> {
+        Dials::check(f.error_rate, f.rate_limit)?;
+        for ff in &f.force {
+            ff.check()?;
+        }
+        self.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
+        if f.clear_forced {
+            self.forced.clear();
+        }
+        self.forced.extend(f.force.iter().cloned().filter_map(|mut ff| {
+            (*ff.count_mut() > 0).then_some(ff)
+        }));
+        Ok(())
+    }
+
+    /// `GET /__emulator/faults`: the dials and the queue.
+    pub fn faults_json(&self) -> Value {
+        let mut v = self.dials.to_json();
+        v["forced"] = json!(self.forced);
+        v
+    }
+
+    /// Counts per operation.
+    pub fn stats(&self) -> BTreeMap<O, OpStats> {
+        self.stats.clone()
+    }
+
+    /// `GET /__emulator/stats`: `{OPERATION: OpStats, …, COUNTER: n, …}`.
+    pub fn stats_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (op, s) in &self.stats {
+            m.insert(op.name().to_string(), json!(s));
+        }
+        for (c, n) in &self.counters {
+            m.insert((*c).to_string(), json!(n));
+        }
+        Value::Object(m)
+    }
+
+    /// Every request answered since start or the last reset, in order.
+    pub fn request_log(&self) -> Vec<LoggedRequest<O>> {
+        self.log.clone()
+    }
+
+    /// Forget the counts and the request log.
+    pub fn reset(&mut self) {
+        self.stats.clear();
+        self.counters.clear();
+        self.log.clear();
+    }
+}
+
+/// What an emulator tells the framework so it can serve the admin API.
+pub trait Emulator: Send + Sync + 'static {
+    type Op: Op;
+    type Forced: Forced + Serialize + DeserializeOwned + Send + 'static;
+    /// Run `f` on the emulator's [`Core`], under its state lock.
+    fn core<R>(&self, f: impl FnOnce(&mut Core<Self::Op, Self::Forced>) -> R) -> R;
+    /// `GET /__emulator/keys`: every key, secrets included.
+    fn keys_json(&self) -> Value;
+    /// `POST /__emulator/keys`: insert one key from the JSON body; `None`
+    /// when the emulator takes no inserts (405), `Err` a 400's text.
+    fn insert_key_json(&self, _body: &[u8]) -> Option<Result<Value, String>> {
+        None
+    }
+    /// Apply a fault change: [`Core::apply`] plus what the flags mean here
+    /// (a flag the emulator has no use for is refused).
+    fn apply_faults(&self, faults: Faults<Self::Forced>) -> Result<(), String>;
+    /// `GET /__emulator/faults`.
+    fn faults_json(&self) -> Value {
+        self.core(|c| c.faults_json())
+    }
+}
+
+/// Refuse the flags of [`Faults`] an emulator does not have.
+pub fn refuse_flags<F>(f: &Faults<F>, emulator: &str, allowed: &[&str]) -> Result<(), String> {
+    for (name, set) in [
+        ("expire_nonces", f.expire_nonces),
+        ("expire_tokens", f.expire_tokens),
+    ] {
+        if set && !allowed.contains(&name) {
+            return Err(format!("{name} does not apply to the {emulator} emulator"));
+        }
+    }
+    Ok(())
+}
+
+/// The admin API every emulator serves, loopback clients only:
+/// `GET|POST /__emulator/keys`, `GET|POST /__emulator/faults`,
+/// `GET /__emulator/stats`, `GET /__emulator/requests`. Merge it into the
+/// emulator's router (which may add routes of its own).
+pub fn admin_routes<E: Emulator>() -> Router<Arc<E>> {
+    Router::new()
+        .route(
+            "/__emulator/keys",
+            get(admin_keys::<E>).post(admin_insert_key::<E>),
+        )
+        .route(
+            "/__emulator/faults",
+            get(admin_faults::<E>).post(admin_set_faults::<E>),
+        )
+        .route("/__emulator/stats", get(admin_stats::<E>))
+        .route("/__emulator/requests", get(admin_requests::<E>))
+}
+
+/// The 403 of an admin request from beyond loopback.
+pub fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the emulator admin API answers loopback clients only\n",
+    )
+        .into_response()
+}
+
+fn json_ok(status: StatusCode, v: Value) -> Response {
+    (status, Json(v)).into_response()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+}
+
+async fn admin_keys<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    json_ok(StatusCode::OK, e.keys_json())
+}
+
+async fn admin_insert_key<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    match e.insert_key_json(&body) {
+        None => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this emulator takes no key inserts\n",
+        )
+            .into_response(),
+        Some(Ok(v)) => json_ok(StatusCode::CREATED, v),
+        Some(Err(m)) => bad_request(m),
+    }
+}
+
+async fn admin_faults<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    json_ok(StatusCode::OK, e.faults_json())
+}
+
+async fn admin_set_faults<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    let faults: Faults<E::Forced> = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(err) => return bad_request(format_args!("bad faults: {err}")),
+    };
+    match e.apply_faults(faults) {
+        Ok(()) => json_ok(StatusCode::OK, e.faults_json()),
+        Err(m) => bad_request(m),
+    }
+}
+
+async fn admin_stats<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    json_ok(StatusCode::OK, e.core(|c| c.stats_json()))
+}
+
+async fn admin_requests<E: Emulator>(
+    State(e): State<Arc<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !admin_allowed(&peer) {
+        return forbidden();
+    }
+    json_ok(StatusCode::OK, json!(e.core(|c| c.request_log())))
 }
 
 /// An axum app served in the background until [`Server::shutdown`].
@@ -224,7 +700,12 @@ impl Server {
     /// Bind `listen` (port 0 picks one) and serve `app` on the current
     /// runtime, with the peer address available to handlers.
     pub async fn start(listen: SocketAddr, app: Router) -> io::Result<Server> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        Server::serve(tokio::net::TcpListener::bind(listen).await?, app)
+    }
+
+    /// Serve `app` on a listener already bound (when the app needs to know
+    /// its own address).
+    pub fn serve(listener: tokio::net::TcpListener, app: Router) -> io::Result<Server> {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -344,5 +825,55 @@ mod tests {
         );
         assert!(query_pairs("x=%zz").is_none());
         assert_eq!(percent_decode("%2Ftmp", false).unwrap(), "/tmp");
+    }
+
+
+    #[test]
+    fn rates_parse_per_second_minute_and_hour() {
+        assert_eq!(parse_rate("20/s").unwrap(), 20.0);
+        assert_eq!(parse_rate("600/min").unwrap(), 10.0);
+        assert_eq!(parse_rate(" 3600 / h ").unwrap(), 1.0);
+        assert!(parse_rate("20").is_err());
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("-1/s").is_err());
+        assert!(parse_rate("5/week").is_err());
+        assert!(parse_rate("x/s").is_err());
+        assert_eq!(parse_rate("7200/h").unwrap(), 2.0);
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_holds_to_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2.0, t0);
+        assert!(b.try_take(t0).is_ok());
+        assert!(b.try_take(t0).is_ok());
+        let wait = b.try_take(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(b.try_take(t0 + Duration::from_millis(500)).is_ok());
+        assert!(b.try_take(t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn slow_rates_still_allow_one_request() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1.0 / 60.0, t0);
+        assert!(b.try_take(t0).is_ok());
+        let wait = b.try_take(t0).unwrap_err();
+        assert_eq!(retry_after_secs(wait), 60);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn admin_api_is_loopback_only() {
+        assert!(admin_allowed(&"127.0.0.1:1".parse().unwrap()));
+        assert!(admin_allowed(&"[::1]:1".parse().unwrap()));
+        assert!(admin_allowed(&"[::ffff:127.0.0.1]:1".parse().unwrap()));
+        assert!(!admin_allowed(&"10.0.0.1:1".parse().unwrap()));
     }
 }

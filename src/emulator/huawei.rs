@@ -33,9 +33,10 @@
 //! answers 500 `BCS.03500001`. Error bodies are `{code, error_code,
 //! error_msg, message}` with `code` as a string.
 //!
-//! Admin API (loopback only): `GET /__emulator/keys` (with the credential
-//! texts), `GET|POST /__emulator/faults` (also `expire_tokens`), `GET
-//! /__emulator/stats`.
+//! Admin API (the emulator framework's, `emulator::common`; loopback
+//! only): `GET /__emulator/keys` (with the credential texts), `GET|POST
+//! /__emulator/faults` (with `expire_tokens`), `GET /__emulator/stats`,
+//! `GET /__emulator/requests`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -44,21 +45,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::common::{self, Server};
+use super::common::{self, Core, Server, parse_rate};
 use super::sig::{self, huawei as hsig};
-use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8481";
@@ -212,46 +210,41 @@ fn one() -> u32 {
     1
 }
 
-/// A change of faults (`POST /__emulator/faults`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<f64>,
-    #[serde(
-        with = "common::opt_humantime",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub latency: Option<Duration>,
-    /// Calls per second per operation; `0` turns the limit off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<f64>,
-    pub force: Vec<ForcedFault>,
-    pub clear_forced: bool,
-    /// Invalidate every IAM token issued so far.
-    pub expire_tokens: bool,
-}
+/// A change of faults (`POST /__emulator/faults`): the framework's, with
+/// `expire_tokens` (invalidate every IAM token issued so far);
+/// `rate_limit` counts calls per operation.
+pub type Faults = common::Faults<ForcedFault>;
 
 /// Counters per operation (`GET /__emulator/stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OpStats {
-    pub requests: u64,
-    pub ok: u64,
-    pub errors: u64,
-    pub auth_failures: u64,
-    pub rate_limited: u64,
-    pub faults: u64,
+pub type OpStats = common::OpStats;
+
+/// An operation: `iam`, `list`, `create`, `update` or `delete`, as the
+/// framework counts, logs and limits calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Operation(pub &'static str);
+
+impl common::Op for Operation {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn is_list(&self) -> bool {
+        self.0 == "list"
+    }
 }
+
+/// One call as the emulator answered it (`GET /__emulator/requests`).
+pub type LoggedRequest = common::LoggedRequest<Operation>;
 
 struct St {
     creds: Vec<EmulatedCredential>,
     /// IAM tokens issued → expiry.
     tokens: HashMap<String, DateTime<Utc>>,
-    dials: common::Dials,
-    forced: Vec<ForcedFault>,
     rng: StdRng,
-    stats: BTreeMap<&'static str, OpStats>,
     create_zip: bool,
+    /// Dials, forced faults, counts and the request log.
+    core: Core<Operation, ForcedFault>,
 }
 
 struct Inner {
@@ -346,16 +339,14 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         creds: Vec::with_capacity(opts.keys),
         tokens: HashMap::new(),
-        dials: common::Dials::new(
+        rng: StdRng::seed_from_u64(seed),
+        create_zip: opts.create_zip,
+        core: Core::new(common::Dials::new(
             opts.rate_limit,
             opts.error_rate,
             opts.latency,
             seed.rotate_left(23) ^ 0x2545f491,
-        ),
-        forced: Vec::new(),
-        rng: StdRng::seed_from_u64(seed),
-        stats: BTreeMap::new(),
-        create_zip: opts.create_zip,
+        )),
     };
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
     for i in 0..opts.keys {
@@ -367,13 +358,7 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         opts,
         st: Mutex::new(st),
     });
-    let app = Router::new()
-        .route("/__emulator/keys", get(admin_keys))
-        .route(
-            "/__emulator/faults",
-            get(admin_faults).post(admin_set_faults),
-        )
-        .route("/__emulator/stats", get(admin_stats))
+    let app = common::admin_routes::<Inner>()
         .fallback(api)
         .with_state(inner.clone());
     let server = Server::start(listen, app).await?;
@@ -405,8 +390,9 @@ impl Handle {
         new_credential(&mut self.inner.lock(), description, created_at, None)
     }
 
+    /// Apply a fault change (all or nothing).
     pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
-        apply_faults(&mut self.inner.lock(), faults)
+        common::Emulator::apply_faults(&*self.inner, faults)
     }
 
     /// Invalidate every IAM token issued so far.
@@ -425,8 +411,19 @@ impl Handle {
         self.inner.lock().tokens.keys().map(Secret::new).collect()
     }
 
-    pub fn stats(&self) -> BTreeMap<&'static str, OpStats> {
-        self.inner.lock().stats.clone()
+    /// Counts per operation.
+    pub fn stats(&self) -> BTreeMap<String, OpStats> {
+        let st = self.inner.lock();
+        st.core
+            .stats()
+            .into_iter()
+            .map(|(o, s)| (o.0.to_string(), s))
+            .collect()
+    }
+
+    /// Every call answered since start, in order.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.inner.lock().core.request_log()
     }
 
     pub async fn shutdown(self) {
@@ -441,27 +438,44 @@ fn expire_all(st: &mut St) {
     }
 }
 
-fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
-    if f.clear_forced {
-        st.forced.clear();
+impl common::Emulator for Inner {
+    type Op = Operation;
+    type Forced = ForcedFault;
+
+    fn core<R>(&self, f: impl FnOnce(&mut Core<Operation, ForcedFault>) -> R) -> R {
+        f(&mut self.lock().core)
     }
-    if f.expire_tokens {
-        expire_all(st);
+
+    fn keys_json(&self) -> Value {
+        let st = self.lock();
+        let creds: Vec<Value> = st
+            .creds
+            .iter()
+            .map(|c| {
+                let mut v = cred_json(&self.opts, c);
+                v["credential"] = Value::from(c.credential.expose());
+                v
+            })
+            .collect();
+        json!({ "credentials": creds })
     }
-    for ff in f.force {
-        if !["list", "create", "update", "delete", "iam", "*"].contains(&ff.operation.as_str()) {
-            return Err(format!(
-                "operation {:?} is not list, create, update, delete, iam or *",
-                ff.operation
-            ));
+
+    fn apply_faults(&self, f: Faults) -> Result<(), String> {
+        common::refuse_flags(&f, "huawei", &["expire_tokens"])?;
+        let mut st = self.lock();
+        st.core.apply(&f)?;
+        if f.expire_tokens {
+            expire_all(&mut st);
         }
-        if !(400..=599).contains(&ff.status) {
-            return Err(format!("status {} is not an error status", ff.status));
-        }
-        st.forced.push(ff);
+        Ok(())
     }
-    Ok(())
+
+    fn faults_json(&self) -> Value {
+        let st = self.lock();
+        let mut v = st.core.faults_json();
+        v["tokens_issued"] = json!(st.tokens.len());
+        v
+    }
 }
 
 // ---- the API --------------------------------------------------------------
@@ -579,7 +593,44 @@ fn tc3_eq(a: &str, b: &str) -> bool {
 }
 
 fn count(st: &mut St, op: &'static str, f: impl FnOnce(&mut OpStats)) {
-    f(st.stats.entry(op).or_default());
+    st.core.count(&Operation(op), f);
+}
+
+/// The operation and list page (from 1) of a request, for the log.
+fn classify(
+    opts: &Options,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Option<(Operation, Option<usize>)> {
+    if path == "/v3/auth/tokens" || path == "/v3/auth/tokens/" {
+        return Some((Operation("iam"), None));
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let op = match (segs.as_slice(), method.clone()) {
+        (["v1", _, "node-provider", "credentials"], Method::GET) => "list",
+        (["v1", _, "node-provider", "credentials"], Method::POST) => "create",
+        (["v1", _, "node-provider", "credentials", _], Method::PUT) => "update",
+        (["v1", _, "node-provider", "credentials", _], Method::DELETE) => "delete",
+        _ => return None,
+    };
+    let page = (op == "list").then(|| {
+        let pairs = common::query_pairs(query).unwrap_or_default();
+        let get = |k: &str, d: usize| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(d)
+        };
+        let offset = get("offset", 0);
+        if opts.offset_pages {
+            offset + 1
+        } else {
+            offset / get("limit", DEFAULT_LIMIT).clamp(1, MAX_PAGE) + 1
+        }
+    });
+    Some((Operation(op), page))
 }
 
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
@@ -589,7 +640,7 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return with_request_id(bad_request("request body too large"), &request_id),
     };
-    let latency = inner.lock().dials.latency();
+    let latency = inner.lock().core.dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -600,6 +651,10 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     } else {
         nes(&inner, &parts.method, &path, &query, &parts.headers, &body)
     };
+    if let Some((op, page)) = classify(&inner.opts, &parts.method, &path, &query) {
+        let status = r.status().as_u16();
+        inner.lock().core.log(op, page, status, None);
+    }
     with_request_id(r, &request_id)
 }
 
@@ -607,14 +662,28 @@ impl common::Forced for ForcedFault {
     fn operation(&self) -> &str {
         &self.operation
     }
+
     fn count_mut(&mut self) -> &mut u32 {
         &mut self.count
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !["list", "create", "update", "delete", "iam", "*"].contains(&self.operation.as_str()) {
+            return Err(format!(
+                "operation {:?} is not list, create, update, delete, iam or *",
+                self.operation
+            ));
+        }
+        if !(400..=599).contains(&self.status) {
+            return Err(format!("status {} is not an error status", self.status));
+        }
+        Ok(())
     }
 }
 
 /// A forced fault for `op`, if one is queued.
-fn take_forced(st: &mut St, op: &str) -> Option<ForcedFault> {
-    common::take_forced(&mut st.forced, op)
+fn take_forced(st: &mut St, op: &'static str) -> Option<ForcedFault> {
+    st.core.take_forced(&Operation(op))
 }
 
 fn forced_response(f: &ForcedFault) -> Response {
@@ -795,7 +864,7 @@ fn nes(
         return unauthorized("the credentials are not valid for this project");
     }
     {
-        if st.dials.throttle(op).is_err() {
+        if st.core.dials.throttle(op).is_err() {
             count(&mut st, op, |s| {
                 s.errors += 1;
                 s.rate_limited += 1;
@@ -815,7 +884,7 @@ fn nes(
         });
         return forced_response(&f);
     }
-    if st.dials.draw_error() {
+    if st.core.dials.draw_error() {
         count(&mut st, op, |s| {
             s.errors += 1;
             s.faults += 1;
@@ -1076,82 +1145,6 @@ fn delete(st: &mut St, opts: &Options, id: &str) -> Response {
     null_ok()
 }
 
-// ---- admin API ----------------------------------------------------------------
-
-fn forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "the emulator admin API answers loopback clients only\n",
-    )
-        .into_response()
-}
-
-async fn admin_keys(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    let st = inner.lock();
-    let creds: Vec<Value> = st
-        .creds
-        .iter()
-        .map(|c| {
-            let mut v = cred_json(&inner.opts, c);
-            v["credential"] = Value::from(c.credential.expose());
-            v
-        })
-        .collect();
-    Json(json!({"credentials": creds})).into_response()
-}
-
-fn faults_json(st: &St) -> Value {
-    let mut v = st.dials.to_json();
-    v["forced"] = json!(st.forced);
-    v["tokens_issued"] = json!(st.tokens.len());
-    v
-}
-
-async fn admin_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    Json(faults_json(&inner.lock())).into_response()
-}
-
-async fn admin_set_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    let faults: Faults = match serde_json::from_slice(&body) {
-        Ok(f) => f,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad faults: {e}\n")).into_response(),
-    };
-    let mut st = inner.lock();
-    match apply_faults(&mut st, faults) {
-        Ok(()) => Json(faults_json(&st)).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    }
-}
-
-async fn admin_stats(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    Json(json!({"operations": inner.lock().stats})).into_response()
-}
-
 // ---- `rekey emulate huawei` ---------------------------------------------------
 
 /// Flags of `rekey emulate huawei`.
@@ -1273,7 +1266,7 @@ pub async fn serve_cli(args: EmulateArgs) -> io::Result<()> {
         o.keys, o.name_prefix
     );
     println!(
-        "  admin API    GET /__emulator/keys, GET|POST /__emulator/faults, GET /__emulator/stats (loopback only)"
+        "  admin API    GET /__emulator/{{keys,stats,requests}}, GET|POST /__emulator/faults (loopback only)"
     );
     println!("  (test credentials: the only ones accepted)");
     println!();

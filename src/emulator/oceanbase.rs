@@ -38,12 +38,14 @@
 //!   eventually consistent list (the key then appears that much later).
 //!
 //! Knobs a real provider lacks: seeded keys, latency, a random 500 rate, a
-//! rate limit (429 with `Retry-After`), forced statuses for the next N calls
-//! of an operation, and the admin API (loopback only, no auth):
+//! rate limit (429 with `Retry-After`, one bucket for every call), forced
+//! statuses for the next N calls of an operation, and the admin API of the
+//! emulator framework (`emulator::common`, loopback only, no auth):
 //! `GET /__emulator/keys` (every key **with its secret**: this is a test
-//! fake), `POST /__emulator/keys` (insert one), `GET|POST /__emulator/faults`,
-//! `GET /__emulator/stats`, `GET /__emulator/requests` (the request log:
-//! operation, list page, status and time of every API request).
+//! fake), `POST /__emulator/keys` (insert one), `GET|POST /__emulator/faults`
+//! (with `expire_nonces`), `GET /__emulator/stats`, `GET
+//! /__emulator/requests` (the request log: operation, list page, status and
+//! time of every API request).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -53,19 +55,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::response::Response;
+use axum::routing::any;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-use super::{TokenBucket, admin_allowed, retry_after_secs};
+use super::common::{self, Core, Dials, LimitScope, Server, retry_after_secs};
 use crate::secret::Secret;
 
 /// The one API path; the HTTP method picks the operation.
@@ -299,12 +298,26 @@ impl EmulatedKey {
 }
 
 /// The three API operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     List,
     Create,
     Delete,
+}
+
+impl common::Op for Operation {
+    fn name(&self) -> &str {
+        match self {
+            Operation::List => "list",
+            Operation::Create => "create",
+            Operation::Delete => "delete",
+        }
+    }
+
+    fn is_list(&self) -> bool {
+        *self == Operation::List
+    }
 }
 
 /// Which error envelope a forced fault answers with.
@@ -346,79 +359,39 @@ fn one() -> u32 {
     1
 }
 
-/// A change to the emulator's faults (`POST /__emulator/faults` takes the
-/// same fields as JSON; `latency` as a humantime string like `"20ms"`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// New share of calls answered 500.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<f64>,
-    /// New delay before every API answer.
-    #[serde(with = "opt_humantime", skip_serializing_if = "Option::is_none")]
-    pub latency: Option<Duration>,
-    /// Forced statuses to queue (after `clear_forced`, if set).
-    pub force: Vec<ForcedFault>,
-    /// Drop every queued forced status first.
-    pub clear_forced: bool,
-    /// Make every nonce issued so far stale, to exercise re-challenges.
-    pub expire_nonces: bool,
-}
+impl common::Forced for ForcedFault {
+    fn operation(&self) -> &str {
+        common::Op::name(&self.operation)
+    }
 
-/// The faults in effect (`GET /__emulator/faults`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FaultState {
-    pub error_rate: f64,
-    #[serde(with = "opt_humantime")]
-    pub latency: Option<Duration>,
-    pub forced: Vec<ForcedFault>,
-}
+    fn count_mut(&mut self) -> &mut u32 {
+        &mut self.count
+    }
 
-/// Counts for one operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct OperationStats {
-    /// Every request that reached the operation's route.
-    pub requests: u64,
-    /// Answered with success.
-    pub ok: u64,
-    /// Answered 401 with a Digest challenge (including stale ones).
-    pub challenged: u64,
-    /// Of those, challenges with `stale=true`.
-    pub stale: u64,
-    /// Answered 429 by the rate limit.
-    pub rate_limited: u64,
-    /// Answered by a forced fault or the random error rate.
-    pub faults: u64,
-    /// Refused for the request itself: missing headers, bad parameters,
-    /// unknown id.
-    pub rejected: u64,
-}
-
-/// How many requests the request log keeps (later ones are not logged).
-pub const REQUEST_LOG_CAP: usize = 1_000_000;
-
-/// One API request as the emulator answered it (`GET /__emulator/requests`,
-/// [`EmulatorHandle::request_log`]), Digest challenges and 429s included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LoggedRequest {
-    pub operation: Operation,
-    /// `pageNumber` of a list request (1 when absent).
-    pub page: Option<usize>,
-    /// The HTTP status answered.
-    pub status: u16,
-    /// Milliseconds since the emulator started, when it was answered.
-    pub at_ms: u64,
-}
-
-impl LoggedRequest {
-    /// An answered first list page: one walk began (and its first page
-    /// was served).
-    pub fn starts_walk(&self) -> bool {
-        self.operation == Operation::List && self.page == Some(1) && self.status == 200
+    fn check(&self) -> Result<(), String> {
+        if (200..=599).contains(&self.status) {
+            Ok(())
+        } else {
+            Err(format!("status {} is not within 200..=599", self.status))
+        }
     }
 }
 
-/// Request counts (`GET /__emulator/stats`).
+/// A change to the emulator's faults (`POST /__emulator/faults` takes the
+/// same fields as JSON): the framework's, with `expire_nonces` (make every
+/// nonce issued so far stale, to exercise re-challenges).
+pub type Faults = common::Faults<ForcedFault>;
+
+/// Counts for one operation (the framework's).
+pub type OperationStats = common::OpStats;
+
+pub use common::REQUEST_LOG_CAP;
+
+/// One API request as the emulator answered it (`GET /__emulator/requests`,
+/// [`EmulatorHandle::request_log`]), Digest challenges and 429s included.
+pub type LoggedRequest = common::LoggedRequest<Operation>;
+
+/// Request counts (`GET /__emulator/stats` shows the same), per operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct EmulatorStats {
     pub list: OperationStats,
@@ -431,11 +404,15 @@ pub struct EmulatorStats {
 }
 
 impl EmulatorStats {
-    fn op(&mut self, op: Operation) -> &mut OperationStats {
-        match op {
-            Operation::List => &mut self.list,
-            Operation::Create => &mut self.create,
-            Operation::Delete => &mut self.delete,
+    fn of(core: &Core<Operation, ForcedFault>) -> Self {
+        let stats = core.stats();
+        let op = |o| stats.get(&o).copied().unwrap_or_default();
+        EmulatorStats {
+            list: op(Operation::List),
+            create: op(Operation::Create),
+            delete: op(Operation::Delete),
+            authenticated_md5: core.counter(AUTH_MD5),
+            authenticated_sha256: core.counter(AUTH_SHA256),
         }
     }
 
@@ -454,6 +431,10 @@ impl EmulatorStats {
         self.list.requests + self.create.requests + self.delete.requests
     }
 }
+
+/// Counter names of the accepted Digest responses, per algorithm.
+const AUTH_MD5: &str = "authenticated_md5";
+const AUTH_SHA256: &str = "authenticated_sha256";
 
 /// A key in creation order; `seq` orders pages and survives deletes.
 struct Stored {
@@ -482,18 +463,11 @@ struct EmuState {
     next_seq: u64,
     /// Seeded: key ids and secrets.
     key_rng: StdRng,
-    /// Seeded separately, so fault draws do not shift the ids.
-    fault_rng: StdRng,
     nonces: HashMap<String, NonceState>,
     nonce_generation: u64,
-    error_rate: f64,
-    latency: Duration,
-    forced: Vec<ForcedFault>,
-    bucket: Option<TokenBucket>,
-    stats: EmulatorStats,
-    /// Every API request answered, in order (up to [`REQUEST_LOG_CAP`]).
-    log: Vec<LoggedRequest>,
-    started: Instant,
+    /// Dials (seeded separately, so fault draws do not shift the ids),
+    /// forced faults, counts and the request log.
+    core: Core<Operation, ForcedFault>,
 }
 
 struct Inner {
@@ -518,8 +492,7 @@ impl Inner {
 pub struct EmulatorHandle {
     addr: SocketAddr,
     inner: Arc<Inner>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
+    server: Server,
 }
 
 impl std::fmt::Debug for EmulatorHandle {
@@ -536,27 +509,17 @@ pub async fn start(
 ) -> io::Result<EmulatorHandle> {
     opts.validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // The `server` field of answers names the bound address, known only
+    // once bound: bind first, then build the state.
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let inner = Arc::new(new_inner(opts, addr));
-    let app = router(inner.clone());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let server = Server::serve(listener, router(inner.clone()))?;
     tracing::debug!(%addr, "oceanbase emulator listening");
     Ok(EmulatorHandle {
         addr,
         inner,
-        shutdown: Some(tx),
-        task: Some(task),
+        server,
     })
 }
 
@@ -618,29 +581,28 @@ impl EmulatorHandle {
         });
     }
 
-    /// Apply a fault change.
+    /// Apply a fault change (all or nothing).
     pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
-        apply_faults(&mut self.inner.lock(), faults)
+        common::Emulator::apply_faults(&*self.inner, faults)
     }
 
-    pub fn faults(&self) -> FaultState {
-        fault_state(&self.inner.lock())
+    /// The faults in effect, as `GET /__emulator/faults` shows them.
+    pub fn faults(&self) -> Value {
+        common::Emulator::faults_json(&*self.inner)
     }
 
     pub fn stats(&self) -> EmulatorStats {
-        self.inner.lock().stats
+        EmulatorStats::of(&self.inner.lock().core)
     }
 
     pub fn reset_stats(&self) {
-        let mut st = self.inner.lock();
-        st.stats = EmulatorStats::default();
-        st.log.clear();
+        self.inner.lock().core.reset();
     }
 
     /// Every API request answered since start (or the last
     /// [`EmulatorHandle::reset_stats`]), in order.
     pub fn request_log(&self) -> Vec<LoggedRequest> {
-        self.inner.lock().log.clone()
+        self.inner.lock().core.request_log()
     }
 
     /// Make every nonce issued so far stale.
@@ -649,50 +611,30 @@ impl EmulatorHandle {
     }
 
     /// Stop accepting, let in-flight requests finish (at most 5 s), stop.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(error = %e, "oceanbase emulator stopped with an error")
-                }
-                Ok(_) => {}
-                Err(_) => task.abort(),
-            }
-        }
-    }
-}
-
-impl Drop for EmulatorHandle {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await
     }
 }
 
 fn new_inner(opts: OceanBaseEmulatorOptions, addr: SocketAddr) -> Inner {
     let seed = opts.seed.unwrap_or_else(|| rand::rng().random());
     let mut key_rng = StdRng::seed_from_u64(seed);
-    let fault_rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let dials = Dials::new(
+        opts.rate_limit,
+        opts.error_rate,
+        opts.latency,
+        seed ^ 0x9e37_79b9_7f4a_7c15,
+    )
+    .with_scope(LimitScope::Shared);
     let now = now_secs();
     let mut st = EmuState {
         keys: Vec::with_capacity(opts.keys),
         by_id: HashMap::with_capacity(opts.keys),
         next_seq: 1,
         key_rng: StdRng::seed_from_u64(0),
-        fault_rng,
         nonces: HashMap::new(),
         nonce_generation: 0,
-        error_rate: opts.error_rate,
-        latency: opts.latency,
-        forced: Vec::new(),
-        bucket: opts.rate_limit.map(|r| TokenBucket::new(r, Instant::now())),
-        stats: EmulatorStats::default(),
-        log: Vec::new(),
-        started: Instant::now(),
+        core: Core::new(dials),
     };
     // Seeded keys are somewhere in the first half of their life, so none is
     // due unless it is one of the `expiring` ones.
@@ -786,52 +728,50 @@ fn insert_visible(
     key
 }
 
-fn apply_faults(st: &mut EmuState, f: Faults) -> Result<(), String> {
-    if let Some(r) = f.error_rate
-        && !(0.0..=1.0).contains(&r)
-    {
-        return Err(format!("error_rate {r} is not within 0..=1"));
-    }
-    for ff in &f.force {
-        if !(200..=599).contains(&ff.status) {
-            return Err(format!("status {} is not within 200..=599", ff.status));
-        }
-    }
-    if let Some(r) = f.error_rate {
-        st.error_rate = r;
-    }
-    if let Some(l) = f.latency {
-        st.latency = l;
-    }
-    if f.clear_forced {
-        st.forced.clear();
-    }
-    st.forced
-        .extend(f.force.into_iter().filter(|ff| ff.count > 0));
-    if f.expire_nonces {
-        st.nonce_generation += 1;
-    }
-    Ok(())
-}
+impl common::Emulator for Inner {
+    type Op = Operation;
+    type Forced = ForcedFault;
 
-fn fault_state(st: &EmuState) -> FaultState {
-    FaultState {
-        error_rate: st.error_rate,
-        latency: Some(st.latency),
-        forced: st.forced.clone(),
+    fn core<R>(&self, f: impl FnOnce(&mut Core<Operation, ForcedFault>) -> R) -> R {
+        f(&mut self.lock().core)
+    }
+
+    fn keys_json(&self) -> Value {
+        let st = self.lock();
+        let keys: Vec<Value> = st.keys.iter().map(|s| s.key.admin_json()).collect();
+        json!({ "keys": keys, "total": keys.len() })
+    }
+
+    fn insert_key_json(&self, body: &[u8]) -> Option<Result<Value, String>> {
+        let req: InsertKey = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let mut st = self.lock();
+        let created = req.created_at.unwrap_or_else(now_secs);
+        let expires = req.expires_at.or_else(|| {
+            self.opts
+                .lifetime
+                .map(|l| created + chrono::Duration::seconds(l.as_secs() as i64))
+        });
+        let action = req.action.unwrap_or_else(|| "read".into());
+        Some(Ok(insert(&mut st, &req.name, &action, created, expires).admin_json()))
+    }
+
+    fn apply_faults(&self, f: Faults) -> Result<(), String> {
+        common::refuse_flags(&f, "oceanbase", &["expire_nonces"])?;
+        let mut st = self.lock();
+        st.core.apply(&f)?;
+        if f.expire_nonces {
+            st.nonce_generation += 1;
+        }
+        Ok(())
     }
 }
 
 fn router(inner: Arc<Inner>) -> Router {
-    Router::new()
+    common::admin_routes::<Inner>()
         .route(API_PATH, any(api))
-        .route("/__emulator/keys", get(admin_keys).post(admin_insert_key))
-        .route(
-            "/__emulator/faults",
-            get(admin_faults).post(admin_set_faults),
-        )
-        .route("/__emulator/stats", get(admin_stats))
-        .route("/__emulator/requests", get(admin_requests))
         .fallback(not_found)
         .with_state(inner)
 }
@@ -854,16 +794,12 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     });
     let resp = api_call(inner.clone(), req).await;
     if let Some(operation) = operation {
+        let status = resp.status();
         let mut st = inner.lock();
-        if st.log.len() < REQUEST_LOG_CAP {
-            let at_ms = st.started.elapsed().as_millis() as u64;
-            st.log.push(LoggedRequest {
-                operation,
-                page,
-                status: resp.status().as_u16(),
-                at_ms,
-            });
+        if !status.is_success() {
+            st.core.count(&operation, |s| s.errors += 1);
         }
+        st.core.log(operation, page, status.as_u16(), None);
     }
     resp
 }
@@ -889,8 +825,8 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
     };
     let latency = {
         let mut st = inner.lock();
-        st.stats.op(op).requests += 1;
-        st.latency
+        st.core.count(&op, |s| s.requests += 1);
+        st.core.dials.latency()
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -898,7 +834,7 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            inner.lock().stats.op(op).rejected += 1;
+            inner.lock().core.count(&op, |s| s.rejected += 1);
             return openapi_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "INVALID_PARAMETER",
@@ -916,10 +852,8 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
     let mut st = inner.lock();
     let now = Instant::now();
 
-    if let Some(bucket) = st.bucket.as_mut()
-        && let Err(wait) = bucket.try_take(now)
-    {
-        st.stats.op(op).rate_limited += 1;
+    if let Err(wait) = st.core.dials.throttle(common::Op::name(&op)) {
+        st.core.count(&op, |s| s.rate_limited += 1);
         let mut r = openapi_error(
             StatusCode::TOO_MANY_REQUESTS,
             "TOO_MANY_REQUESTS",
@@ -935,8 +869,8 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
 
     match verify_digest(&inner, &mut st, &parts.method, &target, &parts.headers, now) {
         DigestCheck::Ok(alg) => match alg {
-            DigestAlgorithm::Md5 => st.stats.authenticated_md5 += 1,
-            DigestAlgorithm::Sha256 => st.stats.authenticated_sha256 += 1,
+            DigestAlgorithm::Md5 => st.core.bump(AUTH_MD5),
+            DigestAlgorithm::Sha256 => st.core.bump(AUTH_SHA256),
         },
         DigestCheck::Refused { stale, reason } => {
             tracing::debug!(operation = ?op, stale, reason, "oceanbase emulator: digest challenge");
@@ -955,7 +889,7 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
             .map(str::trim)
             .unwrap_or("");
         if got.is_empty() {
-            st.stats.op(op).rejected += 1;
+            st.core.count(&op, |s| s.rejected += 1);
             let name = if hdr == "x-ob-org-id" {
                 "X-OB-Org-Id"
             } else {
@@ -969,7 +903,7 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
             );
         }
         if got != want.as_str() {
-            st.stats.op(op).rejected += 1;
+            st.core.count(&op, |s| s.rejected += 1);
             return openapi_error(
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",
@@ -979,26 +913,18 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
         }
     }
 
-    if let Some(pos) = st.forced.iter().position(|f| f.operation == op) {
-        let fault = st.forced[pos].clone();
-        st.forced[pos].count -= 1;
-        if st.forced[pos].count == 0 {
-            st.forced.remove(pos);
-        }
-        st.stats.op(op).faults += 1;
+    if let Some(fault) = st.core.take_forced(&op) {
+        st.core.count(&op, |s| s.faults += 1);
         return forced_response(&inner, &mut st, op, &fault, &request_id, now);
     }
-    if st.error_rate > 0.0 {
-        let draw: f64 = st.fault_rng.random();
-        if draw < st.error_rate {
-            st.stats.op(op).faults += 1;
-            return openapi_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "E001R000",
-                "Unknown Error",
-                &request_id,
-            );
-        }
+    if st.core.dials.draw_error() {
+        st.core.count(&op, |s| s.faults += 1);
+        return openapi_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "E001R000",
+            "Unknown Error",
+            &request_id,
+        );
     }
 
     let params: HashMap<String, String> = Query::try_from_uri(&parts.uri)
@@ -1010,9 +936,9 @@ async fn api_call(inner: Arc<Inner>, req: Request) -> Response {
         Operation::Delete => delete(&inner, &mut st, &params, &request_id),
     };
     if resp.status().is_success() {
-        st.stats.op(op).ok += 1;
+        st.core.count(&op, |s| s.ok += 1);
     } else {
-        st.stats.op(op).rejected += 1;
+        st.core.count(&op, |s| s.rejected += 1);
     }
     resp
 }
@@ -1534,11 +1460,13 @@ fn challenge(
     request_id: &str,
     now: Instant,
 ) -> Response {
-    let ops = st.stats.op(op);
-    ops.challenged += 1;
-    if stale {
-        ops.stale += 1;
-    }
+    st.core.count(&op, |s| {
+        s.challenged += 1;
+        s.auth_failures += 1;
+        if stale {
+            s.stale += 1;
+        }
+    });
     if st.nonces.len() >= NONCE_PRUNE_AT {
         let keep_for = inner.opts.nonce_ttl * 2;
         let generation = st.nonce_generation;
@@ -1597,103 +1525,6 @@ struct InsertKey {
     expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     action: Option<String>,
-}
-
-fn forbidden_admin() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "the emulator admin API answers loopback clients only\n",
-    )
-        .into_response()
-}
-
-async fn admin_keys(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let st = inner.lock();
-    let keys: Vec<Value> = st.keys.iter().map(|s| s.key.admin_json()).collect();
-    json_response(StatusCode::OK, json!({ "keys": keys, "total": keys.len() }))
-}
-
-async fn admin_insert_key(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: axum::body::Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let req: InsertKey = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let mut st = inner.lock();
-    let created = req.created_at.unwrap_or_else(now_secs);
-    let expires = req.expires_at.or_else(|| {
-        inner
-            .opts
-            .lifetime
-            .map(|l| created + chrono::Duration::seconds(l.as_secs() as i64))
-    });
-    let action = req.action.unwrap_or_else(|| "read".into());
-    let key = insert(&mut st, &req.name, &action, created, expires);
-    json_response(StatusCode::CREATED, key.admin_json())
-}
-
-async fn admin_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let state = fault_state(&inner.lock());
-    json_response(StatusCode::OK, json!(state))
-}
-
-async fn admin_set_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: axum::body::Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let faults: Faults = match serde_json::from_slice(&body) {
-        Ok(f) => f,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let mut st = inner.lock();
-    if let Err(e) = apply_faults(&mut st, faults) {
-        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
-    }
-    json_response(StatusCode::OK, json!(fault_state(&st)))
-}
-
-async fn admin_stats(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let stats = inner.lock().stats;
-    json_response(StatusCode::OK, json!(stats))
-}
-
-async fn admin_requests(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden_admin();
-    }
-    let log = inner.lock().log.clone();
-    json_response(StatusCode::OK, json!(log))
 }
 
 async fn not_found(req: Request) -> Response {
@@ -1757,26 +1588,6 @@ fn random_hex(rng: &mut impl Rng, bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rng.fill(&mut buf[..]);
     hex::encode(buf)
-}
-
-/// `Option<Duration>` as a humantime string (`"20ms"`) in JSON.
-mod opt_humantime {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 #[cfg(test)]
@@ -1922,7 +1733,6 @@ mod tests {
     #[test]
     fn forced_faults_need_a_plausible_status() {
         let inner = inner_with(OceanBaseEmulatorOptions::default());
-        let mut st = inner.lock();
         let bad = Faults {
             force: vec![ForcedFault {
                 operation: Operation::List,
@@ -1935,17 +1745,26 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(apply_faults(&mut st, bad).is_err());
+        use common::Emulator;
+        assert!(inner.apply_faults(bad).is_err());
         assert!(
-            apply_faults(
-                &mut st,
-                Faults {
+            inner
+                .apply_faults(Faults {
                     error_rate: Some(1.5),
                     ..Default::default()
-                }
-            )
-            .is_err()
+                })
+                .is_err()
         );
+        assert!(
+            inner
+                .apply_faults(Faults {
+                    expire_tokens: true,
+                    ..Default::default()
+                })
+                .is_err(),
+            "a Huawei flag is refused, not ignored"
+        );
+        assert!(inner.lock().core.forced.is_empty(), "nothing half-applied");
     }
 
     #[test]

@@ -39,9 +39,11 @@
 //! not bound succeeds; `Limit` over 100 answers `InvalidParameterValue`;
 //! lists come in creation order.
 //!
-//! Admin API (loopback only): `GET /__emulator/keys` (every key with its
-//! secret and plans), `GET /__emulator/usage-plans`, `GET|POST
-//! /__emulator/faults`, `GET /__emulator/stats`.
+//! Admin API (the emulator framework's, `emulator::common`; loopback
+//! only): `GET /__emulator/keys` (every key with its secret and plans),
+//! `GET|POST /__emulator/faults`, `GET /__emulator/stats`, `GET
+//! /__emulator/requests` (every call with its action, list page and error
+//! code), and this emulator's own `GET /__emulator/usage-plans`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -50,7 +52,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -62,9 +63,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::common::{self, Server};
+use super::common::{self, Core, Server, admin_allowed, parse_rate};
 use super::sig::{self, tc3};
-use super::{admin_allowed, parse_rate};
 use crate::secret::Secret;
 
 pub const DEFAULT_SECRET_ID: &str = "AKIDrekeyEmulator00000000000000000000";
@@ -210,35 +210,30 @@ fn one() -> u32 {
     1
 }
 
-/// A change of faults; `POST /__emulator/faults` takes it as JSON.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<f64>,
-    #[serde(
-        with = "common::opt_humantime",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub latency: Option<Duration>,
-    /// Calls per second per action; `0` turns the limit off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<f64>,
-    pub force: Vec<ForcedFault>,
-    /// Drop queued forced errors first.
-    pub clear_forced: bool,
-}
+/// A change of faults (`POST /__emulator/faults` takes it as JSON): the
+/// framework's; `rate_limit` counts calls per action.
+pub type Faults = common::Faults<ForcedFault>;
 
 /// Counters per action (`GET /__emulator/stats`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ActionStats {
-    pub requests: u64,
-    pub ok: u64,
-    pub errors: u64,
-    pub auth_failures: u64,
-    pub rate_limited: u64,
-    pub faults: u64,
+pub type ActionStats = common::OpStats;
+
+/// An API action, as the framework counts, logs and limits calls.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Action(pub String);
+
+impl common::Op for Action {
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn is_list(&self) -> bool {
+        self.0 == "DescribeApiKeysStatus"
+    }
 }
+
+/// One call as the emulator answered it (`GET /__emulator/requests`).
+pub type LoggedRequest = common::LoggedRequest<Action>;
 
 struct Key {
     id: String,
@@ -263,10 +258,9 @@ struct Plan {
 struct St {
     keys: Vec<Key>,
     plans: Vec<Plan>,
-    dials: common::Dials,
-    forced: Vec<ForcedFault>,
     rng: StdRng,
-    stats: BTreeMap<String, ActionStats>,
+    /// Dials, forced faults, counts and the request log.
+    core: Core<Action, ForcedFault>,
 }
 
 struct Inner {
@@ -320,15 +314,13 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
     let mut st = St {
         keys: Vec::with_capacity(opts.keys),
         plans,
-        dials: common::Dials::new(
+        rng: StdRng::seed_from_u64(0),
+        core: Core::new(common::Dials::new(
             opts.rate_limit,
             opts.error_rate,
             opts.latency,
             seed.rotate_left(17) ^ 0x5deece66d,
-        ),
-        forced: Vec::new(),
-        rng: StdRng::seed_from_u64(0),
-        stats: BTreeMap::new(),
+        )),
     };
     for i in 0..opts.keys {
         let age = rng.random_range(3600..60 * 86400);
@@ -344,14 +336,8 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         opts,
         st: Mutex::new(st),
     });
-    let app = Router::new()
-        .route("/__emulator/keys", get(admin_keys))
+    let app = common::admin_routes::<Inner>()
         .route("/__emulator/usage-plans", get(admin_plans))
-        .route(
-            "/__emulator/faults",
-            get(admin_faults).post(admin_set_faults),
-        )
-        .route("/__emulator/stats", get(admin_stats))
         .fallback(api)
         .with_state(inner.clone());
     let server = Server::start(listen, app).await?;
@@ -450,12 +436,20 @@ impl Handle {
             .map(|p| p.keys.clone())
     }
 
+    /// Apply a fault change (all or nothing).
     pub fn set_faults(&self, faults: Faults) -> Result<(), String> {
-        apply_faults(&mut self.inner.lock(), faults)
+        common::Emulator::apply_faults(&*self.inner, faults)
     }
 
+    /// Counts per action.
     pub fn stats(&self) -> BTreeMap<String, ActionStats> {
-        self.inner.lock().stats.clone()
+        let st = self.inner.lock();
+        st.core.stats().into_iter().map(|(a, s)| (a.0, s)).collect()
+    }
+
+    /// Every call answered since start, in order.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.inner.lock().core.request_log()
     }
 
     pub async fn shutdown(self) {
@@ -481,31 +475,45 @@ fn view(st: &St, k: &Key) -> EmulatedKey {
     }
 }
 
-fn apply_faults(st: &mut St, f: Faults) -> Result<(), String> {
-    st.dials.apply(f.error_rate, f.latency, f.rate_limit)?;
-    if f.clear_forced {
-        st.forced.clear();
+impl common::Emulator for Inner {
+    type Op = Action;
+    type Forced = ForcedFault;
+
+    fn core<R>(&self, f: impl FnOnce(&mut Core<Action, ForcedFault>) -> R) -> R {
+        f(&mut self.lock().core)
     }
-    for ff in f.force {
-        if ff.code.is_empty() || ff.action.is_empty() {
-            return Err("a forced fault needs an action (or \"*\") and a code".into());
-        }
-        st.forced.push(ff);
+
+    fn keys_json(&self) -> Value {
+        let st = self.lock();
+        let keys: Vec<Value> = st
+            .keys
+            .iter()
+            .map(|k| {
+                let mut v = key_json(k);
+                v["UsagePlans"] = json!(view(&st, k).usage_plans);
+                v
+            })
+            .collect();
+        json!({ "keys": keys })
     }
-    Ok(())
+
+    fn apply_faults(&self, f: Faults) -> Result<(), String> {
+        common::refuse_flags(&f, "tencent", &[])?;
+        self.lock().core.apply(&f)
+    }
 }
 
 // ---- the API ------------------------------------------------------------
 
 /// An error envelope to answer with.
 struct Fail {
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     message: String,
 }
 
 fn fail(code: &'static str, message: impl Into<String>) -> Fail {
     Fail {
-        code,
+        code: code.into(),
         message: message.into(),
     }
 }
@@ -641,9 +649,11 @@ fn authenticate(
     Ok((action.to_string(), region.to_string()))
 }
 
+/// Serve one call: every answer is HTTP 200 with a `Response` envelope;
+/// the call is counted and logged with its error code.
 async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let latency = inner.lock().dials.latency();
+    let latency = inner.lock().core.dials.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -662,82 +672,104 @@ async fn api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
     };
     let now = Utc::now().timestamp();
-    let (action, region) =
+    let mut st = inner.lock();
+    let (action, page, answer) =
         match authenticate(&inner.opts, &parts.method, &parts.headers, &body, now) {
-            Ok(a) => a,
+            Ok((action, region)) => {
+                let action = Action(action);
+                let (page, answer) = call(&mut st, &inner.opts, &region, &action, &body);
+                (action, page, answer)
+            }
             Err(f) => {
-                let mut st = inner.lock();
-                let label = header(&parts.headers, "x-tc-action")
-                    .unwrap_or("(none)")
-                    .to_string();
-                let s = st.stats.entry(label).or_default();
-                s.requests += 1;
-                s.errors += 1;
-                if f.code.starts_with("AuthFailure") {
-                    s.auth_failures += 1;
-                }
-                return envelope_err(&request_id, f.code, &f.message);
+                let label = header(&parts.headers, "x-tc-action").unwrap_or("(none)");
+                let action = Action(label.to_string());
+                st.core.count(&action, |s| {
+                    s.requests += 1;
+                    if f.code.starts_with("AuthFailure") {
+                        s.auth_failures += 1;
+                    }
+                });
+                (action, None, Err(f))
             }
         };
-    let mut st = inner.lock();
-    st.stats.entry(action.clone()).or_default().requests += 1;
-    // Throttling, then injected faults, then the action itself.
-    {
-        if st.dials.throttle(&action).is_err() {
-            let s = st.stats.entry(action.clone()).or_default();
-            s.rate_limited += 1;
-            s.errors += 1;
-            return envelope_err(
-                &request_id,
-                "RequestLimitExceeded",
-                "Your current request times exceeds the limit, please try again later.",
-            );
-        }
-    }
-    if let Some(f) = common::take_forced(&mut st.forced, &action) {
-        let s = st.stats.entry(action.clone()).or_default();
-        s.faults += 1;
-        s.errors += 1;
-        let msg = f
-            .message
-            .unwrap_or_else(|| format!("injected fault {}", f.code));
-        return envelope_err(&request_id, &f.code, &msg);
-    }
-    {
-        if st.dials.draw_error() {
-            let s = st.stats.entry(action.clone()).or_default();
-            s.faults += 1;
-            s.errors += 1;
-            return envelope_err(
-                &request_id,
-                "InternalError",
-                "An internal error has occurred. Retry your request.",
-            );
-        }
-    }
-    let params: Map<String, Value> = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            st.stats.entry(action.clone()).or_default().errors += 1;
-            return envelope_err(
-                &request_id,
-                "InvalidParameter",
-                "The request body is not a JSON object",
-            );
-        }
-    };
-    let result = dispatch(&mut st, &inner.opts, &region, &action, &Params(&params));
-    let s = st.stats.entry(action.clone()).or_default();
-    match result {
+    let (response, code) = match answer {
         Ok(v) => {
-            s.ok += 1;
-            envelope_ok(&request_id, v)
+            st.core.count(&action, |s| s.ok += 1);
+            (envelope_ok(&request_id, v), None)
         }
         Err(f) => {
-            s.errors += 1;
-            envelope_err(&request_id, f.code, &f.message)
+            st.core.count(&action, |s| s.errors += 1);
+            (
+                envelope_err(&request_id, &f.code, &f.message),
+                Some(f.code.to_string()),
+            )
         }
+    };
+    st.core.log(action, page, 200, code);
+    response
+}
+
+/// An authenticated call: throttling, then injected faults, then the
+/// action itself. Returns the list page asked for (from 1), if a list.
+fn call(
+    st: &mut St,
+    opts: &Options,
+    region: &str,
+    action: &Action,
+    body: &[u8],
+) -> (Option<usize>, Result<Value, Fail>) {
+    st.core.count(action, |s| s.requests += 1);
+    let params: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let page = params.as_ref().filter(|_| common::Op::is_list(action)).map(|m| {
+        let n = |k: &str, d: u64| m.get(k).and_then(Value::as_u64).unwrap_or(d);
+        (n("Offset", 0) / n("Limit", 20).max(1)) as usize + 1
+    });
+    if st.core.dials.throttle(&action.0).is_err() {
+        st.core.count(action, |s| s.rate_limited += 1);
+        return (
+            page,
+            Err(fail(
+                "RequestLimitExceeded",
+                "Your current request times exceeds the limit, please try again later.",
+            )),
+        );
     }
+    if let Some(f) = st.core.take_forced(action) {
+        st.core.count(action, |s| s.faults += 1);
+        let message = f
+            .message
+            .unwrap_or_else(|| format!("injected fault {}", f.code));
+        return (
+            page,
+            Err(Fail {
+                code: f.code.into(),
+                message,
+            }),
+        );
+    }
+    if st.core.dials.draw_error() {
+        st.core.count(action, |s| s.faults += 1);
+        return (
+            page,
+            Err(fail(
+                "InternalError",
+                "An internal error has occurred. Retry your request.",
+            )),
+        );
+    }
+    let Some(params) = params else {
+        return (
+            page,
+            Err(fail(
+                "InvalidParameter",
+                "The request body is not a JSON object",
+            )),
+        );
+    };
+    (page, dispatch(st, opts, region, &action.0, &Params(&params)))
 }
 
 struct Params<'a>(&'a Map<String, Value>);
@@ -1125,40 +1157,12 @@ fn dispatch(
 
 // ---- admin API ------------------------------------------------------------
 
-fn forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "the emulator admin API answers loopback clients only\n",
-    )
-        .into_response()
-}
-
-async fn admin_keys(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    let st = inner.lock();
-    let keys: Vec<Value> = st
-        .keys
-        .iter()
-        .map(|k| {
-            let mut v = key_json(k);
-            v["UsagePlans"] = json!(view(&st, k).usage_plans);
-            v
-        })
-        .collect();
-    Json(json!({"keys": keys})).into_response()
-}
-
 async fn admin_plans(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     if !admin_allowed(&peer) {
-        return forbidden();
+        return common::forbidden();
     }
     let st = inner.lock();
     let plans: Vec<Value> = st
@@ -1169,58 +1173,21 @@ async fn admin_plans(
     Json(json!({"usage_plans": plans})).into_response()
 }
 
-fn faults_json(st: &St) -> Value {
-    let mut v = st.dials.to_json();
-    v["forced"] = json!(st.forced);
-    v
-}
-
 impl common::Forced for ForcedFault {
     fn operation(&self) -> &str {
         &self.action
     }
+
     fn count_mut(&mut self) -> &mut u32 {
         &mut self.count
     }
-}
 
-async fn admin_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
+    fn check(&self) -> Result<(), String> {
+        if self.code.is_empty() || self.action.is_empty() {
+            return Err("a forced fault needs an action (or \"*\") and a code".into());
+        }
+        Ok(())
     }
-    Json(faults_json(&inner.lock())).into_response()
-}
-
-async fn admin_set_faults(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    let faults: Faults = match serde_json::from_slice(&body) {
-        Ok(f) => f,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad faults: {e}\n")).into_response(),
-    };
-    let mut st = inner.lock();
-    match apply_faults(&mut st, faults) {
-        Ok(()) => Json(faults_json(&st)).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    }
-}
-
-async fn admin_stats(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
-    Json(json!({"actions": inner.lock().stats})).into_response()
 }
 
 // ---- `rekey emulate tencent` -----------------------------------------------
@@ -1322,7 +1289,7 @@ pub async fn serve_cli(args: EmulateArgs) -> io::Result<()> {
         o.keys, o.name_prefix
     );
     println!(
-        "  admin API    GET /__emulator/keys, GET|POST /__emulator/faults, GET /__emulator/stats (loopback only)"
+        "  admin API    GET /__emulator/{{keys,usage-plans,stats,requests}}, GET|POST /__emulator/faults (loopback only)"
     );
     println!();
     println!("[providers.gw]");

@@ -73,9 +73,9 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey, huawei_sign, nes_file,
 };
-use crate::config::raw::{RawHuaweiAuth, RawProvider};
+use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{HuaweiAuth, ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::Secret;
 
 /// Page size asked for (the API answers at most 100 per page).
@@ -321,7 +321,7 @@ pub fn create_body(
 
 impl HuaweiProvider {
     pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
-        let ProviderKind::Huawei { project_id, auth } = &cfg.kind else {
+        let ProviderKind::Huawei(HuaweiConfig { project_id, auth }) = &cfg.kind else {
             return Err(BuildError(format!(
                 "provider {}: not a huawei-nes provider",
                 cfg.name
@@ -896,6 +896,66 @@ impl Provider for HuaweiProvider {
     }
 }
 
+/// `[providers.NAME]` of `kind = "huawei-nes"` as written: its own keys
+/// (the common ones are `config::raw::RawProvider`'s).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHuaweiConfig {
+    pub project_id: Option<S<String>>,
+    pub auth: Option<S<RawHuaweiAuth>>,
+}
+
+/// `auth = { token = … }`, `{ iam = { … } }` or `{ aksk = { … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum RawHuaweiAuth {
+    Token(S<RawSecretRef>),
+    Iam(RawHuaweiIam),
+    Aksk(RawHuaweiAksk),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHuaweiIam {
+    pub endpoint: S<String>,
+    pub domain: S<String>,
+    pub user: S<String>,
+    pub password: S<RawSecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHuaweiAksk {
+    pub access_key: S<RawSecretRef>,
+    pub secret_key: S<RawSecretRef>,
+}
+
+/// A validated `kind = "huawei-nes"` provider.
+#[derive(Debug, Clone)]
+pub struct HuaweiConfig {
+    /// The 32-character project id every path names.
+    pub project_id: String,
+    pub auth: HuaweiAuth,
+}
+
+/// How NES calls authenticate (PROTOCOLS §3): a static `X-Auth-Token`, a
+/// token from an IAM password login (renewed before it expires), or an
+/// `SDK-HMAC-SHA256` AK/SK signature.
+#[derive(Debug, Clone)]
+pub enum HuaweiAuth {
+    Token(SecretRef),
+    Iam {
+        endpoint: String,
+        domain: String,
+        user: String,
+        password: SecretRef,
+    },
+    Aksk {
+        access_key: SecretRef,
+        secret_key: SecretRef,
+    },
+}
+
 /// The `huawei-nes` kind's config rules (see [`ProviderSpec`]): a 32-character
 /// `project_id` and one `auth` form (`token`, `iam`, `aksk`);
 /// `create.description` is refused (rekey names credentials through it).
@@ -914,7 +974,8 @@ impl ProviderSpec for Spec {
         &["project_id", "auth"]
     }
 
-    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+    fn validate(&self, cx: &mut ProviderCx<'_, '_, '_>) -> Option<ProviderKind> {
+        let raw: RawHuaweiConfig = cx.parse()?;
         let project = cx.required(&raw.project_id, "project_id").cloned();
         let project = project.and_then(|p| {
             let n = p.get_ref().chars().count();
@@ -957,10 +1018,24 @@ impl ProviderSpec for Spec {
                 }
             },
         };
-        Some(ProviderKind::Huawei {
+        Some(ProviderKind::Huawei(HuaweiConfig {
             project_id: project?,
             auth: auth?,
-        })
+        }))
+    }
+
+    fn secret_fields(&self) -> Option<&'static [&'static str]> {
+        // `credential`, `credential_zip` and the CSV's columns, which are
+        // undocumented: known only once a key is made.
+        None
+    }
+
+    fn build(
+        &self,
+        cfg: &ProviderConfig,
+        http: ProviderHttp,
+    ) -> Result<super::SharedProvider, BuildError> {
+        Ok(std::sync::Arc::new(HuaweiProvider::new(cfg, http)?))
     }
 
     fn create_keys(&self) -> &'static [&'static str] {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::ProviderConfig;
 use crate::metrics::Metrics;
 use crate::secret::SecretFields;
 
@@ -327,8 +327,9 @@ pub trait Provider: Send + Sync {
 pub type SharedProvider = Arc<dyn Provider>;
 
 /// Every provider kind's config rules ([`crate::config::validate::ProviderSpec`]),
-/// each kept beside its client. A fourth provider adds its entry here, its
-/// arm in [`ProviderKind`] and in [`build`].
+/// each kept beside its client. A fourth provider is its client file (with
+/// its config structs and spec), its entry here and its arm in
+/// [`ProviderKind`](crate::config::ProviderKind).
 pub static SPECS: &[&dyn crate::config::validate::ProviderSpec] =
     &[&oceanbase::Spec, &tencent::Spec, &huawei::Spec];
 
@@ -340,13 +341,7 @@ pub fn spec(kind: &str) -> Option<&'static dyn crate::config::validate::Provider
 /// Build the backend a provider config names.
 pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {
     let http = http::ProviderHttp::new(cfg, metrics.clone())?;
-    match &cfg.kind {
-        ProviderKind::OceanBase { .. } => {
-            Ok(Arc::new(oceanbase::OceanBaseProvider::new(cfg, http)?))
-        }
-        ProviderKind::Tencent { .. } => Ok(Arc::new(tencent::TencentProvider::new(cfg, http)?)),
-        ProviderKind::Huawei { .. } => Ok(Arc::new(huawei::HuaweiProvider::new(cfg, http)?)),
-    }
+    cfg.kind.spec().build(cfg, http)
 }
 
 #[derive(Debug, thiserror::Error)]

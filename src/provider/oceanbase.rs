@@ -50,9 +50,9 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey,
 };
-use crate::config::raw::RawProvider;
+use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::{Secret, SecretFields};
 
 /// The one path of the API-key API; the method picks the operation.
@@ -105,12 +105,12 @@ impl OceanBaseProvider {
     /// `ProviderHttp::new(cfg, metrics)`; tests pass one with a smaller body
     /// cap.
     pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
-        let ProviderKind::OceanBase {
+        let ProviderKind::OceanBase(OceanBaseConfig {
             org_id,
             project_id,
             access_key_id,
             access_key_secret,
-        } = &cfg.kind
+        }) = &cfg.kind
         else {
             return Err(BuildError(format!(
                 "provider {}: kind {} is not oceanbase",
@@ -884,6 +884,30 @@ pub fn failure(provider: &str, operation: &'static str, resp: &HttpResponse) -> 
     ProviderError::new(provider, operation, kind).with_request_id(Some(request_id))
 }
 
+/// `[providers.NAME]` of `kind = "oceanbase"` as written: its own keys
+/// (the common ones are `config::raw::RawProvider`'s). Every key is
+/// optional here so a missing one is reported at the item by
+/// [`ProviderCx::required`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOceanBaseConfig {
+    pub org_id: Option<S<String>>,
+    pub project_id: Option<S<String>>,
+    pub access_key_id: Option<S<RawSecretRef>>,
+    pub access_key_secret: Option<S<RawSecretRef>>,
+}
+
+/// A validated `kind = "oceanbase"` provider: the `X-OB-Org-Id` and
+/// `X-OB-Project-Id` it sends, and the AccessKey pair it authenticates
+/// with (HTTP Digest username and password, PROTOCOLS §4).
+#[derive(Debug, Clone)]
+pub struct OceanBaseConfig {
+    pub org_id: String,
+    pub project_id: String,
+    pub access_key_id: SecretRef,
+    pub access_key_secret: SecretRef,
+}
+
 /// The `oceanbase` kind's config rules (see [`ProviderSpec`]): `org_id`,
 /// `project_id`, the AccessKey pair for Digest auth; `create.action` (the
 /// permission of new keys) is required when rotating.
@@ -906,7 +930,8 @@ impl ProviderSpec for Spec {
         &["org_id", "project_id", "access_key_id", "access_key_secret"]
     }
 
-    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+    fn validate(&self, cx: &mut ProviderCx<'_, '_, '_>) -> Option<ProviderKind> {
+        let raw: RawOceanBaseConfig = cx.parse()?;
         let org = cx
             .required(&raw.org_id, "org_id")
             .map(|s| s.get_ref().clone());
@@ -919,12 +944,24 @@ impl ProviderSpec for Spec {
         let sk = cx
             .required(&raw.access_key_secret, "access_key_secret")
             .and_then(|s| cx.secret(s, "access_key_secret"));
-        Some(ProviderKind::OceanBase {
+        Some(ProviderKind::OceanBase(OceanBaseConfig {
             org_id: org?,
             project_id: proj?,
             access_key_id: ak?,
             access_key_secret: sk?,
-        })
+        }))
+    }
+
+    fn secret_fields(&self) -> Option<&'static [&'static str]> {
+        Some(&["api_key"])
+    }
+
+    fn build(
+        &self,
+        cfg: &ProviderConfig,
+        http: ProviderHttp,
+    ) -> Result<super::SharedProvider, BuildError> {
+        Ok(std::sync::Arc::new(OceanBaseProvider::new(cfg, http)?))
     }
 
     fn create_keys(&self) -> &'static [&'static str] {
@@ -933,7 +970,7 @@ impl ProviderSpec for Spec {
 
     fn check_create(
         &self,
-        cx: &mut ProviderCx<'_, '_>,
+        cx: &mut ProviderCx<'_, '_, '_>,
         create: &serde_json::Map<String, serde_json::Value>,
         span: std::ops::Range<usize>,
         rotate: bool,

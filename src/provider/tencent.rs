@@ -76,9 +76,9 @@ use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Outcome, Provider,
     ProviderError, ProviderErrorKind, ProviderKey, tc3,
 };
-use crate::config::raw::RawProvider;
+use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::{Secret, SecretFields};
 
 /// The signing service name.
@@ -388,12 +388,12 @@ pub fn usage_plans(
 
 impl TencentProvider {
     pub fn new(cfg: &ProviderConfig, http: ProviderHttp) -> Result<Self, BuildError> {
-        let ProviderKind::Tencent {
+        let ProviderKind::Tencent(TencentConfig {
             region,
             regions,
             secret_id,
             secret_key,
-        } = &cfg.kind
+        }) = &cfg.kind
         else {
             return Err(BuildError(format!(
                 "provider {}: not a tencent-apigateway provider",
@@ -1018,6 +1018,31 @@ impl Provider for TencentProvider {
     }
 }
 
+/// `[providers.NAME]` of `kind = "tencent-apigateway"` as written: its own
+/// keys (the common ones are `config::raw::RawProvider`'s).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTencentConfig {
+    pub region: Option<S<String>>,
+    /// More regions searched for usage plans bound to a key.
+    pub regions: Option<S<Vec<String>>>,
+    pub secret_id: Option<S<RawSecretRef>>,
+    pub secret_key: Option<S<RawSecretRef>>,
+}
+
+/// A validated `kind = "tencent-apigateway"` provider.
+#[derive(Debug, Clone)]
+pub struct TencentConfig {
+    /// `X-TC-Region` of every call: where keys are listed and created.
+    pub region: String,
+    /// Further regions whose usage plans are searched for a key's
+    /// bindings (the configured `region` always is).
+    pub regions: Vec<String>,
+    /// The TC3 signing pair (PROTOCOLS §2).
+    pub secret_id: SecretRef,
+    pub secret_key: SecretRef,
+}
+
 /// The `tencent-apigateway` kind's config rules (see [`ProviderSpec`]):
 /// `region`, optional extra `regions` searched for usage plans, the
 /// SecretId/SecretKey pair; 20 requests/s by default (the documented
@@ -1041,7 +1066,8 @@ impl ProviderSpec for Spec {
         &["region", "regions", "secret_id", "secret_key"]
     }
 
-    fn validate(&self, cx: &mut ProviderCx<'_, '_>, raw: &RawProvider) -> Option<ProviderKind> {
+    fn validate(&self, cx: &mut ProviderCx<'_, '_, '_>) -> Option<ProviderKind> {
+        let raw: RawTencentConfig = cx.parse()?;
         let region = cx
             .required(&raw.region, "region")
             .map(|s| s.get_ref().clone());
@@ -1070,12 +1096,24 @@ impl ProviderSpec for Spec {
                 }
             }
         }
-        Some(ProviderKind::Tencent {
+        Some(ProviderKind::Tencent(TencentConfig {
             region: region?,
             regions,
             secret_id: id?,
             secret_key: key?,
-        })
+        }))
+    }
+
+    fn secret_fields(&self) -> Option<&'static [&'static str]> {
+        Some(&["access_key_id", "access_key_secret"])
+    }
+
+    fn build(
+        &self,
+        cfg: &ProviderConfig,
+        http: ProviderHttp,
+    ) -> Result<super::SharedProvider, BuildError> {
+        Ok(std::sync::Arc::new(TencentProvider::new(cfg, http)?))
     }
 
     fn create_keys(&self) -> &'static [&'static str] {
