@@ -259,6 +259,43 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "unknown key of a provider kind, suggested among that kind's keys",
+            with(&[(
+                "region = \"ap-guangzhou\"",
+                "region = \"ap-guangzhou\"\nsecretid = \"x\"",
+            )]),
+            &[
+                "rekey.toml:14:1: error: unknown key `secretid` in [providers.gw]\n  hint: did you mean `secret_id`?",
+            ],
+        ),
+        case(
+            "unknown key of a provider near a key every kind has",
+            with(&[(
+                "region = \"ap-guangzhou\"",
+                "region = \"ap-guangzhou\"\nendpiont = \"https://x\"",
+            )]),
+            &[
+                "rekey.toml:14:1: error: unknown key `endpiont` in [providers.gw]\n  hint: did you mean `endpoint`?",
+            ],
+        ),
+        case(
+            "unknown key of a provider without a near miss lists the kind's keys",
+            with(&[(
+                "region = \"ap-guangzhou\"",
+                "region = \"ap-guangzhou\"\nzzz = 1",
+            )]),
+            &[
+                "rekey.toml:14:1: error: unknown key `zzz` in [providers.gw]\n  hint: known keys here: kind, endpoint, rate_limit, ca_file, timeout, region, regions, secret_id, secret_key",
+            ],
+        ),
+        case(
+            "a key of a provider kind with a value of the wrong type",
+            with(&[("region = \"ap-guangzhou\"", "region = 7")]),
+            &[
+                "rekey.toml:13:10: error: `region` in [providers.gw]: found a number, expected a string\n  hint: see rekey.example.toml for the form each key takes",
+            ],
+        ),
+        case(
             "a Tencent usage-plan region that is not a region name",
             with(&[(
                 "region = \"ap-guangzhou\"",
@@ -884,7 +921,7 @@ fn the_example_config_validates_when_every_secret_resolves() {
     assert_eq!(cfg.policy("nodes").unwrap().mode, Mode::Observe);
     let gw = &cfg.providers["gw"];
     assert_eq!(gw.rate_limit.map(|r| r.per_second), Some(20.0));
-    assert!(matches!(gw.kind, ProviderKind::Tencent { .. }));
+    assert!(matches!(gw.kind, ProviderKind::Tencent(rekey::provider::tencent::TencentConfig { .. })));
     // Every secret reference of the example resolves against this env.
     assert!(cfg.notify["ops"].wants("rotation.failed") && !cfg.notify["ops"].wants("key.created"));
 }
@@ -1072,11 +1109,11 @@ fn secret_references_resolve_from_env_file_and_credentials_dir() {
         .replace("{ env = \"OB_SK\" }", "{ credential = \"ob-sk\" }");
     let (cfg, warnings) = load(&src, &env).unwrap();
     assert!(warnings.is_empty(), "{}", join(&warnings));
-    let ProviderKind::OceanBase {
+    let ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
         access_key_id,
         access_key_secret,
         ..
-    } = &cfg.providers["ob"].kind
+    }) = &cfg.providers["ob"].kind
     else {
         panic!("oceanbase provider expected");
     };
@@ -1127,7 +1164,7 @@ fn a_literal_secret_is_accepted_with_a_warning() {
         "{}",
         warnings[0]
     );
-    let ProviderKind::OceanBase { access_key_id, .. } = &cfg.providers["ob"].kind else {
+    let ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig { access_key_id, .. }) = &cfg.providers["ob"].kind else {
         panic!("oceanbase provider expected");
     };
     assert_eq!(
@@ -1250,9 +1287,9 @@ create = {{ action = "read" }}
         assert_no_secret("Diagnostic", &format!("{d:?} {d}"));
     }
     // The raw (as-written) types too: a literal there is plaintext.
-    let raw: rekey::config::raw::RawProvider =
-        toml::from_str(&format!("kind = \"oceanbase\"\naccess_key_id = {literal}")).unwrap();
-    assert_no_secret("RawProvider", &format!("{raw:?}"));
+    let raw: rekey::provider::oceanbase::RawOceanBaseConfig =
+        toml::from_str(&format!("access_key_id = {literal}")).unwrap();
+    assert_no_secret("RawOceanBaseConfig", &format!("{raw:?}"));
     let raw: rekey::config::raw::RawSink =
         toml::from_str(&format!("kind = \"webhook\"\nsecret = [{literal}]")).unwrap();
     assert_no_secret("RawSink", &format!("{raw:?}"));

@@ -540,9 +540,9 @@ async fn sha256_is_chosen_when_md5_is_offered_first() {
 async fn a_wrong_secret_is_an_auth_error_after_one_rechallenge() {
     let emu = start_oceanbase(opts(2)).await;
     let mut cfg = oceanbase_config(&emu);
-    if let rekey::config::ProviderKind::OceanBase {
+    if let rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
         access_key_secret, ..
-    } = &mut cfg.kind
+    }) = &mut cfg.kind
     {
         *access_key_secret =
             rekey::config::SecretRef::Literal(Secret::new("wrong-secret-value-123"));
@@ -786,9 +786,9 @@ async fn secrets_never_reach_debug_output_errors_or_logs() {
         .unwrap_err();
 
     let mut cfg = oceanbase_config(&emu);
-    if let rekey::config::ProviderKind::OceanBase {
+    if let rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
         access_key_secret, ..
-    } = &mut cfg.kind
+    }) = &mut cfg.kind
     {
         *access_key_secret = rekey::config::SecretRef::Literal(Secret::new("another-wrong-sk"));
     }
@@ -1425,14 +1425,14 @@ async fn rekey_emulate_oceanbase_prints_where_and_how_to_connect() {
         rate_limit: None,
         ca_file: None,
         timeout: Duration::from_secs(10),
-        kind: rekey::config::ProviderKind::OceanBase {
+        kind: rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
             org_id: "org-cli".into(),
             project_id: "proj-emulator".into(),
             access_key_id: rekey::config::SecretRef::Literal(Secret::new("emu-access-key-id")),
             access_key_secret: rekey::config::SecretRef::Literal(Secret::new(
                 "emu-access-key-secret",
             )),
-        },
+        }),
     };
     let listed = oceanbase_provider(&cfg).list(&all).await.unwrap();
     assert_eq!(listed.len(), 12);

@@ -787,7 +787,7 @@ async fn with_rekey_emulate_and_a_list_delay_a_late_orphan_is_deleted_and_the_si
         rate_limit: None,
         ca_file: None,
         timeout: Duration::from_secs(10),
-        kind: rekey::config::ProviderKind::OceanBase {
+        kind: rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
             org_id: oceanbase::DEFAULT_ORG_ID.into(),
             project_id: oceanbase::DEFAULT_PROJECT_ID.into(),
             access_key_id: rekey::config::SecretRef::Literal(rekey::secret::Secret::new(
@@ -796,7 +796,7 @@ async fn with_rekey_emulate_and_a_list_delay_a_late_orphan_is_deleted_and_the_si
             access_key_secret: rekey::config::SecretRef::Literal(rekey::secret::Secret::new(
                 oceanbase::DEFAULT_ACCESS_KEY_SECRET,
             )),
-        },
+        }),
     });
     use rekey::provider::Provider;
     let all = |_: &str| true;

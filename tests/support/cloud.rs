@@ -30,12 +30,12 @@ pub fn tencent_config(
         rate_limit: None,
         ca_file: None,
         timeout: Duration::from_secs(10),
-        kind: ProviderKind::Tencent {
+        kind: ProviderKind::Tencent(rekey::provider::tencent::TencentConfig {
             region: region.into(),
             regions: Vec::new(),
             secret_id: literal(secret_id),
             secret_key: literal(secret_key),
-        },
+        }),
     }
 }
 
@@ -63,10 +63,10 @@ pub fn huawei_config(endpoint: &str, project_id: &str, auth: HuaweiAuth) -> Prov
         rate_limit: None,
         ca_file: None,
         timeout: Duration::from_secs(10),
-        kind: ProviderKind::Huawei {
+        kind: ProviderKind::Huawei(rekey::provider::huawei::HuaweiConfig {
             project_id: project_id.into(),
             auth,
-        },
+        }),
     }
 }
 

@@ -113,12 +113,12 @@ pub fn oceanbase_config(emu: &EmulatorHandle) -> ProviderConfig {
         rate_limit: None,
         ca_file: None,
         timeout: Duration::from_secs(20),
-        kind: ProviderKind::OceanBase {
+        kind: ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
             org_id: o.org_id.clone(),
             project_id: o.project_id.clone(),
             access_key_id: SecretRef::Literal(Secret::new(o.access_key_id.clone())),
             access_key_secret: SecretRef::Literal(o.access_key_secret.clone()),
-        },
+        }),
     }
 }
 
