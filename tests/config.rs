@@ -921,7 +921,10 @@ fn the_example_config_validates_when_every_secret_resolves() {
     assert_eq!(cfg.policy("nodes").unwrap().mode, Mode::Observe);
     let gw = &cfg.providers["gw"];
     assert_eq!(gw.rate_limit.map(|r| r.per_second), Some(20.0));
-    assert!(matches!(gw.kind, ProviderKind::Tencent(rekey::provider::tencent::TencentConfig { .. })));
+    assert!(matches!(
+        gw.kind,
+        ProviderKind::Tencent(rekey::provider::tencent::TencentConfig { .. })
+    ));
     // Every secret reference of the example resolves against this env.
     assert!(cfg.notify["ops"].wants("rotation.failed") && !cfg.notify["ops"].wants("key.created"));
 }
@@ -1164,7 +1167,10 @@ fn a_literal_secret_is_accepted_with_a_warning() {
         "{}",
         warnings[0]
     );
-    let ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig { access_key_id, .. }) = &cfg.providers["ob"].kind else {
+    let ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
+        access_key_id, ..
+    }) = &cfg.providers["ob"].kind
+    else {
         panic!("oceanbase provider expected");
     };
     assert_eq!(

@@ -541,7 +541,8 @@ async fn a_wrong_secret_is_an_auth_error_after_one_rechallenge() {
     let emu = start_oceanbase(opts(2)).await;
     let mut cfg = oceanbase_config(&emu);
     if let rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
-        access_key_secret, ..
+        access_key_secret,
+        ..
     }) = &mut cfg.kind
     {
         *access_key_secret =
@@ -787,7 +788,8 @@ async fn secrets_never_reach_debug_output_errors_or_logs() {
 
     let mut cfg = oceanbase_config(&emu);
     if let rekey::config::ProviderKind::OceanBase(rekey::provider::oceanbase::OceanBaseConfig {
-        access_key_secret, ..
+        access_key_secret,
+        ..
     }) = &mut cfg.kind
     {
         *access_key_secret = rekey::config::SecretRef::Literal(Secret::new("another-wrong-sk"));

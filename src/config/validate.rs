@@ -130,8 +130,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     let root = root.into_inner();
 
     let mut daemon_raw: Option<RawDaemon> = None;
-    let mut providers_raw: Vec<(Spanned<String>, RawProvider, Spanned<DeValue<'_>>)> =
-        Vec::new();
+    let mut providers_raw: Vec<(Spanned<String>, RawProvider, Spanned<DeValue<'_>>)> = Vec::new();
     let mut sinks_raw: Vec<(Spanned<String>, RawSink)> = Vec::new();
     let mut notify_raw: Vec<(Spanned<String>, RawNotify)> = Vec::new();
     let mut policies_raw: Vec<(Range<usize>, RawPolicy)> = Vec::new();
@@ -157,7 +156,11 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
                     cx.origin(format!("providers.{}", name.get_ref()), name.span());
                     // The common keys now; the kind's own once its spec is known.
                     let (common, own) = split_table(v, RawProvider::KEYS);
-                    match item::<RawProvider>(cx, common, &format!("[providers.{}]", name.get_ref())) {
+                    match item::<RawProvider>(
+                        cx,
+                        common,
+                        &format!("[providers.{}]", name.get_ref()),
+                    ) {
                         Some(p) => providers_raw.push((name, p, own)),
                         None => {
                             broken.insert(format!("provider:{}", name.get_ref()));

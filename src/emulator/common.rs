@@ -325,7 +325,11 @@ pub fn take_forced<F: Forced>(queue: &mut Vec<F>, op: &str) -> Option<F> {
 /// is a humantime string like `"20ms"`; `force` entries are the
 /// emulator's own [`Forced`] type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, bound = "F: Serialize + DeserializeOwned")]
+#[serde(
+    default,
+    deny_unknown_fields,
+    bound = "F: Serialize + DeserializeOwned"
+)]
 pub struct Faults<F> {
     /// New share (0..=1) of calls answered with the emulator's internal error.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -392,6 +396,11 @@ pub trait Op: Clone + Ord + Serialize + std::fmt::Debug + Send + Sync + 'static 
     fn name(&self) -> &str;
     /// Whether it is the key listing (what a walk is made of).
     fn is_list(&self) -> bool;
+    /// Operations `GET /__emulator/stats` shows even before their first
+    /// call (with zero counts).
+    fn known() -> Vec<Self> {
+        Vec::new()
+    }
 }
 
 /// How many requests the request log keeps (later ones are not logged).
@@ -418,7 +427,10 @@ impl<O: Op> LoggedRequest<O> {
     /// An answered first list page: one walk began (and its first page
     /// was served).
     pub fn starts_walk(&self) -> bool {
-        self.operation.is_list() && self.page == Some(1) && self.status == 200 && self.code.is_none()
+        self.operation.is_list()
+            && self.page == Some(1)
+            && self.status == 200
+            && self.code.is_none()
     }
 }
 
@@ -493,9 +505,12 @@ impl<O: Op, F: Forced + Serialize> Core<O, F> {
         if f.clear_forced {
             self.forced.clear();
         }
-        self.forced.extend(f.force.iter().cloned().filter_map(|mut ff| {
-            (*ff.count_mut() > 0).then_some(ff)
-        }));
+        self.forced.extend(
+            f.force
+                .iter()
+                .cloned()
+                .filter_map(|mut ff| (*ff.count_mut() > 0).then_some(ff)),
+        );
         Ok(())
     }
 
@@ -514,6 +529,9 @@ impl<O: Op, F: Forced + Serialize> Core<O, F> {
     /// `GET /__emulator/stats`: `{OPERATION: OpStats, …, COUNTER: n, …}`.
     pub fn stats_json(&self) -> Value {
         let mut m = serde_json::Map::new();
+        for op in O::known() {
+            m.insert(op.name().to_string(), json!(OpStats::default()));
+        }
         for (op, s) in &self.stats {
             m.insert(op.name().to_string(), json!(s));
         }
@@ -813,6 +831,106 @@ mod tests {
         assert!(d.throttle("list").is_ok() && d.draw_error());
     }
 
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+    struct O(&'static str);
+    impl Op for O {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn is_list(&self) -> bool {
+            self.0 == "list"
+        }
+        fn known() -> Vec<Self> {
+            vec![O("list"), O("delete")]
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct G {
+        operation: String,
+        count: u32,
+    }
+    impl Forced for G {
+        fn operation(&self) -> &str {
+            &self.operation
+        }
+        fn count_mut(&mut self) -> &mut u32 {
+            &mut self.count
+        }
+        fn check(&self) -> Result<(), String> {
+            if self.operation == "rename" {
+                Err("no rename".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn core() -> Core<O, G> {
+        Core::new(Dials::new(None, 0.0, Duration::ZERO, 1))
+    }
+
+    #[test]
+    fn a_fault_change_applies_all_or_nothing() {
+        let mut c = core();
+        let bad: Faults<G> = serde_json::from_value(json!({
+            "latency": "5ms",
+            "force": [{"operation": "list", "count": 1}, {"operation": "rename", "count": 1}],
+        }))
+        .unwrap();
+        assert!(c.apply(&bad).is_err());
+        assert!(c.forced.is_empty());
+        assert_eq!(c.dials.latency(), Duration::ZERO);
+        let good: Faults<G> = serde_json::from_value(json!({
+            "latency": "5ms",
+            "force": [{"operation": "list", "count": 2}, {"operation": "delete", "count": 0}],
+        }))
+        .unwrap();
+        c.apply(&good).unwrap();
+        assert_eq!(c.dials.latency(), Duration::from_millis(5));
+        assert_eq!(c.forced.len(), 1, "a zero count queues nothing");
+        assert!(c.take_forced(&O("list")).is_some());
+        assert!(c.take_forced(&O("list")).is_some());
+        assert!(c.take_forced(&O("list")).is_none());
+    }
+
+    #[test]
+    fn flags_of_another_emulator_are_refused() {
+        let f = Faults::<G> {
+            expire_tokens: true,
+            ..Default::default()
+        };
+        assert!(refuse_flags(&f, "oceanbase", &["expire_nonces"]).is_err());
+        assert!(refuse_flags(&f, "huawei", &["expire_tokens"]).is_ok());
+        assert!(refuse_flags(&Faults::<G>::default(), "tencent", &[]).is_ok());
+    }
+
+    #[test]
+    fn stats_show_known_operations_and_counters_and_the_log_finds_walks() {
+        let mut c = core();
+        c.count(&O("list"), |s| s.requests += 1);
+        c.bump("authenticated_md5");
+        c.log(O("list"), Some(1), 200, None);
+        c.log(O("list"), Some(2), 200, None);
+        c.log(O("list"), Some(1), 200, Some("InternalError".into()));
+        c.log(O("delete"), None, 200, None);
+        let v = c.stats_json();
+        assert_eq!(v["list"]["requests"], 1);
+        assert_eq!(v["delete"]["requests"], 0, "known, not yet called");
+        assert_eq!(v["authenticated_md5"], 1);
+        let walks = c.request_log().iter().filter(|r| r.starts_walk()).count();
+        assert_eq!(walks, 1, "an error envelope on page 1 is no walk");
+        c.reset();
+        assert!(c.request_log().is_empty() && c.stats().is_empty());
+    }
+
+    #[test]
+    fn a_shared_limit_counts_every_operation_in_one_bucket() {
+        let mut d = Dials::new(Some(1.0), 0.0, Duration::ZERO, 1).with_scope(LimitScope::Shared);
+        assert!(d.throttle("list").is_ok());
+        assert!(d.throttle("create").is_err());
+    }
+
     #[test]
     fn queries_decode_like_a_server_would() {
         assert_eq!(
@@ -826,7 +944,6 @@ mod tests {
         assert!(query_pairs("x=%zz").is_none());
         assert_eq!(percent_decode("%2Ftmp", false).unwrap(), "/tmp");
     }
-
 
     #[test]
     fn rates_parse_per_second_minute_and_hour() {

@@ -232,6 +232,13 @@ impl common::Op for Operation {
     fn is_list(&self) -> bool {
         self.0 == "list"
     }
+
+    fn known() -> Vec<Self> {
+        ["iam", "list", "create", "update", "delete"]
+            .into_iter()
+            .map(Operation)
+            .collect()
+    }
 }
 
 /// One call as the emulator answered it (`GET /__emulator/requests`).

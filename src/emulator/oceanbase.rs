@@ -53,6 +53,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::common::{self, Core, Dials, LimitScope, Server, retry_after_secs};
+use crate::secret::Secret;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -64,8 +66,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use super::common::{self, Core, Dials, LimitScope, Server, retry_after_secs};
-use crate::secret::Secret;
 
 /// The one API path; the HTTP method picks the operation.
 pub const API_PATH: &str = "/api/v2/maas/apikeys";
@@ -317,6 +317,10 @@ impl common::Op for Operation {
 
     fn is_list(&self) -> bool {
         *self == Operation::List
+    }
+
+    fn known() -> Vec<Self> {
+        vec![Operation::List, Operation::Create, Operation::Delete]
     }
 }
 
@@ -755,7 +759,9 @@ impl common::Emulator for Inner {
                 .map(|l| created + chrono::Duration::seconds(l.as_secs() as i64))
         });
         let action = req.action.unwrap_or_else(|| "read".into());
-        Some(Ok(insert(&mut st, &req.name, &action, created, expires).admin_json()))
+        Some(Ok(
+            insert(&mut st, &req.name, &action, created, expires).admin_json()
+        ))
     }
 
     fn apply_faults(&self, f: Faults) -> Result<(), String> {

@@ -723,10 +723,13 @@ fn call(
         Ok(Value::Object(m)) => Some(m),
         _ => None,
     };
-    let page = params.as_ref().filter(|_| common::Op::is_list(action)).map(|m| {
-        let n = |k: &str, d: u64| m.get(k).and_then(Value::as_u64).unwrap_or(d);
-        (n("Offset", 0) / n("Limit", 20).max(1)) as usize + 1
-    });
+    let page = params
+        .as_ref()
+        .filter(|_| common::Op::is_list(action))
+        .map(|m| {
+            let n = |k: &str, d: u64| m.get(k).and_then(Value::as_u64).unwrap_or(d);
+            (n("Offset", 0) / n("Limit", 20).max(1)) as usize + 1
+        });
     if st.core.dials.throttle(&action.0).is_err() {
         st.core.count(action, |s| s.rate_limited += 1);
         return (
@@ -769,7 +772,10 @@ fn call(
             )),
         );
     };
-    (page, dispatch(st, opts, region, &action.0, &Params(&params)))
+    (
+        page,
+        dispatch(st, opts, region, &action.0, &Params(&params)),
+    )
 }
 
 struct Params<'a>(&'a Map<String, Value>);

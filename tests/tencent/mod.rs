@@ -912,7 +912,11 @@ fn provider_with_regions(
         &o.secret_id,
         o.secret_key.expose(),
     );
-    if let rekey::config::ProviderKind::Tencent(rekey::provider::tencent::TencentConfig { regions: r, .. }) = &mut cfg.kind {
+    if let rekey::config::ProviderKind::Tencent(rekey::provider::tencent::TencentConfig {
+        regions: r,
+        ..
+    }) = &mut cfg.kind
+    {
         *r = regions.iter().map(|s| s.to_string()).collect();
     }
     support::tencent_provider_with(&cfg)
