@@ -591,9 +591,10 @@ pub fn refuse_flags<F>(f: &Faults<F>, emulator: &str, allowed: &[&str]) -> Resul
 
 /// The admin API every emulator serves, loopback clients only:
 /// `GET|POST /__emulator/keys`, `GET|POST /__emulator/faults`,
-/// `GET /__emulator/stats`, `GET /__emulator/requests`. Merge it into the
-/// emulator's router (which may add routes of its own).
-pub fn admin_routes<E: Emulator>() -> Router<Arc<E>> {
+/// `GET /__emulator/stats`, `GET /__emulator/requests`, plus the
+/// emulator's own admin routes in `extra` (Tencent's usage plans), all
+/// behind the one loopback guard. Merge it into the emulator's router.
+pub fn admin_routes<E: Emulator>(extra: Router<Arc<E>>) -> Router<Arc<E>> {
     Router::new()
         .route(
             "/__emulator/keys",
@@ -605,6 +606,22 @@ pub fn admin_routes<E: Emulator>() -> Router<Arc<E>> {
         )
         .route("/__emulator/stats", get(admin_stats::<E>))
         .route("/__emulator/requests", get(admin_requests::<E>))
+        .merge(extra)
+        .route_layer(axum::middleware::from_fn(loopback_only))
+}
+
+/// The guard of every admin route: it hands out secrets and takes no
+/// credentials, so only loopback clients get through.
+async fn loopback_only(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if admin_allowed(&peer) {
+        next.run(req).await
+    } else {
+        forbidden()
+    }
 }
 
 /// The 403 of an admin request from beyond loopback.
@@ -624,24 +641,11 @@ fn bad_request(e: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
 }
 
-async fn admin_keys<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_keys<E: Emulator>(State(e): State<Arc<E>>) -> Response {
     json_ok(StatusCode::OK, e.keys_json())
 }
 
-async fn admin_insert_key<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_insert_key<E: Emulator>(State(e): State<Arc<E>>, body: Bytes) -> Response {
     match e.insert_key_json(&body) {
         None => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -653,24 +657,11 @@ async fn admin_insert_key<E: Emulator>(
     }
 }
 
-async fn admin_faults<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_faults<E: Emulator>(State(e): State<Arc<E>>) -> Response {
     json_ok(StatusCode::OK, e.faults_json())
 }
 
-async fn admin_set_faults<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_set_faults<E: Emulator>(State(e): State<Arc<E>>, body: Bytes) -> Response {
     let faults: Faults<E::Forced> = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(err) => return bad_request(format_args!("bad faults: {err}")),
@@ -681,23 +672,11 @@ async fn admin_set_faults<E: Emulator>(
     }
 }
 
-async fn admin_stats<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_stats<E: Emulator>(State(e): State<Arc<E>>) -> Response {
     json_ok(StatusCode::OK, e.core(|c| c.stats_json()))
 }
 
-async fn admin_requests<E: Emulator>(
-    State(e): State<Arc<E>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return forbidden();
-    }
+async fn admin_requests<E: Emulator>(State(e): State<Arc<E>>) -> Response {
     json_ok(StatusCode::OK, json!(e.core(|c| c.request_log())))
 }
 

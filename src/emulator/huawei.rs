@@ -365,7 +365,7 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         opts,
         st: Mutex::new(st),
     });
-    let app = common::admin_routes::<Inner>()
+    let app = common::admin_routes::<Inner>(axum::Router::new())
         .fallback(api)
         .with_state(inner.clone());
     let server = Server::start(listen, app).await?;

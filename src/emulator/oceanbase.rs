@@ -776,7 +776,7 @@ impl common::Emulator for Inner {
 }
 
 fn router(inner: Arc<Inner>) -> Router {
-    common::admin_routes::<Inner>()
+    common::admin_routes::<Inner>(Router::new())
         .route(API_PATH, any(api))
         .fallback(not_found)
         .with_state(inner)

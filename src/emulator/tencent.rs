@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -63,7 +63,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::common::{self, Core, Server, admin_allowed, parse_rate};
+use super::common::{self, Core, Server, parse_rate};
 use super::sig::{self, tc3};
 use crate::secret::Secret;
 
@@ -336,10 +336,11 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
         opts,
         st: Mutex::new(st),
     });
-    let app = common::admin_routes::<Inner>()
-        .route("/__emulator/usage-plans", get(admin_plans))
-        .fallback(api)
-        .with_state(inner.clone());
+    let app = common::admin_routes::<Inner>(
+        axum::Router::new().route("/__emulator/usage-plans", get(admin_plans)),
+    )
+    .fallback(api)
+    .with_state(inner.clone());
     let server = Server::start(listen, app).await?;
     tracing::debug!(addr = %server.addr(), "tencent emulator listening");
     Ok(Handle { server, inner })
@@ -1163,13 +1164,8 @@ fn dispatch(
 
 // ---- admin API ------------------------------------------------------------
 
-async fn admin_plans(
-    State(inner): State<Arc<Inner>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !admin_allowed(&peer) {
-        return common::forbidden();
-    }
+/// `GET /__emulator/usage-plans` (guarded by the framework's loopback rule).
+async fn admin_plans(State(inner): State<Arc<Inner>>) -> Response {
     let st = inner.lock();
     let plans: Vec<Value> = st
         .plans
