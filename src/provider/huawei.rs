@@ -228,13 +228,16 @@ struct TokenInfo {
 
 const MAX_MESSAGE: usize = 300;
 
-/// API Gateway (APIG) throttling codes in front of every Huawei Cloud API:
-/// `APIG.0308` "The throttling threshold has been reached" (Huawei's FAQ
-/// "APIG.0308报错处理方法" says retry after 2–5 s) whatever the status, and
-/// `APIG.0101` when it comes with HTTP 429 (the same code with 404 means "no
-/// such API", a refusal). A throttle means nothing happened.
+/// Whether an answer is a throttle: HTTP 429 whatever its code, or API
+/// Gateway's (APIG) throttling code `APIG.0308` "The throttling threshold
+/// has been reached" whatever its status (Huawei's FAQ "How Do I Handle the
+/// Error APIG.0308?": wait 2–5 s and resend). APIG's error-code table
+/// (support.huaweicloud.com, API Gateway user guide, "Error Codes") lists
+/// `APIG.0101` with 404 only ("The API does not exist or has not been
+/// published", "The API request method does not exist"): no such API, a
+/// refusal, not a throttle. A throttle means nothing happened.
 pub fn is_throttle(status: u16, code: &str) -> bool {
-    code == "APIG.0308" || (code == "APIG.0101" && status == 429)
+    status == 429 || code == "APIG.0308"
 }
 
 fn clip(s: &str) -> String {
@@ -423,9 +426,6 @@ impl HuaweiProvider {
                 retry_after: retry_after(&resp.headers),
             },
             401 | 403 => ProviderErrorKind::Auth(format!("HTTP {status} {code}: {text}")),
-            429 => ProviderErrorKind::RateLimited {
-                retry_after: retry_after(&resp.headers),
-            },
             _ => ProviderErrorKind::Api {
                 status,
                 code,
@@ -1068,6 +1068,16 @@ mod tests {
         assert_eq!(parse_time(&json!("1709287200000")), Some(t));
         assert_eq!(parse_time(&json!("")), None);
         assert_eq!(parse_time(&json!("soon")), None);
+    }
+
+    #[test]
+    fn apig_0308_and_any_429_throttle_but_apig_0101_is_no_such_api() {
+        assert!(is_throttle(400, "APIG.0308"));
+        assert!(is_throttle(429, "APIG.0308"));
+        assert!(is_throttle(429, "APIG.0101"));
+        assert!(is_throttle(429, "HTTP429"));
+        assert!(!is_throttle(404, "APIG.0101"));
+        assert!(!is_throttle(400, "BCS.03400001"));
     }
 
     #[test]

@@ -658,8 +658,37 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawKey>, 
 struct ListBody {
     #[serde(default)]
     success: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     data: Option<ListData>,
+}
+
+/// `data` as the seed documents it: a JSON object (or `null`). serde's
+/// derived struct decoding also takes an array, field by field in
+/// declaration order, so `"data": ["sk_…", "name", "2023-…"]` would read
+/// as a created key; no page documents such an answer, so it is refused as
+/// the wrong shape.
+fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 /// Parse a 2xx list body. `Ok(None)` is an error envelope (`success:false`)
@@ -711,7 +740,7 @@ struct CreateData {
 struct CreateBody {
     #[serde(default)]
     success: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     data: Option<CreateData>,
 }
 
@@ -1191,9 +1220,24 @@ mod tests {
         assert!(!e.contains("sk_live"), "{e}");
         assert!(parse_create(br#"{"data":{"name":"x"},"success":true}"#).is_err());
         assert!(matches!(
+            parse_create(br#"{"data":null,"success":true}"#),
+            Err(m) if m == "no `data` object"
+        ));
+        assert!(matches!(
             parse_create(br#"{"success":false,"errorCode":"E"}"#).unwrap(),
             CreateOutcome::Refused
         ));
+    }
+
+    #[test]
+    fn an_array_shaped_data_is_refused_not_read_by_position() {
+        // serde reads a struct from an array by field order; the seed's
+        // `data` is an object, so this is no created key.
+        let body = br#"{"data":["sk_live_abc123","n","2023-10-12T09:45:30Z"],"success":true}"#;
+        let e = parse_create(body).err().expect("refused");
+        assert!(!e.contains("sk_live"), "{e}");
+        let page = br#"{"data":[[],3],"success":true}"#;
+        assert!(parse_list_page(page).is_err());
     }
 
     #[test]

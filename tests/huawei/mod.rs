@@ -645,6 +645,29 @@ async fn the_apig_throttle_code_is_a_retried_rate_limit() {
 }
 
 #[tokio::test]
+async fn apig_0101_from_the_gateway_is_a_refusal_not_a_throttle() {
+    let emu = huawei::start(opts(), loopback()).await.unwrap();
+    // A path the gateway does not route: APIG's documented 404 APIG.0101.
+    let cfg = rekey::config::ProviderConfig {
+        endpoint: format!("{}/nowhere", emu.endpoint()),
+        ..support::huawei_config(
+            &emu.endpoint(),
+            &emu.options().project_id,
+            huawei_token_auth(&emu),
+        )
+    };
+    let p = support::huawei_provider_with(&cfg);
+    let e = p.list(&|_: &str| true).await.unwrap_err();
+    assert!(
+        matches!(&e.kind, ProviderErrorKind::Api { status: 404, code, .. } if code == "APIG.0101"),
+        "{e}"
+    );
+    assert!(!e.is_throttled(), "{e}");
+    assert_eq!(e.outcome(), rekey::provider::Outcome::Refused);
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn vendor_time_forms_give_the_right_age_and_an_odd_one_is_reported_raw() {
     let t = Utc::now() - chrono::Duration::days(90);
     let t = t - chrono::Duration::nanoseconds(t.timestamp_subsec_nanos() as i64);
