@@ -1368,7 +1368,7 @@ async fn emulate_oceanbase(args: OceanBaseEmulateArgs) -> Result<ExitCode> {
         crate::clock::human(opts.within)
     );
     println!(
-        "  admin API          {endpoint}/__emulator/{{keys,stats,faults}} (loopback only, no auth)"
+        "  admin API          {endpoint}/__emulator/{{keys,stats,faults,requests}} (loopback only, no auth)"
     );
     println!();
     println!(
