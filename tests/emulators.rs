@@ -201,3 +201,30 @@ async fn a_tencent_error_envelope_is_logged_with_its_code() {
     );
     assert!(!first.starts_walk());
 }
+
+/// The emulators must not agree with the client's bugs by sharing its code:
+/// no file under `src/emulator/` names `crate::provider` (issue 12; the
+/// signatures are checked by `emulator::sig`, the client's by `provider`).
+#[test]
+fn no_emulator_file_uses_the_provider_clients_code() {
+    let dir = crate::support::repo_path("src/emulator");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/emulator") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).expect("readable");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            assert!(
+                !code.contains("crate::provider") && !code.contains("super::super::provider"),
+                "{}:{}: an emulator uses the client's code: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+    assert!(files >= 5, "the emulator files were read ({files})");
+}

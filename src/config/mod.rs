@@ -232,6 +232,39 @@ impl ProviderKind {
     pub fn as_str(&self) -> &'static str {
         self.spec().kind()
     }
+
+    /// The kind's settings as the cross-provider checks see them.
+    pub fn account(&self) -> &dyn ProviderAccount {
+        match self {
+            ProviderKind::OceanBase(c) => c,
+            ProviderKind::Tencent(c) => c,
+            ProviderKind::Huawei(c) => c,
+        }
+    }
+}
+
+/// What the checks across providers (`config::ownership`: which entries
+/// are one account, which may share a walk) need of a kind's settings,
+/// without knowing the kind. Each kind's config struct implements it
+/// beside its client.
+pub trait ProviderAccount {
+    /// Who owns the keys, besides the endpoint's host: `org=… project=…`.
+    fn account(&self) -> String;
+    /// Everything calls authenticate with, in a fixed order, by label.
+    fn credentials(&self) -> Vec<(&'static str, Credential<'_>)>;
+    /// What a listing depends on beyond the account and credentials
+    /// (Tencent: ` region=…`, keys being listed per request region).
+    fn listing_scope(&self) -> String {
+        String::new()
+    }
+}
+
+/// One part of what a provider authenticates with.
+pub enum Credential<'a> {
+    /// A secret reference (a literal is hashed, never shown).
+    Secret(&'a SecretRef),
+    /// A part that is no secret (an IAM endpoint, domain and user).
+    Plain(String),
 }
 
 pub use crate::provider::huawei::HuaweiAuth;

@@ -33,7 +33,7 @@ use regex_automata::util::start;
 use regex_automata::{Anchored, nfa::thompson};
 
 use super::diag::Diags;
-use super::{PolicyConfig, ProviderConfig, ProviderKind, SinkConfig, SinkKind, TargetTemplate};
+use super::{PolicyConfig, ProviderConfig, SinkConfig, SinkKind, TargetTemplate};
 
 /// Where a policy's pieces were written, for located diagnostics.
 #[derive(Debug, Default, Clone)]
@@ -69,12 +69,7 @@ impl PolicySpans {
 /// identities list, create and delete the same keys.
 pub fn account_of(p: &ProviderConfig) -> String {
     let host = host_without_region(&p.endpoint);
-    let who = match &p.kind {
-        ProviderKind::OceanBase(c) => format!("org={} project={}", c.org_id, c.project_id),
-        ProviderKind::Tencent(c) => format!("secret_id={:?}", c.secret_id),
-        ProviderKind::Huawei(c) => format!("project={}", c.project_id),
-    };
-    format!("{} {host} {who}", p.kind.as_str())
+    format!("{} {host} {}", p.kind.as_str(), p.kind.account().account())
 }
 
 /// The scope in which walks of a provider entry's keys may be shared
@@ -100,39 +95,16 @@ pub fn listing_scope(p: &ProviderConfig) -> String {
         h.update([0]);
     }
     let mut h = sha2::Sha256::new();
-    let mut extra = String::new();
-    match &p.kind {
-        ProviderKind::OceanBase(c) => {
-            put(&mut h, "access_key_id", &c.access_key_id);
-            put(&mut h, "access_key_secret", &c.access_key_secret);
-        }
-        // `regions` only widens where usage plans are searched; the key
-        // list is the request region's.
-        ProviderKind::Tencent(c) => {
-            put(&mut h, "secret_id", &c.secret_id);
-            put(&mut h, "secret_key", &c.secret_key);
-            extra = format!(" region={}", c.region);
-        }
-        ProviderKind::Huawei(c) => match &c.auth {
-            super::HuaweiAuth::Token(t) => put(&mut h, "token", t),
-            super::HuaweiAuth::Iam {
-                endpoint,
-                domain,
-                user,
-                password,
-            } => {
-                h.update(format!("iam\0{endpoint}\0{domain}\0{user}\0").as_bytes());
-                put(&mut h, "password", password);
+    let settings = p.kind.account();
+    for (label, c) in settings.credentials() {
+        match c {
+            super::Credential::Secret(r) => put(&mut h, label, r),
+            super::Credential::Plain(text) => {
+                h.update(format!("{label}\0{text}\0").as_bytes());
             }
-            super::HuaweiAuth::Aksk {
-                access_key,
-                secret_key,
-            } => {
-                put(&mut h, "access_key", access_key);
-                put(&mut h, "secret_key", secret_key);
-            }
-        },
+        }
     }
+    let extra = settings.listing_scope();
     let digest = h.finalize();
     format!(
         "{}{extra} credentials={}",
@@ -606,7 +578,7 @@ mod tests {
             rate_limit: None,
             ca_file: None,
             timeout: std::time::Duration::from_secs(5),
-            kind: ProviderKind::Tencent(crate::provider::tencent::TencentConfig {
+            kind: super::super::ProviderKind::Tencent(crate::provider::tencent::TencentConfig {
                 regions: Vec::new(),
                 region: region.into(),
                 secret_id: id,

@@ -75,7 +75,7 @@ use super::{
 };
 use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{ProviderConfig, ProviderKind, SecretRef};
+use crate::config::{Credential, ProviderAccount, ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::Secret;
 
 /// Page size asked for (the API answers at most 100 per page).
@@ -954,6 +954,37 @@ pub enum HuaweiAuth {
         access_key: SecretRef,
         secret_key: SecretRef,
     },
+}
+
+impl ProviderAccount for HuaweiConfig {
+    fn account(&self) -> String {
+        format!("project={}", self.project_id)
+    }
+
+    fn credentials(&self) -> Vec<(&'static str, Credential<'_>)> {
+        match &self.auth {
+            HuaweiAuth::Token(t) => vec![("token", Credential::Secret(t))],
+            HuaweiAuth::Iam {
+                endpoint,
+                domain,
+                user,
+                password,
+            } => vec![
+                (
+                    "iam",
+                    Credential::Plain(format!("{endpoint}\0{domain}\0{user}")),
+                ),
+                ("password", Credential::Secret(password)),
+            ],
+            HuaweiAuth::Aksk {
+                access_key,
+                secret_key,
+            } => vec![
+                ("access_key", Credential::Secret(access_key)),
+                ("secret_key", Credential::Secret(secret_key)),
+            ],
+        }
+    }
 }
 
 /// The `huawei-nes` kind's config rules (see [`ProviderSpec`]): a 32-character

@@ -52,7 +52,7 @@ use super::{
 };
 use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{ProviderConfig, ProviderKind, SecretRef};
+use crate::config::{Credential, ProviderAccount, ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::{Secret, SecretFields};
 
 /// The one path of the API-key API; the method picks the operation.
@@ -935,6 +935,22 @@ pub struct OceanBaseConfig {
     pub project_id: String,
     pub access_key_id: SecretRef,
     pub access_key_secret: SecretRef,
+}
+
+impl ProviderAccount for OceanBaseConfig {
+    fn account(&self) -> String {
+        format!("org={} project={}", self.org_id, self.project_id)
+    }
+
+    fn credentials(&self) -> Vec<(&'static str, Credential<'_>)> {
+        vec![
+            ("access_key_id", Credential::Secret(&self.access_key_id)),
+            (
+                "access_key_secret",
+                Credential::Secret(&self.access_key_secret),
+            ),
+        ]
+    }
 }
 
 /// The `oceanbase` kind's config rules (see [`ProviderSpec`]): `org_id`,

@@ -78,7 +78,7 @@ use super::{
 };
 use crate::config::raw::{RawSecretRef, S};
 use crate::config::validate::{ProviderCx, ProviderSpec};
-use crate::config::{ProviderConfig, ProviderKind, SecretRef};
+use crate::config::{Credential, ProviderAccount, ProviderConfig, ProviderKind, SecretRef};
 use crate::secret::{Secret, SecretFields};
 
 /// The signing service name.
@@ -1041,6 +1041,25 @@ pub struct TencentConfig {
     /// The TC3 signing pair (PROTOCOLS §2).
     pub secret_id: SecretRef,
     pub secret_key: SecretRef,
+}
+
+impl ProviderAccount for TencentConfig {
+    fn account(&self) -> String {
+        format!("secret_id={:?}", self.secret_id)
+    }
+
+    fn credentials(&self) -> Vec<(&'static str, Credential<'_>)> {
+        vec![
+            ("secret_id", Credential::Secret(&self.secret_id)),
+            ("secret_key", Credential::Secret(&self.secret_key)),
+        ]
+    }
+
+    /// `regions` only widens where usage plans are searched; the key list
+    /// is the request region's.
+    fn listing_scope(&self) -> String {
+        format!(" region={}", self.region)
+    }
 }
 
 /// The `tencent-apigateway` kind's config rules (see [`ProviderSpec`]):
