@@ -239,18 +239,10 @@ pub struct OceanBaseEmulateArgs {
     /// Window in which the `--expiring` keys expire.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub within: Duration,
-    /// Delay before every API answer.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub latency: Duration,
-    /// Share of API calls (0 to 1) answered 500 E001R000.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
-    pub error_rate: f64,
-    /// Requests allowed per second (`20/s`, `600/min`); beyond: 429 with Retry-After.
-    #[arg(long, value_parser = crate::emulator::parse_rate)]
-    pub rate_limit: Option<f64>,
-    /// Seed for key ids, secrets and fault draws [default: random].
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// The fault dials every emulator takes (`--latency`, `--error-rate`,
+    /// `--rate-limit`: beyond it 429 with Retry-After, `--seed`).
+    #[command(flatten)]
+    pub dials: crate::emulator::common::DialKnobs,
     /// AccessKey ID clients authenticate with (Digest username).
     #[arg(long, default_value = ob_emulator::DEFAULT_ACCESS_KEY_ID)]
     pub access_key_id: String,
@@ -299,18 +291,6 @@ fn parse_lifetime(s: &str) -> Result<Lifetime, String> {
     }
 }
 
-fn parse_share(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not between 0 and 1"))
-    }
-}
-
 fn parse_list_order(s: &str) -> Result<ListOrder, String> {
     ListOrder::parse(s).ok_or_else(|| format!("unknown list order {s:?} (oldest or newest)"))
 }
@@ -328,10 +308,10 @@ impl OceanBaseEmulateArgs {
             lifetime: self.lifetime.0,
             expiring: self.expiring,
             within: self.within,
-            latency: self.latency,
-            error_rate: self.error_rate,
-            rate_limit: self.rate_limit,
-            seed: self.seed,
+            latency: self.dials.latency,
+            error_rate: self.dials.error_rate,
+            rate_limit: self.dials.rate_limit,
+            seed: self.dials.seed,
             access_key_id: self.access_key_id.clone(),
             access_key_secret: Secret::new(self.access_key_secret.clone()),
             org_id: self.org_id.clone(),

@@ -102,6 +102,55 @@ pub mod opt_humantime {
     }
 }
 
+/// The fault dials every `rekey emulate` command takes at start (changed
+/// later through `POST /__emulator/faults`): `--latency`, `--error-rate`,
+/// `--rate-limit`, `--seed`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct DialKnobs {
+    /// Delay before every API answer (e.g. 20ms).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub latency: Duration,
+    /// Share of API calls (0 to 1) answered with the vendor's internal
+    /// error (OceanBase 500 E001R000, Tencent InternalError, Huawei 500
+    /// BCS.03500001).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub error_rate: f64,
+    /// Calls allowed per second (`20/s`, `600/min`): per operation for
+    /// Tencent and Huawei, across all for OceanBase; beyond it the vendor's
+    /// throttle answer.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate_limit: Option<f64>,
+    /// Seed for ids, secrets and the error draw [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// A share within 0..=1, as `--error-rate` takes it.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+/// Check the dials an emulator starts with (its options' `validate`).
+pub fn check_start_dials(error_rate: f64, rate_limit: Option<f64>) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(format!("error rate {error_rate} is not within 0..=1"));
+    }
+    if let Some(r) = rate_limit
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(format!("rate limit {r}/s is not positive"));
+    }
+    Ok(())
+}
+
 /// Knobs every emulator has beyond its vendor's documented behaviour,
 /// parsed once (`rekey emulate <kind> --list-delay …`) and applied by each
 /// emulator's list handler.

@@ -55,7 +55,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::common::{self, Core, Server, parse_rate};
+use super::common::{self, Core, Server};
 use super::sig::{self, huawei as hsig};
 use crate::secret::Secret;
 
@@ -148,17 +148,7 @@ impl Default for Options {
 
 impl Options {
     fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(format!(
-                "error rate {} is not within 0..=1",
-                self.error_rate
-            ));
-        }
-        if let Some(r) = self.rate_limit
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err(format!("rate limit {r}/s is not positive"));
-        }
+        common::check_start_dials(self.error_rate, self.rate_limit)?;
         if self.project_id.chars().count() != 32 {
             return Err(format!(
                 "project id {:?} is not 32 characters",
@@ -1166,18 +1156,8 @@ pub struct EmulateArgs {
     /// Description prefix of the seeded credentials.
     #[arg(long, default_value = "app-")]
     pub name_prefix: String,
-    /// Delay before every answer (e.g. 20ms).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub latency: Duration,
-    /// Share of NES calls answered 500 (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
-    pub error_rate: f64,
-    /// NES calls per operation before 429 (e.g. 10/s).
-    #[arg(long, value_parser = parse_rate)]
-    pub rate_limit: Option<f64>,
-    /// Seed for ids, credential texts and the error draw.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub dials: common::DialKnobs,
     /// The project id (32 characters) paths must name.
     #[arg(long, default_value = DEFAULT_PROJECT_ID)]
     pub project_id: String,
@@ -1224,10 +1204,10 @@ impl EmulateArgs {
         Options {
             keys: self.keys,
             name_prefix: self.name_prefix.clone(),
-            latency: self.latency,
-            error_rate: self.error_rate,
-            rate_limit: self.rate_limit,
-            seed: self.seed,
+            latency: self.dials.latency,
+            error_rate: self.dials.error_rate,
+            rate_limit: self.dials.rate_limit,
+            seed: self.dials.seed,
             project_id: self.project_id.clone(),
             token: (!self.token.is_empty()).then(|| Secret::new(self.token.clone())),
             iam_domain: self.iam_domain.clone(),

@@ -228,12 +228,7 @@ impl Default for OceanBaseEmulatorOptions {
 
 impl OceanBaseEmulatorOptions {
     fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(format!(
-                "error rate {} is not within 0..=1",
-                self.error_rate
-            ));
-        }
+        common::check_start_dials(self.error_rate, self.rate_limit)?;
         if self.expiring > self.keys {
             return Err(format!(
                 "{} expiring keys requested but only {} seeded",
@@ -242,11 +237,6 @@ impl OceanBaseEmulatorOptions {
         }
         if self.algorithms.is_empty() {
             return Err("no Digest algorithm offered".into());
-        }
-        if let Some(r) = self.rate_limit
-            && !(r > 0.0 && r.is_finite())
-        {
-            return Err(format!("rate limit {r}/s is not positive"));
         }
         if self.access_key_id.is_empty() || self.access_key_secret.is_empty() {
             return Err("the access key id and secret must not be empty".into());

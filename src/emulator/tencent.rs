@@ -63,7 +63,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::common::{self, Core, Server, parse_rate};
+use super::common::{self, Core, Server};
 use super::sig::{self, tc3};
 use crate::secret::Secret;
 
@@ -142,17 +142,7 @@ impl Default for Options {
 
 impl Options {
     fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(format!(
-                "error rate {} is not within 0..=1",
-                self.error_rate
-            ));
-        }
-        if let Some(r) = self.rate_limit
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err(format!("rate limit {r}/s is not positive"));
-        }
+        common::check_start_dials(self.error_rate, self.rate_limit)?;
         if self.secret_id.is_empty() || self.secret_key.is_empty() || self.region.is_empty() {
             return Err("secret id, secret key and region must not be empty".into());
         }
@@ -1209,18 +1199,8 @@ pub struct EmulateArgs {
     /// Usage plan ids to create (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_USAGE_PLAN)]
     pub usage_plans: Vec<String>,
-    /// Delay before every answer (e.g. 20ms).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub latency: Duration,
-    /// Share of calls answered InternalError (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
-    pub error_rate: f64,
-    /// Calls per action before RequestLimitExceeded (e.g. 20/s, Tencent's documented limit).
-    #[arg(long, value_parser = parse_rate)]
-    pub rate_limit: Option<f64>,
-    /// Seed for ids, secrets and the error draw.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub dials: common::DialKnobs,
     /// The SecretId clients must sign with.
     #[arg(long, default_value = DEFAULT_SECRET_ID)]
     pub secret_id: String,
@@ -1255,10 +1235,10 @@ impl EmulateArgs {
                 .map(|p| p.trim().to_string())
                 .filter(|p| !p.is_empty())
                 .collect(),
-            latency: self.latency,
-            error_rate: self.error_rate,
-            rate_limit: self.rate_limit,
-            seed: self.seed,
+            latency: self.dials.latency,
+            error_rate: self.dials.error_rate,
+            rate_limit: self.dials.rate_limit,
+            seed: self.dials.seed,
             secret_id: self.secret_id.clone(),
             secret_key: Secret::new(self.secret_key.clone()),
             region: self.region.clone(),
