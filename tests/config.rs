@@ -1591,3 +1591,41 @@ create = { action = "read" }
         );
     }
 }
+
+/// Each provider kind names its own keys twice: as its raw config struct's
+/// fields (what serde reads) and in its spec's `keys()` (what validation
+/// sorts a `[providers.NAME]` table by). The two lists must agree, or a key
+/// would be read by one and refused by the other.
+#[test]
+fn each_provider_kinds_keys_are_its_config_structs_fields() {
+    use rekey::config::validate::ProviderSpec;
+    use rekey::provider::{huawei, oceanbase, tencent};
+    fn fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let e = toml::from_str::<T>("zzz_not_a_key = 1")
+            .unwrap_err()
+            .to_string();
+        let expected = e.split("expected ").nth(1).unwrap_or_else(|| panic!("{e}"));
+        let mut names: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    }
+    fn keys(spec: &dyn ProviderSpec) -> Vec<String> {
+        let mut k: Vec<String> = spec.keys().iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+    for spec in rekey::provider::SPECS {
+        let want = match spec.kind() {
+            "oceanbase" => fields::<oceanbase::RawOceanBaseConfig>(),
+            "tencent-apigateway" => fields::<tencent::RawTencentConfig>(),
+            "huawei-nes" => fields::<huawei::RawHuaweiConfig>(),
+            other => panic!("add kind {other} and its raw config struct here"),
+        };
+        assert_eq!(keys(*spec), want, "{}", spec.kind());
+    }
+}
