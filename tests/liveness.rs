@@ -273,16 +273,199 @@ async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
     );
     assert!(stdout.contains("published to every sink"), "{stdout}");
     assert!(stdout.contains("old key will be deleted at"), "{stdout}");
-    // Abandoning a published rotation is refused.
-    let out = run_cli(&[
-        "abandon",
-        "--token-file",
-        env.path("token").to_str().unwrap(),
-        "--endpoint",
-        &endpoint(&env),
-        &r.id,
-    ]);
+    // Progress lines are for a terminal only (stderr was a pipe here).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(&format!("rotation {} (app-0): ", r.id)),
+        "{stderr}"
+    );
+    // Abandoning it in grace stops retirement and keeps both keys.
+    let abandon = || {
+        run_cli(&[
+            "abandon",
+            "--token-file",
+            env.path("token").to_str().unwrap(),
+            "--endpoint",
+            &endpoint(&env),
+            &r.id,
+        ])
+    };
+    let out = abandon();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("retirement stopped"), "{stdout}");
+    let r = env.rotations().into_iter().find(|x| x.id == r.id).unwrap();
+    assert_eq!(r.state, RotationState::Failed);
+    assert_eq!(r.outcome.as_deref(), Some("old_key_kept"));
+    assert_eq!(env.emu.keys().len(), 2, "both keys kept");
+    // Nothing is left to abandon a second time.
+    let out = abandon();
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing left to abandon"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    assert_eq!(terminate(&mut d), 0);
+}
+
+/// A pseudo-terminal (posix_openpt(3)): the master side, and the slave
+/// side opened for a child's stderr.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // SAFETY: plain libc calls on a descriptor this function owns; the
+    // name buffer is NUL-terminated by ptsname_r on success.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = std::fs::File::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_string();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .unwrap();
+        (master, slave)
+    }
+}
+
+/// Run the CLI with its stderr on a terminal: (exit code, stdout, what
+/// the terminal showed).
+fn run_cli_on_tty(args: &[String]) -> (i32, String, String) {
+    use std::io::Read;
+    let (mut master, slave) = pty();
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    // The terminal is read while the command runs (a full pty would block
+    // it); reading ends with EIO once no one holds the slave side.
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => shown.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+    });
+    let out = child.wait_with_output().unwrap();
+    let shown = reader.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        shown,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_on_a_terminal_shows_progress_and_exits_1_on_failure_0_once_completed() {
+    let env = Env::new().await;
+    // A fresh key: nothing rotates until asked; checks once an hour, so
+    // nothing but the command resumes a failed rotation.
+    env.emu.insert_key(
+        "app-0",
+        chrono::Utc::now() - chrono::Duration::days(1),
+        Some(chrono::Utc::now() + chrono::Duration::days(29)),
+    );
+    std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
+    let cfg = env.config("later/{lineage}.env", "max_attempts = 2");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "shutdown_timeout = \"10s\"",
+            &format!(
+                "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
+                env.path("token").display()
+            ),
+        )
+        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("ready", Duration::from_secs(30), |e| {
+        e.log().contains("rekey ready")
+    })
+    .await;
+    let args = |wait: &str| -> Vec<String> {
+        [
+            "rotate",
+            "--token-file",
+            env.path("token").to_str().unwrap(),
+            "--endpoint",
+            &endpoint(&env),
+            wait,
+            "maas",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // The sink's directory is missing: two tries, then the rotation fails.
+    let a = args("--wait");
+    let (code, stdout, shown) = tokio::task::spawn_blocking(move || run_cli_on_tty(&a))
+        .await
+        .unwrap();
+    let r = env.rotations()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{shown}");
+    assert_eq!(code, 1, "stdout: {stdout}\nterminal: {shown}");
+    let progress = format!("rotation {} (app-0): ", r.id);
+    // Two tries fit in one 500 ms poll, so `failed` may be the first
+    // state it sees; it is shown as progress, then as the error.
+    assert!(shown.contains(&format!("{progress}failed")), "{shown}");
+    assert!(
+        shown.contains(&format!("rekey: rotation {} failed: ", r.id)),
+        "{shown}"
+    );
+    // Fixed: the same command resumes that rotation (no second key) and
+    // `--wait=completed` follows it through grace to the delete.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let a = args("--wait=completed");
+    let (code, stdout, shown) = tokio::task::spawn_blocking(move || run_cli_on_tty(&a))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "stdout: {stdout}\nterminal: {shown}");
+    assert!(
+        stdout.contains(&format!(
+            "rotation {} (app-0): completed; the old key is deleted",
+            r.id
+        )),
+        "{stdout}"
+    );
+    // Each state it passed through, once, in order.
+    let seen: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.strip_prefix(progress.as_str()))
+        .map(|s| s.split(' ').next().unwrap_or(s))
+        .collect();
+    assert_eq!(seen.last(), Some(&"completed"), "{shown}");
+    assert!(
+        seen.contains(&"retiring"),
+        "the 2 s grace was shown: {shown}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "a state printed twice: {shown}"
+    );
+    assert_eq!(env.rotations().len(), 1, "resumed, not a second rotation");
+    assert!(!env.emu.keys().iter().any(|k| k.name == "app-0"));
     assert_eq!(terminate(&mut d), 0);
 }
 

@@ -1150,6 +1150,150 @@ async fn a_wall_clock_jump_forward_does_not_shorten_grace_and_back_does_not_stal
     assert!(!h.fake.names().contains(&"app-a".to_string()));
 }
 
+#[tokio::test]
+async fn abandoning_a_retiring_rotation_keeps_both_keys_and_stops_retirement() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Retiring);
+    let new = r.new_key_id.clone().unwrap();
+    let reply = h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let crate::rotation::report::CommandReply::Accepted { message, .. } = &reply else {
+        panic!("{reply:?}");
+    };
+    assert!(message.contains("retirement stopped"), "{message}");
+    assert!(
+        message.contains(&old) && message.contains(&new),
+        "{message}"
+    );
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.state, RotationState::Failed);
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"));
+    assert_eq!(done.outcome.as_deref(), Some("old_key_kept"));
+    // Long past the grace period: nothing is deleted, no rotation starts.
+    h.clock.advance(Duration::hours(3));
+    h.check().await;
+    h.drive(h.clock.now() + Duration::days(1)).await;
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, 0);
+    assert_eq!(h.fake.names().len(), 2, "both keys kept");
+    assert_eq!(h.latest().id, r.id, "no new rotation");
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.current_key.as_deref(), Some(new.as_str()), "{l:?}");
+    assert_eq!(l.health, Health::Ok, "{l:?}");
+    let keys = &h.engine.status.load().policies[0].keys;
+    let state_of = |id: &str| keys.iter().find(|k| k.id == id).map(|k| k.state);
+    use crate::rotation::report::KeyState;
+    assert_eq!(state_of(&old), Some(KeyState::Stale));
+    assert_eq!(state_of(&new), Some(KeyState::Current));
+    // Neither a second abandon nor a retry revives it.
+    for reply in [
+        h.engine.abandon(&h.rt, &r.id).await.unwrap(),
+        h.engine.retry_now(&h.rt, &r.id).unwrap(),
+    ] {
+        assert!(
+            matches!(reply, crate::rotation::report::CommandReply::Refused { .. }),
+            "{reply:?}"
+        );
+    }
+    // The next rotation of the lineage replaces the new key, not the old.
+    h.clock.advance(Duration::days(24));
+    h.check().await;
+    let next = h.latest();
+    assert_ne!(next.id, r.id);
+    assert_eq!(next.old_key_id.as_deref(), Some(new.as_str()));
+}
+
+#[tokio::test]
+async fn a_stale_key_raises_key_expiring_once_per_threshold_with_status_and_metric() {
+    let h = harness("", None);
+    // An older live key rekey does not retire: the old key of a rotation
+    // abandoned in grace.
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let expiring = || -> Vec<serde_json::Value> {
+        h.engine
+            .store
+            .events_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "key.expiring")
+            .map(|e| e.data)
+            .collect()
+    };
+    // 2 days left: inside the 7 d threshold, told once however often checked.
+    for _ in 0..3 {
+        h.clock.advance(Duration::seconds(3));
+        h.check().await;
+    }
+    let ev = expiring();
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0]["key_id"], old.as_str());
+    assert_eq!(ev[0]["threshold"], "7d");
+    assert_eq!(ev[0]["state"], "stale");
+    assert_eq!(ev[0]["lineage"], "app-a");
+    let keys = &h.engine.status.load().policies[0].keys;
+    let k = keys.iter().find(|k| k.id == old).unwrap();
+    assert_eq!(k.state, crate::rotation::report::KeyState::Stale);
+    let exp = k.expires_at.unwrap();
+    let series = format!(
+        r#"rekey_key_expiry_timestamp_seconds{{key="app-a",lineage="app-a",policy="p"}} {}"#,
+        exp.timestamp()
+    );
+    assert!(h.metrics().contains(&series), "{series}\n{}", h.metrics());
+    // Each tighter threshold is a new condition: one more event each.
+    h.clock.advance(Duration::hours(36));
+    h.check().await;
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    assert_eq!(expiring().len(), 2);
+    assert_eq!(expiring()[1]["threshold"], "1d");
+    h.clock.advance(Duration::hours(11) + Duration::minutes(30));
+    h.check().await;
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    let ev = expiring();
+    assert_eq!(ev.len(), 3, "{ev:#?}");
+    assert_eq!(ev[2]["threshold"], "1h");
+    // The current key is fresh: it was never warned about.
+    assert!(ev.iter().all(|e| e["key_id"] == old.as_str()));
+}
+
+#[tokio::test]
+async fn a_policys_failing_after_failures_and_expiring_warnings_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness(
+        "max_attempts = 100\nfailing_after_failures = 1\nexpiring_warnings = [\"3d\"]\nmode = \"observe\"",
+        Some(&missing),
+    );
+    // Observe mode: an expiring current key is warned about at the
+    // policy's own threshold (3d, not 7d).
+    h.fake.add("app-o", Duration::days(25), Duration::days(5));
+    h.check().await;
+    assert_eq!(h.count_events("key.expiring"), 0);
+    h.clock.advance(Duration::days(2) + Duration::hours(1));
+    h.check().await;
+    assert_eq!(h.count_events("key.expiring"), 1, "{:?}", h.events());
+    // One failed publish is enough to report `failing` under this policy.
+    let h = harness(
+        "max_attempts = 100\nfailing_after_failures = 1",
+        Some(&missing),
+    );
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!((r.state, r.failures), (RotationState::Created, 1));
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.health, Health::Failing, "{l:?}");
+    assert_eq!(l.reason, "step_failing");
+}
+
 // ------------------------------------------------- ownership property test
 
 /// A harness with the given providers/sinks/policies after the provider
