@@ -445,8 +445,8 @@ fn cases() -> Vec<Case> {
                 "grace_period = \"2h\"\nexpiring_warnings = [\"1d\", \"24h\", \"soon\"]",
             )]),
             &[
-                "rekey.toml:57:29: error: `expiring_warnings` threshold \"24h\" is the same as 1d as rekey prints it (the event's `threshold` label)\n  hint: thresholds must differ in days/hours or hours/minutes; remove one",
-                "rekey.toml:57:36: error: invalid duration \"soon\" for `expiring_warnings`: expected number at 0\n  hint: durations look like 90s, 15m, 24h or 7d",
+                "rekey.toml:57:28: error: `expiring_warnings` threshold \"24h\" is the same as 1d as rekey prints it (the event's `threshold` label)\n  hint: thresholds must differ in days/hours or hours/minutes; remove one",
+                "rekey.toml:57:35: error: invalid duration \"soon\" for `expiring_warnings`: expected number at 0\n  hint: durations look like 90s, 15m, 24h or 7d",
             ],
         ),
         case(

@@ -696,3 +696,152 @@ async fn a_listing_that_lags_behind_create_spends_no_attempts() {
     assert!(r.published_at.is_some(), "{:?} {:?}", r.state, r.error);
     assert_eq!(env.rotations().len(), 1, "one rotation, one key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_check_stored_further_ahead_than_the_schedule_allows_is_recomputed_at_start() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("keys/{lineage}.env", "");
+    // The previous run stored its next check a day ahead (its wall clock
+    // had stepped back a day); the schedule says every second.
+    {
+        let store = rekey::state::Store::open(&env.path("state.db")).unwrap();
+        store
+            .set_next_check("maas", chrono::Utc::now() + chrono::Duration::days(1))
+            .unwrap();
+    }
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "a check within the schedule, not a day later",
+        Duration::from_secs(30),
+        |e| e.log().contains("check done"),
+    )
+    .await;
+    env.wait_for("the due key's rotation", Duration::from_secs(30), |e| {
+        !e.rotations().is_empty()
+    })
+    .await;
+    let next = env
+        .store()
+        .unwrap()
+        .policy_state("maas")
+        .unwrap()
+        .unwrap()
+        .next_check_at
+        .unwrap();
+    assert!(
+        next < chrono::Utc::now() + chrono::Duration::minutes(1),
+        "next check still stored at {next}"
+    );
+    assert_eq!(terminate(&mut d), 0);
+}
+
+/// Set the running process's `RLIMIT_FSIZE` (prlimit(2)): past it, writes
+/// to regular files fail with EFBIG, as on a full disk.
+fn set_file_size_limit(child: &Child, bytes: libc::rlim_t) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (old = null).
+    let rc = unsafe {
+        libc::prlimit(
+            child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_backs_off_instead_of_reposting_the_secret_and_recovers_when_space_returns() {
+    use crate::support::receiver::{Reply, WebhookReceiver, random_whsec};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let whsec = random_whsec();
+    let receiver = WebhookReceiver::start(&[&whsec]).await;
+    // The first POST is answered late: time to fill the "disk" while the
+    // daemon waits for it, so its acknowledgement is what cannot be stored.
+    receiver.script([Reply::Delay(Duration::from_secs(3))]);
+    std::fs::write(env.path("whsec"), &whsec).unwrap();
+    let cfg = env.config("keys/{lineage}.env", "max_attempts = 100");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("[sinks.files]").unwrap();
+    let end = text.find("[[policy]]").unwrap();
+    let text = format!(
+        "{}[sinks.files]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = {{ file = \"{}\" }}\n\n{}",
+        &text[..start],
+        receiver.url,
+        env.path("whsec").display(),
+        &text[end..]
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // The log goes through a pipe (the limit is for regular files only),
+    // copied to daemon.log by this process.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-level", "rekey=trace,info", "run", "-c"])
+        .arg(&cfg)
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .env_remove("REKEY_FAILPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only an async-signal-safe call between fork and exec. An
+    // ignored SIGXFSZ survives exec: writes past the limit then fail with
+    // EFBIG instead of killing the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut d = cmd.spawn().unwrap();
+    let mut pipe = d.stderr.take().unwrap();
+    let mut log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let copier = std::thread::spawn(move || std::io::copy(&mut pipe, &mut log));
+    receiver.wait_for(1).await;
+    // The disk is full from now on.
+    set_file_size_limit(&d, 0);
+    let posts = receiver.received().len();
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(10)).await;
+    let posts = receiver.received().len() - posts;
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    // 1 s doubling to 5 min after each failed commit: a handful of POSTs
+    // in 10 s, not 1,200 a second.
+    assert!(
+        (1..=6).contains(&posts),
+        "{posts} signed POSTs carrying the secret in 10 s\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(
+        new_lines.contains("rotation step failed unexpectedly; backing off"),
+        "the full disk was never hit:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(
+        lines_with(&new_lines, "ERROR") <= 10,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 10 s");
+    assert!(
+        env.rotations().iter().all(|r| r.published_at.is_none()),
+        "nothing could be stored"
+    );
+    // Space returns: the same running daemon finishes the rotation.
+    set_file_size_limit(&d, libc::RLIM_INFINITY);
+    env.wait_for(
+        "the rotation to publish once space returned",
+        Duration::from_secs(90),
+        |e| e.rotations().iter().any(|r| r.published_at.is_some()),
+    )
+    .await;
+    assert_eq!(env.rotations().len(), 1, "one rotation, one new key");
+    assert_eq!(terminate(&mut d), 0);
+    copier.join().unwrap().unwrap();
+}
