@@ -856,6 +856,12 @@ async fn the_next_key_vanishing_in_grace_ends_the_rotation_keeps_the_old_key_and
     assert_eq!(l.reason, "next_key_missing");
     assert_eq!(l.health, Health::Failing);
     assert_eq!(h.count_events("key.missing"), 1);
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="next_key_missing",policy="p"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
     // A new rotation may start.
     h.check().await;
     let again = h.latest();
@@ -947,6 +953,10 @@ async fn a_key_with_an_unreadable_time_isolates_its_lineage_and_the_rest_rotate(
         h.metrics()
             .contains(r#"rekey_condition{condition="unknown_time",policy="p"} 1"#)
     );
+    // One event for the condition, however often it is checked.
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
 }
 
 #[tokio::test]
@@ -1057,6 +1067,8 @@ async fn a_rotation_stuck_past_its_bound_is_reported_once_however_often_status_i
     );
     let m = h.metrics();
     assert!(m.contains(r#"rekey_condition{condition="rotation_stuck",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_condition{condition="step_failing",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
     let age = m
         .lines()
         .find(|l| l.starts_with("rekey_oldest_unfinished_rotation_age_seconds{policy=\"p\"}"))
@@ -1292,6 +1304,108 @@ async fn a_policys_failing_after_failures_and_expiring_warnings_apply() {
     let l = h.lineage_status("app-a");
     assert_eq!(l.health, Health::Failing, "{l:?}");
     assert_eq!(l.reason, "step_failing");
+}
+
+#[tokio::test]
+async fn an_expired_key_of_a_policy_misconfigured_by_a_fixed_sink_target_says_expired() {
+    // A fixed target over a glob with two lineages: the policy changes
+    // nothing (misconfigured), and the key that expired meanwhile is
+    // reported as expired, not as `due`.
+    let h = harness_policies(
+        r#"
+[sinks.fixed]
+kind = "file"
+path = "/nonexistent/rekey-test/fixed.env"
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["fixed"]
+create = { action = "read" }
+"#,
+    )
+    .unwrap();
+    h.fake.add("app-a", Duration::days(31), Duration::hours(-1));
+    h.fake.add("app-b", Duration::days(1), Duration::days(29));
+    let plan = h.check().await;
+    assert!(plan.misconfigured.is_some());
+    let p = h.engine.status.load().policies[0].clone();
+    assert_eq!(p.health, Health::Misconfigured);
+    let a = h.lineage_status("app-a");
+    assert_eq!(a.health, Health::Expired, "{a:?}");
+    assert_eq!(a.reason, "key_expired");
+    for _ in 0..3 {
+        h.clock.advance(Duration::seconds(3));
+        h.check().await;
+    }
+    assert_eq!(h.count_events("key.expired"), 1, "{:?}", h.events());
+    let m = h.metrics();
+    assert!(m.contains(r#"rekey_condition{condition="key_expired",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_two_policies_claim_sets_conflict_in_status_metric_and_one_event_each() {
+    let mut h = harness_policies(
+        r#"
+[providers.ob2]
+kind = "oceanbase"
+endpoint = "http://localhost:1"
+org_id = "o"
+project_id = "p"
+access_key_id = { env = "AK" }
+access_key_secret = { env = "SK" }
+[[policy]]
+name = "pa"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+[[policy]]
+name = "pb"
+provider = "ob2"
+match = "app-1*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+"#,
+    )
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    // One account reached through two host names: only the run time can
+    // tell that both policies claim app-1.
+    h.rt.providers
+        .insert("ob2".into(), Arc::new(h.fake.clone()));
+    h.fake.add("app-1", Duration::days(1), Duration::days(29));
+    for _ in 0..3 {
+        for p in ["pa", "pb"] {
+            h.engine.check_policy(&h.rt, p).await.unwrap();
+        }
+        h.clock.advance(Duration::seconds(3));
+    }
+    let snap = h.engine.status.load();
+    for name in ["pa", "pb"] {
+        let p = snap.policies.iter().find(|p| p.name == name).unwrap();
+        assert_eq!(p.health, Health::Misconfigured, "{p:#?}");
+        let l = &p.lineages[0];
+        assert_eq!(l.reason, "conflict", "{l:?}");
+        let m = h.metrics();
+        let series = format!(r#"rekey_condition{{condition="conflict",policy="{name}"}} 1"#);
+        assert!(m.contains(&series), "{series}\n{m}");
+        let events = h.engine.store.events_after(0, 1000).unwrap();
+        let stuck = events
+            .iter()
+            .filter(|e| e.kind == "rotation.stuck" && e.policy.as_deref() == Some(name))
+            .count();
+        assert_eq!(stuck, 1, "{name}: {events:#?}");
+    }
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
 }
 
 // ------------------------------------------------- ownership property test
