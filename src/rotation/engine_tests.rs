@@ -1408,6 +1408,106 @@ create = { action = "read" }
     assert!(h.engine.store.active_rotations().unwrap().is_empty());
 }
 
+/// A policy publishing to the file sink `f` and to `g`, whose directory
+/// does not exist (beneath the returned directory).
+fn two_sinks(max_attempts: u32) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_policies(&format!(
+        r#"
+[sinks.g]
+kind = "file"
+path = "{later}/{{lineage}}.env"
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f", "g"]
+max_attempts = {max_attempts}
+create = {{ action = "read" }}
+"#,
+        later = dir.path().join("later").display()
+    ))
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    (h, dir)
+}
+
+#[tokio::test]
+async fn a_sink_removed_from_the_config_abandons_the_rotation_but_keeps_a_key_a_sink_holds() {
+    let (mut h, _dir) = two_sinks(2);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    let acks = h.engine.store.sink_acks(&r.id).unwrap();
+    assert!(
+        acks.iter().any(|a| a.sink == "f" && a.state == "acked"),
+        "{acks:#?}"
+    );
+    // `g` leaves the configuration: the next check resumes the rotation,
+    // which can never publish now. It is abandoned, not revived for ever,
+    // and its next key stays: sink `f` holds it and may hand it out.
+    h.rt.sinks.remove("g");
+    h.clock.advance(Duration::minutes(1));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.state, RotationState::Failed);
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"), "{done:#?}");
+    assert!(
+        done.error
+            .unwrap()
+            .contains("sink g is no longer configured")
+    );
+    assert_eq!(h.fake.names().len(), 2, "the key sink f holds is kept");
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, 0);
+    assert_eq!(h.count_events("key.deleted"), 0);
+    assert!(h.engine.store.sealed_secret(&r.id).unwrap().is_none());
+    // Later checks do not revive it.
+    h.clock.advance(Duration::minutes(1));
+    h.check().await;
+    assert_eq!(
+        h.engine.store.rotation(&r.id).unwrap().unwrap().state,
+        RotationState::Failed
+    );
+}
+
+#[tokio::test]
+async fn a_key_left_unpublished_for_seven_days_is_abandoned_and_deleted_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness("max_attempts = 2", Some(&missing));
+    h.fake.add("app-a", Duration::days(20), Duration::days(6));
+    h.check().await;
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed);
+    // Within 7 days each check resumes it (and it fails again).
+    h.clock.advance(Duration::days(3));
+    h.check().await;
+    assert_eq!(h.latest().id, r.id);
+    assert_eq!(
+        h.engine.store.rotation(&r.id).unwrap().unwrap().state,
+        RotationState::Created,
+        "resumed"
+    );
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    // Past 7 days it is given up: no sink ever had the key, so it goes.
+    h.clock.advance(Duration::days(4) + Duration::hours(1));
+    h.check().await;
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"), "{done:#?}");
+    assert_eq!(
+        h.fake.names(),
+        vec!["app-a"],
+        "the unpublished key is deleted"
+    );
+    assert_eq!(h.count_events("key.deleted"), 1);
+}
+
 // ------------------------------------------------- ownership property test
 
 /// A harness with the given providers/sinks/policies after the provider

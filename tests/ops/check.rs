@@ -544,3 +544,74 @@ create = {{ action = "read" }}
         text(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_warns_when_the_grace_period_outlives_a_keys_time_before_its_lead() {
+    let emu = oceanbase::start(
+        OceanBaseEmulatorOptions::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    write_file(dir.path(), "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
+    write_file(dir.path(), "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "rekey.toml",
+        &format!(
+            r#"[daemon]
+state = "{d}/state.db"
+
+[providers.ob]
+kind = "oceanbase"
+endpoint = "{endpoint}"
+org_id = "{org}"
+project_id = "{project}"
+access_key_id = {{ file = "{d}/ak" }}
+access_key_secret = {{ file = "{d}/sk" }}
+timeout = "3s"
+
+[sinks.files]
+kind = "file"
+path = "{d}/keys/{{lineage}}.env"
+
+[[policy]]
+name = "maas"
+provider = "ob"
+match = "app-*"
+schedule = "0 */15 * * * *"
+rotate_before_expiry = "7d"
+grace_period = "24h"
+sinks = ["files"]
+create = {{ action = "read" }}
+"#,
+            endpoint = emu.endpoint(),
+            org = oceanbase::DEFAULT_ORG_ID,
+            project = oceanbase::DEFAULT_PROJECT_ID,
+        ),
+    );
+    let now = chrono::Utc::now();
+    let hours = chrono::Duration::hours;
+    // 30 days of life: a day of grace is nothing to it.
+    emu.insert_key("app-long", now - hours(24), Some(now + hours(29 * 24)));
+    let out = rekey(&["plan"], &cfg, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("outlives"), "{stdout}");
+    // A day of life: its lead is clamped to a third (8 h), so the 24 h
+    // grace outlives the 16 h before its replacement is due. `check`
+    // cannot know key lifetimes; `plan` sees them and warns.
+    emu.insert_key("app-short", now - hours(1), Some(now + hours(23)));
+    let out = rekey(&["plan"], &cfg, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "fresh keys only:\n{stdout}");
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.contains("outlives")).collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("grace_period (1day) outlives this key's time before its lead (16h)"),
+        "{stdout}"
+    );
+}
