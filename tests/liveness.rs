@@ -196,33 +196,49 @@ async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline()
     assert_eq!(terminate(&mut d), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
-    let env = Env::new().await;
-    // A fresh key: nothing rotates until asked.
+/// A daemon over one fresh key `app-0` (nothing rotates until asked), its
+/// sink directory `later/` missing, the admin token in `env`'s `token`
+/// file; `edits` are applied to the config text. Returns once it is ready.
+async fn fresh_key_daemon_with_a_token(
+    env: &Env,
+    policy_extra: &str,
+    edits: &[(&str, &str)],
+) -> (std::path::PathBuf, Child) {
     env.emu.insert_key(
         "app-0",
         chrono::Utc::now() - chrono::Duration::days(1),
         Some(chrono::Utc::now() + chrono::Duration::days(29)),
     );
     std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
-    let cfg = env.config(
-        "later/{lineage}.env",
-        "max_attempts = 100\ngrace_period = \"1h\"",
-    );
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let cfg = env.config("later/{lineage}.env", policy_extra);
+    let mut text = std::fs::read_to_string(&cfg).unwrap().replace(
         "shutdown_timeout = \"10s\"",
         &format!(
             "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
             env.path("token").display()
         ),
     );
-    let text = text.replace("grace_period = \"2s\"\n", "");
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} not in the config");
+        text = text.replace(from, to);
+    }
     std::fs::write(&cfg, text).unwrap();
-    let mut d = env.spawn(&cfg, None);
+    let d = env.spawn(&cfg, None);
     env.wait_for("ready", Duration::from_secs(30), |e| {
         e.log().contains("rekey ready")
     })
+    .await;
+    (cfg, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
+    let env = Env::new().await;
+    let (cfg, mut d) = fresh_key_daemon_with_a_token(
+        &env,
+        "max_attempts = 100\ngrace_period = \"1h\"",
+        &[("grace_period = \"2s\"\n", "")],
+    )
     .await;
     let cfg_s = cfg.to_str().unwrap().to_string();
     let ep = endpoint(&env);
@@ -380,30 +396,13 @@ fn run_cli_on_tty(args: &[String]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_wait_on_a_terminal_shows_progress_and_exits_1_on_failure_0_once_completed() {
     let env = Env::new().await;
-    // A fresh key: nothing rotates until asked; checks once an hour, so
-    // nothing but the command resumes a failed rotation.
-    env.emu.insert_key(
-        "app-0",
-        chrono::Utc::now() - chrono::Duration::days(1),
-        Some(chrono::Utc::now() + chrono::Duration::days(29)),
-    );
-    std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
-    let cfg = env.config("later/{lineage}.env", "max_attempts = 2");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            "shutdown_timeout = \"10s\"",
-            &format!(
-                "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
-                env.path("token").display()
-            ),
-        )
-        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"");
-    std::fs::write(&cfg, text).unwrap();
-    let mut d = env.spawn(&cfg, None);
-    env.wait_for("ready", Duration::from_secs(30), |e| {
-        e.log().contains("rekey ready")
-    })
+    // Checks once an hour, so nothing but the command resumes a failed
+    // rotation.
+    let (_cfg, mut d) = fresh_key_daemon_with_a_token(
+        &env,
+        "max_attempts = 2",
+        &[("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"")],
+    )
     .await;
     let args = |wait: &str| -> Vec<String> {
         [
@@ -484,11 +483,15 @@ fn endpoint(env: &Env) -> String {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+/// `env`'s config with its sink replaced by a webhook sink posting to a
+/// fresh receiver (`max_attempts = 100`).
+async fn webhook_sink_config(
+    env: &Env,
+) -> (
+    crate::support::receiver::WebhookReceiver,
+    std::path::PathBuf,
+) {
     use crate::support::receiver::{WebhookReceiver, random_whsec};
-    let env = Env::new().await;
-    env.seed(1, 1);
     let whsec = random_whsec();
     let receiver = WebhookReceiver::start(&[&whsec]).await;
     std::fs::write(env.path("whsec"), &whsec).unwrap();
@@ -504,6 +507,14 @@ async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_sec
         &text[end..]
     );
     std::fs::write(&cfg, text).unwrap();
+    (receiver, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let (receiver, cfg) = webhook_sink_config(&env).await;
     // Every commit of a sink's acknowledgement fails, as on a full disk.
     let mut d = env.spawn(&cfg, Some("error@record_sink_ack"));
     receiver.wait_for(1).await;
@@ -757,28 +768,14 @@ fn set_file_size_limit(child: &Child, bytes: libc::rlim_t) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_backs_off_instead_of_reposting_the_secret_and_recovers_when_space_returns() {
-    use crate::support::receiver::{Reply, WebhookReceiver, random_whsec};
+    use crate::support::receiver::Reply;
     use std::os::unix::process::CommandExt;
     let env = Env::new().await;
     env.seed(1, 1);
-    let whsec = random_whsec();
-    let receiver = WebhookReceiver::start(&[&whsec]).await;
+    let (receiver, cfg) = webhook_sink_config(&env).await;
     // The first POST is answered late: time to fill the "disk" while the
     // daemon waits for it, so its acknowledgement is what cannot be stored.
     receiver.script([Reply::Delay(Duration::from_secs(3))]);
-    std::fs::write(env.path("whsec"), &whsec).unwrap();
-    let cfg = env.config("keys/{lineage}.env", "max_attempts = 100");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let start = text.find("[sinks.files]").unwrap();
-    let end = text.find("[[policy]]").unwrap();
-    let text = format!(
-        "{}[sinks.files]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = {{ file = \"{}\" }}\n\n{}",
-        &text[..start],
-        receiver.url,
-        env.path("whsec").display(),
-        &text[end..]
-    );
-    std::fs::write(&cfg, text).unwrap();
     // The log goes through a pipe (the limit is for regular files only),
     // copied to daemon.log by this process.
     let mut cmd = Command::new(BIN);

@@ -437,25 +437,19 @@ fn rekey_config_names_the_config_when_no_c_is_given() {
 
 /// `plan` exits like `terraform plan -detailed-exitcode`: 0 nothing to do,
 /// 2 something due or misconfigured, 1 an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_exit_code_says_whether_anything_is_due_or_misconfigured() {
-    let emu = oceanbase::start(
-        OceanBaseEmulatorOptions::default(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    write_file(dir.path(), "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
-    write_file(dir.path(), "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    let config = |sink_path: &str, endpoint: &str| {
-        write_file(
-            dir.path(),
-            "rekey.toml",
-            &format!(
-                r#"[daemon]
+/// A config in `dir` for `rekey plan` against the OceanBase emulator at
+/// `endpoint`: one policy `maas` over `app-*` (lead 7d, plus
+/// `policy_extra`) with a file sink at `dir/keys/<sink_path>`.
+fn plan_config(dir: &Path, sink_path: &str, endpoint: &str, policy_extra: &str) -> PathBuf {
+    let d = dir.display();
+    write_file(dir, "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
+    write_file(dir, "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    write_file(
+        dir,
+        "rekey.toml",
+        &format!(
+            r#"[daemon]
 state = "{d}/state.db"
 
 [providers.ob]
@@ -479,12 +473,24 @@ schedule = "0 */15 * * * *"
 rotate_before_expiry = "7d"
 sinks = ["files"]
 create = {{ action = "read" }}
+{policy_extra}
 "#,
-                org = oceanbase::DEFAULT_ORG_ID,
-                project = oceanbase::DEFAULT_PROJECT_ID,
-            ),
-        )
-    };
+            org = oceanbase::DEFAULT_ORG_ID,
+            project = oceanbase::DEFAULT_PROJECT_ID,
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_exit_code_says_whether_anything_is_due_or_misconfigured() {
+    let emu = oceanbase::start(
+        OceanBaseEmulatorOptions::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |sink_path: &str, endpoint: &str| plan_config(dir.path(), sink_path, endpoint, "");
     let now = chrono::Utc::now();
     let days = chrono::Duration::days;
     emu.insert_key("app-fresh", now - days(1), Some(now + days(29)));
@@ -554,44 +560,11 @@ async fn plan_warns_when_the_grace_period_outlives_a_keys_time_before_its_lead()
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    write_file(dir.path(), "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
-    write_file(dir.path(), "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    let cfg = write_file(
+    let cfg = plan_config(
         dir.path(),
-        "rekey.toml",
-        &format!(
-            r#"[daemon]
-state = "{d}/state.db"
-
-[providers.ob]
-kind = "oceanbase"
-endpoint = "{endpoint}"
-org_id = "{org}"
-project_id = "{project}"
-access_key_id = {{ file = "{d}/ak" }}
-access_key_secret = {{ file = "{d}/sk" }}
-timeout = "3s"
-
-[sinks.files]
-kind = "file"
-path = "{d}/keys/{{lineage}}.env"
-
-[[policy]]
-name = "maas"
-provider = "ob"
-match = "app-*"
-schedule = "0 */15 * * * *"
-rotate_before_expiry = "7d"
-grace_period = "24h"
-sinks = ["files"]
-create = {{ action = "read" }}
-"#,
-            endpoint = emu.endpoint(),
-            org = oceanbase::DEFAULT_ORG_ID,
-            project = oceanbase::DEFAULT_PROJECT_ID,
-        ),
+        "{lineage}.env",
+        &emu.endpoint(),
+        "grace_period = \"24h\"",
     );
     let now = chrono::Utc::now();
     let hours = chrono::Duration::hours;
