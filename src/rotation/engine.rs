@@ -25,6 +25,10 @@
 //!
 //!   planned/created ── failed max_attempts times, or a permanent error ──► failed
 //!   failed (key created, still sealed) ── next check ──► created (resumed)
+//!   published/retiring ── next key no longer listed (15 min) ──► failed
+//!                         (`next_key_missing`: the old key is live again)
+//!   any unfinished ── `rekey abandon` ──► failed (`abandoned`; in grace both
+//!                     keys are kept and retirement stops)
 //! ```
 //!
 //! Words: the *current key* is the lineage's live key being replaced; the
@@ -38,8 +42,8 @@
 //! its unique name and deleting what is found (its secret was never
 //! captured) before another attempt. Failures back off exponentially with
 //! jitter, the cap shrinking as the current key's expiry nears. Retirement
-//! never gives up (the new key is already in use); it keeps retrying and the
-//! policy reports `failing`.
+//! never gives up by itself (the new key is already in use); it keeps
+//! retrying and the policy reports `failing`, until an operator abandons it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
