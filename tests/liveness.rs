@@ -164,7 +164,24 @@ async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline()
     assert_eq!(terminate(&mut d), 0);
     let r = env.rotations()[0].clone();
     assert_eq!(env.emu.keys().len(), 2);
-    std::fs::remove_file(env.path("state.db.key")).unwrap();
+    // A different key in its place: refused, and the file is left alone.
+    let key_file = env.path("state.db.key");
+    let other = "ab".repeat(32);
+    std::fs::write(&key_file, &other).unwrap();
+    let out = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refusing to start") && err.contains("a different or replaced key"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&r.id) && err.contains("rekey abandon"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), other);
+    // No key at all: refused too.
+    std::fs::remove_file(&key_file).unwrap();
     let out = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
