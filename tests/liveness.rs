@@ -859,3 +859,67 @@ async fn a_full_disk_backs_off_instead_of_reposting_the_secret_and_recovers_when
     assert_eq!(terminate(&mut d), 0);
     copier.join().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_expires_between_checks_is_reported_expired_within_a_minute() {
+    let env = Env::new().await;
+    // Observe mode and an hourly schedule: after the start-up check
+    // nothing but the periodic status rebuild looks at the key again.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(4);
+    env.emu.insert_key(
+        "app-0",
+        chrono::Utc::now() - chrono::Duration::days(29),
+        Some(expires),
+    );
+    let cfg = env.config("keys/{lineage}.env", "mode = \"observe\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the start-up check", Duration::from_secs(30), |e| {
+        e.log().contains("check done")
+    })
+    .await;
+    let ep = endpoint(&env);
+    let status = || async {
+        reqwest::get(format!("{ep}/status"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_ne!(status().await["policies"][0]["health"], "expired");
+    // The condition arises at `expires`; it must show within a minute.
+    let deadline = Instant::now()
+        + (expires - chrono::Utc::now()).to_std().unwrap_or_default()
+        + Duration::from_secs(60);
+    let lineage = loop {
+        let s = status().await;
+        let l = s["policies"][0]["lineages"][0].clone();
+        if l["health"] == "expired" {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reported expired within a minute: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(lineage["reason"], "key_expired", "{lineage:#}");
+    let metrics = reqwest::get(format!("{ep}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"rekey_condition{condition="key_expired",policy="maas"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"rekey_policy_healthy{policy="maas"} 0"#));
+    let events = env.store().unwrap().events_after(0, 1000).unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "key.expired").count(), 1);
+    assert_eq!(terminate(&mut d), 0);
+}
