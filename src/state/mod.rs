@@ -1314,7 +1314,7 @@ impl Store {
                     return Err(StoreError::Conflict(format!(
                         "rotation {id} is {}{}; there is nothing left to abandon",
                         s.as_str(),
-                        if s == RotationState::Failed { " (abandoned already)" } else { " (its old key is deleted)" },
+                        if s == RotationState::Failed { " (abandoned already)" } else { "" },
                     )));
                 }
             }
