@@ -162,9 +162,11 @@ pub enum Command {
         #[command(flatten)]
         admin: admin::AdminArgs,
     },
-    /// End a rotation that has not published: the old key stays; its next
-    /// key is deleted when no sink acknowledged it. With -c and no daemon
-    /// running, works offline on the state DB.
+    /// End a rotation: the old key stays. Before it publishes, its next
+    /// key is deleted when no sink acknowledged it; in its grace period,
+    /// retirement stops and both keys are kept (the old one is never
+    /// deleted by rekey). With -c and no daemon running, works offline on
+    /// the state DB.
     Abandon {
         rotation: String,
         #[command(flatten)]

@@ -446,6 +446,47 @@ fn cases() -> Vec<Case> {
             ],
         ),
         case(
+            "failing_after_failures out of range",
+            with(&[(
+                "grace_period = \"2h\"",
+                "grace_period = \"2h\"\nfailing_after_failures = 0",
+            )]),
+            &[
+                "rekey.toml:57:26: error: failing_after_failures = 0 is out of range\n  hint: use 1 to 100 (failures of one step before the lineage reports `failing`)",
+            ],
+        ),
+        case(
+            "failing_after_failures above max_attempts",
+            with(&[(
+                "grace_period = \"2h\"",
+                "grace_period = \"2h\"\nmax_attempts = 4\nfailing_after_failures = 6",
+            )]),
+            &[
+                "rekey.toml:58:26: warning: failing_after_failures = 6 is more than max_attempts = 4\n  hint: a rotation gives up after max_attempts and reports `failing` from then on; lower failing_after_failures or raise max_attempts",
+            ],
+        ),
+        case(
+            "stuck_after of zero",
+            with(&[(
+                "grace_period = \"2h\"",
+                "grace_period = \"2h\"\nstuck_after = \"0s\"",
+            )]),
+            &[
+                "rekey.toml:57:15: error: stuck_after must be longer than 0s\n  hint: how much longer than grace_period a rotation may take before it is `rotation_stuck`, e.g. \"1h\"",
+            ],
+        ),
+        case(
+            "expiring_warnings that print alike",
+            with(&[(
+                "grace_period = \"2h\"",
+                "grace_period = \"2h\"\nexpiring_warnings = [\"1d\", \"24h\", \"soon\"]",
+            )]),
+            &[
+                "rekey.toml:57:28: error: `expiring_warnings` threshold \"24h\" is the same as 1d as rekey prints it (the event's `threshold` label)\n  hint: thresholds must differ in days/hours or hours/minutes; remove one",
+                "rekey.toml:57:35: error: invalid duration \"soon\" for `expiring_warnings`: expected number at 0\n  hint: durations look like 90s, 15m, 24h or 7d",
+            ],
+        ),
+        case(
             "bad grace_period (not also compared with max_age)",
             with(&[("grace_period = \"2h\"", "grace_period = \"soon\"")]),
             &[
@@ -1053,6 +1094,12 @@ fn defaults_are_applied() {
     assert_eq!(p.mode, Mode::Rotate);
     assert_eq!(p.max_attempts, 5);
     assert_eq!(p.bootstrap, None);
+    assert_eq!(p.failing_after_failures, 3);
+    assert_eq!(p.stuck_after, Duration::from_secs(3600));
+    assert_eq!(
+        p.expiring_warnings,
+        [days(7), days(1), Duration::from_secs(3600)]
+    );
 
     let ob = &cfg.providers["ob"];
     assert_eq!(ob.endpoint, "https://api-cloud.oceanbase.com");
@@ -1063,6 +1110,31 @@ fn defaults_are_applied() {
         panic!("file sink expected");
     };
     assert_eq!((f.mode, f.format), (0o600, FileFormat::Env));
+}
+
+#[test]
+fn health_thresholds_set_on_a_policy_replace_the_defaults() {
+    let env = hermetic_env(&[("OB_AK", "a"), ("OB_SK", "b")]);
+    let src = MINIMAL.replace(
+        "create = { action = \"read\" }",
+        "create = { action = \"read\" }\nfailing_after_failures = 2\nstuck_after = \"30m\"\nexpiring_warnings = [\"2h\", \"14d\"]",
+    );
+    let (cfg, warnings) = load(&src, &env).unwrap();
+    assert!(warnings.is_empty(), "{}", join(&warnings));
+    let p = &cfg.policies[0];
+    assert_eq!(p.failing_after_failures, 2);
+    assert_eq!(p.stuck_after, Duration::from_secs(1800));
+    // Longest first, whatever the order written.
+    assert_eq!(p.expiring_warnings, [days(14), Duration::from_secs(7200)]);
+    let none = MINIMAL.replace(
+        "create = { action = \"read\" }",
+        "create = { action = \"read\" }\nexpiring_warnings = []",
+    );
+    assert!(
+        load(&none, &env).unwrap().0.policies[0]
+            .expiring_warnings
+            .is_empty()
+    );
 }
 
 #[test]

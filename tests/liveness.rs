@@ -164,7 +164,24 @@ async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline()
     assert_eq!(terminate(&mut d), 0);
     let r = env.rotations()[0].clone();
     assert_eq!(env.emu.keys().len(), 2);
-    std::fs::remove_file(env.path("state.db.key")).unwrap();
+    // A different key in its place: refused, and the file is left alone.
+    let key_file = env.path("state.db.key");
+    let other = "ab".repeat(32);
+    std::fs::write(&key_file, &other).unwrap();
+    let out = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refusing to start") && err.contains("a different or replaced key"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&r.id) && err.contains("rekey abandon"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), other);
+    // No key at all: refused too.
+    std::fs::remove_file(&key_file).unwrap();
     let out = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -196,33 +213,49 @@ async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline()
     assert_eq!(terminate(&mut d), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
-    let env = Env::new().await;
-    // A fresh key: nothing rotates until asked.
+/// A daemon over one fresh key `app-0` (nothing rotates until asked), its
+/// sink directory `later/` missing, the admin token in `env`'s `token`
+/// file; `edits` are applied to the config text. Returns once it is ready.
+async fn fresh_key_daemon_with_a_token(
+    env: &Env,
+    policy_extra: &str,
+    edits: &[(&str, &str)],
+) -> (std::path::PathBuf, Child) {
     env.emu.insert_key(
         "app-0",
         chrono::Utc::now() - chrono::Duration::days(1),
         Some(chrono::Utc::now() + chrono::Duration::days(29)),
     );
     std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
-    let cfg = env.config(
-        "later/{lineage}.env",
-        "max_attempts = 100\ngrace_period = \"1h\"",
-    );
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let cfg = env.config("later/{lineage}.env", policy_extra);
+    let mut text = std::fs::read_to_string(&cfg).unwrap().replace(
         "shutdown_timeout = \"10s\"",
         &format!(
             "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
             env.path("token").display()
         ),
     );
-    let text = text.replace("grace_period = \"2s\"\n", "");
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} not in the config");
+        text = text.replace(from, to);
+    }
     std::fs::write(&cfg, text).unwrap();
-    let mut d = env.spawn(&cfg, None);
+    let d = env.spawn(&cfg, None);
     env.wait_for("ready", Duration::from_secs(30), |e| {
         e.log().contains("rekey ready")
     })
+    .await;
+    (cfg, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
+    let env = Env::new().await;
+    let (cfg, mut d) = fresh_key_daemon_with_a_token(
+        &env,
+        "max_attempts = 100\ngrace_period = \"1h\"",
+        &[("grace_period = \"2s\"\n", "")],
+    )
     .await;
     let cfg_s = cfg.to_str().unwrap().to_string();
     let ep = endpoint(&env);
@@ -273,16 +306,182 @@ async fn rotate_wait_follows_the_rotation_and_retry_runs_a_waiting_step_now() {
     );
     assert!(stdout.contains("published to every sink"), "{stdout}");
     assert!(stdout.contains("old key will be deleted at"), "{stdout}");
-    // Abandoning a published rotation is refused.
-    let out = run_cli(&[
-        "abandon",
-        "--token-file",
-        env.path("token").to_str().unwrap(),
-        "--endpoint",
-        &endpoint(&env),
-        &r.id,
-    ]);
+    // Progress lines are for a terminal only (stderr was a pipe here).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(&format!("rotation {} (app-0): ", r.id)),
+        "{stderr}"
+    );
+    // Abandoning it in grace stops retirement and keeps both keys.
+    let abandon = || {
+        run_cli(&[
+            "abandon",
+            "--token-file",
+            env.path("token").to_str().unwrap(),
+            "--endpoint",
+            &endpoint(&env),
+            &r.id,
+        ])
+    };
+    let out = abandon();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("retirement stopped"), "{stdout}");
+    let r = env.rotations().into_iter().find(|x| x.id == r.id).unwrap();
+    assert_eq!(r.state, RotationState::Failed);
+    assert_eq!(r.outcome.as_deref(), Some("old_key_kept"));
+    assert_eq!(env.emu.keys().len(), 2, "both keys kept");
+    // Nothing is left to abandon a second time.
+    let out = abandon();
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing left to abandon"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.emu.stats().delete.requests, 0);
+    assert_eq!(terminate(&mut d), 0);
+}
+
+/// A pseudo-terminal (posix_openpt(3)): the master side, and the slave
+/// side opened for a child's stderr.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // SAFETY: plain libc calls on a descriptor this function owns; the
+    // name buffer is NUL-terminated by ptsname_r on success.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = std::fs::File::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_string();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .unwrap();
+        (master, slave)
+    }
+}
+
+/// Run the CLI with its stderr on a terminal: (exit code, stdout, what
+/// the terminal showed).
+fn run_cli_on_tty(args: &[String]) -> (i32, String, String) {
+    use std::io::Read;
+    let (mut master, slave) = pty();
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    // The terminal is read while the command runs (a full pty would block
+    // it); reading ends with EIO once no one holds the slave side.
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => shown.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+    });
+    let out = child.wait_with_output().unwrap();
+    let shown = reader.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        shown,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_on_a_terminal_shows_progress_and_exits_1_on_failure_0_once_completed() {
+    let env = Env::new().await;
+    // Checks once an hour, so nothing but the command resumes a failed
+    // rotation.
+    let (_cfg, mut d) = fresh_key_daemon_with_a_token(
+        &env,
+        "max_attempts = 2",
+        &[("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"")],
+    )
+    .await;
+    let args = |wait: &str| -> Vec<String> {
+        [
+            "rotate",
+            "--token-file",
+            env.path("token").to_str().unwrap(),
+            "--endpoint",
+            &endpoint(&env),
+            wait,
+            "maas",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // The sink's directory is missing: two tries, then the rotation fails.
+    let a = args("--wait");
+    let (code, stdout, shown) = tokio::task::spawn_blocking(move || run_cli_on_tty(&a))
+        .await
+        .unwrap();
+    let r = env.rotations()[0].clone();
+    assert_eq!(r.state, RotationState::Failed, "{shown}");
+    assert_eq!(code, 1, "stdout: {stdout}\nterminal: {shown}");
+    let progress = format!("rotation {} (app-0): ", r.id);
+    // Two tries fit in one 500 ms poll, so `failed` may be the first
+    // state it sees; it is shown as progress, then as the error.
+    assert!(shown.contains(&format!("{progress}failed")), "{shown}");
+    assert!(
+        shown.contains(&format!("rekey: rotation {} failed: ", r.id)),
+        "{shown}"
+    );
+    // Fixed: the same command resumes that rotation (no second key) and
+    // `--wait=completed` follows it through grace to the delete.
+    std::fs::create_dir_all(env.path("later")).unwrap();
+    let a = args("--wait=completed");
+    let (code, stdout, shown) = tokio::task::spawn_blocking(move || run_cli_on_tty(&a))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "stdout: {stdout}\nterminal: {shown}");
+    assert!(
+        stdout.contains(&format!(
+            "rotation {} (app-0): completed; the old key is deleted",
+            r.id
+        )),
+        "{stdout}"
+    );
+    // Each state it passed through, once, in order.
+    let seen: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.strip_prefix(progress.as_str()))
+        .map(|s| s.split(' ').next().unwrap_or(s))
+        .collect();
+    assert_eq!(seen.last(), Some(&"completed"), "{shown}");
+    assert!(
+        seen.contains(&"retiring"),
+        "the 2 s grace was shown: {shown}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "a state printed twice: {shown}"
+    );
+    assert_eq!(env.rotations().len(), 1, "resumed, not a second rotation");
+    assert!(!env.emu.keys().iter().any(|k| k.name == "app-0"));
     assert_eq!(terminate(&mut d), 0);
 }
 
@@ -301,11 +500,15 @@ fn endpoint(env: &Env) -> String {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+/// `env`'s config with its sink replaced by a webhook sink posting to a
+/// fresh receiver (`max_attempts = 100`).
+async fn webhook_sink_config(
+    env: &Env,
+) -> (
+    crate::support::receiver::WebhookReceiver,
+    std::path::PathBuf,
+) {
     use crate::support::receiver::{WebhookReceiver, random_whsec};
-    let env = Env::new().await;
-    env.seed(1, 1);
     let whsec = random_whsec();
     let receiver = WebhookReceiver::start(&[&whsec]).await;
     std::fs::write(env.path("whsec"), &whsec).unwrap();
@@ -321,6 +524,14 @@ async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_sec
         &text[end..]
     );
     std::fs::write(&cfg, text).unwrap();
+    (receiver, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_write_that_keeps_failing_backs_off_instead_of_reposting_the_secret() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let (receiver, cfg) = webhook_sink_config(&env).await;
     // Every commit of a sink's acknowledgement fails, as on a full disk.
     let mut d = env.spawn(&cfg, Some("error@record_sink_ack"));
     receiver.wait_for(1).await;
@@ -512,4 +723,203 @@ async fn a_listing_that_lags_behind_create_spends_no_attempts() {
     let r = env.rotations()[0].clone();
     assert!(r.published_at.is_some(), "{:?} {:?}", r.state, r.error);
     assert_eq!(env.rotations().len(), 1, "one rotation, one key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_check_stored_further_ahead_than_the_schedule_allows_is_recomputed_at_start() {
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let cfg = env.config("keys/{lineage}.env", "");
+    // The previous run stored its next check a day ahead (its wall clock
+    // had stepped back a day); the schedule says every second.
+    {
+        let store = rekey::state::Store::open(&env.path("state.db")).unwrap();
+        store
+            .set_next_check("maas", chrono::Utc::now() + chrono::Duration::days(1))
+            .unwrap();
+    }
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for(
+        "a check within the schedule, not a day later",
+        Duration::from_secs(30),
+        |e| e.log().contains("check done"),
+    )
+    .await;
+    env.wait_for("the due key's rotation", Duration::from_secs(30), |e| {
+        !e.rotations().is_empty()
+    })
+    .await;
+    let next = env
+        .store()
+        .unwrap()
+        .policy_state("maas")
+        .unwrap()
+        .unwrap()
+        .next_check_at
+        .unwrap();
+    assert!(
+        next < chrono::Utc::now() + chrono::Duration::minutes(1),
+        "next check still stored at {next}"
+    );
+    assert_eq!(terminate(&mut d), 0);
+}
+
+/// Set the running process's `RLIMIT_FSIZE` (prlimit(2)): past it, writes
+/// to regular files fail with EFBIG, as on a full disk.
+fn set_file_size_limit(child: &Child, bytes: libc::rlim_t) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (old = null).
+    let rc = unsafe {
+        libc::prlimit(
+            child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_backs_off_instead_of_reposting_the_secret_and_recovers_when_space_returns() {
+    use crate::support::receiver::Reply;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new().await;
+    env.seed(1, 1);
+    let (receiver, cfg) = webhook_sink_config(&env).await;
+    // The first POST is answered late: time to fill the "disk" while the
+    // daemon waits for it, so its acknowledgement is what cannot be stored.
+    receiver.script([Reply::Delay(Duration::from_secs(3))]);
+    // The log goes through a pipe (the limit is for regular files only),
+    // copied to daemon.log by this process.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-level", "rekey=trace,info", "run", "-c"])
+        .arg(&cfg)
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .env_remove("REKEY_FAILPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only an async-signal-safe call between fork and exec. An
+    // ignored SIGXFSZ survives exec: writes past the limit then fail with
+    // EFBIG instead of killing the daemon.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut d = cmd.spawn().unwrap();
+    let mut pipe = d.stderr.take().unwrap();
+    let mut log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let copier = std::thread::spawn(move || std::io::copy(&mut pipe, &mut log));
+    receiver.wait_for(1).await;
+    // The disk is full from now on.
+    set_file_size_limit(&d, 0);
+    let posts = receiver.received().len();
+    let log_before = env.log().lines().count();
+    let cpu = cpu_over(&d, Duration::from_secs(10)).await;
+    let posts = receiver.received().len() - posts;
+    let log = env.log();
+    let new_lines: String = log.lines().skip(log_before).collect::<Vec<_>>().join("\n");
+    // 1 s doubling to 5 min after each failed commit: a handful of POSTs
+    // in 10 s, not 1,200 a second.
+    assert!(
+        (1..=6).contains(&posts),
+        "{posts} signed POSTs carrying the secret in 10 s\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(
+        new_lines.contains("rotation step failed unexpectedly; backing off"),
+        "the full disk was never hit:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(
+        lines_with(&new_lines, "ERROR") <= 10,
+        "log flood:\n{}",
+        tail(&new_lines, 40)
+    );
+    assert!(cpu < Duration::from_millis(1500), "{cpu:?} of CPU in 10 s");
+    assert!(
+        env.rotations().iter().all(|r| r.published_at.is_none()),
+        "nothing could be stored"
+    );
+    // Space returns: the same running daemon finishes the rotation.
+    set_file_size_limit(&d, libc::RLIM_INFINITY);
+    env.wait_for(
+        "the rotation to publish once space returned",
+        Duration::from_secs(90),
+        |e| e.rotations().iter().any(|r| r.published_at.is_some()),
+    )
+    .await;
+    assert_eq!(env.rotations().len(), 1, "one rotation, one new key");
+    assert_eq!(terminate(&mut d), 0);
+    copier.join().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_expires_between_checks_is_reported_expired_within_a_minute() {
+    let env = Env::new().await;
+    // Observe mode and an hourly schedule: after the start-up check
+    // nothing but the periodic status rebuild looks at the key again.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(4);
+    env.emu.insert_key(
+        "app-0",
+        chrono::Utc::now() - chrono::Duration::days(29),
+        Some(expires),
+    );
+    let cfg = env.config("keys/{lineage}.env", "mode = \"observe\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("schedule = \"* * * * * *\"", "schedule = \"0 0 * * * *\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = env.spawn(&cfg, None);
+    env.wait_for("the start-up check", Duration::from_secs(30), |e| {
+        e.log().contains("check done")
+    })
+    .await;
+    let ep = endpoint(&env);
+    let status = || async {
+        reqwest::get(format!("{ep}/status"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_ne!(status().await["policies"][0]["health"], "expired");
+    // The condition arises at `expires`; it must show within a minute.
+    let deadline = Instant::now()
+        + (expires - chrono::Utc::now()).to_std().unwrap_or_default()
+        + Duration::from_secs(60);
+    let lineage = loop {
+        let s = status().await;
+        let l = s["policies"][0]["lineages"][0].clone();
+        if l["health"] == "expired" {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reported expired within a minute: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(lineage["reason"], "key_expired", "{lineage:#}");
+    let metrics = reqwest::get(format!("{ep}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"rekey_condition{condition="key_expired",policy="maas"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"rekey_policy_healthy{policy="maas"} 0"#));
+    let events = env.store().unwrap().events_after(0, 1000).unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "key.expired").count(), 1);
+    assert_eq!(terminate(&mut d), 0);
 }

@@ -434,6 +434,19 @@ pub struct PolicyConfig {
     pub create: serde_json::Map<String, serde_json::Value>,
     /// Create/publish attempts before a rotation is `failed`.
     pub max_attempts: u32,
+    /// Failures of one step before its lineage reports `failing`
+    /// (`step_failing` / `retire_failing`, DESIGN §4); 1–100, default
+    /// [`crate::rotation::health::FAILING_AFTER`] (3), and never more than
+    /// `max_attempts` in effect.
+    pub failing_after_failures: u32,
+    /// How much longer than its grace period a rotation may stay
+    /// unfinished before it is `rotation_stuck` (DESIGN §4); default
+    /// [`crate::rotation::health::STUCK_AFTER`] (1 h).
+    pub stuck_after: Duration,
+    /// How long before a key's expiry `key.expiring` is sent (once per
+    /// threshold, for a stale key or a current key that is not being
+    /// replaced); distinct, longest first; default 7d, 1d, 1h.
+    pub expiring_warnings: Vec<Duration>,
 }
 
 impl PolicyConfig {

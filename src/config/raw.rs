@@ -134,6 +134,9 @@ pub struct RawPolicy {
     pub bootstrap: Option<S<RawBootstrap>>,
     pub create: Option<S<toml::Table>>,
     pub max_attempts: Option<S<i64>>,
+    pub failing_after_failures: Option<S<i64>>,
+    pub stuck_after: Option<S<String>>,
+    pub expiring_warnings: Option<S<Vec<S<String>>>>,
 }
 
 /// `bootstrap = true` (a lineage named after the policy), `false`, or a

@@ -585,6 +585,9 @@ fn named_items<'i>(
     }
 }
 
+/// The default `expiring_warnings`, in seconds: 7 days, 1 day, 1 hour.
+const DEFAULT_EXPIRING_WARNINGS: [u64; 3] = [7 * 86_400, 86_400, 3_600];
+
 fn duration(cx: &mut Ctx, s: &Spanned<String>, key: &str) -> Option<Duration> {
     match humantime::parse_duration(s.get_ref()) {
         Ok(d) => Some(d),
@@ -1010,9 +1013,10 @@ pub trait ProviderSpec: Sync {
     /// into its config struct), checked, as the domain type; `None` after
     /// reporting why.
     fn validate(&self, cx: &mut ProviderCx<'_, '_, '_>) -> Option<ProviderKind>;
-    /// The secret fields its keys carry, when fixed (`None`: they depend
-    /// on the answer, like Huawei's CSV columns), so a sink's `env_names`
-    /// can be checked.
+    /// The secret fields its keys carry when they are known before a key
+    /// exists (the names `SecretFields` uses; a file sink's `env_names`
+    /// keys must be among them). `None`: known only at run time (Huawei's
+    /// CSV columns), checked by the file sink before it writes anything.
     fn secret_fields(&self) -> Option<&'static [&'static str]>;
     /// Its client, for a validated config of this kind.
     fn build(
@@ -1876,6 +1880,47 @@ fn validate_policy(
             5
         }
     };
+    let failing_after_failures = match &raw.failing_after_failures {
+        None => crate::rotation::health::FAILING_AFTER,
+        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            cx.d.error_hint(
+                n.span(),
+                format!("failing_after_failures = {} is out of range", n.get_ref()),
+                "use 1 to 100 (failures of one step before the lineage reports `failing`)",
+            );
+            crate::rotation::health::FAILING_AFTER
+        }
+    };
+    if let Some(n) = &raw.failing_after_failures
+        && (1..=100).contains(n.get_ref())
+        && *n.get_ref() as u32 > max_attempts
+    {
+        cx.d.warn_hint(
+            n.span(),
+            format!(
+                "failing_after_failures = {} is more than max_attempts = {max_attempts}",
+                n.get_ref()
+            ),
+            "a rotation gives up after max_attempts and reports `failing` from then on; lower failing_after_failures or raise max_attempts",
+        );
+    }
+    let stuck_after = duration_or(
+        cx,
+        &raw.stuck_after,
+        "stuck_after",
+        crate::rotation::health::STUCK_AFTER,
+    );
+    if let Some(s) = &raw.stuck_after
+        && stuck_after.is_zero()
+    {
+        cx.d.error_hint(
+            s.span(),
+            "stuck_after must be longer than 0s",
+            "how much longer than grace_period a rotation may take before it is `rotation_stuck`, e.g. \"1h\"",
+        );
+    }
+    let expiring_warnings = expiring_warnings(cx, raw.expiring_warnings.as_ref());
     let _ = span;
     Some(PolicyConfig {
         name,
@@ -1892,7 +1937,52 @@ fn validate_policy(
         bootstrap,
         create,
         max_attempts,
+        failing_after_failures,
+        stuck_after,
+        expiring_warnings,
     })
+}
+
+/// `expiring_warnings = ["7d", "1d", "1h"]`: each a duration longer than
+/// 0s, no two alike as rekey prints them (the label an event carries),
+/// sorted longest first. Missing: the default; empty: no warnings.
+fn expiring_warnings(cx: &mut Ctx, raw: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<Duration> {
+    let Some(list) = raw else {
+        return DEFAULT_EXPIRING_WARNINGS
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect();
+    };
+    let mut out: Vec<Duration> = Vec::new();
+    for w in list.get_ref() {
+        let Some(d) = duration(cx, w, "expiring_warnings") else {
+            continue;
+        };
+        if d.is_zero() {
+            cx.d.error_hint(
+                w.span(),
+                "an `expiring_warnings` threshold of 0s never warns in time",
+                "give how long before expiry to warn, e.g. \"1d\"",
+            );
+        } else if let Some(same) = out
+            .iter()
+            .find(|o| crate::clock::human(**o) == crate::clock::human(d))
+        {
+            cx.d.error_hint(
+                w.span(),
+                format!(
+                    "`expiring_warnings` threshold {:?} is the same as {} as rekey prints it (the event's `threshold` label)",
+                    w.get_ref(),
+                    crate::clock::human(*same)
+                ),
+                "thresholds must differ in days/hours or hours/minutes; remove one",
+            );
+        } else {
+            out.push(d);
+        }
+    }
+    out.sort_by(|a, b| b.cmp(a));
+    out
 }
 
 /// How a policy's sinks fit its provider: `env_names` keys name the

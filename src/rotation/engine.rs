@@ -25,6 +25,10 @@
 //!
 //!   planned/created ── failed max_attempts times, or a permanent error ──► failed
 //!   failed (key created, still sealed) ── next check ──► created (resumed)
+//!   published/retiring ── next key no longer listed (15 min) ──► failed
+//!                         (`next_key_missing`: the old key is live again)
+//!   any unfinished ── `rekey abandon` ──► failed (`abandoned`; in grace both
+//!                     keys are kept and retirement stops)
 //! ```
 //!
 //! Words: the *current key* is the lineage's live key being replaced; the
@@ -38,8 +42,8 @@
 //! its unique name and deleting what is found (its secret was never
 //! captured) before another attempt. Failures back off exponentially with
 //! jitter, the cap shrinking as the current key's expiry nears. Retirement
-//! never gives up (the new key is already in use); it keeps retrying and the
-//! policy reports `failing`.
+//! never gives up by itself (the new key is already in use); it keeps
+//! retrying and the policy reports `failing`, until an operator abandons it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -661,42 +665,19 @@ impl Engine {
     }
 
     /// `key.expiring` for a current key inside its lead while its policy
-    /// cannot act (observe mode) or is failing: once per threshold.
+    /// cannot act (observe mode) or is failing, and for a stale key (an
+    /// older live key rekey is not retiring, which whoever still uses it
+    /// loses at its expiry): once per threshold crossed.
     fn raise_expiring(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
-        const THRESHOLDS: &[(&str, i64)] = &[("7d", 7 * 86400), ("1d", 86400), ("1h", 3600)];
-        let now = self.now();
-        // Older live keys rekey is not retiring (`stale`) expire too, and
-        // whoever still uses one breaks: tell once per threshold.
         for l in &plan.lineages {
             for (k, _) in l.keys.iter().filter(|(_, st)| *st == KeyState::Stale) {
-                let Some(exp) = k.key.expires_at else {
-                    continue;
-                };
-                let left = exp - now;
-                let Some((label, _)) = THRESHOLDS
-                    .iter()
-                    .rev()
-                    .find(|(_, s)| left <= ChronoDuration::seconds(*s))
-                else {
-                    continue;
-                };
-                let ev = Event::new(
-                    "key.expiring",
-                    now,
-                    Some(&policy.name),
-                    None,
-                    serde_json::json!({
-                        "policy": policy.name, "lineage": l.name, "provider": policy.provider,
-                        "key_id": k.key.id, "key_name": k.key.name, "expires_at": exp,
-                        "threshold": label, "state": "stale",
-                    }),
-                );
-                if self
-                    .store
-                    .note_expiring(&policy.name, &k.key.id, label, &ev)?
-                {
-                    tracing::warn!(policy = %policy.name, lineage = %l.name, key = %k.key.id.escape_debug(), threshold = label, "a stale key (not the lineage's current key) is expiring; rekey does not rotate it");
-                    self.wake_notify.notify_one();
+                if let Some(label) = self.note_expiring(
+                    policy,
+                    &l.name,
+                    &k.key,
+                    serde_json::json!({"state": "stale"}),
+                )? {
+                    tracing::warn!(policy = %policy.name, lineage = %policy::escaped(&l.name), key = %policy::escaped(&k.key.id), threshold = label, "a stale key (not the lineage's current key) is expiring; rekey does not rotate it");
                 }
             }
         }
@@ -705,41 +686,56 @@ impl Engine {
                 || matches!(l.health, Health::Failing | Health::Expired)
                 || plan.misconfigured.is_some();
             let Some(cur) = &l.current else { continue };
-            let Some(exp) = cur.key.expires_at else {
-                continue;
-            };
             if !stuck || !matches!(l.decision.reason, Reason::Expiring | Reason::Expired) {
                 continue;
             }
-            let left = exp - now;
-            // The tightest threshold already crossed.
-            let Some((label, _)) = THRESHOLDS
-                .iter()
-                .rev()
-                .find(|(_, s)| left <= ChronoDuration::seconds(*s))
-            else {
-                continue;
-            };
-            let ev = Event::new(
-                "key.expiring",
-                now,
-                Some(&policy.name),
-                None,
-                serde_json::json!({
-                    "policy": policy.name, "lineage": l.name, "provider": policy.provider,
-                    "key_id": cur.key.id, "key_name": cur.key.name, "expires_at": exp,
-                    "threshold": label, "health": l.health.as_str(), "mode": if policy.mode == Mode::Observe { "observe" } else { "rotate" },
-                }),
-            );
-            if self
-                .store
-                .note_expiring(&policy.name, &cur.key.id, label, &ev)?
-            {
-                tracing::warn!(policy = %policy.name, lineage = %l.name, key = %cur.key.id, threshold = label, "key expiring and not being replaced");
-                self.wake_notify.notify_one();
+            let extra = serde_json::json!({
+                "health": l.health.as_str(),
+                "mode": if policy.mode == Mode::Observe { "observe" } else { "rotate" },
+            });
+            if let Some(label) = self.note_expiring(policy, &l.name, &cur.key, extra)? {
+                tracing::warn!(policy = %policy.name, lineage = %policy::escaped(&l.name), key = %policy::escaped(&cur.key.id), threshold = label, "key expiring and not being replaced");
             }
         }
         Ok(())
+    }
+
+    /// Record `key.expiring` for `key` once per threshold of the policy's
+    /// `expiring_warnings` it has crossed (the tightest one): `Some(label)`
+    /// when this call sent the event, `None` when the key has no expiry, is
+    /// not yet inside any threshold, or was already told about this one.
+    /// `extra` adds fields to the event's `data`.
+    fn note_expiring(
+        &self,
+        policy: &PolicyConfig,
+        lineage: &str,
+        key: &ProviderKey,
+        extra: serde_json::Value,
+    ) -> Result<Option<String>, EngineError> {
+        let now = self.now();
+        let Some(exp) = key.expires_at else {
+            return Ok(None);
+        };
+        let Some(label) = expiring_threshold(&policy.expiring_warnings, exp - now) else {
+            return Ok(None);
+        };
+        let mut data = serde_json::json!({
+            "policy": policy.name, "lineage": lineage, "provider": policy.provider,
+            "key_id": key.id, "key_name": key.name, "expires_at": exp,
+            "threshold": label,
+        });
+        if let (Some(d), serde_json::Value::Object(x)) = (data.as_object_mut(), extra) {
+            d.extend(x);
+        }
+        let ev = Event::new("key.expiring", now, Some(&policy.name), None, data);
+        if !self
+            .store
+            .note_expiring(&policy.name, &key.id, &label, &ev)?
+        {
+            return Ok(None);
+        }
+        self.wake_notify.notify_one();
+        Ok(Some(label))
     }
 
     /// The policy's keys as the store knows them (no provider call), in the
@@ -1106,40 +1102,79 @@ impl Engine {
         })
     }
 
-    /// `rekey abandon ROTATION`: end a rotation that has not published as
-    /// `failed` (class `abandoned`); the old key stays; its next key is
-    /// deleted when rekey created it and no sink acknowledged it (kept and
-    /// reported otherwise). Works offline too (the CLI builds an engine
-    /// over the state DB when no daemon runs).
+    /// `rekey abandon ROTATION`: end a rotation as `failed` (class
+    /// `abandoned`); the old key stays.
+    ///
+    /// - Not yet published: its next key is deleted when rekey created it
+    ///   and no sink acknowledged it (kept and reported otherwise), and its
+    ///   sealed secret is wiped.
+    /// - In grace (`published`/`retiring`): retirement stops and *both*
+    ///   keys are kept — the next key is current (every sink holds it), and
+    ///   the old key is live again (a consumer may still use it), shown
+    ///   `stale` and never deleted by rekey; delete it by hand once nothing
+    ///   uses it. A Tencent old key already unbound and disabled stays so.
+    ///
+    /// Works offline too (the CLI builds an engine over the state DB when no
+    /// daemon runs). Refused for a completed or already abandoned rotation.
     pub async fn abandon(&self, rt: &Runtime, id: &str) -> Result<CommandReply, EngineError> {
-        if self.store.rotation(id)?.is_none() {
+        let Some(before) = self.store.rotation(id)? else {
             return Ok(CommandReply::UnknownRotation {
                 rotation: id.to_string(),
             });
-        }
-        let row = match self
-            .store
-            .abandon_rotation(id, "abandoned by an operator", self.now())
-        {
+        };
+        let in_grace = matches!(
+            before.state,
+            RotationState::Published | RotationState::Retiring
+        );
+        let why = if in_grace {
+            "abandoned by an operator during the grace period; the old key is kept"
+        } else {
+            "abandoned by an operator"
+        };
+        let row = match self.store.abandon_rotation(id, why, self.now()) {
             Ok(r) => r,
             Err(StoreError::Conflict(m)) => return Ok(CommandReply::Refused { message: m }),
             Err(e) => return Err(e.into()),
         };
-        tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %id, "rotation abandoned by an operator; the current key stays");
-        let kept = self.store.any_sink_acked(id)?;
-        let deleted = self.delete_abandoned_key(rt, &row).await;
-        let message = match (row.created_at.is_some(), kept, deleted) {
-            (false, _, _) => "abandoned; it had created no key".to_string(),
-            (true, true, _) => format!(
-                "abandoned; its next key {} is kept because a sink acknowledged it (it may be in use)",
-                row.new_key_id.as_deref().unwrap_or("?")
-            ),
-            (true, false, true) => {
-                "abandoned; its next key was deleted and its sealed secret wiped".to_string()
+        let message = if in_grace {
+            let old = row
+                .old_key_id
+                .as_deref()
+                .map_or("-".into(), policy::escaped);
+            let new = row
+                .new_key_id
+                .as_deref()
+                .map_or("-".into(), policy::escaped);
+            tracing::warn!(policy = %row.policy, lineage = %policy::escaped(&row.lineage), rotation = %id, old_key = %old, new_key = %new, "rotation abandoned by an operator in grace: retirement stopped, both keys kept; rekey will not delete the old key");
+            let mut m = format!(
+                "abandoned in grace: retirement stopped; the new key {new} stays current and the old key {old} is kept (shown `stale`; rekey never deletes it: delete it by hand once nothing uses it)"
+            );
+            if let Some(t) = row.old_disabled_at {
+                m.push_str(&format!(
+                    "; the old key was already disabled (and unbound) at {}: re-enable it by hand if a consumer still needs it",
+                    t.to_rfc3339()
+                ));
             }
-            (true, false, false) => {
-                "abandoned; deleting its next key failed and is retried by the next check"
-                    .to_string()
+            m
+        } else {
+            tracing::warn!(policy = %row.policy, lineage = %policy::escaped(&row.lineage), rotation = %id, "rotation abandoned by an operator; the current key stays");
+            let kept = self.store.any_sink_acked(id)?;
+            let deleted = self.delete_abandoned_key(rt, &row).await;
+            match (row.created_at.is_some(), kept, deleted) {
+                (false, _, _) => "abandoned; it had created no key".to_string(),
+                (true, true, _) => format!(
+                    "abandoned; its next key {} is kept because a sink acknowledged it (it may be in use)",
+                    row.new_key_id
+                        .as_deref()
+                        .map_or("?".into(), policy::escaped)
+                ),
+                (true, false, true) => {
+                    "abandoned; its next key was deleted and its sealed secret wiped".to_string()
+                }
+                (true, false, false) => {
+                    "abandoned; deleting its next key failed and is retried by the next check"
+                        .to_string()
+                }
             }
         };
         self.refresh_status(rt, &row.policy)?;
@@ -2160,6 +2195,17 @@ impl Engine {
         self.completed(row);
         Ok(Step::Done)
     }
+}
+
+/// The tightest of a policy's `expiring_warnings` that a key with `left`
+/// until its expiry has crossed, as its event label (`"1d"`: the
+/// duration as rekey prints it); `None` while it is outside all of them.
+fn expiring_threshold(warnings: &[Duration], left: ChronoDuration) -> Option<String> {
+    warnings
+        .iter()
+        .filter(|w| ChronoDuration::from_std(**w).is_ok_and(|w| left <= w))
+        .min()
+        .map(|w| crate::clock::human(*w))
 }
 
 /// What the scheduler needs to know to wake for a rotation.

@@ -856,6 +856,12 @@ async fn the_next_key_vanishing_in_grace_ends_the_rotation_keeps_the_old_key_and
     assert_eq!(l.reason, "next_key_missing");
     assert_eq!(l.health, Health::Failing);
     assert_eq!(h.count_events("key.missing"), 1);
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="next_key_missing",policy="p"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
     // A new rotation may start.
     h.check().await;
     let again = h.latest();
@@ -947,6 +953,10 @@ async fn a_key_with_an_unreadable_time_isolates_its_lineage_and_the_rest_rotate(
         h.metrics()
             .contains(r#"rekey_condition{condition="unknown_time",policy="p"} 1"#)
     );
+    // One event for the condition, however often it is checked.
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
 }
 
 #[tokio::test]
@@ -1057,6 +1067,8 @@ async fn a_rotation_stuck_past_its_bound_is_reported_once_however_often_status_i
     );
     let m = h.metrics();
     assert!(m.contains(r#"rekey_condition{condition="rotation_stuck",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_condition{condition="step_failing",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
     let age = m
         .lines()
         .find(|l| l.starts_with("rekey_oldest_unfinished_rotation_age_seconds{policy=\"p\"}"))
@@ -1148,6 +1160,352 @@ async fn a_wall_clock_jump_forward_does_not_shorten_grace_and_back_does_not_stal
     let next = h.engine.advance(&h.rt, &r.id, &h.stop).await.unwrap();
     assert_eq!(next, None, "completed");
     assert!(!h.fake.names().contains(&"app-a".to_string()));
+}
+
+#[tokio::test]
+async fn abandoning_a_retiring_rotation_keeps_both_keys_and_stops_retirement() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Retiring);
+    let new = r.new_key_id.clone().unwrap();
+    let reply = h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let crate::rotation::report::CommandReply::Accepted { message, .. } = &reply else {
+        panic!("{reply:?}");
+    };
+    assert!(message.contains("retirement stopped"), "{message}");
+    assert!(
+        message.contains(&old) && message.contains(&new),
+        "{message}"
+    );
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.state, RotationState::Failed);
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"));
+    assert_eq!(done.outcome.as_deref(), Some("old_key_kept"));
+    // Long past the grace period: nothing is deleted, no rotation starts.
+    h.clock.advance(Duration::hours(3));
+    h.check().await;
+    h.drive(h.clock.now() + Duration::days(1)).await;
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, 0);
+    assert_eq!(h.fake.names().len(), 2, "both keys kept");
+    assert_eq!(h.latest().id, r.id, "no new rotation");
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.current_key.as_deref(), Some(new.as_str()), "{l:?}");
+    assert_eq!(l.health, Health::Ok, "{l:?}");
+    let keys = &h.engine.status.load().policies[0].keys;
+    let state_of = |id: &str| keys.iter().find(|k| k.id == id).map(|k| k.state);
+    use crate::rotation::report::KeyState;
+    assert_eq!(state_of(&old), Some(KeyState::Stale));
+    assert_eq!(state_of(&new), Some(KeyState::Current));
+    // Neither a second abandon nor a retry revives it.
+    for reply in [
+        h.engine.abandon(&h.rt, &r.id).await.unwrap(),
+        h.engine.retry_now(&h.rt, &r.id).unwrap(),
+    ] {
+        assert!(
+            matches!(reply, crate::rotation::report::CommandReply::Refused { .. }),
+            "{reply:?}"
+        );
+    }
+    // The next rotation of the lineage replaces the new key, not the old.
+    h.clock.advance(Duration::days(24));
+    h.check().await;
+    let next = h.latest();
+    assert_ne!(next.id, r.id);
+    assert_eq!(next.old_key_id.as_deref(), Some(new.as_str()));
+}
+
+#[tokio::test]
+async fn a_stale_key_raises_key_expiring_once_per_threshold_with_status_and_metric() {
+    let h = harness("", None);
+    // An older live key rekey does not retire: the old key of a rotation
+    // abandoned in grace.
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let expiring = || -> Vec<serde_json::Value> {
+        h.engine
+            .store
+            .events_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "key.expiring")
+            .map(|e| e.data)
+            .collect()
+    };
+    // 2 days left: inside the 7 d threshold, told once however often checked.
+    for _ in 0..3 {
+        h.clock.advance(Duration::seconds(3));
+        h.check().await;
+    }
+    let ev = expiring();
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0]["key_id"], old.as_str());
+    assert_eq!(ev[0]["threshold"], "7d");
+    assert_eq!(ev[0]["state"], "stale");
+    assert_eq!(ev[0]["lineage"], "app-a");
+    let keys = &h.engine.status.load().policies[0].keys;
+    let k = keys.iter().find(|k| k.id == old).unwrap();
+    assert_eq!(k.state, crate::rotation::report::KeyState::Stale);
+    let exp = k.expires_at.unwrap();
+    let series = format!(
+        r#"rekey_key_expiry_timestamp_seconds{{key="app-a",lineage="app-a",policy="p"}} {}"#,
+        exp.timestamp()
+    );
+    assert!(h.metrics().contains(&series), "{series}\n{}", h.metrics());
+    // Each tighter threshold is a new condition: one more event each.
+    h.clock.advance(Duration::hours(36));
+    h.check().await;
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    assert_eq!(expiring().len(), 2);
+    assert_eq!(expiring()[1]["threshold"], "1d");
+    h.clock.advance(Duration::hours(11) + Duration::minutes(30));
+    h.check().await;
+    h.clock.advance(Duration::seconds(3));
+    h.check().await;
+    let ev = expiring();
+    assert_eq!(ev.len(), 3, "{ev:#?}");
+    assert_eq!(ev[2]["threshold"], "1h");
+    // The current key is fresh: it was never warned about.
+    assert!(ev.iter().all(|e| e["key_id"] == old.as_str()));
+}
+
+#[tokio::test]
+async fn a_policys_failing_after_failures_and_expiring_warnings_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness(
+        "max_attempts = 100\nfailing_after_failures = 1\nexpiring_warnings = [\"3d\"]\nmode = \"observe\"",
+        Some(&missing),
+    );
+    // Observe mode: an expiring current key is warned about at the
+    // policy's own threshold (3d, not 7d).
+    h.fake.add("app-o", Duration::days(25), Duration::days(5));
+    h.check().await;
+    assert_eq!(h.count_events("key.expiring"), 0);
+    h.clock.advance(Duration::days(2) + Duration::hours(1));
+    h.check().await;
+    assert_eq!(h.count_events("key.expiring"), 1, "{:?}", h.events());
+    // One failed publish is enough to report `failing` under this policy.
+    let h = harness(
+        "max_attempts = 100\nfailing_after_failures = 1",
+        Some(&missing),
+    );
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!((r.state, r.failures), (RotationState::Created, 1));
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.health, Health::Failing, "{l:?}");
+    assert_eq!(l.reason, "step_failing");
+}
+
+#[tokio::test]
+async fn an_expired_key_of_a_policy_misconfigured_by_a_fixed_sink_target_says_expired() {
+    // A fixed target over a glob with two lineages: the policy changes
+    // nothing (misconfigured), and the key that expired meanwhile is
+    // reported as expired, not as `due`.
+    let h = harness_policies(
+        r#"
+[sinks.fixed]
+kind = "file"
+path = "/nonexistent/rekey-test/fixed.env"
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["fixed"]
+create = { action = "read" }
+"#,
+    )
+    .unwrap();
+    h.fake.add("app-a", Duration::days(31), Duration::hours(-1));
+    h.fake.add("app-b", Duration::days(1), Duration::days(29));
+    let plan = h.check().await;
+    assert!(plan.misconfigured.is_some());
+    let p = h.engine.status.load().policies[0].clone();
+    assert_eq!(p.health, Health::Misconfigured);
+    let a = h.lineage_status("app-a");
+    assert_eq!(a.health, Health::Expired, "{a:?}");
+    assert_eq!(a.reason, "key_expired");
+    for _ in 0..3 {
+        h.clock.advance(Duration::seconds(3));
+        h.check().await;
+    }
+    assert_eq!(h.count_events("key.expired"), 1, "{:?}", h.events());
+    let m = h.metrics();
+    assert!(m.contains(r#"rekey_condition{condition="key_expired",policy="p"} 1"#));
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#));
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_two_policies_claim_sets_conflict_in_status_metric_and_one_event_each() {
+    let mut h = harness_policies(
+        r#"
+[providers.ob2]
+kind = "oceanbase"
+endpoint = "http://localhost:1"
+org_id = "o"
+project_id = "p"
+access_key_id = { env = "AK" }
+access_key_secret = { env = "SK" }
+[[policy]]
+name = "pa"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+[[policy]]
+name = "pb"
+provider = "ob2"
+match = "app-1*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+"#,
+    )
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    // One account reached through two host names: only the run time can
+    // tell that both policies claim app-1.
+    h.rt.providers
+        .insert("ob2".into(), Arc::new(h.fake.clone()));
+    h.fake.add("app-1", Duration::days(1), Duration::days(29));
+    for _ in 0..3 {
+        for p in ["pa", "pb"] {
+            h.engine.check_policy(&h.rt, p).await.unwrap();
+        }
+        h.clock.advance(Duration::seconds(3));
+    }
+    let snap = h.engine.status.load();
+    for name in ["pa", "pb"] {
+        let p = snap.policies.iter().find(|p| p.name == name).unwrap();
+        assert_eq!(p.health, Health::Misconfigured, "{p:#?}");
+        let l = &p.lineages[0];
+        assert_eq!(l.reason, "conflict", "{l:?}");
+        let m = h.metrics();
+        let series = format!(r#"rekey_condition{{condition="conflict",policy="{name}"}} 1"#);
+        assert!(m.contains(&series), "{series}\n{m}");
+        let events = h.engine.store.events_after(0, 1000).unwrap();
+        let stuck = events
+            .iter()
+            .filter(|e| e.kind == "rotation.stuck" && e.policy.as_deref() == Some(name))
+            .count();
+        assert_eq!(stuck, 1, "{name}: {events:#?}");
+    }
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
+}
+
+/// A policy publishing to the file sink `f` and to `g`, whose directory
+/// does not exist (beneath the returned directory).
+fn two_sinks(max_attempts: u32) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_policies(&format!(
+        r#"
+[sinks.g]
+kind = "file"
+path = "{later}/{{lineage}}.env"
+[[policy]]
+name = "p"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "1h"
+sinks = ["f", "g"]
+max_attempts = {max_attempts}
+create = {{ action = "read" }}
+"#,
+        later = dir.path().join("later").display()
+    ))
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    (h, dir)
+}
+
+#[tokio::test]
+async fn a_sink_removed_from_the_config_abandons_the_rotation_but_keeps_a_key_a_sink_holds() {
+    let (mut h, _dir) = two_sinks(2);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    let acks = h.engine.store.sink_acks(&r.id).unwrap();
+    assert!(
+        acks.iter().any(|a| a.sink == "f" && a.state == "acked"),
+        "{acks:#?}"
+    );
+    // `g` leaves the configuration: the next check resumes the rotation,
+    // which can never publish now. It is abandoned, not revived for ever,
+    // and its next key stays: sink `f` holds it and may hand it out.
+    h.rt.sinks.remove("g");
+    h.clock.advance(Duration::minutes(1));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.state, RotationState::Failed);
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"), "{done:#?}");
+    assert!(
+        done.error
+            .unwrap()
+            .contains("sink g is no longer configured")
+    );
+    assert_eq!(h.fake.names().len(), 2, "the key sink f holds is kept");
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, 0);
+    assert_eq!(h.count_events("key.deleted"), 0);
+    assert!(h.engine.store.sealed_secret(&r.id).unwrap().is_none());
+    // Later checks do not revive it.
+    h.clock.advance(Duration::minutes(1));
+    h.check().await;
+    assert_eq!(
+        h.engine.store.rotation(&r.id).unwrap().unwrap().state,
+        RotationState::Failed
+    );
+}
+
+#[tokio::test]
+async fn a_key_left_unpublished_for_seven_days_is_abandoned_and_deleted_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness("max_attempts = 2", Some(&missing));
+    h.fake.add("app-a", Duration::days(20), Duration::days(6));
+    h.check().await;
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed);
+    // Within 7 days each check resumes it (and it fails again).
+    h.clock.advance(Duration::days(3));
+    h.check().await;
+    assert_eq!(h.latest().id, r.id);
+    assert_eq!(
+        h.engine.store.rotation(&r.id).unwrap().unwrap().state,
+        RotationState::Created,
+        "resumed"
+    );
+    h.run_for(Duration::minutes(5), Duration::zero()).await;
+    // Past 7 days it is given up: no sink ever had the key, so it goes.
+    h.clock.advance(Duration::days(4) + Duration::hours(1));
+    h.check().await;
+    let done = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(done.error_class.as_deref(), Some("abandoned"), "{done:#?}");
+    assert_eq!(
+        h.fake.names(),
+        vec!["app-a"],
+        "the unpublished key is deleted"
+    );
+    assert_eq!(h.count_events("key.deleted"), 1);
 }
 
 // ------------------------------------------------- ownership property test

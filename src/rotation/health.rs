@@ -16,10 +16,14 @@
 //! | 1 | `unknown_time`     | a key of the lineage carries a time rekey cannot parse                | `failing` |
 //! | 2 | `unsafe_name`, `unrecognised_key`, `conflict` | reported by the planner (ownership rules)  | `failing` (`conflict`: `misconfigured`) |
 //! | 3 | `key_expired`      | the key consumers use (the current key) has passed its expiry         | `expired` |
-//! | 4 | `retire_failing`   | the old key's delete (or its checks) failed [`FAILING_AFTER`] times   | `failing` |
-//! | 5 | `step_failing`     | a step of the active rotation failed [`FAILING_AFTER`] times, or the latest rotation failed and the lineage is still due | `failing` |
+//! | 4 | `retire_failing`   | the old key's delete (or its checks) failed `failing_after_failures` times | `failing` |
+//! | 5 | `step_failing`     | a step of the active rotation failed `failing_after_failures` times, or the latest rotation failed and the lineage is still due | `failing` |
 //! | 6 | `next_key_missing` | the latest rotation ended because its next key vanished during grace | `failing` |
-//! | 7 | `rotation_stuck`   | the active rotation is older than its grace period + [`STUCK_AFTER`]  | `failing` |
+//! | 7 | `rotation_stuck`   | the active rotation is older than its grace period + `stuck_after`    | `failing` |
+//!
+//! `failing_after_failures` (default [`FAILING_AFTER`], 3) and
+//! `stuck_after` (default [`STUCK_AFTER`], 1 h) are per-policy settings
+//! (DESIGN §2, §4).
 //!
 //! Otherwise: `rotating` while a rotation is active, `no_keys`, `due`, or
 //! `ok`. A policy's health is the worst of its lineages (`misconfigured`
@@ -36,13 +40,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{RotationRow, RotationState};
 
-/// Failures of one step before its lineage reports `failing` (bounded by
-/// the policy's `max_attempts`, so a rotation that gives up earlier is
-/// failing from then on).
+/// Failures of one step before its lineage reports `failing`, unless the
+/// policy sets `failing_after_failures` (bounded by the policy's
+/// `max_attempts`, so a rotation that gives up earlier is failing from
+/// then on).
 pub const FAILING_AFTER: u32 = 3;
 
 /// How much longer than its grace period a rotation may stay unfinished
-/// before it is `rotation_stuck`.
+/// before it is `rotation_stuck`, unless the policy sets `stuck_after`.
 pub const STUCK_AFTER: Duration = Duration::from_secs(3600);
 
 /// `error_class` of a rotation that ended because its next key vanished.
@@ -174,6 +179,11 @@ pub struct LineageFacts<'a> {
     pub last: Option<&'a RotationRow>,
     /// The policy's `max_attempts`.
     pub max_attempts: u32,
+    /// The policy's `failing_after_failures` (0 is taken as
+    /// [`FAILING_AFTER`]).
+    pub failing_after: u32,
+    /// The policy's `stuck_after` (`None`: [`STUCK_AFTER`]).
+    pub stuck_after: Option<Duration>,
     /// Conditions the planner found (`unknown_time`, `unsafe_name`,
     /// `unrecognised_key`, `conflict`), with a message each.
     pub found: Vec<(Condition, String)>,
@@ -198,7 +208,12 @@ impl Assessment {
 /// The rule (module docs), for one lineage at `now`.
 pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
     let mut conditions: Vec<(Condition, String)> = Vec::new();
-    let failing_after = FAILING_AFTER.min(f.max_attempts.max(1));
+    let failing_after = match f.failing_after {
+        0 => FAILING_AFTER,
+        n => n,
+    }
+    .min(f.max_attempts.max(1));
+    let stuck_after = f.stuck_after.unwrap_or(STUCK_AFTER);
     // 1–2: what the planner found.
     let mut found = f.found.clone();
     found.sort_by_key(|c| c.0);
@@ -237,7 +252,8 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
             }
         }
         // 7: older than its bound.
-        let bound = ChronoDuration::from_std(a.grace + STUCK_AFTER).unwrap_or(ChronoDuration::MAX);
+        let bound = ChronoDuration::from_std(a.grace.saturating_add(stuck_after))
+            .unwrap_or(ChronoDuration::MAX);
         if now - a.started_at > bound {
             conditions.push((
                 Condition::RotationStuck,
@@ -246,7 +262,7 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
                     a.id,
                     a.state.as_str(),
                     a.started_at.to_rfc3339(),
-                    humantime::format_duration(STUCK_AFTER)
+                    crate::clock::human(stuck_after)
                 ),
             ));
         }
@@ -379,6 +395,37 @@ mod tests {
         let a = assess(&facts, at("2026-11-22T12:01:00Z"));
         assert_eq!(a.health, Health::Failing);
         assert_eq!(a.reason(), Some(Condition::RotationStuck));
+    }
+
+    #[test]
+    fn a_policys_stuck_after_and_failing_after_failures_replace_the_defaults() {
+        let r = row(RotationState::Created, 2);
+        let mut facts = LineageFacts {
+            active: Some(&r),
+            max_attempts: 5,
+            ..Default::default()
+        };
+        // Defaults: 2 failures and 30 min past grace are still rotating.
+        let at_half_past = at("2026-11-22T11:30:00Z");
+        assert_eq!(assess(&facts, at_half_past).health, Health::Rotating);
+        facts.failing_after = 2;
+        assert_eq!(
+            assess(&facts, at_half_past).reason(),
+            Some(Condition::StepFailing)
+        );
+        facts.failing_after = 4;
+        facts.stuck_after = Some(Duration::from_secs(600));
+        let a = assess(&facts, at_half_past);
+        assert_eq!(a.reason(), Some(Condition::RotationStuck));
+        assert!(a.conditions[0].1.contains("+ 10m"), "{:?}", a.conditions);
+        // Never later than max_attempts: a rotation that gives up at 2 is
+        // failing at 2.
+        facts.max_attempts = 2;
+        facts.stuck_after = None;
+        assert_eq!(
+            assess(&facts, at_half_past).reason(),
+            Some(Condition::StepFailing)
+        );
     }
 
     #[test]

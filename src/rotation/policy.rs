@@ -706,6 +706,8 @@ pub fn plan(
                 active: active.as_ref(),
                 last: last.as_ref(),
                 max_attempts: policy.max_attempts,
+                failing_after: policy.failing_after_failures,
+                stuck_after: Some(policy.stuck_after),
                 found,
             },
             now,

@@ -651,22 +651,8 @@ impl Store {
     /// has an active rotation (at most one at a time, enforced by an index).
     pub fn begin_rotation(&self, r: &NewRotation) -> Result<Option<String>, StoreError> {
         self.tx(|tx| {
-            let active: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
-                    params![r.policy, r.lineage],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if active.is_some() {
+            let Some(id) = new_rotation_id(tx, &r.policy, &r.lineage)? else {
                 return Ok(None);
-            }
-            let id = loop {
-                let candidate = format!("{:08x}", rand::random::<u32>());
-                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
-                if !taken {
-                    break candidate;
-                }
             };
             tx.execute(
                 "INSERT INTO rotations (id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
@@ -1307,9 +1293,11 @@ impl Store {
     }
 
     /// An operator (or the engine, for a key that can no longer be
-    /// published) ends a rotation that has not published: `failed` with
-    /// class `abandoned`, sealed secret wiped. A rotation already
-    /// published is refused (its next key is in use).
+    /// published) ends a rotation: `failed` with class `abandoned`, sealed
+    /// secret wiped. A rotation in grace (`published`/`retiring`) stops
+    /// retiring: its old key is `live` again and kept (outcome
+    /// `old_key_kept`), its published next key stays current. A completed
+    /// or already abandoned rotation is refused.
     pub fn abandon_rotation(
         &self,
         id: &str,
@@ -1320,19 +1308,29 @@ impl Store {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             match row.state {
                 RotationState::Planned | RotationState::Created => {}
+                RotationState::Published | RotationState::Retiring => {}
                 RotationState::Failed if row.error_class.as_deref() != Some("abandoned") => {}
                 s => {
                     return Err(StoreError::Conflict(format!(
-                        "rotation {id} is {}; only a rotation that has not published can be abandoned",
-                        s.as_str()
+                        "rotation {id} is {}{}; there is nothing left to abandon",
+                        s.as_str(),
+                        if s == RotationState::Failed { " (abandoned already)" } else { "" },
                     )));
                 }
             }
+            let in_grace = matches!(row.state, RotationState::Published | RotationState::Retiring);
             tx.execute(
                 "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'abandoned', finished_at = COALESCE(finished_at, ?3),
-                    next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
-                params![id, why, ts(at)],
+                    next_attempt_at = NULL, sealed_secret = NULL, outcome = CASE WHEN ?4 THEN 'old_key_kept' ELSE outcome END
+                 WHERE id = ?1",
+                params![id, why, ts(at), in_grace],
             )?;
+            if in_grace && let Some(old) = &row.old_key_id {
+                tx.execute(
+                    "UPDATE keys SET state = 'live' WHERE policy = ?1 AND key_id = ?2 AND state = 'retiring'",
+                    params![row.policy, old],
+                )?;
+            }
             if row.state != RotationState::Failed {
                 let data = serde_json::json!({
                     "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
@@ -1681,22 +1679,8 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
         self.tx(|tx| {
-            let active: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
-                    params![policy, lineage],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if active.is_some() {
+            let Some(id) = new_rotation_id(tx, policy, lineage)? else {
                 return Ok(None);
-            }
-            let id = loop {
-                let candidate = format!("{:08x}", rand::random::<u32>());
-                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
-                if !taken {
-                    break candidate;
-                }
             };
             let sinks: Vec<&str> = acks.iter().map(|(s, _)| s.as_str()).collect();
             let retire_at = old.map(|_| at + chrono::Duration::from_std(grace).unwrap_or_default());
@@ -2014,6 +1998,36 @@ fn complete_tx(
             }),
         ),
     )
+}
+
+/// A fresh, unused rotation id for `lineage` of `policy`, or `None` when
+/// that lineage already has an active rotation (at most one at a time).
+fn new_rotation_id(
+    tx: &Transaction,
+    policy: &str,
+    lineage: &str,
+) -> Result<Option<String>, StoreError> {
+    let active: Option<String> = tx
+        .query_row(
+            "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+            params![policy, lineage],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if active.is_some() {
+        return Ok(None);
+    }
+    loop {
+        let candidate = format!("{:08x}", rand::random::<u32>());
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)",
+            params![candidate],
+            |row| row.get(0),
+        )?;
+        if !taken {
+            return Ok(Some(candidate));
+        }
+    }
 }
 
 fn insert_event(tx: &Transaction, ev: &Event) -> Result<(), StoreError> {

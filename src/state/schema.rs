@@ -56,7 +56,8 @@
 //! - `started_at`, `created_at`, `published_at`, `retire_at`, `finished_at`.
 //! - `error`, `error_class` (`retryable`/`permanent`): the last failure.
 //! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`;
-//!   for an abandoned rotation whose next key was deleted, `next_key_deleted`.
+//!   for an abandoned rotation whose next key was deleted, `next_key_deleted`;
+//!   for one abandoned in grace (its old key kept, not deleted), `old_key_kept`.
 //! - `prepared_at` (v3): when the provider's after-create step (Tencent: bind
 //!   to usage plans) finished; set once, so a sink retrying never re-runs it.
 //! - `listing_wait_since` (v3): since when the engine waits for an eventually

@@ -839,7 +839,7 @@ async fn retry(
     command(app, Command::Retry, rotation, headers).await
 }
 
-/// `POST /abandon/{rotation}`: end a rotation that has not published.
+/// `POST /abandon/{rotation}`: end a rotation ([`crate::rotation::engine::Engine::abandon`]).
 async fn abandon(
     State(app): State<Arc<App>>,
     UrlPath(rotation): UrlPath<String>,

@@ -437,25 +437,19 @@ fn rekey_config_names_the_config_when_no_c_is_given() {
 
 /// `plan` exits like `terraform plan -detailed-exitcode`: 0 nothing to do,
 /// 2 something due or misconfigured, 1 an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_exit_code_says_whether_anything_is_due_or_misconfigured() {
-    let emu = oceanbase::start(
-        OceanBaseEmulatorOptions::default(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    write_file(dir.path(), "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
-    write_file(dir.path(), "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
-    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-    let config = |sink_path: &str, endpoint: &str| {
-        write_file(
-            dir.path(),
-            "rekey.toml",
-            &format!(
-                r#"[daemon]
+/// A config in `dir` for `rekey plan` against the OceanBase emulator at
+/// `endpoint`: one policy `maas` over `app-*` (lead 7d, plus
+/// `policy_extra`) with a file sink at `dir/keys/<sink_path>`.
+fn plan_config(dir: &Path, sink_path: &str, endpoint: &str, policy_extra: &str) -> PathBuf {
+    let d = dir.display();
+    write_file(dir, "ak", oceanbase::DEFAULT_ACCESS_KEY_ID);
+    write_file(dir, "sk", oceanbase::DEFAULT_ACCESS_KEY_SECRET);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    write_file(
+        dir,
+        "rekey.toml",
+        &format!(
+            r#"[daemon]
 state = "{d}/state.db"
 
 [providers.ob]
@@ -479,12 +473,24 @@ schedule = "0 */15 * * * *"
 rotate_before_expiry = "7d"
 sinks = ["files"]
 create = {{ action = "read" }}
+{policy_extra}
 "#,
-                org = oceanbase::DEFAULT_ORG_ID,
-                project = oceanbase::DEFAULT_PROJECT_ID,
-            ),
-        )
-    };
+            org = oceanbase::DEFAULT_ORG_ID,
+            project = oceanbase::DEFAULT_PROJECT_ID,
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_exit_code_says_whether_anything_is_due_or_misconfigured() {
+    let emu = oceanbase::start(
+        OceanBaseEmulatorOptions::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |sink_path: &str, endpoint: &str| plan_config(dir.path(), sink_path, endpoint, "");
     let now = chrono::Utc::now();
     let days = chrono::Duration::days;
     emu.insert_key("app-fresh", now - days(1), Some(now + days(29)));
@@ -542,5 +548,43 @@ create = {{ action = "read" }}
         Some(1),
         "an error:\n{}",
         text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_warns_when_the_grace_period_outlives_a_keys_time_before_its_lead() {
+    let emu = oceanbase::start(
+        OceanBaseEmulatorOptions::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = plan_config(
+        dir.path(),
+        "{lineage}.env",
+        &emu.endpoint(),
+        "grace_period = \"24h\"",
+    );
+    let now = chrono::Utc::now();
+    let hours = chrono::Duration::hours;
+    // 30 days of life: a day of grace is nothing to it.
+    emu.insert_key("app-long", now - hours(24), Some(now + hours(29 * 24)));
+    let out = rekey(&["plan"], &cfg, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("outlives"), "{stdout}");
+    // A day of life: its lead is clamped to a third (8 h), so the 24 h
+    // grace outlives the 16 h before its replacement is due. `check`
+    // cannot know key lifetimes; `plan` sees them and warns.
+    emu.insert_key("app-short", now - hours(1), Some(now + hours(23)));
+    let out = rekey(&["plan"], &cfg, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "fresh keys only:\n{stdout}");
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.contains("outlives")).collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("grace_period (1day) outlives this key's time before its lead (16h)"),
+        "{stdout}"
     );
 }
