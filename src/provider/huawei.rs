@@ -914,6 +914,8 @@ pub enum RawHuaweiAuth {
     Aksk(RawHuaweiAksk),
 }
 
+/// `auth = { iam = { endpoint, domain, user, password } }`: an IAM
+/// password login whose token is renewed before it expires.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHuaweiIam {
@@ -923,6 +925,7 @@ pub struct RawHuaweiIam {
     pub password: S<RawSecretRef>,
 }
 
+/// `auth = { aksk = { access_key, secret_key } }`: SDK-HMAC-SHA256 signing.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHuaweiAksk {
