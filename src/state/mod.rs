@@ -2805,4 +2805,8 @@ pub struct TargetOwner {
 }
 
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
+pub(crate) mod pg_test;
+#[cfg(test)]
 mod tests;
