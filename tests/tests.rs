@@ -8,6 +8,7 @@ mod e2e;
 mod huawei;
 mod lifecycle;
 mod liveness;
+mod migrate_state;
 mod notify;
 mod oceanbase;
 mod ops;
