@@ -84,6 +84,16 @@ fn rotation(lineage: &str) -> NewRotation {
     }
 }
 
+/// `rekey migrate-state --from FILE --to URL`.
+fn migrate(file: &std::path::Path, url: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["migrate-state", "--from"])
+        .arg(file)
+        .args(["--to", url])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn migrate_state_copies_a_sqlite_state_into_an_empty_postgres_one_and_names_the_seal_key() {
     let Some(db) = Db::new() else { return };
@@ -98,12 +108,7 @@ fn migrate_state_copies_a_sqlite_state_into_an_empty_postgres_one_and_names_the_
     };
     // A daemon holding the file: refused, nothing copied.
     let holder = Store::open(&file).unwrap();
-    let out = Command::new(BIN)
-        .args(["migrate-state", "--from"])
-        .arg(&file)
-        .args(["--to", &db.url()])
-        .output()
-        .unwrap();
+    let out = migrate(&file, &db.url());
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another rekey is already running"),
@@ -112,12 +117,7 @@ fn migrate_state_copies_a_sqlite_state_into_an_empty_postgres_one_and_names_the_
     );
     drop(holder);
 
-    let out = Command::new(BIN)
-        .args(["migrate-state", "--from"])
-        .arg(&file)
-        .args(["--to", &db.url()])
-        .output()
-        .unwrap();
+    let out = migrate(&file, &db.url());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -144,12 +144,7 @@ fn migrate_state_copies_a_sqlite_state_into_an_empty_postgres_one_and_names_the_
     drop(pg);
 
     // A second copy would merge two states: refused.
-    let out = Command::new(BIN)
-        .args(["migrate-state", "--from"])
-        .arg(&file)
-        .args(["--to", &db.url()])
-        .output()
-        .unwrap();
+    let out = migrate(&file, &db.url());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
@@ -159,12 +154,7 @@ fn migrate_state_refuses_a_password_in_the_url_without_echoing_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("state.db");
     drop(Store::open(&file).unwrap());
-    let out = Command::new(BIN)
-        .args(["migrate-state", "--from"])
-        .arg(&file)
-        .args(["--to", "postgres://rekey:hunter2-pw@127.0.0.1:5432/state"])
-        .output()
-        .unwrap();
+    let out = migrate(&file, "postgres://rekey:hunter2-pw@127.0.0.1:5432/state");
     assert!(!out.status.success());
     let all = format!(
         "{}{}",

@@ -694,6 +694,14 @@ struct Session {
     listen: Arc<(Mutex<ListenState>, Condvar)>,
 }
 
+/// Parameters as the driver takes them.
+fn param_refs(params: &[Value]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(pg_reason(&e))
 }
@@ -761,28 +769,20 @@ impl Session {
             }
             Req::Execute(sql, params) => {
                 let st = self.statement(&sql).await?;
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
                 let n = self
                     .client()
                     .await?
-                    .execute(&st, &refs)
+                    .execute(&st, &param_refs(&params))
                     .await
                     .map_err(pg_err)?;
                 Ok(Reply::Count(n))
             }
             Req::Query(sql, params) => {
                 let st = self.statement(&sql).await?;
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
                 let rows = self
                     .client()
                     .await?
-                    .query(&st, &refs)
+                    .query(&st, &param_refs(&params))
                     .await
                     .map_err(pg_err)?;
                 let rows = rows
