@@ -374,8 +374,7 @@ fn migrate_state_copies_every_row_keeps_event_numbers_and_refuses_a_used_target(
 
 /// The local server's certificate when it serves TLS (Debian's default
 /// cluster: `ssl = on` with the snakeoil certificate for `localhost`).
-fn server_certificate() -> Option<std::path::PathBuf> {
-    let db = pg_db()?;
+fn server_certificate(db: &Store) -> Option<std::path::PathBuf> {
     let (on, file): (String, String) = db
         .read(|tx| {
             let on = tx.query_row("SHOW ssl", p![])?.get(0)?;
@@ -408,42 +407,38 @@ fn session_is_tls(store: &Store) -> bool {
 
 #[test]
 fn sslmode_require_encrypts_and_verify_full_checks_the_ca_and_the_host_name() {
-    let Some(cert) = server_certificate() else {
+    let Some(db) = pg_db() else { return };
+    let Some(cert) = server_certificate(&db) else {
         return;
     };
-    let Some(name) = fresh_database() else { return };
     let url = |host: &str, mode: &str| {
         PgOptions::from_url(&format!(
-            "postgres://postgres@{host}:5432/{name}?sslmode={mode}"
+            "postgres://postgres@{host}:5432/{}?sslmode={mode}",
+            db.name()
         ))
         .unwrap()
     };
-    let outcome = (|| {
-        let plain = Store::open_postgres(&url("127.0.0.1", "disable")).unwrap();
-        assert!(!session_is_tls(&plain));
-        let enc = Store::open_postgres(&url("127.0.0.1", "require")).unwrap();
-        assert!(session_is_tls(&enc), "sslmode=require must encrypt");
-        // verify-full: the certificate names localhost and is its own CA.
-        let mut full = url("localhost", "verify-full");
-        full.ca_file = Some(cert.clone());
-        let ok = Store::open_postgres(&full).unwrap();
-        assert!(session_is_tls(&ok));
-        // The same certificate does not name 127.0.0.1: refused.
-        let mut wrong_name = url("127.0.0.1", "verify-full");
-        wrong_name.ca_file = Some(cert.clone());
-        let e = Store::open_postgres(&wrong_name).unwrap_err().to_string();
-        assert!(e.to_lowercase().contains("certificate"), "{e}");
-        // A CA that did not sign it: refused.
-        let dir = tempfile::tempdir().unwrap();
-        let other = dir.path().join("other.pem");
-        std::fs::write(&other, "not a certificate\n").unwrap();
-        let mut no_ca = url("localhost", "verify-full");
-        no_ca.ca_file = Some(other);
-        let e = Store::open_postgres(&no_ca).unwrap_err().to_string();
-        assert!(e.contains("holds no PEM certificate"), "{e}");
-    })();
-    drop_database(&name);
-    outcome
+    assert!(!session_is_tls(&db), "sslmode=disable is plain TCP");
+    let enc = Store::open_postgres(&url("127.0.0.1", "require")).unwrap();
+    assert!(session_is_tls(&enc), "sslmode=require must encrypt");
+    // verify-full: the certificate names localhost and is its own CA.
+    let mut full = url("localhost", "verify-full");
+    full.ca_file = Some(cert.clone());
+    let ok = Store::open_postgres(&full).unwrap();
+    assert!(session_is_tls(&ok));
+    // The same certificate does not name 127.0.0.1: refused.
+    let mut wrong_name = url("127.0.0.1", "verify-full");
+    wrong_name.ca_file = Some(cert.clone());
+    let e = Store::open_postgres(&wrong_name).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A CA file with no certificate in it: refused, naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, "not a certificate\n").unwrap();
+    let mut no_ca = url("localhost", "verify-full");
+    no_ca.ca_file = Some(other);
+    let e = Store::open_postgres(&no_ca).unwrap_err().to_string();
+    assert!(e.contains("holds no PEM certificate"), "{e}");
 }
 
 /// Negative control (test builds with `ha-test-unfenced` only): with the
