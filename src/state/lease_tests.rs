@@ -464,3 +464,21 @@ fn with_fence_checks_off_a_deposed_leader_writes_unhindered() {
         Err(StoreError::Fenced { .. })
     ));
 }
+
+#[test]
+fn after_the_server_drops_the_connection_the_next_transition_reconnects() {
+    let Some(db) = pg_db() else { return };
+    db.begin_rotation(&rotation("one", at(0))).unwrap().unwrap();
+    // What a server restart or a failover does to an idle connection
+    // (waiting until the backend is gone).
+    admin_on(
+        db.name(),
+        &format!(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name()
+        ),
+    )
+    .unwrap();
+    db.begin_rotation(&rotation("two", at(1))).unwrap().unwrap();
+    assert_eq!(db.history(None, 10).unwrap().len(), 2);
+}
