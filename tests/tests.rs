@@ -9,6 +9,7 @@ mod emulators;
 mod huawei;
 mod lifecycle;
 mod liveness;
+mod migrate_state;
 mod notify;
 mod oceanbase;
 mod ops;
