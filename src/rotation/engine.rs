@@ -130,7 +130,8 @@ pub const RESUME_FOR: Duration = Duration::from_secs(7 * 86400);
 const NEXT_KEY_NOT_LISTED: &str = "is no longer listed";
 
 /// Exponential backoff with jitter; the cap shrinks as expiry nears, but
-/// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`.
+/// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`. A
+/// `Retry-After` (RFC 9110 §10.2.3) lengthens a delay, up to `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub base: Duration,
@@ -173,8 +174,11 @@ impl Backoff {
         let d = exp.min(cap);
         let jitter = rand::random::<f64>() * 0.5 + 0.5;
         let d = d.mul_f64(jitter).max(self.base.min(d));
+        // A `Retry-After` is honoured up to the cap: an absurd one must
+        // neither park the rotation for ever nor (past chrono's range)
+        // collapse to no wait at all.
         match retry_after {
-            Some(r) => d.max(r),
+            Some(r) => d.max(r.min(self.max)),
             None => d,
         }
     }

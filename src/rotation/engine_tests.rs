@@ -2064,3 +2064,39 @@ async fn a_provider_that_returns_the_id_on_create_never_lists_for_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_huge_retry_after_on_the_old_keys_delete_neither_panics_nor_spins() {
+    // A provider (or a proxy in front of it) answering the delete with
+    // `429 Retry-After: <absurd>`: past chrono's range the wait fell back
+    // to 0 (a hot loop); inside it, `now + wait` overflowed (a panic).
+    for secs in [u64::MAX, 100_000_000_000_000] {
+        let mut h = harness("", None);
+        h.engine.backoff = Backoff {
+            base: std::time::Duration::from_secs(2),
+            max: std::time::Duration::from_secs(3600),
+        };
+        h.fake.add("app-a", Duration::days(25), Duration::days(2));
+        h.check().await;
+        h.drive(h.clock.now()).await;
+        let r = h.latest();
+        assert_eq!(r.state, RotationState::Retiring);
+        h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::RateLimited {
+            retry_after: Some(std::time::Duration::from_secs(secs)),
+        });
+        h.clock.advance(Duration::hours(2));
+        let drives = h.run_for(Duration::hours(6), Duration::seconds(1)).await;
+        let calls = h.fake.st.lock().unwrap().delete_calls;
+        assert!(
+            (1..=8).contains(&calls),
+            "Retry-After {secs}s: {calls} delete calls ({drives} drives) in 6 h"
+        );
+        let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+        let next = row.next_attempt_at.expect("waiting");
+        assert!(
+            next >= h.clock.now() && next <= h.clock.now() + Duration::hours(1),
+            "Retry-After {secs}s: next try at {next}, now {}",
+            h.clock.now()
+        );
+    }
+}
