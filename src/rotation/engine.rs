@@ -129,6 +129,10 @@ pub const MISSING_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const RESUME_FOR: Duration = Duration::from_secs(7 * 86400);
 const NEXT_KEY_NOT_LISTED: &str = "is no longer listed";
 
+/// The shortest any retry waits, whatever `Backoff::base` says
+/// (`REKEY_BACKOFF_BASE_MS=0` must not turn a failure into a hot loop).
+pub const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
+
 /// Exponential backoff with jitter; the cap shrinks as expiry nears, but
 /// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`. A
 /// `Retry-After` (RFC 9110 §10.2.3) lengthens a delay, up to `max`.
@@ -161,24 +165,26 @@ impl Backoff {
         time_left: Option<ChronoDuration>,
         retry_after: Option<Duration>,
     ) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-        let floor = EXPIRY_CAP_FLOOR.clamp(self.base, self.max);
+        // Hostile settings (a base of 0, or above the cap) are bounded
+        // here: every delay lies in [BACKOFF_FLOOR, max].
+        let max = self.max.max(BACKOFF_FLOOR);
+        let base = self.base.clamp(BACKOFF_FLOOR, max);
+        let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let floor = EXPIRY_CAP_FLOOR.clamp(base, max);
         let cap = match time_left {
             // Near expiry, try again often: at most an eighth of what is
             // left, but an expired key must not turn this into a spin.
-            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(floor, self.max),
-            None => self.max,
+            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(floor, max),
+            None => max,
         };
         let d = exp.min(cap);
         let jitter = rand::random::<f64>() * 0.5 + 0.5;
-        let d = d.mul_f64(jitter).max(self.base.min(d));
+        let d = d.mul_f64(jitter).max(base.min(d));
         // A `Retry-After` is honoured up to the cap: an absurd one must
         // neither park the rotation for ever nor (past chrono's range)
         // collapse to no wait at all.
         match retry_after {
-            Some(r) => d.max(r.min(self.max)),
+            Some(r) => d.max(r.min(max)),
             None => d,
         }
     }

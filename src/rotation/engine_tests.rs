@@ -2100,3 +2100,27 @@ async fn a_huge_retry_after_on_the_old_keys_delete_neither_panics_nor_spins() {
         );
     }
 }
+
+#[test]
+fn a_backoff_base_of_zero_or_above_the_cap_neither_spins_nor_panics() {
+    // `REKEY_BACKOFF_BASE_MS=0` made every retry immediate (a hot loop);
+    // a base above the cap made `clamp` panic on the first failure.
+    let s = std::time::Duration::from_secs;
+    let cap = s(3600);
+    for base in [std::time::Duration::ZERO, s(2 * 3600), s(100 * 86_400)] {
+        let b = Backoff { base, max: cap };
+        for failures in [1, 2, 5, 30] {
+            for d in [
+                b.delay(failures, None, None),
+                b.delay(failures, Some(Duration::hours(-1)), None),
+                b.delay(failures, Some(Duration::days(3)), None),
+                b.retire_delay(failures, None),
+            ] {
+                assert!(
+                    d >= crate::rotation::engine::BACKOFF_FLOOR && d <= cap,
+                    "base {base:?}, failure {failures}: {d:?}"
+                );
+            }
+        }
+    }
+}
