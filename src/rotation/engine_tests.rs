@@ -2124,3 +2124,36 @@ fn a_backoff_base_of_zero_or_above_the_cap_neither_spins_nor_panics() {
         }
     }
 }
+
+#[tokio::test]
+async fn abandoning_a_retirement_whose_delete_keeps_failing_clears_retire_failing_and_deletes_nothing() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.advance(Duration::hours(2));
+    h.run_for(Duration::hours(2), Duration::seconds(1)).await;
+    assert_eq!(h.lineage_status("app-a").reason, "retire_failing");
+    assert_eq!(h.count_events("retire.failing"), 1);
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    // The operator fixed the permission meanwhile: still nothing deleted.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.clock.advance(Duration::hours(1));
+    h.check().await;
+    h.run_for(Duration::hours(3), Duration::seconds(1)).await;
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, calls);
+    assert!(h.fake.names().contains(&"app-a".to_string()), "{old} kept");
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.health, Health::Ok, "{l:?}");
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="retire_failing",policy="p"} 0"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 1"#), "{m}");
+    assert_eq!(h.count_events("retire.failing"), 1);
+}
