@@ -215,6 +215,16 @@ fn step_label(state: RotationState, what: &str) -> &'static str {
     }
 }
 
+/// What became of an abandoned rotation's next key.
+enum Disposal {
+    /// Deleted, never created, gone already, or kept because a sink holds it.
+    Done,
+    /// Kept: this many keys carry its attempt's name.
+    Ambiguous(usize),
+    /// Not deleted yet: the next check tries again.
+    Retry,
+}
+
 /// What a step left the rotation waiting for.
 enum Step {
     /// Go on to the next state now.
@@ -1169,8 +1179,8 @@ impl Engine {
         } else {
             tracing::warn!(policy = %row.policy, lineage = %policy::escaped(&row.lineage), rotation = %id, "rotation abandoned by an operator; the current key stays");
             let kept = self.store.any_sink_acked(id)?;
-            let deleted = self.delete_abandoned_key(rt, &row).await;
-            match (row.created_at.is_some(), kept, deleted) {
+            let disposal = self.delete_abandoned_key(rt, &row).await;
+            match (row.created_at.is_some(), kept, disposal) {
                 (false, _, _) => "abandoned; it had created no key".to_string(),
                 (true, true, _) => format!(
                     "abandoned; its next key {} is kept because a sink acknowledged it (it may be in use)",
@@ -1178,10 +1188,16 @@ impl Engine {
                         .as_deref()
                         .map_or("?".into(), policy::escaped)
                 ),
-                (true, false, true) => {
+                (true, false, Disposal::Ambiguous(n)) => format!(
+                    "abandoned; its next key is kept: {n} keys are named {} and rekey cannot tell which one it created, so it deletes none (its sealed secret is wiped); delete rekey's by hand",
+                    row.new_key_name
+                        .as_deref()
+                        .map_or("?".into(), policy::escaped)
+                ),
+                (true, false, Disposal::Done) => {
                     "abandoned; its next key was deleted and its sealed secret wiped".to_string()
                 }
-                (true, false, false) => {
+                (true, false, Disposal::Retry) => {
                     "abandoned; deleting its next key failed and is retried by the next check"
                         .to_string()
                 }
@@ -1382,22 +1398,25 @@ impl Engine {
 
     /// Delete the next key of an abandoned rotation when rekey created it
     /// and no sink ever acknowledged it (DESIGN §3); a key any sink holds
-    /// may be in use, so it is kept and reported instead. Failures are
-    /// retried by later checks ([`Engine::check_policy`]).
-    async fn delete_abandoned_key(&self, rt: &Runtime, row: &RotationRow) -> bool {
+    /// may be in use, so it is kept and reported instead. When its id is
+    /// unknown (OceanBase) it is found by its attempt's unique name, and
+    /// only when exactly one key carries it: a hand-made twin could be
+    /// either one, so then none is deleted (outcome `next_key_kept`).
+    /// Failures are retried by later checks ([`Engine::check_policy`]).
+    async fn delete_abandoned_key(&self, rt: &Runtime, row: &RotationRow) -> Disposal {
         if row.created_at.is_none() {
-            return true;
+            return Disposal::Done;
         }
         match self.store.any_sink_acked(&row.id) {
             Ok(false) => {}
             Ok(true) => {
                 tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), "the abandoned rotation's next key is kept: a sink acknowledged it, so it may be in use; delete it by hand once nothing uses it");
-                return true;
+                return Disposal::Done;
             }
-            Err(_) => return false,
+            Err(_) => return Disposal::Retry,
         }
         let Ok(provider) = self.provider(rt, &row.provider) else {
-            return false;
+            return Disposal::Retry;
         };
         let provider = provider.clone();
         let id = match &row.new_key_id {
@@ -1405,14 +1424,19 @@ impl Engine {
             None => {
                 let name = row.new_key_name.clone().unwrap_or_default();
                 match provider.list(&|n: &str| n == name).await {
-                    Ok(found) => match found.into_iter().next() {
-                        Some(k) => k.id,
-                        None => {
+                    Ok(found) => match found.as_slice() {
+                        [] => {
                             let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
-                            return true;
+                            return Disposal::Done;
+                        }
+                        [k] => k.id.clone(),
+                        many => {
+                            let _ = self.store.record_abandoned_key_kept(&row.id);
+                            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, name = %policy::escaped(&name), keys = many.len(), "the abandoned rotation's next key is kept: several keys carry its attempt's name and rekey cannot tell which one it created; delete rekey's by hand");
+                            return Disposal::Ambiguous(many.len());
                         }
                     },
-                    Err(_) => return false,
+                    Err(_) => return Disposal::Retry,
                 }
             }
         };
@@ -1420,11 +1444,11 @@ impl Engine {
             Ok(_) => {
                 let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
                 tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, key = %id.escape_debug(), "deleted the next key of an abandoned rotation (no sink ever acknowledged it); its sealed secret is wiped");
-                true
+                Disposal::Done
             }
             Err(e) => {
                 tracing::warn!(policy = %row.policy, rotation = %row.id, key = %id.escape_debug(), error = %e, "cannot delete the abandoned rotation's next key yet; the next check tries again");
-                false
+                Disposal::Retry
             }
         }
     }

@@ -2157,3 +2157,49 @@ async fn abandoning_a_retirement_whose_delete_keeps_failing_clears_retire_failin
     assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 1"#), "{m}");
     assert_eq!(h.count_events("retire.failing"), 1);
 }
+
+#[tokio::test]
+async fn abandoning_a_rotation_whose_key_has_a_hand_made_twin_deletes_neither_twin() {
+    // OceanBase returns no id on create and allows duplicate names: the
+    // rotation failed because two keys carry its attempt's name. Abandoned
+    // (by an operator, or after RESUME_FOR), the first key listed by that
+    // name was deleted — possibly the one rekey did not create.
+    for by_operator in [true, false] {
+        let h = harness("", None);
+        h.fake.add("app-a", Duration::days(25), Duration::days(2));
+        h.fake.st.lock().unwrap().twin_next_create = true;
+        h.check().await;
+        h.drive(h.clock.now() + Duration::minutes(5)).await;
+        let r = h.latest();
+        assert_eq!(r.state, RotationState::Failed);
+        assert!(r.new_key_id.is_none());
+        let twins = h.fake.names().len();
+        assert_eq!(twins, 3);
+        if by_operator {
+            let reply = h.engine.abandon(&h.rt, &r.id).await.unwrap();
+            let crate::rotation::report::CommandReply::Accepted { message, .. } = &reply else {
+                panic!("{reply:?}");
+            };
+            assert!(message.contains("kept"), "{message}");
+            assert!(!message.contains("was deleted"), "{message}");
+        } else {
+            h.clock.advance(Duration::days(8));
+            h.check().await;
+        }
+        // Later checks do not pick one either.
+        for _ in 0..3 {
+            h.clock.advance(Duration::hours(1));
+            h.check().await;
+        }
+        let st = h.fake.st.lock().unwrap();
+        assert!(
+            st.deleted.is_empty(),
+            "by_operator={by_operator}: deleted {:?}",
+            st.deleted
+        );
+        drop(st);
+        let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+        assert_eq!(row.error_class.as_deref(), Some("abandoned"));
+        assert_ne!(row.outcome.as_deref(), Some("next_key_deleted"));
+    }
+}

@@ -1372,6 +1372,19 @@ impl Store {
         })
     }
 
+    /// The abandoned rotation's next key cannot be told apart from a twin
+    /// (several keys carry its attempt's name): none is deleted, and later
+    /// checks stop trying (outcome `next_key_kept`).
+    pub fn record_abandoned_key_kept(&self, id: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET outcome = 'next_key_kept' WHERE id = ?1 AND outcome IS NULL",
+                params![id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Rotations abandoned (class `abandoned`) whose next key was created,
     /// never acknowledged by any sink, and not yet deleted.
     pub fn abandoned_unpublished(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
