@@ -2203,3 +2203,43 @@ async fn abandoning_a_rotation_whose_key_has_a_hand_made_twin_deletes_neither_tw
         assert_ne!(row.outcome.as_deref(), Some("next_key_deleted"));
     }
 }
+
+#[tokio::test]
+async fn a_create_that_fails_on_every_check_raises_rotation_stuck_once_not_once_per_check() {
+    // max_attempts = 1: each check's new rotation fails at once, and the
+    // lineage is due again at the next check (schedule: every minute).
+    let h = harness("max_attempts = 1", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().create_errors = (0..30)
+        .map(|_| ProviderErrorKind::Api {
+            status: 500,
+            code: "InternalError".into(),
+            message: "internal".into(),
+        })
+        .collect();
+    for _ in 0..10 {
+        h.check().await;
+        h.drive(h.clock.now() + Duration::seconds(30)).await;
+        h.clock.advance(Duration::minutes(1));
+    }
+    let failed = h.count_events("rotation.failed");
+    assert!(failed >= 5, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").health, Health::Failing);
+    assert_eq!(
+        h.count_events("rotation.stuck"),
+        1,
+        "{failed} failed rotations: {:?}",
+        h.events()
+    );
+    // Fixed: the next rotation publishes and the condition clears.
+    h.fake.st.lock().unwrap().create_errors.clear();
+    h.check().await;
+    h.drive(h.clock.now() + Duration::seconds(30)).await;
+    assert!(h.latest().published_at.is_some());
+    let l = h.lineage_status("app-a");
+    assert!(l.health.is_healthy(), "{l:?}");
+    assert!(
+        h.metrics()
+            .contains(r#"rekey_condition{condition="step_failing",policy="p"} 0"#)
+    );
+}

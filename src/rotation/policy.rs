@@ -155,6 +155,10 @@ pub struct Ledger {
     /// Key id → another policy on the same provider account that also
     /// claims that key (a runtime ownership conflict).
     pub claimed_elsewhere: HashMap<String, String>,
+    /// Lineages whose `step_failing` condition held at the last status
+    /// rebuild (the health rule keeps it through a retry that has not
+    /// published yet).
+    pub step_failing: HashSet<String>,
 }
 
 /// The other policies of `cfg` whose providers are of the same kind as
@@ -185,6 +189,12 @@ impl Ledger {
             rotations: store.policy_rotations(policy)?,
             claimed_elsewhere,
             known,
+            step_failing: store
+                .held_conditions(policy)?
+                .into_iter()
+                .filter(|(_, c)| c == health::Condition::StepFailing.as_str())
+                .map(|(l, _)| l)
+                .collect(),
         })
     }
 }
@@ -707,6 +717,7 @@ pub fn plan(
                 last: last.as_ref(),
                 max_attempts: policy.max_attempts,
                 failing_after: policy.failing_after_failures,
+                step_failing_before: ledger.step_failing.contains(&name),
                 stuck_after: Some(policy.stuck_after),
                 found,
             },

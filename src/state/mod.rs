@@ -1474,6 +1474,17 @@ impl Store {
         })
     }
 
+    /// The (lineage, condition) pairs held for `policy` at its last
+    /// status rebuild.
+    pub fn held_conditions(&self, policy: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached("SELECT lineage, condition FROM conditions WHERE policy = ?1")?;
+        let rows = st
+            .query_map(params![policy], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Forget the conditions of a policy a reload removed.
     pub fn clear_conditions(&self, policy: &str) -> Result<(), StoreError> {
         self.tx(|tx| {
