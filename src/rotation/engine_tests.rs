@@ -2126,7 +2126,8 @@ fn a_backoff_base_of_zero_or_above_the_cap_neither_spins_nor_panics() {
 }
 
 #[tokio::test]
-async fn abandoning_a_retirement_whose_delete_keeps_failing_clears_retire_failing_and_deletes_nothing() {
+async fn abandoning_a_retirement_whose_delete_keeps_failing_clears_retire_failing_and_deletes_nothing()
+ {
     let h = harness("", None);
     let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
     h.check().await;

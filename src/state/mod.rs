@@ -1478,7 +1478,8 @@ impl Store {
     /// status rebuild.
     pub fn held_conditions(&self, policy: &str) -> Result<Vec<(String, String)>, StoreError> {
         let c = self.conn();
-        let mut st = c.prepare_cached("SELECT lineage, condition FROM conditions WHERE policy = ?1")?;
+        let mut st =
+            c.prepare_cached("SELECT lineage, condition FROM conditions WHERE policy = ?1")?;
         let rows = st
             .query_map(params![policy], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;

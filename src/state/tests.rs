@@ -1102,14 +1102,20 @@ fn files_sqlite_makes_beside_a_db_owned_by_another_user_take_that_users_owner() 
         std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
     }
     let store = Store::open(&db).unwrap();
-    store.begin_rotation(&new_rotation("app-a", &["f"])).unwrap();
+    store
+        .begin_rotation(&new_rotation("app-a", &["f"]))
+        .unwrap();
     let mut seen = 0;
     for suffix in ["-wal", "-shm", ".lock"] {
         let mut s = db.as_os_str().to_owned();
         s.push(suffix);
         if let Ok(m) = std::fs::metadata(std::path::PathBuf::from(s)) {
             seen += 1;
-            assert_eq!((m.uid(), m.gid()), (uid, gid), "{suffix} is not the DB owner's");
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (uid, gid),
+                "{suffix} is not the DB owner's"
+            );
         }
     }
     assert!(seen >= 2, "the WAL files exist while the store is open");
