@@ -2244,3 +2244,25 @@ async fn a_create_that_fails_on_every_check_raises_rotation_stuck_once_not_once_
             .contains(r#"rekey_condition{condition="step_failing",policy="p"} 0"#)
     );
 }
+
+#[tokio::test]
+async fn a_lineage_whose_published_key_vanished_after_abandon_in_grace_rotates_again() {
+    // Abandoned in grace, then the new key was deleted out of band: the
+    // "a walk skipped the published key" guard held the lineage for ever
+    // (the old key expired, nothing rotated, `rotate` did nothing).
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    let new = r.new_key_id.clone().unwrap();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != new);
+    for _ in 0..6 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    let next = h.latest();
+    assert_ne!(next.id, r.id, "no rotation started after an hour of listings");
+    assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
+}

@@ -199,6 +199,11 @@ impl Ledger {
     }
 }
 
+/// How long a lineage's published key must have been missing from every
+/// complete listing (the store marks it `gone`) before the planner stops
+/// taking its absence for a walk that skipped it.
+pub const PUBLISHED_KEY_GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The safe alphabet of lineage names used in sink targets (DESIGN §2):
 /// `[A-Za-z0-9._-]`, not starting with `.`, 1 to [`MAX_LINEAGE_LEN`] bytes.
 pub fn is_safe_lineage(name: &str) -> bool {
@@ -622,12 +627,28 @@ pub fn plan(
                 rotate_at: None,
             };
         }
-        // A walk that skipped the key the sinks hold decides nothing.
+        // A walk that skipped the key the sinks hold decides nothing —
+        // unless every complete listing has missed it for
+        // [`PUBLISHED_KEY_GONE_AFTER`]: then it is gone (deleted out of
+        // band after its rotation was abandoned in grace), and waiting for
+        // it would hold the lineage for ever.
+        let gone_for_good = |id: &str| {
+            ledger.known.iter().any(|k| {
+                k.key_id == id
+                    && k.state == "gone"
+                    && k.last_seen_at.is_some_and(|t| {
+                        now - t
+                            >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
+                                .unwrap_or(ChronoDuration::MAX)
+                    })
+            })
+        };
         if active.is_none()
             && let Some(id) = latest_published
             && preferred.is_none()
             && decision.rotate
             && !deleted.contains(id)
+            && !gone_for_good(id)
         {
             decision = Decision {
                 reason: Reason::InProgress,

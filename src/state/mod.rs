@@ -627,7 +627,7 @@ impl Store {
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare_cached(
-            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
+            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time, last_seen_at FROM keys WHERE policy = ?1",
         )?;
         let rows = st.query_map(params![policy], |r| {
             Ok(KnownKey {
@@ -640,6 +640,7 @@ impl Store {
                 created_at: opt_ts(r.get(6)?),
                 expires_at: opt_ts(r.get(7)?),
                 unknown_time: r.get(8)?,
+                last_seen_at: opt_ts(r.get(9)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -2292,6 +2293,8 @@ pub struct KnownKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// JSON of the times the last listing carried that did not parse.
     pub unknown_time: Option<String>,
+    /// When a listing last showed it.
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
