@@ -449,7 +449,8 @@ pub fn decide(
 /// - the current key is the latest published rotation's new key when it is
 ///   listed, else the newest adopted or published key;
 /// - a lineage whose latest published key is missing from the listing (a
-///   walk can skip a key) is not planned from it;
+///   walk can skip a key) is not planned from it, until the store has had
+///   it `gone` for [`PUBLISHED_KEY_GONE_AFTER`];
 /// - `unrecognised` keys, unsafe lineage names and keys another policy
 ///   claims set the lineage's `condition`; the last two stop it from
 ///   changing anything.
