@@ -1122,6 +1122,35 @@ impl Engine {
         })
     }
 
+    /// At start: deadlines are stored as wall-clock times, so a daemon that
+    /// ran with its wall clock ahead (a bad RTC, corrected since) would find
+    /// them too far away and stall. Bring each active rotation's no later
+    /// than it could legitimately be from now: its grace end at most its
+    /// grace period away, a retry (its own or a sink's) at most the larger
+    /// of the backoff cap and the grace period. Returns how many moved.
+    pub fn clamp_stored_deadlines(&self) -> Result<usize, EngineError> {
+        let now = self.now();
+        let mut moved = 0;
+        for r in self.store.active_rotations()? {
+            let grace = ChronoDuration::from_std(r.grace).unwrap_or(ChronoDuration::MAX);
+            let cap = ChronoDuration::from_std(self.backoff.max.max(RETIRE_BACKOFF_CAP))
+                .unwrap_or(ChronoDuration::MAX)
+                .max(grace);
+            let retire_limit = now.checked_add_signed(grace);
+            let Some(next_limit) = now.checked_add_signed(cap) else {
+                continue;
+            };
+            if self
+                .store
+                .clamp_deadlines(&r.id, retire_limit, next_limit)?
+            {
+                tracing::warn!(policy = %r.policy, rotation = %r.id, "a stored deadline was further away than it can be (the wall clock was ahead when it was set); brought forward");
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     /// `rekey abandon ROTATION`: end a rotation as `failed` (class
     /// `abandoned`); the old key stays.
     ///

@@ -2263,6 +2263,49 @@ async fn a_lineage_whose_published_key_vanished_after_abandon_in_grace_rotates_a
         h.check().await;
     }
     let next = h.latest();
-    assert_ne!(next.id, r.id, "no rotation started after an hour of listings");
+    assert_ne!(
+        next.id, r.id,
+        "no rotation started after an hour of listings"
+    );
     assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
+}
+
+#[tokio::test]
+async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_backoff() {
+    // Deadlines are stored as wall-clock times. A daemon that ran a day
+    // ahead (bad RTC, later corrected) and restarts found its grace end and
+    // its retry a day away: retirement stalled for a day.
+    let mut h = harness("", None);
+    h.engine.backoff = Backoff {
+        base: std::time::Duration::from_secs(2),
+        max: std::time::Duration::from_secs(3600),
+    };
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Retiring);
+    // Restart with the wall clock a day behind what it was.
+    h.clock.advance(Duration::days(-1));
+    h.engine.clamp_stored_deadlines().unwrap();
+    let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    let limit = h.clock.now() + Duration::hours(1);
+    assert!(row.retire_at.unwrap() <= limit, "{:?}", row.retire_at);
+    assert!(row.next_attempt_at.is_none_or(|t| t <= limit));
+    // The delete keeps failing: a retry is at most the cap away.
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.set(row.retire_at.unwrap());
+    h.run_for(Duration::hours(12), Duration::seconds(1)).await;
+    h.clock.advance(Duration::days(-1));
+    h.engine.clamp_stored_deadlines().unwrap();
+    let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    let t = row.next_attempt_at.unwrap();
+    assert!(t <= h.clock.now() + Duration::hours(1), "next try {t}");
+    // Nothing already close is moved.
+    let before = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    h.engine.clamp_stored_deadlines().unwrap();
+    let after = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(before.next_attempt_at, after.next_attempt_at);
+    assert_eq!(before.retire_at, after.retire_at);
 }

@@ -1509,6 +1509,52 @@ impl Store {
         )
     }
 
+    /// Bring an active rotation's stored deadlines (its `retire_at`, its
+    /// `next_attempt_at`, its sinks' `next_attempt_at`) no later than the
+    /// given ones; `None` leaves that one alone. Returns whether anything
+    /// moved.
+    pub fn clamp_deadlines(
+        &self,
+        id: &str,
+        retire_at: Option<DateTime<Utc>>,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let Some(row) = rotation_row_tx(tx, id)? else {
+                return Ok(false);
+            };
+            let mut moved = false;
+            if let (Some(limit), Some(t)) = (retire_at, row.retire_at)
+                && t > limit
+            {
+                tx.execute("UPDATE rotations SET retire_at = ?2 WHERE id = ?1", params![id, ts(limit)])?;
+                moved = true;
+            }
+            if row.next_attempt_at.is_some_and(|t| t > next_attempt_at) {
+                tx.execute(
+                    "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
+                    params![id, ts(next_attempt_at)],
+                )?;
+                moved = true;
+            }
+            let acks: Vec<(String, Option<String>)> = {
+                let mut st = tx.prepare_cached("SELECT sink, next_attempt_at FROM sink_acks WHERE rotation_id = ?1")?;
+                st.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for (sink, t) in acks {
+                if opt_ts(t).is_some_and(|t| t > next_attempt_at) {
+                    tx.execute(
+                        "UPDATE sink_acks SET next_attempt_at = ?3 WHERE rotation_id = ?1 AND sink = ?2",
+                        params![id, sink, ts(next_attempt_at)],
+                    )?;
+                    moved = true;
+                }
+            }
+            Ok(moved)
+        })
+    }
+
     /// A policy's active rotations plus the latest rotation of each lineage
     /// and every failed rotation that still holds a key: what the planner needs.
     pub fn policy_rotations(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
