@@ -442,9 +442,12 @@ impl Engine {
             }
         }
         // Abandoned rotations whose unacknowledged next key is not deleted
-        // yet (the provider failed last time): try again.
-        for r in self.store.abandoned_unpublished(name)? {
-            self.delete_abandoned_key(rt, &r).await;
+        // yet (the provider failed last time): try again — not while the
+        // policy only observes (report only).
+        if policy.mode == Mode::Rotate {
+            for r in self.store.abandoned_unpublished(name)? {
+                self.delete_abandoned_key(rt, &r).await;
+            }
         }
         self.refresh_status(rt, name)?;
         if started_any {

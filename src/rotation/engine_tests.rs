@@ -2309,3 +2309,40 @@ async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_bac
     assert_eq!(before.next_attempt_at, after.next_attempt_at);
     assert_eq!(before.retire_at, after.retire_at);
 }
+
+#[tokio::test]
+async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
+    // `mode = "observe"` is report only; the checks' retry of an abandoned
+    // rotation's failed delete ran in every mode.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut h = harness("", Some(&missing));
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed);
+    assert_eq!(h.fake.names().len(), 2);
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.fake.st.lock().unwrap().delete_error = None;
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
+    h.clock.advance(Duration::minutes(5));
+    h.check().await;
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert_eq!(h.fake.names().len(), 2);
+    // Back to rotate: the next check deletes it.
+    h.rt.config = rotate;
+    h.clock.advance(Duration::minutes(5));
+    h.check().await;
+    assert_eq!(h.fake.names(), ["app-a"]);
+}
