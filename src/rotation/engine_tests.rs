@@ -2346,3 +2346,25 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
     h.check().await;
     assert_eq!(h.fake.names(), ["app-a"]);
 }
+
+#[tokio::test]
+async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once() {
+    // The sink directory is missing: each check resumes the rotation
+    // (failures reset to 0), which fails again at once.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness("max_attempts = 1", Some(&missing));
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    for _ in 0..8 {
+        h.check().await;
+        h.drive(h.clock.now() + Duration::seconds(30)).await;
+        h.clock.advance(Duration::minutes(1));
+    }
+    assert!(h.count_events("rotation.started") >= 4, "{:?}", h.events());
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    assert_eq!(
+        h.fake.names().len(),
+        2,
+        "one next key, resumed, not recreated"
+    );
+}
