@@ -213,6 +213,22 @@ async fn a_lost_seal_key_refuses_start_until_the_rotation_is_abandoned_offline()
     assert_eq!(terminate(&mut d), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_abandon_with_no_state_db_creates_none_and_says_so() {
+    // A typo'd config, or a daemon that never ran: `sudo rekey abandon -c`
+    // created an empty DB (and its directory), root's and 0600, where the
+    // daemon's own user would later fail to open it.
+    let env = Env::new().await;
+    let cfg = env.config("later/{lineage}.env", "");
+    let out = run_cli(&["abandon", "-c", cfg.to_str().unwrap(), "r-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no state DB"), "{err}");
+    for f in ["state.db", "state.db.lock", "state.db-wal", "state.db.key"] {
+        assert!(!env.path(f).exists(), "{f} was created");
+    }
+}
+
 /// A daemon over one fresh key `app-0` (nothing rotates until asked), its
 /// sink directory `later/` missing, the admin token in `env`'s `token`
 /// file; `edits` are applied to the config text. Returns once it is ready.

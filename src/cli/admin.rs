@@ -125,6 +125,14 @@ pub fn command(command: Command, rotation: &str, args: &AdminArgs) -> Result<Exi
     if command == Command::Abandon
         && let Some(cfg) = &cfg
     {
+        // Opening would create an empty DB (as whoever runs this, often
+        // root) where the daemon expects its own.
+        if !cfg.daemon.state.exists() {
+            anyhow::bail!(
+                "no state DB at {}: no daemon has run with this config, so there is no rotation to abandon",
+                cfg.daemon.state.display()
+            );
+        }
         match Store::open(&cfg.daemon.state) {
             Ok(store) => return abandon_offline(cfg, store, rotation),
             Err(StoreError::Locked { .. }) => {}

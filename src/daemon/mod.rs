@@ -424,6 +424,10 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         other => other,
     })?;
     d.schedule_policies(&cfg, None);
+    // Deadlines stored while the wall clock was ahead must not stall.
+    if let Err(e) = d.engine.clamp_stored_deadlines() {
+        tracing::warn!(error = %e, "cannot check the stored deadlines against the clock");
+    }
     for p in &cfg.policies {
         metrics.init_policy(&p.name, &p.sinks, &p.provider);
         if let Ok(Some(t)) = store.last_success(&p.name) {

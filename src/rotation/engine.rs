@@ -129,8 +129,13 @@ pub const MISSING_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const RESUME_FOR: Duration = Duration::from_secs(7 * 86400);
 const NEXT_KEY_NOT_LISTED: &str = "is no longer listed";
 
+/// The shortest any retry waits, whatever `Backoff::base` says
+/// (`REKEY_BACKOFF_BASE_MS=0` must not turn a failure into a hot loop).
+pub const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
+
 /// Exponential backoff with jitter; the cap shrinks as expiry nears, but
-/// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`.
+/// never below [`EXPIRY_CAP_FLOOR`]; every delay is at least `base`. A
+/// `Retry-After` (RFC 9110 §10.2.3) lengthens a delay, up to `max`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub base: Duration,
@@ -160,21 +165,26 @@ impl Backoff {
         time_left: Option<ChronoDuration>,
         retry_after: Option<Duration>,
     ) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-        let floor = EXPIRY_CAP_FLOOR.clamp(self.base, self.max);
+        // Hostile settings (a base of 0, or above the cap) are bounded
+        // here: every delay lies in [BACKOFF_FLOOR, max].
+        let max = self.max.max(BACKOFF_FLOOR);
+        let base = self.base.clamp(BACKOFF_FLOOR, max);
+        let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let floor = EXPIRY_CAP_FLOOR.clamp(base, max);
         let cap = match time_left {
             // Near expiry, try again often: at most an eighth of what is
             // left, but an expired key must not turn this into a spin.
-            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(floor, self.max),
-            None => self.max,
+            Some(left) => (left.to_std().unwrap_or_default() / 8).clamp(floor, max),
+            None => max,
         };
         let d = exp.min(cap);
         let jitter = rand::random::<f64>() * 0.5 + 0.5;
-        let d = d.mul_f64(jitter).max(self.base.min(d));
+        let d = d.mul_f64(jitter).max(base.min(d));
+        // A `Retry-After` is honoured up to the cap: an absurd one must
+        // neither park the rotation for ever nor (past chrono's range)
+        // collapse to no wait at all.
         match retry_after {
-            Some(r) => d.max(r),
+            Some(r) => d.max(r.min(max)),
             None => d,
         }
     }
@@ -203,6 +213,16 @@ fn step_label(state: RotationState, what: &str) -> &'static str {
         RotationState::Created => "publish",
         _ => "retire",
     }
+}
+
+/// What became of an abandoned rotation's next key.
+enum Disposal {
+    /// Deleted, never created, gone already, or kept because a sink holds it.
+    Done,
+    /// Kept: this many keys carry its attempt's name.
+    Ambiguous(usize),
+    /// Not deleted yet: the next check tries again.
+    Retry,
 }
 
 /// What a step left the rotation waiting for.
@@ -422,9 +442,12 @@ impl Engine {
             }
         }
         // Abandoned rotations whose unacknowledged next key is not deleted
-        // yet (the provider failed last time): try again.
-        for r in self.store.abandoned_unpublished(name)? {
-            self.delete_abandoned_key(rt, &r).await;
+        // yet (the provider failed last time): try again — not while the
+        // policy only observes (report only).
+        if policy.mode == Mode::Rotate {
+            for r in self.store.abandoned_unpublished(name)? {
+                self.delete_abandoned_key(rt, &r).await;
+            }
         }
         self.refresh_status(rt, name)?;
         if started_any {
@@ -1102,6 +1125,35 @@ impl Engine {
         })
     }
 
+    /// At start: deadlines are stored as wall-clock times, so a daemon that
+    /// ran with its wall clock ahead (a bad RTC, corrected since) would find
+    /// them too far away and stall. Bring each active rotation's no later
+    /// than it could legitimately be from now: its grace end at most its
+    /// grace period away, a retry (its own or a sink's) at most the larger
+    /// of the backoff cap and the grace period. Returns how many moved.
+    pub fn clamp_stored_deadlines(&self) -> Result<usize, EngineError> {
+        let now = self.now();
+        let mut moved = 0;
+        for r in self.store.active_rotations()? {
+            let grace = ChronoDuration::from_std(r.grace).unwrap_or(ChronoDuration::MAX);
+            let cap = ChronoDuration::from_std(self.backoff.max.max(RETIRE_BACKOFF_CAP))
+                .unwrap_or(ChronoDuration::MAX)
+                .max(grace);
+            let retire_limit = now.checked_add_signed(grace);
+            let Some(next_limit) = now.checked_add_signed(cap) else {
+                continue;
+            };
+            if self
+                .store
+                .clamp_deadlines(&r.id, retire_limit, next_limit)?
+            {
+                tracing::warn!(policy = %r.policy, rotation = %r.id, "a stored deadline was further away than it can be (the wall clock was ahead when it was set); brought forward");
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     /// `rekey abandon ROTATION`: end a rotation as `failed` (class
     /// `abandoned`); the old key stays.
     ///
@@ -1159,8 +1211,8 @@ impl Engine {
         } else {
             tracing::warn!(policy = %row.policy, lineage = %policy::escaped(&row.lineage), rotation = %id, "rotation abandoned by an operator; the current key stays");
             let kept = self.store.any_sink_acked(id)?;
-            let deleted = self.delete_abandoned_key(rt, &row).await;
-            match (row.created_at.is_some(), kept, deleted) {
+            let disposal = self.delete_abandoned_key(rt, &row).await;
+            match (row.created_at.is_some(), kept, disposal) {
                 (false, _, _) => "abandoned; it had created no key".to_string(),
                 (true, true, _) => format!(
                     "abandoned; its next key {} is kept because a sink acknowledged it (it may be in use)",
@@ -1168,10 +1220,16 @@ impl Engine {
                         .as_deref()
                         .map_or("?".into(), policy::escaped)
                 ),
-                (true, false, true) => {
+                (true, false, Disposal::Ambiguous(n)) => format!(
+                    "abandoned; its next key is kept: {n} keys are named {} and rekey cannot tell which one it created, so it deletes none (its sealed secret is wiped); delete rekey's by hand",
+                    row.new_key_name
+                        .as_deref()
+                        .map_or("?".into(), policy::escaped)
+                ),
+                (true, false, Disposal::Done) => {
                     "abandoned; its next key was deleted and its sealed secret wiped".to_string()
                 }
-                (true, false, false) => {
+                (true, false, Disposal::Retry) => {
                     "abandoned; deleting its next key failed and is retried by the next check"
                         .to_string()
                 }
@@ -1372,22 +1430,25 @@ impl Engine {
 
     /// Delete the next key of an abandoned rotation when rekey created it
     /// and no sink ever acknowledged it (DESIGN §3); a key any sink holds
-    /// may be in use, so it is kept and reported instead. Failures are
-    /// retried by later checks ([`Engine::check_policy`]).
-    async fn delete_abandoned_key(&self, rt: &Runtime, row: &RotationRow) -> bool {
+    /// may be in use, so it is kept and reported instead. When its id is
+    /// unknown (OceanBase) it is found by its attempt's unique name, and
+    /// only when exactly one key carries it: a hand-made twin could be
+    /// either one, so then none is deleted (outcome `next_key_kept`).
+    /// Failures are retried by later checks ([`Engine::check_policy`]).
+    async fn delete_abandoned_key(&self, rt: &Runtime, row: &RotationRow) -> Disposal {
         if row.created_at.is_none() {
-            return true;
+            return Disposal::Done;
         }
         match self.store.any_sink_acked(&row.id) {
             Ok(false) => {}
             Ok(true) => {
                 tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), "the abandoned rotation's next key is kept: a sink acknowledged it, so it may be in use; delete it by hand once nothing uses it");
-                return true;
+                return Disposal::Done;
             }
-            Err(_) => return false,
+            Err(_) => return Disposal::Retry,
         }
         let Ok(provider) = self.provider(rt, &row.provider) else {
-            return false;
+            return Disposal::Retry;
         };
         let provider = provider.clone();
         let id = match &row.new_key_id {
@@ -1395,14 +1456,19 @@ impl Engine {
             None => {
                 let name = row.new_key_name.clone().unwrap_or_default();
                 match provider.list(&|n: &str| n == name).await {
-                    Ok(found) => match found.into_iter().next() {
-                        Some(k) => k.id,
-                        None => {
+                    Ok(found) => match found.as_slice() {
+                        [] => {
                             let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
-                            return true;
+                            return Disposal::Done;
+                        }
+                        [k] => k.id.clone(),
+                        many => {
+                            let _ = self.store.record_abandoned_key_kept(&row.id);
+                            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, name = %policy::escaped(&name), keys = many.len(), "the abandoned rotation's next key is kept: several keys carry its attempt's name and rekey cannot tell which one it created; delete rekey's by hand");
+                            return Disposal::Ambiguous(many.len());
                         }
                     },
-                    Err(_) => return false,
+                    Err(_) => return Disposal::Retry,
                 }
             }
         };
@@ -1410,11 +1476,11 @@ impl Engine {
             Ok(_) => {
                 let _ = self.store.record_abandoned_key_deleted(&row.id, self.now());
                 tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, key = %id.escape_debug(), "deleted the next key of an abandoned rotation (no sink ever acknowledged it); its sealed secret is wiped");
-                true
+                Disposal::Done
             }
             Err(e) => {
                 tracing::warn!(policy = %row.policy, rotation = %row.id, key = %id.escape_debug(), error = %e, "cannot delete the abandoned rotation's next key yet; the next check tries again");
-                false
+                Disposal::Retry
             }
         }
     }

@@ -2109,3 +2109,307 @@ async fn a_provider_that_returns_the_id_on_create_never_lists_for_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_huge_retry_after_on_the_old_keys_delete_neither_panics_nor_spins() {
+    // A provider (or a proxy in front of it) answering the delete with
+    // `429 Retry-After: <absurd>`: past chrono's range the wait fell back
+    // to 0 (a hot loop); inside it, `now + wait` overflowed (a panic).
+    for secs in [u64::MAX, 100_000_000_000_000] {
+        let mut h = harness("", None);
+        h.engine.backoff = Backoff {
+            base: std::time::Duration::from_secs(2),
+            max: std::time::Duration::from_secs(3600),
+        };
+        h.fake.add("app-a", Duration::days(25), Duration::days(2));
+        h.check().await;
+        h.drive(h.clock.now()).await;
+        let r = h.latest();
+        assert_eq!(r.state, RotationState::Retiring);
+        h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::RateLimited {
+            retry_after: Some(std::time::Duration::from_secs(secs)),
+        });
+        h.clock.advance(Duration::hours(2));
+        let drives = h.run_for(Duration::hours(6), Duration::seconds(1)).await;
+        let calls = h.fake.st.lock().unwrap().delete_calls;
+        assert!(
+            (1..=8).contains(&calls),
+            "Retry-After {secs}s: {calls} delete calls ({drives} drives) in 6 h"
+        );
+        let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+        let next = row.next_attempt_at.expect("waiting");
+        assert!(
+            next >= h.clock.now() && next <= h.clock.now() + Duration::hours(1),
+            "Retry-After {secs}s: next try at {next}, now {}",
+            h.clock.now()
+        );
+    }
+}
+
+#[test]
+fn a_backoff_base_of_zero_or_above_the_cap_neither_spins_nor_panics() {
+    // `REKEY_BACKOFF_BASE_MS=0` made every retry immediate (a hot loop);
+    // a base above the cap made `clamp` panic on the first failure.
+    let s = std::time::Duration::from_secs;
+    let cap = s(3600);
+    for base in [std::time::Duration::ZERO, s(2 * 3600), s(100 * 86_400)] {
+        let b = Backoff { base, max: cap };
+        for failures in [1, 2, 5, 30] {
+            for d in [
+                b.delay(failures, None, None),
+                b.delay(failures, Some(Duration::hours(-1)), None),
+                b.delay(failures, Some(Duration::days(3)), None),
+                b.retire_delay(failures, None),
+            ] {
+                assert!(
+                    d >= crate::rotation::engine::BACKOFF_FLOOR && d <= cap,
+                    "base {base:?}, failure {failures}: {d:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn abandoning_a_retirement_whose_delete_keeps_failing_clears_retire_failing_and_deletes_nothing()
+ {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.advance(Duration::hours(2));
+    h.run_for(Duration::hours(2), Duration::seconds(1)).await;
+    assert_eq!(h.lineage_status("app-a").reason, "retire_failing");
+    assert_eq!(h.count_events("retire.failing"), 1);
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    // The operator fixed the permission meanwhile: still nothing deleted.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.clock.advance(Duration::hours(1));
+    h.check().await;
+    h.run_for(Duration::hours(3), Duration::seconds(1)).await;
+    assert_eq!(h.fake.st.lock().unwrap().delete_calls, calls);
+    assert!(h.fake.names().contains(&"app-a".to_string()), "{old} kept");
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.health, Health::Ok, "{l:?}");
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="retire_failing",policy="p"} 0"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 1"#), "{m}");
+    assert_eq!(h.count_events("retire.failing"), 1);
+}
+
+#[tokio::test]
+async fn abandoning_a_rotation_whose_key_has_a_hand_made_twin_deletes_neither_twin() {
+    // OceanBase returns no id on create and allows duplicate names: the
+    // rotation failed because two keys carry its attempt's name. Abandoned
+    // (by an operator, or after RESUME_FOR), the first key listed by that
+    // name was deleted — possibly the one rekey did not create.
+    for by_operator in [true, false] {
+        let h = harness("", None);
+        h.fake.add("app-a", Duration::days(25), Duration::days(2));
+        h.fake.st.lock().unwrap().twin_next_create = true;
+        h.check().await;
+        h.drive(h.clock.now() + Duration::minutes(5)).await;
+        let r = h.latest();
+        assert_eq!(r.state, RotationState::Failed);
+        assert!(r.new_key_id.is_none());
+        let twins = h.fake.names().len();
+        assert_eq!(twins, 3);
+        if by_operator {
+            let reply = h.engine.abandon(&h.rt, &r.id).await.unwrap();
+            let crate::rotation::report::CommandReply::Accepted { message, .. } = &reply else {
+                panic!("{reply:?}");
+            };
+            assert!(message.contains("kept"), "{message}");
+            assert!(!message.contains("was deleted"), "{message}");
+        } else {
+            h.clock.advance(Duration::days(8));
+            h.check().await;
+        }
+        // Later checks do not pick one either.
+        for _ in 0..3 {
+            h.clock.advance(Duration::hours(1));
+            h.check().await;
+        }
+        let st = h.fake.st.lock().unwrap();
+        assert!(
+            st.deleted.is_empty(),
+            "by_operator={by_operator}: deleted {:?}",
+            st.deleted
+        );
+        drop(st);
+        let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+        assert_eq!(row.error_class.as_deref(), Some("abandoned"));
+        assert_ne!(row.outcome.as_deref(), Some("next_key_deleted"));
+    }
+}
+
+#[tokio::test]
+async fn a_create_that_fails_on_every_check_raises_rotation_stuck_once_not_once_per_check() {
+    // max_attempts = 1: each check's new rotation fails at once, and the
+    // lineage is due again at the next check (schedule: every minute).
+    let h = harness("max_attempts = 1", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().create_errors = (0..30)
+        .map(|_| ProviderErrorKind::Api {
+            status: 500,
+            code: "InternalError".into(),
+            message: "internal".into(),
+        })
+        .collect();
+    for _ in 0..10 {
+        h.check().await;
+        h.drive(h.clock.now() + Duration::seconds(30)).await;
+        h.clock.advance(Duration::minutes(1));
+    }
+    let failed = h.count_events("rotation.failed");
+    assert!(failed >= 5, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").health, Health::Failing);
+    assert_eq!(
+        h.count_events("rotation.stuck"),
+        1,
+        "{failed} failed rotations: {:?}",
+        h.events()
+    );
+    // Fixed: the next rotation publishes and the condition clears.
+    h.fake.st.lock().unwrap().create_errors.clear();
+    h.check().await;
+    h.drive(h.clock.now() + Duration::seconds(30)).await;
+    assert!(h.latest().published_at.is_some());
+    let l = h.lineage_status("app-a");
+    assert!(l.health.is_healthy(), "{l:?}");
+    assert!(
+        h.metrics()
+            .contains(r#"rekey_condition{condition="step_failing",policy="p"} 0"#)
+    );
+}
+
+#[tokio::test]
+async fn a_lineage_whose_published_key_vanished_after_abandon_in_grace_rotates_again() {
+    // Abandoned in grace, then the new key was deleted out of band: the
+    // "a walk skipped the published key" guard held the lineage for ever
+    // (the old key expired, nothing rotated, `rotate` did nothing).
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    let new = r.new_key_id.clone().unwrap();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != new);
+    for _ in 0..6 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    let next = h.latest();
+    assert_ne!(
+        next.id, r.id,
+        "no rotation started after an hour of listings"
+    );
+    assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
+}
+
+#[tokio::test]
+async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_backoff() {
+    // Deadlines are stored as wall-clock times. A daemon that ran a day
+    // ahead (bad RTC, later corrected) and restarts found its grace end and
+    // its retry a day away: retirement stalled for a day.
+    let mut h = harness("", None);
+    h.engine.backoff = Backoff {
+        base: std::time::Duration::from_secs(2),
+        max: std::time::Duration::from_secs(3600),
+    };
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Retiring);
+    // Restart with the wall clock a day behind what it was.
+    h.clock.advance(Duration::days(-1));
+    h.engine.clamp_stored_deadlines().unwrap();
+    let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    let limit = h.clock.now() + Duration::hours(1);
+    assert!(row.retire_at.unwrap() <= limit, "{:?}", row.retire_at);
+    assert!(row.next_attempt_at.is_none_or(|t| t <= limit));
+    // The delete keeps failing: a retry is at most the cap away.
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.set(row.retire_at.unwrap());
+    h.run_for(Duration::hours(12), Duration::seconds(1)).await;
+    h.clock.advance(Duration::days(-1));
+    h.engine.clamp_stored_deadlines().unwrap();
+    let row = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    let t = row.next_attempt_at.unwrap();
+    assert!(t <= h.clock.now() + Duration::hours(1), "next try {t}");
+    // Nothing already close is moved.
+    let before = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    h.engine.clamp_stored_deadlines().unwrap();
+    let after = h.engine.store.rotation(&r.id).unwrap().unwrap();
+    assert_eq!(before.next_attempt_at, after.next_attempt_at);
+    assert_eq!(before.retire_at, after.retire_at);
+}
+
+#[tokio::test]
+async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
+    // `mode = "observe"` is report only; the checks' retry of an abandoned
+    // rotation's failed delete ran in every mode.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut h = harness("", Some(&missing));
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed);
+    assert_eq!(h.fake.names().len(), 2);
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.fake.st.lock().unwrap().delete_error = None;
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
+    h.clock.advance(Duration::minutes(5));
+    h.check().await;
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert_eq!(h.fake.names().len(), 2);
+    // Back to rotate: the next check deletes it.
+    h.rt.config = rotate;
+    h.clock.advance(Duration::minutes(5));
+    h.check().await;
+    assert_eq!(h.fake.names(), ["app-a"]);
+}
+
+#[tokio::test]
+async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once() {
+    // The sink directory is missing: each check resumes the rotation
+    // (failures reset to 0), which fails again at once.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness("max_attempts = 1", Some(&missing));
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    for _ in 0..8 {
+        h.check().await;
+        h.drive(h.clock.now() + Duration::seconds(30)).await;
+        h.clock.advance(Duration::minutes(1));
+    }
+    assert!(h.count_events("rotation.started") >= 4, "{:?}", h.events());
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    assert_eq!(
+        h.fake.names().len(),
+        2,
+        "one next key, resumed, not recreated"
+    );
+}

@@ -17,7 +17,7 @@
 //! | 2 | `unsafe_name`, `unrecognised_key`, `conflict` | reported by the planner (ownership rules)  | `failing` (`conflict`: `misconfigured`) |
 //! | 3 | `key_expired`      | the key consumers use (the current key) has passed its expiry         | `expired` |
 //! | 4 | `retire_failing`   | the old key's delete (or its checks) failed `failing_after_failures` times | `failing` |
-//! | 5 | `step_failing`     | a step of the active rotation failed `failing_after_failures` times, or the latest rotation failed and the lineage is still due | `failing` |
+//! | 5 | `step_failing`     | a step of the active rotation failed `failing_after_failures` times, or the latest rotation failed and the lineage is still due; once raised it holds until a rotation of the lineage publishes (a retry does not clear it) | `failing` |
 //! | 6 | `next_key_missing` | the latest rotation ended because its next key vanished during grace | `failing` |
 //! | 7 | `rotation_stuck`   | the active rotation is older than its grace period + `stuck_after`    | `failing` |
 //!
@@ -184,6 +184,8 @@ pub struct LineageFacts<'a> {
     pub failing_after: u32,
     /// The policy's `stuck_after` (`None`: [`STUCK_AFTER`]).
     pub stuck_after: Option<Duration>,
+    /// `step_failing` held for this lineage at the last rebuild.
+    pub step_failing_before: bool,
     /// Conditions the planner found (`unknown_time`, `unsafe_name`,
     /// `unrecognised_key`, `conflict`), with a message each.
     pub found: Vec<(Condition, String)>,
@@ -250,6 +252,24 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
                     ),
                 ));
             }
+        } else if f.step_failing_before
+            && matches!(a.state, RotationState::Planned | RotationState::Created)
+        {
+            // A retry (the next check's new rotation, or a resumed one)
+            // does not clear `step_failing` until it publishes: else a
+            // lineage that fails on every check raised it on every check.
+            conditions.push((
+                Condition::StepFailing,
+                format!(
+                    "rotation {} ({}) retries a lineage whose rotations keep failing; not yet published{}",
+                    a.id,
+                    a.state.as_str(),
+                    a.error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ),
+            ));
         }
         // 7: older than its bound.
         let bound = ChronoDuration::from_std(a.grace.saturating_add(stuck_after))

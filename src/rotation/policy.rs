@@ -155,6 +155,10 @@ pub struct Ledger {
     /// Key id → another policy on the same provider account that also
     /// claims that key (a runtime ownership conflict).
     pub claimed_elsewhere: HashMap<String, String>,
+    /// Lineages whose `step_failing` condition held at the last status
+    /// rebuild (the health rule keeps it through a retry that has not
+    /// published yet).
+    pub step_failing: HashSet<String>,
 }
 
 /// The other policies of `cfg` whose providers are of the same kind as
@@ -185,9 +189,20 @@ impl Ledger {
             rotations: store.policy_rotations(policy)?,
             claimed_elsewhere,
             known,
+            step_failing: store
+                .held_conditions(policy)?
+                .into_iter()
+                .filter(|(_, c)| c == health::Condition::StepFailing.as_str())
+                .map(|(l, _)| l)
+                .collect(),
         })
     }
 }
+
+/// How long a lineage's published key must have been missing from every
+/// complete listing (the store marks it `gone`) before the planner stops
+/// taking its absence for a walk that skipped it.
+pub const PUBLISHED_KEY_GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The safe alphabet of lineage names used in sink targets (DESIGN §2):
 /// `[A-Za-z0-9._-]`, not starting with `.`, 1 to [`MAX_LINEAGE_LEN`] bytes.
@@ -434,7 +449,8 @@ pub fn decide(
 /// - the current key is the latest published rotation's new key when it is
 ///   listed, else the newest adopted or published key;
 /// - a lineage whose latest published key is missing from the listing (a
-///   walk can skip a key) is not planned from it;
+///   walk can skip a key) is not planned from it, until the store has had
+///   it `gone` for [`PUBLISHED_KEY_GONE_AFTER`];
 /// - `unrecognised` keys, unsafe lineage names and keys another policy
 ///   claims set the lineage's `condition`; the last two stop it from
 ///   changing anything.
@@ -612,12 +628,28 @@ pub fn plan(
                 rotate_at: None,
             };
         }
-        // A walk that skipped the key the sinks hold decides nothing.
+        // A walk that skipped the key the sinks hold decides nothing —
+        // unless every complete listing has missed it for
+        // [`PUBLISHED_KEY_GONE_AFTER`]: then it is gone (deleted out of
+        // band after its rotation was abandoned in grace), and waiting for
+        // it would hold the lineage for ever.
+        let gone_for_good = |id: &str| {
+            ledger.known.iter().any(|k| {
+                k.key_id == id
+                    && k.state == "gone"
+                    && k.last_seen_at.is_some_and(|t| {
+                        now - t
+                            >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
+                                .unwrap_or(ChronoDuration::MAX)
+                    })
+            })
+        };
         if active.is_none()
             && let Some(id) = latest_published
             && preferred.is_none()
             && decision.rotate
             && !deleted.contains(id)
+            && !gone_for_good(id)
         {
             decision = Decision {
                 reason: Reason::InProgress,
@@ -707,6 +739,7 @@ pub fn plan(
                 last: last.as_ref(),
                 max_attempts: policy.max_attempts,
                 failing_after: policy.failing_after_failures,
+                step_failing_before: ledger.step_failing.contains(&name),
                 stuck_after: Some(policy.stuck_after),
                 found,
             },

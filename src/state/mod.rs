@@ -991,7 +991,7 @@ impl Store {
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         self.read(|tx| {
             tx.query_all(
-                "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
+                "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time, last_seen_at FROM keys WHERE policy = ?1",
                 p![policy],
             )?
             .iter()
@@ -1006,6 +1006,7 @@ impl Store {
                     created_at: opt_ts(r.get(6)?),
                     expires_at: opt_ts(r.get(7)?),
                     unknown_time: r.get(8)?,
+                    last_seen_at: opt_ts(r.get(9)?),
                 })
             })
             .collect()
@@ -1766,6 +1767,19 @@ impl Store {
         })
     }
 
+    /// The abandoned rotation's next key cannot be told apart from a twin
+    /// (several keys carry its attempt's name): none is deleted, and later
+    /// checks stop trying (outcome `next_key_kept`).
+    pub fn record_abandoned_key_kept(&self, id: &str) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE rotations SET outcome = 'next_key_kept' WHERE id = ?1 AND outcome IS NULL",
+                p![id],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Rotations abandoned (class `abandoned`) whose next key was created,
     /// never acknowledged by any sink, and not yet deleted.
     pub fn abandoned_unpublished(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
@@ -1857,6 +1871,20 @@ impl Store {
         })
     }
 
+    /// The (lineage, condition) pairs held for `policy` at its last
+    /// status rebuild.
+    pub fn held_conditions(&self, policy: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT lineage, condition FROM conditions WHERE policy = ?1",
+                p![policy],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+        })
+    }
+
     /// Forget the conditions of a policy a reload removed.
     pub fn clear_conditions(&self, policy: &str) -> Result<(), StoreError> {
         self.tx(|tx| {
@@ -1882,6 +1910,56 @@ impl Store {
             "state NOT IN ('completed', 'failed') ORDER BY started_at",
             p![],
         )
+    }
+
+    /// Bring an active rotation's stored deadlines (its `retire_at`, its
+    /// `next_attempt_at`, its sinks' `next_attempt_at`) no later than the
+    /// given ones; `None` leaves that one alone. Returns whether anything
+    /// moved.
+    pub fn clamp_deadlines(
+        &self,
+        id: &str,
+        retire_at: Option<DateTime<Utc>>,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let Some(row) = rotation_row_tx(tx, id)? else {
+                return Ok(false);
+            };
+            let mut moved = false;
+            if let (Some(limit), Some(t)) = (retire_at, row.retire_at)
+                && t > limit
+            {
+                tx.execute("UPDATE rotations SET retire_at = ?2 WHERE id = ?1", p![id, ts(limit)])?;
+                moved = true;
+            }
+            if row.next_attempt_at.is_some_and(|t| t > next_attempt_at) {
+                tx.execute(
+                    "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
+                    p![id, ts(next_attempt_at)],
+                )?;
+                moved = true;
+            }
+            let acks: Vec<(String, Option<String>)> = {
+                tx.query_all(
+                    "SELECT sink, next_attempt_at FROM sink_acks WHERE rotation_id = ?1",
+                    p![id],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, StoreError>>()?
+            };
+            for (sink, t) in acks {
+                if opt_ts(t).is_some_and(|t| t > next_attempt_at) {
+                    tx.execute(
+                        "UPDATE sink_acks SET next_attempt_at = ?3 WHERE rotation_id = ?1 AND sink = ?2",
+                        p![id, sink, ts(next_attempt_at)],
+                    )?;
+                    moved = true;
+                }
+            }
+            Ok(moved)
+        })
     }
 
     /// A policy's active rotations plus the latest rotation of each lineage
@@ -2690,6 +2768,8 @@ pub struct KnownKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// JSON of the times the last listing carried that did not parse.
     pub unknown_time: Option<String>,
+    /// When a listing last showed it.
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]

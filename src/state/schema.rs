@@ -57,7 +57,8 @@
 //! - `error`, `error_class` (`retryable`/`permanent`): the last failure.
 //! - `outcome`: for completed rotations: `deleted`, `retired` or `no_old_key`;
 //!   for an abandoned rotation whose next key was deleted, `next_key_deleted`;
-//!   for one abandoned in grace (its old key kept, not deleted), `old_key_kept`.
+//!   for one abandoned in grace (its old key kept, not deleted), `old_key_kept`;
+//!   for one whose next key has a same-named twin (none deleted), `next_key_kept`.
 //! - `prepared_at` (v3): when the provider's after-create step (Tencent: bind
 //!   to usage plans) finished; set once, so a sink retrying never re-runs it.
 //! - `listing_wait_since` (v3): since when the engine waits for an eventually

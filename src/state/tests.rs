@@ -1093,3 +1093,45 @@ backends!(
     delivery_cursors_start_at_the_end_and_only_move_forward,
     an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window,
 );
+
+/// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
+/// that run is killed (kill -9, power loss) its `-wal`/`-shm` stay behind,
+/// and were they root's (0600), the daemon, running as the `rekey` user,
+/// could no longer open its own DB. SQLite's unix VFS gives them the DB
+/// file's owner when running as root; this keeps that true.
+#[test]
+fn files_sqlite_makes_beside_a_db_owned_by_another_user_take_that_users_owner() {
+    use std::os::unix::fs::MetadataExt;
+    // Only root can hand a file to another user; CI runs as root.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    drop(Store::open(&db).unwrap());
+    let (uid, gid) = (65534, 65534);
+    for p in [dir.path().to_path_buf(), db.clone(), lock_path(&db)] {
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+    }
+    let store = Store::open(&db).unwrap();
+    store
+        .begin_rotation(&new_rotation("app-a", &["f"]))
+        .unwrap();
+    let mut seen = 0;
+    for suffix in ["-wal", "-shm", ".lock"] {
+        let mut s = db.as_os_str().to_owned();
+        s.push(suffix);
+        if let Ok(m) = std::fs::metadata(std::path::PathBuf::from(s)) {
+            seen += 1;
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (uid, gid),
+                "{suffix} is not the DB owner's"
+            );
+        }
+    }
+    assert!(seen >= 2, "the WAL files exist while the store is open");
+    // What a killed run leaves: the daemon's user can still use them.
+    std::mem::forget(store);
+}
