@@ -858,7 +858,10 @@ fn the_example_config_validates_when_every_secret_resolves() {
     };
     assert!(warnings.is_empty(), "warnings:\n{}", join(&warnings));
 
-    assert_eq!(cfg.daemon.state, PathBuf::from("/var/lib/rekey/state.db"));
+    assert_eq!(
+        cfg.daemon.state.sqlite_path(),
+        Some(Path::new("/var/lib/rekey/state.db"))
+    );
     assert_eq!(
         cfg.daemon.admin_token,
         Some(SecretRef::Credential("admin-token".into()))
@@ -1030,13 +1033,19 @@ fn state_path_defaults_to_the_first_state_directory_else_the_working_directory()
     let state = |vars: &[(&str, &str)]| {
         let mut all = vec![("OB_AK", "a"), ("OB_SK", "b")];
         all.extend_from_slice(vars);
-        load(MINIMAL, &hermetic_env(&all)).unwrap().0.daemon.state
+        load(MINIMAL, &hermetic_env(&all))
+            .unwrap()
+            .0
+            .daemon
+            .state
+            .sqlite_path()
+            .map(Path::to_path_buf)
     };
     assert_eq!(
         state(&[("STATE_DIRECTORY", "/var/lib/rekey:/var/lib/other")]),
-        PathBuf::from("/var/lib/rekey/state.db")
+        Some(PathBuf::from("/var/lib/rekey/state.db"))
     );
-    assert_eq!(state(&[]), PathBuf::from("rekey.db"));
+    assert_eq!(state(&[]), Some(PathBuf::from("rekey.db")));
 }
 
 // ------------------------------------------------------- secret references

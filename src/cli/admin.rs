@@ -122,10 +122,13 @@ fn connect(args: &AdminArgs, cfg: Option<&config::Config>) -> Result<(Client, Op
 /// refused or unknown.
 pub fn command(command: Command, rotation: &str, args: &AdminArgs) -> Result<ExitCode> {
     let cfg = load(&args.config)?;
+    // Offline only on SQLite, whose lock proves no daemon runs; with a
+    // PostgreSQL state the leader is asked (a standby forwards nothing).
     if command == Command::Abandon
         && let Some(cfg) = &cfg
+        && let Some(state) = cfg.daemon.state.sqlite_path()
     {
-        match Store::open(&cfg.daemon.state) {
+        match Store::open(state) {
             Ok(store) => return abandon_offline(cfg, store, rotation),
             Err(StoreError::Locked { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -185,6 +188,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         wake_notify: Arc::new(Notify::new()),
         slots: Arc::new(Semaphore::new(1)),
         backoff: Backoff::default(),
+        lease: crate::rotation::gate::LeaseGate::single(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

@@ -127,6 +127,12 @@ pub fn body(p: &Publication<'_>, now: DateTime<Utc>) -> Zeroizing<String> {
         "expires_at": p.expires_at.map(rfc3339),
         "fingerprint": p.fingerprint,
     });
+    let mut meta = meta;
+    if let Some(fence) = p.fence {
+        // PostgreSQL state only (DESIGN §8): the leader's fence; a receiver
+        // drops a body whose fence is lower than one it already took.
+        meta["fence"] = serde_json::json!(fence);
+    }
     let meta = meta.to_string();
     let secret = p.secret.to_json();
     let envelope_head =
@@ -261,6 +267,7 @@ mod tests {
             expires_at: None,
             secret: &f,
             fingerprint: &fp,
+            fence: None,
         };
         let b = body(&p, now);
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
