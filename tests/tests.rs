@@ -5,6 +5,7 @@ mod support;
 
 mod config;
 mod e2e;
+mod ha;
 mod huawei;
 mod lifecycle;
 mod liveness;

@@ -59,7 +59,13 @@ fn canonical(v: &toml::Value) -> String {
             keys.sort();
             let parts: Vec<String> = keys
                 .into_iter()
-                .map(|k| format!("{}:{}", serde_json::Value::String(k.clone()), canonical(&t[k])))
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::String(k.clone()),
+                        canonical(&t[k])
+                    )
+                })
                 .collect();
             format!("{{{}}}", parts.join(","))
         }

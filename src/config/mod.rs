@@ -134,7 +134,7 @@ pub enum StateConfig {
     Sqlite(PathBuf),
     /// A PostgreSQL database shared by several nodes, one of which leads
     /// (DESIGN §8).
-    Postgres(PostgresState),
+    Postgres(Box<PostgresState>),
 }
 
 impl StateConfig {

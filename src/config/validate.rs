@@ -729,7 +729,9 @@ fn url(cx: &mut Ctx, s: &Spanned<String>, key: &str, carries: Carries) -> Option
 
 fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
     let state = match &raw.state {
-        Some(s) if crate::state::postgres::is_postgres_url(s.get_ref()) => StateConfig::Postgres(postgres_state(cx, s, &raw)?),
+        Some(s) if crate::state::postgres::is_postgres_url(s.get_ref()) => {
+            StateConfig::Postgres(Box::new(postgres_state(cx, s, &raw)?))
+        }
         Some(s) => StateConfig::Sqlite(PathBuf::from(s.get_ref())),
         None => StateConfig::Sqlite(match cx.env.vars.get("STATE_DIRECTORY") {
             // systemd may pass several, colon-separated; the first is ours.
@@ -763,7 +765,10 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
         if !ok {
             cx.d.error_hint(
                 i.span(),
-                format!("`instance` {:?} is not a node name", name.escape_debug().to_string()),
+                format!(
+                    "`instance` {:?} is not a node name",
+                    name.escape_debug().to_string()
+                ),
                 "use 1 to 64 characters from A-Z a-z 0-9 . _ -, unique per node",
             );
             return None;
@@ -773,9 +778,7 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
     let lease_ttl = duration_or(cx, &raw.lease_ttl, "lease_ttl", DEFAULT_LEASE_TTL);
     let lease_renew = duration_or(cx, &raw.lease_renew, "lease_renew", DEFAULT_LEASE_RENEW);
     if lease_ttl < Duration::from_secs(1) || lease_renew.is_zero() || lease_renew * 2 > lease_ttl {
-        let span = sp(&raw.lease_renew)
-            .or(sp(&raw.lease_ttl))
-            .unwrap_or(0..0);
+        let span = sp(&raw.lease_renew).or(sp(&raw.lease_ttl)).unwrap_or(0..0);
         cx.d.error_hint(
             span,
             format!(

@@ -57,14 +57,13 @@ const SEAL_CHECK_LABEL: &[u8] = b"rekey seal key check v1";
 /// Errors: the key is not 64 hex characters (the message holds no key).
 pub fn seal_check_value(key_hex: &Secret) -> Result<String, String> {
     let bytes = zeroize::Zeroizing::new(
-        hex::decode(key_hex.expose().trim())
-            .map_err(|_| "the seal key is not hex".to_string())?,
+        hex::decode(key_hex.expose().trim()).map_err(|_| "the seal key is not hex".to_string())?,
     );
     if bytes.len() != 32 {
         return Err("the seal key is not 32 bytes (64 hex characters)".into());
     }
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
-        .expect("HMAC takes keys of any size");
+    let mut m =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes).expect("HMAC takes keys of any size");
     m.update(SEAL_CHECK_LABEL);
     Ok(hex::encode(m.finalize().into_bytes()))
 }
@@ -165,7 +164,7 @@ impl Node {
     /// at the next poll).
     pub fn try_acquire(&self) -> Result<Option<Acquired>, StoreError> {
         let info = self.store.lease_info()?;
-        let live = info.holder.is_some() && info.lease_until.is_some_and(|u| u > info.db_now);
+        let live = info.is_held();
         let mut refusal = None;
         if let Some(theirs) = info.config_digest.as_deref()
             && theirs != self.digest
@@ -204,15 +203,16 @@ impl Node {
             fence: Some(info.fence),
             lease_until: info.lease_until,
             lead_refused,
+            policies: self.status.load().leadership.policies.clone(),
         });
         let mine = info.holder.as_deref() == Some(self.instance.as_str());
         if refusal.is_some() || (live && !mine) {
             return Ok(None);
         }
         let sent = Instant::now();
-        let Some(lease) = self
-            .store
-            .lease_acquire(&self.instance, self.timing.ttl, &self.digest)?
+        let Some(lease) =
+            self.store
+                .lease_acquire(&self.instance, self.timing.ttl, &self.digest)?
         else {
             return Ok(None);
         };
@@ -247,6 +247,7 @@ impl Node {
             fence: Some(lease.fence),
             lease_until,
             lead_refused: None,
+            policies: Vec::new(),
         });
         tracing::info!(instance = %self.instance, fence = lease.fence, "leading: this node holds the lease; recovering unfinished work from the state");
     }
@@ -270,7 +271,10 @@ impl Node {
     /// any happened since start.
     pub fn any_fenced(&self) -> bool {
         let n = self.store.fenced_commits();
-        let mut counted = self.counted_fenced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counted = self
+            .counted_fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if n > *counted {
             self.metrics.fenced_commits.inc_by(n - *counted);
             *counted = n;
@@ -380,10 +384,13 @@ mod tests {
         let b = Secret::new("22".repeat(32));
         let ca = seal_check_value(&a).unwrap();
         assert_eq!(ca.len(), 64);
-        assert_eq!(ca, seal_check_value(&Secret::new(format!(" {} ", "11".repeat(32)))).unwrap());
+        assert_eq!(
+            ca,
+            seal_check_value(&Secret::new(format!(" {} ", "11".repeat(32)))).unwrap()
+        );
         assert_ne!(ca, seal_check_value(&b).unwrap());
         assert!(!ca.contains(&"11".repeat(32)));
-        assert!(seal_check_value(&Secret::new("zz".into())).is_err());
+        assert!(seal_check_value(&Secret::new("zz")).is_err());
         assert!(seal_check_value(&Secret::new("11".repeat(16))).is_err());
     }
 }

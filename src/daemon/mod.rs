@@ -435,6 +435,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             ));
             status.set_leadership(crate::rotation::report::Leadership {
                 role: crate::rotation::report::Role::Standby,
+                policies: cfg.policies.iter().map(|p| p.name.clone()).collect(),
                 ..Default::default()
             });
             notify(sdnotify::ready());
@@ -772,7 +773,7 @@ fn record_rotate_request(node: &lease::Node, req: RotateRequest) {
     let reply = match node.store.request_rotation(
         &req.policy,
         req.lineage.as_deref(),
-        req.revoke_old_immediately,
+        &serde_json::json!({ "revoke_old_immediately": req.revoke_old_immediately }),
         &node.instance,
     ) {
         Ok(id) => RotateReply::Accepted {
@@ -1211,19 +1212,19 @@ impl Daemon {
         };
         let rt = self.current();
         for r in requests {
-            let reply = match self.engine.rotate_now(
-                &rt,
-                &r.policy,
-                r.lineage.as_deref(),
-                r.revoke_old_immediately,
-            ) {
+            let revoke = r.options["revoke_old_immediately"].as_bool() == Some(true);
+            let reply = match self
+                .engine
+                .rotate_now(&rt, &r.policy, r.lineage.as_deref(), revoke)
+            {
                 Ok(reply) => reply,
                 Err(e) => crate::status::RotateReply::Refused {
                     message: e.to_string(),
                 },
             };
             tracing::info!(request = r.id, policy = %r.policy.escape_debug(), requested_by = %r.requested_by.escape_debug(), reply = %reply, "rotate request recorded by a standby");
-            if let Err(e) = self.engine.store.finish_rotation_request(r.id, &reply.to_string()) {
+            let result = serde_json::to_value(&reply).unwrap_or(serde_json::Value::Null);
+            if let Err(e) = self.engine.store.finish_rotation_request(r.id, &result) {
                 tracing::warn!(request = r.id, error = %e, "cannot record the result of a rotate request");
             }
         }
@@ -1314,7 +1315,7 @@ impl Daemon {
             }
         };
         let old = self.current();
-        if cfg.daemon.state != old.config.daemon.state
+        if cfg.daemon.state.display() != old.config.daemon.state.display()
             || cfg.daemon.listen != old.config.daemon.listen
             || cfg.daemon.admin_listen != old.config.daemon.admin_listen
         {

@@ -49,6 +49,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::gate::LeaseGate;
 use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
 use super::report::{
@@ -63,7 +64,6 @@ use crate::provider::listing::{Listing, Purpose};
 use crate::provider::{CreateRequest, DeleteOutcome, ProviderError, ProviderKey, SharedProvider};
 use crate::secret::SecretFields;
 use crate::sink::{Publication, ReadBack, SharedSink};
-use super::gate::LeaseGate;
 use crate::state::seal::Sealer;
 use crate::state::{
     CheckRecord, CreatedRecord, Event, NewRotation, RotationRow, RotationState, SeenKey, Store,

@@ -166,6 +166,11 @@ pub struct Leadership {
     /// seal key differs from the cluster's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_refused: Option<String>,
+    /// The policies of this node's config: a standby shows none in
+    /// `policies` but still records `POST /rotate` for these (not
+    /// serialized).
+    #[serde(skip)]
+    pub policies: Vec<String>,
 }
 
 /// A running daemon's identity: its config file, state and host.

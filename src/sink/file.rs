@@ -917,6 +917,7 @@ mod tests {
                 env_names: BTreeMap::new(),
                 field: None,
                 pass_env: Vec::new(),
+                shared: false,
             },
         )
     }
@@ -954,6 +955,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 pass_env: Vec::new(),
+                shared: false,
                 field: None,
             },
         )
@@ -1204,6 +1206,7 @@ mod tests {
                 env_names: BTreeMap::new(),
                 field: None,
                 pass_env: Vec::new(),
+                shared: false,
             },
         )
     }
@@ -1447,5 +1450,76 @@ mod tests {
             matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_fence_no_token_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut secret = SecretFields::new();
+        secret.insert("api_key", Secret::new("sk_one"));
+        let fp = secret.fingerprint();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        s.publish(&publication(&secret, &fp)).await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["app-a.out".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_write_under_a_lower_fence_than_the_token_is_refused_and_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        let mut newer = SecretFields::new();
+        newer.insert("api_key", Secret::new("sk_from_leader_7"));
+        let fp_newer = newer.fingerprint();
+        s.publish(&Publication {
+            fence: Some(7),
+            ..publication(&newer, &fp_newer)
+        })
+        .await
+        .unwrap();
+        let token = dir.path().join(".app-a.out.rekey-fence");
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "7\n");
+        let mut stale = SecretFields::new();
+        stale.insert("api_key", Secret::new("sk_from_deposed_leader_6"));
+        let fp_stale = stale.fingerprint();
+        let refused = s
+            .publish(&Publication {
+                fence: Some(6),
+                ..publication(&stale, &fp_stale)
+            })
+            .await;
+        if super::super::TOKENS_CHECKED {
+            let e = refused.unwrap_err();
+            assert!(e.fenced && !e.retryable, "{e:?}");
+            assert!(e.message.contains("fence token 7"), "{}", e.message);
+            assert!(!e.message.contains("sk_from"), "no secret in the error");
+            let held = std::fs::read_to_string(dir.path().join("app-a.out")).unwrap();
+            assert!(held.contains("sk_from_leader_7"));
+            assert_eq!(std::fs::read_to_string(&token).unwrap(), "7\n");
+        } else {
+            // The negative control (feature ha-test-unfenced): the stale
+            // write goes through, which the HA tests detect.
+            refused.unwrap();
+        }
+        // The same or a newer leader writes.
+        s.publish(&Publication {
+            fence: Some(8),
+            ..publication(&newer, &fp_newer)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "8\n");
+    }
+
+    #[test]
+    fn a_token_name_too_long_for_the_file_system_is_shortened() {
+        assert_eq!(token_name("k.env"), ".k.env.rekey-fence");
+        let long = "x".repeat(250);
+        let t = token_name(&long);
+        assert!(t.len() <= NAME_MAX && t.starts_with(".rekey-fence-"), "{t}");
+        assert_ne!(t, token_name(&"y".repeat(250)));
     }
 }
