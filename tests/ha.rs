@@ -18,7 +18,8 @@ use rekey::state::{RotationState, StateLocation, Store};
 use crate::support::pg::PgDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rekey");
-const SEAL_KEY: &str = "5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal5eal";
+const ADMIN_TOKEN: &str = "ha-test-admin-token";
+const SEAL_KEY: &str = "5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de5ea1c0de";
 
 /// Timing of the nodes' leases.
 #[derive(Clone, Copy)]
@@ -63,6 +64,7 @@ impl Cluster {
         std::fs::write(dir.path().join("ak"), oceanbase::DEFAULT_ACCESS_KEY_ID).unwrap();
         std::fs::write(dir.path().join("sk"), oceanbase::DEFAULT_ACCESS_KEY_SECRET).unwrap();
         std::fs::write(dir.path().join("seal"), SEAL_KEY).unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
         let now = Utc::now();
         for i in 0..seed {
             let (created, expires) = if i < due {
@@ -107,6 +109,7 @@ impl Cluster {
 state = "{url}"
 instance = "{name}"
 seal_key = {{ file = "{seal}" }}
+admin_token = {{ file = "{token}" }}
 listen = "127.0.0.1:0"
 lease_ttl = "{ttl}"
 lease_renew = "{renew}"
@@ -140,6 +143,7 @@ create = {{ action = "read" }}
 "#,
             url = self.db.url(),
             seal = self.path("seal").display(),
+            token = self.path("admin-token").display(),
             ttl = timing.ttl,
             renew = timing.renew,
             endpoint = self.emu.endpoint(),
@@ -260,7 +264,12 @@ create = {{ action = "read" }}
         let at = log.find("endpoint=")? + "endpoint=".len();
         let rest = &log[at..];
         let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-        Some(format!("http://{}", rest[..end].trim_matches('"')))
+        let ep = rest[..end].trim_matches('"');
+        Some(if ep.starts_with("http") {
+            ep.to_string()
+        } else {
+            format!("http://{ep}")
+        })
     }
 
     pub(crate) async fn status(&self, name: &str) -> serde_json::Value {
@@ -407,6 +416,7 @@ async fn one_of_three_nodes_leads_the_others_stand_by_and_a_standby_records_a_ro
     let ep = c.endpoint("node-b").unwrap();
     let r = reqwest::Client::new()
         .post(format!("{ep}/rotate/maas?lineage=app-1"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
