@@ -2056,6 +2056,13 @@ impl Engine {
         {
             return Ok(Step::Wait(t));
         }
+        // A shared state decides by the database's clock too: a node whose
+        // clock runs fast must not delete before the grace is over.
+        if let Some(left) = self.store.retire_wait(&row.id)? {
+            return Ok(Step::Wait(
+                now + ChronoDuration::from_std(left).unwrap_or_default(),
+            ));
+        }
         let new_id = row.new_key_id.clone().unwrap_or_default();
         let new_name = row.new_key_name.clone().unwrap_or_default();
         let caps = provider.capabilities();

@@ -1,10 +1,10 @@
-//! The SQLite state store.
+//! The state store: SQLite on one host, PostgreSQL for several (DESIGN §8).
 //!
 //! Everything rekey must not forget lives here: which keys each policy has
 //! seen and their lineages, every rotation and its create attempts, per-sink
 //! acknowledgements, the notification outbox, and each policy's check times.
 //!
-//! The engine never writes SQL and no `Connection` leaves this module: each
+//! The engine never writes SQL and no connection leaves this module: each
 //! public method is one *whole transition* — exactly one transaction that
 //! also writes the outbox events it causes — so a crash lands either before
 //! or after it, never inside. Transitions check the state they expect
@@ -16,7 +16,20 @@
 //! [`Store::open`] takes an exclusive `flock` on `state.db.lock` holding the
 //! owner's pid. A DB with a newer schema or a file that is not a SQLite DB
 //! is refused with a clear error and never modified or deleted.
+//!
+//! The same transitions run on PostgreSQL ([`Store::open_postgres`]): each
+//! is written once against [`backend::Tx`], and the dialects differ only in
+//! [`backend::Dialect`]. There, several nodes share one database: the lease
+//! row ([`lease`]) decides who leads, and once [`Store::set_fence`] is
+//! called every write transaction first checks the lease's fence under
+//! `FOR SHARE` and fails with [`StoreError::Fenced`] if another node took
+//! over. Durability there is the server's (`synchronous_commit`, and
+//! synchronous replication for a replicated server, DESIGN §8).
 
+pub(crate) mod backend;
+pub mod lease;
+pub mod migrate;
+pub mod postgres;
 pub mod schema;
 pub mod seal;
 
@@ -25,14 +38,17 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::Serialize;
+
+use backend::{Row, Tx, Value, p};
+pub use lease::{Lease, LeaseRow, RotateRequest};
+pub use postgres::{PgOptions, SslMode, StateLocation, UrlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +74,40 @@ pub enum StoreError {
     Conflict(String),
     #[error("state database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// PostgreSQL: the server refused a statement, or the connection failed
+    /// (the server's message and SQLSTATE).
+    #[error("state database error: {0}")]
+    Postgres(String),
+    /// PostgreSQL: the store thread or the connection is gone; the
+    /// transaction was not committed.
+    #[error("state database unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL: another node holds the lease now (its fence is newer, or
+    /// the holder changed); this transaction rolled back. The node must
+    /// stop acting as leader.
+    #[error(
+        "state transition fenced: this node's fence is {expected} but the lease now has fence {found} held by {}; another node leads, nothing was written",
+        holder.as_deref().unwrap_or("nobody")
+    )]
+    Fenced {
+        expected: i64,
+        found: i64,
+        holder: Option<String>,
+    },
+    /// An operation only the PostgreSQL backend has (lease, rotate
+    /// requests), asked of a SQLite store.
+    #[error(
+        "{0} needs a PostgreSQL state (daemon.state = \"postgres://…\"); this state is a SQLite file"
+    )]
+    Unsupported(&'static str),
+    /// A cell holds another kind of value than the column should (a row
+    /// another program wrote).
+    #[error("state database: column {column} holds {found}, expected {want}")]
+    Value {
+        column: usize,
+        want: &'static str,
+        found: &'static str,
+    },
 }
 
 /// Timestamp format used in every column.
@@ -142,21 +192,120 @@ pub fn key_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Which database a [`Store`] talks to.
+enum Db {
+    Sqlite(Mutex<Connection>),
+    Postgres(Mutex<postgres::PgConn>),
+}
+
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
     path: Option<PathBuf>,
     _lock: Option<LockFile>,
+    /// PostgreSQL: the fence every write transaction must still find in
+    /// the lease row ([`Store::set_fence`]); `None` = writes unfenced.
+    fence: Mutex<Option<i64>>,
+    /// Write transactions refused because the fence moved.
+    fenced_commits: AtomicU64,
+    /// Test builds only: fence checking can be switched off to prove the
+    /// HA suite detects what it prevents.
+    #[cfg(feature = "ha-test-unfenced")]
+    fence_checks: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Store({:?})", self.path)
+        match &self.db {
+            Db::Sqlite(_) => write!(f, "Store({:?})", self.path),
+            Db::Postgres(c) => write!(f, "Store({})", lock(c).opts.url),
+        }
     }
 }
 
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
+/// A poisoned lock is still usable: a panic inside a transaction leaves
+/// none half-applied (SQLite and PostgreSQL roll it back).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store {
+    fn with_db(db: Db, path: Option<PathBuf>, lock: Option<LockFile>) -> Store {
+        Store {
+            db,
+            path,
+            _lock: lock,
+            fence: Mutex::new(None),
+            fenced_commits: AtomicU64::new(0),
+            #[cfg(feature = "ha-test-unfenced")]
+            fence_checks: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Open the state wherever it lives: [`Store::open`] for a file,
+    /// [`Store::open_postgres`] for a database.
+    pub fn open_location(loc: &StateLocation) -> Result<Self, StoreError> {
+        match loc {
+            StateLocation::Sqlite(p) => Store::open(p),
+            StateLocation::Postgres(o) => Store::open_postgres(o),
+        }
+    }
+
+    /// Connect to a PostgreSQL state (DESIGN §8) and migrate its schema
+    /// (each migration one transaction under an advisory lock, so nodes
+    /// starting together migrate once). Refused: a newer schema
+    /// ([`StoreError::NewerSchema`]), a database holding other tables but
+    /// no rekey schema ([`StoreError::Corrupt`]), a connection that fails
+    /// ([`StoreError::Open`], with the server's reason). Several nodes may
+    /// open one database: who writes is decided by the lease
+    /// ([`Store::lease_acquire`]) and enforced by the fence.
+    pub fn open_postgres(opts: &PgOptions) -> Result<Self, StoreError> {
+        let conn = postgres::PgConn::start(opts)?;
+        let store = Store::with_db(Db::Postgres(Mutex::new(conn)), None, None);
+        store.migrate_postgres()?;
+        Ok(store)
+    }
+
+    /// Connect to a PostgreSQL state for reading (`rekey history`, `plan`):
+    /// no migration; an older or newer schema is refused.
+    pub fn open_postgres_read_only(opts: &PgOptions) -> Result<Self, StoreError> {
+        let conn = postgres::PgConn::start(opts)?;
+        let store = Store::with_db(Db::Postgres(Mutex::new(conn)), None, None);
+        let v = store.pg_version()?;
+        let name = PathBuf::from(&opts.url);
+        if v > schema::PG_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: name,
+                found: v,
+                supported: schema::PG_VERSION,
+            });
+        }
+        if v < schema::PG_VERSION {
+            return Err(StoreError::Open {
+                path: name,
+                reason: format!(
+                    "schema version {v} is older than {}; start the daemon once to upgrade it",
+                    schema::PG_VERSION
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Whether this store is a PostgreSQL one.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
+    }
+
+    /// The instance name a PostgreSQL store writes as lease holder.
+    pub fn instance(&self) -> Option<String> {
+        match &self.db {
+            Db::Sqlite(_) => None,
+            Db::Postgres(c) => Some(lock(c).opts.instance.clone()),
+        }
+    }
+
     /// Open (creating if needed) the daemon's state: take the single-instance
     /// lock, check the file, migrate.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -197,11 +346,11 @@ impl Store {
         // Look before touching: `configure` switches the journal to WAL,
         // which rewrites the header of a DB we are about to refuse.
         preflight(&conn, path)?;
-        let store = Store {
-            conn: Mutex::new(conn),
-            path: Some(path.to_path_buf()),
-            _lock: Some(lock),
-        };
+        let store = Store::with_db(
+            Db::Sqlite(Mutex::new(conn)),
+            Some(path.to_path_buf()),
+            Some(lock),
+        );
         store.configure()?;
         store.migrate()?;
         for suffix in ["-wal", "-shm"] {
@@ -232,11 +381,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let store = Store {
-            conn: Mutex::new(conn),
-            path: Some(path.to_path_buf()),
-            _lock: None,
-        };
+        let store = Store::with_db(Db::Sqlite(Mutex::new(conn)), Some(path.to_path_buf()), None);
         let v = store.version().map_err(|e| store.corrupt(e))?;
         if v > schema::VERSION {
             return Err(StoreError::NewerSchema {
@@ -258,11 +403,11 @@ impl Store {
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let store = Store {
-            conn: Mutex::new(Connection::open_in_memory()?),
-            path: None,
-            _lock: None,
-        };
+        let store = Store::with_db(
+            Db::Sqlite(Mutex::new(Connection::open_in_memory()?)),
+            None,
+            None,
+        );
         store.configure()?;
         store.migrate()?;
         Ok(store)
@@ -279,10 +424,12 @@ impl Store {
         }
     }
 
+    /// The SQLite connection (file-only operations: pragmas, checkpoints).
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves no half transaction behind
-        // (SQLite rolls it back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        match &self.db {
+            Db::Sqlite(c) => lock(c),
+            Db::Postgres(_) => unreachable!("SQLite-only operation on a PostgreSQL store"),
+        }
     }
 
     fn configure(&self) -> Result<(), StoreError> {
@@ -309,9 +456,10 @@ impl Store {
     /// row appends a new copy of its page to the WAL) stays on disk. With
     /// `secure_delete` the DB file's freed space is zeroed too. Best effort:
     /// a reader holding an old snapshot (`rekey history`) can keep the WAL
-    /// from being truncated; the next wipe tries again.
+    /// from being truncated; the next wipe tries again. (PostgreSQL keeps
+    /// dead row versions until VACUUM; the secret there is sealed anyway.)
     fn checkpoint_after_wipe(&self) {
-        if self.path.is_none() {
+        if self.path.is_none() || !matches!(self.db, Db::Sqlite(_)) {
             return;
         }
         let c = self.conn();
@@ -363,15 +511,198 @@ impl Store {
         Ok(())
     }
 
-    fn tx<T>(
+    fn pg(&self) -> Option<MutexGuard<'_, postgres::PgConn>> {
+        match &self.db {
+            Db::Sqlite(_) => None,
+            Db::Postgres(c) => Some(lock(c)),
+        }
+    }
+
+    fn pg_name(&self) -> PathBuf {
+        self.pg()
+            .map(|c| PathBuf::from(&c.opts.url))
+            .unwrap_or_default()
+    }
+
+    /// The PostgreSQL schema version (0: no rekey schema yet).
+    fn pg_version(&self) -> Result<i64, StoreError> {
+        let c = self.pg().ok_or(StoreError::Unsupported("pg_version"))?;
+        let t = c.autocommit();
+        let exists: bool = t
+            .query_row("SELECT to_regclass('schema_version') IS NOT NULL", p![])?
+            .get(0)?;
+        if !exists {
+            return Ok(0);
+        }
+        Ok(t.query_opt("SELECT version FROM schema_version", p![])?
+            .map(|r| r.get::<i64>(0))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Apply each pending PostgreSQL migration in its own transaction,
+    /// serialised across nodes by `pg_advisory_xact_lock`.
+    fn migrate_postgres(&self) -> Result<(), StoreError> {
+        let name = self.pg_name();
+        let c = self
+            .pg()
+            .ok_or(StoreError::Unsupported("migrate_postgres"))?;
+        loop {
+            let tx = c.begin()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(?1)",
+                p![schema::PG_MIGRATION_LOCK],
+            )?;
+            let exists: bool = tx
+                .query_row("SELECT to_regclass('schema_version') IS NOT NULL", p![])?
+                .get(0)?;
+            let v = if exists {
+                tx.query_opt("SELECT version FROM schema_version", p![])?
+                    .map(|r| r.get::<i64>(0))
+                    .transpose()?
+                    .unwrap_or(0)
+            } else {
+                // A database with tables but no schema_version belongs to
+                // something else: adding ours to it would mix the two.
+                let tables: Vec<String> = tx
+                    .query_all(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
+                        p![],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect::<Result<_, _>>()?;
+                if !tables.is_empty() {
+                    return Err(StoreError::Corrupt {
+                        path: name,
+                        reason: format!(
+                            "the database has tables ({}) but no rekey schema version",
+                            tables.join(", ")
+                        ),
+                    });
+                }
+                0
+            };
+            if v > schema::PG_VERSION {
+                return Err(StoreError::NewerSchema {
+                    path: name,
+                    found: v,
+                    supported: schema::PG_VERSION,
+                });
+            }
+            if v == schema::PG_VERSION {
+                tx.rollback()?;
+                return Ok(());
+            }
+            c.batch(schema::PG_MIGRATIONS[v as usize])?;
+            tx.execute("UPDATE schema_version SET version = ?1", p![v + 1])?;
+            tx.commit()?;
+        }
+    }
+
+    // ------------------------------------------------------------ transactions
+
+    /// One write transaction: SQLite `BEGIN IMMEDIATE`; PostgreSQL `BEGIN`,
+    /// then the fence check when a fence is set ([`Store::set_fence`]).
+    fn tx<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match &self.db {
+            Db::Sqlite(c) => {
+                let mut c = lock(c);
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&*tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Db::Postgres(c) => {
+                let c = lock(c);
+                let tx = c.begin()?;
+                self.check_fence(&tx, &c.opts.instance)?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// A PostgreSQL write that a standby may make (a recorded rotate
+    /// request): never fenced.
+    fn tx_unfenced<T>(
         &self,
-        f: impl FnOnce(&Transaction) -> Result<T, StoreError>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let c = self.pg().ok_or(StoreError::Unsupported("unfenced write"))?;
+        let tx = c.begin()?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Reads: the SQLite connection as it is (no transaction, as before),
+    /// PostgreSQL statements in autocommit.
+    fn read<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match &self.db {
+            Db::Sqlite(c) => f(&*lock(c)),
+            Db::Postgres(c) => f(&lock(c).autocommit()),
+        }
+    }
+
+    /// The first statement of every PostgreSQL write transaction once a
+    /// fence is set: lock the lease row `FOR SHARE` (a new leader's
+    /// acquisition waits for this transaction, and this one sees any
+    /// acquisition committed before it) and compare fence and holder.
+    fn check_fence(&self, tx: &postgres::PgTx<'_>, instance: &str) -> Result<(), StoreError> {
+        let Some(expected) = *lock(&self.fence) else {
+            return Ok(());
+        };
+        #[cfg(feature = "ha-test-unfenced")]
+        if !self.fence_checks.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let row = tx.query_opt(
+            "SELECT fence, holder FROM lease WHERE name = 'leader' FOR SHARE",
+            p![],
+        )?;
+        let (found, holder): (i64, Option<String>) = match row {
+            Some(r) => (r.get(0)?, r.get(1)?),
+            None => (0, None),
+        };
+        if found != expected || holder.as_deref() != Some(instance) {
+            self.fenced_commits.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Fenced {
+                expected,
+                found,
+                holder: holder.map(|h| crate::logging::escape(&h).into_owned()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fence every later write transaction with `fence` (PostgreSQL; call it
+    /// right after [`Store::lease_acquire`] succeeds), or stop fencing with
+    /// `None`. From then on a transaction that finds another fence or
+    /// holder in the lease row rolls back with [`StoreError::Fenced`]. A
+    /// SQLite store has one writer by its file lock and ignores it.
+    pub fn set_fence(&self, fence: Option<i64>) {
+        *lock(&self.fence) = fence;
+    }
+
+    /// The fence set by [`Store::set_fence`].
+    pub fn fence(&self) -> Option<i64> {
+        *lock(&self.fence)
+    }
+
+    /// Write transactions refused with [`StoreError::Fenced`] so far (the
+    /// metric `rekey_fenced_commits_total`).
+    pub fn fenced_commits(&self) -> u64 {
+        self.fenced_commits.load(Ordering::SeqCst)
+    }
+
+    /// Test builds only (cargo feature `ha-test-unfenced`, never in a
+    /// release): switch the fence check off (`false`) or on, to prove the
+    /// HA tests detect a double writer when nothing prevents it.
+    #[cfg(feature = "ha-test-unfenced")]
+    pub fn set_fence_checks(&self, on: bool) {
+        self.fence_checks.store(on, Ordering::SeqCst);
     }
 
     // ---------------------------------------------------------------- events
@@ -383,29 +714,33 @@ impl Store {
 
     /// Events after `seq`, oldest first.
     pub fn events_after(&self, seq: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT seq, id, type, at, policy, rotation_id, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![seq, limit as i64], |r| {
-            Ok(EventRow {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                kind: r.get(2)?,
-                at: opt_ts(r.get(3)?).unwrap_or_default(),
-                policy: r.get(4)?,
-                rotation_id: r.get(5)?,
-                data: serde_json::from_str(&r.get::<_, String>(6)?)
-                    .unwrap_or(serde_json::Value::Null),
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT seq, id, type, at, policy, rotation_id, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                p![seq, limit as i64],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(EventRow {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    kind: r.get(2)?,
+                    at: opt_ts(r.get(3)?).unwrap_or_default(),
+                    policy: r.get(4)?,
+                    rotation_id: r.get(5)?,
+                    data: serde_json::from_str(&r.get::<String>(6)?)
+                        .unwrap_or(serde_json::Value::Null),
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     pub fn last_event_seq(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+        self.read(|tx| {
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", p![])?
+                .get(0)
+        })
     }
 
     /// The delivery cursor of a notification target, registering it (at the
@@ -413,22 +748,21 @@ impl Store {
     pub fn delivery(&self, target: &str) -> Result<DeliveryRow, StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO deliveries (target, cursor) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM events))",
-                params![target],
+                "INSERT INTO deliveries (target, cursor) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM events))
+                 ON CONFLICT DO NOTHING",
+                p![target],
             )?;
-            Ok(tx.query_row(
+            let r = tx.query_row(
                 "SELECT target, cursor, attempts, next_attempt_at, last_error FROM deliveries WHERE target = ?1",
-                params![target],
-                |r| {
-                    Ok(DeliveryRow {
-                        target: r.get(0)?,
-                        cursor: r.get(1)?,
-                        attempts: r.get(2)?,
-                        next_attempt_at: opt_ts(r.get(3)?),
-                        last_error: r.get(4)?,
-                    })
-                },
-            )?)
+                p![target],
+            )?;
+            Ok(DeliveryRow {
+                target: r.get(0)?,
+                cursor: r.get(1)?,
+                attempts: r.get(2)?,
+                next_attempt_at: opt_ts(r.get(3)?),
+                last_error: r.get(4)?,
+            })
         })
     }
 
@@ -436,8 +770,11 @@ impl Store {
     pub fn delivery_done(&self, target: &str, seq: i64) -> Result<(), StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "UPDATE deliveries SET cursor = MAX(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
-                params![target, seq],
+                &format!(
+                    "UPDATE deliveries SET cursor = {}(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
+                    tx.dialect().greatest
+                ),
+                p![target, seq],
             )?;
             Ok(())
         })
@@ -453,7 +790,7 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE target = ?1",
-                params![target, ts(next), error],
+                p![target, ts(next), error],
             )?;
             Ok(())
         })
@@ -469,48 +806,62 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO dead_letters (target, event_seq, event_id, type, at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![target, ev.seq, ev.id, ev.kind, ts(at), error],
+                "INSERT INTO dead_letters (target, event_seq, event_id, type, at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (target, event_seq) DO UPDATE SET event_id = excluded.event_id, type = excluded.type,
+                    at = excluded.at, error = excluded.error",
+                p![target, ev.seq, ev.id, ev.kind, ts(at), error],
             )?;
             tx.execute(
-                "UPDATE deliveries SET cursor = MAX(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
-                params![target, ev.seq],
+                &format!(
+                    "UPDATE deliveries SET cursor = {}(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
+                    tx.dialect().greatest
+                ),
+                p![target, ev.seq],
             )?;
             Ok(())
         })
     }
 
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare(
-            "SELECT target, event_seq, event_id, type, at, error FROM dead_letters ORDER BY at",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(DeadLetter {
-                target: r.get(0)?,
-                event_seq: r.get(1)?,
-                event_id: r.get(2)?,
-                kind: r.get(3)?,
-                at: opt_ts(r.get(4)?).unwrap_or_default(),
-                error: r.get(5)?,
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT target, event_seq, event_id, type, at, error FROM dead_letters ORDER BY at",
+                p![],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    target: r.get(0)?,
+                    event_seq: r.get(1)?,
+                    event_id: r.get(2)?,
+                    kind: r.get(3)?,
+                    at: opt_ts(r.get(4)?).unwrap_or_default(),
+                    error: r.get(5)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Per notification target: events not yet delivered (the outbox
     /// depth) and dead letters. Read-only; a target that never ran has no
     /// row yet.
     pub fn outbox_state(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT d.target,
-                    MAX(0, (SELECT COALESCE(MAX(seq), 0) FROM events) - d.cursor),
+        self.read(|tx| {
+            tx.query_all(
+                &format!(
+                    "SELECT d.target,
+                    {}(0, (SELECT COALESCE(MAX(seq), 0) FROM events) - d.cursor),
                     (SELECT COUNT(*) FROM dead_letters x WHERE x.target = d.target)
              FROM deliveries d ORDER BY d.target",
-        )?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                    tx.dialect().greatest
+                ),
+                p![],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect()
+        })
     }
 
     /// Record that `key.expiring` for this threshold went out (same
@@ -524,8 +875,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.tx(|tx| {
             let n = tx.execute(
-                "INSERT OR IGNORE INTO expiring_notices (policy, key_id, threshold, at) VALUES (?1, ?2, ?3, ?4)",
-                params![policy, key_id, threshold, ts(ev.at)],
+                "INSERT INTO expiring_notices (policy, key_id, threshold, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                p![policy, key_id, threshold, ts(ev.at)],
             )?;
             if n == 1 {
                 insert_event(tx, ev)?;
@@ -537,21 +889,24 @@ impl Store {
     // ---------------------------------------------------------- policy state
 
     pub fn policy_state(&self, policy: &str) -> Result<Option<PolicyStateRow>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 "SELECT policy, last_check_at, next_check_at, health, last_error, decisions FROM policy_state WHERE policy = ?1",
-                params![policy],
-                policy_state_row,
-            )
-            .optional()?)
+                p![policy],
+            )?
+            .as_ref()
+            .map(policy_state_row)
+            .transpose()
+        })
     }
 
     pub fn policy_states(&self) -> Result<Vec<PolicyStateRow>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare("SELECT policy, last_check_at, next_check_at, health, last_error, decisions FROM policy_state")?;
-        let rows = st.query_map([], policy_state_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            tx.query_all("SELECT policy, last_check_at, next_check_at, health, last_error, decisions FROM policy_state", p![])?
+                .iter()
+                .map(policy_state_row)
+                .collect()
+        })
     }
 
     /// When a policy's next scheduled check is due (survives restarts).
@@ -560,7 +915,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO policy_state (policy, next_check_at) VALUES (?1, ?2)
                  ON CONFLICT (policy) DO UPDATE SET next_check_at = excluded.next_check_at",
-                params![policy, ts(at)],
+                p![policy, ts(at)],
             )?;
             Ok(())
         })
@@ -571,17 +926,15 @@ impl Store {
     pub fn record_check(&self, check: &CheckRecord) -> Result<(), StoreError> {
         self.tx(|tx| {
             let at = ts(check.at);
-            {
-                let mut up = tx.prepare_cached(
+            for k in &check.keys {
+                tx.execute(
                     "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, 'live')
                      ON CONFLICT (policy, key_id) DO UPDATE SET
                         name = excluded.name, created_at = excluded.created_at, expires_at = excluded.expires_at,
                         last_seen_at = excluded.last_seen_at,
                         state = CASE WHEN keys.state = 'gone' THEN 'live' ELSE keys.state END",
-                )?;
-                for k in &check.keys {
-                    up.execute(params![
+                    p![
                         check.policy,
                         k.key_id,
                         k.name,
@@ -592,23 +945,23 @@ impl Store {
                         at,
                         k.origin,
                         k.rotation_id,
-                    ])?;
-                }
+                    ],
+                )?;
+            }
+            tx.execute(
+                "UPDATE keys SET unknown_time = NULL WHERE policy = ?1 AND unknown_time IS NOT NULL",
+                p![check.policy],
+            )?;
+            for k in check.keys.iter().filter(|k| k.unknown_time.is_some()) {
                 tx.execute(
-                    "UPDATE keys SET unknown_time = NULL WHERE policy = ?1 AND unknown_time IS NOT NULL",
-                    params![check.policy],
-                )?;
-                let mut odd = tx.prepare_cached(
                     "UPDATE keys SET unknown_time = ?3 WHERE policy = ?1 AND key_id = ?2",
+                    p![check.policy, k.key_id, k.unknown_time],
                 )?;
-                for k in check.keys.iter().filter(|k| k.unknown_time.is_some()) {
-                    odd.execute(params![check.policy, k.key_id, k.unknown_time])?;
-                }
             }
             if check.complete_listing {
                 tx.execute(
                     "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND state IN ('live', 'retiring') AND last_seen_at < ?2",
-                    params![check.policy, at],
+                    p![check.policy, at],
                 )?;
             }
             tx.execute(
@@ -617,7 +970,7 @@ impl Store {
                  ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
                     next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
                     health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
-                params![check.policy, at, check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
+                p![check.policy, at, check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
             )?;
             Ok(())
         })
@@ -625,24 +978,27 @@ impl Store {
 
     /// Keys a policy knows (any state), for lineage membership.
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
-        )?;
-        let rows = st.query_map(params![policy], |r| {
-            Ok(KnownKey {
-                key_id: r.get(0)?,
-                name: r.get(1)?,
-                lineage: r.get(2)?,
-                origin: r.get(3)?,
-                rotation_id: r.get(4)?,
-                state: r.get(5)?,
-                created_at: opt_ts(r.get(6)?),
-                expires_at: opt_ts(r.get(7)?),
-                unknown_time: r.get(8)?,
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time FROM keys WHERE policy = ?1",
+                p![policy],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(KnownKey {
+                    key_id: r.get(0)?,
+                    name: r.get(1)?,
+                    lineage: r.get(2)?,
+                    origin: r.get(3)?,
+                    rotation_id: r.get(4)?,
+                    state: r.get(5)?,
+                    created_at: opt_ts(r.get(6)?),
+                    expires_at: opt_ts(r.get(7)?),
+                    unknown_time: r.get(8)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     // ------------------------------------------------------------- rotations
@@ -651,28 +1007,19 @@ impl Store {
     /// has an active rotation (at most one at a time, enforced by an index).
     pub fn begin_rotation(&self, r: &NewRotation) -> Result<Option<String>, StoreError> {
         self.tx(|tx| {
-            let active: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
-                    params![r.policy, r.lineage],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let active = tx.query_opt(
+                "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+                p![r.policy, r.lineage],
+            )?;
             if active.is_some() {
                 return Ok(None);
             }
-            let id = loop {
-                let candidate = format!("{:08x}", rand::random::<u32>());
-                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
-                if !taken {
-                    break candidate;
-                }
-            };
+            let id = new_rotation_id(tx)?;
             tx.execute(
                 "INSERT INTO rotations (id, policy, lineage, provider, state, reason, message, trigger, revoke_old_immediately,
                     old_key_id, old_key_name, sinks, grace_seconds, started_at)
                  VALUES (?1, ?2, ?3, ?4, 'planned', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
+                p![
                     id,
                     r.policy,
                     r.lineage,
@@ -688,11 +1035,11 @@ impl Store {
                     ts(r.at),
                 ],
             )?;
-            {
-                let mut st = tx.prepare_cached("INSERT INTO sink_acks (rotation_id, sink, state) VALUES (?1, ?2, 'pending')")?;
-                for s in &r.sinks {
-                    st.execute(params![id, s])?;
-                }
+            for s in &r.sinks {
+                tx.execute(
+                    "INSERT INTO sink_acks (rotation_id, sink, state) VALUES (?1, ?2, 'pending')",
+                    p![id, s],
+                )?;
             }
             insert_event(
                 tx,
@@ -721,20 +1068,20 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<(u32, String), StoreError> {
         self.tx(|tx| {
-            let (state, attempt): (String, u32) =
-                tx.query_row("SELECT state, attempt FROM rotations WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let r = tx.query_row("SELECT state, attempt FROM rotations WHERE id = ?1", p![id])?;
+            let (state, attempt): (String, u32) = (r.get(0)?, r.get(1)?);
             if state != "planned" {
                 return Err(StoreError::Conflict(format!("rotation {id} is {state}, not planned")));
             }
             // An `abandoned` attempt may stay unresolved (watched for) while
             // the next one runs: the engine lists for it before each create.
             let open: Option<u32> = tx
-                .query_row(
+                .query_opt(
                     "SELECT attempt FROM attempts WHERE rotation_id = ?1 AND state = 'requested'",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+                    p![id],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
             if let Some(a) = open {
                 return Err(StoreError::Conflict(format!("rotation {id} attempt {a} is unresolved")));
             }
@@ -742,9 +1089,9 @@ impl Store {
             let name = name_for(next);
             tx.execute(
                 "INSERT INTO attempts (rotation_id, attempt, name, state, started_at) VALUES (?1, ?2, ?3, 'requested', ?4)",
-                params![id, next, name, ts(at)],
+                p![id, next, name, ts(at)],
             )?;
-            tx.execute("UPDATE rotations SET attempt = ?2, new_key_name = ?3 WHERE id = ?1", params![id, next, name])?;
+            tx.execute("UPDATE rotations SET attempt = ?2, new_key_name = ?3 WHERE id = ?1", p![id, next, name])?;
             Ok((next, name))
         })
     }
@@ -766,20 +1113,16 @@ impl Store {
                     failures = 0, error = NULL, error_class = NULL, next_attempt_at = NULL
                  WHERE id = ?1 AND state = 'planned' AND attempt = ?2
                    AND EXISTS (SELECT 1 FROM attempts WHERE rotation_id = ?1 AND attempt = ?2 AND state = 'requested')",
-                params![id, attempt, key.key_id, key.name, key.created_at.map(ts), key.expires_at.map(ts), sealed, fingerprint, ts(at)],
+                p![id, attempt, key.key_id, key.name, key.created_at.map(ts), key.expires_at.map(ts), sealed, fingerprint, ts(at)],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict(format!("rotation {id} attempt {attempt} is not the open create")));
             }
             tx.execute(
                 "UPDATE attempts SET state = 'created', finished_at = ?3 WHERE rotation_id = ?1 AND attempt = ?2",
-                params![id, attempt, ts(at)],
+                p![id, attempt, ts(at)],
             )?;
-            let (policy, lineage, provider): (String, String, String) = tx.query_row(
-                "SELECT policy, lineage, provider FROM rotations WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let (policy, lineage, provider) = rotation_owner(tx, id)?;
             if let Some(key_id) = &key.key_id {
                 upsert_created_key(tx, &policy, &provider, &lineage, id, key_id, key, at)?;
             }
@@ -813,13 +1156,9 @@ impl Store {
             tx.execute(
                 "UPDATE rotations SET new_key_id = ?2, new_key_created_at = COALESCE(?3, new_key_created_at),
                     new_key_expires_at = COALESCE(?4, new_key_expires_at) WHERE id = ?1",
-                params![id, key_id, key.created_at.map(ts), key.expires_at.map(ts)],
+                p![id, key_id, key.created_at.map(ts), key.expires_at.map(ts)],
             )?;
-            let (policy, lineage, provider): (String, String, String) = tx.query_row(
-                "SELECT policy, lineage, provider FROM rotations WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let (policy, lineage, provider) = rotation_owner(tx, id)?;
             upsert_created_key(tx, &policy, &provider, &lineage, id, key_id, key, at)?;
             Ok(())
         })
@@ -839,7 +1178,7 @@ impl Store {
             tx.execute(
                 "UPDATE attempts SET state = ?3, finished_at = ?4, error = COALESCE(?5, error)
                  WHERE rotation_id = ?1 AND attempt = ?2 AND state IN ('requested', 'abandoned')",
-                params![
+                p![
                     id,
                     attempt,
                     if cleaned { "cleaned" } else { "abandoned" },
@@ -864,10 +1203,10 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET failures = failures + 1, error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
-                params![id, error, class, next_attempt_at.map(ts)],
+                p![id, error, class, next_attempt_at.map(ts)],
             )?;
             let _ = at;
-            Ok(tx.query_row("SELECT failures FROM rotations WHERE id = ?1", params![id], |r| r.get(0))?)
+            tx.query_row("SELECT failures FROM rotations WHERE id = ?1", p![id])?.get(0)
         })
     }
 
@@ -883,7 +1222,7 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
-                params![id, error, class, next_attempt_at.map(ts)],
+                p![id, error, class, next_attempt_at.map(ts)],
             )?;
             Ok(())
         })
@@ -916,7 +1255,7 @@ impl Store {
                 "UPDATE rotations SET state = 'failed', error = ?2, error_class = ?3, finished_at = ?4, next_attempt_at = NULL,
                     sealed_secret = CASE WHEN state = 'created' THEN sealed_secret ELSE NULL END
                  WHERE id = ?1",
-                params![id, error, class, ts(at)],
+                p![id, error, class, ts(at)],
             )?;
             insert_event(
                 tx,
@@ -956,7 +1295,7 @@ impl Store {
                 "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, fingerprint = ?5,
                     last_error = NULL, next_attempt_at = NULL
                  WHERE rotation_id = ?1 AND sink = ?2 AND state != 'acked'",
-                params![id, sink, ts(at), detail, fingerprint],
+                p![id, sink, ts(at), detail, fingerprint],
             )?;
             if n != 1 {
                 return Err(unacked_sink_conflict(id, sink));
@@ -976,24 +1315,25 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
-            let active: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed'))",
-                params![row.policy, row.lineage],
-                |r| r.get(0),
-            )?;
+            let active: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed'))",
+                    p![row.policy, row.lineage],
+                )?
+                .get(0)?;
             let n = if active {
                 0
             } else {
                 tx.execute(
                     "UPDATE rotations SET state = 'created', failures = 0, next_attempt_at = NULL, finished_at = NULL
                      WHERE id = ?1 AND state = 'failed' AND sealed_secret IS NOT NULL AND created_at IS NOT NULL",
-                    params![id],
+                    p![id],
                 )?
             };
             if n == 1 {
                 tx.execute(
                     "UPDATE sink_acks SET next_attempt_at = NULL WHERE rotation_id = ?1 AND state != 'acked'",
-                    params![id],
+                    p![id],
                 )?;
                 insert_event(
                     tx,
@@ -1028,7 +1368,7 @@ impl Store {
             let n = tx.execute(
                 "UPDATE sink_acks SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
                  WHERE rotation_id = ?1 AND sink = ?2 AND state != 'acked'",
-                params![id, sink, error, next.map(ts)],
+                p![id, sink, error, next.map(ts)],
             )?;
             if n != 1 {
                 return Err(unacked_sink_conflict(id, sink));
@@ -1038,30 +1378,35 @@ impl Store {
     }
 
     pub fn sink_acks(&self, id: &str) -> Result<Vec<SinkAckRow>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT sink, state, attempts, next_attempt_at, last_error, acked_at, detail, fingerprint FROM sink_acks WHERE rotation_id = ?1 ORDER BY sink",
-        )?;
-        let rows = st.query_map(params![id], |r| {
-            Ok(SinkAckRow {
-                sink: r.get(0)?,
-                state: r.get(1)?,
-                attempts: r.get(2)?,
-                next_attempt_at: opt_ts(r.get(3)?),
-                last_error: r.get(4)?,
-                acked_at: opt_ts(r.get(5)?),
-                detail: r.get(6)?,
-                fingerprint: r.get(7)?,
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT sink, state, attempts, next_attempt_at, last_error, acked_at, detail, fingerprint FROM sink_acks WHERE rotation_id = ?1 ORDER BY sink",
+                p![id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(SinkAckRow {
+                    sink: r.get(0)?,
+                    state: r.get(1)?,
+                    attempts: r.get(2)?,
+                    next_attempt_at: opt_ts(r.get(3)?),
+                    last_error: r.get(4)?,
+                    acked_at: opt_ts(r.get(5)?),
+                    detail: r.get(6)?,
+                    fingerprint: r.get(7)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached("SELECT attempt, name, state, started_at, finished_at, error FROM attempts WHERE rotation_id = ?1 ORDER BY attempt")?;
-        let rows = st.query_map(params![id], |r| attempt_row(r, 0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            tx.query_all("SELECT attempt, name, state, started_at, finished_at, error FROM attempts WHERE rotation_id = ?1 ORDER BY attempt", p![id])?
+                .iter()
+                .map(|r| attempt_row(r, 0))
+                .collect()
+        })
     }
 
     /// Every sink acknowledged: wipe the sealed secret, move to `published`,
@@ -1079,11 +1424,12 @@ impl Store {
             if row.state != RotationState::Created {
                 return Err(StoreError::Conflict(format!("rotation {id} is {}, not created", row.state.as_str())));
             }
-            let pending: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM sink_acks WHERE rotation_id = ?1 AND state != 'acked'",
-                params![id],
-                |r| r.get(0),
-            )?;
+            let pending: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM sink_acks WHERE rotation_id = ?1 AND state != 'acked'",
+                    p![id],
+                )?
+                .get(0)?;
             if pending > 0 {
                 return Err(StoreError::Conflict(format!("rotation {id} has {pending} sink(s) without acknowledgement")));
             }
@@ -1093,7 +1439,7 @@ impl Store {
             }
             tx.execute(
                 "UPDATE rotations SET state = 'published', published_at = ?2, sealed_secret = NULL, failures = 0, error = NULL, error_class = NULL WHERE id = ?1",
-                params![id, ts(at)],
+                p![id, ts(at)],
             )?;
             insert_event(
                 tx,
@@ -1113,11 +1459,11 @@ impl Store {
                 (Some(old), Some(when)) => {
                     tx.execute(
                         "UPDATE rotations SET state = 'retiring', retire_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
-                        params![id, ts(when)],
+                        p![id, ts(when)],
                     )?;
                     tx.execute(
                         "UPDATE keys SET state = 'retiring' WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
-                        params![row.policy, old],
+                        p![row.policy, old],
                     )?;
                 }
                 _ => complete_tx(tx, &row, "no_old_key", at)?,
@@ -1128,6 +1474,34 @@ impl Store {
             self.checkpoint_after_wipe();
         }
         wiped
+    }
+
+    /// Whether a retiring rotation's old key may be deleted *by the
+    /// database's clock*: `None` when its grace (`retire_at`) and retry
+    /// deadline (`next_attempt_at`) have passed, else how long is left.
+    /// PostgreSQL compares with the server's `now()`, so a node whose
+    /// clock runs fast cannot delete early after a takeover (DESIGN §8).
+    /// SQLite has one node and one clock, already compared by the engine:
+    /// always `None`. A missing rotation is [`StoreError::Conflict`].
+    pub fn retire_wait(&self, id: &str) -> Result<Option<Duration>, StoreError> {
+        if !self.is_postgres() {
+            return Ok(None);
+        }
+        self.read(|tx| {
+            let r = tx
+                .query_opt(
+                    "SELECT CAST(EXTRACT(EPOCH FROM (GREATEST(CAST(retire_at AS timestamptz),
+                            COALESCE(CAST(next_attempt_at AS timestamptz), CAST(retire_at AS timestamptz))) - now())) * 1000 AS BIGINT)
+                     FROM rotations WHERE id = ?1",
+                    p![id],
+                )?
+                .ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            let ms: Option<i64> = r.get(0)?;
+            Ok(match ms {
+                Some(ms) if ms > 0 => Some(Duration::from_millis(ms as u64)),
+                _ => None,
+            })
+        })
     }
 
     /// The old key is gone (deleted, or 404 on delete): complete.
@@ -1150,7 +1524,7 @@ impl Store {
                 let key_state = if outcome == "deleted" { "deleted" } else { "retired" };
                 tx.execute(
                     "UPDATE keys SET state = ?3 WHERE policy = ?1 AND key_id = ?2",
-                    params![row.policy, old, key_state],
+                    p![row.policy, old, key_state],
                 )?;
                 let kind = if outcome == "deleted" { "key.deleted" } else { "key.retired" };
                 insert_event(
@@ -1176,7 +1550,7 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET retire_at = ?2, next_attempt_at = ?2, revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('retiring', 'published')",
-                params![id, ts(at)],
+                p![id, ts(at)],
             )?;
             Ok(())
         })
@@ -1188,15 +1562,15 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET next_attempt_at = NULL WHERE id = ?1 AND state IN ('planned', 'created')",
-                params![id],
+                p![id],
             )?;
             tx.execute(
                 "UPDATE rotations SET next_attempt_at = retire_at WHERE id = ?1 AND state IN ('published', 'retiring')",
-                params![id],
+                p![id],
             )?;
             tx.execute(
                 "UPDATE sink_acks SET next_attempt_at = NULL WHERE rotation_id = ?1 AND state != 'acked'",
-                params![id],
+                p![id],
             )?;
             Ok(())
         })
@@ -1207,7 +1581,7 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
-                params![id, at.map(ts)],
+                p![id, at.map(ts)],
             )?;
             Ok(())
         })
@@ -1220,7 +1594,7 @@ impl Store {
             expect_state(tx, id, RotationState::Created)?;
             tx.execute(
                 "UPDATE rotations SET prepared_at = ?2, failures = 0, error = NULL, error_class = NULL WHERE id = ?1 AND prepared_at IS NULL",
-                params![id, ts(at)],
+                p![id, ts(at)],
             )?;
             Ok(())
         })
@@ -1232,7 +1606,7 @@ impl Store {
         self.tx(|tx| {
             tx.execute(
                 "UPDATE rotations SET old_disabled_at = ?2 WHERE id = ?1 AND old_disabled_at IS NULL",
-                params![id, ts(at)],
+                p![id, ts(at)],
             )?;
             Ok(())
         })
@@ -1249,11 +1623,11 @@ impl Store {
             match since {
                 Some(t) => tx.execute(
                     "UPDATE rotations SET listing_wait_since = COALESCE(listing_wait_since, ?2) WHERE id = ?1",
-                    params![id, ts(t)],
+                    p![id, ts(t)],
                 )?,
                 None => tx.execute(
                     "UPDATE rotations SET listing_wait_since = NULL WHERE id = ?1",
-                    params![id],
+                    p![id],
                 )?,
             };
             Ok(())
@@ -1282,18 +1656,18 @@ impl Store {
             tx.execute(
                 "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'next_key_missing', finished_at = ?3,
                     next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
-                params![id, error, ts(at)],
+                p![id, error, ts(at)],
             )?;
             if let Some(old) = &row.old_key_id {
                 tx.execute(
                     "UPDATE keys SET state = 'live' WHERE policy = ?1 AND key_id = ?2 AND state = 'retiring'",
-                    params![row.policy, old],
+                    p![row.policy, old],
                 )?;
             }
             if let Some(new) = &row.new_key_id {
                 tx.execute(
                     "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
-                    params![row.policy, new],
+                    p![row.policy, new],
                 )?;
             }
             let data = serde_json::json!({
@@ -1331,7 +1705,7 @@ impl Store {
             tx.execute(
                 "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'abandoned', finished_at = COALESCE(finished_at, ?3),
                     next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
-                params![id, why, ts(at)],
+                p![id, why, ts(at)],
             )?;
             if row.state != RotationState::Failed {
                 let data = serde_json::json!({
@@ -1357,12 +1731,12 @@ impl Store {
             if let Some(k) = &row.new_key_id {
                 tx.execute(
                     "UPDATE keys SET state = 'deleted' WHERE policy = ?1 AND key_id = ?2",
-                    params![row.policy, k],
+                    p![row.policy, k],
                 )?;
             }
             tx.execute(
                 "UPDATE rotations SET outcome = 'next_key_deleted' WHERE id = ?1",
-                params![id],
+                p![id],
             )?;
             let data = serde_json::json!({
                 "policy": row.policy, "lineage": row.lineage, "provider": row.provider, "rotation_id": id,
@@ -1382,17 +1756,19 @@ impl Store {
              AND published_at IS NULL AND outcome IS NULL
              AND NOT EXISTS (SELECT 1 FROM sink_acks s WHERE s.rotation_id = rotations.id AND s.state = 'acked')
              ORDER BY started_at",
-            params![policy],
+            p![policy],
         )
     }
 
     /// Whether any sink ever acknowledged this rotation's next key.
     pub fn any_sink_acked(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS (SELECT 1 FROM sink_acks WHERE rotation_id = ?1 AND state = 'acked')",
-            params![id],
-            |r| r.get(0),
-        )?)
+        self.read(|tx| {
+            tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sink_acks WHERE rotation_id = ?1 AND state = 'acked')",
+                p![id],
+            )?
+            .get(0)
+        })
     }
 
     /// Apply `--revoke-old-immediately` to a rotation that has not
@@ -1401,7 +1777,7 @@ impl Store {
         self.tx(|tx| {
             Ok(tx.execute(
                 "UPDATE rotations SET revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('planned', 'created')",
-                params![id],
+                p![id],
             )? == 1)
         })
     }
@@ -1417,23 +1793,23 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, StoreError> {
         self.tx(|tx| {
-            let existing: Vec<(String, String)> = {
-                let mut st = tx.prepare_cached("SELECT lineage, condition FROM conditions WHERE policy = ?1")?;
-                st.query_map(params![policy], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?
-            };
+            let existing: Vec<(String, String)> = tx
+                .query_all("SELECT lineage, condition FROM conditions WHERE policy = ?1", p![policy])?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, StoreError>>()?;
             let mut started = Vec::new();
             for (lineage, condition, event, message) in held {
                 if existing.iter().any(|(l, c)| l == lineage && c == condition) {
                     tx.execute(
                         "UPDATE conditions SET message = ?4 WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
-                        params![policy, lineage, condition, message],
+                        p![policy, lineage, condition, message],
                     )?;
                     continue;
                 }
                 tx.execute(
                     "INSERT INTO conditions (policy, lineage, condition, since, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![policy, lineage, condition, ts(at), message],
+                    p![policy, lineage, condition, ts(at), message],
                 )?;
                 if let Some(event) = event {
                     insert_event(
@@ -1455,7 +1831,7 @@ impl Store {
                 if !held.iter().any(|(hl, hc, _, _)| hl == l && hc == c) {
                     tx.execute(
                         "DELETE FROM conditions WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
-                        params![policy, l, c],
+                        p![policy, l, c],
                     )?;
                 }
             }
@@ -1466,22 +1842,27 @@ impl Store {
     /// Forget the conditions of a policy a reload removed.
     pub fn clear_conditions(&self, policy: &str) -> Result<(), StoreError> {
         self.tx(|tx| {
-            tx.execute("DELETE FROM conditions WHERE policy = ?1", params![policy])?;
+            tx.execute("DELETE FROM conditions WHERE policy = ?1", p![policy])?;
             Ok(())
         })
     }
 
     pub fn rotation(&self, id: &str) -> Result<Option<RotationRow>, StoreError> {
-        let mut c = self.conn();
-        let tx = c.transaction()?;
-        rotation_row_tx(&tx, id)
+        match &self.db {
+            Db::Sqlite(c) => {
+                let mut c = lock(c);
+                let tx = c.transaction()?;
+                rotation_row_tx(&*tx, id)
+            }
+            Db::Postgres(_) => self.read(|tx| rotation_row_tx(tx, id)),
+        }
     }
 
     /// Unfinished rotations, oldest first: what recovery resumes.
     pub fn active_rotations(&self) -> Result<Vec<RotationRow>, StoreError> {
         self.rotations_where(
             "state NOT IN ('completed', 'failed') ORDER BY started_at",
-            [],
+            p![],
         )
     }
 
@@ -1490,6 +1871,8 @@ impl Store {
     pub fn policy_rotations(&self, policy: &str) -> Result<Vec<RotationRow>, StoreError> {
         // Each part uses its own index, so the cost follows the number of
         // lineages and unfinished rotations, not the length of the history.
+        // (`rowid` is SQLite's; the PostgreSQL schema has an identity
+        // column of that name, in insertion order too.)
         self.rotations_where(
             "rowid IN (
                 SELECT rowid FROM rotations WHERE policy = ?1 AND state NOT IN ('completed', 'failed')
@@ -1501,7 +1884,7 @@ impl Store {
                 FROM (SELECT DISTINCT lineage FROM rotations WHERE policy = ?1) l
              )
              ORDER BY started_at",
-            params![policy],
+            p![policy],
         )
     }
 
@@ -1511,39 +1894,45 @@ impl Store {
         &self,
         policy: &str,
     ) -> Result<Vec<(String, AttemptRow)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT a.rotation_id, a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT a.rotation_id, a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
              FROM attempts a JOIN rotations r ON r.id = a.rotation_id
              WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
-        )?;
-        let rows = st.query_map(params![policy], |r| Ok((r.get(0)?, attempt_row(r, 1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                p![policy],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, attempt_row(r, 1)?)))
+            .collect()
+        })
     }
 
     /// Every create attempt of a policy that did not hand rekey a key
     /// (`requested`, `abandoned`, `cleaned`), with its rotation: their names
     /// are orphans to watch for, for ever (a late create is still deleted).
     pub fn orphan_attempts(&self, policy: &str) -> Result<Vec<OrphanAttempt>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT a.rotation_id, r.lineage, r.state, a.absent_listings, a.absent_since,
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT a.rotation_id, r.lineage, r.state, a.absent_listings, a.absent_since,
                     a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
              FROM attempts a JOIN rotations r ON r.id = a.rotation_id
              WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned', 'cleaned')",
-        )?;
-        let rows = st.query_map(params![policy], |r| {
-            let state: String = r.get(2)?;
-            Ok(OrphanAttempt {
-                rotation_id: r.get(0)?,
-                lineage: r.get(1)?,
-                rotation_state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
-                absent_listings: r.get(3)?,
-                absent_since: opt_ts(r.get(4)?),
-                attempt: attempt_row(r, 5)?,
+                p![policy],
+            )?
+            .iter()
+            .map(|r| {
+                let state: String = r.get(2)?;
+                Ok(OrphanAttempt {
+                    rotation_id: r.get(0)?,
+                    lineage: r.get(1)?,
+                    rotation_state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
+                    absent_listings: r.get(3)?,
+                    absent_since: opt_ts(r.get(4)?),
+                    attempt: attempt_row(r, 5)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// A complete listing that started at `listing_started` (after the
@@ -1559,16 +1948,15 @@ impl Store {
         listing_started: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.tx(|tx| {
-            let row: Option<(String, String, u32)> = tx
-                .query_row(
-                    "SELECT state, started_at, absent_listings FROM attempts WHERE rotation_id = ?1 AND attempt = ?2",
-                    params![rotation_id, attempt],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((state, started, absent)) = row else {
+            let row = tx.query_opt(
+                "SELECT state, started_at, absent_listings FROM attempts WHERE rotation_id = ?1 AND attempt = ?2",
+                p![rotation_id, attempt],
+            )?;
+            let Some(row) = row else {
                 return Ok(false);
             };
+            let (state, started, absent): (String, String, u32) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
             if state == "cleaned" {
                 return Ok(true);
             }
@@ -1586,7 +1974,7 @@ impl Store {
                 "UPDATE attempts SET absent_listings = ?3, absent_since = COALESCE(absent_since, ?4),
                     state = ?5, finished_at = COALESCE(finished_at, ?4)
                  WHERE rotation_id = ?1 AND attempt = ?2",
-                params![
+                p![
                     rotation_id,
                     attempt,
                     absent,
@@ -1601,30 +1989,33 @@ impl Store {
     /// Keys rekey created, as its rotations recorded them: the evidence of
     /// ownership (a name that parses through `name_template` is none).
     pub fn owned_keys(&self, policy: &str) -> Result<Vec<OwnedKey>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            // A new key a later rotation of the policy deleted as its old
-            // key is gone for good: the store's `deleted` state covers it,
-            // so the history it would add is skipped.
-            "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
+        self.read(|tx| {
+            tx.query_all(
+                // A new key a later rotation of the policy deleted as its old
+                // key is gone for good: the store's `deleted` state covers it,
+                // so the history it would add is skipped.
+                "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
              FROM rotations r WHERE policy = ?1 AND new_key_name IS NOT NULL
                AND NOT (new_key_id IS NOT NULL AND EXISTS (
                    SELECT 1 FROM rotations o WHERE o.policy = r.policy AND o.old_key_id = r.new_key_id
                      AND o.outcome = 'deleted'))",
-        )?;
-        let rows = st.query_map(params![policy], |r| {
-            let state: String = r.get(4)?;
-            Ok(OwnedKey {
-                rotation_id: r.get(0)?,
-                lineage: r.get(1)?,
-                key_id: r.get(2)?,
-                name: r.get(3)?,
-                state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
-                published: r.get(5)?,
-                recovered: r.get::<_, String>(6)? == "recovery",
+                p![policy],
+            )?
+            .iter()
+            .map(|r| {
+                let state: String = r.get(4)?;
+                Ok(OwnedKey {
+                    rotation_id: r.get(0)?,
+                    lineage: r.get(1)?,
+                    key_id: r.get(2)?,
+                    name: r.get(3)?,
+                    state: RotationState::parse(&state).unwrap_or(RotationState::Failed),
+                    published: r.get(5)?,
+                    recovered: r.get::<String>(6)? == "recovery",
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Of `key_ids` (live keys of `policy`), those one of `others` (other
@@ -1640,22 +2031,23 @@ impl Store {
         if others.is_empty() {
             return Ok(out);
         }
-        let c = self.conn();
+        let others = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
         // One query: the policy's live keys that a rival also holds live.
-        let mut st = c.prepare_cached(
-            "SELECT k.key_id, MIN(k.policy) FROM keys k
-             WHERE k.policy IN (SELECT value FROM json_each(?2))
+        let rows = self.read(|tx| {
+            tx.query_all(
+                &format!(
+                    "SELECT k.key_id, MIN(k.policy) FROM keys k
+             WHERE k.policy IN (SELECT value FROM {})
                AND k.state IN ('live', 'retiring')
                AND k.key_id IN (SELECT key_id FROM keys WHERE policy = ?1 AND state IN ('live', 'retiring'))
              GROUP BY k.key_id",
-        )?;
-        let others = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
-        let rows = st.query_map(params![policy, others], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    tx.dialect().json_values("?2")
+                ),
+                p![policy, others],
+            )
         })?;
-        for row in rows {
-            let (id, other) = row?;
-            out.insert(id, other);
+        for r in rows {
+            out.insert(r.get(0)?, r.get(1)?);
         }
         Ok(out)
     }
@@ -1681,23 +2073,14 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
         self.tx(|tx| {
-            let active: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
-                    params![policy, lineage],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let active = tx.query_opt(
+                "SELECT id FROM rotations WHERE policy = ?1 AND lineage = ?2 AND state NOT IN ('completed', 'failed')",
+                p![policy, lineage],
+            )?;
             if active.is_some() {
                 return Ok(None);
             }
-            let id = loop {
-                let candidate = format!("{:08x}", rand::random::<u32>());
-                let taken: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)", params![candidate], |row| row.get(0))?;
-                if !taken {
-                    break candidate;
-                }
-            };
+            let id = new_rotation_id(tx)?;
             let sinks: Vec<&str> = acks.iter().map(|(s, _)| s.as_str()).collect();
             let retire_at = old.map(|_| at + chrono::Duration::from_std(grace).unwrap_or_default());
             tx.execute(
@@ -1707,7 +2090,7 @@ impl Store {
                     finished_at, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'recovered', ?6, 'recovery', 0, ?7, ?8, 1, ?9, ?10, ?11, ?12, NULL, ?13, ?14,
                     ?15, ?15, ?15, ?16, ?16, ?17, ?18)",
-                params![
+                p![
                     id,
                     policy,
                     lineage,
@@ -1730,24 +2113,22 @@ impl Store {
             )?;
             tx.execute(
                 "INSERT INTO attempts (rotation_id, attempt, name, state, started_at, finished_at) VALUES (?1, 1, ?2, 'created', ?3, ?3)",
-                params![id, new.name, ts(at)],
+                p![id, new.name, ts(at)],
             )?;
             for (sink, fp) in acks {
                 tx.execute(
                     "INSERT INTO sink_acks (rotation_id, sink, state, attempts, acked_at, detail, fingerprint)
                      VALUES (?1, ?2, 'acked', 0, ?3, 'recovered from read-back', ?4)",
-                    params![id, sink, ts(at), fp],
+                    p![id, sink, ts(at), fp],
                 )?;
             }
-            let mut up = tx.prepare_cached(
-                "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
+            let up = "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)
                  ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = excluded.origin,
-                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at",
-            )?;
-            up.execute(params![policy, new.id, new.name, lineage, provider, new.created_at.map(ts), new.expires_at.map(ts), ts(at), "created", id, "live"])?;
+                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at";
+            tx.execute(up, p![policy, new.id, new.name, lineage, provider, new.created_at.map(ts), new.expires_at.map(ts), ts(at), "created", id, "live"])?;
             if let Some(o) = old {
-                up.execute(params![policy, o.id, o.name, lineage, provider, o.created_at.map(ts), o.expires_at.map(ts), ts(at), "adopted", Option::<String>::None, "retiring"])?;
+                tx.execute(up, p![policy, o.id, o.name, lineage, provider, o.created_at.map(ts), o.expires_at.map(ts), ts(at), "adopted", Option::<String>::None, "retiring"])?;
             }
             Ok(Some(id))
         })
@@ -1755,20 +2136,21 @@ impl Store {
 
     /// Who last wrote a sink target (`kind:rendered target`), if recorded.
     pub fn sink_target_owner(&self, target: &str) -> Result<Option<TargetOwner>, StoreError> {
-        let c = self.conn();
-        Ok(c.query_row(
-            "SELECT sink, policy, lineage, rotation_id FROM sink_targets WHERE target = ?1",
-            params![target],
-            |r| {
+        self.read(|tx| {
+            tx.query_opt(
+                "SELECT sink, policy, lineage, rotation_id FROM sink_targets WHERE target = ?1",
+                p![target],
+            )?
+            .map(|r| {
                 Ok(TargetOwner {
                     sink: r.get(0)?,
                     policy: r.get(1)?,
                     lineage: r.get(2)?,
                     rotation_id: r.get(3)?,
                 })
-            },
-        )
-        .optional()?)
+            })
+            .transpose()
+        })
     }
 
     /// Record the writer of a sink target (after a write, or when claiming a
@@ -1785,7 +2167,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (target) DO UPDATE SET sink = excluded.sink, policy = excluded.policy,
                     lineage = excluded.lineage, rotation_id = excluded.rotation_id, written_at = excluded.written_at",
-                params![target, owner.sink, owner.policy, owner.lineage, owner.rotation_id, ts(at)],
+                p![target, owner.sink, owner.policy, owner.lineage, owner.rotation_id, ts(at)],
             )?;
             Ok(())
         })
@@ -1794,13 +2176,16 @@ impl Store {
     /// The (policy, lineage) pairs a sink acknowledged a key for, newest
     /// first: how targets written before schema v2 are claimed.
     pub fn acked_writers(&self, sink: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT r.policy, r.lineage, MAX(a.acked_at) FROM sink_acks a JOIN rotations r ON r.id = a.rotation_id
+        self.read(|tx| {
+            tx.query_all(
+                "SELECT r.policy, r.lineage, MAX(a.acked_at) FROM sink_acks a JOIN rotations r ON r.id = a.rotation_id
              WHERE a.sink = ?1 AND a.state = 'acked' GROUP BY r.policy, r.lineage ORDER BY 3 DESC",
-        )?;
-        let rows = st.query_map(params![sink], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                p![sink],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+        })
     }
 
     /// Rotation history, newest first.
@@ -1812,11 +2197,11 @@ impl Store {
         match policy {
             Some(p) => self.rotations_where(
                 "policy = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2",
-                params![p, limit as i64],
+                p![p, limit as i64],
             ),
             None => self.rotations_where(
                 "1 = 1 ORDER BY started_at DESC, rowid DESC LIMIT ?1",
-                params![limit as i64],
+                p![limit as i64],
             ),
         }
     }
@@ -1826,64 +2211,70 @@ impl Store {
         Ok(self.history(Some(policy), 1)?.into_iter().next())
     }
 
-    fn rotations_where<P: rusqlite::Params>(
+    fn rotations_where(
         &self,
         clause: &str,
-        p: P,
+        params: &[Value],
     ) -> Result<Vec<RotationRow>, StoreError> {
-        let c = self.conn();
         let sql = format!("SELECT {ROTATION_COLS} FROM rotations WHERE {clause}");
-        let mut st = c.prepare_cached(&sql)?;
-        let rows = st.query_map(p, rotation_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            tx.query_all(&sql, params)?
+                .iter()
+                .map(rotation_row)
+                .collect()
+        })
     }
 
     /// Every sealed secret still held, by rotation id (start-up checks
     /// that the seal key opens each). Abandoned rotations hold none.
     pub fn sealed_secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare_cached(
-            // Each half uses its partial index (rotations_active,
-            // rotations_resumable): start-up stays independent of history.
-            "SELECT id, sealed_secret FROM rotations WHERE state NOT IN ('completed', 'failed') AND sealed_secret IS NOT NULL
+        self.read(|tx| {
+            tx.query_all(
+                // Each half uses its partial index (rotations_active,
+                // rotations_resumable): start-up stays independent of history.
+                "SELECT id, sealed_secret FROM rotations WHERE state NOT IN ('completed', 'failed') AND sealed_secret IS NOT NULL
              UNION ALL
              SELECT id, sealed_secret FROM rotations WHERE state = 'failed' AND sealed_secret IS NOT NULL",
-        )?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+                p![],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+        })
     }
 
     /// The sealed secret of a rotation still publishing.
     pub fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT sealed_secret FROM rotations WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten())
+        self.read(|tx| {
+            Ok(tx
+                .query_opt("SELECT sealed_secret FROM rotations WHERE id = ?1", p![id])?
+                .map(|r| r.get::<Option<Vec<u8>>>(0))
+                .transpose()?
+                .flatten())
+        })
     }
 
     /// Counts of completed/failed rotations per policy (metrics at start-up).
     pub fn rotation_counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare("SELECT policy, state, COUNT(*) FROM rotations WHERE state IN ('completed', 'failed') GROUP BY policy, state")?;
-        let rows = st.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            tx.query_all("SELECT policy, state, COUNT(*) FROM rotations WHERE state IN ('completed', 'failed') GROUP BY policy, state", p![])?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?, r.get::<i64>(2)? as u64)))
+                .collect()
+        })
     }
 
     /// Time of the last completed rotation per policy.
     pub fn last_success(&self, policy: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let v: Option<String> = self.conn().query_row(
-            "SELECT MAX(finished_at) FROM rotations WHERE policy = ?1 AND state = 'completed'",
-            params![policy],
-            |r| r.get(0),
-        )?;
-        Ok(opt_ts(v))
+        self.read(|tx| {
+            let v: Option<String> = tx
+                .query_row(
+                    "SELECT MAX(finished_at) FROM rotations WHERE policy = ?1 AND state = 'completed'",
+                    p![policy],
+                )?
+                .get(0)?;
+            Ok(opt_ts(v))
+        })
     }
 }
 
@@ -1946,14 +2337,11 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Refuse a transition unless the rotation is in `want`.
-fn expect_state(tx: &Transaction, id: &str, want: RotationState) -> Result<(), StoreError> {
+fn expect_state(tx: &dyn Tx, id: &str, want: RotationState) -> Result<(), StoreError> {
     let state: Option<String> = tx
-        .query_row(
-            "SELECT state FROM rotations WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )
-        .optional()?;
+        .query_opt("SELECT state FROM rotations WHERE id = ?1", p![id])?
+        .map(|r| r.get(0))
+        .transpose()?;
     match state {
         None => Err(StoreError::Conflict(format!("no rotation {id}"))),
         Some(s) if s == want.as_str() => Ok(()),
@@ -1964,6 +2352,31 @@ fn expect_state(tx: &Transaction, id: &str, want: RotationState) -> Result<(), S
     }
 }
 
+/// A fresh rotation id: 8 random hex digits not yet used.
+fn new_rotation_id(tx: &dyn Tx) -> Result<String, StoreError> {
+    loop {
+        let candidate = format!("{:08x}", rand::random::<u32>());
+        let taken: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM rotations WHERE id = ?1)",
+                p![candidate],
+            )?
+            .get(0)?;
+        if !taken {
+            return Ok(candidate);
+        }
+    }
+}
+
+/// `(policy, lineage, provider)` of a rotation.
+fn rotation_owner(tx: &dyn Tx, id: &str) -> Result<(String, String, String), StoreError> {
+    let r = tx.query_row(
+        "SELECT policy, lineage, provider FROM rotations WHERE id = ?1",
+        p![id],
+    )?;
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
 fn unacked_sink_conflict(id: &str, sink: &str) -> StoreError {
     StoreError::Conflict(format!(
         "rotation {id} has no unacknowledged sink {sink:?} (acknowledged already, or not one of its sinks)"
@@ -1972,7 +2385,7 @@ fn unacked_sink_conflict(id: &str, sink: &str) -> StoreError {
 
 #[allow(clippy::too_many_arguments)]
 fn upsert_created_key(
-    tx: &Transaction,
+    tx: &dyn Tx,
     policy: &str,
     provider: &str,
     lineage: &str,
@@ -1985,20 +2398,20 @@ fn upsert_created_key(
         "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 'created', ?9, 'live')
          ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = 'created', rotation_id = excluded.rotation_id",
-        params![policy, key_id, key.name, lineage, provider, key.created_at.map(ts), key.expires_at.map(ts), ts(at), rotation_id],
+        p![policy, key_id, key.name, lineage, provider, key.created_at.map(ts), key.expires_at.map(ts), ts(at), rotation_id],
     )?;
     Ok(())
 }
 
 fn complete_tx(
-    tx: &Transaction,
+    tx: &dyn Tx,
     row: &RotationRow,
     outcome: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE rotations SET state = 'completed', outcome = ?2, finished_at = ?3, next_attempt_at = NULL, sealed_secret = NULL WHERE id = ?1",
-        params![row.id, outcome, ts(at)],
+        p![row.id, outcome, ts(at)],
     )?;
     insert_event(
         tx,
@@ -2016,10 +2429,10 @@ fn complete_tx(
     )
 }
 
-fn insert_event(tx: &Transaction, ev: &Event) -> Result<(), StoreError> {
+fn insert_event(tx: &dyn Tx, ev: &Event) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO events (id, type, at, policy, rotation_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![ev.id, ev.kind, ts(ev.at), ev.policy, ev.rotation_id, ev.data.to_string()],
+        p![ev.id, ev.kind, ts(ev.at), ev.policy, ev.rotation_id, ev.data.to_string()],
     )?;
     Ok(())
 }
@@ -2029,7 +2442,7 @@ const ROTATION_COLS: &str = "id, policy, lineage, provider, state, reason, messa
     sinks, failures, next_attempt_at, grace_seconds, started_at, created_at, published_at, retire_at, finished_at,
     error, error_class, outcome, prepared_at, listing_wait_since, old_disabled_at";
 
-fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
+fn rotation_row(r: &Row) -> Result<RotationRow, StoreError> {
     let state: String = r.get(4)?;
     Ok(RotationRow {
         id: r.get(0)?,
@@ -2049,10 +2462,10 @@ fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
         new_key_created_at: opt_ts(r.get(14)?),
         new_key_expires_at: opt_ts(r.get(15)?),
         fingerprint: r.get(16)?,
-        sinks: serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default(),
+        sinks: serde_json::from_str(&r.get::<String>(17)?).unwrap_or_default(),
         failures: r.get(18)?,
         next_attempt_at: opt_ts(r.get(19)?),
-        grace: Duration::from_secs(r.get::<_, i64>(20)?.max(0) as u64),
+        grace: Duration::from_secs(r.get::<i64>(20)?.max(0) as u64),
         started_at: opt_ts(r.get(21)?).unwrap_or_default(),
         created_at: opt_ts(r.get(22)?),
         published_at: opt_ts(r.get(23)?),
@@ -2067,14 +2480,17 @@ fn rotation_row(r: &rusqlite::Row) -> rusqlite::Result<RotationRow> {
     })
 }
 
-fn rotation_row_tx(tx: &Transaction, id: &str) -> Result<Option<RotationRow>, StoreError> {
+fn rotation_row_tx(tx: &dyn Tx, id: &str) -> Result<Option<RotationRow>, StoreError> {
     let sql = format!("SELECT {ROTATION_COLS} FROM rotations WHERE id = ?1");
-    Ok(tx.query_row(&sql, params![id], rotation_row).optional()?)
+    tx.query_opt(&sql, p![id])?
+        .as_ref()
+        .map(rotation_row)
+        .transpose()
 }
 
 /// An `attempts` row whose columns (attempt, name, state, started_at,
 /// finished_at, error) start at `first`.
-fn attempt_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<AttemptRow> {
+fn attempt_row(r: &Row, first: usize) -> Result<AttemptRow, StoreError> {
     Ok(AttemptRow {
         attempt: r.get(first)?,
         name: r.get(first + 1)?,
@@ -2085,7 +2501,7 @@ fn attempt_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<AttemptRow> 
     })
 }
 
-fn policy_state_row(r: &rusqlite::Row) -> rusqlite::Result<PolicyStateRow> {
+fn policy_state_row(r: &Row) -> Result<PolicyStateRow, StoreError> {
     Ok(PolicyStateRow {
         policy: r.get(0)?,
         last_check_at: opt_ts(r.get(1)?),
@@ -2093,7 +2509,7 @@ fn policy_state_row(r: &rusqlite::Row) -> rusqlite::Result<PolicyStateRow> {
         health: r.get(3)?,
         last_error: r.get(4)?,
         decisions: r
-            .get::<_, Option<String>>(5)?
+            .get::<Option<String>>(5)?
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(serde_json::Value::Null),
     })
@@ -2388,5 +2804,9 @@ pub struct TargetOwner {
     pub rotation_id: Option<String>,
 }
 
+#[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
+pub(crate) mod pg_test;
 #[cfg(test)]
 mod tests;

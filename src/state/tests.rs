@@ -7,7 +7,8 @@
 use std::os::unix::fs::PermissionsExt;
 
 use chrono::TimeZone;
-use rusqlite::types::ValueRef;
+
+use crate::state::pg_test::{backends, pg_db};
 
 use super::seal::Sealer;
 use super::*;
@@ -87,13 +88,30 @@ fn created_rotation(store: &Store, sealer: &Sealer, sinks: &[&str]) -> String {
 // ------------------------------------------------------------------ opening
 
 fn table_names(store: &Store) -> Vec<String> {
-    let c = store.conn();
-    let mut st = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-        .unwrap();
-    st.query_map([], |r| r.get(0))
+    let sql = if store.is_postgres() {
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+    } else {
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    };
+    store
+        .read(|tx| tx.query_all(sql, p![])?.iter().map(|r| r.get(0)).collect())
         .unwrap()
-        .collect::<Result<_, _>>()
+}
+
+/// A table's column names, in order, on either backend.
+fn column_names(store: &Store, table: &str) -> Vec<String> {
+    let sql = if store.is_postgres() {
+        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position"
+    } else {
+        "SELECT name FROM pragma_table_info(?1) ORDER BY cid"
+    };
+    store
+        .read(|tx| {
+            tx.query_all(sql, p![table])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        })
         .unwrap()
 }
 
@@ -356,9 +374,7 @@ fn read_only_open_of_a_missing_db_says_so_and_creates_nothing() {
 
 // -------------------------------------------------------------- transitions
 
-#[test]
-fn one_rotation_per_lineage_at_a_time() {
-    let store = Store::open_in_memory().unwrap();
+fn one_rotation_per_lineage_at_a_time(store: &Store) {
     let first = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
         .unwrap();
@@ -388,9 +404,7 @@ fn one_rotation_per_lineage_at_a_time() {
     );
 }
 
-#[test]
-fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order() {
-    let store = Store::open_in_memory().unwrap();
+fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order(store: &Store) {
     let sealer = Sealer::random();
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file", "vault"]))
@@ -500,9 +514,7 @@ fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order() {
     assert_no_plaintext_in_db(&store, SECRET);
 }
 
-#[test]
-fn a_rotation_without_an_old_key_completes_on_publish() {
-    let store = Store::open_in_memory().unwrap();
+fn a_rotation_without_an_old_key_completes_on_publish(store: &Store) {
     let mut r = new_rotation("app-main", &["file"]);
     r.old_key_id = None;
     r.old_key_name = None;
@@ -532,10 +544,8 @@ fn a_rotation_without_an_old_key_completes_on_publish() {
     );
 }
 
-#[test]
-fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key() {
+fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key(store: &Store) {
     // Completing as "no_old_key" would leave the old key live for ever.
-    let store = Store::open_in_memory().unwrap();
     let id = created_rotation(&store, &Sealer::random(), &["file"]);
     store
         .record_sink_ack(&id, "file", None, "sha256:test", at(2))
@@ -548,9 +558,7 @@ fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key() {
     store.record_published(&id, at(2), Some(at(62))).unwrap();
 }
 
-#[test]
-fn a_provider_that_cannot_delete_leaves_the_old_key_retired() {
-    let store = Store::open_in_memory().unwrap();
+fn a_provider_that_cannot_delete_leaves_the_old_key_retired(store: &Store) {
     let id = created_rotation(&store, &Sealer::random(), &["file"]);
     store
         .record_sink_ack(&id, "file", None, "sha256:test", at(2))
@@ -565,9 +573,9 @@ fn a_provider_that_cannot_delete_leaves_the_old_key_retired() {
     );
 }
 
-#[test]
-fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check() {
-    let store = Store::open_in_memory().unwrap();
+fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check(
+    store: &Store,
+) {
     let id = created_rotation(&store, &Sealer::random(), &["file"]);
     assert_eq!(
         store
@@ -606,9 +614,7 @@ fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_n
     assert!(!store.revive_rotation(&id, "expiring", at(13)).unwrap());
 }
 
-#[test]
-fn failing_before_create_leaves_nothing_sealed() {
-    let store = Store::open_in_memory().unwrap();
+fn failing_before_create_leaves_nothing_sealed(store: &Store) {
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
         .unwrap()
@@ -618,9 +624,7 @@ fn failing_before_create_leaves_nothing_sealed() {
     assert!(!store.revive_rotation(&id, "expiring", at(4)).unwrap());
 }
 
-#[test]
-fn transitions_applied_twice_are_refused_not_repeated() {
-    let store = Store::open_in_memory().unwrap();
+fn transitions_applied_twice_are_refused_not_repeated(store: &Store) {
     let sealer = Sealer::random();
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
@@ -698,9 +702,7 @@ fn transitions_applied_twice_are_refused_not_repeated() {
     assert_eq!((acks[0].attempts, acks[0].acked_at), (1, Some(at(2))));
 }
 
-#[test]
-fn sink_acknowledgements_are_refused_outside_publishing() {
-    let store = Store::open_in_memory().unwrap();
+fn sink_acknowledgements_are_refused_outside_publishing(store: &Store) {
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
         .unwrap()
@@ -746,9 +748,7 @@ fn sink_acknowledgements_are_refused_outside_publishing() {
     );
 }
 
-#[test]
-fn a_requested_attempt_is_resolved_before_the_next_one() {
-    let store = Store::open_in_memory().unwrap();
+fn a_requested_attempt_is_resolved_before_the_next_one(store: &Store) {
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
         .unwrap()
@@ -796,9 +796,7 @@ fn a_requested_attempt_is_resolved_before_the_next_one() {
         .unwrap();
 }
 
-#[test]
-fn key_expiring_is_noted_at_most_once_per_threshold() {
-    let store = Store::open_in_memory().unwrap();
+fn key_expiring_is_noted_at_most_once_per_threshold(store: &Store) {
     let ev = |t| {
         Event::new(
             "key.expiring",
@@ -815,9 +813,7 @@ fn key_expiring_is_noted_at_most_once_per_threshold() {
     assert_eq!(event_kinds(&store).len(), 3);
 }
 
-#[test]
-fn delivery_cursors_start_at_the_end_and_only_move_forward() {
-    let store = Store::open_in_memory().unwrap();
+fn delivery_cursors_start_at_the_end_and_only_move_forward(store: &Store) {
     let emit = |kind: &str| {
         store
             .emit(&Event::new(
@@ -914,22 +910,20 @@ fn no_secret_reaches_the_db_file_outside_the_sealed_column() {
 /// and the only blob allowed is `rotations.sealed_secret`, which must not
 /// hold it in clear either.
 fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
-    let tables = table_names(store);
-    let c = store.conn();
     let mut scanned = 0;
-    for table in tables {
-        let mut st = c.prepare(&format!("SELECT * FROM {table}")).unwrap();
-        let columns: Vec<String> = st.column_names().map(|s| s.to_string()).collect();
-        let mut rows = st.query([]).unwrap();
-        while let Some(row) = rows.next().unwrap() {
+    for table in table_names(store) {
+        let columns = column_names(store, &table);
+        let rows = store
+            .read(|tx| tx.query_all(&format!("SELECT * FROM {table}"), p![]))
+            .unwrap();
+        for row in rows {
             for (i, col) in columns.iter().enumerate() {
                 scanned += 1;
-                match row.get_ref(i).unwrap() {
-                    ValueRef::Text(t) => assert!(
-                        !String::from_utf8_lossy(t).contains(secret),
-                        "{table}.{col} holds the secret"
-                    ),
-                    ValueRef::Blob(b) => {
+                match &row.0[i] {
+                    backend::Value::Text(t) => {
+                        assert!(!t.contains(secret), "{table}.{col} holds the secret")
+                    }
+                    backend::Value::Blob(b) => {
                         assert_eq!(
                             (table.as_str(), col.as_str()),
                             ("rotations", "sealed_secret"),
@@ -948,9 +942,9 @@ fn assert_no_plaintext_in_db(store: &Store, secret: &str) {
     assert!(scanned > 0, "nothing scanned");
 }
 
-#[test]
-fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window() {
-    let store = Store::open_in_memory().unwrap();
+fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window(
+    store: &Store,
+) {
     let id = store
         .begin_rotation(&new_rotation("app-main", &["file"]))
         .unwrap()
@@ -1080,3 +1074,22 @@ fn a_symlinked_wal_or_shm_file_is_not_written_through() {
     }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
+
+// Each transition test above runs against both backends:
+// `state::tests::sqlite::NAME` (in memory) and `state::tests::postgres::NAME`
+// (a fresh database on the local server; see `pg_test`).
+backends!(
+    publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key,
+    one_rotation_per_lineage_at_a_time,
+    a_rotation_runs_from_planned_to_completed_with_its_events_in_order,
+    a_rotation_without_an_old_key_completes_on_publish,
+    a_provider_that_cannot_delete_leaves_the_old_key_retired,
+    failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check,
+    failing_before_create_leaves_nothing_sealed,
+    transitions_applied_twice_are_refused_not_repeated,
+    sink_acknowledgements_are_refused_outside_publishing,
+    a_requested_attempt_is_resolved_before_the_next_one,
+    key_expiring_is_noted_at_most_once_per_threshold,
+    delivery_cursors_start_at_the_end_and_only_move_forward,
+    an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window,
+);
