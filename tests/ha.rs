@@ -296,6 +296,12 @@ create = {{ action = "read" }}
     /// held by the shared file; at most one completed rotation per lineage;
     /// no old key deleted inside its grace; no attempt key left behind.
     pub(crate) fn assert_invariants(&self, lineages: &[&str]) {
+        self.assert_invariants_with(lineages, 1)
+    }
+
+    /// As [`Cluster::assert_invariants`], when the test asked for up to
+    /// `rotations` rotations of each lineage.
+    pub(crate) fn assert_invariants_with(&self, lineages: &[&str], rotations: usize) {
         let keys = self.emu.keys();
         for l in lineages {
             let mine: Vec<_> = keys
@@ -324,7 +330,7 @@ create = {{ action = "read" }}
                 .iter()
                 .filter(|r| r.lineage == *l && r.state == RotationState::Completed)
                 .count();
-            assert!(done <= 1, "lineage {l} rotated {done} times");
+            assert!(done <= rotations, "lineage {l} rotated {done} times");
         }
         for r in &hist {
             if let (Some(p), Some(f)) = (r.published_at, r.finished_at)
@@ -675,4 +681,118 @@ async fn a_node_whose_config_differs_from_the_leaders_refuses_to_lead_and_says_w
             .await
             .contains("rekey_leadership_refused{reason=\"config_digest\"} 1")
     );
+}
+
+/// Whether process `pid` is stopped (`T` in /proc/PID/stat).
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+/// The deposed-leader scenario both the real build and the negative
+/// control run: node-a stops itself right before publishing the first
+/// rotation's new key (K1); another node takes over, finishes that
+/// rotation, and a second rotation replaces K1 with K2 and deletes K1.
+/// Then node-a resumes with its stale K1 in hand. Returns what the file
+/// holds (K1's or K2's id in `REKEY_KEY_ID`) and the live key's id.
+async fn deposed_leader_resumes_before_publishing(c: &mut Cluster) -> (String, String) {
+    let fence = elect(
+        c,
+        "node-a",
+        Some("stop@after_record_created"),
+        &["node-b", "node-c"],
+    )
+    .await;
+    let pid = c.pid("node-a");
+    c.wait_for("node-a to stop itself before publishing", Duration::from_secs(60), |_| {
+        is_stopped(pid)
+    })
+    .await;
+    c.wait_for("another node to take over", Duration::from_secs(20), |c| {
+        c.leader().is_some_and(|(h, f)| h != "node-a" && f > fence)
+    })
+    .await;
+    c.wait_for("the new leader to finish the first rotation", Duration::from_secs(60), |c| {
+        c.completed() == 1
+    })
+    .await;
+    let (leader, _) = c.leader().unwrap();
+    let ep = c.endpoint(&leader).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{ep}/rotate/maas?lineage=app-0"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    c.wait_for("the second rotation to replace K1", Duration::from_secs(60), |c| {
+        c.completed() == 2
+    })
+    .await;
+    c.signal("node-a", libc::SIGCONT);
+    // Give the resumed node time to do whatever it is going to do.
+    c.wait_for("node-a to exit or act", Duration::from_secs(15), |c| {
+        c.log("node-a").contains("stop@after_record_created: continued")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let file = std::fs::read_to_string(c.path("keys/app-0.env")).unwrap();
+    let held = file
+        .lines()
+        .find_map(|l| l.strip_prefix("REKEY_KEY_ID="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    let live: Vec<_> = c
+        .emu
+        .keys()
+        .into_iter()
+        .filter(|k| k.name.starts_with("app-0"))
+        .collect();
+    assert_eq!(live.len(), 1, "one live key in the lineage");
+    (held, live[0].id.clone())
+}
+
+#[cfg(not(feature = "ha-test-unfenced"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_that_resumes_publishes_nothing_and_exits() {
+    let Some(mut c) = Cluster::new("deposed", 1, 1, FAST).await else {
+        return;
+    };
+    let (held, live) = deposed_leader_resumes_before_publishing(&mut c).await;
+    assert_eq!(held, live, "the shared file holds the live key\n{}", c.logs());
+    assert_eq!(c.exited("node-a"), Some(75), "{}", c.log("node-a"));
+    c.assert_invariants_with(&["app-0"], 2);
+}
+
+/// Negative controls: built with the test-only feature `ha-test-unfenced`
+/// (no store fence check, no leadership gate, no sink tokens, a lost lease
+/// ignored), the very same scenarios must show the violation fencing
+/// prevents — proof that the tests above can fail. CI runs them with
+/// `cargo test --features ha-test-unfenced --test tests ha::negative`.
+#[cfg(feature = "ha-test-unfenced")]
+mod negative {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_fencing_a_deposed_leader_publishes_a_deleted_key_over_the_live_one() {
+        let Some(mut c) = Cluster::new("unfenced", 1, 1, FAST).await else {
+            return;
+        };
+        let (held, live) = deposed_leader_resumes_before_publishing(&mut c).await;
+        assert_ne!(
+            held, live,
+            "without fencing the deposed leader should have overwritten the file with its stale key; the suite would not detect a double writer\n{}",
+            c.logs()
+        );
+        assert!(
+            !c.emu.keys().iter().any(|k| k.id == held),
+            "the file now holds a key that no longer exists: the violation"
+        );
+    }
 }

@@ -313,6 +313,9 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         }
         .map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
     );
+    // The negative-control build (test-only feature): no fencing at all.
+    #[cfg(feature = "ha-test-unfenced")]
+    store.set_fence_checks(false);
     // With a PostgreSQL state, the seal key's check value: a standby
     // compares it with the database's before it may lead.
     let seal_check = match (&cfg.daemon.seal_key, sqlite) {
@@ -1077,7 +1080,7 @@ impl Daemon {
                     Ok(_) => {
                         me.held.lock().expect("lock").remove(&id);
                     }
-                    Err(e) if e.is_fenced() => {
+                    Err(e) if e.is_fenced() && crate::rotation::gate::FENCING => {
                         tracing::error!(policy = %row.policy, rotation = %id, error = %e, "this node may no longer lead");
                         std::process::exit(lease::EXIT_NOT_LEADER);
                     }
