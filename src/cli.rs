@@ -1110,6 +1110,19 @@ fn status(
             Some(i) => outln!("  host {}, config {}, state {}", i.host, i.config, i.state),
             None => println!("  (this daemon does not say which config it runs)"),
         }
+        let l = &snapshot.leadership;
+        if l.role != crate::rotation::report::Role::Single {
+            outln!(
+                "  role {}, leader {}, fence {}, lease until {}",
+                l.role.as_str(),
+                l.leader.as_deref().unwrap_or("none"),
+                l.fence.map_or("-".to_string(), |f| f.to_string()),
+                l.lease_until.map_or("-".to_string(), |t| t.to_rfc3339())
+            );
+            if let Some(why) = &l.lead_refused {
+                outln!("  {why}");
+            }
+        }
         if filter.summary {
             print!("{}", status_summary(&snapshot));
         } else {

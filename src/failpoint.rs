@@ -14,7 +14,8 @@
 //! check what a deposed leader does next (DESIGN §8).
 //!
 //! Points: `before_create`, `after_create` (the provider returned the new
-//! key, nothing committed), `after_record_created`, `after_publish` (a sink
+//! key, nothing committed), `after_record_created`, `before_publish` (the
+//! secret is unsealed, a sink is about to be written), `after_publish` (a sink
 //! wrote the key, its ack not committed), `after_publish_all`,
 //! `before_delete`, `after_delete` (deleted at the provider, not committed).
 

@@ -15,7 +15,7 @@ use chrono::Utc;
 use rekey::emulator::oceanbase::{self, EmulatorHandle, OceanBaseEmulatorOptions};
 use rekey::state::{RotationState, StateLocation, Store};
 
-use crate::support::pg::PgDb;
+use crate::support::pg::{PgDb, Throwaway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rekey");
 const ADMIN_TOKEN: &str = "ha-test-admin-token";
@@ -37,8 +37,12 @@ pub(crate) const FAST: Timing = Timing {
 pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     pub(crate) emu: EmulatorHandle,
-    pub(crate) db: PgDb,
+    /// The state URL every node uses.
+    url: String,
     store: Store,
+    /// Dropped after the nodes (fields drop in order).
+    _db: Option<PgDb>,
+    pub(crate) cluster: Option<Throwaway>,
     nodes: Vec<(String, Option<Child>)>,
 }
 
@@ -53,6 +57,25 @@ impl Cluster {
         timing: Timing,
     ) -> Option<Cluster> {
         let db = PgDb::create(test).await?;
+        let url = db.url();
+        Some(Cluster::on(url, Some(db), None, seed, due, timing).await)
+    }
+
+    /// As [`Cluster::new`], on a database of a throwaway cluster.
+    pub(crate) async fn on_throwaway(seed: usize, due: usize, timing: Timing) -> Option<Cluster> {
+        let t = Throwaway::start()?;
+        let url = t.database("rekey_ha").await;
+        Some(Cluster::on(url, None, Some(t), seed, due, timing).await)
+    }
+
+    async fn on(
+        url: String,
+        db: Option<PgDb>,
+        cluster: Option<Throwaway>,
+        seed: usize,
+        due: usize,
+        timing: Timing,
+    ) -> Cluster {
         let emu = oceanbase::start(
             OceanBaseEmulatorOptions::default(),
             "127.0.0.1:0".parse().unwrap(),
@@ -80,21 +103,22 @@ impl Cluster {
             };
             emu.insert_key(&format!("app-{i}"), created, Some(expires));
         }
-        let location = StateLocation::Postgres(
-            rekey::state::postgres::PgOptions::from_url(&db.url()).unwrap(),
-        );
+        let location =
+            StateLocation::Postgres(rekey::state::postgres::PgOptions::from_url(&url).unwrap());
         let store = Store::open_location(&location).unwrap();
         let c = Cluster {
             dir,
             emu,
-            db,
+            url,
             store,
+            _db: db,
+            cluster,
             nodes: Vec::new(),
         };
         for n in ["node-a", "node-b", "node-c"] {
             c.write_config(n, timing, "");
         }
-        Some(c)
+        c
     }
 
     pub(crate) fn path(&self, p: &str) -> PathBuf {
@@ -141,7 +165,7 @@ sinks = ["files"]
 create = {{ action = "read" }}
 {policy_extra}
 "#,
-            url = self.db.url(),
+            url = self.url,
             seal = self.path("seal").display(),
             token = self.path("admin-token").display(),
             ttl = timing.ttl,
@@ -504,7 +528,7 @@ async fn a_graceful_stop_of_the_leader_hands_the_lease_to_a_standby_at_once() {
         "took {} ms to lead after the resign",
         took.as_millis()
     );
-    println!("graceful takeover: {} ms", took.as_millis());
+    println!("bench: graceful takeover {} ms", took.as_millis());
 }
 
 /// kill -9 (a failpoint abort) of the leader at one step boundary of two
@@ -546,7 +570,7 @@ async fn leader_crash_at(failpoint: &str) {
     )
     .await;
     println!(
-        "{failpoint}: a standby led {} ms after the crash",
+        "bench: crash {failpoint}: takeover {} ms after the crash",
         crashed.elapsed().as_millis()
     );
     c.wait_for(
@@ -556,6 +580,13 @@ async fn leader_crash_at(failpoint: &str) {
     )
     .await;
     c.assert_invariants(&["app-0", "app-1"]);
+    // For benches/ha_failover.sh: provider calls of the whole run (two
+    // rotations need 2 creates and 2 deletes without a failover).
+    let st = c.emu.stats();
+    println!(
+        "bench: crash {failpoint}: calls create={} delete={} list={}",
+        st.create.requests, st.delete.requests, st.list.requests
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,22 +735,26 @@ async fn deposed_leader_resumes_before_publishing(c: &mut Cluster) -> (String, S
     let fence = elect(
         c,
         "node-a",
-        Some("stop@after_record_created"),
+        Some("stop@before_publish"),
         &["node-b", "node-c"],
     )
     .await;
     let pid = c.pid("node-a");
-    c.wait_for("node-a to stop itself before publishing", Duration::from_secs(60), |_| {
-        is_stopped(pid)
-    })
+    c.wait_for(
+        "node-a to stop itself before publishing",
+        Duration::from_secs(60),
+        |_| is_stopped(pid),
+    )
     .await;
     c.wait_for("another node to take over", Duration::from_secs(20), |c| {
         c.leader().is_some_and(|(h, f)| h != "node-a" && f > fence)
     })
     .await;
-    c.wait_for("the new leader to finish the first rotation", Duration::from_secs(60), |c| {
-        c.completed() == 1
-    })
+    c.wait_for(
+        "the new leader to finish the first rotation",
+        Duration::from_secs(60),
+        |c| c.completed() == 1,
+    )
     .await;
     let (leader, _) = c.leader().unwrap();
     let ep = c.endpoint(&leader).unwrap();
@@ -730,16 +765,25 @@ async fn deposed_leader_resumes_before_publishing(c: &mut Cluster) -> (String, S
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
-    c.wait_for("the second rotation to replace K1", Duration::from_secs(60), |c| {
-        c.completed() == 2
-    })
+    c.wait_for(
+        "the second rotation to replace K1",
+        Duration::from_secs(60),
+        |c| c.completed() == 2,
+    )
     .await;
     c.signal("node-a", libc::SIGCONT);
     // Give the resumed node time to do whatever it is going to do.
-    c.wait_for("node-a to exit or act", Duration::from_secs(15), |c| {
-        c.log("node-a").contains("stop@after_record_created: continued")
-    })
-    .await;
+    let resumed = Instant::now();
+    while c.exited("node-a").is_none()
+        && !c.log("node-a").contains("stop@before_publish: continued")
+    {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "node-a neither resumed nor exited\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let file = std::fs::read_to_string(c.path("keys/app-0.env")).unwrap();
     let held = file
@@ -765,9 +809,22 @@ async fn a_deposed_leader_that_resumes_publishes_nothing_and_exits() {
         return;
     };
     let (held, live) = deposed_leader_resumes_before_publishing(&mut c).await;
-    assert_eq!(held, live, "the shared file holds the live key\n{}", c.logs());
+    assert_eq!(
+        held,
+        live,
+        "the shared file holds the live key\n{}",
+        c.logs()
+    );
     assert_eq!(c.exited("node-a"), Some(75), "{}", c.log("node-a"));
     c.assert_invariants_with(&["app-0"], 2);
+    let log = c.log("node-a");
+    println!(
+        "bench: deposed leader: stopped by the gate {} by a fenced commit {} by a sink token {}",
+        log.matches("was not renewed in time; starting no side effect")
+            .count(),
+        log.matches("a state commit was fenced").count(),
+        log.matches("refused the write by fence token").count()
+    );
 }
 
 /// Negative controls: built with the test-only feature `ha-test-unfenced`
@@ -786,7 +843,8 @@ mod negative {
         };
         let (held, live) = deposed_leader_resumes_before_publishing(&mut c).await;
         assert_ne!(
-            held, live,
+            held,
+            live,
             "without fencing the deposed leader should have overwritten the file with its stale key; the suite would not detect a double writer\n{}",
             c.logs()
         );
@@ -795,4 +853,47 @@ mod negative {
             "the file now holds a key that no longer exists: the violation"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_down_past_the_lease_mid_rotation_one_node_re_acquires_with_a_higher_fence() {
+    let Some(mut c) = Cluster::on_throwaway(1, 1, FAST).await else {
+        return;
+    };
+    for n in ["node-a", "node-b", "node-c"] {
+        let p = c.path(&format!("{n}.toml"));
+        let cfg = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(
+            &p,
+            cfg.replace("grace_period = \"2s\"", "grace_period = \"6s\""),
+        )
+        .unwrap();
+    }
+    let fence = elect(&mut c, "node-a", None, &["node-b", "node-c"]).await;
+    c.wait_for("node-a to publish", Duration::from_secs(60), |c| {
+        c.rotations().iter().any(|r| r.published_at.is_some())
+    })
+    .await;
+    // Down for longer than the lease: nobody can renew.
+    c.cluster.as_ref().unwrap().pg_ctl("stop -m immediate");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.cluster.as_ref().unwrap().pg_ctl("start -w");
+    c.wait_for(
+        "one node to lead again with a higher fence",
+        Duration::from_secs(30),
+        |c| c.leader().is_some_and(|(_, f)| f > fence),
+    )
+    .await;
+    c.wait_for("the rotation to complete", Duration::from_secs(60), |c| {
+        c.completed() == 1
+    })
+    .await;
+    assert_eq!(
+        c.exited("node-a"),
+        Some(75),
+        "the leader that could not renew for a whole TTL stops\n{}",
+        c.log("node-a")
+    );
+    c.assert_invariants(&["app-0"]);
+    assert_eq!(c.rotations().len(), 1, "no double rotation");
 }

@@ -345,7 +345,10 @@ impl Node {
                         me.status.set_leadership(shown);
                     }
                     Ok(Ok(None)) if !crate::rotation::gate::FENCING => {
-                        tracing::warn!(fence = lease.fence, "the lease is lost, and this test build (ha-test-unfenced) acts on regardless");
+                        tracing::warn!(
+                            fence = lease.fence,
+                            "the lease is lost, and this test build (ha-test-unfenced) acts on regardless"
+                        );
                     }
                     Ok(Ok(None)) => me.fail_stop(&format!(
                         "the lease (fence {}) is lost: another node holds it or it expired",

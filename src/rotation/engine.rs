@@ -1877,6 +1877,7 @@ impl Engine {
                     false,
                 );
             }
+            failpoint::hit("before_publish");
             self.lease.check()?;
             let started = std::time::Instant::now();
             match sink.publish(&p).await {
