@@ -1318,6 +1318,17 @@ impl Daemon {
             }
         };
         let old = self.current();
+        if old.config.daemon.state.sqlite_path().is_none() && cfg.digest != old.config.digest {
+            // The lease row records the leader's digest; standbys compare
+            // theirs with it (DESIGN §8). A config change goes through a
+            // restart, in the order the README gives.
+            tracing::error!(
+                running = %old.config.digest,
+                new = %cfg.digest,
+                "reload refused: on a PostgreSQL state, providers, sinks, notify targets and policies change only with a restart of each node (README: rolling config change); still running the previous configuration"
+            );
+            return;
+        }
         if cfg.daemon.state.display() != old.config.daemon.state.display()
             || cfg.daemon.listen != old.config.daemon.listen
             || cfg.daemon.admin_listen != old.config.daemon.admin_listen
