@@ -1594,10 +1594,13 @@ fn a_postgres_state_with_a_seal_key_and_shared_sinks_loads_without_connecting() 
     let base = BaseEnv::new();
     let mut env = base.env();
     env.vars.insert("SEAL".into(), SEAL_HEX.into());
-    env.vars.insert("PGPW".into(), "pg-secret-pw".into());
+    let pw = write_file(base.creds.path(), "pg-password", "pg-secret-pw\n");
     let src = on_postgres(
         "postgres://rekey@db.internal:5432/rekey?sslmode=require",
-        "seal_key = { env = \"SEAL\" }\nstate_password = { env = \"PGPW\" }\ninstance = \"node-a\"\nlease_ttl = \"20s\"\nlease_renew = \"5s\"",
+        &format!(
+            "seal_key = {{ env = \"SEAL\" }}\nstate_password = {{ file = \"{}\" }}\ninstance = \"node-a\"\nlease_ttl = \"20s\"\nlease_renew = \"5s\"",
+            pw.display()
+        ),
     )
     .replace(
         "path = \"/etc/keys/{lineage}.env\"",
@@ -1614,7 +1617,7 @@ fn a_postgres_state_with_a_seal_key_and_shared_sinks_loads_without_connecting() 
         pg.options.password.is_none(),
         "resolved only when run opens it"
     );
-    assert_eq!(pg.password, Some(SecretRef::Env("PGPW".into())));
+    assert_eq!(pg.password, Some(SecretRef::File(pw.clone())));
     assert_eq!(cfg.daemon.instance(), "node-a");
     assert_eq!(cfg.daemon.lease.ttl, Duration::from_secs(20));
     assert_eq!(cfg.daemon.lease.renew, Duration::from_secs(5));
