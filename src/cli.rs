@@ -28,6 +28,7 @@ use crate::status::RotateReply;
 use crate::status::client::{self, Client, Endpoint};
 
 pub mod admin;
+pub mod migrate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -183,6 +184,11 @@ pub enum Command {
         #[arg(long)]
         lineage: Option<String>,
     },
+    /// Copy a SQLite state into an empty PostgreSQL state (one
+    /// transaction, row counts verified), for running several instances.
+    /// Stop the daemon first. The seal key is not copied: the command says
+    /// what to do with it.
+    MigrateState(migrate::MigrateArgs),
     /// Rotation history from the state DB (no secret is resolved).
     History {
         policy: Option<String>,
@@ -425,6 +431,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Abandon { rotation, admin } => {
             admin::command(crate::status::Command::Abandon, &rotation, &admin)
         }
+        Command::MigrateState(args) => migrate::migrate_state(&args),
         Command::Emulate { provider } => emulate(provider),
         Command::Dev { dir } => dev(&dir),
     }

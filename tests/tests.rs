@@ -9,6 +9,7 @@ mod ha;
 mod huawei;
 mod lifecycle;
 mod liveness;
+mod migrate_state;
 mod notify;
 mod oceanbase;
 mod ops;

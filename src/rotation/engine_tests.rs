@@ -406,6 +406,51 @@ async fn old_key_is_deleted_only_after_the_grace_period() {
     assert_eq!(snap.policies[0].keys.len(), 1);
 }
 
+/// With a shared (PostgreSQL) state the grace period ends by the
+/// database's clock: a node whose clock runs two days fast publishes, sees
+/// its own grace over, and still does not delete the old key.
+#[tokio::test]
+async fn with_a_postgres_state_a_fast_node_clock_cannot_end_the_grace_early() {
+    let Some(db) = crate::state::pg_test::pg_db() else {
+        return;
+    };
+    let mut h = harness("", None);
+    h.engine.store = Arc::new(Store::open_postgres(&db.opts).unwrap());
+    let db_now = h.engine.store.db_now().unwrap();
+    h.clock.set(db_now + Duration::days(2));
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let id = h.engine.store.history(None, 1).unwrap()[0].id.clone();
+    assert_eq!(
+        h.engine.store.rotation(&id).unwrap().unwrap().state,
+        RotationState::Retiring
+    );
+    // The node's grace (1h) is long over by its own clock.
+    h.clock.advance(Duration::hours(2));
+    h.drive(h.clock.now()).await;
+    assert!(
+        h.fake.names().contains(&"app-a".to_string()),
+        "deleted before the database's clock reached the end of grace"
+    );
+    assert_eq!(
+        h.engine.store.rotation(&id).unwrap().unwrap().state,
+        RotationState::Retiring
+    );
+    // Once the database's clock is past the deadline, the delete happens.
+    let now = h.engine.store.db_now().unwrap();
+    h.engine
+        .store
+        .set_retire_at(&id, now - Duration::seconds(1))
+        .unwrap();
+    h.drive(h.clock.now()).await;
+    assert_eq!(h.fake.st.lock().unwrap().deleted, vec![old]);
+    assert_eq!(
+        h.engine.store.rotation(&id).unwrap().unwrap().state,
+        RotationState::Completed
+    );
+}
+
 #[tokio::test]
 async fn old_key_survives_when_a_sink_fails_and_the_next_check_finishes_the_rotation() {
     let dir = tempfile::tempdir().unwrap();

@@ -371,3 +371,114 @@ fn migrate_state_copies_every_row_keeps_event_numbers_and_refuses_a_used_target(
     led.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
     assert!(matches!(src.copy_into(&led), Err(StoreError::Conflict(_))));
 }
+
+/// The local server's certificate when it serves TLS (Debian's default
+/// cluster: `ssl = on` with the snakeoil certificate for `localhost`).
+fn server_certificate(db: &Store) -> Option<std::path::PathBuf> {
+    let (on, file): (String, String) = db
+        .read(|tx| {
+            let on = tx.query_row("SHOW ssl", p![])?.get(0)?;
+            let file = tx.query_row("SHOW ssl_cert_file", p![])?.get(0)?;
+            Ok((on, file))
+        })
+        .unwrap();
+    let file = std::path::PathBuf::from(file);
+    if on != "on" || std::fs::read(&file).is_err() {
+        eprintln!(
+            "skipping a TLS test: the server at 127.0.0.1:5432 does not serve TLS with a readable certificate"
+        );
+        return None;
+    }
+    Some(file)
+}
+
+/// Whether this store's session runs over TLS (`pg_stat_ssl`).
+fn session_is_tls(store: &Store) -> bool {
+    store
+        .read(|tx| {
+            tx.query_row(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                p![],
+            )?
+            .get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn sslmode_require_encrypts_and_verify_full_checks_the_ca_and_the_host_name() {
+    let Some(db) = pg_db() else { return };
+    let Some(cert) = server_certificate(&db) else {
+        return;
+    };
+    let url = |host: &str, mode: &str| {
+        PgOptions::from_url(&format!(
+            "postgres://postgres@{host}:5432/{}?sslmode={mode}",
+            db.name()
+        ))
+        .unwrap()
+    };
+    assert!(!session_is_tls(&db), "sslmode=disable is plain TCP");
+    let enc = Store::open_postgres(&url("127.0.0.1", "require")).unwrap();
+    assert!(session_is_tls(&enc), "sslmode=require must encrypt");
+    // verify-full: the certificate names localhost and is its own CA.
+    let mut full = url("localhost", "verify-full");
+    full.ca_file = Some(cert.clone());
+    let ok = Store::open_postgres(&full).unwrap();
+    assert!(session_is_tls(&ok));
+    // The same certificate does not name 127.0.0.1: refused.
+    let mut wrong_name = url("127.0.0.1", "verify-full");
+    wrong_name.ca_file = Some(cert.clone());
+    let e = Store::open_postgres(&wrong_name).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A CA file with no certificate in it: refused, naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, "not a certificate\n").unwrap();
+    let mut no_ca = url("localhost", "verify-full");
+    no_ca.ca_file = Some(other);
+    let e = Store::open_postgres(&no_ca).unwrap_err().to_string();
+    assert!(e.contains("holds no PEM certificate"), "{e}");
+}
+
+/// Negative control (test builds with `ha-test-unfenced` only): with the
+/// fence check off, a deposed leader's write goes through — what the
+/// check prevents.
+#[cfg(feature = "ha-test-unfenced")]
+#[test]
+fn with_fence_checks_off_a_deposed_leader_writes_unhindered() {
+    let Some(a) = pg_db() else { return };
+    let b = Store::open_postgres(&options_for(a.name(), "node-b")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    expire(a.name());
+    b.lease_acquire("node-b", TTL, "d").unwrap().unwrap();
+    a.set_fence_checks(false);
+    a.begin_rotation(&rotation("stale", at(0)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.fenced_commits(), 0);
+    a.set_fence_checks(true);
+    assert!(matches!(
+        a.begin_rotation(&rotation("stale-2", at(1))),
+        Err(StoreError::Fenced { .. })
+    ));
+}
+
+#[test]
+fn after_the_server_drops_the_connection_the_next_transition_reconnects() {
+    let Some(db) = pg_db() else { return };
+    db.begin_rotation(&rotation("one", at(0))).unwrap().unwrap();
+    // What a server restart or a failover does to an idle connection
+    // (waiting until the backend is gone).
+    admin_on(
+        db.name(),
+        &format!(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name()
+        ),
+    )
+    .unwrap();
+    db.begin_rotation(&rotation("two", at(1))).unwrap().unwrap();
+    assert_eq!(db.history(None, 10).unwrap().len(), 2);
+}

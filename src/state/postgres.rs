@@ -694,6 +694,25 @@ struct Session {
     listen: Arc<(Mutex<ListenState>, Condvar)>,
 }
 
+/// The error says the connection is gone (closed, or the server ended the
+/// session: SQLSTATE class 57 "operator intervention", class 08
+/// "connection exception").
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            let c = db.code().code();
+            c.starts_with("57") || c.starts_with("08")
+        })
+}
+
+/// Parameters as the driver takes them.
+fn param_refs(params: &[Value]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(pg_reason(&e))
 }
@@ -740,11 +759,23 @@ impl Session {
                     let _ = self.client().await?.batch_execute("ROLLBACK").await;
                     self.in_tx = false;
                 }
-                self.client()
-                    .await?
-                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    .await
-                    .map_err(pg_err)?;
+                const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+                let first = self.client().await?.batch_execute(BEGIN).await;
+                if let Err(e) = first {
+                    // A connection the server closed since the last
+                    // request (restart, failover, idle timeout): nothing
+                    // of this transaction was sent, so connect again once.
+                    if !connection_lost(&e) && !self.client.as_ref().is_some_and(|c| c.is_closed())
+                    {
+                        return Err(pg_err(e));
+                    }
+                    self.client = None;
+                    self.client()
+                        .await?
+                        .batch_execute(BEGIN)
+                        .await
+                        .map_err(pg_err)?;
+                }
                 self.in_tx = true;
                 Ok(Reply::Done)
             }
@@ -761,28 +792,20 @@ impl Session {
             }
             Req::Execute(sql, params) => {
                 let st = self.statement(&sql).await?;
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
                 let n = self
                     .client()
                     .await?
-                    .execute(&st, &refs)
+                    .execute(&st, &param_refs(&params))
                     .await
                     .map_err(pg_err)?;
                 Ok(Reply::Count(n))
             }
             Req::Query(sql, params) => {
                 let st = self.statement(&sql).await?;
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
                 let rows = self
                     .client()
                     .await?
-                    .query(&st, &refs)
+                    .query(&st, &param_refs(&params))
                     .await
                     .map_err(pg_err)?;
                 let rows = rows

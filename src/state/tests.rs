@@ -498,7 +498,7 @@ fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order(store: &St
     assert_eq!(store.last_success("maas").unwrap(), Some(at(64)));
 
     assert_eq!(
-        event_kinds(&store),
+        event_kinds(store),
         [
             "rotation.started",
             "key.created",
@@ -511,7 +511,7 @@ fn a_rotation_runs_from_planned_to_completed_with_its_events_in_order(store: &St
     assert!(events.iter().all(|e| e.rotation_id.as_deref() == Some(&id)));
     assert_eq!(events[3].data["key_id"], "old-1");
     assert_eq!(events[4].data["outcome"], "deleted");
-    assert_no_plaintext_in_db(&store, SECRET);
+    assert_no_plaintext_in_db(store, SECRET);
 }
 
 fn a_rotation_without_an_old_key_completes_on_publish(store: &Store) {
@@ -534,7 +534,7 @@ fn a_rotation_without_an_old_key_completes_on_publish(store: &Store) {
     assert_eq!(row.state, RotationState::Completed);
     assert_eq!(row.outcome.as_deref(), Some("no_old_key"));
     assert_eq!(
-        event_kinds(&store),
+        event_kinds(store),
         [
             "rotation.started",
             "key.created",
@@ -546,7 +546,7 @@ fn a_rotation_without_an_old_key_completes_on_publish(store: &Store) {
 
 fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key(store: &Store) {
     // Completing as "no_old_key" would leave the old key live for ever.
-    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    let id = created_rotation(store, &Sealer::random(), &["file"]);
     store
         .record_sink_ack(&id, "file", None, "sha256:test", at(2))
         .unwrap();
@@ -559,7 +559,7 @@ fn publishing_without_a_retirement_time_is_refused_when_there_is_an_old_key(stor
 }
 
 fn a_provider_that_cannot_delete_leaves_the_old_key_retired(store: &Store) {
-    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    let id = created_rotation(store, &Sealer::random(), &["file"]);
     store
         .record_sink_ack(&id, "file", None, "sha256:test", at(2))
         .unwrap();
@@ -568,7 +568,7 @@ fn a_provider_that_cannot_delete_leaves_the_old_key_retired(store: &Store) {
     let row = store.rotation(&id).unwrap().unwrap();
     assert_eq!(row.outcome.as_deref(), Some("retired"));
     assert_eq!(
-        event_kinds(&store)[3..],
+        event_kinds(store)[3..],
         ["key.retired", "rotation.completed"]
     );
 }
@@ -576,7 +576,7 @@ fn a_provider_that_cannot_delete_leaves_the_old_key_retired(store: &Store) {
 fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check(
     store: &Store,
 ) {
-    let id = created_rotation(&store, &Sealer::random(), &["file"]);
+    let id = created_rotation(store, &Sealer::random(), &["file"]);
     assert_eq!(
         store
             .record_step_failure(&id, "sink down", "retryable", Some(at(5)), at(4))
@@ -603,7 +603,7 @@ fn failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_n
         "permanent",
         at(11)
     )));
-    assert_eq!(event_kinds(&store).len(), events.len());
+    assert_eq!(event_kinds(store).len(), events.len());
     assert!(store.active_rotations().unwrap().is_empty());
     // Resuming puts it back to created, once.
     assert!(store.revive_rotation(&id, "expiring", at(12)).unwrap());
@@ -689,7 +689,7 @@ fn transitions_applied_twice_are_refused_not_repeated(store: &Store) {
     )));
 
     assert_eq!(
-        event_kinds(&store),
+        event_kinds(store),
         [
             "rotation.started",
             "key.created",
@@ -810,7 +810,7 @@ fn key_expiring_is_noted_at_most_once_per_threshold(store: &Store) {
     assert!(!store.note_expiring("maas", "k1", "7d", &ev(1)).unwrap());
     assert!(store.note_expiring("maas", "k1", "1d", &ev(2)).unwrap());
     assert!(store.note_expiring("maas", "k2", "7d", &ev(3)).unwrap());
-    assert_eq!(event_kinds(&store).len(), 3);
+    assert_eq!(event_kinds(store).len(), 3);
 }
 
 fn delivery_cursors_start_at_the_end_and_only_move_forward(store: &Store) {
@@ -963,11 +963,11 @@ fn an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_
     for m in [11, 12, 13] {
         assert!(!store.note_attempt_absent(&id, a1, at(m)).unwrap());
     }
-    assert_eq!(state(&store), "abandoned");
+    assert_eq!(state(store), "abandoned");
     // Once the window has passed, the next absent listing resolves it.
     let after = 10 + schema::ORPHAN_WINDOW.num_minutes() + 1;
     assert!(store.note_attempt_absent(&id, a1, at(after)).unwrap());
-    assert_eq!(state(&store), "cleaned");
+    assert_eq!(state(store), "cleaned");
     // Its name stays an orphan's for ever.
     let orphans = store.orphan_attempts("maas").unwrap();
     assert_eq!(orphans.len(), 1);
