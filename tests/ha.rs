@@ -897,3 +897,45 @@ async fn the_database_down_past_the_lease_mid_rotation_one_node_re_acquires_with
     c.assert_invariants(&["app-0"]);
     assert_eq!(c.rotations().len(), 1, "no double rotation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_seal_key_refuses_to_lead_and_says_why() {
+    let Some(mut c) = Cluster::new("sealkey", 1, 0, FAST).await else {
+        return;
+    };
+    elect(&mut c, "node-a", None, &[]).await;
+    std::fs::write(c.path("seal-b"), "ab".repeat(32)).unwrap();
+    let cfg = std::fs::read_to_string(c.path("node-b.toml")).unwrap();
+    std::fs::write(
+        c.path("node-b.toml"),
+        cfg.replace(
+            &c.path("seal").display().to_string(),
+            &c.path("seal-b").display().to_string(),
+        ),
+    )
+    .unwrap();
+    c.start("node-b", None);
+    c.signal("node-a", libc::SIGTERM);
+    c.wait_for("node-b to refuse", Duration::from_secs(30), |c| {
+        c.log("node-b").contains("refusing to lead")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(c.leader().is_none(), "node-b led with another seal key");
+    let b = c.status("node-b").await;
+    assert!(
+        b["lead_refused"]
+            .as_str()
+            .is_some_and(|s| s.contains("seal key")),
+        "{b}"
+    );
+    assert!(
+        c.metrics("node-b")
+            .await
+            .contains("rekey_leadership_refused{reason=\"seal_key\"} 1")
+    );
+    assert!(
+        !c.log("node-b").contains(&"ab".repeat(32)),
+        "the key never reaches the log"
+    );
+}
