@@ -15,6 +15,7 @@ use chrono::Utc;
 use rekey::emulator::oceanbase::{self, EmulatorHandle, OceanBaseEmulatorOptions};
 use rekey::state::{RotationState, StateLocation, Store};
 
+use crate::e2e::tail;
 use crate::support::pg::{PgDb, Throwaway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rekey");
@@ -178,6 +179,14 @@ create = {{ action = "read" }}
             sink = self.path("keys/{lineage}.env").display(),
         );
         std::fs::write(self.path(&format!("{name}.toml")), cfg).unwrap();
+    }
+
+    /// Replace `from` (which must be there) with `to` in node `name`'s config.
+    pub(crate) fn edit_config(&self, name: &str, from: &str, to: &str) {
+        let p = self.path(&format!("{name}.toml"));
+        let cfg = std::fs::read_to_string(&p).unwrap();
+        assert!(cfg.contains(from), "{from:?} is not in {name}'s config");
+        std::fs::write(&p, cfg.replace(from, to)).unwrap();
     }
 
     /// Start node `name` (with a failpoint armed, if any).
@@ -400,9 +409,19 @@ impl Drop for Cluster {
     }
 }
 
-pub(crate) fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// With a 6 s grace on every node (so the rotation waits in `published`
+/// for a while), let node-a lead with the others standing by until it has
+/// published the first rotation; returns node-a's fence.
+async fn lead_until_published(c: &mut Cluster) -> i64 {
+    for n in ["node-a", "node-b", "node-c"] {
+        c.edit_config(n, "grace_period = \"2s\"", "grace_period = \"6s\"");
+    }
+    let fence = elect(c, "node-a", None, &["node-b", "node-c"]).await;
+    c.wait_for("node-a to publish", Duration::from_secs(60), |c| {
+        c.rotations().iter().any(|r| r.published_at.is_some())
+    })
+    .await;
+    fence
 }
 
 /// Start `first` alone and wait until it leads, then start the others.
@@ -621,20 +640,7 @@ async fn a_leader_stopped_past_its_lease_is_replaced_and_exits_when_it_resumes()
     };
     // A longer grace keeps the rotation waiting in `published` while the
     // leader is stopped.
-    for n in ["node-a", "node-b", "node-c"] {
-        let p = c.path(&format!("{n}.toml"));
-        let cfg = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(
-            &p,
-            cfg.replace("grace_period = \"2s\"", "grace_period = \"6s\""),
-        )
-        .unwrap();
-    }
-    let fence = elect(&mut c, "node-a", None, &["node-b", "node-c"]).await;
-    c.wait_for("node-a to publish", Duration::from_secs(60), |c| {
-        c.rotations().iter().any(|r| r.published_at.is_some())
-    })
-    .await;
+    let fence = lead_until_published(&mut c).await;
     c.signal("node-a", libc::SIGSTOP);
     let stopped = Instant::now();
     c.wait_for("a standby to take over", Duration::from_secs(15), |c| {
@@ -680,38 +686,37 @@ async fn a_node_whose_config_differs_from_the_leaders_refuses_to_lead_and_says_w
     };
     elect(&mut c, "node-a", None, &[]).await;
     // node-b's policy differs: another grace period.
-    let cfg = std::fs::read_to_string(c.path("node-b.toml")).unwrap();
-    std::fs::write(
-        c.path("node-b.toml"),
-        cfg.replace("grace_period = \"2s\"", "grace_period = \"3s\""),
-    )
-    .unwrap();
+    c.edit_config("node-b", "grace_period = \"2s\"", "grace_period = \"3s\"");
     c.start("node-b", None);
-    c.wait_for("node-b to stand by", Duration::from_secs(30), |c| {
+    node_b_refuses_to_lead(&mut c, "config_digest", "config digest").await;
+}
+
+/// node-b (started while node-a leads) refuses to lead for `reason`
+/// (the `rekey_leadership_refused` label; `phrase` in `lead_refused`), and
+/// still does not lead once node-a stopped.
+async fn node_b_refuses_to_lead(c: &mut Cluster, reason: &str, phrase: &str) {
+    c.wait_for("node-b to refuse to lead", Duration::from_secs(30), |c| {
         c.log("node-b").contains("refusing to lead")
     })
     .await;
-    // Even with the leader gone, node-b does not lead.
     c.signal("node-a", libc::SIGTERM);
     c.wait_for("node-a to stop", Duration::from_secs(20), |c| {
         c.leader().is_none()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(c.leader().is_none(), "node-b led with a differing config");
+    assert!(c.leader().is_none(), "node-b led ({reason} differs)");
     let b = c.status("node-b").await;
     assert_eq!(b["role"], "standby");
     assert!(
         b["lead_refused"]
             .as_str()
-            .is_some_and(|s| s.contains("config digest")),
+            .is_some_and(|s| s.contains(phrase)),
         "{b}"
     );
-    assert!(
-        c.metrics("node-b")
-            .await
-            .contains("rekey_leadership_refused{reason=\"config_digest\"} 1")
-    );
+    assert!(c.metrics("node-b").await.contains(&format!(
+        "rekey_leadership_refused{{reason=\"{reason}\"}} 1"
+    )));
 }
 
 /// Whether process `pid` is stopped (`T` in /proc/PID/stat).
@@ -860,20 +865,7 @@ async fn the_database_down_past_the_lease_mid_rotation_one_node_re_acquires_with
     let Some(mut c) = Cluster::on_throwaway(1, 1, FAST).await else {
         return;
     };
-    for n in ["node-a", "node-b", "node-c"] {
-        let p = c.path(&format!("{n}.toml"));
-        let cfg = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(
-            &p,
-            cfg.replace("grace_period = \"2s\"", "grace_period = \"6s\""),
-        )
-        .unwrap();
-    }
-    let fence = elect(&mut c, "node-a", None, &["node-b", "node-c"]).await;
-    c.wait_for("node-a to publish", Duration::from_secs(60), |c| {
-        c.rotations().iter().any(|r| r.published_at.is_some())
-    })
-    .await;
+    let fence = lead_until_published(&mut c).await;
     // Down for longer than the lease: nobody can renew.
     c.cluster.as_ref().unwrap().pg_ctl("stop -m immediate");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -905,35 +897,13 @@ async fn a_node_with_another_seal_key_refuses_to_lead_and_says_why() {
     };
     elect(&mut c, "node-a", None, &[]).await;
     std::fs::write(c.path("seal-b"), "ab".repeat(32)).unwrap();
-    let cfg = std::fs::read_to_string(c.path("node-b.toml")).unwrap();
-    std::fs::write(
-        c.path("node-b.toml"),
-        cfg.replace(
-            &c.path("seal").display().to_string(),
-            &c.path("seal-b").display().to_string(),
-        ),
-    )
-    .unwrap();
+    c.edit_config(
+        "node-b",
+        &c.path("seal").display().to_string(),
+        &c.path("seal-b").display().to_string(),
+    );
     c.start("node-b", None);
-    c.signal("node-a", libc::SIGTERM);
-    c.wait_for("node-b to refuse", Duration::from_secs(30), |c| {
-        c.log("node-b").contains("refusing to lead")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(c.leader().is_none(), "node-b led with another seal key");
-    let b = c.status("node-b").await;
-    assert!(
-        b["lead_refused"]
-            .as_str()
-            .is_some_and(|s| s.contains("seal key")),
-        "{b}"
-    );
-    assert!(
-        c.metrics("node-b")
-            .await
-            .contains("rekey_leadership_refused{reason=\"seal_key\"} 1")
-    );
+    node_b_refuses_to_lead(&mut c, "seal_key", "seal key").await;
     assert!(
         !c.log("node-b").contains(&"ab".repeat(32)),
         "the key never reaches the log"
