@@ -315,6 +315,18 @@ create = {{ action = "read" }}
             .unwrap()
     }
 
+    /// `POST /rotate/maas?lineage=…` on node `name`; it must answer 202.
+    pub(crate) async fn rotate(&self, name: &str, lineage: &str) {
+        let ep = self.endpoint(name).expect("node logged its endpoint");
+        let r = reqwest::Client::new()
+            .post(format!("{ep}/rotate/maas?lineage={lineage}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    }
+
     pub(crate) async fn metrics(&self, name: &str) -> String {
         let ep = self.endpoint(name).expect("node logged its endpoint");
         reqwest::get(format!("{ep}/metrics"))
@@ -462,14 +474,7 @@ async fn one_of_three_nodes_leads_the_others_stand_by_and_a_standby_records_a_ro
 
     // Nothing is due; a rotate request on a standby is recorded there and
     // carried out by the leader.
-    let ep = c.endpoint("node-b").unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{ep}/rotate/maas?lineage=app-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    c.rotate("node-b", "app-1").await;
     c.wait_for(
         "the leader to carry out the standby's request",
         Duration::from_secs(60),
@@ -762,14 +767,7 @@ async fn deposed_leader_resumes_before_publishing(c: &mut Cluster) -> (String, S
     )
     .await;
     let (leader, _) = c.leader().unwrap();
-    let ep = c.endpoint(&leader).unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{ep}/rotate/maas?lineage=app-0"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+    c.rotate(&leader, "app-0").await;
     c.wait_for(
         "the second rotation to replace K1",
         Duration::from_secs(60),
