@@ -57,7 +57,7 @@ impl Store {
                 "copying a state (the source must be a SQLite file)",
             ));
         };
-        let Db::Postgres(dst) = &target.db else {
+        let Db::Postgres(dst, ..) = &target.db else {
             return Err(StoreError::Unsupported("copying a state into a database"));
         };
         let src = lock(src);

@@ -195,7 +195,9 @@ pub fn key_path(db: &Path) -> PathBuf {
 /// Which database a [`Store`] talks to.
 enum Db {
     Sqlite(Mutex<Connection>),
-    Postgres(Mutex<postgres::PgConn>),
+    /// The connection, and the URL and instance name (kept outside the
+    /// lock: naming the store never waits for a transition).
+    Postgres(Mutex<postgres::PgConn>, String, String),
 }
 
 pub struct Store {
@@ -217,7 +219,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.db {
             Db::Sqlite(_) => write!(f, "Store({:?})", self.path),
-            Db::Postgres(c) => write!(f, "Store({})", lock(c).opts.url),
+            Db::Postgres(_, url, _) => write!(f, "Store({url})"),
         }
     }
 }
@@ -262,7 +264,11 @@ impl Store {
     /// ([`Store::lease_acquire`]) and enforced by the fence.
     pub fn open_postgres(opts: &PgOptions) -> Result<Self, StoreError> {
         let conn = postgres::PgConn::start(opts)?;
-        let store = Store::with_db(Db::Postgres(Mutex::new(conn)), None, None);
+        let store = Store::with_db(
+            Db::Postgres(Mutex::new(conn), opts.url.clone(), opts.instance.clone()),
+            None,
+            None,
+        );
         store.migrate_postgres()?;
         Ok(store)
     }
@@ -271,7 +277,11 @@ impl Store {
     /// no migration; an older or newer schema is refused.
     pub fn open_postgres_read_only(opts: &PgOptions) -> Result<Self, StoreError> {
         let conn = postgres::PgConn::start(opts)?;
-        let store = Store::with_db(Db::Postgres(Mutex::new(conn)), None, None);
+        let store = Store::with_db(
+            Db::Postgres(Mutex::new(conn), opts.url.clone(), opts.instance.clone()),
+            None,
+            None,
+        );
         let v = store.pg_version()?;
         let name = PathBuf::from(&opts.url);
         if v > schema::PG_VERSION {
@@ -295,14 +305,14 @@ impl Store {
 
     /// Whether this store is a PostgreSQL one.
     pub fn is_postgres(&self) -> bool {
-        matches!(self.db, Db::Postgres(_))
+        matches!(self.db, Db::Postgres(..))
     }
 
     /// The instance name a PostgreSQL store writes as lease holder.
     pub fn instance(&self) -> Option<String> {
         match &self.db {
             Db::Sqlite(_) => None,
-            Db::Postgres(c) => Some(lock(c).opts.instance.clone()),
+            Db::Postgres(_, _, instance) => Some(instance.clone()),
         }
     }
 
@@ -428,7 +438,7 @@ impl Store {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         match &self.db {
             Db::Sqlite(c) => lock(c),
-            Db::Postgres(_) => unreachable!("SQLite-only operation on a PostgreSQL store"),
+            Db::Postgres(..) => unreachable!("SQLite-only operation on a PostgreSQL store"),
         }
     }
 
@@ -514,14 +524,15 @@ impl Store {
     fn pg(&self) -> Option<MutexGuard<'_, postgres::PgConn>> {
         match &self.db {
             Db::Sqlite(_) => None,
-            Db::Postgres(c) => Some(lock(c)),
+            Db::Postgres(c, ..) => Some(lock(c)),
         }
     }
 
     fn pg_name(&self) -> PathBuf {
-        self.pg()
-            .map(|c| PathBuf::from(&c.opts.url))
-            .unwrap_or_default()
+        match &self.db {
+            Db::Postgres(_, url, _) => PathBuf::from(url),
+            Db::Sqlite(_) => PathBuf::default(),
+        }
     }
 
     /// The PostgreSQL schema version (0: no rekey schema yet).
@@ -613,10 +624,10 @@ impl Store {
                 tx.commit()?;
                 Ok(out)
             }
-            Db::Postgres(c) => {
+            Db::Postgres(c, _, instance) => {
                 let c = lock(c);
                 let tx = c.begin()?;
-                self.check_fence(&tx, &c.opts.instance)?;
+                self.check_fence(&tx, instance)?;
                 let out = f(&tx)?;
                 tx.commit()?;
                 Ok(out)
@@ -642,7 +653,7 @@ impl Store {
     fn read<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
         match &self.db {
             Db::Sqlite(c) => f(&*lock(c)),
-            Db::Postgres(c) => f(&lock(c).autocommit()),
+            Db::Postgres(c, ..) => f(&lock(c).autocommit()),
         }
     }
 
@@ -1854,7 +1865,7 @@ impl Store {
                 let tx = c.transaction()?;
                 rotation_row_tx(&*tx, id)
             }
-            Db::Postgres(_) => self.read(|tx| rotation_row_tx(tx, id)),
+            Db::Postgres(..) => self.read(|tx| rotation_row_tx(tx, id)),
         }
     }
 

@@ -516,7 +516,6 @@ pub(crate) struct PgConn {
         std::sync::mpsc::SyncSender<Result<Reply, StoreError>>,
     )>,
     listen: Arc<(Mutex<ListenState>, Condvar)>,
-    pub(crate) opts: PgOptions,
 }
 
 impl PgConn {
@@ -550,11 +549,7 @@ impl PgConn {
                 path: PathBuf::from(&opts.url),
                 reason: format!("cannot start the state database thread: {e}"),
             })?;
-        let conn = PgConn {
-            req: tx,
-            listen,
-            opts: opts.clone(),
-        };
+        let conn = PgConn { req: tx, listen };
         conn.call(Req::Batch("SELECT 1".into()))?;
         Ok(conn)
     }
