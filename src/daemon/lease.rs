@@ -205,8 +205,12 @@ impl Node {
             lead_refused,
             policies: self.status.load().leadership.policies.clone(),
         });
-        let mine = info.holder.as_deref() == Some(self.instance.as_str());
-        if refusal.is_some() || (live && !mine) {
+        // A live lease is never this process's: it leads only once, from
+        // here. Even under this node's own name (a previous incarnation, or
+        // a second node misconfigured with the same `instance`) it waits for
+        // the expiry, so its acquisition increments the fence and fences
+        // the other out.
+        if refusal.is_some() || live {
             return Ok(None);
         }
         let sent = Instant::now();
