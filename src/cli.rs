@@ -513,7 +513,6 @@ macro_rules! outln {
 
 fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
     use crate::rotation::policy;
-    use crate::state::Store;
     let cfg = match load_or_exit(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -534,8 +533,8 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
     let mut actionable = false;
     let metrics = crate::metrics::Metrics::new();
     let rt = tokio_runtime()?;
-    let store = if cfg.daemon.state.exists() {
-        match Store::open_read_only(&cfg.daemon.state) {
+    let store = if cfg.daemon.state.sqlite_path().is_none_or(Path::exists) {
+        match open_state(&cfg.daemon, true) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!(
@@ -772,7 +771,7 @@ fn recover(path: &Path, policy: Option<&str>, lineage: Option<&str>) -> Result<E
         eprintln!("rekey recover: no policy named {p:?} in {}", path.display());
         return Ok(ExitCode::from(1));
     }
-    let store = crate::state::Store::open(&cfg.daemon.state)?;
+    let store = open_state(&cfg.daemon, false)?;
     let metrics = crate::metrics::Metrics::new();
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
     let runtime = crate::daemon::build_runtime(std::sync::Arc::new(cfg), &metrics, &clock)
@@ -824,12 +823,33 @@ fn recover(path: &Path, policy: Option<&str>, lineage: Option<&str>) -> Result<E
 /// `rekey history`: rotations from the state DB (read-only; no secret is
 /// resolved, so it works from a root shell with `{ credential = … }`
 /// references).
+/// The state of `state` for a command: SQLite read-only (`read_only`) or
+/// read-write; PostgreSQL as the store opens it (reads never take the
+/// lease, writes of `recover` are for a stopped cluster, DESIGN §8).
+///
+/// Errors: the store's, or an unresolvable `state_password` (anyhow: a
+/// command's).
+pub(crate) fn open_state(
+    daemon: &config::DaemonConfig,
+    read_only: bool,
+) -> Result<crate::state::Store> {
+    let (state, instance) = (&daemon.state, daemon.instance());
+    Ok(match state.sqlite_path() {
+        Some(p) if read_only => crate::state::Store::open_read_only(p)?,
+        Some(p) => crate::state::Store::open(p)?,
+        None => {
+            let location = state.location(&instance).map_err(anyhow::Error::msg)?;
+            crate::state::Store::open_location(&location)?
+        }
+    })
+}
+
 fn history(path: &Path, policy: Option<&str>, limit: usize, json: bool) -> Result<ExitCode> {
     let cfg = match load_or_exit_with(path, config::LoadOptions::FILE_ONLY) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = crate::state::Store::open_read_only(&cfg.daemon.state)?;
+    let store = open_state(&cfg.daemon, true)?;
     let rows = store.history(policy, limit)?;
     if json {
         let mut out = Vec::new();
@@ -1078,6 +1098,19 @@ fn status(
         match &snapshot.instance {
             Some(i) => outln!("  host {}, config {}, state {}", i.host, i.config, i.state),
             None => println!("  (this daemon does not say which config it runs)"),
+        }
+        let l = &snapshot.leadership;
+        if l.role != crate::rotation::report::Role::Single {
+            outln!(
+                "  role {}, leader {}, fence {}, lease until {}",
+                l.role.as_str(),
+                l.leader.as_deref().unwrap_or("none"),
+                l.fence.map_or("-".to_string(), |f| f.to_string()),
+                l.lease_until.map_or("-".to_string(), |t| t.to_rfc3339())
+            );
+            if let Some(why) = &l.lead_refused {
+                outln!("  {why}");
+            }
         }
         if filter.summary {
             print!("{}", status_summary(&snapshot));

@@ -8,8 +8,14 @@
 //! to stand for a store write that fails (a full disk) and check that the
 //! daemon backs off instead of spinning. Error points: `record_sink_ack`.
 //!
+//! `REKEY_FAILPOINT=stop@NAME` makes the process stop itself (`SIGSTOP`)
+//! the first time it reaches that point, as a VM freeze or a long GC pause
+//! would: the HA tests resume it with `SIGCONT` once another node leads, to
+//! check what a deposed leader does next (DESIGN §8).
+//!
 //! Points: `before_create`, `after_create` (the provider returned the new
-//! key, nothing committed), `after_record_created`, `after_publish` (a sink
+//! key, nothing committed), `after_record_created`, `before_publish` (the
+//! secret is unsealed, a sink is about to be written), `after_publish` (a sink
 //! wrote the key, its ack not committed), `after_publish_all`,
 //! `before_delete`, `after_delete` (deleted at the provider, not committed).
 
@@ -40,8 +46,21 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
-/// Abort here if this failpoint is armed (and this is its N-th hit).
+/// Abort here if this failpoint is armed (and this is its N-th hit); stop
+/// the process here if `stop@NAME` is armed (first hit).
 pub fn hit(name: &str) {
+    if let Some(a) = armed()
+        && a.name.strip_prefix("stop@") == Some(name)
+        && a.hits.fetch_add(1, Ordering::SeqCst) == 0
+    {
+        eprintln!("rekey: failpoint stop@{name} reached: stopping (SIGSTOP)");
+        // SAFETY: raise(3) with a valid signal number.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
+        eprintln!("rekey: failpoint stop@{name}: continued");
+        return;
+    }
     if let Some(a) = armed()
         && a.name == name
     {

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::rotation::health::Condition;
@@ -64,6 +65,21 @@ pub struct Metrics {
     pub outbox_depth: GaugeVec,
     /// `rekey_dead_letters{target}`: events a target never accepted.
     pub dead_letters: GaugeVec,
+    /// `rekey_leader`: 1 while this node may act (it holds the PostgreSQL
+    /// lease, or the state is SQLite), else 0 (DESIGN §8).
+    pub leader: IntGauge,
+    /// `rekey_leadership_transitions_total`: times this process became
+    /// leader or stopped being one.
+    pub leadership_transitions: IntCounter,
+    /// `rekey_fenced_commits_total`: state commits refused because the
+    /// fence moved on (a newer leader exists).
+    pub fenced_commits: IntCounter,
+    /// `rekey_sink_token_rejections_total{sink}`: sink writes refused
+    /// because the target holds a newer fence token.
+    pub sink_token_rejections: IntCounterVec,
+    /// `rekey_leadership_refused{reason}`: 1 while this node refuses to
+    /// lead, by reason (`config_digest`, `seal_key`).
+    pub leadership_refused: GaugeVec,
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
@@ -216,8 +232,44 @@ impl Metrics {
             &["target"],
         )
         .expect("metric");
+        let leader = IntGauge::new(
+            "rekey_leader",
+            "1 while this node may act: it holds the PostgreSQL lease, or its state is SQLite (one node); 0 on a standby.",
+        )
+        .expect("metric");
+        let leadership_transitions = IntCounter::new(
+            "rekey_leadership_transitions_total",
+            "Times this process became leader or stopped being one (PostgreSQL state).",
+        )
+        .expect("metric");
+        let fenced_commits = IntCounter::new(
+            "rekey_fenced_commits_total",
+            "State commits refused because the lease's fence moved on to a newer leader.",
+        )
+        .expect("metric");
+        let sink_token_rejections = IntCounterVec::new(
+            Opts::new(
+                "rekey_sink_token_rejections_total",
+                "Sink writes refused because the target holds a newer leader's fence token.",
+            ),
+            &["sink"],
+        )
+        .expect("metric");
+        let leadership_refused = GaugeVec::new(
+            Opts::new(
+                "rekey_leadership_refused",
+                "1 while this node refuses to lead, by reason (config_digest: its config differs from the lease row's; seal_key: its seal key differs from the database's check value).",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
         for c in [
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()),
+            Box::new(leadership_transitions.clone()),
+            Box::new(fenced_commits.clone()),
+            Box::new(sink_token_rejections.clone()),
+            Box::new(leadership_refused.clone()),
             Box::new(condition.clone()),
             Box::new(oldest_unfinished.clone()),
             Box::new(step_failures.clone()),
@@ -252,6 +304,11 @@ impl Metrics {
             build_info,
             outbox_depth,
             dead_letters,
+            leader,
+            leadership_transitions,
+            fenced_commits,
+            sink_token_rejections,
+            leadership_refused,
             policies: Arc::default(),
             rendered: Arc::default(),
         }
@@ -285,6 +342,8 @@ impl Metrics {
                 self.sink_publish
                     .with_label_values(&[sink.as_str(), result]);
             }
+            self.sink_token_rejections
+                .with_label_values(&[sink.as_str()]);
         }
         for result in ROTATION_RESULTS {
             self.provider_rotations
@@ -361,6 +420,9 @@ impl Metrics {
                         .sink_publish
                         .remove_label_values(&[sink.as_str(), result]);
                 }
+                let _ = self
+                    .sink_token_rejections
+                    .remove_label_values(&[sink.as_str()]);
             }
         }
         if !refs.values().any(|r| r.provider == gone.provider) {

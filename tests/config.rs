@@ -936,7 +936,10 @@ fn the_example_config_validates_when_every_secret_resolves() {
     };
     assert!(warnings.is_empty(), "warnings:\n{}", join(&warnings));
 
-    assert_eq!(cfg.daemon.state, PathBuf::from("/var/lib/rekey/state.db"));
+    assert_eq!(
+        cfg.daemon.state.sqlite_path(),
+        Some(Path::new("/var/lib/rekey/state.db"))
+    );
     assert_eq!(
         cfg.daemon.admin_token,
         Some(SecretRef::Credential("admin-token".into()))
@@ -1082,7 +1085,10 @@ fn defaults_are_applied() {
     let (cfg, warnings) = load(MINIMAL, &env).unwrap();
     assert!(warnings.is_empty(), "{}", join(&warnings));
     let d = &cfg.daemon;
-    assert_eq!(d.state, PathBuf::from("/var/lib/rekey/state.db"));
+    assert_eq!(
+        d.state.sqlite_path(),
+        Some(Path::new("/var/lib/rekey/state.db"))
+    );
     assert_eq!(d.listen, ListenAddr::Tcp("127.0.0.1:9477".parse().unwrap()));
     assert_eq!(d.max_concurrent_rotations, 4);
     assert_eq!(d.shutdown_timeout, Duration::from_secs(30));
@@ -1142,13 +1148,19 @@ fn state_path_defaults_to_the_first_state_directory_else_the_working_directory()
     let state = |vars: &[(&str, &str)]| {
         let mut all = vec![("OB_AK", "a"), ("OB_SK", "b")];
         all.extend_from_slice(vars);
-        load(MINIMAL, &hermetic_env(&all)).unwrap().0.daemon.state
+        load(MINIMAL, &hermetic_env(&all))
+            .unwrap()
+            .0
+            .daemon
+            .state
+            .sqlite_path()
+            .map(Path::to_path_buf)
     };
     assert_eq!(
         state(&[("STATE_DIRECTORY", "/var/lib/rekey:/var/lib/other")]),
-        PathBuf::from("/var/lib/rekey/state.db")
+        Some(PathBuf::from("/var/lib/rekey/state.db"))
     );
-    assert_eq!(state(&[]), PathBuf::from("rekey.db"));
+    assert_eq!(state(&[]), Some(PathBuf::from("rekey.db")));
 }
 
 // ------------------------------------------------------- secret references
@@ -1700,4 +1712,144 @@ fn each_provider_kinds_keys_are_its_config_structs_fields() {
         };
         assert_eq!(keys(*spec), want, "{}", spec.kind());
     }
+}
+
+/// `BASE` on a PostgreSQL state (DESIGN §8): `extra` goes into `[daemon]`.
+fn on_postgres(url: &str, extra: &str) -> String {
+    with(&[(
+        "state = \"/var/lib/rekey/state.db\"",
+        &format!("state = \"{url}\"\n{extra}"),
+    )])
+}
+
+#[test]
+fn a_postgres_state_needs_a_seal_key_and_file_sinks_declared_shared() {
+    let base = BaseEnv::new();
+    let src = on_postgres("postgres://rekey@127.0.0.1:5432/rekey", "");
+    let result = load(&src, &base.env());
+    let got = displayed(&result);
+    assert!(result.is_err());
+    assert!(
+        got.iter().any(|d| d
+            .starts_with("rekey.toml:2:9: error: a PostgreSQL state needs `seal_key` in [daemon]")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|d| d.contains(
+            "error: file sink `app-env` is not declared shared, and the state is PostgreSQL"
+        ) && d.contains("set shared = true")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn a_postgres_state_with_a_seal_key_and_shared_sinks_loads_without_connecting() {
+    let base = BaseEnv::new();
+    let mut env = base.env();
+    env.vars.insert("SEAL".into(), SEAL_HEX.into());
+    let pw = write_file(base.creds.path(), "pg-password", "pg-secret-pw\n");
+    let src = on_postgres(
+        "postgres://rekey@db.internal:5432/rekey?sslmode=require",
+        &format!(
+            "seal_key = {{ env = \"SEAL\" }}\nstate_password = {{ file = \"{}\" }}\ninstance = \"node-a\"\nlease_ttl = \"20s\"\nlease_renew = \"5s\"",
+            pw.display()
+        ),
+    )
+    .replace(
+        "path = \"/etc/keys/{lineage}.env\"",
+        "path = \"/etc/keys/{lineage}.env\"\nshared = true",
+    );
+    let (cfg, warnings) = load(&src, &env).unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let config::StateConfig::Postgres(pg) = &cfg.daemon.state else {
+        panic!("not a PostgreSQL state");
+    };
+    assert_eq!(pg.options.host, "db.internal");
+    assert_eq!(pg.options.dbname, "rekey");
+    assert!(
+        pg.options.password.is_none(),
+        "resolved only when run opens it"
+    );
+    assert_eq!(pg.password, Some(SecretRef::File(pw.clone())));
+    assert_eq!(cfg.daemon.instance(), "node-a");
+    assert_eq!(cfg.daemon.lease.ttl, Duration::from_secs(20));
+    assert_eq!(cfg.daemon.lease.renew, Duration::from_secs(5));
+    assert!(!format!("{cfg:?}").contains("pg-secret-pw"));
+    let loc = cfg.daemon.state.location("node-a").unwrap();
+    assert!(!format!("{loc:?}").contains("pg-secret-pw"));
+    match loc {
+        rekey::state::StateLocation::Postgres(o) => {
+            assert_eq!(o.password.as_deref(), Some("pg-secret-pw"));
+            assert_eq!(o.instance, "node-a");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_password_in_the_state_url_is_refused_where_written_and_never_echoed() {
+    let base = BaseEnv::new();
+    let src = on_postgres(
+        "postgres://rekey:hunter2-pw@127.0.0.1/rekey",
+        "seal_key = { env = \"OB_AK\" }",
+    );
+    let got = displayed(&load(&src, &base.env()));
+    assert!(
+        got.iter()
+            .any(|d| d.starts_with("rekey.toml:2:9: error: `state`: ") && d.contains("password")),
+        "{got:#?}"
+    );
+    assert!(got.iter().all(|d| !d.contains("hunter2-pw")), "{got:#?}");
+}
+
+#[test]
+fn lease_timings_that_leave_no_room_for_a_renewal_are_refused() {
+    let base = BaseEnv::new();
+    let src = on_postgres(
+        "postgres://rekey@127.0.0.1/rekey",
+        "seal_key = { env = \"OB_AK\" }\nlease_ttl = \"10s\"\nlease_renew = \"6s\"",
+    );
+    let got = displayed(&load(&src, &base.env()));
+    assert!(
+        got.iter()
+            .any(|d| d.contains("lease_renew = 6s does not fit lease_ttl = 10s")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn postgres_only_settings_on_a_sqlite_state_are_warned_about() {
+    let base = BaseEnv::new();
+    let src = with(&[(
+        "state = \"/var/lib/rekey/state.db\"",
+        "state = \"/var/lib/rekey/state.db\"\nstate_password = { env = \"OB_AK\" }",
+    )]);
+    let result = load(&src, &base.env());
+    let got = displayed(&result);
+    assert!(result.is_ok());
+    assert!(
+        got.iter()
+            .any(|d| d
+                .contains("warning: `state_password` has no effect: the state is a SQLite file")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn the_config_digest_ignores_per_node_settings_and_follows_policies() {
+    let base = BaseEnv::new();
+    let digest = |src: &str| load(src, &base.env()).unwrap().0.digest;
+    let d = digest(BASE);
+    assert_eq!(d.len(), 64);
+    assert_eq!(
+        d,
+        digest(&with(&[(
+            "state = \"/var/lib/rekey/state.db\"",
+            "state = \"/srv/other.db\"\nlisten = \"127.0.0.1:9999\"\ninstance = \"node-b\""
+        )]))
+    );
+    assert_ne!(
+        d,
+        digest(&with(&[("grace_period = \"2h\"", "grace_period = \"3h\"")]))
+    );
 }

@@ -6,6 +6,7 @@ mod support;
 mod config;
 mod e2e;
 mod emulators;
+mod ha;
 mod huawei;
 mod lifecycle;
 mod liveness;

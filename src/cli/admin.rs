@@ -122,18 +122,21 @@ fn connect(args: &AdminArgs, cfg: Option<&config::Config>) -> Result<(Client, Op
 /// refused or unknown.
 pub fn command(command: Command, rotation: &str, args: &AdminArgs) -> Result<ExitCode> {
     let cfg = load(&args.config)?;
+    // Offline only on SQLite, whose lock proves no daemon runs; with a
+    // PostgreSQL state the leader is asked (a standby forwards nothing).
     if command == Command::Abandon
         && let Some(cfg) = &cfg
+        && let Some(state) = cfg.daemon.state.sqlite_path()
     {
         // Opening would create an empty DB (as whoever runs this, often
         // root) where the daemon expects its own.
-        if !cfg.daemon.state.exists() {
+        if !state.exists() {
             anyhow::bail!(
                 "no state DB at {}: no daemon has run with this config, so there is no rotation to abandon",
-                cfg.daemon.state.display()
+                state.display()
             );
         }
-        match Store::open(&cfg.daemon.state) {
+        match Store::open(state) {
             Ok(store) => return abandon_offline(cfg, store, rotation),
             Err(StoreError::Locked { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -193,6 +196,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         wake_notify: Arc::new(Notify::new()),
         slots: Arc::new(Semaphore::new(1)),
         backoff: Backoff::default(),
+        lease: crate::rotation::gate::LeaseGate::single(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

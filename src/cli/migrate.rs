@@ -54,7 +54,13 @@ pub fn migrate_state(args: &MigrateArgs) -> Result<ExitCode> {
                 Ok(cfg) => cfg,
                 Err(code) => return Ok(code),
             };
-            (cfg.daemon.state.clone(), cfg.daemon.seal_key.is_some())
+            let Some(path) = cfg.daemon.state.sqlite_path() else {
+                bail!(
+                    "{}: daemon.state is already a PostgreSQL URL; give the SQLite file with --from PATH",
+                    c.display()
+                );
+            };
+            (path.to_path_buf(), cfg.daemon.seal_key.is_some())
         }
         (None, None) => bail!("say which SQLite state to copy: --from PATH or -c CONFIG"),
     };

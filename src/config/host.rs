@@ -134,8 +134,7 @@ impl ServiceUser {
 /// Every host problem of `cfg`, located at the key that names the place.
 pub fn check(cfg: &Config, env: &Env, user: &ServiceUser) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let state = &cfg.daemon.state;
-    if !state.to_string_lossy().contains("://") {
+    if let Some(state) = cfg.daemon.state.sqlite_path() {
         let dir = parent_dir(state);
         let service_dir = env
             .vars

@@ -10,6 +10,7 @@
 //! its warnings, or every error at once.
 
 pub mod diag;
+pub mod digest;
 pub mod host;
 pub mod ownership;
 pub mod raw;
@@ -42,6 +43,10 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     pub notify: BTreeMap<String, NotifyConfig>,
     pub policies: Vec<PolicyConfig>,
+    /// What every node of one PostgreSQL state must agree on, as 64 hex
+    /// characters ([`digest::of_source`]: providers, sinks, notify targets,
+    /// policies; not `[daemon]`).
+    pub digest: String,
 }
 
 impl Config {
@@ -121,10 +126,96 @@ impl LoadOptions {
     };
 }
 
+/// Where the state lives: `daemon.state`.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// A SQLite file; default `$STATE_DIRECTORY/state.db`, else `./rekey.db`.
+    /// One node (role `single`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by several nodes, one of which leads
+    /// (DESIGN §8).
+    Postgres(Box<PostgresState>),
+}
+
+impl StateConfig {
+    /// The SQLite file, when the state is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            StateConfig::Sqlite(p) => Some(p),
+            StateConfig::Postgres(_) => None,
+        }
+    }
+
+    /// For messages and `/status`: the file, or the URL (which never holds
+    /// a password).
+    pub fn display(&self) -> String {
+        match self {
+            StateConfig::Sqlite(p) => p.display().to_string(),
+            StateConfig::Postgres(pg) => pg.url.clone(),
+        }
+    }
+
+    /// Where the store opens, with the password resolved now (`run`), as
+    /// node `instance`.
+    ///
+    /// Errors: the password reference does not resolve (message names the
+    /// reference, never a value).
+    pub fn location(&self, instance: &str) -> Result<crate::state::StateLocation, String> {
+        Ok(match self {
+            StateConfig::Sqlite(p) => crate::state::StateLocation::Sqlite(p.clone()),
+            StateConfig::Postgres(pg) => {
+                let mut options = pg.options.clone();
+                options.instance = instance.to_string();
+                if let Some(r) = &pg.password {
+                    options.password = Some(
+                        r.resolve_now()
+                            .map_err(|e| format!("state_password ({r}): {e}"))?
+                            .expose()
+                            .to_string(),
+                    );
+                }
+                crate::state::StateLocation::Postgres(options)
+            }
+        })
+    }
+}
+
+/// `state = "postgres://USER@HOST:PORT/DBNAME?sslmode=…&sslrootcert=…"`.
+#[derive(Debug, Clone)]
+pub struct PostgresState {
+    /// The URL as the store shows it (no password: one in it is refused).
+    pub url: String,
+    /// What the store connects with, password unset.
+    pub options: crate::state::postgres::PgOptions,
+    /// `daemon.state_password`.
+    pub password: Option<SecretRef>,
+}
+
+/// How a PostgreSQL leader holds its lease (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// `daemon.lease_ttl`: how long the lease lasts past a renewal, judged
+    /// by the database's clock. Default [`DEFAULT_LEASE_TTL`].
+    pub ttl: Duration,
+    /// `daemon.lease_renew`: how often the leader renews (at most half of
+    /// `ttl`). Default [`DEFAULT_LEASE_RENEW`].
+    pub renew: Duration,
+}
+
+/// Default `daemon.lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Default `daemon.lease_renew`.
+pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// SQLite state; default `$STATE_DIRECTORY/state.db`, else `./rekey.db`.
-    pub state: PathBuf,
+    /// `daemon.state`: a SQLite file or a PostgreSQL URL.
+    pub state: StateConfig,
+    /// `daemon.instance`: this node's name in the lease row and `/status`
+    /// (`None`: the host name; see [`DaemonConfig::instance`]).
+    pub instance: Option<String>,
+    /// Lease timing (PostgreSQL only).
+    pub lease: LeaseTiming,
     pub listen: ListenAddr,
     /// Required for POST endpoints (and for any non-loopback listener).
     pub admin_token: Option<SecretRef>,
@@ -142,6 +233,15 @@ pub struct DaemonConfig {
     /// (`localhost`, `*.localhost`) and IP literals; others get 421 (a
     /// DNS-rebinding page names the attacker's host).
     pub allowed_hosts: Vec<String>,
+}
+
+impl DaemonConfig {
+    /// This node's name: `daemon.instance`, else the host name.
+    pub fn instance(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(crate::rotation::report::hostname)
+    }
 }
 
 /// Group that owns the admin socket unless `admin_group` says otherwise.
@@ -334,6 +434,9 @@ pub struct FileSinkConfig {
     /// Variables of the daemon's environment passed to `on_publish`, beyond
     /// the fixed minimal set (`PATH`, locale, `REKEY_*`).
     pub pass_env: Vec<String>,
+    /// `shared = true`: every node mounts the directory at the same path
+    /// (required with a PostgreSQL state).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -507,7 +610,9 @@ pub fn exposure_warnings(config_path: &Path, cfg: &Config) -> Vec<Diagnostic> {
             format!("chmod o-rwx {}", config_path.display()),
         ));
     }
-    let state = &cfg.daemon.state;
+    let Some(state) = cfg.daemon.state.sqlite_path() else {
+        return out;
+    };
     if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(m) = std::fs::metadata(dir)
         && m.permissions().mode() & 0o007 != 0
@@ -521,7 +626,7 @@ pub fn exposure_warnings(config_path: &Path, cfg: &Config) -> Vec<Diagnostic> {
             format!("chmod o-rwx {}", dir.display()),
         ));
     }
-    for file in [state.clone(), crate::state::key_path(state)] {
+    for file in [state.to_path_buf(), crate::state::key_path(state)] {
         if let Some(mode) = others_may_read(&file) {
             out.push(warn(
                 format!(

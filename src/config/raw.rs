@@ -16,7 +16,18 @@ pub type S<T> = Spanned<T>;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
+    /// A SQLite file path, or a `postgres://` URL (HA, DESIGN §8).
     pub state: Option<S<String>>,
+    /// The PostgreSQL password (a secret reference), never in the URL.
+    pub state_password: Option<S<RawSecretRef>>,
+    /// PEM CA bundle for `sslmode=verify-full` of a PostgreSQL state.
+    pub state_ca_file: Option<S<String>>,
+    /// This node's name in the lease row (default: the host name).
+    pub instance: Option<S<String>>,
+    /// How long a lease lasts without renewal (PostgreSQL only; 30s).
+    pub lease_ttl: Option<S<String>>,
+    /// How often the leader renews its lease (PostgreSQL only; 10s).
+    pub lease_renew: Option<S<String>>,
     pub listen: Option<S<String>>,
     pub admin_token: Option<S<RawSecretRef>>,
     pub max_concurrent_rotations: Option<S<i64>>,
@@ -77,6 +88,9 @@ pub struct RawSink {
     pub field: Option<S<String>>,
     /// Daemon environment variables `on_publish` may see.
     pub pass_env: Option<S<Vec<String>>>,
+    /// The directory is shared by every node (required with a PostgreSQL
+    /// state).
+    pub shared: Option<S<bool>>,
     // webhook
     pub url: Option<S<String>>,
     pub secret: Option<S<OneOrMany<RawSecretRef>>>,

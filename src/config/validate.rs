@@ -240,6 +240,24 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     }
     let mut sinks = BTreeMap::new();
     for (name, raw) in sinks_raw {
+        // A file sink's directory must be the same for every node when the
+        // state is shared (read-back after a failover reads what consumers
+        // read): `shared = true` says the operator made it so.
+        if let Some(d) = &daemon
+            && matches!(d.state, StateConfig::Postgres(_))
+            && raw.kind.get_ref() == "file"
+            && !raw.shared.as_ref().is_some_and(|s| *s.get_ref())
+        {
+            let span = raw.shared.as_ref().map_or(name.span(), |s| s.span());
+            cx.d.error_hint(
+                span,
+                format!(
+                    "file sink `{}` is not declared shared, and the state is PostgreSQL (several nodes)",
+                    name.get_ref()
+                ),
+                "put its directory on storage every node mounts at the same path, then set shared = true in this sink",
+            );
+        }
         match validate_sink(cx, &name, raw) {
             Some(s) => {
                 sinks.insert(name.into_inner(), s);
@@ -321,6 +339,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
     Some(Config {
         path: path.to_path_buf(),
         origins: BTreeMap::new(),
+        digest: super::digest::of_source(src).unwrap_or_default(),
         daemon: daemon?,
         providers,
         sinks,
@@ -748,13 +767,66 @@ fn url(cx: &mut Ctx, s: &Spanned<String>, key: &str, carries: Carries) -> Option
 
 fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
     let state = match &raw.state {
-        Some(s) => PathBuf::from(s.get_ref()),
-        None => match cx.env.vars.get("STATE_DIRECTORY") {
+        Some(s) if crate::state::postgres::is_postgres_url(s.get_ref()) => {
+            StateConfig::Postgres(Box::new(postgres_state(cx, s, &raw)?))
+        }
+        Some(s) => StateConfig::Sqlite(PathBuf::from(s.get_ref())),
+        None => StateConfig::Sqlite(match cx.env.vars.get("STATE_DIRECTORY") {
             // systemd may pass several, colon-separated; the first is ours.
             Some(dirs) => PathBuf::from(dirs.split(':').next().unwrap_or(dirs)).join("state.db"),
             None => PathBuf::from("rekey.db"),
-        },
+        }),
     };
+    if matches!(state, StateConfig::Sqlite(_)) {
+        for (key, span) in [
+            ("state_password", sp(&raw.state_password)),
+            ("state_ca_file", sp(&raw.state_ca_file)),
+            ("lease_ttl", sp(&raw.lease_ttl)),
+            ("lease_renew", sp(&raw.lease_renew)),
+        ] {
+            if let Some(span) = span {
+                cx.d.warn_hint(
+                    span,
+                    format!("`{key}` has no effect: the state is a SQLite file"),
+                    "it applies only with state = \"postgres://…\" (DESIGN §8)",
+                );
+            }
+        }
+    }
+    let instance = raw.instance.as_ref().and_then(|i| {
+        let name = i.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            cx.d.error_hint(
+                i.span(),
+                format!(
+                    "`instance` {:?} is not a node name",
+                    name.escape_debug().to_string()
+                ),
+                "use 1 to 64 characters from A-Z a-z 0-9 . _ -, unique per node",
+            );
+            return None;
+        }
+        Some(name.clone())
+    });
+    let lease_ttl = duration_or(cx, &raw.lease_ttl, "lease_ttl", DEFAULT_LEASE_TTL);
+    let lease_renew = duration_or(cx, &raw.lease_renew, "lease_renew", DEFAULT_LEASE_RENEW);
+    if lease_ttl < Duration::from_secs(1) || lease_renew.is_zero() || lease_renew * 2 > lease_ttl {
+        let span = sp(&raw.lease_renew).or(sp(&raw.lease_ttl)).unwrap_or(0..0);
+        cx.d.error_hint(
+            span,
+            format!(
+                "lease_renew = {} does not fit lease_ttl = {}",
+                humantime::format_duration(lease_renew),
+                humantime::format_duration(lease_ttl)
+            ),
+            "lease_ttl must be at least 1s and lease_renew at most half of it (defaults 30s and 10s)",
+        );
+    }
     let admin_token = raw
         .admin_token
         .as_ref()
@@ -865,8 +937,20 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
                 .collect()
         })
         .unwrap_or_default();
+    if let (StateConfig::Postgres(_), None, Some(st)) = (&state, &raw.seal_key, &raw.state) {
+        cx.d.error_hint(
+            st.span(),
+            "a PostgreSQL state needs `seal_key` in [daemon]",
+            "every node must open the secrets any other node sealed: give all of them the same key, e.g. seal_key = { credential = \"seal-key\" } (64 hex characters); the database keeps only a check value of it",
+        );
+    }
     Some(DaemonConfig {
         state,
+        instance,
+        lease: LeaseTiming {
+            ttl: lease_ttl,
+            renew: lease_renew,
+        },
         listen,
         admin_token,
         max_concurrent_rotations,
@@ -876,6 +960,44 @@ fn validate_daemon(cx: &mut Ctx, raw: RawDaemon) -> Option<DaemonConfig> {
         admin_group,
         allowed_hosts,
     })
+}
+
+/// `state = "postgres://…"` with its password reference: the URL is parsed
+/// (never connected to) by the store's own parser, so `check` refuses what
+/// `run` would.
+fn postgres_state(cx: &mut Ctx, s: &Spanned<String>, raw: &RawDaemon) -> Option<PostgresState> {
+    let password = raw
+        .state_password
+        .as_ref()
+        .and_then(|p| secret(cx, p, "state_password"));
+    let ca_file = raw.state_ca_file.as_ref().map(|c| {
+        let p = PathBuf::from(c.get_ref());
+        cx.pending.push(Pending {
+            span: c.span(),
+            what: "`state_ca_file`".into(),
+            check: PendingCheck::File(p.clone()),
+        });
+        p
+    });
+    let parsed = crate::state::postgres::PgOptions::from_url(s.get_ref()).and_then(|mut o| {
+        o.ca_file = ca_file;
+        o.validate().map(|()| o)
+    });
+    match parsed {
+        Ok(options) => Some(PostgresState {
+            url: options.url.clone(),
+            options,
+            password,
+        }),
+        Err(e) => {
+            cx.d.error_hint(
+                s.span(),
+                format!("`state`: {e}"),
+                "write state = \"postgres://USER@HOST:PORT/DBNAME?sslmode=verify-full\" with state_ca_file = \"/path/ca.pem\", and the password as state_password = { credential = \"…\" }",
+            );
+            None
+        }
+    }
 }
 
 fn rate_limit(cx: &mut Ctx, s: &Spanned<String>) -> Option<RateLimit> {
@@ -1176,6 +1298,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
         ("env_names", sp(&raw.env_names)),
         ("field", sp(&raw.field)),
         ("pass_env", sp(&raw.pass_env)),
+        ("shared", sp(&raw.shared)),
     ];
     let kind = match kind_s {
         "file" => {
@@ -1292,6 +1415,7 @@ fn validate_sink(cx: &mut Ctx, name: &Spanned<String>, raw: RawSink) -> Option<S
                     f => f.as_ref().map(|f| f.get_ref().clone()),
                 },
                 pass_env: pass_env(cx, &raw.pass_env),
+                shared: raw.shared.as_ref().is_some_and(|s| *s.get_ref()),
             })
         }
         "webhook" => {

@@ -19,6 +19,7 @@
 //! and schedules without interrupting in-flight rotations).
 
 pub mod harden;
+pub mod lease;
 pub mod sdnotify;
 
 use std::collections::{HashMap, HashSet};
@@ -42,7 +43,9 @@ use crate::sink;
 use crate::state::seal::Sealer;
 use crate::state::{self, Store, StoreError};
 use crate::status::server::{self, Liveness, ServerState};
-use crate::status::{Command, CommandReply, CommandRequest, Health, RotateRequest, StatusHandle};
+use crate::status::{
+    Command, CommandReply, CommandRequest, Health, RotateReply, RotateRequest, StatusHandle,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -94,7 +97,16 @@ pub enum Control {
 fn open_sealer(cfg: &Config, store: &Store) -> Result<Sealer, DaemonError> {
     let sealed = store.sealed_secrets()?;
     let ids = |v: &[String]| v.join(", ");
-    let key_file = state::key_path(&cfg.daemon.state);
+    let key_file = match cfg.daemon.state.sqlite_path() {
+        Some(p) => state::key_path(p),
+        // `check` requires `seal_key` with a PostgreSQL state.
+        None if cfg.daemon.seal_key.is_none() => {
+            return Err(DaemonError::Build(
+                "a PostgreSQL state needs daemon.seal_key".into(),
+            ));
+        }
+        None => PathBuf::new(),
+    };
     let (sealer, key) = match &cfg.daemon.seal_key {
         Some(r) => (
             Sealer::from_hex(
@@ -277,7 +289,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     let refuse = |items: &[&str], e: &dyn std::fmt::Display| {
         DaemonError::Config(vec![cfg.error_at(items, e.to_string(), None)])
     };
-    if let Some(dir) = cfg.daemon.state.parent()
+    let sqlite = cfg.daemon.state.sqlite_path();
+    if let Some(dir) = sqlite.and_then(Path::parent)
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
@@ -285,50 +298,62 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         // refuses any other missing directory).
         tracing::info!(dir = %dir.display(), "creating the state directory");
     }
+    let instance = cfg.daemon.instance();
     let store = Arc::new(
-        Store::open(&cfg.daemon.state).map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
-    );
-    // A seal key that does not open the sealed secrets is refused at its
-    // key (`daemon.seal_key`, else the state, whose key file it is).
-    let sealer = open_sealer(&cfg, &store).map_err(|e| match e {
-        DaemonError::Store(_) => e,
-        other => {
-            let at: &[&str] = if cfg.daemon.seal_key.is_some() {
-                &["daemon.seal_key"]
-            } else {
-                &["daemon.state", "daemon"]
-            };
-            refuse(at, &other)
+        match sqlite {
+            Some(p) => Store::open(p),
+            None => {
+                let location = cfg
+                    .daemon
+                    .state
+                    .location(&instance)
+                    .map_err(|e| refuse(&["daemon.state_password", "daemon.state"], &e))?;
+                Store::open_location(&location)
+            }
         }
-    })?;
+        .map_err(|e| refuse(&["daemon.state", "daemon"], &e))?,
+    );
+    // The negative-control build (test-only feature): no fencing at all.
+    #[cfg(feature = "ha-test-unfenced")]
+    store.set_fence_checks(false);
+    // With a PostgreSQL state, the seal key's check value: a standby
+    // compares it with the database's before it may lead.
+    let seal_check = match (&cfg.daemon.seal_key, sqlite) {
+        (Some(r), None) => Some(
+            r.resolve_now()
+                .map_err(|e| e.to_string())
+                .and_then(|k| lease::seal_check_value(&k))
+                .map_err(|e| refuse(&["daemon.seal_key"], &format!("seal_key: {e}")))?,
+        ),
+        _ => None,
+    };
     let metrics = Metrics::new();
     let started = opts.clock.now();
     let status = StatusHandle::new(started);
-    status.set_instance(crate::status::Instance::new(config_path, &cfg.daemon.state));
-    let runtime = Arc::new(
-        build_runtime(cfg.clone(), &metrics, &opts.clock)
-            .map_err(|e| refuse(&[e.item.as_str()], &e))?,
-    );
-    let engine = Arc::new(Engine {
-        store: store.clone(),
-        clock: opts.clock.clone(),
-        sealer: Arc::new(sealer),
-        metrics: metrics.clone(),
-        status: status.clone(),
-        wake_scheduler: Arc::new(Notify::new()),
-        wake_notify: Arc::new(Notify::new()),
-        slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
-        backoff: Backoff::default(),
-    });
+    status.set_instance(crate::status::Instance::new(
+        config_path,
+        &cfg.daemon.state.display(),
+    ));
+    let gate = match sqlite {
+        Some(_) => {
+            metrics.leader.set(1);
+            crate::rotation::gate::LeaseGate::single()
+        }
+        None => crate::rotation::gate::LeaseGate::standby(),
+    };
     let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(64);
     let (command_tx, mut command_rx) = mpsc::channel::<CommandRequest>(64);
 
     // The watchdog, when systemd set one, is fed from this loop at half its
     // interval; /healthz calls the loop stalled after three missed beats.
-    let heartbeat = match sdnotify::watchdog_interval() {
+    let mut heartbeat = match sdnotify::watchdog_interval() {
         Some(w) => w.min(opts.heartbeat),
         None => opts.heartbeat,
     };
+    if sqlite.is_none() {
+        // The leader takes standbys' rotate requests at each beat.
+        heartbeat = heartbeat.min(cfg.daemon.lease.renew);
+    }
     let liveness = Liveness::new((heartbeat * 3).max(Duration::from_secs(5)));
     liveness.beat();
     let admin_token = match &cfg.daemon.admin_token {
@@ -394,6 +419,88 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
 
+    // A PostgreSQL node starts as a standby: it serves /status (role
+    // standby), records `POST /rotate` for the leader, and leads only once
+    // it holds the lease. What follows is then exactly the start-up a
+    // restart after kill -9 runs (takeover = recovery).
+    let renewals = CancellationToken::new();
+    let leading = match &seal_check {
+        Some(check) => {
+            let node = Arc::new(lease::Node::new(
+                store.clone(),
+                instance.clone(),
+                cfg.digest.clone(),
+                check.clone(),
+                cfg.daemon.lease,
+                gate.clone(),
+                metrics.clone(),
+                status.clone(),
+            ));
+            status.set_leadership(crate::rotation::report::Leadership {
+                role: crate::rotation::report::Role::Standby,
+                policies: cfg.policies.iter().map(|p| p.name.clone()).collect(),
+                ..Default::default()
+            });
+            notify(sdnotify::ready());
+            if let Some(f) = &opts.on_ready {
+                f(&endpoint);
+            }
+            tracing::info!(config = %config_path.display(), state = %cfg.daemon.state.display(), instance = %instance, endpoint = %endpoint, "rekey standing by: waiting for the lease");
+            let standby = Standby {
+                node: &node,
+                rotate_rx: &mut rotate_rx,
+                command_rx: &mut command_rx,
+                signals: &mut signals,
+                stop: &opts.stop,
+                liveness: &liveness,
+            };
+            match standby.wait().await {
+                Some(acquired) => {
+                    let until = node.store.lease_info().ok().and_then(|i| i.lease_until);
+                    node.lead(acquired, until);
+                    node.spawn_renewals(acquired, renewals.clone());
+                    Some((node, acquired.fence))
+                }
+                None => {
+                    notify(sdnotify::stopping());
+                    server_stop.cancel();
+                    join_servers(server_thread, admin_thread).await;
+                    tracing::info!("stopped (standby)");
+                    return Ok(());
+                }
+            }
+        }
+        None => None,
+    };
+    // A seal key that does not open the sealed secrets is refused at its
+    // key (`daemon.seal_key`, else the state, whose key file it is).
+    let sealer = open_sealer(&cfg, &store).map_err(|e| match e {
+        DaemonError::Store(_) => e,
+        other => {
+            let at: &[&str] = if cfg.daemon.seal_key.is_some() {
+                &["daemon.seal_key"]
+            } else {
+                &["daemon.state", "daemon"]
+            };
+            refuse(at, &other)
+        }
+    })?;
+    let runtime = Arc::new(
+        build_runtime(cfg.clone(), &metrics, &opts.clock)
+            .map_err(|e| refuse(&[e.item.as_str()], &e))?,
+    );
+    let engine = Arc::new(Engine {
+        store: store.clone(),
+        clock: opts.clock.clone(),
+        sealer: Arc::new(sealer),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        wake_scheduler: Arc::new(Notify::new()),
+        wake_notify: Arc::new(Notify::new()),
+        slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
+        backoff: Backoff::default(),
+        lease: gate.clone(),
+    });
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
         engine: engine.clone(),
@@ -448,10 +555,13 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         endpoint = %endpoint,
         "rekey ready"
     );
-    notify(sdnotify::ready());
     let mut last_status_line = String::new();
-    if let Some(f) = &opts.on_ready {
-        f(&endpoint);
+    if leading.is_none() {
+        // A PostgreSQL node said READY when it began standing by.
+        notify(sdnotify::ready());
+        if let Some(f) = &opts.on_ready {
+            f(&endpoint);
+        }
     }
 
     loop {
@@ -463,6 +573,9 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             last_status_line = line;
         }
         let now = engine.clock.now();
+        if leading.is_some() {
+            d.take_rotation_requests();
+        }
         d.trim_when_idle();
         // One read of the unfinished rotations serves both: what to start
         // now and when to wake next.
@@ -540,7 +653,29 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             "shutdown_timeout reached with steps still in flight; they resume on the next start"
         );
     }
+    // Every commit is done: hand the lease over (NOTIFY wakes standbys).
+    renewals.cancel();
+    if let Some((node, fence)) = &leading {
+        if waited {
+            node.resign(*fence);
+        } else {
+            // Steps still in flight may yet commit: let the lease expire
+            // rather than hand it over under them.
+            node.gate.close();
+        }
+    }
     server_stop.cancel();
+    join_servers(server_thread, admin_thread).await;
+    d.stop_deliverer().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wait (at most 3 s) for the status server threads to end.
+async fn join_servers(
+    server_thread: std::thread::JoinHandle<()>,
+    admin_thread: Option<std::thread::JoinHandle<()>>,
+) {
     let _ = tokio::time::timeout(
         Duration::from_secs(3),
         tokio::task::spawn_blocking(move || {
@@ -551,9 +686,122 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         }),
     )
     .await;
-    d.stop_deliverer().await;
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// A PostgreSQL node waiting for the lease, with what it answers meanwhile.
+struct Standby<'a> {
+    node: &'a Arc<lease::Node>,
+    rotate_rx: &'a mut mpsc::Receiver<RotateRequest>,
+    command_rx: &'a mut mpsc::Receiver<CommandRequest>,
+    signals: &'a mut Option<signal_hook_tokio::Signals>,
+    stop: &'a CancellationToken,
+    liveness: &'a Liveness,
+}
+
+impl Standby<'_> {
+    /// Stand by until this node holds the lease (`Some`) or is told to
+    /// stop (`None`). Polls the lease row with jitter; a resign's NOTIFY
+    /// wakes it at once. `POST /rotate` is recorded for the leader;
+    /// retry/abandon are refused (they belong to the leader).
+    async fn wait(self) -> Option<lease::Acquired> {
+        let node = self.node;
+        let mut listener: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            self.liveness.beat();
+            notify(sdnotify::watchdog_ping());
+            let store = node.store.clone();
+            let me = node.clone();
+            match tokio::task::spawn_blocking(move || me.try_acquire()).await {
+                Ok(Ok(Some(acquired))) => {
+                    if let Some(l) = listener.take() {
+                        l.abort();
+                    }
+                    return Some(acquired);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "standby: cannot read the lease; trying again");
+                }
+                Err(e) => tracing::warn!(error = %e, "standby: lease check task failed"),
+            }
+            let wait = node.poll_interval();
+            if listener.as_ref().is_none_or(|l| l.is_finished()) {
+                listener = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.listen_lease(wait) {
+                        tracing::debug!(error = %e, "standby: LISTEN failed; polling");
+                        std::thread::sleep(wait);
+                    }
+                }));
+            }
+            let woken = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        let _ = l.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = woken => {
+                    listener = None;
+                }
+                _ = self.stop.cancelled() => return None,
+                Some(req) = self.rotate_rx.recv() => record_rotate_request(node, req),
+                Some(req) = self.command_rx.recv() => {
+                    let leader = node.status.load().leadership.leader.clone();
+                    let _ = req.reply.send(CommandReply::Refused {
+                        message: format!(
+                            "this node ({}) is a standby; ask the leader ({})",
+                            node.instance,
+                            leader.as_deref().unwrap_or("none right now")
+                        ),
+                    });
+                }
+                Some(sig) = async {
+                    match self.signals.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if sig != signal_hook::consts::SIGHUP {
+                        return None;
+                    }
+                    tracing::warn!("standby: SIGHUP ignored; a standby takes its config when it starts (restart it to change it)");
+                }
+            }
+        }
+    }
+}
+
+/// `POST /rotate` on a standby: recorded in the state for the leader,
+/// which carries it out at its next heartbeat.
+fn record_rotate_request(node: &lease::Node, req: RotateRequest) {
+    let reply = match node.store.request_rotation(
+        &req.policy,
+        req.lineage.as_deref(),
+        &serde_json::json!({ "revoke_old_immediately": req.revoke_old_immediately }),
+        &node.instance,
+    ) {
+        Ok(id) => RotateReply::Accepted {
+            rotations: Vec::new(),
+            message: format!(
+                "this node ({}) is a standby: request {id} is recorded for the leader ({}), which starts it within its next heartbeat",
+                node.instance,
+                node.status
+                    .load()
+                    .leadership
+                    .leader
+                    .as_deref()
+                    .unwrap_or("none right now")
+            ),
+        },
+        Err(e) => RotateReply::Refused {
+            message: format!("this node is a standby and cannot record the request: {e}"),
+        },
+    };
+    tracing::info!(policy = %req.policy.escape_debug(), lineage = req.lineage.as_deref().unwrap_or("*"), reply = %reply, "rotate request on a standby");
+    let _ = req.reply.send(reply);
 }
 
 /// Which status listener to start.
@@ -836,6 +1084,10 @@ impl Daemon {
                     Ok(_) => {
                         me.held.lock().expect("lock").remove(&id);
                     }
+                    Err(e) if e.is_fenced() && crate::rotation::gate::FENCING => {
+                        tracing::error!(policy = %row.policy, rotation = %id, error = %e, "this node may no longer lead");
+                        std::process::exit(lease::EXIT_NOT_LEADER);
+                    }
                     Err(e) => {
                         // A store write that fails (disk full) or another
                         // unexpected error: back off, never spin.
@@ -955,6 +1207,36 @@ impl Daemon {
         deadline.max(now)
     }
 
+    /// The leader carries out `POST /rotate` requests that standbys
+    /// recorded (PostgreSQL state), and records each result.
+    fn take_rotation_requests(&self) {
+        let requests = match self.engine.store.take_rotation_requests() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read rotate requests recorded by standbys");
+                return;
+            }
+        };
+        let rt = self.current();
+        for r in requests {
+            let revoke = r.options["revoke_old_immediately"].as_bool() == Some(true);
+            let reply = match self
+                .engine
+                .rotate_now(&rt, &r.policy, r.lineage.as_deref(), revoke)
+            {
+                Ok(reply) => reply,
+                Err(e) => crate::status::RotateReply::Refused {
+                    message: e.to_string(),
+                },
+            };
+            tracing::info!(request = r.id, policy = %r.policy.escape_debug(), requested_by = %r.requested_by.escape_debug(), reply = %reply, "rotate request recorded by a standby");
+            let result = serde_json::to_value(&reply).unwrap_or(serde_json::Value::Null);
+            if let Err(e) = self.engine.store.finish_rotation_request(r.id, &result) {
+                tracing::warn!(request = r.id, error = %e, "cannot record the result of a rotate request");
+            }
+        }
+    }
+
     fn handle_rotate(&self, req: RotateRequest) {
         let rt = self.current();
         let reply = match self.engine.rotate_now(
@@ -1040,7 +1322,18 @@ impl Daemon {
             }
         };
         let old = self.current();
-        if cfg.daemon.state != old.config.daemon.state
+        if old.config.daemon.state.sqlite_path().is_none() && cfg.digest != old.config.digest {
+            // The lease row records the leader's digest; standbys compare
+            // theirs with it (DESIGN §8). A config change goes through a
+            // restart, in the order the README gives.
+            tracing::error!(
+                running = %old.config.digest,
+                new = %cfg.digest,
+                "reload refused: on a PostgreSQL state, providers, sinks, notify targets and policies change only with a restart of each node (README: rolling config change); still running the previous configuration"
+            );
+            return;
+        }
+        if cfg.daemon.state.display() != old.config.daemon.state.display()
             || cfg.daemon.listen != old.config.daemon.listen
             || cfg.daemon.admin_listen != old.config.daemon.admin_listen
         {

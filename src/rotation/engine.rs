@@ -53,6 +53,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::gate::LeaseGate;
 use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
 use super::report::{
@@ -100,6 +101,26 @@ pub enum EngineError {
     UnknownProvider(String),
     #[error("{0}")]
     Provider(#[from] ProviderError),
+    /// The leadership gate refused a side effect (PostgreSQL state only):
+    /// the daemon stops rather than retry (DESIGN §8).
+    #[error(transparent)]
+    Leadership(#[from] super::gate::GateClosed),
+    /// A sink refused the write because it holds a newer fence token: a
+    /// newer leader wrote there. The daemon stops (DESIGN §8).
+    #[error("sink {sink} refused the write: {message}")]
+    SinkFenced { sink: String, message: String },
+}
+
+impl EngineError {
+    /// Whether this error means the node must stop leading: a fenced
+    /// commit, a closed leadership gate or a sink token refusal.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            EngineError::Store(e) => matches!(e, StoreError::Fenced { .. }),
+            EngineError::Leadership(_) | EngineError::SinkFenced { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// How long the engine waits for an eventually consistent listing to show
@@ -249,6 +270,10 @@ pub struct Engine {
     /// actively working, not while it waits out grace or backoff.
     pub slots: Arc<Semaphore>,
     pub backoff: Backoff,
+    /// Leadership: checked before every provider create/delete and sink
+    /// write; its fence travels with each publication
+    /// ([`LeaseGate::single`] on SQLite).
+    pub lease: LeaseGate,
 }
 
 /// A rotation as `status` shows it.
@@ -1503,6 +1528,17 @@ impl Engine {
         provider: &SharedProvider,
         key_id: &str,
     ) -> Result<DeleteOutcome, ProviderError> {
+        if let Err(closed) = self.lease.check() {
+            // A node that may no longer lead deletes nothing; the caller
+            // treats it as a failure to try again, by the next leader.
+            return Err(ProviderError {
+                provider: provider.name().into(),
+                operation: "delete",
+                kind: crate::provider::ProviderErrorKind::Connect(closed.to_string()),
+                request_id: None,
+                class: Some(crate::provider::Outcome::Retry),
+            });
+        }
         let caps = provider.capabilities();
         if caps.disable_before_delete {
             provider.before_delete(key_id).await?;
@@ -1657,6 +1693,7 @@ impl Engine {
             now,
         )?;
         failpoint::hit("before_create");
+        self.lease.check()?;
         let started = std::time::Instant::now();
         // Its id lookup will need a walk after it returns: walks about to
         // start in this account wait for it (providers without an id only).
@@ -1911,6 +1948,7 @@ impl Engine {
                 expires_at: row.new_key_expires_at,
                 secret: &secret,
                 fingerprint: &fingerprint,
+                fence: self.lease.fence(),
             };
             let target =
                 rt.config.sinks.get(&ack.sink).and_then(|c| {
@@ -1940,6 +1978,8 @@ impl Engine {
                     false,
                 );
             }
+            failpoint::hit("before_publish");
+            self.lease.check()?;
             let started = std::time::Instant::now();
             match sink.publish(&p).await {
                 Ok(detail) => {
@@ -1977,6 +2017,19 @@ impl Engine {
                         .with_label_values(&[&ack.sink, "ok"])
                         .inc();
                     tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, sink = %ack.sink, new_key = %new_id, detail = detail.as_deref().unwrap_or(""), duration_ms = started.elapsed().as_millis() as u64, "sink acknowledged the next key");
+                }
+                Err(e) if e.fenced => {
+                    // A newer leader wrote this target: nothing of this
+                    // node's is committed for it, and it stops (no retry).
+                    self.metrics
+                        .sink_token_rejections
+                        .with_label_values(&[&ack.sink])
+                        .inc();
+                    tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, sink = %ack.sink, error = %e.message, "sink refused the write by fence token: a newer leader wrote it; this node stops");
+                    return Err(EngineError::SinkFenced {
+                        sink: ack.sink.clone(),
+                        message: e.message,
+                    });
                 }
                 Err(e) => {
                     self.metrics
@@ -2230,6 +2283,7 @@ impl Engine {
             self.completed(row);
             return Ok(Step::Done);
         }
+        self.lease.check()?;
         // Always ask for the delete, even when the listing did not show the
         // old key: offset paging can skip a key, and a 404 counts as done.
         // Unbind and disable (Tencent) once: committed, so a delete that

@@ -282,7 +282,7 @@ create = {{ action = "read" }}
     for (n, s) in &cfg.sinks {
         sinks.insert(n.clone(), sink::build(s, Arc::new(clock.clone())).unwrap());
     }
-    let store = Arc::new(Store::open(&cfg.daemon.state).unwrap());
+    let store = Arc::new(Store::open(cfg.daemon.state.sqlite_path().unwrap()).unwrap());
     let engine = Engine {
         store,
         clock: Arc::new(clock.clone()),
@@ -296,6 +296,7 @@ create = {{ action = "read" }}
             base: std::time::Duration::from_millis(10),
             max: std::time::Duration::from_secs(60),
         },
+        lease: crate::rotation::gate::LeaseGate::single(),
     };
     Harness {
         engine,
@@ -1600,7 +1601,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
     for (n, s) in &cfg.sinks {
         sinks.insert(n.clone(), sink::build(s, Arc::new(clock.clone())).unwrap());
     }
-    let store = Arc::new(Store::open(&cfg.daemon.state).unwrap());
+    let store = Arc::new(Store::open(cfg.daemon.state.sqlite_path().unwrap()).unwrap());
     let engine = Engine {
         store,
         clock: Arc::new(clock.clone()),
@@ -1614,6 +1615,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
             base: std::time::Duration::from_millis(10),
             max: std::time::Duration::from_secs(60),
         },
+        lease: crate::rotation::gate::LeaseGate::single(),
     };
     Ok(Harness {
         engine,

@@ -3,6 +3,7 @@
 //! rule (`health`) and what the engine publishes (`report`).
 
 pub mod engine;
+pub mod gate;
 pub mod health;
 pub mod policy;
 pub mod recovery;

@@ -118,6 +118,59 @@ pub struct Snapshot {
     /// reached (absent from daemons older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Instance>,
+    /// This node's role and what it knows of the lease (DESIGN §8):
+    /// `role`, `leader`, `fence`, `lease_until`, `lead_refused`.
+    #[serde(flatten, default)]
+    pub leadership: Leadership,
+}
+
+/// What a node is to its state (DESIGN §8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A SQLite state: the one node, no lease (also what a daemon older
+    /// than this field is read as).
+    #[default]
+    Single,
+    /// Holds the PostgreSQL lease: the only node that acts.
+    Leader,
+    /// Waits for the lease; acts on nothing, records `POST /rotate`.
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Single => "single",
+            Role::Leader => "leader",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// Leadership as `/status` shows it, flattened into the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    pub role: Role,
+    /// The lease holder's instance name (this node's when leading); absent
+    /// on SQLite or when nobody holds the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The lease's fence: every acquisition increments it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<i64>,
+    /// Until when the lease holds, by the database's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Why this node refuses to lead, when it does (its config digest or
+    /// seal key differs from the cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_refused: Option<String>,
+    /// The policies of this node's config: a standby shows none in
+    /// `policies` but still records `POST /rotate` for these (not
+    /// serialized).
+    #[serde(skip)]
+    pub policies: Vec<String>,
 }
 
 /// A running daemon's identity: its config file, state and host.
@@ -129,12 +182,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// This process's identity for `config` and `state`.
-    pub fn new(config: &std::path::Path, state: &std::path::Path) -> Self {
+    /// This process's identity for `config` and `state` (a file path or
+    /// a PostgreSQL URL, which never holds a password).
+    pub fn new(config: &std::path::Path, state: &str) -> Self {
         let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
         Instance {
             config: config.display().to_string(),
-            state: state.display().to_string(),
+            state: state.to_string(),
             host: hostname(),
         }
     }
@@ -164,7 +218,17 @@ impl StatusHandle {
             started_at,
             policies: Vec::new(),
             instance: None,
+            leadership: Leadership::default(),
         })))
+    }
+
+    /// Show this node's leadership from now on.
+    pub fn set_leadership(&self, leadership: Leadership) {
+        self.0.rcu(|cur| {
+            let mut next = (**cur).clone();
+            next.leadership = leadership.clone();
+            next
+        });
     }
 
     /// Name the instance in every snapshot from now on.

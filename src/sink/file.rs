@@ -21,6 +21,13 @@
 //! command gets the key's id, name and expiry as environment variables,
 //! never the secret.
 //!
+//! Fence token (PostgreSQL state only, DESIGN §8): when the publication
+//! carries the leader's fence, a token file `.<name>.rekey-fence` beside the
+//! target is locked (`flock`), a higher token there refuses the write (a
+//! newer leader wrote the target; the node stops), and the fence is stored
+//! in it before the rename, all under the lock. On SQLite no token file is
+//! made.
+//!
 //! Formats: `raw` (one secret field, byte for byte as the provider issued
 //! it, nothing added: the provider's primary field or the sink's `field`),
 //! `env` (`NAME=value` lines, plus `REKEY_KEY_ID`, `REKEY_KEY_NAME`,
@@ -352,6 +359,19 @@ pub struct Confined {
     pub rel: Vec<String>,
 }
 
+/// The fence token file's name for target file `name`:
+/// `.<name>.rekey-fence`, or a digest of the name when that would be too
+/// long for the file system.
+pub fn token_name(name: &str) -> String {
+    let plain = format!(".{name}.rekey-fence");
+    if plain.len() <= NAME_MAX {
+        return plain;
+    }
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    format!(".rekey-fence-{}", &digest[..32])
+}
+
 /// Longest component a file system takes (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -511,7 +531,12 @@ impl FileSink {
     /// Temp file beside the target (created exclusively, never through a
     /// link), write, fsync, chown, rename over the target, fsync the
     /// directory. A target that is a symbolic link is refused by name.
-    fn write_atomically(&self, c: &Confined, content: &[u8]) -> Result<(), SinkError> {
+    fn write_atomically(
+        &self,
+        c: &Confined,
+        content: &[u8],
+        fence: Option<i64>,
+    ) -> Result<(), SinkError> {
         use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let shown = || crate::logging::escape(&c.path().display().to_string()).into_owned();
         let dir = c
@@ -548,6 +573,11 @@ impl FileSink {
                 return Err(confined_error(&self.name, "cannot inspect", c, e.into()));
             }
         }
+        // Held (locked) until the target is renamed into place.
+        let _token = match fence {
+            Some(mine) => Some(self.claim_token(&dir, c, mine)?),
+            None => None,
+        };
         let tmp = format!(".{name}.rekey-{:08x}.tmp", rand::random::<u32>());
         let tmp = if tmp.len() > NAME_MAX {
             format!(".rekey-{:016x}.tmp", rand::random::<u64>())
@@ -598,6 +628,65 @@ impl FileSink {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         }
         result
+    }
+
+    /// The fence token beside the target (PostgreSQL state, DESIGN §8):
+    /// `.<name>.rekey-fence` in the target's directory, locked with
+    /// `flock(LOCK_EX)`; a token higher than `mine` refuses the write (a
+    /// newer leader wrote the target), otherwise `mine` is written and
+    /// fsynced before the target is replaced. Returned open: the lock lasts
+    /// until the caller drops it, after its rename.
+    fn claim_token(
+        &self,
+        dir: &OwnedFd,
+        c: &Confined,
+        mine: i64,
+    ) -> Result<std::fs::File, SinkError> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        use std::io::{Read, Seek};
+        let name = token_name(c.file_name());
+        let io = |what: &str, e: std::io::Error| {
+            SinkError::retryable(
+                &self.name,
+                format!(
+                    "{what} the fence token of {}: {e}",
+                    crate::logging::escape(&c.path().display().to_string())
+                ),
+            )
+        };
+        let fd = rustix::fs::openat(
+            dir,
+            name.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io("cannot open", e.into()))?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)
+            .map_err(|e| io("cannot lock", e.into()))?;
+        let mut f = std::fs::File::from(fd);
+        let mut text = String::new();
+        f.read_to_string(&mut text)
+            .map_err(|e| io("cannot read", e))?;
+        let held: Option<i64> = text.trim().parse().ok();
+        if let Some(held) = held
+            && held > mine
+            && super::TOKENS_CHECKED
+        {
+            return Err(SinkError::fenced(
+                &self.name,
+                &crate::logging::escape(&c.path().display().to_string()),
+                held,
+                mine,
+            ));
+        }
+        if held != Some(mine) {
+            f.set_len(0).map_err(|e| io("cannot truncate", e))?;
+            f.rewind().map_err(|e| io("cannot rewind", e))?;
+            f.write_all(format!("{mine}\n").as_bytes())
+                .map_err(|e| io("cannot write", e))?;
+            f.sync_all().map_err(|e| io("cannot fsync", e))?;
+        }
+        Ok(f)
     }
 
     /// Read the target back under the same rules as the write.
@@ -728,7 +817,8 @@ impl Sink for FileSink {
             name: self.name.clone(),
             cfg: self.cfg.clone(),
         };
-        tokio::task::spawn_blocking(move || sink.write_atomically(&confined, &content))
+        let fence = p.fence;
+        tokio::task::spawn_blocking(move || sink.write_atomically(&confined, &content, fence))
             .await
             .map_err(|e| SinkError::retryable(&self.name, format!("write task failed: {e}")))??;
         if let Some(argv) = &self.cfg.on_publish {
@@ -827,6 +917,7 @@ mod tests {
                 env_names: BTreeMap::new(),
                 field: None,
                 pass_env: Vec::new(),
+                shared: false,
             },
         )
     }
@@ -844,6 +935,7 @@ mod tests {
             expires_at: None,
             secret,
             fingerprint: fp,
+            fence: None,
         }
     }
 
@@ -863,6 +955,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 pass_env: Vec::new(),
+                shared: false,
                 field: None,
             },
         )
@@ -1113,6 +1206,7 @@ mod tests {
                 env_names: BTreeMap::new(),
                 field: None,
                 pass_env: Vec::new(),
+                shared: false,
             },
         )
     }
@@ -1356,5 +1450,76 @@ mod tests {
             matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_fence_no_token_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut secret = SecretFields::new();
+        secret.insert("api_key", Secret::new("sk_one"));
+        let fp = secret.fingerprint();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        s.publish(&publication(&secret, &fp)).await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["app-a.out".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_write_under_a_lower_fence_than_the_token_is_refused_and_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        let mut newer = SecretFields::new();
+        newer.insert("api_key", Secret::new("sk_from_leader_7"));
+        let fp_newer = newer.fingerprint();
+        s.publish(&Publication {
+            fence: Some(7),
+            ..publication(&newer, &fp_newer)
+        })
+        .await
+        .unwrap();
+        let token = dir.path().join(".app-a.out.rekey-fence");
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "7\n");
+        let mut stale = SecretFields::new();
+        stale.insert("api_key", Secret::new("sk_from_deposed_leader_6"));
+        let fp_stale = stale.fingerprint();
+        let refused = s
+            .publish(&Publication {
+                fence: Some(6),
+                ..publication(&stale, &fp_stale)
+            })
+            .await;
+        if super::super::TOKENS_CHECKED {
+            let e = refused.unwrap_err();
+            assert!(e.fenced && !e.retryable, "{e:?}");
+            assert!(e.message.contains("fence token 7"), "{}", e.message);
+            assert!(!e.message.contains("sk_from"), "no secret in the error");
+            let held = std::fs::read_to_string(dir.path().join("app-a.out")).unwrap();
+            assert!(held.contains("sk_from_leader_7"));
+            assert_eq!(std::fs::read_to_string(&token).unwrap(), "7\n");
+        } else {
+            // The negative control (feature ha-test-unfenced): the stale
+            // write goes through, which the HA tests detect.
+            refused.unwrap();
+        }
+        // The same or a newer leader writes.
+        s.publish(&Publication {
+            fence: Some(8),
+            ..publication(&newer, &fp_newer)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "8\n");
+    }
+
+    #[test]
+    fn a_token_name_too_long_for_the_file_system_is_shortened() {
+        assert_eq!(token_name("k.env"), ".k.env.rekey-fence");
+        let long = "x".repeat(250);
+        let t = token_name(&long);
+        assert!(t.len() <= NAME_MAX && t.starts_with(".rekey-fence-"), "{t}");
+        assert_ne!(t, token_name(&"y".repeat(250)));
     }
 }

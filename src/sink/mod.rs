@@ -35,6 +35,12 @@ pub struct Publication<'a> {
     pub secret: &'a SecretFields,
     /// `secret.fingerprint()`, precomputed.
     pub fingerprint: &'a str,
+    /// The leader's fence (PostgreSQL state only, DESIGN §8): a token the
+    /// sink keeps beside the target and refuses to go below (file: a
+    /// `.NAME.rekey-fence` file under `flock`; Vault: custom metadata
+    /// `rekey_fence` with check-and-set; webhook: a `fence` body field).
+    /// `None` on SQLite: the sink writes exactly as it always did.
+    pub fence: Option<i64>,
 }
 
 /// What a read-back found.
@@ -68,6 +74,9 @@ pub struct SinkError {
     pub retryable: bool,
     /// Server-requested delay before the next try (429 Retry-After).
     pub retry_after: Option<Duration>,
+    /// The target holds a newer fence token than this write's: a newer
+    /// leader wrote it. Never retried; the node stops (DESIGN §8).
+    pub fenced: bool,
 }
 
 impl SinkError {
@@ -77,6 +86,7 @@ impl SinkError {
             message: message.into(),
             retryable: true,
             retry_after: None,
+            fenced: false,
         }
     }
 
@@ -86,6 +96,21 @@ impl SinkError {
             message: message.into(),
             retryable: false,
             retry_after: None,
+            fenced: false,
+        }
+    }
+
+    /// The target holds fence token `held`, newer than this write's
+    /// `mine`: refused, never retried.
+    pub fn fenced(sink: &str, target: &str, held: i64, mine: i64) -> Self {
+        SinkError {
+            sink: sink.to_string(),
+            message: format!(
+                "target {target} holds fence token {held}, newer than this node's {mine}: a newer leader wrote it"
+            ),
+            retryable: false,
+            retry_after: None,
+            fenced: true,
         }
     }
 
@@ -137,6 +162,11 @@ pub trait Sink: Send + Sync {
 }
 
 pub type SharedSink = Arc<dyn Sink>;
+
+/// Whether sinks compare fence tokens (DESIGN §8). Only the test-only cargo
+/// feature `ha-test-unfenced` turns it off, for the negative-control tests
+/// that prove the HA suite can fail; a release build never has it.
+pub const TOKENS_CHECKED: bool = !cfg!(feature = "ha-test-unfenced");
 
 /// The store's record of which sink wrote which target for which policy
 /// and lineage: the seam between sinks and the ownership work (the store

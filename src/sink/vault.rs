@@ -25,6 +25,12 @@
 //! 4. read it back (`GET /v1/<mount>/data/<path>`) and compare fingerprints
 //!    before acknowledging; a mismatch is a retryable error.
 //!
+//! With a PostgreSQL state (DESIGN §8) the publication carries the leader's
+//! fence: step 1 refuses a path whose `rekey_fence` label is higher (a
+//! fenced outcome: the node stops), the check-and-set of step 2 is on the
+//! version read together with that label, and the labels of steps 1 and 3
+//! record the fence. On SQLite no fence label is read or written.
+//!
 //! Authentication: a static `token` (its TTL looked up with `lookup-self`,
 //! renewed with `renew-self` at about 2/3 of it) or AppRole (`role_id` +
 //! `secret_id` → login; renewed the same way, and logged in again when
@@ -64,6 +70,9 @@ use crate::secret::{Secret, SecretFields};
 /// written for.
 pub const LABEL_POLICY: &str = "rekey_policy";
 pub const LABEL_LINEAGE: &str = "rekey_lineage";
+/// Custom metadata label holding the fence of the leader that wrote the
+/// path (PostgreSQL state only, DESIGN §8).
+pub const LABEL_FENCE: &str = "rekey_fence";
 
 /// Check-and-set writes tried before giving up on a path another writer
 /// keeps changing.
@@ -241,6 +250,9 @@ const CAS_MISMATCH: &str = "check-and-set parameter did not match";
 struct Labels {
     policy: Option<String>,
     lineage: Option<String>,
+    /// `rekey_fence`: the fence of the leader that wrote it last
+    /// (PostgreSQL state only).
+    fence: Option<i64>,
 }
 
 impl Labels {
@@ -965,6 +977,7 @@ impl VaultSink {
             labels: Labels {
                 policy: label(LABEL_POLICY),
                 lineage: label(LABEL_LINEAGE),
+                fence: label(LABEL_FENCE).and_then(|f| f.parse().ok()),
             },
         })
     }
@@ -997,6 +1010,33 @@ impl VaultSink {
             crate::logging::escape(p.lineage),
             self.name
         )))
+    }
+
+    /// With a fence (PostgreSQL state), refuse a path whose `rekey_fence`
+    /// label is newer than this write's: a newer leader wrote it. The data
+    /// write that follows is check-and-set on the version read with it, so
+    /// a newer leader's write in between fails it and it is read again.
+    fn check_fence(
+        &self,
+        path: &KvPath,
+        existing: &Existing,
+        p: &Publication<'_>,
+    ) -> Result<(), SinkError> {
+        if !super::TOKENS_CHECKED {
+            return Ok(());
+        }
+        if let (Some(mine), Existing::Present { labels, .. }) = (p.fence, existing)
+            && let Some(held) = labels.fence
+            && held > mine
+        {
+            return Err(SinkError::fenced(
+                &self.name,
+                &format!("{}/{}", self.mount, path.shown),
+                held,
+                mine,
+            ));
+        }
+        Ok(())
     }
 
     /// One check-and-set write. `Ok(None)`: another writer won the race.
@@ -1064,6 +1104,7 @@ impl VaultSink {
         put(LABEL_POLICY, Some(p.policy.to_string()));
         put(LABEL_LINEAGE, Some(p.lineage.to_string()));
         put("rekey_rotation", Some(p.rotation_id.to_string()));
+        put(LABEL_FENCE, p.fence.map(|f| f.to_string()));
         if written {
             put("key_id", p.key_id.map(str::to_string));
             put("expires_at", p.expires_at.map(rfc3339));
@@ -1150,6 +1191,7 @@ impl VaultSink {
         for attempt in 1..=CAS_ATTEMPTS {
             let mut existing = self.existing(&token, &path).await?;
             self.check_ownership(&path, &existing, p)?;
+            self.check_fence(&path, &existing, p)?;
             if existing == Existing::Absent {
                 // Label first: a crash before the data write leaves a path
                 // that the next attempt recognises as its own.

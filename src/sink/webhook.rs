@@ -127,6 +127,12 @@ pub fn body(p: &Publication<'_>, now: DateTime<Utc>) -> Zeroizing<String> {
         "expires_at": p.expires_at.map(rfc3339),
         "fingerprint": p.fingerprint,
     });
+    let mut meta = meta;
+    if let Some(fence) = p.fence {
+        // PostgreSQL state only (DESIGN §8): the leader's fence; a receiver
+        // drops a body whose fence is lower than one it already took.
+        meta["fence"] = serde_json::json!(fence);
+    }
     let meta = meta.to_string();
     let secret = p.secret.to_json();
     let envelope_head =
@@ -241,6 +247,40 @@ mod tests {
     }
 
     #[test]
+    fn a_fence_travels_in_the_body_only_when_the_state_is_shared() {
+        let mut f = SecretFields::new();
+        f.insert("api_key", Secret::new("sk_1"));
+        let fp = f.fingerprint();
+        let now = Utc::now();
+        let p = Publication {
+            policy: "p",
+            lineage: "l",
+            provider: "ob",
+            provider_kind: "oceanbase",
+            rotation_id: "1a2b3c4d",
+            key_id: Some("k1"),
+            key_name: "l-1",
+            created_at: None,
+            expires_at: None,
+            secret: &f,
+            fingerprint: &fp,
+            fence: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&body(&p, now)).unwrap();
+        assert!(v["data"].get("fence").is_none(), "{v}");
+        let v: serde_json::Value = serde_json::from_str(&body(
+            &Publication {
+                fence: Some(12),
+                ..p
+            },
+            now,
+        ))
+        .unwrap();
+        assert_eq!(v["data"]["fence"], 12);
+        assert_eq!(v["data"]["secret"]["api_key"], "sk_1");
+    }
+
+    #[test]
     fn body_is_valid_json_with_the_secret_under_data() {
         let mut f = SecretFields::new();
         f.insert("access_key_id", Secret::new("AKID\"1"));
@@ -261,6 +301,7 @@ mod tests {
             expires_at: None,
             secret: &f,
             fingerprint: &fp,
+            fence: None,
         };
         let b = body(&p, now);
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();

@@ -105,11 +105,14 @@ impl Store {
     }
 
     /// Take the lease for `holder` for `ttl` (from the database's `now()`)
-    /// and record `config_digest`. Succeeds when the lease is free, expired,
-    /// or already held by `holder`; `None` when another holder's lease is
-    /// still running. The fence increments unless this is `holder`
-    /// renewing a lease that has not expired. Call [`Store::set_fence`]
-    /// with the returned fence before any write.
+    /// and record `config_digest`. Succeeds only when the lease is free or
+    /// expired, and every acquisition increments the fence; `None` while
+    /// any lease is still running — `holder`'s own included, so two
+    /// processes that share an instance name (a cloned host, a restart
+    /// before the old lease ran out) can never both hold one fence: the
+    /// second waits for the lease to expire. A holder keeps its lease with
+    /// [`Store::lease_renew`]. Call [`Store::set_fence`] with the returned
+    /// fence before any write.
     pub fn lease_acquire(
         &self,
         holder: &str,
@@ -119,12 +122,12 @@ impl Store {
         self.lease_stmt("lease_acquire", |tx| {
             tx.query_opt(
                 "UPDATE lease SET
-                    fence = CASE WHEN holder = ?1 AND lease_until > now() THEN fence ELSE fence + 1 END,
+                    fence = fence + 1,
                     holder = ?1,
                     lease_until = now() + CAST(?2 AS BIGINT) * interval '1 millisecond',
                     config_digest = ?3
                  WHERE name = 'leader'
-                   AND (holder IS NULL OR lease_until IS NULL OR lease_until <= now() OR holder = ?1)
+                   AND (holder IS NULL OR lease_until IS NULL OR lease_until <= now())
                  RETURNING fence, lease_until",
                 p![holder, millis(ttl), config_digest],
             )?

@@ -57,13 +57,44 @@ fn a_second_holder_waits_until_the_lease_expires_by_the_database_clock() {
     let left = info.lease_until.unwrap() - info.db_now;
     assert!(left > chrono::Duration::seconds(25) && left <= chrono::Duration::seconds(30));
     assert_eq!(b.lease_acquire("node-b", TTL, "digest-1").unwrap(), None);
-    // The holder acquiring again is a renewal: same fence.
-    let again = a.lease_acquire("node-a", TTL, "digest-1").unwrap().unwrap();
-    assert_eq!(again.fence, 1);
+    // Not even its own name takes a running lease: a second process under
+    // the same instance name must not share the fence (renewal is
+    // `lease_renew`).
+    assert_eq!(a.lease_acquire("node-a", TTL, "digest-1").unwrap(), None);
     expire(a.name());
     let taken = b.lease_acquire("node-b", TTL, "digest-1").unwrap().unwrap();
     assert_eq!(taken.fence, 2, "a takeover increments the fence");
     assert_eq!(a.lease_acquire("node-a", TTL, "digest-1").unwrap(), None);
+}
+
+/// Two processes under one instance name (a cloned host's name, the
+/// default) racing for a free lease: with "the holder may re-acquire its
+/// own lease" both got the same fence and led at once. Exactly one wins.
+#[test]
+fn two_processes_sharing_an_instance_name_never_hold_one_fence_together() {
+    let Some(a) = pg_db() else { return };
+    let stores: Vec<Store> = (0..4)
+        .map(|_| Store::open_postgres(&options_for(a.name(), "node-a")).unwrap())
+        .collect();
+    for round in 0..5 {
+        let barrier = std::sync::Barrier::new(stores.len());
+        let won: Vec<Option<Lease>> = std::thread::scope(|s| {
+            let handles: Vec<_> = stores
+                .iter()
+                .map(|st| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        st.lease_acquire("node-a", TTL, "d").unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<i64> = won.iter().flatten().map(|l| l.fence).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {won:?}");
+        expire(a.name());
+    }
 }
 
 #[test]

@@ -629,6 +629,7 @@ mod tests {
             version: "0".into(),
             started_at: now,
             instance: None,
+            leadership: Default::default(),
             policies: vec![std::sync::Arc::new(PolicyStatus {
                 name: hostile.into(),
                 error: Some(hostile.into()),

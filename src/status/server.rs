@@ -761,14 +761,11 @@ async fn rotate(
     headers: HeaderMap,
     params: Result<Query<RotateParams>, QueryRejection>,
 ) -> Response {
-    // A name from the URL is logged only once it is known to be a policy.
-    if !app
-        .state
-        .status
-        .load()
-        .policies
-        .iter()
-        .any(|p| p.name == policy)
+    // A name from the URL is logged only once it is known to be a policy
+    // (a standby knows its config's names, DESIGN §8).
+    let snap = app.state.status.load();
+    if !snap.policies.iter().any(|p| p.name == policy)
+        && !snap.leadership.policies.contains(&policy)
     {
         return rotate_response(&policy, RotateReply::UnknownPolicy);
     }

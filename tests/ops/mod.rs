@@ -207,6 +207,7 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
             state: "/var/lib/rekey/state.db".into(),
             host: "ops-host".into(),
         }),
+        leadership: Default::default(),
         policies: vec![
             std::sync::Arc::new(PolicyStatus {
                 name: "maas-prod".into(),

@@ -64,6 +64,7 @@ impl NewKey {
             expires_at: Some(self.expires_at),
             secret: &self.fields,
             fingerprint: &self.fingerprint,
+            fence: None,
         }
     }
 

@@ -191,6 +191,46 @@ async fn vault_sink_retries_when_another_writer_wins_the_cas_race() {
 }
 
 #[tokio::test]
+async fn vault_sink_refuses_a_write_under_a_fence_older_than_the_paths_label() {
+    let Some(bao) = OpenBao::start().await else {
+        return;
+    };
+    bao.create_sink_policy("rekey", "maas").await;
+    let token = bao.create_token("rekey", "1h").await;
+    let vault = sink(&bao, token_auth(&token));
+    let newer = NewKey::new("billing", "1a2b3c4d");
+    vault
+        .publish(&rekey::sink::Publication {
+            fence: Some(5),
+            ..newer.publication()
+        })
+        .await
+        .unwrap();
+    let meta = bao.read_metadata("maas/billing").await;
+    assert_eq!(meta["data"]["custom_metadata"]["rekey_fence"], "5");
+    let stale = NewKey::new("billing", "5e6f7a8b");
+    let refused = vault
+        .publish(&rekey::sink::Publication {
+            fence: Some(4),
+            ..stale.publication()
+        })
+        .await;
+    let stored = bao.read_kv("maas/billing").await;
+    if rekey::sink::TOKENS_CHECKED {
+        let e = refused.unwrap_err();
+        assert!(e.fenced && !e.retryable, "{e:?}");
+        assert!(e.message.contains("fence token 5"), "{}", e.message);
+        assert_eq!(
+            stored["data"]["access_key_id"],
+            newer.value("access_key_id"),
+            "the newer leader's key stays"
+        );
+    } else {
+        refused.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn vault_sink_gives_up_after_five_cas_conflicts_with_a_retryable_error() {
     let Some(bao) = OpenBao::start().await else {
         return;

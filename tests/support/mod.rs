@@ -5,6 +5,7 @@
 //! - [`receiver`]: an in-test HTTP receiver for signed webhooks that checks
 //!   signatures on its own and fails on demand.
 //! - [`openbao`]: a real OpenBao dev server (`bao` from PyPI), killed on drop.
+//! - [`pg`]: a PostgreSQL database of the test's own on the shared server.
 //! - [`logs`]: capture `tracing` output at TRACE to search it for secrets.
 //! - [`python`]: the official `standardwebhooks` library, via `$REKEY_TEST_PYTHON`.
 //! - [`cloud`]: Tencent and Huawei provider configs, an in-process daemon.
@@ -17,6 +18,7 @@
 pub mod cloud;
 pub mod logs;
 pub mod openbao;
+pub mod pg;
 pub mod python;
 pub mod receiver;
 
