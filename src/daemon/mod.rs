@@ -140,10 +140,12 @@ pub fn build_runtime(
     clock: &SharedClock,
 ) -> Result<Runtime, BuildFailure> {
     let mut providers = HashMap::new();
+    // One rate-limit bucket per provider account, shared by its entries.
+    let pacers = provider::http::pacers(&cfg.providers);
     for (name, p) in &cfg.providers {
         providers.insert(
             name.clone(),
-            provider::build(p, metrics).map_err(|e| BuildFailure {
+            provider::build_paced(p, metrics, pacers[name].clone()).map_err(|e| BuildFailure {
                 item: format!("providers.{name}"),
                 reason: e.to_string(),
             })?,
@@ -243,6 +245,13 @@ struct Daemon {
     /// arise with the passing of time (a rotation stuck, a key expired) are
     /// reported within [`STATUS_REFRESH`].
     last_refresh: Mutex<Option<std::time::Instant>>,
+    /// When each policy's status was last rebuilt (by a check or the
+    /// periodic refresh): the refresh skips policies rebuilt since.
+    status_at: Mutex<HashMap<String, std::time::Instant>>,
+    /// [`Daemon::policy_globs`]' sets, per group of policies, with the
+    /// configuration they were built from.
+    #[allow(clippy::type_complexity)]
+    policy_globs: Mutex<HashMap<Vec<String>, (Arc<Config>, Arc<globset::GlobSet>)>>,
     /// Work stops between steps when this fires.
     work_stop: CancellationToken,
     tracker: TaskTracker,
@@ -408,6 +417,8 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         driving: Mutex::new(HashSet::new()),
         held: Mutex::new(HashMap::new()),
         last_refresh: Mutex::new(Some(std::time::Instant::now())),
+        status_at: Mutex::new(HashMap::new()),
+        policy_globs: Mutex::new(HashMap::new()),
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
@@ -781,12 +792,27 @@ impl Daemon {
                     ),
                     None => None,
                 };
-                for p in policies {
+                // Every key name of the walk matched once against the
+                // group's globs, not once per policy.
+                let parts = match &walk {
+                    Some(Ok(w)) => {
+                        let globs = me.policy_globs(&rt, &policies);
+                        Some(w.split(&globs))
+                    }
+                    _ => None,
+                };
+                for (i, p) in policies.into_iter().enumerate() {
                     let started = me.engine.clock.now();
-                    let result = match &walk {
-                        Some(w) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
-                        None => me.engine.check_policy(&rt, &p).await,
+                    let result = match (&walk, &parts) {
+                        (Some(Ok(w)), Some(parts)) => {
+                            let listing = w.subset(&parts[i]);
+                            me.engine.check_policy_listed(&rt, &p, Ok(listing)).await
+                        }
+                        (Some(w), _) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
+                        (None, _) => me.engine.check_policy(&rt, &p).await,
                     };
+                    // The check rebuilt the policy's status (failed or not).
+                    me.status_at.lock().expect("lock").insert(p.clone(), std::time::Instant::now());
                     match result {
                         Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
                         Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
@@ -847,6 +873,28 @@ impl Daemon {
         }
     }
 
+    /// One glob set of `policies`' `match` globs, in that order (a policy
+    /// not in `rt`, whose check fails as unknown, gets the empty glob),
+    /// built once per group of policies and configuration generation.
+    fn policy_globs(&self, rt: &Arc<Runtime>, policies: &[String]) -> Arc<globset::GlobSet> {
+        let mut cache = self.policy_globs.lock().expect("lock");
+        if let Some((cfg, set)) = cache.get(policies)
+            && Arc::ptr_eq(cfg, &rt.config)
+        {
+            return set.clone();
+        }
+        let mut b = globset::GlobSetBuilder::new();
+        for p in policies {
+            match rt.policy(p) {
+                Some(policy) => b.add(policy.matcher.glob().clone()),
+                None => b.add(globset::Glob::new("").expect("the empty glob is valid")),
+            };
+        }
+        let set = Arc::new(b.build().unwrap_or_else(|_| globset::GlobSet::empty()));
+        cache.insert(policies.to_vec(), (rt.config.clone(), set.clone()));
+        set
+    }
+
     /// Whether `id` is backing off after an unexpected failure.
     fn held_back(&self, id: &str, now: DateTime<Utc>) -> bool {
         self.held
@@ -875,22 +923,37 @@ impl Daemon {
         delay
     }
 
-    /// Rebuild every policy's status from the store (no provider call) at
-    /// most every [`STATUS_REFRESH`]: conditions that arise only with time
-    /// (a rotation older than its bound, a key past its expiry) are then
-    /// reported, with their event, within that interval.
+    /// Rebuild from the store (no provider call) the status of every policy
+    /// whose status is older than [`STATUS_REFRESH`] (looked at every third
+    /// of that): conditions that arise only with time (a rotation older
+    /// than its bound, a key past its expiry) are then reported, with their
+    /// event, within about that interval. A policy checked (or whose
+    /// status was rebuilt) since is skipped: its status is that recent.
     fn refresh_when_stale(&self) {
         let mut last = self.last_refresh.lock().expect("lock");
-        if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH) {
+        if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH / 3) {
             return;
         }
         *last = Some(std::time::Instant::now());
         drop(last);
         let rt = self.current();
         for p in &rt.config.policies {
+            let fresh = self
+                .status_at
+                .lock()
+                .expect("lock")
+                .get(&p.name)
+                .is_some_and(|t| t.elapsed() < STATUS_REFRESH);
+            if fresh {
+                continue;
+            }
             if let Err(e) = self.engine.refresh_status(&rt, &p.name) {
                 tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
             }
+            self.status_at
+                .lock()
+                .expect("lock")
+                .insert(p.name.clone(), std::time::Instant::now());
         }
         let m = &self.engine.metrics;
         let rows = self.engine.store.outbox_state().unwrap_or_default();

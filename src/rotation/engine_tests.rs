@@ -1706,3 +1706,55 @@ async fn a_provider_that_returns_the_id_on_create_never_lists_for_it() {
         );
     }
 }
+
+/// `(key_id, state, last_seen_at)` of every key row, straight from the DB.
+fn key_rows(h: &Harness) -> Vec<(String, String, String)> {
+    let c = rusqlite::Connection::open(h.dir.path().join("state.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT key_id, state, last_seen_at FROM keys ORDER BY key_id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_check_that_changes_nothing_writes_no_key_row_and_a_later_change_still_marks_keys_gone() {
+    let h = harness("", None);
+    let a = h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    let b = h.fake.add("app-b", Duration::days(1), Duration::days(29));
+    h.check().await;
+    let first = key_rows(&h);
+    assert_eq!(first.len(), 2);
+    let t1 = crate::state::ts(h.clock.now());
+    assert!(
+        first.iter().all(|r| r.1 == "live" && r.2 == t1),
+        "{first:?}"
+    );
+
+    // The same listing 10 s later: no key row is written, the check's time is.
+    h.clock.advance(Duration::seconds(10));
+    h.check().await;
+    assert_eq!(key_rows(&h), first);
+    let ps = h.engine.store.policy_state("p").unwrap().unwrap();
+    assert_eq!(ps.last_check_at, Some(h.clock.now()));
+    // The status is still built (from the store's rows) for both keys.
+    let snap = h.engine.status.load();
+    let status = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(status.keys.len(), 2);
+    assert_eq!(status.last_check_at, Some(h.clock.now()));
+
+    // A key vanishes: the next check writes, and the vanished key is gone.
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != b);
+    h.clock.advance(Duration::seconds(10));
+    h.check().await;
+    let t3 = crate::state::ts(h.clock.now());
+    let rows = key_rows(&h);
+    assert_eq!(rows[0], (a.clone(), "live".to_string(), t3));
+    assert_eq!(rows[1].0, b);
+    assert_eq!(rows[1].1, "gone");
+    let snap = h.engine.status.load();
+    let status = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(status.keys.len(), 1);
+}
