@@ -185,6 +185,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         wake_notify: Arc::new(Notify::new()),
         slots: Arc::new(Semaphore::new(1)),
         backoff: Backoff::default(),
+        status_built: Default::default(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

@@ -76,9 +76,9 @@ pub const HOLD_FLOOR: Duration = Duration::from_secs(1);
 /// Longest pause between drives of a rotation that keeps failing
 /// unexpectedly.
 pub const HOLD_CAP: Duration = Duration::from_secs(300);
-/// How often the loop rebuilds every policy's status (and health) from the
-/// store even when nothing happened.
-pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// How old a policy's status may grow before the loop rebuilds it (and its
+/// health) from the store even when nothing happened.
+pub use crate::rotation::engine::STATUS_REFRESH;
 
 /// What signals mean to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,9 +245,6 @@ struct Daemon {
     /// arise with the passing of time (a rotation stuck, a key expired) are
     /// reported within [`STATUS_REFRESH`].
     last_refresh: Mutex<Option<std::time::Instant>>,
-    /// When each policy's status was last rebuilt (by a check or the
-    /// periodic refresh): the refresh skips policies rebuilt since.
-    status_at: Mutex<HashMap<String, std::time::Instant>>,
     /// [`Daemon::policy_globs`]' sets, per group of policies, with the
     /// configuration they were built from.
     #[allow(clippy::type_complexity)]
@@ -328,6 +325,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         wake_notify: Arc::new(Notify::new()),
         slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
         backoff: Backoff::default(),
+        status_built: Default::default(),
     });
     let (rotate_tx, mut rotate_rx) = mpsc::channel::<RotateRequest>(64);
     let (command_tx, mut command_rx) = mpsc::channel::<CommandRequest>(64);
@@ -417,7 +415,6 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         driving: Mutex::new(HashSet::new()),
         held: Mutex::new(HashMap::new()),
         last_refresh: Mutex::new(Some(std::time::Instant::now())),
-        status_at: Mutex::new(HashMap::new()),
         policy_globs: Mutex::new(HashMap::new()),
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -811,8 +808,6 @@ impl Daemon {
                         (Some(w), _) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
                         (None, _) => me.engine.check_policy(&rt, &p).await,
                     };
-                    // The check rebuilt the policy's status (failed or not).
-                    me.status_at.lock().expect("lock").insert(p.clone(), std::time::Instant::now());
                     match result {
                         Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
                         Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
@@ -938,22 +933,16 @@ impl Daemon {
         drop(last);
         let rt = self.current();
         for p in &rt.config.policies {
-            let fresh = self
-                .status_at
-                .lock()
-                .expect("lock")
-                .get(&p.name)
-                .is_some_and(|t| t.elapsed() < STATUS_REFRESH);
-            if fresh {
+            if self
+                .engine
+                .status_built
+                .younger_than(&p.name, STATUS_REFRESH)
+            {
                 continue;
             }
             if let Err(e) = self.engine.refresh_status(&rt, &p.name) {
                 tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
             }
-            self.status_at
-                .lock()
-                .expect("lock")
-                .insert(p.name.clone(), std::time::Instant::now());
         }
         let m = &self.engine.metrics;
         let rows = self.engine.store.outbox_state().unwrap_or_default();

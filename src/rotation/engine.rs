@@ -225,6 +225,37 @@ pub struct Engine {
     /// actively working, not while it waits out grace or backoff.
     pub slots: Arc<Semaphore>,
     pub backoff: Backoff,
+    /// When each policy's status was last rebuilt from the store.
+    pub status_built: StatusBuilt,
+}
+
+/// How old a policy's status may grow before it is rebuilt from the store
+/// even when nothing happened: conditions that arise only with time (a
+/// rotation older than its bound, a key past its expiry) are then reported,
+/// with their event, within about that interval. A check that changes
+/// nothing only updates the check times of a status younger than this.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
+/// When each policy's status was last rebuilt from the store (monotonic).
+#[derive(Debug, Default)]
+pub struct StatusBuilt(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+impl StatusBuilt {
+    fn mark(&self, policy: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(policy.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `policy`'s status was rebuilt less than `age` ago.
+    pub fn younger_than(&self, policy: &str, age: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(policy)
+            .is_some_and(|t| t.elapsed() < age)
+    }
 }
 
 /// A rotation as `status` shows it.
@@ -468,7 +499,10 @@ impl Engine {
         store_changed |= ledger.rotations.iter().any(|r| !r.state.is_terminal());
         if store_changed {
             self.refresh_status(rt, name)?;
-        } else {
+        } else if !(plan.health.is_healthy()
+            && plan.misconfigured.is_none()
+            && self.touch_status(name, started, next_check_at))
+        {
             self.publish_status(rt, policy, &ledger)?;
         }
         if started_any {
@@ -851,6 +885,40 @@ impl Engine {
         self.publish_status(rt, policy, &ledger)
     }
 
+    /// After a healthy check that changed nothing in the store: give the
+    /// policy's status, when healthy, without error and younger than
+    /// [`STATUS_REFRESH`], the new check times and keep the rest (no
+    /// re-plan). Returns false (nothing done) otherwise: it must be
+    /// rebuilt (a status that reports a problem, e.g. the last check's
+    /// listing error, is always rebuilt).
+    fn touch_status(
+        &self,
+        name: &str,
+        checked_at: DateTime<Utc>,
+        next_check_at: Option<DateTime<Utc>>,
+    ) -> bool {
+        if !self.status_built.younger_than(name, STATUS_REFRESH) {
+            return false;
+        }
+        let snapshot = self.status.load();
+        let Some(prev) = snapshot.policies.iter().find(|p| p.name == name) else {
+            return false;
+        };
+        if !prev.health.is_healthy() || prev.error.is_some() {
+            return false;
+        }
+        let mut status = PolicyStatus::clone(prev);
+        drop(snapshot);
+        status.last_check_at = Some(checked_at);
+        if next_check_at.is_some() {
+            status.next_check_at = next_check_at;
+        }
+        let status = Arc::new(status);
+        self.metrics.sync_policy(&status);
+        self.status.update_policy_shared(status);
+        true
+    }
+
     /// [`Engine::refresh_status`] from a ledger already read (and still
     /// what the store holds).
     fn publish_status(
@@ -977,6 +1045,7 @@ impl Engine {
         let status = Arc::new(status);
         self.metrics.sync_policy(&status);
         self.status.update_policy_shared(status);
+        self.status_built.mark(name);
         Ok(())
     }
 

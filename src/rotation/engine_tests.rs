@@ -296,6 +296,7 @@ create = {{ action = "read" }}
             base: std::time::Duration::from_millis(10),
             max: std::time::Duration::from_secs(60),
         },
+        status_built: Default::default(),
     };
     Harness {
         engine,
@@ -1211,6 +1212,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
             base: std::time::Duration::from_millis(10),
             max: std::time::Duration::from_secs(60),
         },
+        status_built: Default::default(),
     };
     Ok(Harness {
         engine,
@@ -1757,4 +1759,44 @@ async fn a_check_that_changes_nothing_writes_no_key_row_and_a_later_change_still
     let snap = h.engine.status.load();
     let status = snap.policies.iter().find(|p| p.name == "p").unwrap();
     assert_eq!(status.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_listing_error_leaves_the_status_at_the_next_good_check_that_changes_nothing() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(5), Duration::days(25));
+    let status = |h: &Harness| {
+        let snap = h.engine.status.load();
+        snap.policies
+            .iter()
+            .find(|p| p.name == "pa")
+            .cloned()
+            .unwrap()
+    };
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert!(status(&h).error.is_none());
+    // The listing fails: the status says so.
+    counting
+        .fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap_err();
+    assert!(
+        status(&h)
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("503"))
+    );
+    // The same keys again: nothing to write, but the error is gone.
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    let s = status(&h);
+    assert!(s.error.is_none(), "{:?}", s.error);
+    assert!(s.health.is_healthy());
+    assert_eq!(s.last_check_at, Some(h.clock.now()));
+    // And a later unchanged check only moves the check time.
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(status(&h).last_check_at, Some(h.clock.now()));
+    assert_eq!(status(&h).keys, s.keys);
 }

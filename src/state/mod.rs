@@ -292,6 +292,16 @@ impl Store {
         // (rusqlite keeps 16 by default; more are in use, and re-parsing
         // SQL was a visible share of an idle daemon's CPU).
         c.set_prepared_statement_cache_capacity(64);
+        // Plans do not depend on bound values (the query planner stability
+        // guarantee): otherwise a cached statement is re-prepared each
+        // time a parameter such as the policy name changes (SQLite marks
+        // it so when a bound value could pick a partial index), and every
+        // check of another policy re-parsed its SQL. The queries name
+        // their indexes where it matters.
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let r: Result<(), rusqlite::Error> = (|| {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
