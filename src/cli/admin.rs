@@ -197,6 +197,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         slots: Arc::new(Semaphore::new(1)),
         backoff: Backoff::default(),
         lease: crate::rotation::gate::LeaseGate::single(),
+        status_built: Default::default(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

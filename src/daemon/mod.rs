@@ -79,9 +79,9 @@ pub const HOLD_FLOOR: Duration = Duration::from_secs(1);
 /// Longest pause between drives of a rotation that keeps failing
 /// unexpectedly.
 pub const HOLD_CAP: Duration = Duration::from_secs(300);
-/// How often the loop rebuilds every policy's status (and health) from the
-/// store even when nothing happened.
-pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// How old a policy's status may grow before the loop rebuilds it (and its
+/// health) from the store even when nothing happened.
+pub use crate::rotation::engine::STATUS_REFRESH;
 
 /// What signals mean to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +152,12 @@ pub fn build_runtime(
     clock: &SharedClock,
 ) -> Result<Runtime, BuildFailure> {
     let mut providers = HashMap::new();
+    // One rate-limit bucket per provider account, shared by its entries.
+    let pacers = provider::http::pacers(&cfg.providers);
     for (name, p) in &cfg.providers {
         providers.insert(
             name.clone(),
-            provider::build(p, metrics).map_err(|e| BuildFailure {
+            provider::build_paced(p, metrics, pacers[name].clone()).map_err(|e| BuildFailure {
                 item: format!("providers.{name}"),
                 reason: e.to_string(),
             })?,
@@ -255,6 +257,10 @@ struct Daemon {
     /// arise with the passing of time (a rotation stuck, a key expired) are
     /// reported within [`STATUS_REFRESH`].
     last_refresh: Mutex<Option<std::time::Instant>>,
+    /// [`Daemon::policy_globs`]' sets, per group of policies, with the
+    /// configuration they were built from.
+    #[allow(clippy::type_complexity)]
+    policy_globs: Mutex<HashMap<Vec<String>, (Arc<Config>, Arc<globset::GlobSet>)>>,
     /// Work stops between steps when this fires.
     work_stop: CancellationToken,
     tracker: TaskTracker,
@@ -500,6 +506,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         slots: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
         backoff: Backoff::default(),
         lease: gate.clone(),
+        status_built: Default::default(),
     });
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -515,6 +522,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         driving: Mutex::new(HashSet::new()),
         held: Mutex::new(HashMap::new()),
         last_refresh: Mutex::new(Some(std::time::Instant::now())),
+        policy_globs: Mutex::new(HashMap::new()),
         work_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
     });
@@ -1033,11 +1041,24 @@ impl Daemon {
                     ),
                     None => None,
                 };
-                for p in policies {
+                // Every key name of the walk matched once against the
+                // group's globs, not once per policy.
+                let parts = match &walk {
+                    Some(Ok(w)) => {
+                        let globs = me.policy_globs(&rt, &policies);
+                        Some(w.split(&globs))
+                    }
+                    _ => None,
+                };
+                for (i, p) in policies.into_iter().enumerate() {
                     let started = me.engine.clock.now();
-                    let result = match &walk {
-                        Some(w) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
-                        None => me.engine.check_policy(&rt, &p).await,
+                    let result = match (&walk, &parts) {
+                        (Some(Ok(w)), Some(parts)) => {
+                            let listing = w.subset(&parts[i]);
+                            me.engine.check_policy_listed(&rt, &p, Ok(listing)).await
+                        }
+                        (Some(w), _) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
+                        (None, _) => me.engine.check_policy(&rt, &p).await,
                     };
                     match result {
                         Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
@@ -1103,6 +1124,28 @@ impl Daemon {
         }
     }
 
+    /// One glob set of `policies`' `match` globs, in that order (a policy
+    /// not in `rt`, whose check fails as unknown, gets the empty glob),
+    /// built once per group of policies and configuration generation.
+    fn policy_globs(&self, rt: &Arc<Runtime>, policies: &[String]) -> Arc<globset::GlobSet> {
+        let mut cache = self.policy_globs.lock().expect("lock");
+        if let Some((cfg, set)) = cache.get(policies)
+            && Arc::ptr_eq(cfg, &rt.config)
+        {
+            return set.clone();
+        }
+        let mut b = globset::GlobSetBuilder::new();
+        for p in policies {
+            match rt.policy(p) {
+                Some(policy) => b.add(policy.matcher.glob().clone()),
+                None => b.add(globset::Glob::new("").expect("the empty glob is valid")),
+            };
+        }
+        let set = Arc::new(b.build().unwrap_or_else(|_| globset::GlobSet::empty()));
+        cache.insert(policies.to_vec(), (rt.config.clone(), set.clone()));
+        set
+    }
+
     /// Whether `id` is backing off after an unexpected failure.
     fn held_back(&self, id: &str, now: DateTime<Utc>) -> bool {
         self.held
@@ -1131,19 +1174,28 @@ impl Daemon {
         delay
     }
 
-    /// Rebuild every policy's status from the store (no provider call) at
-    /// most every [`STATUS_REFRESH`]: conditions that arise only with time
-    /// (a rotation older than its bound, a key past its expiry) are then
-    /// reported, with their event, within that interval.
+    /// Rebuild from the store (no provider call) the status of every policy
+    /// whose status is older than [`STATUS_REFRESH`] (looked at every third
+    /// of that): conditions that arise only with time (a rotation older
+    /// than its bound, a key past its expiry) are then reported, with their
+    /// event, within about that interval. A policy checked (or whose
+    /// status was rebuilt) since is skipped: its status is that recent.
     fn refresh_when_stale(&self) {
         let mut last = self.last_refresh.lock().expect("lock");
-        if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH) {
+        if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH / 3) {
             return;
         }
         *last = Some(std::time::Instant::now());
         drop(last);
         let rt = self.current();
         for p in &rt.config.policies {
+            if self
+                .engine
+                .status_built
+                .younger_than(&p.name, STATUS_REFRESH)
+            {
+                continue;
+            }
             if let Err(e) = self.engine.refresh_status(&rt, &p.name) {
                 tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");
             }

@@ -179,8 +179,19 @@ pub fn client(
 }
 
 impl ProviderHttp {
+    /// A client with a pacer of its own (the entry's `rate_limit`).
     pub fn new(cfg: &ProviderConfig, metrics: Metrics) -> Result<Self, BuildError> {
         let pacer = Arc::new(Pacer::new(cfg.rate_limit.map(|r| r.per_second)));
+        Self::with_pacer(cfg, metrics, pacer)
+    }
+
+    /// A client pacing its calls with `pacer`, shared with every other
+    /// entry on the same provider account ([`pacers`]).
+    pub fn with_pacer(
+        cfg: &ProviderConfig,
+        metrics: Metrics,
+        pacer: Arc<Pacer>,
+    ) -> Result<Self, BuildError> {
         Ok(ProviderHttp {
             client: client(cfg.ca_file.as_deref(), cfg.timeout)?,
             provider: cfg.name.clone(),
@@ -355,6 +366,39 @@ pub fn error_code(e: &ProviderError) -> &'static str {
 
 pub use crate::outbound::{error_chain, retry_after};
 
+/// One pacer per provider account (`config::ownership::account_of`: kind,
+/// host and account identity), keyed by provider entry name. A provider's
+/// rate limit is the account's (Tencent: "20 requests/s per API", shared by
+/// everything on the account), so two `[providers.*]` entries on one
+/// account — even with different credentials or regions — draw from one
+/// bucket and their combined rate stays under the limit. The bucket's
+/// ceiling is the smallest `rate_limit` any of those entries configures
+/// (none configured: unpaced until the provider throttles).
+pub fn pacers(
+    providers: &std::collections::BTreeMap<String, ProviderConfig>,
+) -> std::collections::HashMap<String, Arc<Pacer>> {
+    let mut ceiling: std::collections::HashMap<String, Option<f64>> = Default::default();
+    for p in providers.values() {
+        let c = ceiling
+            .entry(crate::config::ownership::account_of(p))
+            .or_insert(None);
+        if let Some(r) = p.rate_limit.map(|r| r.per_second) {
+            *c = Some(c.map_or(r, |c| c.min(r)));
+        }
+    }
+    let by_account: std::collections::HashMap<String, Arc<Pacer>> = ceiling
+        .into_iter()
+        .map(|(account, c)| (account, Arc::new(Pacer::new(c))))
+        .collect();
+    providers
+        .iter()
+        .map(|(name, p)| {
+            let account = crate::config::ownership::account_of(p);
+            (name.clone(), by_account[&account].clone())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +432,47 @@ mod tests {
         // Never above the configured ceiling.
         p.succeeded(t0 + Duration::from_secs(60));
         assert_eq!(p.rate(), Some(40.0));
+    }
+
+    fn oceanbase(name: &str, project: &str, key: &str, rate: Option<f64>) -> ProviderConfig {
+        use crate::config::{ProviderKind, RateLimit, SecretRef};
+        ProviderConfig {
+            name: name.into(),
+            endpoint: "https://api.example.test".into(),
+            rate_limit: rate.map(|per_second| RateLimit { per_second }),
+            ca_file: None,
+            timeout: Duration::from_secs(5),
+            kind: ProviderKind::OceanBase(crate::provider::oceanbase::OceanBaseConfig {
+                org_id: "org".into(),
+                project_id: project.into(),
+                access_key_id: SecretRef::Env(format!("{key}_ID")),
+                access_key_secret: SecretRef::Env(format!("{key}_SECRET")),
+            }),
+        }
+    }
+
+    #[test]
+    fn two_entries_on_one_account_share_one_rate_limit_bucket() {
+        // Same org/project, different credentials and limits: one account.
+        let providers: std::collections::BTreeMap<String, ProviderConfig> = [
+            oceanbase("a", "p1", "A", Some(10.0)),
+            oceanbase("b", "p1", "B", Some(4.0)),
+            oceanbase("other", "p2", "A", Some(10.0)),
+        ]
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect();
+        let pacers = pacers(&providers);
+        assert!(Arc::ptr_eq(&pacers["a"], &pacers["b"]));
+        assert!(!Arc::ptr_eq(&pacers["a"], &pacers["other"]));
+        // The tighter of the two limits is the bucket's ceiling.
+        assert_eq!(pacers["a"].rate(), Some(4.0));
+        assert_eq!(pacers["other"].rate(), Some(10.0));
+        // A call through one entry takes the slot the other would have had.
+        let t0 = Instant::now();
+        assert_eq!(pacers["a"].reserve(t0), Duration::ZERO);
+        assert_eq!(pacers["b"].reserve(t0), Duration::from_millis(250));
+        assert_eq!(pacers["other"].reserve(t0), Duration::ZERO);
     }
 
     #[test]

@@ -338,9 +338,29 @@ pub fn spec(kind: &str) -> Option<&'static dyn crate::config::validate::Provider
     SPECS.iter().copied().find(|s| s.kind() == kind)
 }
 
-/// Build the backend a provider config names.
+/// Build the backend a provider config names, pacing its calls alone
+/// (one-off commands; the daemon shares pacers per account: [`build_paced`]).
 pub fn build(cfg: &ProviderConfig, metrics: &Metrics) -> Result<SharedProvider, BuildError> {
-    let http = http::ProviderHttp::new(cfg, metrics.clone())?;
+    build_with(cfg, http::ProviderHttp::new(cfg, metrics.clone())?)
+}
+
+/// Build the backend a provider config names, pacing its calls with
+/// `pacer` (shared by the entries on one account: [`http::pacers`]).
+pub fn build_paced(
+    cfg: &ProviderConfig,
+    metrics: &Metrics,
+    pacer: Arc<http::Pacer>,
+) -> Result<SharedProvider, BuildError> {
+    build_with(
+        cfg,
+        http::ProviderHttp::with_pacer(cfg, metrics.clone(), pacer)?,
+    )
+}
+
+fn build_with(
+    cfg: &ProviderConfig,
+    http: http::ProviderHttp,
+) -> Result<SharedProvider, BuildError> {
     cfg.kind.spec().build(cfg, http)
 }
 

@@ -274,6 +274,37 @@ pub struct Engine {
     /// write; its fence travels with each publication
     /// ([`LeaseGate::single`] on SQLite).
     pub lease: LeaseGate,
+    /// When each policy's status was last rebuilt from the store.
+    pub status_built: StatusBuilt,
+}
+
+/// How old a policy's status may grow before it is rebuilt from the store
+/// even when nothing happened: conditions that arise only with time (a
+/// rotation older than its bound, a key past its expiry) are then reported,
+/// with their event, within about that interval. A check that changes
+/// nothing only updates the check times of a status younger than this.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
+/// When each policy's status was last rebuilt from the store (monotonic).
+#[derive(Debug, Default)]
+pub struct StatusBuilt(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+impl StatusBuilt {
+    fn mark(&self, policy: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(policy.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `policy`'s status was rebuilt less than `age` ago.
+    pub fn younger_than(&self, policy: &str, age: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(policy)
+            .is_some_and(|t| t.elapsed() < age)
+    }
 }
 
 /// A rotation as `status` shows it.
@@ -362,11 +393,27 @@ impl Engine {
         let policy = rt
             .policy(name)
             .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
+        let listing = walk.map(|l| l.filtered(|n| policy.matches(n)));
+        self.check_policy_listed(rt, name, listing).await
+    }
+
+    /// [`Engine::check_policy_from`] with the walk already narrowed to the
+    /// keys the policy's `match` glob accepts ([`Listing::split`] narrows
+    /// one walk for every policy of an account in one pass).
+    pub async fn check_policy_listed(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        listing: Result<Listing, ProviderError>,
+    ) -> Result<PolicyPlan, EngineError> {
+        let policy = rt
+            .policy(name)
+            .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
         let provider = self.provider(rt, &policy.provider)?.clone();
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
-        let listing = match walk {
-            Ok(l) => l.filtered(|n| policy.matches(n)),
+        let listing = match listing {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(policy = %policy.name, provider = %policy.provider, error = %e, class = e.class(), "check failed: cannot list keys");
                 let prev = self
@@ -390,10 +437,15 @@ impl Engine {
             }
         };
         let ledger = self.ledger(rt, policy)?;
-        let removed = self
+        let (removed, orphans_written) = self
             .clean_orphans(rt, policy, &provider, &listing, &ledger)
             .await;
-        let ledger = self.ledger(rt, policy)?;
+        // Reloaded only when resolving orphans wrote to the store.
+        let ledger = if orphans_written {
+            self.ledger(rt, policy)?
+        } else {
+            ledger
+        };
         let listed: Vec<ProviderKey> = listing
             .keys
             .iter()
@@ -401,7 +453,8 @@ impl Engine {
             .cloned()
             .collect();
         let views = policy::assign_lineages(policy, listed, &ledger);
-        let plan = self.plan_from(rt, policy, views.clone(), &ledger, Some(listing.started_at))?;
+        let seen: Vec<SeenKey> = views.iter().map(key_view_to_seen).collect();
+        let plan = self.plan_from(rt, policy, views, &ledger, Some(listing.started_at))?;
         let decisions: serde_json::Map<String, serde_json::Value> = plan
             .lineages
             .iter()
@@ -412,7 +465,7 @@ impl Engine {
                 )
             })
             .collect();
-        self.store.record_check(&CheckRecord {
+        let record = CheckRecord {
             policy: policy.name.clone(),
             provider: policy.provider.clone(),
             at: started,
@@ -420,9 +473,22 @@ impl Engine {
             health: plan.health.as_str().into(),
             error: plan.misconfigured.clone(),
             decisions: serde_json::Value::Object(decisions),
-            keys: views.iter().map(key_view_to_seen).collect(),
+            keys: seen,
             complete_listing: true,
-        })?;
+        };
+        // A listing that changes no key row writes only the check's time
+        // (and health, decisions): no upsert per listed key.
+        let keys_written =
+            crate::state::check_changes_keys(&ledger.known, &record.keys, record.complete_listing);
+        if keys_written {
+            self.store.record_check(&record)?;
+        } else {
+            self.store.record_check_time(&record)?;
+        }
+        drop(record);
+        // Whether this check changed what the ledger holds (keys, attempts,
+        // rotations): if not, the status is rebuilt from the same ledger.
+        let mut store_changed = orphans_written || keys_written;
         for l in &plan.lineages {
             tracing::debug!(policy = %policy.name, lineage = %l.name, reason = l.decision.reason.as_str(), health = l.health.as_str(), "{}", l.decision.message);
         }
@@ -437,10 +503,15 @@ impl Engine {
             // is due (the key they created is waiting, sealed).
             for l in &plan.lineages {
                 if let Some(r) = &l.resumable {
+                    store_changed = true;
                     started_any |= self.resume_or_abandon(rt, r, l.decision.reason).await?;
                 }
             }
-            self.cut_grace_short(policy, &plan)?;
+            store_changed |= self.cut_grace_short(
+                policy,
+                &plan,
+                (!keys_written).then_some(ledger.known.as_slice()),
+            )?;
             for l in plan.due() {
                 if l.resumable.is_some() {
                     continue;
@@ -471,10 +542,21 @@ impl Engine {
         // policy only observes (report only).
         if policy.mode == Mode::Rotate {
             for r in self.store.abandoned_unpublished(name)? {
+                store_changed = true;
                 self.delete_abandoned_key(rt, &r).await;
             }
         }
-        self.refresh_status(rt, name)?;
+        store_changed |= started_any;
+        // A rotation in flight may write meanwhile: read the store again.
+        store_changed |= ledger.rotations.iter().any(|r| !r.state.is_terminal());
+        if store_changed {
+            self.refresh_status(rt, name)?;
+        } else if !(plan.health.is_healthy()
+            && plan.misconfigured.is_none()
+            && self.touch_status(name, started, next_check_at))
+        {
+            self.publish_status(rt, policy, &ledger)?;
+        }
         if started_any {
             self.poke();
         }
@@ -515,9 +597,24 @@ impl Engine {
     /// old key has already expired (it is past use) and its next key — now
     /// the current key — has entered its own lead, the old key's grace is
     /// cut short so it is deleted now and the next rotation can start.
-    fn cut_grace_short(&self, policy: &PolicyConfig, plan: &PolicyPlan) -> Result<(), EngineError> {
+    /// `known`: the policy's key rows when the caller holds them current
+    /// (read from the store otherwise). Returns whether it wrote.
+    fn cut_grace_short(
+        &self,
+        policy: &PolicyConfig,
+        plan: &PolicyPlan,
+        known: Option<&[crate::state::KnownKey]>,
+    ) -> Result<bool, EngineError> {
         let now = self.now();
-        let known = self.store.known_keys(&policy.name)?;
+        let mut wrote = false;
+        let read;
+        let known = match known {
+            Some(k) => k,
+            None => {
+                read = self.store.known_keys(&policy.name)?;
+                read.as_slice()
+            }
+        };
         for l in &plan.lineages {
             let Some(a) = &l.active else { continue };
             if a.state != RotationState::Retiring || a.retire_at.is_none_or(|t| t <= now) {
@@ -533,10 +630,11 @@ impl Engine {
             let next_due = policy::decide(policy, Some(&cur.key), None, now).rotate;
             if old_expired && next_due {
                 self.store.set_retire_at(&a.id, now)?;
+                wrote = true;
                 tracing::warn!(policy = %policy.name, lineage = %l.name, rotation = %a.id, old_key = a.old_key_id.as_deref().unwrap_or(""), "the old key has expired and the next key is already in its lead: cutting the old key's grace short so the next rotation can start (grace_period is longer than the next key's life)");
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -578,7 +676,7 @@ impl Engine {
     /// started after the attempt (DESIGN §3: several listings across
     /// `state::schema::ORPHAN_WINDOW`). The `requested` attempt of a
     /// rotation still creating is left to that rotation. Returns the ids of
-    /// keys deleted.
+    /// keys deleted, and whether anything was written to the store.
     async fn clean_orphans(
         &self,
         rt: &Runtime,
@@ -586,8 +684,9 @@ impl Engine {
         provider: &SharedProvider,
         listing: &Listing,
         ledger: &policy::Ledger,
-    ) -> std::collections::HashSet<String> {
+    ) -> (std::collections::HashSet<String>, bool) {
         let mut removed = std::collections::HashSet::new();
+        let mut wrote = false;
         for o in &ledger.orphans {
             let a = &o.attempt;
             if a.state == "requested" && !o.rotation_state.is_terminal() {
@@ -596,6 +695,7 @@ impl Engine {
             let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
             if found.is_empty() {
                 if a.state != "cleaned" && listing.proves_absent(&a.name, a.started_at) {
+                    wrote = true;
                     match self.store.note_attempt_absent(
                         &o.rotation_id,
                         a.attempt,
@@ -613,6 +713,7 @@ impl Engine {
                 continue;
             }
             let mut ok = true;
+            wrote = true;
             for k in found {
                 match self.delete_key(rt, provider, &k.id).await {
                     Ok(_) => {
@@ -631,7 +732,7 @@ impl Engine {
                         .resolve_attempt(&o.rotation_id, a.attempt, true, None, self.now());
             }
         }
-        removed
+        (removed, wrote)
     }
 
     /// The store's evidence for planning `policy`.
@@ -824,10 +925,56 @@ impl Engine {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
-        let now = self.now();
         let ledger = self.ledger(rt, policy)?;
-        let views = self.stored_views(policy, &ledger, &["live", "retiring", "retired"]);
-        let plan = self.plan_from(rt, policy, views, &ledger, None)?;
+        self.publish_status(rt, policy, &ledger)
+    }
+
+    /// After a healthy check that changed nothing in the store: give the
+    /// policy's status, when healthy, without error and younger than
+    /// [`STATUS_REFRESH`], the new check times and keep the rest (no
+    /// re-plan). Returns false (nothing done) otherwise: it must be
+    /// rebuilt (a status that reports a problem, e.g. the last check's
+    /// listing error, is always rebuilt).
+    fn touch_status(
+        &self,
+        name: &str,
+        checked_at: DateTime<Utc>,
+        next_check_at: Option<DateTime<Utc>>,
+    ) -> bool {
+        if !self.status_built.younger_than(name, STATUS_REFRESH) {
+            return false;
+        }
+        let snapshot = self.status.load();
+        let Some(prev) = snapshot.policies.iter().find(|p| p.name == name) else {
+            return false;
+        };
+        if !prev.health.is_healthy() || prev.error.is_some() {
+            return false;
+        }
+        let mut status = PolicyStatus::clone(prev);
+        drop(snapshot);
+        status.last_check_at = Some(checked_at);
+        if next_check_at.is_some() {
+            status.next_check_at = next_check_at;
+        }
+        let status = Arc::new(status);
+        self.metrics.sync_policy(&status);
+        self.status.update_policy_shared(status);
+        true
+    }
+
+    /// [`Engine::refresh_status`] from a ledger already read (and still
+    /// what the store holds).
+    fn publish_status(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        ledger: &policy::Ledger,
+    ) -> Result<(), EngineError> {
+        let name = policy.name.as_str();
+        let now = self.now();
+        let views = self.stored_views(policy, ledger, &["live", "retiring", "retired"]);
+        let plan = self.plan_from(rt, policy, views, ledger, None)?;
         let rotations = &ledger.rotations;
         let ps = self.store.policy_state(name)?;
         let mut health = plan.health;
@@ -942,6 +1089,7 @@ impl Engine {
         let status = Arc::new(status);
         self.metrics.sync_policy(&status);
         self.status.update_policy_shared(status);
+        self.status_built.mark(name);
         Ok(())
     }
 

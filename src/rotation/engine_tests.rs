@@ -297,6 +297,7 @@ create = {{ action = "read" }}
             max: std::time::Duration::from_secs(60),
         },
         lease: crate::rotation::gate::LeaseGate::single(),
+        status_built: Default::default(),
     };
     Harness {
         engine,
@@ -1616,6 +1617,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
             max: std::time::Duration::from_secs(60),
         },
         lease: crate::rotation::gate::LeaseGate::single(),
+        status_built: Default::default(),
     };
     Ok(Harness {
         engine,
@@ -2414,4 +2416,96 @@ async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once
         2,
         "one next key, resumed, not recreated"
     );
+}
+
+/// `(key_id, state, last_seen_at)` of every key row, straight from the DB.
+fn key_rows(h: &Harness) -> Vec<(String, String, String)> {
+    let c = rusqlite::Connection::open(h.dir.path().join("state.db")).unwrap();
+    let mut st = c
+        .prepare("SELECT key_id, state, last_seen_at FROM keys ORDER BY key_id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_check_that_changes_nothing_writes_no_key_row_and_a_later_change_still_marks_keys_gone() {
+    let h = harness("", None);
+    let a = h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    let b = h.fake.add("app-b", Duration::days(1), Duration::days(29));
+    h.check().await;
+    let first = key_rows(&h);
+    assert_eq!(first.len(), 2);
+    let t1 = crate::state::ts(h.clock.now());
+    assert!(
+        first.iter().all(|r| r.1 == "live" && r.2 == t1),
+        "{first:?}"
+    );
+
+    // The same listing 10 s later: no key row is written, the check's time is.
+    h.clock.advance(Duration::seconds(10));
+    h.check().await;
+    assert_eq!(key_rows(&h), first);
+    let ps = h.engine.store.policy_state("p").unwrap().unwrap();
+    assert_eq!(ps.last_check_at, Some(h.clock.now()));
+    // The status is still built (from the store's rows) for both keys.
+    let snap = h.engine.status.load();
+    let status = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(status.keys.len(), 2);
+    assert_eq!(status.last_check_at, Some(h.clock.now()));
+
+    // A key vanishes: the next check writes, and the vanished key is gone.
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != b);
+    h.clock.advance(Duration::seconds(10));
+    h.check().await;
+    let t3 = crate::state::ts(h.clock.now());
+    let rows = key_rows(&h);
+    assert_eq!(rows[0], (a.clone(), "live".to_string(), t3));
+    assert_eq!(rows[1].0, b);
+    assert_eq!(rows[1].1, "gone");
+    let snap = h.engine.status.load();
+    let status = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(status.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_listing_error_leaves_the_status_at_the_next_good_check_that_changes_nothing() {
+    let (h, counting) = three_policies();
+    h.fake.add("app-a1", Duration::days(5), Duration::days(25));
+    let status = |h: &Harness| {
+        let snap = h.engine.status.load();
+        snap.policies
+            .iter()
+            .find(|p| p.name == "pa")
+            .cloned()
+            .unwrap()
+    };
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert!(status(&h).error.is_none());
+    // The listing fails: the status says so.
+    counting
+        .fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap_err();
+    assert!(
+        status(&h)
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("503"))
+    );
+    // The same keys again: nothing to write, but the error is gone.
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    let s = status(&h);
+    assert!(s.error.is_none(), "{:?}", s.error);
+    assert!(s.health.is_healthy());
+    assert_eq!(s.last_check_at, Some(h.clock.now()));
+    // And a later unchanged check only moves the check time.
+    h.clock.advance(Duration::seconds(10));
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(status(&h).last_check_at, Some(h.clock.now()));
+    assert_eq!(status(&h).keys, s.keys);
 }

@@ -445,6 +445,20 @@ impl Store {
     fn configure(&self) -> Result<(), StoreError> {
         let c = self.conn();
         c.busy_timeout(Duration::from_secs(5))?;
+        // Every statement a check and a status rebuild run stays prepared
+        // (rusqlite keeps 16 by default; more are in use, and re-parsing
+        // SQL was a visible share of an idle daemon's CPU).
+        c.set_prepared_statement_cache_capacity(64);
+        // Plans do not depend on bound values (the query planner stability
+        // guarantee): otherwise a cached statement is re-prepared each
+        // time a parameter such as the policy name changes (SQLite marks
+        // it so when a bound value could pick a partial index), and every
+        // check of another policy re-parsed its SQL. The queries name
+        // their indexes where it matters.
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let r: Result<(), rusqlite::Error> = (|| {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
@@ -650,6 +664,14 @@ impl Store {
 
     /// Reads: the SQLite connection as it is (no transaction, as before),
     /// PostgreSQL statements in autocommit.
+    /// The SQL dialect of this store's backend.
+    fn dialect(&self) -> &'static backend::Dialect {
+        match &self.db {
+            Db::Sqlite(_) => &backend::SQLITE,
+            Db::Postgres(..) => &backend::POSTGRES,
+        }
+    }
+
     fn read<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
         match &self.db {
             Db::Sqlite(c) => f(&*lock(c)),
@@ -985,6 +1007,47 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Record a check whose listing changes no key row (see
+    /// [`check_changes_keys`]): only the policy's `policy_state` row —
+    /// check time, next check, health, error, decisions. One small write
+    /// instead of one upsert per listed key (issue 13: a check that
+    /// changes nothing writes nothing else). Committed without waiting
+    /// for the disk (`synchronous = NORMAL` for this one transaction): a
+    /// power loss can forget only this row's latest check time and
+    /// decisions, which the next check writes again; the next durable
+    /// commit flushes it with its own.
+    pub fn record_check_time(&self, check: &CheckRecord) -> Result<(), StoreError> {
+        let write = |tx: &dyn Tx| -> Result<(), StoreError> {
+            tx.execute(
+                "INSERT INTO policy_state (policy, last_check_at, next_check_at, health, last_error, decisions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
+                    next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
+                    health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
+                p![check.policy, ts(check.at), check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
+            )?;
+            Ok(())
+        };
+        match &self.db {
+            // The connection stays locked from one pragma to the other, so
+            // no other transition commits without waiting for the disk.
+            Db::Sqlite(c) => {
+                let mut c = lock(c);
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+                let r = (|| -> Result<(), StoreError> {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    write(&*tx)?;
+                    tx.commit()?;
+                    Ok(())
+                })();
+                c.pragma_update(None, "synchronous", "FULL")?;
+                r
+            }
+            // Fenced like every other write; PostgreSQL commits durably.
+            Db::Postgres(..) => self.tx(write),
+        }
     }
 
     /// Keys a policy knows (any state), for lineage membership.
@@ -1834,7 +1897,9 @@ impl Store {
             for (lineage, condition, event, message) in held {
                 if existing.iter().any(|(l, c)| l == lineage && c == condition) {
                     tx.execute(
-                        "UPDATE conditions SET message = ?4 WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
+                        // Unchanged messages are not rewritten: a status
+                        // rebuilt with nothing new writes nothing.
+                        "UPDATE conditions SET message = ?4 WHERE policy = ?1 AND lineage = ?2 AND condition = ?3 AND message IS DISTINCT FROM ?4",
                         p![policy, lineage, condition, message],
                     )?;
                     continue;
@@ -1970,16 +2035,27 @@ impl Store {
         // (`rowid` is SQLite's; the PostgreSQL schema has an identity
         // column of that name, in insertion order too.)
         self.rotations_where(
-            "rowid IN (
-                SELECT rowid FROM rotations WHERE policy = ?1 AND state NOT IN ('completed', 'failed')
+            // The lineages are enumerated by seeking the index from one
+            // to the next (`SELECT DISTINCT` would read every history row's
+            // entry), and the active ones come from the partial index of
+            // unfinished rotations.
+            &format!("rowid IN (
+                SELECT rowid FROM rotations {} WHERE policy = ?1 AND state NOT IN ('completed', 'failed')
                 UNION
                 SELECT rowid FROM rotations WHERE policy = ?1 AND state = 'failed' AND sealed_secret IS NOT NULL
                 UNION
                 SELECT (SELECT r.rowid FROM rotations r WHERE r.policy = ?1 AND r.lineage = l.lineage
                         ORDER BY r.started_at DESC LIMIT 1)
-                FROM (SELECT DISTINCT lineage FROM rotations WHERE policy = ?1) l
+                FROM (WITH RECURSIVE d(lineage) AS (
+                        SELECT MIN(lineage) FROM rotations WHERE policy = ?1
+                        UNION ALL
+                        SELECT (SELECT MIN(lineage) FROM rotations WHERE policy = ?1 AND lineage > d.lineage)
+                        FROM d WHERE d.lineage IS NOT NULL)
+                      SELECT lineage FROM d WHERE lineage IS NOT NULL) l
              )
              ORDER BY started_at",
+                self.dialect().indexed_by("rotations_one_active")
+            ),
             p![policy],
         )
     }
@@ -1992,9 +2068,11 @@ impl Store {
     ) -> Result<Vec<(String, AttemptRow)>, StoreError> {
         self.read(|tx| {
             tx.query_all(
+                // CROSS JOIN: from the (few) unresolved attempts to their
+                // rotation, never from the policy's whole history.
                 "SELECT a.rotation_id, a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
-             FROM attempts a JOIN rotations r ON r.id = a.rotation_id
-             WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
+             FROM attempts a CROSS JOIN rotations r
+             WHERE r.id = a.rotation_id AND r.policy = ?1 AND a.state IN ('requested', 'abandoned')",
                 p![policy],
             )?
             .iter()
@@ -2011,8 +2089,8 @@ impl Store {
             tx.query_all(
                 "SELECT a.rotation_id, r.lineage, r.state, a.absent_listings, a.absent_since,
                     a.attempt, a.name, a.state, a.started_at, a.finished_at, a.error
-             FROM attempts a JOIN rotations r ON r.id = a.rotation_id
-             WHERE r.policy = ?1 AND a.state IN ('requested', 'abandoned', 'cleaned')",
+             FROM attempts a CROSS JOIN rotations r
+             WHERE r.id = a.rotation_id AND r.policy = ?1 AND a.state IN ('requested', 'abandoned', 'cleaned')",
                 p![policy],
             )?
             .iter()
@@ -2090,11 +2168,15 @@ impl Store {
                 // A new key a later rotation of the policy deleted as its old
                 // key is gone for good: the store's `deleted` state covers it,
                 // so the history it would add is skipped.
-                "SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
-             FROM rotations r WHERE policy = ?1 AND new_key_name IS NOT NULL
+                // Index `rotations_with_new_key` (v4): rotations that never
+                // named a key are not read.
+                &format!("SELECT id, lineage, new_key_id, new_key_name, state, published_at IS NOT NULL, trigger
+             FROM rotations r {} WHERE policy = ?1 AND new_key_name IS NOT NULL
                AND NOT (new_key_id IS NOT NULL AND EXISTS (
                    SELECT 1 FROM rotations o WHERE o.policy = r.policy AND o.old_key_id = r.new_key_id
                      AND o.outcome = 'deleted'))",
+                    tx.dialect().indexed_by("rotations_with_new_key")
+                ),
                 p![policy],
             )?
             .iter()
@@ -2367,6 +2449,41 @@ impl Store {
             Ok(opt_ts(v))
         })
     }
+}
+
+/// Whether [`Store::record_check`] of `seen` would change any of the
+/// policy's key rows other than their `last_seen_at`, given `known` (the
+/// policy's rows, [`Store::known_keys`], read after anything else this
+/// check wrote): a listed key that is new, renamed, re-timed, `gone`, or
+/// whose unparsed time changed; a known key's unparsed time to clear; or,
+/// for a complete listing, a `live`/`retiring` key no longer listed (it
+/// becomes `gone`). Times compare at the stored precision (milliseconds).
+pub fn check_changes_keys(known: &[KnownKey], seen: &[SeenKey], complete_listing: bool) -> bool {
+    let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+    let by_id: std::collections::HashMap<&str, &KnownKey> =
+        known.iter().map(|k| (k.key_id.as_str(), k)).collect();
+    let mut listed = std::collections::HashSet::with_capacity(seen.len());
+    for k in seen {
+        let Some(row) = by_id.get(k.key_id.as_str()) else {
+            return true;
+        };
+        if row.state == "gone"
+            || row.name != k.name
+            || ms(row.created_at) != ms(k.created_at)
+            || ms(row.expires_at) != ms(k.expires_at)
+            || row.unknown_time != k.unknown_time
+        {
+            return true;
+        }
+        listed.insert(k.key_id.as_str());
+    }
+    known
+        .iter()
+        .filter(|k| !listed.contains(k.key_id.as_str()))
+        .any(|k| {
+            k.unknown_time.is_some()
+                || (complete_listing && matches!(k.state.as_str(), "live" | "retiring"))
+        })
 }
 
 /// Refuse, with reads only, a DB this rekey must not write: a newer schema,

@@ -20,7 +20,11 @@
 //!   time for keys rekey made; the key's own name for adopted keys).
 //! - `provider`: provider name from the config.
 //! - `created_at`, `expires_at`: as the provider reports them (nullable).
-//! - `first_seen_at`, `last_seen_at`: when a scan first/last listed it.
+//! - `first_seen_at`: when a scan first listed it. `last_seen_at`: the
+//!   last check that recorded it (a check whose listing changes nothing
+//!   the row holds writes no key row: `policy_state.last_check_at` says
+//!   when the policy was last listed; a key is `gone` once a complete
+//!   listing that changed something no longer has it).
 //! - `origin`: `created` (a rotation in the store produced it), `adopted`,
 //!   `orphan` (named like an attempt that never handed over its key) or
 //!   `unrecognised` (looks generated, no rotation produced it). Only the
@@ -342,6 +346,12 @@ CREATE TABLE conditions (
     PRIMARY KEY (policy, lineage, condition)
 );
 "#,
+    // v4 (issue 13, start-up): the planner's "keys rekey created" reads
+    // only rotations that named a key, not the whole history.
+    r#"
+CREATE INDEX rotations_with_new_key ON rotations (policy, started_at)
+    WHERE new_key_name IS NOT NULL;
+"#,
 ];
 
 // ------------------------------------------------------------- PostgreSQL
@@ -373,6 +383,8 @@ pub const PG_MIGRATION_LOCK: i64 = 0x72_65_6b_65_79;
 ///   `rekey migrate-state` copies the sequence numbers the delivery
 ///   cursors point at). Only the fenced leader appends events, one
 ///   transaction at a time, so sequence numbers commit in order.
+///
+/// Version 2 adds the index `rotations_with_new_key`, SQLite's version 4.
 ///
 /// And two tables only a shared state has:
 ///
@@ -581,4 +593,11 @@ CREATE TABLE rotate_requests (
     result TEXT COLLATE "C"
 );
 CREATE INDEX rotate_requests_open ON rotate_requests (id) WHERE taken_at IS NULL;
-"#];
+"#,
+    // v2: SQLite's v4 index (the planner's "keys rekey created" reads only
+    // rotations that named a key, not the whole history).
+    r#"
+CREATE INDEX rotations_with_new_key ON rotations (policy, started_at)
+    WHERE new_key_name IS NOT NULL;
+"#,
+];
