@@ -1142,6 +1142,8 @@ impl Daemon {
             };
         }
         let set = Arc::new(b.build().unwrap_or_else(|_| globset::GlobSet::empty()));
+        // Sets of an earlier configuration are not needed any more.
+        cache.retain(|_, (cfg, _)| Arc::ptr_eq(cfg, &rt.config));
         cache.insert(policies.to_vec(), (rt.config.clone(), set.clone()));
         set
     }
@@ -1178,8 +1180,8 @@ impl Daemon {
     /// whose status is older than [`STATUS_REFRESH`] (looked at every third
     /// of that): conditions that arise only with time (a rotation older
     /// than its bound, a key past its expiry) are then reported, with their
-    /// event, within about that interval. A policy checked (or whose
-    /// status was rebuilt) since is skipped: its status is that recent.
+    /// event, within about that interval. A policy whose status a check or
+    /// rotation step rebuilt less than that ago is skipped.
     fn refresh_when_stale(&self) {
         let mut last = self.last_refresh.lock().expect("lock");
         if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH / 3) {
