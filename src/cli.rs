@@ -838,7 +838,9 @@ pub(crate) fn open_state(
         Some(p) if read_only => crate::state::Store::open_read_only(p)?,
         Some(p) => crate::state::Store::open(p)?,
         None => {
-            let location = state.location(&instance).map_err(anyhow::Error::msg)?;
+            let location = state
+                .location(&instance, daemon.lease.ttl)
+                .map_err(anyhow::Error::msg)?;
             crate::state::Store::open_location(&location)?
         }
     })

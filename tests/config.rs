@@ -1775,7 +1775,11 @@ fn a_postgres_state_with_a_seal_key_and_shared_sinks_loads_without_connecting() 
     assert_eq!(cfg.daemon.lease.ttl, Duration::from_secs(20));
     assert_eq!(cfg.daemon.lease.renew, Duration::from_secs(5));
     assert!(!format!("{cfg:?}").contains("pg-secret-pw"));
-    let loc = cfg.daemon.state.location("node-a").unwrap();
+    let loc = cfg
+        .daemon
+        .state
+        .location("node-a", cfg.daemon.lease.ttl)
+        .unwrap();
     assert!(!format!("{loc:?}").contains("pg-secret-pw"));
     match loc {
         rekey::state::StateLocation::Postgres(o) => {

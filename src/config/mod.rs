@@ -160,12 +160,18 @@ impl StateConfig {
     ///
     /// Errors: the password reference does not resolve (message names the
     /// reference, never a value).
-    pub fn location(&self, instance: &str) -> Result<crate::state::StateLocation, String> {
+    pub fn location(
+        &self,
+        instance: &str,
+        lease_ttl: std::time::Duration,
+    ) -> Result<crate::state::StateLocation, String> {
         Ok(match self {
             StateConfig::Sqlite(p) => crate::state::StateLocation::Sqlite(p.clone()),
             StateConfig::Postgres(pg) => {
                 let mut options = pg.options.clone();
                 options.instance = instance.to_string();
+                options.idle_in_transaction =
+                    crate::state::postgres::idle_in_transaction_for(lease_ttl);
                 if let Some(r) = &pg.password {
                     options.password = Some(
                         r.resolve_now()

@@ -312,7 +312,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
                 let location = cfg
                     .daemon
                     .state
-                    .location(&instance)
+                    .location(&instance, cfg.daemon.lease.ttl)
                     .map_err(|e| refuse(&["daemon.state_password", "daemon.state"], &e))?;
                 Store::open_location(&location)
             }

@@ -1,11 +1,15 @@
 //! Leadership of a shared (PostgreSQL) state: the lease row and the
 //! rotate requests a standby records for the leader (DESIGN §8).
 //!
-//! Each lease operation is ONE statement judged by the database's clock
-//! (`now()`), never a node's: acquire, renew and resign are single
-//! `UPDATE … RETURNING`s on the row `lease.name = 'leader'`. Every
-//! acquisition by a new holder, or after the lease expired, increments
-//! `fence`; a renewal does not. No client-side timeout wraps them (a
+//! Each lease operation is ONE statement judged by the database's clock,
+//! never a node's: acquire, renew and resign are single
+//! `UPDATE … RETURNING`s on the row `lease.name = 'leader'`. They read
+//! `clock_timestamp()`, not `now()`: `now()` is when the transaction
+//! began, and an acquisition that waited on the row lock (a deposed
+//! leader's transition holds it `FOR SHARE`) would otherwise judge the
+//! lease by, and stamp it from, the moment it started waiting — a lease
+//! born already expired, taken over at once by the next waiting standby.
+//! Every acquisition increments `fence`; a renewal does not. No client-side timeout wraps them (a
 //! cancelled statement may still commit); the session's
 //! `statement_timeout` bounds them on the server.
 //!
@@ -104,7 +108,7 @@ impl Store {
         f(&c.autocommit())
     }
 
-    /// Take the lease for `holder` for `ttl` (from the database's `now()`)
+    /// Take the lease for `holder` for `ttl` (from the database's clock)
     /// and record `config_digest`. Succeeds only when the lease is free or
     /// expired, and every acquisition increments the fence; `None` while
     /// any lease is still running — `holder`'s own included, so two
@@ -124,10 +128,10 @@ impl Store {
                 "UPDATE lease SET
                     fence = fence + 1,
                     holder = ?1,
-                    lease_until = now() + CAST(?2 AS BIGINT) * interval '1 millisecond',
+                    lease_until = clock_timestamp() + CAST(?2 AS BIGINT) * interval '1 millisecond',
                     config_digest = ?3
                  WHERE name = 'leader'
-                   AND (holder IS NULL OR lease_until IS NULL OR lease_until <= now())
+                   AND (holder IS NULL OR lease_until IS NULL OR lease_until <= clock_timestamp())
                  RETURNING fence, lease_until",
                 p![holder, millis(ttl), config_digest],
             )?
@@ -149,8 +153,8 @@ impl Store {
     ) -> Result<Option<Lease>, StoreError> {
         self.lease_stmt("lease_renew", |tx| {
             tx.query_opt(
-                "UPDATE lease SET lease_until = now() + CAST(?3 AS BIGINT) * interval '1 millisecond'
-                 WHERE name = 'leader' AND holder = ?1 AND fence = ?2 AND lease_until > now()
+                "UPDATE lease SET lease_until = clock_timestamp() + CAST(?3 AS BIGINT) * interval '1 millisecond'
+                 WHERE name = 'leader' AND holder = ?1 AND fence = ?2 AND lease_until > clock_timestamp()
                  RETURNING fence, lease_until",
                 p![holder, fence, millis(ttl)],
             )?
@@ -178,11 +182,11 @@ impl Store {
         })
     }
 
-    /// The lease row and the database's `now()`.
+    /// The lease row and the database's clock (`clock_timestamp()`).
     pub fn lease_info(&self) -> Result<LeaseRow, StoreError> {
         self.lease_stmt("lease_info", |tx| {
             let r = tx.query_row(
-                "SELECT holder, fence, lease_until, config_digest, now() FROM lease WHERE name = 'leader'",
+                "SELECT holder, fence, lease_until, config_digest, clock_timestamp() FROM lease WHERE name = 'leader'",
                 p![],
             )?;
             Ok(LeaseRow {

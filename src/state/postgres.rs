@@ -15,7 +15,8 @@
 //! graceful resign).
 //!
 //! Every session sets [`SESSION_SETTINGS`] (`statement_timeout`,
-//! `lock_timeout`, `idle_in_transaction_session_timeout`) and uses TCP
+//! `lock_timeout`) and `idle_in_transaction_session_timeout` (a third of
+//! the lease TTL, [`idle_in_transaction_for`]) and uses TCP
 //! keepalives: a hung server or a half-open connection ends in an error the
 //! server also sees, never in a client-side timeout around a statement that
 //! the server may still commit.
@@ -34,11 +35,24 @@ use super::StoreError;
 use super::backend::{Dialect, POSTGRES, Row, Tx, Value, pg_row, to_dollar};
 
 /// Set on every connection, transaction and listen alike. Values in
-/// milliseconds; all shorter than the leader's lease (DESIGN §8).
+/// milliseconds; all shorter than the leader's lease (DESIGN §8). The
+/// idle-in-transaction limit is [`PgOptions::idle_in_transaction`].
 pub const SESSION_SETTINGS: &str = "SET statement_timeout = 10000; \
      SET lock_timeout = 5000; \
-     SET idle_in_transaction_session_timeout = 15000; \
      SET TIME ZONE 'UTC'";
+
+/// Default [`PgOptions::idle_in_transaction`].
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
+
+/// The `idle_in_transaction_session_timeout` for a lease of `ttl`: at most
+/// a third of it (and at most [`IDLE_IN_TRANSACTION`], at least 1 s). A
+/// leader frozen inside a transaction (SIGSTOP, a paused VM) holds the
+/// lease row `FOR SHARE` until the server ends its session; so that a
+/// standby can take over within the TTL plus its polling, that must
+/// happen well within the TTL.
+pub fn idle_in_transaction_for(ttl: Duration) -> Duration {
+    (ttl / 3).clamp(Duration::from_secs(1), IDLE_IN_TRANSACTION)
+}
 
 /// TCP keepalive: first probe after this much idle time.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -89,6 +103,10 @@ pub struct PgOptions {
     pub ca_file: Option<PathBuf>,
     /// This node's name (`[daemon] instance`): the lease holder it writes.
     pub instance: String,
+    /// The server ends a session that sits idle inside a transaction this
+    /// long (`idle_in_transaction_session_timeout`), releasing its locks;
+    /// the daemon sets [`idle_in_transaction_for`] its lease TTL.
+    pub idle_in_transaction: Duration,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -216,6 +234,7 @@ impl PgOptions {
             sslmode,
             ca_file: None,
             instance: default_instance(),
+            idle_in_transaction: IDLE_IN_TRANSACTION,
         })
     }
 
@@ -451,7 +470,10 @@ async fn connect(
         }
     };
     client
-        .batch_execute(SESSION_SETTINGS)
+        .batch_execute(&format!(
+            "{SESSION_SETTINGS}; SET idle_in_transaction_session_timeout = {}",
+            o.idle_in_transaction.as_millis().max(1)
+        ))
         .await
         .map_err(|e| fail(pg_reason(&e)))?;
     Ok(client)
