@@ -407,7 +407,8 @@ pub const PG_MIGRATION_LOCK: i64 = 0x72_65_6b_65_79;
 /// - `requested_by` (instance), `requested_at` (TIMESTAMPTZ, DB clock).
 /// - `taken_at`, `taken_by`: when and by which leader it was taken;
 ///   `result`: what the leader made of it (JSON text), NULL until done.
-pub const PG_MIGRATIONS: &[&str] = &[r#"
+pub const PG_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL);
 INSERT INTO schema_version (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM schema_version);
 
