@@ -882,7 +882,9 @@ pub fn error_info(body: &[u8]) -> ErrorInfo {
         success: obj.get("success").and_then(Value::as_bool),
         code: clean(&code),
         message: clean(&message),
-        request_id: s(obj.get("requestId")).filter(|r| !r.is_empty()),
+        request_id: s(obj.get("requestId"))
+            .filter(|r| !r.is_empty())
+            .map(|r| clean(&r)),
     }
 }
 
@@ -1349,6 +1351,18 @@ mod tests {
         let d = error_info(br#"{"success":false,"error":"plain text"}"#);
         assert_eq!(d.message, "plain text");
         assert!(!error_info(b"<html>502</html>").is_json);
+    }
+
+    #[test]
+    fn a_server_request_id_is_one_bounded_line_like_its_code() {
+        let body = format!(
+            r#"{{"success":false,"errorCode":"E","requestId":"rid\n<2>forged\u001b[2J{}"}}"#,
+            "r".repeat(5000)
+        );
+        let rid = error_info(body.as_bytes()).request_id.unwrap();
+        assert!(rid.chars().count() <= MAX_MESSAGE + 1, "{}", rid.len());
+        assert!(!rid.chars().any(char::is_control), "{rid:?}");
+        assert!(rid.starts_with("rid <2>forged"));
     }
 
     #[test]

@@ -368,13 +368,15 @@ pub fn metric_code(code: &str) -> &'static str {
 const MAX_CODE: usize = 100;
 
 fn clip_code(code: &str) -> String {
-    if code.chars().count() <= MAX_CODE {
-        code.to_string()
-    } else {
-        let mut t: String = code.chars().take(MAX_CODE).collect();
+    let mut t: String = code
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CODE)
+        .collect();
+    if code.chars().count() > MAX_CODE {
         t.push('…');
-        t
     }
+    t
 }
 
 fn is_code(code: &str, family: &str) -> bool {
@@ -646,7 +648,13 @@ impl TencentProvider {
                 json_problem(&e)
             ))
         })?;
-        let request_id = probe.response.request_id.clone().or(ours.clone());
+        // Server text: one bounded line, like the code.
+        let request_id = probe
+            .response
+            .request_id
+            .as_deref()
+            .map(clip_code)
+            .or(ours.clone());
         // The real outcome: an error envelope's code, not the HTTP 200
         // (as a bounded label: the server chooses the code).
         self.http.record(
