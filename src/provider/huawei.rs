@@ -240,22 +240,8 @@ pub fn is_throttle(status: u16, code: &str) -> bool {
     status == 429 || code == "APIG.0308"
 }
 
-/// Server text for an error: one line (controls become spaces), at most
-/// `max` characters.
-fn clip_to(s: &str, max: usize) -> String {
-    let mut t: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect();
-    if s.chars().count() > max {
-        t.push('…');
-    }
-    t
-}
-
 fn clip(s: &str) -> String {
-    clip_to(s, MAX_MESSAGE)
+    super::one_line(s, MAX_MESSAGE)
 }
 
 /// Longest `error_code` kept (real ones are like `BCS.03400001`).
@@ -421,7 +407,7 @@ impl HuaweiProvider {
         let e: NesError = serde_json::from_slice(&resp.body).unwrap_or_default();
         let code = e
             .error_code
-            .map(|c| clip_to(&c, MAX_CODE))
+            .map(|c| super::one_line(&c, MAX_CODE))
             .unwrap_or_else(|| format!("HTTP{status}"));
         let text = match (e.error_msg, e.message) {
             (Some(m), Some(d)) if !d.is_empty() => format!("{m} ({d})"),

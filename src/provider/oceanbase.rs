@@ -894,15 +894,7 @@ fn server_request_id(body: &[u8]) -> Option<String> {
 
 /// Server text for an error: one line, bounded.
 fn clean(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE)
-        .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        out.push('…');
-    }
-    out
+    super::one_line(s, MAX_MESSAGE)
 }
 
 /// Whether a delete answer means the key is already gone: a 404 carrying a

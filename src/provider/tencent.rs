@@ -368,15 +368,7 @@ pub fn metric_code(code: &str) -> &'static str {
 const MAX_CODE: usize = 100;
 
 fn clip_code(code: &str) -> String {
-    let mut t: String = code
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_CODE)
-        .collect();
-    if code.chars().count() > MAX_CODE {
-        t.push('…');
-    }
-    t
+    super::one_line(code, MAX_CODE)
 }
 
 fn is_code(code: &str, family: &str) -> bool {
