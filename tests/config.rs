@@ -881,6 +881,39 @@ fn several_errors_are_all_reported_in_order_without_cascades() {
 }
 
 #[test]
+fn an_unknown_or_missing_provider_kind_still_reports_the_keys_no_kind_reads() {
+    let base = BaseEnv::new();
+    // A misspelled kind: its misspelled key is reported in the same run; a
+    // key some kind reads (`region`) is not, since the kind meant is unknown.
+    let src = with(&[
+        (
+            "kind = \"oceanbase\"",
+            "kind = \"oceanbse\"\nregion = \"x\"",
+        ),
+        ("project_id = \"proj-1\"", "projet_id = \"proj-1\""),
+    ]);
+    assert_eq!(
+        displayed(&load(&src, &base.env())),
+        [
+            "rekey.toml:5:8: error: unknown provider kind \"oceanbse\"\n  hint: did you mean \"oceanbase\"?",
+            "rekey.toml:8:1: error: unknown key `projet_id` in [providers.ob]\n  hint: did you mean `project_id`?",
+        ]
+    );
+    // No kind at all: the same.
+    let src = with(&[
+        ("kind = \"huawei-nes\"\n", ""),
+        ("auth = { token = { env", "auht = { token = { env"),
+    ]);
+    assert_eq!(
+        displayed(&load(&src, &base.env())),
+        [
+            "rekey.toml:17:1: error: [providers.nes] is missing required key `kind`\n  hint: add `kind = …` to this section",
+            "rekey.toml:19:1: error: unknown key `auht` in [providers.nes]\n  hint: did you mean `auth`?",
+        ]
+    );
+}
+
+#[test]
 fn a_policy_that_fails_to_parse_still_lets_the_others_be_checked() {
     let base = BaseEnv::new();
     let src = with(&[

@@ -163,6 +163,10 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
                     ) {
                         Some(p) => providers_raw.push((name, p, own)),
                         None => {
+                            // No kind to read them with (`kind` missing or
+                            // not a string): the keys no kind reads are
+                            // still reported, in this same run.
+                            own_keys(cx, None, &format!("[providers.{}]", name.get_ref()), own);
                             broken.insert(format!("provider:{}", name.get_ref()));
                         }
                     }
@@ -1187,6 +1191,9 @@ fn validate_provider(
             format!("unknown provider kind {kind_s:?}"),
             hint,
         );
+        // Which kind was meant is unknown, but a key no kind reads is wrong
+        // whatever it was: report those too (every error in one run).
+        own_keys(cx, None, &what, own);
         return None;
     };
     let endpoint = match &raw.endpoint {
@@ -1201,7 +1208,7 @@ fn validate_provider(
     };
     let ca_file = ca_file(cx, &raw.ca_file);
     let timeout = duration_or(cx, &raw.timeout, "timeout", Duration::from_secs(30));
-    let own = own_keys(cx, spec, &what, own);
+    let own = own_keys(cx, Some(spec), &what, own);
     let kind = spec.validate(&mut ProviderCx {
         cx,
         what,
@@ -1223,9 +1230,13 @@ fn validate_provider(
 /// kind reads. The others are reported here: a key another kind reads as
 /// not applying to this one (at its value), any other as unknown (at its
 /// name, with a did-you-mean among the keys this kind takes).
+///
+/// With no `spec` (the kind is unknown or missing, already reported), only
+/// the keys no kind reads are reported, with a did-you-mean among every
+/// kind's keys; nothing is kept.
 fn own_keys<'i>(
     cx: &mut Ctx,
-    spec: &dyn ProviderSpec,
+    spec: Option<&dyn ProviderSpec>,
     what: &str,
     own: Spanned<DeValue<'i>>,
 ) -> Spanned<DeValue<'i>> {
@@ -1233,17 +1244,32 @@ fn own_keys<'i>(
     let DeValue::Table(table) = own.into_inner() else {
         return Spanned::new(span, DeValue::Table(DeTable::new()));
     };
+    let spec_keys: Vec<&str> = match spec {
+        Some(spec) => spec.keys().to_vec(),
+        None => {
+            let mut all: Vec<&str> = crate::provider::SPECS
+                .iter()
+                .flat_map(|s| s.keys())
+                .copied()
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        }
+    };
     let known: Vec<&str> = RawProvider::KEYS
         .iter()
-        .chain(spec.keys())
+        .chain(spec_keys.iter())
         .copied()
         .collect();
     let mut kept = DeTable::new();
     let mut foreign: Vec<(&str, Option<Range<usize>>)> = Vec::new();
     for (k, v) in table {
         let key = k.get_ref().as_ref();
-        if spec.keys().contains(&key) {
-            kept.insert(k, v);
+        if spec_keys.contains(&key) {
+            if spec.is_some() {
+                kept.insert(k, v);
+            }
         } else if let Some(other) = crate::provider::SPECS
             .iter()
             .flat_map(|s| s.keys())
@@ -1263,7 +1289,9 @@ fn own_keys<'i>(
             cx.d.error_hint(k.span(), format!("unknown key `{key}` in {what}"), hint);
         }
     }
-    not_for_kind(cx, spec.kind(), "providers", &foreign);
+    if let Some(spec) = spec {
+        not_for_kind(cx, spec.kind(), "providers", &foreign);
+    }
     Spanned::new(span, DeValue::Table(kept))
 }
 

@@ -241,14 +241,11 @@ pub fn is_throttle(status: u16, code: &str) -> bool {
 }
 
 fn clip(s: &str) -> String {
-    if s.chars().count() <= MAX_MESSAGE {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(MAX_MESSAGE).collect();
-        t.push('…');
-        t
-    }
+    super::one_line(s, MAX_MESSAGE)
 }
+
+/// Longest `error_code` kept (real ones are like `BCS.03400001`).
+const MAX_CODE: usize = 64;
 
 /// Parse a Huawei time (`create_time`, IAM's `expires_at`): every form of
 /// [`super::times`], zoneless ones in UTC+8; `None` when absent or
@@ -408,7 +405,10 @@ impl HuaweiProvider {
     fn nes_error(&self, operation: &'static str, resp: &HttpResponse) -> ProviderError {
         let status = resp.status.as_u16();
         let e: NesError = serde_json::from_slice(&resp.body).unwrap_or_default();
-        let code = e.error_code.unwrap_or_else(|| format!("HTTP{status}"));
+        let code = e
+            .error_code
+            .map(|c| super::one_line(&c, MAX_CODE))
+            .unwrap_or_else(|| format!("HTTP{status}"));
         let text = match (e.error_msg, e.message) {
             (Some(m), Some(d)) if !d.is_empty() => format!("{m} ({d})"),
             (Some(m), _) => m,

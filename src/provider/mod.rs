@@ -49,6 +49,22 @@ pub struct Capabilities {
 /// a guess: it reports `failing` with reason `unknown_time`.
 pub const META_UNKNOWN_TIME: &str = "unknown_time";
 
+/// Server text (an error code, message or request id) made fit for an
+/// error: one line (control characters become spaces), at most `max`
+/// characters, `…` marking a cut. Logs escape again; this keeps status,
+/// notifications and the state DB bounded whatever the server sends.
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A key as a provider lists it. Never holds secret material.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderKey {

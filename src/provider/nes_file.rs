@@ -16,6 +16,12 @@
 //!   like a name (letters, spaces, `_-.`, no digits): field names are not
 //!   secret, so key material must never become one.
 //!
+//! A CSV that is not UTF-8 is still `credential`, as bytes (carried base64
+//! in `env`/`json`), without `csv_<column>` fields. An archive holding more
+//! than one `credential.csv` is not guessed at: it is unreadable (sealed,
+//! the rotation fails). Entry names are matched by their last component
+//! after `/` or `\`; nothing is extracted, so `..` in a name is harmless.
+//!
 //! Anything else (the old text answer) is kept whole as `credential`.
 //!
 //! Hostile archives are bounded: at most [`MAX_ENTRIES`] entries, the CSV
@@ -63,10 +69,10 @@ pub fn parse(body: &[u8]) -> (SecretFields, Option<String>) {
             let text = match String::from_utf8(csv.to_vec()) {
                 Ok(t) => t,
                 Err(_) => {
-                    return (
-                        fields,
-                        Some(format!("{CSV_NAME} in the archive is not UTF-8 text")),
-                    );
+                    // Not UTF-8 (a header in GBK, say): still the key, byte
+                    // for byte; no columns, since the text cannot be read.
+                    fields.insert("credential", Secret::from_bytes(csv.to_vec()));
+                    return (fields, None);
                 }
             };
             for (name, value) in columns(&text) {
@@ -88,18 +94,32 @@ fn read_csv(body: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
             archive.len()
         ));
     }
-    let index = (0..archive.len())
-        .find(|&i| {
+    // By base name, whatever the directories (`/` or, as archivers on
+    // Windows write, `\\`): nothing is extracted, so `..` is harmless.
+    let found: Vec<usize> = (0..archive.len())
+        .filter(|&i| {
             archive
                 .name_for_index(i)
                 .and_then(|r| r.ok())
                 .is_some_and(|n| {
-                    n.rsplit('/')
+                    n.rsplit(['/', '\\'])
                         .next()
                         .is_some_and(|base| base.eq_ignore_ascii_case(CSV_NAME))
                 })
         })
-        .ok_or_else(|| format!("the credential archive holds no {CSV_NAME}"))?;
+        .collect();
+    // Two candidates: publishing the wrong one would break every consumer,
+    // so the rotation fails (the archive is sealed) instead of guessing.
+    let index = match found[..] {
+        [i] => i,
+        [] => return Err(format!("the credential archive holds no {CSV_NAME}")),
+        _ => {
+            return Err(format!(
+                "the credential archive holds {} entries named {CSV_NAME}; which is the key is not known",
+                found.len()
+            ));
+        }
+    };
     let entry = archive
         .by_index(index)
         .map_err(|e| format!("{CSV_NAME} cannot be read ({e})"))?;
@@ -242,6 +262,73 @@ mod tests {
             f.get("credential_zip").unwrap().expose_bytes(),
             b"PK\x03\x04garbage"
         );
+    }
+
+    /// An archive of several `(name, content)` entries, deflated.
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, content) in entries {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(content).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_csv_that_is_not_utf8_is_the_credential_as_bytes_not_a_failed_rotation() {
+        // A console in Chinese may write its header in GBK ("用户名" is
+        // D3 C3 BB A7 C3 FB): the key is still the CSV, byte for byte.
+        let csv: &[u8] = b"\xd3\xc3\xbb\xa7\xc3\xfb,api_key\r\nc-1,s3cr3t\xff\r\n";
+        let zip = zip_with("credential.csv", csv);
+        let (f, problem) = parse(&zip);
+        assert_eq!(problem, None);
+        assert_eq!(f.get("credential").unwrap().expose_bytes(), csv);
+        assert_eq!(f.primary().unwrap().0, "credential");
+        assert_eq!(f.len(), 2, "no csv_* fields from undecoded text");
+    }
+
+    #[test]
+    fn an_archive_with_two_credential_csvs_is_not_guessed_at() {
+        let zip = zip_of(&[
+            ("a/credential.csv", b"id,api_key\nc-1,first\n"),
+            ("credential.csv", b"id,api_key\nc-2,second\n"),
+        ]);
+        let (f, problem) = parse(&zip);
+        assert!(problem.unwrap().contains("2 entries named credential.csv"));
+        assert!(f.get("credential").is_none());
+        assert_eq!(f.get("credential_zip").unwrap().expose_bytes(), &zip[..]);
+    }
+
+    #[test]
+    fn credential_csv_is_found_under_backslash_and_traversal_names_without_touching_disk() {
+        for name in [
+            "..\\credential.csv",
+            "../credential.csv",
+            "x\\y\\credential.csv",
+        ] {
+            let zip = zip_of(&[("readme.txt", b"hi"), (name, b"k\n")]);
+            let (f, problem) = parse(&zip);
+            assert_eq!(problem, None, "{name}");
+            assert_eq!(f.get("credential").unwrap().expose(), "k\n", "{name}");
+        }
+        // A name that merely ends like it is not it.
+        let zip = zip_of(&[("old-credential.csv", b"k\n")]);
+        assert!(parse(&zip).1.unwrap().contains("no credential.csv"));
+    }
+
+    #[test]
+    fn too_many_entries_are_refused_and_the_bytes_kept() {
+        let names: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("f{i}")).collect();
+        let mut entries: Vec<(&str, &[u8])> =
+            names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+        entries.push(("credential.csv", b"k\n"));
+        let zip = zip_of(&entries);
+        let (f, problem) = parse(&zip);
+        assert!(problem.unwrap().contains("entries"));
+        assert_eq!(f.get("credential_zip").unwrap().expose_bytes(), &zip[..]);
     }
 
     #[test]

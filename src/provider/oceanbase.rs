@@ -545,44 +545,97 @@ pub fn pick_challenge(headers: &HeaderMap) -> Result<WwwAuthenticateHeader, Stri
             why = "WWW-Authenticate is not ASCII".into();
             continue;
         };
-        let text = text.trim_start();
-        // The crate strips only a case-exact "Digest"; the scheme is
-        // case-insensitive (RFC 7235), so strip it here.
-        let Some(params) = text
-            .get(..6)
-            .filter(|s| s.eq_ignore_ascii_case("digest"))
-            .map(|_| &text[6..])
-        else {
-            continue;
-        };
-        let challenge = match digest_auth::parse(params) {
-            Ok(c) => c,
-            Err(e) => {
-                why = e.to_string();
+        // One value may hold several challenges (RFC 9110 §11.6.1); the
+        // scheme is case-insensitive (the crate strips only "Digest").
+        for (scheme, params) in challenges(text) {
+            if !scheme.eq_ignore_ascii_case("digest") {
                 continue;
             }
-        };
-        // No `qop` at all is RFC 2069 (response = H(HA1:nonce:HA2)), which
-        // `curl --digest` and OceanBase's Terraform provider accept; a
-        // `qop` list without `auth` (auth-int only) is not answerable.
-        let with_qop = match &challenge.qop {
-            None => false,
-            Some(q) if q.contains(&Qop::AUTH) => true,
-            Some(_) => {
-                why = "the Digest challenge offers qop but not qop=auth".into();
-                continue;
-            }
-        };
-        let rank = match challenge.algorithm.algo {
-            AlgorithmType::SHA2_256 => 6,
-            AlgorithmType::SHA2_512_256 => 4,
-            AlgorithmType::MD5 => 2,
-        } + u8::from(with_qop);
-        if best.as_ref().is_none_or(|(r, _)| rank > *r) {
-            best = Some((rank, challenge));
+            consider(&params, &mut best, &mut why);
         }
     }
     best.map(|(_, c)| c).ok_or(why)
+}
+
+/// Rank one Digest challenge's parameters into `best` (see
+/// [`pick_challenge`]), or say in `why` why it cannot be answered.
+fn consider(params: &str, best: &mut Option<(u8, WwwAuthenticateHeader)>, why: &mut String) {
+    let challenge = match digest_auth::parse(params) {
+        Ok(c) => c,
+        Err(e) => {
+            *why = e.to_string();
+            return;
+        }
+    };
+    // No `qop` at all is RFC 2069 (response = H(HA1:nonce:HA2)), which
+    // `curl --digest` and OceanBase's Terraform provider accept; a
+    // `qop` list without `auth` (auth-int only) is not answerable.
+    let with_qop = match &challenge.qop {
+        None => false,
+        Some(q) if q.contains(&Qop::AUTH) => true,
+        Some(_) => {
+            *why = "the Digest challenge offers qop but not qop=auth".into();
+            return;
+        }
+    };
+    let rank = match challenge.algorithm.algo {
+        AlgorithmType::SHA2_256 => 6,
+        AlgorithmType::SHA2_512_256 => 4,
+        AlgorithmType::MD5 => 2,
+    } + u8::from(with_qop);
+    if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+        *best = Some((rank, challenge));
+    }
+}
+
+/// The challenges of one `WWW-Authenticate` value, as `(scheme, params)`
+/// with the params re-joined by `", "` (RFC 9110 §11.6.1: `challenge =
+/// auth-scheme [ 1*SP ( token68 / #auth-param ) ]`, comma-separated).
+/// Commas inside quoted strings do not split; an element `token SP …` (no
+/// `=` before the space) starts a new challenge, `name=value` continues one.
+pub fn challenges(value: &str) -> Vec<(String, String)> {
+    let mut elements = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                elements.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    elements.push(&value[start..]);
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for e in elements
+        .into_iter()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let ws = e.find(char::is_whitespace);
+        let eq = e.find('=');
+        let new_scheme = match (ws, eq) {
+            (_, None) => true,
+            (Some(w), Some(q)) => w < q && !e[w..].trim_start().starts_with('='),
+            (None, Some(_)) => false,
+        };
+        if new_scheme {
+            let (scheme, rest) = e.split_at(ws.unwrap_or(e.len()));
+            let rest = rest.trim();
+            let params = if rest.is_empty() {
+                vec![]
+            } else {
+                vec![rest.to_string()]
+            };
+            out.push((scheme.to_string(), params));
+        } else if let Some((_, params)) = out.last_mut() {
+            params.push(e.to_string());
+        }
+    }
+    out.into_iter().map(|(s, p)| (s, p.join(", "))).collect()
 }
 
 /// One key as a list page carries it (strings as sent).
@@ -818,7 +871,9 @@ pub fn error_info(body: &[u8]) -> ErrorInfo {
         success: obj.get("success").and_then(Value::as_bool),
         code: clean(&code),
         message: clean(&message),
-        request_id: s(obj.get("requestId")).filter(|r| !r.is_empty()),
+        request_id: s(obj.get("requestId"))
+            .filter(|r| !r.is_empty())
+            .map(|r| clean(&r)),
     }
 }
 
@@ -828,15 +883,7 @@ fn server_request_id(body: &[u8]) -> Option<String> {
 
 /// Server text for an error: one line, bounded.
 fn clean(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE)
-        .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        out.push('…');
-    }
-    out
+    super::one_line(s, MAX_MESSAGE)
 }
 
 /// Whether a delete answer means the key is already gone: a 404 carrying a
@@ -1063,6 +1110,27 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_challenge_after_another_scheme_in_one_header_is_found() {
+        // RFC 9110 §11.6.1: one WWW-Authenticate may hold several
+        // challenges (a proxy may fold them); curl reads each.
+        let h = headers(&[
+            r#"Basic realm="a, b", Digest realm="r", qop="auth", nonce="n1", algorithm=SHA-256, Bearer realm="x""#,
+        ]);
+        let c = pick_challenge(&h).unwrap();
+        assert_eq!(c.algorithm.algo, AlgorithmType::SHA2_256);
+        assert_eq!(c.nonce, "n1");
+        assert_eq!(c.realm, "r");
+        // Two Digest challenges in one value: the better one wins.
+        let h = headers(&[
+            r#"Digest realm="r", qop="auth", nonce="m", algorithm=MD5, Digest realm="r", qop="auth", nonce="s", algorithm=SHA-256"#,
+        ]);
+        assert_eq!(pick_challenge(&h).unwrap().nonce, "s");
+        // "Digest" inside a quoted value is not a challenge.
+        let h = headers(&[r#"Basic realm="Digest realm""#]);
+        assert!(pick_challenge(&h).is_err());
+    }
+
+    #[test]
     fn challenge_scheme_is_case_insensitive_and_stale_is_read() {
         let h = headers(&[r#"digest realm="r", qop="auth", nonce="n2", stale=true"#]);
         let c = pick_challenge(&h).unwrap();
@@ -1265,6 +1333,18 @@ mod tests {
         let d = error_info(br#"{"success":false,"error":"plain text"}"#);
         assert_eq!(d.message, "plain text");
         assert!(!error_info(b"<html>502</html>").is_json);
+    }
+
+    #[test]
+    fn a_server_request_id_is_one_bounded_line_like_its_code() {
+        let body = format!(
+            r#"{{"success":false,"errorCode":"E","requestId":"rid\n<2>forged\u001b[2J{}"}}"#,
+            "r".repeat(5000)
+        );
+        let rid = error_info(body.as_bytes()).request_id.unwrap();
+        assert!(rid.chars().count() <= MAX_MESSAGE + 1, "{}", rid.len());
+        assert!(!rid.chars().any(char::is_control), "{rid:?}");
+        assert!(rid.starts_with("rid <2>forged"));
     }
 
     #[test]

@@ -277,6 +277,100 @@ fn clip(s: &str) -> String {
     }
 }
 
+/// Every code family of the API 3.0 common error list (PROTOCOLS §1.4).
+pub const CODE_FAMILIES: &[&str] = &[
+    "ActionOffline",
+    "AuthFailure",
+    "DryRunOperation",
+    "FailedOperation",
+    "InternalError",
+    "InvalidAction",
+    "InvalidParameter",
+    "InvalidParameterValue",
+    "InvalidRequest",
+    "IpInBlacklist",
+    "IpNotInWhitelist",
+    "LimitExceeded",
+    "MissingParameter",
+    "NoSuchProduct",
+    "NoSuchVersion",
+    "RequestLimitExceeded",
+    "RequestSizeLimitExceeded",
+    "ResourceInUse",
+    "ResourceInsufficient",
+    "ResourceNotFound",
+    "ResourceUnavailable",
+    "ResponseSizeLimitExceeded",
+    "ServiceUnavailable",
+    "UnauthorizedOperation",
+    "UnknownParameter",
+    "UnsupportedOperation",
+    "UnsupportedProtocol",
+    "UnsupportedRegion",
+];
+
+/// The apigateway codes rekey acts on or documents (PROTOCOLS §2, the
+/// SDK's `errors.go`), labelled as themselves in metrics.
+pub const KNOWN_CODES: &[&str] = &[
+    "AuthFailure.InvalidAuthorization",
+    "AuthFailure.MFAFailure",
+    "AuthFailure.SecretIdNotFound",
+    "AuthFailure.SignatureExpire",
+    "AuthFailure.SignatureFailure",
+    "AuthFailure.TokenFailure",
+    "AuthFailure.UnauthorizedOperation",
+    "FailedOperation.AccessKeyExist",
+    "FailedOperation.CamException",
+    "InternalError.ApigwException",
+    "InvalidParameter.FormatError",
+    "InvalidParameterValue.InvalidAccessKeyIds",
+    "InvalidParameterValue.InvalidFilterNotSupportedName",
+    "InvalidParameterValue.InvalidRegion",
+    "LimitExceeded.AccessKeyCountInUsagePlanLimitExceeded",
+    "LimitExceeded.ApiKeyCountLimitExceeded",
+    "LimitExceeded.RequestLimitExceeded",
+    "RequestLimitExceeded.GlobalRegionUinLimitExceeded",
+    "RequestLimitExceeded.IPLimitExceeded",
+    "RequestLimitExceeded.UinLimitExceeded",
+    "ResourceNotFound.InvalidAccessKeyId",
+    "ResourceNotFound.InvalidUsagePlan",
+    "UnauthorizedOperation.UncertifiedUser",
+    "UnsupportedOperation.AlreadyBindUsagePlan",
+    "UnsupportedOperation.InvalidStatus",
+    "UnsupportedOperation.RequestPostError",
+    "UnsupportedOperation.ResourceIsInUse",
+    "UnsupportedOperation.UinNotInWhiteList",
+    "UnsupportedOperation.UnsupportedBindApiKey",
+    "UnsupportedOperation.UnsupportedUpdateApiKey",
+];
+
+/// The `code` label of `rekey_provider_requests_total` for an envelope
+/// code: the code itself when in [`KNOWN_CODES`] or [`CODE_FAMILIES`],
+/// else its family when that is known, else `other`. Bounded: the server
+/// picks the code, and every distinct label is a series kept forever.
+pub fn metric_code(code: &str) -> &'static str {
+    if let Some(k) = KNOWN_CODES
+        .iter()
+        .chain(CODE_FAMILIES)
+        .find(|k| **k == code)
+    {
+        return k;
+    }
+    let family = code.split('.').next().unwrap_or("");
+    CODE_FAMILIES
+        .iter()
+        .find(|f| **f == family)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Longest envelope code kept (the longest real one is about 60).
+const MAX_CODE: usize = 100;
+
+fn clip_code(code: &str) -> String {
+    super::one_line(code, MAX_CODE)
+}
+
 fn is_code(code: &str, family: &str) -> bool {
     code == family
         || code
@@ -546,19 +640,26 @@ impl TencentProvider {
                 json_problem(&e)
             ))
         })?;
-        let request_id = probe.response.request_id.clone().or(ours.clone());
-        // The real outcome: an error envelope's code, not the HTTP 200.
+        // Server text: one bounded line, like the code.
+        let request_id = probe
+            .response
+            .request_id
+            .as_deref()
+            .map(clip_code)
+            .or(ours.clone());
+        // The real outcome: an error envelope's code, not the HTTP 200
+        // (as a bounded label: the server chooses the code).
         self.http.record(
             operation,
             probe
                 .response
                 .error
                 .as_ref()
-                .map_or("200", |e| e.code.as_str()),
+                .map_or("200", |e| metric_code(&e.code)),
         );
         if let Some(err) = probe.response.error {
             return Ok(Err(ApiFailure {
-                code: err.code,
+                code: clip_code(&err.code),
                 message: err.message,
                 request_id,
             }));

@@ -12,7 +12,9 @@
 //! three (OceanBase and Tencent are run from China; NES from Singapore):
 //! of the zones it could be in, that is also earlier than UTC, so a key
 //! looks older, never younger, than it might be, and `max_age` errs on the
-//! side of rotating. Epoch numbers above 10^11 are milliseconds.
+//! side of rotating. Epoch numbers above 10^11 are milliseconds. A time
+//! outside years 0000–9999 (microseconds read as milliseconds, say) is not
+//! guessed at: it is unknown. Offsets may be `±hh:mm`, `±hhmm` or `±hh`.
 //!
 //! A value that fits no form is an error carrying it; backends record it
 //! in `ProviderKey::meta[META_UNKNOWN_TIME]` (escaped when shown), never
@@ -87,11 +89,12 @@ pub fn parse_str(kind: &str, s: &str) -> Result<DateTime<Utc>, String> {
     let f = forms(kind);
     let t = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
-        return Ok(d.to_utc());
+        return in_range(d.to_utc(), s);
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    // `%#z`: `±hhmm`, `±hh:mm`, or ISO 8601's hours-only `±hh`.
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
         if let Ok(d) = DateTime::parse_from_str(t, fmt) {
-            return Ok(d.to_utc());
+            return in_range(d.to_utc(), s);
         }
     }
     for fmt in [
@@ -103,7 +106,7 @@ pub fn parse_str(kind: &str, s: &str) -> Result<DateTime<Utc>, String> {
             let zone = FixedOffset::east_opt(f.zoneless_offset)
                 .unwrap_or(FixedOffset::east_opt(0).expect("UTC"));
             if let Some(d) = zone.from_local_datetime(&n).earliest() {
-                return Ok(d.to_utc());
+                return in_range(d.to_utc(), s);
             }
         }
     }
@@ -119,11 +122,30 @@ pub fn parse_str(kind: &str, s: &str) -> Result<DateTime<Utc>, String> {
     Err(clip_raw(s))
 }
 
+/// Epoch seconds, or milliseconds above 10^11; `None` outside
+/// [`LAST_EPOCH_SECOND`] (16 digits of microseconds read as milliseconds
+/// would be a key from the year 56135, forever fresh).
 fn from_epoch(n: i64) -> Option<DateTime<Utc>> {
-    if n > 100_000_000_000 {
+    let d = if n > 100_000_000_000 {
         DateTime::from_timestamp_millis(n)
     } else {
         DateTime::from_timestamp(n, 0)
+    }?;
+    (d.timestamp() <= LAST_EPOCH_SECOND && d.timestamp() >= FIRST_EPOCH_SECOND).then_some(d)
+}
+
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write. Later times
+/// are refused: none is a real creation or expiry time, and adding a
+/// `max_age` to one near chrono's limit would overflow.
+pub const LAST_EPOCH_SECOND: i64 = 253_402_300_799;
+/// 0000-01-01T00:00:00Z, the first second RFC 3339 can write.
+pub const FIRST_EPOCH_SECOND: i64 = -62_167_219_200;
+
+fn in_range(d: DateTime<Utc>, raw: &str) -> Result<DateTime<Utc>, String> {
+    if (FIRST_EPOCH_SECOND..=LAST_EPOCH_SECOND).contains(&d.timestamp()) {
+        Ok(d)
+    } else {
+        Err(clip_raw(raw))
     }
 }
 
@@ -242,6 +264,35 @@ mod tests {
         }
         assert_eq!(parse_value("huawei-nes", Some(&json!(""))), Ok(None));
         assert_eq!(parse_value("huawei-nes", None), Ok(None));
+    }
+
+    #[test]
+    fn an_epoch_in_microseconds_is_unknown_not_a_key_from_the_year_56135() {
+        // 16 digits read as milliseconds would put the key 54,000 years in
+        // the future: forever "fresh". Unknown instead (never a guess).
+        for raw in [json!(1709287200000000i64), json!("1709287200000000")] {
+            assert!(parse_value("huawei-nes", Some(&raw)).is_err(), "{raw}");
+        }
+        // Near chrono's last year: adding a max_age would overflow.
+        assert!(parse_value("huawei-nes", Some(&json!(8_210_266_876_799_999i64))).is_err());
+        assert!(parse_value("huawei-nes", Some(&json!(-8_000_000_000_000i64))).is_err());
+        // The last second RFC 3339 can write still parses.
+        assert_eq!(
+            parse_str("huawei-nes", "9999-12-31T23:59:59Z"),
+            Ok(utc("9999-12-31T23:59:59Z"))
+        );
+    }
+
+    #[test]
+    fn an_offset_of_hours_only_is_read_not_unknown() {
+        assert_eq!(
+            parse_str("huawei-nes", "2026-09-01T08:00:00+08"),
+            Ok(utc("2026-09-01T00:00:00Z"))
+        );
+        assert_eq!(
+            parse_str("tencent-apigateway", "2026-09-01 08:00:00.5-03"),
+            Ok(utc("2026-09-01T11:00:00.5Z"))
+        );
     }
 
     #[test]

@@ -144,6 +144,18 @@ pub const MISSING_AFTER: u32 = 3;
 /// How long the next key must stay missing from every listing (each begun
 /// after it was created) before its rotation ends `next_key_missing`.
 pub const MISSING_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The step named when a created key's answer could not be read
+/// (`NewKey::unreadable`); its rotation is failed with the key sealed.
+pub const UNREADABLE_STEP: &str = "reading the created key";
+
+/// The rotation failed because its created key's answer could not be read
+/// (its error starts with [`UNREADABLE_STEP`]): never resumed by a check.
+fn failed_reading_new_key(r: &RotationRow) -> bool {
+    r.error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(UNREADABLE_STEP))
+}
+
 /// A rotation that failed after create is resumed by the next checks for
 /// this long after its key was created; after that its key can no longer
 /// be published and is abandoned (deleted when no sink acknowledged it).
@@ -503,6 +515,14 @@ impl Engine {
             // is due (the key they created is waiting, sealed).
             for l in &plan.lineages {
                 if let Some(r) = &l.resumable {
+                    // What was sealed is what could not be read (a whole
+                    // archive, say): publishing it unread would hand the
+                    // consumers the wrong thing. It waits for a manual
+                    // rotate (or is abandoned after RESUME_FOR); the
+                    // lineage starts nothing else meanwhile (no churn).
+                    if failed_reading_new_key(r) && !self.past_resume(r) {
+                        continue;
+                    }
                     store_changed = true;
                     started_any |= self.resume_or_abandon(rt, r, l.decision.reason).await?;
                 }
@@ -563,6 +583,13 @@ impl Engine {
         Ok(plan)
     }
 
+    /// Whether `r`'s new key is older than [`RESUME_FOR`] (abandoned
+    /// rather than resumed).
+    fn past_resume(&self, r: &RotationRow) -> bool {
+        let created = r.created_at.unwrap_or(r.started_at);
+        self.now() - created > ChronoDuration::from_std(RESUME_FOR).unwrap_or(ChronoDuration::MAX)
+    }
+
     /// Resume a rotation that failed after its key was created (back to
     /// `created`), or, once its key is older than [`RESUME_FOR`], abandon it
     /// (deleting the key when no sink acknowledged it). Returns whether it
@@ -575,7 +602,7 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let now = self.now();
         let created = r.created_at.unwrap_or(r.started_at);
-        if now - created > ChronoDuration::from_std(RESUME_FOR).unwrap_or(ChronoDuration::MAX) {
+        if self.past_resume(r) {
             let why = format!(
                 "its next key was created at {} and could not be published within {}",
                 created.to_rfc3339(),
@@ -1880,7 +1907,7 @@ impl Engine {
                     return self.on_failure(
                         policy,
                         &row,
-                        "reading the created key",
+                        UNREADABLE_STEP,
                         problem,
                         false,
                         None,

@@ -527,6 +527,41 @@ async fn an_unreadable_create_answer_is_sealed_before_the_rotation_fails() {
 }
 
 #[tokio::test]
+async fn an_unreadable_create_answer_is_never_published_by_the_next_check_as_if_it_were_the_key() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.st.lock().unwrap().unreadable_next_create = true;
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(1)).await;
+    let failed = h.engine.store.history(None, 1).unwrap()[0].clone();
+    assert_eq!(failed.state, RotationState::Failed);
+    // Later checks: what was sealed is what the parser could not read (a
+    // whole archive, say); publishing it would hand consumers the wrong
+    // thing and then retire the key they use. It waits for an operator.
+    for _ in 0..3 {
+        h.clock.advance(Duration::minutes(20));
+        h.check().await;
+        h.drive(h.clock.now() + Duration::minutes(1)).await;
+    }
+    let r = h.engine.store.rotation(&failed.id).unwrap().unwrap();
+    assert_eq!(r.state, RotationState::Failed, "{r:#?}");
+    assert!(r.published_at.is_none());
+    assert!(
+        h.file("app-a").is_none(),
+        "published: {:?}",
+        h.file("app-a")
+    );
+    assert!(h.fake.st.lock().unwrap().deleted.is_empty());
+    assert!(h.engine.store.sealed_secret(&r.id).unwrap().is_some());
+    assert_eq!(h.fake.names().len(), 2, "no churn: one created key");
+    // An operator who has looked may still publish it by hand.
+    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
+    h.drive(h.clock.now() + Duration::minutes(1)).await;
+    let r = h.engine.store.rotation(&failed.id).unwrap().unwrap();
+    assert_eq!(r.state, RotationState::Retiring, "{r:#?}");
+}
+
+#[tokio::test]
 async fn a_crash_between_create_and_its_commit_resumes_cleanly() {
     let h = harness("", None);
     h.fake.add("app-a", Duration::days(25), Duration::days(2));

@@ -13,7 +13,7 @@
 //!
 //! | # | condition          | holds when                                                            | health    |
 //! |---|--------------------|-----------------------------------------------------------------------|-----------|
-//! | 1 | `unknown_time`     | a key of the lineage carries a time rekey cannot parse                | `failing` |
+//! | 1 | `unknown_time`     | a key of the lineage carries a time rekey cannot parse (or created in the future) | `failing` |
 //! | 2 | `unsafe_name`, `unrecognised_key`, `conflict` | reported by the planner (ownership rules)  | `failing` (`conflict`: `misconfigured`) |
 //! | 3 | `key_expired`      | the key consumers use (the current key) has passed its expiry         | `expired` |
 //! | 4 | `retire_failing`   | the old key's delete (or its checks) failed `failing_after_failures` times | `failing` |

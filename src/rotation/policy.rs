@@ -342,6 +342,10 @@ fn human(d: ChronoDuration) -> String {
     crate::clock::human(std::time::Duration::from_secs(secs))
 }
 
+/// A key created more than this after `now` (minutes) has an unknown age
+/// (`unknown_time`): more than clock skew, less than any sane `max_age`.
+pub const FUTURE_CREATION_SLACK_MINUTES: i64 = 60;
+
 /// The decision chain for one lineage's current key.
 pub fn decide(
     policy: &PolicyConfig,
@@ -396,8 +400,11 @@ pub fn decide(
             };
         }
     }
+    // Checked: a creation time near chrono's last year must not panic.
     let age_due = match (policy.max_age, key.created_at) {
-        (Some(max), Some(created)) => ChronoDuration::from_std(max).ok().map(|m| created + m),
+        (Some(max), Some(created)) => ChronoDuration::from_std(max)
+            .ok()
+            .and_then(|m| created.checked_add_signed(m)),
         _ => None,
     };
     if let Some(due) = age_due
@@ -714,6 +721,21 @@ pub fn plan(
         }
         // A key whose times cannot be read is never rotated on a guess.
         for (k, _) in &states {
+            // Created in the future (beyond clock skew): its age is not
+            // known, and reading it would make the key look forever fresh.
+            if let Some(c) = k.key.created_at
+                && c > now + ChronoDuration::minutes(FUTURE_CREATION_SLACK_MINUTES)
+            {
+                found.push((
+                    Condition::UnknownTime,
+                    format!(
+                        "key {} says it was created in the future ({}); its age is unknown and its lineage is not rotated on a guess",
+                        k.key.name.escape_debug(),
+                        c.to_rfc3339()
+                    ),
+                ));
+                decision.rotate = false;
+            }
             if let Some(raw) = k.key.meta.get(crate::provider::META_UNKNOWN_TIME) {
                 found.push((
                     Condition::UnknownTime,

@@ -716,3 +716,27 @@ async fn vendor_time_forms_give_the_right_age_and_an_odd_one_is_reported_raw() {
     );
     emu.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_error_code_of_any_length_or_content_is_clipped_in_the_error() {
+    let emu = huawei::start(opts(), loopback()).await.unwrap();
+    let p = huawei_provider(&emu, huawei_token_auth(&emu));
+    let code = format!("BCS.\u{1b}[2J{}", "9".repeat(5000));
+    emu.set_faults(Faults {
+        force: vec![ForcedFault {
+            operation: "list".into(),
+            status: 400,
+            error_code: Some(code),
+            message: Some("m".repeat(5000)),
+            count: 1,
+            retry_after: None,
+        }],
+        ..Faults::default()
+    })
+    .unwrap();
+    let e = p.list(&|_: &str| true).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.len() < 1000, "{} bytes", text.len());
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    emu.shutdown().await;
+}

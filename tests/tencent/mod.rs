@@ -37,6 +37,26 @@ fn force(action: &str, code: &str) -> Faults {
     }
 }
 
+/// A provider for `emu` whose metrics the test can read.
+fn provider_with_metrics(
+    emu: &tencent::Handle,
+) -> (
+    rekey::provider::tencent::TencentProvider,
+    rekey::metrics::Metrics,
+) {
+    let o = emu.options();
+    let cfg = support::tencent_config(
+        &emu.endpoint(),
+        &o.region,
+        &o.secret_id,
+        o.secret_key.expose(),
+    );
+    let metrics = rekey::metrics::Metrics::new();
+    let http = rekey::provider::http::ProviderHttp::new(&cfg, metrics.clone()).unwrap();
+    let p = rekey::provider::tencent::TencentProvider::new(&cfg, http).unwrap();
+    (p, metrics)
+}
+
 #[tokio::test]
 async fn list_walks_every_page_and_filters_each_page() {
     let emu = tencent::start(
@@ -714,16 +734,7 @@ async fn a_bind_answered_with_an_error_envelope_is_counted_by_its_code_not_as_20
     )
     .await
     .unwrap();
-    let o = emu.options();
-    let cfg = support::tencent_config(
-        &emu.endpoint(),
-        &o.region,
-        &o.secret_id,
-        o.secret_key.expose(),
-    );
-    let metrics = rekey::metrics::Metrics::new();
-    let http = rekey::provider::http::ProviderHttp::new(&cfg, metrics.clone()).unwrap();
-    let p = rekey::provider::tencent::TencentProvider::new(&cfg, http).unwrap();
+    let (p, metrics) = provider_with_metrics(&emu);
     let params = plans(&["usagePlan-a"]);
     let new = p
         .create(&CreateRequest {
@@ -1094,5 +1105,45 @@ async fn a_rate_limit_code_outside_its_family_is_retried_not_a_quota() {
         .await
         .unwrap_err();
     assert!(!e.is_retryable() && !e.is_throttled(), "{e}");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_codes_a_server_makes_up_never_grow_the_metrics_or_the_error_unbounded() {
+    let emu = tencent::start(opts(), loopback()).await.unwrap();
+    let (p, metrics) = provider_with_metrics(&emu);
+    let keep = |_: &str| true;
+    // A hostile or buggy server: a fresh code on every answer, long ones,
+    // and known ones (which keep their own label).
+    let long = format!("FailedOperation.{}", "X".repeat(5000));
+    let mut codes: Vec<String> = (0..20)
+        .map(|i| format!("FailedOperation.Made{i}"))
+        .collect();
+    codes.extend((0..20).map(|i| format!("Invented{i}.Code")));
+    codes.push(long.clone());
+    codes.push("InvalidParameterValue.InvalidFilterNotSupportedName".into());
+    for code in &codes {
+        emu.set_faults(force("DescribeApiKeysStatus", code))
+            .unwrap();
+        let e = p.list(&keep).await.unwrap_err();
+        assert!(e.to_string().len() < 1000, "{} bytes", e.to_string().len());
+    }
+    let text = metrics.render();
+    let labels: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("rekey_provider_requests_total") && l.contains(r#"operation="list""#)
+        })
+        .filter_map(|l| l.split(r#"code=""#).nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        labels.into_iter().collect::<Vec<_>>(),
+        [
+            "FailedOperation",
+            "InvalidParameterValue.InvalidFilterNotSupportedName",
+            "other"
+        ],
+        "{text}"
+    );
     emu.shutdown().await;
 }

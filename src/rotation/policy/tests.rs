@@ -627,3 +627,29 @@ fn a_fixed_sink_target_over_several_lineages_is_misconfigured() {
     assert!(plan.misconfigured.as_ref().unwrap().contains("fixed"));
     assert_eq!(plan.due().count(), 0);
 }
+
+#[test]
+fn a_creation_time_in_the_future_is_unknown_not_fresh_and_never_panics() {
+    let p = policy(r#"max_age = "30d""#);
+    let far = DateTime::<Utc>::MAX_UTC - Duration::days(1);
+    for created in [now() + Duration::days(400), far] {
+        let mut k = key("app-a", Duration::zero(), None);
+        k.created_at = Some(created);
+        let plan = plan_keys(&p, vec![k]);
+        let l = only(&plan);
+        assert!(!l.decision.rotate);
+        assert_eq!(l.health, Health::Failing, "{created}");
+        assert!(
+            l.conditions
+                .iter()
+                .any(|(c, m)| *c == Condition::UnknownTime && m.contains("future")),
+            "{:?}",
+            l.conditions
+        );
+    }
+    // Clock skew of a few minutes is not that.
+    let mut k = key("app-a", Duration::zero(), None);
+    k.created_at = Some(now() + Duration::minutes(5));
+    let l = only(&plan_keys(&p, vec![k])).clone();
+    assert!(l.conditions.is_empty(), "{:?}", l.conditions);
+}
