@@ -4,8 +4,8 @@
 //! Each lease operation is ONE statement judged by the database's clock
 //! (`now()`), never a node's: acquire, renew and resign are single
 //! `UPDATE … RETURNING`s on the row `lease.name = 'leader'`. Every
-//! acquisition by a new holder, or after the lease expired, increments
-//! `fence`; a renewal does not. No client-side timeout wraps them (a
+//! acquisition increments `fence` (by another holder, after expiry, or by
+//! the same holder name again); a renewal does not. No client-side timeout wraps them (a
 //! cancelled statement may still commit); the session's
 //! `statement_timeout` bounds them on the server.
 //!
@@ -106,10 +106,13 @@ impl Store {
 
     /// Take the lease for `holder` for `ttl` (from the database's `now()`)
     /// and record `config_digest`. Succeeds when the lease is free, expired,
-    /// or already held by `holder`; `None` when another holder's lease is
-    /// still running. The fence increments unless this is `holder`
-    /// renewing a lease that has not expired. Call [`Store::set_fence`]
-    /// with the returned fence before any write.
+    /// or already held by `holder` (a restarted node takes its own lease
+    /// back at once); `None` when another holder's lease is still running.
+    /// Every acquisition increments the fence, even by the same holder
+    /// name: two processes that share an instance name (cloned hosts) must
+    /// never lead under one fence, so the earlier one's next write is
+    /// fenced. Renewing is [`Store::lease_renew`]. Call
+    /// [`Store::set_fence`] with the returned fence before any write.
     pub fn lease_acquire(
         &self,
         holder: &str,
@@ -119,7 +122,7 @@ impl Store {
         self.lease_stmt("lease_acquire", |tx| {
             tx.query_opt(
                 "UPDATE lease SET
-                    fence = CASE WHEN holder = ?1 AND lease_until > now() THEN fence ELSE fence + 1 END,
+                    fence = fence + 1,
                     holder = ?1,
                     lease_until = now() + CAST(?2 AS BIGINT) * interval '1 millisecond',
                     config_digest = ?3

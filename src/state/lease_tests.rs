@@ -57,13 +57,48 @@ fn a_second_holder_waits_until_the_lease_expires_by_the_database_clock() {
     let left = info.lease_until.unwrap() - info.db_now;
     assert!(left > chrono::Duration::seconds(25) && left <= chrono::Duration::seconds(30));
     assert_eq!(b.lease_acquire("node-b", TTL, "digest-1").unwrap(), None);
-    // The holder acquiring again is a renewal: same fence.
+    // The holder acquiring again (a restarted node) is a new acquisition:
+    // a new fence (renewing is `lease_renew`).
     let again = a.lease_acquire("node-a", TTL, "digest-1").unwrap().unwrap();
-    assert_eq!(again.fence, 1);
+    assert_eq!(again.fence, 2);
     expire(a.name());
     let taken = b.lease_acquire("node-b", TTL, "digest-1").unwrap().unwrap();
-    assert_eq!(taken.fence, 2, "a takeover increments the fence");
+    assert_eq!(taken.fence, 3, "a takeover increments the fence");
     assert_eq!(a.lease_acquire("node-a", TTL, "digest-1").unwrap(), None);
+}
+
+/// Two nodes that share an instance name (cloned VMs with one
+/// `/etc/hostname`, the default instance) must not both lead under one
+/// fence: the second acquisition takes a new fence and the first node's
+/// next transition is fenced. Broke: an acquisition by the same holder
+/// name kept the fence, so both nodes passed every fence check.
+#[test]
+fn two_nodes_with_one_instance_name_never_lead_under_the_same_fence() {
+    let Some(a) = pg_db() else { return };
+    let twin = Store::open_postgres(&options_for(a.name(), "node-a")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    a.begin_rotation(&rotation("one", at(0))).unwrap().unwrap();
+    let lt = twin.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    twin.set_fence(Some(lt.fence));
+    assert!(lt.fence > la.fence, "the twin leads under the old fence");
+    assert!(
+        matches!(
+            a.begin_rotation(&rotation("two", at(1))),
+            Err(StoreError::Fenced { .. })
+        ),
+        "the first node still writes after its twin acquired"
+    );
+    twin.begin_rotation(&rotation("two", at(1)))
+        .unwrap()
+        .unwrap();
+    // Renewing keeps the fence and the renewing node's writes going.
+    let r = twin.lease_renew("node-a", lt.fence, TTL).unwrap().unwrap();
+    assert_eq!(r.fence, lt.fence);
+    twin.begin_rotation(&rotation("three", at(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.lease_renew("node-a", la.fence, TTL).unwrap(), None);
 }
 
 #[test]
