@@ -517,3 +517,49 @@ fn after_the_server_drops_the_connection_the_next_transition_reconnects() {
     db.begin_rotation(&rotation("two", at(1))).unwrap().unwrap();
     assert_eq!(db.history(None, 10).unwrap().len(), 2);
 }
+
+/// Broke: once the store thread saw the connection die inside a
+/// transaction, it forgot the transaction: the caller's next statement
+/// reconnected and ran in autocommit (unfenced, outside the transaction)
+/// and its `COMMIT` on the new connection "succeeded" (PostgreSQL only
+/// warns that no transaction is in progress).
+#[test]
+fn a_transaction_whose_connection_died_runs_nothing_more_and_never_reports_a_commit() {
+    let Some(db) = pg_db() else { return };
+    let insert = |c: &str| {
+        format!(
+            "INSERT INTO conditions (policy, lineage, condition, since, message) VALUES ('p', 'l', '{c}', 't', 'm')"
+        )
+    };
+    {
+        let c = db.pg().unwrap();
+        let tx = c.begin().unwrap();
+        tx.execute(&insert("c1"), p![]).unwrap();
+        admin_on(
+            db.name(),
+            &format!(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                db.name()
+            ),
+        )
+        .unwrap();
+        assert!(tx.execute(&insert("c2"), p![]).is_err());
+        // A caller that goes on regardless must not write anything.
+        assert!(
+            tx.execute(&insert("c3"), p![]).is_err(),
+            "a statement ran on a new connection outside the lost transaction"
+        );
+        assert!(
+            tx.commit().is_err(),
+            "the commit of a lost transaction reported success"
+        );
+    }
+    let n: i64 = db
+        .read(|t| t.query_row("SELECT COUNT(*) FROM conditions", p![])?.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "rows of a lost transaction were written");
+    // The store goes on with a new connection.
+    db.begin_rotation(&rotation("after", at(0)))
+        .unwrap()
+        .unwrap();
+}
