@@ -563,3 +563,64 @@ fn a_transaction_whose_connection_died_runs_nothing_more_and_never_reports_a_com
         .unwrap()
         .unwrap();
 }
+
+/// A real race, made deterministic: the old leader's transaction has
+/// passed its fence check and holds the lease row `FOR SHARE` while a
+/// standby takes the expired lease on another thread. The old leader
+/// writes its event only once the standby's acquisition is either waiting
+/// on that lock or has returned; the acquisition must not return before
+/// the old leader's commit (else a deposed leader's write lands after the
+/// new leader started from what it read). Fails without `FOR SHARE`.
+#[test]
+fn no_write_of_a_deposed_leader_commits_after_the_new_leaders_acquisition_returned() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(a) = pg_db() else { return };
+    let b = std::sync::Arc::new(Store::open_postgres(&options_for(a.name(), "node-b")).unwrap());
+    let watch = Store::open_postgres(&options_for(a.name(), "watch")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    expire(a.name());
+    let acquired = std::sync::Arc::new(AtomicBool::new(false));
+    let mut standby = None;
+    a.tx(|tx| {
+        // The fence check passed; now the standby tries to take over.
+        let (b, done) = (b.clone(), acquired.clone());
+        standby = Some(std::thread::spawn(move || {
+            let l = b.lease_acquire("node-b", TTL, "d").unwrap().unwrap();
+            let seen = b.last_event_seq().unwrap();
+            done.store(true, Ordering::SeqCst);
+            (l, seen)
+        }));
+        let sql = format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+            a.name()
+        );
+        while !acquired.load(Ordering::SeqCst)
+            && watch.read(|t| t.query_row(&sql, p![])?.get::<i64>(0))? == 0
+        {
+            std::thread::yield_now();
+        }
+        insert_event(
+            tx,
+            &Event::new("test.race", at(0), None, None, serde_json::json!({})),
+        )
+    })
+    .unwrap();
+    let (lb, seen_at_takeover) = standby.unwrap().join().unwrap();
+    assert!(lb.fence > la.fence);
+    assert_eq!(
+        seen_at_takeover, 1,
+        "the new leader's acquisition returned before the old leader's transaction committed"
+    );
+    // The old leader's next transition is fenced.
+    assert!(matches!(
+        a.emit(&Event::new(
+            "test.late",
+            at(1),
+            None,
+            None,
+            serde_json::json!({})
+        )),
+        Err(StoreError::Fenced { .. })
+    ));
+}
