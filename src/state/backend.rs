@@ -358,7 +358,8 @@ pub(crate) fn to_dollar(sql: &str) -> String {
 
 /// Binding a [`Value`] to whatever type PostgreSQL inferred for the
 /// parameter: integers to any integer, float or boolean column, text to
-/// text-like columns (and, parsed, to `timestamptz`).
+/// text-like columns (and, parsed, to `timestamptz`). Text holding U+0000,
+/// which PostgreSQL text cannot store, is stored with each NUL as `\u{0}`.
 impl tokio_postgres::types::ToSql for Value {
     fn to_sql(
         &self,
@@ -394,6 +395,10 @@ impl tokio_postgres::types::ToSql for Value {
                     t.to_sql(ty, out)
                 }
                 Type::INT8 => s.parse::<i64>()?.to_sql(ty, out),
+                // PostgreSQL text cannot hold U+0000 (a provider's error
+                // body or key name may): stored as `\u{0}`, the notation
+                // of `logging::escape`, instead of failing the write.
+                _ if s.contains('\0') => s.replace('\0', "\\u{0}").to_sql(ty, out),
                 _ => s.as_str().to_sql(ty, out),
             },
             Value::Blob(b) => b.as_slice().to_sql(ty, out),

@@ -97,6 +97,43 @@ fn two_processes_sharing_an_instance_name_never_hold_one_fence_together() {
     }
 }
 
+/// Two nodes that share an instance name (cloned VMs with one
+/// `/etc/hostname`, the default instance) must not both lead under one
+/// fence: the second waits for the lease to expire, takes a new fence,
+/// and the first node's next transition is fenced. Broke: an acquisition by the same holder
+/// name kept the fence, so both nodes passed every fence check.
+#[test]
+fn two_nodes_with_one_instance_name_never_lead_under_the_same_fence() {
+    let Some(a) = pg_db() else { return };
+    let twin = Store::open_postgres(&options_for(a.name(), "node-a")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    a.begin_rotation(&rotation("one", at(0))).unwrap().unwrap();
+    // While its lease runs, not even its own name takes it.
+    assert_eq!(twin.lease_acquire("node-a", TTL, "d").unwrap(), None);
+    expire(a.name());
+    let lt = twin.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    twin.set_fence(Some(lt.fence));
+    assert!(lt.fence > la.fence, "the twin leads under the old fence");
+    assert!(
+        matches!(
+            a.begin_rotation(&rotation("two", at(1))),
+            Err(StoreError::Fenced { .. })
+        ),
+        "the first node still writes after its twin acquired"
+    );
+    twin.begin_rotation(&rotation("two", at(1)))
+        .unwrap()
+        .unwrap();
+    // Renewing keeps the fence and the renewing node's writes going.
+    let r = twin.lease_renew("node-a", lt.fence, TTL).unwrap().unwrap();
+    assert_eq!(r.fence, lt.fence);
+    twin.begin_rotation(&rotation("three", at(2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.lease_renew("node-a", la.fence, TTL).unwrap(), None);
+}
+
 #[test]
 fn a_renewal_keeps_the_fence_and_a_lost_lease_is_not_renewed() {
     let Some(a) = pg_db() else { return };
@@ -512,4 +549,111 @@ fn after_the_server_drops_the_connection_the_next_transition_reconnects() {
     .unwrap();
     db.begin_rotation(&rotation("two", at(1))).unwrap().unwrap();
     assert_eq!(db.history(None, 10).unwrap().len(), 2);
+}
+
+/// Broke: once the store thread saw the connection die inside a
+/// transaction, it forgot the transaction: the caller's next statement
+/// reconnected and ran in autocommit (unfenced, outside the transaction)
+/// and its `COMMIT` on the new connection "succeeded" (PostgreSQL only
+/// warns that no transaction is in progress).
+#[test]
+fn a_transaction_whose_connection_died_runs_nothing_more_and_never_reports_a_commit() {
+    let Some(db) = pg_db() else { return };
+    let insert = |c: &str| {
+        format!(
+            "INSERT INTO conditions (policy, lineage, condition, since, message) VALUES ('p', 'l', '{c}', 't', 'm')"
+        )
+    };
+    {
+        let c = db.pg().unwrap();
+        let tx = c.begin().unwrap();
+        tx.execute(&insert("c1"), p![]).unwrap();
+        admin_on(
+            db.name(),
+            &format!(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                db.name()
+            ),
+        )
+        .unwrap();
+        assert!(tx.execute(&insert("c2"), p![]).is_err());
+        // A caller that goes on regardless must not write anything.
+        assert!(
+            tx.execute(&insert("c3"), p![]).is_err(),
+            "a statement ran on a new connection outside the lost transaction"
+        );
+        assert!(
+            tx.commit().is_err(),
+            "the commit of a lost transaction reported success"
+        );
+    }
+    let n: i64 = db
+        .read(|t| t.query_row("SELECT COUNT(*) FROM conditions", p![])?.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "rows of a lost transaction were written");
+    // The store goes on with a new connection.
+    db.begin_rotation(&rotation("after", at(0)))
+        .unwrap()
+        .unwrap();
+}
+
+/// A real race, made deterministic: the old leader's transaction has
+/// passed its fence check and holds the lease row `FOR SHARE` while a
+/// standby takes the expired lease on another thread. The old leader
+/// writes its event only once the standby's acquisition is either waiting
+/// on that lock or has returned; the acquisition must not return before
+/// the old leader's commit (else a deposed leader's write lands after the
+/// new leader started from what it read). Fails without `FOR SHARE`.
+#[test]
+fn no_write_of_a_deposed_leader_commits_after_the_new_leaders_acquisition_returned() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(a) = pg_db() else { return };
+    let b = std::sync::Arc::new(Store::open_postgres(&options_for(a.name(), "node-b")).unwrap());
+    let watch = Store::open_postgres(&options_for(a.name(), "watch")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    expire(a.name());
+    let acquired = std::sync::Arc::new(AtomicBool::new(false));
+    let mut standby = None;
+    a.tx(|tx| {
+        // The fence check passed; now the standby tries to take over.
+        let (b, done) = (b.clone(), acquired.clone());
+        standby = Some(std::thread::spawn(move || {
+            let l = b.lease_acquire("node-b", TTL, "d").unwrap().unwrap();
+            let seen = b.last_event_seq().unwrap();
+            done.store(true, Ordering::SeqCst);
+            (l, seen)
+        }));
+        let sql = format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+            a.name()
+        );
+        while !acquired.load(Ordering::SeqCst)
+            && watch.read(|t| t.query_row(&sql, p![])?.get::<i64>(0))? == 0
+        {
+            std::thread::yield_now();
+        }
+        insert_event(
+            tx,
+            &Event::new("test.race", at(0), None, None, serde_json::json!({})),
+        )
+    })
+    .unwrap();
+    let (lb, seen_at_takeover) = standby.unwrap().join().unwrap();
+    assert!(lb.fence > la.fence);
+    assert_eq!(
+        seen_at_takeover, 1,
+        "the new leader's acquisition returned before the old leader's transaction committed"
+    );
+    // The old leader's next transition is fenced.
+    assert!(matches!(
+        a.emit(&Event::new(
+            "test.late",
+            at(1),
+            None,
+            None,
+            serde_json::json!({})
+        )),
+        Err(StoreError::Fenced { .. })
+    ));
 }

@@ -707,6 +707,11 @@ struct Session {
     client: Option<tokio_postgres::Client>,
     statements: std::collections::HashMap<String, tokio_postgres::Statement>,
     in_tx: bool,
+    /// The connection died inside the open transaction: every statement
+    /// and the `COMMIT` of that transaction fail until its end
+    /// (commit/rollback) or the next `BEGIN`; none runs on a new
+    /// connection outside it.
+    tx_lost: bool,
     listener: Option<tokio_postgres::Client>,
     listen: Arc<(Mutex<ListenState>, Condvar)>,
 }
@@ -737,8 +742,8 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
 impl Session {
     async fn client(&mut self) -> Result<&tokio_postgres::Client, StoreError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            if self.in_tx {
-                self.in_tx = false;
+            if self.in_tx || self.tx_lost {
+                self.tx_lost = true;
                 self.client = None;
                 return Err(StoreError::Unavailable(
                     "the connection to the state database was lost inside a transaction; it was not committed"
@@ -771,6 +776,11 @@ impl Session {
     async fn handle(&mut self, r: Req) -> Result<Reply, StoreError> {
         match r {
             Req::Begin => {
+                if self.tx_lost {
+                    // The server ended that session: nothing to roll back.
+                    self.tx_lost = false;
+                    self.in_tx = false;
+                }
                 if self.in_tx {
                     // A caller that panicked mid-transaction left it open.
                     let _ = self.client().await?.batch_execute("ROLLBACK").await;
@@ -802,10 +812,18 @@ impl Session {
                 } else {
                     "ROLLBACK"
                 };
-                let out = self.client().await?.batch_execute(sql).await;
+                let lost = self.tx_lost;
+                let out = match self.client().await {
+                    Ok(c) => c.batch_execute(sql).await.map_err(pg_err),
+                    Err(e) => Err(e),
+                };
                 self.in_tx = false;
-                out.map_err(pg_err)?;
-                Ok(Reply::Done)
+                self.tx_lost = false;
+                match out {
+                    // The server rolled the lost transaction back itself.
+                    Err(_) if lost && matches!(r, Req::Rollback) => Ok(Reply::Done),
+                    out => out.map(|()| Reply::Done),
+                }
             }
             Req::Execute(sql, params) => {
                 let st = self.statement(&sql).await?;
@@ -889,6 +907,7 @@ async fn serve(
         client: None,
         statements: Default::default(),
         in_tx: false,
+        tx_lost: false,
         listener: None,
         listen,
     };

@@ -391,8 +391,8 @@ pub const PG_MIGRATION_LOCK: i64 = 0x72_65_6b_65_79;
 /// ## lease: who leads (one row, `name = 'leader'`)
 /// - `holder`: the `[daemon] instance` holding it; NULL when free (never
 ///   held, or resigned).
-/// - `fence`: incremented by every acquisition by a new holder or after
-///   expiry, never by a renewal; each write transaction of the leader
+/// - `fence`: incremented by every acquisition (by any holder, also one
+///   that already holds it), never by a renewal; each write transaction of the leader
 ///   checks it under `FOR SHARE` ([`crate::state::StoreError::Fenced`]).
 /// - `lease_until` (TIMESTAMPTZ): the holder leads until then, by the
 ///   database's clock; renewals push it forward.

@@ -1075,6 +1075,51 @@ fn a_symlinked_wal_or_shm_file_is_not_written_through() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
 
+/// Broke on PostgreSQL only: a provider error body (or key name) holding
+/// U+0000 — valid in JSON as `\u0000` — made every write that carried it
+/// fail ("invalid byte sequence for encoding UTF8: 0x00"): the check, and
+/// a step failure that could never be recorded against the failure
+/// budget. PostgreSQL text cannot hold NUL; it is stored as `\u{0}`.
+fn a_nul_character_from_a_provider_is_stored_not_refused(store: &Store) {
+    store
+        .record_check(&CheckRecord {
+            policy: "p".into(),
+            provider: "x".into(),
+            at: at(0),
+            next_check_at: None,
+            health: "error".into(),
+            error: Some("HTTP 400 Bad: a\0b".into()),
+            decisions: serde_json::json!({}),
+            keys: vec![SeenKey {
+                key_id: "id-1".into(),
+                name: "k\0".into(),
+                lineage: "k".into(),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            }],
+            complete_listing: true,
+        })
+        .unwrap();
+    let err = store
+        .policy_state("p")
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
+    let name = &store.known_keys("p").unwrap()[0].name;
+    if store.is_postgres() {
+        assert_eq!(
+            (err.as_str(), name.as_str()),
+            ("HTTP 400 Bad: a\\u{0}b", "k\\u{0}")
+        );
+    } else {
+        assert_eq!((err.as_str(), name.as_str()), ("HTTP 400 Bad: a\0b", "k\0"));
+    }
+}
+
 // Each transition test above runs against both backends:
 // `state::tests::sqlite::NAME` (in memory) and `state::tests::postgres::NAME`
 // (a fresh database on the local server; see `pg_test`).
@@ -1092,6 +1137,7 @@ backends!(
     key_expiring_is_noted_at_most_once_per_threshold,
     delivery_cursors_start_at_the_end_and_only_move_forward,
     an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window,
+    a_nul_character_from_a_provider_is_stored_not_refused,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
