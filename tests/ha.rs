@@ -693,17 +693,16 @@ async fn a_node_whose_config_differs_from_the_leaders_refuses_to_lead_and_says_w
     // node-b's policy differs: another grace period.
     c.edit_config("node-b", "grace_period = \"2s\"", "grace_period = \"3s\"");
     c.start("node-b", None);
-    node_b_refuses_to_lead(&mut c, "config_digest", "config digest").await;
+    node_b_says_it_refuses(&mut c, "config_digest", "config digest").await;
+    // Only while node-a leads: once it resigned, node-b leads with its own
+    // digest (the rolling config change; see the test below).
 }
 
 /// node-b (started while node-a leads) refuses to lead for `reason`
 /// (the `rekey_leadership_refused` label; `phrase` in `lead_refused`), and
 /// still does not lead once node-a stopped.
 async fn node_b_refuses_to_lead(c: &mut Cluster, reason: &str, phrase: &str) {
-    c.wait_for("node-b to refuse to lead", Duration::from_secs(30), |c| {
-        c.log("node-b").contains("refusing to lead")
-    })
-    .await;
+    node_b_says_it_refuses(c, reason, phrase).await;
     c.signal("node-a", libc::SIGTERM);
     c.wait_for("node-a to stop", Duration::from_secs(20), |c| {
         c.leader().is_none()
@@ -711,6 +710,15 @@ async fn node_b_refuses_to_lead(c: &mut Cluster, reason: &str, phrase: &str) {
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(c.leader().is_none(), "node-b led ({reason} differs)");
+    node_b_says_it_refuses(c, reason, phrase).await;
+}
+
+/// node-b logs, shows and counts that it refuses to lead for `reason`.
+async fn node_b_says_it_refuses(c: &mut Cluster, reason: &str, phrase: &str) {
+    c.wait_for("node-b to refuse to lead", Duration::from_secs(30), |c| {
+        c.log("node-b").contains("refusing to lead")
+    })
+    .await;
     let b = c.status("node-b").await;
     assert_eq!(b["role"], "standby");
     assert!(
@@ -906,4 +914,48 @@ async fn a_node_with_another_seal_key_refuses_to_lead_and_says_why() {
         !c.log("node-b").contains(&"ab".repeat(32)),
         "the key never reaches the log"
     );
+}
+
+/// Found by the HA adversary: the README's rolling config change (standbys
+/// first, then restart the leader: "it resigns, an updated standby takes
+/// over and records the new digest") stalled for good, because a standby
+/// compared its digest with the row's even after the leader resigned, and
+/// nothing ever clears the row's digest: every updated node refused to lead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_config_change_in_the_readme_order_ends_with_an_updated_node_leading() {
+    let Some(mut c) = Cluster::new("rolling", 1, 0, FAST).await else {
+        return;
+    };
+    elect(&mut c, "node-a", None, &[]).await;
+    let old_digest = c.store.lease_info().unwrap().config_digest;
+    // 1. The standby first: its new config is refused while node-a leads.
+    c.edit_config("node-b", "grace_period = \"2s\"", "grace_period = \"3s\"");
+    c.start("node-b", None);
+    c.wait_for("node-b to refuse to lead", Duration::from_secs(30), |c| {
+        c.log("node-b").contains("refusing to lead")
+    })
+    .await;
+    // 2. Then the leader: new config, restart (it resigns on SIGTERM).
+    c.edit_config("node-a", "grace_period = \"2s\"", "grace_period = \"3s\"");
+    c.signal("node-a", libc::SIGTERM);
+    c.wait_for("node-a to stop", Duration::from_secs(20), |c| {
+        c.leader().as_ref().is_none_or(|(h, _)| h != "node-a")
+    })
+    .await;
+    c.start("node-a", None);
+    c.wait_for(
+        "an updated node to lead after the rolling change",
+        Duration::from_secs(30),
+        |c| c.leader().is_some(),
+    )
+    .await;
+    let row = c.store.lease_info().unwrap();
+    assert_ne!(row.config_digest, old_digest, "the new digest is recorded");
+    // The node left on the old config (none here) would now be the one to
+    // refuse: node-c, started on it, refuses while an updated node leads.
+    c.start("node-c", None);
+    c.wait_for("node-c to refuse to lead", Duration::from_secs(30), |c| {
+        c.log("node-c").contains("refusing to lead")
+    })
+    .await;
 }

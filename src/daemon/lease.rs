@@ -6,8 +6,9 @@
 //!   jitter, so standbys do not stampede), and wakes at once on the
 //!   `rekey_lease` NOTIFY a leader sends when it resigns. It tries to
 //!   acquire only when the lease is free or expired by the database's clock,
-//!   and only when its config digest matches the row's and its seal key
-//!   matches the database's check value; otherwise it says why (status
+//!   and only when its seal key matches the database's check value; while
+//!   a leader lives, a standby whose config digest differs from the row's
+//!   (the leader's) refuses too. It says why it refuses (status
 //!   `lead_refused`, metric `rekey_leadership_refused{reason}`, log).
 //!   `POST /rotate` on a standby is recorded for the leader.
 //! - **Leader.** Renews every `lease_ttl`/`lease_renew`. The side-effect
@@ -166,7 +167,14 @@ impl Node {
         let info = self.store.lease_info()?;
         let live = info.is_held();
         let mut refusal = None;
-        if let Some(theirs) = info.config_digest.as_deref()
+        // The digest is compared with a live leader's only: once the lease
+        // is free or expired there is no leader to disagree with, and the
+        // node that acquires records its own digest. A digest that stayed
+        // binding after a resign would stall the README's rolling config
+        // change for good (every updated node refusing an old digest that
+        // nothing ever clears).
+        if live
+            && let Some(theirs) = info.config_digest.as_deref()
             && theirs != self.digest
         {
             refusal = Some((Refusal::ConfigDigest, theirs.to_string()));

@@ -359,6 +359,9 @@ pub struct Confined {
     pub rel: Vec<String>,
 }
 
+/// The most of a fence token file read: an `i64` and a newline fit.
+const TOKEN_MAX_BYTES: u64 = 32;
+
 /// The fence token file's name for target file `name`:
 /// `.<name>.rekey-fence`, or a digest of the name when that would be too
 /// long for the file system.
@@ -664,10 +667,24 @@ impl FileSink {
         rustix::fs::flock(&fd, FlockOperation::LockExclusive)
             .map_err(|e| io("cannot lock", e.into()))?;
         let mut f = std::fs::File::from(fd);
-        let mut text = String::new();
-        f.read_to_string(&mut text)
+        // Only a regular file is a token (a FIFO planted there would block
+        // the read for good), and no more than a token's worth of it is read
+        // (a huge file is garbage, replaced below like any other).
+        if !f.metadata().map_err(|e| io("cannot stat", e))?.is_file() {
+            return Err(SinkError::permanent(
+                &self.name,
+                format!(
+                    "the fence token of {} is not a regular file; remove it",
+                    crate::logging::escape(&c.path().display().to_string())
+                ),
+            ));
+        }
+        let mut text = Vec::new();
+        (&mut f)
+            .take(TOKEN_MAX_BYTES)
+            .read_to_end(&mut text)
             .map_err(|e| io("cannot read", e))?;
-        let held: Option<i64> = text.trim().parse().ok();
+        let held: Option<i64> = String::from_utf8_lossy(&text).trim().parse().ok();
         if let Some(held) = held
             && held > mine
             && super::TOKENS_CHECKED
@@ -1512,6 +1529,51 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(std::fs::read_to_string(&token).unwrap(), "8\n");
+    }
+
+    /// Found by the HA adversary: the token file was read whole with
+    /// `read_to_string`, so a FIFO planted in its place hung the leader's
+    /// publish for good, and a huge (sparse) file was read into memory.
+    #[tokio::test]
+    async fn a_fifo_or_a_huge_file_in_place_of_the_fence_token_neither_hangs_nor_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        let mut secret = SecretFields::new();
+        secret.insert("api_key", Secret::new("sk_fifo_case"));
+        let fp = secret.fingerprint();
+        let token = dir.path().join(".app-a.out.rekey-fence");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &token,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = s
+            .publish(&Publication {
+                fence: Some(3),
+                ..publication(&secret, &fp)
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
+        assert!(!e.message.contains("sk_fifo_case"));
+        assert!(!dir.path().join("app-a.out").exists(), "nothing published");
+
+        // A 1 TiB sparse token (garbage): read no more than a token's
+        // worth, then replaced by this node's fence.
+        std::fs::remove_file(&token).unwrap();
+        let f = std::fs::File::create(&token).unwrap();
+        f.set_len(1 << 40).unwrap();
+        drop(f);
+        s.publish(&Publication {
+            fence: Some(3),
+            ..publication(&secret, &fp)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "3\n");
     }
 
     #[test]
