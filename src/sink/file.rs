@@ -684,7 +684,12 @@ impl FileSink {
             .take(TOKEN_MAX_BYTES)
             .read_to_end(&mut text)
             .map_err(|e| io("cannot read", e))?;
-        let held: Option<i64> = String::from_utf8_lossy(&text).trim().parse().ok();
+        // The first line is the token: a crash between the write and the
+        // truncation below leaves a whole token line before any older tail.
+        let held: Option<i64> = String::from_utf8_lossy(&text)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok());
         if let Some(held) = held
             && held > mine
             && super::TOKENS_CHECKED
@@ -697,10 +702,15 @@ impl FileSink {
             ));
         }
         if held != Some(mine) {
-            f.set_len(0).map_err(|e| io("cannot truncate", e))?;
+            // Overwrite in place, then cut what was longer: never a moment
+            // (a crash between two calls) with no token in the file, which
+            // would let a deposed leader's lower token through.
+            let line = format!("{mine}\n");
             f.rewind().map_err(|e| io("cannot rewind", e))?;
-            f.write_all(format!("{mine}\n").as_bytes())
+            f.write_all(line.as_bytes())
                 .map_err(|e| io("cannot write", e))?;
+            f.set_len(line.len() as u64)
+                .map_err(|e| io("cannot truncate", e))?;
             f.sync_all().map_err(|e| io("cannot fsync", e))?;
         }
         Ok(f)
@@ -1529,6 +1539,44 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(std::fs::read_to_string(&token).unwrap(), "8\n");
+    }
+
+    /// The token was truncated before it was rewritten: a crash between
+    /// the two left an empty token file, through which a deposed leader's
+    /// lower token passed. Now the new line overwrites in place and the
+    /// tail is cut after, and the first line is the token: the state a
+    /// crash in between leaves (a new line before an older tail) still
+    /// refuses a lower token.
+    #[tokio::test]
+    async fn a_token_left_half_rewritten_by_a_crash_still_refuses_a_lower_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), FileFormat::Env, None);
+        let token = dir.path().join(".app-a.out.rekey-fence");
+        // "9\n" written over a longer older content (garbage a leader
+        // replaced), killed before the truncation: the whole text is no
+        // number, and read as "no token" the lower fence passed.
+        std::fs::write(&token, "9\n00000000\n").unwrap();
+        let mut stale = SecretFields::new();
+        stale.insert("api_key", Secret::new("sk_from_deposed_leader_8"));
+        let fp = stale.fingerprint();
+        let r = s
+            .publish(&Publication {
+                fence: Some(8),
+                ..publication(&stale, &fp)
+            })
+            .await;
+        if super::super::TOKENS_CHECKED {
+            assert!(r.unwrap_err().fenced);
+        }
+        // A newer leader rewrites it to exactly its line.
+        std::fs::write(&token, "9\n0123456789\n").unwrap();
+        s.publish(&Publication {
+            fence: Some(10),
+            ..publication(&stale, &fp)
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "10\n");
     }
 
     /// Found by the HA adversary: the token file was read whole with
