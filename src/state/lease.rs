@@ -265,16 +265,26 @@ impl Store {
     }
 
     /// The leader takes every request not yet taken, oldest first (a fenced
-    /// write: a deposed leader takes none).
+    /// write: a deposed leader takes none), and every request an earlier
+    /// leader took but never finished (it died between taking and
+    /// finishing: without this the request was lost). `taken_by` is
+    /// `INSTANCE fence N`, so "earlier" is any other taker: only the
+    /// current fence's holder gets here. Carrying a request out twice is
+    /// harmless: a manual rotation of a lineage already rotating resumes it.
     pub fn take_rotation_requests(&self) -> Result<Vec<RotateRequest>, StoreError> {
-        let by = self
+        let instance = self
             .instance()
             .ok_or(StoreError::Unsupported("take_rotation_requests"))?;
+        let by = match self.fence() {
+            Some(f) => format!("{instance} fence {f}"),
+            None => instance,
+        };
         self.tx(|tx| {
             let mut out = tx
                 .query_all(
                     &format!(
-                        "UPDATE rotate_requests SET taken_at = now(), taken_by = ?1 WHERE taken_at IS NULL
+                        "UPDATE rotate_requests SET taken_at = now(), taken_by = ?1
+                         WHERE taken_at IS NULL OR (result IS NULL AND taken_by IS DISTINCT FROM ?1)
                          RETURNING {REQUEST_COLS}"
                     ),
                     p![by],

@@ -300,7 +300,10 @@ fn a_standby_records_a_rotate_request_and_only_the_leader_takes_it() {
     assert_eq!(taken[0].id, id);
     assert_eq!(taken[0].options, opts);
     assert_eq!(taken[0].lineage.as_deref(), Some("app"));
-    assert_eq!(taken[0].taken_by.as_deref(), Some("node-a"));
+    assert_eq!(
+        taken[0].taken_by.as_deref(),
+        Some(format!("node-a fence {}", l.fence).as_str())
+    );
     assert!(a.take_rotation_requests().unwrap().is_empty(), "taken once");
     a.finish_rotation_request(id, &serde_json::json!({"rotation": "abcd1234"}))
         .unwrap();
@@ -309,6 +312,32 @@ fn a_standby_records_a_rotate_request_and_only_the_leader_takes_it() {
         seen.result,
         Some(serde_json::json!({"rotation": "abcd1234"}))
     );
+}
+
+/// Found by the HA adversary: a leader that died after taking a request
+/// and before finishing it lost the request for good (only untaken ones
+/// were taken). The next leader takes it again; the same leader does not.
+#[test]
+fn a_request_taken_by_a_leader_that_died_before_finishing_it_is_taken_by_the_next() {
+    let Some(a) = pg_db() else { return };
+    let b = Store::open_postgres(&options_for(a.name(), "node-b")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    let id = b
+        .request_rotation("maas", None, &serde_json::json!({}), "node-b")
+        .unwrap();
+    assert_eq!(a.take_rotation_requests().unwrap().len(), 1);
+    assert!(a.take_rotation_requests().unwrap().is_empty(), "in hand");
+    // node-a dies here; node-b leads.
+    expire(a.name());
+    let lb = b.lease_acquire("node-b", TTL, "d").unwrap().unwrap();
+    b.set_fence(Some(lb.fence));
+    let again = b.take_rotation_requests().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, id);
+    b.finish_rotation_request(id, &serde_json::json!({"rotation": "r1"}))
+        .unwrap();
+    assert!(b.take_rotation_requests().unwrap().is_empty(), "finished");
 }
 
 #[test]

@@ -405,7 +405,9 @@ pub const PG_MIGRATION_LOCK: i64 = 0x72_65_6b_65_79;
 /// - `id` (identity), `policy`, `lineage` (NULL: every lineage of the
 ///   policy), `options` (JSON text: `revoke_old_immediately`, …).
 /// - `requested_by` (instance), `requested_at` (TIMESTAMPTZ, DB clock).
-/// - `taken_at`, `taken_by`: when and by which leader it was taken;
+/// - `taken_at`, `taken_by`: when and by which leader it was taken
+///   (`INSTANCE fence N`; a request taken under another fence and never
+///   finished is taken again by the next leader);
 ///   `result`: what the leader made of it (JSON text), NULL until done.
 pub const PG_MIGRATIONS: &[&str] = &[
     r#"
