@@ -250,12 +250,22 @@ impl StatusHandle {
 
     /// Replace (or add) one policy's entry.
     pub fn update_policy(&self, p: PolicyStatus) {
-        self.update_policy_shared(Arc::new(p))
+        self.update_policy_shared(Arc::new(p));
     }
 
     /// [`StatusHandle::update_policy`] with an entry others share (the
-    /// metrics render its keys from the same allocation).
-    pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) {
+    /// metrics render its keys from the same allocation). Returns the
+    /// entry the snapshot holds afterwards: when `p` equals the published
+    /// entry, nothing is replaced and the published one is returned, so
+    /// the snapshot (and the `/status` body cached for it) survives a
+    /// rebuild that changed nothing, and callers that share the entry
+    /// (the metrics) keep one allocation, not two equal ones.
+    pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) -> Arc<PolicyStatus> {
+        let cur = self.0.load();
+        if let Some(same) = cur.policies.iter().find(|x| Arc::ptr_eq(x, &p) || (x.name == p.name && ***x == *p)) {
+            return same.clone();
+        }
+        drop(cur);
         self.0.rcu(|cur| {
             let mut next = (**cur).clone();
             match next.policies.iter_mut().find(|x| x.name == p.name) {
@@ -264,6 +274,7 @@ impl StatusHandle {
             }
             next
         });
+        p
     }
 
     /// Keep only the named policies (after a reload removed some).
