@@ -984,9 +984,8 @@ impl Engine {
         if next_check_at.is_some() {
             status.next_check_at = next_check_at;
         }
-        let status = Arc::new(status);
+        let status = self.status.update_policy_shared(Arc::new(status));
         self.metrics.sync_policy(&status);
-        self.status.update_policy_shared(status);
         true
     }
 
@@ -1113,9 +1112,8 @@ impl Engine {
             }),
             error,
         };
-        let status = Arc::new(status);
+        let status = self.status.update_policy_shared(Arc::new(status));
         self.metrics.sync_policy(&status);
-        self.status.update_policy_shared(status);
         self.status_built.mark(name);
         Ok(())
     }

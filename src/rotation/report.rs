@@ -250,12 +250,26 @@ impl StatusHandle {
 
     /// Replace (or add) one policy's entry.
     pub fn update_policy(&self, p: PolicyStatus) {
-        self.update_policy_shared(Arc::new(p))
+        self.update_policy_shared(Arc::new(p));
     }
 
     /// [`StatusHandle::update_policy`] with an entry others share (the
-    /// metrics render its keys from the same allocation).
-    pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) {
+    /// metrics render its keys from the same allocation). Returns the
+    /// entry the snapshot holds afterwards: when `p` equals the published
+    /// entry, nothing is replaced and the published one is returned, so
+    /// the snapshot (and the `/status` body cached for it) survives a
+    /// rebuild that changed nothing, and callers that share the entry
+    /// (the metrics) keep one allocation, not two equal ones.
+    pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) -> Arc<PolicyStatus> {
+        let cur = self.0.load();
+        if let Some(same) = cur
+            .policies
+            .iter()
+            .find(|x| Arc::ptr_eq(x, &p) || (x.name == p.name && ***x == *p))
+        {
+            return same.clone();
+        }
+        drop(cur);
         self.0.rcu(|cur| {
             let mut next = (**cur).clone();
             match next.policies.iter_mut().find(|x| x.name == p.name) {
@@ -264,6 +278,7 @@ impl StatusHandle {
             }
             next
         });
+        p
     }
 
     /// Keep only the named policies (after a reload removed some).
@@ -367,3 +382,59 @@ pub enum CommandReply {
 }
 
 pub type CommandSender = mpsc::Sender<CommandRequest>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(state: KeyState) -> PolicyStatus {
+        PolicyStatus {
+            name: "p".to_string(),
+            provider: "emulated".to_string(),
+            mode: "rotate".to_string(),
+            health: Health::Ok,
+            next_check_at: None,
+            last_check_at: None,
+            keys: vec![KeyStatus {
+                id: "k1".to_string(),
+                name: "p-1".to_string(),
+                lineage: "p".to_string(),
+                created_at: None,
+                expires_at: None,
+                state,
+            }],
+            lineages: Vec::new(),
+            last_rotation: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_policy_equal_to_the_published_one_keeps_the_snapshot_and_its_entry() {
+        let h = StatusHandle::new(Utc::now());
+        let first = h.update_policy_shared(Arc::new(policy(KeyState::Current)));
+        let before = h.load();
+        let kept = h.update_policy_shared(Arc::new(policy(KeyState::Current)));
+        assert!(
+            Arc::ptr_eq(&kept, &first),
+            "the published entry is handed back"
+        );
+        assert!(
+            Arc::ptr_eq(&before, &h.load()),
+            "the snapshot is not replaced"
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_policy_that_changed_replaces_the_published_entry() {
+        let h = StatusHandle::new(Utc::now());
+        let first = h.update_policy_shared(Arc::new(policy(KeyState::Current)));
+        let before = h.load();
+        let next = h.update_policy_shared(Arc::new(policy(KeyState::Retiring)));
+        assert!(!Arc::ptr_eq(&next, &first));
+        let after = h.load();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_eq!(after.policies.len(), 1);
+        assert_eq!(after.policies[0].keys[0].state, KeyState::Retiring);
+    }
+}

@@ -67,8 +67,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Command, CommandReply, CommandRequest, CommandSender, RotateReply, RotateRequest, RotateSender,
-    Snapshot, StatusHandle,
+    Command, CommandReply, CommandRequest, CommandSender, PolicyStatus, RotateReply, RotateRequest,
+    RotateSender, Snapshot, StatusHandle,
 };
 use crate::config::ListenAddr;
 use crate::metrics::Metrics;
@@ -502,6 +502,11 @@ struct CachedJson {
     /// Held (not just its address) so the pointer comparison is sound.
     snapshot: Arc<Snapshot>,
     body: Bytes,
+    /// Each policy's JSON, by the entry it was rendered from: a new
+    /// snapshot re-renders only the policies whose entry changed (one
+    /// rotation step replaces one policy's entry), not every key of every
+    /// policy.
+    fragments: Vec<Fragment>,
     /// When it was last served, so an unused copy is dropped
     /// ([`JSON_IDLE_DROP`]): an idle daemon keeps no rendering in memory.
     used: std::sync::Mutex<Instant>,
@@ -664,12 +669,12 @@ async fn status_all(State(app): State<Arc<App>>) -> Response {
             *c.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             c.body.clone()
         }
-        _ => match serde_json::to_vec(&*snapshot) {
-            Ok(v) => {
-                let body = Bytes::from(v);
+        previous => match render_status(&snapshot, previous.map(|c| c.fragments.as_slice())) {
+            Ok((body, fragments)) => {
                 let entry = Arc::new(CachedJson {
                     snapshot,
                     body: body.clone(),
+                    fragments,
                     used: std::sync::Mutex::new(Instant::now()),
                 });
                 app.status_json.store(Some(entry.clone()));
@@ -680,6 +685,55 @@ async fn status_all(State(app): State<Arc<App>>) -> Response {
         },
     };
     json_bytes(StatusCode::OK, body)
+}
+
+/// One policy's `/status` JSON and the entry it was rendered from.
+type Fragment = (Arc<PolicyStatus>, Bytes);
+
+/// The `/status` body of `snapshot` (the serde rendering of [`Snapshot`],
+/// byte for byte) and each policy's fragment of it. A policy whose entry is
+/// the very one of `previous` (pointer-equal) reuses its fragment.
+fn render_status(
+    snapshot: &Snapshot,
+    previous: Option<&[Fragment]>,
+) -> Result<(Bytes, Vec<Fragment>), serde_json::Error> {
+    let mut fragments = Vec::with_capacity(snapshot.policies.len());
+    for p in &snapshot.policies {
+        let reused = previous
+            .and_then(|prev| prev.iter().find(|(q, _)| Arc::ptr_eq(q, p)))
+            .map(|(_, b)| b.clone());
+        let body = match reused {
+            Some(b) => b,
+            None => Bytes::from(serde_json::to_vec(&**p)?),
+        };
+        fragments.push((p.clone(), body));
+    }
+    // The rest of the snapshot with no policies, then the fragments spliced
+    // where its empty list is. `version` and `started_at` come first and
+    // cannot hold the marker, and in any later string a quote is escaped,
+    // so the first unescaped marker is the field itself.
+    let shell = Snapshot {
+        policies: Vec::new(),
+        ..Snapshot::clone(snapshot)
+    };
+    let shell = serde_json::to_vec(&shell)?;
+    const MARKER: &[u8] = br#""policies":[]"#;
+    let at = shell
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .map(|i| i + MARKER.len() - 1)
+        .ok_or_else(|| serde::ser::Error::custom("snapshot has no policies field"))?;
+    let len = shell.len() + fragments.iter().map(|(_, b)| b.len() + 1).sum::<usize>();
+    let mut body = Vec::with_capacity(len);
+    body.extend_from_slice(&shell[..at]);
+    for (i, (_, b)) in fragments.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b);
+    }
+    body.extend_from_slice(&shell[at..]);
+    Ok((Bytes::from(body), fragments))
 }
 
 /// Drop `entry` from the `/status` cache once it went unserved for
@@ -1068,6 +1122,78 @@ fn internal_error(e: serde_json::Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rotation::report::{Health, Instance, KeyState, KeyStatus, Leadership};
+
+    fn policy(name: &str, keys: usize) -> Arc<PolicyStatus> {
+        Arc::new(PolicyStatus {
+            name: name.to_string(),
+            provider: "emulated".to_string(),
+            mode: "rotate".to_string(),
+            health: Health::Ok,
+            next_check_at: None,
+            last_check_at: None,
+            keys: (0..keys)
+                .map(|i| KeyStatus {
+                    id: format!("k{i}"),
+                    name: format!("{name}-{i}"),
+                    lineage: name.to_string(),
+                    created_at: None,
+                    expires_at: None,
+                    state: KeyState::Current,
+                })
+                .collect(),
+            lineages: Vec::new(),
+            last_rotation: None,
+            error: Some(r#"odd "policies":[] text"#.to_string()),
+        })
+    }
+
+    fn snapshot(policies: Vec<Arc<PolicyStatus>>) -> Snapshot {
+        Snapshot {
+            version: "0.1.0".to_string(),
+            started_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            policies,
+            instance: Some(Instance {
+                config: r#"/etc/"policies":[]/rekey.toml"#.to_string(),
+                state: "/var/lib/rekey/state.db".to_string(),
+                host: "h".to_string(),
+            }),
+            leadership: Leadership {
+                fence: Some(3),
+                ..Leadership::default()
+            },
+        }
+    }
+
+    #[test]
+    fn status_body_spliced_from_policy_fragments_is_the_serde_rendering_byte_for_byte() {
+        for policies in [
+            vec![],
+            vec![policy("a", 2)],
+            vec![policy("a", 2), policy("b", 0), policy("c", 3)],
+        ] {
+            let snap = snapshot(policies);
+            let (body, fragments) = render_status(&snap, None).unwrap();
+            assert_eq!(&body[..], &serde_json::to_vec(&snap).unwrap()[..]);
+            assert_eq!(fragments.len(), snap.policies.len());
+        }
+    }
+
+    #[test]
+    fn a_new_snapshot_renders_again_only_the_policies_whose_entry_changed() {
+        let (a, b) = (policy("a", 2), policy("b", 2));
+        let first = snapshot(vec![a.clone(), b.clone()]);
+        let (_, fragments) = render_status(&first, None).unwrap();
+        let mut b2 = PolicyStatus::clone(&b);
+        b2.keys[0].state = KeyState::Retiring;
+        let second = snapshot(vec![a.clone(), Arc::new(b2)]);
+        let (body, next) = render_status(&second, Some(&fragments)).unwrap();
+        assert_eq!(&body[..], &serde_json::to_vec(&second).unwrap()[..]);
+        // `a` kept its entry: its fragment is the same buffer, not a copy.
+        assert_eq!(next[0].1.as_ptr(), fragments[0].1.as_ptr());
+        assert_ne!(next[1].1.as_ptr(), fragments[1].1.as_ptr());
+        assert!(String::from_utf8_lossy(&next[1].1).contains("retiring"));
+    }
 
     #[test]
     fn tokens_match_only_on_equal_tokens() {
