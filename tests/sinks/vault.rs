@@ -207,7 +207,7 @@ async fn vault_sink_refuses_a_write_under_a_fence_older_than_the_paths_label() {
         .await
         .unwrap();
     let meta = bao.read_metadata("maas/billing").await;
-    assert_eq!(meta["data"]["custom_metadata"]["rekey_fence"], "5");
+    assert_eq!(meta["custom_metadata"]["rekey_fence"], "5");
     let stale = NewKey::new("billing", "5e6f7a8b");
     let refused = vault
         .publish(&rekey::sink::Publication {
