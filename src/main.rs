@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    rekey::daemon::harden::limit_malloc_arenas();
+    rekey::daemon::harden::tune_malloc();
     let cli = rekey::cli::Cli::parse();
     rekey::logging::init(cli.log_format, cli.log_level.as_deref());
     match rekey::cli::run(cli) {

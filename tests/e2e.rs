@@ -50,39 +50,16 @@ state = "{state}"
 listen = "127.0.0.1:0"
 max_concurrent_rotations = 4
 shutdown_timeout = "10s"
-
-[providers.ob]
-kind = "oceanbase"
-endpoint = "{endpoint}"
-org_id = "{org}"
-project_id = "{project}"
-access_key_id = {{ file = "{ak}" }}
-access_key_secret = {{ file = "{sk}" }}
-timeout = "5s"
-
-[sinks.files]
-kind = "file"
-path = "{sink}"
-format = "env"
-
-[[policy]]
-name = "maas"
-provider = "ob"
-match = "app-*"
-schedule = "* * * * * *"
-rotate_before_expiry = "7d"
-grace_period = "2s"
-sinks = ["files"]
-create = {{ action = "read" }}
-{policy_extra}
-"#,
+{sections}"#,
             state = self.path("state.db").display(),
-            endpoint = self.emu.endpoint(),
-            org = oceanbase::DEFAULT_ORG_ID,
-            project = oceanbase::DEFAULT_PROJECT_ID,
-            ak = self.path("ak").display(),
-            sk = self.path("sk").display(),
-            sink = self.path(sink_path).display(),
+            sections = crate::support::maas_sections(
+                &self.emu.endpoint(),
+                &self.path("ak"),
+                &self.path("sk"),
+                &self.path(sink_path),
+                "",
+                policy_extra,
+            ),
         );
         let p = self.path("rekey.toml");
         std::fs::write(&p, cfg).unwrap();

@@ -139,44 +139,20 @@ listen = "127.0.0.1:0"
 lease_ttl = "{ttl}"
 lease_renew = "{renew}"
 shutdown_timeout = "10s"
-
-[providers.ob]
-kind = "oceanbase"
-endpoint = "{endpoint}"
-org_id = "{org}"
-project_id = "{project}"
-access_key_id = {{ file = "{ak}" }}
-access_key_secret = {{ file = "{sk}" }}
-timeout = "5s"
-
-[sinks.files]
-kind = "file"
-path = "{sink}"
-format = "env"
-shared = true
-
-[[policy]]
-name = "maas"
-provider = "ob"
-match = "app-*"
-schedule = "* * * * * *"
-rotate_before_expiry = "7d"
-grace_period = "2s"
-sinks = ["files"]
-create = {{ action = "read" }}
-{policy_extra}
-"#,
+{sections}"#,
             url = self.url,
             seal = self.path("seal").display(),
             token = self.path("admin-token").display(),
             ttl = timing.ttl,
             renew = timing.renew,
-            endpoint = self.emu.endpoint(),
-            org = oceanbase::DEFAULT_ORG_ID,
-            project = oceanbase::DEFAULT_PROJECT_ID,
-            ak = self.path("ak").display(),
-            sk = self.path("sk").display(),
-            sink = self.path("keys/{lineage}.env").display(),
+            sections = crate::support::maas_sections(
+                &self.emu.endpoint(),
+                &self.path("ak"),
+                &self.path("sk"),
+                &self.path("keys/{lineage}.env"),
+                "shared = true",
+                policy_extra,
+            ),
         );
         std::fs::write(self.path(&format!("{name}.toml")), cfg).unwrap();
     }

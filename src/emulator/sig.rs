@@ -46,12 +46,30 @@ pub fn same(a: &str, b: &str) -> bool {
     diff == 0
 }
 
-/// Split `Name a=b, c=d` parameters (comma, optional spaces).
-fn params(rest: &str) -> Vec<(&str, &str)> {
-    rest.split(',')
+/// The values of the `a=b, c=d` parameters after an `Authorization`
+/// scheme (comma-separated, optional spaces), in the order of `names`:
+/// `None` when one of `names` is missing or a parameter not in `names` is
+/// present (a later repeat of a name wins).
+fn named_params<'a, const N: usize>(rest: &'a str, names: [&str; N]) -> Option<[&'a str; N]> {
+    let mut found: [Option<&'a str>; N] = [None; N];
+    for (k, v) in rest
+        .split(',')
         .filter_map(|p| p.trim().split_once('='))
         .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
+    {
+        let i = names.iter().position(|n| *n == k)?;
+        found[i] = Some(v);
+    }
+    let mut out = [""; N];
+    for (o, f) in out.iter_mut().zip(found) {
+        *o = f?;
+    }
+    Some(out)
+}
+
+/// `SignedHeaders=a;b` as lowercase names, in the order given.
+fn signed_header_names(value: &str) -> Vec<String> {
+    value.split(';').map(|h| h.to_ascii_lowercase()).collect()
 }
 
 /// Tencent Cloud API 3.0 `TC3-HMAC-SHA256` (PROTOCOLS §1.1).
@@ -74,16 +92,8 @@ pub mod tc3 {
     /// SignedHeaders=a;b, Signature=hex`.
     pub fn parse(value: &str) -> Option<Authorization> {
         let rest = value.strip_prefix("TC3-HMAC-SHA256 ")?;
-        let (mut cred, mut signed, mut sig) = (None, None, None);
-        for (k, v) in params(rest) {
-            match k {
-                "Credential" => cred = Some(v),
-                "SignedHeaders" => signed = Some(v),
-                "Signature" => sig = Some(v),
-                _ => return None,
-            }
-        }
-        let parts: Vec<&str> = cred?.split('/').collect();
+        let [cred, signed, sig] = named_params(rest, ["Credential", "SignedHeaders", "Signature"])?;
+        let parts: Vec<&str> = cred.split('/').collect();
         let [id, date, service, "tc3_request"] = parts.as_slice() else {
             return None;
         };
@@ -91,8 +101,8 @@ pub mod tc3 {
             secret_id: id.to_string(),
             date: date.to_string(),
             service: service.to_string(),
-            signed_headers: signed?.split(';').map(|h| h.to_ascii_lowercase()).collect(),
-            signature: sig?.to_string(),
+            signed_headers: signed_header_names(signed),
+            signature: sig.to_string(),
         })
     }
 
@@ -169,19 +179,11 @@ pub mod huawei {
     /// Parse `SDK-HMAC-SHA256 Access=AK, SignedHeaders=a;b, Signature=hex`.
     pub fn parse(value: &str) -> Option<Authorization> {
         let rest = value.strip_prefix("SDK-HMAC-SHA256 ")?;
-        let (mut access, mut signed, mut sig) = (None, None, None);
-        for (k, v) in params(rest) {
-            match k {
-                "Access" => access = Some(v),
-                "SignedHeaders" => signed = Some(v),
-                "Signature" => sig = Some(v),
-                _ => return None,
-            }
-        }
+        let [access, signed, sig] = named_params(rest, ["Access", "SignedHeaders", "Signature"])?;
         Some(Authorization {
-            access: access?.to_string(),
-            signed_headers: signed?.split(';').map(|h| h.to_ascii_lowercase()).collect(),
-            signature: sig?.to_string(),
+            access: access.to_string(),
+            signed_headers: signed_header_names(signed),
+            signature: sig.to_string(),
         })
     }
 
@@ -309,6 +311,30 @@ mod tests {
 
     const V_PAYLOAD: &str =
         r#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
+
+    #[test]
+    fn a_header_missing_a_parameter_or_carrying_an_unknown_one_is_refused_by_both_parsers() {
+        let hw = "SDK-HMAC-SHA256 Access=AK, SignedHeaders=host;X-Sdk-Date, Signature=ab";
+        let a = huawei::parse(hw).unwrap();
+        assert_eq!((a.access.as_str(), a.signature.as_str()), ("AK", "ab"));
+        assert_eq!(a.signed_headers, ["host", "x-sdk-date"]);
+        assert!(huawei::parse("SDK-HMAC-SHA256 Access=AK, SignedHeaders=host").is_none());
+        assert!(huawei::parse(&format!("{hw}, Extra=1")).is_none());
+        let tc = "TC3-HMAC-SHA256 Credential=id/2026-12-01/apigateway/tc3_request, SignedHeaders=host, Signature=cd";
+        let t = tc3::parse(tc).unwrap();
+        assert_eq!(
+            (t.secret_id.as_str(), t.service.as_str()),
+            ("id", "apigateway")
+        );
+        assert!(
+            tc3::parse(
+                "TC3-HMAC-SHA256 Credential=id/2026-12-01/apigateway/tc3_request, Signature=cd"
+            )
+            .is_none()
+        );
+        assert!(tc3::parse(&format!("{tc}, Access=AK")).is_none());
+        assert!(tc3::parse(&tc.replace("tc3_request", "other")).is_none());
+    }
 
     #[test]
     fn tc3_v1_intl_doc_vector() {

@@ -107,6 +107,56 @@ pub async fn start_oceanbase(opts: OceanBaseEmulatorOptions) -> EmulatorHandle {
 }
 
 /// A provider config pointing at `emu` with its credentials.
+/// The config sections the end-to-end and HA suites share, after their own
+/// `[daemon]`: provider `ob` (the OceanBase emulator at `endpoint`, its
+/// default org and project, credentials in the files `ak` and `sk`), file
+/// sink `files` writing `sink` as `env` (plus `sink_extra` lines), and policy
+/// `maas` over `app-*`, checked every second, 7-day lead, 2-s grace
+/// (plus `policy_extra` lines).
+pub fn maas_sections(
+    endpoint: &str,
+    ak: &Path,
+    sk: &Path,
+    sink: &Path,
+    sink_extra: &str,
+    policy_extra: &str,
+) -> String {
+    format!(
+        r#"
+[providers.ob]
+kind = "oceanbase"
+endpoint = "{endpoint}"
+org_id = "{org}"
+project_id = "{project}"
+access_key_id = {{ file = "{ak}" }}
+access_key_secret = {{ file = "{sk}" }}
+timeout = "5s"
+
+[sinks.files]
+kind = "file"
+path = "{sink}"
+format = "env"
+{sink_extra}
+
+[[policy]]
+name = "maas"
+provider = "ob"
+match = "app-*"
+schedule = "* * * * * *"
+rotate_before_expiry = "7d"
+grace_period = "2s"
+sinks = ["files"]
+create = {{ action = "read" }}
+{policy_extra}
+"#,
+        org = oceanbase::DEFAULT_ORG_ID,
+        project = oceanbase::DEFAULT_PROJECT_ID,
+        ak = ak.display(),
+        sk = sk.display(),
+        sink = sink.display(),
+    )
+}
+
 pub fn oceanbase_config(emu: &EmulatorHandle) -> ProviderConfig {
     let o = emu.options();
     ProviderConfig {
