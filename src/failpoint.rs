@@ -14,10 +14,14 @@
 //! check what a deposed leader does next (DESIGN §8).
 //!
 //! Points: `before_create`, `after_create` (the provider returned the new
-//! key, nothing committed), `after_record_created`, `before_publish` (the
-//! secret is unsealed, a sink is about to be written), `after_publish` (a sink
-//! wrote the key, its ack not committed), `after_publish_all`,
-//! `before_delete`, `after_delete` (deleted at the provider, not committed).
+//! key, nothing committed), `after_record_created`, `after_prepare` (the
+//! provider's after-create step, Tencent's binding, is done, not
+//! committed), `before_publish` (the secret is unsealed, a sink is about to
+//! be written), `after_publish` (a sink wrote the key, its ack not
+//! committed), `after_publish_all`, `before_delete`, `after_disable` (the
+//! provider's before-delete step, Tencent's unbind and disable, is done, not
+//! committed), `after_record_disabled`, `after_delete` (deleted at the
+//! provider, not committed).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2068,6 +2068,7 @@ impl Engine {
                     false,
                 );
             }
+            failpoint::hit("after_prepare");
             self.store.record_prepared(&row.id, self.now())?;
             row = self.store.rotation(&row.id)?.unwrap_or(row);
         }
@@ -2473,7 +2474,9 @@ impl Engine {
                     true,
                 );
             }
+            failpoint::hit("after_disable");
             self.store.record_old_disabled(&row.id, self.now())?;
+            failpoint::hit("after_record_disabled");
         }
         let outcome = match provider.delete(&old_id).await {
             Ok(o) => o,

@@ -2,6 +2,8 @@
 //! create, the bind → unbind → disable → delete lifecycle, error envelopes,
 //! throttling, signatures, and secrets kept out of Debug and logs.
 
+mod crash;
+
 use std::sync::Arc;
 
 use chrono::Utc;
