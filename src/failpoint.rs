@@ -13,6 +13,11 @@
 //! would: the HA tests resume it with `SIGCONT` once another node leads, to
 //! check what a deposed leader does next (DESIGN §8).
 //!
+//! `REKEY_FAILPOINT=delay@NAME:MS` makes [`delay`] wait MS milliseconds
+//! every time that point is reached, as a slow disk or a busy machine
+//! would: tests use it to make a group of checks run past a schedule
+//! window. Delay points: `check` (each policy's check, after its listing).
+//!
 //! Points: `before_create`, `after_create` (the provider returned the new
 //! key, nothing committed), `after_record_created`, `after_prepare` (the
 //! provider's after-create step, Tencent's binding, is done, not
@@ -79,4 +84,13 @@ pub fn hit(name: &str) {
 /// Whether the error failpoint `error@NAME` is armed here (every hit).
 pub fn error(name: &str) -> bool {
     armed().is_some_and(|a| a.name.strip_prefix("error@") == Some(name))
+}
+
+/// Wait here if `delay@NAME:MS` is armed (every hit, MS milliseconds).
+pub async fn delay(name: &str) {
+    if let Some(a) = armed()
+        && a.name.strip_prefix("delay@") == Some(name)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(a.nth)).await;
+    }
 }

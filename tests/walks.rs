@@ -338,3 +338,63 @@ async fn a_fresh_walk_that_began_before_a_create_never_stands_in_for_its_id_look
     let (walks, _) = walks_and_pages(after_first_create(&log));
     assert!(walks >= 1, "{log:?}");
 }
+
+/// The checks of one account's policies ran past a window boundary (each
+/// check is slowed by the `delay@check` failpoint, so a group of three
+/// takes longer than the 3-s schedule period): the next checks of every
+/// policy of the group are still due together, in one group planned from
+/// one walk. Before, each policy's next check followed its own finish, so
+/// the policies checked before the boundary formed a second group (a
+/// second walk) in the next window, and the group stayed split.
+#[tokio::test]
+async fn policies_of_one_account_whose_checks_overran_a_window_are_still_walked_once_per_window() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    for n in ["app-a1", "app-b1", "app-c1"] {
+        env.emu.insert_key(
+            n,
+            now - chrono::Duration::days(1),
+            Some(now + chrono::Duration::days(29)),
+        );
+    }
+    let every_3s = |name: &str, glob: &str| {
+        policy(name, "ob", glob)
+            .replace("schedule = \"0 0 3 * * *\"", "schedule = \"*/3 * * * * *\"")
+    };
+    let body = [
+        provider("ob", "{ak}", "{sk}"),
+        FILE_SINK.to_string(),
+        every_3s("pa", "app-a*"),
+        every_3s("pb", "app-b*"),
+        every_3s("pc", "app-c*"),
+    ]
+    .concat();
+    assert!(body.contains("*/3 * * * * *"));
+    let cfg = write_config(&env, 4, &body);
+    let mut child = env.spawn(&cfg, Some("delay@check:1300"));
+    // Long enough for at least five walks when the group stays whole (one
+    // every 6 s: 3 × 1.3 s of checks overrun each 3-s window).
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    assert_eq!(terminate(&mut child), 0);
+    let daemon_log = env.log();
+    let checks = |p: &str| {
+        daemon_log
+            .lines()
+            .filter(|l| l.contains("check done") && l.contains(&format!("policy={p}")))
+            .count()
+    };
+    let log = env.emu.request_log();
+    let (walks, _) = walks_and_pages(&log);
+    assert!(walks >= 3, "walks: {walks}\n{}", tail(&daemon_log, 40));
+    // Every walk served every policy (the last group may have been cut
+    // short by the stop): each policy was checked after all walks but the
+    // last. A split group checks `pc` only every other walk.
+    for p in ["pa", "pb", "pc"] {
+        let n = checks(p);
+        assert!(
+            n + 1 >= walks && n <= walks,
+            "{p}: {n} checks for {walks} walks\n{}",
+            tail(&daemon_log, 60)
+        );
+    }
+}

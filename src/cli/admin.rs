@@ -198,6 +198,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         backoff: Backoff::default(),
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
+        ledgers: Default::default(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

@@ -507,6 +507,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         backoff: Backoff::default(),
         lease: gate.clone(),
         status_built: Default::default(),
+        ledgers: Default::default(),
     });
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -1002,18 +1003,20 @@ impl Daemon {
             return;
         }
         let rt = self.current();
-        let due: Vec<String> = self
+        let due: Vec<(String, DateTime<Utc>)> = self
             .next_checks
             .lock()
             .expect("lock")
             .iter()
             .filter(|(_, t)| **t <= now)
-            .map(|(p, _)| p.clone())
+            .map(|(p, t)| (p.clone(), *t))
             .collect();
         // Policies due now, grouped by the account (and credentials) their
-        // provider lists: each group is planned from one walk.
-        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for p in due {
+        // provider lists: each group is planned from one walk. A group is
+        // due at the earliest instant any of its policies was.
+        let mut groups: std::collections::BTreeMap<String, (DateTime<Utc>, Vec<String>)> =
+            Default::default();
+        for (p, due_at) in due {
             if !self.checking.lock().expect("lock").insert(p.clone()) {
                 continue;
             }
@@ -1021,59 +1024,15 @@ impl Daemon {
                 Some(policy) => rt.walks.scope(&policy.provider),
                 None => format!("policy {p}"),
             };
-            groups.entry(scope).or_default().push(p);
+            let g = groups.entry(scope).or_insert((due_at, Vec::new()));
+            g.0 = g.0.min(due_at);
+            g.1.push(p);
         }
-        for (_, policies) in groups {
+        for (_, (due_at, policies)) in groups {
             let me = self.clone();
             let rt = rt.clone();
             self.tracker.spawn(async move {
-                let _slot = me.check_slots.clone().acquire_owned().await.expect("never closed");
-                let provider = policies
-                    .first()
-                    .and_then(|p| rt.policy(p))
-                    .and_then(|p| rt.providers.get(&p.provider))
-                    .cloned();
-                let walk = match &provider {
-                    Some(provider) => Some(
-                        rt.walks
-                            .listing(provider, &me.engine.clock, None, provider::listing::Purpose::Check)
-                            .await,
-                    ),
-                    None => None,
-                };
-                // Every key name of the walk matched once against the
-                // group's globs, not once per policy.
-                let parts = match &walk {
-                    Some(Ok(w)) => {
-                        let globs = me.policy_globs(&rt, &policies);
-                        Some(w.split(&globs))
-                    }
-                    _ => None,
-                };
-                for (i, p) in policies.into_iter().enumerate() {
-                    let started = me.engine.clock.now();
-                    let result = match (&walk, &parts) {
-                        (Some(Ok(w)), Some(parts)) => {
-                            let listing = w.subset(&parts[i]);
-                            me.engine.check_policy_listed(&rt, &p, Ok(listing)).await
-                        }
-                        (Some(w), _) => me.engine.check_policy_from(&rt, &p, w.clone()).await,
-                        (None, _) => me.engine.check_policy(&rt, &p).await,
-                    };
-                    match result {
-                        Ok(plan) => tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done"),
-                        Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
-                    }
-                    if let Some(policy) = rt.policy(&p) {
-                        let next = policy.schedule.next_after(started.max(me.engine.clock.now())).unwrap_or_else(|| me.engine.clock.now() + chrono::Duration::hours(1));
-                        let mut nc = me.next_checks.lock().expect("lock");
-                        if nc.contains_key(&p) {
-                            nc.insert(p.clone(), next);
-                        }
-                    }
-                    me.checking.lock().expect("lock").remove(&p);
-                    me.engine.wake_scheduler.notify_one();
-                }
+                me.check_group(&rt, due_at, policies).await;
             });
         }
         for row in active.iter().cloned() {
@@ -1122,6 +1081,104 @@ impl Daemon {
                 }
             });
         }
+    }
+
+    /// Check one group of policies (one account's, due together) from one
+    /// walk, then write the checks that changed nothing in one transaction
+    /// and schedule every policy of the group from the instant the group
+    /// was due (`due_at`): its next window, or — when the checks ran past
+    /// that window — the first window still ahead. Every policy of the
+    /// group gets its next window from the same instant, so a group whose
+    /// checks overrun a window boundary stays one group (one walk) in
+    /// later windows instead of splitting where the boundary fell.
+    async fn check_group(&self, rt: &Arc<Runtime>, due_at: DateTime<Utc>, policies: Vec<String>) {
+        let _slot = self
+            .check_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let provider = policies
+            .first()
+            .and_then(|p| rt.policy(p))
+            .and_then(|p| rt.providers.get(&p.provider))
+            .cloned();
+        let walk = match &provider {
+            Some(provider) => Some(
+                rt.walks
+                    .listing(
+                        provider,
+                        &self.engine.clock,
+                        None,
+                        provider::listing::Purpose::Check,
+                    )
+                    .await,
+            ),
+            None => None,
+        };
+        // Every key name of the walk matched once against the group's
+        // globs, not once per policy.
+        let parts = match &walk {
+            Some(Ok(w)) => {
+                let globs = self.policy_globs(rt, &policies);
+                Some(w.split(&globs))
+            }
+            _ => None,
+        };
+        let mut quiet = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            let result = match (&walk, &parts) {
+                (Some(Ok(w)), Some(parts)) => {
+                    let listing = Ok(w.subset(&parts[i]));
+                    self.engine
+                        .check_policy_deferred(rt, p, listing, &mut quiet)
+                        .await
+                }
+                (Some(Err(e)), _) => {
+                    self.engine
+                        .check_policy_deferred(rt, p, Err(e.clone()), &mut quiet)
+                        .await
+                }
+                (Some(Ok(_)), None) | (None, _) => self.engine.check_policy(rt, p).await,
+            };
+            match result {
+                Ok(plan) => {
+                    tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done")
+                }
+                Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
+            }
+        }
+        let end = self.engine.clock.now();
+        let next_for = |policy: &crate::config::PolicyConfig| {
+            let next = policy.schedule.next_after(due_at).filter(|t| *t > end);
+            next.or_else(|| policy.schedule.next_after(end))
+                .unwrap_or_else(|| end + chrono::Duration::hours(1))
+        };
+        for r in &mut quiet {
+            if let Some(policy) = rt.policy(&r.policy) {
+                r.next_check_at = Some(next_for(policy));
+            }
+        }
+        if let Err(e) = self.engine.store.record_check_times(&quiet) {
+            tracing::warn!(policies = quiet.len(), error = %e, "cannot record the times of checks that changed nothing");
+        }
+        drop(quiet);
+        {
+            let mut nc = self.next_checks.lock().expect("lock");
+            for p in &policies {
+                if let Some(policy) = rt.policy(p)
+                    && let Some(t) = nc.get_mut(p)
+                {
+                    *t = next_for(policy);
+                }
+            }
+        }
+        let mut checking = self.checking.lock().expect("lock");
+        for p in &policies {
+            checking.remove(p);
+        }
+        drop(checking);
+        self.engine.wake_scheduler.notify_one();
     }
 
     /// One glob set of `policies`' `match` globs, in that order (a policy

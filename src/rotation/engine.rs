@@ -288,6 +288,64 @@ pub struct Engine {
     pub lease: LeaseGate,
     /// When each policy's status was last rebuilt from the store.
     pub status_built: StatusBuilt,
+    /// Each policy's ledger as last read from the store ([`Engine::ledger`]).
+    pub ledgers: LedgerCache,
+}
+
+/// Each policy's ledger as last read, kept only while it is provably what
+/// the store holds: tagged with the store's [`Store::ledger_generation`]
+/// read *before* the ledger was, and with the configuration its rival
+/// policies came from. Any write that may touch a ledger table (keys,
+/// rotations, attempts, conditions — of any policy, so a rival's keys too)
+/// moves the generation and so invalidates every entry; a reload
+/// (another configuration) or another store does too. A stale ledger
+/// could make rekey take its own key for a foreign one or a foreign key
+/// for its own, so there is no time-based expiry and no partial
+/// invalidation to get wrong.
+#[derive(Debug, Default)]
+pub struct LedgerCache(std::sync::Mutex<HashMap<String, CachedLedger>>);
+
+#[derive(Debug)]
+struct CachedLedger {
+    generation: (u64, u64),
+    /// The configuration the rivals were taken from (a `Weak` keeps its
+    /// address from being reused by another configuration).
+    config: std::sync::Weak<Config>,
+    ledger: Arc<policy::Ledger>,
+}
+
+impl LedgerCache {
+    fn get(
+        &self,
+        policy: &str,
+        generation: (u64, u64),
+        config: &Arc<Config>,
+    ) -> Option<Arc<policy::Ledger>> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cache.get(policy)?;
+        (c.generation == generation && std::ptr::eq(c.config.as_ptr(), Arc::as_ptr(config)))
+            .then(|| c.ledger.clone())
+    }
+
+    fn put(
+        &self,
+        policy: &str,
+        generation: (u64, u64),
+        config: &Arc<Config>,
+        ledger: Arc<policy::Ledger>,
+    ) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries of another generation can never be used again.
+        cache.retain(|_, c| c.generation == generation);
+        cache.insert(
+            policy.to_string(),
+            CachedLedger {
+                generation,
+                config: Arc::downgrade(config),
+                ledger,
+            },
+        );
+    }
 }
 
 /// How old a policy's status may grow before it is rebuilt from the store
@@ -418,10 +476,33 @@ impl Engine {
         name: &str,
         listing: Result<Listing, ProviderError>,
     ) -> Result<PolicyPlan, EngineError> {
+        let mut quiet = Vec::new();
+        let plan = self
+            .check_policy_deferred(rt, name, listing, &mut quiet)
+            .await;
+        self.store.record_check_times(&quiet)?;
+        plan
+    }
+
+    /// [`Engine::check_policy_listed`], except that a check which changed
+    /// nothing in the store and whose healthy status only needed its check
+    /// times moved pushes its `policy_state` record (no keys) onto `quiet`
+    /// instead of writing it: the caller writes a whole group's with one
+    /// [`Store::record_check_times`] (and may set their `next_check_at`).
+    /// Any other check writes its record itself, before its status is
+    /// rebuilt from the store.
+    pub async fn check_policy_deferred(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        listing: Result<Listing, ProviderError>,
+        quiet: &mut Vec<CheckRecord>,
+    ) -> Result<PolicyPlan, EngineError> {
         let policy = rt
             .policy(name)
             .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
         let provider = self.provider(rt, &policy.provider)?.clone();
+        failpoint::delay("check").await;
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
         let listing = match listing {
@@ -431,8 +512,8 @@ impl Engine {
                 let prev = self
                     .store
                     .policy_state(name)?
-                    .map(|p| p.decisions)
-                    .unwrap_or(serde_json::Value::Null);
+                    .map(|p| p.decisions.to_string())
+                    .unwrap_or_else(|| "null".into());
                 self.store.record_check(&CheckRecord {
                     policy: policy.name.clone(),
                     provider: policy.provider.clone(),
@@ -467,16 +548,16 @@ impl Engine {
         let views = policy::assign_lineages(policy, listed, &ledger);
         let seen: Vec<SeenKey> = views.iter().map(key_view_to_seen).collect();
         let plan = self.plan_from(rt, policy, views, &ledger, Some(listing.started_at))?;
-        let decisions: serde_json::Map<String, serde_json::Value> = plan
-            .lineages
-            .iter()
-            .map(|l| {
-                (
-                    l.name.clone(),
-                    serde_json::to_value(&l.decision).unwrap_or_default(),
-                )
-            })
-            .collect();
+        // Serialised straight to text (no `Value` tree per lineage): this
+        // runs on every check. Ordered by lineage, as a JSON object.
+        let decisions = serde_json::to_string(
+            &plan
+                .lineages
+                .iter()
+                .map(|l| (l.name.as_str(), &l.decision))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+        .unwrap_or_else(|_| "{}".into());
         let record = CheckRecord {
             policy: policy.name.clone(),
             provider: policy.provider.clone(),
@@ -484,20 +565,24 @@ impl Engine {
             next_check_at,
             health: plan.health.as_str().into(),
             error: plan.misconfigured.clone(),
-            decisions: serde_json::Value::Object(decisions),
+            decisions,
             keys: seen,
             complete_listing: true,
         };
         // A listing that changes no key row writes only the check's time
-        // (and health, decisions): no upsert per listed key.
+        // (and health, decisions): no upsert per listed key, and not before
+        // the end (where it may join its group's one transaction).
         let keys_written =
             crate::state::check_changes_keys(&ledger.known, &record.keys, record.complete_listing);
-        if keys_written {
+        let time_only = if keys_written {
             self.store.record_check(&record)?;
+            drop(record);
+            None
         } else {
-            self.store.record_check_time(&record)?;
-        }
-        drop(record);
+            let mut r = record;
+            r.keys = Vec::new();
+            Some(r)
+        };
         // Whether this check changed what the ledger holds (keys, attempts,
         // rotations): if not, the status is rebuilt from the same ledger.
         let mut store_changed = orphans_written || keys_written;
@@ -569,13 +654,23 @@ impl Engine {
         store_changed |= started_any;
         // A rotation in flight may write meanwhile: read the store again.
         store_changed |= ledger.rotations.iter().any(|r| !r.state.is_terminal());
-        if store_changed {
-            self.refresh_status(rt, name)?;
-        } else if !(plan.health.is_healthy()
+        if !store_changed
+            && plan.health.is_healthy()
             && plan.misconfigured.is_none()
-            && self.touch_status(name, started, next_check_at))
+            && self.touch_status(name, started, next_check_at)
         {
-            self.publish_status(rt, policy, &ledger)?;
+            // Nothing reads this policy's row before the caller writes it.
+            quiet.extend(time_only);
+        } else {
+            // The status rebuild reads the row (health, last error).
+            if let Some(r) = &time_only {
+                self.store.record_check_times(std::slice::from_ref(r))?;
+            }
+            if store_changed {
+                self.refresh_status(rt, name)?;
+            } else {
+                self.publish_status(rt, policy, &ledger)?;
+            }
         }
         if started_any {
             self.poke();
@@ -762,17 +857,26 @@ impl Engine {
         (removed, wrote)
     }
 
-    /// The store's evidence for planning `policy`.
+    /// The store's evidence for planning `policy`: read from the store, or
+    /// the copy read last time when no write that could change it was made
+    /// since ([`LedgerCache`]).
     pub fn ledger(
         &self,
         rt: &Runtime,
         policy: &PolicyConfig,
-    ) -> Result<policy::Ledger, EngineError> {
-        Ok(policy::Ledger::load(
+    ) -> Result<Arc<policy::Ledger>, EngineError> {
+        let generation = self.store.ledger_generation();
+        if let Some(l) = self.ledgers.get(&policy.name, generation, &rt.config) {
+            return Ok(l);
+        }
+        let ledger = Arc::new(policy::Ledger::load(
             &self.store,
             &policy.name,
             &policy::rivals(&rt.config, policy),
-        )?)
+        )?);
+        self.ledgers
+            .put(&policy.name, generation, &rt.config, ledger.clone());
+        Ok(ledger)
     }
 
     fn plan_from(

@@ -298,6 +298,7 @@ create = {{ action = "read" }}
         },
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
+        ledgers: Default::default(),
     };
     Harness {
         engine,
@@ -1653,6 +1654,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
         },
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
+        ledgers: Default::default(),
     };
     Ok(Harness {
         engine,
@@ -2543,4 +2545,151 @@ async fn a_listing_error_leaves_the_status_at_the_next_good_check_that_changes_n
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
     assert_eq!(status(&h).last_check_at, Some(h.clock.now()));
     assert_eq!(status(&h).keys, s.keys);
+}
+
+// ------------------------------------------------- the cached ledger (issue 13)
+
+/// Two policies that could claim the same keys (same provider kind).
+fn rival_policies() -> Harness {
+    let mut h = harness_policies(
+        r#"
+[providers.ob2]
+kind = "oceanbase"
+endpoint = "http://localhost:1"
+org_id = "o"
+project_id = "p"
+access_key_id = { env = "AK" }
+access_key_secret = { env = "SK" }
+[[policy]]
+name = "pa"
+provider = "ob"
+match = "app-*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+[[policy]]
+name = "pb"
+provider = "ob2"
+match = "app-1*"
+schedule = "0 * * * * *"
+rotate_before_expiry = "7d"
+sinks = ["f"]
+create = { action = "read" }
+"#,
+    )
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    // One account reached through two host names.
+    h.rt.providers
+        .insert("ob2".into(), Arc::new(h.fake.clone()));
+    h
+}
+
+#[tokio::test]
+async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
+    let h = rival_policies();
+    h.fake.add("app-2", Duration::days(1), Duration::days(29));
+    let pa = h.rt.policy("pa").unwrap();
+    // The first check records the key (a ledger write); the second finds
+    // nothing new and writes only its check time.
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    h.clock.advance(Duration::seconds(60));
+    let before = h.engine.ledger(&h.rt, pa).unwrap();
+    let generation = h.engine.store.ledger_generation();
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(h.engine.store.ledger_generation(), generation);
+    let after = h.engine.ledger(&h.rt, pa).unwrap();
+    assert!(Arc::ptr_eq(&before, &after), "the ledger was read again");
+    assert_eq!(after.known.len(), 1);
+}
+
+/// The trust issue: `pa`'s ledger is cached, then the rival `pb` records
+/// the same key; `pa`'s next check must see the conflict, not plan from a
+/// ledger in which nobody else claims the key.
+#[tokio::test]
+async fn a_key_a_rival_policy_records_between_two_checks_is_a_conflict_at_the_next() {
+    let h = rival_policies();
+    h.fake.add("app-1", Duration::days(1), Duration::days(29));
+    let pa = h.rt.policy("pa").unwrap();
+    for _ in 0..2 {
+        h.engine.check_policy(&h.rt, "pa").await.unwrap();
+        h.clock.advance(Duration::seconds(60));
+    }
+    assert!(
+        h.engine
+            .ledger(&h.rt, pa)
+            .unwrap()
+            .claimed_elsewhere
+            .is_empty()
+    );
+    h.engine.check_policy(&h.rt, "pb").await.unwrap();
+    assert_eq!(
+        h.engine.ledger(&h.rt, pa).unwrap().claimed_elsewhere.len(),
+        1,
+        "pa's ledger still says nobody else claims app-1"
+    );
+    let plan = h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    assert_eq!(plan.health, Health::Misconfigured, "{plan:#?}");
+}
+
+/// A rotation begun and a create attempt started after the ledger was
+/// cached: the key of that attempt is rekey's own (by its attempt name)
+/// in the very next ledger, never a foreign key.
+#[tokio::test]
+async fn a_create_attempt_started_after_the_ledger_was_cached_owns_its_key_in_the_next() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    h.check().await;
+    h.clock.advance(Duration::seconds(60));
+    h.check().await;
+    let p = h.rt.policy("p").unwrap();
+    let cached = h.engine.ledger(&h.rt, p).unwrap();
+    assert!(cached.rotations.is_empty() && cached.owned.is_empty());
+    assert!(matches!(
+        h.engine.rotate_now(&h.rt, "p", None, false).unwrap(),
+        crate::status::RotateReply::Accepted { .. }
+    ));
+    let rotation = h.engine.store.active_rotations().unwrap()[0].id.clone();
+    let l = h.engine.ledger(&h.rt, p).unwrap();
+    assert_eq!(l.rotations.len(), 1, "the rotation is missing: {l:#?}");
+    let (_, name) = h
+        .engine
+        .store
+        .start_attempt(&rotation, |n| format!("app-a-attempt-{n}"), h.clock.now())
+        .unwrap();
+    let l = h.engine.ledger(&h.rt, p).unwrap();
+    assert!(
+        l.owned.iter().any(|o| o.name == name),
+        "the attempt's key is not rekey's own: {l:#?}"
+    );
+    assert!(l.orphans.iter().any(|o| o.attempt.name == name), "{l:#?}");
+}
+
+/// A stuck condition recorded after the ledger was cached is in the next
+/// ledger; rewriting the same conditions changes nothing and keeps it.
+#[tokio::test]
+async fn a_condition_recorded_after_the_ledger_was_cached_is_in_the_next() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    h.check().await;
+    let p = h.rt.policy("p").unwrap();
+    assert!(h.engine.ledger(&h.rt, p).unwrap().step_failing.is_empty());
+    let held = [(
+        "app-a".to_string(),
+        "step_failing".to_string(),
+        None,
+        "m".to_string(),
+    )];
+    h.engine
+        .store
+        .sync_conditions("p", &held, h.clock.now())
+        .unwrap();
+    let l = h.engine.ledger(&h.rt, p).unwrap();
+    assert!(l.step_failing.contains("app-a"), "{l:#?}");
+    let generation = h.engine.store.ledger_generation();
+    h.engine
+        .store
+        .sync_conditions("p", &held, h.clock.now())
+        .unwrap();
+    assert_eq!(h.engine.store.ledger_generation(), generation);
 }

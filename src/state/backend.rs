@@ -210,20 +210,12 @@ impl<T: FromValue> FromValue for Option<T> {
 pub(crate) struct Dialect {
     /// The two-argument "larger of" function (`MAX(a, b)` / `GREATEST(a, b)`).
     pub greatest: &'static str,
-    /// A table expression with one text column `value`: the elements of a
-    /// JSON array of strings given as parameter `{}` (e.g. `?2`).
-    pub json_text_array: &'static str,
     /// Whether a query may pin its index (`INDEXED BY name`, SQLite only;
     /// PostgreSQL's planner has no such hint and needs none here).
     pub index_hints: bool,
 }
 
 impl Dialect {
-    /// [`Dialect::json_text_array`] applied to parameter `param`.
-    pub(crate) fn json_values(&self, param: &str) -> String {
-        self.json_text_array.replace("{}", param)
-    }
-
     /// `INDEXED BY index` where the dialect takes index hints, else empty.
     pub(crate) fn indexed_by(&self, index: &str) -> String {
         if self.index_hints {
@@ -236,13 +228,11 @@ impl Dialect {
 
 pub(crate) const SQLITE: Dialect = Dialect {
     greatest: "MAX",
-    json_text_array: "json_each({})",
     index_hints: true,
 };
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     greatest: "GREATEST",
-    json_text_array: "json_array_elements_text(CAST({} AS json))",
     index_hints: false,
 };
 

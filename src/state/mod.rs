@@ -209,6 +209,11 @@ pub struct Store {
     fence: Mutex<Option<i64>>,
     /// Write transactions refused because the fence moved.
     fenced_commits: AtomicU64,
+    /// Bumped after every write transaction that may have touched a
+    /// policy's ledger tables ([`Store::ledger_generation`]).
+    ledger_generation: AtomicU64,
+    /// Unique among the stores of this process ([`Store::ledger_generation`]).
+    serial: u64,
     /// Test builds only: fence checking can be switched off to prove the
     /// HA suite detects what it prevents.
     #[cfg(feature = "ha-test-unfenced")]
@@ -240,6 +245,11 @@ impl Store {
             _lock: lock,
             fence: Mutex::new(None),
             fenced_commits: AtomicU64::new(0),
+            ledger_generation: AtomicU64::new(0),
+            serial: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
             #[cfg(feature = "ha-test-unfenced")]
             fence_checks: std::sync::atomic::AtomicBool::new(true),
         }
@@ -629,7 +639,23 @@ impl Store {
 
     /// One write transaction: SQLite `BEGIN IMMEDIATE`; PostgreSQL `BEGIN`,
     /// then the fence check when a fence is set ([`Store::set_fence`]).
+    /// Counts as a ledger write ([`Store::ledger_generation`]), committed
+    /// or not.
     fn tx<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let out = self.tx_quiet(f);
+        self.bump_ledger_generation();
+        out
+    }
+
+    /// [`Store::tx`] for a transition that writes none of the tables a
+    /// policy's ledger is read from (`keys`, `rotations`, `attempts`,
+    /// `conditions`): check times, the outbox, deliveries. It leaves
+    /// [`Store::ledger_generation`] alone. Every other write goes through
+    /// [`Store::tx`]; when in doubt, it must.
+    fn tx_quiet<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match &self.db {
             Db::Sqlite(c) => {
                 let mut c = lock(c);
@@ -650,16 +676,39 @@ impl Store {
     }
 
     /// A PostgreSQL write that a standby may make (a recorded rotate
-    /// request): never fenced.
+    /// request): never fenced. Counted as a ledger write.
     fn tx_unfenced<T>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let c = self.pg().ok_or(StoreError::Unsupported("unfenced write"))?;
-        let tx = c.begin()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        let out = (|| {
+            let c = self.pg().ok_or(StoreError::Unsupported("unfenced write"))?;
+            let tx = c.begin()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        self.bump_ledger_generation();
+        out
+    }
+
+    /// `(store, generation)`: `store` tells this `Store` from every other
+    /// one the process opened; `generation` changes after every write
+    /// transaction this store made that may have changed any policy's
+    /// ledger (its `keys`, `rotations`, `attempts` or `conditions` rows),
+    /// committed or not, and whenever the fence changes. Bumped *after*
+    /// the commit: a ledger read after reading the pair `g` is current for
+    /// as long as the pair is still `g`. Writes of check times, events and
+    /// deliveries leave it alone. Only writes made through this `Store`
+    /// are seen: it is exact for a SQLite state (one daemon per file, by
+    /// its lock) and for the PostgreSQL leader (the only node that writes
+    /// ledger rows, fenced; a new fence bumps it).
+    pub fn ledger_generation(&self) -> (u64, u64) {
+        (self.serial, self.ledger_generation.load(Ordering::SeqCst))
+    }
+
+    fn bump_ledger_generation(&self) {
+        self.ledger_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Reads: the SQLite connection as it is (no transaction, as before),
@@ -717,6 +766,8 @@ impl Store {
     /// SQLite store has one writer by its file lock and ignores it.
     pub fn set_fence(&self, fence: Option<i64>) {
         *lock(&self.fence) = fence;
+        // Another leader may have written between our terms.
+        self.bump_ledger_generation();
     }
 
     /// The fence set by [`Store::set_fence`].
@@ -742,7 +793,7 @@ impl Store {
 
     /// Append a standalone event (e.g. `key.expiring`) to the outbox.
     pub fn emit(&self, ev: &Event) -> Result<(), StoreError> {
-        self.tx(|tx| insert_event(tx, ev))
+        self.tx_quiet(|tx| insert_event(tx, ev))
     }
 
     /// Events after `seq`, oldest first.
@@ -779,7 +830,7 @@ impl Store {
     /// The delivery cursor of a notification target, registering it (at the
     /// current end of the outbox) the first time it is seen.
     pub fn delivery(&self, target: &str) -> Result<DeliveryRow, StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "INSERT INTO deliveries (target, cursor) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM events))
                  ON CONFLICT DO NOTHING",
@@ -801,7 +852,7 @@ impl Store {
 
     /// The event at `seq` was delivered to `target` (or filtered out).
     pub fn delivery_done(&self, target: &str, seq: i64) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 &format!(
                     "UPDATE deliveries SET cursor = {}(cursor, ?2), attempts = 0, next_attempt_at = NULL, last_error = NULL WHERE target = ?1",
@@ -820,7 +871,7 @@ impl Store {
         error: &str,
         next: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE target = ?1",
                 p![target, ts(next), error],
@@ -837,7 +888,7 @@ impl Store {
         error: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "INSERT INTO dead_letters (target, event_seq, event_id, type, at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (target, event_seq) DO UPDATE SET event_id = excluded.event_id, type = excluded.type,
@@ -906,7 +957,7 @@ impl Store {
         threshold: &str,
         ev: &Event,
     ) -> Result<bool, StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             let n = tx.execute(
                 "INSERT INTO expiring_notices (policy, key_id, threshold, at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
@@ -944,7 +995,7 @@ impl Store {
 
     /// When a policy's next scheduled check is due (survives restarts).
     pub fn set_next_check(&self, policy: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "INSERT INTO policy_state (policy, next_check_at) VALUES (?1, ?2)
                  ON CONFLICT (policy) DO UPDATE SET next_check_at = excluded.next_check_at",
@@ -997,37 +1048,29 @@ impl Store {
                     p![check.policy, at],
                 )?;
             }
-            tx.execute(
-                "INSERT INTO policy_state (policy, last_check_at, next_check_at, health, last_error, decisions)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
-                    next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
-                    health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
-                p![check.policy, at, check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
-            )?;
-            Ok(())
+            upsert_policy_state(tx, check)
         })
     }
 
-    /// Record a check whose listing changes no key row (see
-    /// [`check_changes_keys`]): only the policy's `policy_state` row —
-    /// check time, next check, health, error, decisions. One small write
-    /// instead of one upsert per listed key (issue 13: a check that
-    /// changes nothing writes nothing else). Committed without waiting
-    /// for the disk (`synchronous = NORMAL` for this one transaction): a
-    /// power loss can forget only this row's latest check time and
-    /// decisions, which the next check writes again; the next durable
-    /// commit flushes it with its own.
-    pub fn record_check_time(&self, check: &CheckRecord) -> Result<(), StoreError> {
+    /// Record checks whose listings change no key row (see
+    /// [`check_changes_keys`]), all in one transaction: only each policy's
+    /// `policy_state` row — check time, next check, health, error,
+    /// decisions — instead of one upsert per listed key (issue 13: a check
+    /// that changes nothing writes nothing else, and a group of checks
+    /// planned from one walk commits once). Committed without waiting for
+    /// the disk (`synchronous = NORMAL` for this one transaction): a power
+    /// loss can forget only these rows' latest check times and decisions,
+    /// which the next checks write again; the next durable commit flushes
+    /// them with its own. Writes no ledger table, so it leaves
+    /// [`Store::ledger_generation`] alone.
+    pub fn record_check_times(&self, checks: &[CheckRecord]) -> Result<(), StoreError> {
+        if checks.is_empty() {
+            return Ok(());
+        }
         let write = |tx: &dyn Tx| -> Result<(), StoreError> {
-            tx.execute(
-                "INSERT INTO policy_state (policy, last_check_at, next_check_at, health, last_error, decisions)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
-                    next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
-                    health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
-                p![check.policy, ts(check.at), check.next_check_at.map(ts), check.health, check.error, check.decisions.to_string()],
-            )?;
+            for check in checks {
+                upsert_policy_state(tx, check)?;
+            }
             Ok(())
         };
         match &self.db {
@@ -1046,7 +1089,7 @@ impl Store {
                 r
             }
             // Fenced like every other write; PostgreSQL commits durably.
-            Db::Postgres(..) => self.tx(write),
+            Db::Postgres(..) => self.tx_quiet(write),
         }
     }
 
@@ -1887,7 +1930,11 @@ impl Store {
         held: &[(String, String, Option<&'static str>, String)],
         at: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        self.tx(|tx| {
+        // A rebuild that changes no row leaves the ledger generation alone
+        // (conditions are part of the ledger: `step_failing`).
+        let mut changed = true;
+        let out = self.tx_quiet(|tx| {
+            let mut n = 0;
             let existing: Vec<(String, String)> = tx
                 .query_all("SELECT lineage, condition FROM conditions WHERE policy = ?1", p![policy])?
                 .iter()
@@ -1896,7 +1943,7 @@ impl Store {
             let mut started = Vec::new();
             for (lineage, condition, event, message) in held {
                 if existing.iter().any(|(l, c)| l == lineage && c == condition) {
-                    tx.execute(
+                    n += tx.execute(
                         // Unchanged messages are not rewritten: a status
                         // rebuilt with nothing new writes nothing.
                         "UPDATE conditions SET message = ?4 WHERE policy = ?1 AND lineage = ?2 AND condition = ?3 AND message IS DISTINCT FROM ?4",
@@ -1904,7 +1951,7 @@ impl Store {
                     )?;
                     continue;
                 }
-                tx.execute(
+                n += tx.execute(
                     "INSERT INTO conditions (policy, lineage, condition, since, message) VALUES (?1, ?2, ?3, ?4, ?5)",
                     p![policy, lineage, condition, ts(at), message],
                 )?;
@@ -1926,14 +1973,19 @@ impl Store {
             }
             for (l, c) in &existing {
                 if !held.iter().any(|(hl, hc, _, _)| hl == l && hc == c) {
-                    tx.execute(
+                    n += tx.execute(
                         "DELETE FROM conditions WHERE policy = ?1 AND lineage = ?2 AND condition = ?3",
                         p![policy, l, c],
                     )?;
                 }
             }
+            changed = n > 0;
             Ok(started)
-        })
+        });
+        if changed {
+            self.bump_ledger_generation();
+        }
+        out
     }
 
     /// The (lineage, condition) pairs held for `policy` at its last
@@ -2209,23 +2261,37 @@ impl Store {
         if others.is_empty() {
             return Ok(out);
         }
-        let others = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
-        // One query: the policy's live keys that a rival also holds live.
+        // One query: the policy's live keys that another policy also holds
+        // live, from the policy's own keys through `keys_by_id` (one seek
+        // per own key; this runs on every ledger read). Which of those
+        // policies are rivals is decided here.
         let rows = self.read(|tx| {
             tx.query_all(
                 &format!(
-                    "SELECT k.key_id, MIN(k.policy) FROM keys k
-             WHERE k.policy IN (SELECT value FROM {})
-               AND k.state IN ('live', 'retiring')
-               AND k.key_id IN (SELECT key_id FROM keys WHERE policy = ?1 AND state IN ('live', 'retiring'))
-             GROUP BY k.key_id",
-                    tx.dialect().json_values("?2")
+                    "SELECT k.key_id, o.policy FROM keys k
+             JOIN keys o {} ON o.key_id = k.key_id
+             WHERE k.policy = ?1 AND k.state IN ('live', 'retiring')
+               AND o.policy <> ?1 AND o.state IN ('live', 'retiring')",
+                    tx.dialect().indexed_by("keys_by_id")
                 ),
-                p![policy, others],
+                p![policy],
             )
         })?;
         for r in rows {
-            out.insert(r.get(0)?, r.get(1)?);
+            let (key, other): (String, String) = (r.get(0)?, r.get(1)?);
+            if !others.contains(&other) {
+                continue;
+            }
+            match out.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if other < *e.get() {
+                        e.insert(other);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(other);
+                }
+            }
         }
         Ok(out)
     }
@@ -2449,6 +2515,21 @@ impl Store {
             Ok(opt_ts(v))
         })
     }
+}
+
+/// The `policy_state` row of one check: check time, next check (kept
+/// when the record has none), health, error, decisions. Shared by
+/// [`Store::record_check`] and [`Store::record_check_times`].
+fn upsert_policy_state(tx: &dyn Tx, check: &CheckRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO policy_state (policy, last_check_at, next_check_at, health, last_error, decisions)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
+            next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
+            health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
+        p![check.policy, ts(check.at), check.next_check_at.map(ts), check.health, check.error, check.decisions],
+    )?;
+    Ok(())
 }
 
 /// Whether [`Store::record_check`] of `seen` would change any of the
@@ -2867,7 +2948,8 @@ pub struct CheckRecord {
     pub next_check_at: Option<DateTime<Utc>>,
     pub health: String,
     pub error: Option<String>,
-    pub decisions: serde_json::Value,
+    /// Each lineage's decision, as JSON text (an object by lineage).
+    pub decisions: String,
     pub keys: Vec<SeenKey>,
     /// The listing was complete, so keys not in it are gone.
     pub complete_listing: bool,
