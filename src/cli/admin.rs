@@ -246,10 +246,9 @@ pub fn wait(
         let mut still = Vec::new();
         for id in &pending {
             let Some((lineage, r)) = p.lineages.iter().find_map(|l| {
-                l.rotation
-                    .as_ref()
+                l.rotation()
                     .filter(|r| &r.id == id)
-                    .map(|r| (l.name.clone(), r.clone()))
+                    .map(|r| (l.name().to_string(), r.clone()))
             }) else {
                 eprintln!(
                     "rekey: rotation {id} is no longer reported (another rotation of its lineage followed it)"
