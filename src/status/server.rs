@@ -1614,6 +1614,105 @@ mod tests {
         }
     }
 
+    /// A change published after the first (inline) render but before the
+    /// keeper task first ran was missed: the keeper subscribed after it
+    /// (a new watch receiver counts what was sent before as seen) and slept
+    /// its whole period (2 s) on a stale body, past the documented bound of
+    /// two render times.
+    #[tokio::test]
+    async fn a_change_made_before_the_keeper_first_runs_is_served_within_the_staleness_bound() {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(policy("a", 3));
+        let kept = Arc::new(Kept::new(
+            StatusRender { status: h.clone() },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        // Inline render; the keeper is spawned but (current-thread runtime)
+        // has not run yet.
+        kept.serve().unwrap();
+        h.update_policy_shared(policy("b", 1));
+        let want = serde_json::to_vec(&*h.load()).unwrap();
+        // Far more than two render times of this snapshot, far less than
+        // the keeper's 2 s period.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut served = false;
+        while Instant::now() < deadline {
+            if kept.serve().unwrap() == want {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(served, "the change was not served within 500 ms");
+    }
+
+    /// A render that counts how many run at once.
+    struct CountingRender {
+        running: Arc<AtomicU64>,
+        most: Arc<AtomicU64>,
+        total: Arc<AtomicU64>,
+    }
+
+    impl Render for CountingRender {
+        type Source = ();
+        fn render(&self, _: Option<&Rendered<()>>) -> Result<Rendered<()>, String> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.total.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(Rendered {
+                source: (),
+                body: Bytes::from_static(b"body"),
+                at: Instant::now(),
+            })
+        }
+        fn fresh(&self, _: &Rendered<()>) -> bool {
+            true
+        }
+        fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+            None
+        }
+    }
+
+    /// Requests arriving together after idle each rendered the whole body
+    /// inline (N renders, N bodies in memory at once: a dashboard's burst
+    /// of panels after 2 s of quiet), and the slowest one's older body was
+    /// stored over a newer one. The claim is one render in flight.
+    #[test]
+    fn requests_arriving_together_after_idle_render_the_body_once() {
+        let (running, most, total) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let kept = Arc::new(Kept::new(
+            CountingRender {
+                running: running.clone(),
+                most: most.clone(),
+                total: total.clone(),
+            },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (kept, barrier) = (kept.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    kept.serve().unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(&t.join().unwrap()[..], b"body");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "renders at once");
+        assert_eq!(total.load(Ordering::SeqCst), 1, "renders in all");
+    }
+
     #[test]
     fn tokens_match_only_on_equal_tokens() {
         assert!(tokens_match(b"s3cret", b"s3cret"));
