@@ -550,7 +550,8 @@ struct Rendered<S> {
 /// A body rendered off the request path.
 ///
 /// A request serves the last complete rendering and never waits for one,
-/// except the first after idle (no rendering held), which renders inline.
+/// except the first after idle (no rendering held), which renders inline
+/// (requests arriving meanwhile wait for that one render and serve it).
 /// That first request also starts the *keeper*, one task per cache, which
 /// renders anew whenever the rendering is no longer [`Render::fresh`]
 /// (woken by [`Render::changes`] or every [`Kept::period`]) on a blocking
@@ -563,6 +564,10 @@ struct Kept<R: Render> {
     current: ArcSwapOption<Rendered<R::Source>>,
     /// A keeper task runs.
     keeper: std::sync::atomic::AtomicBool,
+    /// Held by a request rendering inline (no body held), so requests that
+    /// arrive together after idle render once and the others serve that
+    /// rendering; never held by the keeper.
+    inline: std::sync::Mutex<()>,
     /// When a request last took the body (µs since `origin`).
     used_us: AtomicU64,
     origin: Instant,
@@ -577,6 +582,7 @@ impl<R: Render> Kept<R> {
             render,
             current: ArcSwapOption::empty(),
             keeper: std::sync::atomic::AtomicBool::new(false),
+            inline: std::sync::Mutex::new(()),
             used_us: AtomicU64::new(0),
             origin: Instant::now(),
             period,
@@ -595,6 +601,13 @@ impl<R: Render> Kept<R> {
             if !self.render.fresh(&c) {
                 self.ensure_keeper();
             }
+            return Ok(c.body.clone());
+        }
+        // One inline render at a time: the others wait for it and serve it
+        // (their render would be the same body, and a slower, older one
+        // would be stored over a newer one).
+        let _one = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = self.current.load_full() {
             return Ok(c.body.clone());
         }
         let r = Arc::new(self.render.render(None)?);
@@ -631,11 +644,14 @@ impl<R: Render> Kept<R> {
             Some(k) => (k.render.changes(), k.period),
             None => return,
         };
-        // Not marked seen first: a change between the inline render and
-        // this task's start must wake it (a spurious wake finds the body
-        // fresh and sleeps again).
+        // A new receiver counts every change sent before it as seen, so a
+        // change between the inline render and this task's start would not
+        // wake it: look once before the first wait (a body still fresh
+        // costs one pointer comparison).
+        let mut first = true;
         loop {
             match changes.as_mut() {
+                _ if std::mem::take(&mut first) => {}
                 Some(c) => {
                     tokio::select! {
                         r = c.changed() => if r.is_err() { changes = None },
