@@ -303,3 +303,115 @@ pub fn wait(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{
+        Health, LineageStatus, PolicyStatus, RotationSummary, Snapshot, StatusHandle,
+    };
+    use std::io::{Read, Write};
+
+    /// A `/status` body whose policy `p` has one lineage whose latest
+    /// rotation is `id` in `state`.
+    fn body(id: &str, state: &str) -> Vec<u8> {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(Arc::new(PolicyStatus {
+            name: "p".into(),
+            provider: "ob".into(),
+            mode: "rotate".into(),
+            health: Health::Ok,
+            next_check_at: None,
+            last_check_at: None,
+            keys: Default::default(),
+            lineages: vec![LineageStatus {
+                name: "app".into(),
+                health: Health::Ok,
+                current_key: None,
+                reason: "fresh".into(),
+                message: String::new(),
+                rotate_at: None,
+                conditions: vec![],
+                rotation: Some(RotationSummary {
+                    id: id.into(),
+                    state: state.into(),
+                    new_key: None,
+                    old_key: None,
+                    failures: 0,
+                    error: None,
+                    next_attempt_at: None,
+                    retire_at: None,
+                    revoke_old_immediately: false,
+                }),
+            }]
+            .into(),
+            last_rotation: None,
+            error: None,
+        }));
+        let snap: Arc<Snapshot> = h.load();
+        serde_json::to_vec(&*snap).unwrap()
+    }
+
+    /// Answer `GET /status` on loopback with `bodies` in turn (the last
+    /// one from then on), one connection per request.
+    fn canned_status(bodies: Vec<Vec<u8>>) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let b = &bodies[n.min(bodies.len() - 1)];
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    b.len()
+                );
+                let _ = conn.write_all(b);
+            }
+        });
+        Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    /// `/status` is served from its last rendering, which may predate the
+    /// snapshot the daemon published before answering `POST /rotate`
+    /// (status::server, "at most two render times" behind). The first poll
+    /// of `--wait` then showed the lineage's previous rotation and `wait`
+    /// gave up at once: "rotation r1 is no longer reported".
+    #[test]
+    fn rotate_wait_does_not_give_up_on_a_status_body_rendered_before_its_rotation() {
+        let ep = canned_status(vec![body("r0", "completed"), body("r1", "published")]);
+        let code = wait(
+            &Client::new(ep),
+            "p",
+            &["r1".to_string()],
+            WaitFor::Published,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    /// A rotation never reported at all is still given up on (not waited
+    /// for forever).
+    #[test]
+    fn rotate_wait_gives_up_on_a_rotation_that_never_shows() {
+        let ep = canned_status(vec![body("r0", "completed")]);
+        let started = std::time::Instant::now();
+        let code = wait(
+            &Client::new(ep),
+            "p",
+            &["r1".to_string()],
+            WaitFor::Published,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::from(1));
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+}
