@@ -207,6 +207,11 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
     report(rotation, Some(reply), None)
 }
 
+/// How long [`wait`] looks for a rotation the daemon accepted but its
+/// `/status` does not show yet (the body served lags the daemon's snapshot
+/// by at most two render times, DESIGN §4).
+const NOT_YET_REPORTED: Duration = Duration::from_secs(5);
+
 /// Follow `rotations` (started by `rekey rotate`) until each reaches
 /// `until`; 0 on success, 1 when one fails or disappears.
 pub fn wait(
@@ -220,6 +225,12 @@ pub fn wait(
     let mut last: std::collections::HashMap<String, String> = Default::default();
     let mut errors = 0u32;
     let mut pending: Vec<String> = rotations.to_vec();
+    // `/status` is served from its last rendering, which may predate the
+    // snapshot the daemon published before accepting the rotation: one not
+    // yet seen is looked for again until NOT_YET_REPORTED has passed; one
+    // seen and then missing was followed by another rotation.
+    let asked = std::time::Instant::now();
+    let mut seen = std::collections::HashSet::new();
     while !pending.is_empty() {
         let snap = match rt.block_on(client.status()) {
             Ok(s) => {
@@ -250,11 +261,16 @@ pub fn wait(
                     .filter(|r| &r.id == id)
                     .map(|r| (l.name().to_string(), r.clone()))
             }) else {
+                if !seen.contains(id) && asked.elapsed() < NOT_YET_REPORTED {
+                    still.push(id.clone());
+                    continue;
+                }
                 eprintln!(
                     "rekey: rotation {id} is no longer reported (another rotation of its lineage followed it)"
                 );
                 return Ok(ExitCode::from(1));
             };
+            seen.insert(id.clone());
             if tty && last.get(id) != Some(&r.state) {
                 let extra = r
                     .error
