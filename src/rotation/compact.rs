@@ -733,6 +733,69 @@ mod tests {
     }
 
     #[test]
+    fn hostile_names_ids_and_empty_strings_render_and_read_back_as_the_plain_structs() {
+        let hostile = [
+            "",
+            "q\"uote",
+            "back\\slash",
+            "nul\0byte",
+            "\u{1}\u{1f}\u{7f}",
+            "bidi\u{202e}cba",
+            "\u{feff}bom",
+            "dup",
+            "dup",
+            "\u{10ffff}",
+        ];
+        let big = "x".repeat(4096);
+        let names = hostile.iter().copied().chain([big.as_str()]);
+        let keys: Vec<KeyStatus> = names
+            .clone()
+            .enumerate()
+            .map(|(i, n)| KeyStatus {
+                id: if i % 2 == 0 {
+                    n.to_string()
+                } else {
+                    String::new()
+                },
+                name: n.to_string(),
+                lineage: hostile[i % 3].to_string(),
+                created_at: at(i as i64, 0),
+                expires_at: None,
+                state: KeyState::Current,
+            })
+            .collect();
+        let lineages: Vec<LineageStatus> = names
+            .enumerate()
+            .map(|(i, n)| LineageStatus {
+                name: n.to_string(),
+                health: Health::Ok,
+                // An empty current key is not an absent one.
+                current_key: (i % 2 == 0).then(String::new),
+                reason: n.to_string(),
+                message: n.to_string(),
+                rotate_at: None,
+                conditions: vec![],
+                rotation: None,
+            })
+            .collect();
+        let ck: Keys = keys.iter().collect();
+        let cl: Lineages = lineages.iter().collect();
+        let (jk, jl) = (
+            serde_json::to_string(&ck).unwrap(),
+            serde_json::to_string(&cl).unwrap(),
+        );
+        assert_eq!(jk, serde_json::to_string(&keys).unwrap());
+        assert_eq!(jl, serde_json::to_string(&lineages).unwrap());
+        assert_eq!(serde_json::from_str::<Vec<KeyStatus>>(&jk).unwrap(), keys);
+        assert_eq!(
+            serde_json::from_str::<Lineages>(&jl).unwrap().to_vec(),
+            lineages
+        );
+        assert_eq!(cl.get(0).unwrap().current_key(), Some(""));
+        assert_eq!(cl.get(1).unwrap().current_key(), None);
+    }
+
+    #[test]
     fn compact_rows_are_a_fraction_of_the_plain_structs() {
         // 1,000 keys and lineages shaped like the scale benchmark's.
         let keys: Vec<KeyStatus> = (0..1000)
