@@ -673,6 +673,41 @@ mod tests {
         );
     }
 
+    /// Providers allow two keys of one name (OceanBase): each gave its own
+    /// series with the same label set, which a Prometheus scrape rejects
+    /// as duplicate samples (which one survives is arbitrary). One series
+    /// per label set, with the newest key's time (what the shipped alert,
+    /// `max by (policy, lineage)`, reads).
+    #[test]
+    fn keys_sharing_a_name_in_one_lineage_give_one_series_not_duplicates() {
+        let m = Metrics::new();
+        let mut older = key("app", "dup", Some(1_800_000_000));
+        older.created_at = Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        let mut newer = key("app", "dup", Some(1_900_000_000));
+        newer.id = "id-dup-2".into();
+        newer.created_at = Some(Utc.timestamp_opt(1_750_000_000, 0).unwrap());
+        m.sync_keys("p1", &[newer, older, key("other", "dup", Some(1_000))]);
+        let text = m.render();
+        let series = |family: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .collect()
+        };
+        assert_eq!(
+            series("rekey_key_expiry_timestamp_seconds"),
+            [
+                r#"rekey_key_expiry_timestamp_seconds{key="dup",lineage="app",policy="p1"} 1900000000"#,
+                r#"rekey_key_expiry_timestamp_seconds{key="dup",lineage="other",policy="p1"} 1000"#,
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            series("rekey_key_created_timestamp_seconds")[0],
+            r#"rekey_key_created_timestamp_seconds{key="dup",lineage="app",policy="p1"} 1750000000"#,
+            "{text}"
+        );
+    }
+
     #[test]
     fn remove_policy_drops_its_series_and_unshared_sinks_and_providers() {
         let m = Metrics::new();
