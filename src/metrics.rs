@@ -508,6 +508,12 @@ impl Collector for KeyCollector {
         for (i, (name, help)) in KEY_FAMILIES.iter().enumerate() {
             let mut metrics = Vec::new();
             for (policy, rows) in map.iter() {
+                // One series per label set: keys may share a name (some
+                // providers allow it), and a scrape rejects a repeated
+                // label set. The newest key's time is the one kept (what
+                // `max by (policy, lineage)` reads). Keyed by borrowed
+                // strings: nothing copied per key but the labels emitted.
+                let mut series: BTreeMap<(&str, &str), f64> = BTreeMap::new();
                 for row in rows.keys().iter() {
                     let at = if i == 0 {
                         row.expires_at()
@@ -517,11 +523,17 @@ impl Collector for KeyCollector {
                     let Some(value) = at.map(unix_seconds) else {
                         continue;
                     };
+                    series
+                        .entry((row.lineage(), row.name()))
+                        .and_modify(|v| *v = v.max(value))
+                        .or_insert(value);
+                }
+                for ((lineage, key), value) in series {
                     // Label pairs in name order, as the crate's own vectors
                     // render them.
                     let labels = [
-                        ("key", row.name()),
-                        ("lineage", row.lineage()),
+                        ("key", key),
+                        ("lineage", lineage),
                         ("policy", policy.as_str()),
                     ]
                     .into_iter()
