@@ -1413,6 +1413,33 @@ mod tests {
         assert!(String::from_utf8_lossy(&next[1].1).contains("retiring"));
     }
 
+    /// Each policy's fragment was its own copy of that policy's JSON beside
+    /// the body spliced from it, so a held `/status` body kept every key's
+    /// JSON twice (at 100,000 keys, tens of MiB twice). Fragments are now
+    /// views into the body, and stay so after a partial re-render.
+    #[test]
+    fn a_held_status_body_holds_each_policys_json_once() {
+        let within = |body: &Bytes, f: &Bytes| {
+            let (b, p) = (body.as_ptr() as usize, f.as_ptr() as usize);
+            p >= b && p + f.len() <= b + body.len()
+        };
+        let (a, b) = (policy("a", 50), policy("b", 50));
+        let first = snapshot(vec![a.clone(), b.clone()]);
+        let (body, fragments) = render_status(&first, None).unwrap();
+        for (_, f) in &fragments {
+            assert!(within(&body, f), "a fragment is a copy beside the body");
+        }
+        let second = snapshot(vec![a, Arc::new(PolicyStatus::clone(&b))]);
+        let (body2, next) = render_status(&second, Some(&fragments)).unwrap();
+        assert_eq!(&body2[..], &serde_json::to_vec(&second).unwrap()[..]);
+        for (_, f) in &next {
+            assert!(
+                within(&body2, f),
+                "a reused fragment still points into the previous body"
+            );
+        }
+    }
+
     /// [`PolicyStatus`] as it was before its keys and lineages were held
     /// compactly: plain structs, owned strings.
     #[derive(Serialize)]
