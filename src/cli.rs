@@ -994,11 +994,12 @@ fn filter_snapshot(snapshot: &mut crate::status::Snapshot, filter: &Filter) {
         }
         let mut q: PolicyStatus = (**p).clone();
         q.lineages.retain(|l| {
-            filter.lineage.as_ref().is_none_or(|f| *f == l.name)
-                && (!filter.due || l.health != Health::Ok)
+            filter.lineage.as_ref().is_none_or(|f| *f == l.name())
+                && (!filter.due || l.health() != Health::Ok)
         });
+        let lineages = &q.lineages;
         q.keys
-            .retain(|k| q.lineages.iter().any(|l| l.name == k.lineage));
+            .retain(|k| lineages.iter().any(|l| l.name() == k.lineage()));
         *p = std::sync::Arc::new(q);
     }
     if filter.due {
@@ -1016,7 +1017,7 @@ fn status_summary(snapshot: &crate::status::Snapshot) -> String {
     use crate::status::Health;
     let mut out = String::new();
     for p in &snapshot.policies {
-        let count = |h: Health| p.lineages.iter().filter(|l| l.health == h).count();
+        let count = |h: Health| p.lineages.iter().filter(|l| l.health() == h).count();
         let mut parts = vec![format!("{} lineage(s)", p.lineages.len())];
         for h in [
             Health::Rotating,

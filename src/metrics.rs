@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 use crate::rotation::health::Condition;
-use crate::rotation::report::{KeyStatus, PolicyStatus};
+use crate::rotation::report::{KeyStatus, Keys, PolicyStatus};
 
 /// `result` label values of `rekey_rotations_total`.
 pub const ROTATION_RESULTS: [&str; 2] = ["completed", "failed"];
@@ -83,17 +83,7 @@ pub struct Metrics {
     /// Which provider and sinks each initialised policy uses, so removing a
     /// policy also drops the sink and provider series nothing else uses.
     policies: Arc<Mutex<BTreeMap<String, PolicyRefs>>>,
-    /// The last rendering and when it was made: under a scrape storm (or a
-    /// busy dashboard) rendering every series for every request would cost
-    /// the endpoint its latency.
-    rendered: Arc<Mutex<Option<Rendering>>>,
 }
-
-/// One rendering of the registry and when it was made.
-type Rendering = (std::time::Instant, Arc<String>);
-
-/// How long a rendering of `/metrics` is reused.
-pub const RENDER_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 struct PolicyRefs {
@@ -310,7 +300,6 @@ impl Metrics {
             sink_token_rejections,
             leadership_refused,
             policies: Arc::default(),
-            rendered: Arc::default(),
         }
     }
 
@@ -366,7 +355,7 @@ impl Metrics {
             .with_label_values(&[status.name.as_str()])
             .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
         for c in Condition::ALL {
-            let held = status.lineages.iter().any(|l| l.conditions.contains(&c));
+            let held = status.lineages.iter().any(|l| l.conditions().contains(&c));
             self.condition
                 .with_label_values(&[status.name.as_str(), c.as_str()])
                 .set(if held { 1.0 } else { 0.0 });
@@ -388,7 +377,7 @@ impl Metrics {
         if keys.is_empty() {
             map.remove(policy);
         } else {
-            map.insert(policy.to_string(), KeyRows::Own(keys.to_vec()));
+            map.insert(policy.to_string(), KeyRows::Own(keys.iter().collect()));
         }
     }
 
@@ -439,40 +428,9 @@ impl Metrics {
         self.policies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// [`Metrics::render`], reused for up to [`RENDER_MAX_AGE`].
-    pub fn render_cached(&self) -> Arc<String> {
-        let mut slot = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, text)) = slot.as_ref()
-            && at.elapsed() < RENDER_MAX_AGE
-        {
-            return text.clone();
-        }
-        let text = Arc::new(self.render());
-        *slot = Some((std::time::Instant::now(), text.clone()));
-        drop(slot);
-        // A stale rendering serves nobody: drop it once it is, so an
-        // endpoint scraped now and then does not keep it in memory.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let rendered = Arc::downgrade(&self.rendered);
-            let mine = Arc::downgrade(&text);
-            rt.spawn(async move {
-                tokio::time::sleep(RENDER_MAX_AGE).await;
-                let Some(rendered) = rendered.upgrade() else {
-                    return;
-                };
-                let mut slot = rendered.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((at, t)) = slot.as_ref()
-                    && mine.upgrade().is_some_and(|m| Arc::ptr_eq(&m, t))
-                    && at.elapsed() >= RENDER_MAX_AGE
-                {
-                    *slot = None;
-                }
-            });
-        }
-        text
-    }
-
-    /// Prometheus text exposition format 0.0.4.
+    /// Prometheus text exposition format 0.0.4. Renders every series: the
+    /// status endpoint calls it off the request path and serves the last
+    /// rendering (`status::server`).
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
@@ -486,11 +444,11 @@ impl Metrics {
 /// (shared with the status snapshot, not copied), or keys given alone.
 enum KeyRows {
     Shared(Arc<PolicyStatus>),
-    Own(Vec<KeyStatus>),
+    Own(Keys),
 }
 
 impl KeyRows {
-    fn keys(&self) -> &[KeyStatus] {
+    fn keys(&self) -> &Keys {
         match self {
             KeyRows::Shared(p) => &p.keys,
             KeyRows::Own(k) => k,
@@ -550,27 +508,39 @@ impl Collector for KeyCollector {
         for (i, (name, help)) in KEY_FAMILIES.iter().enumerate() {
             let mut metrics = Vec::new();
             for (policy, rows) in map.iter() {
-                for row in rows.keys() {
+                // One series per label set: keys may share a name (some
+                // providers allow it), and a scrape rejects a repeated
+                // label set. The newest key's time is the one kept (what
+                // `max by (policy, lineage)` reads). Keyed by borrowed
+                // strings: nothing copied per key but the labels emitted.
+                let mut series: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+                for row in rows.keys().iter() {
                     let at = if i == 0 {
-                        row.expires_at
+                        row.expires_at()
                     } else {
-                        row.created_at
+                        row.created_at()
                     };
                     let Some(value) = at.map(unix_seconds) else {
                         continue;
                     };
+                    series
+                        .entry((row.lineage(), row.name()))
+                        .and_modify(|v| *v = v.max(value))
+                        .or_insert(value);
+                }
+                for ((lineage, key), value) in series {
                     // Label pairs in name order, as the crate's own vectors
                     // render them.
                     let labels = [
-                        ("key", &row.name),
-                        ("lineage", &row.lineage),
-                        ("policy", policy),
+                        ("key", key),
+                        ("lineage", lineage),
+                        ("policy", policy.as_str()),
                     ]
                     .into_iter()
                     .map(|(n, v)| {
                         let mut l = LabelPair::default();
                         l.set_name(n.to_string());
-                        l.set_value(v.clone());
+                        l.set_value(v.to_string());
                         l
                     })
                     .collect();
@@ -712,6 +682,41 @@ mod tests {
             lines_with(&text, "x-1").len(),
             2,
             "other policies untouched"
+        );
+    }
+
+    /// Providers allow two keys of one name (OceanBase): each gave its own
+    /// series with the same label set, which a Prometheus scrape rejects
+    /// as duplicate samples (which one survives is arbitrary). One series
+    /// per label set, with the newest key's time (what the shipped alert,
+    /// `max by (policy, lineage)`, reads).
+    #[test]
+    fn keys_sharing_a_name_in_one_lineage_give_one_series_not_duplicates() {
+        let m = Metrics::new();
+        let mut older = key("app", "dup", Some(1_800_000_000));
+        older.created_at = Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap());
+        let mut newer = key("app", "dup", Some(1_900_000_000));
+        newer.id = "id-dup-2".into();
+        newer.created_at = Some(Utc.timestamp_opt(1_750_000_000, 0).unwrap());
+        m.sync_keys("p1", &[newer, older, key("other", "dup", Some(1_000))]);
+        let text = m.render();
+        let series = |family: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .collect()
+        };
+        assert_eq!(
+            series("rekey_key_expiry_timestamp_seconds"),
+            [
+                r#"rekey_key_expiry_timestamp_seconds{key="dup",lineage="app",policy="p1"} 1900000000"#,
+                r#"rekey_key_expiry_timestamp_seconds{key="dup",lineage="other",policy="p1"} 1000"#,
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            series("rekey_key_created_timestamp_seconds")[0],
+            r#"rekey_key_created_timestamp_seconds{key="dup",lineage="app",policy="p1"} 1750000000"#,
+            "{text}"
         );
     }
 

@@ -208,6 +208,11 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
     report(rotation, Some(reply), None)
 }
 
+/// How long [`wait`] looks for a rotation the daemon accepted but its
+/// `/status` does not show yet (the body served lags the daemon's snapshot
+/// by at most two render times, DESIGN §4).
+const NOT_YET_REPORTED: Duration = Duration::from_secs(5);
+
 /// Follow `rotations` (started by `rekey rotate`) until each reaches
 /// `until`; 0 on success, 1 when one fails or disappears.
 pub fn wait(
@@ -221,6 +226,12 @@ pub fn wait(
     let mut last: std::collections::HashMap<String, String> = Default::default();
     let mut errors = 0u32;
     let mut pending: Vec<String> = rotations.to_vec();
+    // `/status` is served from its last rendering, which may predate the
+    // snapshot the daemon published before accepting the rotation: one not
+    // yet seen is looked for again until NOT_YET_REPORTED has passed; one
+    // seen and then missing was followed by another rotation.
+    let asked = std::time::Instant::now();
+    let mut seen = std::collections::HashSet::new();
     while !pending.is_empty() {
         let snap = match rt.block_on(client.status()) {
             Ok(s) => {
@@ -247,16 +258,20 @@ pub fn wait(
         let mut still = Vec::new();
         for id in &pending {
             let Some((lineage, r)) = p.lineages.iter().find_map(|l| {
-                l.rotation
-                    .as_ref()
+                l.rotation()
                     .filter(|r| &r.id == id)
-                    .map(|r| (l.name.clone(), r.clone()))
+                    .map(|r| (l.name().to_string(), r.clone()))
             }) else {
+                if !seen.contains(id) && asked.elapsed() < NOT_YET_REPORTED {
+                    still.push(id.clone());
+                    continue;
+                }
                 eprintln!(
                     "rekey: rotation {id} is no longer reported (another rotation of its lineage followed it)"
                 );
                 return Ok(ExitCode::from(1));
             };
+            seen.insert(id.clone());
             if tty && last.get(id) != Some(&r.state) {
                 let extra = r
                     .error
@@ -304,4 +319,116 @@ pub fn wait(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{
+        Health, LineageStatus, PolicyStatus, RotationSummary, Snapshot, StatusHandle,
+    };
+    use std::io::{Read, Write};
+
+    /// A `/status` body whose policy `p` has one lineage whose latest
+    /// rotation is `id` in `state`.
+    fn body(id: &str, state: &str) -> Vec<u8> {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(Arc::new(PolicyStatus {
+            name: "p".into(),
+            provider: "ob".into(),
+            mode: "rotate".into(),
+            health: Health::Ok,
+            next_check_at: None,
+            last_check_at: None,
+            keys: Default::default(),
+            lineages: vec![LineageStatus {
+                name: "app".into(),
+                health: Health::Ok,
+                current_key: None,
+                reason: "fresh".into(),
+                message: String::new(),
+                rotate_at: None,
+                conditions: vec![],
+                rotation: Some(RotationSummary {
+                    id: id.into(),
+                    state: state.into(),
+                    new_key: None,
+                    old_key: None,
+                    failures: 0,
+                    error: None,
+                    next_attempt_at: None,
+                    retire_at: None,
+                    revoke_old_immediately: false,
+                }),
+            }]
+            .into(),
+            last_rotation: None,
+            error: None,
+        }));
+        let snap: Arc<Snapshot> = h.load();
+        serde_json::to_vec(&*snap).unwrap()
+    }
+
+    /// Answer `GET /status` on loopback with `bodies` in turn (the last
+    /// one from then on), one connection per request.
+    fn canned_status(bodies: Vec<Vec<u8>>) -> Endpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let b = &bodies[n.min(bodies.len() - 1)];
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    b.len()
+                );
+                let _ = conn.write_all(b);
+            }
+        });
+        Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    /// `/status` is served from its last rendering, which may predate the
+    /// snapshot the daemon published before answering `POST /rotate`
+    /// (status::server, "at most two render times" behind). The first poll
+    /// of `--wait` then showed the lineage's previous rotation and `wait`
+    /// gave up at once: "rotation r1 is no longer reported".
+    #[test]
+    fn rotate_wait_does_not_give_up_on_a_status_body_rendered_before_its_rotation() {
+        let ep = canned_status(vec![body("r0", "completed"), body("r1", "published")]);
+        let code = wait(
+            &Client::new(ep),
+            "p",
+            &["r1".to_string()],
+            WaitFor::Published,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    /// A rotation never reported at all is still given up on (not waited
+    /// for forever).
+    #[test]
+    fn rotate_wait_gives_up_on_a_rotation_that_never_shows() {
+        let ep = canned_status(vec![body("r0", "completed")]);
+        let started = std::time::Instant::now();
+        let code = wait(
+            &Client::new(ep),
+            "p",
+            &["r1".to_string()],
+            WaitFor::Published,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::from(1));
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 }

@@ -57,7 +57,7 @@ use super::gate::LeaseGate;
 use super::health::Health;
 use super::policy::{self, KeyView, Origin, PolicyPlan, Reason};
 use super::report::{
-    CommandReply, KeyState, KeyStatus, LastRotation, LineageStatus, PolicyStatus, RotateReply,
+    CommandReply, KeyState, Keys, LastRotation, LineageParts, Lineages, PolicyStatus, RotateReply,
     RotationSummary, StatusHandle,
 };
 use crate::clock::SharedClock;
@@ -1132,37 +1132,41 @@ impl Engine {
         {
             error = l.error.clone();
         }
-        let mut keys = Vec::new();
-        let mut lineages = Vec::new();
+        // Built straight into the compact tables (no owned string per key).
+        let mut keys = Keys::default();
+        let mut lineages = Lineages::default();
+        let mut conditions = Vec::new();
         for l in &plan.lineages {
             for (k, st) in &l.keys {
-                keys.push(KeyStatus {
-                    id: k.key.id.clone(),
-                    name: k.key.name.clone(),
-                    lineage: k.lineage.clone(),
-                    created_at: k.key.created_at,
-                    expires_at: k.key.expires_at,
-                    state: *st,
-                });
+                keys.push_parts(
+                    &k.key.id,
+                    &k.key.name,
+                    &k.lineage,
+                    k.key.created_at,
+                    k.key.expires_at,
+                    *st,
+                );
             }
             let (reason, message) = match l.conditions.first() {
-                Some((c, m)) => (c.as_str().to_string(), m.clone()),
-                None => (
-                    l.decision.reason.as_str().to_string(),
-                    l.decision.message.clone(),
-                ),
+                Some((c, m)) => (c.as_str(), m.as_str()),
+                None => (l.decision.reason.as_str(), l.decision.message.as_str()),
             };
-            lineages.push(LineageStatus {
-                name: l.name.clone(),
-                health: l.health,
-                current_key: l.current.as_ref().map(|c| c.key.id.clone()),
-                reason,
-                message,
-                rotate_at: l.decision.rotate_at,
-                conditions: l.conditions.iter().map(|c| c.0).collect(),
-                rotation: l.active.as_ref().or(l.last.as_ref()).map(summary),
-            });
+            conditions.clear();
+            conditions.extend(l.conditions.iter().map(|c| c.0));
+            lineages.push(
+                LineageParts {
+                    name: &l.name,
+                    health: l.health,
+                    current_key: l.current.as_ref().map(|c| c.key.id.as_str()),
+                    reason,
+                    message,
+                    rotate_at: l.decision.rotate_at,
+                    conditions: &conditions,
+                },
+                l.active.as_ref().or(l.last.as_ref()).map(summary),
+            );
         }
+        let (keys, lineages) = (keys.finish(), lineages.finish());
         let held: Vec<(String, String, Option<&'static str>, String)> = plan
             .lineages
             .iter()

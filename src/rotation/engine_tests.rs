@@ -771,6 +771,40 @@ async fn no_secret_lands_in_the_db_outside_the_sealed_column() {
     }
 }
 
+#[tokio::test]
+async fn no_secret_lands_in_the_compact_status_its_json_or_the_key_metrics() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.add("app-b", Duration::days(1), Duration::days(40));
+    let secrets_now = || -> Vec<String> {
+        let st = h.fake.st.lock().unwrap();
+        st.keys.iter().map(|k| k.1.clone()).collect()
+    };
+    let mut secrets = secrets_now();
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(1)).await;
+    secrets.extend(secrets_now());
+    h.engine.refresh_status(&h.rt, "p").unwrap();
+    secrets.sort();
+    secrets.dedup();
+    assert!(secrets.len() >= 3, "a rotation made a new key");
+    let snap = h.engine.status.load();
+    let p = &snap.policies[0];
+    assert!(p.keys.len() >= 2 && !p.lineages.is_empty());
+    let json = serde_json::to_string(&*snap).unwrap();
+    let debug = format!("{snap:?}");
+    let metrics = h.metrics();
+    assert!(metrics.contains("rekey_key_created_timestamp_seconds{"));
+    for s in &secrets {
+        assert!(!json.contains(s.as_str()), "secret in the /status JSON");
+        assert!(
+            !debug.contains(s.as_str()),
+            "secret in the snapshot's Debug"
+        );
+        assert!(!metrics.contains(s.as_str()), "secret in /metrics");
+    }
+}
+
 // ------------------------------------------------- liveness and health
 
 impl Harness {
@@ -787,9 +821,9 @@ impl Harness {
         self.engine.status.load().policies[0]
             .lineages
             .iter()
-            .find(|l| l.name == name)
+            .find(|l| l.name() == name)
             .unwrap()
-            .clone()
+            .to_status()
     }
     /// Drive whatever is due at each step for `total`, moving the clock to
     /// each wait (at least `min_step`), as the daemon would; returns drives.
@@ -1277,7 +1311,7 @@ async fn abandoning_a_retiring_rotation_keeps_both_keys_and_stops_retirement() {
     let l = h.lineage_status("app-a");
     assert_eq!(l.current_key.as_deref(), Some(new.as_str()), "{l:?}");
     assert_eq!(l.health, Health::Ok, "{l:?}");
-    let keys = &h.engine.status.load().policies[0].keys;
+    let keys = h.engine.status.load().policies[0].keys.to_vec();
     let state_of = |id: &str| keys.iter().find(|k| k.id == id).map(|k| k.state);
     use crate::rotation::report::KeyState;
     assert_eq!(state_of(&old), Some(KeyState::Stale));
@@ -1331,7 +1365,7 @@ async fn a_stale_key_raises_key_expiring_once_per_threshold_with_status_and_metr
     assert_eq!(ev[0]["threshold"], "7d");
     assert_eq!(ev[0]["state"], "stale");
     assert_eq!(ev[0]["lineage"], "app-a");
-    let keys = &h.engine.status.load().policies[0].keys;
+    let keys = h.engine.status.load().policies[0].keys.to_vec();
     let k = keys.iter().find(|k| k.id == old).unwrap();
     assert_eq!(k.state, crate::rotation::report::KeyState::Stale);
     let exp = k.expires_at.unwrap();
@@ -1476,7 +1510,7 @@ create = { action = "read" }
     for name in ["pa", "pb"] {
         let p = snap.policies.iter().find(|p| p.name == name).unwrap();
         assert_eq!(p.health, Health::Misconfigured, "{p:#?}");
-        let l = &p.lineages[0];
+        let l = p.lineages.first().unwrap().to_status();
         assert_eq!(l.reason, "conflict", "{l:?}");
         let m = h.metrics();
         let series = format!(r#"rekey_condition{{condition="conflict",policy="{name}"}} 1"#);

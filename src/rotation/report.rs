@@ -3,15 +3,19 @@
 //!
 //! These are domain types: the engine builds them from the store and the
 //! health rule ([`super::health`]); `src/status/` serves and renders them
-//! and never computes them.
+//! and never computes them. A policy's keys and lineages are held once, in
+//! the compact tables of [`super::compact`] (why they are held at all, and
+//! not read from the store per request, is said there); the per-key metric
+//! series render from the same allocation.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub use super::compact::{KeyRef, Keys, LineageParts, LineageRef, Lineages};
 pub use super::health::{Condition, Health};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +39,8 @@ pub enum KeyState {
     UnsafeName,
 }
 
+/// One key as `/status` renders it: the plain (owned) form of a row of
+/// [`Keys`], which is what the snapshot holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyStatus {
     pub id: String,
@@ -55,6 +61,8 @@ pub struct LastRotation {
     pub error: Option<String>,
 }
 
+/// One lineage as `/status` renders it: the plain (owned) form of a row
+/// of [`Lineages`], which is what the snapshot holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LineageStatus {
     pub name: String,
@@ -100,8 +108,11 @@ pub struct PolicyStatus {
     pub health: Health,
     pub next_check_at: Option<DateTime<Utc>>,
     pub last_check_at: Option<DateTime<Utc>>,
-    pub keys: Vec<KeyStatus>,
-    pub lineages: Vec<LineageStatus>,
+    /// Held compactly ([`Keys`]); renders as a JSON array of [`KeyStatus`].
+    pub keys: Keys,
+    /// Held compactly ([`Lineages`]); renders as a JSON array of
+    /// [`LineageStatus`].
+    pub lineages: Lineages,
     pub last_rotation: Option<LastRotation>,
     /// Why the policy is misconfigured/failing, when it is.
     pub error: Option<String>,
@@ -207,45 +218,66 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// The engine writes, the endpoint reads; readers never wait.
+/// The engine writes, the endpoint reads; readers never wait. Every write
+/// is announced on a watch channel ([`StatusHandle::subscribe`]), so the
+/// endpoint can render a changed snapshot before anyone asks for it.
 #[derive(Debug, Clone)]
-pub struct StatusHandle(Arc<ArcSwap<Snapshot>>);
+pub struct StatusHandle {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    changed: Arc<watch::Sender<()>>,
+}
 
 impl StatusHandle {
     pub fn new(started_at: DateTime<Utc>) -> Self {
-        StatusHandle(Arc::new(ArcSwap::from_pointee(Snapshot {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at,
-            policies: Vec::new(),
-            instance: None,
-            leadership: Leadership::default(),
-        })))
+        StatusHandle {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at,
+                policies: Vec::new(),
+                instance: None,
+                leadership: Leadership::default(),
+            })),
+            changed: Arc::new(watch::Sender::new(())),
+        }
+    }
+
+    /// A receiver that sees a change after every write of the snapshot
+    /// (several writes between two looks are seen as one).
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    fn announce(&self) {
+        self.changed.send_replace(());
     }
 
     /// Show this node's leadership from now on.
     pub fn set_leadership(&self, leadership: Leadership) {
-        self.0.rcu(|cur| {
+        self.snapshot.rcu(|cur| {
             let mut next = (**cur).clone();
             next.leadership = leadership.clone();
             next
         });
+        self.announce();
     }
 
     /// Name the instance in every snapshot from now on.
     pub fn set_instance(&self, instance: Instance) {
-        self.0.rcu(|cur| {
+        self.snapshot.rcu(|cur| {
             let mut next = (**cur).clone();
             next.instance = Some(instance.clone());
             next
         });
+        self.announce();
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
-        self.0.load_full()
+        self.snapshot.load_full()
     }
 
     pub fn store(&self, s: Snapshot) {
-        self.0.store(Arc::new(s))
+        self.snapshot.store(Arc::new(s));
+        self.announce();
     }
 
     /// Replace (or add) one policy's entry.
@@ -257,11 +289,11 @@ impl StatusHandle {
     /// metrics render its keys from the same allocation). Returns the
     /// entry the snapshot holds afterwards: when `p` equals the published
     /// entry, nothing is replaced and the published one is returned, so
-    /// the snapshot (and the `/status` body cached for it) survives a
+    /// the snapshot (and the `/status` body rendered for it) survives a
     /// rebuild that changed nothing, and callers that share the entry
     /// (the metrics) keep one allocation, not two equal ones.
     pub fn update_policy_shared(&self, p: Arc<PolicyStatus>) -> Arc<PolicyStatus> {
-        let cur = self.0.load();
+        let cur = self.snapshot.load();
         if let Some(same) = cur
             .policies
             .iter()
@@ -270,7 +302,7 @@ impl StatusHandle {
             return same.clone();
         }
         drop(cur);
-        self.0.rcu(|cur| {
+        self.snapshot.rcu(|cur| {
             let mut next = (**cur).clone();
             match next.policies.iter_mut().find(|x| x.name == p.name) {
                 Some(slot) => *slot = p.clone(),
@@ -278,18 +310,20 @@ impl StatusHandle {
             }
             next
         });
+        self.announce();
         p
     }
 
     /// Keep only the named policies (after a reload removed some).
     pub fn retain_policies(&self, names: &[String]) {
-        self.0.rcu(|cur| {
+        self.snapshot.rcu(|cur| {
             let mut next = (**cur).clone();
             next.policies.retain(|p| names.contains(&p.name));
             next.policies
                 .sort_by_key(|p| names.iter().position(|n| *n == p.name));
             next
         });
+        self.announce();
     }
 }
 
@@ -402,8 +436,9 @@ mod tests {
                 created_at: None,
                 expires_at: None,
                 state,
-            }],
-            lineages: Vec::new(),
+            }]
+            .into(),
+            lineages: Lineages::default(),
             last_rotation: None,
             error: None,
         }
@@ -435,6 +470,9 @@ mod tests {
         let after = h.load();
         assert!(!Arc::ptr_eq(&before, &after));
         assert_eq!(after.policies.len(), 1);
-        assert_eq!(after.policies[0].keys[0].state, KeyState::Retiring);
+        assert_eq!(
+            after.policies[0].keys.get(0).unwrap().state(),
+            KeyState::Retiring
+        );
     }
 }

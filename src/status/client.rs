@@ -439,7 +439,7 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
         let next_check = until(p.next_check_at, now, "due");
         if p.lineages.len() <= 1 {
             let (key, expires) = match p.lineages.first() {
-                Some(l) => current_key(p, l.current_key.as_deref(), &l.name, now),
+                Some(l) => current_key(p, l.current_key(), l.name(), now),
                 None => current_key(p, None, "", now),
             };
             rows.push([
@@ -455,9 +455,9 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
             let current: Vec<_> = p
                 .keys
                 .iter()
-                .filter(|k| k.state == KeyState::Current)
+                .filter(|k| k.state() == KeyState::Current)
                 .collect();
-            let soonest = current.iter().filter_map(|k| k.expires_at).min();
+            let soonest = current.iter().filter_map(|k| k.expires_at()).min();
             let expires = match soonest {
                 None if !current.is_empty() => "never".into(),
                 at => until(at, now, "expired"),
@@ -471,16 +471,16 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 last_rotation,
                 error,
             ]);
-            for l in &p.lineages {
-                let (key, expires) = current_key(p, l.current_key.as_deref(), &l.name, now);
-                let msg = if l.health.is_healthy() || l.health == Health::Due {
+            for l in p.lineages.iter() {
+                let (key, expires) = current_key(p, l.current_key(), l.name(), now);
+                let msg = if l.health().is_healthy() || l.health() == Health::Due {
                     String::new()
                 } else {
-                    one_line(&l.message)
+                    one_line(l.message())
                 };
                 rows.push([
-                    format!("  └ {}", l.name),
-                    l.health.as_str().into(),
+                    format!("  └ {}", l.name()),
+                    l.health().as_str().into(),
                     key,
                     expires,
                     String::new(),
@@ -533,16 +533,15 @@ fn current_key(
     now: DateTime<Utc>,
 ) -> (String, String) {
     let key = match named {
-        Some(n) => p.keys.iter().find(|k| k.id == n || k.name == n),
-        None => p
-            .keys
-            .iter()
-            .find(|k| k.state == KeyState::Current && (lineage.is_empty() || k.lineage == lineage)),
+        Some(n) => p.keys.iter().find(|k| k.id() == n || k.name() == n),
+        None => p.keys.iter().find(|k| {
+            k.state() == KeyState::Current && (lineage.is_empty() || k.lineage() == lineage)
+        }),
     };
     match (key, named) {
         (Some(k), _) => (
-            k.name.clone(),
-            match k.expires_at {
+            k.name().to_string(),
+            match k.expires_at() {
                 None => "never".into(),
                 at => until(at, now, "expired"),
             },

@@ -8,6 +8,24 @@
 //! request that waits on the daemon is `POST /rotate`, and only for the
 //! daemon's answer to a channel message, bounded by a timeout.
 //!
+//! **Rendering is off the request path** ([`Kept`]): `GET /status` and
+//! `GET /metrics` serve the last complete rendering of their body (a
+//! shared `Bytes`, not a copy). A snapshot change (announced by
+//! [`StatusHandle::subscribe`]) or, for `/metrics`, the rendering's age
+//! passing [`METRICS_MAX_AGE`] makes a keeper task render anew on a
+//! blocking thread: coalesced (at most one render in flight per body; the
+//! next render takes the newest snapshot), and a request never waits for
+//! it. Only the first request after idle (no rendering held) renders
+//! inline. How stale a served body can be: a `/status` body shows a
+//! snapshot replaced at most two render times earlier (the render in
+//! flight when the change came, then the one of the newest snapshot; the
+//! keeper is woken by the change, not by a request); a `/metrics` body is
+//! at most [`METRICS_MAX_AGE`] plus one render time old. Memory: a body
+//! nobody asked for within its idle window (2 s for `/status`, 250 ms for
+//! `/metrics`) is dropped and its keeper stops, so an idle daemon holds no
+//! rendering and renders nothing. `GET /status/{policy}` serialises the one
+//! policy per request.
+//!
 //! Defences, all in [`Limits`]: a cap on concurrent connections (a
 //! semaphore held for the life of each connection), a header read timeout
 //! that also bounds a kept-alive connection's idle time (slow-loris, idle
@@ -490,36 +508,285 @@ fn remove_own_socket(path: &Path, file_id: (u64, u64)) {
 struct App {
     state: ServerState,
     limits: Limits,
-    /// `/status` JSON of the last snapshot served: a snapshot changes when
-    /// the engine publishes, far less often than it is read, and with
-    /// thousands of keys serializing it per request would dominate latency.
-    status_json: ArcSwapOption<CachedJson>,
+    /// `/status` rendered off the request path ([`Kept`]).
+    status_body: Arc<Kept<StatusRender>>,
+    /// `/metrics` rendered off the request path ([`Kept`]).
+    metrics_body: Arc<Kept<MetricsRender>>,
     /// What this listener serves; [`Role::Admin`] needs no token.
     role: Role,
 }
 
-struct CachedJson {
-    /// Held (not just its address) so the pointer comparison is sound.
-    snapshot: Arc<Snapshot>,
-    body: Bytes,
-    /// Each policy's JSON, by the entry it was rendered from: a new
-    /// snapshot re-renders only the policies whose entry changed (one
-    /// rotation step replaces one policy's entry), not every key of every
-    /// policy.
-    fragments: Vec<Fragment>,
-    /// When it was last served, so an unused copy is dropped
-    /// ([`JSON_IDLE_DROP`]): an idle daemon keeps no rendering in memory.
-    used: std::sync::Mutex<Instant>,
-}
-
-/// A cached `/status` body nobody asked for this long is dropped.
+/// A `/status` body nobody asked for this long is dropped.
 const JSON_IDLE_DROP: Duration = Duration::from_secs(2);
 
+/// How old a served `/metrics` body may get while it is in use before it
+/// is rendered anew; one nobody asked for this long is dropped.
+pub const METRICS_MAX_AGE: Duration = Duration::from_millis(250);
+
+/// Renders one endpoint's body, for [`Kept`].
+trait Render: Send + Sync + 'static {
+    /// What a rendering was made from (kept to judge its freshness and to
+    /// reuse parts of it).
+    type Source: Send + Sync + 'static;
+    /// Render what is current now; `previous` is the last rendering.
+    fn render(
+        &self,
+        previous: Option<&Rendered<Self::Source>>,
+    ) -> Result<Rendered<Self::Source>, String>;
+    /// Whether `r` still shows what is current.
+    fn fresh(&self, r: &Rendered<Self::Source>) -> bool;
+    /// A receiver that sees every change of what is rendered, when there is
+    /// one; without it the keeper renders every [`Kept::period`].
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>>;
+}
+
+/// One complete rendering.
+struct Rendered<S> {
+    source: S,
+    body: Bytes,
+    at: Instant,
+}
+
+/// A body rendered off the request path.
+///
+/// A request serves the last complete rendering and never waits for one,
+/// except the first after idle (no rendering held), which renders inline
+/// (requests arriving meanwhile wait for that one render and serve it).
+/// That first request also starts the *keeper*, one task per cache, which
+/// renders anew whenever the rendering is no longer [`Render::fresh`]
+/// (woken by [`Render::changes`] or every [`Kept::period`]) on a blocking
+/// thread, so at most one render is in flight and, when several changes
+/// come during one, the next render takes the newest. The keeper drops the
+/// rendering and stops once no request took it for [`Kept::idle_drop`]:
+/// an endpoint nobody reads keeps no body in memory and renders nothing.
+struct Kept<R: Render> {
+    render: R,
+    current: ArcSwapOption<Rendered<R::Source>>,
+    /// A keeper task runs.
+    keeper: std::sync::atomic::AtomicBool,
+    /// Held by a request rendering inline (no body held), so requests that
+    /// arrive together after idle render once and the others serve that
+    /// rendering; never held by the keeper.
+    inline: std::sync::Mutex<()>,
+    /// When a request last took the body (µs since `origin`).
+    used_us: AtomicU64,
+    origin: Instant,
+    /// How often the keeper looks when nothing wakes it.
+    period: Duration,
+    idle_drop: Duration,
+}
+
+impl<R: Render> Kept<R> {
+    fn new(render: R, period: Duration, idle_drop: Duration) -> Self {
+        Kept {
+            render,
+            current: ArcSwapOption::empty(),
+            keeper: std::sync::atomic::AtomicBool::new(false),
+            inline: std::sync::Mutex::new(()),
+            used_us: AtomicU64::new(0),
+            origin: Instant::now(),
+            period,
+            idle_drop,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    /// The body to serve now.
+    fn serve(self: &Arc<Self>) -> Result<Bytes, String> {
+        self.used_us.fetch_max(self.now_us(), Ordering::Relaxed);
+        if let Some(c) = self.current.load_full() {
+            if !self.render.fresh(&c) {
+                self.ensure_keeper();
+            }
+            return Ok(c.body.clone());
+        }
+        // One inline render at a time: the others wait for it and serve it
+        // (their render would be the same body, and a slower, older one
+        // would be stored over a newer one).
+        let _one = self.inline.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = self.current.load_full() {
+            return Ok(c.body.clone());
+        }
+        let r = Arc::new(self.render.render(None)?);
+        let body = r.body.clone();
+        self.current.store(Some(r));
+        self.ensure_keeper();
+        Ok(body)
+    }
+
+    fn idle(&self) -> bool {
+        let used = self.used_us.load(Ordering::Relaxed);
+        self.now_us().saturating_sub(used) >= self.idle_drop.as_micros() as u64
+    }
+
+    fn ensure_keeper(self: &Arc<Self>) {
+        if self
+            .keeper
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.keeper.store(false, Ordering::Release);
+            return;
+        };
+        let me = Arc::downgrade(self);
+        rt.spawn(Self::keep(me));
+    }
+
+    /// The keeper: see [`Kept`].
+    async fn keep(me: std::sync::Weak<Self>) {
+        let (mut changes, period) = match me.upgrade() {
+            Some(k) => (k.render.changes(), k.period),
+            None => return,
+        };
+        // A new receiver counts every change sent before it as seen, so a
+        // change between the inline render and this task's start would not
+        // wake it: look once before the first wait (a body still fresh
+        // costs one pointer comparison).
+        let mut first = true;
+        loop {
+            match changes.as_mut() {
+                _ if std::mem::take(&mut first) => {}
+                Some(c) => {
+                    tokio::select! {
+                        r = c.changed() => if r.is_err() { changes = None },
+                        _ = tokio::time::sleep(period) => {}
+                    }
+                }
+                None => tokio::time::sleep(period).await,
+            }
+            let Some(k) = me.upgrade() else { return };
+            let Some(cur) = k.current.load_full() else {
+                k.keeper.store(false, Ordering::Release);
+                return;
+            };
+            if k.idle() {
+                k.current
+                    .compare_and_swap(&cur, None::<Arc<Rendered<R::Source>>>);
+                k.keeper.store(false, Ordering::Release);
+                // A request that rendered after the drop found this keeper
+                // still running: keep its rendering fresh.
+                if k.current.load().is_some() {
+                    k.ensure_keeper();
+                }
+                return;
+            }
+            if k.render.fresh(&cur) {
+                continue;
+            }
+            if let Some(c) = changes.as_mut() {
+                c.borrow_and_update();
+            }
+            let worker = k.clone();
+            let done = tokio::task::spawn_blocking(move || worker.render.render(Some(&cur))).await;
+            match done {
+                Ok(Ok(r)) => k.current.store(Some(Arc::new(r))),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "status endpoint: cannot render a body; serving the previous one");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "status endpoint: the render thread failed; serving the previous body");
+                }
+            }
+        }
+    }
+}
+
+/// `/status`: the serde rendering of the snapshot, spliced from per-policy
+/// fragments so a new snapshot re-renders only the policies that changed.
+struct StatusRender {
+    status: StatusHandle,
+}
+
+/// The snapshot a `/status` body was rendered from and each policy's
+/// fragment of it.
+struct StatusSource {
+    /// Held (not just its address) so the pointer comparison is sound.
+    snapshot: Arc<Snapshot>,
+    fragments: Vec<Fragment>,
+}
+
+impl Render for StatusRender {
+    type Source = StatusSource;
+
+    fn render(
+        &self,
+        previous: Option<&Rendered<StatusSource>>,
+    ) -> Result<Rendered<StatusSource>, String> {
+        let snapshot = self.status.load();
+        let (body, fragments) =
+            render_status(&snapshot, previous.map(|p| p.source.fragments.as_slice()))
+                .map_err(|e| e.to_string())?;
+        Ok(Rendered {
+            source: StatusSource {
+                snapshot,
+                fragments,
+            },
+            body,
+            at: Instant::now(),
+        })
+    }
+
+    fn fresh(&self, r: &Rendered<StatusSource>) -> bool {
+        Arc::ptr_eq(&r.source.snapshot, &self.status.load())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.status.subscribe())
+    }
+}
+
+/// `/metrics`: the registry in the text format, rendered anew every
+/// [`METRICS_MAX_AGE`] while it is read.
+struct MetricsRender {
+    metrics: Metrics,
+}
+
+impl Render for MetricsRender {
+    type Source = ();
+
+    fn render(&self, _: Option<&Rendered<()>>) -> Result<Rendered<()>, String> {
+        Ok(Rendered {
+            source: (),
+            body: Bytes::from(self.metrics.render()),
+            at: Instant::now(),
+        })
+    }
+
+    fn fresh(&self, r: &Rendered<()>) -> bool {
+        r.at.elapsed() < METRICS_MAX_AGE
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
+}
+
 fn router(state: ServerState, limits: &Limits, role: Role, tcp: bool) -> Router {
+    let status_body = Arc::new(Kept::new(
+        StatusRender {
+            status: state.status.clone(),
+        },
+        JSON_IDLE_DROP,
+        JSON_IDLE_DROP,
+    ));
+    let metrics_body = Arc::new(Kept::new(
+        MetricsRender {
+            metrics: state.metrics.clone(),
+        },
+        METRICS_MAX_AGE,
+        METRICS_MAX_AGE,
+    ));
     let app = Arc::new(App {
         state,
         limits: limits.clone(),
-        status_json: ArcSwapOption::empty(),
+        status_body,
+        metrics_body,
         role,
     });
     let routes = admin_routes(read_routes(Router::new()), role);
@@ -662,29 +929,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn status_all(State(app): State<Arc<App>>) -> Response {
-    let snapshot = app.state.status.load();
-    let cached = app.status_json.load();
-    let body = match cached.as_deref() {
-        Some(c) if Arc::ptr_eq(&c.snapshot, &snapshot) => {
-            *c.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            c.body.clone()
-        }
-        previous => match render_status(&snapshot, previous.map(|c| c.fragments.as_slice())) {
-            Ok((body, fragments)) => {
-                let entry = Arc::new(CachedJson {
-                    snapshot,
-                    body: body.clone(),
-                    fragments,
-                    used: std::sync::Mutex::new(Instant::now()),
-                });
-                app.status_json.store(Some(entry.clone()));
-                drop_when_unused(Arc::downgrade(&app), Arc::downgrade(&entry));
-                body
-            }
-            Err(e) => return internal_error(e),
-        },
-    };
-    json_bytes(StatusCode::OK, body)
+    match app.status_body.serve() {
+        Ok(body) => json_bytes(StatusCode::OK, body),
+        Err(e) => internal_error(e),
+    }
 }
 
 /// One policy's `/status` JSON and the entry it was rendered from.
@@ -726,37 +974,23 @@ fn render_status(
     let len = shell.len() + fragments.iter().map(|(_, b)| b.len() + 1).sum::<usize>();
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(&shell[..at]);
+    let mut spans = Vec::with_capacity(fragments.len());
     for (i, (_, b)) in fragments.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
+        spans.push(body.len()..body.len() + b.len());
         body.extend_from_slice(b);
     }
     body.extend_from_slice(&shell[at..]);
-    Ok((Bytes::from(body), fragments))
-}
-
-/// Drop `entry` from the `/status` cache once it went unserved for
-/// [`JSON_IDLE_DROP`] (or stop watching once it was replaced).
-fn drop_when_unused(app: std::sync::Weak<App>, entry: std::sync::Weak<CachedJson>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(JSON_IDLE_DROP).await;
-            let (Some(app), Some(e)) = (app.upgrade(), entry.upgrade()) else {
-                return;
-            };
-            let current = app.status_json.load();
-            if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &e)) {
-                return;
-            }
-            let idle = e.used.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-            if idle >= JSON_IDLE_DROP {
-                app.status_json
-                    .compare_and_swap(&current, None::<Arc<CachedJson>>);
-                return;
-            }
-        }
-    });
+    // Each fragment becomes a view into the body: the held rendering keeps
+    // every policy's JSON once, and the previous body (which reused
+    // fragments pointed into) is freed with the previous rendering.
+    let body = Bytes::from(body);
+    for ((_, f), span) in fragments.iter_mut().zip(spans) {
+        *f = body.slice(span);
+    }
+    Ok((body, fragments))
 }
 
 async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String>) -> Response {
@@ -764,7 +998,7 @@ async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String
     match snapshot.policies.iter().find(|p| p.name == policy) {
         Some(p) => match serde_json::to_vec(p) {
             Ok(v) => json_bytes(StatusCode::OK, Bytes::from(v)),
-            Err(e) => internal_error(e),
+            Err(e) => internal_error(e.to_string()),
         },
         None => json(
             StatusCode::NOT_FOUND,
@@ -777,26 +1011,17 @@ async fn status_one(State(app): State<Arc<App>>, UrlPath(policy): UrlPath<String
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    // Rendered at most every 250 ms (Metrics::render_cached); the body is
-    // shared, not copied, per request.
-    let text = app.state.metrics.render_cached();
-    let mut resp =
-        axum::body::Body::from(axum::body::Bytes::from_owner(ArcStr(text))).into_response();
+    // The last complete rendering, shared (not copied) per request.
+    let body = match app.metrics_body.serve() {
+        Ok(b) => b,
+        Err(e) => return internal_error(e),
+    };
+    let mut resp = Body::from(body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(prometheus::TEXT_FORMAT),
     );
     resp
-}
-
-/// An `Arc<String>` as a byte buffer, so a cached rendering is served
-/// without copying.
-struct ArcStr(Arc<String>);
-
-impl AsRef<[u8]> for ArcStr {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
 }
 
 /// Query of `POST /rotate/{policy}`. Unknown parameters are refused: a typo
@@ -1111,18 +1336,20 @@ fn json_error(status: StatusCode, message: String) -> Response {
     json(status, serde_json::json!({ "error": message }))
 }
 
-fn internal_error(e: serde_json::Error) -> Response {
-    tracing::error!(error = %e, "status endpoint: cannot serialize the snapshot");
+fn internal_error(e: String) -> Response {
+    tracing::error!(error = %e, "status endpoint: cannot render a body");
     json_error(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "cannot serialize the status snapshot".to_string(),
+        "cannot render the response body".to_string(),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rotation::report::{Health, Instance, KeyState, KeyStatus, Leadership};
+    use crate::rotation::report::{Health, Instance, KeyState, KeyStatus, Leadership, Lineages};
+    use chrono::Utc;
+    use serde::Serialize;
 
     fn policy(name: &str, keys: usize) -> Arc<PolicyStatus> {
         Arc::new(PolicyStatus {
@@ -1142,7 +1369,7 @@ mod tests {
                     state: KeyState::Current,
                 })
                 .collect(),
-            lineages: Vec::new(),
+            lineages: Lineages::default(),
             last_rotation: None,
             error: Some(r#"odd "policies":[] text"#.to_string()),
         })
@@ -1185,14 +1412,366 @@ mod tests {
         let first = snapshot(vec![a.clone(), b.clone()]);
         let (_, fragments) = render_status(&first, None).unwrap();
         let mut b2 = PolicyStatus::clone(&b);
-        b2.keys[0].state = KeyState::Retiring;
+        b2.keys.set_state(0, KeyState::Retiring);
         let second = snapshot(vec![a.clone(), Arc::new(b2)]);
         let (body, next) = render_status(&second, Some(&fragments)).unwrap();
         assert_eq!(&body[..], &serde_json::to_vec(&second).unwrap()[..]);
-        // `a` kept its entry: its fragment is the same buffer, not a copy.
-        assert_eq!(next[0].1.as_ptr(), fragments[0].1.as_ptr());
-        assert_ne!(next[1].1.as_ptr(), fragments[1].1.as_ptr());
         assert!(String::from_utf8_lossy(&next[1].1).contains("retiring"));
+        // `a` kept its entry: its fragment is reused, not serialised again
+        // (a planted fragment for the same entry is what gets spliced in).
+        let planted = vec![
+            (
+                fragments[0].0.clone(),
+                Bytes::from_static(b"{\"reused\":1}"),
+            ),
+            fragments[1].clone(),
+        ];
+        let (body, _) = render_status(&second, Some(&planted)).unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(r#"[{"reused":1},{"name":"b""#), "{text}");
+    }
+
+    /// Each policy's fragment was its own copy of that policy's JSON beside
+    /// the body spliced from it, so a held `/status` body kept every key's
+    /// JSON twice (at 100,000 keys, tens of MiB twice). Fragments are now
+    /// views into the body, and stay so after a partial re-render.
+    #[test]
+    fn a_held_status_body_holds_each_policys_json_once() {
+        let within = |body: &Bytes, f: &Bytes| {
+            let (b, p) = (body.as_ptr() as usize, f.as_ptr() as usize);
+            p >= b && p + f.len() <= b + body.len()
+        };
+        let (a, b) = (policy("a", 50), policy("b", 50));
+        let first = snapshot(vec![a.clone(), b.clone()]);
+        let (body, fragments) = render_status(&first, None).unwrap();
+        for (_, f) in &fragments {
+            assert!(within(&body, f), "a fragment is a copy beside the body");
+        }
+        let second = snapshot(vec![a, Arc::new(PolicyStatus::clone(&b))]);
+        let (body2, next) = render_status(&second, Some(&fragments)).unwrap();
+        assert_eq!(&body2[..], &serde_json::to_vec(&second).unwrap()[..]);
+        for (_, f) in &next {
+            assert!(
+                within(&body2, f),
+                "a reused fragment still points into the previous body"
+            );
+        }
+    }
+
+    /// [`PolicyStatus`] as it was before its keys and lineages were held
+    /// compactly: plain structs, owned strings.
+    #[derive(Serialize)]
+    struct PlainPolicy {
+        name: String,
+        provider: String,
+        mode: String,
+        health: Health,
+        next_check_at: Option<chrono::DateTime<Utc>>,
+        last_check_at: Option<chrono::DateTime<Utc>>,
+        keys: Vec<KeyStatus>,
+        lineages: Vec<crate::rotation::report::LineageStatus>,
+        last_rotation: Option<crate::rotation::report::LastRotation>,
+        error: Option<String>,
+    }
+
+    #[test]
+    fn the_compact_status_body_is_the_plain_structs_rendering_and_the_client_reads_it_back() {
+        use crate::rotation::report::{Condition, LastRotation, LineageStatus, RotationSummary};
+        let t = |s| chrono::DateTime::from_timestamp(s, 7_000).unwrap();
+        let keys = vec![
+            KeyStatus {
+                id: "ak-1".into(),
+                name: "app-1".into(),
+                lineage: "app".into(),
+                created_at: Some(t(1_700_000_000)),
+                expires_at: Some(t(1_800_000_000)),
+                state: KeyState::Current,
+            },
+            KeyStatus {
+                id: "ak-0".into(),
+                name: "app-\u{7}0\"".into(),
+                lineage: "app".into(),
+                created_at: None,
+                expires_at: None,
+                state: KeyState::Retiring,
+            },
+        ];
+        let lineages = vec![
+            LineageStatus {
+                name: "app".into(),
+                health: Health::Rotating,
+                current_key: Some("ak-1".into()),
+                reason: "in_progress".into(),
+                message: "rotation r1 is published".into(),
+                rotate_at: None,
+                conditions: vec![Condition::Conflict],
+                rotation: Some(RotationSummary {
+                    id: "r1".into(),
+                    state: "published".into(),
+                    new_key: Some("ak-1".into()),
+                    old_key: Some("ak-0".into()),
+                    failures: 1,
+                    error: None,
+                    next_attempt_at: None,
+                    retire_at: Some(t(1_700_003_600)),
+                    revoke_old_immediately: false,
+                }),
+            },
+            LineageStatus {
+                name: "empty".into(),
+                health: Health::NoKeys,
+                current_key: None,
+                reason: "no_keys".into(),
+                message: "the lineage has no current key".into(),
+                rotate_at: Some(t(1)),
+                conditions: vec![],
+                rotation: None,
+            },
+        ];
+        let last_rotation = Some(LastRotation {
+            id: "r1".into(),
+            lineage: "app".into(),
+            state: "published".into(),
+            started_at: t(1_700_000_000),
+            finished_at: None,
+            error: None,
+        });
+        let plain = PlainPolicy {
+            name: "p".into(),
+            provider: "ob".into(),
+            mode: "rotate".into(),
+            health: Health::Rotating,
+            next_check_at: Some(t(1_700_000_060)),
+            last_check_at: None,
+            keys: keys.clone(),
+            lineages: lineages.clone(),
+            last_rotation: last_rotation.clone(),
+            error: None,
+        };
+        let compact = Arc::new(PolicyStatus {
+            name: "p".into(),
+            provider: "ob".into(),
+            mode: "rotate".into(),
+            health: Health::Rotating,
+            next_check_at: Some(t(1_700_000_060)),
+            last_check_at: None,
+            keys: keys.into(),
+            lineages: lineages.into(),
+            last_rotation,
+            error: None,
+        });
+        let snap = snapshot(vec![compact.clone(), policy("b", 2)]);
+        let (body, fragments) = render_status(&snap, None).unwrap();
+        assert_eq!(
+            &fragments[0].1[..],
+            &serde_json::to_vec(&plain).unwrap()[..]
+        );
+        assert_eq!(&body[..], &serde_json::to_vec(&snap).unwrap()[..]);
+        // What `rekey status` and `rekey rotate --wait` read.
+        let back = crate::status::client::parse_snapshot(&body).unwrap();
+        assert_eq!(back, snap);
+        let l = back.policies[0].lineages.first().unwrap();
+        assert_eq!(l.rotation().unwrap().state, "published");
+        assert_eq!(back.policies[0].keys.get(1).unwrap().name(), "app-\u{7}0\"");
+    }
+
+    /// Serve `kept` until its body equals `want`, or give up after 10 s.
+    async fn served_eventually(kept: &Arc<Kept<StatusRender>>, want: &[u8]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if kept.serve().unwrap() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_changed_snapshot_is_served_once_rendered_without_the_request_rendering_it() {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(policy("a", 3));
+        let kept = Arc::new(Kept::new(
+            StatusRender { status: h.clone() },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        // The first request after idle renders inline.
+        let first = kept.serve().unwrap();
+        assert_eq!(&first[..], &serde_json::to_vec(&*h.load()).unwrap()[..]);
+        assert!(kept.keeper.load(Ordering::Acquire), "a keeper runs");
+
+        // A change: a request right after it is answered from the body it
+        // finds (it never renders), and the new snapshot is served once the
+        // keeper rendered it, byte for byte its serde rendering.
+        let mut b = PolicyStatus::clone(&policy("a", 3));
+        b.keys.set_state(1, KeyState::Retiring);
+        h.update_policy_shared(Arc::new(b));
+        let want = serde_json::to_vec(&*h.load()).unwrap();
+        let served = kept.serve().unwrap();
+        assert!(served == first || served == want[..]);
+        assert!(
+            served_eventually(&kept, &want).await,
+            "the change was never served"
+        );
+
+        // Several changes in a row: the newest is what ends up served.
+        for n in 0..5 {
+            h.update_policy_shared(policy(&format!("n{n}"), n));
+        }
+        let newest = serde_json::to_vec(&*h.load()).unwrap();
+        assert!(
+            served_eventually(&kept, &newest).await,
+            "the newest was never served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_nobody_asks_for_is_dropped_and_its_keeper_stops() {
+        let h = StatusHandle::new(Utc::now());
+        h.update_policy_shared(policy("a", 2));
+        let idle = Duration::from_millis(30);
+        let kept = Arc::new(Kept::new(StatusRender { status: h.clone() }, idle, idle));
+        kept.serve().unwrap();
+        assert!(kept.current.load().is_some());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kept.current.load().is_some() || kept.keeper.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the unused body was kept");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Asked again: rendered again, current.
+        h.update_policy_shared(policy("b", 1));
+        assert_eq!(
+            &kept.serve().unwrap()[..],
+            &serde_json::to_vec(&*h.load()).unwrap()[..]
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_from_the_last_rendering_and_rendered_again_while_read() {
+        let m = Metrics::new();
+        m.init_policy("p1", &[], "ob");
+        let kept = Arc::new(Kept::new(
+            MetricsRender { metrics: m.clone() },
+            Duration::from_millis(20),
+            Duration::from_secs(5),
+        ));
+        let first = kept.serve().unwrap();
+        assert!(
+            String::from_utf8_lossy(&first)
+                .contains(r#"rekey_rotations_total{policy="p1",result="completed"} 0"#)
+        );
+        m.rotations.with_label_values(&["p1", "completed"]).inc();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = kept.serve().unwrap();
+            if String::from_utf8_lossy(&body)
+                .contains(r#"rekey_rotations_total{policy="p1",result="completed"} 1"#)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new count was never served");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A change published after the first (inline) render but before the
+    /// keeper task first ran was missed: the keeper subscribed after it
+    /// (a new watch receiver counts what was sent before as seen) and slept
+    /// its whole period (2 s) on a stale body, past the documented bound of
+    /// two render times.
+    #[tokio::test]
+    async fn a_change_made_before_the_keeper_first_runs_is_served_within_the_staleness_bound() {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(policy("a", 3));
+        let kept = Arc::new(Kept::new(
+            StatusRender { status: h.clone() },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        // Inline render; the keeper is spawned but (current-thread runtime)
+        // has not run yet.
+        kept.serve().unwrap();
+        h.update_policy_shared(policy("b", 1));
+        let want = serde_json::to_vec(&*h.load()).unwrap();
+        // Far more than two render times of this snapshot, far less than
+        // the keeper's 2 s period.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut served = false;
+        while Instant::now() < deadline {
+            if kept.serve().unwrap() == want {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(served, "the change was not served within 500 ms");
+    }
+
+    /// A render that counts how many run at once.
+    struct CountingRender {
+        running: Arc<AtomicU64>,
+        most: Arc<AtomicU64>,
+        total: Arc<AtomicU64>,
+    }
+
+    impl Render for CountingRender {
+        type Source = ();
+        fn render(&self, _: Option<&Rendered<()>>) -> Result<Rendered<()>, String> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.total.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(Rendered {
+                source: (),
+                body: Bytes::from_static(b"body"),
+                at: Instant::now(),
+            })
+        }
+        fn fresh(&self, _: &Rendered<()>) -> bool {
+            true
+        }
+        fn changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+            None
+        }
+    }
+
+    /// Requests arriving together after idle each rendered the whole body
+    /// inline (N renders, N bodies in memory at once: a dashboard's burst
+    /// of panels after 2 s of quiet), and the slowest one's older body was
+    /// stored over a newer one. The claim is one render in flight.
+    #[test]
+    fn requests_arriving_together_after_idle_render_the_body_once() {
+        let (running, most, total) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let kept = Arc::new(Kept::new(
+            CountingRender {
+                running: running.clone(),
+                most: most.clone(),
+                total: total.clone(),
+            },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (kept, barrier) = (kept.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    kept.serve().unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(&t.join().unwrap()[..], b"body");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "renders at once");
+        assert_eq!(total.load(Ordering::SeqCst), 1, "renders in all");
     }
 
     #[test]

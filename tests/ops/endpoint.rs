@@ -107,17 +107,31 @@ async fn status_json_has_the_documented_fields() {
     );
     assert!(policies[1]["keys"][0]["expires_at"].is_null());
 
-    // A republished snapshot is what the next request sees.
+    // A republished snapshot is served once rendered off the request path
+    // (DESIGN §4): until then a request gets the previous complete body,
+    // never a mix or an error.
     let mut next = ops_snapshot(chrono::Utc::now());
     next.policies.truncate(1);
     srv.status.store(next);
-    let doc = json(
-        &srv.client()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let resp = srv
+            .client()
             .send(Method::GET, "/status", None)
             .await
-            .unwrap(),
-    );
-    assert_eq!(doc["policies"].as_array().unwrap().len(), 1);
+            .unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+        let n = json(&resp)["policies"].as_array().unwrap().len();
+        if n == 1 {
+            break;
+        }
+        assert_eq!(n, 2, "the previous body or the new one");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the republished snapshot was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     srv.stop().await;
 }
 

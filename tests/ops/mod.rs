@@ -233,7 +233,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         Some(-3600),
                         KeyState::Retiring,
                     ),
-                ],
+                ]
+                .into(),
                 lineages: vec![LineageStatus {
                     name: "app-main".into(),
                     health: Health::Ok,
@@ -243,7 +244,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                     rotate_at: Some(now + TimeDelta::seconds(21 * DAY)),
                     conditions: Vec::new(),
                     rotation: None,
-                }],
+                }]
+                .into(),
                 last_rotation: Some(LastRotation {
                     id: "r-0001".into(),
                     lineage: "app-main".into(),
@@ -264,7 +266,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                 keys: vec![
                     key("AKIDa", "svc-a", "svc-a", 40 * DAY, None, KeyState::Current),
                     key("AKIDb", "svc-b", "svc-b", 5 * DAY, None, KeyState::Current),
-                ],
+                ]
+                .into(),
                 lineages: vec![
                     LineageStatus {
                         name: "svc-a".into(),
@@ -286,7 +289,8 @@ pub fn ops_snapshot(now: DateTime<Utc>) -> Snapshot {
                         conditions: Vec::new(),
                         rotation: None,
                     },
-                ],
+                ]
+                .into(),
                 last_rotation: Some(LastRotation {
                     id: "r-0000".into(),
                     lineage: "svc-a".into(),

@@ -1,0 +1,831 @@
+//! A policy's per-key and per-lineage status held compactly: the one
+//! representation `/status` renders and the per-key metric series read
+//! (DESIGN §4, §9).
+//!
+//! What is held, and why it is held at all: the key states and lineage
+//! decisions are the planner's output (`current`, `retiring`, `stale`, the
+//! decision message…), not rows of the store, so `/status` cannot be
+//! rendered from the store at request time without re-planning every policy
+//! per request (a SQLite read of every key plus the planner: far over the
+//! endpoint's 2 ms p99 at 100,000 keys, and a second read connection for the
+//! status thread). The engine therefore keeps its last plan's result here,
+//! once, in the smallest form that still renders byte for byte what the
+//! plain structs ([`KeyStatus`], [`LineageStatus`]) render:
+//!
+//! - each table's strings live in one arena (a `String`), referenced by
+//!   8-byte spans: no heap allocation (and its 16–32 bytes of overhead and
+//!   rounding) per id, name or message;
+//! - strings that repeat across rows (a key's lineage, a lineage's reason)
+//!   are stored once per table ([`Arena::intern`]);
+//! - states, health and conditions are one-byte enums; a lineage's
+//!   conditions are a span of one shared `Vec<Condition>`;
+//! - a lineage's rotation summary, present only for lineages that rotated,
+//!   is boxed (8 bytes when absent);
+//! - timestamps stay `Option<DateTime<Utc>>` (12 bytes, no heap): exact to
+//!   the nanosecond, which an `i64` of nanoseconds is not past 2262.
+//!
+//! About 52 bytes per key row and 64 per lineage row plus their text, where
+//! the plain structs took ~760 bytes per key and lineage (measured by
+//! `compact_rows_are_a_fraction_of_the_plain_structs`).
+//!
+//! Rows are read through borrowed views ([`KeyRef`], [`LineageRef`]);
+//! [`Keys::to_vec`] / [`LineageRef::to_status`] give the plain structs back.
+//! Equality is by content, not by how the arena happens to be laid out.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::health::{Condition, Health};
+use super::report::{KeyState, KeyStatus, LineageStatus, RotationSummary};
+
+/// A string in an [`Arena`]: byte offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// `current_key` absent.
+const NO_SPAN: Span = Span {
+    start: u32::MAX,
+    len: 0,
+};
+
+/// One table's strings, back to back.
+#[derive(Debug, Clone, Default)]
+struct Arena {
+    text: String,
+    /// Spans handed out by [`Arena::intern`], searched newest first: the
+    /// repeated strings of one table are few (reasons) or consecutive (a
+    /// lineage's keys), so the list stays short.
+    interned: Vec<Span>,
+}
+
+/// How many interned strings are searched before a string is stored anew.
+const INTERN_WINDOW: usize = 32;
+
+impl Arena {
+    fn push(&mut self, s: &str) -> Span {
+        let start = u32::try_from(self.text.len()).expect("a policy's status text is under 4 GiB");
+        let len = u32::try_from(s.len()).expect("a status string is under 4 GiB");
+        self.text.push_str(s);
+        Span { start, len }
+    }
+
+    /// [`Arena::push`], reusing an equal string interned recently.
+    fn intern(&mut self, s: &str) -> Span {
+        if let Some(found) = self
+            .interned
+            .iter()
+            .rev()
+            .take(INTERN_WINDOW)
+            .find(|sp| self.get(**sp) == s)
+        {
+            return *found;
+        }
+        let sp = self.push(s);
+        self.interned.push(sp);
+        sp
+    }
+
+    fn get(&self, sp: Span) -> &str {
+        let start = sp.start as usize;
+        &self.text[start..start + sp.len as usize]
+    }
+
+    fn get_opt(&self, sp: Span) -> Option<&str> {
+        (sp != NO_SPAN).then(|| self.get(sp))
+    }
+
+    fn push_opt(&mut self, s: Option<&str>) -> Span {
+        s.map_or(NO_SPAN, |s| self.push(s))
+    }
+
+    /// Drop the spare capacity and the intern list once the table is built.
+    fn finish(&mut self) {
+        self.text.shrink_to_fit();
+        self.interned = Vec::new();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct KeyRow {
+    id: Span,
+    name: Span,
+    lineage: Span,
+    created_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    state: KeyState,
+}
+
+/// A policy's live keys (`keys` of `/status`), compact. Serializes as the
+/// JSON array of [`KeyStatus`] objects, byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    arena: Arena,
+    rows: Vec<KeyRow>,
+}
+
+/// One key of [`Keys`].
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRef<'a> {
+    arena: &'a Arena,
+    row: &'a KeyRow,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The provider's key id.
+    pub fn id(&self) -> &'a str {
+        self.arena.get(self.row.id)
+    }
+    pub fn name(&self) -> &'a str {
+        self.arena.get(self.row.name)
+    }
+    pub fn lineage(&self) -> &'a str {
+        self.arena.get(self.row.lineage)
+    }
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        self.row.created_at
+    }
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.row.expires_at
+    }
+    pub fn state(&self) -> KeyState {
+        self.row.state
+    }
+    /// The plain struct (owned strings).
+    pub fn to_status(&self) -> KeyStatus {
+        KeyStatus {
+            id: self.id().to_string(),
+            name: self.name().to_string(),
+            lineage: self.lineage().to_string(),
+            created_at: self.created_at(),
+            expires_at: self.expires_at(),
+            state: self.state(),
+        }
+    }
+}
+
+/// [`KeyStatus`]'s serde shape, borrowed.
+#[derive(Serialize)]
+struct KeyOut<'a> {
+    id: &'a str,
+    name: &'a str,
+    lineage: &'a str,
+    created_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    state: KeyState,
+}
+
+impl Serialize for KeyRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        KeyOut {
+            id: self.id(),
+            name: self.name(),
+            lineage: self.lineage(),
+            created_at: self.created_at(),
+            expires_at: self.expires_at(),
+            state: self.state(),
+        }
+        .serialize(s)
+    }
+}
+
+impl Keys {
+    /// Append one key (its lineage string is shared with the previous
+    /// keys of the same lineage).
+    pub fn push(&mut self, k: &KeyStatus) {
+        self.push_parts(
+            &k.id,
+            &k.name,
+            &k.lineage,
+            k.created_at,
+            k.expires_at,
+            k.state,
+        );
+    }
+
+    /// [`Keys::push`] from borrowed parts (no owned [`KeyStatus`] needed).
+    pub fn push_parts(
+        &mut self,
+        id: &str,
+        name: &str,
+        lineage: &str,
+        created_at: Option<DateTime<Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+        state: KeyState,
+    ) {
+        let row = KeyRow {
+            id: self.arena.push(id),
+            name: self.arena.push(name),
+            lineage: self.arena.intern(lineage),
+            created_at,
+            expires_at,
+            state,
+        };
+        self.rows.push(row);
+    }
+
+    /// Release spare capacity (call once every key is pushed).
+    pub fn finish(mut self) -> Self {
+        self.arena.finish();
+        self.rows.shrink_to_fit();
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<KeyRef<'_>> {
+        self.rows.get(i).map(|row| KeyRef {
+            arena: &self.arena,
+            row,
+        })
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = KeyRef<'_>> + Clone + '_ {
+        self.rows.iter().map(|row| KeyRef {
+            arena: &self.arena,
+            row,
+        })
+    }
+
+    /// Keep the keys `keep` accepts (the arena keeps the others' text).
+    pub fn retain(&mut self, mut keep: impl FnMut(KeyRef<'_>) -> bool) {
+        let arena = &self.arena;
+        self.rows.retain(|row| keep(KeyRef { arena, row }));
+    }
+
+    /// Change one key's state.
+    pub fn set_state(&mut self, i: usize, state: KeyState) {
+        if let Some(r) = self.rows.get_mut(i) {
+            r.state = state;
+        }
+    }
+
+    /// Every key as the plain struct.
+    pub fn to_vec(&self) -> Vec<KeyStatus> {
+        self.iter().map(|k| k.to_status()).collect()
+    }
+
+    /// Bytes held: rows and text (for the memory test and figures).
+    pub fn heap_bytes(&self) -> usize {
+        self.rows.capacity() * std::mem::size_of::<KeyRow>() + self.arena.text.capacity()
+    }
+}
+
+impl PartialEq for KeyRef<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.id() == o.id()
+            && self.name() == o.name()
+            && self.lineage() == o.lineage()
+            && self.created_at() == o.created_at()
+            && self.expires_at() == o.expires_at()
+            && self.state() == o.state()
+    }
+}
+
+impl PartialEq for Keys {
+    fn eq(&self, o: &Self) -> bool {
+        self.len() == o.len() && self.iter().zip(o.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl<'a> FromIterator<&'a KeyStatus> for Keys {
+    fn from_iter<I: IntoIterator<Item = &'a KeyStatus>>(iter: I) -> Self {
+        let mut k = Keys::default();
+        for s in iter {
+            k.push(s);
+        }
+        k.finish()
+    }
+}
+
+impl FromIterator<KeyStatus> for Keys {
+    fn from_iter<I: IntoIterator<Item = KeyStatus>>(iter: I) -> Self {
+        let mut k = Keys::default();
+        for s in iter {
+            k.push(&s);
+        }
+        k.finish()
+    }
+}
+
+impl From<Vec<KeyStatus>> for Keys {
+    fn from(v: Vec<KeyStatus>) -> Self {
+        v.iter().collect()
+    }
+}
+
+impl Serialize for Keys {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<KeyStatus>::deserialize(d)?.into())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LineageRow {
+    name: Span,
+    current_key: Span,
+    reason: Span,
+    message: Span,
+    /// Into [`Lineages::conditions`].
+    conditions: Span,
+    rotate_at: Option<DateTime<Utc>>,
+    health: Health,
+    rotation: Option<Box<RotationSummary>>,
+}
+
+/// A policy's lineages (`lineages` of `/status`), compact. Serializes as
+/// the JSON array of [`LineageStatus`] objects, byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct Lineages {
+    arena: Arena,
+    conditions: Vec<Condition>,
+    rows: Vec<LineageRow>,
+}
+
+/// One lineage of [`Lineages`].
+#[derive(Debug, Clone, Copy)]
+pub struct LineageRef<'a> {
+    table: &'a Lineages,
+    row: &'a LineageRow,
+}
+
+impl<'a> LineageRef<'a> {
+    pub fn name(&self) -> &'a str {
+        self.table.arena.get(self.row.name)
+    }
+    pub fn health(&self) -> Health {
+        self.row.health
+    }
+    /// The current key's id.
+    pub fn current_key(&self) -> Option<&'a str> {
+        self.table.arena.get_opt(self.row.current_key)
+    }
+    /// The planner's reason, or the deciding stuck condition.
+    pub fn reason(&self) -> &'a str {
+        self.table.arena.get(self.row.reason)
+    }
+    pub fn message(&self) -> &'a str {
+        self.table.arena.get(self.row.message)
+    }
+    pub fn rotate_at(&self) -> Option<DateTime<Utc>> {
+        self.row.rotate_at
+    }
+    /// Every stuck condition that holds, in the planner's order.
+    pub fn conditions(&self) -> &'a [Condition] {
+        let c = self.row.conditions;
+        &self.table.conditions[c.start as usize..(c.start + c.len) as usize]
+    }
+    /// The latest rotation (unfinished, or the last to finish).
+    pub fn rotation(&self) -> Option<&'a RotationSummary> {
+        self.row.rotation.as_deref()
+    }
+    /// The plain struct (owned strings).
+    pub fn to_status(&self) -> LineageStatus {
+        LineageStatus {
+            name: self.name().to_string(),
+            health: self.health(),
+            current_key: self.current_key().map(str::to_string),
+            reason: self.reason().to_string(),
+            message: self.message().to_string(),
+            rotate_at: self.rotate_at(),
+            conditions: self.conditions().to_vec(),
+            rotation: self.rotation().cloned(),
+        }
+    }
+}
+
+/// [`LineageStatus`]'s serde shape, borrowed (same field order and
+/// omissions).
+#[derive(Serialize)]
+struct LineageOut<'a> {
+    name: &'a str,
+    health: Health,
+    current_key: Option<&'a str>,
+    reason: &'a str,
+    message: &'a str,
+    rotate_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "<[Condition]>::is_empty")]
+    conditions: &'a [Condition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<&'a RotationSummary>,
+}
+
+impl Serialize for LineageRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        LineageOut {
+            name: self.name(),
+            health: self.health(),
+            current_key: self.current_key(),
+            reason: self.reason(),
+            message: self.message(),
+            rotate_at: self.rotate_at(),
+            conditions: self.conditions(),
+            rotation: self.rotation(),
+        }
+        .serialize(s)
+    }
+}
+
+/// What [`Lineages::push`] takes, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct LineageParts<'a> {
+    pub name: &'a str,
+    pub health: Health,
+    pub current_key: Option<&'a str>,
+    pub reason: &'a str,
+    pub message: &'a str,
+    pub rotate_at: Option<DateTime<Utc>>,
+    pub conditions: &'a [Condition],
+}
+
+impl Lineages {
+    /// Append one lineage.
+    pub fn push(&mut self, l: LineageParts<'_>, rotation: Option<RotationSummary>) {
+        let start = u32::try_from(self.conditions.len()).expect("conditions fit u32");
+        self.conditions.extend_from_slice(l.conditions);
+        let row = LineageRow {
+            name: self.arena.push(l.name),
+            current_key: self.arena.push_opt(l.current_key),
+            reason: self.arena.intern(l.reason),
+            message: self.arena.push(l.message),
+            conditions: Span {
+                start,
+                len: l.conditions.len() as u32,
+            },
+            rotate_at: l.rotate_at,
+            health: l.health,
+            rotation: rotation.map(Box::new),
+        };
+        self.rows.push(row);
+    }
+
+    /// [`Lineages::push`] of a plain struct.
+    pub fn push_status(&mut self, l: &LineageStatus) {
+        self.push(
+            LineageParts {
+                name: &l.name,
+                health: l.health,
+                current_key: l.current_key.as_deref(),
+                reason: &l.reason,
+                message: &l.message,
+                rotate_at: l.rotate_at,
+                conditions: &l.conditions,
+            },
+            l.rotation.clone(),
+        );
+    }
+
+    /// Release spare capacity (call once every lineage is pushed).
+    pub fn finish(mut self) -> Self {
+        self.arena.finish();
+        self.rows.shrink_to_fit();
+        self.conditions.shrink_to_fit();
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<LineageRef<'_>> {
+        self.rows.get(i).map(|row| LineageRef { table: self, row })
+    }
+
+    pub fn first(&self) -> Option<LineageRef<'_>> {
+        self.get(0)
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = LineageRef<'_>> + Clone + '_ {
+        self.rows.iter().map(|row| LineageRef { table: self, row })
+    }
+
+    /// Keep the lineages `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(LineageRef<'_>) -> bool) {
+        let rows = std::mem::take(&mut self.rows);
+        let kept = rows
+            .into_iter()
+            .filter(|row| keep(LineageRef { table: self, row }))
+            .collect();
+        self.rows = kept;
+    }
+
+    /// Every lineage as the plain struct.
+    pub fn to_vec(&self) -> Vec<LineageStatus> {
+        self.iter().map(|l| l.to_status()).collect()
+    }
+
+    /// Bytes held: rows, text, conditions and boxed rotation summaries
+    /// (their strings included).
+    pub fn heap_bytes(&self) -> usize {
+        let summaries: usize = self
+            .rows
+            .iter()
+            .filter_map(|r| r.rotation.as_deref())
+            .map(|s| {
+                std::mem::size_of::<RotationSummary>()
+                    + s.id.capacity()
+                    + s.state.capacity()
+                    + s.new_key.as_ref().map_or(0, String::capacity)
+                    + s.old_key.as_ref().map_or(0, String::capacity)
+                    + s.error.as_ref().map_or(0, String::capacity)
+            })
+            .sum();
+        self.rows.capacity() * std::mem::size_of::<LineageRow>()
+            + self.arena.text.capacity()
+            + self.conditions.capacity()
+            + summaries
+    }
+}
+
+impl PartialEq for LineageRef<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.name() == o.name()
+            && self.health() == o.health()
+            && self.current_key() == o.current_key()
+            && self.reason() == o.reason()
+            && self.message() == o.message()
+            && self.rotate_at() == o.rotate_at()
+            && self.conditions() == o.conditions()
+            && self.rotation() == o.rotation()
+    }
+}
+
+impl PartialEq for Lineages {
+    fn eq(&self, o: &Self) -> bool {
+        self.len() == o.len() && self.iter().zip(o.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl<'a> FromIterator<&'a LineageStatus> for Lineages {
+    fn from_iter<I: IntoIterator<Item = &'a LineageStatus>>(iter: I) -> Self {
+        let mut t = Lineages::default();
+        for l in iter {
+            t.push_status(l);
+        }
+        t.finish()
+    }
+}
+
+impl From<Vec<LineageStatus>> for Lineages {
+    fn from(v: Vec<LineageStatus>) -> Self {
+        v.iter().collect()
+    }
+}
+
+impl Serialize for Lineages {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Lineages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<LineageStatus>::deserialize(d)?.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64, ns: u32) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(s, ns)
+    }
+
+    pub(crate) fn sample_keys() -> Vec<KeyStatus> {
+        vec![
+            KeyStatus {
+                id: "ak-1".into(),
+                name: "app-1".into(),
+                lineage: "app".into(),
+                created_at: at(1_700_000_000, 123_456_789),
+                expires_at: None,
+                state: KeyState::Current,
+            },
+            KeyStatus {
+                id: "ak-2".into(),
+                name: "app-\u{1b}[2J\"2\"".into(),
+                lineage: "app".into(),
+                created_at: None,
+                // Past 2262: a nanosecond i64 could not hold it.
+                expires_at: at(253_402_300_799, 999_999_999),
+                state: KeyState::Retiring,
+            },
+            KeyStatus {
+                id: "".into(),
+                name: "other-1".into(),
+                lineage: "other".into(),
+                created_at: at(0, 0),
+                expires_at: at(1, 1_000),
+                state: KeyState::UnsafeName,
+            },
+        ]
+    }
+
+    pub(crate) fn sample_lineages() -> Vec<LineageStatus> {
+        vec![
+            LineageStatus {
+                name: "app".into(),
+                health: Health::Rotating,
+                current_key: Some("ak-1".into()),
+                reason: "in_progress".into(),
+                message: "rotation r1 is created".into(),
+                rotate_at: None,
+                conditions: vec![Condition::Conflict, Condition::UnknownTime],
+                rotation: Some(RotationSummary {
+                    id: "r1".into(),
+                    state: "created".into(),
+                    new_key: Some("ak-3".into()),
+                    old_key: None,
+                    failures: 2,
+                    error: Some("boom".into()),
+                    next_attempt_at: at(1_700_000_100, 0),
+                    retire_at: None,
+                    revoke_old_immediately: true,
+                }),
+            },
+            LineageStatus {
+                name: "other".into(),
+                health: Health::Ok,
+                current_key: None,
+                reason: "fresh".into(),
+                message: "".into(),
+                rotate_at: at(1_800_000_000, 5),
+                conditions: vec![],
+                rotation: None,
+            },
+            LineageStatus {
+                name: "third".into(),
+                health: Health::Ok,
+                current_key: Some("x".into()),
+                reason: "fresh".into(),
+                message: "key x is fresh".into(),
+                rotate_at: None,
+                conditions: vec![],
+                rotation: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn compact_tables_render_what_the_plain_structs_render_and_read_back_equal() {
+        let keys = sample_keys();
+        let lineages = sample_lineages();
+        let ck: Keys = keys.iter().collect();
+        let cl: Lineages = lineages.iter().collect();
+        assert_eq!(
+            serde_json::to_string(&ck).unwrap(),
+            serde_json::to_string(&keys).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&cl).unwrap(),
+            serde_json::to_string(&lineages).unwrap()
+        );
+        assert_eq!(ck.to_vec(), keys);
+        assert_eq!(cl.to_vec(), lineages);
+        let back: Keys = serde_json::from_str(&serde_json::to_string(&ck).unwrap()).unwrap();
+        assert_eq!(back, ck);
+        let back: Lineages = serde_json::from_str(&serde_json::to_string(&cl).unwrap()).unwrap();
+        assert_eq!(back, cl);
+    }
+
+    #[test]
+    fn repeated_lineage_and_reason_strings_are_stored_once() {
+        let ck: Keys = sample_keys().iter().collect();
+        assert_eq!(ck.arena.text.matches("app").count(), 3, "{}", ck.arena.text);
+        let cl: Lineages = sample_lineages().iter().collect();
+        assert_eq!(
+            cl.arena.text.matches("fresh").count(),
+            2,
+            "{}",
+            cl.arena.text
+        );
+    }
+
+    #[test]
+    fn retain_keeps_the_accepted_rows_in_order() {
+        let mut ck: Keys = sample_keys().iter().collect();
+        ck.retain(|k| k.lineage() == "app");
+        assert_eq!(ck.to_vec(), sample_keys()[..2].to_vec());
+        let mut cl: Lineages = sample_lineages().iter().collect();
+        cl.retain(|l| l.name() != "other");
+        let names: Vec<&str> = cl.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["app", "third"]);
+        assert_eq!(cl.first().unwrap().conditions().len(), 2);
+    }
+
+    #[test]
+    fn hostile_names_ids_and_empty_strings_render_and_read_back_as_the_plain_structs() {
+        let hostile = [
+            "",
+            "q\"uote",
+            "back\\slash",
+            "nul\0byte",
+            "\u{1}\u{1f}\u{7f}",
+            "bidi\u{202e}cba",
+            "\u{feff}bom",
+            "dup",
+            "dup",
+            "\u{10ffff}",
+        ];
+        let big = "x".repeat(4096);
+        let names = hostile.iter().copied().chain([big.as_str()]);
+        let keys: Vec<KeyStatus> = names
+            .clone()
+            .enumerate()
+            .map(|(i, n)| KeyStatus {
+                id: if i % 2 == 0 {
+                    n.to_string()
+                } else {
+                    String::new()
+                },
+                name: n.to_string(),
+                lineage: hostile[i % 3].to_string(),
+                created_at: at(i as i64, 0),
+                expires_at: None,
+                state: KeyState::Current,
+            })
+            .collect();
+        let lineages: Vec<LineageStatus> = names
+            .enumerate()
+            .map(|(i, n)| LineageStatus {
+                name: n.to_string(),
+                health: Health::Ok,
+                // An empty current key is not an absent one.
+                current_key: (i % 2 == 0).then(String::new),
+                reason: n.to_string(),
+                message: n.to_string(),
+                rotate_at: None,
+                conditions: vec![],
+                rotation: None,
+            })
+            .collect();
+        let ck: Keys = keys.iter().collect();
+        let cl: Lineages = lineages.iter().collect();
+        let (jk, jl) = (
+            serde_json::to_string(&ck).unwrap(),
+            serde_json::to_string(&cl).unwrap(),
+        );
+        assert_eq!(jk, serde_json::to_string(&keys).unwrap());
+        assert_eq!(jl, serde_json::to_string(&lineages).unwrap());
+        assert_eq!(serde_json::from_str::<Vec<KeyStatus>>(&jk).unwrap(), keys);
+        assert_eq!(
+            serde_json::from_str::<Lineages>(&jl).unwrap().to_vec(),
+            lineages
+        );
+        assert_eq!(cl.get(0).unwrap().current_key(), Some(""));
+        assert_eq!(cl.get(1).unwrap().current_key(), None);
+    }
+
+    #[test]
+    fn compact_rows_are_a_fraction_of_the_plain_structs() {
+        // 1,000 keys and lineages shaped like the scale benchmark's.
+        let keys: Vec<KeyStatus> = (0..1000)
+            .map(|i| KeyStatus {
+                id: format!("ak-{i:016}"),
+                name: format!("app-{i:05}-1700000000"),
+                lineage: format!("app-{i:05}"),
+                created_at: at(1_700_000_000, 0),
+                expires_at: at(1_800_000_000, 0),
+                state: KeyState::Current,
+            })
+            .collect();
+        let lineages: Vec<LineageStatus> = keys
+            .iter()
+            .map(|k| LineageStatus {
+                name: k.lineage.clone(),
+                health: Health::Ok,
+                current_key: Some(k.id.clone()),
+                reason: "fresh".into(),
+                message: format!("key {} is fresh; due in 29d 23h", k.name),
+                rotate_at: at(1_799_000_000, 0),
+                conditions: vec![],
+                rotation: None,
+            })
+            .collect();
+        let compact = Keys::from(keys).heap_bytes() + Lineages::from(lineages).heap_bytes();
+        let per_row = compact / 1000;
+        assert!(
+            per_row <= 260,
+            "{per_row} bytes per key and lineage (the plain structs: ~760)"
+        );
+    }
+}
