@@ -16,7 +16,10 @@
 //! blocking thread: coalesced (at most one render in flight per body; the
 //! next render takes the newest snapshot), and a request never waits for
 //! it. Only the first request after idle (no rendering held) renders
-//! inline. How stale a served body can be: a `/status` body shows a
+//! inline; and a POST the daemon answered brings a held `/status` body up
+//! to date before its answer is sent, so a client that asks next (`rekey
+//! rotate --wait`) reads its own request's effect (a rendering never
+//! replaces one that started after it). How stale a served body can be: a `/status` body shows a
 //! snapshot replaced at most two render times earlier (the render in
 //! flight when the change came, then the one of the newest snapshot; the
 //! keeper is woken by the change, not by a request); a `/metrics` body is
@@ -545,6 +548,9 @@ struct Rendered<S> {
     source: S,
     body: Bytes,
     at: Instant,
+    /// Order of the render's start ([`Kept::render_now`]): a rendering
+    /// never replaces one that started later (it may show older state).
+    generation: u64,
 }
 
 /// A body rendered off the request path.
@@ -568,6 +574,8 @@ struct Kept<R: Render> {
     /// arrive together after idle render once and the others serve that
     /// rendering; never held by the keeper.
     inline: std::sync::Mutex<()>,
+    /// Taken by each render as it starts.
+    generations: AtomicU64,
     /// When a request last took the body (µs since `origin`).
     used_us: AtomicU64,
     origin: Instant,
@@ -583,6 +591,7 @@ impl<R: Render> Kept<R> {
             current: ArcSwapOption::empty(),
             keeper: std::sync::atomic::AtomicBool::new(false),
             inline: std::sync::Mutex::new(()),
+            generations: AtomicU64::new(1),
             used_us: AtomicU64::new(0),
             origin: Instant::now(),
             period,
@@ -604,17 +613,41 @@ impl<R: Render> Kept<R> {
             return Ok(c.body.clone());
         }
         // One inline render at a time: the others wait for it and serve it
-        // (their render would be the same body, and a slower, older one
-        // would be stored over a newer one).
+        // (their render would be the same body).
         let _one = self.inline.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = self.current.load_full() {
             return Ok(c.body.clone());
         }
-        let r = Arc::new(self.render.render(None)?);
-        let body = r.body.clone();
-        self.current.store(Some(r));
+        let body = self.render_now(None)?;
         self.ensure_keeper();
         Ok(body)
+    }
+
+    /// Render what is current and hold it, unless a rendering that started
+    /// later is already held; returns the body rendered.
+    fn render_now(&self, previous: Option<&Rendered<R::Source>>) -> Result<Bytes, String> {
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel);
+        let mut r = self.render.render(previous)?;
+        r.generation = generation;
+        let r = Arc::new(r);
+        self.current.rcu(|cur| match cur {
+            Some(c) if c.generation > r.generation => Some(c.clone()),
+            _ => Some(r.clone()),
+        });
+        Ok(r.body.clone())
+    }
+
+    /// Bring a held rendering up to date now, on the caller's path: after
+    /// a POST the daemon answered, so the client's next GET (`rekey rotate
+    /// --wait`) shows its own request's effect. Nothing is held: nothing
+    /// to do (the next GET renders).
+    fn refresh(&self) {
+        if let Some(c) = self.current.load_full()
+            && !self.render.fresh(&c)
+            && let Err(e) = self.render_now(Some(&c))
+        {
+            tracing::error!(error = %e, "status endpoint: cannot render a body; serving the previous one");
+        }
     }
 
     fn idle(&self) -> bool {
@@ -683,9 +716,9 @@ impl<R: Render> Kept<R> {
                 c.borrow_and_update();
             }
             let worker = k.clone();
-            let done = tokio::task::spawn_blocking(move || worker.render.render(Some(&cur))).await;
+            let done = tokio::task::spawn_blocking(move || worker.render_now(Some(&cur))).await;
             match done {
-                Ok(Ok(r)) => k.current.store(Some(Arc::new(r))),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "status endpoint: cannot render a body; serving the previous one");
                 }
@@ -729,6 +762,7 @@ impl Render for StatusRender {
             },
             body,
             at: Instant::now(),
+            generation: 0,
         })
     }
 
@@ -755,6 +789,7 @@ impl Render for MetricsRender {
             source: (),
             body: Bytes::from(self.metrics.render()),
             at: Instant::now(),
+            generation: 0,
         })
     }
 
@@ -1103,6 +1138,7 @@ async fn rotate(
             );
         }
     };
+    app.status_body.refresh();
     rotate_response(&policy, reply)
 }
 
@@ -1176,6 +1212,7 @@ async fn command(
             );
         }
     };
+    app.status_body.refresh();
     let (status, error) = match &reply {
         CommandReply::Accepted { .. } => (StatusCode::ACCEPTED, None),
         CommandReply::UnknownRotation { rotation } => (
@@ -1627,6 +1664,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_an_answered_post_the_next_get_shows_the_change_without_waiting() {
+        // rekey rotate --wait read the snapshot from before its own
+        // request (its resumed rotation still `failed`) and exited 1.
+        let h = StatusHandle::new(Utc::now());
+        h.update_policy_shared(policy("a", 2));
+        let kept = Arc::new(Kept::new(
+            StatusRender { status: h.clone() },
+            JSON_IDLE_DROP,
+            JSON_IDLE_DROP,
+        ));
+        kept.serve().unwrap();
+        let mut b = PolicyStatus::clone(&policy("a", 2));
+        b.keys.set_state(0, KeyState::Pending);
+        h.update_policy_shared(Arc::new(b));
+        kept.refresh();
+        assert_eq!(
+            &kept.serve().unwrap()[..],
+            &serde_json::to_vec(&*h.load()).unwrap()[..]
+        );
+    }
+
+    #[tokio::test]
     async fn a_body_nobody_asks_for_is_dropped_and_its_keeper_stops() {
         let h = StatusHandle::new(Utc::now());
         h.update_policy_shared(policy("a", 2));
@@ -1727,6 +1786,7 @@ mod tests {
                 source: (),
                 body: Bytes::from_static(b"body"),
                 at: Instant::now(),
+                generation: 0,
             })
         }
         fn fresh(&self, _: &Rendered<()>) -> bool {
