@@ -398,3 +398,87 @@ async fn policies_of_one_account_whose_checks_overran_a_window_are_still_walked_
         );
     }
 }
+
+/// A reload removed one of two policies of one account while its check
+/// was running (each check is held 3 s by the `delay@check` failpoint):
+/// the check that finishes after the reload must not bring the removed
+/// policy back into `/status` (nor its metrics or conditions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_removed_by_a_reload_while_its_check_ran_stays_out_of_status() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    for n in ["app-a1", "app-b1"] {
+        env.emu.insert_key(
+            n,
+            now - chrono::Duration::days(1),
+            Some(now + chrono::Duration::days(29)),
+        );
+    }
+    let body = |names: &[(&str, &str)]| {
+        let mut b = provider("ob", "{ak}", "{sk}") + FILE_SINK;
+        for (n, glob) in names {
+            b += &policy(n, "ob", glob);
+        }
+        b
+    };
+    let all = [("pa", "app-a*"), ("pb", "app-b*")];
+    let cfg = write_config(&env, 4, &body(&all));
+    let mut child = env.spawn(&cfg, Some("delay@check:3000"));
+    let ep = crate::lifecycle::endpoint(&env).await;
+    let done = |log: &str, p: &str| {
+        log.lines()
+            .any(|l| l.contains("check done") && l.contains(&format!("policy={p}")))
+    };
+    env.wait_for("the first check of the group", Duration::from_secs(30), |e| {
+        let log = e.log();
+        done(&log, "pa") || done(&log, "pb")
+    })
+    .await;
+    // The other policy's check is now held by the failpoint: remove it.
+    let (kept, removed) = if done(&env.log(), "pa") {
+        (all[0], "pb")
+    } else {
+        (all[1], "pa")
+    };
+    assert!(!done(&env.log(), removed), "{}", tail(&env.log(), 20));
+    write_config(&env, 4, &body(&[kept]));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    env.wait_for("the reload", Duration::from_secs(10), |e| {
+        e.log().contains("configuration reloaded")
+    })
+    .await;
+    env.wait_for(
+        "the removed policy's check to finish",
+        Duration::from_secs(15),
+        |e| {
+            let log = e.log();
+            log.lines().any(|l| {
+                (l.contains("check done") || l.contains("check failed"))
+                    && l.contains(&format!("policy={removed}"))
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = crate::lifecycle::status_json(&ep).await;
+    let names: Vec<&str> = status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let metrics = reqwest::get(format!("{ep}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(terminate(&mut child), 0);
+    assert_eq!(names, [kept.0], "{}", tail(&env.log(), 20));
+    assert!(
+        !metrics.contains(&format!("policy=\"{removed}\"")),
+        "the removed policy is back in /metrics"
+    );
+}
