@@ -1173,6 +1173,30 @@ impl Daemon {
                 }
             }
         }
+        // A reload may have removed some of these policies while they were
+        // checked: their checks ran on the runtime the group started with
+        // and rebuilt their status, metrics and conditions. Forget them
+        // again, as the reload did.
+        let current = self.current();
+        let gone: Vec<&String> = policies
+            .iter()
+            .filter(|p| current.policy(p).is_none())
+            .collect();
+        if !gone.is_empty() {
+            for p in &gone {
+                self.engine.metrics.remove_policy(p);
+                if let Err(e) = self.engine.store.clear_conditions(p) {
+                    tracing::warn!(policy = %p, error = %e, "cannot forget the conditions of a removed policy");
+                }
+            }
+            let names: Vec<String> = current
+                .config
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            self.engine.status.retain_policies(&names);
+        }
         let mut checking = self.checking.lock().expect("lock");
         for p in &policies {
             checking.remove(p);
