@@ -429,10 +429,14 @@ async fn a_policy_removed_by_a_reload_while_its_check_ran_stays_out_of_status() 
         log.lines()
             .any(|l| l.contains("check done") && l.contains(&format!("policy={p}")))
     };
-    env.wait_for("the first check of the group", Duration::from_secs(30), |e| {
-        let log = e.log();
-        done(&log, "pa") || done(&log, "pb")
-    })
+    env.wait_for(
+        "the first check of the group",
+        Duration::from_secs(30),
+        |e| {
+            let log = e.log();
+            done(&log, "pa") || done(&log, "pb")
+        },
+    )
     .await;
     // The other policy's check is now held by the failpoint: remove it.
     let (kept, removed) = if done(&env.log(), "pa") {

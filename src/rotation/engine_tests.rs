@@ -2759,7 +2759,9 @@ async fn the_cached_ledger_is_what_the_store_holds_after_every_writer() {
     h.engine.check_policy(&h.rt, "pb").await.unwrap();
     fresh(&h, "the rival's check");
     assert!(matches!(
-        h.engine.rotate_now(&h.rt, "pa", Some("app-2"), false).unwrap(),
+        h.engine
+            .rotate_now(&h.rt, "pa", Some("app-2"), false)
+            .unwrap(),
         crate::status::RotateReply::Accepted { .. }
     ));
     fresh(&h, "POST /rotate");
