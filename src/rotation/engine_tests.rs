@@ -20,7 +20,7 @@ use crate::provider::*;
 use crate::secret::{Secret, SecretFields};
 use crate::sink;
 use crate::state::seal::Sealer;
-use crate::state::{RotationState, Store};
+use crate::state::{CheckRecord, RotationState, SeenKey, Store};
 
 #[derive(Default)]
 struct FakeState {
@@ -2728,7 +2728,66 @@ fn assert_ledger_fresh(engine: &Engine, rt: &Runtime, policy: &str, after: &str)
 /// engine serves is the one the store holds.
 #[tokio::test]
 async fn the_cached_ledger_is_what_the_store_holds_after_every_writer() {
+    every_writer_in_turn(rival_policies()).await;
+}
+
+/// [`the_cached_ledger_is_what_the_store_holds_after_every_writer`] on a
+/// PostgreSQL state; then another node writes (a key of the rival `pb`
+/// that `pa` also holds) and this one takes the lease: it plans from what
+/// that node wrote, not from the ledger it cached before.
+#[tokio::test]
+async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_every_writer_and_a_new_lease()
+ {
+    let Some(db) = crate::state::pg_test::pg_db() else {
+        return;
+    };
     let mut h = rival_policies();
+    h.engine.store = Arc::new(Store::open_postgres(&db.opts).unwrap());
+    let h = every_writer_in_turn(h).await;
+    let pa = h.engine.ledger(&h.rt, h.rt.policy("pa").unwrap()).unwrap();
+    let key = pa
+        .known
+        .iter()
+        .find(|k| k.state == "live" && !pa.claimed_elsewhere.contains_key(&k.key_id))
+        .expect("a live key of pa's that no rival claims")
+        .clone();
+    // Another node (its own store) records that key for `pb`.
+    let other = Store::open_postgres(&db.opts).unwrap();
+    other
+        .record_check(&CheckRecord {
+            policy: "pb".into(),
+            provider: "ob2".into(),
+            at: h.clock.now(),
+            next_check_at: None,
+            health: "ok".into(),
+            error: None,
+            decisions: "{}".into(),
+            keys: vec![SeenKey {
+                key_id: key.key_id.clone(),
+                name: key.name.clone(),
+                lineage: key.lineage.clone(),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            }],
+            complete_listing: false,
+        })
+        .unwrap();
+    // This node leads (a new fence): what the other wrote is in its ledger.
+    h.engine
+        .store
+        .set_fence(Some(h.engine.store.fence().unwrap_or(0) + 1));
+    let pa = h.engine.ledger(&h.rt, h.rt.policy("pa").unwrap()).unwrap();
+    assert_eq!(
+        pa.claimed_elsewhere.get(&key.key_id).map(String::as_str),
+        Some("pb"),
+        "a new leader planned from the ledger it cached before another node wrote"
+    );
+}
+
+async fn every_writer_in_turn(mut h: Harness) -> Harness {
     let fresh = |h: &Harness, after: &str| {
         for p in ["pa", "pb"] {
             assert_ledger_fresh(&h.engine, &h.rt, p, after);
@@ -2798,4 +2857,5 @@ async fn the_cached_ledger_is_what_the_store_holds_after_every_writer() {
     h.engine.check_policy(&h.rt, "pc").await.unwrap();
     assert_ledger_fresh(&h.engine, &h.rt, "pc", "the new rival's check");
     fresh(&h, "the new rival's check");
+    h
 }
