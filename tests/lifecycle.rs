@@ -95,7 +95,7 @@ fn signal(child: &Child, sig: i32) {
 }
 
 /// The status endpoint the daemon bound (listen = 127.0.0.1:0 → from its log).
-async fn endpoint(env: &Env) -> String {
+pub(crate) async fn endpoint(env: &Env) -> String {
     let start = Instant::now();
     loop {
         let log = env.log();
@@ -118,7 +118,7 @@ async fn endpoint(env: &Env) -> String {
     }
 }
 
-async fn status_json(ep: &str) -> serde_json::Value {
+pub(crate) async fn status_json(ep: &str) -> serde_json::Value {
     reqwest::get(format!("{ep}/status"))
         .await
         .unwrap()

@@ -398,3 +398,158 @@ async fn policies_of_one_account_whose_checks_overran_a_window_are_still_walked_
         );
     }
 }
+
+/// A reload removed one of two policies of one account while its check
+/// was running (each check is held 3 s by the `delay@check` failpoint):
+/// the check that finishes after the reload must not bring the removed
+/// policy back into `/status` (nor its metrics or conditions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_removed_by_a_reload_while_its_check_ran_stays_out_of_status() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    for n in ["app-a1", "app-b1"] {
+        env.emu.insert_key(
+            n,
+            now - chrono::Duration::days(1),
+            Some(now + chrono::Duration::days(29)),
+        );
+    }
+    let body = |names: &[(&str, &str)]| {
+        let mut b = provider("ob", "{ak}", "{sk}") + FILE_SINK;
+        for (n, glob) in names {
+            b += &policy(n, "ob", glob);
+        }
+        b
+    };
+    let all = [("pa", "app-a*"), ("pb", "app-b*")];
+    let cfg = write_config(&env, 4, &body(&all));
+    let mut child = env.spawn(&cfg, Some("delay@check:3000"));
+    let ep = crate::lifecycle::endpoint(&env).await;
+    let done = |log: &str, p: &str| {
+        log.lines()
+            .any(|l| l.contains("check done") && l.contains(&format!("policy={p}")))
+    };
+    env.wait_for(
+        "the first check of the group",
+        Duration::from_secs(30),
+        |e| {
+            let log = e.log();
+            done(&log, "pa") || done(&log, "pb")
+        },
+    )
+    .await;
+    // The other policy's check is now held by the failpoint: remove it.
+    let (kept, removed) = if done(&env.log(), "pa") {
+        (all[0], "pb")
+    } else {
+        (all[1], "pa")
+    };
+    assert!(!done(&env.log(), removed), "{}", tail(&env.log(), 20));
+    write_config(&env, 4, &body(&[kept]));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    env.wait_for("the reload", Duration::from_secs(10), |e| {
+        e.log().contains("configuration reloaded")
+    })
+    .await;
+    env.wait_for(
+        "the removed policy's check to finish",
+        Duration::from_secs(15),
+        |e| {
+            let log = e.log();
+            log.lines().any(|l| {
+                (l.contains("check done") || l.contains("check failed"))
+                    && l.contains(&format!("policy={removed}"))
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = crate::lifecycle::status_json(&ep).await;
+    let names: Vec<&str> = status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    let metrics = reqwest::get(format!("{ep}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(terminate(&mut child), 0);
+    assert_eq!(names, [kept.0], "{}", tail(&env.log(), 20));
+    assert!(
+        !metrics.contains(&format!("policy=\"{removed}\"")),
+        "the removed policy is back in /metrics"
+    );
+}
+
+/// A reload moved a policy from every 3 s to once a day while its check
+/// was running (held 3 s by the `delay@check` failpoint): the next check
+/// follows the new schedule — no second check seconds later on the old
+/// one — and the state says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_changed_by_a_reload_while_its_check_ran_sets_the_next_check() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    env.emu.insert_key(
+        "app-a1",
+        now - chrono::Duration::days(1),
+        Some(now + chrono::Duration::days(29)),
+    );
+    let daily = provider("ob", "{ak}", "{sk}") + FILE_SINK + &policy("pa", "ob", "app-a*");
+    let every_3s = daily.replace("schedule = \"0 0 3 * * *\"", "schedule = \"*/3 * * * * *\"");
+    assert_ne!(daily, every_3s);
+    let cfg = write_config(&env, 4, &every_3s);
+    let mut child = env.spawn(&cfg, Some("delay@check:3000"));
+    let checks = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("check done") && l.contains("policy=pa"))
+            .count()
+    };
+    env.wait_for("the first check", Duration::from_secs(30), |e| {
+        checks(&e.log()) >= 1
+    })
+    .await;
+    // The second check (every 3 s) is now held by the failpoint.
+    env.wait_for("the second check to begin", Duration::from_secs(10), |e| {
+        walks_and_pages(&e.emu.request_log()).0 >= 2
+    })
+    .await;
+    write_config(&env, 4, &daily);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    env.wait_for("the reload", Duration::from_secs(10), |e| {
+        e.log().contains("configuration reloaded")
+    })
+    .await;
+    let at_reload = checks(&env.log());
+    env.wait_for("the held check to finish", Duration::from_secs(10), |e| {
+        checks(&e.log()) > at_reload || at_reload >= 2
+    })
+    .await;
+    let after_held = checks(&env.log());
+    // Old schedule: another check within 3 s (plus its 3-s hold).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = checks(&env.log());
+    assert_eq!(terminate(&mut child), 0);
+    assert_eq!(
+        later,
+        after_held,
+        "checked again on the old schedule after the reload\n{}",
+        tail(&env.log(), 30)
+    );
+    let next = env
+        .store()
+        .unwrap()
+        .policy_state("pa")
+        .unwrap()
+        .unwrap()
+        .next_check_at
+        .unwrap();
+    assert_eq!(next.format("%H:%M:%S").to_string(), "03:00:00", "{next}");
+}

@@ -1014,8 +1014,13 @@ impl Daemon {
         // Policies due now, grouped by the account (and credentials) their
         // provider lists: each group is planned from one walk. A group is
         // due at the earliest instant any of its policies was.
-        let mut groups: std::collections::BTreeMap<String, (DateTime<Utc>, Vec<String>)> =
-            Default::default();
+        // Each group also keeps the instant each of its policies was due,
+        // to tell at its end whether a reload rescheduled one meanwhile.
+        #[allow(clippy::type_complexity)]
+        let mut groups: std::collections::BTreeMap<
+            String,
+            (DateTime<Utc>, Vec<String>, Vec<DateTime<Utc>>),
+        > = Default::default();
         for (p, due_at) in due {
             if !self.checking.lock().expect("lock").insert(p.clone()) {
                 continue;
@@ -1024,15 +1029,18 @@ impl Daemon {
                 Some(policy) => rt.walks.scope(&policy.provider),
                 None => format!("policy {p}"),
             };
-            let g = groups.entry(scope).or_insert((due_at, Vec::new()));
+            let g = groups
+                .entry(scope)
+                .or_insert((due_at, Vec::new(), Vec::new()));
             g.0 = g.0.min(due_at);
             g.1.push(p);
+            g.2.push(due_at);
         }
-        for (_, (due_at, policies)) in groups {
+        for (_, (due_at, policies, taken)) in groups {
             let me = self.clone();
             let rt = rt.clone();
             self.tracker.spawn(async move {
-                me.check_group(&rt, due_at, policies).await;
+                me.check_group(&rt, due_at, policies, taken).await;
             });
         }
         for row in active.iter().cloned() {
@@ -1091,7 +1099,18 @@ impl Daemon {
     /// group gets its next window from the same instant, so a group whose
     /// checks overrun a window boundary stays one group (one walk) in
     /// later windows instead of splitting where the boundary fell.
-    async fn check_group(&self, rt: &Arc<Runtime>, due_at: DateTime<Utc>, policies: Vec<String>) {
+    ///
+    /// `taken` is the next check each policy had when the group was formed:
+    /// a policy whose next check a reload changed meanwhile (a new
+    /// schedule) keeps the reload's, and the state is told it again (the
+    /// check may have stored one from the schedule it started with).
+    async fn check_group(
+        &self,
+        rt: &Arc<Runtime>,
+        due_at: DateTime<Utc>,
+        policies: Vec<String>,
+        taken: Vec<DateTime<Utc>>,
+    ) {
         let _slot = self
             .check_slots
             .clone()
@@ -1154,24 +1173,62 @@ impl Daemon {
             next.or_else(|| policy.schedule.next_after(end))
                 .unwrap_or_else(|| end + chrono::Duration::hours(1))
         };
+        // Each policy's next check: from its schedule, unless a reload
+        // rescheduled it while the group ran (then the reload's stands).
+        let mut rescheduled = Vec::new();
+        let nexts: HashMap<&str, DateTime<Utc>> = {
+            let mut nc = self.next_checks.lock().expect("lock");
+            policies
+                .iter()
+                .zip(&taken)
+                .filter_map(|(p, taken)| {
+                    let t = nc.get_mut(p)?;
+                    if *t == *taken {
+                        *t = next_for(rt.policy(p)?);
+                    } else {
+                        rescheduled.push((p.as_str(), *t));
+                    }
+                    Some((p.as_str(), *t))
+                })
+                .collect()
+        };
         for r in &mut quiet {
-            if let Some(policy) = rt.policy(&r.policy) {
-                r.next_check_at = Some(next_for(policy));
+            if let Some(t) = nexts.get(r.policy.as_str()) {
+                r.next_check_at = Some(*t);
             }
         }
         if let Err(e) = self.engine.store.record_check_times(&quiet) {
             tracing::warn!(policies = quiet.len(), error = %e, "cannot record the times of checks that changed nothing");
         }
         drop(quiet);
-        {
-            let mut nc = self.next_checks.lock().expect("lock");
-            for p in &policies {
-                if let Some(policy) = rt.policy(p)
-                    && let Some(t) = nc.get_mut(p)
-                {
-                    *t = next_for(policy);
+        for (p, t) in rescheduled {
+            if let Err(e) = self.engine.store.set_next_check(p, t) {
+                tracing::warn!(policy = %p, error = %e, "cannot store the next check a reload set");
+            }
+        }
+        // A reload may have removed some of these policies while they were
+        // checked: their checks ran on the runtime the group started with
+        // and rebuilt their status, metrics and conditions. Forget them
+        // again, as the reload did.
+        let current = self.current();
+        let gone: Vec<&String> = policies
+            .iter()
+            .filter(|p| current.policy(p).is_none())
+            .collect();
+        if !gone.is_empty() {
+            for p in &gone {
+                self.engine.metrics.remove_policy(p);
+                if let Err(e) = self.engine.store.clear_conditions(p) {
+                    tracing::warn!(policy = %p, error = %e, "cannot forget the conditions of a removed policy");
                 }
             }
+            let names: Vec<String> = current
+                .config
+                .policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            self.engine.status.retain_policies(&names);
         }
         let mut checking = self.checking.lock().expect("lock");
         for p in &policies {

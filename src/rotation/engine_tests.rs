@@ -20,7 +20,7 @@ use crate::provider::*;
 use crate::secret::{Secret, SecretFields};
 use crate::sink;
 use crate::state::seal::Sealer;
-use crate::state::{RotationState, Store};
+use crate::state::{CheckRecord, RotationState, SeenKey, Store};
 
 #[derive(Default)]
 struct FakeState {
@@ -2726,4 +2726,170 @@ async fn a_condition_recorded_after_the_ledger_was_cached_is_in_the_next() {
         .sync_conditions("p", &held, h.clock.now())
         .unwrap();
     assert_eq!(h.engine.store.ledger_generation(), generation);
+}
+
+// ------------------------------------- adversary: the cached ledger is exact
+
+/// `policy`'s ledger as the engine hands it out (cached or not) against a
+/// fresh read of the store, in a comparable form (maps and sets sorted).
+fn assert_ledger_fresh(engine: &Engine, rt: &Runtime, policy: &str, after: &str) {
+    use crate::rotation::policy;
+    fn norm(l: &crate::rotation::policy::Ledger) -> String {
+        let mut claimed: Vec<_> = l.claimed_elsewhere.iter().collect();
+        claimed.sort();
+        let mut failing: Vec<_> = l.step_failing.iter().collect();
+        failing.sort();
+        format!(
+            "known {:?}\nowned {:?}\norphans {:?}\nrotations {:?}\nclaimed {:?}\nfailing {:?}",
+            l.known, l.owned, l.orphans, l.rotations, claimed, failing
+        )
+    }
+    let p = rt.policy(policy).unwrap();
+    let served = engine.ledger(rt, p).unwrap();
+    let fresh =
+        policy::Ledger::load(&engine.store, policy, &policy::rivals(&rt.config, p)).unwrap();
+    assert_eq!(
+        norm(&served),
+        norm(&fresh),
+        "{policy}'s cached ledger is stale after {after}"
+    );
+}
+
+/// Every writer of the store between two ledger reads, one after the
+/// other — checks of the policy and of a rival, a scheduled rotation step
+/// by step, `POST /rotate`, abandon, retry, orphan resolution, condition
+/// sync, a reload that adds a rival — and after each the ledger the
+/// engine serves is the one the store holds.
+#[tokio::test]
+async fn the_cached_ledger_is_what_the_store_holds_after_every_writer() {
+    every_writer_in_turn(rival_policies()).await;
+}
+
+/// [`the_cached_ledger_is_what_the_store_holds_after_every_writer`] on a
+/// PostgreSQL state; then another node writes (a key of the rival `pb`
+/// that `pa` also holds) and this one takes the lease: it plans from what
+/// that node wrote, not from the ledger it cached before.
+#[tokio::test]
+async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_every_writer_and_a_new_lease()
+ {
+    let Some(db) = crate::state::pg_test::pg_db() else {
+        return;
+    };
+    let mut h = rival_policies();
+    h.engine.store = Arc::new(Store::open_postgres(&db.opts).unwrap());
+    let h = every_writer_in_turn(h).await;
+    let pa = h.engine.ledger(&h.rt, h.rt.policy("pa").unwrap()).unwrap();
+    let key = pa
+        .known
+        .iter()
+        .find(|k| k.state == "live" && !pa.claimed_elsewhere.contains_key(&k.key_id))
+        .expect("a live key of pa's that no rival claims")
+        .clone();
+    // Another node (its own store) records that key for `pb`.
+    let other = Store::open_postgres(&db.opts).unwrap();
+    other
+        .record_check(&CheckRecord {
+            policy: "pb".into(),
+            provider: "ob2".into(),
+            at: h.clock.now(),
+            next_check_at: None,
+            health: "ok".into(),
+            error: None,
+            decisions: "{}".into(),
+            keys: vec![SeenKey {
+                key_id: key.key_id.clone(),
+                name: key.name.clone(),
+                lineage: key.lineage.clone(),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            }],
+            complete_listing: false,
+        })
+        .unwrap();
+    // This node leads (a new fence): what the other wrote is in its ledger.
+    h.engine
+        .store
+        .set_fence(Some(h.engine.store.fence().unwrap_or(0) + 1));
+    let pa = h.engine.ledger(&h.rt, h.rt.policy("pa").unwrap()).unwrap();
+    assert_eq!(
+        pa.claimed_elsewhere.get(&key.key_id).map(String::as_str),
+        Some("pb"),
+        "a new leader planned from the ledger it cached before another node wrote"
+    );
+}
+
+async fn every_writer_in_turn(mut h: Harness) -> Harness {
+    let fresh = |h: &Harness, after: &str| {
+        for p in ["pa", "pb"] {
+            assert_ledger_fresh(&h.engine, &h.rt, p, after);
+        }
+    };
+    h.fake.add("app-1", Duration::days(25), Duration::days(2));
+    h.fake.add("app-2", Duration::days(1), Duration::days(29));
+    fresh(&h, "nothing");
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    fresh(&h, "pa's first check (a rotation begins)");
+    for i in 0..20 {
+        let active = h.engine.store.active_rotations().unwrap();
+        if active.is_empty() {
+            break;
+        }
+        for r in active {
+            let next = h.engine.advance(&h.rt, &r.id, &h.stop).await.unwrap();
+            fresh(&h, &format!("step {i} of {}", r.id));
+            if let Some(t) = next
+                && t > h.clock.now()
+            {
+                h.clock.set(t);
+            }
+        }
+        h.engine.check_policy(&h.rt, "pa").await.unwrap();
+        fresh(&h, &format!("pa's check after step {i}"));
+    }
+    h.engine.check_policy(&h.rt, "pb").await.unwrap();
+    fresh(&h, "the rival's check");
+    assert!(matches!(
+        h.engine
+            .rotate_now(&h.rt, "pa", Some("app-2"), false)
+            .unwrap(),
+        crate::status::RotateReply::Accepted { .. }
+    ));
+    fresh(&h, "POST /rotate");
+    // One step of the manual rotation (its next key is created), then
+    // retry and abandon (deleting the unacknowledged next key).
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    let cfg = (*h.rt.config).clone();
+    for _ in 0..1 {
+        let _ = h.engine.advance(&h.rt, &r.id, &h.stop).await.unwrap();
+        fresh(&h, "a manual rotation's step");
+    }
+    let _ = h.engine.retry_now(&h.rt, &r.id).unwrap();
+    fresh(&h, "retry");
+    let _ = h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    fresh(&h, "abandon");
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    fresh(&h, "pa's check after the abandon (orphans)");
+    h.engine.refresh_status(&h.rt, "pa").unwrap();
+    fresh(&h, "a status rebuild (condition sync)");
+    // A reload: same policies, a new configuration.
+    h.rt.config = Arc::new(cfg);
+    fresh(&h, "a reload");
+    h.engine.check_policy(&h.rt, "pb").await.unwrap();
+    h.engine.check_policy(&h.rt, "pa").await.unwrap();
+    fresh(&h, "checks after the reload");
+    // A reload that adds a rival on the same account: its keys are
+    // claimed elsewhere for `pa` at once.
+    let mut cfg = (*h.rt.config).clone();
+    let mut pc = cfg.policies[1].clone();
+    pc.name = "pc".into();
+    cfg.policies.push(pc);
+    h.rt.config = Arc::new(cfg);
+    fresh(&h, "a reload that adds a rival");
+    h.engine.check_policy(&h.rt, "pc").await.unwrap();
+    assert_ledger_fresh(&h.engine, &h.rt, "pc", "the new rival's check");
+    fresh(&h, "the new rival's check");
+    h
 }
