@@ -379,6 +379,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         commands: Some(command_tx.clone()),
         admin_token,
         liveness: liveness.clone(),
+        bodies: server::Bodies::new(&status, &metrics),
     };
     let limits = server::Limits {
         allowed_hosts: cfg.daemon.allowed_hosts.clone(),

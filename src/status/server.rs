@@ -26,8 +26,10 @@
 //! at most [`METRICS_MAX_AGE`] plus one render time old. Memory: a body
 //! nobody asked for within its idle window (2 s for `/status`, 250 ms for
 //! `/metrics`) is dropped and its keeper stops, so an idle daemon holds no
-//! rendering and renders nothing. `GET /status/{policy}` serialises the one
-//! policy per request.
+//! rendering and renders nothing. The renderings belong to the daemon, not
+//! to a listener ([`Bodies`] in [`ServerState`]): the TCP listener and the
+//! admin socket serve the same held bodies. `GET /status/{policy}`
+//! serialises the one policy per request.
 //!
 //! Defences, all in [`Limits`]: a cap on concurrent connections (a
 //! semaphore held for the life of each connection), a header read timeout
@@ -178,6 +180,50 @@ pub struct ServerState {
     /// `None` disables POST endpoints (403 saying how to enable them).
     pub admin_token: Option<Secret>,
     pub liveness: Liveness,
+    /// The held `/status` and `/metrics` renderings, shared by every
+    /// listener built from this state.
+    pub bodies: Bodies,
+}
+
+/// The `/status` and `/metrics` renderings ([`Kept`]) of one daemon. Every
+/// listener serves the same ones: with `admin_listen`, the TCP listener and
+/// the admin socket hold one body of each and run one keeper each, not one
+/// per listener. Cheap to clone.
+#[derive(Clone)]
+pub struct Bodies {
+    status: Arc<Kept<StatusRender>>,
+    metrics: Arc<Kept<MetricsRender>>,
+}
+
+impl Bodies {
+    /// Renderings of `status` and `metrics`, none held yet.
+    pub fn new(status: &StatusHandle, metrics: &Metrics) -> Self {
+        Bodies {
+            status: Arc::new(Kept::new(
+                StatusRender {
+                    status: status.clone(),
+                },
+                JSON_IDLE_DROP,
+                JSON_IDLE_DROP,
+            )),
+            metrics: Arc::new(Kept::new(
+                MetricsRender {
+                    metrics: metrics.clone(),
+                },
+                METRICS_MAX_AGE,
+                METRICS_MAX_AGE,
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Bodies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bodies")
+            .field("status_held", &self.status.current.load().is_some())
+            .field("metrics_held", &self.metrics.current.load().is_some())
+            .finish()
+    }
 }
 
 /// Resource bounds for the endpoint. The defaults suit a loopback
@@ -803,20 +849,8 @@ impl Render for MetricsRender {
 }
 
 fn router(state: ServerState, limits: &Limits, role: Role, tcp: bool) -> Router {
-    let status_body = Arc::new(Kept::new(
-        StatusRender {
-            status: state.status.clone(),
-        },
-        JSON_IDLE_DROP,
-        JSON_IDLE_DROP,
-    ));
-    let metrics_body = Arc::new(Kept::new(
-        MetricsRender {
-            metrics: state.metrics.clone(),
-        },
-        METRICS_MAX_AGE,
-        METRICS_MAX_AGE,
-    ));
+    let status_body = state.bodies.status.clone();
+    let metrics_body = state.bodies.metrics.clone();
     let app = Arc::new(App {
         state,
         limits: limits.clone(),
@@ -1704,6 +1738,56 @@ mod tests {
             &kept.serve().unwrap()[..],
             &serde_json::to_vec(&*h.load()).unwrap()[..]
         );
+    }
+
+    /// With `admin_listen`, two listeners served one daemon and each built
+    /// its own renderings: two `/metrics` bodies held and two keepers
+    /// rendering every change (main's `/metrics` cache lived in `Metrics`
+    /// and was shared). Both listeners now serve one held body.
+    #[tokio::test]
+    async fn two_listeners_of_one_daemon_share_one_held_body() {
+        let status = StatusHandle::new(Utc::now());
+        status.update_policy_shared(policy("a", 2));
+        let metrics = Metrics::new();
+        metrics.init_policy("a", &[], "ob");
+        let (rotate, _rotate_rx) = tokio::sync::mpsc::channel(1);
+        let state = ServerState {
+            bodies: Bodies::new(&status, &metrics),
+            status,
+            metrics,
+            rotate,
+            commands: None,
+            admin_token: None,
+            liveness: Liveness::new(Duration::from_secs(60)),
+        };
+        let shutdown = CancellationToken::new();
+        let mut endpoints = Vec::new();
+        for role in [Role::ReadOnly, Role::Admin] {
+            let bound = bind(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap()
+                .with_role(role);
+            endpoints.push(bound.endpoint());
+            tokio::spawn(serve(bound, state.clone(), shutdown.clone()));
+        }
+        let client = reqwest::Client::new();
+        let mut bodies = Vec::new();
+        for path in ["/status", "/metrics"] {
+            for e in &endpoints {
+                let r = client.get(format!("{e}{path}")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                bodies.push(r.bytes().await.unwrap());
+            }
+        }
+        assert_eq!(bodies[0], bodies[1], "one /status body");
+        // Generations start at 1 and each render takes one: the shared
+        // renderings are the ones served (a listener with renderings of its
+        // own would leave these untouched). `/status` rendered once: its
+        // snapshot did not change; `/metrics` may render again on a slow
+        // machine once its body is 250 ms old.
+        assert_eq!(state.bodies.status.generations.load(Ordering::SeqCst), 2);
+        assert!(state.bodies.metrics.generations.load(Ordering::SeqCst) >= 2);
+        shutdown.cancel();
     }
 
     #[tokio::test]

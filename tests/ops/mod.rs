@@ -105,6 +105,7 @@ impl StatusServer {
             commands: None,
             admin_token: opts.admin_token.map(Secret::new),
             liveness: liveness.clone(),
+            bodies: server::Bodies::new(&status, &metrics),
         };
         let server = tokio::spawn(server::serve_with_limits(
             bound,
