@@ -157,6 +157,34 @@ pub(crate) fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Wait (up to 60 s) for `child`, started with `failpoint` armed, to abort
+/// there; `log` reads its log, for the failure message and to check the
+/// failpoint named itself.
+pub(crate) async fn until_failpoint_aborts(
+    child: &mut Child,
+    failpoint: &str,
+    log: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "failpoint {failpoint} never fired\n{}",
+            tail(&log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "the failpoint aborts the process");
+    assert!(
+        log().contains(&format!("failpoint {failpoint} reached")),
+        "{}",
+        tail(&log(), 40)
+    );
+}
+
 pub(crate) fn terminate(child: &mut Child) -> i32 {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -403,23 +431,7 @@ async fn crash_at(failpoint: &str) {
     env.seed(2, 2);
     let cfg = env.config("keys/{lineage}.env", "");
     let mut d = env.spawn(&cfg, Some(failpoint));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = d.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "failpoint {failpoint} never fired\n{}",
-            tail(&env.log(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "the failpoint aborts the process");
-    assert!(
-        env.log()
-            .contains(&format!("failpoint {failpoint} reached"))
-    );
+    until_failpoint_aborts(&mut d, failpoint, || env.log()).await;
     let mut d = env.spawn(&cfg, None);
     env.wait_for(
         "both rotations to complete after restart",

@@ -1467,38 +1467,9 @@ create = { action = "read" }
 
 #[tokio::test]
 async fn a_key_two_policies_claim_sets_conflict_in_status_metric_and_one_event_each() {
-    let mut h = harness_policies(
-        r#"
-[providers.ob2]
-kind = "oceanbase"
-endpoint = "http://localhost:1"
-org_id = "o"
-project_id = "p"
-access_key_id = { env = "AK" }
-access_key_secret = { env = "SK" }
-[[policy]]
-name = "pa"
-provider = "ob"
-match = "app-*"
-schedule = "0 * * * * *"
-rotate_before_expiry = "7d"
-sinks = ["f"]
-create = { action = "read" }
-[[policy]]
-name = "pb"
-provider = "ob2"
-match = "app-1*"
-schedule = "0 * * * * *"
-rotate_before_expiry = "7d"
-sinks = ["f"]
-create = { action = "read" }
-"#,
-    )
-    .unwrap_or_else(|d| panic!("{d:#?}"));
     // One account reached through two host names: only the run time can
     // tell that both policies claim app-1.
-    h.rt.providers
-        .insert("ob2".into(), Arc::new(h.fake.clone()));
+    let h = rival_policies();
     h.fake.add("app-1", Duration::days(1), Duration::days(29));
     for _ in 0..3 {
         for p in ["pa", "pb"] {

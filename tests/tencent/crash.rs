@@ -14,7 +14,7 @@ use chrono::Utc;
 use rekey::emulator::tencent::{self, Handle, Options};
 use rekey::state::{RotationState, Store};
 
-use crate::e2e::{tail, terminate};
+use crate::e2e::{tail, terminate, until_failpoint_aborts};
 use crate::support::cloud::loopback;
 
 struct Env {
@@ -37,37 +37,12 @@ impl Env {
         let o = emu.options();
         std::fs::write(dir.path().join("tc-id"), &o.secret_id).unwrap();
         std::fs::write(dir.path().join("tc-key"), o.secret_key.expose()).unwrap();
-        let cfg = format!(
-            r#"
-[daemon]
-state = "{dir}/state.db"
-listen = "127.0.0.1:0"
-
-[providers.gw]
-kind = "tencent-apigateway"
-endpoint = "{endpoint}"
-region = "{region}"
-secret_id = {{ file = "{dir}/tc-id" }}
-secret_key = {{ file = "{dir}/tc-key" }}
-
-[sinks.out]
-kind = "file"
-path = "{dir}/{{lineage}}.env"
-format = "env"
-
-[[policy]]
-name = "gw"
-provider = "gw"
-match = "svc-*"
-schedule = "* * * * * *"
-max_age = "30d"
-grace_period = "1s"
-sinks = ["out"]
-create = {{ usage_plans = ["usagePlan-b"] }}
-"#,
-            dir = dir.path().display(),
-            endpoint = emu.endpoint(),
-            region = o.region,
+        let cfg = super::gw_daemon_config(
+            &emu,
+            &dir.path().display().to_string(),
+            "{lineage}.env",
+            "usagePlan-b",
+            "grace_period = \"1s\"",
         );
         std::fs::write(dir.path().join("rekey.toml"), cfg).unwrap();
         Env { dir, emu }
@@ -119,25 +94,7 @@ async fn crash_at(failpoint: &str) -> Env {
         )
         .unwrap();
     let mut d = env.spawn(Some(failpoint));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = d.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "failpoint {failpoint} never fired\n{}",
-            tail(&env.log(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "the failpoint aborts the process");
-    assert!(
-        env.log()
-            .contains(&format!("failpoint {failpoint} reached")),
-        "{}",
-        tail(&env.log(), 40)
-    );
+    until_failpoint_aborts(&mut d, failpoint, || env.log()).await;
     let mut d = env.spawn(None);
     let start = Instant::now();
     while !env

@@ -39,6 +39,52 @@ fn force(action: &str, code: &str) -> Faults {
     }
 }
 
+/// A daemon config over `emu`: provider `gw` (credentials in the files
+/// `DIR/tc-id` and `DIR/tc-key`), file sink `out` writing `DIR/SINK` as
+/// `env`, and policy `gw` over `svc-*` (checked every second, 30-day age
+/// limit, new keys bound to `plan`, plus the `policy_extra` lines). `dir`
+/// may be the `{dir}` placeholder of [`support::start_daemon`].
+fn gw_daemon_config(
+    emu: &tencent::Handle,
+    dir: &str,
+    sink: &str,
+    plan: &str,
+    policy_extra: &str,
+) -> String {
+    let o = emu.options();
+    format!(
+        r#"
+[daemon]
+state = "{dir}/state.db"
+listen = "127.0.0.1:0"
+
+[providers.gw]
+kind = "tencent-apigateway"
+endpoint = "{endpoint}"
+region = "{region}"
+secret_id = {{ file = "{dir}/tc-id" }}
+secret_key = {{ file = "{dir}/tc-key" }}
+
+[sinks.out]
+kind = "file"
+path = "{dir}/{sink}"
+format = "env"
+
+[[policy]]
+name = "gw"
+provider = "gw"
+match = "svc-*"
+schedule = "* * * * * *"
+max_age = "30d"
+sinks = ["out"]
+create = {{ usage_plans = ["{plan}"] }}
+{policy_extra}
+"#,
+        endpoint = emu.endpoint(),
+        region = o.region,
+    )
+}
+
 /// A provider for `emu` whose metrics the test can read.
 fn provider_with_metrics(
     emu: &tencent::Handle,
@@ -666,36 +712,12 @@ async fn the_daemon_rotates_a_bound_key_end_to_end() {
         )
         .unwrap();
     let o = emu.options();
-    let config = format!(
-        r#"
-[daemon]
-state = "{{dir}}/state.db"
-listen = "127.0.0.1:0"
-
-[providers.gw]
-kind = "tencent-apigateway"
-endpoint = "{endpoint}"
-region = "{region}"
-secret_id = {{ file = "{{dir}}/tc-id" }}
-secret_key = {{ file = "{{dir}}/tc-key" }}
-
-[sinks.out]
-kind = "file"
-path = "{{dir}}/{{lineage}}.env"
-format = "env"
-
-[[policy]]
-name = "gw"
-provider = "gw"
-match = "svc-*"
-schedule = "* * * * * *"
-max_age = "30d"
-grace_period = "0s"
-sinks = ["out"]
-create = {{ usage_plans = ["usagePlan-b"] }}
-"#,
-        endpoint = emu.endpoint(),
-        region = o.region,
+    let config = gw_daemon_config(
+        &emu,
+        "{dir}",
+        "{lineage}.env",
+        "usagePlan-b",
+        "grace_period = \"0s\"",
     );
     let daemon = support::start_daemon(
         &config,
@@ -786,36 +808,12 @@ async fn a_sink_that_keeps_failing_never_makes_the_daemon_bind_again() {
     )
     .unwrap();
     let o = emu.options();
-    let config = format!(
-        r#"
-[daemon]
-state = "{{dir}}/state.db"
-listen = "127.0.0.1:0"
-
-[providers.gw]
-kind = "tencent-apigateway"
-endpoint = "{endpoint}"
-region = "{region}"
-secret_id = {{ file = "{{dir}}/tc-id" }}
-secret_key = {{ file = "{{dir}}/tc-key" }}
-
-[sinks.out]
-kind = "file"
-path = "{{dir}}/missing/{{lineage}}.env"
-format = "env"
-
-[[policy]]
-name = "gw"
-provider = "gw"
-match = "svc-*"
-schedule = "* * * * * *"
-max_age = "30d"
-max_attempts = 100
-sinks = ["out"]
-create = {{ usage_plans = ["usagePlan-b"] }}
-"#,
-        endpoint = emu.endpoint(),
-        region = o.region,
+    let config = gw_daemon_config(
+        &emu,
+        "{dir}",
+        "missing/{lineage}.env",
+        "usagePlan-b",
+        "max_attempts = 100",
     );
     let daemon = support::start_daemon(
         &config,
@@ -864,36 +862,12 @@ async fn a_delete_that_keeps_failing_never_makes_the_daemon_unbind_and_disable_a
     })
     .unwrap();
     let o = emu.options();
-    let config = format!(
-        r#"
-[daemon]
-state = "{{dir}}/state.db"
-listen = "127.0.0.1:0"
-
-[providers.gw]
-kind = "tencent-apigateway"
-endpoint = "{endpoint}"
-region = "{region}"
-secret_id = {{ file = "{{dir}}/tc-id" }}
-secret_key = {{ file = "{{dir}}/tc-key" }}
-
-[sinks.out]
-kind = "file"
-path = "{{dir}}/{{lineage}}.env"
-format = "env"
-
-[[policy]]
-name = "gw"
-provider = "gw"
-match = "svc-*"
-schedule = "* * * * * *"
-max_age = "30d"
-grace_period = "0s"
-sinks = ["out"]
-create = {{ usage_plans = ["usagePlan-a"] }}
-"#,
-        endpoint = emu.endpoint(),
-        region = o.region,
+    let config = gw_daemon_config(
+        &emu,
+        "{dir}",
+        "{lineage}.env",
+        "usagePlan-a",
+        "grace_period = \"0s\"",
     );
     let daemon = support::start_daemon(
         &config,
