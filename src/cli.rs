@@ -772,6 +772,23 @@ fn recover(path: &Path, policy: Option<&str>, lineage: Option<&str>) -> Result<E
         return Ok(ExitCode::from(1));
     }
     let store = open_state(&cfg.daemon, false)?;
+    // SQLite: opening for writing took the state's lock, so no daemon runs.
+    // PostgreSQL has no such lock: a node holding a running lease would act
+    // on the same lineages meanwhile (and keep a ledger cached from before
+    // these writes), so recovery waits for a stopped cluster (DESIGN §8).
+    if store.is_postgres() {
+        let lease = store.lease_info()?;
+        if let (Some(holder), Some(until)) = (&lease.holder, lease.lease_until)
+            && until > lease.db_now
+        {
+            eprintln!(
+                "rekey recover: node {} leads this state (lease until {until}, fence {}); recover writes for a stopped cluster: stop every rekey node (a stopped leader resigns at once) and run it again",
+                crate::rotation::policy::escaped(holder),
+                lease.fence
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     let metrics = crate::metrics::Metrics::new();
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
     let runtime = crate::daemon::build_runtime(std::sync::Arc::new(cfg), &metrics, &clock)

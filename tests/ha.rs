@@ -935,3 +935,42 @@ async fn a_rolling_config_change_in_the_readme_order_ends_with_an_updated_node_l
     })
     .await;
 }
+
+/// `rekey recover` on PostgreSQL while a node led wrote beside it: nothing
+/// stopped it (SQLite's lock does), the leader acted on the same lineages
+/// and kept a ledger cached from before the recovery's writes. It refuses
+/// while a lease runs, and runs once the cluster is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_refuses_while_a_node_leads_and_runs_once_the_cluster_is_stopped() {
+    let Some(mut c) = Cluster::new("recover", 2, 0, FAST).await else {
+        return;
+    };
+    elect(&mut c, "node-a", None, &[]).await;
+    let recover = |c: &Cluster| {
+        Command::new(BIN)
+            .args(["recover", "-c"])
+            .arg(c.path("node-a.toml"))
+            .env_remove("REKEY_FAILPOINT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = recover(&c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("node node-a leads this state"), "{err}");
+    assert!(err.contains("stop every rekey node"), "{err}");
+
+    c.signal("node-a", libc::SIGTERM);
+    c.wait_for("node-a to resign", Duration::from_secs(30), |c| {
+        c.leader().is_none()
+    })
+    .await;
+    let out = recover(&c);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    assert!(stdout.contains("nothing to recover"), "{stdout}\n{err}");
+}
