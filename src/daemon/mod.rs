@@ -1212,24 +1212,13 @@ impl Daemon {
         // and rebuilt their status, metrics and conditions. Forget them
         // again, as the reload did.
         let current = self.current();
-        let gone: Vec<&String> = policies
+        let gone: Vec<&str> = policies
             .iter()
+            .map(String::as_str)
             .filter(|p| current.policy(p).is_none())
             .collect();
         if !gone.is_empty() {
-            for p in &gone {
-                self.engine.metrics.remove_policy(p);
-                if let Err(e) = self.engine.store.clear_conditions(p) {
-                    tracing::warn!(policy = %p, error = %e, "cannot forget the conditions of a removed policy");
-                }
-            }
-            let names: Vec<String> = current
-                .config
-                .policies
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            self.engine.status.retain_policies(&names);
+            self.forget_policies(&gone, &current.config);
         }
         let mut checking = self.checking.lock().expect("lock");
         for p in &policies {
@@ -1237,6 +1226,21 @@ impl Daemon {
         }
         drop(checking);
         self.engine.wake_scheduler.notify_one();
+    }
+
+    /// Forget policies the running configuration `cfg` no longer has
+    /// (`removed`): their metric series, their held conditions, and every
+    /// status entry `cfg` does not name. Used by a reload and by a check
+    /// group that ran while a reload removed some of its policies.
+    fn forget_policies(&self, removed: &[&str], cfg: &Config) {
+        for p in removed {
+            self.engine.metrics.remove_policy(p);
+            if let Err(e) = self.engine.store.clear_conditions(p) {
+                tracing::warn!(policy = %p, error = %e, "cannot forget the conditions of a removed policy");
+            }
+        }
+        let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
+        self.engine.status.retain_policies(&names);
     }
 
     /// One glob set of `policies`' `match` globs, in that order (a policy
@@ -1533,18 +1537,16 @@ impl Daemon {
                 .metrics
                 .init_policy(&p.name, &p.sinks, &p.provider);
         }
-        for p in old
+        *self.runtime.write().expect("runtime lock") = rt.clone();
+        let removed: Vec<&str> = old
             .config
             .policies
             .iter()
-            .filter(|p| cfg.policy(&p.name).is_none())
-        {
-            self.engine.metrics.remove_policy(&p.name);
-            let _ = self.engine.store.clear_conditions(&p.name);
-        }
-        *self.runtime.write().expect("runtime lock") = rt.clone();
+            .map(|p| p.name.as_str())
+            .filter(|p| cfg.policy(p).is_none())
+            .collect();
+        self.forget_policies(&removed, &cfg);
         let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
-        self.engine.status.retain_policies(&names);
         for p in &names {
             let _ = self.engine.refresh_status(&rt, p);
         }

@@ -2652,7 +2652,7 @@ async fn a_create_attempt_started_after_the_ledger_was_cached_owns_its_key_in_th
     assert!(cached.rotations.is_empty() && cached.owned.is_empty());
     assert!(matches!(
         h.engine.rotate_now(&h.rt, "p", None, false).unwrap(),
-        crate::status::RotateReply::Accepted { .. }
+        crate::rotation::report::RotateReply::Accepted { .. }
     ));
     let rotation = h.engine.store.active_rotations().unwrap()[0].id.clone();
     let l = h.engine.ledger(&h.rt, p).unwrap();
@@ -2826,7 +2826,7 @@ async fn every_writer_in_turn(mut h: Harness) -> Harness {
         h.engine
             .rotate_now(&h.rt, "pa", Some("app-2"), false)
             .unwrap(),
-        crate::status::RotateReply::Accepted { .. }
+        crate::rotation::report::RotateReply::Accepted { .. }
     ));
     fresh(&h, "POST /rotate");
     // One step of the manual rotation (its next key is created), then

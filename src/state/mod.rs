@@ -711,8 +711,6 @@ impl Store {
         self.ledger_generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Reads: the SQLite connection as it is (no transaction, as before),
-    /// PostgreSQL statements in autocommit.
     /// The SQL dialect of this store's backend.
     fn dialect(&self) -> &'static backend::Dialect {
         match &self.db {
@@ -721,6 +719,8 @@ impl Store {
         }
     }
 
+    /// Reads: the SQLite connection as it is (no transaction, as before),
+    /// PostgreSQL statements in autocommit.
     fn read<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
         match &self.db {
             Db::Sqlite(c) => f(&*lock(c)),
