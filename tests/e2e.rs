@@ -5,7 +5,7 @@
 //! assertions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -87,23 +87,13 @@ shutdown_timeout = "10s"
     }
 
     pub(crate) fn spawn(&self, cfg: &Path, failpoint: Option<&str>) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("daemon.log"))
-            .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--log-level", "rekey=trace,info", "run", "-c"])
-            .arg(cfg)
-            .env("REKEY_BACKOFF_BASE_MS", "100")
-            .env_remove("REKEY_FAILPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(fp) = failpoint {
-            cmd.env("REKEY_FAILPOINT", fp);
-        }
-        cmd.spawn().unwrap()
+        crate::support::spawn_run(
+            cfg,
+            &self.path("daemon.log"),
+            Some("rekey=trace,info"),
+            failpoint,
+            &[],
+        )
     }
 
     pub(crate) fn store(&self) -> Option<Store> {

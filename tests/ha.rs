@@ -167,23 +167,13 @@ shutdown_timeout = "10s"
 
     /// Start node `name` (with a failpoint armed, if any).
     pub(crate) fn start(&mut self, name: &str, failpoint: Option<&str>) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("{name}.log")))
-            .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--log-level", "rekey=debug,info", "run", "-c"])
-            .arg(self.path(&format!("{name}.toml")))
-            .env("REKEY_BACKOFF_BASE_MS", "100")
-            .env_remove("REKEY_FAILPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(fp) = failpoint {
-            cmd.env("REKEY_FAILPOINT", fp);
-        }
-        let child = cmd.spawn().unwrap();
+        let child = crate::support::spawn_run(
+            &self.path(&format!("{name}.toml")),
+            &self.path(&format!("{name}.log")),
+            Some("rekey=debug,info"),
+            failpoint,
+            &[],
+        );
         self.nodes.retain(|(n, _)| n != name);
         self.nodes.push((name.to_string(), Some(child)));
     }

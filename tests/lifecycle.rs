@@ -4,15 +4,13 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rekey::emulator::oceanbase::OceanBaseEmulatorOptions;
 use rekey::state::RotationState;
 
 use crate::e2e::{Env, tail, terminate};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rekey");
 
 /// A datagram socket standing in for systemd's notify socket.
 struct NotifySocket {
@@ -70,22 +68,7 @@ impl NotifySocket {
 }
 
 fn spawn_with(env: &Env, cfg: &Path, extra: &[(&str, String)]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.path("daemon.log"))
-        .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "-c"])
-        .arg(cfg)
-        .env("REKEY_BACKOFF_BASE_MS", "100")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap()
+    crate::support::spawn_run(cfg, &env.path("daemon.log"), None, None, extra)
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -566,16 +566,8 @@ fn with_fence_checks_off_a_deposed_leader_writes_unhindered() {
 fn after_the_server_drops_the_connection_the_next_transition_reconnects() {
     let Some(db) = pg_db() else { return };
     db.begin_rotation(&rotation("one", at(0))).unwrap().unwrap();
-    // What a server restart or a failover does to an idle connection
-    // (waiting until the backend is gone).
-    admin_on(
-        db.name(),
-        &format!(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
-            db.name()
-        ),
-    )
-    .unwrap();
+    // What a server restart or a failover does to an idle connection.
+    db.drop_connections().unwrap();
     db.begin_rotation(&rotation("two", at(1))).unwrap().unwrap();
     assert_eq!(db.history(None, 10).unwrap().len(), 2);
 }
@@ -597,14 +589,7 @@ fn a_transaction_whose_connection_died_runs_nothing_more_and_never_reports_a_com
         let c = db.pg().unwrap();
         let tx = c.begin().unwrap();
         tx.execute(&insert("c1"), p![]).unwrap();
-        admin_on(
-            db.name(),
-            &format!(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
-                db.name()
-            ),
-        )
-        .unwrap();
+        db.drop_connections().unwrap();
         assert!(tx.execute(&insert("c2"), p![]).is_err());
         // A caller that goes on regardless must not write anything.
         assert!(

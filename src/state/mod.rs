@@ -2282,16 +2282,14 @@ impl Store {
             if !others.contains(&other) {
                 continue;
             }
-            match out.entry(key) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    if other < *e.get() {
-                        e.insert(other);
+            // Several rivals: the first by name, so the report is stable.
+            out.entry(key)
+                .and_modify(|held: &mut String| {
+                    if other < *held {
+                        held.clone_from(&other);
                     }
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(other);
-                }
-            }
+                })
+                .or_insert(other);
         }
         Ok(out)
     }

@@ -114,6 +114,19 @@ impl PgTestDb {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// What a server restart or a failover does to open connections: the
+    /// server ends every other backend on this database, waiting (up to
+    /// 5 s) until each is gone.
+    pub fn drop_connections(&self) -> Result<(), String> {
+        admin_on(
+            &self.name,
+            &format!(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ),
+        )
+    }
 }
 
 impl Drop for PgTestDb {

@@ -76,6 +76,41 @@ pub fn rekey_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rekey")
 }
 
+/// `rekey [--log-level LEVEL] run -c CONFIG` as a child process of the test:
+/// stdin and stdout closed, stderr appended to `log`, retries backing off
+/// from 100 ms (`REKEY_BACKOFF_BASE_MS`), and `failpoint` armed in
+/// `REKEY_FAILPOINT` (never one inherited from the test's environment).
+/// `extra` variables are added last.
+pub fn spawn_run(
+    config: &Path,
+    log: &Path,
+    log_level: Option<&str>,
+    failpoint: Option<&str>,
+    extra: &[(&str, String)],
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the daemon's log");
+    let mut cmd = std::process::Command::new(rekey_bin());
+    if let Some(level) = log_level {
+        cmd.args(["--log-level", level]);
+    }
+    cmd.args(["run", "-c"])
+        .arg(config)
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .env_remove("REKEY_FAILPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    if let Some(fp) = failpoint {
+        cmd.env("REKEY_FAILPOINT", fp);
+    }
+    cmd.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd.spawn().expect("spawn rekey run")
+}
+
 /// Whether we run in CI (`CI=true`), where a missing tool is a failure.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -7,7 +7,7 @@
 //! deleted, nothing created twice and no key left disabled.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -53,23 +53,13 @@ impl Env {
     }
 
     fn spawn(&self, failpoint: Option<&str>) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("daemon.log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rekey"));
-        cmd.args(["--log-level", "rekey=debug,info", "run", "-c"])
-            .arg(self.path("rekey.toml"))
-            .env("REKEY_BACKOFF_BASE_MS", "100")
-            .env_remove("REKEY_FAILPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(fp) = failpoint {
-            cmd.env("REKEY_FAILPOINT", fp);
-        }
-        cmd.spawn().unwrap()
+        crate::support::spawn_run(
+            &self.path("rekey.toml"),
+            &self.path("daemon.log"),
+            Some("rekey=debug,info"),
+            failpoint,
+            &[],
+        )
     }
 
     fn log(&self) -> String {
