@@ -12,6 +12,8 @@
 //! Nothing here is asserted by the test suite: speed is measured, not tested.
 //! With `REKEY_BENCH_SMALL=1` every scenario runs at a fraction of its size
 //! (to check the bench code itself; its figures mean nothing).
+//! `REKEY_BENCH_BIN=PATH` runs another build of the daemon;
+//! `REKEY_BENCH_WRAP="heaptrack -o /tmp/x"` runs it under a profiler.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,6 +110,11 @@ fn rss_breakdown(pid: u32) -> (u64, u64, u64) {
 }
 
 fn bin() -> PathBuf {
+    // REKEY_BENCH_BIN=/path/to/rekey: another build of the daemon (a
+    // before/after comparison from one bench binary).
+    if let Some(p) = std::env::var_os("REKEY_BENCH_BIN") {
+        return PathBuf::from(p);
+    }
     // cargo bench builds the binary in the same profile directory.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
@@ -178,8 +185,20 @@ path = "{keys}/{{lineage}}.env"
         p
     }
 
+    /// Start the daemon. `REKEY_BENCH_WRAP="heaptrack -o /tmp/x"` runs it
+    /// under that command (words split on whitespace); the figures read
+    /// from the child's `/proc` are then the wrapper's, not the daemon's.
     fn spawn(&self, cfg: &Path, envs: &[(&str, String)]) -> Child {
-        let mut cmd = Command::new(bin());
+        let wrap = std::env::var("REKEY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.args(words).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(["--log-level", "warn", "run", "-c"])
             .arg(cfg)
             .stdin(Stdio::null())

@@ -16,6 +16,7 @@ pub mod ownership;
 pub mod raw;
 pub mod schedule;
 pub mod secret_ref;
+pub mod shared;
 pub mod template;
 pub mod validate;
 

@@ -12,15 +12,22 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
+use super::shared::SharedByText;
+
+/// Parsed cron lines, one per distinct (trimmed) line ([`SharedByText`]).
+static PARSED: LazyLock<SharedByText<Cron>> = LazyLock::new(SharedByText::new);
+
 #[derive(Clone)]
 pub struct Schedule {
     expr: String,
-    cron: Cron,
+    /// Shared by every schedule of the same line.
+    cron: Arc<Cron>,
 }
 
 impl fmt::Debug for Schedule {
@@ -60,13 +67,14 @@ impl FromStr for Schedule {
                 ));
             }
         }
-        let parser = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .dom_and_dow(true)
-            .build();
-        let cron = parser
-            .parse(trimmed)
-            .map_err(|e| out_of_range(trimmed).unwrap_or_else(|| e.to_string()))?;
+        let cron = PARSED.get_or_compile(trimmed, |t| {
+            CronParser::builder()
+                .seconds(Seconds::Optional)
+                .dom_and_dow(true)
+                .build()
+                .parse(t)
+                .map_err(|e| out_of_range(t).unwrap_or_else(|| e.to_string()))
+        })?;
         // A pattern that can never fire (31 February) is an error too.
         cron.find_next_occurrence(&Utc::now(), false)
             .map_err(|e| format!("schedule never fires: {e}"))?;
@@ -156,5 +164,22 @@ mod tests {
         let e = "* *".parse::<Schedule>().unwrap_err();
         assert!(e.starts_with("cron line has 2 fields;"), "{e}");
         assert!("@hourly".parse::<Schedule>().is_ok());
+    }
+
+    /// Schedules of one line share one parsed cron; a schedule that never
+    /// fires is refused however often it is parsed.
+    #[test]
+    fn schedules_of_one_line_share_their_cron() {
+        let a: Schedule = "*/10 * * * * *".parse().unwrap();
+        let b: Schedule = " */10 * * * * * ".parse().unwrap();
+        assert!(Arc::ptr_eq(&a.cron, &b.cron));
+        let t = at("2026-12-01T00:00:05Z");
+        assert_eq!(a.next_after(t), Some(at("2026-12-01T00:00:10Z")));
+        assert_eq!(a.next_after(t), b.next_after(t));
+        let c: Schedule = "*/15 * * * * *".parse().unwrap();
+        assert!(!Arc::ptr_eq(&a.cron, &c.cron));
+        for _ in 0..2 {
+            assert!("0 0 0 31 2 *".parse::<Schedule>().is_err());
+        }
     }
 }

@@ -10,8 +10,15 @@
 
 use std::fmt;
 
+use std::sync::{Arc, LazyLock};
+
 use chrono::{DateTime, Utc};
 use regex::Regex;
+
+use super::shared::SharedByText;
+
+/// Name-template parsers, one per distinct pattern ([`SharedByText`]).
+static PARSERS: LazyLock<SharedByText<Regex>> = LazyLock::new(SharedByText::new);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -70,8 +77,9 @@ pub fn rotation_token(rotation_id: &str, attempt: u32) -> String {
 pub struct NameTemplate {
     text: String,
     parts: Vec<Part>,
-    /// Matches a rendered name; captures `lineage` and `rotation`.
-    parser: Regex,
+    /// Matches a rendered name; captures `lineage` and `rotation`. Shared
+    /// by every template of the same pattern.
+    parser: Arc<Regex>,
 }
 
 impl fmt::Debug for NameTemplate {
@@ -140,7 +148,9 @@ impl NameTemplate {
             }
         }
         re.push('$');
-        let parser = Regex::new(&re).map_err(|e| format!("template {text:?}: {e}"))?;
+        let parser = PARSERS
+            .get_or_compile(&re, Regex::new)
+            .map_err(|e| format!("template {text:?}: {e}"))?;
         Ok(NameTemplate {
             text: text.to_string(),
             parts,
@@ -346,5 +356,23 @@ mod tests {
                 .unwrap()
                 .has_lineage()
         );
+    }
+
+    /// Templates of one pattern share one compiled parser (policies of the
+    /// default template); `{policy}` makes the pattern, and so the parser,
+    /// each policy's own. Names parse the same either way.
+    #[test]
+    fn templates_of_one_pattern_share_their_parser() {
+        let a = NameTemplate::parse(DEFAULT_NAME_TEMPLATE, "p1").unwrap();
+        let b = NameTemplate::parse(DEFAULT_NAME_TEMPLATE, "p2").unwrap();
+        assert!(Arc::ptr_eq(&a.parser, &b.parser));
+        let name = "app-1-20261201-r0a1b2c3d-2";
+        assert_eq!(a.parse_name(name), b.parse_name(name));
+        assert_eq!(a.parse_name(name).unwrap().lineage, "app-1");
+        let x = NameTemplate::parse("{policy}.{lineage}.{rotation}", "x").unwrap();
+        let y = NameTemplate::parse("{policy}.{lineage}.{rotation}", "y").unwrap();
+        assert!(!Arc::ptr_eq(&x.parser, &y.parser));
+        assert!(x.parse_name("x.l.r0a1b2c3d-1").is_some());
+        assert!(y.parse_name("x.l.r0a1b2c3d-1").is_none());
     }
 }

@@ -33,7 +33,8 @@ pub fn disable_core_dumps() {
 
 /// glibc malloc tuning, set once at start (`mallopt(3)`):
 /// - at most two arenas (`M_ARENA_MAX`; the default is one per thread, up
-///   to 8 × cores);
+///   to 8 × cores), unless the environment sets `MALLOC_ARENA_MAX` (glibc's
+///   own variable, then left to glibc);
 /// - blocks of [`MMAP_THRESHOLD`] bytes or more are their own mappings
 ///   (`M_MMAP_THRESHOLD`), returned to the OS when freed. Setting it also
 ///   stops glibc's dynamic threshold, which otherwise rises to 32 MiB after
@@ -49,7 +50,9 @@ pub fn tune_malloc() {
     // SAFETY: mallopt only changes allocator tuning; called first thing in
     // main, before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }

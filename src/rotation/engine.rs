@@ -612,11 +612,8 @@ impl Engine {
                     started_any |= self.resume_or_abandon(rt, r, l.decision.reason).await?;
                 }
             }
-            store_changed |= self.cut_grace_short(
-                policy,
-                &plan,
-                (!keys_written).then_some(ledger.known.as_slice()),
-            )?;
+            store_changed |=
+                self.cut_grace_short(policy, &plan, (!keys_written).then_some(&ledger.known))?;
             for l in plan.due() {
                 if l.resumable.is_some() {
                     continue;
@@ -725,7 +722,7 @@ impl Engine {
         &self,
         policy: &PolicyConfig,
         plan: &PolicyPlan,
-        known: Option<&[crate::state::KnownKey]>,
+        known: Option<&crate::state::KnownKeys>,
     ) -> Result<bool, EngineError> {
         let now = self.now();
         let mut wrote = false;
@@ -733,8 +730,8 @@ impl Engine {
         let known = match known {
             Some(k) => k,
             None => {
-                read = self.store.known_keys(&policy.name)?;
-                read.as_slice()
+                read = crate::state::KnownKeys::from(self.store.known_keys(&policy.name)?);
+                &read
             }
         };
         for l in &plan.lineages {
@@ -745,8 +742,8 @@ impl Engine {
             let old_expired = a
                 .old_key_id
                 .as_ref()
-                .and_then(|o| known.iter().find(|k| &k.key_id == o))
-                .and_then(|k| k.expires_at)
+                .and_then(|o| known.find(o))
+                .and_then(|k| k.expires_at())
                 .is_some_and(|e| e <= now);
             let Some(cur) = &l.current else { continue };
             let next_due = policy::decide(policy, Some(&cur.key), None, now).rotate;
@@ -1029,17 +1026,16 @@ impl Engine {
         let keys = ledger
             .known
             .iter()
-            .filter(|k| states.contains(&k.state.as_str()))
+            .filter(|k| states.contains(&k.state()))
             .map(|k| ProviderKey {
-                id: k.key_id.clone(),
-                name: k.name.clone(),
-                created_at: k.created_at,
-                expires_at: k.expires_at,
+                id: k.key_id().to_string(),
+                name: k.name().to_string(),
+                created_at: k.created_at(),
+                expires_at: k.expires_at(),
                 // A time the provider listed that did not parse (kept so the
                 // lineage stays isolated between checks).
                 meta: k
-                    .unknown_time
-                    .as_deref()
+                    .unknown_time()
                     .and_then(|j| serde_json::from_str(j).ok())
                     .map(|v| [(crate::provider::META_UNKNOWN_TIME.to_string(), v)].into())
                     .unwrap_or_default(),

@@ -2753,9 +2753,9 @@ async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_e
     let key = pa
         .known
         .iter()
-        .find(|k| k.state == "live" && !pa.claimed_elsewhere.contains_key(&k.key_id))
+        .find(|k| k.state() == "live" && !pa.claimed_elsewhere.contains_key(k.key_id()))
         .expect("a live key of pa's that no rival claims")
-        .clone();
+        .to_owned();
     // Another node (its own store) records that key for `pb`.
     let other = Store::open_postgres(&db.opts).unwrap();
     other

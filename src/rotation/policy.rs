@@ -28,7 +28,7 @@ use super::report::KeyState;
 use crate::config::{Lead, Mode, PolicyConfig, TargetTemplate};
 use crate::provider::ProviderKey;
 use crate::state::{
-    KnownKey, OrphanAttempt, OwnedKey, RotationRow, RotationState, Store, StoreError,
+    KnownKeys, KnownRef, OrphanAttempt, OwnedKey, RotationRow, RotationState, Store, StoreError,
 };
 
 /// Why a lineage is (or is not) being rotated.
@@ -143,8 +143,9 @@ impl PolicyPlan {
 /// the policy.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    /// Keys the policy's checks recorded (lineage, origin, state).
-    pub known: Vec<KnownKey>,
+    /// Keys the policy's checks recorded (lineage, origin, state), held
+    /// compactly: a cached ledger keeps them between checks.
+    pub known: KnownKeys,
     /// Keys its rotations created: the only proof that rekey made a key.
     pub owned: Vec<OwnedKey>,
     /// Create attempts that never handed over a key (requested, abandoned,
@@ -181,7 +182,7 @@ impl Ledger {
         policy: &str,
         rival_policies: &[String],
     ) -> Result<Ledger, StoreError> {
-        let known = store.known_keys(policy)?;
+        let known = KnownKeys::from(store.known_keys(policy)?);
         let claimed_elsewhere = store.claimed_elsewhere(policy, rival_policies)?;
         Ok(Ledger {
             owned: store.owned_keys(policy)?,
@@ -239,11 +240,7 @@ pub fn assign_lineages(
     listed: Vec<ProviderKey>,
     ledger: &Ledger,
 ) -> Vec<KeyView> {
-    let known: HashMap<&str, &KnownKey> = ledger
-        .known
-        .iter()
-        .map(|k| (k.key_id.as_str(), k))
-        .collect();
+    let known: HashMap<&str, KnownRef<'_>> = ledger.known.iter().map(|k| (k.key_id(), k)).collect();
     let owned_by_id: HashMap<&str, &OwnedKey> = ledger
         .owned
         .iter()
@@ -263,7 +260,7 @@ pub fn assign_lineages(
     listed
         .into_iter()
         .map(|key| {
-            let store_state = known.get(key.id.as_str()).map(|k| k.state.clone());
+            let store_state = known.get(key.id.as_str()).map(|k| k.state().to_string());
             if let Some(o) = owned_by_id
                 .get(key.id.as_str())
                 .or_else(|| owned_by_name.get(key.name.as_str()))
@@ -288,10 +285,10 @@ pub fn assign_lineages(
                 };
             }
             if let Some(k) = known.get(key.id.as_str())
-                && k.origin == "adopted"
+                && k.origin() == "adopted"
             {
                 return KeyView {
-                    lineage: k.lineage.clone(),
+                    lineage: k.lineage().to_string(),
                     origin: Origin::Adopted,
                     store_state,
                     key,
@@ -473,8 +470,8 @@ pub fn plan(
     let deleted: HashSet<&str> = ledger
         .known
         .iter()
-        .filter(|k| k.state == "deleted")
-        .map(|k| k.key_id.as_str())
+        .filter(|k| k.state() == "deleted")
+        .map(|k| k.key_id())
         .collect();
     let published_ids: HashSet<&str> = ledger
         .owned
@@ -642,9 +639,9 @@ pub fn plan(
         // it would hold the lineage for ever.
         let gone_for_good = |id: &str| {
             ledger.known.iter().any(|k| {
-                k.key_id == id
-                    && k.state == "gone"
-                    && k.last_seen_at.is_some_and(|t| {
+                k.key_id() == id
+                    && k.state() == "gone"
+                    && k.last_seen_at().is_some_and(|t| {
                         now - t
                             >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
                                 .unwrap_or(ChronoDuration::MAX)

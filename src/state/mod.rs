@@ -27,6 +27,7 @@
 //! synchronous replication for a replicated server, DESIGN §8).
 
 pub(crate) mod backend;
+pub mod known;
 pub mod lease;
 pub mod migrate;
 pub mod postgres;
@@ -47,6 +48,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::Serialize;
 
 use backend::{Row, Tx, Value, p};
+pub use known::{KnownKeys, KnownRef};
 pub use lease::{Lease, LeaseRow, RotateRequest};
 pub use postgres::{PgOptions, SslMode, StateLocation, UrlError};
 
@@ -2537,20 +2539,20 @@ fn upsert_policy_state(tx: &dyn Tx, check: &CheckRecord) -> Result<(), StoreErro
 /// whose unparsed time changed; a known key's unparsed time to clear; or,
 /// for a complete listing, a `live`/`retiring` key no longer listed (it
 /// becomes `gone`). Times compare at the stored precision (milliseconds).
-pub fn check_changes_keys(known: &[KnownKey], seen: &[SeenKey], complete_listing: bool) -> bool {
+pub fn check_changes_keys(known: &KnownKeys, seen: &[SeenKey], complete_listing: bool) -> bool {
     let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
-    let by_id: std::collections::HashMap<&str, &KnownKey> =
-        known.iter().map(|k| (k.key_id.as_str(), k)).collect();
+    let by_id: std::collections::HashMap<&str, KnownRef<'_>> =
+        known.iter().map(|k| (k.key_id(), k)).collect();
     let mut listed = std::collections::HashSet::with_capacity(seen.len());
     for k in seen {
         let Some(row) = by_id.get(k.key_id.as_str()) else {
             return true;
         };
-        if row.state == "gone"
-            || row.name != k.name
-            || ms(row.created_at) != ms(k.created_at)
-            || ms(row.expires_at) != ms(k.expires_at)
-            || row.unknown_time != k.unknown_time
+        if row.state() == "gone"
+            || row.name() != k.name
+            || ms(row.created_at()) != ms(k.created_at)
+            || ms(row.expires_at()) != ms(k.expires_at)
+            || row.unknown_time() != k.unknown_time.as_deref()
         {
             return true;
         }
@@ -2558,10 +2560,10 @@ pub fn check_changes_keys(known: &[KnownKey], seen: &[SeenKey], complete_listing
     }
     known
         .iter()
-        .filter(|k| !listed.contains(k.key_id.as_str()))
+        .filter(|k| !listed.contains(k.key_id()))
         .any(|k| {
-            k.unknown_time.is_some()
-                || (complete_listing && matches!(k.state.as_str(), "live" | "retiring"))
+            k.unknown_time().is_some()
+                || (complete_listing && matches!(k.state(), "live" | "retiring"))
         })
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::*;
 use crate::config::{self, secret_ref::Env};
+use crate::state::KnownKey;
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
@@ -376,7 +377,7 @@ fn a_hand_made_key_with_a_familiar_name_never_becomes_current() {
     let sink_key = key("app-x", Duration::days(10), None);
     let forged = key("app-x-20261130-r0badc0de-1", Duration::minutes(1), None);
     let ledger = Ledger {
-        known: vec![known(&sink_key, "app-x", "adopted", "live")],
+        known: vec![known(&sink_key, "app-x", "adopted", "live")].into(),
         ..Ledger::default()
     };
     let plan = plan_ledger(&p, vec![sink_key.clone(), forged], &ledger, None);
@@ -465,7 +466,7 @@ fn a_key_the_store_deleted_is_never_current_whatever_a_listing_says() {
         now() - Duration::minutes(1),
     );
     let ledger = Ledger {
-        known: vec![known(&old, "app-a", "adopted", "deleted")],
+        known: vec![known(&old, "app-a", "adopted", "deleted")].into(),
         owned: vec![owned_by(&r)],
         rotations: vec![r],
         ..Ledger::default()
@@ -534,7 +535,7 @@ fn a_walk_that_skipped_the_published_key_plans_nothing_for_its_lineage() {
         now() - Duration::days(1),
     );
     let ledger = Ledger {
-        known: vec![known(&stale, "app-a", "adopted", "live")],
+        known: vec![known(&stale, "app-a", "adopted", "live")].into(),
         owned: vec![owned_by(&r)],
         rotations: vec![r],
         ..Ledger::default()
