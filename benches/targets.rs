@@ -34,9 +34,10 @@ fn size(full: usize, tiny: usize) -> usize {
 
 /// Pin process `pid` (0 = this one) to CPU `cpu`.
 fn pin(pid: i32, cpu: usize) -> bool {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // CPUs online, not `available_parallelism` (which is this thread's
+    // affinity: 1 once the load generator is pinned).
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     if n < 2 {
         return false;
     }
