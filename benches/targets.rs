@@ -36,9 +36,10 @@ fn size(full: usize, tiny: usize) -> usize {
 
 /// Pin process `pid` (0 = this one) to CPU `cpu`.
 fn pin(pid: i32, cpu: usize) -> bool {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // CPUs online, not `available_parallelism` (which is this thread's
+    // affinity: 1 once the load generator is pinned).
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     if n < 2 {
         return false;
     }
@@ -55,7 +56,13 @@ fn pin(pid: i32, cpu: usize) -> bool {
 /// one thread; tokio's workers are already running). A thread that exited
 /// meanwhile is no failure.
 fn pin_all_threads(cpu: usize) -> bool {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    pin_threads_of("self", cpu)
+}
+
+/// Every thread of process `pid` (`"self"` or a number) onto `cpu`; threads
+/// it starts later inherit their creator's affinity.
+fn pin_threads_of(pid: &str, cpu: usize) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     let mut pinned = 0;
@@ -864,7 +871,13 @@ async fn status() {
     )
     .await
     .unwrap();
-    let lineages = size(200, 20);
+    // REKEY_BENCH_STATUS_LINEAGES=N: rotate N lineages instead (0: the
+    // same load with nothing rotating, to tell the endpoint's own tail
+    // from the one rotations add).
+    let lineages = std::env::var("REKEY_BENCH_STATUS_LINEAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| size(200, 20));
     seed_due(&emu, "app-", lineages);
     let b = Bench::new();
     let port = {
@@ -900,8 +913,17 @@ async fn status() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Threads the daemon started before it was pinned (the spawn races
+    // its start-up) are pinned now; later ones inherit the affinity.
+    let pinned = pinned && pin_threads_of(&d.id().to_string(), 1);
+    eprintln!("status: daemon pid {}", d.id());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for path in ["/status", "/metrics"] {
+    // REKEY_BENCH_STATUS_PATHS=/healthz,/status: other paths (`/healthz`
+    // renders nothing: the floor of the server and the load generator).
+    let paths: Vec<String> = std::env::var("REKEY_BENCH_STATUS_PATHS")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| vec!["/status".to_string(), "/metrics".to_string()]);
+    for path in &paths {
         let rate = 1000u64;
         let secs = size(10, 2) as u64;
         let mut lat = Vec::with_capacity((rate * secs) as usize);

@@ -845,8 +845,12 @@ async fn start_status_server(
     let thread = std::thread::Builder::new()
         .name("rekey-status".into())
         .spawn(move || {
+            // Its blocking threads run only the `/status` and `/metrics`
+            // renders: named so `top -H` and `perf sched` tell them from
+            // the engine's workers.
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .thread_name("rekey-render")
                 .build()
             {
                 Ok(rt) => rt,

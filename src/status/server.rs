@@ -19,11 +19,15 @@
 //! inline; and a POST the daemon answered brings a held `/status` body up
 //! to date before its answer is sent, so a client that asks next (`rekey
 //! rotate --wait`) reads its own request's effect (a rendering never
-//! replaces one that started after it). How stale a served body can be: a `/status` body shows a
-//! snapshot replaced at most two render times earlier (the render in
-//! flight when the change came, then the one of the newest snapshot; the
-//! keeper is woken by the change, not by a request); a `/metrics` body is
-//! at most [`METRICS_MAX_AGE`] plus one render time old. Memory: a body
+//! replaces one that started after it). Under churn the keeper starts at most
+//! one `/status` render per [`STATUS_MIN_INTERVAL`] (changes meanwhile are
+//! coalesced into the next), so hundreds of rotating lineages do not keep a
+//! render running beside the engine. How stale a served body can be: a
+//! `/status` body shows a snapshot replaced at most
+//! [`STATUS_MIN_INTERVAL`] plus two render times earlier (the render in
+//! flight when the change came, the interval's wait, then the render of the
+//! newest snapshot; the keeper is woken by the change, not by a request); a
+//! `/metrics` body is at most [`METRICS_MAX_AGE`] plus one render time old. Memory: a body
 //! nobody asked for within its idle window (2 s for `/status`, 250 ms for
 //! `/metrics`) is dropped and its keeper stops, so an idle daemon holds no
 //! rendering and renders nothing. The renderings belong to the daemon, not
@@ -199,13 +203,16 @@ impl Bodies {
     /// Renderings of `status` and `metrics`, none held yet.
     pub fn new(status: &StatusHandle, metrics: &Metrics) -> Self {
         Bodies {
-            status: Arc::new(Kept::new(
-                StatusRender {
-                    status: status.clone(),
-                },
-                JSON_IDLE_DROP,
-                JSON_IDLE_DROP,
-            )),
+            status: Arc::new(
+                Kept::new(
+                    StatusRender {
+                        status: status.clone(),
+                    },
+                    JSON_IDLE_DROP,
+                    JSON_IDLE_DROP,
+                )
+                .with_min_interval(STATUS_MIN_INTERVAL),
+            ),
             metrics: Arc::new(Kept::new(
                 MetricsRender {
                     metrics: metrics.clone(),
@@ -568,6 +575,15 @@ struct App {
 /// A `/status` body nobody asked for this long is dropped.
 const JSON_IDLE_DROP: Duration = Duration::from_secs(2);
 
+/// The keeper starts at most one `/status` render per this much time: under
+/// churn (hundreds of lineages rotating, the snapshot replaced many times a
+/// second) it renders the newest snapshot a few times a second instead of
+/// back to back, on the one core the daemon may have beside the engine. A
+/// served `/status` is then at most this plus two render times behind the
+/// published snapshot; an answered POST still brings it up to date at once
+/// ([`Kept::refresh`]).
+pub const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How old a served `/metrics` body may get while it is in use before it
 /// is rendered anew; one nobody asked for this long is dropped.
 pub const METRICS_MAX_AGE: Duration = Duration::from_millis(250);
@@ -628,6 +644,8 @@ struct Kept<R: Render> {
     /// How often the keeper looks when nothing wakes it.
     period: Duration,
     idle_drop: Duration,
+    /// The least time between the starts of two keeper renders (zero: none).
+    min_interval: Duration,
 }
 
 impl<R: Render> Kept<R> {
@@ -642,7 +660,16 @@ impl<R: Render> Kept<R> {
             origin: Instant::now(),
             period,
             idle_drop,
+            min_interval: Duration::ZERO,
         }
+    }
+
+    /// The keeper starts a render at most once per `d` (changes meanwhile
+    /// are coalesced into the next one). Requests are unaffected: they
+    /// serve what is held, and [`Kept::refresh`] renders at once.
+    fn with_min_interval(mut self, d: Duration) -> Self {
+        self.min_interval = d;
+        self
     }
 
     fn now_us(&self) -> u64 {
@@ -728,6 +755,8 @@ impl<R: Render> Kept<R> {
         // wake it: look once before the first wait (a body still fresh
         // costs one pointer comparison).
         let mut first = true;
+        // When the keeper may start its next render (`min_interval`).
+        let mut next_render = tokio::time::Instant::now();
         loop {
             match changes.as_mut() {
                 _ if std::mem::take(&mut first) => {}
@@ -758,6 +787,15 @@ impl<R: Render> Kept<R> {
             if k.render.fresh(&cur) {
                 continue;
             }
+            if next_render > tokio::time::Instant::now() {
+                // Too soon after the last render: wait, then take whatever
+                // is newest then (the changes meanwhile stay marked).
+                drop((k, cur));
+                tokio::time::sleep_until(next_render).await;
+                first = true;
+                continue;
+            }
+            next_render = tokio::time::Instant::now() + k.min_interval;
             if let Some(c) = changes.as_mut() {
                 c.borrow_and_update();
             }
@@ -1849,6 +1887,58 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(served, "the change was not served within 500 ms");
+    }
+
+    /// Under churn (a snapshot replaced every few milliseconds, as with
+    /// hundreds of lineages rotating) the keeper rendered back to back, one
+    /// render per change it woke for, on the daemon's core beside the
+    /// engine. It now starts at most one per `min_interval` of the time that
+    /// passed (however fast the machine), still ends on the newest
+    /// snapshot, and an answered POST still gets fresh data at once.
+    #[tokio::test]
+    async fn under_churn_the_keeper_renders_at_most_once_per_interval_and_ends_on_the_newest() {
+        let h = StatusHandle::new(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
+        h.update_policy_shared(policy("a", 3));
+        let kept = Arc::new(
+            Kept::new(
+                StatusRender { status: h.clone() },
+                JSON_IDLE_DROP,
+                JSON_IDLE_DROP,
+            )
+            .with_min_interval(STATUS_MIN_INTERVAL),
+        );
+        kept.serve().unwrap();
+        let renders = |k: &Kept<StatusRender>| k.generations.load(Ordering::SeqCst) - 1;
+        assert_eq!(renders(&kept), 1, "the first request renders inline");
+        // 200 changes at least 5 ms apart, read all along.
+        let t0 = Instant::now();
+        for n in 0..200 {
+            h.update_policy_shared(policy(&format!("n{n}"), 1 + n % 3));
+            kept.serve().unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let during = renders(&kept) - 1;
+        // One at the start of each interval that began, plus one starting
+        // as the count is read.
+        let most = (t0.elapsed().as_millis() / STATUS_MIN_INTERVAL.as_millis()) as u64 + 2;
+        assert!(
+            (1..=most).contains(&during),
+            "{during} keeper renders for 200 changes (at most {most})"
+        );
+        // The churn stops: the newest snapshot is served.
+        let newest = serde_json::to_vec(&*h.load()).unwrap();
+        assert!(
+            served_eventually(&kept, &newest).await,
+            "the newest was never served"
+        );
+        // A change right after a render: the keeper waits out its interval,
+        // but an answered POST's refresh serves it at once.
+        h.update_policy_shared(policy("after-post", 2));
+        kept.refresh();
+        assert_eq!(
+            &kept.serve().unwrap()[..],
+            &serde_json::to_vec(&*h.load()).unwrap()[..]
+        );
     }
 
     /// A render that counts how many run at once.
