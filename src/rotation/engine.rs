@@ -407,8 +407,9 @@ impl LedgerCache {
 ///   (abandoned rotations) by the generation: every write to those tables
 ///   moves it, committed or not, and the entry was read before them;
 /// - the configuration by identity (a reload makes a new one);
-/// - `now` by `settled_until`, which covers every threshold and every
-///   printed duration of the plan, and the expiry warnings of stale keys;
+/// - `now` by `settled_until`, which covers every threshold of the plan
+///   (whose messages print instants, not times left) and the expiry
+///   warnings of stale keys;
 /// - and an entry is only made from a check that wrote no ledger row,
 ///   started nothing, resumed or deleted nothing, has no rotation in
 ///   flight, and whose ledger holds no create attempt still to resolve
@@ -779,8 +780,8 @@ impl Engine {
             next_check_at,
             health: Health::Ok.as_str().into(),
             error: None,
-            // The stored decisions are this plan's (settled_until covers
-            // the text of its messages).
+            // The stored decisions are this plan's (its messages print no
+            // time left: PolicyPlan::settled_until).
             decisions: None,
             keys: Vec::new(),
             complete_listing: complete,

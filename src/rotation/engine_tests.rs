@@ -3027,18 +3027,23 @@ async fn a_key_entering_its_lead_between_two_identical_listings_is_planned() {
 }
 
 #[tokio::test]
-async fn a_printed_duration_that_would_change_is_planned_again() {
+async fn a_settled_check_is_reused_hours_later_with_the_decisions_a_plan_prints() {
     let h = harness("", None);
     h.fake.add("app-a", Duration::days(1), Duration::days(29));
     settle(&h, "p").await;
     let before = stored_decisions(&h, "p");
-    // "due in 21d 23h": the hour it prints changes within the next hour.
-    h.clock.advance(Duration::hours(1));
-    let c = daemon_check(&h, "p").await;
-    assert!(!reused(&c), "reused a plan whose message text changed");
-    let after = stored_decisions(&h, "p");
-    assert_ne!(before, after);
-    assert!(after.contains("due in 21d 22h"), "{after}");
+    // A fresh key's message names the instant it is due, not the time
+    // left: hours later the reused decisions are still what a plan prints.
+    h.clock.advance(Duration::hours(5));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert_eq!(stored_decisions(&h, "p"), before);
+    assert!(before.contains("due at 2026-12-14T12:00:00Z"), "{before}");
+    h.engine.check_policy(&h.rt, "p").await.unwrap();
+    assert_eq!(
+        stored_decisions(&h, "p"),
+        before,
+        "a new plan prints otherwise"
+    );
 }
 
 #[tokio::test]
@@ -3087,8 +3092,9 @@ async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
     };
     let now = h.clock.now();
     assert!(current(&h, now), "a settled status was not kept");
-    // "due in 1d 0h" prints the same for the next half minute or so only.
-    assert!(!current(&h, now + Duration::minutes(1)));
+    // Until the key enters its lead, not after.
+    assert!(current(&h, now + Duration::days(1)));
+    assert!(!current(&h, now + Duration::days(1) + Duration::minutes(1)));
     // A ledger write (a manual rotation begins).
     h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
     assert!(!current(&h, now), "kept across a ledger write");
@@ -3099,8 +3105,6 @@ async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
     );
     // A reload.
     let h2 = harness("", None);
-    // Not due on the hour: a status built on a boundary of the duration it
-    // prints holds for no time at all.
     h2.fake.add(
         "app-a",
         Duration::days(1),

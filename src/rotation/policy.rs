@@ -147,11 +147,10 @@ impl PolicyPlan {
     /// Why the plan cannot change before `t` (the only input that moves is
     /// `now`; this lists every use of it in [`plan`], [`decide`] and
     /// [`health::assess`], and the expiry warnings a check raises):
-    /// - a `fresh` decision stays `fresh`, with the same `rotate_at`, while
+    /// - a `fresh` decision stays `fresh`, with the same `rotate_at` and
+    ///   message (it prints the instant it is due, not the time left), while
     ///   `now` is before `rotate_at` (the lead and `max_age` thresholds) and
-    ///   before the key's expiry; its message ("due in 6d 23h") keeps its
-    ///   text while the duration it prints keeps its two largest units —
-    ///   so `t` is also the instant that text would change;
+    ///   before the key's expiry;
     /// - the later rules of [`plan`] that read `now` or the listing's start
     ///   (a walk older than the last rotation, a published key missing or
     ///   gone for good) only apply to a decision that rotates, which a
@@ -184,7 +183,7 @@ impl PolicyPlan {
             }
             let cur = l.current.as_ref().map(|c| &c.key)?;
             if let Some(t) = l.decision.rotate_at {
-                until = until.min(text_kept_until(t, now));
+                until = until.min(t);
             }
             if let Some(exp) = cur.expires_at {
                 until = until.min(exp);
@@ -206,23 +205,6 @@ impl PolicyPlan {
         }
         (until > now).then_some(until)
     }
-}
-
-/// An instant up to which (and, one tick conservative, excluded)
-/// `human(t - now)` of the planner prints what it prints at `now`: it
-/// prints whole seconds in their two largest units, so its text is fixed
-/// while the seconds left stay within the same multiple of the smaller unit
-/// shown (an hour beyond a day, a minute beyond an hour, else a second).
-fn text_kept_until(t: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let secs = (t - now).num_seconds().max(0);
-    let unit = if secs >= 86_400 {
-        3_600
-    } else if secs >= 3_600 {
-        60
-    } else {
-        1
-    };
-    t - ChronoDuration::seconds(secs / unit * unit)
 }
 
 /// What the store knows of one policy: the planner's evidence of
@@ -523,7 +505,14 @@ pub fn decide(
     Decision {
         reason: Reason::Fresh,
         message: match rotate_at {
-            Some(t) => format!("key {} is fresh; due in {}", key.name, human(t - now)),
+            // The instant, not the time left: a message that changes every
+            // hour would make every settled plan expire within the hour
+            // (PolicyPlan::settled_until).
+            Some(t) => format!(
+                "key {} is fresh; due at {}",
+                key.name,
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
             None => format!("key {} has no expiry and no max_age applies", key.name),
         },
         rotate: false,
