@@ -199,6 +199,7 @@ fn abandon_offline(cfg: &config::Config, store: Store, rotation: &str) -> Result
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
         ledgers: Default::default(),
+        settled: Default::default(),
     };
     eprintln!(
         "rekey: no daemon holds {}; abandoning offline",

@@ -509,6 +509,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
         lease: gate.clone(),
         status_built: Default::default(),
         ledgers: Default::default(),
+        settled: Default::default(),
     });
     let unfinished = recovery::unfinished(&store)?;
     let d = Arc::new(Daemon {
@@ -1153,9 +1154,8 @@ impl Daemon {
         for (i, p) in policies.iter().enumerate() {
             let result = match (&walk, &parts) {
                 (Some(Ok(w)), Some(parts)) => {
-                    let listing = Ok(w.subset(&parts[i]));
                     self.engine
-                        .check_policy_deferred(rt, p, listing, &mut quiet)
+                        .check_policy_in_walk(rt, p, w, &parts[i], &mut quiet)
                         .await
                 }
                 (Some(Err(e)), _) => {
@@ -1163,11 +1163,15 @@ impl Daemon {
                         .check_policy_deferred(rt, p, Err(e.clone()), &mut quiet)
                         .await
                 }
-                (Some(Ok(_)), None) | (None, _) => self.engine.check_policy(rt, p).await,
+                (Some(Ok(_)), None) | (None, _) => self
+                    .engine
+                    .check_policy(rt, p)
+                    .await
+                    .map(crate::rotation::engine::Checked::Planned),
             };
             match result {
-                Ok(plan) => {
-                    tracing::info!(policy = %p, health = plan.health.as_str(), lineages = plan.lineages.len(), due = plan.due().count(), "check done")
+                Ok(checked) => {
+                    tracing::info!(policy = %p, health = checked.health().as_str(), lineages = checked.lineages(), due = checked.due(), reused = matches!(checked, crate::rotation::engine::Checked::Reused { .. }), "check done")
                 }
                 Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
             }
@@ -1304,7 +1308,9 @@ impl Daemon {
     /// of that): conditions that arise only with time (a rotation older
     /// than its bound, a key past its expiry) are then reported, with their
     /// event, within about that interval. A policy whose status a check or
-    /// rotation step rebuilt less than that ago is skipped.
+    /// rotation step rebuilt less than that ago is skipped, and so is one
+    /// whose status was built from a settled plan that still stands
+    /// (`StatusBuilt::current`: no such condition can arise before its end).
     fn refresh_when_stale(&self) {
         let mut last = self.last_refresh.lock().expect("lock");
         if last.is_some_and(|t| t.elapsed() < STATUS_REFRESH / 3) {
@@ -1313,12 +1319,16 @@ impl Daemon {
         *last = Some(std::time::Instant::now());
         drop(last);
         let rt = self.current();
+        let generation = self.engine.store.ledger_generation();
+        let now = self.engine.clock.now();
         for p in &rt.config.policies {
-            if self
-                .engine
-                .status_built
-                .younger_than(&p.name, STATUS_REFRESH)
-            {
+            if self.engine.status_built.current(
+                &p.name,
+                STATUS_REFRESH,
+                generation,
+                &rt.config,
+                now,
+            ) {
                 continue;
             }
             if let Err(e) = self.engine.refresh_status(&rt, &p.name) {

@@ -815,7 +815,7 @@ mod tests {
                 health: Health::Ok,
                 current_key: Some(k.id.clone()),
                 reason: "fresh".into(),
-                message: format!("key {} is fresh; due in 29d 23h", k.name),
+                message: format!("key {} is fresh; due at 2026-12-22T12:00:00Z", k.name),
                 rotate_at: at(1_799_000_000, 0),
                 conditions: vec![],
                 rotation: None,

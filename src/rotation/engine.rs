@@ -290,6 +290,45 @@ pub struct Engine {
     pub status_built: StatusBuilt,
     /// Each policy's ledger as last read from the store ([`Engine::ledger`]).
     pub ledgers: LedgerCache,
+    /// Each policy's last settled check ([`SettledChecks`]).
+    pub settled: SettledChecks,
+}
+
+/// What [`Engine::check_policy_deferred`] did.
+#[derive(Debug)]
+pub enum Checked {
+    /// It planned (every check that is not a reuse).
+    Planned(PolicyPlan),
+    /// It reused the policy's last settled check ([`SettledChecks`]): the
+    /// plan is the one that check made, healthy with nothing due, over
+    /// this many lineages.
+    Reused { lineages: usize },
+}
+
+impl Checked {
+    /// The plan's health.
+    pub fn health(&self) -> Health {
+        match self {
+            Checked::Planned(p) => p.health,
+            Checked::Reused { .. } => Health::Ok,
+        }
+    }
+
+    /// How many lineages the plan has.
+    pub fn lineages(&self) -> usize {
+        match self {
+            Checked::Planned(p) => p.lineages.len(),
+            Checked::Reused { lineages } => *lineages,
+        }
+    }
+
+    /// How many lineages are due (none in a reused plan).
+    pub fn due(&self) -> usize {
+        match self {
+            Checked::Planned(p) => p.due().count(),
+            Checked::Reused { .. } => 0,
+        }
+    }
 }
 
 /// Each policy's ledger as last read, kept only while it is provably what
@@ -348,23 +387,172 @@ impl LedgerCache {
     }
 }
 
+/// Each policy's last *settled* check, so that the next check of the same
+/// keys can skip planning (issue 13: most checks of an idle daemon change
+/// nothing). An entry is the SHA-256 digest of the policy's listing (every
+/// field of every key, in listing order, and whether the walk completed),
+/// the store's [`Store::ledger_generation`] read *before* the check read its
+/// ledger, the configuration (a `Weak`, as in [`LedgerCache`]) and the
+/// instant the plan stops being settled
+/// ([`policy::PolicyPlan::settled_until`]).
+///
+/// Why a check that finds its entry may skip planning and do only what a
+/// planned check would have done (write its check time, touch or rebuild
+/// its status): the planned check is a function of the listing, the ledger
+/// and other store rows, the configuration and `now`, and each is pinned —
+/// - the listing by its digest (two different listings of one policy would
+///   need a SHA-256 collision);
+/// - the ledger (keys, rotations, attempts, conditions, of every policy,
+///   so a rival's claims too) and the rows the check reads besides it
+///   (abandoned rotations) by the generation: every write to those tables
+///   moves it, committed or not, and the entry was read before them;
+/// - the configuration by identity (a reload makes a new one);
+/// - `now` by `settled_until`, which covers every threshold of the plan
+///   (whose messages print instants, not times left) and the expiry
+///   warnings of stale keys;
+/// - and an entry is only made from a check that wrote no ledger row,
+///   started nothing, resumed or deleted nothing, has no rotation in
+///   flight, and whose ledger holds no create attempt still to resolve
+///   (resolving one uses each new walk's start, which the digest leaves
+///   out) — so the planned check it stands for wrote nothing either.
+///
+/// The decisions stored by the check that made the entry stay in the store
+/// (a reuse writes none): they are the text a new plan would print.
+/// Any check that plans drops or replaces the policy's entry.
+#[derive(Debug, Default)]
+pub struct SettledChecks(std::sync::Mutex<HashMap<String, Settled>>);
+
+#[derive(Debug)]
+struct Settled {
+    generation: (u64, u64),
+    config: std::sync::Weak<Config>,
+    listing: [u8; 32],
+    /// The plan holds for checks at `since..until` (`since`: when the check
+    /// that made it started; a clock stepped back before it is a miss).
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    lineages: usize,
+}
+
+impl SettledChecks {
+    /// The lineage count of `policy`'s settled plan, when its entry matches.
+    fn get(
+        &self,
+        policy: &str,
+        generation: (u64, u64),
+        config: &Arc<Config>,
+        listing: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Option<usize> {
+        let memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let s = memo.get(policy)?;
+        (s.generation == generation
+            && std::ptr::eq(s.config.as_ptr(), Arc::as_ptr(config))
+            && s.listing == *listing
+            && s.since <= now
+            && now < s.until)
+            .then_some(s.lineages)
+    }
+
+    fn put(&self, policy: &str, settled: Option<Settled>) {
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match settled {
+            Some(s) => memo.insert(policy.to_string(), s),
+            None => memo.remove(policy),
+        };
+    }
+}
+
+/// SHA-256 of every field of a listing's keys, in order, and of whether it
+/// completed (each field length-prefixed, so no two listings share a
+/// stream of bytes).
+fn listing_digest(listing: &Listing) -> [u8; 32] {
+    keys_digest(listing.keys.iter(), listing.complete)
+}
+
+/// [`listing_digest`] of the listing made of `keys` (`complete`: whether
+/// its walk completed), without making it.
+fn keys_digest<'a>(keys: impl Iterator<Item = &'a ProviderKey>, complete: bool) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    let time = |t: Option<DateTime<Utc>>| match t {
+        Some(t) => {
+            let mut b = [0u8; 13];
+            b[0] = 1;
+            b[1..9].copy_from_slice(&t.timestamp().to_le_bytes());
+            b[9..].copy_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+            b
+        }
+        None => [0u8; 13],
+    };
+    field(&[u8::from(complete)]);
+    for k in keys {
+        field(k.id.as_bytes());
+        field(k.name.as_bytes());
+        field(&time(k.created_at));
+        field(&time(k.expires_at));
+        field(&(k.meta.len() as u64).to_le_bytes());
+        for (name, value) in &k.meta {
+            field(name.as_bytes());
+            field(value.to_string().as_bytes());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finalize().as_slice());
+    out
+}
+
 /// How old a policy's status may grow before it is rebuilt from the store
 /// even when nothing happened: conditions that arise only with time (a
 /// rotation older than its bound, a key past its expiry) are then reported,
 /// with their event, within about that interval. A check that changes
-/// nothing only updates the check times of a status younger than this.
+/// nothing only updates the check times of a status younger than this, or
+/// built from a settled plan that still stands ([`StatusBuilt`]).
 pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
-/// When each policy's status was last rebuilt from the store (monotonic).
+/// When each policy's status was last rebuilt from the store (monotonic),
+/// and, when the plan it was built from was settled
+/// ([`policy::PolicyPlan::settled_until`]), until when a rebuild would
+/// give the same status: the store's [`Store::ledger_generation`] read
+/// before the ledger it was built from, the configuration, and the end of
+/// the settled plan. While the generation and the configuration are those
+/// and the end is ahead, a rebuild would read the same ledger and rows
+/// (every write to them moves the generation; the policy's own check rows
+/// only move its check times, which a touch sets) and print the same plan,
+/// so the status is current without one — instead of rebuilding it every
+/// [`STATUS_REFRESH`] to catch conditions that arise with time.
 #[derive(Debug, Default)]
-pub struct StatusBuilt(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+pub struct StatusBuilt(std::sync::Mutex<HashMap<String, Built>>);
+
+#[derive(Debug)]
+struct Built {
+    at: std::time::Instant,
+    settled: Option<SettledSpan>,
+}
+
+/// A status built from a settled plan: the store's ledger generation read
+/// before its ledger, its configuration, and the instants `since..until`
+/// the plan holds for.
+type SettledSpan = (
+    (u64, u64),
+    std::sync::Weak<Config>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
 
 impl StatusBuilt {
-    fn mark(&self, policy: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(policy.to_string(), std::time::Instant::now());
+    fn mark(&self, policy: &str, settled: Option<SettledSpan>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            policy.to_string(),
+            Built {
+                at: std::time::Instant::now(),
+                settled,
+            },
+        );
     }
 
     /// Whether `policy`'s status was rebuilt less than `age` ago.
@@ -373,7 +561,34 @@ impl StatusBuilt {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(policy)
-            .is_some_and(|t| t.elapsed() < age)
+            .is_some_and(|b| b.at.elapsed() < age)
+    }
+
+    /// Whether `policy`'s status needs no rebuild at `now`: rebuilt less
+    /// than `age` ago, or from a settled plan that still stands (the
+    /// store's `generation` and the configuration `config` unchanged since,
+    /// `now` before its end).
+    pub fn current(
+        &self,
+        policy: &str,
+        age: Duration,
+        generation: (u64, u64),
+        config: &Arc<Config>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(policy)
+            .is_some_and(|b| {
+                b.at.elapsed() < age
+                    || b.settled.as_ref().is_some_and(|(g, c, since, until)| {
+                        *g == generation
+                            && std::ptr::eq(c.as_ptr(), Arc::as_ptr(config))
+                            && *since <= now
+                            && now < *until
+                    })
+            })
     }
 }
 
@@ -477,32 +692,125 @@ impl Engine {
         listing: Result<Listing, ProviderError>,
     ) -> Result<PolicyPlan, EngineError> {
         let mut quiet = Vec::new();
-        let plan = self
-            .check_policy_deferred(rt, name, listing, &mut quiet)
-            .await;
+        failpoint::delay("check").await;
+        let plan = self.check_planned(rt, name, listing, &mut quiet).await;
         self.store.record_check_times(&quiet)?;
         plan
     }
 
-    /// [`Engine::check_policy_listed`], except that a check which changed
-    /// nothing in the store and whose healthy status only needed its check
-    /// times moved pushes its `policy_state` record (no keys) onto `quiet`
-    /// instead of writing it: the caller writes a whole group's with one
-    /// [`Store::record_check_times`] (and may set their `next_check_at`).
-    /// Any other check writes its record itself, before its status is
-    /// rebuilt from the store.
+    /// [`Engine::check_policy_listed`], except that
+    /// - a check which changed nothing in the store and whose healthy
+    ///   status only needed its check times moved pushes its `policy_state`
+    ///   record (no keys) onto `quiet` instead of writing it: the caller
+    ///   writes a whole group's with one [`Store::record_check_times`] (and
+    ///   may set their `next_check_at`). Any other check writes its record
+    ///   itself, before its status is rebuilt from the store;
+    /// - a check whose listing, ledger and configuration are those of the
+    ///   policy's last settled check, before that plan stops being settled,
+    ///   does not plan again ([`SettledChecks`]): [`Checked::Reused`].
     pub async fn check_policy_deferred(
         &self,
         rt: &Runtime,
         name: &str,
         listing: Result<Listing, ProviderError>,
         quiet: &mut Vec<CheckRecord>,
+    ) -> Result<Checked, EngineError> {
+        failpoint::delay("check").await;
+        if let (Ok(l), Some(policy)) = (&listing, rt.policy(name))
+            && let Some(lineages) =
+                self.reuse_settled(rt, policy, listing_digest(l), l.complete, quiet)?
+        {
+            return Ok(Checked::Reused { lineages });
+        }
+        self.check_planned(rt, name, listing, quiet)
+            .await
+            .map(Checked::Planned)
+    }
+
+    /// [`Engine::check_policy_deferred`] of the keys at `positions` of
+    /// `walk` (from [`Listing::split`]), the policy's listing made only
+    /// when the check plans: a reused check copies no key.
+    pub async fn check_policy_in_walk(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        walk: &Listing,
+        positions: &[u32],
+        quiet: &mut Vec<CheckRecord>,
+    ) -> Result<Checked, EngineError> {
+        failpoint::delay("check").await;
+        if let Some(policy) = rt.policy(name) {
+            let keys = positions.iter().filter_map(|&n| walk.keys.get(n as usize));
+            let digest = keys_digest(keys, walk.complete);
+            if let Some(lineages) = self.reuse_settled(rt, policy, digest, walk.complete, quiet)? {
+                return Ok(Checked::Reused { lineages });
+            }
+        }
+        self.check_planned(rt, name, Ok(walk.subset(positions)), quiet)
+            .await
+            .map(Checked::Planned)
+    }
+
+    /// The check of [`Engine::check_policy_deferred`] when `policy`'s last
+    /// settled check stands for it ([`SettledChecks`]; `digest`: its
+    /// listing's, which is `complete` or not): write its check time (onto
+    /// `quiet` when its status only needs its check times moved) and return
+    /// the plan's lineage count; `None` (nothing done) otherwise.
+    fn reuse_settled(
+        &self,
+        rt: &Runtime,
+        policy: &PolicyConfig,
+        digest: [u8; 32],
+        complete: bool,
+        quiet: &mut Vec<CheckRecord>,
+    ) -> Result<Option<usize>, EngineError> {
+        let started = self.now();
+        let generation = self.store.ledger_generation();
+        let Some(lineages) =
+            self.settled
+                .get(&policy.name, generation, &rt.config, &digest, started)
+        else {
+            return Ok(None);
+        };
+        let next_check_at = policy.schedule.next_after(started);
+        let record = CheckRecord {
+            policy: policy.name.clone(),
+            provider: policy.provider.clone(),
+            at: started,
+            next_check_at,
+            health: Health::Ok.as_str().into(),
+            error: None,
+            // The stored decisions are this plan's (its messages print no
+            // time left: PolicyPlan::settled_until).
+            decisions: None,
+            keys: Vec::new(),
+            complete_listing: complete,
+        };
+        if self.touch_status(rt, &policy.name, started, next_check_at) {
+            quiet.push(record);
+        } else {
+            self.store
+                .record_check_times(std::slice::from_ref(&record))?;
+            let ledger = self.ledger(rt, policy)?;
+            self.publish_status(rt, policy, &ledger, generation)?;
+        }
+        Ok(Some(lineages))
+    }
+
+    /// A check planned from `listing` (see [`Engine::check_policy_deferred`]
+    /// for `quiet`); records the policy's settled check, or drops it.
+    async fn check_planned(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        listing: Result<Listing, ProviderError>,
+        quiet: &mut Vec<CheckRecord>,
     ) -> Result<PolicyPlan, EngineError> {
+        self.settled.put(name, None);
         let policy = rt
             .policy(name)
             .ok_or_else(|| EngineError::UnknownPolicy(name.to_string()))?;
         let provider = self.provider(rt, &policy.provider)?.clone();
-        failpoint::delay("check").await;
         let started = self.now();
         let next_check_at = policy.schedule.next_after(started);
         let listing = match listing {
@@ -521,7 +829,7 @@ impl Engine {
                     next_check_at,
                     health: Health::Failing.as_str().into(),
                     error: Some(e.to_string()),
-                    decisions: prev,
+                    decisions: Some(prev),
                     keys: Vec::new(),
                     complete_listing: false,
                 })?;
@@ -529,6 +837,9 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        // Read before the ledger: a settled check made from this ledger is
+        // only reused while no write may have changed it.
+        let generation = self.store.ledger_generation();
         let ledger = self.ledger(rt, policy)?;
         let (removed, orphans_written) = self
             .clean_orphans(rt, policy, &provider, &listing, &ledger)
@@ -565,7 +876,7 @@ impl Engine {
             next_check_at,
             health: plan.health.as_str().into(),
             error: plan.misconfigured.clone(),
-            decisions,
+            decisions: Some(decisions),
             keys: seen,
             complete_listing: true,
         };
@@ -654,7 +965,7 @@ impl Engine {
         if !store_changed
             && plan.health.is_healthy()
             && plan.misconfigured.is_none()
-            && self.touch_status(name, started, next_check_at)
+            && self.touch_status(rt, name, started, next_check_at)
         {
             // Nothing reads this policy's row before the caller writes it.
             quiet.extend(time_only);
@@ -666,8 +977,31 @@ impl Engine {
             if store_changed {
                 self.refresh_status(rt, name)?;
             } else {
-                self.publish_status(rt, policy, &ledger)?;
+                self.publish_status(rt, policy, &ledger, generation)?;
             }
+        }
+        // A check that wrote nothing, over a ledger with no create attempt
+        // left to resolve, stands for the next ones while its plan stays
+        // settled (SettledChecks).
+        // The plan was made at an instant between `started` and now: it is
+        // the settled plan of `started..until` only if `until` is still
+        // ahead (else the instants between hold two texts).
+        if !store_changed
+            && ledger.orphans.iter().all(|o| o.attempt.state == "cleaned")
+            && let Some(until) = plan.settled_until(policy, started)
+            && until > self.now()
+        {
+            self.settled.put(
+                name,
+                Some(Settled {
+                    generation,
+                    config: Arc::downgrade(&rt.config),
+                    listing: listing_digest(&listing),
+                    since: started,
+                    until,
+                    lineages: plan.lineages.len(),
+                }),
+            );
         }
         if started_any {
             self.poke();
@@ -1052,23 +1386,32 @@ impl Engine {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
+        let generation = self.store.ledger_generation();
         let ledger = self.ledger(rt, policy)?;
-        self.publish_status(rt, policy, &ledger)
+        self.publish_status(rt, policy, &ledger, generation)
     }
 
     /// After a healthy check that changed nothing in the store: give the
-    /// policy's status, when healthy, without error and younger than
-    /// [`STATUS_REFRESH`], the new check times and keep the rest (no
-    /// re-plan). Returns false (nothing done) otherwise: it must be
+    /// policy's status, when healthy, without error and current
+    /// ([`StatusBuilt::current`]: younger than [`STATUS_REFRESH`], or built
+    /// from a settled plan that still stands), the new check times and keep
+    /// the rest (no re-plan). Returns false (nothing done) otherwise: it must be
     /// rebuilt (a status that reports a problem, e.g. the last check's
     /// listing error, is always rebuilt).
     fn touch_status(
         &self,
+        rt: &Runtime,
         name: &str,
         checked_at: DateTime<Utc>,
         next_check_at: Option<DateTime<Utc>>,
     ) -> bool {
-        if !self.status_built.younger_than(name, STATUS_REFRESH) {
+        if !self.status_built.current(
+            name,
+            STATUS_REFRESH,
+            self.store.ledger_generation(),
+            &rt.config,
+            self.now(),
+        ) {
             return false;
         }
         let snapshot = self.status.load();
@@ -1090,12 +1433,14 @@ impl Engine {
     }
 
     /// [`Engine::refresh_status`] from a ledger already read (and still
-    /// what the store holds).
+    /// what the store holds), the store's ledger generation having been
+    /// `generation` before it was read.
     fn publish_status(
         &self,
         rt: &Runtime,
         policy: &PolicyConfig,
         ledger: &policy::Ledger,
+        generation: (u64, u64),
     ) -> Result<(), EngineError> {
         let name = policy.name.as_str();
         let now = self.now();
@@ -1218,7 +1563,12 @@ impl Engine {
         };
         let status = self.status.update_policy_shared(Arc::new(status));
         self.metrics.sync_policy(&status);
-        self.status_built.mark(name);
+        // As for a settled check: `until` still ahead of the plan's instant.
+        let settled = plan
+            .settled_until(policy, now)
+            .filter(|until| *until > self.now())
+            .map(|until| (generation, Arc::downgrade(&rt.config), now, until));
+        self.status_built.mark(name, settled);
         Ok(())
     }
 

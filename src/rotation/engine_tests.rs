@@ -299,6 +299,7 @@ create = {{ action = "read" }}
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
         ledgers: Default::default(),
+        settled: Default::default(),
     };
     Harness {
         engine,
@@ -1660,6 +1661,7 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
         lease: crate::rotation::gate::LeaseGate::single(),
         status_built: Default::default(),
         ledgers: Default::default(),
+        settled: Default::default(),
     };
     Ok(Harness {
         engine,
@@ -2766,7 +2768,7 @@ async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_e
             next_check_at: None,
             health: "ok".into(),
             error: None,
-            decisions: "{}".into(),
+            decisions: Some("{}".into()),
             keys: vec![SeenKey {
                 key_id: key.key_id.clone(),
                 name: key.name.clone(),
@@ -2863,4 +2865,254 @@ async fn every_writer_in_turn(mut h: Harness) -> Harness {
     assert_ledger_fresh(&h.engine, &h.rt, "pc", "the new rival's check");
     fresh(&h, "the new rival's check");
     h
+}
+
+// ------------------------------------------- reused settled checks (issue 13)
+
+/// One check of `policy` as the daemon makes it: planned, or the policy's
+/// last settled check reused (`check_policy_in_walk`), from a new walk of
+/// the account split by the policies' globs; the quiet records written
+/// after, as a check group does.
+async fn daemon_check(h: &Harness, policy: &str) -> super::engine::Checked {
+    let walk = crate::provider::listing::Listing::walk(&h.fake, &*h.engine.clock, &|_: &str| true)
+        .await
+        .unwrap();
+    let mut globs = globset::GlobSetBuilder::new();
+    for p in &h.rt.config.policies {
+        globs.add(p.matcher.glob().clone());
+    }
+    let parts = walk.split(&globs.build().unwrap());
+    let i =
+        h.rt.config
+            .policies
+            .iter()
+            .position(|p| p.name == policy)
+            .unwrap();
+    let mut quiet = Vec::new();
+    let checked = h
+        .engine
+        .check_policy_in_walk(&h.rt, policy, &walk, &parts[i], &mut quiet)
+        .await
+        .unwrap();
+    h.engine.store.record_check_times(&quiet).unwrap();
+    checked
+}
+
+/// [`daemon_check`] through `check_policy_deferred` (the policy's listing
+/// already made).
+async fn deferred_check(h: &Harness, policy: &str) -> super::engine::Checked {
+    let p = h.rt.policy(policy).unwrap();
+    let listing =
+        crate::provider::listing::Listing::walk(&h.fake, &*h.engine.clock, &|n: &str| p.matches(n))
+            .await;
+    let mut quiet = Vec::new();
+    let checked = h
+        .engine
+        .check_policy_deferred(&h.rt, policy, listing, &mut quiet)
+        .await
+        .unwrap();
+    h.engine.store.record_check_times(&quiet).unwrap();
+    checked
+}
+
+fn reused(c: &super::engine::Checked) -> bool {
+    matches!(c, super::engine::Checked::Reused { .. })
+}
+
+/// Checks until one reuses the last settled check (the first records the
+/// keys, the second plans from an unchanged ledger and settles).
+async fn settle(h: &Harness, policy: &str) {
+    for _ in 0..3 {
+        if reused(&daemon_check(h, policy).await) {
+            return;
+        }
+        h.clock.advance(Duration::seconds(10));
+    }
+    panic!("{policy}'s checks never reused a settled check");
+}
+
+fn stored_decisions(h: &Harness, policy: &str) -> String {
+    h.engine
+        .store
+        .policy_state(policy)
+        .unwrap()
+        .unwrap()
+        .decisions
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_settled_check_is_reused_and_keeps_its_decisions_and_status() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    settle(&h, "p").await;
+    let decisions = stored_decisions(&h, "p");
+    assert!(decisions.contains("fresh"), "{decisions}");
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(reused(&c) && c.lineages() == 1 && c.health() == Health::Ok);
+    // The policy's own listing (not a split walk) finds it too.
+    h.clock.advance(Duration::seconds(10));
+    let c = deferred_check(&h, "p").await;
+    assert!(reused(&c) && c.lineages() == 1 && c.health() == Health::Ok);
+    assert_eq!(stored_decisions(&h, "p"), decisions);
+    let ps = h.engine.store.policy_state("p").unwrap().unwrap();
+    assert_eq!(ps.last_check_at, Some(h.clock.now()));
+    let snap = h.engine.status.load();
+    let st = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(st.last_check_at, Some(h.clock.now()));
+    assert_eq!(st.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_created_or_deleted_by_hand_is_planned_not_reused() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    settle(&h, "p").await;
+    // Created by hand on the provider.
+    h.fake.add("app-b", Duration::days(1), Duration::days(29));
+    h.clock.advance(Duration::seconds(10));
+    let c = deferred_check(&h, "p").await;
+    assert!(!reused(&c), "a new key was not planned");
+    assert_eq!(c.lineages(), 2);
+    settle(&h, "p").await;
+    // Deleted by hand: its row becomes gone, its lineage leaves the plan.
+    h.fake
+        .st
+        .lock()
+        .unwrap()
+        .keys
+        .retain(|k| k.0.name != "app-b");
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "a deleted key was not planned");
+    assert_eq!(c.lineages(), 1);
+    let snap = h.engine.status.load();
+    let st = snap.policies.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(st.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_re_timed_on_the_provider_is_planned_not_reused() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    settle(&h, "p").await;
+    // Same id, same name: only its expiry moved (now inside the lead).
+    let soon = h.clock.now() + Duration::hours(1);
+    h.fake.st.lock().unwrap().keys[0].0.expires_at = Some(soon);
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c));
+    assert_eq!(c.due(), 1, "the key inside its lead is due");
+}
+
+#[tokio::test]
+async fn a_key_entering_its_lead_between_two_identical_listings_is_planned() {
+    let h = harness("", None);
+    // rotate_before_expiry = 7d: due in a day and a minute.
+    h.fake.add(
+        "app-a",
+        Duration::days(22),
+        Duration::days(8) + Duration::minutes(1),
+    );
+    settle(&h, "p").await;
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    // The listing stays the same; the time crosses the lead.
+    h.clock.advance(Duration::days(1) + Duration::minutes(2));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "a settled plan was reused past its rotate_at");
+    assert_eq!(c.due(), 1);
+    assert_eq!(h.engine.store.active_rotations().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_settled_check_is_reused_hours_later_with_the_decisions_a_plan_prints() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    settle(&h, "p").await;
+    let before = stored_decisions(&h, "p");
+    // A fresh key's message names the instant it is due, not the time
+    // left: hours later the reused decisions are still what a plan prints.
+    h.clock.advance(Duration::hours(5));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert_eq!(stored_decisions(&h, "p"), before);
+    assert!(before.contains("due at 2026-12-14T12:00:00Z"), "{before}");
+    h.engine.check_policy(&h.rt, "p").await.unwrap();
+    assert_eq!(
+        stored_decisions(&h, "p"),
+        before,
+        "a new plan prints otherwise"
+    );
+}
+
+#[tokio::test]
+async fn a_ledger_write_or_a_reload_is_planned_not_reused() {
+    let h = rival_policies();
+    h.fake.add("app-1", Duration::days(1), Duration::days(29));
+    settle(&h, "pa").await;
+    // The rival records the same key: a ledger write (a conflict for pa).
+    h.engine.check_policy(&h.rt, "pb").await.unwrap();
+    let c = daemon_check(&h, "pa").await;
+    assert!(!reused(&c), "reused across a ledger write");
+    assert_eq!(c.health(), Health::Misconfigured);
+
+    let h2 = harness("", None);
+    h2.fake.add("app-a", Duration::days(1), Duration::days(29));
+    settle(&h2, "p").await;
+    let mut h = h2;
+    // A reload that lowers max_age below the key's age.
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].max_age = Some(std::time::Duration::from_secs(3_600));
+    h.rt.config = Arc::new(cfg);
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "reused across a reload");
+    assert_eq!(c.due(), 1);
+}
+
+#[tokio::test]
+async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
+    let mut h = harness("", None);
+    // Due (inside the 7d lead) in a day and a minute.
+    h.fake.add(
+        "app-a",
+        Duration::days(22),
+        Duration::days(8) + Duration::minutes(1),
+    );
+    settle(&h, "p").await;
+    let current = |h: &Harness, at: DateTime<Utc>| {
+        h.engine.status_built.current(
+            "p",
+            std::time::Duration::ZERO,
+            h.engine.store.ledger_generation(),
+            &h.rt.config,
+            at,
+        )
+    };
+    let now = h.clock.now();
+    assert!(current(&h, now), "a settled status was not kept");
+    // Until the key enters its lead, not after.
+    assert!(current(&h, now + Duration::days(1)));
+    assert!(!current(&h, now + Duration::days(1) + Duration::minutes(1)));
+    // A ledger write (a manual rotation begins).
+    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
+    assert!(!current(&h, now), "kept across a ledger write");
+    h.engine.refresh_status(&h.rt, "p").unwrap();
+    assert!(
+        !current(&h, h.clock.now()),
+        "a status with a rotation in flight is not settled"
+    );
+    // A reload.
+    let h2 = harness("", None);
+    h2.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h2, "p").await;
+    h = h2;
+    assert!(current(&h, h.clock.now()));
+    h.rt.config = Arc::new((*h.rt.config).clone());
+    assert!(!current(&h, h.clock.now()), "kept across a reload");
 }

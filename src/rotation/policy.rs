@@ -136,6 +136,75 @@ impl PolicyPlan {
     pub fn due(&self) -> impl Iterator<Item = &LineagePlan> {
         self.lineages.iter().filter(|l| l.decision.rotate)
     }
+
+    /// Until when planning the same keys from the same ledger and
+    /// configuration gives this very plan again, made at `now`: `Some(t)`
+    /// (`t >= now`, exclusive) when the plan is *settled* — healthy
+    /// (`ok`), nothing due, misconfigured or bootstrapped, and every
+    /// lineage `fresh`, with no rotation in flight, nothing to resume and
+    /// no condition — else `None`.
+    ///
+    /// Why the plan cannot change before `t` (the only input that moves is
+    /// `now`; this lists every use of it in [`plan`], [`decide`] and
+    /// [`health::assess`], and the expiry warnings a check raises):
+    /// - a `fresh` decision stays `fresh`, with the same `rotate_at` and
+    ///   message (it prints the instant it is due, not the time left), while
+    ///   `now` is before `rotate_at` (the lead and `max_age` thresholds) and
+    ///   before the key's expiry;
+    /// - the later rules of [`plan`] that read `now` or the listing's start
+    ///   (a walk older than the last rotation, a published key missing or
+    ///   gone for good) only apply to a decision that rotates, which a
+    ///   `fresh` one does not; an `unknown_time` from a creation in the
+    ///   future can only disappear as `now` grows, and there is none;
+    /// - [`health::assess`] reads `now` for an expired current key (not
+    ///   before its expiry) and for a rotation in flight (none);
+    /// - a check raises `key.expiring` for a `stale` key once per
+    ///   `expiring_warnings` threshold crossed: `t` is before the next
+    ///   crossing of each stale key.
+    pub fn settled_until(
+        &self,
+        policy: &PolicyConfig,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if self.health != Health::Ok || self.misconfigured.is_some() || self.bootstrap.is_some() {
+            return None;
+        }
+        let mut until = DateTime::<Utc>::MAX_UTC;
+        for l in &self.lineages {
+            let settled = l.decision.reason == Reason::Fresh
+                && !l.decision.rotate
+                && l.health == Health::Ok
+                && l.conditions.is_empty()
+                && l.condition.is_none()
+                && l.active.is_none()
+                && l.resumable.is_none();
+            if !settled {
+                return None;
+            }
+            let cur = l.current.as_ref().map(|c| &c.key)?;
+            if let Some(t) = l.decision.rotate_at {
+                until = until.min(t);
+            }
+            if let Some(exp) = cur.expires_at {
+                until = until.min(exp);
+            }
+            for (k, st) in &l.keys {
+                let Some(exp) = k.key.expires_at.filter(|_| *st == KeyState::Stale) else {
+                    continue;
+                };
+                for w in &policy.expiring_warnings {
+                    if let Some(cross) = ChronoDuration::from_std(*w)
+                        .ok()
+                        .and_then(|w| exp.checked_sub_signed(w))
+                        .filter(|c| *c > now)
+                    {
+                        until = until.min(cross);
+                    }
+                }
+            }
+        }
+        (until > now).then_some(until)
+    }
 }
 
 /// What the store knows of one policy: the planner's evidence of
@@ -433,7 +502,14 @@ pub fn decide(
     Decision {
         reason: Reason::Fresh,
         message: match rotate_at {
-            Some(t) => format!("key {} is fresh; due in {}", key.name, human(t - now)),
+            // The instant, not the time left: a message that changes every
+            // hour would make every settled plan expire within the hour
+            // (PolicyPlan::settled_until).
+            Some(t) => format!(
+                "key {} is fresh; due at {}",
+                key.name,
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
             None => format!("key {} has no expiry and no max_age applies", key.name),
         },
         rotate: false,
@@ -499,7 +575,9 @@ pub fn plan(
         _ => None,
     };
 
-    let mut lineages = Vec::new();
+    // Sized once: a lineage plan is large, and a policy of 100 lone keys
+    // has 100 lineages (growing the vector moved them ~7 times).
+    let mut lineages = Vec::with_capacity(by_lineage.len() + usize::from(bootstrap.is_some()));
     for (name, mut ks) in by_lineage {
         let mine: Vec<&RotationRow> = rotations.iter().filter(|r| r.lineage == name).collect();
         let active = mine

@@ -2518,7 +2518,8 @@ impl Store {
 }
 
 /// The `policy_state` row of one check: check time, next check (kept
-/// when the record has none), health, error, decisions. Shared by
+/// when the record has none), health, error, decisions (kept when the
+/// record has none). Shared by
 /// [`Store::record_check`] and [`Store::record_check_times`].
 fn upsert_policy_state(tx: &dyn Tx, check: &CheckRecord) -> Result<(), StoreError> {
     tx.execute(
@@ -2526,7 +2527,8 @@ fn upsert_policy_state(tx: &dyn Tx, check: &CheckRecord) -> Result<(), StoreErro
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (policy) DO UPDATE SET last_check_at = excluded.last_check_at,
             next_check_at = COALESCE(excluded.next_check_at, policy_state.next_check_at),
-            health = excluded.health, last_error = excluded.last_error, decisions = excluded.decisions",
+            health = excluded.health, last_error = excluded.last_error,
+            decisions = COALESCE(excluded.decisions, policy_state.decisions)",
         p![check.policy, ts(check.at), check.next_check_at.map(ts), check.health, check.error, check.decisions],
     )?;
     Ok(())
@@ -2948,8 +2950,10 @@ pub struct CheckRecord {
     pub next_check_at: Option<DateTime<Utc>>,
     pub health: String,
     pub error: Option<String>,
-    /// Each lineage's decision, as JSON text (an object by lineage).
-    pub decisions: String,
+    /// Each lineage's decision, as JSON text (an object by lineage);
+    /// `None` keeps the stored decisions (a check that reused the plan
+    /// which wrote them, `rotation::engine::SettledChecks`).
+    pub decisions: Option<String>,
     pub keys: Vec<SeenKey>,
     /// The listing was complete, so keys not in it are gone.
     pub complete_listing: bool,

@@ -1089,7 +1089,7 @@ fn a_nul_character_from_a_provider_is_stored_not_refused(store: &Store) {
             next_check_at: None,
             health: "error".into(),
             error: Some("HTTP 400 Bad: a\0b".into()),
-            decisions: "{}".into(),
+            decisions: Some("{}".into()),
             keys: vec![SeenKey {
                 key_id: "id-1".into(),
                 name: "k\0".into(),
