@@ -3189,7 +3189,10 @@ async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
     ));
     h.clock.set(back);
     let c = daemon_check(&h, "p").await;
-    assert!(!reused(&c), "reused a plan made after the stepped-back clock");
+    assert!(
+        !reused(&c),
+        "reused a plan made after the stepped-back clock"
+    );
     assert_ne!(stored_decisions(&h, "p"), before);
 }
 
@@ -3224,7 +3227,10 @@ async fn a_failing_listing_between_identical_listings_is_reported_then_cleared()
         (st.health, st.error.clone())
     };
     let (health, error) = status(&h);
-    assert!(!health.is_healthy() && error.is_some(), "{health:?} {error:?}");
+    assert!(
+        !health.is_healthy() && error.is_some(),
+        "{health:?} {error:?}"
+    );
     h.clock.advance(Duration::seconds(10));
     let c = daemon_check(&h, "p").await;
     assert!(!reused(&c), "reused across a failed listing");
@@ -3249,4 +3255,35 @@ async fn a_key_whose_meta_changes_between_checks_is_planned_not_reused() {
         .insert("status".into(), serde_json::json!("disabled"));
     h.clock.advance(Duration::seconds(10));
     assert!(!reused(&daemon_check(&h, "p").await));
+}
+
+/// Held: a hand-made key named like rekey's own appearing in a settled
+/// lineage is planned (never taken for ours: `unrecognised`, its event
+/// raised), and the lineage, holding a condition, is not settled again.
+#[tokio::test]
+async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognised() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    let forged = h.fake.add(
+        "app-a-20261130-r0badc0de-1",
+        Duration::zero(),
+        Duration::days(30),
+    );
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "a forged key was not planned");
+    let keys = h.engine.status.load().policies[0].keys.to_vec();
+    let k = keys.iter().find(|k| k.id == forged).unwrap();
+    assert_eq!(k.state, crate::rotation::report::KeyState::Unrecognised);
+    let events = h.engine.store.events_after(0, 1000).unwrap();
+    assert!(events.iter().any(|e| e.kind == "key.unrecognised"));
+    h.clock.advance(Duration::seconds(10));
+    assert!(!reused(&daemon_check(&h, "p").await));
+    let l = h.lineage_status("app-a");
+    assert_ne!(l.current_key.as_deref(), Some(forged.as_str()), "{l:?}");
 }
