@@ -939,3 +939,46 @@ async fn a_key_that_expires_between_checks_is_reported_expired_within_a_minute()
     assert_eq!(events.iter().filter(|e| e.kind == "key.expired").count(), 1);
     assert_eq!(terminate(&mut d), 0);
 }
+
+/// Held (issue 13, the settled-plan memo): a settled key whose checks are
+/// being reused, and whose listings stay byte-identical, is rotated at the
+/// first check after the boot clock (the daemon's time: a host suspended
+/// for weeks) carries it past its lead. (A wall-clock step alone moves no
+/// time for the daemon, by design: `clock::MonotonicClock`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_clock_jump_past_the_lead_of_a_settled_key_starts_its_rotation() {
+    let Some(lib) = libfaketime() else { return };
+    let env = Env::new().await;
+    // app-0 expires in 25 d; the lead is 7 d: due in 18 d.
+    env.seed(1, 0);
+    let cfg = env.config("keys/{lineage}.env", "");
+    let offset = env.path("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
+    let mut d = Command::new(BIN)
+        .args(["--log-level", "rekey=debug,info", "run", "-c"])
+        .arg(&cfg)
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("REKEY_BACKOFF_BASE_MS", "100")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.wait_for("a reused check", Duration::from_secs(60), |e| {
+        e.log().contains("reused=true")
+    })
+    .await;
+    assert!(env.rotations().is_empty(), "{:?}", env.rotations());
+    // +19 days: app-0 is a day inside its lead; the listing is unchanged.
+    std::fs::write(&offset, "+19d\n").unwrap();
+    env.wait_for(
+        "the rotation of the key now inside its lead",
+        Duration::from_secs(30),
+        |e| !e.rotations().is_empty(),
+    )
+    .await;
+    assert_eq!(terminate(&mut d), 0);
+}

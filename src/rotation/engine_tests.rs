@@ -3116,3 +3116,178 @@ async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
     h.rt.config = Arc::new((*h.rt.config).clone());
     assert!(!current(&h, h.clock.now()), "kept across a reload");
 }
+
+// ------------------------------------ adversary: reused settled checks (issue 13)
+
+fn expiring_events(h: &Harness, threshold: &str) -> usize {
+    h.engine
+        .store
+        .events_after(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "key.expiring" && e.data["threshold"] == threshold)
+        .count()
+}
+
+/// Held: a settled plan stands only until a stale key's next
+/// `expiring_warnings` threshold, so the warning goes out at the first
+/// check after the crossing although the listings are byte-identical.
+#[tokio::test]
+async fn a_stale_key_crossing_a_warning_between_identical_listings_is_warned() {
+    let h = harness("", None);
+    let old = h.fake.add(
+        "app-a",
+        Duration::days(25),
+        Duration::days(1) + Duration::minutes(20),
+    );
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    settle(&h, "p").await;
+    let exp = h
+        .fake
+        .st
+        .lock()
+        .unwrap()
+        .keys
+        .iter()
+        .find(|k| k.0.id == old)
+        .unwrap()
+        .0
+        .expires_at
+        .unwrap();
+    let cross = exp - Duration::days(1);
+    assert_eq!(expiring_events(&h, "1d"), 0);
+    // Just before the crossing the settled check still stands (else this
+    // test would not exercise the memo).
+    h.clock.set(cross - Duration::seconds(1));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert_eq!(expiring_events(&h, "1d"), 0);
+    h.clock.set(cross + Duration::seconds(1));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "reused past a stale key's warning threshold");
+    assert_eq!(expiring_events(&h, "1d"), 1);
+}
+
+/// Held: a clock stepped back before the settled check's start plans again
+/// (the printed duration differs), and the settled status is not current
+/// there.
+#[tokio::test]
+async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    let before = stored_decisions(&h, "p");
+    let back = h.clock.now() - Duration::hours(2);
+    assert!(!h.engine.status_built.current(
+        "p",
+        std::time::Duration::ZERO,
+        h.engine.store.ledger_generation(),
+        &h.rt.config,
+        back,
+    ));
+    h.clock.set(back);
+    let c = daemon_check(&h, "p").await;
+    assert!(
+        !reused(&c),
+        "reused a plan made after the stepped-back clock"
+    );
+    assert_ne!(stored_decisions(&h, "p"), before);
+}
+
+/// Held: a failing listing between two identical ones is reported, and the
+/// next identical listing plans again and clears it (no stale settled
+/// status or check hides either change).
+#[tokio::test]
+async fn a_failing_listing_between_identical_listings_is_reported_then_cleared() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    h.clock.advance(Duration::seconds(10));
+    let err = ProviderError::new(
+        "ob",
+        "list",
+        ProviderErrorKind::Timeout(std::time::Duration::from_secs(30)),
+    );
+    let mut quiet = Vec::new();
+    let r = h
+        .engine
+        .check_policy_deferred(&h.rt, "p", Err(err), &mut quiet)
+        .await;
+    assert!(r.is_err());
+    h.engine.store.record_check_times(&quiet).unwrap();
+    let status = |h: &Harness| {
+        let snap = h.engine.status.load();
+        let st = snap.policies.iter().find(|p| p.name == "p").unwrap();
+        (st.health, st.error.clone())
+    };
+    let (health, error) = status(&h);
+    assert!(
+        !health.is_healthy() && error.is_some(),
+        "{health:?} {error:?}"
+    );
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "reused across a failed listing");
+    assert_eq!(status(&h), (Health::Ok, None));
+    assert!(reused(&daemon_check(&h, "p").await));
+}
+
+/// Held: a change only in a key's provider-specific fields (`meta`: e.g.
+/// a Tencent key disabled) changes the digest, so the check plans.
+#[tokio::test]
+async fn a_key_whose_meta_changes_between_checks_is_planned_not_reused() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    h.fake.st.lock().unwrap().keys[0]
+        .0
+        .meta
+        .insert("status".into(), serde_json::json!("disabled"));
+    h.clock.advance(Duration::seconds(10));
+    assert!(!reused(&daemon_check(&h, "p").await));
+}
+
+/// Held: a hand-made key named like rekey's own appearing in a settled
+/// lineage is planned (never taken for ours: `unrecognised`, its event
+/// raised), and the lineage, holding a condition, is not settled again.
+#[tokio::test]
+async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognised() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    let forged = h.fake.add(
+        "app-a-20261130-r0badc0de-1",
+        Duration::zero(),
+        Duration::days(30),
+    );
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "p").await;
+    assert!(!reused(&c), "a forged key was not planned");
+    let keys = h.engine.status.load().policies[0].keys.to_vec();
+    let k = keys.iter().find(|k| k.id == forged).unwrap();
+    assert_eq!(k.state, crate::rotation::report::KeyState::Unrecognised);
+    let events = h.engine.store.events_after(0, 1000).unwrap();
+    assert!(events.iter().any(|e| e.kind == "key.unrecognised"));
+    h.clock.advance(Duration::seconds(10));
+    assert!(!reused(&daemon_check(&h, "p").await));
+    let l = h.lineage_status("app-a");
+    assert_ne!(l.current_key.as_deref(), Some(forged.as_str()), "{l:?}");
+}
