@@ -3170,9 +3170,9 @@ async fn a_stale_key_crossing_a_warning_between_identical_listings_is_warned() {
     assert_eq!(expiring_events(&h, "1d"), 1);
 }
 
-/// Held: a clock stepped back before the settled check's start plans again
-/// (the printed duration differs), and the settled status is not current
-/// there.
+/// Held: a clock stepped back before the settled check's start plans again,
+/// and the settled status is not current there. (The decisions it stores
+/// may be the same text: a fresh lineage prints the instant it is due.)
 #[tokio::test]
 async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
     let h = harness("", None);
@@ -3182,7 +3182,6 @@ async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
         Duration::days(29) - Duration::minutes(30),
     );
     settle(&h, "p").await;
-    let before = stored_decisions(&h, "p");
     let back = h.clock.now() - Duration::hours(2);
     assert!(!h.engine.status_built.current(
         "p",
@@ -3197,7 +3196,6 @@ async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
         !reused(&c),
         "reused a plan made after the stepped-back clock"
     );
-    assert_ne!(stored_decisions(&h, "p"), before);
 }
 
 /// Held: a failing listing between two identical ones is reported, and the
