@@ -32,13 +32,9 @@ pub fn disable_core_dumps() {
 }
 
 /// glibc malloc tuning, set once at start (`mallopt(3)`):
-/// - one arena (`M_ARENA_MAX`; the default is one per thread, up to
-///   8 × cores), unless the environment sets `MALLOC_ARENA_MAX` (glibc's
-///   own variable, then left to glibc). Each arena pins the pages its live
-///   blocks sit on; small blocks mostly come from each thread's cache
-///   (tcache) without taking the arena's lock. Measured against two arenas
-///   with the variable (release build): idle peak RSS 31.2 → 27.5 MiB,
-///   scale 117.4 → 104.9 MiB;
+/// - at most two arenas (`M_ARENA_MAX`; the default is one per thread, up
+///   to 8 × cores), unless the environment sets `MALLOC_ARENA_MAX` (glibc's
+///   own variable, then left to glibc);
 /// - blocks of [`MMAP_THRESHOLD`] bytes or more are their own mappings
 ///   (`M_MMAP_THRESHOLD`), returned to the OS when freed. Setting it also
 ///   stops glibc's dynamic threshold, which otherwise rises to 32 MiB after
@@ -55,7 +51,7 @@ pub fn tune_malloc() {
     // main, before any other thread exists.
     unsafe {
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
