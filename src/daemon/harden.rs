@@ -34,7 +34,10 @@ pub fn disable_core_dumps() {
 /// glibc malloc tuning, set once at start (`mallopt(3)`):
 /// - at most two arenas (`M_ARENA_MAX`; the default is one per thread, up
 ///   to 8 × cores), unless the environment sets `MALLOC_ARENA_MAX` (glibc's
-///   own variable, then left to glibc);
+///   own variable, then left to glibc). One arena was measured too: 8 MiB
+///   less peak RSS on the scale benchmark, but its planning round took
+///   4.15 s of CPU instead of 1.68 s (concurrent checks contend for the
+///   arena's lock; benches/RESULTS.md, 2026-12-01 05:36);
 /// - blocks of [`MMAP_THRESHOLD`] bytes or more are their own mappings
 ///   (`M_MMAP_THRESHOLD`), returned to the OS when freed. Setting it also
 ///   stops glibc's dynamic threshold, which otherwise rises to 32 MiB after
