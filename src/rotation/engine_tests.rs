@@ -2931,6 +2931,19 @@ async fn settle(h: &Harness, policy: &str) {
     panic!("{policy}'s checks never reused a settled check");
 }
 
+/// A harness whose policy `p` has one fresh key, `app-a` (a day old, due in
+/// about three weeks), checked until its checks reuse a settled plan.
+async fn settled_harness() -> Harness {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    settle(&h, "p").await;
+    h
+}
+
 fn stored_decisions(h: &Harness, policy: &str) -> String {
     h.engine
         .store
@@ -3104,13 +3117,7 @@ async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
         "a status with a rotation in flight is not settled"
     );
     // A reload.
-    let h2 = harness("", None);
-    h2.fake.add(
-        "app-a",
-        Duration::days(1),
-        Duration::days(29) - Duration::minutes(30),
-    );
-    settle(&h2, "p").await;
+    let h2 = settled_harness().await;
     h = h2;
     assert!(current(&h, h.clock.now()));
     h.rt.config = Arc::new((*h.rt.config).clone());
@@ -3175,13 +3182,7 @@ async fn a_stale_key_crossing_a_warning_between_identical_listings_is_warned() {
 /// may be the same text: a fresh lineage prints the instant it is due.)
 #[tokio::test]
 async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
-    let h = harness("", None);
-    h.fake.add(
-        "app-a",
-        Duration::days(1),
-        Duration::days(29) - Duration::minutes(30),
-    );
-    settle(&h, "p").await;
+    let h = settled_harness().await;
     let back = h.clock.now() - Duration::hours(2);
     assert!(!h.engine.status_built.current(
         "p",
@@ -3203,13 +3204,7 @@ async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
 /// status or check hides either change).
 #[tokio::test]
 async fn a_failing_listing_between_identical_listings_is_reported_then_cleared() {
-    let h = harness("", None);
-    h.fake.add(
-        "app-a",
-        Duration::days(1),
-        Duration::days(29) - Duration::minutes(30),
-    );
-    settle(&h, "p").await;
+    let h = settled_harness().await;
     h.clock.advance(Duration::seconds(10));
     let err = ProviderError::new(
         "ob",
@@ -3244,13 +3239,7 @@ async fn a_failing_listing_between_identical_listings_is_reported_then_cleared()
 /// a Tencent key disabled) changes the digest, so the check plans.
 #[tokio::test]
 async fn a_key_whose_meta_changes_between_checks_is_planned_not_reused() {
-    let h = harness("", None);
-    h.fake.add(
-        "app-a",
-        Duration::days(1),
-        Duration::days(29) - Duration::minutes(30),
-    );
-    settle(&h, "p").await;
+    let h = settled_harness().await;
     h.fake.st.lock().unwrap().keys[0]
         .0
         .meta
@@ -3264,13 +3253,7 @@ async fn a_key_whose_meta_changes_between_checks_is_planned_not_reused() {
 /// raised), and the lineage, holding a condition, is not settled again.
 #[tokio::test]
 async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognised() {
-    let h = harness("", None);
-    h.fake.add(
-        "app-a",
-        Duration::days(1),
-        Duration::days(29) - Duration::minutes(30),
-    );
-    settle(&h, "p").await;
+    let h = settled_harness().await;
     let forged = h.fake.add(
         "app-a-20261130-r0badc0de-1",
         Duration::zero(),
