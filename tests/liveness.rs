@@ -651,6 +651,41 @@ fn libfaketime() -> Option<std::path::PathBuf> {
     .find(|p| p.exists())
 }
 
+/// Which clocks libfaketime moves for the daemon.
+#[derive(Clone, Copy, PartialEq)]
+enum Clocks {
+    /// Only the wall clock (`CLOCK_REALTIME`): the boot clock is the real one.
+    WallOnly,
+    /// Every clock, the boot clock too (a host suspended for weeks).
+    WallAndBoot,
+}
+
+/// `rekey run` (debug log) under libfaketime `lib`, its offset read from
+/// the file `offset` at every call (write `+1d` there to step).
+fn spawn_under_faketime(
+    env: &Env,
+    cfg: &std::path::Path,
+    lib: &std::path::Path,
+    offset: &std::path::Path,
+    clocks: Clocks,
+) -> std::process::Child {
+    let mut extra = vec![
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_string()),
+    ];
+    if clocks == Clocks::WallOnly {
+        extra.push(("DONT_FAKE_MONOTONIC", "1".to_string()));
+    }
+    crate::support::spawn_run(
+        cfg,
+        &env.path("daemon.log"),
+        Some("rekey=debug,info"),
+        None,
+        &extra,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_checks() {
     let Some(lib) = libfaketime() else { return };
@@ -663,21 +698,8 @@ async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_check
     std::fs::write(&cfg, text).unwrap();
     let offset = env.path("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
-    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
-    let mut d = Command::new(BIN)
-        .args(["--log-level", "rekey=debug,info", "run", "-c"])
-        .arg(&cfg)
-        .env("LD_PRELOAD", &lib)
-        .env("FAKETIME_TIMESTAMP_FILE", &offset)
-        .env("FAKETIME_NO_CACHE", "1")
-        // Only the wall clock is faked: the boot clock is the real one.
-        .env("DONT_FAKE_MONOTONIC", "1")
-        .env("REKEY_BACKOFF_BASE_MS", "100")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    // Only the wall clock is faked: the boot clock is the real one.
+    let mut d = spawn_under_faketime(&env, &cfg, &lib, &offset, Clocks::WallOnly);
     env.wait_for(
         "the new key to be published",
         Duration::from_secs(60),
@@ -954,19 +976,7 @@ async fn a_boot_clock_jump_past_the_lead_of_a_settled_key_starts_its_rotation() 
     let cfg = env.config("keys/{lineage}.env", "");
     let offset = env.path("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
-    let log = std::fs::File::create(env.path("daemon.log")).unwrap();
-    let mut d = Command::new(BIN)
-        .args(["--log-level", "rekey=debug,info", "run", "-c"])
-        .arg(&cfg)
-        .env("LD_PRELOAD", &lib)
-        .env("FAKETIME_TIMESTAMP_FILE", &offset)
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("REKEY_BACKOFF_BASE_MS", "100")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut d = spawn_under_faketime(&env, &cfg, &lib, &offset, Clocks::WallAndBoot);
     env.wait_for("a reused check", Duration::from_secs(60), |e| {
         e.log().contains("reused=true")
     })
