@@ -25,6 +25,7 @@
 //! retiring → completed`, committing every step to the store before the next
 //! side effect → sinks receive the new key → the old key is deleted after the
 //! grace period → events leave through the outbox.
+pub mod arena;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -37,76 +37,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::health::{Condition, Health};
 use super::report::{KeyState, KeyStatus, LineageStatus, RotationSummary};
-
-/// A string in an [`Arena`]: byte offset and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    len: u32,
-}
-
-/// `current_key` absent.
-const NO_SPAN: Span = Span {
-    start: u32::MAX,
-    len: 0,
-};
-
-/// One table's strings, back to back.
-#[derive(Debug, Clone, Default)]
-struct Arena {
-    text: String,
-    /// Spans handed out by [`Arena::intern`], searched newest first: the
-    /// repeated strings of one table are few (reasons) or consecutive (a
-    /// lineage's keys), so the list stays short.
-    interned: Vec<Span>,
-}
+use crate::arena::{Arena, Span};
 
 /// How many interned strings are searched before a string is stored anew.
 const INTERN_WINDOW: usize = 32;
-
-impl Arena {
-    fn push(&mut self, s: &str) -> Span {
-        let start = u32::try_from(self.text.len()).expect("a policy's status text is under 4 GiB");
-        let len = u32::try_from(s.len()).expect("a status string is under 4 GiB");
-        self.text.push_str(s);
-        Span { start, len }
-    }
-
-    /// [`Arena::push`], reusing an equal string interned recently.
-    fn intern(&mut self, s: &str) -> Span {
-        if let Some(found) = self
-            .interned
-            .iter()
-            .rev()
-            .take(INTERN_WINDOW)
-            .find(|sp| self.get(**sp) == s)
-        {
-            return *found;
-        }
-        let sp = self.push(s);
-        self.interned.push(sp);
-        sp
-    }
-
-    fn get(&self, sp: Span) -> &str {
-        let start = sp.start as usize;
-        &self.text[start..start + sp.len as usize]
-    }
-
-    fn get_opt(&self, sp: Span) -> Option<&str> {
-        (sp != NO_SPAN).then(|| self.get(sp))
-    }
-
-    fn push_opt(&mut self, s: Option<&str>) -> Span {
-        s.map_or(NO_SPAN, |s| self.push(s))
-    }
-
-    /// Drop the spare capacity and the intern list once the table is built.
-    fn finish(&mut self) {
-        self.text.shrink_to_fit();
-        self.interned = Vec::new();
-    }
-}
 
 #[derive(Debug, Clone)]
 struct KeyRow {
@@ -218,7 +152,7 @@ impl Keys {
         let row = KeyRow {
             id: self.arena.push(id),
             name: self.arena.push(name),
-            lineage: self.arena.intern(lineage),
+            lineage: self.arena.intern(lineage, INTERN_WINDOW),
             created_at,
             expires_at,
             state,
@@ -275,7 +209,7 @@ impl Keys {
 
     /// Bytes held: rows and text (for the memory test and figures).
     pub fn heap_bytes(&self) -> usize {
-        self.rows.capacity() * std::mem::size_of::<KeyRow>() + self.arena.text.capacity()
+        self.rows.capacity() * std::mem::size_of::<KeyRow>() + self.arena.heap_bytes()
     }
 }
 
@@ -460,7 +394,7 @@ impl Lineages {
         let row = LineageRow {
             name: self.arena.push(l.name),
             current_key: self.arena.push_opt(l.current_key),
-            reason: self.arena.intern(l.reason),
+            reason: self.arena.intern(l.reason, INTERN_WINDOW),
             message: self.arena.push(l.message),
             conditions: Span {
                 start,
@@ -549,7 +483,7 @@ impl Lineages {
             })
             .sum();
         self.rows.capacity() * std::mem::size_of::<LineageRow>()
-            + self.arena.text.capacity()
+            + self.arena.heap_bytes()
             + self.conditions.capacity()
             + summaries
     }
@@ -710,13 +644,18 @@ mod tests {
     #[test]
     fn repeated_lineage_and_reason_strings_are_stored_once() {
         let ck: Keys = sample_keys().iter().collect();
-        assert_eq!(ck.arena.text.matches("app").count(), 3, "{}", ck.arena.text);
+        assert_eq!(
+            ck.arena.text().matches("app").count(),
+            3,
+            "{}",
+            ck.arena.text()
+        );
         let cl: Lineages = sample_lineages().iter().collect();
         assert_eq!(
-            cl.arena.text.matches("fresh").count(),
+            cl.arena.text().matches("fresh").count(),
             2,
             "{}",
-            cl.arena.text
+            cl.arena.text()
         );
     }
 

@@ -5,8 +5,8 @@
 //! the store's write generation stands, so their size is the daemon's
 //! size: as plain structs a key row took about 200 bytes inline plus five
 //! heap strings (id, name, lineage, origin, state), each with its
-//! allocator overhead and rounding. Here, with the technique of
-//! `rotation::compact` (the status tables):
+//! allocator overhead and rounding. Here, with the status tables'
+//! [`crate::arena`]:
 //!
 //! - a table's strings live in one arena (a `String`), referred to by
 //!   8-byte spans: no heap allocation per id, name or lineage;
@@ -25,23 +25,11 @@
 use chrono::{DateTime, Utc};
 
 use super::KnownKey;
+use crate::arena::{Arena, Span};
 
-/// A string in the arena: byte offset and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    start: u32,
-    len: u32,
-}
-
-/// An absent optional string.
-const NO_SPAN: Span = Span {
-    start: u32::MAX,
-    len: 0,
-};
-
-/// How many distinct words (origins, states) are looked up before a word is
-/// stored anew: the store knows a handful, so this only bounds the search
-/// against a hostile or corrupt table.
+/// How many of the newest distinct words (origins, states) are looked up
+/// before a word is stored anew: the store knows a handful, so this only
+/// bounds the search against a hostile or corrupt table.
 const WORD_LIMIT: usize = 16;
 
 #[derive(Debug, Clone)]
@@ -63,10 +51,9 @@ struct Row {
 /// borrowed views ([`KnownRef`]) in the order given.
 #[derive(Clone, Default)]
 pub struct KnownKeys {
-    text: String,
+    /// Every row's strings; origins and states interned.
+    arena: Arena,
     rows: Vec<Row>,
-    /// Origins and states stored so far (spans into `text`).
-    words: Vec<Span>,
 }
 
 impl KnownKeys {
@@ -75,57 +62,33 @@ impl KnownKeys {
         Self::default()
     }
 
-    fn put(&mut self, s: &str) -> Span {
-        let start = u32::try_from(self.text.len()).expect("a policy's key rows are under 4 GiB");
-        let len = u32::try_from(s.len()).expect("a key row's string is under 4 GiB");
-        self.text.push_str(s);
-        Span { start, len }
-    }
-
-    fn put_opt(&mut self, s: Option<&str>) -> Span {
-        s.map_or(NO_SPAN, |s| self.put(s))
-    }
-
-    /// [`KnownKeys::put`] for a word that repeats across rows.
-    fn word(&mut self, s: &str) -> Span {
-        if let Some(found) = self.words.iter().find(|sp| self.get(**sp) == s) {
-            return *found;
-        }
-        let sp = self.put(s);
-        if self.words.len() < WORD_LIMIT {
-            self.words.push(sp);
-        }
-        sp
-    }
-
     fn get(&self, sp: Span) -> &str {
-        let start = sp.start as usize;
-        &self.text[start..start + sp.len as usize]
+        self.arena.get(sp)
     }
 
     fn get_opt(&self, sp: Span) -> Option<&str> {
-        (sp != NO_SPAN).then(|| self.get(sp))
+        self.arena.get_opt(sp)
     }
 
     /// Append one row.
     pub fn push(&mut self, k: &KnownKey) {
-        let key_id = self.put(&k.key_id);
+        let key_id = self.arena.push(&k.key_id);
         let name = if k.name == k.key_id {
             key_id
         } else {
-            self.put(&k.name)
+            self.arena.push(&k.name)
         };
         let lineage = if k.lineage == k.name {
             name
         } else if k.lineage == k.key_id {
             key_id
         } else {
-            self.put(&k.lineage)
+            self.arena.push(&k.lineage)
         };
-        let origin = self.word(&k.origin);
-        let rotation_id = self.put_opt(k.rotation_id.as_deref());
-        let state = self.word(&k.state);
-        let unknown_time = self.put_opt(k.unknown_time.as_deref());
+        let origin = self.arena.intern(&k.origin, WORD_LIMIT);
+        let rotation_id = self.arena.push_opt(k.rotation_id.as_deref());
+        let state = self.arena.intern(&k.state, WORD_LIMIT);
+        let unknown_time = self.arena.push_opt(k.unknown_time.as_deref());
         self.rows.push(Row {
             key_id,
             name,
@@ -142,9 +105,8 @@ impl KnownKeys {
 
     /// Drop the spare capacity once every row is in.
     pub fn shrink_to_fit(&mut self) {
-        self.text.shrink_to_fit();
+        self.arena.finish();
         self.rows.shrink_to_fit();
-        self.words.shrink_to_fit();
     }
 
     /// How many rows.
@@ -413,7 +375,7 @@ mod tests {
         let one = KnownKeys::from(rows.clone());
         // Built another way: words stored in another order.
         let mut other = KnownKeys::new();
-        other.put("padding");
+        other.arena.push("padding");
         for r in &rows {
             other.push(r);
         }
