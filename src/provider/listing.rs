@@ -85,16 +85,12 @@ impl Listing {
     /// A listing from keys already walked; repeated ids are dropped (the
     /// first occurrence wins).
     pub fn from_walk(
-        keys: Vec<ProviderKey>,
+        mut keys: Vec<ProviderKey>,
         started_at: DateTime<Utc>,
         started_mono: Instant,
         complete: bool,
     ) -> Listing {
-        let mut seen = HashSet::new();
-        let keys = keys
-            .into_iter()
-            .filter(|k| seen.insert(k.id.clone()))
-            .collect();
+        dedup_by_id(&mut keys);
         Listing {
             keys,
             started_at,
@@ -181,6 +177,24 @@ impl Listing {
     pub fn proves_absent(&self, name: &str, since: DateTime<Utc>) -> bool {
         self.complete && self.started_after(since) && self.named(name).next().is_none()
     }
+}
+
+/// Drop the keys whose id an earlier key already has (the first
+/// occurrence wins), keeping the order. The ids are borrowed, not copied:
+/// this runs on every walk (10,000 keys: no string copy, no rehash).
+pub fn dedup_by_id(keys: &mut Vec<ProviderKey>) {
+    let first: Vec<bool> = {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(keys.len());
+        keys.iter().map(|k| seen.insert(k.id.as_str())).collect()
+    };
+    if first.iter().all(|&f| f) {
+        return;
+    }
+    let mut n = 0;
+    keys.retain(|_| {
+        n += 1;
+        first[n - 1]
+    });
 }
 
 /// How long a finished walk keeps serving consumers that need no walk
@@ -500,6 +514,27 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_kept_once_where_it_was_first_listed() {
+        let keys = vec![
+            key("k1", "app-1"),
+            key("k2", "app-2"),
+            key("k1", "app-1-again"),
+            key("k3", "app-3"),
+            key("k2", "app-2-again"),
+        ];
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        let got: Vec<(&str, &str)> = l
+            .keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.name.as_str()))
+            .collect();
+        assert_eq!(got, [("k1", "app-1"), ("k2", "app-2"), ("k3", "app-3")]);
+        let mut unique = vec![key("a", "x"), key("b", "y")];
+        dedup_by_id(&mut unique);
+        assert_eq!(unique.len(), 2);
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //!   Response bodies are never quoted into errors, and JSON shape errors name
 //!   only a line and column, so a secret in a body cannot reach a message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::{Mutex, MutexGuard};
 
@@ -420,16 +420,15 @@ impl Provider for OceanBaseProvider {
         keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
         let mut kept: Vec<ProviderKey> = Vec::new();
-        let mut ids: HashSet<String> = HashSet::new();
         self.walk("list", |raw| {
-            if keep(&raw.name) && !ids.contains(&raw.id) {
-                let key = raw.into_key()?;
-                ids.insert(key.id.clone());
-                kept.push(key);
+            if keep(&raw.name) {
+                kept.push(raw.into_key()?);
             }
             Ok(ControlFlow::Continue(()))
         })
         .await?;
+        // A key listed twice (pages shifting under the walk) counts once.
+        super::listing::dedup_by_id(&mut kept);
         Ok(kept)
     }
 
