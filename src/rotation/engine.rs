@@ -1394,7 +1394,7 @@ impl Engine {
         let ledger = Arc::new(policy::Ledger::load(
             &self.store,
             &policy.name,
-            &policy::rivals(&rt.config, policy),
+            policy::rivals(&rt.config, policy),
         )?);
         self.ledgers
             .put(&policy.name, generation, &rt.config, ledger.clone());
@@ -3130,15 +3130,11 @@ impl Engine {
             }
         }
         // One owner per key: never delete a key another policy also claims.
-        let rivals = rt
-            .policy(&row.policy)
-            .map(|p| policy::rivals(&rt.config, p))
-            .unwrap_or_default();
-        if let Some(other) = self
-            .store
-            .claimed_elsewhere(&row.policy, &rivals)?
-            .get(&old_id)
-        {
+        let claims = match rt.policy(&row.policy) {
+            Some(p) => policy::rivals(&rt.config, p).claims(&self.store)?,
+            None => HashMap::new(),
+        };
+        if let Some(other) = claims.get(&old_id) {
             return self.on_failure(policy, row, "retiring the old key", &format!("key {} is also claimed by policy {other}; refusing to delete it until the config gives it one owner", policy::escaped(&old_id)), true, None, true);
         }
         failpoint::hit("before_delete");

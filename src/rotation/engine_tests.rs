@@ -2723,8 +2723,7 @@ fn assert_ledger_fresh(engine: &Engine, rt: &Runtime, policy: &str, after: &str)
     }
     let p = rt.policy(policy).unwrap();
     let served = engine.ledger(rt, p).unwrap();
-    let fresh =
-        policy::Ledger::load(&engine.store, policy, &policy::rivals(&rt.config, p)).unwrap();
+    let fresh = policy::Ledger::load(&engine.store, policy, policy::rivals(&rt.config, p)).unwrap();
     assert_eq!(
         norm(&served),
         norm(&fresh),
