@@ -10,8 +10,9 @@
 //! a policy's status coalescing window (`rotation::engine::StatusBuilt`) —
 //! or until woken (a transition, a rotate request, a signal). It never
 //! polls: idle, it wakes only for the heartbeat that feeds `/healthz` and
-//! the systemd watchdog. Due checks and rotation steps run as tasks; rotations of
-//! different lineages run concurrently up to `max_concurrent_rotations`.
+//! the systemd watchdog. Due checks and rotation steps run as tasks;
+//! rotations of different lineages run concurrently up to
+//! `max_concurrent_rotations`.
 //!
 //! Signals become [`Control`]: SIGTERM/SIGINT → shutdown (stop taking work,
 //! let in-flight steps reach their next commit within `shutdown_timeout`,
