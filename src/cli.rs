@@ -580,7 +580,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
             }
         };
         let ledger = match &store {
-            Some(s) => policy::Ledger::load(s, &p.name, &policy::rivals(&cfg, p))?,
+            Some(s) => policy::Ledger::load(s, &p.name, policy::rivals(&cfg, p))?,
             None => policy::Ledger::default(),
         };
         let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);

@@ -1890,3 +1890,34 @@ fn the_config_digest_ignores_per_node_settings_and_follows_policies() {
         digest(&with(&[("grace_period = \"2h\"", "grace_period = \"3h\"")]))
     );
 }
+
+/// `Config::policy` answers through an index built at its first call; a
+/// `policies` list changed after that is still answered as a scan would.
+#[test]
+fn a_policy_is_found_by_name_before_and_after_the_list_changes() {
+    let env = hermetic_env(&[("OB_AK", "a"), ("OB_SK", "b")]);
+    let src = format!(
+        "{MINIMAL}{}",
+        MINIMAL
+            .split("[[policy]]")
+            .nth(1)
+            .map(|p| format!(
+                "[[policy]]{}",
+                p.replace("\"maas\"", "\"other\"").replace("app-*", "web-*")
+            ))
+            .unwrap()
+    );
+    let (mut cfg, _) = load(&src, &env).unwrap();
+    assert_eq!(cfg.policy("other").unwrap().name, "other");
+    assert_eq!(cfg.policy("maas").unwrap().name, "maas");
+    assert!(cfg.policy("nope").is_none());
+    cfg.policies.swap(0, 1);
+    let mut third = cfg.policies[0].clone();
+    third.name = "third".into();
+    cfg.policies.push(third);
+    assert_eq!(cfg.policy("maas").unwrap().name, "maas");
+    assert_eq!(cfg.policy("other").unwrap().name, "other");
+    assert_eq!(cfg.policy("third").unwrap().name, "third");
+    cfg.policies.retain(|p| p.name != "maas");
+    assert!(cfg.policy("maas").is_none());
+}

@@ -344,6 +344,7 @@ fn validate_inner(cx: &mut Ctx, path: &Path, src: &str) -> Option<Config> {
         path: path.to_path_buf(),
         origins: BTreeMap::new(),
         digest: super::digest::of_source(src).unwrap_or_default(),
+        policy_index: Default::default(),
         daemon: daemon?,
         providers,
         sinks,

@@ -6,11 +6,13 @@
 //! the status snapshot from the store (no provider calls), then `READY=1`.
 //!
 //! The loop sleeps until the earliest deadline the store knows — a policy's
-//! next scheduled check, a rotation's next step (backoff, grace) — or until
-//! woken (a transition, a rotate request, a signal). It never polls: idle,
-//! it wakes only for the heartbeat that feeds `/healthz` and the systemd
-//! watchdog. Due checks and rotation steps run as tasks; rotations of
-//! different lineages run concurrently up to `max_concurrent_rotations`.
+//! next scheduled check, a rotation's next step (backoff, grace), the end of
+//! a policy's status coalescing window (`rotation::engine::StatusBuilt`) —
+//! or until woken (a transition, a rotate request, a signal). It never
+//! polls: idle, it wakes only for the heartbeat that feeds `/healthz` and
+//! the systemd watchdog. Due checks and rotation steps run as tasks;
+//! rotations of different lineages run concurrently up to
+//! `max_concurrent_rotations`.
 //!
 //! Signals become [`Control`]: SIGTERM/SIGINT → shutdown (stop taking work,
 //! let in-flight steps reach their next commit within `shutdown_timeout`,
@@ -598,9 +600,13 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             }
         };
         d.refresh_when_stale();
+        // Status rebuilds that rotation steps left to the end of their
+        // policy's coalescing window (Engine::flush_status).
+        let flush_in = engine.flush_status(&d.current());
         d.start_due_work(now, &active);
         let deadline = d.next_deadline(now, heartbeat, &active);
         let sleep_for = (deadline - engine.clock.now()).to_std().unwrap_or_default();
+        let sleep_for = flush_in.map_or(sleep_for, |f| sleep_for.min(f));
         let control = tokio::select! {
             _ = tokio::time::sleep(sleep_for) => None,
             _ = engine.wake_scheduler.notified() => None,

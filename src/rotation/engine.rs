@@ -44,6 +44,18 @@
 //! jitter, the cap shrinking as the current key's expiry nears. Retirement
 //! never gives up by itself (the new key is already in use); it keeps
 //! retrying and the policy reports `failing`, until an operator abandons it.
+//!
+//! Status freshness: a check, `rotate_now`, `retry_now` and `abandon`
+//! rebuild their policy's status before they return, so a command's reply
+//! and the status read after it show its own change. A rotation step only
+//! marks its policy: the status is rebuilt at once when its last rebuild
+//! began at least a *window* ago, otherwise when that window ends (the
+//! daemon's loop wakes for it, [`Engine::flush_status`]). The window is 20
+//! × the policy's last rebuild time, from [`STATUS_COALESCE_FLOOR`] (50 ms)
+//! to [`STATUS_COALESCE_CAP`] (1 s), on a monotonic clock, so a step shows
+//! in the status within the window plus one rebuild, and the conditions
+//! and events a rebuild raises (DESIGN §5) come at most that late, still
+//! once ([`StatusBuilt`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -514,6 +526,20 @@ fn keys_digest<'a>(keys: impl Iterator<Item = &'a ProviderKey>, complete: bool) 
 /// built from a settled plan that still stands ([`StatusBuilt`]).
 pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
+/// The shortest a policy's coalescing window gets: after a rotation step,
+/// its status is rebuilt at once when its last rebuild started at least a
+/// window ago, else once that window is over ([`StatusBuilt`]).
+pub const STATUS_COALESCE_FLOOR: Duration = Duration::from_millis(50);
+/// The longest a policy's coalescing window gets, whatever its rebuilds
+/// cost: the bound on how late a step shows in the status (plus one
+/// rebuild, and the main loop's turn to run it).
+pub const STATUS_COALESCE_CAP: Duration = Duration::from_secs(1);
+/// A policy's coalescing window is this many times its last rebuild's
+/// duration (within [`STATUS_COALESCE_FLOOR`]..=[`STATUS_COALESCE_CAP`]):
+/// rotation steps then spend at most about 1/20 of a core rebuilding one
+/// policy's status, however many lineages it has.
+pub const STATUS_COALESCE_FACTOR: u32 = 20;
+
 /// When each policy's status was last rebuilt from the store (monotonic),
 /// and, when the plan it was built from was settled
 /// ([`policy::PolicyPlan::settled_until`]), until when a rebuild would
@@ -525,13 +551,64 @@ pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 /// only move its check times, which a touch sets) and print the same plan,
 /// so the status is current without one — instead of rebuilding it every
 /// [`STATUS_REFRESH`] to catch conditions that arise with time.
-#[derive(Debug, Default)]
-pub struct StatusBuilt(std::sync::Mutex<HashMap<String, Built>>);
+///
+/// Also where rebuilds after rotation steps are coalesced (issue 13: a
+/// rebuild re-plans the whole policy, so one per step of 200 rotating
+/// lineages was O(n²) work in 3–5 ms bursts that delayed the status
+/// thread). A step *marks* its policy ([`StatusBuilt::note_step`]); the
+/// policy is rebuilt at once when its last rebuild started at least its
+/// *window* ago, otherwise when that window is over
+/// ([`StatusBuilt::take_due`], run by the daemon's loop through
+/// [`Engine::flush_status`]). The window is [`STATUS_COALESCE_FACTOR`] ×
+/// the policy's last rebuild time, within [`STATUS_COALESCE_FLOOR`] and
+/// [`STATUS_COALESCE_CAP`], measured on a monotonic clock. Any rebuild
+/// (a check's, a command's, a flush) clears the marks made before it read
+/// the store, and only those. Rebuilds for commands (`rotate`, `retry`,
+/// `abandon`) and checks are never deferred. Conditions and their events
+/// are raised by the rebuild, so once per condition as before, at most a
+/// window later.
+pub struct StatusBuilt {
+    policies: std::sync::Mutex<HashMap<String, Built>>,
+    /// The monotonic clock windows are measured on (a manual one in tests).
+    mono: Arc<dyn crate::clock::Elapsed>,
+    /// [`STATUS_COALESCE_FLOOR`]; zero: no coalescing (every step rebuilds).
+    floor: Duration,
+    /// Marks made so far (a mark's sequence number is its count): a rebuild
+    /// clears the marks numbered up to what it read before the store.
+    marks: std::sync::atomic::AtomicU64,
+    /// Rebuilds started since start-up.
+    rebuilds: std::sync::atomic::AtomicU64,
+}
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Built {
-    at: std::time::Instant,
+    /// When the status was last rebuilt (on `mono`); `None`: never.
+    at: Option<Duration>,
     settled: Option<SettledSpan>,
+    /// When the last rebuild started or was claimed: the window runs from
+    /// there.
+    claimed: Option<Duration>,
+    /// The policy's coalescing window (from its last rebuild's duration;
+    /// the floor until one is published).
+    window: Duration,
+    /// The newest step mark no rebuild has covered yet.
+    dirty: Option<u64>,
+}
+
+/// What [`StatusBuilt::begin`] hands to [`StatusBuilt::mark`]: the marks
+/// made before the rebuild read the store, and when it started.
+struct Rebuild {
+    seen: u64,
+    started: Duration,
+}
+
+/// What a status rebuild read the store after ([`Engine::store_read`]):
+/// the step marks made by then ([`StatusBuilt`]) and the store's
+/// [`Store::ledger_generation`].
+#[derive(Debug, Clone, Copy)]
+struct StoreRead {
+    marks: u64,
+    generation: (u64, u64),
 }
 
 /// A status built from a settled plan: the store's ledger generation read
@@ -544,24 +621,140 @@ type SettledSpan = (
     DateTime<Utc>,
 );
 
+impl Default for StatusBuilt {
+    /// The daemon's: coalescing from [`STATUS_COALESCE_FLOOR`], on the boot
+    /// clock.
+    fn default() -> Self {
+        StatusBuilt::new(Arc::new(crate::clock::BootTime), STATUS_COALESCE_FLOOR)
+    }
+}
+
 impl StatusBuilt {
-    fn mark(&self, policy: &str, settled: Option<SettledSpan>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            policy.to_string(),
-            Built {
-                at: std::time::Instant::now(),
-                settled,
-            },
-        );
+    /// Windows measured on `mono`, never shorter than `floor` (zero: every
+    /// rotation step rebuilds its policy's status at once).
+    pub fn new(mono: Arc<dyn crate::clock::Elapsed>, floor: Duration) -> Self {
+        StatusBuilt {
+            policies: Default::default(),
+            mono,
+            floor,
+            marks: Default::default(),
+            rebuilds: Default::default(),
+        }
+    }
+
+    /// No coalescing: each rotation step rebuilds its policy's status
+    /// before [`Engine::advance`] returns.
+    pub fn immediate() -> Self {
+        StatusBuilt::new(Arc::new(crate::clock::BootTime), Duration::ZERO)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Built>> {
+        self.policies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many status rebuilds have started (checks, steps, commands,
+    /// flushes, the periodic refresh).
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many step marks have been made: taken before a rebuild reads
+    /// the store ([`StoreRead`]).
+    fn marks(&self) -> u64 {
+        self.marks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A rebuild of `policy` starts, over what the store held after the
+    /// first `seen` marks; hand the result to [`StatusBuilt::mark`] once
+    /// the status is out.
+    fn begin(&self, policy: &str, seen: u64) -> Rebuild {
+        self.rebuilds
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let started = self.mono.elapsed();
+        let mut all = self.lock();
+        all.entry(policy.to_string()).or_default().claimed = Some(started);
+        Rebuild { seen, started }
+    }
+
+    /// The rebuild `r` of `policy` is published: note when, what it was
+    /// settled on, and its window; clear the step marks it covered.
+    fn mark(&self, policy: &str, settled: Option<SettledSpan>, r: Rebuild) {
+        let now = self.mono.elapsed();
+        let window = if self.floor.is_zero() {
+            Duration::ZERO
+        } else {
+            (now.saturating_sub(r.started))
+                .saturating_mul(STATUS_COALESCE_FACTOR)
+                .clamp(self.floor, STATUS_COALESCE_CAP.max(self.floor))
+        };
+        let mut all = self.lock();
+        let b = all.entry(policy.to_string()).or_default();
+        b.at = Some(now);
+        b.settled = settled;
+        b.window = window;
+        if b.dirty.is_some_and(|seq| seq <= r.seen) {
+            b.dirty = None;
+        }
+    }
+
+    /// A rotation step of `policy` committed: mark its status out of date.
+    /// Returns whether the caller should rebuild it now (its last rebuild
+    /// started at least its window ago; claimed, so concurrent steps do
+    /// not all rebuild); otherwise [`StatusBuilt::take_due`] hands it out
+    /// when the window is over.
+    pub fn note_step(&self, policy: &str) -> bool {
+        let now = self.mono.elapsed();
+        let mut all = self.lock();
+        let seq = self.marks.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let b = all.entry(policy.to_string()).or_default();
+        b.dirty = Some(seq);
+        let due = b
+            .claimed
+            .is_none_or(|c| now >= c.saturating_add(b.window.max(self.floor)));
+        if due {
+            b.claimed = Some(now);
+        }
+        due
+    }
+
+    /// The marked policies whose window is over (each claimed for a
+    /// rebuild the caller makes now), and how long until the next marked
+    /// one's window is (`None`: nothing else is marked).
+    pub fn take_due(&self) -> (Vec<String>, Option<Duration>) {
+        let now = self.mono.elapsed();
+        let mut all = self.lock();
+        let mut due = Vec::new();
+        let mut next: Option<Duration> = None;
+        for (name, b) in all.iter_mut().filter(|(_, b)| b.dirty.is_some()) {
+            let at = b
+                .claimed
+                .map_or(now, |c| c.saturating_add(b.window.max(self.floor)));
+            if now >= at {
+                b.claimed = Some(now);
+                due.push(name.clone());
+            } else {
+                let wait = at - now;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            }
+        }
+        (due, next)
+    }
+
+    /// Drop `policy`'s step marks (it left the configuration: nothing to
+    /// rebuild).
+    pub fn forget_marks(&self, policy: &str) {
+        if let Some(b) = self.lock().get_mut(policy) {
+            b.dirty = None;
+        }
     }
 
     /// Whether `policy`'s status was rebuilt less than `age` ago.
     pub fn younger_than(&self, policy: &str, age: Duration) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let now = self.mono.elapsed();
+        self.lock()
             .get(policy)
-            .is_some_and(|b| b.at.elapsed() < age)
+            .and_then(|b| b.at)
+            .is_some_and(|at| now.saturating_sub(at) < age)
     }
 
     /// Whether `policy`'s status needs no rebuild at `now`: rebuilt less
@@ -576,19 +769,16 @@ impl StatusBuilt {
         config: &Arc<Config>,
         now: DateTime<Utc>,
     ) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(policy)
-            .is_some_and(|b| {
-                b.at.elapsed() < age
-                    || b.settled.as_ref().is_some_and(|(g, c, since, until)| {
-                        *g == generation
-                            && std::ptr::eq(c.as_ptr(), Arc::as_ptr(config))
-                            && *since <= now
-                            && now < *until
-                    })
-            })
+        let mono = self.mono.elapsed();
+        self.lock().get(policy).is_some_and(|b| {
+            b.at.is_some_and(|at| mono.saturating_sub(at) < age)
+                || b.settled.as_ref().is_some_and(|(g, c, since, until)| {
+                    *g == generation
+                        && std::ptr::eq(c.as_ptr(), Arc::as_ptr(config))
+                        && *since <= now
+                        && now < *until
+                })
+        })
     }
 }
 
@@ -765,10 +955,10 @@ impl Engine {
         quiet: &mut Vec<CheckRecord>,
     ) -> Result<Option<usize>, EngineError> {
         let started = self.now();
-        let generation = self.store.ledger_generation();
+        let read = self.store_read();
         let Some(lineages) =
             self.settled
-                .get(&policy.name, generation, &rt.config, &digest, started)
+                .get(&policy.name, read.generation, &rt.config, &digest, started)
         else {
             return Ok(None);
         };
@@ -792,7 +982,7 @@ impl Engine {
             self.store
                 .record_check_times(std::slice::from_ref(&record))?;
             let ledger = self.ledger(rt, policy)?;
-            self.publish_status(rt, policy, &ledger, generation)?;
+            self.publish_status(rt, policy, &ledger, read)?;
         }
         Ok(Some(lineages))
     }
@@ -839,7 +1029,8 @@ impl Engine {
         };
         // Read before the ledger: a settled check made from this ledger is
         // only reused while no write may have changed it.
-        let generation = self.store.ledger_generation();
+        let read = self.store_read();
+        let generation = read.generation;
         let ledger = self.ledger(rt, policy)?;
         let (removed, orphans_written) = self
             .clean_orphans(rt, policy, &provider, &listing, &ledger)
@@ -977,7 +1168,7 @@ impl Engine {
             if store_changed {
                 self.refresh_status(rt, name)?;
             } else {
-                self.publish_status(rt, policy, &ledger, generation)?;
+                self.publish_status(rt, policy, &ledger, read)?;
             }
         }
         // A check that wrote nothing, over a ledger with no create attempt
@@ -1203,7 +1394,7 @@ impl Engine {
         let ledger = Arc::new(policy::Ledger::load(
             &self.store,
             &policy.name,
-            &policy::rivals(&rt.config, policy),
+            policy::rivals(&rt.config, policy),
         )?);
         self.ledgers
             .put(&policy.name, generation, &rt.config, ledger.clone());
@@ -1386,9 +1577,20 @@ impl Engine {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
-        let generation = self.store.ledger_generation();
+        let read = self.store_read();
         let ledger = self.ledger(rt, policy)?;
-        self.publish_status(rt, policy, &ledger, generation)
+        self.publish_status(rt, policy, &ledger, read)
+    }
+
+    /// Taken before a status rebuild reads the store (the ledger first).
+    fn store_read(&self) -> StoreRead {
+        // Marks first: a step's commit precedes its mark, so a mark counted
+        // here is in the generation and ledger read after it.
+        let marks = self.status_built.marks();
+        StoreRead {
+            marks,
+            generation: self.store.ledger_generation(),
+        }
     }
 
     /// After a healthy check that changed nothing in the store: give the
@@ -1433,16 +1635,17 @@ impl Engine {
     }
 
     /// [`Engine::refresh_status`] from a ledger already read (and still
-    /// what the store holds), the store's ledger generation having been
-    /// `generation` before it was read.
+    /// what the store holds), `read` having been taken before it was.
     fn publish_status(
         &self,
         rt: &Runtime,
         policy: &PolicyConfig,
         ledger: &policy::Ledger,
-        generation: (u64, u64),
+        read: StoreRead,
     ) -> Result<(), EngineError> {
         let name = policy.name.as_str();
+        let generation = read.generation;
+        let rebuild = self.status_built.begin(name, read.marks);
         let now = self.now();
         let views = self.stored_views(policy, ledger, &["live", "retiring", "retired"]);
         let plan = self.plan_from(rt, policy, views, ledger, None)?;
@@ -1568,8 +1771,40 @@ impl Engine {
             .settled_until(policy, now)
             .filter(|until| *until > self.now())
             .map(|until| (generation, Arc::downgrade(&rt.config), now, until));
-        self.status_built.mark(name, settled);
+        self.status_built.mark(name, settled, rebuild);
         Ok(())
+    }
+
+    /// After a rotation step of `policy` committed: rebuild its status now
+    /// when its coalescing window allows, else leave it marked for
+    /// [`Engine::flush_status`] ([`StatusBuilt`]). A failed rebuild is left
+    /// to the next one (as the step's commit stands).
+    fn status_after_step(&self, rt: &Runtime, policy: &str) {
+        if self.status_built.note_step(policy)
+            && let Err(e) = self.refresh_status(rt, policy)
+        {
+            tracing::debug!(policy, error = %e, "cannot rebuild status after a rotation step");
+        }
+    }
+
+    /// Rebuild the status of every policy whose rotation steps were
+    /// coalesced and whose window is over ([`StatusBuilt::take_due`]);
+    /// returns how long until the next such window ends (`None`: none is
+    /// pending). The daemon's loop calls it on every turn and wakes for
+    /// what it returns. A policy not in `rt` (removed by a reload) is
+    /// dropped.
+    pub fn flush_status(&self, rt: &Runtime) -> Option<Duration> {
+        let (due, next) = self.status_built.take_due();
+        for name in due {
+            if rt.policy(&name).is_none() {
+                self.status_built.forget_marks(&name);
+            } else if let Err(e) = self.refresh_status(rt, &name) {
+                // Marked still: tried again once its window is over (at
+                // debug: the periodic refresh warns about a failing store).
+                tracing::debug!(policy = %name, error = %e, "cannot rebuild status after rotation steps");
+            }
+        }
+        next
     }
 
     /// `POST /rotate/{policy}`: rotate every lineage (or one) now.
@@ -1930,8 +2165,10 @@ impl Engine {
             match step {
                 Ok(Step::Continue) => {
                     // The status snapshot is rebuilt once this call stops
-                    // (below), not after every step: under load that is
-                    // most of the engine's CPU.
+                    // (below), not after every step, and then only as
+                    // often as the policy's coalescing window allows
+                    // (StatusBuilt): under load that is most of the
+                    // engine's CPU.
                     self.wake_notify.notify_one();
                     continue;
                 }
@@ -1952,7 +2189,7 @@ impl Engine {
             }
         };
         if let Some(p) = policy_name {
-            let _ = self.refresh_status(rt, &p);
+            self.status_after_step(rt, &p);
         }
         self.wake_notify.notify_one();
         out
@@ -2893,15 +3130,11 @@ impl Engine {
             }
         }
         // One owner per key: never delete a key another policy also claims.
-        let rivals = rt
-            .policy(&row.policy)
-            .map(|p| policy::rivals(&rt.config, p))
-            .unwrap_or_default();
-        if let Some(other) = self
-            .store
-            .claimed_elsewhere(&row.policy, &rivals)?
-            .get(&old_id)
-        {
+        let claims = match rt.policy(&row.policy) {
+            Some(p) => policy::rivals(&rt.config, p).claims(&self.store)?,
+            None => HashMap::new(),
+        };
+        if let Some(other) = claims.get(&old_id) {
             return self.on_failure(policy, row, "retiring the old key", &format!("key {} is also claimed by policy {other}; refusing to delete it until the config gives it one owner", policy::escaped(&old_id)), true, None, true);
         }
         failpoint::hit("before_delete");
@@ -2970,5 +3203,67 @@ pub fn rotation_due(row: &RotationRow, now: DateTime<Utc>) -> bool {
     match row.next_attempt_at {
         Some(t) => t <= now,
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod status_built_tests {
+    use super::*;
+    use crate::clock::ManualElapsed;
+
+    fn built() -> (StatusBuilt, ManualElapsed) {
+        let mono = ManualElapsed::default();
+        let b = StatusBuilt::new(Arc::new(mono.clone()), Duration::from_millis(100));
+        (b, mono)
+    }
+
+    /// A step that commits while a rebuild is reading the store may be
+    /// missing from what it publishes: its mark must outlive that rebuild.
+    #[test]
+    fn a_step_marked_after_a_rebuild_read_the_store_stays_marked() {
+        let (b, mono) = built();
+        let r = b.begin("p", b.marks());
+        assert!(!b.note_step("p"), "inside the window the rebuild opened");
+        b.mark("p", None, r);
+        mono.advance(Duration::from_millis(100));
+        assert_eq!(b.take_due(), (vec!["p".to_string()], None));
+        // Covered by a rebuild that read the store after it: cleared.
+        let r = b.begin("p", b.marks());
+        b.mark("p", None, r);
+        mono.advance(Duration::from_millis(100));
+        assert_eq!(b.take_due(), (Vec::new(), None));
+    }
+
+    /// The window grows with what a rebuild costs (20 ×), between the
+    /// floor and the cap.
+    #[test]
+    fn the_window_is_twenty_rebuild_times_between_its_floor_and_cap() {
+        let (b, mono) = built();
+        for (cost_ms, window_ms) in [(1, 100), (10, 200), (400, 1000)] {
+            let r = b.begin("p", b.marks());
+            mono.advance(Duration::from_millis(cost_ms));
+            b.mark("p", None, r);
+            assert!(!b.note_step("p"));
+            let (due, next) = b.take_due();
+            assert!(due.is_empty());
+            assert_eq!(next, Some(Duration::from_millis(window_ms - cost_ms)));
+            mono.advance(Duration::from_millis(window_ms - cost_ms));
+            assert_eq!(b.take_due(), (vec!["p".to_string()], None));
+            let r = b.begin("p", b.marks());
+            b.mark("p", None, r);
+            mono.advance(Duration::from_secs(1));
+        }
+    }
+
+    /// Without a floor every step rebuilds (the engine tests' harness).
+    #[test]
+    fn with_no_floor_every_step_rebuilds_at_once() {
+        let b = StatusBuilt::immediate();
+        for _ in 0..3 {
+            assert!(b.note_step("p"));
+            let r = b.begin("p", b.marks());
+            b.mark("p", None, r);
+        }
+        assert_eq!(b.take_due(), (Vec::new(), None));
     }
 }

@@ -297,7 +297,9 @@ create = {{ action = "read" }}
             max: std::time::Duration::from_secs(60),
         },
         lease: crate::rotation::gate::LeaseGate::single(),
-        status_built: Default::default(),
+        // Every step rebuilds its status at once (the coalescing tests
+        // make their own).
+        status_built: super::engine::StatusBuilt::immediate(),
         ledgers: Default::default(),
         settled: Default::default(),
     };
@@ -1659,7 +1661,9 @@ path = "{keys}/{{policy}}-{{lineage}}.env"
             max: std::time::Duration::from_secs(60),
         },
         lease: crate::rotation::gate::LeaseGate::single(),
-        status_built: Default::default(),
+        // Every step rebuilds its status at once (the coalescing tests
+        // make their own).
+        status_built: super::engine::StatusBuilt::immediate(),
         ledgers: Default::default(),
         settled: Default::default(),
     };
@@ -2719,8 +2723,7 @@ fn assert_ledger_fresh(engine: &Engine, rt: &Runtime, policy: &str, after: &str)
     }
     let p = rt.policy(policy).unwrap();
     let served = engine.ledger(rt, p).unwrap();
-    let fresh =
-        policy::Ledger::load(&engine.store, policy, &policy::rivals(&rt.config, p)).unwrap();
+    let fresh = policy::Ledger::load(&engine.store, policy, policy::rivals(&rt.config, p)).unwrap();
     assert_eq!(
         norm(&served),
         norm(&fresh),
@@ -3271,4 +3274,140 @@ async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognis
     assert!(!reused(&daemon_check(&h, "p").await));
     let l = h.lineage_status("app-a");
     assert_ne!(l.current_key.as_deref(), Some(forged.as_str()), "{l:?}");
+}
+
+// ------------------------------------ status rebuilds after rotation steps
+
+/// Coalesce `h`'s status rebuilds after rotation steps over windows of
+/// 100 ms on a monotonic clock the test moves (rebuilds there take no
+/// time, so every window is the floor).
+fn coalescing(h: &mut Harness) -> crate::clock::ManualElapsed {
+    let mono = crate::clock::ManualElapsed::default();
+    h.engine.status_built = super::engine::StatusBuilt::new(
+        Arc::new(mono.clone()),
+        std::time::Duration::from_millis(100),
+    );
+    mono
+}
+
+/// The state of `lineage`'s rotation as the published status shows it.
+fn shown_rotation_state(h: &Harness, lineage: &str) -> String {
+    h.lineage_status(lineage).rotation.unwrap().state
+}
+
+/// Issue 13: a rebuild re-plans the whole policy, so one per step of 20
+/// rotating lineages was 20 re-plans of 20 lineages. Within one window
+/// they are none; the window's end gives one.
+#[tokio::test]
+async fn a_burst_of_rotation_steps_rebuilds_the_status_far_fewer_times_than_it_has_steps() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    for i in 0..20 {
+        h.fake.add(
+            &format!("app-{i:02}"),
+            Duration::days(25),
+            Duration::days(2),
+        );
+    }
+    assert_eq!(h.check().await.due().count(), 20);
+    let before = h.engine.status_built.rebuilds();
+    h.drive(h.clock.now()).await;
+    let history = h.engine.store.history(None, 100).unwrap();
+    assert_eq!(history.len(), 20);
+    assert!(history.iter().all(|r| r.state == RotationState::Retiring));
+    let during = h.engine.status_built.rebuilds() - before;
+    assert!(
+        during <= 1,
+        "{during} status rebuilds for 20 rotations' steps"
+    );
+    mono.advance(std::time::Duration::from_millis(100));
+    assert_eq!(h.engine.flush_status(&h.rt), None);
+    assert_eq!(h.engine.status_built.rebuilds() - before, during + 1);
+    assert_eq!(shown_rotation_state(&h, "app-07"), "retiring");
+}
+
+/// The freshness bound: a step's effect is in the status by the end of its
+/// policy's window (the daemon's loop wakes for it), and at once when the
+/// policy's last rebuild is a window old.
+#[tokio::test]
+async fn the_status_shows_coalesced_steps_by_the_end_of_the_window_and_a_lone_step_at_once() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.add("app-b", Duration::days(25), Duration::days(2));
+    h.check().await;
+    assert_eq!(shown_rotation_state(&h, "app-a"), "planned");
+    // Both rotations step to `retiring` within the window the check's
+    // rebuild opened: held back, and the flush says for how long.
+    h.drive(h.clock.now()).await;
+    assert_eq!(h.latest().state, RotationState::Retiring);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "planned");
+    mono.advance(std::time::Duration::from_millis(40));
+    assert_eq!(
+        h.engine.flush_status(&h.rt),
+        Some(std::time::Duration::from_millis(60))
+    );
+    assert_eq!(shown_rotation_state(&h, "app-a"), "planned");
+    mono.advance(std::time::Duration::from_millis(60));
+    assert_eq!(h.engine.flush_status(&h.rt), None);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "retiring");
+    assert_eq!(shown_rotation_state(&h, "app-b"), "retiring");
+    // A window after that rebuild, the next step shows before `advance`
+    // returns.
+    mono.advance(std::time::Duration::from_millis(100));
+    h.clock.advance(Duration::minutes(61));
+    let a = h
+        .engine
+        .store
+        .history(None, 10)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.lineage == "app-a")
+        .unwrap();
+    h.engine.advance(&h.rt, &a.id, &h.stop).await.unwrap();
+    assert_eq!(shown_rotation_state(&h, "app-a"), "completed");
+    assert_eq!(h.engine.flush_status(&h.rt), None);
+}
+
+/// A condition that rotation steps raise is raised by the status rebuild
+/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
+/// however many steps and rebuilds follow while it holds.
+#[tokio::test]
+async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "retiring");
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.advance(Duration::minutes(61));
+    mono.advance(std::time::Duration::from_millis(100));
+    let before = h.engine.status_built.rebuilds();
+    // The first failed delete rebuilds at once (a window has passed since
+    // the flush), before the condition holds; the next ones, within the
+    // window that rebuild opened, do not.
+    h.run_for(Duration::minutes(10), Duration::zero()).await;
+    assert!(h.latest().failures >= 3, "{:?}", h.latest());
+    assert_eq!(h.engine.status_built.rebuilds() - before, 1);
+    assert_eq!(h.count_events("retire.failing"), 0, "{:?}", h.events());
+    mono.advance(std::time::Duration::from_millis(100));
+    assert_eq!(h.engine.flush_status(&h.rt), None);
+    assert_eq!(h.count_events("retire.failing"), 1, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").reason, "retire_failing");
+    // More failed deletes, windows and rebuilds: still the one event.
+    for _ in 0..3 {
+        h.run_for(Duration::hours(2), Duration::zero()).await;
+        mono.advance(std::time::Duration::from_millis(100));
+        h.engine.flush_status(&h.rt);
+    }
+    assert!(h.engine.status_built.rebuilds() - before >= 4);
+    assert_eq!(h.count_events("retire.failing"), 1, "{:?}", h.events());
+    assert!(
+        h.metrics()
+            .contains(r#"rekey_condition{condition="retire_failing",policy="p"} 1"#)
+    );
 }

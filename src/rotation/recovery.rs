@@ -138,7 +138,7 @@ pub async fn recover_from_names(
                 policy: p.name.clone(),
                 message: format!("cannot list keys: {e}"),
             })?;
-        let ledger = Ledger::load(store, &p.name, &policy::rivals(&rt.config, p))?;
+        let ledger = Ledger::load(store, &p.name, policy::rivals(&rt.config, p))?;
         let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
         let mut lineages: Vec<String> = views
             .iter()

@@ -2250,19 +2250,17 @@ impl Store {
         })
     }
 
-    /// Of `key_ids` (live keys of `policy`), those one of `others` (other
-    /// configured policies on providers of the same kind) also holds live:
-    /// key id → that policy. Provider key ids are unique within a provider
-    /// service, so one id in two policies is one key with two owners.
+    /// Of the live keys of `policy`, those another policy for which
+    /// `is_rival` holds (other configured policies on providers of the same
+    /// kind) also holds live: key id → that policy, the first by name.
+    /// Provider key ids are unique within a provider service, so one id in
+    /// two policies is one key with two owners.
     pub fn claimed_elsewhere(
         &self,
         policy: &str,
-        others: &[String],
+        is_rival: &dyn Fn(&str) -> bool,
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
         let mut out = std::collections::HashMap::new();
-        if others.is_empty() {
-            return Ok(out);
-        }
         // One query: the policy's live keys that another policy also holds
         // live, from the policy's own keys through `keys_by_id` (one seek
         // per own key; this runs on every ledger read). Which of those
@@ -2281,7 +2279,7 @@ impl Store {
         })?;
         for r in rows {
             let (key, other): (String, String) = (r.get(0)?, r.get(1)?);
-            if !others.contains(&other) {
+            if !is_rival(&other) {
                 continue;
             }
             // Several rivals: the first by name, so the report is stable.
