@@ -3238,6 +3238,28 @@ mod status_built_tests {
         assert_eq!(b.take_due(), (Vec::new(), None));
     }
 
+    /// Two rebuilds of one policy overlap: one (a check's, the periodic
+    /// refresh's) read the store before a step committed, the step's own
+    /// rebuild read it after, and the older one publishes last. The status
+    /// then lacks the step: the policy must stay marked until a rebuild
+    /// that read the store after the step publishes last.
+    #[test]
+    fn an_older_rebuild_published_after_a_newer_one_leaves_its_policy_marked() {
+        let (b, mono) = built();
+        // The older rebuild reads the store (no step yet).
+        let seen = b.marks();
+        mono.advance(Duration::from_millis(100));
+        // A step commits; a window has passed: it rebuilds at once.
+        assert!(b.note_step("p"));
+        let newer = b.begin("p", b.marks());
+        b.mark("p", None, newer);
+        // The older rebuild publishes now, over what the newer one showed.
+        let older = b.begin("p", seen);
+        b.mark("p", None, older);
+        mono.advance(Duration::from_millis(100));
+        assert_eq!(b.take_due(), (vec!["p".to_string()], None));
+    }
+
     /// The window grows with what a rebuild costs (20 ×), between the
     /// floor and the cap.
     #[test]

@@ -3412,3 +3412,51 @@ async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window(
             .contains(r#"rekey_condition{condition="retire_failing",policy="p"} 1"#)
     );
 }
+
+// ------------------------- adversarial: coalesced rebuilds vs conditions
+
+/// DESIGN §5: a condition's event is sent once "when it starts to hold".
+/// Three failed deletes raise `retire_failing`; the fourth delete succeeds.
+/// When all of that happens inside one coalescing window (windows are on
+/// the monotonic clock, backoffs on the wall clock: a backoff shorter than
+/// the window, `REKEY_BACKOFF_BASE_MS`, or a wall-clock step forward), no
+/// rebuild sees the store while the condition holds, and it was never
+/// raised (it was, with a rebuild after every step).
+#[tokio::test]
+async fn a_condition_that_starts_and_clears_inside_one_window_is_still_sent() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "retiring");
+    h.fake.st.lock().unwrap().delete_error =
+        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
+    h.clock.advance(Duration::minutes(61));
+    // The monotonic clock stands still: every step below is in one window
+    // (the first failed delete's rebuild opened it).
+    mono.advance(std::time::Duration::from_millis(100));
+    h.run_for(Duration::minutes(10), Duration::zero()).await;
+    assert!(h.latest().failures >= 3, "{:?}", h.latest());
+    // `retire_failing` holds now (three failed deletes); no rebuild has
+    // looked. The next delete, due by the wall clock (a short backoff, or a
+    // wall-clock step forward), succeeds within the same window.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.run_for(Duration::hours(2), Duration::zero()).await;
+    assert_eq!(
+        h.latest().state,
+        RotationState::Completed,
+        "{:?}",
+        h.latest()
+    );
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(
+        h.count_events("retire.failing"),
+        1,
+        "the retire_failing condition held for three failed deletes and was never raised: {:?}",
+        h.events()
+    );
+}
