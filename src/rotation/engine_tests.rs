@@ -3460,3 +3460,57 @@ async fn a_condition_that_starts_and_clears_inside_one_window_is_still_sent() {
         h.events()
     );
 }
+
+/// A reload removes policy `p` while two of its rotations wait out their
+/// grace period: they finish on the configuration they started with (the
+/// daemon retains it), and their steps rebuild `p`'s status on it, which
+/// puts `p` back into the status. The two retire together (one check
+/// started them); the first step's rebuild shows it, the second is
+/// coalesced, and the flush, run on the configuration without `p`, drops
+/// the mark: the status then shows a rotation the store has finished, for
+/// as long as the daemon runs (nothing else rebuilds a removed policy).
+#[tokio::test]
+async fn a_removed_policys_coalesced_last_step_still_shows_in_the_status() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.add("app-b", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(shown_rotation_state(&h, "app-b"), "retiring");
+    // The reload: the new configuration has no `p`; the status forgets it.
+    let mut without = (*h.rt.config).clone();
+    without.policies.clear();
+    let reloaded = Runtime {
+        config: Arc::new(without),
+        providers: h.rt.providers.clone(),
+        sinks: h.rt.sinks.clone(),
+        walks: Default::default(),
+    };
+    h.engine.status.retain_policies(&[]);
+    // The grace period ends: both retire, on the retained configuration.
+    h.clock.advance(Duration::minutes(61));
+    mono.advance(std::time::Duration::from_millis(100));
+    h.run_for(Duration::minutes(1), Duration::zero()).await;
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
+    mono.advance(std::time::Duration::from_millis(100));
+    assert_eq!(h.engine.flush_status(&reloaded), None);
+    let shown = h.engine.status.load();
+    if let Some(p) = shown.policies.iter().find(|p| p.name == "p") {
+        for l in ["app-a", "app-b"] {
+            let st = p
+                .lineages
+                .iter()
+                .find(|x| x.name() == l)
+                .unwrap()
+                .to_status();
+            assert_eq!(
+                st.rotation.unwrap().state,
+                "completed",
+                "{l}: the status of removed policy p shows a finished rotation unfinished"
+            );
+        }
+    }
+}
