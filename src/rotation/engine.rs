@@ -563,7 +563,9 @@ pub const STATUS_COALESCE_FACTOR: u32 = 20;
 /// the policy's last rebuild time, within [`STATUS_COALESCE_FLOOR`] and
 /// [`STATUS_COALESCE_CAP`], measured on a monotonic clock. Any rebuild
 /// (a check's, a command's, a flush) clears the marks made before it read
-/// the store, and only those. Rebuilds for commands (`rotate`, `retry`,
+/// the store, and only those; one that publishes after a rebuild that
+/// read the store later (they overlapped) leaves the policy marked, as
+/// the status it put out is the older. Rebuilds for commands (`rotate`, `retry`,
 /// `abandon`) and checks are never deferred. Conditions and their events
 /// are raised by the rebuild, so once per condition as before, at most a
 /// window later.
@@ -593,6 +595,9 @@ struct Built {
     window: Duration,
     /// The newest step mark no rebuild has covered yet.
     dirty: Option<u64>,
+    /// The most marks any published rebuild had seen: one that saw fewer
+    /// and publishes later put an older status out.
+    published: u64,
 }
 
 /// What [`StatusBuilt::begin`] hands to [`StatusBuilt::mark`]: the marks
@@ -695,6 +700,13 @@ impl StatusBuilt {
         if b.dirty.is_some_and(|seq| seq <= r.seen) {
             b.dirty = None;
         }
+        if r.seen < b.published {
+            // Overtaken: a rebuild that read the store later published
+            // first, and this one replaced it. Marked until a newer one is
+            // out.
+            b.dirty = b.dirty.max(Some(b.published));
+        }
+        b.published = b.published.max(r.seen);
     }
 
     /// A rotation step of `policy` committed: mark its status out of date.
