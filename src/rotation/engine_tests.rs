@@ -3370,11 +3370,10 @@ async fn the_status_shows_coalesced_steps_by_the_end_of_the_window_and_a_lone_st
     assert_eq!(h.engine.flush_status(&h.rt), None);
 }
 
-/// A condition that rotation steps raise is raised by the status rebuild
-/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
-/// however many steps and rebuilds follow while it holds.
-#[tokio::test]
-async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+/// Coalescing harness (as [`coalescing`]) whose rotation of `app-a` is
+/// `retiring` and shown so, the provider refusing every delete, and the
+/// grace period over (the next step deletes, and fails).
+async fn retiring_with_failing_deletes() -> (Harness, crate::clock::ManualElapsed) {
     let mut h = harness("", None);
     let mono = coalescing(&mut h);
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
@@ -3386,6 +3385,15 @@ async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window(
     h.fake.st.lock().unwrap().delete_error =
         Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
     h.clock.advance(Duration::minutes(61));
+    (h, mono)
+}
+
+/// A condition that rotation steps raise is raised by the status rebuild
+/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
+/// however many steps and rebuilds follow while it holds.
+#[tokio::test]
+async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+    let (h, mono) = retiring_with_failing_deletes().await;
     mono.advance(std::time::Duration::from_millis(100));
     let before = h.engine.status_built.rebuilds();
     // The first failed delete rebuilds at once (a window has passed since
@@ -3424,17 +3432,7 @@ async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window(
 /// raised (it was, with a rebuild after every step).
 #[tokio::test]
 async fn a_condition_that_starts_and_clears_inside_one_window_is_still_sent() {
-    let mut h = harness("", None);
-    let mono = coalescing(&mut h);
-    h.fake.add("app-a", Duration::days(25), Duration::days(2));
-    h.check().await;
-    h.drive(h.clock.now()).await;
-    mono.advance(std::time::Duration::from_millis(100));
-    h.engine.flush_status(&h.rt);
-    assert_eq!(shown_rotation_state(&h, "app-a"), "retiring");
-    h.fake.st.lock().unwrap().delete_error =
-        Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
-    h.clock.advance(Duration::minutes(61));
+    let (h, mono) = retiring_with_failing_deletes().await;
     // The monotonic clock stands still: every step below is in one window
     // (the first failed delete's rebuild opened it).
     mono.advance(std::time::Duration::from_millis(100));
