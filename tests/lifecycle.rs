@@ -467,7 +467,8 @@ async fn the_status_shows_a_coalesced_last_step_without_waiting_for_the_heartbea
         "schedule = \"*/30 * * * * *\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let mut d = spawn_with(&env, &cfg, &[]);
+    // Killed if an assertion below fails (not left running).
+    let mut d = KillOnDrop(spawn_with(&env, &cfg, &[]));
     let ep = endpoint(&env).await;
     let start = Instant::now();
     let mut stored_at: Option<Instant> = None;
@@ -502,5 +503,15 @@ async fn the_status_shows_a_coalesced_last_step_without_waiting_for_the_heartbea
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(shown < Duration::from_secs(4), "{shown:?}");
-    assert_eq!(terminate(&mut d), 0);
+    assert_eq!(terminate(&mut d.0), 0);
+}
+
+/// A daemon killed when the test lets go of it (a failed assertion).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
