@@ -449,3 +449,69 @@ async fn endpoint_from_journal(env: &Env) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 13's freshness bound, as `/status` shows it: rotation steps only
+/// mark their policy, and the daemon's loop must wake when the policy's
+/// coalescing window ends (≤ 1 s) to rebuild it. Twelve lineages retire
+/// together (one check started them: their last steps come within a
+/// window of each other); the next check is up to 30 s away and the
+/// heartbeat 10 s, so only that wake-up shows the last ones.
+/// Each lineage must show `completed` within 4 s of the store saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_a_coalesced_last_step_without_waiting_for_the_heartbeat() {
+    let env = Env::new().await;
+    env.seed(12, 12);
+    let cfg = env.config("keys/{lineage}.env", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "schedule = \"* * * * * *\"",
+        "schedule = \"*/30 * * * * *\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // Killed if an assertion below fails (not left running).
+    let mut d = KillOnDrop(spawn_with(&env, &cfg, &[]));
+    let ep = endpoint(&env).await;
+    let start = Instant::now();
+    let mut stored_at: Option<Instant> = None;
+    let shown = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the rotations never completed\n{}",
+            tail(&env.log(), 40)
+        );
+        let done = env.completed();
+        if done == 12 && stored_at.is_none() {
+            stored_at = Some(Instant::now());
+        }
+        let s = status_json(&ep).await;
+        let states: Vec<String> = s["policies"][0]["lineages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["rotation"]["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        if let Some(at) = stored_at {
+            if states.iter().all(|s| s == "completed") {
+                break at.elapsed();
+            }
+            assert!(
+                at.elapsed() < Duration::from_secs(4),
+                "all twelve rotations completed {:?} ago; the status still shows {states:?}\n{}",
+                at.elapsed(),
+                tail(&env.log(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(shown < Duration::from_secs(4), "{shown:?}");
+    assert_eq!(terminate(&mut d.0), 0);
+}
+
+/// A daemon killed when the test lets go of it (a failed assertion).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -563,7 +563,9 @@ pub const STATUS_COALESCE_FACTOR: u32 = 20;
 /// the policy's last rebuild time, within [`STATUS_COALESCE_FLOOR`] and
 /// [`STATUS_COALESCE_CAP`], measured on a monotonic clock. Any rebuild
 /// (a check's, a command's, a flush) clears the marks made before it read
-/// the store, and only those. Rebuilds for commands (`rotate`, `retry`,
+/// the store, and only those; one that publishes after a rebuild that
+/// read the store later (they overlapped) leaves the policy marked, as
+/// the status it put out is the older. Rebuilds for commands (`rotate`, `retry`,
 /// `abandon`) and checks are never deferred. Conditions and their events
 /// are raised by the rebuild, so once per condition as before, at most a
 /// window later.
@@ -593,6 +595,9 @@ struct Built {
     window: Duration,
     /// The newest step mark no rebuild has covered yet.
     dirty: Option<u64>,
+    /// The most marks any published rebuild had seen: one that saw fewer
+    /// and publishes later put an older status out.
+    published: u64,
 }
 
 /// What [`StatusBuilt::begin`] hands to [`StatusBuilt::mark`]: the marks
@@ -695,6 +700,13 @@ impl StatusBuilt {
         if b.dirty.is_some_and(|seq| seq <= r.seen) {
             b.dirty = None;
         }
+        if r.seen < b.published {
+            // Overtaken: a rebuild that read the store later published
+            // first, and this one replaced it. Marked until a newer one is
+            // out.
+            b.dirty = b.dirty.max(Some(b.published));
+        }
+        b.published = b.published.max(r.seen);
     }
 
     /// A rotation step of `policy` committed: mark its status out of date.
@@ -3232,6 +3244,28 @@ mod status_built_tests {
         b.mark("p", None, r);
         mono.advance(Duration::from_millis(100));
         assert_eq!(b.take_due(), (Vec::new(), None));
+    }
+
+    /// Two rebuilds of one policy overlap: one (a check's, the periodic
+    /// refresh's) read the store before a step committed, the step's own
+    /// rebuild read it after, and the older one publishes last. The status
+    /// then lacks the step: the policy must stay marked until a rebuild
+    /// that read the store after the step publishes last.
+    #[test]
+    fn an_older_rebuild_published_after_a_newer_one_leaves_its_policy_marked() {
+        let (b, mono) = built();
+        // The older rebuild reads the store (no step yet).
+        let seen = b.marks();
+        mono.advance(Duration::from_millis(100));
+        // A step commits; a window has passed: it rebuilds at once.
+        assert!(b.note_step("p"));
+        let newer = b.begin("p", b.marks());
+        b.mark("p", None, newer);
+        // The older rebuild publishes now, over what the newer one showed.
+        let older = b.begin("p", seen);
+        b.mark("p", None, older);
+        mono.advance(Duration::from_millis(100));
+        assert_eq!(b.take_due(), (vec!["p".to_string()], None));
     }
 
     /// The window grows with what a rebuild costs (20 ×), between the

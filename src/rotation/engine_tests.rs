@@ -3369,11 +3369,10 @@ async fn the_status_shows_coalesced_steps_by_the_end_of_the_window_and_a_lone_st
     assert_eq!(h.engine.flush_status(&h.rt), None);
 }
 
-/// A condition that rotation steps raise is raised by the status rebuild
-/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
-/// however many steps and rebuilds follow while it holds.
-#[tokio::test]
-async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+/// Coalescing harness (as [`coalescing`]) whose rotation of `app-a` is
+/// `retiring` and shown so, the provider refusing every delete, and the
+/// grace period over (the next step deletes, and fails).
+async fn retiring_with_failing_deletes() -> (Harness, crate::clock::ManualElapsed) {
     let mut h = harness("", None);
     let mono = coalescing(&mut h);
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
@@ -3385,6 +3384,15 @@ async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window(
     h.fake.st.lock().unwrap().delete_error =
         Some(ProviderErrorKind::Auth("HTTP 403: forbidden".into()));
     h.clock.advance(Duration::minutes(61));
+    (h, mono)
+}
+
+/// A condition that rotation steps raise is raised by the status rebuild
+/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
+/// however many steps and rebuilds follow while it holds.
+#[tokio::test]
+async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+    let (h, mono) = retiring_with_failing_deletes().await;
     mono.advance(std::time::Duration::from_millis(100));
     let before = h.engine.status_built.rebuilds();
     // The first failed delete rebuilds at once (a window has passed since
@@ -3410,4 +3418,96 @@ async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window(
         h.metrics()
             .contains(r#"rekey_condition{condition="retire_failing",policy="p"} 1"#)
     );
+}
+
+// ------------------------- adversarial: coalesced rebuilds vs conditions
+
+/// DESIGN §5: a condition's event is sent once "when it starts to hold".
+/// Three failed deletes raise `retire_failing`; the fourth delete succeeds.
+/// When all of that happens inside one coalescing window (windows are on
+/// the monotonic clock, backoffs on the wall clock: a backoff shorter than
+/// the window, `REKEY_BACKOFF_BASE_MS`, or a wall-clock step forward), no
+/// rebuild sees the store while the condition holds, and it was never
+/// raised (it was, with a rebuild after every step).
+#[tokio::test]
+async fn a_condition_that_starts_and_clears_inside_one_window_is_still_sent() {
+    let (h, mono) = retiring_with_failing_deletes().await;
+    // The monotonic clock stands still: every step below is in one window
+    // (the first failed delete's rebuild opened it).
+    mono.advance(std::time::Duration::from_millis(100));
+    h.run_for(Duration::minutes(10), Duration::zero()).await;
+    assert!(h.latest().failures >= 3, "{:?}", h.latest());
+    // `retire_failing` holds now (three failed deletes); no rebuild has
+    // looked. The next delete, due by the wall clock (a short backoff, or a
+    // wall-clock step forward), succeeds within the same window.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.run_for(Duration::hours(2), Duration::zero()).await;
+    assert_eq!(
+        h.latest().state,
+        RotationState::Completed,
+        "{:?}",
+        h.latest()
+    );
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(
+        h.count_events("retire.failing"),
+        1,
+        "the retire_failing condition held for three failed deletes and was never raised: {:?}",
+        h.events()
+    );
+}
+
+/// A reload removes policy `p` while two of its rotations wait out their
+/// grace period: they finish on the configuration they started with (the
+/// daemon retains it), and their steps rebuild `p`'s status on it, which
+/// puts `p` back into the status. The two retire together (one check
+/// started them); the first step's rebuild shows it, the second is
+/// coalesced, and the flush, run on the configuration without `p`, drops
+/// the mark: the status then shows a rotation the store has finished, for
+/// as long as the daemon runs (nothing else rebuilds a removed policy).
+#[tokio::test]
+async fn a_removed_policys_coalesced_last_step_still_shows_in_the_status() {
+    let mut h = harness("", None);
+    let mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.add("app-b", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    mono.advance(std::time::Duration::from_millis(100));
+    h.engine.flush_status(&h.rt);
+    assert_eq!(shown_rotation_state(&h, "app-b"), "retiring");
+    // The reload: the new configuration has no `p`; the status forgets it.
+    let mut without = (*h.rt.config).clone();
+    without.policies.clear();
+    let reloaded = Runtime {
+        config: Arc::new(without),
+        providers: h.rt.providers.clone(),
+        sinks: h.rt.sinks.clone(),
+        walks: Default::default(),
+    };
+    h.engine.status.retain_policies(&[]);
+    // The grace period ends: both retire, on the retained configuration.
+    h.clock.advance(Duration::minutes(61));
+    mono.advance(std::time::Duration::from_millis(100));
+    h.run_for(Duration::minutes(1), Duration::zero()).await;
+    assert!(h.engine.store.active_rotations().unwrap().is_empty());
+    mono.advance(std::time::Duration::from_millis(100));
+    assert_eq!(h.engine.flush_status(&reloaded), None);
+    let shown = h.engine.status.load();
+    if let Some(p) = shown.policies.iter().find(|p| p.name == "p") {
+        for l in ["app-a", "app-b"] {
+            let st = p
+                .lineages
+                .iter()
+                .find(|x| x.name() == l)
+                .unwrap()
+                .to_status();
+            assert_eq!(
+                st.rotation.unwrap().state,
+                "completed",
+                "{l}: the status of removed policy p shows a finished rotation unfinished"
+            );
+        }
+    }
 }
