@@ -55,7 +55,9 @@
 //! to [`STATUS_COALESCE_CAP`] (1 s), on a monotonic clock, so a step shows
 //! in the status within the window plus one rebuild, and the conditions
 //! and events a rebuild raises (DESIGN §5) come at most that late, still
-//! once ([`StatusBuilt`]).
+//! once ([`StatusBuilt`]). A step whose failure may start a condition
+//! rebuilds at once (`Engine::status_after_step`), so a condition that
+//! starts and clears inside one window is still raised.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -598,6 +600,10 @@ struct Built {
     /// The most marks any published rebuild had seen: one that saw fewer
     /// and publishes later put an older status out.
     published: u64,
+    /// The configuration the latest step ran on: a policy a reload removed
+    /// while its rotations finish on the retained configuration is rebuilt
+    /// from it ([`Engine::flush_status`]).
+    step_config: Option<std::sync::Weak<Config>>,
 }
 
 /// What [`StatusBuilt::begin`] hands to [`StatusBuilt::mark`]: the marks
@@ -750,6 +756,28 @@ impl StatusBuilt {
             }
         }
         (due, next)
+    }
+
+    /// Remember `config` as the one `policy`'s latest step ran on.
+    fn step_ran_on(&self, policy: &str, config: &Arc<Config>) {
+        let mut all = self.lock();
+        let b = all.entry(policy.to_string()).or_default();
+        if !b
+            .step_config
+            .as_ref()
+            .is_some_and(|c| std::ptr::eq(c.as_ptr(), Arc::as_ptr(config)))
+        {
+            b.step_config = Some(Arc::downgrade(config));
+        }
+    }
+
+    /// The configuration `policy`'s latest step ran on, while something
+    /// (the daemon's retained runtime) still holds it.
+    fn step_config(&self, policy: &str) -> Option<Arc<Config>> {
+        self.lock()
+            .get(policy)
+            .and_then(|b| b.step_config.as_ref())
+            .and_then(std::sync::Weak::upgrade)
     }
 
     /// Drop `policy`'s step marks (it left the configuration: nothing to
@@ -1791,8 +1819,18 @@ impl Engine {
     /// when its coalescing window allows, else leave it marked for
     /// [`Engine::flush_status`] ([`StatusBuilt`]). A failed rebuild is left
     /// to the next one (as the step's commit stands).
-    fn status_after_step(&self, rt: &Runtime, policy: &str) {
-        if self.status_built.note_step(policy)
+    ///
+    /// `failed`: a step recorded a failure that may start a condition
+    /// (`step_failing`, `retire_failing`: the lineage reached its
+    /// `failing_after_failures`, or the rotation ended `failed`). That
+    /// rebuild is never deferred: a condition that started and cleared
+    /// inside one window would otherwise never be seen, and never sent
+    /// (DESIGN §5). Failures are spaced by their backoff, so this costs
+    /// no burst.
+    fn status_after_step(&self, rt: &Runtime, policy: &str, failed: bool) {
+        self.status_built.step_ran_on(policy, &rt.config);
+        let now = self.status_built.note_step(policy);
+        if (now || failed)
             && let Err(e) = self.refresh_status(rt, policy)
         {
             tracing::debug!(policy, error = %e, "cannot rebuild status after a rotation step");
@@ -1803,14 +1841,33 @@ impl Engine {
     /// coalesced and whose window is over ([`StatusBuilt::take_due`]);
     /// returns how long until the next such window ends (`None`: none is
     /// pending). The daemon's loop calls it on every turn and wakes for
-    /// what it returns. A policy not in `rt` (removed by a reload) is
-    /// dropped.
+    /// what it returns. A policy not in `rt` (removed by a reload) whose
+    /// rotations finish on the configuration they started with is rebuilt
+    /// from that one (from the store; a rebuild calls no provider or
+    /// sink), as its steps' own rebuilds are; once nothing holds that
+    /// configuration, its marks are dropped.
     pub fn flush_status(&self, rt: &Runtime) -> Option<Duration> {
         let (due, next) = self.status_built.take_due();
         for name in due {
-            if rt.policy(&name).is_none() {
+            let result = if rt.policy(&name).is_some() {
+                self.refresh_status(rt, &name)
+            } else if let Some(config) = self
+                .status_built
+                .step_config(&name)
+                .filter(|c| c.policy(&name).is_some())
+            {
+                let retained = Runtime {
+                    config,
+                    providers: HashMap::new(),
+                    sinks: HashMap::new(),
+                    walks: Default::default(),
+                };
+                self.refresh_status(&retained, &name)
+            } else {
                 self.status_built.forget_marks(&name);
-            } else if let Err(e) = self.refresh_status(rt, &name) {
+                Ok(())
+            };
+            if let Err(e) = result {
                 // Marked still: tried again once its window is over (at
                 // debug: the periodic refresh warns about a failing store).
                 tracing::debug!(policy = %name, error = %e, "cannot rebuild status after rotation steps");
@@ -2155,6 +2212,10 @@ impl Engine {
     ) -> Result<Option<DateTime<Utc>>, EngineError> {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
         let mut policy_name = None;
+        // A step recorded a failure that may start a condition: its
+        // status rebuild is not deferred (status_after_step).
+        let mut failed = false;
+        let mut before: Option<RotationRow> = None;
         let out = loop {
             if shutdown.is_cancelled() {
                 break Ok(Some(self.now()));
@@ -2166,6 +2227,9 @@ impl Engine {
             let Some(policy) = rt.policy(&row.policy) else {
                 break Err(EngineError::UnknownPolicy(row.policy.clone()));
             };
+            if let Some(b) = &before {
+                failed |= Self::failure_may_start_a_condition(policy, b, &row);
+            }
             let step = match row.state {
                 RotationState::Completed | RotationState::Failed => Ok(Step::Done),
                 RotationState::Planned => self.step_create(rt, policy, &row).await,
@@ -2176,6 +2240,7 @@ impl Engine {
             };
             match step {
                 Ok(Step::Continue) => {
+                    before = Some(row);
                     // The status snapshot is rebuilt once this call stops
                     // (below), not after every step, and then only as
                     // often as the policy's coalescing window allows
@@ -2188,11 +2253,11 @@ impl Engine {
                     // The scheduler wakes for what the store says: a wait
                     // the step computed (a sink's own later retry) must be
                     // committed, or the rotation looks due and spins.
-                    if let Some(r) = self.store.rotation(id)?
-                        && !r.state.is_terminal()
-                        && r.next_attempt_at != Some(t)
-                    {
-                        self.store.set_next_attempt(id, Some(t))?;
+                    if let Some(r) = self.store.rotation(id)? {
+                        failed |= Self::failure_may_start_a_condition(policy, &row, &r);
+                        if !r.state.is_terminal() && r.next_attempt_at != Some(t) {
+                            self.store.set_next_attempt(id, Some(t))?;
+                        }
                     }
                     break Ok(Some(t));
                 }
@@ -2201,10 +2266,26 @@ impl Engine {
             }
         };
         if let Some(p) = policy_name {
-            self.status_after_step(rt, &p);
+            self.status_after_step(rt, &p, failed || out.is_err());
         }
         self.wake_notify.notify_one();
         out
+    }
+
+    /// Whether a step that took rotation `before` to `after` recorded a
+    /// failure that may start a condition (the health rule,
+    /// [`super::health`]): the rotation ended `failed`, or its failures
+    /// reached the policy's `failing_after_failures` (only the step that
+    /// reaches it: later failures start nothing new).
+    fn failure_may_start_a_condition(
+        policy: &PolicyConfig,
+        before: &RotationRow,
+        after: &RotationRow,
+    ) -> bool {
+        let threshold =
+            super::health::failing_after(policy.failing_after_failures, policy.max_attempts);
+        (after.state == RotationState::Failed && before.state != RotationState::Failed)
+            || (before.failures < threshold && after.failures >= threshold)
     }
 
     fn time_left(&self, row: &RotationRow) -> Option<ChronoDuration> {

@@ -3388,24 +3388,29 @@ async fn retiring_with_failing_deletes() -> (Harness, crate::clock::ManualElapse
 }
 
 /// A condition that rotation steps raise is raised by the status rebuild
-/// (DESIGN §5): coalesced, it is sent by the end of the window, once,
-/// however many steps and rebuilds follow while it holds.
+/// (DESIGN §5): the step whose failure starts it rebuilds at once, window
+/// or not, and it is sent once, however many steps and rebuilds follow
+/// while it holds.
 #[tokio::test]
-async fn a_condition_from_coalesced_steps_is_sent_once_by_the_end_of_the_window() {
+async fn a_condition_from_coalesced_steps_is_sent_once_when_its_failure_commits() {
     let (h, mono) = retiring_with_failing_deletes().await;
     mono.advance(std::time::Duration::from_millis(100));
     let before = h.engine.status_built.rebuilds();
     // The first failed delete rebuilds at once (a window has passed since
-    // the flush), before the condition holds; the next ones, within the
-    // window that rebuild opened, do not.
+    // the flush), before the condition holds; the second, within the
+    // window that rebuild opened, is coalesced; the third starts
+    // `retire_failing` (failing_after_failures = 3) and rebuilds at once,
+    // window or not.
     h.run_for(Duration::minutes(10), Duration::zero()).await;
     assert!(h.latest().failures >= 3, "{:?}", h.latest());
-    assert_eq!(h.engine.status_built.rebuilds() - before, 1);
-    assert_eq!(h.count_events("retire.failing"), 0, "{:?}", h.events());
+    // Later failed deletes start nothing new: coalesced.
+    assert_eq!(h.engine.status_built.rebuilds() - before, 2);
+    assert_eq!(h.count_events("retire.failing"), 1, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").reason, "retire_failing");
+    // That rebuild covered the coalesced step: nothing left to flush.
     mono.advance(std::time::Duration::from_millis(100));
     assert_eq!(h.engine.flush_status(&h.rt), None);
     assert_eq!(h.count_events("retire.failing"), 1, "{:?}", h.events());
-    assert_eq!(h.lineage_status("app-a").reason, "retire_failing");
     // More failed deletes, windows and rebuilds: still the one event.
     for _ in 0..3 {
         h.run_for(Duration::hours(2), Duration::zero()).await;

@@ -207,14 +207,22 @@ impl Assessment {
     }
 }
 
-/// The rule (module docs), for one lineage at `now`.
-pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
-    let mut conditions: Vec<(Condition, String)> = Vec::new();
-    let failing_after = match f.failing_after {
+/// Failures of one step after which a lineage is `failing`
+/// (`retire_failing`, `step_failing`): the policy's
+/// `failing_after_failures` (0: [`FAILING_AFTER`]), at most its
+/// `max_attempts`.
+pub fn failing_after(failing_after_failures: u32, max_attempts: u32) -> u32 {
+    match failing_after_failures {
         0 => FAILING_AFTER,
         n => n,
     }
-    .min(f.max_attempts.max(1));
+    .min(max_attempts.max(1))
+}
+
+/// The rule (module docs), for one lineage at `now`.
+pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
+    let mut conditions: Vec<(Condition, String)> = Vec::new();
+    let failing_after = failing_after(f.failing_after, f.max_attempts);
     let stuck_after = f.stuck_after.unwrap_or(STUCK_AFTER);
     // 1–2: what the planner found.
     let mut found = f.found.clone();
