@@ -1657,19 +1657,24 @@ impl Engine {
             return false;
         }
         let snapshot = self.status.load();
-        let Some(prev) = snapshot.policies.iter().find(|p| p.name == name) else {
+        let Some(prev) = snapshot.policies.iter().find(|p| p.name == name).cloned() else {
             return false;
         };
+        drop(snapshot);
         if !prev.health.is_healthy() || prev.error.is_some() {
             return false;
         }
-        let mut status = PolicyStatus::clone(prev);
-        drop(snapshot);
+        let mut status = PolicyStatus::clone(&prev);
         status.last_check_at = Some(checked_at);
         if next_check_at.is_some() {
             status.next_check_at = next_check_at;
         }
-        let status = self.status.update_policy_shared(Arc::new(status));
+        let status = Arc::new(status);
+        // Only over the entry it copied: a rebuild that published
+        // meanwhile (a command, a step) is newer; then rebuild instead.
+        if !self.status.replace_policy_if(&prev, status.clone()) {
+            return false;
+        }
         self.metrics.sync_policy(&status);
         true
     }

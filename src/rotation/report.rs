@@ -314,6 +314,29 @@ impl StatusHandle {
         p
     }
 
+    /// Replace the entry `prev` with `next` (an update derived from it:
+    /// new check times), only while the snapshot still holds `prev` itself.
+    /// Returns false, changing nothing, when another write replaced it
+    /// first (a rebuild that published meanwhile): the caller must rebuild
+    /// rather than put its older copy back over the newer entry.
+    pub fn replace_policy_if(&self, prev: &Arc<PolicyStatus>, next: Arc<PolicyStatus>) -> bool {
+        let mut cur = self.snapshot.load_full();
+        loop {
+            let Some(i) = cur.policies.iter().position(|x| Arc::ptr_eq(x, prev)) else {
+                return false;
+            };
+            let mut snap = (*cur).clone();
+            snap.policies[i] = next.clone();
+            let seen = self.snapshot.compare_and_swap(&cur, Arc::new(snap));
+            if Arc::ptr_eq(&seen, &cur) {
+                self.announce();
+                return true;
+            }
+            // Another policy's entry (or anything else) changed: look again.
+            cur = arc_swap::Guard::into_inner(seen);
+        }
+    }
+
     /// Keep only the named policies (after a reload removed some).
     pub fn retain_policies(&self, names: &[String]) {
         self.snapshot.rcu(|cur| {
@@ -442,6 +465,27 @@ mod tests {
             last_rotation: None,
             error: None,
         }
+    }
+
+    /// The touch of a quiet check (new check times over a copy of the
+    /// entry) raced a rebuild: it must not put its older copy back.
+    #[test]
+    fn a_check_time_touch_does_not_overwrite_a_rebuild_published_meanwhile() {
+        let h = StatusHandle::new(Utc::now());
+        let copied = h.update_policy_shared(Arc::new(policy(KeyState::Current)));
+        let mut touched = PolicyStatus::clone(&copied);
+        touched.last_check_at = Some(Utc::now());
+        // Meanwhile a rebuild publishes a newer entry (the key retires).
+        let rebuilt = h.update_policy_shared(Arc::new(policy(KeyState::Retiring)));
+        assert!(!h.replace_policy_if(&copied, Arc::new(touched.clone())));
+        assert!(Arc::ptr_eq(&h.load().policies[0], &rebuilt));
+        // Derived from what is published: replaced.
+        let mut touched = PolicyStatus::clone(&rebuilt);
+        touched.last_check_at = Some(Utc::now());
+        let touched = Arc::new(touched);
+        assert!(h.replace_policy_if(&rebuilt, touched.clone()));
+        assert!(Arc::ptr_eq(&h.load().policies[0], &touched));
+        assert_eq!(h.load().policies.len(), 1);
     }
 
     #[test]
