@@ -39,7 +39,7 @@
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,16 +85,13 @@ impl Listing {
     /// A listing from keys already walked; repeated ids are dropped (the
     /// first occurrence wins).
     pub fn from_walk(
-        keys: Vec<ProviderKey>,
+        mut keys: Vec<ProviderKey>,
         started_at: DateTime<Utc>,
         started_mono: Instant,
         complete: bool,
     ) -> Listing {
-        let mut seen = HashSet::new();
-        let keys = keys
-            .into_iter()
-            .filter(|k| seen.insert(k.id.clone()))
-            .collect();
+        super::drop_repeated_ids(&mut keys);
+        keys.shrink_to_fit();
         Listing {
             keys,
             started_at,
@@ -565,6 +562,30 @@ mod tests {
         assert_eq!(l.keys.len(), 2);
         assert!(!l.proves_absent("a", t("2026-11-30T09:00:00Z")));
         assert_eq!(l.by_id("2").unwrap().name, "b");
+    }
+
+    #[test]
+    fn repeated_ids_are_dropped_in_walk_order_and_the_first_occurrence_wins() {
+        let l = Listing::from_walk(
+            vec![
+                key("1", "a"),
+                key("2", "b"),
+                key("1", "a-moved"),
+                key("3", "c"),
+                key("2", "b"),
+                key("é/\u{0}", "x"),
+                key("é/\u{0}", "y"),
+            ],
+            t("2026-11-30T10:00:00Z"),
+            Instant::now(),
+            true,
+        );
+        let got: Vec<(&str, &str)> = l
+            .keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.name.as_str()))
+            .collect();
+        assert_eq!(got, [("1", "a"), ("2", "b"), ("3", "c"), ("é/\u{0}", "x")]);
     }
 
     /// A provider whose walks take 40 ms and are counted.

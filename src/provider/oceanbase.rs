@@ -30,7 +30,7 @@
 //!   Response bodies are never quoted into errors, and JSON shape errors name
 //!   only a line and column, so a secret in a body cannot reach a message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::{Mutex, MutexGuard};
 
@@ -420,16 +420,18 @@ impl Provider for OceanBaseProvider {
         keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
         let mut kept: Vec<ProviderKey> = Vec::new();
-        let mut ids: HashSet<String> = HashSet::new();
         self.walk("list", |raw| {
-            if keep(&raw.name) && !ids.contains(&raw.id) {
-                let key = raw.into_key()?;
-                ids.insert(key.id.clone());
-                kept.push(key);
+            if keep(&raw.name) {
+                kept.push(raw.into_key()?);
             }
             Ok(ControlFlow::Continue(()))
         })
         .await?;
+        // A key repeated by offset paging is listed once (the first
+        // occurrence), as before; `into_key` cannot fail, so parsing a
+        // repeat before dropping it changes nothing.
+        super::drop_repeated_ids(&mut kept);
+        kept.shrink_to_fit();
         Ok(kept)
     }
 
