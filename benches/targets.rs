@@ -13,7 +13,9 @@
 //! With `REKEY_BENCH_SMALL=1` every scenario runs at a fraction of its size
 //! (to check the bench code itself; its figures mean nothing).
 //! `REKEY_BENCH_BIN=PATH` runs another build of the daemon;
-//! `REKEY_BENCH_WRAP="heaptrack -o /tmp/x"` runs it under a profiler.
+//! `REKEY_BENCH_WRAP="heaptrack -o /tmp/x"` runs it under a profiler;
+//! `REKEY_BENCH_SCALE_PERIOD=60` gives the scale scenario's checks a
+//! one-minute period (a round under heaptrack takes longer than 30 s).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -499,7 +501,17 @@ async fn idle() {
 async fn scale() {
     let (accounts, keys, per_account) = (size(10, 2), size(10_000, 500), size(100, 5));
     let lat = 20u64;
-    let period = 30i64;
+    // REKEY_BENCH_SCALE_PERIOD=60: check every minute instead of every
+    // 30 s (a daemon under heaptrack needs more than 30 s for a round).
+    let period: i64 = match std::env::var("REKEY_BENCH_SCALE_PERIOD").as_deref() {
+        Ok("60") => 60,
+        _ => 30,
+    };
+    let schedule = if period == 60 {
+        "0 * * * * *".to_string()
+    } else {
+        format!("*/{period} * * * * *")
+    };
     let emus: Vec<EmulatorProcess> = (0..accounts)
         .map(|_| {
             EmulatorProcess::start(&[
@@ -541,13 +553,8 @@ access_key_secret = {{ file = "{}" }}
                 format!("app-{i:04}?*")
             };
             body.push_str(
-                &policy(
-                    &format!("a{a}p{i:03}"),
-                    &glob,
-                    &format!("*/{period} * * * * *"),
-                    "1h",
-                )
-                .replace("provider = \"ob\"", &format!("provider = \"ob{a}\"")),
+                &policy(&format!("a{a}p{i:03}"), &glob, &schedule, "1h")
+                    .replace("provider = \"ob\"", &format!("provider = \"ob{a}\"")),
             );
         }
     }

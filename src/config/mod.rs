@@ -11,6 +11,7 @@
 
 pub mod diag;
 pub mod digest;
+pub mod glob;
 pub mod host;
 pub mod ownership;
 pub mod raw;
@@ -552,7 +553,8 @@ pub struct PolicyConfig {
     pub mode: Mode,
     /// The glob as written, for messages.
     pub match_glob: String,
-    pub matcher: globset::GlobMatcher,
+    /// The glob compiled (shared by policies of one glob text).
+    pub matcher: std::sync::Arc<glob::KeyGlob>,
     pub schedule: Schedule,
     pub rotate_before_expiry: Option<Lead>,
     pub max_age: Option<Duration>,

@@ -1738,12 +1738,9 @@ fn validate_policy(
     };
     let glob_text = raw.match_.get_ref().clone();
     // `*` and `?` never cross `/` (key names are untrusted; DESIGN §2);
-    // `**` as a whole path component does.
-    let matcher = match globset::GlobBuilder::new(&glob_text)
-        .literal_separator(true)
-        .build()
-    {
-        Ok(g) => Some(g.compile_matcher()),
+    // `**` as a whole path component does (`KeyGlob`).
+    let matcher = match super::glob::KeyGlob::shared(&glob_text) {
+        Ok(g) => Some(g),
         Err(e) => {
             cx.d.error_hint(
                 raw.match_.span(),

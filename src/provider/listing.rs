@@ -39,7 +39,7 @@
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,7 +90,8 @@ impl Listing {
         started_mono: Instant,
         complete: bool,
     ) -> Listing {
-        dedup_by_id(&mut keys);
+        super::drop_repeated_ids(&mut keys);
+        keys.shrink_to_fit();
         Listing {
             keys,
             started_at,
@@ -177,24 +178,6 @@ impl Listing {
     pub fn proves_absent(&self, name: &str, since: DateTime<Utc>) -> bool {
         self.complete && self.started_after(since) && self.named(name).next().is_none()
     }
-}
-
-/// Drop the keys whose id an earlier key already has (the first
-/// occurrence wins), keeping the order. The ids are borrowed, not copied:
-/// this runs on every walk (10,000 keys: no string copy, no rehash).
-pub fn dedup_by_id(keys: &mut Vec<ProviderKey>) {
-    let first: Vec<bool> = {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(keys.len());
-        keys.iter().map(|k| seen.insert(k.id.as_str())).collect()
-    };
-    if first.iter().all(|&f| f) {
-        return;
-    }
-    let mut n = 0;
-    keys.retain(|_| {
-        n += 1;
-        first[n - 1]
-    });
 }
 
 /// How long a finished walk keeps serving consumers that need no walk
@@ -517,27 +500,6 @@ mod tests {
     }
 
     #[test]
-    fn a_key_listed_twice_is_kept_once_where_it_was_first_listed() {
-        let keys = vec![
-            key("k1", "app-1"),
-            key("k2", "app-2"),
-            key("k1", "app-1-again"),
-            key("k3", "app-3"),
-            key("k2", "app-2-again"),
-        ];
-        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
-        let got: Vec<(&str, &str)> = l
-            .keys
-            .iter()
-            .map(|k| (k.id.as_str(), k.name.as_str()))
-            .collect();
-        assert_eq!(got, [("k1", "app-1"), ("k2", "app-2"), ("k3", "app-3")]);
-        let mut unique = vec![key("a", "x"), key("b", "y")];
-        dedup_by_id(&mut unique);
-        assert_eq!(unique.len(), 2);
-    }
-
-    #[test]
     fn a_listing_that_started_before_a_create_cannot_prove_its_key_absent() {
         let l = Listing::from_walk(vec![], t("2026-11-30T10:00:00Z"), Instant::now(), true);
         assert!(!l.proves_absent("app-x-1", t("2026-11-30T10:00:01Z")));
@@ -600,6 +562,30 @@ mod tests {
         assert_eq!(l.keys.len(), 2);
         assert!(!l.proves_absent("a", t("2026-11-30T09:00:00Z")));
         assert_eq!(l.by_id("2").unwrap().name, "b");
+    }
+
+    #[test]
+    fn repeated_ids_are_dropped_in_walk_order_and_the_first_occurrence_wins() {
+        let l = Listing::from_walk(
+            vec![
+                key("1", "a"),
+                key("2", "b"),
+                key("1", "a-moved"),
+                key("3", "c"),
+                key("2", "b"),
+                key("é/\u{0}", "x"),
+                key("é/\u{0}", "y"),
+            ],
+            t("2026-11-30T10:00:00Z"),
+            Instant::now(),
+            true,
+        );
+        let got: Vec<(&str, &str)> = l
+            .keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.name.as_str()))
+            .collect();
+        assert_eq!(got, [("1", "a"), ("2", "b"), ("3", "c"), ("é/\u{0}", "x")]);
     }
 
     /// A provider whose walks take 40 ms and are counted.

@@ -427,8 +427,11 @@ impl Provider for OceanBaseProvider {
             Ok(ControlFlow::Continue(()))
         })
         .await?;
-        // A key listed twice (pages shifting under the walk) counts once.
-        super::listing::dedup_by_id(&mut kept);
+        // A key repeated by offset paging is listed once (the first
+        // occurrence), as before; `into_key` cannot fail, so parsing a
+        // repeat before dropping it changes nothing.
+        super::drop_repeated_ids(&mut kept);
+        kept.shrink_to_fit();
         Ok(kept)
     }
 
