@@ -35,6 +35,18 @@ static COMPILED: LazyLock<SharedByText<KeyGlob>> = LazyLock::new(SharedByText::n
 /// is compiled to; past it the glob keeps `globset`'s regex matcher.
 pub const DFA_LIMIT: usize = 256 * 1024;
 
+/// `text` parsed as a `match` glob: `*` and `?` never cross `/` (key names
+/// are untrusted; DESIGN §2); `**` as a whole path component does. The one
+/// place these options are set, for matching ([`KeyGlob`]) and for the
+/// ownership analysis (`ownership::glob_regex_body`).
+///
+/// Errors: `globset`'s, when the glob does not parse.
+pub fn parse(text: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(text)
+        .literal_separator(true)
+        .build()
+}
+
 /// A `match` glob as the configuration compiles it ([module doc](self)).
 pub struct KeyGlob {
     /// The parsed glob: its text, and what a `globset::GlobSet` is built
@@ -70,11 +82,7 @@ impl KeyGlob {
     ///
     /// Errors: `globset`'s, when the glob does not parse.
     fn with_limit(text: &str, limit: usize) -> Result<KeyGlob, globset::Error> {
-        // `*` and `?` never cross `/` (key names are untrusted; DESIGN §2);
-        // `**` as a whole path component does.
-        let glob = globset::GlobBuilder::new(text)
-            .literal_separator(true)
-            .build()?;
+        let glob = parse(text)?;
         let matcher = match dfa(glob.regex(), limit) {
             Some(d) => Matcher::Dfa(Box::new(d)),
             None => Matcher::Regex(glob.compile_matcher()),

@@ -152,10 +152,7 @@ fn is_region_label(l: &str) -> bool {
 ///
 /// Errors: the glob does not parse.
 pub fn glob_regex_body(glob: &str) -> Result<String, String> {
-    let g = globset::GlobBuilder::new(glob)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| format!("invalid glob {glob:?}: {}", e.kind()))?;
+    let g = super::glob::parse(glob).map_err(|e| format!("invalid glob {glob:?}: {}", e.kind()))?;
     let re = g.regex();
     let body = re
         .strip_prefix("(?-u)^")

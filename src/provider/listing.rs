@@ -519,12 +519,7 @@ mod tests {
         let globs = ["app-*", "app-1?", "*-1", "", "nothing-*"];
         let matchers: Vec<globset::Glob> = globs
             .iter()
-            .map(|g| {
-                globset::GlobBuilder::new(g)
-                    .literal_separator(true)
-                    .build()
-                    .unwrap()
-            })
+            .map(|g| crate::config::glob::parse(g).unwrap())
             .collect();
         let mut b = globset::GlobSetBuilder::new();
         for g in &matchers {
