@@ -393,11 +393,11 @@ async fn an_on_publish_command_that_fails_keeps_the_old_key() {
     let env = Env::new().await;
     env.seed(1, 1);
     let cfg = env.config("keys/{lineage}.env", "max_attempts = 2");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    crate::support::edit_config(
+        &cfg,
         "format = \"env\"",
         "format = \"env\"\non_publish = [\"sh\", \"-c\", \"exit 1\"]\non_publish_timeout = \"5s\"",
     );
-    std::fs::write(&cfg, text).unwrap();
     let mut d = env.spawn(&cfg, None);
     env.wait_for("a failed rotation", Duration::from_secs(60), |e| {
         e.rotations()

@@ -159,10 +159,7 @@ shutdown_timeout = "10s"
 
     /// Replace `from` (which must be there) with `to` in node `name`'s config.
     pub(crate) fn edit_config(&self, name: &str, from: &str, to: &str) {
-        let p = self.path(&format!("{name}.toml"));
-        let cfg = std::fs::read_to_string(&p).unwrap();
-        assert!(cfg.contains(from), "{from:?} is not in {name}'s config");
-        std::fs::write(&p, cfg.replace(from, to)).unwrap();
+        crate::support::edit_config(&self.path(&format!("{name}.toml")), from, to);
     }
 
     /// Start node `name` (with a failpoint armed, if any).

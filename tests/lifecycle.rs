@@ -462,11 +462,11 @@ async fn the_status_shows_a_coalesced_last_step_without_waiting_for_the_heartbea
     let env = Env::new().await;
     env.seed(12, 12);
     let cfg = env.config("keys/{lineage}.env", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    crate::support::edit_config(
+        &cfg,
         "schedule = \"* * * * * *\"",
         "schedule = \"*/30 * * * * *\"",
     );
-    std::fs::write(&cfg, text).unwrap();
     // Killed if an assertion below fails (not left running).
     let mut d = KillOnDrop(spawn_with(&env, &cfg, &[]));
     let ep = endpoint(&env).await;

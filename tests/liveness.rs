@@ -244,7 +244,8 @@ async fn fresh_key_daemon_with_a_token(
     );
     std::fs::write(env.path("token"), "t0ken-for-tests\n").unwrap();
     let cfg = env.config("later/{lineage}.env", policy_extra);
-    let mut text = std::fs::read_to_string(&cfg).unwrap().replace(
+    crate::support::edit_config(
+        &cfg,
         "shutdown_timeout = \"10s\"",
         &format!(
             "shutdown_timeout = \"10s\"\nadmin_token = {{ file = \"{}\" }}",
@@ -252,10 +253,8 @@ async fn fresh_key_daemon_with_a_token(
         ),
     );
     for (from, to) in edits {
-        assert!(text.contains(from), "{from:?} not in the config");
-        text = text.replace(from, to);
+        crate::support::edit_config(&cfg, from, to);
     }
-    std::fs::write(&cfg, text).unwrap();
     let d = env.spawn(&cfg, None);
     env.wait_for("ready", Duration::from_secs(30), |e| {
         e.log().contains("rekey ready")
@@ -692,10 +691,7 @@ async fn wall_clock_jumps_under_libfaketime_neither_shorten_grace_nor_stop_check
     let env = Env::new().await;
     env.seed(1, 1);
     let cfg = env.config("keys/{lineage}.env", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("grace_period = \"2s\"", "grace_period = \"1h\"");
-    std::fs::write(&cfg, text).unwrap();
+    crate::support::edit_config(&cfg, "grace_period = \"2s\"", "grace_period = \"1h\"");
     let offset = env.path("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
     // Only the wall clock is faked: the boot clock is the real one.

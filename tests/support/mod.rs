@@ -111,6 +111,14 @@ pub fn spawn_run(
     cmd.spawn().expect("spawn rekey run")
 }
 
+/// Replace `from` (which must be there) with `to` in the config file at
+/// `path`.
+pub fn edit_config(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read the config");
+    assert!(text.contains(from), "{from:?} is not in {}", path.display());
+    std::fs::write(path, text.replace(from, to)).expect("write the config");
+}
+
 /// Whether we run in CI (`CI=true`), where a missing tool is a failure.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
