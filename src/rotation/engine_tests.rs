@@ -3468,9 +3468,10 @@ async fn a_condition_that_starts_and_clears_inside_one_window_is_still_sent() {
 /// daemon retains it), and their steps rebuild `p`'s status on it, which
 /// puts `p` back into the status. The two retire together (one check
 /// started them); the first step's rebuild shows it, the second is
-/// coalesced, and the flush, run on the configuration without `p`, drops
-/// the mark: the status then shows a rotation the store has finished, for
-/// as long as the daemon runs (nothing else rebuilds a removed policy).
+/// coalesced, and the flush, run on the configuration without `p`, must
+/// rebuild `p` from the configuration its steps ran on. (It used to drop
+/// the mark: the status then showed a rotation the store had finished, for
+/// as long as the daemon ran; nothing else rebuilds a removed policy.)
 #[tokio::test]
 async fn a_removed_policys_coalesced_last_step_still_shows_in_the_status() {
     let mut h = harness("", None);
