@@ -553,3 +553,76 @@ async fn a_schedule_changed_by_a_reload_while_its_check_ran_sets_the_next_check(
         .unwrap();
     assert_eq!(next.format("%H:%M:%S").to_string(), "03:00:00", "{next}");
 }
+
+/// Three policies of one account every 5 s whose checks take 2 s each
+/// (the `delay@check` failpoint): each group of checks runs past the next
+/// window, and the scheduler moves all three to the first window still
+/// ahead. Each check had already stored (and shown) the window after its
+/// own start, which the group overran: `/status` showed a next check up to
+/// a whole window in the past until that policy's next check finished.
+/// Now the status shows the scheduler's: behind by at most the time the
+/// running group has taken (3 × 2 s), never by another window on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_whose_checks_overran_a_window_show_the_next_check_the_daemon_scheduled() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    for n in ["app-a1", "app-b1", "app-c1"] {
+        env.emu.insert_key(
+            n,
+            now - chrono::Duration::days(1),
+            Some(now + chrono::Duration::days(29)),
+        );
+    }
+    let every_5s = |name: &str, glob: &str| {
+        policy(name, "ob", glob)
+            .replace("schedule = \"0 0 3 * * *\"", "schedule = \"*/5 * * * * *\"")
+    };
+    let body = [
+        provider("ob", "{ak}", "{sk}"),
+        FILE_SINK.to_string(),
+        every_5s("pa", "app-a*"),
+        every_5s("pb", "app-b*"),
+        every_5s("pc", "app-c*"),
+    ]
+    .concat();
+    assert!(body.contains("*/5 * * * * *"));
+    let cfg = write_config(&env, 4, &body);
+    let mut child = env.spawn(&cfg, Some("delay@check:2000"));
+    let ep = crate::lifecycle::endpoint(&env).await;
+    // The group's own run (6 s) plus room for a loaded machine; a status
+    // a window behind on top of that is 11 s or more behind.
+    let bound = chrono::Duration::milliseconds(8_500);
+    let mut worst = chrono::Duration::zero();
+    let mut seen = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(27);
+    while std::time::Instant::now() < until {
+        let status = crate::lifecycle::status_json(&ep).await;
+        let at = Utc::now();
+        for p in status["policies"].as_array().unwrap() {
+            let Some(next) = p["next_check_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            else {
+                continue;
+            };
+            seen += 1;
+            let behind = at - next.to_utc();
+            if behind > worst {
+                worst = behind;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = env.emu.request_log();
+    assert_eq!(terminate(&mut child), 0);
+    let daemon_log = env.log();
+    let (walks, _) = walks_and_pages(&log);
+    assert!(walks >= 3, "walks: {walks}\n{}", tail(&daemon_log, 40));
+    assert!(seen > 0, "no policy showed a next check");
+    assert!(
+        worst <= bound,
+        "a policy's next check was shown {} ms in the past\n{}",
+        worst.num_milliseconds(),
+        tail(&daemon_log, 40)
+    );
+}

@@ -573,7 +573,9 @@ pub struct PolicyConfig {
     /// `max_attempts` in effect.
     pub failing_after_failures: u32,
     /// How much longer than its grace period a rotation may stay
-    /// unfinished before it is `rotation_stuck` (DESIGN §4); default
+    /// unfinished before it is `rotation_stuck`, and how long an abandoned
+    /// rotation's undeleted next key may wait before it is `cleanup_stuck`
+    /// (DESIGN §4); default
     /// [`crate::rotation::health::STUCK_AFTER`] (1 h).
     pub stuck_after: Duration,
     /// How long before a key's expiry `key.expiring` is sent (once per

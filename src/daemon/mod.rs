@@ -670,6 +670,10 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
             "shutdown_timeout reached with steps still in flight; they resume on the next start"
         );
     }
+    // The steps' last commits are in the store: put them in the status
+    // (stored health, condition events) while the lease is still ours,
+    // rather than leave them to a coalescing window that never ends.
+    engine.flush_status_all(&d.current());
     // Every commit is done: hand the lease over (NOTIFY wakes standbys).
     renewals.cancel();
     if let Some((node, fence)) = &leading {
@@ -1190,7 +1194,6 @@ impl Daemon {
         };
         // Each policy's next check: from its schedule, unless a reload
         // rescheduled it while the group ran (then the reload's stands).
-        let mut rescheduled = Vec::new();
         let nexts: HashMap<&str, DateTime<Utc>> = {
             let mut nc = self.next_checks.lock().expect("lock");
             policies
@@ -1200,26 +1203,38 @@ impl Daemon {
                     let t = nc.get_mut(p)?;
                     if *t == *taken {
                         *t = next_for(rt.policy(p)?);
-                    } else {
-                        rescheduled.push((p.as_str(), *t));
                     }
                     Some((p.as_str(), *t))
                 })
                 .collect()
         };
+        // The checks that changed nothing carry it in their one write;
+        // every other check stored the next window after its own start,
+        // which is in the past when the group ran past it (or not the
+        // reload's): the state is told the scheduler's, in one
+        // transaction.
         for r in &mut quiet {
             if let Some(t) = nexts.get(r.policy.as_str()) {
                 r.next_check_at = Some(*t);
             }
         }
+        let quiet_names: HashSet<&str> = quiet.iter().map(|r| r.policy.as_str()).collect();
+        let loud: Vec<(&str, DateTime<Utc>)> = nexts
+            .iter()
+            .filter(|(p, _)| !quiet_names.contains(*p))
+            .map(|(p, t)| (*p, *t))
+            .collect();
         if let Err(e) = self.engine.store.record_check_times(&quiet) {
             tracing::warn!(policies = quiet.len(), error = %e, "cannot record the times of checks that changed nothing");
         }
         drop(quiet);
-        for (p, t) in rescheduled {
-            if let Err(e) = self.engine.store.set_next_check(p, t) {
-                tracing::warn!(policy = %p, error = %e, "cannot store the next check a reload set");
-            }
+        if let Err(e) = self.engine.store.set_next_checks(&loud) {
+            tracing::warn!(policies = loud.len(), error = %e, "cannot store the policies' next checks");
+        }
+        // The status shows the scheduler's next check, not the one the
+        // check assumed.
+        for (p, t) in nexts {
+            self.engine.set_status_next_check(p, t);
         }
         // A reload may have removed some of these policies while they were
         // checked: their checks ran on the runtime the group started with

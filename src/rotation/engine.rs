@@ -739,15 +739,27 @@ impl StatusBuilt {
     /// rebuild the caller makes now), and how long until the next marked
     /// one's window is (`None`: nothing else is marked).
     pub fn take_due(&self) -> (Vec<String>, Option<Duration>) {
+        self.take(false)
+    }
+
+    /// Every marked policy, its window over or not (each claimed for a
+    /// rebuild the caller makes now): the daemon's last flush before it
+    /// stops, so no committed step is left out of the status.
+    pub fn take_all(&self) -> Vec<String> {
+        self.take(true).0
+    }
+
+    /// [`StatusBuilt::take_due`], or with `all` every marked policy.
+    fn take(&self, all: bool) -> (Vec<String>, Option<Duration>) {
         let now = self.mono.elapsed();
-        let mut all = self.lock();
+        let mut all_built = self.lock();
         let mut due = Vec::new();
         let mut next: Option<Duration> = None;
-        for (name, b) in all.iter_mut().filter(|(_, b)| b.dirty.is_some()) {
+        for (name, b) in all_built.iter_mut().filter(|(_, b)| b.dirty.is_some()) {
             let at = b
                 .claimed
                 .map_or(now, |c| c.saturating_add(b.window.max(self.floor)));
-            if now >= at {
+            if all || now >= at {
                 b.claimed = Some(now);
                 due.push(name.clone());
             } else {
@@ -1185,9 +1197,9 @@ impl Engine {
         // yet (the provider failed last time): try again — not while the
         // policy only observes (report only).
         if policy.mode == Mode::Rotate {
-            for r in self.store.abandoned_unpublished(name)? {
+            for r in &ledger.abandoned {
                 store_changed = true;
-                self.delete_abandoned_key(rt, &r).await;
+                self.delete_abandoned_key(rt, r).await;
             }
         }
         store_changed |= started_any;
@@ -1679,6 +1691,32 @@ impl Engine {
         true
     }
 
+    /// Show `at` as `policy`'s next check in its published status (the
+    /// daemon's scheduler decides it after a group of checks, and it is
+    /// later than the one the check itself stored when the group ran past
+    /// a window). Copies only the entry's scalars (its tables are shared)
+    /// and only when it changes; gives up, leaving the next rebuild to
+    /// show it, if other writers replace the entry three times meanwhile.
+    pub fn set_status_next_check(&self, policy: &str, at: DateTime<Utc>) {
+        for _ in 0..3 {
+            let snapshot = self.status.load();
+            let Some(prev) = snapshot.policies.iter().find(|p| p.name == policy).cloned() else {
+                return;
+            };
+            drop(snapshot);
+            if prev.next_check_at == Some(at) {
+                return;
+            }
+            let mut next = PolicyStatus::clone(&prev);
+            next.next_check_at = Some(at);
+            let next = Arc::new(next);
+            if self.status.replace_policy_if(&prev, next.clone()) {
+                self.metrics.sync_policy(&next);
+                return;
+            }
+        }
+    }
+
     /// [`Engine::refresh_status`] from a ledger already read (and still
     /// what the store holds), `read` having been taken before it was.
     fn publish_status(
@@ -1853,7 +1891,23 @@ impl Engine {
     /// configuration, its marks are dropped.
     pub fn flush_status(&self, rt: &Runtime) -> Option<Duration> {
         let (due, next) = self.status_built.take_due();
-        for name in due {
+        self.rebuild_marked(rt, due);
+        next
+    }
+
+    /// The daemon's last flush, once every in-flight step has committed
+    /// (or `shutdown_timeout` passed) and while it still holds the lease:
+    /// rebuild every policy rotation steps marked, its window over or not,
+    /// so the stored health and the condition events a rebuild records
+    /// include every committed step before the process exits.
+    pub fn flush_status_all(&self, rt: &Runtime) {
+        let all = self.status_built.take_all();
+        self.rebuild_marked(rt, all);
+    }
+
+    /// Rebuild the marked policies `names` took ([`Engine::flush_status`]).
+    fn rebuild_marked(&self, rt: &Runtime, names: Vec<String>) {
+        for name in names {
             let result = if rt.policy(&name).is_some() {
                 self.refresh_status(rt, &name)
             } else if let Some(config) = self
@@ -1878,7 +1932,6 @@ impl Engine {
                 tracing::debug!(policy = %name, error = %e, "cannot rebuild status after rotation steps");
             }
         }
-        next
     }
 
     /// `POST /rotate/{policy}`: rotate every lineage (or one) now.

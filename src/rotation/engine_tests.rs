@@ -2445,6 +2445,83 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
 }
 
 #[tokio::test]
+async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_and_clears_when_deleted()
+ {
+    // Each check retried the delete of an abandoned rotation's unused
+    // next key, but a provider that kept failing it left a live key
+    // nobody holds with no condition, metric or event: the lineage was
+    // `ok` for ever.
+    use crate::rotation::health::Condition;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let h = harness("max_attempts = 20", Some(&missing));
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    assert_eq!(h.check().await.due().count(), 0);
+    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Created, "{r:#?}");
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    assert_eq!(
+        h.fake.names().len(),
+        2,
+        "the delete failed: the key is kept"
+    );
+    let stuck = |h: &Harness| {
+        h.lineage_status("app-a")
+            .conditions
+            .contains(&Condition::CleanupStuck)
+    };
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    // Within stuck_after (1 h): every check tries again; not a condition.
+    for _ in 0..5 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    assert!(h.fake.st.lock().unwrap().delete_calls >= calls + 5);
+    assert!(!stuck(&h), "{:?}", h.lineage_status("app-a"));
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
+    // Past it: failing, reported once however many checks fail.
+    for _ in 0..6 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    let l = h.lineage_status("app-a");
+    assert_eq!(l.health, Health::Failing, "{l:?}");
+    assert_eq!(l.reason, "cleanup_stuck");
+    assert!(stuck(&h));
+    assert!(
+        l.message.contains(&r.id) && l.message.contains("not deleted"),
+        "the message names the rotation: {}",
+        l.message
+    );
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="cleanup_stuck",policy="p"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 0"#), "{m}");
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    // The provider recovers: the next check deletes the key and clears it.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    assert_eq!(h.fake.names(), ["app-a"]);
+    assert!(!stuck(&h));
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"rekey_condition{condition="cleanup_stuck",policy="p"} 0"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 1"#), "{m}");
+    assert_eq!(h.count_events("rotation.stuck"), 1);
+}
+
+#[tokio::test]
 async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once() {
     // The sink directory is missing: each check resumes the rotation
     // (failures reset to 0), which fails again at once.
@@ -3324,6 +3401,30 @@ async fn a_burst_of_rotation_steps_rebuilds_the_status_far_fewer_times_than_it_h
     assert_eq!(h.engine.flush_status(&h.rt), None);
     assert_eq!(h.engine.status_built.rebuilds() - before, during + 1);
     assert_eq!(shown_rotation_state(&h, "app-07"), "retiring");
+}
+
+/// Shutdown: a step that committed inside its policy's coalescing window
+/// was never put in the status (stored health, condition events) once the
+/// loop that flushes windows had stopped.
+#[tokio::test]
+async fn the_final_flush_takes_a_policy_whose_window_is_not_over() {
+    let mut h = harness("", None);
+    let _mono = coalescing(&mut h);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.fake.add("app-b", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    assert_eq!(h.latest().state, RotationState::Retiring);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "planned");
+    assert!(
+        h.engine.flush_status(&h.rt).is_some(),
+        "the window is not over"
+    );
+    assert_eq!(shown_rotation_state(&h, "app-a"), "planned");
+    h.engine.flush_status_all(&h.rt);
+    assert_eq!(shown_rotation_state(&h, "app-a"), "retiring");
+    assert_eq!(shown_rotation_state(&h, "app-b"), "retiring");
+    assert_eq!(h.engine.flush_status(&h.rt), None, "nothing left marked");
 }
 
 /// The freshness bound: a step's effect is in the status by the end of its

@@ -20,6 +20,7 @@
 //! | 5 | `step_failing`     | a step of the active rotation failed `failing_after_failures` times, or the latest rotation failed and the lineage is still due; once raised it holds until a rotation of the lineage publishes (a retry does not clear it) | `failing` |
 //! | 6 | `next_key_missing` | the latest rotation ended because its next key vanished during grace | `failing` |
 //! | 7 | `rotation_stuck`   | the active rotation is older than its grace period + `stuck_after`    | `failing` |
+//! | 8 | `cleanup_stuck`    | a rotation abandoned more than `stuck_after` ago still holds a created, never-acknowledged next key that is not deleted (each check tries to delete it; the provider keeps refusing or failing) | `failing` |
 //!
 //! `failing_after_failures` (default [`FAILING_AFTER`], 3) and
 //! `stuck_after` (default [`STUCK_AFTER`], 1 h) are per-policy settings
@@ -101,11 +102,12 @@ pub enum Condition {
     StepFailing,
     NextKeyMissing,
     RotationStuck,
+    CleanupStuck,
 }
 
 impl Condition {
     /// Every condition, in rule order (the metric's label values).
-    pub const ALL: [Condition; 9] = [
+    pub const ALL: [Condition; 10] = [
         Condition::UnknownTime,
         Condition::UnsafeName,
         Condition::UnrecognisedKey,
@@ -115,6 +117,7 @@ impl Condition {
         Condition::StepFailing,
         Condition::NextKeyMissing,
         Condition::RotationStuck,
+        Condition::CleanupStuck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +131,7 @@ impl Condition {
             Condition::StepFailing => "step_failing",
             Condition::NextKeyMissing => "next_key_missing",
             Condition::RotationStuck => "rotation_stuck",
+            Condition::CleanupStuck => "cleanup_stuck",
         }
     }
 
@@ -157,6 +161,7 @@ impl Condition {
             Condition::UnsafeName => Some("key.unrecognised"),
             Condition::StepFailing
             | Condition::RotationStuck
+            | Condition::CleanupStuck
             | Condition::Conflict
             | Condition::UnknownTime => Some("rotation.stuck"),
         }
@@ -184,6 +189,10 @@ pub struct LineageFacts<'a> {
     pub failing_after: u32,
     /// The policy's `stuck_after` (`None`: [`STUCK_AFTER`]).
     pub stuck_after: Option<Duration>,
+    /// The lineage's longest-pending abandoned rotation whose created,
+    /// never-acknowledged next key is not deleted yet
+    /// ([`crate::state::Store::abandoned_unpublished`]).
+    pub cleanup: Option<&'a RotationRow>,
     /// `step_failing` held for this lineage at the last rebuild.
     pub step_failing_before: bool,
     /// Conditions the planner found (`unknown_time`, `unsafe_name`,
@@ -217,6 +226,13 @@ pub fn failing_after(failing_after_failures: u32, max_attempts: u32) -> u32 {
         n => n,
     }
     .min(max_attempts.max(1))
+}
+
+/// When an abandoned rotation's next key started waiting for its delete:
+/// when the rotation ended (`finished_at`; its start for a row that has
+/// none).
+pub fn cleanup_since(r: &RotationRow) -> DateTime<Utc> {
+    r.finished_at.unwrap_or(r.started_at)
 }
 
 /// The rule (module docs), for one lineage at `now`.
@@ -313,6 +329,29 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
             conditions.push((
                 Condition::StepFailing,
                 format!("rotation {} failed: {what}", l.id),
+            ));
+        }
+    }
+    // 8: an abandoned rotation's next key that checks keep failing to
+    // delete (no sink has it, so nothing uses it, but it is a live
+    // credential rekey made and nobody holds).
+    if let Some(c) = f.cleanup {
+        let since = cleanup_since(c);
+        if now - since > ChronoDuration::from_std(stuck_after).unwrap_or(ChronoDuration::MAX) {
+            conditions.push((
+                Condition::CleanupStuck,
+                format!(
+                    "rotation {} was abandoned at {} and its next key {} (never acknowledged by a sink) is still not deleted, longer than {}; every check tries again (abandoned because: {})",
+                    c.id,
+                    since.to_rfc3339(),
+                    c.new_key_id
+                        .as_deref()
+                        .or(c.new_key_name.as_deref())
+                        .unwrap_or("(unknown)")
+                        .escape_debug(),
+                    crate::clock::human(stuck_after),
+                    c.error.as_deref().unwrap_or("no reason recorded").escape_debug()
+                ),
             ));
         }
     }
@@ -470,6 +509,38 @@ mod tests {
         );
         assert_eq!(a.reason(), Some(Condition::NextKeyMissing));
         assert_eq!(a.health, Health::Failing);
+    }
+
+    #[test]
+    fn an_abandoned_next_key_undeleted_past_stuck_after_is_cleanup_stuck() {
+        let mut r = row(RotationState::Failed, 0);
+        r.error_class = Some("abandoned".into());
+        r.error = Some("abandoned by an operator".into());
+        r.created_at = Some(at("2026-11-22T10:01:00Z"));
+        r.finished_at = Some(at("2026-11-22T10:30:00Z"));
+        r.new_key_id = Some("k-next\u{1b}[2J".into());
+        let facts = LineageFacts {
+            last: Some(&r),
+            cleanup: Some(&r),
+            max_attempts: 5,
+            ..Default::default()
+        };
+        // Measured from when the rotation ended, not when it started.
+        assert_eq!(
+            assess(&facts, at("2026-11-22T11:29:00Z")).health,
+            Health::Ok
+        );
+        let a = assess(&facts, at("2026-11-22T11:31:00Z"));
+        assert_eq!(a.health, Health::Failing);
+        assert_eq!(a.reason(), Some(Condition::CleanupStuck));
+        let msg = &a.conditions[0].1;
+        assert!(msg.contains("r1") && msg.contains("k-next"), "{msg}");
+        assert!(!msg.contains('\u{1b}'), "a provider id is escaped: {msg:?}");
+        assert_eq!(Condition::CleanupStuck.event(), Some("rotation.stuck"));
+        assert_eq!(
+            Condition::parse("cleanup_stuck"),
+            Some(Condition::CleanupStuck)
+        );
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub struct LineagePlan {
     /// A failed rotation that already created (and still holds, sealed) a
     /// new key: the next check resumes it instead of creating another.
     pub resumable: Option<RotationRow>,
+    /// Since when the lineage's longest-pending abandoned rotation has
+    /// waited for its next key's delete ([`Ledger::abandoned`],
+    /// [`health::cleanup_since`]); `None` when none waits.
+    pub cleanup_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +161,9 @@ impl PolicyPlan {
     ///   `fresh` one does not; an `unknown_time` from a creation in the
     ///   future can only disappear as `now` grows, and there is none;
     /// - [`health::assess`] reads `now` for an expired current key (not
-    ///   before its expiry) and for a rotation in flight (none);
+    ///   before its expiry), for a rotation in flight (none) and for an
+    ///   abandoned next key still to delete (`cleanup_stuck`: `t` is at
+    ///   most its `cleanup_since` + `stuck_after`);
     /// - a check raises `key.expiring` for a `stale` key once per
     ///   `expiring_warnings` threshold crossed: `t` is before the next
     ///   crossing of each stale key.
@@ -187,6 +193,13 @@ impl PolicyPlan {
             }
             if let Some(exp) = cur.expires_at {
                 until = until.min(exp);
+            }
+            if let Some(since) = l.cleanup_since {
+                let bound = ChronoDuration::from_std(policy.stuck_after)
+                    .ok()
+                    .and_then(|d| since.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                until = until.min(bound);
             }
             for (k, st) in &l.keys {
                 let Some(exp) = k.key.expires_at.filter(|_| *st == KeyState::Stale) else {
@@ -229,6 +242,11 @@ pub struct Ledger {
     /// rebuild (the health rule keeps it through a retry that has not
     /// published yet).
     pub step_failing: HashSet<String>,
+    /// Abandoned rotations whose created, never-acknowledged next key is
+    /// not deleted yet ([`Store::abandoned_unpublished`], oldest first):
+    /// each check in `rotate` mode tries to delete them, and the health
+    /// rule's `cleanup_stuck` reports one still there after `stuck_after`.
+    pub abandoned: Vec<RotationRow>,
 }
 
 /// The other policies of `cfg` whose providers are of the same kind as
@@ -292,6 +310,7 @@ impl Ledger {
             owned: store.owned_keys(policy)?,
             orphans: store.orphan_attempts(policy)?,
             rotations: store.policy_rotations(policy)?,
+            abandoned: store.abandoned_unpublished(policy)?,
             claimed_elsewhere,
             known,
             step_failing: store
@@ -598,8 +617,12 @@ pub fn plan(
         }
         by_lineage.entry(k.lineage.clone()).or_default().push(k);
     }
-    // A lineage with an active rotation exists even if its keys vanished.
+    // A lineage with an active rotation, or an abandoned key still to
+    // delete, exists even if its keys vanished.
     for r in rotations.iter().filter(|r| !r.state.is_terminal()) {
+        by_lineage.entry(r.lineage.clone()).or_default();
+    }
+    for r in &ledger.abandoned {
         by_lineage.entry(r.lineage.clone()).or_default();
     }
     // A lineage that ever published a key is never bootstrapped again: a
@@ -623,6 +646,11 @@ pub fn plan(
             .iter()
             .max_by_key(|r| r.started_at)
             .map(|r| (*r).clone());
+        let cleanup = ledger
+            .abandoned
+            .iter()
+            .filter(|r| r.lineage == name)
+            .min_by_key(|r| health::cleanup_since(r));
         let resumable = match (&active, &last) {
             (None, Some(l))
                 if l.state == RotationState::Failed
@@ -873,6 +901,7 @@ pub fn plan(
                 failing_after: policy.failing_after_failures,
                 step_failing_before: ledger.step_failing.contains(&name),
                 stuck_after: Some(policy.stuck_after),
+                cleanup,
                 found,
             },
             now,
@@ -890,6 +919,7 @@ pub fn plan(
             active,
             last,
             resumable,
+            cleanup_since: cleanup.map(health::cleanup_since),
         });
     }
     if let Some(b) = &bootstrap {
@@ -912,6 +942,7 @@ pub fn plan(
             active: None,
             last: None,
             resumable: None,
+            cleanup_since: None,
         });
     }
 

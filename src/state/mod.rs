@@ -997,12 +997,23 @@ impl Store {
 
     /// When a policy's next scheduled check is due (survives restarts).
     pub fn set_next_check(&self, policy: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_next_checks(&[(policy, at)])
+    }
+
+    /// [`Store::set_next_check`] of several policies in one transaction
+    /// (the daemon's after a group of checks); a ledger-neutral write.
+    pub fn set_next_checks(&self, nexts: &[(&str, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if nexts.is_empty() {
+            return Ok(());
+        }
         self.tx_quiet(|tx| {
-            tx.execute(
-                "INSERT INTO policy_state (policy, next_check_at) VALUES (?1, ?2)
-                 ON CONFLICT (policy) DO UPDATE SET next_check_at = excluded.next_check_at",
-                p![policy, ts(at)],
-            )?;
+            for (policy, at) in nexts {
+                tx.execute(
+                    "INSERT INTO policy_state (policy, next_check_at) VALUES (?1, ?2)
+                     ON CONFLICT (policy) DO UPDATE SET next_check_at = excluded.next_check_at",
+                    p![*policy, ts(*at)],
+                )?;
+            }
             Ok(())
         })
     }

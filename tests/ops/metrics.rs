@@ -211,6 +211,7 @@ fn shipped_prometheus_rules_load_and_fire_on_rekey_series() {
         "unsafe_name",
         "unknown_time",
         "next_key_missing",
+        "cleanup_stuck",
     ] {
         assert!(
             rules.contains(&format!(
