@@ -341,7 +341,7 @@ pub fn assess(f: &LineageFacts<'_>, now: DateTime<Utc>) -> Assessment {
             conditions.push((
                 Condition::CleanupStuck,
                 format!(
-                    "rotation {} was abandoned at {} and its next key {} (never acknowledged by a sink) is still not deleted, longer than {}; every check tries again (abandoned because: {})",
+                    "rotation {} was abandoned at {} and its next key {} (never acknowledged by a sink) is still not deleted, longer than {} (each check in rotate mode tries again; delete it at the provider if they keep failing; abandoned because: {})",
                     c.id,
                     since.to_rfc3339(),
                     c.new_key_id
