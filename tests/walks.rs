@@ -561,7 +561,7 @@ async fn a_schedule_changed_by_a_reload_while_its_check_ran_sets_the_next_check(
 /// own start, which the group overran: `/status` showed a next check up to
 /// a whole window in the past until that policy's next check finished.
 /// Now the status shows the scheduler's: behind by at most the time the
-/// running group has taken (3 × 2 s), never by another window on top.
+/// running group has taken (3 × 2 s), not by part of a window on top.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_whose_checks_overran_a_window_show_the_next_check_the_daemon_scheduled() {
     let env = Env::new().await;
@@ -589,9 +589,10 @@ async fn policies_whose_checks_overran_a_window_show_the_next_check_the_daemon_s
     let cfg = write_config(&env, 4, &body);
     let mut child = env.spawn(&cfg, Some("delay@check:2000"));
     let ep = crate::lifecycle::endpoint(&env).await;
-    // The group's own run (6 s) plus room for a loaded machine; a status
-    // a window behind on top of that is 11 s or more behind.
-    let bound = chrono::Duration::milliseconds(8_500);
+    // The group's own run (6 s) plus room for a loaded machine. Measured
+    // on a 2-core VM: 5.9 s behind at worst with the scheduler's next
+    // check shown, 8.9 s without (the check's own, a window earlier).
+    let bound = chrono::Duration::milliseconds(7_500);
     let mut worst = chrono::Duration::zero();
     let mut seen = 0;
     let until = std::time::Instant::now() + Duration::from_secs(27);
@@ -619,6 +620,7 @@ async fn policies_whose_checks_overran_a_window_show_the_next_check_the_daemon_s
     let (walks, _) = walks_and_pages(&log);
     assert!(walks >= 3, "walks: {walks}\n{}", tail(&daemon_log, 40));
     assert!(seen > 0, "no policy showed a next check");
+    eprintln!("worst: {} ms behind", worst.num_milliseconds());
     assert!(
         worst <= bound,
         "a policy's next check was shown {} ms in the past\n{}",
