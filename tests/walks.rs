@@ -80,6 +80,33 @@ create = {{ action = "read" }}
     )
 }
 
+/// Keys `app-a1`, `app-b1`, `app-c1`, fresh, and policies `pa`, `pb`,
+/// `pc` (one key each) on one account, checked every `secs` seconds.
+fn three_fresh_policies_every(env: &Env, secs: u32) -> PathBuf {
+    let now = Utc::now();
+    for n in ["app-a1", "app-b1", "app-c1"] {
+        env.emu.insert_key(
+            n,
+            now - chrono::Duration::days(1),
+            Some(now + chrono::Duration::days(29)),
+        );
+    }
+    let schedule = format!("schedule = \"*/{secs} * * * * *\"");
+    let every = |name: &str, glob: &str| {
+        policy(name, "ob", glob).replace("schedule = \"0 0 3 * * *\"", &schedule)
+    };
+    let body = [
+        provider("ob", "{ak}", "{sk}"),
+        FILE_SINK.to_string(),
+        every("pa", "app-a*"),
+        every("pb", "app-b*"),
+        every("pc", "app-c*"),
+    ]
+    .concat();
+    assert!(body.contains(&schedule));
+    write_config(env, 4, &body)
+}
+
 /// Walks in `log` (answered first pages), and list pages answered.
 fn walks_and_pages(log: &[LoggedRequest]) -> (usize, usize) {
     let walks = log.iter().filter(|r| r.starts_walk()).count();
@@ -349,28 +376,7 @@ async fn a_fresh_walk_that_began_before_a_create_never_stands_in_for_its_id_look
 #[tokio::test]
 async fn policies_of_one_account_whose_checks_overran_a_window_are_still_walked_once_per_window() {
     let env = Env::new().await;
-    let now = Utc::now();
-    for n in ["app-a1", "app-b1", "app-c1"] {
-        env.emu.insert_key(
-            n,
-            now - chrono::Duration::days(1),
-            Some(now + chrono::Duration::days(29)),
-        );
-    }
-    let every_3s = |name: &str, glob: &str| {
-        policy(name, "ob", glob)
-            .replace("schedule = \"0 0 3 * * *\"", "schedule = \"*/3 * * * * *\"")
-    };
-    let body = [
-        provider("ob", "{ak}", "{sk}"),
-        FILE_SINK.to_string(),
-        every_3s("pa", "app-a*"),
-        every_3s("pb", "app-b*"),
-        every_3s("pc", "app-c*"),
-    ]
-    .concat();
-    assert!(body.contains("*/3 * * * * *"));
-    let cfg = write_config(&env, 4, &body);
+    let cfg = three_fresh_policies_every(&env, 3);
     let mut child = env.spawn(&cfg, Some("delay@check:1300"));
     // Long enough for at least five walks when the group stays whole (one
     // every 6 s: 3 × 1.3 s of checks overrun each 3-s window).
@@ -565,28 +571,7 @@ async fn a_schedule_changed_by_a_reload_while_its_check_ran_sets_the_next_check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_whose_checks_overran_a_window_show_the_next_check_the_daemon_scheduled() {
     let env = Env::new().await;
-    let now = Utc::now();
-    for n in ["app-a1", "app-b1", "app-c1"] {
-        env.emu.insert_key(
-            n,
-            now - chrono::Duration::days(1),
-            Some(now + chrono::Duration::days(29)),
-        );
-    }
-    let every_5s = |name: &str, glob: &str| {
-        policy(name, "ob", glob)
-            .replace("schedule = \"0 0 3 * * *\"", "schedule = \"*/5 * * * * *\"")
-    };
-    let body = [
-        provider("ob", "{ak}", "{sk}"),
-        FILE_SINK.to_string(),
-        every_5s("pa", "app-a*"),
-        every_5s("pb", "app-b*"),
-        every_5s("pc", "app-c*"),
-    ]
-    .concat();
-    assert!(body.contains("*/5 * * * * *"));
-    let cfg = write_config(&env, 4, &body);
+    let cfg = three_fresh_policies_every(&env, 5);
     let mut child = env.spawn(&cfg, Some("delay@check:2000"));
     let ep = crate::lifecycle::endpoint(&env).await;
     // The group's own run (6 s) plus room for a loaded machine. Measured
