@@ -2522,6 +2522,71 @@ async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_a
 }
 
 #[tokio::test]
+async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_by_hand() {
+    // Observe mode reports an abandoned rotation's undeleted next key (a
+    // live credential rekey made that nobody holds) but never deletes it;
+    // the operator deleting it at the provider, as the message says, left
+    // `cleanup_stuck` held for ever: only a delete by a check in rotate
+    // mode recorded the key gone.
+    use crate::rotation::health::Condition;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut h = harness("max_attempts = 20", Some(&missing));
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    h.check().await;
+    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Created, "{r:#?}");
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.fake.st.lock().unwrap().delete_error = None;
+    let next = h.latest().new_key_id.expect("created");
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    h.rt.config = Arc::new(cfg);
+    let stuck = |h: &Harness| {
+        h.lineage_status("app-a")
+            .conditions
+            .contains(&Condition::CleanupStuck)
+    };
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    h.clock.advance(Duration::minutes(70));
+    h.check().await;
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert!(
+        stuck(&h),
+        "observe reports the live key: {:?}",
+        h.lineage_status("app-a")
+    );
+    // Deleted by hand: the next complete listing no longer has it.
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != next);
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    assert!(!stuck(&h), "{:?}", h.lineage_status("app-a"));
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert!(
+        h.engine
+            .store
+            .abandoned_unpublished("p")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+}
+
+#[tokio::test]
 async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once() {
     // The sink directory is missing: each check resumes the rotation
     // (failures reset to 0), which fails again at once.
