@@ -1858,7 +1858,10 @@ impl Store {
     }
 
     /// The abandoned rotation's next key was deleted at the provider (or
-    /// was never listed): record it and send `key.deleted`.
+    /// was never listed): record it and send `key.deleted`. Once: a
+    /// rotation whose outcome is already recorded (deleted by a racing
+    /// delete — the abandon command's and a check's retry — or kept) is
+    /// left as it is, with no second event.
     pub fn record_abandoned_key_deleted(
         &self,
         id: &str,
@@ -1866,6 +1869,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if row.outcome.is_some() {
+                return Ok(());
+            }
             if let Some(k) = &row.new_key_id {
                 tx.execute(
                     "UPDATE keys SET state = 'deleted' WHERE policy = ?1 AND key_id = ?2",
