@@ -477,24 +477,6 @@ impl SettledChecks {
     }
 }
 
-/// Whether a complete `listing` of `policy`, walked after `r` created its
-/// next key, no longer has that key (by id, and by name) although its name
-/// is one `policy` matches: it was deleted out of band. Never for a partial
-/// listing, nor a key the policy's glob no longer covers (its absence
-/// proves nothing).
-fn abandoned_key_unlisted(policy: &PolicyConfig, r: &RotationRow, listing: &Listing) -> bool {
-    let Some(name) = r.new_key_name.as_deref() else {
-        return false;
-    };
-    listing.complete
-        && policy.matches(name)
-        && r.created_at.is_some_and(|c| c < listing.started_at)
-        && !listing
-            .keys
-            .iter()
-            .any(|k| k.name == name || Some(k.id.as_str()) == r.new_key_id.as_deref())
-}
-
 /// SHA-256 of every field of a listing's keys, in order, and of whether it
 /// completed (each field length-prefixed, so no two listings share a
 /// stream of bytes).
@@ -1218,26 +1200,6 @@ impl Engine {
             for r in &ledger.abandoned {
                 store_changed = true;
                 self.delete_abandoned_key(rt, r).await;
-            }
-        } else {
-            // Observing, nothing is deleted, but one the provider no longer
-            // lists was deleted by hand (as `cleanup_stuck` asks): record it
-            // gone, as a delete that found nothing would, or the condition
-            // never clears.
-            for r in ledger
-                .abandoned
-                .iter()
-                .filter(|r| abandoned_key_unlisted(policy, r, &listing))
-            {
-                store_changed = true;
-                match self.store.record_abandoned_key_deleted(&r.id, self.now()) {
-                    Ok(()) => {
-                        tracing::warn!(policy = %r.policy, lineage = %r.lineage, rotation = %r.id, "the abandoned rotation's next key is no longer listed (deleted out of band); recorded as deleted")
-                    }
-                    Err(e) => {
-                        tracing::warn!(policy = %r.policy, rotation = %r.id, error = %e, "cannot record the abandoned rotation's unlisted next key as deleted; the next check tries again")
-                    }
-                }
             }
         }
         store_changed |= started_any;

@@ -2527,7 +2527,7 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
     // live credential rekey made that nobody holds) but never deletes it;
     // the operator deleting it at the provider, as the message says, left
     // `cleanup_stuck` held for ever: only a delete by a check in rotate
-    // mode recorded the key gone.
+    // mode took the rotation off the list.
     use crate::rotation::health::Condition;
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-yet");
@@ -2546,7 +2546,7 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
     let next = h.latest().new_key_id.expect("created");
     let mut cfg = (*h.rt.config).clone();
     cfg.policies[0].mode = config::Mode::Observe;
-    h.rt.config = Arc::new(cfg);
+    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
     let stuck = |h: &Harness| {
         h.lineage_status("app-a")
             .conditions
@@ -2565,10 +2565,12 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
         "observe reports the live key: {:?}",
         h.lineage_status("app-a")
     );
-    // Deleted by hand: the next complete listing no longer has it.
+    // Deleted by hand: the listings no longer have it.
     h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != next);
-    h.clock.advance(Duration::minutes(10));
-    h.check().await;
+    for _ in 0..2 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
     assert!(!stuck(&h), "{:?}", h.lineage_status("app-a"));
     assert_eq!(h.lineage_status("app-a").health, Health::Ok);
     assert_eq!(
@@ -2576,6 +2578,13 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
         calls,
         "observe deleted"
     );
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    // Nothing is recorded deleted on a listing's word: back in rotate mode
+    // the check's delete finds it gone and records it.
+    assert_eq!(h.engine.store.abandoned_unpublished("p").unwrap().len(), 1);
+    h.rt.config = rotate;
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
     assert!(
         h.engine
             .store
@@ -2583,7 +2592,8 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
             .unwrap()
             .is_empty()
     );
-    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    assert_eq!(h.count_events("key.deleted"), 1, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
 }
 
 #[tokio::test]
