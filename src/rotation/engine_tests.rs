@@ -3109,6 +3109,46 @@ fn stored_decisions(h: &Harness, policy: &str) -> String {
         .to_string()
 }
 
+/// An observing policy with an abandoned next key and nothing else
+/// happening: its checks are reused (no store write), and the settled plan
+/// must still end when `stuck_after` does, or `cleanup_stuck` never shows.
+#[tokio::test]
+async fn cleanup_stuck_shows_on_time_while_an_observing_policys_checks_are_reused() {
+    use crate::rotation::health::Condition;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut h = harness("max_attempts = 20", Some(&missing));
+    h.fake.add("app-a", Duration::days(1), Duration::days(29));
+    h.check().await;
+    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Created, "{r:#?}");
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let ended = h.latest().finished_at.expect("ended");
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    h.rt.config = Arc::new(cfg);
+    let stuck = |h: &Harness| {
+        h.lineage_status("app-a")
+            .conditions
+            .contains(&Condition::CleanupStuck)
+    };
+    let mut reuses = 0;
+    for _ in 0..12 {
+        h.clock.advance(Duration::minutes(5) + Duration::seconds(1));
+        let c = daemon_check(&h, "p").await;
+        reuses += usize::from(reused(&c));
+        let late = h.clock.now() - ended > Duration::hours(1);
+        assert_eq!(stuck(&h), late, "at {}: {:?}", h.clock.now(), c.health());
+    }
+    assert!(reuses > 0, "no check was reused");
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+}
+
 #[tokio::test]
 async fn a_settled_check_is_reused_and_keeps_its_decisions_and_status() {
     let h = harness("", None);
