@@ -2597,6 +2597,49 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
 }
 
 #[tokio::test]
+async fn a_rotation_that_failed_long_before_it_was_abandoned_is_not_cleanup_stuck_at_once() {
+    // `cleanup_stuck` counted from `finished_at`, which an abandon keeps
+    // from an earlier failure: a rotation that failed hours before it was
+    // abandoned (by an operator, or after RESUME_FOR) was stuck at its
+    // first failed delete, "abandoned at" the failure's time.
+    use crate::rotation::health::Condition;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-yet");
+    let mut h = harness("", Some(&missing));
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    let r = h.latest();
+    assert_eq!(r.state, RotationState::Failed);
+    assert!(r.finished_at.is_some());
+    // Observing: the failed rotation waits, neither resumed nor abandoned.
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    h.rt.config = Arc::new(cfg);
+    h.clock.advance(Duration::hours(3));
+    h.check().await;
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    let abandoned_at = h.clock.now();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    let l = h.lineage_status("app-a");
+    assert!(!l.conditions.contains(&Condition::CleanupStuck), "{l:?}");
+    assert_eq!(
+        h.latest().finished_at.map(|t| t.timestamp_millis()),
+        Some(abandoned_at.timestamp_millis()),
+        "the rotation ended when it was abandoned"
+    );
+    // stuck_after after the abandon, not after the failure.
+    h.clock.advance(Duration::minutes(55));
+    h.check().await;
+    let l = h.lineage_status("app-a");
+    assert!(l.conditions.contains(&Condition::CleanupStuck), "{l:?}");
+}
+
+#[tokio::test]
 async fn a_resumed_rotation_that_fails_on_every_check_raises_rotation_stuck_once() {
     // The sink directory is missing: each check resumes the rotation
     // (failures reset to 0), which fails again at once.
