@@ -2407,18 +2407,26 @@ async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_bac
     assert_eq!(before.retire_at, after.retire_at);
 }
 
-#[tokio::test]
-async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
-    // `mode = "observe"` is report only; the checks' retry of an abandoned
-    // rotation's failed delete ran in every mode.
+/// A harness whose sink directory is missing, with the scheduled rotation
+/// of `app-a` (expiring in 2 days) failed after creating its next key. The
+/// directory must outlive the harness.
+async fn failed_rotation() -> (tempfile::TempDir, Harness, crate::state::RotationRow) {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-yet");
-    let mut h = harness("", Some(&missing));
+    let h = harness("", Some(&missing));
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
     h.check().await;
     h.drive(h.clock.now() + Duration::minutes(5)).await;
     let r = h.latest();
     assert_eq!(r.state, RotationState::Failed);
+    (dir, h, r)
+}
+
+#[tokio::test]
+async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
+    // `mode = "observe"` is report only; the checks' retry of an abandoned
+    // rotation's failed delete ran in every mode.
+    let (_dir, mut h, r) = failed_rotation().await;
     assert_eq!(h.fake.names().len(), 2);
     h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
         std::time::Duration::from_secs(30),
@@ -2426,9 +2434,7 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
     h.engine.abandon(&h.rt, &r.id).await.unwrap();
     h.fake.st.lock().unwrap().delete_error = None;
     let calls = h.fake.st.lock().unwrap().delete_calls;
-    let mut cfg = (*h.rt.config).clone();
-    cfg.policies[0].mode = config::Mode::Observe;
-    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
+    let rotate = observe(&mut h);
     h.clock.advance(Duration::minutes(5));
     h.check().await;
     assert_eq!(
@@ -2444,14 +2450,12 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
     assert_eq!(h.fake.names(), ["app-a"]);
 }
 
-#[tokio::test]
-async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_and_clears_when_deleted()
- {
-    // Each check retried the delete of an abandoned rotation's unused
-    // next key, but a provider that kept failing it left a live key
-    // nobody holds with no condition, metric or event: the lineage was
-    // `ok` for ever.
-    use crate::rotation::health::Condition;
+/// A harness whose sink directory is missing (`max_attempts = 20`), with
+/// an operator's rotation of `app-a` left `created` and then abandoned
+/// while every delete fails (they still do): its next key waits for a
+/// delete. The directory must outlive the harness.
+async fn abandoned_with_failing_deletes() -> (tempfile::TempDir, Harness, crate::state::RotationRow)
+{
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-yet");
     let h = harness("max_attempts = 20", Some(&missing));
@@ -2465,16 +2469,38 @@ async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_a
         std::time::Duration::from_secs(30),
     ));
     h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let r = h.latest();
+    (dir, h, r)
+}
+
+/// Whether lineage `app-a`'s status holds `cleanup_stuck`.
+fn cleanup_stuck(h: &Harness) -> bool {
+    h.lineage_status("app-a")
+        .conditions
+        .contains(&crate::rotation::health::Condition::CleanupStuck)
+}
+
+/// Switch the harness's policy to `observe`; returns the `rotate` config.
+fn observe(h: &mut Harness) -> Arc<config::Config> {
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    std::mem::replace(&mut h.rt.config, Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_and_clears_when_deleted()
+ {
+    // Each check retried the delete of an abandoned rotation's unused
+    // next key, but a provider that kept failing it left a live key
+    // nobody holds with no condition, metric or event: the lineage was
+    // `ok` for ever.
+    let (_dir, h, r) = abandoned_with_failing_deletes().await;
     assert_eq!(
         h.fake.names().len(),
         2,
         "the delete failed: the key is kept"
     );
-    let stuck = |h: &Harness| {
-        h.lineage_status("app-a")
-            .conditions
-            .contains(&Condition::CleanupStuck)
-    };
+    let stuck = cleanup_stuck;
     let calls = h.fake.st.lock().unwrap().delete_calls;
     // Within stuck_after (1 h): every check tries again; not a condition.
     for _ in 0..5 {
@@ -2528,30 +2554,11 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
     // the operator deleting it at the provider, as the message says, left
     // `cleanup_stuck` held for ever: only a delete by a check in rotate
     // mode took the rotation off the list.
-    use crate::rotation::health::Condition;
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("not-yet");
-    let mut h = harness("max_attempts = 20", Some(&missing));
-    h.fake.add("app-a", Duration::days(1), Duration::days(29));
-    h.check().await;
-    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
-    h.drive(h.clock.now()).await;
-    let r = h.latest();
-    assert_eq!(r.state, RotationState::Created, "{r:#?}");
-    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
-        std::time::Duration::from_secs(30),
-    ));
-    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let (_dir, mut h, r) = abandoned_with_failing_deletes().await;
     h.fake.st.lock().unwrap().delete_error = None;
-    let next = h.latest().new_key_id.expect("created");
-    let mut cfg = (*h.rt.config).clone();
-    cfg.policies[0].mode = config::Mode::Observe;
-    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
-    let stuck = |h: &Harness| {
-        h.lineage_status("app-a")
-            .conditions
-            .contains(&Condition::CleanupStuck)
-    };
+    let next = r.new_key_id.expect("created");
+    let rotate = observe(&mut h);
+    let stuck = cleanup_stuck;
     let calls = h.fake.st.lock().unwrap().delete_calls;
     h.clock.advance(Duration::minutes(70));
     h.check().await;
@@ -2602,20 +2609,10 @@ async fn a_rotation_that_failed_long_before_it_was_abandoned_is_not_cleanup_stuc
     // from an earlier failure: a rotation that failed hours before it was
     // abandoned (by an operator, or after RESUME_FOR) was stuck at its
     // first failed delete, "abandoned at" the failure's time.
-    use crate::rotation::health::Condition;
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("not-yet");
-    let mut h = harness("", Some(&missing));
-    h.fake.add("app-a", Duration::days(25), Duration::days(2));
-    h.check().await;
-    h.drive(h.clock.now() + Duration::minutes(5)).await;
-    let r = h.latest();
-    assert_eq!(r.state, RotationState::Failed);
+    let (_dir, mut h, r) = failed_rotation().await;
     assert!(r.finished_at.is_some());
     // Observing: the failed rotation waits, neither resumed nor abandoned.
-    let mut cfg = (*h.rt.config).clone();
-    cfg.policies[0].mode = config::Mode::Observe;
-    h.rt.config = Arc::new(cfg);
+    observe(&mut h);
     h.clock.advance(Duration::hours(3));
     h.check().await;
     h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
@@ -2625,8 +2622,7 @@ async fn a_rotation_that_failed_long_before_it_was_abandoned_is_not_cleanup_stuc
     h.engine.abandon(&h.rt, &r.id).await.unwrap();
     h.clock.advance(Duration::minutes(10));
     h.check().await;
-    let l = h.lineage_status("app-a");
-    assert!(!l.conditions.contains(&Condition::CleanupStuck), "{l:?}");
+    assert!(!cleanup_stuck(&h), "{:?}", h.lineage_status("app-a"));
     assert_eq!(
         h.latest().finished_at.map(|t| t.timestamp_millis()),
         Some(abandoned_at.timestamp_millis()),
@@ -2635,8 +2631,7 @@ async fn a_rotation_that_failed_long_before_it_was_abandoned_is_not_cleanup_stuc
     // stuck_after after the abandon, not after the failure.
     h.clock.advance(Duration::minutes(55));
     h.check().await;
-    let l = h.lineage_status("app-a");
-    assert!(l.conditions.contains(&Condition::CleanupStuck), "{l:?}");
+    assert!(cleanup_stuck(&h), "{:?}", h.lineage_status("app-a"));
 }
 
 #[tokio::test]
@@ -3157,29 +3152,10 @@ fn stored_decisions(h: &Harness, policy: &str) -> String {
 /// must still end when `stuck_after` does, or `cleanup_stuck` never shows.
 #[tokio::test]
 async fn cleanup_stuck_shows_on_time_while_an_observing_policys_checks_are_reused() {
-    use crate::rotation::health::Condition;
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("not-yet");
-    let mut h = harness("max_attempts = 20", Some(&missing));
-    h.fake.add("app-a", Duration::days(1), Duration::days(29));
-    h.check().await;
-    h.engine.rotate_now(&h.rt, "p", None, false).unwrap();
-    h.drive(h.clock.now()).await;
-    let r = h.latest();
-    assert_eq!(r.state, RotationState::Created, "{r:#?}");
-    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
-        std::time::Duration::from_secs(30),
-    ));
-    h.engine.abandon(&h.rt, &r.id).await.unwrap();
-    let ended = h.latest().finished_at.expect("ended");
-    let mut cfg = (*h.rt.config).clone();
-    cfg.policies[0].mode = config::Mode::Observe;
-    h.rt.config = Arc::new(cfg);
-    let stuck = |h: &Harness| {
-        h.lineage_status("app-a")
-            .conditions
-            .contains(&Condition::CleanupStuck)
-    };
+    let (_dir, mut h, r) = abandoned_with_failing_deletes().await;
+    let ended = r.finished_at.expect("ended");
+    observe(&mut h);
+    let stuck = cleanup_stuck;
     let mut reuses = 0;
     for _ in 0..12 {
         h.clock.advance(Duration::minutes(5) + Duration::seconds(1));
