@@ -2407,18 +2407,26 @@ async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_bac
     assert_eq!(before.retire_at, after.retire_at);
 }
 
-#[tokio::test]
-async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
-    // `mode = "observe"` is report only; the checks' retry of an abandoned
-    // rotation's failed delete ran in every mode.
+/// A harness whose sink directory is missing, with the scheduled rotation
+/// of `app-a` (expiring in 2 days) failed after creating its next key. The
+/// directory must outlive the harness.
+async fn failed_rotation() -> (tempfile::TempDir, Harness, crate::state::RotationRow) {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-yet");
-    let mut h = harness("", Some(&missing));
+    let h = harness("", Some(&missing));
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
     h.check().await;
     h.drive(h.clock.now() + Duration::minutes(5)).await;
     let r = h.latest();
     assert_eq!(r.state, RotationState::Failed);
+    (dir, h, r)
+}
+
+#[tokio::test]
+async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_checks() {
+    // `mode = "observe"` is report only; the checks' retry of an abandoned
+    // rotation's failed delete ran in every mode.
+    let (_dir, mut h, r) = failed_rotation().await;
     assert_eq!(h.fake.names().len(), 2);
     h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
         std::time::Duration::from_secs(30),
@@ -2426,9 +2434,7 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
     h.engine.abandon(&h.rt, &r.id).await.unwrap();
     h.fake.st.lock().unwrap().delete_error = None;
     let calls = h.fake.st.lock().unwrap().delete_calls;
-    let mut cfg = (*h.rt.config).clone();
-    cfg.policies[0].mode = config::Mode::Observe;
-    let rotate = std::mem::replace(&mut h.rt.config, Arc::new(cfg));
+    let rotate = observe(&mut h);
     h.clock.advance(Duration::minutes(5));
     h.check().await;
     assert_eq!(
@@ -2444,14 +2450,12 @@ async fn a_policy_switched_to_observe_does_not_delete_an_abandoned_key_on_its_ch
     assert_eq!(h.fake.names(), ["app-a"]);
 }
 
-#[tokio::test]
-async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_and_clears_when_deleted()
- {
-    // Each check retried the delete of an abandoned rotation's unused
-    // next key, but a provider that kept failing it left a live key
-    // nobody holds with no condition, metric or event: the lineage was
-    // `ok` for ever.
-    use crate::rotation::health::Condition;
+/// A harness whose sink directory is missing (`max_attempts = 20`), with
+/// an operator's rotation of `app-a` left `created` and then abandoned
+/// while every delete fails (they still do): its next key waits for a
+/// delete. The directory must outlive the harness.
+async fn abandoned_with_failing_deletes() -> (tempfile::TempDir, Harness, crate::state::RotationRow)
+{
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("not-yet");
     let h = harness("max_attempts = 20", Some(&missing));
@@ -2465,16 +2469,38 @@ async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_a
         std::time::Duration::from_secs(30),
     ));
     h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    let r = h.latest();
+    (dir, h, r)
+}
+
+/// Whether lineage `app-a`'s status holds `cleanup_stuck`.
+fn cleanup_stuck(h: &Harness) -> bool {
+    h.lineage_status("app-a")
+        .conditions
+        .contains(&crate::rotation::health::Condition::CleanupStuck)
+}
+
+/// Switch the harness's policy to `observe`; returns the `rotate` config.
+fn observe(h: &mut Harness) -> Arc<config::Config> {
+    let mut cfg = (*h.rt.config).clone();
+    cfg.policies[0].mode = config::Mode::Observe;
+    std::mem::replace(&mut h.rt.config, Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_and_clears_when_deleted()
+ {
+    // Each check retried the delete of an abandoned rotation's unused
+    // next key, but a provider that kept failing it left a live key
+    // nobody holds with no condition, metric or event: the lineage was
+    // `ok` for ever.
+    let (_dir, h, r) = abandoned_with_failing_deletes().await;
     assert_eq!(
         h.fake.names().len(),
         2,
         "the delete failed: the key is kept"
     );
-    let stuck = |h: &Harness| {
-        h.lineage_status("app-a")
-            .conditions
-            .contains(&Condition::CleanupStuck)
-    };
+    let stuck = cleanup_stuck;
     let calls = h.fake.st.lock().unwrap().delete_calls;
     // Within stuck_after (1 h): every check tries again; not a condition.
     for _ in 0..5 {
@@ -2519,6 +2545,93 @@ async fn an_abandoned_key_whose_delete_keeps_failing_raises_cleanup_stuck_once_a
     );
     assert!(m.contains(r#"rekey_policy_healthy{policy="p"} 1"#), "{m}");
     assert_eq!(h.count_events("rotation.stuck"), 1);
+}
+
+#[tokio::test]
+async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_by_hand() {
+    // Observe mode reports an abandoned rotation's undeleted next key (a
+    // live credential rekey made that nobody holds) but never deletes it;
+    // the operator deleting it at the provider, as the message says, left
+    // `cleanup_stuck` held for ever: only a delete by a check in rotate
+    // mode took the rotation off the list.
+    let (_dir, mut h, r) = abandoned_with_failing_deletes().await;
+    h.fake.st.lock().unwrap().delete_error = None;
+    let next = r.new_key_id.expect("created");
+    let rotate = observe(&mut h);
+    let stuck = cleanup_stuck;
+    let calls = h.fake.st.lock().unwrap().delete_calls;
+    h.clock.advance(Duration::minutes(70));
+    h.check().await;
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert!(
+        stuck(&h),
+        "observe reports the live key: {:?}",
+        h.lineage_status("app-a")
+    );
+    // Deleted by hand: the listings no longer have it.
+    h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != next);
+    for _ in 0..2 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    assert!(!stuck(&h), "{:?}", h.lineage_status("app-a"));
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
+    assert_eq!(
+        h.fake.st.lock().unwrap().delete_calls,
+        calls,
+        "observe deleted"
+    );
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
+    // Nothing is recorded deleted on a listing's word: back in rotate mode
+    // the check's delete finds it gone and records it.
+    assert_eq!(h.engine.store.abandoned_unpublished("p").unwrap().len(), 1);
+    h.rt.config = rotate;
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    assert!(
+        h.engine
+            .store
+            .abandoned_unpublished("p")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.count_events("key.deleted"), 1, "{:?}", h.events());
+    assert_eq!(h.lineage_status("app-a").health, Health::Ok);
+}
+
+#[tokio::test]
+async fn a_rotation_that_failed_long_before_it_was_abandoned_is_not_cleanup_stuck_at_once() {
+    // `cleanup_stuck` counted from `finished_at`, which an abandon keeps
+    // from an earlier failure: a rotation that failed hours before it was
+    // abandoned (by an operator, or after RESUME_FOR) was stuck at its
+    // first failed delete, "abandoned at" the failure's time.
+    let (_dir, mut h, r) = failed_rotation().await;
+    assert!(r.finished_at.is_some());
+    // Observing: the failed rotation waits, neither resumed nor abandoned.
+    observe(&mut h);
+    h.clock.advance(Duration::hours(3));
+    h.check().await;
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    let abandoned_at = h.clock.now();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    assert!(!cleanup_stuck(&h), "{:?}", h.lineage_status("app-a"));
+    assert_eq!(
+        h.latest().finished_at.map(|t| t.timestamp_millis()),
+        Some(abandoned_at.timestamp_millis()),
+        "the rotation ended when it was abandoned"
+    );
+    // stuck_after after the abandon, not after the failure.
+    h.clock.advance(Duration::minutes(55));
+    h.check().await;
+    assert!(cleanup_stuck(&h), "{:?}", h.lineage_status("app-a"));
 }
 
 #[tokio::test]
@@ -3032,6 +3145,27 @@ fn stored_decisions(h: &Harness, policy: &str) -> String {
         .unwrap()
         .decisions
         .to_string()
+}
+
+/// An observing policy with an abandoned next key and nothing else
+/// happening: its checks are reused (no store write), and the settled plan
+/// must still end when `stuck_after` does, or `cleanup_stuck` never shows.
+#[tokio::test]
+async fn cleanup_stuck_shows_on_time_while_an_observing_policys_checks_are_reused() {
+    let (_dir, mut h, r) = abandoned_with_failing_deletes().await;
+    let ended = r.finished_at.expect("ended");
+    observe(&mut h);
+    let stuck = cleanup_stuck;
+    let mut reuses = 0;
+    for _ in 0..12 {
+        h.clock.advance(Duration::minutes(5) + Duration::seconds(1));
+        let c = daemon_check(&h, "p").await;
+        reuses += usize::from(reused(&c));
+        let late = h.clock.now() - ended > Duration::hours(1);
+        assert_eq!(stuck(&h), late, "at {}: {:?}", h.clock.now(), c.health());
+    }
+    assert!(reuses > 0, "no check was reused");
+    assert_eq!(h.count_events("rotation.stuck"), 1, "{:?}", h.events());
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@
 //! | 5 | `step_failing`     | a step of the active rotation failed `failing_after_failures` times, or the latest rotation failed and the lineage is still due; once raised it holds until a rotation of the lineage publishes (a retry does not clear it) | `failing` |
 //! | 6 | `next_key_missing` | the latest rotation ended because its next key vanished during grace | `failing` |
 //! | 7 | `rotation_stuck`   | the active rotation is older than its grace period + `stuck_after`    | `failing` |
-//! | 8 | `cleanup_stuck`    | a rotation abandoned more than `stuck_after` ago still holds a created, never-acknowledged next key that is not deleted (each check tries to delete it; the provider keeps refusing or failing) | `failing` |
+//! | 8 | `cleanup_stuck`    | a rotation abandoned more than `stuck_after` ago still holds a created, never-acknowledged next key that is not deleted (each check in `rotate` mode tries to delete it; the provider keeps refusing or failing), nor gone from the listings for 15 min | `failing` |
 //!
 //! `failing_after_failures` (default [`FAILING_AFTER`], 3) and
 //! `stuck_after` (default [`STUCK_AFTER`], 1 h) are per-policy settings
@@ -191,7 +191,9 @@ pub struct LineageFacts<'a> {
     pub stuck_after: Option<Duration>,
     /// The lineage's longest-pending abandoned rotation whose created,
     /// never-acknowledged next key is not deleted yet
-    /// ([`crate::state::Store::abandoned_unpublished`]).
+    /// ([`crate::state::Store::abandoned_unpublished`]) nor gone from the
+    /// listings for [`crate::rotation::policy::PUBLISHED_KEY_GONE_AFTER`]
+    /// (deleted out of band).
     pub cleanup: Option<&'a RotationRow>,
     /// `step_failing` held for this lineage at the last rebuild.
     pub step_failing_before: bool,

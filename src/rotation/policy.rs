@@ -328,6 +328,20 @@ impl Ledger {
 /// taking its absence for a walk that skipped it.
 pub const PUBLISHED_KEY_GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
+/// Whether the store has had key `id` `gone` (missed by a complete
+/// listing) since at least [`PUBLISHED_KEY_GONE_AFTER`] before `now`.
+fn gone_for_good(ledger: &Ledger, id: &str, now: DateTime<Utc>) -> bool {
+    ledger.known.iter().any(|k| {
+        k.key_id() == id
+            && k.state() == "gone"
+            && k.last_seen_at().is_some_and(|t| {
+                now - t
+                    >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
+                        .unwrap_or(ChronoDuration::MAX)
+            })
+    })
+}
+
 /// The safe alphabet of lineage names used in sink targets (DESIGN §2):
 /// `[A-Za-z0-9._-]`, not starting with `.`, 1 to [`MAX_LINEAGE_LEN`] bytes.
 pub fn is_safe_lineage(name: &str) -> bool {
@@ -622,7 +636,20 @@ pub fn plan(
     for r in rotations.iter().filter(|r| !r.state.is_terminal()) {
         by_lineage.entry(r.lineage.clone()).or_default();
     }
-    for r in &ledger.abandoned {
+    // An abandoned next key every complete listing has missed (as long as
+    // a published key must be) was deleted out of band: it waits for no
+    // delete (a policy that observes never deletes it; in rotate mode the
+    // check's delete finds it gone and records it).
+    let abandoned: Vec<&RotationRow> = ledger
+        .abandoned
+        .iter()
+        .filter(|r| {
+            !r.new_key_id
+                .as_deref()
+                .is_some_and(|id| gone_for_good(ledger, id, now))
+        })
+        .collect();
+    for r in &abandoned {
         by_lineage.entry(r.lineage.clone()).or_default();
     }
     // A lineage that ever published a key is never bootstrapped again: a
@@ -646,9 +673,9 @@ pub fn plan(
             .iter()
             .max_by_key(|r| r.started_at)
             .map(|r| (*r).clone());
-        let cleanup = ledger
-            .abandoned
+        let cleanup = abandoned
             .iter()
+            .copied()
             .filter(|r| r.lineage == name)
             .min_by_key(|r| health::cleanup_since(r));
         let resumable = match (&active, &last) {
@@ -778,23 +805,12 @@ pub fn plan(
         // [`PUBLISHED_KEY_GONE_AFTER`]: then it is gone (deleted out of
         // band after its rotation was abandoned in grace), and waiting for
         // it would hold the lineage for ever.
-        let gone_for_good = |id: &str| {
-            ledger.known.iter().any(|k| {
-                k.key_id() == id
-                    && k.state() == "gone"
-                    && k.last_seen_at().is_some_and(|t| {
-                        now - t
-                            >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
-                                .unwrap_or(ChronoDuration::MAX)
-                    })
-            })
-        };
         if active.is_none()
             && let Some(id) = latest_published
             && preferred.is_none()
             && decision.rotate
             && !deleted.contains(id)
-            && !gone_for_good(id)
+            && !gone_for_good(ledger, id, now)
         {
             decision = Decision {
                 reason: Reason::InProgress,

@@ -1811,7 +1811,9 @@ impl Store {
     /// secret wiped. A rotation in grace (`published`/`retiring`) stops
     /// retiring: its old key is `live` again and kept (outcome
     /// `old_key_kept`), its published next key stays current. A completed
-    /// or already abandoned rotation is refused.
+    /// or already abandoned rotation is refused. `finished_at` becomes `at`,
+    /// also for a rotation that had failed earlier: `cleanup_stuck` counts
+    /// from the abandon.
     pub fn abandon_rotation(
         &self,
         id: &str,
@@ -1834,7 +1836,7 @@ impl Store {
             }
             let in_grace = matches!(row.state, RotationState::Published | RotationState::Retiring);
             tx.execute(
-                "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'abandoned', finished_at = COALESCE(finished_at, ?3),
+                "UPDATE rotations SET state = 'failed', error = ?2, error_class = 'abandoned', finished_at = ?3,
                     next_attempt_at = NULL, sealed_secret = NULL, outcome = CASE WHEN ?4 THEN 'old_key_kept' ELSE outcome END
                  WHERE id = ?1",
                 p![id, why, ts(at), in_grace],
@@ -1858,7 +1860,10 @@ impl Store {
     }
 
     /// The abandoned rotation's next key was deleted at the provider (or
-    /// was never listed): record it and send `key.deleted`.
+    /// was never listed): record it and send `key.deleted`. Once: a
+    /// rotation whose outcome is already recorded (deleted by a racing
+    /// delete — the abandon command's and a check's retry — or kept) is
+    /// left as it is, with no second event.
     pub fn record_abandoned_key_deleted(
         &self,
         id: &str,
@@ -1866,6 +1871,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.tx(|tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
+            if row.outcome.is_some() {
+                return Ok(());
+            }
             if let Some(k) = &row.new_key_id {
                 tx.execute(
                     "UPDATE keys SET state = 'deleted' WHERE policy = ?1 AND key_id = ?2",

@@ -63,12 +63,21 @@ fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
 
 /// Begin, attempt and create: a rotation in `created` with its secret sealed.
 fn created_rotation(store: &Store, sealer: &Sealer, sinks: &[&str]) -> String {
+    created_rotation_of(store, sealer, "app-main", sinks)
+}
+
+/// [`created_rotation`] of lineage `lineage` (sink `file`).
+fn created_rotation_in(store: &Store, sealer: &Sealer, lineage: &str) -> String {
+    created_rotation_of(store, sealer, lineage, &["file"])
+}
+
+fn created_rotation_of(store: &Store, sealer: &Sealer, lineage: &str, sinks: &[&str]) -> String {
     let id = store
-        .begin_rotation(&new_rotation("app-main", sinks))
+        .begin_rotation(&new_rotation(lineage, sinks))
         .unwrap()
         .unwrap();
     let (attempt, name) = store
-        .start_attempt(&id, |n| format!("app-main-20261122-r{id}-{n}"), at(1))
+        .start_attempt(&id, |n| format!("{lineage}-20261122-r{id}-{n}"), at(1))
         .unwrap();
     let fields = SecretFields::single("api_key", Secret::new(SECRET));
     let sealed = sealer.seal(&id, &fields);
@@ -624,6 +633,40 @@ fn failing_before_create_leaves_nothing_sealed(store: &Store) {
     assert!(!store.revive_rotation(&id, "expiring", at(4)).unwrap());
 }
 
+/// The abandon command's delete and a check's retry (from a ledger read
+/// before the command recorded its delete) both reached the provider, one
+/// `Deleted`, one `NotFound`: each recorded the key deleted, and the outbox
+/// sent `key.deleted` twice for one key.
+fn an_abandoned_key_recorded_deleted_twice_sends_key_deleted_once(store: &Store) {
+    let sealer = Sealer::random();
+    let id = created_rotation(store, &sealer, &["file"]);
+    store
+        .abandon_rotation(&id, "abandoned by an operator", at(5))
+        .unwrap();
+    assert_eq!(store.abandoned_unpublished("maas").unwrap().len(), 1);
+    store.record_abandoned_key_deleted(&id, at(6)).unwrap();
+    store.record_abandoned_key_deleted(&id, at(7)).unwrap();
+    assert!(store.abandoned_unpublished("maas").unwrap().is_empty());
+    let kinds = event_kinds(store);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "key.deleted").count(),
+        1,
+        "{kinds:?}"
+    );
+    // A key kept for an ambiguous name is not turned into a deleted one.
+    let kept = {
+        let id = created_rotation_in(store, &sealer, "app-twin");
+        store.abandon_rotation(&id, "abandoned", at(8)).unwrap();
+        store.record_abandoned_key_kept(&id).unwrap();
+        store.record_abandoned_key_deleted(&id, at(9)).unwrap();
+        id
+    };
+    assert_eq!(
+        store.rotation(&kept).unwrap().unwrap().outcome.as_deref(),
+        Some("next_key_kept")
+    );
+}
+
 fn transitions_applied_twice_are_refused_not_repeated(store: &Store) {
     let sealer = Sealer::random();
     let id = store
@@ -1132,6 +1175,7 @@ backends!(
     failing_after_create_emits_rotation_failed_and_keeps_the_key_sealed_for_the_next_check,
     failing_before_create_leaves_nothing_sealed,
     transitions_applied_twice_are_refused_not_repeated,
+    an_abandoned_key_recorded_deleted_twice_sends_key_deleted_once,
     sink_acknowledgements_are_refused_outside_publishing,
     a_requested_attempt_is_resolved_before_the_next_one,
     key_expiring_is_noted_at_most_once_per_threshold,
