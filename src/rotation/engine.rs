@@ -1891,7 +1891,11 @@ impl Engine {
     /// configuration, its marks are dropped.
     pub fn flush_status(&self, rt: &Runtime) -> Option<Duration> {
         let (due, next) = self.status_built.take_due();
-        self.rebuild_marked(rt, due);
+        for (name, e) in self.rebuild_marked(rt, due) {
+            // Marked still: tried again once its window is over (at
+            // debug: the periodic refresh warns about a failing store).
+            tracing::debug!(policy = %name, error = %e, "cannot rebuild status after rotation steps");
+        }
         next
     }
 
@@ -1902,11 +1906,16 @@ impl Engine {
     /// include every committed step before the process exits.
     pub fn flush_status_all(&self, rt: &Runtime) {
         let all = self.status_built.take_all();
-        self.rebuild_marked(rt, all);
+        for (name, e) in self.rebuild_marked(rt, all) {
+            // The last chance: the next start rebuilds it from the store.
+            tracing::warn!(policy = %name, error = %e, "cannot rebuild status at shutdown; its latest steps' conditions are assessed at the next start");
+        }
     }
 
-    /// Rebuild the marked policies `names` took ([`Engine::flush_status`]).
-    fn rebuild_marked(&self, rt: &Runtime, names: Vec<String>) {
+    /// Rebuild the marked policies `names` took ([`Engine::flush_status`]);
+    /// returns the ones that failed, with why.
+    fn rebuild_marked(&self, rt: &Runtime, names: Vec<String>) -> Vec<(String, EngineError)> {
+        let mut failed = Vec::new();
         for name in names {
             let result = if rt.policy(&name).is_some() {
                 self.refresh_status(rt, &name)
@@ -1927,11 +1936,10 @@ impl Engine {
                 Ok(())
             };
             if let Err(e) = result {
-                // Marked still: tried again once its window is over (at
-                // debug: the periodic refresh warns about a failing store).
-                tracing::debug!(policy = %name, error = %e, "cannot rebuild status after rotation steps");
+                failed.push((name, e));
             }
         }
+        failed
     }
 
     /// `POST /rotate/{policy}`: rotate every lineage (or one) now.
