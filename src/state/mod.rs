@@ -241,7 +241,10 @@ enum Owner<'a> {
 /// key id the owner held or holds, live or not, is among the owner's rows.
 /// Asked on every such write, whether or not it wrote a `keys` row (a
 /// rotation step may, through a helper): one seek per own key. `None`
-/// when the owner is unknown (a rotation id with no row).
+/// when the owner is unknown (a rotation id with no row). A store's
+/// transactions never overlap (one connection, under its lock), so no
+/// other write of the same store can add a shared key id this read
+/// misses.
 fn ledger_readers(tx: &dyn Tx, owner: Owner<'_>) -> Result<Option<Vec<String>>, StoreError> {
     let policy: String = match owner {
         Owner::Policy(p) => p.to_string(),
@@ -715,22 +718,11 @@ impl Store {
 
     /// One write transaction: SQLite `BEGIN IMMEDIATE`; PostgreSQL `BEGIN`,
     /// then the fence check when a fence is set ([`Store::set_fence`]).
-    /// Counts as a write to every policy's ledger
-    /// ([`Store::ledger_generation`]), committed or not: for a transition
-    /// that does not name one owning policy ([`Store::tx_for`] when it
-    /// does).
-    fn tx<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let out = self.tx_quiet(f);
-        self.bump_ledger_generation();
-        out
-    }
-
-    /// [`Store::tx`] for a transition that writes none of the tables a
-    /// policy's ledger is read from (`keys`, `rotations`, `attempts`,
-    /// `conditions`): check times, the outbox, deliveries. It leaves
+    /// Only for a transition that writes none of the tables a policy's
+    /// ledger is read from (`keys`, `rotations`, `attempts`, `conditions`):
+    /// check times, the outbox, deliveries, the lease. It leaves
     /// [`Store::ledger_generation`] alone. Every other write goes through
-    /// [`Store::tx_for`] (one policy's rows) or [`Store::tx`]; when in
-    /// doubt, the latter.
+    /// [`Store::tx_for`], naming the policy whose rows it writes.
     fn tx_quiet<T>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
@@ -771,15 +763,15 @@ impl Store {
         out
     }
 
-    /// [`Store::tx`] for a transition that writes ledger rows of one policy
-    /// only, `owner` (or the policy that owns the rotation `owner` names):
+    /// [`Store::tx_quiet`] for a transition that writes ledger rows of one
+    /// policy only, `owner` (or the policy that owns the rotation `owner` names):
     /// it moves [`Store::ledger_generation`] of that policy and of every
     /// other policy that holds a row of one of the owner's key ids, as
     /// their `claimed_elsewhere` reads the owner's keys
     /// ([`ledger_readers`]). Those policies are read inside the
     /// transaction, after its statements, so a key id the write adds
     /// counts. A transaction that fails before they are read moves every
-    /// policy's generation, as [`Store::tx`] does.
+    /// policy's generation.
     fn tx_for<T>(
         &self,
         owner: Owner<'_>,
