@@ -2596,6 +2596,22 @@ create = { action = "read" }
     h
 }
 
+/// A healthy check of [`rival_policies`]' `pb` that saw `keys` at `at`, as
+/// recorded (`complete`: its listing completed).
+fn pb_check(at: DateTime<Utc>, keys: Vec<SeenKey>, complete: bool) -> CheckRecord {
+    CheckRecord {
+        policy: "pb".into(),
+        provider: "ob2".into(),
+        at,
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some("{}".into()),
+        keys,
+        complete_listing: complete,
+    }
+}
+
 #[tokio::test]
 async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
     let h = rival_policies();
@@ -2763,27 +2779,18 @@ async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_e
         .to_owned();
     // Another node (its own store) records that key for `pb`.
     let other = Store::open_postgres(&db.opts).unwrap();
+    let seen = SeenKey {
+        key_id: key.key_id.clone(),
+        name: key.name.clone(),
+        lineage: key.lineage.clone(),
+        created_at: None,
+        expires_at: None,
+        origin: "adopted",
+        rotation_id: None,
+        unknown_time: None,
+    };
     other
-        .record_check(&CheckRecord {
-            policy: "pb".into(),
-            provider: "ob2".into(),
-            at: h.clock.now(),
-            next_check_at: None,
-            health: "ok".into(),
-            error: None,
-            decisions: Some("{}".into()),
-            keys: vec![SeenKey {
-                key_id: key.key_id.clone(),
-                name: key.name.clone(),
-                lineage: key.lineage.clone(),
-                created_at: None,
-                expires_at: None,
-                origin: "adopted",
-                rotation_id: None,
-                unknown_time: None,
-            }],
-            complete_listing: false,
-        })
+        .record_check(&pb_check(h.clock.now(), vec![seen], false))
         .unwrap();
     // This node leads (a new fence): what the other wrote is in its ledger.
     h.engine
@@ -3431,17 +3438,7 @@ async fn a_rivals_claim_on_a_settled_policys_key_and_its_release_are_shown_at_th
     let generation = h.engine.store.ledger_generation("pa");
     h.engine
         .store
-        .record_check(&CheckRecord {
-            policy: "pb".into(),
-            provider: "ob2".into(),
-            at: h.clock.now(),
-            next_check_at: None,
-            health: "ok".into(),
-            error: None,
-            decisions: Some("{}".into()),
-            keys: Vec::new(),
-            complete_listing: true,
-        })
+        .record_check(&pb_check(h.clock.now(), Vec::new(), true))
         .unwrap();
     assert_ne!(
         h.engine.store.ledger_generation("pa"),
