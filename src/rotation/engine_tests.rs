@@ -1971,14 +1971,14 @@ impl Provider for CountingProvider {
     }
 }
 
-fn three_policies() -> (Harness, Arc<CountingProvider>) {
-    let mut policies = String::new();
-    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
-        policies.push_str(&format!(
-            r#"
+/// A `[[policy]]` for [`harness_policies`]: every minute, 7d lead, 1h
+/// grace, sink `f`.
+fn policy_toml(name: &str, provider: &str, glob: &str) -> String {
+    format!(
+        r#"
 [[policy]]
 name = "{name}"
-provider = "ob"
+provider = "{provider}"
 match = "{glob}"
 schedule = "0 * * * * *"
 rotate_before_expiry = "7d"
@@ -1986,7 +1986,13 @@ grace_period = "1h"
 sinks = ["f"]
 create = {{ action = "read" }}
 "#
-        ));
+    )
+}
+
+fn three_policies() -> (Harness, Arc<CountingProvider>) {
+    let mut policies = String::new();
+    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
+        policies.push_str(&policy_toml(name, "ob", glob));
     }
     let mut h = harness_policies(&policies).unwrap();
     let counting = Arc::new(CountingProvider {
@@ -3290,21 +3296,6 @@ async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognis
 /// returned fake, whose key ids never meet the first's); statuses rebuilt
 /// at once (no coalescing) and aged on a monotonic clock the test moves.
 fn accounts_harness() -> (Harness, crate::clock::ManualElapsed, FakeProvider) {
-    let policy = |name: &str, provider: &str, glob: &str| {
-        format!(
-            r#"
-[[policy]]
-name = "{name}"
-provider = "{provider}"
-match = "{glob}"
-schedule = "0 * * * * *"
-rotate_before_expiry = "7d"
-grace_period = "1h"
-sinks = ["f"]
-create = {{ action = "read" }}
-"#
-        )
-    };
     let src = format!(
         r#"
 [providers.oz]
@@ -3315,10 +3306,10 @@ project_id = "p2"
 access_key_id = {{ env = "AK" }}
 access_key_secret = {{ env = "SK" }}
 {}{}{}{}"#,
-        policy("pa", "ob", "app-a*"),
-        policy("pb", "ob", "app-b*"),
-        policy("pc", "ob", "app-c*"),
-        policy("pz", "oz", "app-*"),
+        policy_toml("pa", "ob", "app-a*"),
+        policy_toml("pb", "ob", "app-b*"),
+        policy_toml("pc", "ob", "app-c*"),
+        policy_toml("pz", "oz", "app-*"),
     );
     let mut h = harness_policies(&src).unwrap_or_else(|d| panic!("{d:#?}"));
     let other = FakeProvider {
