@@ -1340,13 +1340,12 @@ impl Daemon {
         *last = Some(std::time::Instant::now());
         drop(last);
         let rt = self.current();
-        let generation = self.engine.store.ledger_generation();
         let now = self.engine.clock.now();
         for p in &rt.config.policies {
             if self.engine.status_built.current(
                 &p.name,
                 STATUS_REFRESH,
-                generation,
+                self.engine.store.ledger_generation(&p.name),
                 &rt.config,
                 now,
             ) {

@@ -84,8 +84,8 @@ use crate::secret::SecretFields;
 use crate::sink::{Publication, ReadBack, SharedSink};
 use crate::state::seal::Sealer;
 use crate::state::{
-    CheckRecord, CreatedRecord, Event, NewRotation, RotationRow, RotationState, SeenKey, Store,
-    StoreError,
+    CheckRecord, CreatedRecord, Event, LedgerGeneration, NewRotation, RotationRow, RotationState,
+    SeenKey, Store, StoreError,
 };
 
 /// One generation of configuration with its built providers and sinks.
@@ -346,21 +346,23 @@ impl Checked {
 }
 
 /// Each policy's ledger as last read, kept only while it is provably what
-/// the store holds: tagged with the store's [`Store::ledger_generation`]
+/// the store holds: tagged with the policy's [`Store::ledger_generation`]
 /// read *before* the ledger was, and with the configuration its rival
-/// policies came from. Any write that may touch a ledger table (keys,
-/// rotations, attempts, conditions — of any policy, so a rival's keys too)
-/// moves the generation and so invalidates every entry; a reload
-/// (another configuration) or another store does too. A stale ledger
-/// could make rekey take its own key for a foreign one or a foreign key
-/// for its own, so there is no time-based expiry and no partial
-/// invalidation to get wrong.
+/// policies came from. Any write that may touch the policy's ledger (its
+/// keys, rotations, attempts, conditions, or the keys rows of another
+/// policy holding one of its key ids, which its `claimed_elsewhere` reads)
+/// moves that generation and so invalidates the entry; a write that names
+/// no policy invalidates every entry, and so does a reload (another
+/// configuration) or another store. A stale ledger could make rekey take
+/// its own key for a foreign one or a foreign key for its own, so there is
+/// no time-based expiry: the store decides which writes reach which
+/// policies, read inside each write's transaction.
 #[derive(Debug, Default)]
 pub struct LedgerCache(std::sync::Mutex<HashMap<String, CachedLedger>>);
 
 #[derive(Debug)]
 struct CachedLedger {
-    generation: (u64, u64),
+    generation: LedgerGeneration,
     /// The configuration the rivals were taken from (a `Weak` keeps its
     /// address from being reused by another configuration).
     config: std::sync::Weak<Config>,
@@ -371,7 +373,7 @@ impl LedgerCache {
     fn get(
         &self,
         policy: &str,
-        generation: (u64, u64),
+        generation: LedgerGeneration,
         config: &Arc<Config>,
     ) -> Option<Arc<policy::Ledger>> {
         let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -383,13 +385,14 @@ impl LedgerCache {
     fn put(
         &self,
         policy: &str,
-        generation: (u64, u64),
+        generation: LedgerGeneration,
         config: &Arc<Config>,
         ledger: Arc<policy::Ledger>,
     ) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Entries of another generation can never be used again.
-        cache.retain(|_, c| c.generation == generation);
+        // Entries from before a write that named no policy, or of another
+        // store, can never be used again; another policy's entry may.
+        cache.retain(|_, c| c.generation.same_epoch(&generation));
         cache.insert(
             policy.to_string(),
             CachedLedger {
@@ -405,8 +408,8 @@ impl LedgerCache {
 /// keys can skip planning (issue 13: most checks of an idle daemon change
 /// nothing). An entry is the SHA-256 digest of the policy's listing (every
 /// field of every key, in listing order, and whether the walk completed),
-/// the store's [`Store::ledger_generation`] read *before* the check read its
-/// ledger, the configuration (a `Weak`, as in [`LedgerCache`]) and the
+/// the policy's [`Store::ledger_generation`] read *before* the check read
+/// its ledger, the configuration (a `Weak`, as in [`LedgerCache`]) and the
 /// instant the plan stops being settled
 /// ([`policy::PolicyPlan::settled_until`]).
 ///
@@ -416,10 +419,12 @@ impl LedgerCache {
 /// and other store rows, the configuration and `now`, and each is pinned —
 /// - the listing by its digest (two different listings of one policy would
 ///   need a SHA-256 collision);
-/// - the ledger (keys, rotations, attempts, conditions, of every policy,
-///   so a rival's claims too) and the rows the check reads besides it
-///   (abandoned rotations) by the generation: every write to those tables
-///   moves it, committed or not, and the entry was read before them;
+/// - the ledger (the policy's keys, rotations, attempts, conditions, and
+///   the keys rows of every policy holding one of its key ids, so a
+///   rival's claims too) and the rows the check reads besides it (its
+///   abandoned rotations and their acknowledgements) by the policy's
+///   generation: every write to those rows moves it, committed or not,
+///   and the entry was read before them;
 /// - the configuration by identity (a reload makes a new one);
 /// - `now` by `settled_until`, which covers every threshold of the plan
 ///   (whose messages print instants, not times left) and the expiry
@@ -438,7 +443,7 @@ pub struct SettledChecks(std::sync::Mutex<HashMap<String, Settled>>);
 
 #[derive(Debug)]
 struct Settled {
-    generation: (u64, u64),
+    generation: LedgerGeneration,
     config: std::sync::Weak<Config>,
     listing: [u8; 32],
     /// The plan holds for checks at `since..until` (`since`: when the check
@@ -453,7 +458,7 @@ impl SettledChecks {
     fn get(
         &self,
         policy: &str,
-        generation: (u64, u64),
+        generation: LedgerGeneration,
         config: &Arc<Config>,
         listing: &[u8; 32],
         now: DateTime<Utc>,
@@ -545,14 +550,20 @@ pub const STATUS_COALESCE_FACTOR: u32 = 20;
 /// When each policy's status was last rebuilt from the store (monotonic),
 /// and, when the plan it was built from was settled
 /// ([`policy::PolicyPlan::settled_until`]), until when a rebuild would
-/// give the same status: the store's [`Store::ledger_generation`] read
+/// give the same status: the policy's [`Store::ledger_generation`] read
 /// before the ledger it was built from, the configuration, and the end of
 /// the settled plan. While the generation and the configuration are those
 /// and the end is ahead, a rebuild would read the same ledger and rows
 /// (every write to them moves the generation; the policy's own check rows
 /// only move its check times, which a touch sets) and print the same plan,
 /// so the status is current without one — instead of rebuilding it every
-/// [`STATUS_REFRESH`] to catch conditions that arise with time.
+/// [`STATUS_REFRESH`] to catch conditions that arise with time. The
+/// generation is the policy's, not the store's (issue 13): other
+/// policies' first checks writing their own keys, moments after this
+/// status was built, left every status of the first round unsettled, and
+/// all were rebuilt at once [`STATUS_REFRESH`] later; only a write that
+/// may change this policy's ledger (a rival's keys rows of one of its key
+/// ids among them) does so now.
 ///
 /// Also where rebuilds after rotation steps are coalesced (issue 13: a
 /// rebuild re-plans the whole policy, so one per step of 200 rotating
@@ -614,19 +625,19 @@ struct Rebuild {
 }
 
 /// What a status rebuild read the store after ([`Engine::store_read`]):
-/// the step marks made by then ([`StatusBuilt`]) and the store's
+/// the step marks made by then ([`StatusBuilt`]) and the policy's
 /// [`Store::ledger_generation`].
 #[derive(Debug, Clone, Copy)]
 struct StoreRead {
     marks: u64,
-    generation: (u64, u64),
+    generation: LedgerGeneration,
 }
 
-/// A status built from a settled plan: the store's ledger generation read
+/// A status built from a settled plan: the policy's ledger generation read
 /// before its ledger, its configuration, and the instants `since..until`
 /// the plan holds for.
 type SettledSpan = (
-    (u64, u64),
+    LedgerGeneration,
     std::sync::Weak<Config>,
     DateTime<Utc>,
     DateTime<Utc>,
@@ -811,13 +822,13 @@ impl StatusBuilt {
 
     /// Whether `policy`'s status needs no rebuild at `now`: rebuilt less
     /// than `age` ago, or from a settled plan that still stands (the
-    /// store's `generation` and the configuration `config` unchanged since,
+    /// policy's ledger `generation` and the configuration `config` unchanged since,
     /// `now` before its end).
     pub fn current(
         &self,
         policy: &str,
         age: Duration,
-        generation: (u64, u64),
+        generation: LedgerGeneration,
         config: &Arc<Config>,
         now: DateTime<Utc>,
     ) -> bool {
@@ -1007,7 +1018,7 @@ impl Engine {
         quiet: &mut Vec<CheckRecord>,
     ) -> Result<Option<usize>, EngineError> {
         let started = self.now();
-        let read = self.store_read();
+        let read = self.store_read(&policy.name);
         let Some(lineages) =
             self.settled
                 .get(&policy.name, read.generation, &rt.config, &digest, started)
@@ -1081,7 +1092,7 @@ impl Engine {
         };
         // Read before the ledger: a settled check made from this ledger is
         // only reused while no write may have changed it.
-        let read = self.store_read();
+        let read = self.store_read(name);
         let generation = read.generation;
         let ledger = self.ledger(rt, policy)?;
         let (removed, orphans_written) = self
@@ -1439,7 +1450,7 @@ impl Engine {
         rt: &Runtime,
         policy: &PolicyConfig,
     ) -> Result<Arc<policy::Ledger>, EngineError> {
-        let generation = self.store.ledger_generation();
+        let generation = self.store.ledger_generation(&policy.name);
         if let Some(l) = self.ledgers.get(&policy.name, generation, &rt.config) {
             return Ok(l);
         }
@@ -1629,19 +1640,20 @@ impl Engine {
         let Some(policy) = rt.policy(name) else {
             return Ok(());
         };
-        let read = self.store_read();
+        let read = self.store_read(name);
         let ledger = self.ledger(rt, policy)?;
         self.publish_status(rt, policy, &ledger, read)
     }
 
-    /// Taken before a status rebuild reads the store (the ledger first).
-    fn store_read(&self) -> StoreRead {
+    /// Taken before a status rebuild of `policy` reads the store (the
+    /// ledger first).
+    fn store_read(&self, policy: &str) -> StoreRead {
         // Marks first: a step's commit precedes its mark, so a mark counted
         // here is in the generation and ledger read after it.
         let marks = self.status_built.marks();
         StoreRead {
             marks,
-            generation: self.store.ledger_generation(),
+            generation: self.store.ledger_generation(policy),
         }
     }
 
@@ -1662,7 +1674,7 @@ impl Engine {
         if !self.status_built.current(
             name,
             STATUS_REFRESH,
-            self.store.ledger_generation(),
+            self.store.ledger_generation(name),
             &rt.config,
             self.now(),
         ) {

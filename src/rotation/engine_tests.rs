@@ -1971,14 +1971,14 @@ impl Provider for CountingProvider {
     }
 }
 
-fn three_policies() -> (Harness, Arc<CountingProvider>) {
-    let mut policies = String::new();
-    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
-        policies.push_str(&format!(
-            r#"
+/// A `[[policy]]` for [`harness_policies`]: every minute, 7d lead, 1h
+/// grace, sink `f`.
+fn policy_toml(name: &str, provider: &str, glob: &str) -> String {
+    format!(
+        r#"
 [[policy]]
 name = "{name}"
-provider = "ob"
+provider = "{provider}"
 match = "{glob}"
 schedule = "0 * * * * *"
 rotate_before_expiry = "7d"
@@ -1986,7 +1986,13 @@ grace_period = "1h"
 sinks = ["f"]
 create = {{ action = "read" }}
 "#
-        ));
+    )
+}
+
+fn three_policies() -> (Harness, Arc<CountingProvider>) {
+    let mut policies = String::new();
+    for (name, glob) in [("pa", "app-a*"), ("pb", "app-b*"), ("pc", "app-c*")] {
+        policies.push_str(&policy_toml(name, "ob", glob));
     }
     let mut h = harness_policies(&policies).unwrap();
     let counting = Arc::new(CountingProvider {
@@ -2786,6 +2792,22 @@ create = { action = "read" }
     h
 }
 
+/// A healthy check of [`rival_policies`]' `pb` that saw `keys` at `at`, as
+/// recorded (`complete`: its listing completed).
+fn pb_check(at: DateTime<Utc>, keys: Vec<SeenKey>, complete: bool) -> CheckRecord {
+    CheckRecord {
+        policy: "pb".into(),
+        provider: "ob2".into(),
+        at,
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some("{}".into()),
+        keys,
+        complete_listing: complete,
+    }
+}
+
 #[tokio::test]
 async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
     let h = rival_policies();
@@ -2796,9 +2818,9 @@ async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
     h.clock.advance(Duration::seconds(60));
     let before = h.engine.ledger(&h.rt, pa).unwrap();
-    let generation = h.engine.store.ledger_generation();
+    let generation = h.engine.store.ledger_generation("pa");
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
-    assert_eq!(h.engine.store.ledger_generation(), generation);
+    assert_eq!(h.engine.store.ledger_generation("pa"), generation);
     let after = h.engine.ledger(&h.rt, pa).unwrap();
     assert!(Arc::ptr_eq(&before, &after), "the ledger was read again");
     assert_eq!(after.known.len(), 1);
@@ -2887,12 +2909,12 @@ async fn a_condition_recorded_after_the_ledger_was_cached_is_in_the_next() {
         .unwrap();
     let l = h.engine.ledger(&h.rt, p).unwrap();
     assert!(l.step_failing.contains("app-a"), "{l:#?}");
-    let generation = h.engine.store.ledger_generation();
+    let generation = h.engine.store.ledger_generation("p");
     h.engine
         .store
         .sync_conditions("p", &held, h.clock.now())
         .unwrap();
-    assert_eq!(h.engine.store.ledger_generation(), generation);
+    assert_eq!(h.engine.store.ledger_generation("p"), generation);
 }
 
 // ------------------------------------- adversary: the cached ledger is exact
@@ -2953,27 +2975,18 @@ async fn with_a_postgres_state_the_cached_ledger_is_what_the_store_holds_after_e
         .to_owned();
     // Another node (its own store) records that key for `pb`.
     let other = Store::open_postgres(&db.opts).unwrap();
+    let seen = SeenKey {
+        key_id: key.key_id.clone(),
+        name: key.name.clone(),
+        lineage: key.lineage.clone(),
+        created_at: None,
+        expires_at: None,
+        origin: "adopted",
+        rotation_id: None,
+        unknown_time: None,
+    };
     other
-        .record_check(&CheckRecord {
-            policy: "pb".into(),
-            provider: "ob2".into(),
-            at: h.clock.now(),
-            next_check_at: None,
-            health: "ok".into(),
-            error: None,
-            decisions: Some("{}".into()),
-            keys: vec![SeenKey {
-                key_id: key.key_id.clone(),
-                name: key.name.clone(),
-                lineage: key.lineage.clone(),
-                created_at: None,
-                expires_at: None,
-                origin: "adopted",
-                rotation_id: None,
-                unknown_time: None,
-            }],
-            complete_listing: false,
-        })
+        .record_check(&pb_check(h.clock.now(), vec![seen], false))
         .unwrap();
     // This node leads (a new fence): what the other wrote is in its ledger.
     h.engine
@@ -3312,7 +3325,7 @@ async fn a_settled_status_stands_until_a_threshold_a_write_or_a_reload() {
         h.engine.status_built.current(
             "p",
             std::time::Duration::ZERO,
-            h.engine.store.ledger_generation(),
+            h.engine.store.ledger_generation("p"),
             &h.rt.config,
             at,
         )
@@ -3401,7 +3414,7 @@ async fn a_clock_stepped_back_before_a_settled_check_plans_again() {
     assert!(!h.engine.status_built.current(
         "p",
         std::time::Duration::ZERO,
-        h.engine.store.ledger_generation(),
+        h.engine.store.ledger_generation("p"),
         &h.rt.config,
         back,
     ));
@@ -3485,6 +3498,195 @@ async fn a_hand_made_key_with_a_familiar_name_in_a_settled_lineage_is_unrecognis
     assert!(!reused(&daemon_check(&h, "p").await));
     let l = h.lineage_status("app-a");
     assert_ne!(l.current_key.as_deref(), Some(forged.as_str()), "{l:?}");
+}
+
+// ------------- settled statuses and other policies' writes (issue 13, idle)
+
+/// Policies `pa`, `pb`, `pc` over one account (`ob`: `h.fake`), one fresh
+/// key each, and `pz` over another account of the same kind (`oz`: the
+/// returned fake, whose key ids never meet the first's); statuses rebuilt
+/// at once (no coalescing) and aged on a monotonic clock the test moves.
+fn accounts_harness() -> (Harness, crate::clock::ManualElapsed, FakeProvider) {
+    let src = format!(
+        r#"
+[providers.oz]
+kind = "oceanbase"
+endpoint = "http://127.0.0.1:2"
+org_id = "o2"
+project_id = "p2"
+access_key_id = {{ env = "AK" }}
+access_key_secret = {{ env = "SK" }}
+{}{}{}{}"#,
+        policy_toml("pa", "ob", "app-a*"),
+        policy_toml("pb", "ob", "app-b*"),
+        policy_toml("pc", "ob", "app-c*"),
+        policy_toml("pz", "oz", "app-*"),
+    );
+    let mut h = harness_policies(&src).unwrap_or_else(|d| panic!("{d:#?}"));
+    let other = FakeProvider {
+        st: Default::default(),
+        clock: h.clock.clone(),
+        lifetime: Duration::days(30),
+    };
+    other.st.lock().unwrap().next = 1_000;
+    h.rt.providers.insert("oz".into(), Arc::new(other.clone()));
+    let mono = crate::clock::ManualElapsed::default();
+    h.engine.status_built =
+        super::engine::StatusBuilt::new(Arc::new(mono.clone()), std::time::Duration::ZERO);
+    for name in ["app-a1", "app-b1", "app-c1"] {
+        h.fake.add(name, Duration::days(1), Duration::days(29));
+    }
+    (h, mono, other)
+}
+
+const ONE_ACCOUNT: [&str; 3] = ["pa", "pb", "pc"];
+
+/// One check of each of `policies` (over `h.fake`'s account) as the daemon
+/// makes it, then 10 s on both clocks (the idle bench's interval).
+async fn check_round(h: &Harness, mono: &crate::clock::ManualElapsed, policies: &[&str]) {
+    for p in policies {
+        daemon_check(h, p).await;
+    }
+    h.clock.advance(Duration::seconds(10));
+    mono.advance(std::time::Duration::from_secs(10));
+}
+
+/// Whether `policy`'s status needs no rebuild now, however young.
+fn settled_now(h: &Harness, policy: &str) -> bool {
+    h.engine.status_built.current(
+        policy,
+        std::time::Duration::ZERO,
+        h.engine.store.ledger_generation(policy),
+        &h.rt.config,
+        h.clock.now(),
+    )
+}
+
+fn policy_status(h: &Harness, policy: &str) -> Arc<crate::rotation::report::PolicyStatus> {
+    h.engine
+        .status
+        .load()
+        .policies
+        .iter()
+        .find(|p| p.name == policy)
+        .unwrap()
+        .clone()
+}
+
+/// Issue 13's idle spike: every status of the first round was built from
+/// one store-wide generation that the other policies' first checks
+/// (each writing its keys) moved moments later, so no status stood as
+/// settled and, STATUS_REFRESH on, every one was re-planned at once.
+/// Held now: checks that change nothing, of policies whose ledgers did not
+/// change, rebuild nothing, past STATUS_REFRESH too; the statuses still
+/// take each check's time.
+#[tokio::test]
+async fn other_policies_first_checks_writing_their_keys_leave_settled_statuses_standing() {
+    let (h, mono, _) = accounts_harness();
+    // The first round: every check records its key (a ledger write each).
+    check_round(&h, &mono, &ONE_ACCOUNT).await;
+    let before = h.engine.status_built.rebuilds();
+    for p in ONE_ACCOUNT {
+        assert!(settled_now(&h, p), "{p}'s status is not settled");
+    }
+    // 50 s of checks that change nothing: past STATUS_REFRESH since the
+    // first round built every status.
+    for _ in 0..5 {
+        check_round(&h, &mono, &ONE_ACCOUNT).await;
+    }
+    assert!(std::time::Duration::from_secs(50) > super::engine::STATUS_REFRESH);
+    assert_eq!(
+        h.engine.status_built.rebuilds() - before,
+        0,
+        "statuses re-planned though no policy's ledger changed"
+    );
+    let checked = h.clock.now() - Duration::seconds(10);
+    for p in ONE_ACCOUNT {
+        let st = policy_status(&h, p);
+        assert_eq!(st.last_check_at, Some(checked), "{p}");
+        assert_eq!((st.health, st.keys.len()), (Health::Ok, 1), "{p}");
+    }
+}
+
+/// Adversary: a rival policy over the same account claims the key of a
+/// policy whose status stands as settled, then lets it go. Each time the
+/// settled status stops standing and the next check shows the change:
+/// the conflict, then health again. (A status kept across either would
+/// show a stale ownership as current.)
+#[tokio::test]
+async fn a_rivals_claim_on_a_settled_policys_key_and_its_release_are_shown_at_the_next_check() {
+    let mut h = rival_policies();
+    let mono = crate::clock::ManualElapsed::default();
+    h.engine.status_built =
+        super::engine::StatusBuilt::new(Arc::new(mono.clone()), std::time::Duration::ZERO);
+    h.fake.add("app-1", Duration::days(1), Duration::days(29));
+    settle(&h, "pa").await;
+    assert!(settled_now(&h, "pa"));
+    // pb (the same account through another host name) records app-1.
+    h.engine.check_policy(&h.rt, "pb").await.unwrap();
+    assert!(
+        !settled_now(&h, "pa"),
+        "pa's status stood across a rival's claim on its key"
+    );
+    h.clock.advance(Duration::seconds(10));
+    mono.advance(super::engine::STATUS_REFRESH);
+    let before = h.engine.status_built.rebuilds();
+    let c = daemon_check(&h, "pa").await;
+    assert!(!reused(&c));
+    assert!(h.engine.status_built.rebuilds() > before);
+    assert_eq!(policy_status(&h, "pa").health, Health::Misconfigured);
+    // pb's complete listing no longer has app-1: gone for pb, pa's alone.
+    h.clock.advance(Duration::seconds(10));
+    let generation = h.engine.store.ledger_generation("pa");
+    h.engine
+        .store
+        .record_check(&pb_check(h.clock.now(), Vec::new(), true))
+        .unwrap();
+    assert_ne!(
+        h.engine.store.ledger_generation("pa"),
+        generation,
+        "pa's ledger generation stood across its rival letting its key go"
+    );
+    h.clock.advance(Duration::seconds(10));
+    let c = daemon_check(&h, "pa").await;
+    assert!(!reused(&c));
+    let st = policy_status(&h, "pa");
+    assert_eq!((st.health, st.error.clone()), (Health::Ok, None));
+}
+
+/// Adversary, the other side: a policy over another account (same
+/// provider kind, so a rival by configuration) records keys, begins and
+/// runs a rotation — key rows, rotations, attempts, sink writes — while
+/// the statuses of the first account's policies stand as settled. None
+/// of them is re-planned, past STATUS_REFRESH too.
+#[tokio::test]
+async fn a_rotation_on_another_account_leaves_settled_statuses_standing() {
+    let (h, mono, other) = accounts_harness();
+    for _ in 0..2 {
+        check_round(&h, &mono, &ONE_ACCOUNT).await;
+    }
+    // Inside its 7d lead: pz's first check begins a rotation.
+    other.add("app-z", Duration::days(25), Duration::days(2));
+    let plan = h.engine.check_policy(&h.rt, "pz").await.unwrap();
+    assert_eq!(plan.due().count(), 1);
+    h.drive(h.clock.now()).await;
+    assert_eq!(h.latest().policy, "pz");
+    assert_eq!(h.latest().state, RotationState::Retiring);
+    for p in ONE_ACCOUNT {
+        assert!(
+            settled_now(&h, p),
+            "{p}'s status fell to another account's writes"
+        );
+    }
+    let before = h.engine.status_built.rebuilds();
+    for _ in 0..4 {
+        check_round(&h, &mono, &ONE_ACCOUNT).await;
+    }
+    assert_eq!(
+        h.engine.status_built.rebuilds() - before,
+        0,
+        "another account's rotation re-planned these statuses"
+    );
 }
 
 // ------------------------------------ status rebuilds after rotation steps

@@ -2,7 +2,7 @@
 //! cached ledger keeps of every key between checks (DESIGN §9).
 //!
 //! The cached ledgers hold every known key of every policy for as long as
-//! the store's write generation stands, so their size is the daemon's
+//! each policy's ledger generation stands, so their size is the daemon's
 //! size: as plain structs a key row took about 200 bytes inline plus five
 //! heap strings (id, name, lineage, origin, state), each with its
 //! allocator overhead and rounding. Here, with the status tables'

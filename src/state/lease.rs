@@ -229,12 +229,13 @@ impl Store {
     }
 
     /// Record the seal key's check value (a fenced write once a fence is
-    /// set; the first leader records it, later ones compare).
+    /// set; the first leader records it, later ones compare). Writes no
+    /// ledger table: it moves no [`Store::ledger_generation`].
     pub fn set_seal_check(&self, check: &str) -> Result<(), StoreError> {
         if !self.is_postgres() {
             return Err(StoreError::Unsupported("set_seal_check"));
         }
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "UPDATE lease SET seal_check = ?1 WHERE name = 'leader'",
                 p![check],
@@ -271,6 +272,9 @@ impl Store {
     /// `INSTANCE fence N`, so "earlier" is any other taker: only the
     /// current fence's holder gets here. Carrying a request out twice is
     /// harmless: a manual rotation of a lineage already rotating resumes it.
+    /// Writes no ledger table (the leader's loop takes requests on every
+    /// turn: a ledger write would make every settled status stale each
+    /// time), so it moves no [`Store::ledger_generation`].
     pub fn take_rotation_requests(&self) -> Result<Vec<RotateRequest>, StoreError> {
         let instance = self
             .instance()
@@ -279,7 +283,7 @@ impl Store {
             Some(f) => format!("{instance} fence {f}"),
             None => instance,
         };
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             let mut out = tx
                 .query_all(
                     &format!(
@@ -297,7 +301,7 @@ impl Store {
         })
     }
 
-    /// Record what became of a taken request (fenced).
+    /// Record what became of a taken request (fenced; no ledger table).
     pub fn finish_rotation_request(
         &self,
         id: i64,
@@ -306,7 +310,7 @@ impl Store {
         if !self.is_postgres() {
             return Err(StoreError::Unsupported("finish_rotation_request"));
         }
-        self.tx(|tx| {
+        self.tx_quiet(|tx| {
             tx.execute(
                 "UPDATE rotate_requests SET result = ?2 WHERE id = ?1",
                 p![id, result.to_string()],

@@ -629,7 +629,7 @@ fn no_write_of_a_deposed_leader_commits_after_the_new_leaders_acquisition_return
     expire(a.name());
     let acquired = std::sync::Arc::new(AtomicBool::new(false));
     let mut standby = None;
-    a.tx(|tx| {
+    a.tx_quiet(|tx| {
         // The fence check passed; now the standby tries to take over.
         let (b, done) = (b.clone(), acquired.clone());
         standby = Some(std::thread::spawn(move || {

@@ -202,6 +202,77 @@ enum Db {
     Postgres(Mutex<postgres::PgConn>, String, String),
 }
 
+/// What [`Store::ledger_generation`] returns for one policy: equal twice
+/// only when no write that may have changed that policy's ledger was made
+/// through the same store in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerGeneration {
+    /// Tells the `Store` from every other one the process opened.
+    store: u64,
+    /// Writes that did not say whose ledger they changed, and fences.
+    all: u64,
+    /// Writes that said they may have changed this policy's ledger.
+    policy: u64,
+}
+
+impl LedgerGeneration {
+    /// Whether both were read from the same store with no write in between
+    /// that did not say whose ledger it changed: a cached ledger of another
+    /// generation than that may still be current for its own policy.
+    pub fn same_epoch(&self, other: &LedgerGeneration) -> bool {
+        self.store == other.store && self.all == other.all
+    }
+}
+
+/// Whose ledger rows a write transaction changes ([`Store::tx_for`]).
+#[derive(Debug, Clone, Copy)]
+enum Owner<'a> {
+    /// The policy of that name.
+    Policy(&'a str),
+    /// The policy that owns the rotation of that id.
+    Rotation(&'a str),
+}
+
+/// The policies whose ledgers a write of `owner`'s rows may have changed,
+/// read inside the write's transaction after its statements: the owner,
+/// and every other policy that holds a row (in any state) of one of the
+/// owner's key ids — its `claimed_elsewhere` ([`Store::claimed_elsewhere`])
+/// reads the owner's rows of those ids. Keys rows are never deleted, so a
+/// key id the owner held or holds, live or not, is among the owner's rows.
+/// Asked on every such write, whether or not it wrote a `keys` row (a
+/// rotation step may, through a helper): one seek per own key. `None`
+/// when the owner is unknown (a rotation id with no row). A store's
+/// transactions never overlap (one connection, under its lock), so no
+/// other write of the same store can add a shared key id this read
+/// misses.
+fn ledger_readers(tx: &dyn Tx, owner: Owner<'_>) -> Result<Option<Vec<String>>, StoreError> {
+    let policy: String = match owner {
+        Owner::Policy(p) => p.to_string(),
+        Owner::Rotation(id) => {
+            match tx.query_opt("SELECT policy FROM rotations WHERE id = ?1", p![id])? {
+                Some(r) => r.get(0)?,
+                None => return Ok(None),
+            }
+        }
+    };
+    // Through `keys_by_id`, as claimed_elsewhere.
+    let mut out = tx
+        .query_all(
+            &format!(
+                "SELECT DISTINCT o.policy FROM keys k
+                 JOIN keys o {} ON o.key_id = k.key_id
+                 WHERE k.policy = ?1 AND o.policy <> ?1",
+                tx.dialect().indexed_by("keys_by_id")
+            ),
+            p![policy],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Result<Vec<String>, StoreError>>()?;
+    out.push(policy);
+    Ok(Some(out))
+}
+
 pub struct Store {
     db: Db,
     path: Option<PathBuf>,
@@ -211,9 +282,14 @@ pub struct Store {
     fence: Mutex<Option<i64>>,
     /// Write transactions refused because the fence moved.
     fenced_commits: AtomicU64,
-    /// Bumped after every write transaction that may have touched a
-    /// policy's ledger tables ([`Store::ledger_generation`]).
+    /// Bumped after every write transaction that may have touched any
+    /// policy's ledger tables and does not say whose
+    /// ([`Store::ledger_generation`]).
     ledger_generation: AtomicU64,
+    /// Per policy: bumped after every write transaction that says it may
+    /// have changed that policy's ledger ([`Store::tx_for`]). Entries are
+    /// never removed (a policy's count only grows).
+    policy_generations: Mutex<std::collections::HashMap<String, u64>>,
     /// Unique among the stores of this process ([`Store::ledger_generation`]).
     serial: u64,
     /// Test builds only: fence checking can be switched off to prove the
@@ -248,6 +324,7 @@ impl Store {
             fence: Mutex::new(None),
             fenced_commits: AtomicU64::new(0),
             ledger_generation: AtomicU64::new(0),
+            policy_generations: Mutex::default(),
             serial: {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
                 NEXT.fetch_add(1, Ordering::Relaxed)
@@ -641,19 +718,11 @@ impl Store {
 
     /// One write transaction: SQLite `BEGIN IMMEDIATE`; PostgreSQL `BEGIN`,
     /// then the fence check when a fence is set ([`Store::set_fence`]).
-    /// Counts as a ledger write ([`Store::ledger_generation`]), committed
-    /// or not.
-    fn tx<T>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let out = self.tx_quiet(f);
-        self.bump_ledger_generation();
-        out
-    }
-
-    /// [`Store::tx`] for a transition that writes none of the tables a
-    /// policy's ledger is read from (`keys`, `rotations`, `attempts`,
-    /// `conditions`): check times, the outbox, deliveries. It leaves
+    /// Only for a transition that writes none of the tables a policy's
+    /// ledger is read from (`keys`, `rotations`, `attempts`, `conditions`):
+    /// check times, the outbox, deliveries, the lease. It leaves
     /// [`Store::ledger_generation`] alone. Every other write goes through
-    /// [`Store::tx`]; when in doubt, it must.
+    /// [`Store::tx_for`], naming the policy whose rows it writes.
     fn tx_quiet<T>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
@@ -694,23 +763,78 @@ impl Store {
         out
     }
 
-    /// `(store, generation)`: `store` tells this `Store` from every other
-    /// one the process opened; `generation` changes after every write
-    /// transaction this store made that may have changed any policy's
-    /// ledger (its `keys`, `rotations`, `attempts` or `conditions` rows),
-    /// committed or not, and whenever the fence changes. Bumped *after*
-    /// the commit: a ledger read after reading the pair `g` is current for
-    /// as long as the pair is still `g`. Writes of check times, events and
-    /// deliveries leave it alone. Only writes made through this `Store`
-    /// are seen: it is exact for a SQLite state (one daemon per file, by
-    /// its lock) and for the PostgreSQL leader (the only node that writes
-    /// ledger rows, fenced; a new fence bumps it).
-    pub fn ledger_generation(&self) -> (u64, u64) {
-        (self.serial, self.ledger_generation.load(Ordering::SeqCst))
+    /// [`Store::tx_quiet`] for a transition that writes ledger rows of one
+    /// policy only, `owner` (or the policy that owns the rotation `owner` names):
+    /// it moves [`Store::ledger_generation`] of that policy and of every
+    /// other policy that holds a row of one of the owner's key ids, as
+    /// their `claimed_elsewhere` reads the owner's keys
+    /// ([`ledger_readers`]). Those policies are read inside the
+    /// transaction, after its statements, so a key id the write adds
+    /// counts. A transaction that fails before they are read moves every
+    /// policy's generation.
+    fn tx_for<T>(
+        &self,
+        owner: Owner<'_>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut readers = None;
+        let out = self.tx_quiet(|tx| {
+            let out = f(tx)?;
+            readers = ledger_readers(tx, owner)?;
+            Ok(out)
+        });
+        match readers {
+            Some(policies) => self.bump_policy_generations(&policies),
+            None => self.bump_ledger_generation(),
+        }
+        out
+    }
+
+    /// The generation of `policy`'s ledger: it changes after every write
+    /// transaction this store made that may have changed that ledger (the
+    /// policy's `keys`, `rotations`, `attempts` or `conditions` rows, or
+    /// the `keys` rows of another policy holding one of its key ids, which
+    /// its `claimed_elsewhere` reads), committed or not, after every write
+    /// that does not say whose ledger it changed, and whenever the fence
+    /// changes. Bumped *after* the commit: a ledger read after reading the
+    /// generation `g` is current for as long as the generation is still
+    /// `g`. A write to a policy that shares no key id with `policy` leaves
+    /// it alone (issue 13: one policy's first check no longer makes every
+    /// other policy's status stale); so do writes of check times, events
+    /// and deliveries. Only writes made through this `Store` are seen: it
+    /// is exact for a SQLite state (one daemon per file, by its lock) and
+    /// for the PostgreSQL leader (the only node that writes ledger rows,
+    /// fenced; a new fence moves every generation). Generations of two
+    /// stores never compare equal.
+    pub fn ledger_generation(&self, policy: &str) -> LedgerGeneration {
+        // Store-wide first: both only grow, and both are read before the
+        // caller reads the ledger.
+        let all = self.ledger_generation.load(Ordering::SeqCst);
+        let own = lock(&self.policy_generations)
+            .get(policy)
+            .copied()
+            .unwrap_or(0);
+        LedgerGeneration {
+            store: self.serial,
+            all,
+            policy: own,
+        }
     }
 
     fn bump_ledger_generation(&self) {
         self.ledger_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn bump_policy_generations(&self, policies: &[String]) {
+        let mut gens = lock(&self.policy_generations);
+        for p in policies {
+            match gens.get_mut(p.as_str()) {
+                Some(g) => *g += 1,
+                None => {
+                    gens.insert(p.clone(), 1);
+                }
+            }
+        }
     }
 
     /// The SQL dialect of this store's backend.
@@ -1021,7 +1145,7 @@ impl Store {
     /// Record one completed check: the keys it saw, lineages, health and
     /// decisions. Keys of the policy not listed any more become `gone`.
     pub fn record_check(&self, check: &CheckRecord) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Policy(&check.policy), |tx| {
             let at = ts(check.at);
             for k in &check.keys {
                 tx.execute(
@@ -1137,7 +1261,7 @@ impl Store {
     /// Start a rotation of one lineage. `Ok(None)` when that lineage already
     /// has an active rotation (at most one at a time, enforced by an index).
     pub fn begin_rotation(&self, r: &NewRotation) -> Result<Option<String>, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Policy(&r.policy), |tx| {
             let Some(id) = new_rotation_id(tx, &r.policy, &r.lineage)? else {
                 return Ok(None);
             };
@@ -1193,7 +1317,7 @@ impl Store {
         name_for: impl FnOnce(u32) -> String,
         at: DateTime<Utc>,
     ) -> Result<(u32, String), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let r = tx.query_row("SELECT state, attempt FROM rotations WHERE id = ?1", p![id])?;
             let (state, attempt): (String, u32) = (r.get(0)?, r.get(1)?);
             if state != "planned" {
@@ -1232,7 +1356,7 @@ impl Store {
         fingerprint: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let n = tx.execute(
                 "UPDATE rotations SET state = 'created', new_key_id = ?3, new_key_name = ?4, new_key_created_at = ?5,
                     new_key_expires_at = ?6, sealed_secret = ?7, fingerprint = ?8, created_at = ?9,
@@ -1277,7 +1401,7 @@ impl Store {
         key: &CreatedRecord,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let key_id = key.key_id.as_deref().ok_or_else(|| StoreError::Conflict("no key id".into()))?;
             tx.execute(
                 "UPDATE rotations SET new_key_id = ?2, new_key_created_at = COALESCE(?3, new_key_created_at),
@@ -1300,7 +1424,7 @@ impl Store {
         error: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE attempts SET state = ?3, finished_at = ?4, error = COALESCE(?5, error)
                  WHERE rotation_id = ?1 AND attempt = ?2 AND state IN ('requested', 'abandoned')",
@@ -1326,7 +1450,7 @@ impl Store {
         next_attempt_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
     ) -> Result<u32, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET failures = failures + 1, error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
                 p![id, error, class, next_attempt_at.map(ts)],
@@ -1345,7 +1469,7 @@ impl Store {
         class: &str,
         next_attempt_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET error = ?2, error_class = ?3, next_attempt_at = ?4 WHERE id = ?1",
                 p![id, error, class, next_attempt_at.map(ts)],
@@ -1362,7 +1486,7 @@ impl Store {
         class: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let wiped = self.tx(|tx| {
+        let wiped = self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state.is_terminal() {
                 return Err(StoreError::Conflict(format!("rotation {id} already {}", row.state.as_str())));
@@ -1415,7 +1539,7 @@ impl Store {
         fingerprint: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             expect_state(tx, id, RotationState::Created)?;
             let n = tx.execute(
                 "UPDATE sink_acks SET state = 'acked', attempts = attempts + 1, acked_at = ?3, detail = ?4, fingerprint = ?5,
@@ -1439,7 +1563,7 @@ impl Store {
         reason: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             let active: bool = tx
                 .query_row(
@@ -1487,7 +1611,7 @@ impl Store {
         error: &str,
         next: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             expect_state(tx, id, RotationState::Created)?;
             // An acknowledged sink stays acknowledged: a late failure report
             // must not hold back (or undo) the publish.
@@ -1545,7 +1669,7 @@ impl Store {
         at: DateTime<Utc>,
         retire_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        let wiped = self.tx(|tx| {
+        let wiped = self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state != RotationState::Created {
                 return Err(StoreError::Conflict(format!("rotation {id} is {}, not created", row.state.as_str())));
@@ -1641,7 +1765,7 @@ impl Store {
     }
 
     fn finish_retire(&self, id: &str, outcome: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.state != RotationState::Retiring {
                 return Err(StoreError::Conflict(format!("rotation {id} is {}, not retiring", row.state.as_str())));
@@ -1673,7 +1797,7 @@ impl Store {
 
     /// Bring a retiring rotation's deadline forward (leaked key: revoke now).
     pub fn set_retire_at(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET retire_at = ?2, next_attempt_at = ?2, revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('retiring', 'published')",
                 p![id, ts(at)],
@@ -1685,7 +1809,7 @@ impl Store {
     /// `rekey retry`: the rotation and its sinks act at once (the failure
     /// count is kept; the grace deadline is not touched).
     pub fn retry_now(&self, id: &str) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET next_attempt_at = NULL WHERE id = ?1 AND state IN ('planned', 'created')",
                 p![id],
@@ -1704,7 +1828,7 @@ impl Store {
 
     /// Push the next action of a rotation to `at` without counting a failure.
     pub fn set_next_attempt(&self, id: &str, at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET next_attempt_at = ?2 WHERE id = ?1",
                 p![id, at.map(ts)],
@@ -1716,7 +1840,7 @@ impl Store {
     /// The provider's after-create step (bind) finished for this rotation's
     /// next key: commit it, so no later wake runs it again.
     pub fn record_prepared(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             expect_state(tx, id, RotationState::Created)?;
             tx.execute(
                 "UPDATE rotations SET prepared_at = ?2, failures = 0, error = NULL, error_class = NULL WHERE id = ?1 AND prepared_at IS NULL",
@@ -1729,7 +1853,7 @@ impl Store {
     /// The old key of a retiring rotation was unbound and disabled
     /// (`before_delete`): commit it, so a failing delete never redoes it.
     pub fn record_old_disabled(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET old_disabled_at = ?2 WHERE id = ?1 AND old_disabled_at IS NULL",
                 p![id, ts(at)],
@@ -1745,7 +1869,7 @@ impl Store {
         id: &str,
         since: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             match since {
                 Some(t) => tx.execute(
                     "UPDATE rotations SET listing_wait_since = COALESCE(listing_wait_since, ?2) WHERE id = ?1",
@@ -1771,7 +1895,7 @@ impl Store {
         error: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if !matches!(row.state, RotationState::Published | RotationState::Retiring) {
                 return Err(StoreError::Conflict(format!(
@@ -1820,7 +1944,7 @@ impl Store {
         why: &str,
         at: DateTime<Utc>,
     ) -> Result<RotationRow, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             match row.state {
                 RotationState::Planned | RotationState::Created => {}
@@ -1869,7 +1993,7 @@ impl Store {
         id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let row = rotation_row_tx(tx, id)?.ok_or_else(|| StoreError::Conflict(format!("no rotation {id}")))?;
             if row.outcome.is_some() {
                 return Ok(());
@@ -1898,7 +2022,7 @@ impl Store {
     /// (several keys carry its attempt's name): none is deleted, and later
     /// checks stop trying (outcome `next_key_kept`).
     pub fn record_abandoned_key_kept(&self, id: &str) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             tx.execute(
                 "UPDATE rotations SET outcome = 'next_key_kept' WHERE id = ?1 AND outcome IS NULL",
                 p![id],
@@ -1933,7 +2057,7 @@ impl Store {
     /// Apply `--revoke-old-immediately` to a rotation that has not
     /// published yet: its old key gets no grace once it publishes.
     pub fn set_revoke_on_publish(&self, id: &str) -> Result<bool, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             Ok(tx.execute(
                 "UPDATE rotations SET revoke_old_immediately = 1 WHERE id = ?1 AND state IN ('planned', 'created')",
                 p![id],
@@ -2004,7 +2128,8 @@ impl Store {
             Ok(started)
         });
         if changed {
-            self.bump_ledger_generation();
+            // Conditions are read by their own policy's ledger only.
+            self.bump_policy_generations(&[policy.to_string()]);
         }
         out
     }
@@ -2025,7 +2150,7 @@ impl Store {
 
     /// Forget the conditions of a policy a reload removed.
     pub fn clear_conditions(&self, policy: &str) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Policy(policy), |tx| {
             tx.execute("DELETE FROM conditions WHERE policy = ?1", p![policy])?;
             Ok(())
         })
@@ -2060,7 +2185,7 @@ impl Store {
         retire_at: Option<DateTime<Utc>>,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(id), |tx| {
             let Some(row) = rotation_row_tx(tx, id)? else {
                 return Ok(false);
             };
@@ -2194,7 +2319,7 @@ impl Store {
         attempt: u32,
         listing_started: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Rotation(rotation_id), |tx| {
             let row = tx.query_opt(
                 "SELECT state, started_at, absent_listings FROM attempts WHERE rotation_id = ?1 AND attempt = ?2",
                 p![rotation_id, attempt],
@@ -2333,7 +2458,7 @@ impl Store {
         grace: Duration,
         at: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Policy(policy), |tx| {
             let Some(id) = new_rotation_id(tx, policy, lineage)? else {
                 return Ok(None);
             };
@@ -2417,7 +2542,7 @@ impl Store {
         owner: &TargetOwner,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.tx(|tx| {
+        self.tx_for(Owner::Policy(&owner.policy), |tx| {
             tx.execute(
                 "INSERT INTO sink_targets (target, sink, policy, lineage, rotation_id, written_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)

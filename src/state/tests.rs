@@ -1163,6 +1163,97 @@ fn a_nul_character_from_a_provider_is_stored_not_refused(store: &Store) {
     }
 }
 
+/// Issue 13: a write of one policy's rows moves the ledger generation of
+/// that policy and of every policy holding a row of one of its key ids
+/// (their `claimed_elsewhere` reads it), and of no other; a write naming
+/// no policy moves every one. (Before, any write moved one store-wide
+/// generation: one policy's first check made every other policy's settled
+/// status stale.)
+fn a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_key_id_only(
+    store: &Store,
+) {
+    let check = |policy: &str, minutes: i64, ids: &[&str]| CheckRecord {
+        policy: policy.into(),
+        provider: "ob".into(),
+        at: at(minutes),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some("{}".into()),
+        keys: ids
+            .iter()
+            .map(|id| SeenKey {
+                key_id: id.to_string(),
+                name: format!("app-{id}"),
+                lineage: format!("app-{id}"),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            })
+            .collect(),
+        complete_listing: true,
+    };
+    let gens = |store: &Store| ["maas", "b", "c"].map(|p| store.ledger_generation(p));
+    store.record_check(&check("maas", 0, &["k1"])).unwrap();
+    store.record_check(&check("b", 0, &["k2"])).unwrap();
+    let g0 = gens(store);
+    // c's first check records a key id nobody else holds.
+    store.record_check(&check("c", 1, &["k3"])).unwrap();
+    let g1 = gens(store);
+    assert_eq!(g1[..2], g0[..2], "c's own keys moved other policies'");
+    assert_ne!(g1[2], g0[2]);
+    // b claims k1 too: maas's claims change.
+    store.record_check(&check("b", 2, &["k2", "k1"])).unwrap();
+    let g2 = gens(store);
+    assert_ne!(g2[0], g1[0], "a rival's claim on maas's key left maas's");
+    assert_ne!(g2[1], g1[1]);
+    assert_eq!(g2[2], g1[2]);
+    // b's complete listing no longer has k1 (gone for b): maas's claims
+    // change again.
+    store.record_check(&check("b", 3, &["k2"])).unwrap();
+    let g3 = gens(store);
+    assert_ne!(g3[0], g2[0], "a rival letting maas's key go left maas's");
+    assert_eq!(g3[2], g2[2]);
+    // Rotation writes, named by policy or by rotation id: that policy's
+    // (and b's, which holds a row of k1), never c's.
+    let id = store
+        .begin_rotation(&new_rotation("app-k1", &["f"]))
+        .unwrap()
+        .unwrap();
+    let g4 = gens(store);
+    assert_ne!(g4[0], g3[0]);
+    assert_eq!(g4[2], g3[2]);
+    store.set_next_attempt(&id, Some(at(5))).unwrap();
+    let g5 = gens(store);
+    assert_ne!(g5[0], g4[0]);
+    assert_eq!(g5[2], g4[2]);
+    // Conditions are their own policy's only.
+    let held = [(
+        "app-k3".to_string(),
+        "step_failing".to_string(),
+        None,
+        "m".to_string(),
+    )];
+    store.sync_conditions("c", &held, at(6)).unwrap();
+    let g6 = gens(store);
+    assert_eq!(g6[..2], g5[..2]);
+    assert_ne!(g6[2], g5[2]);
+    // A new fence (a write naming no policy too): every one.
+    store.set_fence(store.fence());
+    let g7 = gens(store);
+    for (now, before) in g7.iter().zip(&g6) {
+        assert_ne!(now, before);
+    }
+    // Another store's never equal.
+    let other = Store::open_in_memory().unwrap();
+    assert_ne!(
+        other.ledger_generation("maas"),
+        store.ledger_generation("maas")
+    );
+}
+
 // Each transition test above runs against both backends:
 // `state::tests::sqlite::NAME` (in memory) and `state::tests::postgres::NAME`
 // (a fresh database on the local server; see `pg_test`).
@@ -1182,6 +1273,7 @@ backends!(
     delivery_cursors_start_at_the_end_and_only_move_forward,
     an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window,
     a_nul_character_from_a_provider_is_stored_not_refused,
+    a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_key_id_only,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
