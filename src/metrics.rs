@@ -10,6 +10,12 @@
 //! [`Metrics::remove_policy`] drops a policy's series after a reload removed
 //! it. The `key` label is the key's *name* (what an operator recognises in
 //! an alert), never anything secret.
+//!
+//! Per-policy and per-key series are not prometheus vectors: they are held
+//! as compact rows (`PolicyRow`, the published status's key table) and
+//! rendered by custom collectors at scrape time, with the names, HELP,
+//! TYPE, labels and values the vectors rendered (a vector child costs
+//! ~450 bytes, ~20 per policy).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,9 +43,13 @@ pub struct Metrics {
     /// scrape time: one compact row per key instead of a metric child (with
     /// its own label strings) per key and family.
     keys: KeySeries,
-    pub rotations: IntCounterVec,
-    pub last_success: GaugeVec,
-    pub policy_healthy: GaugeVec,
+    /// Per-policy series (`rekey_rotations_total`,
+    /// `rekey_last_success_timestamp_seconds`, `rekey_policy_healthy`,
+    /// `rekey_condition`, `rekey_oldest_unfinished_rotation_age_seconds`,
+    /// `rekey_step_failures_total`), rendered by [`PolicyCollector`]: one
+    /// compact row per policy instead of ~20 metric children (each with its
+    /// own label strings) per policy.
+    policy: PolicySeries,
     pub provider_requests: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub sink_publish: IntCounterVec,
@@ -51,13 +61,6 @@ pub struct Metrics {
     /// finished per provider entry, the denominator of calls per rotation
     /// (DESIGN §4).
     pub provider_rotations: IntCounterVec,
-    /// `rekey_condition{policy,condition}`: 1 while a stuck condition holds
-    /// for any lineage of the policy (the health rule, `rotation::health`).
-    pub condition: GaugeVec,
-    /// `rekey_oldest_unfinished_rotation_age_seconds{policy}`.
-    pub oldest_unfinished: GaugeVec,
-    /// `rekey_step_failures_total{policy,step}`.
-    pub step_failures: IntCounterVec,
     /// `rekey_build_info{version}`, always 1.
     pub build_info: GaugeVec,
     /// `rekey_outbox_depth{target}`: events a notification target has not
@@ -107,30 +110,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let keys = KeySeries::default();
-        let rotations = IntCounterVec::new(
-            Opts::new(
-                "rekey_rotations_total",
-                "Rotations finished, by result (completed or failed).",
-            ),
-            &["policy", "result"],
-        )
-        .expect("metric");
-        let last_success = GaugeVec::new(
-            Opts::new(
-                "rekey_last_success_timestamp_seconds",
-                "Time of the policy's last completed rotation, as a Unix timestamp (0 = never).",
-            ),
-            &["policy"],
-        )
-        .expect("metric");
-        let policy_healthy = GaugeVec::new(
-            Opts::new(
-                "rekey_policy_healthy",
-                "1 when the policy's health is ok or rotating, else 0.",
-            ),
-            &["policy"],
-        )
-        .expect("metric");
+        let policy = PolicySeries::default();
         let provider_requests = IntCounterVec::new(
             Opts::new(
                 "rekey_provider_requests_total",
@@ -172,30 +152,6 @@ impl Metrics {
                 "Rotations finished, by provider entry and result (completed or failed): divide provider requests by it for calls per rotation.",
             ),
             &["provider", "result"],
-        )
-        .expect("metric");
-        let condition = GaugeVec::new(
-            Opts::new(
-                "rekey_condition",
-                "1 while the stuck condition holds for some lineage of the policy (DESIGN §4).",
-            ),
-            &["policy", "condition"],
-        )
-        .expect("metric");
-        let oldest_unfinished = GaugeVec::new(
-            Opts::new(
-                "rekey_oldest_unfinished_rotation_age_seconds",
-                "Age in seconds of the policy's oldest unfinished rotation (0 when none).",
-            ),
-            &["policy"],
-        )
-        .expect("metric");
-        let step_failures = IntCounterVec::new(
-            Opts::new(
-                "rekey_step_failures_total",
-                "Failed rotation steps, by step (create, find_id, prepare, publish, retire).",
-            ),
-            &["policy", "step"],
         )
         .expect("metric");
         let build_info = GaugeVec::new(
@@ -255,20 +211,15 @@ impl Metrics {
         .expect("metric");
         for c in [
             Box::new(KeyCollector::new(keys.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(PolicyCollector::new(policy.clone())),
             Box::new(leader.clone()),
             Box::new(leadership_transitions.clone()),
             Box::new(fenced_commits.clone()),
             Box::new(sink_token_rejections.clone()),
             Box::new(leadership_refused.clone()),
-            Box::new(condition.clone()),
-            Box::new(oldest_unfinished.clone()),
-            Box::new(step_failures.clone()),
             Box::new(build_info.clone()),
             Box::new(outbox_depth.clone()),
             Box::new(dead_letters.clone()),
-            Box::new(rotations.clone()),
-            Box::new(last_success.clone()),
-            Box::new(policy_healthy.clone()),
             Box::new(provider_requests.clone()),
             Box::new(provider_duration.clone()),
             Box::new(sink_publish.clone()),
@@ -280,17 +231,12 @@ impl Metrics {
         Metrics {
             registry,
             keys,
-            rotations,
-            last_success,
-            policy_healthy,
+            policy,
             provider_requests,
             provider_duration,
             sink_publish,
             provider_walks,
             provider_rotations,
-            condition,
-            oldest_unfinished,
-            step_failures,
             build_info,
             outbox_depth,
             dead_letters,
@@ -314,18 +260,8 @@ impl Metrics {
     /// so [`Metrics::remove_policy`] can drop its series when no policy uses
     /// it any more.
     pub fn init_policy(&self, policy: &str, sinks: &[String], provider: &str) {
-        for result in ROTATION_RESULTS {
-            self.rotations.with_label_values(&[policy, result]);
-        }
-        self.last_success.with_label_values(&[policy]);
-        self.policy_healthy.with_label_values(&[policy]);
-        self.oldest_unfinished.with_label_values(&[policy]);
-        for c in Condition::ALL {
-            self.condition.with_label_values(&[policy, c.as_str()]);
-        }
-        for step in STEPS {
-            self.step_failures.with_label_values(&[policy, step]);
-        }
+        self.policy
+            .update(policy, |row| row.present |= PolicyRow::ALL_SERIES);
         for sink in sinks {
             for result in PUBLISH_RESULTS {
                 self.sink_publish
@@ -351,15 +287,17 @@ impl Metrics {
     /// the key gauges, rendered at scrape time from this very status (the
     /// one the status endpoint serves: per-key data is held once).
     pub fn sync_policy(&self, status: &Arc<PolicyStatus>) {
-        self.policy_healthy
-            .with_label_values(&[status.name.as_str()])
-            .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
-        for c in Condition::ALL {
-            let held = status.lineages.iter().any(|l| l.conditions().contains(&c));
-            self.condition
-                .with_label_values(&[status.name.as_str(), c.as_str()])
-                .set(if held { 1.0 } else { 0.0 });
+        let mut held = 0;
+        for (i, c) in Condition::ALL.iter().enumerate() {
+            if status.lineages.iter().any(|l| l.conditions().contains(c)) {
+                held |= 1 << i;
+            }
         }
+        self.policy.update(&status.name, |row| {
+            row.present |= PolicyRow::HEALTHY | PolicyRow::CONDITIONS;
+            row.healthy = if status.health.is_healthy() { 1.0 } else { 0.0 };
+            row.conditions_held = held;
+        });
         let mut map = self.keys.0.write().unwrap_or_else(|p| p.into_inner());
         if status.keys.is_empty() {
             map.remove(&status.name);
@@ -384,14 +322,7 @@ impl Metrics {
     /// Drop every series of a policy that is gone from the config, and the
     /// series of its sinks and provider when no remaining policy uses them.
     pub fn remove_policy(&self, policy: &str) {
-        for result in ROTATION_RESULTS {
-            let _ = self.rotations.remove_label_values(&[policy, result]);
-        }
-        let _ = self.last_success.remove_label_values(&[policy]);
-        let _ = self.policy_healthy.remove_label_values(&[policy]);
-        let _ = self.oldest_unfinished.remove_label_values(&[policy]);
-        remove_where(&self.condition, "policy", policy);
-        remove_where(&self.step_failures, "policy", policy);
+        self.policy.write().remove(policy);
         self.keys
             .0
             .write()
@@ -420,6 +351,58 @@ impl Metrics {
             remove_where(&self.provider_walks, "provider", &gone.provider);
             remove_where(&self.provider_rotations, "provider", &gone.provider);
         }
+    }
+
+    /// Count a finished rotation of `policy` in `rekey_rotations_total`;
+    /// `result` is one of [`ROTATION_RESULTS`].
+    pub fn count_rotation(&self, policy: &str, result: &str) {
+        let Some(i) = label_index(&ROTATION_RESULTS, result) else {
+            return;
+        };
+        self.policy.update(policy, |row| {
+            row.present |= PolicyRow::ROTATIONS << i;
+            row.rotations[i] += 1;
+        });
+    }
+
+    /// `rekey_rotations_total{policy,result}` as counted so far (0 when the
+    /// series does not exist).
+    pub fn rotations_total(&self, policy: &str, result: &str) -> u64 {
+        let Some(i) = label_index(&ROTATION_RESULTS, result) else {
+            return 0;
+        };
+        self.policy
+            .read()
+            .get(policy)
+            .map_or(0, |row| row.rotations[i])
+    }
+
+    /// Count a failed step of `policy` in `rekey_step_failures_total`;
+    /// `step` is one of [`STEPS`].
+    pub fn count_step_failure(&self, policy: &str, step: &str) {
+        let Some(i) = label_index(&STEPS, step) else {
+            return;
+        };
+        self.policy.update(policy, |row| {
+            row.present |= PolicyRow::STEPS << i;
+            row.step_failures[i] += 1;
+        });
+    }
+
+    /// Set `rekey_last_success_timestamp_seconds{policy}` (a Unix time).
+    pub fn set_last_success(&self, policy: &str, unix_seconds: f64) {
+        self.policy.update(policy, |row| {
+            row.present |= PolicyRow::LAST_SUCCESS;
+            row.last_success = unix_seconds;
+        });
+    }
+
+    /// Set `rekey_oldest_unfinished_rotation_age_seconds{policy}`.
+    pub fn set_oldest_unfinished(&self, policy: &str, seconds: f64) {
+        self.policy.update(policy, |row| {
+            row.present |= PolicyRow::OLDEST_UNFINISHED;
+            row.oldest_unfinished = seconds;
+        });
     }
 
     fn refs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PolicyRefs>> {
@@ -565,6 +548,248 @@ impl Collector for KeyCollector {
     }
 }
 
+/// One policy's series: which exist (a bit each: a series exists once
+/// touched, as in a prometheus vector, and [`Metrics::init_policy`] makes
+/// them all) and their values.
+#[derive(Debug, Clone, Copy, Default)]
+struct PolicyRow {
+    /// [`PolicyRow::ROTATIONS`]… bits of the series that exist.
+    present: u32,
+    /// `rekey_rotations_total`, by [`ROTATION_RESULTS`].
+    rotations: [u64; ROTATION_RESULTS.len()],
+    last_success: f64,
+    healthy: f64,
+    oldest_unfinished: f64,
+    /// Bit `i` set while `Condition::ALL[i]` holds (`rekey_condition` 1).
+    conditions_held: u16,
+    /// `rekey_step_failures_total`, by [`STEPS`].
+    step_failures: [u64; STEPS.len()],
+}
+
+impl PolicyRow {
+    const ROTATIONS: u32 = 1;
+    const LAST_SUCCESS: u32 = 1 << ROTATION_RESULTS.len();
+    const HEALTHY: u32 = Self::LAST_SUCCESS << 1;
+    const OLDEST_UNFINISHED: u32 = Self::HEALTHY << 1;
+    /// First of `Condition::ALL.len()` bits.
+    const CONDITION: u32 = Self::OLDEST_UNFINISHED << 1;
+    const CONDITIONS: u32 = ((1 << Condition::ALL.len()) - 1) * Self::CONDITION;
+    /// First of `STEPS.len()` bits.
+    const STEPS: u32 = Self::CONDITION << Condition::ALL.len();
+    const ALL_SERIES: u32 = (Self::STEPS << STEPS.len()) - 1;
+
+    fn has(&self, bit: u32) -> bool {
+        self.present & bit != 0
+    }
+}
+
+/// Per-policy rows, shared by [`Metrics`] and its [`PolicyCollector`].
+#[derive(Clone, Default)]
+struct PolicySeries(Arc<std::sync::RwLock<BTreeMap<Box<str>, PolicyRow>>>);
+
+impl PolicySeries {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Box<str>, PolicyRow>> {
+        // Rows are plain values written whole-field: a panic elsewhere
+        // cannot leave one half-written, so a poisoned lock is still usable.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Box<str>, PolicyRow>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change `policy`'s row, making it (with no series) first if need be.
+    fn update(&self, policy: &str, change: impl FnOnce(&mut PolicyRow)) {
+        let mut map = self.write();
+        match map.get_mut(policy) {
+            Some(row) => change(row),
+            None => {
+                let mut row = PolicyRow::default();
+                change(&mut row);
+                map.insert(policy.into(), row);
+            }
+        }
+    }
+}
+
+/// Where `value` is in `labels`; a value outside them is a caller's bug
+/// (every caller passes one of the constants), so it counts nothing.
+fn label_index(labels: &[&str], value: &str) -> Option<usize> {
+    let i = labels.iter().position(|l| *l == value);
+    debug_assert!(
+        i.is_some(),
+        "label value {value:?} is not one of {labels:?}"
+    );
+    i
+}
+
+/// A per-policy family: name, help, type, and its label beside `policy`.
+struct PolicyFamily {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    label: Option<&'static str>,
+}
+
+const POLICY_FAMILIES: [PolicyFamily; 6] = [
+    PolicyFamily {
+        name: "rekey_rotations_total",
+        help: "Rotations finished, by result (completed or failed).",
+        counter: true,
+        label: Some("result"),
+    },
+    PolicyFamily {
+        name: "rekey_last_success_timestamp_seconds",
+        help: "Time of the policy's last completed rotation, as a Unix timestamp (0 = never).",
+        counter: false,
+        label: None,
+    },
+    PolicyFamily {
+        name: "rekey_policy_healthy",
+        help: "1 when the policy's health is ok or rotating, else 0.",
+        counter: false,
+        label: None,
+    },
+    PolicyFamily {
+        name: "rekey_condition",
+        help: "1 while the stuck condition holds for some lineage of the policy (DESIGN §4).",
+        counter: false,
+        label: Some("condition"),
+    },
+    PolicyFamily {
+        name: "rekey_oldest_unfinished_rotation_age_seconds",
+        help: "Age in seconds of the policy's oldest unfinished rotation (0 when none).",
+        counter: false,
+        label: None,
+    },
+    PolicyFamily {
+        name: "rekey_step_failures_total",
+        help: "Failed rotation steps, by step (create, find_id, prepare, publish, retire).",
+        counter: true,
+        label: Some("step"),
+    },
+];
+
+/// Renders the per-policy families ([`POLICY_FAMILIES`]) from
+/// [`PolicySeries`] on each gather: the same names, HELP, TYPE, label
+/// sets and values as one prometheus vector per family would.
+struct PolicyCollector {
+    descs: Vec<prometheus::core::Desc>,
+    rows: PolicySeries,
+}
+
+impl PolicyCollector {
+    fn new(rows: PolicySeries) -> Self {
+        let descs = POLICY_FAMILIES
+            .iter()
+            .map(|f| {
+                let mut labels = vec!["policy".to_string()];
+                labels.extend(f.label.map(str::to_string));
+                prometheus::core::Desc::new(
+                    f.name.to_string(),
+                    f.help.to_string(),
+                    labels,
+                    Default::default(),
+                )
+                .expect("valid metric description")
+            })
+            .collect();
+        PolicyCollector { descs, rows }
+    }
+}
+
+/// The series of family `family` in `row`: (value of its second label, if
+/// any; value), for those that exist.
+fn policy_series(family: usize, row: &PolicyRow) -> Vec<(Option<&'static str>, f64)> {
+    let each = |bit: u32, labels: &[&'static str], value: &dyn Fn(usize) -> f64| {
+        (0..labels.len())
+            .filter(|i| row.has(bit << i))
+            .map(|i| (Some(labels[i]), value(i)))
+            .collect()
+    };
+    let one = |bit: u32, value: f64| {
+        if row.has(bit) {
+            vec![(None, value)]
+        } else {
+            Vec::new()
+        }
+    };
+    match family {
+        0 => each(PolicyRow::ROTATIONS, &ROTATION_RESULTS, &|i| {
+            row.rotations[i] as f64
+        }),
+        1 => one(PolicyRow::LAST_SUCCESS, row.last_success),
+        2 => one(PolicyRow::HEALTHY, row.healthy),
+        3 => {
+            let names = Condition::ALL.map(Condition::as_str);
+            each(PolicyRow::CONDITION, &names, &|i| {
+                f64::from((row.conditions_held >> i) & 1)
+            })
+        }
+        4 => one(PolicyRow::OLDEST_UNFINISHED, row.oldest_unfinished),
+        _ => each(PolicyRow::STEPS, &STEPS, &|i| row.step_failures[i] as f64),
+    }
+}
+
+impl Collector for PolicyCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        let rows = self.rows.read();
+        let pair = |name: &str, value: &str| {
+            let mut l = LabelPair::default();
+            l.set_name(name.to_string());
+            l.set_value(value.to_string());
+            l
+        };
+        let mut out = Vec::new();
+        for (i, family) in POLICY_FAMILIES.iter().enumerate() {
+            let mut metrics = Vec::new();
+            for (policy, row) in rows.iter() {
+                for (second, value) in policy_series(i, row) {
+                    // Label pairs in name order, as the crate's own vectors
+                    // render them ("condition" < "policy" < "result", "step").
+                    let mut labels = vec![pair("policy", policy)];
+                    if let (Some(name), Some(v)) = (family.label, second) {
+                        labels.push(pair(name, v));
+                    }
+                    labels.sort_by(|a, b| a.name().cmp(b.name()));
+                    let mut m = if family.counter {
+                        let mut c = Counter::default();
+                        c.set_value(value);
+                        let mut m = Metric::default();
+                        m.set_counter(c);
+                        m
+                    } else {
+                        let mut g = Gauge::default();
+                        g.set_value(value);
+                        Metric::from_gauge(g)
+                    };
+                    m.set_label(labels);
+                    metrics.push(m);
+                }
+            }
+            if metrics.is_empty() {
+                continue;
+            }
+            let mut f = MetricFamily::default();
+            f.set_name(family.name.to_string());
+            f.set_help(family.help.to_string());
+            f.set_field_type(if family.counter {
+                MetricType::COUNTER
+            } else {
+                MetricType::GAUGE
+            });
+            f.set_metric(metrics);
+            out.push(f);
+        }
+        out
+    }
+}
+
 fn unix_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
     at.timestamp_millis() as f64 / 1000.0
 }
@@ -604,6 +829,8 @@ fn remove_where<T: MetricVecBuilder>(vec: &MetricVec<T>, name: &str, value: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rotation::health::Health;
+    use crate::rotation::report::LineageStatus;
     use crate::status::KeyState;
     use chrono::{TimeZone, Utc};
 
@@ -648,9 +875,9 @@ mod tests {
     fn init_policy_again_keeps_counted_values() {
         let m = Metrics::new();
         m.init_policy("p1", &[], "ob");
-        m.rotations.with_label_values(&["p1", "completed"]).inc();
+        m.count_rotation("p1", "completed");
         m.init_policy("p1", &[], "ob");
-        assert_eq!(m.rotations.with_label_values(&["p1", "completed"]).get(), 1);
+        assert_eq!(m.rotations_total("p1", "completed"), 1);
     }
 
     #[test]
@@ -718,6 +945,238 @@ mod tests {
             r#"rekey_key_created_timestamp_seconds{key="dup",lineage="app",policy="p1"} 1750000000"#,
             "{text}"
         );
+    }
+
+    /// The per-policy families as they were rendered before
+    /// [`PolicyCollector`]: one prometheus vector per family, driven as
+    /// `init_policy`, `sync_policy`, `remove_policy` and the engine drove
+    /// them. The reference the compact rows must render byte for byte.
+    struct VecSeries {
+        registry: Registry,
+        rotations: IntCounterVec,
+        last_success: GaugeVec,
+        policy_healthy: GaugeVec,
+        condition: GaugeVec,
+        oldest_unfinished: GaugeVec,
+        step_failures: IntCounterVec,
+    }
+
+    impl VecSeries {
+        fn new() -> Self {
+            let [rotations, step_failures] = [0, 5].map(|i| {
+                let f = &POLICY_FAMILIES[i];
+                IntCounterVec::new(Opts::new(f.name, f.help), &["policy", f.label.unwrap()])
+                    .unwrap()
+            });
+            let [last_success, policy_healthy, condition, oldest_unfinished] =
+                [1, 2, 3, 4].map(|i| {
+                    let f = &POLICY_FAMILIES[i];
+                    let labels: Vec<&str> = ["policy"].into_iter().chain(f.label).collect();
+                    GaugeVec::new(Opts::new(f.name, f.help), &labels).unwrap()
+                });
+            let registry = Registry::new();
+            for c in [
+                Box::new(rotations.clone()) as Box<dyn Collector>,
+                Box::new(last_success.clone()),
+                Box::new(policy_healthy.clone()),
+                Box::new(condition.clone()),
+                Box::new(oldest_unfinished.clone()),
+                Box::new(step_failures.clone()),
+            ] {
+                registry.register(c).unwrap();
+            }
+            VecSeries {
+                registry,
+                rotations,
+                last_success,
+                policy_healthy,
+                condition,
+                oldest_unfinished,
+                step_failures,
+            }
+        }
+
+        fn init_policy(&self, policy: &str) {
+            for result in ROTATION_RESULTS {
+                self.rotations.with_label_values(&[policy, result]);
+            }
+            self.last_success.with_label_values(&[policy]);
+            self.policy_healthy.with_label_values(&[policy]);
+            self.oldest_unfinished.with_label_values(&[policy]);
+            for c in Condition::ALL {
+                self.condition.with_label_values(&[policy, c.as_str()]);
+            }
+            for step in STEPS {
+                self.step_failures.with_label_values(&[policy, step]);
+            }
+        }
+
+        fn sync_policy(&self, status: &PolicyStatus) {
+            self.policy_healthy
+                .with_label_values(&[status.name.as_str()])
+                .set(if status.health.is_healthy() { 1.0 } else { 0.0 });
+            for c in Condition::ALL {
+                let held = status.lineages.iter().any(|l| l.conditions().contains(&c));
+                self.condition
+                    .with_label_values(&[status.name.as_str(), c.as_str()])
+                    .set(if held { 1.0 } else { 0.0 });
+            }
+        }
+
+        fn remove_policy(&self, policy: &str) {
+            for result in ROTATION_RESULTS {
+                let _ = self.rotations.remove_label_values(&[policy, result]);
+            }
+            let _ = self.last_success.remove_label_values(&[policy]);
+            let _ = self.policy_healthy.remove_label_values(&[policy]);
+            let _ = self.oldest_unfinished.remove_label_values(&[policy]);
+            remove_where(&self.condition, "policy", policy);
+            remove_where(&self.step_failures, "policy", policy);
+        }
+
+        fn render(&self) -> String {
+            let mut buf = Vec::new();
+            TextEncoder::new()
+                .encode(&self.registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        }
+    }
+
+    fn status(name: &str, health: Health, conditions: &[Condition]) -> PolicyStatus {
+        let lineage = |name: &str, conditions: Vec<Condition>| LineageStatus {
+            name: name.into(),
+            health,
+            current_key: None,
+            reason: String::new(),
+            message: String::new(),
+            rotate_at: None,
+            conditions,
+            rotation: None,
+        };
+        PolicyStatus {
+            name: name.into(),
+            provider: "ob".into(),
+            mode: "rotate".into(),
+            health,
+            next_check_at: None,
+            last_check_at: None,
+            keys: Keys::default(),
+            lineages: vec![lineage("l1", conditions.to_vec()), lineage("l2", vec![])].into(),
+            last_rotation: None,
+            error: None,
+        }
+    }
+
+    /// The lines of the per-policy families in a rendering.
+    fn policy_family_lines(text: &str) -> String {
+        text.lines()
+            .filter(|l| {
+                let name = l
+                    .strip_prefix("# HELP ")
+                    .or_else(|| l.strip_prefix("# TYPE "))
+                    .unwrap_or(l);
+                let name = name.split(['{', ' ']).next().unwrap_or_default();
+                POLICY_FAMILIES.iter().any(|f| f.name == name)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// Per-policy series moved from ~20 prometheus children per policy
+    /// (~9 KB each, 9 MB at 1,000 policies) to one compact row: the
+    /// exposition must not change by a byte, for a healthy, a failing, a
+    /// removed and a never-initialised policy.
+    #[test]
+    fn per_policy_series_render_as_the_prometheus_vectors_did() {
+        let m = Metrics::new();
+        let old = VecSeries::new();
+        let both = |f: &dyn Fn(&Metrics), g: &dyn Fn(&VecSeries)| {
+            f(&m);
+            g(&old);
+        };
+        for p in ["healthy", "failing", "removed"] {
+            both(&|m| m.init_policy(p, &[], "ob"), &|o| o.init_policy(p));
+        }
+        let healthy = Arc::new(status("healthy", Health::Ok, &[]));
+        let failing = Arc::new(status(
+            "failing",
+            Health::Failing,
+            &[Condition::StepFailing, Condition::KeyExpired],
+        ));
+        let removed = Arc::new(status("removed", Health::Rotating, &[]));
+        for s in [&healthy, &failing, &removed] {
+            both(&|m| m.sync_policy(s), &|o| o.sync_policy(s));
+        }
+        both(
+            &|m| {
+                m.count_rotation("healthy", "completed");
+                m.count_rotation("healthy", "completed");
+                m.set_last_success("healthy", 1_800_000_000.0);
+                m.count_rotation("failing", "failed");
+                m.count_step_failure("failing", "find_id");
+                m.count_step_failure("failing", "find_id");
+                m.count_step_failure("failing", "retire");
+                m.set_oldest_unfinished("failing", 93.25);
+                m.count_rotation("removed", "completed");
+                // Counted without init_policy: only the touched series.
+                m.count_step_failure("uninitialised", "publish");
+                m.set_oldest_unfinished("uninitialised", 0.5);
+            },
+            &|o| {
+                o.rotations
+                    .with_label_values(&["healthy", "completed"])
+                    .inc();
+                o.rotations
+                    .with_label_values(&["healthy", "completed"])
+                    .inc();
+                o.last_success
+                    .with_label_values(&["healthy"])
+                    .set(1_800_000_000.0);
+                o.rotations.with_label_values(&["failing", "failed"]).inc();
+                o.step_failures
+                    .with_label_values(&["failing", "find_id"])
+                    .inc();
+                o.step_failures
+                    .with_label_values(&["failing", "find_id"])
+                    .inc();
+                o.step_failures
+                    .with_label_values(&["failing", "retire"])
+                    .inc();
+                o.oldest_unfinished
+                    .with_label_values(&["failing"])
+                    .set(93.25);
+                o.rotations
+                    .with_label_values(&["removed", "completed"])
+                    .inc();
+                o.step_failures
+                    .with_label_values(&["uninitialised", "publish"])
+                    .inc();
+                o.oldest_unfinished
+                    .with_label_values(&["uninitialised"])
+                    .set(0.5);
+            },
+        );
+        let before = old.render();
+        assert!(before.contains(r#"rekey_condition{condition="step_failing",policy="failing"} 1"#));
+        assert!(before.contains(r#"policy="removed""#));
+        assert_eq!(policy_family_lines(&m.render()), before);
+
+        both(&|m| m.remove_policy("removed"), &|o| {
+            o.remove_policy("removed")
+        });
+        let before = old.render();
+        assert!(!before.contains(r#"policy="removed""#), "{before}");
+        assert_eq!(policy_family_lines(&m.render()), before);
+        assert_eq!(m.rotations_total("removed", "completed"), 0);
+        assert_eq!(m.rotations_total("healthy", "completed"), 2);
+
+        // Every series removed: the families go (no HELP/TYPE left alone).
+        for p in ["healthy", "failing", "uninitialised"] {
+            both(&|m| m.remove_policy(p), &|o| o.remove_policy(p));
+        }
+        assert_eq!(old.render(), "");
+        assert_eq!(policy_family_lines(&m.render()), "");
     }
 
     #[test]

@@ -551,10 +551,7 @@ pub async fn run(config_path: &Path, opts: Options) -> Result<(), DaemonError> {
     for p in &cfg.policies {
         metrics.init_policy(&p.name, &p.sinks, &p.provider);
         if let Ok(Some(t)) = store.last_success(&p.name) {
-            metrics
-                .last_success
-                .with_label_values(&[&p.name])
-                .set(t.timestamp() as f64);
+            metrics.set_last_success(&p.name, t.timestamp() as f64);
         }
         if let Err(e) = engine.refresh_status(&runtime, &p.name) {
             tracing::warn!(policy = %p.name, error = %e, "cannot rebuild status from the store");

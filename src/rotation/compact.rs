@@ -23,6 +23,9 @@
 //!   is boxed (8 bytes when absent);
 //! - timestamps stay `Option<DateTime<Utc>>` (12 bytes, no heap): exact to
 //!   the nanosecond, which an `i64` of nanoseconds is not past 2262.
+//! - each table is behind an `Arc`: cloning a status (a check that
+//!   changed nothing republishes it with new check times) shares its
+//!   tables; a change to a shared table copies it first (`Arc::make_mut`).
 //!
 //! About 52 bytes per key row and 64 per lineage row plus their text, where
 //! the plain structs took ~760 bytes per key and lineage (measured by
@@ -31,6 +34,8 @@
 //! Rows are read through borrowed views ([`KeyRef`], [`LineageRef`]);
 //! [`Keys::to_vec`] / [`LineageRef::to_status`] give the plain structs back.
 //! Equality is by content, not by how the arena happens to be laid out.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -54,8 +59,17 @@ struct KeyRow {
 
 /// A policy's live keys (`keys` of `/status`), compact. Serializes as the
 /// JSON array of [`KeyStatus`] objects, byte for byte.
+///
+/// The table is behind an `Arc`: a clone (as when a check that changed
+/// nothing republishes a status with new check times) shares it; a change
+/// to a shared table copies it first.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
+    table: Arc<KeyTable>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyTable {
     arena: Arena,
     rows: Vec<KeyRow>,
 }
@@ -127,7 +141,8 @@ impl Serialize for KeyRef<'_> {
 
 impl Keys {
     /// Append one key (its lineage string is shared with the previous
-    /// keys of the same lineage).
+    /// keys of the same lineage, or with its own name or id when the
+    /// lineage is named after it).
     pub fn push(&mut self, k: &KeyStatus) {
         self.push_parts(
             &k.id,
@@ -149,57 +164,81 @@ impl Keys {
         expires_at: Option<DateTime<Utc>>,
         state: KeyState,
     ) {
+        let t = Arc::make_mut(&mut self.table);
+        let id_span = t.arena.push(id);
+        let name_span = if name == id {
+            id_span
+        } else {
+            t.arena.push(name)
+        };
+        // A key that starts its own lineage (named after its name or id,
+        // as every adopted key is) reuses that text, as `KnownKeys` does.
+        let lineage = if lineage == name {
+            name_span
+        } else if lineage == id {
+            id_span
+        } else {
+            t.arena.intern(lineage, INTERN_WINDOW)
+        };
         let row = KeyRow {
-            id: self.arena.push(id),
-            name: self.arena.push(name),
-            lineage: self.arena.intern(lineage, INTERN_WINDOW),
+            id: id_span,
+            name: name_span,
+            lineage,
             created_at,
             expires_at,
             state,
         };
-        self.rows.push(row);
+        t.rows.push(row);
     }
 
     /// Release spare capacity (call once every key is pushed).
     pub fn finish(mut self) -> Self {
-        self.arena.finish();
-        self.rows.shrink_to_fit();
+        let t = Arc::make_mut(&mut self.table);
+        t.arena.finish();
+        t.rows.shrink_to_fit();
         self
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.table.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.table.rows.is_empty()
     }
 
     pub fn get(&self, i: usize) -> Option<KeyRef<'_>> {
-        self.rows.get(i).map(|row| KeyRef {
-            arena: &self.arena,
+        self.table.rows.get(i).map(|row| KeyRef {
+            arena: &self.table.arena,
             row,
         })
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = KeyRef<'_>> + Clone + '_ {
-        self.rows.iter().map(|row| KeyRef {
-            arena: &self.arena,
+        self.table.rows.iter().map(|row| KeyRef {
+            arena: &self.table.arena,
             row,
         })
     }
 
     /// Keep the keys `keep` accepts (the arena keeps the others' text).
     pub fn retain(&mut self, mut keep: impl FnMut(KeyRef<'_>) -> bool) {
-        let arena = &self.arena;
-        self.rows.retain(|row| keep(KeyRef { arena, row }));
+        let t = Arc::make_mut(&mut self.table);
+        let arena = &t.arena;
+        t.rows.retain(|row| keep(KeyRef { arena, row }));
     }
 
     /// Change one key's state.
     pub fn set_state(&mut self, i: usize, state: KeyState) {
-        if let Some(r) = self.rows.get_mut(i) {
-            r.state = state;
+        if i < self.len() {
+            Arc::make_mut(&mut self.table).rows[i].state = state;
         }
+    }
+
+    /// Whether `self` and `other` hold one table (a clone not changed
+    /// since), not two equal ones.
+    pub fn shares_table(&self, other: &Keys) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
     }
 
     /// Every key as the plain struct.
@@ -209,7 +248,7 @@ impl Keys {
 
     /// Bytes held: rows and text (for the memory test and figures).
     pub fn heap_bytes(&self) -> usize {
-        self.rows.capacity() * std::mem::size_of::<KeyRow>() + self.arena.heap_bytes()
+        self.table.rows.capacity() * std::mem::size_of::<KeyRow>() + self.table.arena.heap_bytes()
     }
 }
 
@@ -282,9 +321,15 @@ struct LineageRow {
 }
 
 /// A policy's lineages (`lineages` of `/status`), compact. Serializes as
-/// the JSON array of [`LineageStatus`] objects, byte for byte.
+/// the JSON array of [`LineageStatus`] objects, byte for byte. The table is
+/// behind an `Arc`, shared by clones, as [`Keys`]'.
 #[derive(Debug, Clone, Default)]
 pub struct Lineages {
+    table: Arc<LineageTable>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LineageTable {
     arena: Arena,
     conditions: Vec<Condition>,
     rows: Vec<LineageRow>,
@@ -293,7 +338,7 @@ pub struct Lineages {
 /// One lineage of [`Lineages`].
 #[derive(Debug, Clone, Copy)]
 pub struct LineageRef<'a> {
-    table: &'a Lineages,
+    table: &'a LineageTable,
     row: &'a LineageRow,
 }
 
@@ -389,13 +434,14 @@ pub struct LineageParts<'a> {
 impl Lineages {
     /// Append one lineage.
     pub fn push(&mut self, l: LineageParts<'_>, rotation: Option<RotationSummary>) {
-        let start = u32::try_from(self.conditions.len()).expect("conditions fit u32");
-        self.conditions.extend_from_slice(l.conditions);
+        let t = Arc::make_mut(&mut self.table);
+        let start = u32::try_from(t.conditions.len()).expect("conditions fit u32");
+        t.conditions.extend_from_slice(l.conditions);
         let row = LineageRow {
-            name: self.arena.push(l.name),
-            current_key: self.arena.push_opt(l.current_key),
-            reason: self.arena.intern(l.reason, INTERN_WINDOW),
-            message: self.arena.push(l.message),
+            name: t.arena.push(l.name),
+            current_key: t.arena.push_opt(l.current_key),
+            reason: t.arena.intern(l.reason, INTERN_WINDOW),
+            message: t.arena.push(l.message),
             conditions: Span {
                 start,
                 len: l.conditions.len() as u32,
@@ -404,7 +450,7 @@ impl Lineages {
             health: l.health,
             rotation: rotation.map(Box::new),
         };
-        self.rows.push(row);
+        t.rows.push(row);
     }
 
     /// [`Lineages::push`] of a plain struct.
@@ -425,22 +471,24 @@ impl Lineages {
 
     /// Release spare capacity (call once every lineage is pushed).
     pub fn finish(mut self) -> Self {
-        self.arena.finish();
-        self.rows.shrink_to_fit();
-        self.conditions.shrink_to_fit();
+        let t = Arc::make_mut(&mut self.table);
+        t.arena.finish();
+        t.rows.shrink_to_fit();
+        t.conditions.shrink_to_fit();
         self
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.table.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.table.rows.is_empty()
     }
 
     pub fn get(&self, i: usize) -> Option<LineageRef<'_>> {
-        self.rows.get(i).map(|row| LineageRef { table: self, row })
+        let table = &*self.table;
+        table.rows.get(i).map(|row| LineageRef { table, row })
     }
 
     pub fn first(&self) -> Option<LineageRef<'_>> {
@@ -448,17 +496,26 @@ impl Lineages {
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = LineageRef<'_>> + Clone + '_ {
-        self.rows.iter().map(|row| LineageRef { table: self, row })
+        let table = &*self.table;
+        table.rows.iter().map(move |row| LineageRef { table, row })
     }
 
     /// Keep the lineages `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(LineageRef<'_>) -> bool) {
-        let rows = std::mem::take(&mut self.rows);
+        let t = Arc::make_mut(&mut self.table);
+        let rows = std::mem::take(&mut t.rows);
+        let table = &*t;
         let kept = rows
             .into_iter()
-            .filter(|row| keep(LineageRef { table: self, row }))
+            .filter(|row| keep(LineageRef { table, row }))
             .collect();
-        self.rows = kept;
+        t.rows = kept;
+    }
+
+    /// Whether `self` and `other` hold one table (a clone not changed
+    /// since), not two equal ones.
+    pub fn shares_table(&self, other: &Lineages) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
     }
 
     /// Every lineage as the plain struct.
@@ -470,6 +527,7 @@ impl Lineages {
     /// (their strings included).
     pub fn heap_bytes(&self) -> usize {
         let summaries: usize = self
+            .table
             .rows
             .iter()
             .filter_map(|r| r.rotation.as_deref())
@@ -482,9 +540,9 @@ impl Lineages {
                     + s.error.as_ref().map_or(0, String::capacity)
             })
             .sum();
-        self.rows.capacity() * std::mem::size_of::<LineageRow>()
-            + self.arena.heap_bytes()
-            + self.conditions.capacity()
+        self.table.rows.capacity() * std::mem::size_of::<LineageRow>()
+            + self.table.arena.heap_bytes()
+            + self.table.conditions.capacity()
             + summaries
     }
 }
@@ -645,17 +703,49 @@ mod tests {
     fn repeated_lineage_and_reason_strings_are_stored_once() {
         let ck: Keys = sample_keys().iter().collect();
         assert_eq!(
-            ck.arena.text().matches("app").count(),
+            ck.table.arena.text().matches("app").count(),
             3,
             "{}",
-            ck.arena.text()
+            ck.table.arena.text()
         );
         let cl: Lineages = sample_lineages().iter().collect();
         assert_eq!(
-            cl.arena.text().matches("fresh").count(),
+            cl.table.arena.text().matches("fresh").count(),
             2,
             "{}",
-            cl.arena.text()
+            cl.table.arena.text()
+        );
+    }
+
+    /// Every adopted key starts its own lineage, named after the key: its
+    /// name was stored twice (once as name, once as lineage), ~2 MB at
+    /// 100,000 keys.
+    #[test]
+    fn a_key_whose_lineage_is_its_name_or_id_stores_that_text_once() {
+        let key = |id: &str, name: &str, lineage: &str| KeyStatus {
+            id: id.into(),
+            name: name.into(),
+            lineage: lineage.into(),
+            created_at: None,
+            expires_at: None,
+            state: KeyState::Current,
+        };
+        let keys = vec![
+            key("k1", "alpha", "alpha"),
+            key("beta", "beta", "beta"),
+            key("gamma-id", "g-name", "gamma-id"),
+            key("k4", "delta", "shared"),
+            key("k5", "epsilon", "shared"),
+        ];
+        let ck: Keys = keys.iter().collect();
+        let text = ck.table.arena.text();
+        for s in ["alpha", "beta", "gamma-id", "shared"] {
+            assert_eq!(text.matches(s).count(), 1, "{s} in {text}");
+        }
+        assert_eq!(ck.to_vec(), keys);
+        assert_eq!(
+            serde_json::to_string(&ck).unwrap(),
+            serde_json::to_string(&keys).unwrap()
         );
     }
 

@@ -1832,10 +1832,7 @@ impl Engine {
             .filter(|r| !r.state.is_terminal())
             .map(|r| (now - r.started_at).num_milliseconds().max(0) as f64 / 1000.0)
             .fold(0.0, f64::max);
-        self.metrics
-            .oldest_unfinished
-            .with_label_values(&[name])
-            .set(oldest);
+        self.metrics.set_oldest_unfinished(name, oldest);
         let status = PolicyStatus {
             name: name.to_string(),
             provider: policy.provider.clone(),
@@ -2390,16 +2387,11 @@ impl Engine {
         let failures = row.failures + 1;
         let class = if retryable { "retryable" } else { "permanent" };
         self.metrics
-            .step_failures
-            .with_label_values(&[&row.policy, step_label(row.state, what)])
-            .inc();
+            .count_step_failure(&row.policy, step_label(row.state, what));
         if !never_give_up && (!retryable || failures >= policy.max_attempts) {
             self.store
                 .fail_rotation(&row.id, &format!("{what}: {error}"), class, self.now())?;
-            self.metrics
-                .rotations
-                .with_label_values(&[&row.policy, "failed"])
-                .inc();
+            self.metrics.count_rotation(&row.policy, "failed");
             self.metrics
                 .provider_rotations
                 .with_label_values(&[&row.provider, "failed"])
@@ -2474,14 +2466,8 @@ impl Engine {
         why: &str,
     ) -> Result<Step, EngineError> {
         let why = format!("the next key can no longer be published: {why}");
-        self.metrics
-            .step_failures
-            .with_label_values(&[&row.policy, "publish"])
-            .inc();
-        self.metrics
-            .rotations
-            .with_label_values(&[&row.policy, "failed"])
-            .inc();
+        self.metrics.count_step_failure(&row.policy, "publish");
+        self.metrics.count_rotation(&row.policy, "failed");
         let row = self.store.abandon_rotation(&row.id, &why, self.now())?;
         tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), "rotation abandoned: {why}; the current key stays and a new rotation may start");
         self.delete_abandoned_key(rt, &row).await;
@@ -2549,10 +2535,7 @@ impl Engine {
     /// `next_key_missing`), keep the old key, let a new rotation start.
     fn next_key_missing(&self, row: &RotationRow, why: &str) -> Result<Step, EngineError> {
         self.store.fail_next_key_missing(&row.id, why, self.now())?;
-        self.metrics
-            .rotations
-            .with_label_values(&[&row.policy, "failed"])
-            .inc();
+        self.metrics.count_rotation(&row.policy, "failed");
         tracing::error!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, old_key = row.old_key_id.as_deref().unwrap_or(""), "next key missing during grace: {why}; the rotation ends failed, the old key is kept, and the next check starts a new rotation");
         Ok(Step::Done)
     }
@@ -3158,18 +3141,13 @@ impl Engine {
     }
 
     fn completed(&self, row: &RotationRow) {
-        self.metrics
-            .rotations
-            .with_label_values(&[&row.policy, "completed"])
-            .inc();
+        self.metrics.count_rotation(&row.policy, "completed");
         self.metrics
             .provider_rotations
             .with_label_values(&[&row.provider, "completed"])
             .inc();
         self.metrics
-            .last_success
-            .with_label_values(&[&row.policy])
-            .set(self.now().timestamp() as f64);
+            .set_last_success(&row.policy, self.now().timestamp() as f64);
         let took = (self.now() - row.started_at).num_milliseconds();
         tracing::info!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, new_key = row.new_key_id.as_deref().unwrap_or(""), old_key = row.old_key_id.as_deref().unwrap_or(""), reason = %row.reason, duration_ms = took, "rotation completed");
     }

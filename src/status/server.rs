@@ -1842,7 +1842,7 @@ mod tests {
             String::from_utf8_lossy(&first)
                 .contains(r#"rekey_rotations_total{policy="p1",result="completed"} 0"#)
         );
-        m.rotations.with_label_values(&["p1", "completed"]).inc();
+        m.count_rotation("p1", "completed");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let body = kept.serve().unwrap();

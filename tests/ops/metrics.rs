@@ -21,12 +21,8 @@ fn populated_metrics() -> Metrics {
     for p in &snapshot.policies {
         m.sync_policy(p);
     }
-    m.rotations
-        .with_label_values(&["maas-prod", "completed"])
-        .inc();
-    m.last_success
-        .with_label_values(&["maas-prod"])
-        .set(Utc::now().timestamp() as f64);
+    m.count_rotation("maas-prod", "completed");
+    m.set_last_success("maas-prod", Utc::now().timestamp() as f64);
     m.provider_requests
         .with_label_values(&["ob-prod", "list", "200"])
         .inc_by(3);
