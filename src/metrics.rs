@@ -356,13 +356,12 @@ impl Metrics {
     /// Count a finished rotation of `policy` in `rekey_rotations_total`;
     /// `result` is one of [`ROTATION_RESULTS`].
     pub fn count_rotation(&self, policy: &str, result: &str) {
-        let Some(i) = label_index(&ROTATION_RESULTS, result) else {
-            return;
-        };
-        self.policy.update(policy, |row| {
-            row.present |= PolicyRow::ROTATIONS << i;
-            row.rotations[i] += 1;
-        });
+        self.count(
+            policy,
+            (&ROTATION_RESULTS, result),
+            PolicyRow::ROTATIONS,
+            |row| &mut row.rotations,
+        );
     }
 
     /// `rekey_rotations_total{policy,result}` as counted so far (0 when the
@@ -380,12 +379,26 @@ impl Metrics {
     /// Count a failed step of `policy` in `rekey_step_failures_total`;
     /// `step` is one of [`STEPS`].
     pub fn count_step_failure(&self, policy: &str, step: &str) {
-        let Some(i) = label_index(&STEPS, step) else {
+        self.count(policy, (&STEPS, step), PolicyRow::STEPS, |row| {
+            &mut row.step_failures
+        });
+    }
+
+    /// Add one to the counter of `policy` whose label is `label.1` (one of
+    /// `label.0`): `counts(row)[i]`, series bit `first_bit << i`.
+    fn count(
+        &self,
+        policy: &str,
+        label: (&[&str], &str),
+        first_bit: u32,
+        counts: fn(&mut PolicyRow) -> &mut [u64],
+    ) {
+        let Some(i) = label_index(label.0, label.1) else {
             return;
         };
         self.policy.update(policy, |row| {
-            row.present |= PolicyRow::STEPS << i;
-            row.step_failures[i] += 1;
+            row.present |= first_bit << i;
+            counts(row)[i] += 1;
         });
     }
 
@@ -1083,6 +1096,14 @@ mod tests {
             .collect()
     }
 
+    /// What the engine does to a policy's series, applied to both sides.
+    enum Op {
+        Rotation(&'static str, &'static str),
+        Step(&'static str, &'static str),
+        LastSuccess(&'static str, f64),
+        Oldest(&'static str, f64),
+    }
+
     /// Per-policy series moved from ~20 prometheus children per policy
     /// (~9 KB each, 9 MB at 1,000 policies) to one compact row: the
     /// exposition must not change by a byte, for a healthy, a failing, a
@@ -1108,55 +1129,39 @@ mod tests {
         for s in [&healthy, &failing, &removed] {
             both(&|m| m.sync_policy(s), &|o| o.sync_policy(s));
         }
-        both(
-            &|m| {
-                m.count_rotation("healthy", "completed");
-                m.count_rotation("healthy", "completed");
-                m.set_last_success("healthy", 1_800_000_000.0);
-                m.count_rotation("failing", "failed");
-                m.count_step_failure("failing", "find_id");
-                m.count_step_failure("failing", "find_id");
-                m.count_step_failure("failing", "retire");
-                m.set_oldest_unfinished("failing", 93.25);
-                m.count_rotation("removed", "completed");
-                // Counted without init_policy: only the touched series.
-                m.count_step_failure("uninitialised", "publish");
-                m.set_oldest_unfinished("uninitialised", 0.5);
-            },
-            &|o| {
-                o.rotations
-                    .with_label_values(&["healthy", "completed"])
-                    .inc();
-                o.rotations
-                    .with_label_values(&["healthy", "completed"])
-                    .inc();
-                o.last_success
-                    .with_label_values(&["healthy"])
-                    .set(1_800_000_000.0);
-                o.rotations.with_label_values(&["failing", "failed"]).inc();
-                o.step_failures
-                    .with_label_values(&["failing", "find_id"])
-                    .inc();
-                o.step_failures
-                    .with_label_values(&["failing", "find_id"])
-                    .inc();
-                o.step_failures
-                    .with_label_values(&["failing", "retire"])
-                    .inc();
-                o.oldest_unfinished
-                    .with_label_values(&["failing"])
-                    .set(93.25);
-                o.rotations
-                    .with_label_values(&["removed", "completed"])
-                    .inc();
-                o.step_failures
-                    .with_label_values(&["uninitialised", "publish"])
-                    .inc();
-                o.oldest_unfinished
-                    .with_label_values(&["uninitialised"])
-                    .set(0.5);
-            },
-        );
+        // Counted without init_policy: only the touched series exist.
+        for op in [
+            Op::Rotation("healthy", "completed"),
+            Op::Rotation("healthy", "completed"),
+            Op::LastSuccess("healthy", 1_800_000_000.0),
+            Op::Rotation("failing", "failed"),
+            Op::Step("failing", "find_id"),
+            Op::Step("failing", "find_id"),
+            Op::Step("failing", "retire"),
+            Op::Oldest("failing", 93.25),
+            Op::Rotation("removed", "completed"),
+            Op::Step("uninitialised", "publish"),
+            Op::Oldest("uninitialised", 0.5),
+        ] {
+            match op {
+                Op::Rotation(p, r) => {
+                    m.count_rotation(p, r);
+                    old.rotations.with_label_values(&[p, r]).inc();
+                }
+                Op::Step(p, step) => {
+                    m.count_step_failure(p, step);
+                    old.step_failures.with_label_values(&[p, step]).inc();
+                }
+                Op::LastSuccess(p, v) => {
+                    m.set_last_success(p, v);
+                    old.last_success.with_label_values(&[p]).set(v);
+                }
+                Op::Oldest(p, v) => {
+                    m.set_oldest_unfinished(p, v);
+                    old.oldest_unfinished.with_label_values(&[p]).set(v);
+                }
+            }
+        }
         let before = old.render();
         assert!(before.contains(r#"rekey_condition{condition="step_failing",policy="failing"} 1"#));
         assert!(before.contains(r#"policy="removed""#));

@@ -2714,6 +2714,16 @@ async fn a_check_that_changes_nothing_writes_no_key_row_and_a_later_change_still
     assert_eq!(status.keys.len(), 1);
 }
 
+/// The status the engine last published for `policy`.
+fn published_status(h: &Harness, policy: &str) -> Arc<PolicyStatus> {
+    let snap = h.engine.status.load();
+    snap.policies
+        .iter()
+        .find(|p| p.name == policy)
+        .cloned()
+        .unwrap()
+}
+
 /// A check that changed nothing gave the status its new check times by
 /// copying the policy's whole compact key and lineage tables (~23 MB per
 /// window at 1,000 policies / 100,000 keys). The touched status shares
@@ -2725,14 +2735,7 @@ async fn a_check_that_changes_nothing_shares_the_status_tables_instead_of_copyin
     h.fake.add("app-a", Duration::days(1), Duration::days(29));
     h.fake.add("app-b", Duration::days(1), Duration::days(29));
     h.check().await;
-    let status = |h: &Harness| {
-        let snap = h.engine.status.load();
-        snap.policies
-            .iter()
-            .find(|p| p.name == "p")
-            .cloned()
-            .unwrap()
-    };
+    let status = |h: &Harness| published_status(h, "p");
     let before = status(&h);
     assert_eq!(before.keys.len(), 2);
     assert!(!before.lineages.is_empty());
@@ -2761,14 +2764,7 @@ async fn a_check_that_changes_nothing_shares_the_status_tables_instead_of_copyin
 async fn a_listing_error_leaves_the_status_at_the_next_good_check_that_changes_nothing() {
     let (h, counting) = three_policies();
     h.fake.add("app-a1", Duration::days(5), Duration::days(25));
-    let status = |h: &Harness| {
-        let snap = h.engine.status.load();
-        snap.policies
-            .iter()
-            .find(|p| p.name == "pa")
-            .cloned()
-            .unwrap()
-    };
+    let status = |h: &Harness| published_status(h, "pa");
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
     assert!(status(&h).error.is_none());
     // The listing fails: the status says so.
