@@ -1680,27 +1680,51 @@ impl Engine {
         ) {
             return false;
         }
-        let snapshot = self.status.load();
-        let Some(prev) = snapshot.policies.iter().find(|p| p.name == name).cloned() else {
-            return false;
-        };
-        drop(snapshot);
-        if !prev.health.is_healthy() || prev.error.is_some() {
-            return false;
+        // Only over the entry it copied (one try): a rebuild that
+        // published meanwhile (a command, a step) is newer; then rebuild
+        // instead.
+        self.edit_status(name, 1, |prev| {
+            if !prev.health.is_healthy() || prev.error.is_some() {
+                return None;
+            }
+            let mut status = prev.clone();
+            status.last_check_at = Some(checked_at);
+            if next_check_at.is_some() {
+                status.next_check_at = next_check_at;
+            }
+            Some(status)
+        })
+    }
+
+    /// Publish `edit` of `name`'s status entry in its place — only over
+    /// the very entry it was made from (compare-and-swap), trying `tries`
+    /// times while other writers replace the entry — and give it to the
+    /// metrics. `edit` copies only the entry's scalars (its tables are
+    /// shared) and returns `None` to leave the entry as it is. Returns
+    /// whether an edit was published (false also when the policy has no
+    /// entry).
+    fn edit_status(
+        &self,
+        name: &str,
+        tries: usize,
+        edit: impl Fn(&PolicyStatus) -> Option<PolicyStatus>,
+    ) -> bool {
+        for _ in 0..tries {
+            let snapshot = self.status.load();
+            let Some(prev) = snapshot.policies.iter().find(|p| p.name == name).cloned() else {
+                return false;
+            };
+            drop(snapshot);
+            let Some(next) = edit(&prev) else {
+                return false;
+            };
+            let next = Arc::new(next);
+            if self.status.replace_policy_if(&prev, next.clone()) {
+                self.metrics.sync_policy(&next);
+                return true;
+            }
         }
-        let mut status = PolicyStatus::clone(&prev);
-        status.last_check_at = Some(checked_at);
-        if next_check_at.is_some() {
-            status.next_check_at = next_check_at;
-        }
-        let status = Arc::new(status);
-        // Only over the entry it copied: a rebuild that published
-        // meanwhile (a command, a step) is newer; then rebuild instead.
-        if !self.status.replace_policy_if(&prev, status.clone()) {
-            return false;
-        }
-        self.metrics.sync_policy(&status);
-        true
+        false
     }
 
     /// Show `at` as `policy`'s next check in its published status (the
@@ -1710,23 +1734,12 @@ impl Engine {
     /// and only when it changes; gives up, leaving the next rebuild to
     /// show it, if other writers replace the entry three times meanwhile.
     pub fn set_status_next_check(&self, policy: &str, at: DateTime<Utc>) {
-        for _ in 0..3 {
-            let snapshot = self.status.load();
-            let Some(prev) = snapshot.policies.iter().find(|p| p.name == policy).cloned() else {
-                return;
-            };
-            drop(snapshot);
-            if prev.next_check_at == Some(at) {
-                return;
-            }
-            let mut next = PolicyStatus::clone(&prev);
-            next.next_check_at = Some(at);
-            let next = Arc::new(next);
-            if self.status.replace_policy_if(&prev, next.clone()) {
-                self.metrics.sync_policy(&next);
-                return;
-            }
-        }
+        self.edit_status(policy, 3, |prev| {
+            (prev.next_check_at != Some(at)).then(|| PolicyStatus {
+                next_check_at: Some(at),
+                ..prev.clone()
+            })
+        });
     }
 
     /// [`Engine::refresh_status`] from a ledger already read (and still
