@@ -477,13 +477,11 @@ const KEY_FAMILIES: [(&str, &str); 2] = [
 impl KeyCollector {
     fn new(keys: KeySeries) -> Self {
         let desc = |(name, help): (&str, &str)| {
-            prometheus::core::Desc::new(
-                name.to_string(),
-                help.to_string(),
+            family_desc(
+                name,
+                help,
                 vec!["policy".into(), "lineage".into(), "key".into()],
-                Default::default(),
             )
-            .expect("valid metric description")
         };
         KeyCollector {
             descs: [desc(KEY_FAMILIES[0]), desc(KEY_FAMILIES[1])],
@@ -498,7 +496,7 @@ impl Collector for KeyCollector {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        use prometheus::proto::{Gauge, Metric, MetricType};
         let map = self.keys.0.read().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (i, (name, help)) in KEY_FAMILIES.iter().enumerate() {
@@ -533,12 +531,7 @@ impl Collector for KeyCollector {
                         ("policy", policy.as_str()),
                     ]
                     .into_iter()
-                    .map(|(n, v)| {
-                        let mut l = LabelPair::default();
-                        l.set_name(n.to_string());
-                        l.set_value(v.to_string());
-                        l
-                    })
+                    .map(|(n, v)| label_pair(n, v))
                     .collect();
                     let mut g = Gauge::default();
                     g.set_value(value);
@@ -547,18 +540,49 @@ impl Collector for KeyCollector {
                     metrics.push(m);
                 }
             }
-            if metrics.is_empty() {
-                continue;
-            }
-            let mut f = MetricFamily::default();
-            f.set_name(name.to_string());
-            f.set_help(help.to_string());
-            f.set_field_type(MetricType::GAUGE);
-            f.set_metric(metrics);
-            out.push(f);
+            out.extend(family(name, help, MetricType::GAUGE, metrics));
         }
         out
     }
+}
+
+/// The description of a family a custom collector renders, with its label
+/// names.
+fn family_desc(name: &str, help: &str, labels: Vec<String>) -> prometheus::core::Desc {
+    prometheus::core::Desc::new(
+        name.to_string(),
+        help.to_string(),
+        labels,
+        Default::default(),
+    )
+    .expect("valid metric description")
+}
+
+/// One label of a series a custom collector renders.
+fn label_pair(name: &str, value: &str) -> prometheus::proto::LabelPair {
+    let mut l = prometheus::proto::LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+/// A family of `metrics` as a custom collector renders it; `None` when it
+/// has no series (a prometheus vector with no series renders nothing).
+fn family(
+    name: &str,
+    help: &str,
+    kind: prometheus::proto::MetricType,
+    metrics: Vec<prometheus::proto::Metric>,
+) -> Option<prometheus::proto::MetricFamily> {
+    if metrics.is_empty() {
+        return None;
+    }
+    let mut f = prometheus::proto::MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    Some(f)
 }
 
 /// One policy's series: which exist (a bit each: a series exists once
@@ -698,13 +722,7 @@ impl PolicyCollector {
             .map(|f| {
                 let mut labels = vec!["policy".to_string()];
                 labels.extend(f.label.map(str::to_string));
-                prometheus::core::Desc::new(
-                    f.name.to_string(),
-                    f.help.to_string(),
-                    labels,
-                    Default::default(),
-                )
-                .expect("valid metric description")
+                family_desc(f.name, f.help, labels)
             })
             .collect();
         PolicyCollector { descs, rows }
@@ -750,27 +768,21 @@ impl Collector for PolicyCollector {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        use prometheus::proto::{Counter, Gauge, Metric, MetricType};
         let rows = self.rows.read();
-        let pair = |name: &str, value: &str| {
-            let mut l = LabelPair::default();
-            l.set_name(name.to_string());
-            l.set_value(value.to_string());
-            l
-        };
         let mut out = Vec::new();
-        for (i, family) in POLICY_FAMILIES.iter().enumerate() {
+        for (i, spec) in POLICY_FAMILIES.iter().enumerate() {
             let mut metrics = Vec::new();
             for (policy, row) in rows.iter() {
                 for (second, value) in policy_series(i, row) {
                     // Label pairs in name order, as the crate's own vectors
                     // render them ("condition" < "policy" < "result", "step").
-                    let mut labels = vec![pair("policy", policy)];
-                    if let (Some(name), Some(v)) = (family.label, second) {
-                        labels.push(pair(name, v));
+                    let mut labels = vec![label_pair("policy", policy)];
+                    if let (Some(name), Some(v)) = (spec.label, second) {
+                        labels.push(label_pair(name, v));
                     }
                     labels.sort_by(|a, b| a.name().cmp(b.name()));
-                    let mut m = if family.counter {
+                    let mut m = if spec.counter {
                         let mut c = Counter::default();
                         c.set_value(value);
                         let mut m = Metric::default();
@@ -785,19 +797,12 @@ impl Collector for PolicyCollector {
                     metrics.push(m);
                 }
             }
-            if metrics.is_empty() {
-                continue;
-            }
-            let mut f = MetricFamily::default();
-            f.set_name(family.name.to_string());
-            f.set_help(family.help.to_string());
-            f.set_field_type(if family.counter {
+            let kind = if spec.counter {
                 MetricType::COUNTER
             } else {
                 MetricType::GAUGE
-            });
-            f.set_metric(metrics);
-            out.push(f);
+            };
+            out.extend(family(spec.name, spec.help, kind, metrics));
         }
         out
     }
