@@ -2578,12 +2578,24 @@ async fn cleanup_stuck_of_a_policy_that_observes_clears_once_the_key_is_deleted_
         "observe reports the live key: {:?}",
         h.lineage_status("app-a")
     );
-    // Deleted by hand: the listings no longer have it.
+    // Deleted by hand: the listings no longer have it. The checks of the
+    // last 70 minutes changed nothing, so they wrote no key row and the
+    // key's `last_seen_at` is 70 minutes old; counted from it, the first
+    // listing that missed the key took it for gone for good at once (as
+    // it would a walk that skipped the key once). It is gone for good once
+    // listings have missed it for PUBLISHED_KEY_GONE_AFTER (15 min).
     h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != next);
-    for _ in 0..2 {
+    for missed_for in [0, 10] {
         h.clock.advance(Duration::minutes(10));
         h.check().await;
+        assert!(
+            stuck(&h),
+            "missed by listings for {missed_for} min only: {:?}",
+            h.lineage_status("app-a")
+        );
     }
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
     assert!(!stuck(&h), "{:?}", h.lineage_status("app-a"));
     assert_eq!(h.lineage_status("app-a").health, Health::Ok);
     assert_eq!(

@@ -329,12 +329,16 @@ impl Ledger {
 pub const PUBLISHED_KEY_GONE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Whether the store has had key `id` `gone` (missed by a complete
-/// listing) since at least [`PUBLISHED_KEY_GONE_AFTER`] before `now`.
+/// listing) since at least [`PUBLISHED_KEY_GONE_AFTER`] before `now`,
+/// counted from the listing that first missed it
+/// ([`crate::state::KnownKey::gone_since`]), never from when a listing
+/// last showed it: checks that change nothing do not write that, so it can
+/// be hours old when a walk first skips the key.
 fn gone_for_good(ledger: &Ledger, id: &str, now: DateTime<Utc>) -> bool {
     ledger.known.iter().any(|k| {
         k.key_id() == id
             && k.state() == "gone"
-            && k.last_seen_at().is_some_and(|t| {
+            && k.gone_since().is_some_and(|t| {
                 now - t
                     >= ChronoDuration::from_std(PUBLISHED_KEY_GONE_AFTER)
                         .unwrap_or(ChronoDuration::MAX)

@@ -43,7 +43,7 @@ struct Row {
     unknown_time: Span,
     created_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
-    last_seen_at: Option<DateTime<Utc>>,
+    gone_since: Option<DateTime<Utc>>,
 }
 
 /// A policy's key rows, compact ([module doc](self)). Built from plain rows
@@ -99,7 +99,7 @@ impl KnownKeys {
             unknown_time,
             created_at: k.created_at,
             expires_at: k.expires_at,
-            last_seen_at: k.last_seen_at,
+            gone_since: k.gone_since,
         });
     }
 
@@ -224,9 +224,9 @@ impl<'a> KnownRef<'a> {
         self.keys.get_opt(self.row.unknown_time)
     }
 
-    /// When a listing last showed it.
-    pub fn last_seen_at(&self) -> Option<DateTime<Utc>> {
-        self.row.last_seen_at
+    /// For a `gone` key, since when ([`KnownKey::gone_since`]).
+    pub fn gone_since(&self) -> Option<DateTime<Utc>> {
+        self.row.gone_since
     }
 
     /// The plain row.
@@ -241,7 +241,7 @@ impl<'a> KnownRef<'a> {
             created_at: self.created_at(),
             expires_at: self.expires_at(),
             unknown_time: self.unknown_time().map(str::to_string),
-            last_seen_at: self.last_seen_at(),
+            gone_since: self.gone_since(),
         }
     }
 }
@@ -257,7 +257,7 @@ impl PartialEq for KnownRef<'_> {
             && self.created_at() == o.created_at()
             && self.expires_at() == o.expires_at()
             && self.unknown_time() == o.unknown_time()
-            && self.last_seen_at() == o.last_seen_at()
+            && self.gone_since() == o.gone_since()
     }
 }
 
@@ -284,7 +284,7 @@ mod tests {
             created_at: None,
             expires_at: None,
             unknown_time: None,
-            last_seen_at: None,
+            gone_since: None,
         }
     }
 
@@ -304,7 +304,7 @@ mod tests {
             assert_eq!(k.created_at(), r.created_at);
             assert_eq!(k.expires_at(), r.expires_at);
             assert_eq!(k.unknown_time(), r.unknown_time.as_deref());
-            assert_eq!(k.last_seen_at(), r.last_seen_at);
+            assert_eq!(k.gone_since(), r.gone_since);
         }
         let collected: KnownKeys = rows.into_iter().collect();
         assert_eq!(collected, compact);
@@ -316,7 +316,7 @@ mod tests {
         let mut a = row("id-1", "app-1", "app-1", "adopted", "live");
         a.created_at = t(1_700_000_000, 123_456_789);
         a.expires_at = Some(DateTime::<Utc>::MAX_UTC);
-        a.last_seen_at = Some(DateTime::<Utc>::MIN_UTC);
+        a.gone_since = Some(DateTime::<Utc>::MIN_UTC);
         let mut b = row("id-2", "rekey-app-2", "app", "created", "retiring");
         b.rotation_id = Some("r-9".into());
         b.unknown_time = Some(r#"{"expiresAt":"soon"}"#.into());

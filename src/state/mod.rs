@@ -1153,7 +1153,7 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, 'live')
                      ON CONFLICT (policy, key_id) DO UPDATE SET
                         name = excluded.name, created_at = excluded.created_at, expires_at = excluded.expires_at,
-                        last_seen_at = excluded.last_seen_at,
+                        last_seen_at = excluded.last_seen_at, gone_at = NULL,
                         state = CASE WHEN keys.state = 'gone' THEN 'live' ELSE keys.state END",
                     p![
                         check.policy,
@@ -1181,7 +1181,7 @@ impl Store {
             }
             if check.complete_listing {
                 tx.execute(
-                    "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND state IN ('live', 'retiring') AND last_seen_at < ?2",
+                    "UPDATE keys SET state = 'gone', gone_at = ?2 WHERE policy = ?1 AND state IN ('live', 'retiring') AND last_seen_at < ?2",
                     p![check.policy, at],
                 )?;
             }
@@ -1234,7 +1234,8 @@ impl Store {
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         self.read(|tx| {
             tx.query_all(
-                "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time, last_seen_at FROM keys WHERE policy = ?1",
+                "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time,
+                    CASE WHEN state = 'gone' THEN COALESCE(gone_at, last_seen_at) END FROM keys WHERE policy = ?1",
                 p![policy],
             )?
             .iter()
@@ -1249,7 +1250,7 @@ impl Store {
                     created_at: opt_ts(r.get(6)?),
                     expires_at: opt_ts(r.get(7)?),
                     unknown_time: r.get(8)?,
-                    last_seen_at: opt_ts(r.get(9)?),
+                    gone_since: opt_ts(r.get(9)?),
                 })
             })
             .collect()
@@ -3113,8 +3114,10 @@ pub struct KnownKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// JSON of the times the last listing carried that did not parse.
     pub unknown_time: Option<String>,
-    /// When a listing last showed it.
-    pub last_seen_at: Option<DateTime<Utc>>,
+    /// For a `gone` key, since when: the listing (or delete confirmation)
+    /// that first missed it (`keys.gone_at`; its `last_seen_at` for rows
+    /// marked `gone` before schema v5). `None` for every other state.
+    pub gone_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@
 //!   `attempts.absent_since`, index `attempts_not_created`; table `sink_targets`.
 //! - 3 (liveness): `rotations.prepared_at`, `rotations.listing_wait_since`,
 //!   `rotations.old_disabled_at`, `keys.unknown_time`; table `conditions`.
+//! - 4 (issue 13, start-up): index `rotations_with_new_key`.
+//! - 5 (liveness): `keys.gone_at`.
 //!
 //! Timestamps are UTC RFC 3339 text with milliseconds (`2026-11-22T10:00:00.000Z`),
 //! which sorts as text. No column outside `rotations.sealed_secret` ever holds
@@ -36,6 +38,14 @@
 //! - `unknown_time` (v3): JSON `{field: raw value}` of times the provider
 //!   listed that rekey cannot parse; the key's lineage reports `unknown_time`
 //!   and is not rotated on a guess. NULL when every time parsed.
+//! - `gone_at` (v5): when the key became `gone` (the first complete
+//!   listing, or the delete confirmation, that missed it); meaningful only
+//!   while `state` is `gone` (NULL for rows marked `gone` before v5, whose
+//!   `last_seen_at` stands in). Not `last_seen_at`: a check that changes
+//!   nothing writes no key row, so `last_seen_at` can be hours older than
+//!   the listing that first missed the key, and "missing for 15 minutes"
+//!   ([`crate::rotation::policy::PUBLISHED_KEY_GONE_AFTER`]) must count
+//!   from that listing.
 //!
 //! ## rotations: one replacement of one lineage's current key
 //! - `id`: 8 hex chars, also in the new key's name via `{rotation}`.
@@ -352,6 +362,10 @@ CREATE TABLE conditions (
 CREATE INDEX rotations_with_new_key ON rotations (policy, started_at)
     WHERE new_key_name IS NOT NULL;
 "#,
+    // v5 (liveness): when a key became `gone`.
+    r#"
+ALTER TABLE keys ADD COLUMN gone_at TEXT;
+"#,
 ];
 
 // ------------------------------------------------------------- PostgreSQL
@@ -384,7 +398,8 @@ pub const PG_MIGRATION_LOCK: i64 = 0x72_65_6b_65_79;
 ///   cursors point at). Only the fenced leader appends events, one
 ///   transaction at a time, so sequence numbers commit in order.
 ///
-/// Version 2 adds the index `rotations_with_new_key`, SQLite's version 4.
+/// Version 2 adds the index `rotations_with_new_key`, SQLite's version 4;
+/// version 3 adds `keys.gone_at`, SQLite's version 5.
 ///
 /// And two tables only a shared state has:
 ///
@@ -602,5 +617,9 @@ CREATE INDEX rotate_requests_open ON rotate_requests (id) WHERE taken_at IS NULL
     r#"
 CREATE INDEX rotations_with_new_key ON rotations (policy, started_at)
     WHERE new_key_name IS NOT NULL;
+"#,
+    // v3: SQLite's v5 column (when a key became `gone`).
+    r#"
+ALTER TABLE keys ADD COLUMN gone_at TEXT COLLATE "C";
 "#,
 ];

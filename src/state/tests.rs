@@ -1254,6 +1254,65 @@ fn a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_k
     );
 }
 
+/// A key listed by checks that changed nothing (which write no key row,
+/// so its `last_seen_at` stays at the last check that wrote it) and then
+/// missed by one complete listing is `gone` since *that* listing: the
+/// planner's "missing for 15 minutes" counts from it. (Before, `gone`
+/// keys carried only `last_seen_at`, an hour old here, so one walk that
+/// skipped the key after a quiet hour took it for gone for good.)
+fn a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_missed_it(
+    store: &Store,
+) {
+    let check = |minutes: i64, ids: &[&str]| CheckRecord {
+        policy: "maas".into(),
+        provider: "ob".into(),
+        at: at(minutes),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some("{}".into()),
+        keys: ids
+            .iter()
+            .map(|id| SeenKey {
+                key_id: id.to_string(),
+                name: format!("app-{id}"),
+                lineage: format!("app-{id}"),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            })
+            .collect(),
+        complete_listing: true,
+    };
+    let gone_since = |store: &Store, id: &str| {
+        let k = store.known_keys("maas").unwrap();
+        let k = k.iter().find(|k| k.key_id == id).unwrap();
+        (k.state.clone(), k.gone_since)
+    };
+    store.record_check(&check(0, &["k1", "k2"])).unwrap();
+    assert_eq!(gone_since(store, "k1"), ("live".into(), None));
+    // An hour of checks that list both keys and change nothing.
+    for m in (10..=60).step_by(10) {
+        store
+            .record_check_times(&[check(m, &["k1", "k2"])])
+            .unwrap();
+    }
+    // One complete listing misses k1.
+    store.record_check(&check(61, &["k2"])).unwrap();
+    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(61))));
+    assert_eq!(gone_since(store, "k2"), ("live".into(), None));
+    // Still missed later: gone since the first listing that missed it.
+    store.record_check(&check(75, &["k2", "k3"])).unwrap();
+    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(61))));
+    // Listed again, then missed again: counted from the new miss.
+    store.record_check(&check(80, &["k1", "k2", "k3"])).unwrap();
+    assert_eq!(gone_since(store, "k1"), ("live".into(), None));
+    store.record_check(&check(90, &["k2", "k3"])).unwrap();
+    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(90))));
+}
+
 // Each transition test above runs against both backends:
 // `state::tests::sqlite::NAME` (in memory) and `state::tests::postgres::NAME`
 // (a fresh database on the local server; see `pg_test`).
@@ -1274,6 +1333,7 @@ backends!(
     an_abandoned_attempt_is_cleaned_only_after_several_later_listings_across_the_window,
     a_nul_character_from_a_provider_is_stored_not_refused,
     a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_key_id_only,
+    a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_missed_it,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if

@@ -156,7 +156,7 @@ fn known(k: &ProviderKey, lineage: &str, origin: &str, state: &str) -> KnownKey 
         created_at: k.created_at,
         expires_at: k.expires_at,
         unknown_time: None,
-        last_seen_at: None,
+        gone_since: None,
     }
 }
 
