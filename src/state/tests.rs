@@ -1313,6 +1313,200 @@ fn a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_mis
     assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(90))));
 }
 
+/// A complete listing of policy `maas` at `minutes` that saw `ids`
+/// (lineage `app-ID`, adopted).
+fn listing_of(minutes: i64, ids: &[&str]) -> CheckRecord {
+    CheckRecord {
+        policy: "maas".into(),
+        provider: "ob".into(),
+        at: at(minutes),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some("{}".into()),
+        keys: ids
+            .iter()
+            .map(|id| SeenKey {
+                key_id: id.to_string(),
+                name: format!("app-{id}"),
+                lineage: format!("app-{id}"),
+                created_at: None,
+                expires_at: None,
+                origin: "adopted",
+                rotation_id: None,
+                unknown_time: None,
+            })
+            .collect(),
+        complete_listing: true,
+    }
+}
+
+/// `(state, gone_since)` of key `id` of policy `maas`.
+fn gone_since_of(store: &Store, id: &str) -> (String, Option<DateTime<Utc>>) {
+    let k = store.known_keys("maas").unwrap();
+    let k = k.iter().find(|k| k.key_id == id).unwrap();
+    (k.state.clone(), k.gone_since)
+}
+
+/// The other way into `gone`: a retiring rotation whose next key the
+/// listings before its delete missed ends `next_key_missing`, and that
+/// key is gone since the first of those misses (`listing_wait_since`;
+/// with none recorded, since the failure: see the next test) — not since
+/// it was created (its
+/// `last_seen_at`: the create, when quiet checks listed it since).
+fn a_next_key_missing_is_gone_since_the_listings_first_missed_it(store: &Store) {
+    let id = created_rotation(store, &Sealer::random(), &["file"]);
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+    store.set_listing_wait(&id, Some(at(70))).unwrap();
+    store
+        .fail_next_key_missing(&id, "the new key is no longer listed", at(90))
+        .unwrap();
+    assert_eq!(gone_since_of(store, "new-1"), ("gone".into(), Some(at(70))));
+}
+
+/// A key gone in an earlier episode, made live again by `rekey recover`
+/// (not by a listing) and then missed again: gone since the new miss, not
+/// since the earlier one.
+fn a_recovered_key_missed_again_is_gone_since_the_new_miss_not_the_earlier_one(store: &Store) {
+    store.record_check(&listing_of(0, &["k9", "k1"])).unwrap();
+    store.record_check(&listing_of(10, &["k1"])).unwrap();
+    assert_eq!(gone_since_of(store, "k9"), ("gone".into(), Some(at(10))));
+    let key = |id: &str| RecoveredKey {
+        id: id.into(),
+        name: format!("app-{id}"),
+        created_at: None,
+        expires_at: None,
+    };
+    let rotation = store
+        .record_recovered(
+            "maas",
+            "app-k9",
+            "ob",
+            &key("k9"),
+            Some(&key("k1")),
+            &[("file".into(), "sha256:x".into())],
+            Duration::from_secs(3600),
+            at(20),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone_since_of(store, "k9"), ("live".into(), None));
+    store
+        .fail_next_key_missing(&rotation, "the new key is no longer listed", at(50))
+        .unwrap();
+    assert_eq!(gone_since_of(store, "k9"), ("gone".into(), Some(at(50))));
+}
+
+/// Drops a test database when it goes away.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        crate::state::pg_test::drop_database(&self.0);
+    }
+}
+
+/// A SQLite DB at schema v4 (before `keys.gone_at`) holding a key a
+/// listing marked `gone` opens and migrates: that key counts from its
+/// `last_seen_at` (all v4 kept), a relisted then missed key from the new
+/// miss; a read-only open of v4 is refused, and so is a newer schema.
+#[test]
+fn a_v4_db_holding_gone_keys_upgrades_and_they_are_gone_since_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        for m in &schema::MIGRATIONS[..4] {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "user_version", 4).unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO keys (policy, key_id, name, lineage, provider, first_seen_at, last_seen_at, origin, state)
+             VALUES ('maas', 'k1', 'app-k1', 'app-k1', 'ob', '{t}', '{t}', 'adopted', 'gone'),
+                    ('maas', 'k2', 'app-k2', 'app-k2', 'ob', '{t}', '{t}', 'adopted', 'live');",
+            t = ts(at(0))
+        ))
+        .unwrap();
+    }
+    assert!(matches!(
+        Store::open_read_only(&path),
+        Err(StoreError::Open { .. })
+    ));
+    let store = Store::open(&path).unwrap();
+    assert!(column_names(&store, "keys").contains(&"gone_at".to_string()));
+    assert_eq!(gone_since_of(&store, "k1"), ("gone".into(), Some(at(0))));
+    assert_eq!(gone_since_of(&store, "k2"), ("live".into(), None));
+    store.record_check(&listing_of(30, &["k1", "k2"])).unwrap();
+    store.record_check(&listing_of(40, &["k2"])).unwrap();
+    assert_eq!(gone_since_of(&store, "k1"), ("gone".into(), Some(at(40))));
+    drop(store);
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", schema::VERSION + 1)
+        .unwrap();
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::NewerSchema { .. })
+    ));
+}
+
+/// The same for a PostgreSQL state at version 2 (before `keys.gone_at`):
+/// the first node to start migrates it, gone keys count from their
+/// `last_seen_at`, a later miss is stamped.
+#[test]
+fn a_postgres_v2_state_holding_gone_keys_upgrades_and_they_are_gone_since_last_seen() {
+    let Some(name) = crate::state::pg_test::fresh_database() else {
+        return;
+    };
+    let _drop = DropDatabase(name.clone());
+    crate::state::pg_test::admin_on(
+        &name,
+        &format!(
+            "{}{}UPDATE schema_version SET version = 2;
+             INSERT INTO keys (policy, key_id, name, lineage, provider, first_seen_at, last_seen_at, origin, state)
+             VALUES ('maas', 'k1', 'app-k1', 'app-k1', 'ob', '{t}', '{t}', 'adopted', 'gone'),
+                    ('maas', 'k2', 'app-k2', 'app-k2', 'ob', '{t}', '{t}', 'adopted', 'live');",
+            schema::PG_MIGRATIONS[0],
+            schema::PG_MIGRATIONS[1],
+            t = ts(at(0))
+        ),
+    )
+    .unwrap();
+    let opts = crate::state::pg_test::options_for(&name, "node-a");
+    assert!(matches!(
+        Store::open_postgres_read_only(&opts),
+        Err(StoreError::Open { .. })
+    ));
+    let store = Store::open_postgres(&opts).unwrap();
+    assert!(column_names(&store, "keys").contains(&"gone_at".to_string()));
+    assert_eq!(gone_since_of(&store, "k1"), ("gone".into(), Some(at(0))));
+    assert_eq!(gone_since_of(&store, "k2"), ("live".into(), None));
+    store.record_check(&listing_of(30, &["k1", "k2"])).unwrap();
+    store.record_check(&listing_of(40, &["k2"])).unwrap();
+    assert_eq!(gone_since_of(&store, "k1"), ("gone".into(), Some(at(40))));
+}
+
+/// `rekey migrate-state` copies `keys.gone_at`: a key gone since a
+/// listing after an hour of quiet checks is gone since that listing in
+/// the PostgreSQL copy too, not since it was last seen.
+#[test]
+fn migrate_state_copies_when_a_key_became_gone() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = Store::open(&dir.path().join("state.db")).unwrap();
+    src.record_check(&listing_of(0, &["k1", "k2"])).unwrap();
+    src.record_check_times(&[listing_of(60, &["k1", "k2"])])
+        .unwrap();
+    src.record_check(&listing_of(61, &["k2"])).unwrap();
+    assert_eq!(gone_since_of(&src, "k1"), ("gone".into(), Some(at(61))));
+    src.copy_into(&pg).unwrap();
+    assert_eq!(gone_since_of(&pg, "k1"), ("gone".into(), Some(at(61))));
+    assert_eq!(gone_since_of(&pg, "k2"), ("live".into(), None));
+}
+
 // Each transition test above runs against both backends:
 // `state::tests::sqlite::NAME` (in memory) and `state::tests::postgres::NAME`
 // (a fresh database on the local server; see `pg_test`).
@@ -1334,6 +1528,8 @@ backends!(
     a_nul_character_from_a_provider_is_stored_not_refused,
     a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_key_id_only,
     a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_missed_it,
+    a_next_key_missing_is_gone_since_the_listings_first_missed_it,
+    a_recovered_key_missed_again_is_gone_since_the_new_miss_not_the_earlier_one,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
