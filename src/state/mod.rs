@@ -1889,7 +1889,9 @@ impl Store {
     /// or the DB was restored from a backup taken during grace): end the
     /// rotation as `failed` with class `next_key_missing` — the one way out
     /// of `retiring` into `failed` (DESIGN §3). The old key stays and is
-    /// live again; `key.missing` and `rotation.failed` go out.
+    /// live again; the next key is `gone` since the first listing that
+    /// missed it (`rotations.listing_wait_since`, else `at`: its
+    /// `keys.gone_at`); `key.missing` and `rotation.failed` go out.
     pub fn fail_next_key_missing(
         &self,
         id: &str,
@@ -1915,10 +1917,14 @@ impl Store {
                     p![row.policy, old],
                 )?;
             }
+            // Gone since the first of the listings that missed it before
+            // its delete (`listing_wait_since`), else since now: never
+            // since its `last_seen_at` (the create, when the checks since
+            // changed nothing) nor a `gone_at` of an earlier episode.
             if let Some(new) = &row.new_key_id {
                 tx.execute(
-                    "UPDATE keys SET state = 'gone' WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
-                    p![row.policy, new],
+                    "UPDATE keys SET state = 'gone', gone_at = ?3 WHERE policy = ?1 AND key_id = ?2 AND state = 'live'",
+                    p![row.policy, new, ts(row.listing_wait_since.unwrap_or(at))],
                 )?;
             }
             let data = serde_json::json!({
@@ -2507,7 +2513,8 @@ impl Store {
             let up = "INSERT INTO keys (policy, key_id, name, lineage, provider, created_at, expires_at, first_seen_at, last_seen_at, origin, rotation_id, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)
                  ON CONFLICT (policy, key_id) DO UPDATE SET lineage = excluded.lineage, origin = excluded.origin,
-                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at";
+                    rotation_id = excluded.rotation_id, state = excluded.state, last_seen_at = excluded.last_seen_at,
+                    gone_at = NULL";
             tx.execute(up, p![policy, new.id, new.name, lineage, provider, new.created_at.map(ts), new.expires_at.map(ts), ts(at), "created", id, "live"])?;
             if let Some(o) = old {
                 tx.execute(up, p![policy, o.id, o.name, lineage, provider, o.created_at.map(ts), o.expires_at.map(ts), ts(at), "adopted", Option::<String>::None, "retiring"])?;

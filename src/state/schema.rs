@@ -38,10 +38,12 @@
 //! - `unknown_time` (v3): JSON `{field: raw value}` of times the provider
 //!   listed that rekey cannot parse; the key's lineage reports `unknown_time`
 //!   and is not rotated on a guess. NULL when every time parsed.
-//! - `gone_at` (v5): when the key became `gone` (the first complete
-//!   listing, or the delete confirmation, that missed it); meaningful only
-//!   while `state` is `gone` (NULL for rows marked `gone` before v5, whose
-//!   `last_seen_at` stands in). Not `last_seen_at`: a check that changes
+//! - `gone_at` (v5): when the key became `gone`: the first complete
+//!   listing that missed it, or, for the next key of a rotation ended
+//!   `next_key_missing`, its `rotations.listing_wait_since` (else the
+//!   failure); cleared when a listing or `rekey recover` revives the key.
+//!   Meaningful only while `state` is `gone` (NULL for rows marked `gone`
+//!   before v5, whose `last_seen_at` stands in). Not `last_seen_at`: a check that changes
 //!   nothing writes no key row, so `last_seen_at` can be hours older than
 //!   the listing that first missed the key, and "missing for 15 minutes"
 //!   ([`crate::rotation::policy::PUBLISHED_KEY_GONE_AFTER`]) must count
