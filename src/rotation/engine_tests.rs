@@ -2373,6 +2373,82 @@ async fn a_lineage_whose_published_key_vanished_after_abandon_in_grace_rotates_a
     assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
 }
 
+/// What `keys.gone_at` fixes, end to end: after an hour of checks that
+/// changed nothing (they write no key row, so the published key's
+/// `last_seen_at` is an hour old), walks that skip the published key —
+/// two in a row out of every three, for an hour — start no rotation from the old key
+/// kept in grace (it expires in 2 days); listings that miss it for
+/// [`policy::PUBLISHED_KEY_GONE_AFTER`] in a row do.
+#[tokio::test]
+async fn walks_that_skip_the_published_key_after_an_hour_of_quiet_checks_start_no_rotation() {
+    let h = harness("", None);
+    let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    h.drive(h.clock.now()).await;
+    let r = h.latest();
+    let new = r.new_key_id.clone().unwrap();
+    h.engine.abandon(&h.rt, &r.id).await.unwrap();
+    for _ in 0..6 {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+    }
+    let seen = key_rows(&h)
+        .into_iter()
+        .find(|k| k.0 == new)
+        .map(|k| k.2)
+        .unwrap();
+    assert!(
+        seen <= crate::state::ts(h.clock.now() - Duration::minutes(50)),
+        "the quiet checks wrote the key row: last seen {seen}"
+    );
+    // Two walks in a row skip it (10 minutes apart), the third lists it,
+    // and again: missed for 40 of 60 minutes, never for 15 in a row.
+    let mut skipped = None;
+    for (walk, skip) in [true, true, false, true, true, false]
+        .into_iter()
+        .enumerate()
+    {
+        {
+            let mut st = h.fake.st.lock().unwrap();
+            if skip && skipped.is_none() {
+                let i = st.keys.iter().position(|k| k.0.id == new).unwrap();
+                skipped = Some(st.keys.remove(i));
+            }
+            if !skip && let Some(k) = skipped.take() {
+                st.keys.push(k);
+            }
+        }
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+        assert_eq!(
+            h.latest().id,
+            r.id,
+            "walk {walk} (skipped: {skip}) started a rotation"
+        );
+    }
+    // Every listing misses it now.
+    let i = h
+        .fake
+        .st
+        .lock()
+        .unwrap()
+        .keys
+        .iter()
+        .position(|k| k.0.id == new)
+        .unwrap();
+    h.fake.st.lock().unwrap().keys.remove(i);
+    for missed_for in [0, 10] {
+        h.clock.advance(Duration::minutes(10));
+        h.check().await;
+        assert_eq!(h.latest().id, r.id, "missed for {missed_for} min only");
+    }
+    h.clock.advance(Duration::minutes(10));
+    h.check().await;
+    let next = h.latest();
+    assert_ne!(next.id, r.id, "missed for 20 min: no rotation");
+    assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
+}
+
 #[tokio::test]
 async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_backoff() {
     // Deadlines are stored as wall-clock times. A daemon that ran a day
