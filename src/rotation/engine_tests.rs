@@ -2489,6 +2489,49 @@ async fn a_restart_after_the_wall_clock_stepped_back_does_not_stall_grace_or_bac
     assert_eq!(before.retire_at, after.retire_at);
 }
 
+/// A restart after the wall clock ran a day ahead must not hold a lineage
+/// whose published key is gone for that day: `keys.gone_at` (the key was
+/// missed before the restart) and `keys.last_seen_at` (it was listed
+/// before, deleted after) stored a day ahead made "missed for 15 minutes"
+/// a day and 15 minutes, and kept complete listings from marking the key
+/// gone at all (only keys last seen before a listing become `gone`).
+#[tokio::test]
+async fn a_restart_after_the_wall_clock_stepped_back_does_not_hold_a_vanished_published_key() {
+    for deleted_before_restart in [true, false] {
+        let h = harness("", None);
+        let old = h.fake.add("app-a", Duration::days(25), Duration::days(2));
+        h.check().await;
+        h.drive(h.clock.now()).await;
+        let r = h.latest();
+        let new = r.new_key_id.clone().unwrap();
+        h.engine.abandon(&h.rt, &r.id).await.unwrap();
+        // The wall clock runs a day ahead for a while; a check that
+        // changes something (a new key) writes every listed key's row.
+        h.clock.advance(Duration::days(1));
+        h.fake.add("app-b", Duration::days(1), Duration::days(29));
+        h.check().await;
+        if deleted_before_restart {
+            h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != new);
+            h.clock.advance(Duration::minutes(10));
+            h.check().await;
+        }
+        // Restart with the corrected clock.
+        h.clock.advance(Duration::days(-1));
+        h.engine.clamp_stored_deadlines().unwrap();
+        h.fake.st.lock().unwrap().keys.retain(|k| k.0.id != new);
+        for _ in 0..4 {
+            h.clock.advance(Duration::minutes(10));
+            h.check().await;
+        }
+        let next = h.latest();
+        assert_ne!(
+            next.id, r.id,
+            "deleted before the restart: {deleted_before_restart}; 40 min of listings missed the published key and nothing rotated"
+        );
+        assert_eq!(next.old_key_id.as_deref(), Some(old.as_str()));
+    }
+}
+
 /// A harness whose sink directory is missing, with the scheduled rotation
 /// of `app-a` (expiring in 2 days) failed after creating its next key. The
 /// directory must outlive the harness.
