@@ -2174,9 +2174,22 @@ impl Engine {
     /// them too far away and stall. Bring each active rotation's no later
     /// than it could legitimately be from now: its grace end at most its
     /// grace period away, a retry (its own or a sink's) at most the larger
-    /// of the backoff cap and the grace period. Returns how many moved.
+    /// of the backoff cap and the grace period. Key rows' `last_seen_at`
+    /// and `gone_at` later than now come back to now
+    /// ([`crate::state::Store::clamp_key_times`]): a published key missed
+    /// before the restart would otherwise not be gone for good until the
+    /// clock caught up, and one listed then deleted after it not even
+    /// `gone`, holding its lineage for as long as the clock was ahead.
+    /// Returns how many rotations moved.
     pub fn clamp_stored_deadlines(&self) -> Result<usize, EngineError> {
         let now = self.now();
+        let keys = self.store.clamp_key_times(now)?;
+        if keys > 0 {
+            tracing::warn!(
+                keys,
+                "key times were later than now (the wall clock was ahead when they were written); brought back to now"
+            );
+        }
         let mut moved = 0;
         for r in self.store.active_rotations()? {
             let grace = ChronoDuration::from_std(r.grace).unwrap_or(ChronoDuration::MAX);

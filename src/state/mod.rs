@@ -1230,6 +1230,47 @@ impl Store {
         }
     }
 
+    /// At start (after the wall clock ran ahead, since corrected): bring
+    /// every key row's `last_seen_at` and `gone_at` later than `now` back
+    /// to `now`. A `gone_at` in the future would keep the key from being
+    /// gone for good ([`crate::rotation::policy::PUBLISHED_KEY_GONE_AFTER`])
+    /// until the clock caught up with it, and a `last_seen_at` in the
+    /// future would keep complete listings from marking the key `gone` at
+    /// all. On PostgreSQL, `now` is no earlier than the database's clock:
+    /// a node whose own clock runs slow must not date other nodes' stamps
+    /// back (which would make a key gone for good early). Moves the ledger
+    /// generation of each policy written. Returns how many rows changed.
+    pub fn clamp_key_times(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now = if self.is_postgres() {
+            now.max(self.db_now()?)
+        } else {
+            now
+        };
+        let limit = ts(now);
+        let policies: Vec<String> = self.read(|tx| {
+            tx.query_all(
+                "SELECT DISTINCT policy FROM keys WHERE last_seen_at > ?1 OR gone_at > ?1",
+                p![limit],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        })?;
+        let mut moved = 0;
+        for policy in &policies {
+            moved += self.tx_for(Owner::Policy(policy), |tx| {
+                Ok(tx.execute(
+                    "UPDATE keys SET last_seen_at = ?2 WHERE policy = ?1 AND last_seen_at > ?2",
+                    p![policy, limit],
+                )? + tx.execute(
+                    "UPDATE keys SET gone_at = ?2 WHERE policy = ?1 AND gone_at > ?2",
+                    p![policy, limit],
+                )?)
+            })?;
+        }
+        Ok(moved)
+    }
+
     /// Keys a policy knows (any state), for lineage membership.
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         self.read(|tx| {

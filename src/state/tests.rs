@@ -1400,6 +1400,47 @@ fn a_recovered_key_missed_again_is_gone_since_the_new_miss_not_the_earlier_one(s
     assert_eq!(gone_since_of(store, "k9"), ("gone".into(), Some(at(50))));
 }
 
+/// `clamp_key_times` (start-up after the wall clock ran ahead) brings
+/// `gone_at` and `last_seen_at` later than now back to now, moving the
+/// policy's ledger generation; a key later missed is gone since that
+/// listing. On PostgreSQL "now" is never before the database's clock: a
+/// node whose clock runs a day slow does not date the stamps back a day.
+fn clamping_key_times_brings_stamps_in_the_future_back_to_now(store: &Store) {
+    let ahead = Utc::now() + chrono::Duration::days(1);
+    let mut check = listing_of(0, &["k1", "k2"]);
+    check.at = ahead;
+    store.record_check(&check).unwrap();
+    let mut check = listing_of(0, &["k2"]);
+    check.at = ahead + chrono::Duration::minutes(10);
+    store.record_check(&check).unwrap();
+    let generation = store.ledger_generation("maas");
+    let slow = Utc::now() - chrono::Duration::days(1);
+    let before = Utc::now();
+    // k1: last_seen_at and gone_at; k2: last_seen_at.
+    assert_eq!(store.clamp_key_times(slow).unwrap(), 3);
+    let after = Utc::now();
+    assert_ne!(store.ledger_generation("maas"), generation);
+    let (state, since) = gone_since_of(store, "k1");
+    assert_eq!(state, "gone");
+    let since = since.unwrap();
+    if store.is_postgres() {
+        assert!(
+            since >= before - chrono::Duration::seconds(5)
+                && since <= after + chrono::Duration::seconds(5),
+            "{since}: not the database's now"
+        );
+    } else {
+        assert_eq!(since.timestamp_millis(), slow.timestamp_millis());
+    }
+    // Nothing later than now is left: clamping again changes nothing.
+    assert_eq!(store.clamp_key_times(since).unwrap(), 0);
+    // k2 (last seen a day ahead) is gone once a later listing misses it.
+    let mut check = listing_of(0, &[]);
+    check.at = since + chrono::Duration::minutes(1);
+    store.record_check(&check).unwrap();
+    assert_eq!(gone_since_of(store, "k2"), ("gone".into(), Some(check.at)));
+}
+
 /// Drops a test database when it goes away.
 struct DropDatabase(String);
 
@@ -1530,6 +1571,7 @@ backends!(
     a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_missed_it,
     a_next_key_missing_is_gone_since_the_listings_first_missed_it,
     a_recovered_key_missed_again_is_gone_since_the_new_miss_not_the_earlier_one,
+    clamping_key_times_brings_stamps_in_the_future_back_to_now,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
