@@ -1367,6 +1367,38 @@ fn a_next_key_missing_is_gone_since_the_listings_first_missed_it(store: &Store) 
     assert_eq!(gone_since_of(store, "new-1"), ("gone".into(), Some(at(70))));
 }
 
+/// Gone since no earlier than a listing last showed it: a next key a
+/// recorded check listed after the delete's listings first missed it
+/// (`listing_wait_since`) is gone since that check, not since the first
+/// miss. The same read bounds a `gone_at` a writer that predates it left
+/// behind (a v2-schema leader still running beside a migrated database
+/// neither clears nor stamps it).
+fn a_next_key_listed_after_its_first_miss_is_gone_since_that_listing(store: &Store) {
+    let id = created_rotation(store, &Sealer::random(), &["file"]);
+    store
+        .record_sink_ack(&id, "file", None, "sha256:test", at(2))
+        .unwrap();
+    store.record_published(&id, at(2), Some(at(62))).unwrap();
+    store.set_listing_wait(&id, Some(at(70))).unwrap();
+    let mut check = listing_of(80, &[]);
+    check.keys = vec![SeenKey {
+        key_id: "new-1".into(),
+        name: format!("app-main-20261122-r{id}-1"),
+        lineage: "app-main".into(),
+        created_at: Some(at(1)),
+        expires_at: Some(at(60 * 24 * 30)),
+        origin: "created",
+        rotation_id: Some(id.clone()),
+        unknown_time: None,
+    }];
+    check.complete_listing = false;
+    store.record_check(&check).unwrap();
+    store
+        .fail_next_key_missing(&id, "the new key is no longer listed", at(90))
+        .unwrap();
+    assert_eq!(gone_since_of(store, "new-1"), ("gone".into(), Some(at(80))));
+}
+
 /// A key gone in an earlier episode, made live again by `rekey recover`
 /// (not by a listing) and then missed again: gone since the new miss, not
 /// since the earlier one.
@@ -1572,6 +1604,7 @@ backends!(
     a_next_key_missing_is_gone_since_the_listings_first_missed_it,
     a_recovered_key_missed_again_is_gone_since_the_new_miss_not_the_earlier_one,
     clamping_key_times_brings_stamps_in_the_future_back_to_now,
+    a_next_key_listed_after_its_first_miss_is_gone_since_that_listing,
 );
 
 /// `sudo rekey abandon -c FILE` (offline) opens the daemon's DB as root; if
