@@ -1271,12 +1271,18 @@ impl Store {
         Ok(moved)
     }
 
-    /// Keys a policy knows (any state), for lineage membership.
+    /// Keys a policy knows (any state), for lineage membership. A `gone`
+    /// key is gone since the later of `gone_at` and `last_seen_at`: never
+    /// since before a listing last showed it (a `gone_at` older than that
+    /// is stale: left by a writer that predates the column, or stamped
+    /// from the first delete listing that missed a key a later check
+    /// listed); `last_seen_at` alone for rows marked before schema v5.
     pub fn known_keys(&self, policy: &str) -> Result<Vec<KnownKey>, StoreError> {
         self.read(|tx| {
             tx.query_all(
                 "SELECT key_id, name, lineage, origin, rotation_id, state, created_at, expires_at, unknown_time,
-                    CASE WHEN state = 'gone' THEN COALESCE(gone_at, last_seen_at) END FROM keys WHERE policy = ?1",
+                    CASE WHEN state = 'gone' THEN CASE WHEN gone_at > last_seen_at THEN gone_at ELSE last_seen_at END END
+                 FROM keys WHERE policy = ?1",
                 p![policy],
             )?
             .iter()
@@ -3163,8 +3169,9 @@ pub struct KnownKey {
     /// JSON of the times the last listing carried that did not parse.
     pub unknown_time: Option<String>,
     /// For a `gone` key, since when: the listing (or delete confirmation)
-    /// that first missed it (`keys.gone_at`; its `last_seen_at` for rows
-    /// marked `gone` before schema v5). `None` for every other state.
+    /// that first missed it (`keys.gone_at`), never before a listing last
+    /// showed it (`last_seen_at`, which stands in for rows marked `gone`
+    /// before schema v5). `None` for every other state.
     pub gone_since: Option<DateTime<Utc>>,
 }
 

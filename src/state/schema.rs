@@ -42,8 +42,10 @@
 //!   listing that missed it, or, for the next key of a rotation ended
 //!   `next_key_missing`, its `rotations.listing_wait_since` (else the
 //!   failure); cleared when a listing or `rekey recover` revives the key.
-//!   Meaningful only while `state` is `gone` (NULL for rows marked `gone`
-//!   before v5, whose `last_seen_at` stands in). Not `last_seen_at`: a check that changes
+//!   Meaningful only while `state` is `gone`, and read as the later of it
+//!   and `last_seen_at` (a key is never gone since before a listing last
+//!   showed it; NULL for rows marked `gone` before v5, whose
+//!   `last_seen_at` stands in). Not `last_seen_at`: a check that changes
 //!   nothing writes no key row, so `last_seen_at` can be hours older than
 //!   the listing that first missed the key, and "missing for 15 minutes"
 //!   ([`crate::rotation::policy::PUBLISHED_KEY_GONE_AFTER`]) must count
