@@ -38,6 +38,15 @@
 //! holds are those the walk's filter kept, in walk order, possibly with a key
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
+//!
+//! Storage (issue 13, scale memory): a walk's keys are one [`KeyTable`]
+//! (every id and name in one string arena, a 40-byte row per key, the rare
+//! meta maps on the side), filled page by page by the provider
+//! ([`Provider::list_into`]) so no `Vec<ProviderKey>` of the whole walk
+//! exists; consumers read [`ListedKey`] views and copy a key
+//! ([`ListedKey::to_owned`]) only where they keep it. A policy's listing
+//! ([`Listing::filtered`], [`Listing::subset`]) is a view: the walk's table
+//! behind an `Arc` and the positions of its rows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
