@@ -3452,3 +3452,92 @@ mod status_built_tests {
         assert_eq!(b.take_due(), (Vec::new(), None));
     }
 }
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    /// The digest as it was computed over `ProviderKey`s before listings
+    /// held compact rows (kept here to pin that it did not change).
+    fn digest_of_keys(keys: &[ProviderKey], complete: bool) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        let time = |t: Option<DateTime<Utc>>| match t {
+            Some(t) => {
+                let mut b = [0u8; 13];
+                b[0] = 1;
+                b[1..9].copy_from_slice(&t.timestamp().to_le_bytes());
+                b[9..].copy_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+                b
+            }
+            None => [0u8; 13],
+        };
+        field(&[u8::from(complete)]);
+        for k in keys {
+            field(k.id.as_bytes());
+            field(k.name.as_bytes());
+            field(&time(k.created_at));
+            field(&time(k.expires_at));
+            field(&(k.meta.len() as u64).to_le_bytes());
+            for (name, value) in &k.meta {
+                field(name.as_bytes());
+                field(value.to_string().as_bytes());
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(h.finalize().as_slice());
+        out
+    }
+
+    fn keys() -> Vec<ProviderKey> {
+        (0..12)
+            .map(|i: i64| ProviderKey {
+                id: format!("k{i}"),
+                name: format!("app-{}", i % 4),
+                created_at: (i % 3 != 0)
+                    .then(|| DateTime::from_timestamp(1_764_000_000 + i, 7).unwrap()),
+                expires_at: (i % 2 == 0).then(|| DateTime::from_timestamp(-i, 0).unwrap()),
+                meta: if i % 5 == 0 {
+                    [("status".to_string(), serde_json::json!("enabled"))].into()
+                } else {
+                    Default::default()
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_walk_a_view_of_it_and_its_positions_digest_as_the_keys_did() {
+        let keys = keys();
+        let at = DateTime::from_timestamp(1_764_000_100, 0).unwrap();
+        let walk = Listing::from_walk(keys.clone(), at, std::time::Instant::now(), true);
+        assert_eq!(listing_digest(&walk), digest_of_keys(&keys, true));
+        let positions = [1u32, 4, 5, 10];
+        let view = walk.subset(&positions);
+        let picked: Vec<ProviderKey> = positions
+            .iter()
+            .map(|&n| keys[n as usize].clone())
+            .collect();
+        let want = digest_of_keys(&picked, true);
+        // check_policy_in_walk (positions), check_policy_deferred (a view).
+        let by_positions = keys_digest(
+            positions.iter().filter_map(|&n| walk.get(n as usize)),
+            walk.complete,
+        );
+        assert_eq!(by_positions, want);
+        assert_eq!(listing_digest(&view), want);
+        // Any field changes it.
+        let mut other = picked.clone();
+        other[2].meta.clear();
+        assert_ne!(digest_of_keys(&other, true), want);
+        assert_ne!(digest_of_keys(&picked, false), want);
+        let mut other = picked;
+        other[0].created_at = None;
+        let l = Listing::from_walk(other, at, std::time::Instant::now(), true);
+        assert_ne!(listing_digest(&l), want);
+    }
+}
