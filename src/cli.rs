@@ -583,7 +583,7 @@ fn plan(path: &Path, filter: &Filter) -> Result<ExitCode> {
             Some(s) => policy::Ledger::load(s, &p.name, policy::rivals(&cfg, p))?,
             None => policy::Ledger::default(),
         };
-        let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
+        let views = policy::assign_lineages(p, listing.to_keys(), &ledger);
         let targets: Vec<_> = p
             .sinks
             .iter()

@@ -156,6 +156,54 @@ async fn a_key_created_mid_walk_does_not_list_a_key_twice() {
     assert_eq!(emu.stats().list.ok, 2);
 }
 
+/// The daemon's walk (`Listing::walk`, rows filled page by page through
+/// `list_into`) holds what `list` returns: every field, walk order, a key
+/// repeated by offset paging once.
+#[tokio::test]
+async fn a_walk_into_compact_rows_holds_what_list_returns_and_drops_a_repeat() {
+    let emu = start_oceanbase(OceanBaseEmulatorOptions {
+        list_order: ListOrder::Newest,
+        ..opts(150)
+    })
+    .await;
+    let provider = oceanbase_provider(&oceanbase_config(&emu));
+    let clock = rekey::clock::SystemClock;
+    let truth = emu.keys();
+    let page1_last = truth[50].name.clone();
+    let inserted = std::sync::atomic::AtomicBool::new(false);
+    let keep = |name: &str| {
+        if name == page1_last && !inserted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            emu.insert_key("app-mid-walk", Utc::now(), None);
+        }
+        true
+    };
+    let walk = rekey::provider::listing::Listing::walk(&provider, &clock, &keep)
+        .await
+        .expect("walk");
+    assert!(inserted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(emu.stats().list.ok, 2, "page 2 repeated page 1's last key");
+    let ids: HashSet<&str> = walk.keys().map(|k| k.id()).collect();
+    assert_eq!(ids.len(), 150, "every key from before the walk, once");
+    assert_eq!(walk.len(), 150);
+    for k in walk.keys() {
+        let want = truth
+            .iter()
+            .find(|t| t.id == k.id())
+            .expect("a key from before");
+        assert_eq!(k.name(), want.name);
+        assert_eq!(k.created_at(), Some(want.created_at));
+        assert_eq!(k.expires_at(), want.expires_at);
+        assert!(k.meta().is_empty());
+    }
+    // Without a repeat, the walk and `list` agree key for key, in order.
+    let listed = provider.list(&all).await.expect("list");
+    let walk = rekey::provider::listing::Listing::walk(&provider, &clock, &all)
+        .await
+        .expect("walk");
+    assert_eq!(listed.len(), 151);
+    assert_eq!(walk.to_keys(), listed);
+}
+
 #[tokio::test]
 async fn newest_first_order_puts_new_keys_on_page_one() {
     let emu = start_oceanbase(OceanBaseEmulatorOptions {

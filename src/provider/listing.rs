@@ -38,8 +38,17 @@
 //! holds are those the walk's filter kept, in walk order, possibly with a key
 //! repeated (offset paging while keys are created and deleted shifts items
 //! between pages), which [`Listing::walk`] removes (first occurrence wins).
+//!
+//! Storage (issue 13, scale memory): a walk's keys are one [`KeyTable`]
+//! (every id and name in one string arena, a 40-byte row per key, the rare
+//! meta maps on the side), filled page by page by the provider
+//! ([`Provider::list_into`]) so no `Vec<ProviderKey>` of the whole walk
+//! exists; consumers read [`ListedKey`] views and copy a key
+//! ([`ListedKey::to_owned`]) only where they keep it. A policy's listing
+//! ([`Listing::filtered`], [`Listing::subset`]) is a view: the walk's table
+//! behind an `Arc` and the positions of its rows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,13 +57,236 @@ use chrono::{DateTime, Utc};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use super::{Provider, ProviderError, ProviderKey, SharedProvider};
+use crate::arena::Arena;
 use crate::clock::{Clock, SharedClock};
 
-/// The result of one complete walk of a provider's keys.
+/// `nanos` of a [`Row`] time that is absent (a real time's are below
+/// 2,000,000,000, leap seconds included).
+const NO_TIME: u32 = u32::MAX;
+
+/// `meta` of a [`Row`] without provider facts.
+const NO_META: u32 = u32::MAX;
+
+/// One listed key: 40 bytes, its strings in the table's arena (the id at
+/// `id`, the name right after it, up to `name_end`), its times as seconds
+/// and nanoseconds since the epoch ([`NO_TIME`] nanoseconds: none), its
+/// meta map an index into the table's side list ([`NO_META`]: empty).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    created_secs: i64,
+    expires_secs: i64,
+    id: u32,
+    name: u32,
+    name_end: u32,
+    created_nanos: u32,
+    expires_nanos: u32,
+    meta: u32,
+}
+
+/// The keys of one walk, compactly: one string arena for every id and name
+/// and a fixed-size [`Row`] per key (~40 bytes plus the id's and name's
+/// bytes, against ~190 bytes for a [`ProviderKey`] with its heap). The
+/// rare meta maps (a time that did not parse; Tencent's status) are kept
+/// on the side, a run of equal maps stored once.
+///
+/// Providers fill it page by page as they walk ([`Provider::list_into`]);
+/// [`Listing::from_table`] drops repeated ids and freezes it. Read through
+/// [`Listing`] and its [`ListedKey`] views.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    text: Arena,
+    rows: Vec<Row>,
+    metas: Vec<BTreeMap<String, serde_json::Value>>,
+}
+
+/// A time as a row stores it.
+fn split_time(t: Option<DateTime<Utc>>) -> (i64, u32) {
+    match t {
+        Some(t) => (t.timestamp(), t.timestamp_subsec_nanos()),
+        None => (0, NO_TIME),
+    }
+}
+
+/// A row's time back; `None` for [`NO_TIME`] (or a value `chrono` cannot
+/// hold, which [`split_time`] never writes).
+fn join_time(secs: i64, nanos: u32) -> Option<DateTime<Utc>> {
+    if nanos == NO_TIME {
+        return None;
+    }
+    DateTime::from_timestamp(secs, nanos)
+}
+
+impl KeyTable {
+    /// Append a key as the walk read it (borrowed: the page's strings are
+    /// copied into the arena, nothing else is allocated per key unless
+    /// `meta` differs from the previous key's and is not empty).
+    ///
+    /// # Panics
+    /// When the walk's ids and names pass 4 GiB of text.
+    pub fn push(
+        &mut self,
+        id: &str,
+        name: &str,
+        created_at: Option<DateTime<Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+        meta: BTreeMap<String, serde_json::Value>,
+    ) {
+        let id = self.text.push(id);
+        let name = self.text.push(name);
+        let meta = if meta.is_empty() {
+            NO_META
+        } else {
+            match self.metas.last() {
+                Some(last) if *last == meta => (self.metas.len() - 1) as u32,
+                _ => {
+                    self.metas.push(meta);
+                    u32::try_from(self.metas.len() - 1).expect("under 4 G meta maps")
+                }
+            }
+        };
+        let (created_secs, created_nanos) = split_time(created_at);
+        let (expires_secs, expires_nanos) = split_time(expires_at);
+        self.rows.push(Row {
+            created_secs,
+            expires_secs,
+            id: id.start,
+            name: name.start,
+            name_end: name.start + name.len,
+            created_nanos,
+            expires_nanos,
+            meta,
+        });
+    }
+
+    /// [`KeyTable::push`] of an owned key.
+    pub fn push_key(&mut self, k: ProviderKey) {
+        self.push(&k.id, &k.name, k.created_at, k.expires_at, k.meta);
+    }
+
+    /// Keys pushed so far (repeats included).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no key was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn id(&self, r: &Row) -> &str {
+        let t = self.text.text();
+        &t[r.id as usize..r.name as usize]
+    }
+
+    fn key<'a>(&'a self, r: &'a Row) -> ListedKey<'a> {
+        ListedKey {
+            table: self,
+            row: r,
+        }
+    }
+
+    /// Drop every row whose id an earlier row has (the first occurrence
+    /// wins; order otherwise kept, as [`super::drop_repeated_ids`]) and the
+    /// spare capacity. A dropped row's strings stay in the arena (repeats
+    /// are rare: offset paging while keys come and go).
+    fn finish(&mut self) {
+        let repeated: Vec<bool> = {
+            let mut seen = std::collections::HashSet::with_capacity(self.rows.len());
+            self.rows.iter().map(|r| !seen.insert(self.id(r))).collect()
+        };
+        if repeated.contains(&true) {
+            let mut at = 0;
+            self.rows.retain(|_| {
+                at += 1;
+                !repeated[at - 1]
+            });
+        }
+        self.rows.shrink_to_fit();
+        self.text.finish();
+        self.metas.shrink_to_fit();
+    }
+
+    /// The keys in order, owned (repeats not dropped unless the table was
+    /// finished): for [`Provider::list`] built on [`Provider::list_into`].
+    pub fn into_keys(mut self) -> Vec<ProviderKey> {
+        self.finish();
+        self.rows.iter().map(|r| self.key(r).to_owned()).collect()
+    }
+}
+
+/// A borrowed view of one listed key (see [`KeyTable`]); [`ListedKey::to_owned`]
+/// where a [`ProviderKey`] is really needed.
+#[derive(Clone, Copy)]
+pub struct ListedKey<'a> {
+    table: &'a KeyTable,
+    row: &'a Row,
+}
+
+/// The meta of a key without any.
+static NO_META_MAP: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+
+impl<'a> ListedKey<'a> {
+    /// The provider's key id.
+    pub fn id(self) -> &'a str {
+        self.table.id(self.row)
+    }
+
+    /// The key's name.
+    pub fn name(self) -> &'a str {
+        &self.table.text.text()[self.row.name as usize..self.row.name_end as usize]
+    }
+
+    /// When the provider says the key was created, if it says.
+    pub fn created_at(self) -> Option<DateTime<Utc>> {
+        join_time(self.row.created_secs, self.row.created_nanos)
+    }
+
+    /// When the key expires, if it does.
+    pub fn expires_at(self) -> Option<DateTime<Utc>> {
+        join_time(self.row.expires_secs, self.row.expires_nanos)
+    }
+
+    /// Provider-specific facts ([`ProviderKey::meta`]); empty for most keys.
+    pub fn meta(self) -> &'a BTreeMap<String, serde_json::Value> {
+        match self.row.meta {
+            NO_META => &NO_META_MAP,
+            i => &self.table.metas[i as usize],
+        }
+    }
+
+    /// The key as an owned [`ProviderKey`] (every field copied).
+    pub fn to_owned(self) -> ProviderKey {
+        ProviderKey {
+            id: self.id().to_string(),
+            name: self.name().to_string(),
+            created_at: self.created_at(),
+            expires_at: self.expires_at(),
+            meta: self.meta().clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ListedKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListedKey")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("created_at", &self.created_at())
+            .field("expires_at", &self.expires_at())
+            .field("meta", self.meta())
+            .finish()
+    }
+}
+
+/// The result of one complete walk of a provider's keys, or a view of some
+/// of its keys ([`Listing::filtered`], [`Listing::subset`]): views share the
+/// walk's [`KeyTable`] (an `Arc`) and hold only the positions of their rows,
+/// so cloning a listing or narrowing it for a policy copies no key.
 #[derive(Debug, Clone)]
 pub struct Listing {
-    /// The keys the walk's filter kept, each id once.
-    pub keys: Vec<ProviderKey>,
+    table: Arc<KeyTable>,
+    /// The rows of `table` in this listing, in walk order; `None`: all.
+    positions: Option<Arc<[u32]>>,
     /// Wall-clock time the walk started (from the injected clock).
     pub started_at: DateTime<Utc>,
     /// Monotonic time the walk started, for comparisons inside this process
@@ -78,25 +310,96 @@ impl Listing {
     ) -> Result<Listing, ProviderError> {
         let started_at = clock.now();
         let started_mono = Instant::now();
-        let keys = provider.list(keep).await?;
-        Ok(Listing::from_walk(keys, started_at, started_mono, true))
+        let mut table = KeyTable::default();
+        provider.list_into(keep, &mut table).await?;
+        Ok(Listing::from_table(table, started_at, started_mono, true))
     }
 
     /// A listing from keys already walked; repeated ids are dropped (the
     /// first occurrence wins).
     pub fn from_walk(
-        mut keys: Vec<ProviderKey>,
+        keys: Vec<ProviderKey>,
         started_at: DateTime<Utc>,
         started_mono: Instant,
         complete: bool,
     ) -> Listing {
-        super::drop_repeated_ids(&mut keys);
-        keys.shrink_to_fit();
+        let mut table = KeyTable::default();
+        for k in keys {
+            table.push_key(k);
+        }
+        Listing::from_table(table, started_at, started_mono, complete)
+    }
+
+    /// A listing of the keys a walk pushed into `table`; repeated ids are
+    /// dropped (the first occurrence wins).
+    pub fn from_table(
+        mut table: KeyTable,
+        started_at: DateTime<Utc>,
+        started_mono: Instant,
+        complete: bool,
+    ) -> Listing {
+        table.finish();
         Listing {
-            keys,
+            table: Arc::new(table),
+            positions: None,
             started_at,
             started_mono,
             complete,
+        }
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        match &self.positions {
+            Some(p) => p.len(),
+            None => self.table.rows.len(),
+        }
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The row of `table` at this listing's position `i`.
+    fn row(&self, i: usize) -> Option<u32> {
+        match &self.positions {
+            Some(p) => p.get(i).copied(),
+            None => (i < self.table.rows.len()).then_some(i as u32),
+        }
+    }
+
+    /// The key at position `i` (walk order), if there is one.
+    pub fn get(&self, i: usize) -> Option<ListedKey<'_>> {
+        let r = self.row(i)?;
+        Some(self.table.key(&self.table.rows[r as usize]))
+    }
+
+    /// Every key, in walk order, each id once.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = ListedKey<'_>> + Clone + '_ {
+        (0..self.len()).map(move |i| self.get(i).expect("a position below len"))
+    }
+
+    /// Every key as an owned [`ProviderKey`], in walk order.
+    pub fn to_keys(&self) -> Vec<ProviderKey> {
+        self.keys().map(ListedKey::to_owned).collect()
+    }
+
+    /// Whether `other` reads the same walk's rows (a view of it, or it of
+    /// a view): no key was copied to make one from the other.
+    pub fn shares_rows_with(&self, other: &Listing) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+    }
+
+    /// A view of the rows at this listing's `positions` (in order).
+    fn view(&self, positions: impl Iterator<Item = usize>) -> Listing {
+        let rows: Arc<[u32]> = positions.filter_map(|i| self.row(i)).collect();
+        Listing {
+            table: self.table.clone(),
+            positions: Some(rows),
+            started_at: self.started_at,
+            started_mono: self.started_mono,
+            complete: self.complete,
         }
     }
 
@@ -111,19 +414,15 @@ impl Listing {
     }
 
     /// The keys `keep` accepts, with this walk's start and completeness:
-    /// how one shared walk serves a policy.
+    /// how one shared walk serves a policy. A view: shares the walk's rows.
     pub fn filtered(&self, keep: impl Fn(&str) -> bool) -> Listing {
-        Listing {
-            keys: self
-                .keys
-                .iter()
-                .filter(|k| keep(&k.name))
-                .cloned()
-                .collect(),
-            started_at: self.started_at,
-            started_mono: self.started_mono,
-            complete: self.complete,
-        }
+        let keys: Vec<usize> = self
+            .keys()
+            .enumerate()
+            .filter(|(_, k)| keep(k.name()))
+            .map(|(i, _)| i)
+            .collect();
+        self.view(keys.into_iter())
     }
 
     /// [`filtered`](Self::filtered) for several consumers at once: entry
@@ -135,8 +434,8 @@ impl Listing {
     pub fn split(&self, set: &globset::GlobSet) -> Vec<Vec<u32>> {
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); set.len()];
         let mut hits = Vec::new();
-        for (n, k) in self.keys.iter().enumerate() {
-            set.matches_into(k.name.as_str(), &mut hits);
+        for (n, k) in self.keys().enumerate() {
+            set.matches_into(k.name(), &mut hits);
             for &i in &hits {
                 out[i].push(n as u32);
             }
@@ -144,29 +443,21 @@ impl Listing {
         out
     }
 
-    /// The keys at `positions` (from [`split`](Self::split)), with this
-    /// walk's start and completeness.
+    /// The keys at `positions` (from [`split`](Self::split); positions past
+    /// the end are skipped), with this walk's start and completeness. A
+    /// view: shares the walk's rows.
     pub fn subset(&self, positions: &[u32]) -> Listing {
-        Listing {
-            keys: positions
-                .iter()
-                .filter_map(|&n| self.keys.get(n as usize))
-                .cloned()
-                .collect(),
-            started_at: self.started_at,
-            started_mono: self.started_mono,
-            complete: self.complete,
-        }
+        self.view(positions.iter().map(|&n| n as usize))
     }
 
     /// Keys named `name` (a provider may allow several).
-    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ProviderKey> + 'a {
-        self.keys.iter().filter(move |k| k.name == name)
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = ListedKey<'a>> + 'a {
+        self.keys().filter(move |k| k.name() == name)
     }
 
     /// The key with id `id`, if listed.
-    pub fn by_id(&self, id: &str) -> Option<&ProviderKey> {
-        self.keys.iter().find(|k| k.id == id)
+    pub fn by_id(&self, id: &str) -> Option<ListedKey<'_>> {
+        self.keys().find(|k| k.id() == id)
     }
 
     /// Whether this listing shows that no key named `name` existed when it
@@ -398,9 +689,10 @@ impl Walks {
         let p = provider.clone();
         let walk = async move {
             let all = |_: &str| true;
-            p.list(&all)
+            let mut table = KeyTable::default();
+            p.list_into(&all, &mut table)
                 .await
-                .map(|keys| Arc::new(Listing::from_walk(keys, started_at, started_mono, true)))
+                .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true)))
         }
         .boxed()
         .shared();
@@ -531,7 +823,7 @@ mod tests {
             let m = g.compile_matcher();
             let one = l.subset(part);
             let want = l.filtered(|n| m.is_match(n));
-            let ids = |l: &Listing| l.keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>();
+            let ids = |l: &Listing| l.keys().map(|k| k.id().to_string()).collect::<Vec<_>>();
             assert_eq!(ids(&one), ids(&want), "glob {}", g.glob());
             assert_eq!(one.started_at, l.started_at);
             assert!(one.complete);
@@ -554,9 +846,9 @@ mod tests {
             Instant::now(),
             true,
         );
-        assert_eq!(l.keys.len(), 2);
+        assert_eq!(l.len(), 2);
         assert!(!l.proves_absent("a", t("2026-11-30T09:00:00Z")));
-        assert_eq!(l.by_id("2").unwrap().name, "b");
+        assert_eq!(l.by_id("2").unwrap().name(), "b");
     }
 
     #[test]
@@ -575,12 +867,149 @@ mod tests {
             Instant::now(),
             true,
         );
-        let got: Vec<(&str, &str)> = l
-            .keys
-            .iter()
-            .map(|k| (k.id.as_str(), k.name.as_str()))
-            .collect();
+        let got: Vec<(&str, &str)> = l.keys().map(|k| (k.id(), k.name())).collect();
         assert_eq!(got, [("1", "a"), ("2", "b"), ("3", "c"), ("é/\u{0}", "x")]);
+    }
+
+    /// Keys with every field set in turn: no times, times before the epoch,
+    /// sub-second and leap-second times, meta maps (repeated, and one after
+    /// a key without), empty and non-ASCII strings, and repeated ids.
+    fn varied_keys() -> Vec<ProviderKey> {
+        let at = |s: i64, n: u32| DateTime::from_timestamp(s, n).unwrap();
+        let meta = |v: &str| -> BTreeMap<String, serde_json::Value> {
+            [
+                ("status".to_string(), serde_json::json!(v)),
+                (
+                    super::super::META_UNKNOWN_TIME.to_string(),
+                    serde_json::json!({ "createdAt": "yesterday" }),
+                ),
+            ]
+            .into()
+        };
+        let mut keys = Vec::new();
+        for i in 0..40u32 {
+            let i64_ = i64::from(i);
+            keys.push(ProviderKey {
+                id: format!("id-{}", i % 33),
+                name: match i % 5 {
+                    0 => String::new(),
+                    1 => format!("ключ-\u{202e}{i}\u{0}"),
+                    _ => format!("app-{}", i % 7),
+                },
+                created_at: match i % 4 {
+                    0 => None,
+                    1 => Some(at(-86_400 * i64_ - 1, 999_999_999)),
+                    2 => Some(at(1_764_000_000 + i64_, i * 1_000)),
+                    _ => Some(at(1_483_228_799, 1_500_000_000)),
+                },
+                expires_at: match i % 3 {
+                    0 => None,
+                    _ => Some(at(1_900_000_000 + i64_, 0)),
+                },
+                meta: match i % 6 {
+                    0 | 1 => meta("enabled"),
+                    3 => meta("disabled"),
+                    _ => BTreeMap::new(),
+                },
+            });
+        }
+        keys
+    }
+
+    /// What the walk's `Vec<ProviderKey>` held before the compact rows.
+    fn deduped(mut keys: Vec<ProviderKey>) -> Vec<ProviderKey> {
+        super::super::drop_repeated_ids(&mut keys);
+        keys
+    }
+
+    #[test]
+    fn compact_rows_give_back_every_field_of_every_key_and_drop_repeated_ids() {
+        let keys = varied_keys();
+        let want = deduped(keys.clone());
+        assert!(want.len() < keys.len(), "the fixture repeats ids");
+        let l = Listing::from_walk(
+            keys.clone(),
+            t("2026-11-30T10:00:00Z"),
+            Instant::now(),
+            true,
+        );
+        assert_eq!(l.to_keys(), want);
+        assert_eq!(l.len(), want.len());
+        for (k, w) in l.keys().zip(&want) {
+            assert_eq!(k.id(), w.id);
+            assert_eq!(k.name(), w.name);
+            assert_eq!(k.created_at(), w.created_at);
+            assert_eq!(k.expires_at(), w.expires_at);
+            assert_eq!(k.meta(), &w.meta);
+        }
+        // Pushed borrowed, as a provider's page is, the same rows.
+        let mut table = KeyTable::default();
+        for k in &keys {
+            table.push(&k.id, &k.name, k.created_at, k.expires_at, k.meta.clone());
+        }
+        assert_eq!(table.len(), keys.len());
+        let l2 = Listing::from_table(table, l.started_at, l.started_mono, true);
+        assert_eq!(l2.to_keys(), want);
+        let mut table = KeyTable::default();
+        keys.iter().cloned().for_each(|k| table.push_key(k));
+        assert_eq!(table.into_keys(), want);
+        // Lookups read the rows.
+        assert_eq!(l.by_id("id-3").unwrap().to_owned(), want[3]);
+        assert!(l.by_id("id-33").is_none());
+        assert_eq!(
+            l.named("app-2").map(|k| k.id()).collect::<Vec<_>>(),
+            want.iter()
+                .filter(|k| k.name == "app-2")
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn subset_and_filtered_views_equal_the_clones_they_replace_and_share_the_rows() {
+        let keys = varied_keys();
+        let want = deduped(keys.clone());
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), false);
+        // filtered: as `keys.iter().filter(..).cloned()` did.
+        let keep = |n: &str| n.starts_with("app-");
+        let f = l.filtered(keep);
+        let want_f: Vec<ProviderKey> = want.iter().filter(|k| keep(&k.name)).cloned().collect();
+        assert_eq!(f.to_keys(), want_f);
+        assert!(f.shares_rows_with(&l), "filtered copies no row");
+        // subset: as `positions.iter().filter_map(|n| keys.get(n)).cloned()`
+        // did (a position past the end skipped).
+        let positions = [0u32, 2, 3, 7, 1, 30, 1000];
+        let s = l.subset(&positions);
+        let want_s: Vec<ProviderKey> = positions
+            .iter()
+            .filter_map(|&n| want.get(n as usize))
+            .cloned()
+            .collect();
+        assert_eq!(s.to_keys(), want_s);
+        assert!(s.shares_rows_with(&l), "subset copies no row");
+        // A view of a view: positions are the view's own.
+        let ss = s.subset(&[1, 3]);
+        assert_eq!(ss.to_keys(), [want_s[1].clone(), want_s[3].clone()]);
+        assert!(ss.shares_rows_with(&l));
+        let sf = s.filtered(|n| n.is_empty());
+        assert_eq!(
+            sf.to_keys(),
+            want_s
+                .iter()
+                .filter(|k| k.name.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        // The walk's start and completeness carry over.
+        for v in [&f, &s, &ss, &sf] {
+            assert_eq!(v.started_at, l.started_at);
+            assert_eq!(v.started_mono, l.started_mono);
+            assert!(!v.complete);
+        }
+        // A listing of other keys does not share them.
+        let other = Listing::from_walk(want.clone(), l.started_at, l.started_mono, true);
+        assert!(!other.shares_rows_with(&l));
+        assert_eq!(other.to_keys(), l.to_keys());
     }
 
     /// A provider whose walks take 40 ms and are counted.

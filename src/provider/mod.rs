@@ -335,6 +335,25 @@ pub trait Provider: Send + Sync {
         keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError>;
 
+    /// [`Provider::list`] into a compact [`listing::KeyTable`], page by page:
+    /// a backend that overrides it (OceanBase) never holds the walk as a
+    /// `Vec<ProviderKey>`; the default lists, then converts. Keys are
+    /// pushed in walk order, repeats included (the table drops them when
+    /// it becomes a [`listing::Listing`]).
+    ///
+    /// Errors: [`Provider::list`]'s; `into` then holds the pages read so far
+    /// and must not become a listing.
+    async fn list_into(
+        &self,
+        keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+        into: &mut listing::KeyTable,
+    ) -> Result<(), ProviderError> {
+        for k in self.list(keep).await? {
+            into.push_key(k);
+        }
+        Ok(())
+    }
+
     async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError>;
 
     /// After create, before publishing: make the new key usable like the

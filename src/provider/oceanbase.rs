@@ -46,6 +46,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::http::{HttpResponse, ProviderHttp, retry_after};
+use super::listing::KeyTable;
 use super::{
     BuildError, Capabilities, CreateRequest, DeleteOutcome, NewKey, Provider, ProviderError,
     ProviderErrorKind, ProviderKey,
@@ -419,20 +420,28 @@ impl Provider for OceanBaseProvider {
         &self,
         keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
-        let mut kept: Vec<ProviderKey> = Vec::new();
+        // A key repeated by offset paging is listed once (the first
+        // occurrence): `into_keys` drops repeats.
+        let mut table = KeyTable::default();
+        self.list_into(keep, &mut table).await?;
+        Ok(table.into_keys())
+    }
+
+    /// Each page's kept keys go straight into `into` (their id and name
+    /// bytes and a fixed-size row): a walk never holds a `ProviderKey` per
+    /// key.
+    async fn list_into(
+        &self,
+        keep: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+        into: &mut KeyTable,
+    ) -> Result<(), ProviderError> {
         self.walk("list", |raw| {
             if keep(&raw.name) {
-                kept.push(raw.into_key()?);
+                raw.push_into(into);
             }
             Ok(ControlFlow::Continue(()))
         })
-        .await?;
-        // A key repeated by offset paging is listed once (the first
-        // occurrence), as before; `into_key` cannot fail, so parsing a
-        // repeat before dropping it changes nothing.
-        super::drop_repeated_ids(&mut kept);
-        kept.shrink_to_fit();
-        Ok(kept)
+        .await
     }
 
     async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {
@@ -651,6 +660,14 @@ pub struct RawKey {
     pub expires_at: Option<String>,
 }
 
+/// A listed key's `createdAt` and `expiresAt` ([`RawKey::times`]), and its
+/// meta (the raw value of a time that did not parse).
+type ParsedTimes = (
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    BTreeMap<String, Value>,
+);
+
 impl RawKey {
     /// Parse the timestamps. `updatedAt` decides nothing and is not kept
     /// (a map entry per listed key was most of an idle walk's memory:
@@ -658,6 +675,25 @@ impl RawKey {
     /// its raw value recorded in `meta[META_UNKNOWN_TIME]`, so one odd key
     /// isolates its own lineage instead of failing the whole listing.
     pub fn into_key(self) -> Result<ProviderKey, String> {
+        let (created_at, expires_at, meta) = self.times();
+        Ok(ProviderKey {
+            id: self.id,
+            name: self.name,
+            created_at,
+            expires_at,
+            meta,
+        })
+    }
+
+    /// [`RawKey::into_key`] into a walk's table: the id and name are copied
+    /// into its arena, no `ProviderKey` is made.
+    pub fn push_into(&self, table: &mut KeyTable) {
+        let (created_at, expires_at, meta) = self.times();
+        table.push(&self.id, &self.name, created_at, expires_at, meta);
+    }
+
+    /// The parsed times and the meta recording any that did not parse.
+    fn times(&self) -> ParsedTimes {
         let mut meta = BTreeMap::new();
         let mut unknown = serde_json::Map::new();
         let mut time = |field: &str, raw: Option<&str>| match parse_time(field, raw) {
@@ -675,13 +711,7 @@ impl RawKey {
         if !unknown.is_empty() {
             meta.insert(super::META_UNKNOWN_TIME.to_string(), Value::Object(unknown));
         }
-        Ok(ProviderKey {
-            id: self.id,
-            name: self.name,
-            created_at,
-            expires_at,
-            meta,
-        })
+        (created_at, expires_at, meta)
     }
 }
 

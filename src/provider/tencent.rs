@@ -964,8 +964,22 @@ impl Provider for TencentProvider {
         &self,
         keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
     ) -> Result<Vec<ProviderKey>, ProviderError> {
-        let mut out: Vec<ProviderKey> = Vec::new();
-        let mut seen = BTreeSet::new();
+        // A key repeated by offset paging is listed once (the first
+        // occurrence): `into_keys` drops repeats.
+        let mut table = super::listing::KeyTable::default();
+        self.list_into(keep, &mut table).await?;
+        Ok(table.into_keys())
+    }
+
+    /// Each page's kept keys go straight into `into` (the id and name
+    /// bytes, a fixed-size row, the meta map stored once per run of equal
+    /// maps): a walk never holds a `ProviderKey` per key. Repeats are
+    /// pushed; the table drops them (first occurrence wins).
+    async fn list_into(
+        &self,
+        keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
+        into: &mut super::listing::KeyTable,
+    ) -> Result<(), ProviderError> {
         let mut offset = 0usize;
         loop {
             let page: KeysPage = self
@@ -979,7 +993,7 @@ impl Provider for TencentProvider {
             let n = items.len();
             for k in items {
                 let name = k.secret_name.unwrap_or_default();
-                if !keep(&name) || !seen.insert(k.access_key_id.clone()) {
+                if !keep(&name) {
                     continue;
                 }
                 let mut meta = std::collections::BTreeMap::new();
@@ -1005,20 +1019,14 @@ impl Provider for TencentProvider {
                         }
                     },
                 };
-                out.push(ProviderKey {
-                    id: k.access_key_id,
-                    name,
-                    created_at,
-                    expires_at: None,
-                    meta,
-                });
+                into.push(&k.access_key_id, &name, created_at, None, meta);
             }
             offset += n;
             if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn create(&self, req: &CreateRequest<'_>) -> Result<NewKey, ProviderError> {

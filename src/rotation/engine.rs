@@ -78,7 +78,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Mode, PolicyConfig};
 use crate::failpoint;
 use crate::metrics::Metrics;
-use crate::provider::listing::{Listing, Purpose};
+use crate::provider::listing::{ListedKey, Listing, Purpose};
 use crate::provider::{CreateRequest, DeleteOutcome, ProviderError, ProviderKey, SharedProvider};
 use crate::secret::SecretFields;
 use crate::sink::{Publication, ReadBack, SharedSink};
@@ -486,12 +486,12 @@ impl SettledChecks {
 /// completed (each field length-prefixed, so no two listings share a
 /// stream of bytes).
 fn listing_digest(listing: &Listing) -> [u8; 32] {
-    keys_digest(listing.keys.iter(), listing.complete)
+    keys_digest(listing.keys(), listing.complete)
 }
 
 /// [`listing_digest`] of the listing made of `keys` (`complete`: whether
 /// its walk completed), without making it.
-fn keys_digest<'a>(keys: impl Iterator<Item = &'a ProviderKey>, complete: bool) -> [u8; 32] {
+fn keys_digest<'a>(keys: impl Iterator<Item = ListedKey<'a>>, complete: bool) -> [u8; 32] {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let mut field = |b: &[u8]| {
@@ -510,12 +510,12 @@ fn keys_digest<'a>(keys: impl Iterator<Item = &'a ProviderKey>, complete: bool) 
     };
     field(&[u8::from(complete)]);
     for k in keys {
-        field(k.id.as_bytes());
-        field(k.name.as_bytes());
-        field(&time(k.created_at));
-        field(&time(k.expires_at));
-        field(&(k.meta.len() as u64).to_le_bytes());
-        for (name, value) in &k.meta {
+        field(k.id().as_bytes());
+        field(k.name().as_bytes());
+        field(&time(k.created_at()));
+        field(&time(k.expires_at()));
+        field(&(k.meta().len() as u64).to_le_bytes());
+        for (name, value) in k.meta() {
             field(name.as_bytes());
             field(value.to_string().as_bytes());
         }
@@ -993,7 +993,7 @@ impl Engine {
     ) -> Result<Checked, EngineError> {
         failpoint::delay("check").await;
         if let Some(policy) = rt.policy(name) {
-            let keys = positions.iter().filter_map(|&n| walk.keys.get(n as usize));
+            let keys = positions.iter().filter_map(|&n| walk.get(n as usize));
             let digest = keys_digest(keys, walk.complete);
             if let Some(lineages) = self.reuse_settled(rt, policy, digest, walk.complete, quiet)? {
                 return Ok(Checked::Reused { lineages });
@@ -1105,10 +1105,9 @@ impl Engine {
             ledger
         };
         let listed: Vec<ProviderKey> = listing
-            .keys
-            .iter()
-            .filter(|k| !removed.contains(&k.id))
-            .cloned()
+            .keys()
+            .filter(|k| !removed.contains(k.id()))
+            .map(ListedKey::to_owned)
             .collect();
         let views = policy::assign_lineages(policy, listed, &ledger);
         let seen: Vec<SeenKey> = views.iter().map(key_view_to_seen).collect();
@@ -1399,7 +1398,7 @@ impl Engine {
             if a.state == "requested" && !o.rotation_state.is_terminal() {
                 continue;
             }
-            let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+            let found: Vec<ListedKey<'_>> = listing.named(&a.name).collect();
             if found.is_empty() {
                 if a.state != "cleaned" && listing.proves_absent(&a.name, a.started_at) {
                     wrote = true;
@@ -1422,14 +1421,14 @@ impl Engine {
             let mut ok = true;
             wrote = true;
             for k in found {
-                match self.delete_key(rt, provider, &k.id).await {
+                match self.delete_key(rt, provider, k.id()).await {
                     Ok(_) => {
-                        removed.insert(k.id.clone());
-                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(&k.id), name = %policy::escaped(&k.name), "deleted the key of an abandoned create attempt (its secret was never captured)")
+                        removed.insert(k.id().to_string());
+                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(k.id()), name = %policy::escaped(k.name()), "deleted the key of an abandoned create attempt (its secret was never captured)")
                     }
                     Err(e) => {
                         ok = false;
-                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, key = %policy::escaped(&k.id), error = %e, "cannot delete an abandoned attempt's key yet")
+                        tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, key = %policy::escaped(k.id()), error = %e, "cannot delete an abandoned attempt's key yet")
                     }
                 }
             }
@@ -2650,7 +2649,7 @@ impl Engine {
                 }
             };
             for a in open {
-                let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+                let found: Vec<ListedKey<'_>> = listing.named(&a.name).collect();
                 if found.is_empty() {
                     // Not seen: abandoned, watched for; counts as one absent
                     // listing only if it started after the attempt.
@@ -2664,9 +2663,9 @@ impl Engine {
                     continue;
                 }
                 for k in found {
-                    match self.delete_key(rt, &provider, &k.id).await {
+                    match self.delete_key(rt, &provider, k.id()).await {
                         Ok(_) => {
-                            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = a.attempt, key = %policy::escaped(&k.id), "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
+                            tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %row.id, attempt = a.attempt, key = %policy::escaped(k.id()), "create attempt's outcome was unknown; its key exists and was deleted (its secret was never captured)")
                         }
                         Err(e) => {
                             return self.on_provider_error(
@@ -2684,7 +2683,7 @@ impl Engine {
             }
             for o in &earlier {
                 let a = &o.attempt;
-                let found: Vec<&ProviderKey> = listing.named(&a.name).collect();
+                let found: Vec<ListedKey<'_>> = listing.named(&a.name).collect();
                 if found.is_empty() {
                     if listing.proves_absent(&a.name, a.started_at) {
                         self.store.note_attempt_absent(
@@ -2697,11 +2696,11 @@ impl Engine {
                 }
                 let mut ok = true;
                 for k in found {
-                    if let Err(e) = self.delete_key(rt, &provider, &k.id).await {
+                    if let Err(e) = self.delete_key(rt, &provider, k.id()).await {
                         ok = false;
-                        tracing::warn!(policy = %row.policy, rotation = %o.rotation_id, key = %policy::escaped(&k.id), error = %e, "cannot delete an abandoned attempt's key yet");
+                        tracing::warn!(policy = %row.policy, rotation = %o.rotation_id, key = %policy::escaped(k.id()), error = %e, "cannot delete an abandoned attempt's key yet");
                     } else {
-                        tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(&k.id), "deleted the key of an earlier rotation's abandoned create attempt (its secret was never captured)");
+                        tracing::warn!(policy = %row.policy, lineage = %row.lineage, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(k.id()), "deleted the key of an earlier rotation's abandoned create attempt (its secret was never captured)");
                     }
                 }
                 if ok {
@@ -2817,7 +2816,9 @@ impl Engine {
         if row.new_key_id.is_none() {
             // Any walk that shows the key proves it; one that does not and
             // began before the create proves nothing, so ask for a newer one.
-            let named = |l: &Listing| -> Vec<ProviderKey> { l.named(&new_name).cloned().collect() };
+            let named = |l: &Listing| -> Vec<ProviderKey> {
+                l.named(&new_name).map(ListedKey::to_owned).collect()
+            };
             let first = rt
                 .walks
                 .listing(&provider, &self.clock, None, Purpose::IdLookup)
@@ -3462,5 +3463,94 @@ mod status_built_tests {
             b.mark("p", None, r);
         }
         assert_eq!(b.take_due(), (Vec::new(), None));
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    /// The digest as it was computed over `ProviderKey`s before listings
+    /// held compact rows (kept here to pin that it did not change).
+    fn digest_of_keys(keys: &[ProviderKey], complete: bool) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        let time = |t: Option<DateTime<Utc>>| match t {
+            Some(t) => {
+                let mut b = [0u8; 13];
+                b[0] = 1;
+                b[1..9].copy_from_slice(&t.timestamp().to_le_bytes());
+                b[9..].copy_from_slice(&t.timestamp_subsec_nanos().to_le_bytes());
+                b
+            }
+            None => [0u8; 13],
+        };
+        field(&[u8::from(complete)]);
+        for k in keys {
+            field(k.id.as_bytes());
+            field(k.name.as_bytes());
+            field(&time(k.created_at));
+            field(&time(k.expires_at));
+            field(&(k.meta.len() as u64).to_le_bytes());
+            for (name, value) in &k.meta {
+                field(name.as_bytes());
+                field(value.to_string().as_bytes());
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(h.finalize().as_slice());
+        out
+    }
+
+    fn keys() -> Vec<ProviderKey> {
+        (0..12)
+            .map(|i: i64| ProviderKey {
+                id: format!("k{i}"),
+                name: format!("app-{}", i % 4),
+                created_at: (i % 3 != 0)
+                    .then(|| DateTime::from_timestamp(1_764_000_000 + i, 7).unwrap()),
+                expires_at: (i % 2 == 0).then(|| DateTime::from_timestamp(-i, 0).unwrap()),
+                meta: if i % 5 == 0 {
+                    [("status".to_string(), serde_json::json!("enabled"))].into()
+                } else {
+                    Default::default()
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_walk_a_view_of_it_and_its_positions_digest_as_the_keys_did() {
+        let keys = keys();
+        let at = DateTime::from_timestamp(1_764_000_100, 0).unwrap();
+        let walk = Listing::from_walk(keys.clone(), at, std::time::Instant::now(), true);
+        assert_eq!(listing_digest(&walk), digest_of_keys(&keys, true));
+        let positions = [1u32, 4, 5, 10];
+        let view = walk.subset(&positions);
+        let picked: Vec<ProviderKey> = positions
+            .iter()
+            .map(|&n| keys[n as usize].clone())
+            .collect();
+        let want = digest_of_keys(&picked, true);
+        // check_policy_in_walk (positions), check_policy_deferred (a view).
+        let by_positions = keys_digest(
+            positions.iter().filter_map(|&n| walk.get(n as usize)),
+            walk.complete,
+        );
+        assert_eq!(by_positions, want);
+        assert_eq!(listing_digest(&view), want);
+        // Any field changes it.
+        let mut other = picked.clone();
+        other[2].meta.clear();
+        assert_ne!(digest_of_keys(&other, true), want);
+        assert_ne!(digest_of_keys(&picked, false), want);
+        let mut other = picked;
+        other[0].created_at = None;
+        let l = Listing::from_walk(other, at, std::time::Instant::now(), true);
+        assert_ne!(listing_digest(&l), want);
     }
 }

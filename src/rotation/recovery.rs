@@ -139,7 +139,7 @@ pub async fn recover_from_names(
                 message: format!("cannot list keys: {e}"),
             })?;
         let ledger = Ledger::load(store, &p.name, policy::rivals(&rt.config, p))?;
-        let views = policy::assign_lineages(p, listing.keys.clone(), &ledger);
+        let views = policy::assign_lineages(p, listing.to_keys(), &ledger);
         let mut lineages: Vec<String> = views
             .iter()
             .filter(|v| v.origin == Origin::Unrecognised)
