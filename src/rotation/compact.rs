@@ -19,6 +19,11 @@
 //!   are stored once per table ([`Arena::intern`]);
 //! - states, health and conditions are one-byte enums; a lineage's
 //!   conditions are a span of one shared `Vec<Condition>`;
+//! - the commonest lineage message, the planner's "key {name} is fresh;
+//!   due at {rotate_at}" ([`fresh_message`]), is stored as its key name —
+//!   the lineage's own name span when they are equal, as for every adopted
+//!   key — and rendered again when read (~50 bytes less per lineage);
+//!   only a message that renders back byte for byte is stored that way;
 //! - a lineage's rotation summary, present only for lineages that rotated,
 //!   is boxed (8 bytes when absent);
 //! - timestamps stay `Option<DateTime<Utc>>` (12 bytes, no heap): exact to
@@ -35,6 +40,7 @@
 //! [`Keys::to_vec`] / [`LineageRef::to_status`] give the plain structs back.
 //! Equality is by content, not by how the arena happens to be laid out.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -307,12 +313,37 @@ impl<'de> Deserialize<'de> for Keys {
     }
 }
 
+/// The planner's message for a fresh key with a due time
+/// (`policy::decide`): "key {name} is fresh; due at {due, RFC 3339 to the
+/// second}".
+pub fn fresh_message(key_name: &str, due: DateTime<Utc>) -> String {
+    format!(
+        "key {key_name} is fresh; due at {}",
+        due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// The key name of `message` when it is exactly [`fresh_message`] of some
+/// name and `due` (prefix, name, middle and due time, byte for byte).
+fn fresh_key_name(message: &str, due: DateTime<Utc>) -> Option<&str> {
+    let due = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    message
+        .strip_prefix("key ")?
+        .strip_suffix(due.as_str())?
+        .strip_suffix(" is fresh; due at ")
+}
+
 #[derive(Debug, Clone)]
 struct LineageRow {
     name: Span,
     current_key: Span,
     reason: Span,
+    /// The message's text, or — when `fresh_message` — only the key name
+    /// of the planner's "key {name} is fresh; due at {rotate_at}" (the
+    /// lineage's own name span when they are equal).
     message: Span,
+    /// `message` holds only the key name of [`fresh_message`]'s text.
+    fresh_message: bool,
     /// Into [`Lineages::conditions`].
     conditions: Span,
     rotate_at: Option<DateTime<Utc>>,
@@ -357,8 +388,14 @@ impl<'a> LineageRef<'a> {
     pub fn reason(&self) -> &'a str {
         self.table.arena.get(self.row.reason)
     }
-    pub fn message(&self) -> &'a str {
-        self.table.arena.get(self.row.message)
+    /// The decision's message (rendered again when stored as a fresh
+    /// key's name: [`fresh_message`]).
+    pub fn message(&self) -> Cow<'a, str> {
+        let text = self.table.arena.get(self.row.message);
+        match (self.row.fresh_message, self.row.rotate_at) {
+            (true, Some(t)) => Cow::Owned(fresh_message(text, t)),
+            _ => Cow::Borrowed(text),
+        }
     }
     pub fn rotate_at(&self) -> Option<DateTime<Utc>> {
         self.row.rotate_at
@@ -395,7 +432,7 @@ struct LineageOut<'a> {
     health: Health,
     current_key: Option<&'a str>,
     reason: &'a str,
-    message: &'a str,
+    message: Cow<'a, str>,
     rotate_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "<[Condition]>::is_empty")]
     conditions: &'a [Condition],
@@ -437,11 +474,26 @@ impl Lineages {
         let t = Arc::make_mut(&mut self.table);
         let start = u32::try_from(t.conditions.len()).expect("conditions fit u32");
         t.conditions.extend_from_slice(l.conditions);
+        let name = t.arena.push(l.name);
+        // The commonest message, "key {name} is fresh; due at {rotate_at}",
+        // is stored as its key name (usually the lineage's own) and
+        // rendered again when read: ~50 bytes less per lineage. Only a
+        // message that renders back byte for byte takes this form.
+        let fresh_key = (l.reason == "fresh")
+            .then_some(l.rotate_at)
+            .flatten()
+            .and_then(|t| fresh_key_name(l.message, t));
+        let (message, fresh_message) = match fresh_key {
+            Some(k) if k == l.name => (name, true),
+            Some(k) => (t.arena.push(k), true),
+            None => (t.arena.push(l.message), false),
+        };
         let row = LineageRow {
-            name: t.arena.push(l.name),
+            name,
             current_key: t.arena.push_opt(l.current_key),
             reason: t.arena.intern(l.reason, INTERN_WINDOW),
-            message: t.arena.push(l.message),
+            message,
+            fresh_message,
             conditions: Span {
                 start,
                 len: l.conditions.len() as u32,
@@ -697,6 +749,71 @@ mod tests {
         assert_eq!(back, ck);
         let back: Lineages = serde_json::from_str(&serde_json::to_string(&cl).unwrap()).unwrap();
         assert_eq!(back, cl);
+    }
+
+    /// The planner's "key {name} is fresh; due at {t}" is stored as its key
+    /// name (the lineage's own name span when equal) and rendered again;
+    /// every lineage must still render and read back byte for byte,
+    /// including messages that only look like it (another reason, another
+    /// due time, a hostile name holding the template's words, nanoseconds
+    /// the message rounds away).
+    #[test]
+    fn fresh_messages_stored_as_their_key_name_render_back_byte_for_byte() {
+        let due = at(1_800_000_000, 123_456_789).unwrap();
+        let other = at(1_800_000_001, 0).unwrap();
+        let lineage = |name: &str, reason: &str, message: String, rotate_at| LineageStatus {
+            name: name.into(),
+            health: Health::Ok,
+            current_key: Some(format!("id-{name}")),
+            reason: reason.into(),
+            message,
+            rotate_at,
+            conditions: vec![],
+            rotation: None,
+        };
+        let hostile = "a is fresh; due at 2027-01-15T08:00:00Z\u{1b}[31m\n\"";
+        let lineages = vec![
+            lineage("app-1", "fresh", fresh_message("app-1", due), Some(due)),
+            lineage(
+                "app-2",
+                "fresh",
+                fresh_message("app-2-20261202-ab", due),
+                Some(due),
+            ),
+            lineage(hostile, "fresh", fresh_message(hostile, due), Some(due)),
+            lineage("app-3", "fresh", fresh_message("app-3", other), Some(due)),
+            lineage("app-4", "due", fresh_message("app-4", due), Some(due)),
+            lineage("app-5", "fresh", fresh_message("app-5", due), None),
+            lineage(
+                "app-6",
+                "fresh",
+                "key app-6 has no expiry and no max_age applies".into(),
+                None,
+            ),
+            lineage(
+                "app-7",
+                "fresh",
+                format!("{} ", fresh_message("app-7", due)),
+                Some(due),
+            ),
+            lineage("", "fresh", fresh_message("", due), Some(due)),
+        ];
+        let cl: Lineages = lineages.iter().collect();
+        assert_eq!(
+            serde_json::to_string(&cl).unwrap(),
+            serde_json::to_string(&lineages).unwrap()
+        );
+        assert_eq!(cl.to_vec(), lineages);
+        let back: Lineages = serde_json::from_str(&serde_json::to_string(&cl).unwrap()).unwrap();
+        assert_eq!(back, cl);
+        let stored: Vec<bool> = cl.table.rows.iter().map(|r| r.fresh_message).collect();
+        assert_eq!(
+            stored,
+            [true, true, true, false, false, false, false, false, true]
+        );
+        // A key named as its lineage stores its fresh message as nothing.
+        let only: Lineages = lineages[..1].iter().collect();
+        assert_eq!(only.table.arena.text(), "app-1id-app-1fresh");
     }
 
     #[test]

@@ -577,11 +577,7 @@ pub fn decide(
             // The instant, not the time left: a message that changes every
             // hour would make every settled plan expire within the hour
             // (PolicyPlan::settled_until).
-            Some(t) => format!(
-                "key {} is fresh; due at {}",
-                key.name,
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            Some(t) => super::compact::fresh_message(&key.name, t),
             None => format!("key {} has no expiry and no max_age applies", key.name),
         },
         rotate: false,

@@ -476,7 +476,7 @@ pub fn render_table(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 let msg = if l.health().is_healthy() || l.health() == Health::Due {
                     String::new()
                 } else {
-                    one_line(l.message())
+                    one_line(&l.message())
                 };
                 rows.push([
                     format!("  └ {}", l.name()),
