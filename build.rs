@@ -41,6 +41,7 @@ fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=REKEY_NO_SYMBOL_ORDERING");
+    println!("cargo:rerun-if-env-changed=REKEY_WARN_SYMBOL_ORDERING");
 
     let release = env::var("PROFILE").as_deref() == Ok("release");
     if !release || env::var_os("REKEY_NO_SYMBOL_ORDERING").is_some() || !linker_is_lld() {
@@ -56,7 +57,14 @@ fn main() {
         "cargo:rustc-link-arg-bin=rekey=-Wl,--symbol-ordering-file={}",
         order.display()
     );
-    println!("cargo:rustc-link-arg-bin=rekey=-Wl,--no-warn-symbol-ordering");
+    // REKEY_WARN_SYMBOL_ORDERING=1 has LLD name every listed symbol it
+    // cannot place (shown with `cargo rustc --release --bin rekey -- -W
+    // linker-messages`; benches/order-symbols.sh --link-check counts them).
+    let warn = env::var_os("REKEY_WARN_SYMBOL_ORDERING").is_some();
+    println!(
+        "cargo:rustc-link-arg-bin=rekey=-Wl,--{}warn-symbol-ordering",
+        if warn { "" } else { "no-" }
+    );
 }
 
 /// Does rustc link this target with LLD? True for `x86_64-unknown-linux-gnu`
