@@ -58,6 +58,41 @@ fn package(scratch: &Path) -> Option<PathBuf> {
     Some(deb)
 }
 
+/// Does the ELF64 little-endian image `elf` have a section of type
+/// `SHT_SYMTAB` (a symbol table `strip` removes)? Panics on anything but
+/// an ELF64 LE file.
+fn has_symbol_table(elf: &[u8]) -> bool {
+    assert!(
+        elf.len() > 64 && elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1,
+        "not an ELF64 little-endian file"
+    );
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let shoff = u64::from_le_bytes(elf[0x28..0x30].try_into().unwrap()) as usize;
+    let (shentsize, shnum) = (u16_at(0x3A), u16_at(0x3C));
+    const SHT_SYMTAB: u32 = 2;
+    (0..shnum).any(|i| u32_at(shoff + i * shentsize + 4) == SHT_SYMTAB)
+}
+
+#[test]
+fn elf_symbol_tables_are_found_in_unstripped_binaries_only() {
+    // The test binary itself has one (debug builds keep symbols); the
+    // same bytes with the section's type zeroed have none.
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    assert!(has_symbol_table(&exe));
+    let mut stripped = exe.clone();
+    let shoff = u64::from_le_bytes(exe[0x28..0x30].try_into().unwrap()) as usize;
+    let shentsize = u16::from_le_bytes([exe[0x3A], exe[0x3B]]) as usize;
+    let shnum = u16::from_le_bytes([exe[0x3C], exe[0x3D]]) as usize;
+    for i in 0..shnum {
+        let o = shoff + i * shentsize + 4;
+        if u32::from_le_bytes(exe[o..o + 4].try_into().unwrap()) == 2 {
+            stripped[o..o + 4].copy_from_slice(&0u32.to_le_bytes());
+        }
+    }
+    assert!(!has_symbol_table(&stripped));
+}
+
 #[test]
 fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_completions() {
     if require_tool("dpkg-deb", "unpacks the Debian package").is_none() {
@@ -126,6 +161,13 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&bin).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o755);
+    // target/release/rekey keeps its symbol table (the release profile's
+    // `strip = "debuginfo"`: benches/order-symbols.sh reads the names the
+    // linker orders from it); cargo-deb strips the copy it packs.
+    assert!(
+        !has_symbol_table(&std::fs::read(&bin).unwrap()),
+        "the packaged binary is not stripped (cargo-deb should strip it)"
+    );
     // The config names credentials: not for every local user (postinst
     // gives it to group rekey).
     let conf_mode = std::os::unix::fs::PermissionsExt::mode(
