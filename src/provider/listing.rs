@@ -1220,4 +1220,206 @@ mod tests {
             "it joined: {text}"
         );
     }
+
+    /// Adversarial round trips: hostile strings, times at chrono's ends and
+    /// at the edges of a second, nested meta, and meta runs that alternate.
+    #[test]
+    fn hostile_strings_extreme_times_and_alternating_meta_come_back_exactly() {
+        let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60.999999999Z")
+            .unwrap()
+            .to_utc();
+        assert!(leap.timestamp_subsec_nanos() >= 1_000_000_000);
+        let times = [
+            None,
+            Some(DateTime::<Utc>::MIN_UTC),
+            Some(DateTime::<Utc>::MAX_UTC),
+            Some(DateTime::from_timestamp(-1, 999_999_999).unwrap()),
+            Some(DateTime::from_timestamp(0, 0).unwrap()),
+            Some(DateTime::from_timestamp(0, 1).unwrap()),
+            Some(leap),
+            Some(
+                DateTime::parse_from_rfc3339("2016-12-31T23:59:60+05:30")
+                    .unwrap()
+                    .to_utc(),
+            ),
+        ];
+        let nested = |v: i64| -> BTreeMap<String, serde_json::Value> {
+            [(
+                "deep".to_string(),
+                serde_json::json!({"a": [1, {"b": null, "c": "\u{0}\u{202e}"}], "v": v}),
+            )]
+            .into()
+        };
+        let strings = [
+            String::new(),
+            "\u{0}".to_string(),
+            "\u{0}\u{0}".to_string(),
+            "\u{202e}evil\u{202c}".to_string(),
+            "👩‍👩‍👧".to_string(),
+            "\u{FEFF}a\r\n\t\u{7f}".to_string(),
+            "x".repeat(3 << 20),
+        ];
+        let mut keys = Vec::new();
+        for (i, s) in strings.iter().enumerate() {
+            for (j, t) in times.iter().enumerate() {
+                let n = i * times.len() + j;
+                // Meta runs: A A B A none A (alternating, and a gap).
+                let meta = match n % 6 {
+                    0 | 1 | 3 | 5 => nested(1),
+                    2 => nested(2),
+                    _ => BTreeMap::new(),
+                };
+                keys.push(ProviderKey {
+                    // Ids that differ only in a trailing NUL or are empty.
+                    id: format!("{s}{}", "\u{0}".repeat(n)),
+                    name: format!("{}{s}", n),
+                    created_at: *t,
+                    expires_at: times[(j + 3) % times.len()],
+                    meta,
+                });
+            }
+        }
+        // The empty id once more, later, with other fields: dropped.
+        keys.push(ProviderKey {
+            id: String::new(),
+            name: "late".into(),
+            created_at: None,
+            expires_at: None,
+            meta: nested(9),
+        });
+        let want = deduped(keys.clone());
+        assert_eq!(want.len(), keys.len() - 1);
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        assert_eq!(l.to_keys(), want);
+        for (k, w) in l.keys().zip(&want) {
+            assert_eq!(k.created_at(), w.created_at, "{}", w.name.len());
+            assert_eq!(k.expires_at(), w.expires_at);
+            assert_eq!(k.meta(), &w.meta);
+            assert_eq!(l.by_id(&w.id).map(|k| k.name()), Some(w.name.as_str()));
+        }
+        assert_eq!(l.by_id("").unwrap().name(), "0");
+    }
+
+    /// 100,000 keys, every id listed four times (offset paging gone
+    /// wrong): the repeats are dropped in one pass.
+    #[test]
+    fn a_hundred_thousand_keys_with_many_repeats_keep_the_first_of_each() {
+        let mut table = KeyTable::default();
+        for round in 0..4 {
+            for i in 0..100_000u32 {
+                let name = format!("app-{i}-{round}");
+                table.push(&format!("id-{i}"), &name, None, None, BTreeMap::new());
+            }
+        }
+        assert_eq!(table.len(), 400_000);
+        let l = Listing::from_table(table, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        assert_eq!(l.len(), 100_000);
+        assert!(l.keys().all(|k| k.name().ends_with("-0")));
+        assert_eq!(l.get(99_999).unwrap().id(), "id-99999");
+        assert!(l.get(100_000).is_none());
+    }
+
+    #[test]
+    fn views_out_of_range_and_absence_on_views() {
+        let keys: Vec<ProviderKey> = (0..10)
+            .map(|i| key(&format!("k{i}"), &format!("app-{i}")))
+            .collect();
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        let s = l.subset(&[u32::MAX, 9, 10, 0, 0]);
+        // Past the end skipped; a position given twice is listed twice.
+        assert_eq!(
+            s.keys().map(|k| k.id()).collect::<Vec<_>>(),
+            ["k9", "k0", "k0"]
+        );
+        assert!(s.get(3).is_none());
+        let ss = s.subset(&[2, 3, u32::MAX]);
+        assert_eq!(ss.keys().map(|k| k.id()).collect::<Vec<_>>(), ["k0"]);
+        let empty = l.subset(&[]);
+        assert!(empty.is_empty() && empty.get(0).is_none());
+        assert!(empty.by_id("k0").is_none());
+        // A view holds only its keys: by_id/named see nothing else.
+        let f = l.filtered(|n| n == "app-3");
+        assert!(f.by_id("k4").is_none());
+        assert_eq!(f.by_id("k3").unwrap().name(), "app-3");
+        assert!(!f.proves_absent("app-3", t("2026-11-30T09:00:00Z")));
+    }
+
+    #[test]
+    fn debug_of_a_listing_does_not_dump_its_keys() {
+        let keys: Vec<ProviderKey> = (0..1000)
+            .map(|i| key(&format!("id-{i}"), &format!("app-name-{i}")))
+            .collect();
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        let v = l.subset(&[1, 2]);
+        for d in [format!("{l:?}"), format!("{v:?}"), format!("{:?}", *l.table)] {
+            assert!(!d.contains("app-name-5"), "{}", &d[..d.len().min(300)]);
+            assert!(d.len() < 1000, "{} bytes", d.len());
+        }
+    }
+
+    /// A provider whose first walk panics (a bug, or an input no one
+    /// foresaw); later walks succeed.
+    struct PanicsOnce {
+        lists: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for PanicsOnce {
+        fn name(&self) -> &str {
+            "boom"
+        }
+        fn kind(&self) -> &'static str {
+            "boom"
+        }
+        fn capabilities(&self) -> super::super::Capabilities {
+            super::super::Capabilities {
+                can_list: true,
+                can_delete: true,
+                disable_before_delete: false,
+                has_expiry: false,
+                returns_id_on_create: false,
+            }
+        }
+        async fn list(
+            &self,
+            _: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+        ) -> Result<Vec<ProviderKey>, ProviderError> {
+            if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("walk blew up");
+            }
+            Ok(vec![key("k1", "app-1")])
+        }
+        async fn create(
+            &self,
+            _: &super::super::CreateRequest<'_>,
+        ) -> Result<super::super::NewKey, ProviderError> {
+            unreachable!("not used")
+        }
+        async fn delete(&self, _: &str) -> Result<super::super::DeleteOutcome, ProviderError> {
+            unreachable!("not used")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_walk_that_panicked_is_not_joined_by_later_checks() {
+        let w = Arc::new(walks(&[]));
+        let p: SharedProvider = Arc::new(PanicsOnce {
+            lists: Default::default(),
+        });
+        let c = clock();
+        let first = {
+            let (w, p, c) = (w.clone(), p.clone(), c.clone());
+            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await.is_ok() })
+        };
+        // The first consumer does not get a listing.
+        assert!(!first.await.unwrap_or(false));
+        // The next scheduled check walks anew instead of joining the
+        // poisoned walk (which would panic every check of the scope).
+        let second = {
+            let (w, p, c) = (w.clone(), p.clone(), c.clone());
+            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await })
+        };
+        let l = second.await.expect("the second check does not panic").unwrap();
+        assert_eq!(l.by_id("k1").unwrap().name(), "app-1");
+    }
 }
