@@ -92,11 +92,23 @@ struct Row {
 /// Providers fill it page by page as they walk ([`Provider::list_into`]);
 /// [`Listing::from_table`] drops repeated ids and freezes it. Read through
 /// [`Listing`] and its [`ListedKey`] views.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyTable {
     text: Arena,
     rows: Vec<Row>,
     metas: Vec<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Sizes only: a walk's table holds every id and name of an account, which
+/// must not end up in a log line or an error.
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTable")
+            .field("rows", &self.rows.len())
+            .field("text_bytes", &self.text.text().len())
+            .field("metas", &self.metas.len())
+            .finish()
+    }
 }
 
 /// A time as a row stores it.
@@ -282,7 +294,7 @@ impl std::fmt::Debug for ListedKey<'_> {
 /// of its keys ([`Listing::filtered`], [`Listing::subset`]): views share the
 /// walk's [`KeyTable`] (an `Arc`) and hold only the positions of their rows,
 /// so cloning a listing or narrowing it for a policy copies no key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Listing {
     table: Arc<KeyTable>,
     /// The rows of `table` in this listing, in walk order; `None`: all.
@@ -296,6 +308,19 @@ pub struct Listing {
     /// listing, so this is `true` for walks; it is `false` only for views
     /// built from partial data (e.g. the store's last known keys).
     pub complete: bool,
+}
+
+/// Sizes and times only (see [`KeyTable`]'s `Debug`): no id or name.
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("len", &self.len())
+            .field("view", &self.positions.is_some())
+            .field("table", &*self.table)
+            .field("started_at", &self.started_at)
+            .field("complete", &self.complete)
+            .finish()
+    }
 }
 
 impl Listing {
@@ -690,9 +715,28 @@ impl Walks {
         let walk = async move {
             let all = |_: &str| true;
             let mut table = KeyTable::default();
-            p.list_into(&all, &mut table)
+            // A walk that panics (a bug, or a table past 4 GiB of text)
+            // fails like a provider error: a `Shared` future that panicked
+            // stays "in flight" for ever and panics every consumer that
+            // joins it, so one panic would fail every later check of the
+            // scope. The panic itself is reported by the panic hook; its
+            // message is not copied into the error (it could quote data).
+            match std::panic::AssertUnwindSafe(p.list_into(&all, &mut table))
+                .catch_unwind()
                 .await
-                .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true)))
+            {
+                Ok(walked) => walked
+                    .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true))),
+                Err(_) => Err(ProviderError {
+                    provider: p.name().into(),
+                    operation: "list",
+                    kind: super::ProviderErrorKind::Protocol(
+                        "the walk stopped on an internal error (a panic)".to_string(),
+                    ),
+                    request_id: None,
+                    class: None,
+                }),
+            }
         }
         .boxed()
         .shared();
@@ -1351,7 +1395,11 @@ mod tests {
             .collect();
         let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
         let v = l.subset(&[1, 2]);
-        for d in [format!("{l:?}"), format!("{v:?}"), format!("{:?}", *l.table)] {
+        for d in [
+            format!("{l:?}"),
+            format!("{v:?}"),
+            format!("{:?}", *l.table),
+        ] {
             assert!(!d.contains("app-name-5"), "{}", &d[..d.len().min(300)]);
             assert!(d.len() < 1000, "{} bytes", d.len());
         }
@@ -1409,17 +1457,25 @@ mod tests {
         let c = clock();
         let first = {
             let (w, p, c) = (w.clone(), p.clone(), c.clone());
-            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await.is_ok() })
+            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await })
         };
-        // The first consumer does not get a listing.
-        assert!(!first.await.unwrap_or(false));
+        // The first consumer gets an error (not a panic, not a listing)
+        // that does not quote the panic.
+        let e = first
+            .await
+            .expect("the first check does not panic")
+            .unwrap_err();
+        assert!(!e.to_string().contains("blew"), "{e}");
         // The next scheduled check walks anew instead of joining the
         // poisoned walk (which would panic every check of the scope).
         let second = {
             let (w, p, c) = (w.clone(), p.clone(), c.clone());
             tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await })
         };
-        let l = second.await.expect("the second check does not panic").unwrap();
+        let l = second
+            .await
+            .expect("the second check does not panic")
+            .unwrap();
         assert_eq!(l.by_id("k1").unwrap().name(), "app-1");
     }
 }
