@@ -134,7 +134,9 @@ impl KeyTable {
     /// `meta` differs from the previous key's and is not empty).
     ///
     /// # Panics
-    /// When the walk's ids and names pass 4 GiB of text.
+    /// When the walk's ids and names pass 4 GiB of text, or its rows
+    /// `u32::MAX` (positions are `u32`). [`Walks`] turns a walk's panic
+    /// into an error.
     pub fn push(
         &mut self,
         id: &str,
@@ -143,6 +145,10 @@ impl KeyTable {
         expires_at: Option<DateTime<Utc>>,
         meta: BTreeMap<String, serde_json::Value>,
     ) {
+        assert!(
+            self.rows.len() < u32::MAX as usize,
+            "a walk holds under 4 G keys"
+        );
         let id = self.text.push(id);
         let name = self.text.push(name);
         let meta = if meta.is_empty() {
@@ -218,8 +224,9 @@ impl KeyTable {
         self.metas.shrink_to_fit();
     }
 
-    /// The keys in order, owned (repeats not dropped unless the table was
-    /// finished): for [`Provider::list`] built on [`Provider::list_into`].
+    /// The keys in order, owned, repeated ids dropped (the first
+    /// occurrence wins): for [`Provider::list`] built on
+    /// [`Provider::list_into`].
     pub fn into_keys(mut self) -> Vec<ProviderKey> {
         self.finish();
         self.rows.iter().map(|r| self.key(r).to_owned()).collect()
@@ -1369,14 +1376,11 @@ mod tests {
             .map(|i| key(&format!("k{i}"), &format!("app-{i}")))
             .collect();
         let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
-        let s = l.subset(&[u32::MAX, 9, 10, 0, 0]);
-        // Past the end skipped; a position given twice is listed twice.
-        assert_eq!(
-            s.keys().map(|k| k.id()).collect::<Vec<_>>(),
-            ["k9", "k0", "k0"]
-        );
-        assert!(s.get(3).is_none());
-        let ss = s.subset(&[2, 3, u32::MAX]);
+        let s = l.subset(&[u32::MAX, 9, 10, 0]);
+        // Past the end skipped.
+        assert_eq!(s.keys().map(|k| k.id()).collect::<Vec<_>>(), ["k9", "k0"]);
+        assert!(s.get(2).is_none());
+        let ss = s.subset(&[1, 2, u32::MAX]);
         assert_eq!(ss.keys().map(|k| k.id()).collect::<Vec<_>>(), ["k0"]);
         let empty = l.subset(&[]);
         assert!(empty.is_empty() && empty.get(0).is_none());
