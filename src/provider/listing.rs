@@ -1482,4 +1482,31 @@ mod tests {
             .unwrap();
         assert_eq!(l.by_id("k1").unwrap().name(), "app-1");
     }
+
+    /// The default `list_into` (Huawei's path: `list`, then push): a key
+    /// `list` repeats is listed once, the first occurrence kept, through a
+    /// plain walk and through a shared one.
+    #[tokio::test]
+    async fn the_default_list_into_path_drops_repeats_and_keeps_the_first() {
+        let p = Slow::new("hw");
+        *p.keys.lock().unwrap() = vec![
+            key("1", "app-a"),
+            key("2", "app-b"),
+            key("1", "app-a-moved"),
+            key("2", "other"),
+            key("3", "app-c"),
+        ];
+        let c = clock();
+        let keep = |n: &str| n.starts_with("app-");
+        let l = Listing::walk(&*p, &*c, &keep).await.unwrap();
+        let got: Vec<(&str, &str)> = l.keys().map(|k| (k.id(), k.name())).collect();
+        assert_eq!(got, [("1", "app-a"), ("2", "app-b"), ("3", "app-c")]);
+        let sp: SharedProvider = p.clone();
+        let shared = walks(&[])
+            .listing(&sp, &c, None, Purpose::Check)
+            .await
+            .unwrap();
+        let got: Vec<(&str, &str)> = shared.keys().map(|k| (k.id(), k.name())).collect();
+        assert_eq!(got, [("1", "app-a"), ("2", "app-b"), ("3", "app-c")]);
+    }
 }
