@@ -43,6 +43,12 @@ impl Arena {
     pub fn push(&mut self, s: &str) -> Span {
         let start = u32::try_from(self.text.len()).expect("an arena holds under 4 GiB of text");
         let len = u32::try_from(s.len()).expect("an arena string is under 4 GiB");
+        // The end too: a span's `start + len` must not wrap (release
+        // builds do not check the addition; the next push would be too
+        // late for this span).
+        start
+            .checked_add(len)
+            .expect("an arena holds under 4 GiB of text");
         self.text.push_str(s);
         Span { start, len }
     }

@@ -92,11 +92,23 @@ struct Row {
 /// Providers fill it page by page as they walk ([`Provider::list_into`]);
 /// [`Listing::from_table`] drops repeated ids and freezes it. Read through
 /// [`Listing`] and its [`ListedKey`] views.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KeyTable {
     text: Arena,
     rows: Vec<Row>,
     metas: Vec<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Sizes only: a walk's table holds every id and name of an account, which
+/// must not end up in a log line or an error.
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTable")
+            .field("rows", &self.rows.len())
+            .field("text_bytes", &self.text.text().len())
+            .field("metas", &self.metas.len())
+            .finish()
+    }
 }
 
 /// A time as a row stores it.
@@ -122,7 +134,9 @@ impl KeyTable {
     /// `meta` differs from the previous key's and is not empty).
     ///
     /// # Panics
-    /// When the walk's ids and names pass 4 GiB of text.
+    /// When the walk's ids and names pass 4 GiB of text, or its rows
+    /// `u32::MAX` (positions are `u32`). [`Walks`] turns a walk's panic
+    /// into an error.
     pub fn push(
         &mut self,
         id: &str,
@@ -131,6 +145,10 @@ impl KeyTable {
         expires_at: Option<DateTime<Utc>>,
         meta: BTreeMap<String, serde_json::Value>,
     ) {
+        assert!(
+            self.rows.len() < u32::MAX as usize,
+            "a walk holds under 4 G keys"
+        );
         let id = self.text.push(id);
         let name = self.text.push(name);
         let meta = if meta.is_empty() {
@@ -206,8 +224,9 @@ impl KeyTable {
         self.metas.shrink_to_fit();
     }
 
-    /// The keys in order, owned (repeats not dropped unless the table was
-    /// finished): for [`Provider::list`] built on [`Provider::list_into`].
+    /// The keys in order, owned, repeated ids dropped (the first
+    /// occurrence wins): for [`Provider::list`] built on
+    /// [`Provider::list_into`].
     pub fn into_keys(mut self) -> Vec<ProviderKey> {
         self.finish();
         self.rows.iter().map(|r| self.key(r).to_owned()).collect()
@@ -282,7 +301,7 @@ impl std::fmt::Debug for ListedKey<'_> {
 /// of its keys ([`Listing::filtered`], [`Listing::subset`]): views share the
 /// walk's [`KeyTable`] (an `Arc`) and hold only the positions of their rows,
 /// so cloning a listing or narrowing it for a policy copies no key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Listing {
     table: Arc<KeyTable>,
     /// The rows of `table` in this listing, in walk order; `None`: all.
@@ -296,6 +315,19 @@ pub struct Listing {
     /// listing, so this is `true` for walks; it is `false` only for views
     /// built from partial data (e.g. the store's last known keys).
     pub complete: bool,
+}
+
+/// Sizes and times only (see [`KeyTable`]'s `Debug`): no id or name.
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("len", &self.len())
+            .field("view", &self.positions.is_some())
+            .field("table", &*self.table)
+            .field("started_at", &self.started_at)
+            .field("complete", &self.complete)
+            .finish()
+    }
 }
 
 impl Listing {
@@ -690,9 +722,28 @@ impl Walks {
         let walk = async move {
             let all = |_: &str| true;
             let mut table = KeyTable::default();
-            p.list_into(&all, &mut table)
+            // A walk that panics (a bug, or a table past 4 GiB of text)
+            // fails like a provider error: a `Shared` future that panicked
+            // stays "in flight" for ever and panics every consumer that
+            // joins it, so one panic would fail every later check of the
+            // scope. The panic itself is reported by the panic hook; its
+            // message is not copied into the error (it could quote data).
+            match std::panic::AssertUnwindSafe(p.list_into(&all, &mut table))
+                .catch_unwind()
                 .await
-                .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true)))
+            {
+                Ok(walked) => walked
+                    .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true))),
+                Err(_) => Err(ProviderError {
+                    provider: p.name().into(),
+                    operation: "list",
+                    kind: super::ProviderErrorKind::Protocol(
+                        "the walk stopped on an internal error (a panic)".to_string(),
+                    ),
+                    request_id: None,
+                    class: None,
+                }),
+            }
         }
         .boxed()
         .shared();
@@ -1219,5 +1270,243 @@ mod tests {
             !text.contains(r#"purpose="before_delete""#),
             "it joined: {text}"
         );
+    }
+
+    /// Adversarial round trips: hostile strings, times at chrono's ends and
+    /// at the edges of a second, nested meta, and meta runs that alternate.
+    #[test]
+    fn hostile_strings_extreme_times_and_alternating_meta_come_back_exactly() {
+        let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60.999999999Z")
+            .unwrap()
+            .to_utc();
+        assert!(leap.timestamp_subsec_nanos() >= 1_000_000_000);
+        let times = [
+            None,
+            Some(DateTime::<Utc>::MIN_UTC),
+            Some(DateTime::<Utc>::MAX_UTC),
+            Some(DateTime::from_timestamp(-1, 999_999_999).unwrap()),
+            Some(DateTime::from_timestamp(0, 0).unwrap()),
+            Some(DateTime::from_timestamp(0, 1).unwrap()),
+            Some(leap),
+            Some(
+                DateTime::parse_from_rfc3339("2016-12-31T23:59:60+05:30")
+                    .unwrap()
+                    .to_utc(),
+            ),
+        ];
+        let nested = |v: i64| -> BTreeMap<String, serde_json::Value> {
+            [(
+                "deep".to_string(),
+                serde_json::json!({"a": [1, {"b": null, "c": "\u{0}\u{202e}"}], "v": v}),
+            )]
+            .into()
+        };
+        let strings = [
+            String::new(),
+            "\u{0}".to_string(),
+            "\u{0}\u{0}".to_string(),
+            "\u{202e}evil\u{202c}".to_string(),
+            "👩‍👩‍👧".to_string(),
+            "\u{FEFF}a\r\n\t\u{7f}".to_string(),
+            "x".repeat(3 << 20),
+        ];
+        let mut keys = Vec::new();
+        for (i, s) in strings.iter().enumerate() {
+            for (j, t) in times.iter().enumerate() {
+                let n = i * times.len() + j;
+                // Meta runs: A A B A none A (alternating, and a gap).
+                let meta = match n % 6 {
+                    0 | 1 | 3 | 5 => nested(1),
+                    2 => nested(2),
+                    _ => BTreeMap::new(),
+                };
+                keys.push(ProviderKey {
+                    // Ids that differ only in a trailing NUL or are empty.
+                    id: format!("{s}{}", "\u{0}".repeat(n)),
+                    name: format!("{}{s}", n),
+                    created_at: *t,
+                    expires_at: times[(j + 3) % times.len()],
+                    meta,
+                });
+            }
+        }
+        // The empty id once more, later, with other fields: dropped.
+        keys.push(ProviderKey {
+            id: String::new(),
+            name: "late".into(),
+            created_at: None,
+            expires_at: None,
+            meta: nested(9),
+        });
+        let want = deduped(keys.clone());
+        assert_eq!(want.len(), keys.len() - 1);
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        assert_eq!(l.to_keys(), want);
+        for (k, w) in l.keys().zip(&want) {
+            assert_eq!(k.created_at(), w.created_at, "{}", w.name.len());
+            assert_eq!(k.expires_at(), w.expires_at);
+            assert_eq!(k.meta(), &w.meta);
+            assert_eq!(l.by_id(&w.id).map(|k| k.name()), Some(w.name.as_str()));
+        }
+        assert_eq!(l.by_id("").unwrap().name(), "0");
+    }
+
+    /// 100,000 keys, every id listed four times (offset paging gone
+    /// wrong): the repeats are dropped in one pass.
+    #[test]
+    fn a_hundred_thousand_keys_with_many_repeats_keep_the_first_of_each() {
+        let mut table = KeyTable::default();
+        for round in 0..4 {
+            for i in 0..100_000u32 {
+                let name = format!("app-{i}-{round}");
+                table.push(&format!("id-{i}"), &name, None, None, BTreeMap::new());
+            }
+        }
+        assert_eq!(table.len(), 400_000);
+        let l = Listing::from_table(table, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        assert_eq!(l.len(), 100_000);
+        assert!(l.keys().all(|k| k.name().ends_with("-0")));
+        assert_eq!(l.get(99_999).unwrap().id(), "id-99999");
+        assert!(l.get(100_000).is_none());
+    }
+
+    #[test]
+    fn views_out_of_range_and_absence_on_views() {
+        let keys: Vec<ProviderKey> = (0..10)
+            .map(|i| key(&format!("k{i}"), &format!("app-{i}")))
+            .collect();
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        let s = l.subset(&[u32::MAX, 9, 10, 0]);
+        // Past the end skipped.
+        assert_eq!(s.keys().map(|k| k.id()).collect::<Vec<_>>(), ["k9", "k0"]);
+        assert!(s.get(2).is_none());
+        let ss = s.subset(&[1, 2, u32::MAX]);
+        assert_eq!(ss.keys().map(|k| k.id()).collect::<Vec<_>>(), ["k0"]);
+        let empty = l.subset(&[]);
+        assert!(empty.is_empty() && empty.get(0).is_none());
+        assert!(empty.by_id("k0").is_none());
+        // A view holds only its keys: by_id/named see nothing else.
+        let f = l.filtered(|n| n == "app-3");
+        assert!(f.by_id("k4").is_none());
+        assert_eq!(f.by_id("k3").unwrap().name(), "app-3");
+        assert!(!f.proves_absent("app-3", t("2026-11-30T09:00:00Z")));
+    }
+
+    #[test]
+    fn debug_of_a_listing_does_not_dump_its_keys() {
+        let keys: Vec<ProviderKey> = (0..1000)
+            .map(|i| key(&format!("id-{i}"), &format!("app-name-{i}")))
+            .collect();
+        let l = Listing::from_walk(keys, t("2026-11-30T10:00:00Z"), Instant::now(), true);
+        let v = l.subset(&[1, 2]);
+        for d in [
+            format!("{l:?}"),
+            format!("{v:?}"),
+            format!("{:?}", *l.table),
+        ] {
+            assert!(!d.contains("app-name-5"), "{}", &d[..d.len().min(300)]);
+            assert!(d.len() < 1000, "{} bytes", d.len());
+        }
+    }
+
+    /// A provider whose first walk panics (a bug, or an input no one
+    /// foresaw); later walks succeed.
+    struct PanicsOnce {
+        lists: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for PanicsOnce {
+        fn name(&self) -> &str {
+            "boom"
+        }
+        fn kind(&self) -> &'static str {
+            "boom"
+        }
+        fn capabilities(&self) -> super::super::Capabilities {
+            super::super::Capabilities {
+                can_list: true,
+                can_delete: true,
+                disable_before_delete: false,
+                has_expiry: false,
+                returns_id_on_create: false,
+            }
+        }
+        async fn list(
+            &self,
+            _: &(dyn for<'n> Fn(&'n str) -> bool + Send + Sync),
+        ) -> Result<Vec<ProviderKey>, ProviderError> {
+            if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("walk blew up");
+            }
+            Ok(vec![key("k1", "app-1")])
+        }
+        async fn create(
+            &self,
+            _: &super::super::CreateRequest<'_>,
+        ) -> Result<super::super::NewKey, ProviderError> {
+            unreachable!("not used")
+        }
+        async fn delete(&self, _: &str) -> Result<super::super::DeleteOutcome, ProviderError> {
+            unreachable!("not used")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_walk_that_panicked_is_not_joined_by_later_checks() {
+        let w = Arc::new(walks(&[]));
+        let p: SharedProvider = Arc::new(PanicsOnce {
+            lists: Default::default(),
+        });
+        let c = clock();
+        let first = {
+            let (w, p, c) = (w.clone(), p.clone(), c.clone());
+            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await })
+        };
+        // The first consumer gets an error (not a panic, not a listing)
+        // that does not quote the panic.
+        let e = first
+            .await
+            .expect("the first check does not panic")
+            .unwrap_err();
+        assert!(!e.to_string().contains("blew"), "{e}");
+        // The next scheduled check walks anew instead of joining the
+        // poisoned walk (which would panic every check of the scope).
+        let second = {
+            let (w, p, c) = (w.clone(), p.clone(), c.clone());
+            tokio::spawn(async move { w.listing(&p, &c, None, Purpose::Check).await })
+        };
+        let l = second
+            .await
+            .expect("the second check does not panic")
+            .unwrap();
+        assert_eq!(l.by_id("k1").unwrap().name(), "app-1");
+    }
+
+    /// The default `list_into` (Huawei's path: `list`, then push): a key
+    /// `list` repeats is listed once, the first occurrence kept, through a
+    /// plain walk and through a shared one.
+    #[tokio::test]
+    async fn the_default_list_into_path_drops_repeats_and_keeps_the_first() {
+        let p = Slow::new("hw");
+        *p.keys.lock().unwrap() = vec![
+            key("1", "app-a"),
+            key("2", "app-b"),
+            key("1", "app-a-moved"),
+            key("2", "other"),
+            key("3", "app-c"),
+        ];
+        let c = clock();
+        let keep = |n: &str| n.starts_with("app-");
+        let l = Listing::walk(&*p, &*c, &keep).await.unwrap();
+        let got: Vec<(&str, &str)> = l.keys().map(|k| (k.id(), k.name())).collect();
+        assert_eq!(got, [("1", "app-a"), ("2", "app-b"), ("3", "app-c")]);
+        let sp: SharedProvider = p.clone();
+        let shared = walks(&[])
+            .listing(&sp, &c, None, Purpose::Check)
+            .await
+            .unwrap();
+        let got: Vec<(&str, &str)> = shared.keys().map(|k| (k.id(), k.name())).collect();
+        assert_eq!(got, [("1", "app-a"), ("2", "app-b"), ("3", "app-c")]);
     }
 }
