@@ -397,6 +397,10 @@ pub struct Faults<F> {
     pub expire_nonces: bool,
     /// Huawei: invalidate every IAM token issued so far.
     pub expire_tokens: bool,
+    /// Tencent: from now on the key list never ends (`TotalCount` always
+    /// promises one more page; offsets past the last key repeat the keys
+    /// from the start): a server whose pages never end. `false` ends it.
+    pub endless_lists: bool,
 }
 
 impl<F> Default for Faults<F> {
@@ -409,6 +413,7 @@ impl<F> Default for Faults<F> {
             clear_forced: false,
             expire_nonces: false,
             expire_tokens: false,
+            endless_lists: false,
         }
     }
 }
@@ -630,6 +635,7 @@ pub fn refuse_flags<F>(f: &Faults<F>, emulator: &str, allowed: &[&str]) -> Resul
     for (name, set) in [
         ("expire_nonces", f.expire_nonces),
         ("expire_tokens", f.expire_tokens),
+        ("endless_lists", f.endless_lists),
     ] {
         if set && !allowed.contains(&name) {
             return Err(format!("{name} does not apply to the {emulator} emulator"));

@@ -251,6 +251,8 @@ struct St {
     rng: StdRng,
     /// Dials, forced faults, counts and the request log.
     core: Core<Action, ForcedFault>,
+    /// [`Faults::endless_lists`]: key list pages never end.
+    endless_lists: bool,
 }
 
 struct Inner {
@@ -311,6 +313,7 @@ pub async fn start(opts: Options, listen: SocketAddr) -> io::Result<Handle> {
             opts.latency,
             seed.rotate_left(17) ^ 0x5deece66d,
         )),
+        endless_lists: false,
     };
     for i in 0..opts.keys {
         let age = rng.random_range(3600..60 * 86400);
@@ -489,8 +492,11 @@ impl common::Emulator for Inner {
     }
 
     fn apply_faults(&self, f: Faults) -> Result<(), String> {
-        common::refuse_flags(&f, "tencent", &[])?;
-        self.lock().core.apply(&f)
+        common::refuse_flags(&f, "tencent", &["endless_lists"])?;
+        let mut st = self.lock();
+        st.core.apply(&f)?;
+        st.endless_lists = f.endless_lists;
+        Ok(())
     }
 }
 
@@ -993,6 +999,18 @@ fn dispatch(
                     })
                 })
                 .collect();
+            if st.endless_lists && !matching.is_empty() {
+                // Past the end, the keys again from the start, and always
+                // one more page promised.
+                let page: Vec<Value> = matching
+                    .iter()
+                    .cycle()
+                    .skip(offset % matching.len())
+                    .take(limit)
+                    .map(|k| key_json(k))
+                    .collect();
+                return Ok(json!({"TotalCount": offset + limit + 1, "ApiKeySet": page}));
+            }
             let page: Vec<Value> = matching
                 .iter()
                 .skip(offset)

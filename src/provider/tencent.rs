@@ -90,6 +90,53 @@ pub const CONTENT_TYPE: &str = "application/json";
 /// Page size of every paged call (the documented maximum).
 pub const PAGE_LIMIT: usize = 100;
 
+/// The most pages one offset-paged list reads, whatever its `TotalCount`
+/// says (as OceanBase's walk).
+pub const MAX_PAGES: usize = 100_000;
+
+/// Offset paging (`Limit`/`Offset`, `TotalCount`) with an end: a server
+/// whose pages never end (a `TotalCount` that grows with every page, pages
+/// that repeat) must not walk for ever, nor, since every page's keys are
+/// kept until the walk ends, grow the daemon's memory without bound. A
+/// list reads at most the pages its first page's `TotalCount` needs plus
+/// a tenth and ten more (keys created while it walks shift later pages),
+/// and never more than [`MAX_PAGES`].
+#[derive(Debug, Default)]
+struct Pager {
+    offset: usize,
+    pages: usize,
+    bound: Option<usize>,
+}
+
+impl Pager {
+    /// Account for a page of `n` items that said `total`: `Ok(true)` to
+    /// read the next page (from [`Pager::offset`]), `Ok(false)` at the
+    /// end, `Err` with why when the list did not end within its bound.
+    fn next(&mut self, n: usize, total: Option<usize>) -> Result<bool, String> {
+        self.pages += 1;
+        let bound = *self.bound.get_or_insert_with(|| {
+            let pages = total.unwrap_or(0).div_ceil(PAGE_LIMIT);
+            pages
+                .saturating_add(pages / 10)
+                .saturating_add(10)
+                .min(MAX_PAGES)
+        });
+        self.offset += n;
+        if n == 0 || total.is_none_or(|t| self.offset >= t) {
+            return Ok(false);
+        }
+        if self.pages >= bound {
+            return Err(format!(
+                "the list did not end after {} pages ({} items; the last page said {} in all)",
+                self.pages,
+                self.offset,
+                total.unwrap_or(0)
+            ));
+        }
+        Ok(true)
+    }
+}
+
 /// Where a Unix timestamp for `X-TC-Timestamp` comes from (tests skew it).
 pub type TimestampSource = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -762,14 +809,14 @@ impl TencentProvider {
             .map(|id| Plan::new(&self.region, id))
             .collect();
         for region in self.plan_regions() {
-            let mut offset = 0usize;
+            let mut pager = Pager::default();
             loop {
                 let page: PlansPage = self
                     .call_ok_in(
                         region,
                         "list_usage_plans",
                         "DescribeUsagePlansStatus",
-                        &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                        &json!({"Limit": PAGE_LIMIT, "Offset": pager.offset}),
                     )
                     .await?;
                 let items = page.usage_plan_status_set.unwrap_or_default();
@@ -779,8 +826,10 @@ impl TencentProvider {
                         .into_iter()
                         .map(|p| Plan::new(region, &p.usage_plan_id)),
                 );
-                offset += n;
-                if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+                let more = pager
+                    .next(n, page.total_count)
+                    .map_err(|m| self.error("list_usage_plans", ProviderErrorKind::Protocol(m)))?;
+                if !more {
                     break;
                 }
             }
@@ -791,14 +840,14 @@ impl TencentProvider {
     /// Whether `key_id` is bound to `plan` (a plan that no longer exists
     /// holds nothing).
     async fn plan_has_key(&self, plan: &Plan, key_id: &str) -> Result<bool, ProviderError> {
-        let mut offset = 0usize;
+        let mut pager = Pager::default();
         loop {
             let page = match self
                 .call_in::<PlanKeysPage>(
                     &plan.region,
                     "list_plan_keys",
                     "DescribeUsagePlanSecretIds",
-                    &json!({"UsagePlanId": plan.id, "Limit": PAGE_LIMIT, "Offset": offset}),
+                    &json!({"UsagePlanId": plan.id, "Limit": PAGE_LIMIT, "Offset": pager.offset}),
                 )
                 .await?
             {
@@ -815,8 +864,10 @@ impl TencentProvider {
             {
                 return Ok(true);
             }
-            offset += n;
-            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+            let more = pager
+                .next(n, page.total_count)
+                .map_err(|m| self.error("list_plan_keys", ProviderErrorKind::Protocol(m)))?;
+            if !more {
                 return Ok(false);
             }
         }
@@ -980,13 +1031,13 @@ impl Provider for TencentProvider {
         keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync),
         into: &mut super::listing::KeyTable,
     ) -> Result<(), ProviderError> {
-        let mut offset = 0usize;
+        let mut pager = Pager::default();
         loop {
             let page: KeysPage = self
                 .call_ok(
                     "list",
                     "DescribeApiKeysStatus",
-                    &json!({"Limit": PAGE_LIMIT, "Offset": offset}),
+                    &json!({"Limit": PAGE_LIMIT, "Offset": pager.offset}),
                 )
                 .await?;
             let items = page.api_key_set.unwrap_or_default();
@@ -1021,8 +1072,10 @@ impl Provider for TencentProvider {
                 };
                 into.push(&k.access_key_id, &name, created_at, None, meta);
             }
-            offset += n;
-            if n == 0 || page.total_count.is_none_or(|t| offset >= t) {
+            let more = pager
+                .next(n, page.total_count)
+                .map_err(|m| self.error("list", ProviderErrorKind::Protocol(m)))?;
+            if !more {
                 break;
             }
         }
@@ -1263,6 +1316,47 @@ mod tests {
             _ => "other",
         };
         (e.is_retryable(), variant)
+    }
+
+    /// Offset paging ends where the pages say, and a list whose pages
+    /// never end stops at its first page's count plus a tenth and ten more
+    /// pages, never past [`MAX_PAGES`] (before, a `TotalCount` that kept
+    /// ahead of the offset was walked for ever).
+    #[test]
+    fn paging_ends_where_the_pages_say_and_an_endless_list_stops() {
+        let walk = |pages: &[(usize, Option<usize>)]| {
+            let mut p = Pager::default();
+            let mut read = 0;
+            for &(n, total) in pages {
+                read += 1;
+                match p.next(n, total) {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(read),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(read)
+        };
+        assert_eq!(
+            walk(&[(100, Some(250)), (100, Some(250)), (50, Some(250))]),
+            Ok(3)
+        );
+        assert_eq!(walk(&[(100, Some(250)), (0, Some(250))]), Ok(2));
+        assert_eq!(walk(&[(100, None)]), Ok(1));
+        // Keys created while it walks: the count grows a little.
+        let growing: Vec<_> = (0..4).map(|i| (100, Some(300 + 20 * i))).collect();
+        assert_eq!(walk(&growing), Ok(4));
+        // A count that always promises one more page.
+        let endless: Vec<_> = (0..1000).map(|i| (100, Some(100 * i + 101))).collect();
+        let e = walk(&endless).unwrap_err();
+        assert!(e.starts_with("the list did not end after 12 pages"), "{e}");
+        // A first page that promises more than MAX_PAGES pages.
+        let mut p = Pager::default();
+        let mut pages = 0;
+        while let Ok(true) = p.next(100, Some(usize::MAX)) {
+            pages += 1;
+        }
+        assert_eq!(pages + 1, MAX_PAGES);
     }
 
     #[test]

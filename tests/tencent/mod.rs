@@ -137,6 +137,43 @@ async fn list_walks_every_page_and_filters_each_page() {
     emu.shutdown().await;
 }
 
+/// A server whose key list never ends (`TotalCount` always one page ahead,
+/// the keys repeated past the end): the walk fails with a protocol error
+/// after a bounded number of pages instead of walking, and holding every
+/// repeated key, for ever.
+#[tokio::test]
+async fn a_key_list_whose_pages_never_end_fails_after_a_bounded_walk() {
+    let emu = tencent::start(
+        Options {
+            keys: 5,
+            name_prefix: "app-".into(),
+            ..opts()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    emu.set_faults(Faults {
+        endless_lists: true,
+        ..Faults::default()
+    })
+    .unwrap();
+    let p = tencent_provider(&emu);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(60), p.list(&|_: &str| true))
+        .await
+        .expect("the walk ended")
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, ProviderErrorKind::Protocol(m) if m.contains("did not end after 12 pages")),
+        "{e:?}"
+    );
+    assert_eq!(emu.stats()["DescribeApiKeysStatus"].requests, 12);
+    // The list ends again: walks work again.
+    emu.set_faults(Faults::default()).unwrap();
+    assert_eq!(p.list(&|_: &str| true).await.unwrap().len(), 5);
+    emu.shutdown().await;
+}
+
 #[tokio::test]
 async fn create_returns_the_access_key_pair_and_its_id() {
     let emu = tencent::start(opts(), loopback()).await.unwrap();
