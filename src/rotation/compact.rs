@@ -816,6 +816,98 @@ mod tests {
         assert_eq!(only.table.arena.text(), "app-1id-app-1fresh");
     }
 
+    /// Adversarial: every due time chrono can hold at its edges (year 0,
+    /// negative years, past 9999, the minimum and maximum, a leap second,
+    /// nanoseconds) and names built from the template itself (a name
+    /// ending in " is fresh; due at {the same t}", one that is a whole
+    /// fresh message, one that is only the suffix) render, compare, read
+    /// back, survive `retain` and a clone's change exactly as the plain
+    /// structs they were built from.
+    #[test]
+    fn fresh_messages_at_chronos_edges_and_self_similar_names_read_back_as_pushed() {
+        let leap = at(1_483_228_799, 1_500_000_000).unwrap();
+        let times = [
+            at(0, 0).unwrap(),
+            at(-62_167_219_200, 0).unwrap(),           // 0000-01-01
+            at(-62_167_219_201, 999_999_999).unwrap(), // -0001-12-31
+            at(253_402_300_800, 0).unwrap(),           // 10000-01-01
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            leap,
+            at(1_800_000_000, 1).unwrap(),
+        ];
+        let mut plain = Vec::new();
+        for (i, t) in times.iter().enumerate() {
+            let ts = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let names = [
+                format!("n{i}"),
+                format!("n{i} is fresh; due at {ts}"),
+                fresh_message(&format!("n{i}"), *t),
+                format!(" is fresh; due at {ts}"),
+                format!("key n{i}"),
+                String::new(),
+            ];
+            for (j, name) in names.iter().enumerate() {
+                for key in [name.clone(), format!("{name}-k{j}")] {
+                    plain.push(LineageStatus {
+                        name: name.clone(),
+                        health: Health::Ok,
+                        current_key: Some(key.clone()),
+                        reason: "fresh".into(),
+                        message: fresh_message(&key, *t),
+                        rotate_at: Some(*t),
+                        conditions: vec![],
+                        rotation: None,
+                    });
+                }
+            }
+        }
+        let cl: Lineages = plain.iter().collect();
+        assert!(cl.table.rows.iter().all(|r| r.fresh_message));
+        assert_eq!(cl.to_vec(), plain);
+        for (l, p) in cl.iter().zip(&plain) {
+            assert_eq!(l.message(), p.message.as_str());
+            assert_eq!(l.to_status(), *p);
+        }
+        let json = serde_json::to_string(&cl).unwrap();
+        assert_eq!(json, serde_json::to_string(&plain).unwrap());
+        // Read back (every edge above survives serde's RFC 3339 too).
+        let back: Lineages = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cl);
+        assert!(back.table.rows.iter().all(|r| r.fresh_message));
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        // A clone that drops rows copies the table; neither changes the other.
+        let mut kept = cl.clone();
+        assert!(kept.shares_table(&cl));
+        let mut i = 0;
+        kept.retain(|_| {
+            i += 1;
+            i % 3 != 0
+        });
+        assert!(!kept.shares_table(&cl));
+        assert_eq!(cl.to_vec(), plain);
+        let mut i = 0;
+        let expect: Vec<LineageStatus> = plain
+            .iter()
+            .filter(|_| {
+                i += 1;
+                i % 3 != 0
+            })
+            .cloned()
+            .collect();
+        assert_eq!(kept.to_vec(), expect);
+        assert_eq!(kept, expect.iter().collect::<Lineages>());
+        // Equal messages, one stored by name and one not (another
+        // reason): the lineages differ by reason only, never by message.
+        let mut due = plain[0].clone();
+        due.reason = "due".into();
+        let a: Lineages = std::slice::from_ref(&plain[0]).iter().collect();
+        let b: Lineages = std::slice::from_ref(&due).iter().collect();
+        assert!(!b.table.rows[0].fresh_message);
+        assert_eq!(a.first().unwrap().message(), b.first().unwrap().message());
+        assert_ne!(a, b);
+    }
+
     #[test]
     fn repeated_lineage_and_reason_strings_are_stored_once() {
         let ck: Keys = sample_keys().iter().collect();
