@@ -204,9 +204,10 @@ impl KeyTable {
     }
 
     /// Drop every row whose id an earlier row has (the first occurrence
-    /// wins; order otherwise kept, as [`super::drop_repeated_ids`]) and the
-    /// spare capacity. A dropped row's strings stay in the arena (repeats
-    /// are rare: offset paging while keys come and go).
+    /// wins; order otherwise kept: a walk with offset paging can list a key
+    /// twice while keys are created and deleted; ids are compared borrowed)
+    /// and the spare capacity. A dropped row's strings stay in the arena
+    /// (repeats are rare: offset paging while keys come and go).
     fn finish(&mut self) {
         let repeated: Vec<bool> = {
             let mut seen = std::collections::HashSet::with_capacity(self.rows.len());
@@ -734,15 +735,13 @@ impl Walks {
             {
                 Ok(walked) => walked
                     .map(|()| Arc::new(Listing::from_table(table, started_at, started_mono, true))),
-                Err(_) => Err(ProviderError {
-                    provider: p.name().into(),
-                    operation: "list",
-                    kind: super::ProviderErrorKind::Protocol(
+                Err(_) => Err(ProviderError::new(
+                    p.name(),
+                    "list",
+                    super::ProviderErrorKind::Protocol(
                         "the walk stopped on an internal error (a panic)".to_string(),
                     ),
-                    request_id: None,
-                    class: None,
-                }),
+                )),
             }
         }
         .boxed()
@@ -967,10 +966,13 @@ mod tests {
         keys
     }
 
-    /// What the walk's `Vec<ProviderKey>` held before the compact rows.
-    fn deduped(mut keys: Vec<ProviderKey>) -> Vec<ProviderKey> {
-        super::super::drop_repeated_ids(&mut keys);
-        keys
+    /// What the walk's `Vec<ProviderKey>` held before the compact rows:
+    /// the first key of each id, in order.
+    fn deduped(keys: Vec<ProviderKey>) -> Vec<ProviderKey> {
+        let mut seen = std::collections::HashSet::new();
+        keys.into_iter()
+            .filter(|k| seen.insert(k.id.clone()))
+            .collect()
     }
 
     #[test]

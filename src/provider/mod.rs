@@ -65,24 +65,6 @@ pub fn one_line(s: &str, max: usize) -> String {
     out
 }
 
-/// Drop every key whose id an earlier key of `keys` has (the first
-/// occurrence wins; order otherwise kept). A walk with offset paging can
-/// list a key twice while keys are created and deleted. Ids are compared
-/// borrowed: a walk of 10,000 keys copies none of them.
-pub fn drop_repeated_ids(keys: &mut Vec<ProviderKey>) {
-    let repeated: Vec<bool> = {
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
-        keys.iter().map(|k| !seen.insert(k.id.as_str())).collect()
-    };
-    if repeated.contains(&true) {
-        let mut at = 0;
-        keys.retain(|_| {
-            at += 1;
-            !repeated[at - 1]
-        });
-    }
-}
-
 /// A key as a provider lists it. Never holds secret material.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderKey {

@@ -1172,47 +1172,34 @@ fn a_nul_character_from_a_provider_is_stored_not_refused(store: &Store) {
 fn a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_key_id_only(
     store: &Store,
 ) {
-    let check = |policy: &str, minutes: i64, ids: &[&str]| CheckRecord {
-        policy: policy.into(),
-        provider: "ob".into(),
-        at: at(minutes),
-        next_check_at: None,
-        health: "ok".into(),
-        error: None,
-        decisions: Some("{}".into()),
-        keys: ids
-            .iter()
-            .map(|id| SeenKey {
-                key_id: id.to_string(),
-                name: format!("app-{id}"),
-                lineage: format!("app-{id}"),
-                created_at: None,
-                expires_at: None,
-                origin: "adopted",
-                rotation_id: None,
-                unknown_time: None,
-            })
-            .collect(),
-        complete_listing: true,
-    };
     let gens = |store: &Store| ["maas", "b", "c"].map(|p| store.ledger_generation(p));
-    store.record_check(&check("maas", 0, &["k1"])).unwrap();
-    store.record_check(&check("b", 0, &["k2"])).unwrap();
+    store
+        .record_check(&listing_of_policy("maas", 0, &["k1"]))
+        .unwrap();
+    store
+        .record_check(&listing_of_policy("b", 0, &["k2"]))
+        .unwrap();
     let g0 = gens(store);
     // c's first check records a key id nobody else holds.
-    store.record_check(&check("c", 1, &["k3"])).unwrap();
+    store
+        .record_check(&listing_of_policy("c", 1, &["k3"]))
+        .unwrap();
     let g1 = gens(store);
     assert_eq!(g1[..2], g0[..2], "c's own keys moved other policies'");
     assert_ne!(g1[2], g0[2]);
     // b claims k1 too: maas's claims change.
-    store.record_check(&check("b", 2, &["k2", "k1"])).unwrap();
+    store
+        .record_check(&listing_of_policy("b", 2, &["k2", "k1"]))
+        .unwrap();
     let g2 = gens(store);
     assert_ne!(g2[0], g1[0], "a rival's claim on maas's key left maas's");
     assert_ne!(g2[1], g1[1]);
     assert_eq!(g2[2], g1[2]);
     // b's complete listing no longer has k1 (gone for b): maas's claims
     // change again.
-    store.record_check(&check("b", 3, &["k2"])).unwrap();
+    store
+        .record_check(&listing_of_policy("b", 3, &["k2"]))
+        .unwrap();
     let g3 = gens(store);
     assert_ne!(g3[0], g2[0], "a rival letting maas's key go left maas's");
     assert_eq!(g3[2], g2[2]);
@@ -1263,61 +1250,40 @@ fn a_write_moves_the_ledger_generation_of_its_policy_and_of_policies_sharing_a_k
 fn a_key_missed_after_an_hour_of_quiet_checks_is_gone_since_the_listing_that_missed_it(
     store: &Store,
 ) {
-    let check = |minutes: i64, ids: &[&str]| CheckRecord {
-        policy: "maas".into(),
-        provider: "ob".into(),
-        at: at(minutes),
-        next_check_at: None,
-        health: "ok".into(),
-        error: None,
-        decisions: Some("{}".into()),
-        keys: ids
-            .iter()
-            .map(|id| SeenKey {
-                key_id: id.to_string(),
-                name: format!("app-{id}"),
-                lineage: format!("app-{id}"),
-                created_at: None,
-                expires_at: None,
-                origin: "adopted",
-                rotation_id: None,
-                unknown_time: None,
-            })
-            .collect(),
-        complete_listing: true,
-    };
-    let gone_since = |store: &Store, id: &str| {
-        let k = store.known_keys("maas").unwrap();
-        let k = k.iter().find(|k| k.key_id == id).unwrap();
-        (k.state.clone(), k.gone_since)
-    };
-    store.record_check(&check(0, &["k1", "k2"])).unwrap();
-    assert_eq!(gone_since(store, "k1"), ("live".into(), None));
+    store.record_check(&listing_of(0, &["k1", "k2"])).unwrap();
+    assert_eq!(gone_since_of(store, "k1"), ("live".into(), None));
     // An hour of checks that list both keys and change nothing.
     for m in (10..=60).step_by(10) {
         store
-            .record_check_times(&[check(m, &["k1", "k2"])])
+            .record_check_times(&[listing_of(m, &["k1", "k2"])])
             .unwrap();
     }
     // One complete listing misses k1.
-    store.record_check(&check(61, &["k2"])).unwrap();
-    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(61))));
-    assert_eq!(gone_since(store, "k2"), ("live".into(), None));
+    store.record_check(&listing_of(61, &["k2"])).unwrap();
+    assert_eq!(gone_since_of(store, "k1"), ("gone".into(), Some(at(61))));
+    assert_eq!(gone_since_of(store, "k2"), ("live".into(), None));
     // Still missed later: gone since the first listing that missed it.
-    store.record_check(&check(75, &["k2", "k3"])).unwrap();
-    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(61))));
+    store.record_check(&listing_of(75, &["k2", "k3"])).unwrap();
+    assert_eq!(gone_since_of(store, "k1"), ("gone".into(), Some(at(61))));
     // Listed again, then missed again: counted from the new miss.
-    store.record_check(&check(80, &["k1", "k2", "k3"])).unwrap();
-    assert_eq!(gone_since(store, "k1"), ("live".into(), None));
-    store.record_check(&check(90, &["k2", "k3"])).unwrap();
-    assert_eq!(gone_since(store, "k1"), ("gone".into(), Some(at(90))));
+    store
+        .record_check(&listing_of(80, &["k1", "k2", "k3"]))
+        .unwrap();
+    assert_eq!(gone_since_of(store, "k1"), ("live".into(), None));
+    store.record_check(&listing_of(90, &["k2", "k3"])).unwrap();
+    assert_eq!(gone_since_of(store, "k1"), ("gone".into(), Some(at(90))));
 }
 
 /// A complete listing of policy `maas` at `minutes` that saw `ids`
 /// (lineage `app-ID`, adopted).
 fn listing_of(minutes: i64, ids: &[&str]) -> CheckRecord {
+    listing_of_policy("maas", minutes, ids)
+}
+
+/// [`listing_of`] for policy `policy`.
+fn listing_of_policy(policy: &str, minutes: i64, ids: &[&str]) -> CheckRecord {
     CheckRecord {
-        policy: "maas".into(),
+        policy: policy.into(),
         provider: "ob".into(),
         at: at(minutes),
         next_check_at: None,
