@@ -1182,6 +1182,14 @@ impl Daemon {
                 }
                 Err(e) => tracing::warn!(policy = %p, error = %e, "check failed"),
             }
+            // A first round plans every policy: their decisions are written
+            // as they pass the budget, not all held to the end.
+            if let Err(e) = self.engine.spill_quiet_decisions(
+                &mut quiet,
+                crate::rotation::engine::QUIET_DECISIONS_BYTES,
+            ) {
+                tracing::warn!(policies = quiet.len(), error = %e, "cannot record the decisions of checks that changed nothing (written again at the group's end)");
+            }
         }
         let end = self.engine.clock.now();
         let next_for = |policy: &crate::config::PolicyConfig| {

@@ -170,6 +170,11 @@ fn failed_reading_new_key(r: &RotationRow) -> bool {
         .is_some_and(|e| e.starts_with(UNREADABLE_STEP))
 }
 
+/// Decisions text (bytes) a check group's quiet records hold before they
+/// are written early ([`Engine::spill_quiet_decisions`]): 64 KiB, about
+/// 400 lineages.
+pub const QUIET_DECISIONS_BYTES: usize = 64 * 1024;
+
 /// A rotation that failed after create is resumed by the next checks for
 /// this long after its key was created; after that its key can no longer
 /// be published and is abandoned (deleted when no sink acknowledged it).
@@ -978,6 +983,40 @@ impl Engine {
         self.check_planned(rt, name, listing, quiet)
             .await
             .map(Checked::Planned)
+    }
+
+    /// Write `quiet`'s records now, and let their decisions text go, once
+    /// that text passes `budget` bytes (the daemon's
+    /// [`QUIET_DECISIONS_BYTES`]); returns whether it wrote. A group's
+    /// quiet records otherwise wait for its one write at the end, and a
+    /// planned check's decisions are ~160 bytes per lineage: a group's
+    /// first round over 10,000 keys held 1.6 MB of them at the daemon's
+    /// peak (benches/RESULTS.md, 2026-12-02 14:00). The records stay, with
+    /// `decisions: None` (the stored text is kept), for the group's final
+    /// write of their next checks; nothing reads these rows before it, so
+    /// writing them early changes nothing a reader sees. The write is
+    /// [`Store::record_check_times`]' (fenced, not waiting for the disk).
+    ///
+    /// Errors: the store's; the records then keep their decisions for the
+    /// final write.
+    pub fn spill_quiet_decisions(
+        &self,
+        quiet: &mut [CheckRecord],
+        budget: usize,
+    ) -> Result<bool, EngineError> {
+        let held: usize = quiet
+            .iter()
+            .filter_map(|r| r.decisions.as_ref())
+            .map(String::len)
+            .sum();
+        if held <= budget {
+            return Ok(false);
+        }
+        self.store.record_check_times(quiet)?;
+        for r in quiet.iter_mut() {
+            r.decisions = None;
+        }
+        Ok(true)
     }
 
     /// [`Engine::check_policy_deferred`] of the keys at `positions` of

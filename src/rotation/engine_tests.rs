@@ -3330,6 +3330,58 @@ fn stored_decisions(h: &Harness, policy: &str) -> String {
         .to_string()
 }
 
+/// A check group's quiet records are written early once their decisions
+/// text passes the budget (`spill_quiet_decisions`), and keep nothing of it
+/// after: below the budget nothing is written, past it the record is in the
+/// store (its check time and decisions) before the group's end, and the
+/// group's final write of times keeps those decisions.
+#[tokio::test]
+async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    // The first check records the key (a loud write of its own).
+    daemon_check(&h, "p").await;
+    let first_at = h.engine.store.policy_state("p").unwrap().unwrap().last_check_at;
+    h.clock.advance(Duration::seconds(10));
+    // The second changes nothing: its record waits in `quiet`.
+    let walk = crate::provider::listing::Listing::walk(&h.fake, &*h.engine.clock, &|_: &str| true)
+        .await
+        .unwrap();
+    let p = h.rt.policy("p").unwrap();
+    let positions: Vec<u32> = (0..walk.len() as u32)
+        .filter(|&i| p.matches(walk.get(i as usize).unwrap().name()))
+        .collect();
+    let mut quiet = Vec::new();
+    let checked = h
+        .engine
+        .check_policy_in_walk(&h.rt, "p", &walk, &positions, &mut quiet)
+        .await
+        .unwrap();
+    assert!(!reused(&checked));
+    assert_eq!(quiet.len(), 1, "the unchanged check's record waits");
+    let decisions = quiet[0].decisions.clone().expect("a planned check's decisions");
+    let at = quiet[0].at;
+    assert!(Some(at) > first_at);
+    let stored_at = |h: &Harness| h.engine.store.policy_state("p").unwrap().unwrap().last_check_at;
+    // Within the budget: held, nothing written.
+    assert!(!h.engine.spill_quiet_decisions(&mut quiet, decisions.len()).unwrap());
+    assert_eq!(quiet[0].decisions.as_deref(), Some(decisions.as_str()));
+    assert_eq!(stored_at(&h), first_at);
+    // Past it: written now, and let go.
+    assert!(h.engine.spill_quiet_decisions(&mut quiet, decisions.len() - 1).unwrap());
+    assert_eq!(quiet[0].decisions, None);
+    assert_eq!(stored_at(&h), Some(at));
+    assert_eq!(stored_decisions(&h, "p"), serde_json::from_str::<serde_json::Value>(&decisions).unwrap().to_string());
+    // Nothing left to spill; the group's final write keeps the decisions.
+    assert!(!h.engine.spill_quiet_decisions(&mut quiet, 0).unwrap());
+    h.engine.store.record_check_times(&quiet).unwrap();
+    assert_eq!(stored_decisions(&h, "p"), serde_json::from_str::<serde_json::Value>(&decisions).unwrap().to_string());
+}
+
 /// An observing policy with an abandoned next key and nothing else
 /// happening: its checks are reused (no store write), and the settled plan
 /// must still end when `stuck_after` does, or `cleanup_stuck` never shows.

@@ -168,6 +168,24 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
         !has_symbol_table(&std::fs::read(&bin).unwrap()),
         "the packaged binary is not stripped (cargo-deb should strip it)"
     );
+    // A release package (CI's, `$REKEY_DEB`) has its relative relocations
+    // packed (build.rs: `-z pack-relative-relocs`, DT_RELR), and so depends
+    // on a glibc that reads them (2.36); the test build's package has
+    // neither.
+    if std::env::var_os("REKEY_DEB").is_some()
+        && require_tool("readelf", "reads the dynamic section").is_some()
+    {
+        let dynamic = run(Command::new("readelf").arg("-d").arg(&bin));
+        assert!(
+            dynamic.contains("(RELR)"),
+            "the release binary's relative relocations are not packed:\n{dynamic}"
+        );
+        let depends = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"));
+        assert!(
+            depends.contains("libc6 (>= 2.36)"),
+            "a binary with DT_RELR needs glibc 2.36: {depends}"
+        );
+    }
     // The config names credentials: not for every local user (postinst
     // gives it to group rekey).
     let conf_mode = std::os::unix::fs::PermissionsExt::mode(
