@@ -1184,10 +1184,10 @@ impl Daemon {
             }
             // A first round plans every policy: their decisions are written
             // as they pass the budget, not all held to the end.
-            if let Err(e) = self.engine.spill_quiet_decisions(
-                &mut quiet,
-                crate::rotation::engine::QUIET_DECISIONS_BYTES,
-            ) {
+            if let Err(e) = self
+                .engine
+                .spill_quiet_decisions(&mut quiet, crate::rotation::engine::QUIET_DECISIONS_BYTES)
+            {
                 tracing::warn!(policies = quiet.len(), error = %e, "cannot record the decisions of checks that changed nothing (written again at the group's end)");
             }
         }

@@ -2978,8 +2978,12 @@ fn pb_check(at: DateTime<Utc>, keys: Vec<SeenKey>, complete: bool) -> CheckRecor
     }
 }
 
+/// Reads of an unchanged ledger share one copy; a check that changes
+/// nothing writes no ledger row, and once it settles it drops the copy (the
+/// checks that reuse its plan read none): the next read is the store's
+/// rows again, the same rows.
 #[tokio::test]
-async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
+async fn a_check_that_changes_nothing_writes_no_ledger_and_drops_its_copy_once_settled() {
     let h = rival_policies();
     h.fake.add("app-2", Duration::days(1), Duration::days(29));
     let pa = h.rt.policy("pa").unwrap();
@@ -2988,11 +2992,20 @@ async fn a_check_that_changes_nothing_keeps_the_cached_ledger() {
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
     h.clock.advance(Duration::seconds(60));
     let before = h.engine.ledger(&h.rt, pa).unwrap();
+    assert!(
+        Arc::ptr_eq(&before, &h.engine.ledger(&h.rt, pa).unwrap()),
+        "an unchanged ledger was read again"
+    );
     let generation = h.engine.store.ledger_generation("pa");
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
     assert_eq!(h.engine.store.ledger_generation("pa"), generation);
+    assert!(
+        !h.engine.ledgers.holds("pa"),
+        "the settled check kept its ledger"
+    );
     let after = h.engine.ledger(&h.rt, pa).unwrap();
-    assert!(Arc::ptr_eq(&before, &after), "the ledger was read again");
+    assert!(!Arc::ptr_eq(&before, &after));
+    assert_eq!(format!("{:?}", after.known), format!("{:?}", before.known));
     assert_eq!(after.known.len(), 1);
 }
 
@@ -3330,6 +3343,41 @@ fn stored_decisions(h: &Harness, policy: &str) -> String {
         .to_string()
 }
 
+/// A policy whose check settled keeps no cached ledger (the checks that
+/// reuse the settled plan read none; the store holds the rows): an idle
+/// daemon held every policy's key rows for nothing. A check that plans
+/// again reads them again, and a busy policy keeps its entry.
+#[tokio::test]
+async fn a_settled_policy_holds_no_cached_ledger() {
+    let h = settled_harness().await;
+    assert!(
+        !h.engine.ledgers.holds("p"),
+        "the settled policy's ledger is still cached"
+    );
+    // Reused checks read none.
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert!(!h.engine.ledgers.holds("p"));
+    // A new key: the check plans from the store's rows (it sees the key)
+    // and, having written it, does not settle: the ledger stays cached.
+    h.fake.add(
+        "app-b",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    h.clock.advance(Duration::seconds(10));
+    assert!(!reused(&daemon_check(&h, "p").await));
+    assert!(
+        h.engine.ledgers.holds("p"),
+        "a busy policy's ledger is cached"
+    );
+    assert_ledger_fresh(&h.engine, &h.rt, "p", "the check that recorded app-b");
+    settle(&h, "p").await;
+    assert!(!h.engine.ledgers.holds("p"));
+    let known = h.engine.store.known_keys("p").unwrap();
+    assert_eq!(known.len(), 2, "{known:?}");
+}
+
 /// A check group's quiet records are written early once their decisions
 /// text passes the budget (`spill_quiet_decisions`), and keep nothing of it
 /// after: below the budget nothing is written, past it the record is in the
@@ -3345,7 +3393,13 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
     );
     // The first check records the key (a loud write of its own).
     daemon_check(&h, "p").await;
-    let first_at = h.engine.store.policy_state("p").unwrap().unwrap().last_check_at;
+    let first_at = h
+        .engine
+        .store
+        .policy_state("p")
+        .unwrap()
+        .unwrap()
+        .last_check_at;
     h.clock.advance(Duration::seconds(10));
     // The second changes nothing: its record waits in `quiet`.
     let walk = crate::provider::listing::Listing::walk(&h.fake, &*h.engine.clock, &|_: &str| true)
@@ -3363,23 +3417,51 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
         .unwrap();
     assert!(!reused(&checked));
     assert_eq!(quiet.len(), 1, "the unchanged check's record waits");
-    let decisions = quiet[0].decisions.clone().expect("a planned check's decisions");
+    let decisions = quiet[0]
+        .decisions
+        .clone()
+        .expect("a planned check's decisions");
     let at = quiet[0].at;
     assert!(Some(at) > first_at);
-    let stored_at = |h: &Harness| h.engine.store.policy_state("p").unwrap().unwrap().last_check_at;
+    let stored_at = |h: &Harness| {
+        h.engine
+            .store
+            .policy_state("p")
+            .unwrap()
+            .unwrap()
+            .last_check_at
+    };
     // Within the budget: held, nothing written.
-    assert!(!h.engine.spill_quiet_decisions(&mut quiet, decisions.len()).unwrap());
+    assert!(
+        !h.engine
+            .spill_quiet_decisions(&mut quiet, decisions.len())
+            .unwrap()
+    );
     assert_eq!(quiet[0].decisions.as_deref(), Some(decisions.as_str()));
     assert_eq!(stored_at(&h), first_at);
     // Past it: written now, and let go.
-    assert!(h.engine.spill_quiet_decisions(&mut quiet, decisions.len() - 1).unwrap());
+    assert!(
+        h.engine
+            .spill_quiet_decisions(&mut quiet, decisions.len() - 1)
+            .unwrap()
+    );
     assert_eq!(quiet[0].decisions, None);
     assert_eq!(stored_at(&h), Some(at));
-    assert_eq!(stored_decisions(&h, "p"), serde_json::from_str::<serde_json::Value>(&decisions).unwrap().to_string());
+    assert_eq!(
+        stored_decisions(&h, "p"),
+        serde_json::from_str::<serde_json::Value>(&decisions)
+            .unwrap()
+            .to_string()
+    );
     // Nothing left to spill; the group's final write keeps the decisions.
     assert!(!h.engine.spill_quiet_decisions(&mut quiet, 0).unwrap());
     h.engine.store.record_check_times(&quiet).unwrap();
-    assert_eq!(stored_decisions(&h, "p"), serde_json::from_str::<serde_json::Value>(&decisions).unwrap().to_string());
+    assert_eq!(
+        stored_decisions(&h, "p"),
+        serde_json::from_str::<serde_json::Value>(&decisions)
+            .unwrap()
+            .to_string()
+    );
 }
 
 /// An observing policy with an abandoned next key and nothing else

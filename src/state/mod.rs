@@ -558,7 +558,7 @@ impl Store {
             // Page cache: 1 MiB (SQLite's default is 2 MiB). The daemon's
             // queries are indexed; the OS page cache holds the rest, and
             // an idle daemon should be small (DESIGN §9, idle footprint).
-            c.pragma_update(None, "cache_size", -1024)?;
+            c.pragma_update(None, "cache_size", -256)?;
             Ok(())
         })();
         r.map_err(|e| self.corrupt(e))
