@@ -1017,7 +1017,9 @@ impl Engine {
     /// peak (benches/RESULTS.md, 2026-12-02 14:00). The records stay, with
     /// `decisions: None` (the stored text is kept), for the group's final
     /// write of their next checks; nothing reads these rows before it, so
-    /// writing them early changes nothing a reader sees. The write is
+    /// writing them early changes nothing a reader sees. A spill writes
+    /// only the records that still hold decisions (each record once, not
+    /// again at every later spill of the group). The write is
     /// [`Store::record_check_times`]' (fenced, not waiting for the disk).
     ///
     /// Errors: the store's; the records then keep their decisions for the
@@ -1035,7 +1037,11 @@ impl Engine {
         if held <= budget {
             return Ok(false);
         }
-        self.store.record_check_times(quiet)?;
+        // Only the records whose decisions are still held: those an
+        // earlier spill wrote (and those of reused checks, which carry
+        // none) wait for the final write, once.
+        self.store
+            .record_check_times(quiet.iter().filter(|r| r.decisions.is_some()))?;
         for r in quiet.iter_mut() {
             r.decisions = None;
         }

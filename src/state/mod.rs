@@ -1199,13 +1199,18 @@ impl Store {
     /// loss can forget only these rows' latest check times and decisions,
     /// which the next checks write again; the next durable commit flushes
     /// them with its own. Writes no ledger table, so it leaves
-    /// [`Store::ledger_generation`] alone.
-    pub fn record_check_times(&self, checks: &[CheckRecord]) -> Result<(), StoreError> {
+    /// [`Store::ledger_generation`] alone. `checks`: a slice, or any
+    /// selection of records by reference.
+    pub fn record_check_times<'a>(
+        &self,
+        checks: impl IntoIterator<Item = &'a CheckRecord>,
+    ) -> Result<(), StoreError> {
+        let checks: Vec<&CheckRecord> = checks.into_iter().collect();
         if checks.is_empty() {
             return Ok(());
         }
         let write = |tx: &dyn Tx| -> Result<(), StoreError> {
-            for check in checks {
+            for check in &checks {
                 upsert_policy_state(tx, check)?;
             }
             Ok(())
