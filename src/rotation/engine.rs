@@ -365,7 +365,9 @@ impl Checked {
 ///
 /// Only policies that are busy keep an entry: a check that settles
 /// ([`SettledChecks`]) drops its policy's, because the checks that reuse a
-/// settled plan read no ledger. An idle daemon therefore holds no copy of
+/// settled plan read no ledger; so does every check that reuses it (an
+/// entry read back meanwhile, by a command or a status rebuild, is not
+/// kept for the life of the plan). An idle daemon therefore holds no copy of
 /// the store's key rows (the ledgers were ~1 MB at 10,000 keys and ~10 MB at
 /// 100,000, held for nothing between checks), and a planning round holds
 /// only the ledgers of the checks in flight. The cost is one read of the
@@ -1114,8 +1116,11 @@ impl Engine {
                 .record_check_times(std::slice::from_ref(&record))?;
             let ledger = self.ledger(rt, policy)?;
             self.publish_status(rt, policy, &ledger, read)?;
-            self.ledgers.forget(&policy.name);
         }
+        // Whoever read the ledger back meanwhile (this rebuild, a command,
+        // a status rebuild racing the check that settled), a settled
+        // policy holds none: one removal, no read.
+        self.ledgers.forget(&policy.name);
         Ok(Some(lineages))
     }
 

@@ -3378,6 +3378,35 @@ async fn a_settled_policy_holds_no_cached_ledger() {
     assert_eq!(known.len(), 2, "{known:?}");
 }
 
+/// A ledger read back into the cache while the policy is settled (a
+/// command's read: `POST /rotate` naming no lineage the plan has; a status
+/// rebuild that loaded it while the settling check dropped it) is dropped by
+/// the next check that reuses the settled plan: else an idle daemon holds
+/// that policy's key rows until its settled plan ends, which can be months.
+#[tokio::test]
+async fn a_ledger_read_back_while_settled_is_dropped_by_the_next_reused_check() {
+    let h = settled_harness().await;
+    assert!(!h.engine.ledgers.holds("p"));
+    assert!(matches!(
+        h.engine
+            .rotate_now(&h.rt, "p", Some("no-such-lineage"), false)
+            .unwrap(),
+        crate::rotation::report::RotateReply::UnknownLineage { .. }
+    ));
+    assert!(h.engine.ledgers.holds("p"), "the command read the ledger");
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert!(
+        !h.engine.ledgers.holds("p"),
+        "a settled policy kept the ledger a command read"
+    );
+    // A reader that races the settling check (put after its forget).
+    h.engine.ledger(&h.rt, h.rt.policy("p").unwrap()).unwrap();
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert!(!h.engine.ledgers.holds("p"));
+}
+
 /// A check group's quiet records are written early once their decisions
 /// text passes the budget (`spill_quiet_decisions`), and keep nothing of it
 /// after: below the budget nothing is written, past it the record is in the

@@ -555,7 +555,7 @@ impl Store {
             // Deleted and overwritten content (a wiped sealed secret, the
             // old versions of its row) is zeroed, not left in free space.
             c.pragma_update(None, "secure_delete", "ON")?;
-            // Page cache: 1 MiB (SQLite's default is 2 MiB). The daemon's
+            // Page cache: 256 KiB (SQLite's default is 2 MiB). The daemon's
             // queries are indexed; the OS page cache holds the rest, and
             // an idle daemon should be small (DESIGN §9, idle footprint).
             c.pragma_update(None, "cache_size", -256)?;
