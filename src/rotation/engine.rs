@@ -365,7 +365,9 @@ impl Checked {
 ///
 /// Only policies that are busy keep an entry: a check that settles
 /// ([`SettledChecks`]) drops its policy's, because the checks that reuse a
-/// settled plan read no ledger. An idle daemon therefore holds no copy of
+/// settled plan read no ledger; so does every check that reuses it (an
+/// entry read back meanwhile, by a command or a status rebuild, is not
+/// kept for the life of the plan). An idle daemon therefore holds no copy of
 /// the store's key rows (the ledgers were ~1 MB at 10,000 keys and ~10 MB at
 /// 100,000, held for nothing between checks), and a planning round holds
 /// only the ledgers of the checks in flight. The cost is one read of the
@@ -1017,7 +1019,9 @@ impl Engine {
     /// peak (benches/RESULTS.md, 2026-12-02 14:00). The records stay, with
     /// `decisions: None` (the stored text is kept), for the group's final
     /// write of their next checks; nothing reads these rows before it, so
-    /// writing them early changes nothing a reader sees. The write is
+    /// writing them early changes nothing a reader sees. A spill writes
+    /// only the records that still hold decisions (each record once, not
+    /// again at every later spill of the group). The write is
     /// [`Store::record_check_times`]' (fenced, not waiting for the disk).
     ///
     /// Errors: the store's; the records then keep their decisions for the
@@ -1035,7 +1039,11 @@ impl Engine {
         if held <= budget {
             return Ok(false);
         }
-        self.store.record_check_times(quiet)?;
+        // Only the records whose decisions are still held: those an
+        // earlier spill wrote (and those of reused checks, which carry
+        // none) wait for the final write, once.
+        self.store
+            .record_check_times(quiet.iter().filter(|r| r.decisions.is_some()))?;
         for r in quiet.iter_mut() {
             r.decisions = None;
         }
@@ -1108,8 +1116,11 @@ impl Engine {
                 .record_check_times(std::slice::from_ref(&record))?;
             let ledger = self.ledger(rt, policy)?;
             self.publish_status(rt, policy, &ledger, read)?;
-            self.ledgers.forget(&policy.name);
         }
+        // Whoever read the ledger back meanwhile (this rebuild, a command,
+        // a status rebuild racing the check that settled), a settled
+        // policy holds none: one removal, no read.
+        self.ledgers.forget(&policy.name);
         Ok(Some(lineages))
     }
 

@@ -3378,6 +3378,35 @@ async fn a_settled_policy_holds_no_cached_ledger() {
     assert_eq!(known.len(), 2, "{known:?}");
 }
 
+/// A ledger read back into the cache while the policy is settled (a
+/// command's read: `POST /rotate` naming no lineage the plan has; a status
+/// rebuild that loaded it while the settling check dropped it) is dropped by
+/// the next check that reuses the settled plan: else an idle daemon holds
+/// that policy's key rows until its settled plan ends, which can be months.
+#[tokio::test]
+async fn a_ledger_read_back_while_settled_is_dropped_by_the_next_reused_check() {
+    let h = settled_harness().await;
+    assert!(!h.engine.ledgers.holds("p"));
+    assert!(matches!(
+        h.engine
+            .rotate_now(&h.rt, "p", Some("no-such-lineage"), false)
+            .unwrap(),
+        crate::rotation::report::RotateReply::UnknownLineage { .. }
+    ));
+    assert!(h.engine.ledgers.holds("p"), "the command read the ledger");
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert!(
+        !h.engine.ledgers.holds("p"),
+        "a settled policy kept the ledger a command read"
+    );
+    // A reader that races the settling check (put after its forget).
+    h.engine.ledger(&h.rt, h.rt.policy("p").unwrap()).unwrap();
+    h.clock.advance(Duration::seconds(10));
+    assert!(reused(&daemon_check(&h, "p").await));
+    assert!(!h.engine.ledgers.holds("p"));
+}
+
 /// A check group's quiet records are written early once their decisions
 /// text passes the budget (`spill_quiet_decisions`), and keep nothing of it
 /// after: below the budget nothing is written, past it the record is in the
@@ -3459,6 +3488,72 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
     assert_eq!(
         stored_decisions(&h, "p"),
         serde_json::from_str::<serde_json::Value>(&decisions)
+            .unwrap()
+            .to_string()
+    );
+}
+
+/// Each quiet record is written once by the spills, however many there
+/// are: a spill writes only the records whose decisions it still holds,
+/// not again every record an earlier spill wrote (a group of N quiet
+/// policies rewrote O(N²) rows: ~25 spills of up to 10,000 rows for a first
+/// round over 10,000 one-lineage policies), nor those that carry no
+/// decisions (a reused check's: the group's final write has them).
+#[tokio::test]
+async fn a_spill_writes_only_the_records_no_spill_wrote() {
+    let h = harness("", None);
+    let c = rusqlite::Connection::open(h.dir.path().join("state.db")).unwrap();
+    c.execute_batch(
+        "CREATE TABLE spill_writes (policy TEXT);
+         CREATE TRIGGER spill_insert AFTER INSERT ON policy_state
+             BEGIN INSERT INTO spill_writes VALUES (new.policy); END;
+         CREATE TRIGGER spill_update AFTER UPDATE ON policy_state
+             BEGIN INSERT INTO spill_writes VALUES (new.policy); END;",
+    )
+    .unwrap();
+    let writes = |policy: &str| -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM spill_writes WHERE policy = ?1",
+            [policy],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let record = |policy: &str, decisions: Option<&str>| CheckRecord {
+        policy: policy.into(),
+        provider: "ob".into(),
+        at: start(),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: decisions.map(str::to_string),
+        keys: Vec::new(),
+        complete_listing: true,
+    };
+    let big = format!(r#"{{"l":"{}"}}"#, "x".repeat(100));
+    let mut quiet = vec![record("reused", None), record("a", Some(&big))];
+    assert!(h.engine.spill_quiet_decisions(&mut quiet, 10).unwrap());
+    assert_eq!((writes("a"), writes("reused")), (1, 0));
+    for (n, name) in ["b", "c", "d"].into_iter().enumerate() {
+        quiet.push(record(name, Some(&big)));
+        assert!(h.engine.spill_quiet_decisions(&mut quiet, 10).unwrap());
+        assert_eq!(writes(name), 1, "{name}");
+        assert_eq!(writes("a"), 1, "spill {n} wrote a again");
+    }
+    assert_eq!(
+        writes("reused"),
+        0,
+        "a record without decisions was spilled"
+    );
+    // The group's final write: every record once more, decisions kept.
+    h.engine.store.record_check_times(&quiet).unwrap();
+    for name in ["a", "b", "c", "d", "reused"] {
+        let expected = if name == "reused" { 1 } else { 2 };
+        assert_eq!(writes(name), expected, "{name}");
+    }
+    assert_eq!(
+        stored_decisions(&h, "d"),
+        serde_json::from_str::<serde_json::Value>(&big)
             .unwrap()
             .to_string()
     );

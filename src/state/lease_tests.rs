@@ -226,6 +226,43 @@ fn a_deposed_leaders_transition_is_fenced_rolled_back_and_counted() {
     ));
 }
 
+/// The quiet check times a check group writes early (the engine's
+/// `spill_quiet_decisions`, mid-group) and at its end go through
+/// `record_check_times`: a deposed leader's are fenced like any write, and
+/// nothing of them lands (its decisions would stand for the new leader's
+/// settled checks).
+#[test]
+fn a_deposed_leaders_quiet_check_times_are_fenced() {
+    let Some(a) = pg_db() else { return };
+    let b = Store::open_postgres(&options_for(a.name(), "node-b")).unwrap();
+    let la = a.lease_acquire("node-a", TTL, "d").unwrap().unwrap();
+    a.set_fence(Some(la.fence));
+    let record = |at: DateTime<Utc>, decisions: &str| CheckRecord {
+        policy: "maas".into(),
+        provider: "ob".into(),
+        at,
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some(decisions.into()),
+        keys: Vec::new(),
+        complete_listing: true,
+    };
+    a.record_check_times(&[record(at(0), r#"{"l":"a"}"#)])
+        .unwrap();
+    expire(a.name());
+    let lb = b.lease_acquire("node-b", TTL, "d").unwrap().unwrap();
+    b.set_fence(Some(lb.fence));
+    assert!(matches!(
+        a.record_check_times(&[record(at(1), r#"{"l":"stale"}"#)]),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(a.fenced_commits(), 1);
+    let row = b.policy_state("maas").unwrap().unwrap();
+    assert_eq!(row.last_check_at, Some(at(0)));
+    assert_eq!(row.decisions.to_string(), r#"{"l":"a"}"#);
+}
+
 #[test]
 fn the_old_key_delete_waits_for_the_database_clock_not_the_nodes() {
     let Some(db) = pg_db() else { return };

@@ -555,7 +555,7 @@ impl Store {
             // Deleted and overwritten content (a wiped sealed secret, the
             // old versions of its row) is zeroed, not left in free space.
             c.pragma_update(None, "secure_delete", "ON")?;
-            // Page cache: 1 MiB (SQLite's default is 2 MiB). The daemon's
+            // Page cache: 256 KiB (SQLite's default is 2 MiB). The daemon's
             // queries are indexed; the OS page cache holds the rest, and
             // an idle daemon should be small (DESIGN §9, idle footprint).
             c.pragma_update(None, "cache_size", -256)?;
@@ -1199,13 +1199,18 @@ impl Store {
     /// loss can forget only these rows' latest check times and decisions,
     /// which the next checks write again; the next durable commit flushes
     /// them with its own. Writes no ledger table, so it leaves
-    /// [`Store::ledger_generation`] alone.
-    pub fn record_check_times(&self, checks: &[CheckRecord]) -> Result<(), StoreError> {
+    /// [`Store::ledger_generation`] alone. `checks`: a slice, or any
+    /// selection of records by reference.
+    pub fn record_check_times<'a>(
+        &self,
+        checks: impl IntoIterator<Item = &'a CheckRecord>,
+    ) -> Result<(), StoreError> {
+        let checks: Vec<&CheckRecord> = checks.into_iter().collect();
         if checks.is_empty() {
             return Ok(());
         }
         let write = |tx: &dyn Tx| -> Result<(), StoreError> {
-            for check in checks {
+            for check in &checks {
                 upsert_policy_state(tx, check)?;
             }
             Ok(())
