@@ -1158,6 +1158,7 @@ impl Daemon {
             _ => None,
         };
         let mut quiet = Vec::new();
+        let mut spill = crate::rotation::engine::QuietSpill::default();
         for (i, p) in policies.iter().enumerate() {
             let result = match (&walk, &parts) {
                 (Some(Ok(w)), Some(parts)) => {
@@ -1184,10 +1185,11 @@ impl Daemon {
             }
             // A first round plans every policy: their decisions are written
             // as they pass the budget, not all held to the end.
-            if let Err(e) = self
-                .engine
-                .spill_quiet_decisions(&mut quiet, crate::rotation::engine::QUIET_DECISIONS_BYTES)
-            {
+            if let Err(e) = self.engine.spill_quiet_decisions(
+                &mut quiet,
+                &mut spill,
+                crate::rotation::engine::QUIET_DECISIONS_BYTES,
+            ) {
                 tracing::warn!(policies = quiet.len(), error = %e, "cannot record the decisions of checks that changed nothing (written again at the group's end)");
             }
         }

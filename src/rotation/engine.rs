@@ -350,6 +350,18 @@ impl Checked {
     }
 }
 
+/// What [`Engine::spill_quiet_decisions`] knows of one check group's quiet
+/// records between calls: how many it has counted and spilled, the
+/// decisions text held since the last spill, and whether a spill failed
+/// (then the group spills no more: one warning, and the final write).
+#[derive(Debug, Default)]
+pub struct QuietSpill {
+    counted: usize,
+    spilled: usize,
+    held: usize,
+    failed: bool,
+}
+
 /// Each policy's ledger as last read, kept only while it is provably what
 /// the store holds: tagged with the policy's [`Store::ledger_generation`]
 /// read *before* the ledger was, and with the configuration its rival
@@ -1011,12 +1023,15 @@ impl Engine {
     }
 
     /// Write `quiet`'s records now, and let their decisions text go, once
-    /// that text passes `budget` bytes (the daemon's
-    /// [`QUIET_DECISIONS_BYTES`]); returns whether it wrote. A group's
-    /// quiet records otherwise wait for its one write at the end, and a
-    /// planned check's decisions are ~160 bytes per lineage: a group's
-    /// first round over 10,000 keys held 1.6 MB of them at the daemon's
-    /// peak (benches/RESULTS.md, 2026-12-02 14:00). The records stay, with
+    /// the text held passes `budget` bytes (the daemon's
+    /// [`QUIET_DECISIONS_BYTES`]); returns whether it wrote. Called after
+    /// each check of a group with the group's records and its one
+    /// [`QuietSpill`], which counts only the records pushed since the last
+    /// call (a group of N policies costs O(N), not O(N²)). A group's quiet
+    /// records otherwise wait for its one write at the end, and a planned
+    /// check's decisions are ~160 bytes per lineage: a group's first round
+    /// over 10,000 keys held 1.6 MB of them at the daemon's peak
+    /// (benches/RESULTS.md, 2026-12-02 14:00). The records stay, with
     /// `decisions: None` (the stored text is kept), for the group's final
     /// write of their next checks; nothing reads these rows before it, so
     /// writing them early changes nothing a reader sees. A spill writes
@@ -1024,29 +1039,40 @@ impl Engine {
     /// again at every later spill of the group). The write is
     /// [`Store::record_check_times`]' (fenced, not waiting for the disk).
     ///
-    /// Errors: the store's; the records then keep their decisions for the
-    /// final write.
+    /// Errors: the store's, once per group: the records keep their
+    /// decisions for the final write, and the group spills no more.
     pub fn spill_quiet_decisions(
         &self,
         quiet: &mut [CheckRecord],
+        spill: &mut QuietSpill,
         budget: usize,
     ) -> Result<bool, EngineError> {
-        let held: usize = quiet
+        let new = quiet.get(spill.counted..).unwrap_or_default();
+        spill.held += new
             .iter()
             .filter_map(|r| r.decisions.as_ref())
             .map(String::len)
-            .sum();
-        if held <= budget {
+            .sum::<usize>();
+        spill.counted = quiet.len();
+        if spill.failed || spill.held <= budget {
             return Ok(false);
         }
         // Only the records whose decisions are still held: those an
         // earlier spill wrote (and those of reused checks, which carry
         // none) wait for the final write, once.
-        self.store
-            .record_check_times(quiet.iter().filter(|r| r.decisions.is_some()))?;
-        for r in quiet.iter_mut() {
+        let unspilled = quiet.get_mut(spill.spilled..).unwrap_or_default();
+        if let Err(e) = self
+            .store
+            .record_check_times(unspilled.iter().filter(|r| r.decisions.is_some()))
+        {
+            spill.failed = true;
+            return Err(e.into());
+        }
+        for r in unspilled.iter_mut() {
             r.decisions = None;
         }
+        spill.spilled = quiet.len();
+        spill.held = 0;
         Ok(true)
     }
 

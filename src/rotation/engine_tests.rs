@@ -3439,6 +3439,7 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
         .filter(|&i| p.matches(walk.get(i as usize).unwrap().name()))
         .collect();
     let mut quiet = Vec::new();
+    let mut spill = super::engine::QuietSpill::default();
     let checked = h
         .engine
         .check_policy_in_walk(&h.rt, "p", &walk, &positions, &mut quiet)
@@ -3463,7 +3464,7 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
     // Within the budget: held, nothing written.
     assert!(
         !h.engine
-            .spill_quiet_decisions(&mut quiet, decisions.len())
+            .spill_quiet_decisions(&mut quiet, &mut spill, decisions.len())
             .unwrap()
     );
     assert_eq!(quiet[0].decisions.as_deref(), Some(decisions.as_str()));
@@ -3471,7 +3472,7 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
     // Past it: written now, and let go.
     assert!(
         h.engine
-            .spill_quiet_decisions(&mut quiet, decisions.len() - 1)
+            .spill_quiet_decisions(&mut quiet, &mut spill, decisions.len() - 1)
             .unwrap()
     );
     assert_eq!(quiet[0].decisions, None);
@@ -3483,7 +3484,11 @@ async fn quiet_decisions_past_the_budget_are_written_before_the_groups_end() {
             .to_string()
     );
     // Nothing left to spill; the group's final write keeps the decisions.
-    assert!(!h.engine.spill_quiet_decisions(&mut quiet, 0).unwrap());
+    assert!(
+        !h.engine
+            .spill_quiet_decisions(&mut quiet, &mut spill, 0)
+            .unwrap()
+    );
     h.engine.store.record_check_times(&quiet).unwrap();
     assert_eq!(
         stored_decisions(&h, "p"),
@@ -3532,11 +3537,20 @@ async fn a_spill_writes_only_the_records_no_spill_wrote() {
     };
     let big = format!(r#"{{"l":"{}"}}"#, "x".repeat(100));
     let mut quiet = vec![record("reused", None), record("a", Some(&big))];
-    assert!(h.engine.spill_quiet_decisions(&mut quiet, 10).unwrap());
+    let mut spill = super::engine::QuietSpill::default();
+    assert!(
+        h.engine
+            .spill_quiet_decisions(&mut quiet, &mut spill, 10)
+            .unwrap()
+    );
     assert_eq!((writes("a"), writes("reused")), (1, 0));
     for (n, name) in ["b", "c", "d"].into_iter().enumerate() {
         quiet.push(record(name, Some(&big)));
-        assert!(h.engine.spill_quiet_decisions(&mut quiet, 10).unwrap());
+        assert!(
+            h.engine
+                .spill_quiet_decisions(&mut quiet, &mut spill, 10)
+                .unwrap()
+        );
         assert_eq!(writes(name), 1, "{name}");
         assert_eq!(writes("a"), 1, "spill {n} wrote a again");
     }
@@ -3557,6 +3571,52 @@ async fn a_spill_writes_only_the_records_no_spill_wrote() {
             .unwrap()
             .to_string()
     );
+}
+
+/// A spill that fails (the store refuses the write) is not tried again by
+/// the group: one error, the records keep their decisions, and the group's
+/// final write stores them.
+#[tokio::test]
+async fn a_failed_spill_is_not_retried_by_the_group_and_the_final_write_keeps_the_decisions() {
+    let h = harness("", None);
+    let c = rusqlite::Connection::open(h.dir.path().join("state.db")).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER refuse_spill BEFORE INSERT ON policy_state
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let record = |policy: &str| CheckRecord {
+        policy: policy.into(),
+        provider: "ob".into(),
+        at: start(),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: Some(format!(r#"{{"l":"{}"}}"#, "x".repeat(100))),
+        keys: Vec::new(),
+        complete_listing: true,
+    };
+    let mut quiet = vec![record("a")];
+    let mut spill = super::engine::QuietSpill::default();
+    assert!(
+        h.engine
+            .spill_quiet_decisions(&mut quiet, &mut spill, 10)
+            .is_err()
+    );
+    for name in ["b", "c"] {
+        quiet.push(record(name));
+        assert!(
+            !h.engine
+                .spill_quiet_decisions(&mut quiet, &mut spill, 10)
+                .unwrap()
+        );
+    }
+    assert!(quiet.iter().all(|r| r.decisions.is_some()));
+    c.execute_batch("DROP TRIGGER refuse_spill").unwrap();
+    h.engine.store.record_check_times(&quiet).unwrap();
+    for name in ["a", "b", "c"] {
+        assert!(stored_decisions(&h, name).contains("xxxx"), "{name}");
+    }
 }
 
 /// An observing policy with an abandoned next key and nothing else
