@@ -3619,6 +3619,86 @@ async fn a_failed_spill_is_not_retried_by_the_group_and_the_final_write_keeps_th
     }
 }
 
+/// A group in `Daemon::check_group`'s order: a reused check's record (no
+/// decisions), then a planned quiet check's, each followed by a spill; then
+/// the group's end sets every quiet record's next check (the scheduler's)
+/// and writes them all. The spilled record still gets the scheduler's next
+/// check, and neither record's stored decisions are lost or replaced by
+/// the final write (which carries none for them).
+#[tokio::test]
+async fn a_spilled_record_gets_the_groups_next_check_and_keeps_its_decisions() {
+    let h = harness("", None);
+    h.fake.add(
+        "app-a",
+        Duration::days(1),
+        Duration::days(29) - Duration::minutes(30),
+    );
+    daemon_check(&h, "p").await;
+    h.clock.advance(Duration::seconds(10));
+    // Another policy's row from an earlier plan, which its reused check
+    // leaves alone.
+    let earlier = r#"{"l":"earlier"}"#;
+    let reused_record = |decisions: Option<&str>| CheckRecord {
+        policy: "r".into(),
+        provider: "ob".into(),
+        at: h.clock.now(),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: decisions.map(str::to_string),
+        keys: Vec::new(),
+        complete_listing: true,
+    };
+    h.engine
+        .store
+        .record_check_times(&[reused_record(Some(earlier))])
+        .unwrap();
+    let mut quiet = vec![reused_record(None)];
+    let mut spill = super::engine::QuietSpill::default();
+    assert!(
+        !h.engine
+            .spill_quiet_decisions(&mut quiet, &mut spill, 0)
+            .unwrap(),
+        "a record without decisions was spilled"
+    );
+    let walk = crate::provider::listing::Listing::walk(&h.fake, &*h.engine.clock, &|_: &str| true)
+        .await
+        .unwrap();
+    let p = h.rt.policy("p").unwrap();
+    let positions: Vec<u32> = (0..walk.len() as u32)
+        .filter(|&i| p.matches(walk.get(i as usize).unwrap().name()))
+        .collect();
+    h.engine
+        .check_policy_in_walk(&h.rt, "p", &walk, &positions, &mut quiet)
+        .await
+        .unwrap();
+    assert_eq!(quiet.len(), 2);
+    let planned = quiet[1].decisions.clone().expect("planned decisions");
+    assert!(
+        h.engine
+            .spill_quiet_decisions(&mut quiet, &mut spill, 0)
+            .unwrap()
+    );
+    assert!(quiet.iter().all(|r| r.decisions.is_none()));
+    // The group's end: the scheduler's next check, then the one write.
+    let next = h.clock.now() + Duration::minutes(7);
+    for r in &mut quiet {
+        r.next_check_at = Some(next);
+    }
+    h.engine.store.record_check_times(&quiet).unwrap();
+    for name in ["p", "r"] {
+        let row = h.engine.store.policy_state(name).unwrap().unwrap();
+        assert_eq!(row.next_check_at, Some(next), "{name}");
+    }
+    assert_eq!(
+        stored_decisions(&h, "p"),
+        serde_json::from_str::<serde_json::Value>(&planned)
+            .unwrap()
+            .to_string()
+    );
+    assert_eq!(stored_decisions(&h, "r"), earlier);
+}
+
 /// An observing policy with an abandoned next key and nothing else
 /// happening: its checks are reused (no store write), and the settled plan
 /// must still end when `stuck_after` does, or `cleanup_stuck` never shows.
