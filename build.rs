@@ -40,8 +40,10 @@
 //! for the life of the daemon. Packed, they are a bitmap of a few kB. The
 //! binary then needs glibc ≥ 2.36 (Debian 12; the package's `$auto`
 //! dependency records it through the `GLIBC_ABI_DT_RELR` version). Same
-//! conditions as the symbol order, with `REKEY_NO_PACKED_RELOCS` to leave it
-//! out (an older glibc at run time).
+//! conditions as the symbol order, and only when the glibc linked against
+//! defines that version (with an older one the option is left out, and the
+//! binary keeps plain relocations); `REKEY_NO_PACKED_RELOCS` leaves it out
+//! too (a binary for an older glibc than the build host's).
 
 use std::env;
 use std::path::PathBuf;
@@ -55,12 +57,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=REKEY_NO_SYMBOL_ORDERING");
     println!("cargo:rerun-if-env-changed=REKEY_WARN_SYMBOL_ORDERING");
     println!("cargo:rerun-if-env-changed=REKEY_NO_PACKED_RELOCS");
+    println!("cargo:rerun-if-env-changed=CC");
 
     let release = env::var("PROFILE").as_deref() == Ok("release");
     if !release || !linker_is_lld() {
         return;
     }
-    if env::var_os("REKEY_NO_PACKED_RELOCS").is_none() {
+    if env::var_os("REKEY_NO_PACKED_RELOCS").is_none() && libc_reads_packed_relocs() {
         println!("cargo:rustc-link-arg-bin=rekey=-Wl,-z,pack-relative-relocs");
     }
     if env::var_os("REKEY_NO_SYMBOL_ORDERING").is_some() {
@@ -107,4 +110,23 @@ fn linker_is_lld() -> bool {
             || f.contains("link-self-contained=-linker")
             || f.trim_start_matches("-C").starts_with("linker=")
     })
+}
+
+/// Does the C library this build links against read packed relative
+/// relocations? glibc defines the symbol version `GLIBC_ABI_DT_RELR` from
+/// 2.36 on (a binary that needs it refuses to start on an older glibc
+/// rather than run unrelocated). The library is the one `cc` links
+/// (`cc -print-file-name=libc.so.6`, `$CC` when set); anything unexpected
+/// answers no.
+fn libc_reads_packed_relocs() -> bool {
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let Ok(out) = std::process::Command::new(cc)
+        .arg("-print-file-name=libc.so.6")
+        .output()
+    else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    const VERSION: &[u8] = b"GLIBC_ABI_DT_RELR";
+    std::fs::read(path).is_ok_and(|lib| lib.windows(VERSION.len()).any(|w| w == VERSION))
 }

@@ -1190,7 +1190,7 @@ impl Daemon {
                 &mut spill,
                 crate::rotation::engine::QUIET_DECISIONS_BYTES,
             ) {
-                tracing::warn!(policies = quiet.len(), error = %e, "cannot record the decisions of checks that changed nothing (written again at the group's end)");
+                tracing::warn!(error = %e, "cannot record the decisions of checks that changed nothing yet (the group's final write tries again)");
             }
         }
         let end = self.engine.clock.now();

@@ -375,15 +375,18 @@ pub struct QuietSpill {
 /// no time-based expiry: the store decides which writes reach which
 /// policies, read inside each write's transaction.
 ///
-/// Only policies that are busy keep an entry: a check that settles
-/// ([`SettledChecks`]) drops its policy's, because the checks that reuse a
-/// settled plan read no ledger; so does every check that reuses it (an
-/// entry read back meanwhile, by a command or a status rebuild, is not
+/// Only policies with work in flight keep an entry
+/// ([`policy::Ledger::in_flight`]: a rotation not finished, a create attempt
+/// to resolve, an abandoned key to delete), whose rotation steps and checks
+/// read it again and again. A check that settles ([`SettledChecks`]) drops
+/// its policy's too, and so does every check that reuses the settled plan
+/// (an entry read back meanwhile, by a command or a status rebuild, is not
 /// kept for the life of the plan). An idle daemon therefore holds no copy of
 /// the store's key rows (the ledgers were ~1 MB at 10,000 keys and ~10 MB at
-/// 100,000, held for nothing between checks), and a planning round holds
-/// only the ledgers of the checks in flight. The cost is one read of the
-/// policy's rows when its settled plan ends.
+/// 100,000, held for nothing between checks, and a first round held every
+/// policy's at once), and a planning round holds only the ledgers of the
+/// checks running. The cost: a quiet policy's check that plans reads its
+/// rows from the store (once, twice when it wrote and rebuilds its status).
 #[derive(Debug, Default)]
 pub struct LedgerCache(std::sync::Mutex<HashMap<String, CachedLedger>>);
 
@@ -1561,8 +1564,15 @@ impl Engine {
             &policy.name,
             policy::rivals(&rt.config, policy),
         )?);
-        self.ledgers
-            .put(&policy.name, generation, &rt.config, ledger.clone());
+        // Kept only while the policy has work in flight, whose steps read
+        // it again and again; a quiet policy's next read is its next check
+        // that plans ([`LedgerCache`]).
+        if ledger.in_flight() {
+            self.ledgers
+                .put(&policy.name, generation, &rt.config, ledger.clone());
+        } else {
+            self.ledgers.forget(&policy.name);
+        }
         Ok(ledger)
     }
 

@@ -2978,10 +2978,9 @@ fn pb_check(at: DateTime<Utc>, keys: Vec<SeenKey>, complete: bool) -> CheckRecor
     }
 }
 
-/// Reads of an unchanged ledger share one copy; a check that changes
-/// nothing writes no ledger row, and once it settles it drops the copy (the
-/// checks that reuse its plan read none): the next read is the store's
-/// rows again, the same rows.
+/// A quiet policy's ledger (nothing in flight) is not cached; a check that
+/// changes nothing writes no ledger row and, settled, holds no copy: the
+/// next read is the store's rows again, the same rows.
 #[tokio::test]
 async fn a_check_that_changes_nothing_writes_no_ledger_and_drops_its_copy_once_settled() {
     let h = rival_policies();
@@ -2993,8 +2992,8 @@ async fn a_check_that_changes_nothing_writes_no_ledger_and_drops_its_copy_once_s
     h.clock.advance(Duration::seconds(60));
     let before = h.engine.ledger(&h.rt, pa).unwrap();
     assert!(
-        Arc::ptr_eq(&before, &h.engine.ledger(&h.rt, pa).unwrap()),
-        "an unchanged ledger was read again"
+        !h.engine.ledgers.holds("pa"),
+        "a quiet policy's ledger (nothing in flight) was cached"
     );
     let generation = h.engine.store.ledger_generation("pa");
     h.engine.check_policy(&h.rt, "pa").await.unwrap();
@@ -3359,7 +3358,8 @@ async fn a_settled_policy_holds_no_cached_ledger() {
     assert!(reused(&daemon_check(&h, "p").await));
     assert!(!h.engine.ledgers.holds("p"));
     // A new key: the check plans from the store's rows (it sees the key)
-    // and, having written it, does not settle: the ledger stays cached.
+    // and, having written it, does not settle; with nothing in flight it
+    // keeps no copy either.
     h.fake.add(
         "app-b",
         Duration::days(1),
@@ -3368,14 +3368,31 @@ async fn a_settled_policy_holds_no_cached_ledger() {
     h.clock.advance(Duration::seconds(10));
     assert!(!reused(&daemon_check(&h, "p").await));
     assert!(
-        h.engine.ledgers.holds("p"),
-        "a busy policy's ledger is cached"
+        !h.engine.ledgers.holds("p"),
+        "a quiet policy's ledger is cached"
     );
     assert_ledger_fresh(&h.engine, &h.rt, "p", "the check that recorded app-b");
     settle(&h, "p").await;
     assert!(!h.engine.ledgers.holds("p"));
     let known = h.engine.store.known_keys("p").unwrap();
     assert_eq!(known.len(), 2, "{known:?}");
+}
+
+/// A policy with work in flight (here an abandoned rotation whose key is
+/// still to delete) keeps its ledger cached: its reads share one copy until
+/// a write moves its generation.
+#[tokio::test]
+async fn a_policy_with_work_in_flight_keeps_one_cached_ledger() {
+    let (_dir, h, _r) = abandoned_with_failing_deletes().await;
+    let p = h.rt.policy("p").unwrap();
+    let first = h.engine.ledger(&h.rt, p).unwrap();
+    assert!(first.in_flight());
+    assert!(h.engine.ledgers.holds("p"));
+    assert!(
+        Arc::ptr_eq(&first, &h.engine.ledger(&h.rt, p).unwrap()),
+        "an unchanged ledger with work in flight was read again"
+    );
+    assert_ledger_fresh(&h.engine, &h.rt, "p", "the abandoned rotation");
 }
 
 /// A ledger read back into the cache while the policy is settled (a
@@ -3393,7 +3410,10 @@ async fn a_ledger_read_back_while_settled_is_dropped_by_the_next_reused_check() 
             .unwrap(),
         crate::rotation::report::RotateReply::UnknownLineage { .. }
     ));
-    assert!(h.engine.ledgers.holds("p"), "the command read the ledger");
+    assert!(
+        !h.engine.ledgers.holds("p"),
+        "the command's read of a quiet policy's ledger was cached"
+    );
     h.clock.advance(Duration::seconds(10));
     assert!(reused(&daemon_check(&h, "p").await));
     assert!(

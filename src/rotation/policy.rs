@@ -249,6 +249,18 @@ pub struct Ledger {
     pub abandoned: Vec<RotationRow>,
 }
 
+impl Ledger {
+    /// Whether the policy has work in flight: a rotation not finished, a
+    /// create attempt not resolved (`cleaned`), or an abandoned rotation's
+    /// key still to delete. Only such a ledger is cached between reads
+    /// (`engine::LedgerCache`).
+    pub fn in_flight(&self) -> bool {
+        self.rotations.iter().any(|r| !r.state.is_terminal())
+            || self.orphans.iter().any(|o| o.attempt.state != "cleaned")
+            || !self.abandoned.is_empty()
+    }
+}
+
 /// The other policies of `cfg` whose providers are of the same kind as
 /// `policy`'s: the ones that could claim one of its keys.
 pub fn rivals<'a>(cfg: &'a crate::config::Config, policy: &'a PolicyConfig) -> Rivals<'a> {
