@@ -1198,7 +1198,7 @@ impl Engine {
         let read = self.store_read(name);
         let generation = read.generation;
         let ledger = self.ledger(rt, policy)?;
-        let (removed, orphans_written) = self
+        let (removed, orphans_written, orphan_left) = self
             .clean_orphans(rt, policy, &provider, &listing, &ledger)
             .await;
         // Reloaded only when resolving orphans wrote to the store.
@@ -1342,7 +1342,10 @@ impl Engine {
         // The plan was made at an instant between `started` and now: it is
         // the settled plan of `started..until` only if `until` is still
         // ahead (else the instants between hold two texts).
+        // Nor while an orphan's key it could not delete is listed: only a
+        // check that plans retries the delete.
         if !store_changed
+            && !orphan_left
             && ledger.orphans.iter().all(|o| o.attempt.state == "cleaned")
             && let Some(until) = plan.settled_until(policy, started)
             && until > self.now()
@@ -1488,7 +1491,10 @@ impl Engine {
     /// started after the attempt (DESIGN §3: several listings across
     /// `state::schema::ORPHAN_WINDOW`). The `requested` attempt of a
     /// rotation still creating is left to that rotation. Returns the ids of
-    /// keys deleted, and whether anything was written to the store.
+    /// keys deleted, whether anything was written to the store or deleted
+    /// (a failed delete writes nothing: the caller's ledger still holds),
+    /// and whether a listed orphan key could not be deleted (the next check
+    /// must try again).
     async fn clean_orphans(
         &self,
         rt: &Runtime,
@@ -1496,9 +1502,10 @@ impl Engine {
         provider: &SharedProvider,
         listing: &Listing,
         ledger: &policy::Ledger,
-    ) -> (std::collections::HashSet<String>, bool) {
+    ) -> (std::collections::HashSet<String>, bool, bool) {
         let mut removed = std::collections::HashSet::new();
         let mut wrote = false;
+        let mut left = false;
         for o in &ledger.orphans {
             let a = &o.attempt;
             if a.state == "requested" && !o.rotation_state.is_terminal() {
@@ -1525,26 +1532,28 @@ impl Engine {
                 continue;
             }
             let mut ok = true;
-            wrote = true;
             for k in found {
                 match self.delete_key(rt, provider, k.id()).await {
                     Ok(_) => {
+                        wrote = true;
                         removed.insert(k.id().to_string());
                         tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, attempt = a.attempt, key = %policy::escaped(k.id()), name = %policy::escaped(k.name()), "deleted the key of an abandoned create attempt (its secret was never captured)")
                     }
                     Err(e) => {
                         ok = false;
+                        left = true;
                         tracing::warn!(policy = %policy.name, rotation = %o.rotation_id, key = %policy::escaped(k.id()), error = %e, "cannot delete an abandoned attempt's key yet")
                     }
                 }
             }
             if ok && a.state != "cleaned" {
+                wrote = true;
                 let _ =
                     self.store
                         .resolve_attempt(&o.rotation_id, a.attempt, true, None, self.now());
             }
         }
-        (removed, wrote)
+        (removed, wrote, left)
     }
 
     /// The store's evidence for planning `policy`: read from the store, or

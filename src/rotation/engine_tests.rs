@@ -4513,3 +4513,68 @@ async fn a_removed_policys_coalesced_last_step_still_shows_in_the_status() {
         }
     }
 }
+
+/// A `cleaned` attempt's late key that the provider keeps refusing to
+/// delete: nothing is in flight (the attempt is resolved), so the ledger is
+/// not cached, and each check retries the delete. It read the ledger three
+/// times per check (the plan's read, a reload for "orphans written" though
+/// a failed delete writes nothing, and the status rebuild's).
+#[tokio::test]
+async fn a_cleaned_orphan_whose_delete_keeps_failing_reads_the_ledger_at_most_once_per_check() {
+    let h = harness("", None);
+    h.fake.add("app-a", Duration::days(25), Duration::days(2));
+    h.check().await;
+    let r = h.engine.store.active_rotations().unwrap()[0].clone();
+    let (_, orphan) = h
+        .engine
+        .store
+        .start_attempt(
+            &r.id,
+            |a| {
+                h.rt.config.policies[0]
+                    .name_template
+                    .render("app-a", "p", &r.id, a, start())
+            },
+            start(),
+        )
+        .unwrap();
+    h.clock.advance(Duration::seconds(1));
+    h.drive(h.clock.now() + Duration::minutes(5)).await;
+    for _ in 0..8 {
+        h.clock.advance(Duration::minutes(3));
+        h.check().await;
+    }
+    assert_eq!(h.engine.store.attempts(&r.id).unwrap()[0].state, "cleaned");
+    // The rotation finishes (its grace ends, the old key is deleted).
+    for _ in 0..100 {
+        if h.engine.store.active_rotations().unwrap().is_empty() {
+            break;
+        }
+        h.clock.advance(Duration::hours(1));
+        h.drive(h.clock.now()).await;
+    }
+    h.check().await;
+    // Now the late create appears, and the provider refuses to delete it.
+    h.fake.add(&orphan, Duration::zero(), Duration::days(30));
+    h.fake.st.lock().unwrap().delete_error = Some(ProviderErrorKind::Timeout(
+        std::time::Duration::from_secs(30),
+    ));
+    h.clock.advance(Duration::minutes(3));
+    h.check().await;
+    let l = h.engine.ledger(&h.rt, h.rt.policy("p").unwrap()).unwrap();
+    assert!(!l.in_flight(), "nothing in flight: {:?}", l.rotations);
+    for _ in 0..3 {
+        h.clock.advance(Duration::minutes(3));
+        let before = super::policy::LOADS.with(|c| c.get());
+        h.check().await;
+        let reads = super::policy::LOADS.with(|c| c.get()) - before;
+        assert!(reads <= 1, "a quiet check read its ledger {reads} times");
+        assert!(h.fake.names().contains(&orphan), "the delete keeps failing");
+    }
+    // The delete is still retried by every check, and succeeds once the
+    // provider allows it.
+    h.fake.st.lock().unwrap().delete_error = None;
+    h.clock.advance(Duration::minutes(3));
+    h.check().await;
+    assert!(!h.fake.names().contains(&orphan), "the orphan was deleted");
+}

@@ -220,6 +220,13 @@ impl PolicyPlan {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Ledgers read from the store on this thread ([`Ledger::load`]):
+    /// tests count the reads a check makes.
+    pub static LOADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What the store knows of one policy: the planner's evidence of
 /// ownership. Loaded with [`Ledger::load`]; empty for a DB that never saw
 /// the policy.
@@ -316,6 +323,8 @@ impl Ledger {
     /// configured policies whose providers are of the same kind
     /// ([`rivals`]), so keys they also claim are found.
     pub fn load(store: &Store, policy: &str, rivals: Rivals<'_>) -> Result<Ledger, StoreError> {
+        #[cfg(test)]
+        LOADS.with(|c| c.set(c.get() + 1));
         let known = KnownKeys::from(store.known_keys(policy)?);
         let claimed_elsewhere = rivals.claims(store)?;
         Ok(Ledger {
