@@ -170,8 +170,9 @@ fn the_debian_package_installs_the_binary_unit_users_conffile_man_page_and_compl
     );
     // A release package (CI's, `$REKEY_DEB`) has its relative relocations
     // packed (build.rs: `-z pack-relative-relocs`, DT_RELR), and so depends
-    // on a glibc that reads them (2.36); the test build's package has
-    // neither.
+    // on a glibc that reads them (2.36: Cargo.toml names it, as
+    // dpkg-shlibdeps sees only symbol versions); the test build's binary is
+    // not packed.
     if std::env::var_os("REKEY_DEB").is_some()
         && require_tool("readelf", "reads the dynamic section").is_some()
     {
