@@ -565,13 +565,15 @@ async fn an_unreadable_create_answer_is_never_published_by_the_next_check_as_if_
     assert_eq!(r.state, RotationState::Retiring, "{r:#?}");
 }
 
-#[tokio::test]
-async fn a_crash_between_create_and_its_commit_resumes_cleanly() {
+/// A harness whose policy `p` is rotating `app-a` (due: 25 days old,
+/// expiring in 2), with a create attempt committed whose create was lost
+/// (the process died before recording it): the rotation and the name the
+/// attempt's key carries.
+async fn lost_create() -> (Harness, crate::state::RotationRow, String) {
     let h = harness("", None);
     h.fake.add("app-a", Duration::days(25), Duration::days(2));
     h.check().await;
     let r = h.engine.store.active_rotations().unwrap()[0].clone();
-    // Simulate: attempt committed, provider created the key, process died.
     let (_, name) = h
         .engine
         .store
@@ -585,6 +587,13 @@ async fn a_crash_between_create_and_its_commit_resumes_cleanly() {
             start(),
         )
         .unwrap();
+    (h, r, name)
+}
+
+#[tokio::test]
+async fn a_crash_between_create_and_its_commit_resumes_cleanly() {
+    // Simulate: attempt committed, provider created the key, process died.
+    let (h, _, name) = lost_create().await;
     h.fake.add(&name, Duration::zero(), Duration::days(30));
     h.drive(h.clock.now() + Duration::hours(2)).await;
     let r = h.engine.store.history(None, 1).unwrap()[0].clone();
@@ -1871,25 +1880,9 @@ create = {{ action = "read" }}
 /// and the key in the sink stays current.
 #[tokio::test]
 async fn an_orphan_that_shows_up_after_its_attempt_was_cleaned_is_still_deleted() {
-    let h = harness("", None);
-    h.fake.add("app-a", Duration::days(25), Duration::days(2));
-    h.check().await;
-    let r = h.engine.store.active_rotations().unwrap()[0].clone();
     // The process died between create and its commit; the list does not
     // show the key yet.
-    let (_, orphan) = h
-        .engine
-        .store
-        .start_attempt(
-            &r.id,
-            |a| {
-                h.rt.config.policies[0]
-                    .name_template
-                    .render("app-a", "p", &r.id, a, start())
-            },
-            start(),
-        )
-        .unwrap();
+    let (h, r, orphan) = lost_create().await;
     h.clock.advance(Duration::seconds(1));
     h.drive(h.clock.now() + Duration::minutes(5)).await;
     let attempts = h.engine.store.attempts(&r.id).unwrap();
@@ -4521,23 +4514,7 @@ async fn a_removed_policys_coalesced_last_step_still_shows_in_the_status() {
 /// a failed delete writes nothing, and the status rebuild's).
 #[tokio::test]
 async fn a_cleaned_orphan_whose_delete_keeps_failing_reads_the_ledger_at_most_once_per_check() {
-    let h = harness("", None);
-    h.fake.add("app-a", Duration::days(25), Duration::days(2));
-    h.check().await;
-    let r = h.engine.store.active_rotations().unwrap()[0].clone();
-    let (_, orphan) = h
-        .engine
-        .store
-        .start_attempt(
-            &r.id,
-            |a| {
-                h.rt.config.policies[0]
-                    .name_template
-                    .render("app-a", "p", &r.id, a, start())
-            },
-            start(),
-        )
-        .unwrap();
+    let (h, r, orphan) = lost_create().await;
     h.clock.advance(Duration::seconds(1));
     h.drive(h.clock.now() + Duration::minutes(5)).await;
     for _ in 0..8 {
