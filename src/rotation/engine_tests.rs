@@ -3537,17 +3537,7 @@ async fn a_spill_writes_only_the_records_no_spill_wrote() {
         )
         .unwrap()
     };
-    let record = |policy: &str, decisions: Option<&str>| CheckRecord {
-        policy: policy.into(),
-        provider: "ob".into(),
-        at: start(),
-        next_check_at: None,
-        health: "ok".into(),
-        error: None,
-        decisions: decisions.map(str::to_string),
-        keys: Vec::new(),
-        complete_listing: true,
-    };
+    let record = quiet_record;
     let big = format!(r#"{{"l":"{}"}}"#, "x".repeat(100));
     let mut quiet = vec![record("reused", None), record("a", Some(&big))];
     let mut spill = super::engine::QuietSpill::default();
@@ -3598,17 +3588,8 @@ async fn a_failed_spill_is_not_retried_by_the_group_and_the_final_write_keeps_th
              BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
     )
     .unwrap();
-    let record = |policy: &str| CheckRecord {
-        policy: policy.into(),
-        provider: "ob".into(),
-        at: start(),
-        next_check_at: None,
-        health: "ok".into(),
-        error: None,
-        decisions: Some(format!(r#"{{"l":"{}"}}"#, "x".repeat(100))),
-        keys: Vec::new(),
-        complete_listing: true,
-    };
+    let big = format!(r#"{{"l":"{}"}}"#, "x".repeat(100));
+    let record = |policy: &str| quiet_record(policy, Some(&big));
     let mut quiet = vec![record("a")];
     let mut spill = super::engine::QuietSpill::default();
     assert!(
@@ -3710,6 +3691,22 @@ async fn a_spilled_record_gets_the_groups_next_check_and_keeps_its_decisions() {
             .to_string()
     );
     assert_eq!(stored_decisions(&h, "r"), earlier);
+}
+
+/// A healthy check record of `policy` at [`start`] that wrote no key (a
+/// check group's quiet record), carrying `decisions`.
+fn quiet_record(policy: &str, decisions: Option<&str>) -> CheckRecord {
+    CheckRecord {
+        policy: policy.into(),
+        provider: "ob".into(),
+        at: start(),
+        next_check_at: None,
+        health: "ok".into(),
+        error: None,
+        decisions: decisions.map(str::to_string),
+        keys: Vec::new(),
+        complete_listing: true,
+    }
 }
 
 /// An observing policy with an abandoned next key and nothing else
