@@ -378,10 +378,12 @@ pub struct QuietSpill {
 /// Only policies with work in flight keep an entry
 /// ([`policy::Ledger::in_flight`]: a rotation not finished, a create attempt
 /// to resolve, an abandoned key to delete), whose rotation steps and checks
-/// read it again and again. A check that settles ([`SettledChecks`]) drops
-/// its policy's too, and so does every check that reuses the settled plan
-/// (an entry read back meanwhile, by a command or a status rebuild, is not
-/// kept for the life of the plan). An idle daemon therefore holds no copy of
+/// read it again and again; [`Engine::ledger`] drops the entry of any other
+/// read. A settled plan ([`SettledChecks`]) is one with nothing in flight,
+/// and the checks that reuse it read no ledger (a command or a status
+/// rebuild that reads it meanwhile keeps no copy either, and any write that
+/// puts work in flight moves the generation the settled plan stands on).
+/// An idle daemon therefore holds no copy of
 /// the store's key rows (the ledgers were ~1 MB at 10,000 keys and ~10 MB at
 /// 100,000, held for nothing between checks, and a first round held every
 /// policy's at once), and a planning round holds only the ledgers of the
@@ -412,9 +414,9 @@ impl LedgerCache {
             .then(|| c.ledger.clone())
     }
 
-    /// Drop `policy`'s entry (its check settled: the checks that reuse the
-    /// settled plan read no ledger, so an idle daemon holds none; issue 13,
-    /// the store holds the rows once).
+    /// Drop `policy`'s entry (a read of a ledger with nothing in flight:
+    /// the store holds the rows, and the next check that plans reads them
+    /// again; issue 13).
     fn forget(&self, policy: &str) {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         cache.remove(policy);
@@ -1146,10 +1148,6 @@ impl Engine {
             let ledger = self.ledger(rt, policy)?;
             self.publish_status(rt, policy, &ledger, read)?;
         }
-        // Whoever read the ledger back meanwhile (this rebuild, a command,
-        // a status rebuild racing the check that settled), a settled
-        // policy holds none: one removal, no read.
-        self.ledgers.forget(&policy.name);
         Ok(Some(lineages))
     }
 
@@ -1361,9 +1359,6 @@ impl Engine {
                     lineages: plan.lineages.len(),
                 }),
             );
-            // The checks that reuse it read no ledger: the store holds the
-            // rows, and a check that plans again reads them again.
-            self.ledgers.forget(name);
         }
         if started_any {
             self.poke();

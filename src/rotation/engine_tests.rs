@@ -3388,11 +3388,11 @@ async fn a_policy_with_work_in_flight_keeps_one_cached_ledger() {
     assert_ledger_fresh(&h.engine, &h.rt, "p", "the abandoned rotation");
 }
 
-/// A ledger read back into the cache while the policy is settled (a
-/// command's read: `POST /rotate` naming no lineage the plan has; a status
-/// rebuild that loaded it while the settling check dropped it) is dropped by
-/// the next check that reuses the settled plan: else an idle daemon holds
-/// that policy's key rows until its settled plan ends, which can be months.
+/// A ledger read while the policy is settled (a command's read: `POST
+/// /rotate` naming no lineage the plan has) is not kept, neither after the
+/// read nor after the next check that reuses the settled plan: else an idle
+/// daemon holds that policy's key rows until its settled plan ends, which
+/// can be months.
 #[tokio::test]
 async fn a_ledger_read_back_while_settled_is_dropped_by_the_next_reused_check() {
     let h = settled_harness().await;
